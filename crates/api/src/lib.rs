@@ -1,0 +1,12 @@
+//! Wire types of Outpost's HTTP API (`/v1`), shared by the server, the agent and the CLI, and the
+//! OpenAPI document that describes them ([`openapi`]). Pure data: no I/O.
+//!
+//! The same `Task`, `Node` and `Event` records are what the replicated store keeps, so what a
+//! client reads is exactly what was committed.
+
+pub mod openapi;
+mod time;
+mod types;
+
+pub use time::Timestamp;
+pub use types::*;

@@ -1,0 +1,386 @@
+//! The replicated state and the commands that change it.
+//!
+//! `State::apply` is deterministic: the same commands in the same order give the same state on
+//! every server. Everything that varies (time, ids of new nodes) arrives inside the command; task
+//! ids come from a counter kept in the state itself.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use api::{
+    Capacity, Change, ChangeKind, DesiredState, Event, Level, NewEvent, Node, NodeState,
+    RegisterRequest, Service, StatusReport, Task, TaskState, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use spec::ServiceSpec;
+
+/// How many events the state keeps; older ones are dropped. 10 000 events of ~200 bytes keep the
+/// snapshot around 2 MB, enough for days of history on a quiet site.
+pub const EVENT_HISTORY: usize = 10_000;
+
+/// Where the scheduler put one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub service: String,
+    pub slot: u32,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or update services (a whole deploy is one entry: all or nothing).
+    Deploy { services: Vec<ServiceSpec>, time: Timestamp },
+    Scale { service: String, replicas: u32, time: Timestamp },
+    Remove { service: String, time: Timestamp },
+    RegisterNode { node: RegisterRequest, time: Timestamp },
+    SetNodeState { node: String, state: NodeState, time: Timestamp },
+    /// The controller's plan: new tasks to create, tasks to stop, why some replicas wait.
+    Reconcile {
+        place: Vec<Placement>,
+        stop: Vec<String>,
+        pending: Vec<(String, String)>,
+        time: Timestamp,
+    },
+    /// An agent's report of its tasks' observed state, with the events it saw.
+    Report { node: String, report: StatusReport, time: Timestamp },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    Deployed(Vec<Change>),
+    NotFound(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Index of the last applied log entry.
+    pub index: u64,
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<String, Task>,
+    pub nodes: BTreeMap<String, Node>,
+    /// Index at which each node's assignments last changed: what an agent's blocking query waits on.
+    pub node_index: BTreeMap<String, u64>,
+    /// Per service, why replicas are waiting for placement (empty when all are placed).
+    pub pending: BTreeMap<String, String>,
+    pub events: VecDeque<Event>,
+    pub next_event: u64,
+    pub next_task: u64,
+}
+
+impl State {
+    pub fn apply(&mut self, index: u64, command: &Command) -> Response {
+        self.index = index;
+        match command {
+            Command::Deploy { services, time } => Response::Deployed(
+                services.iter().map(|spec| self.deploy(spec.clone(), *time)).collect(),
+            ),
+            Command::Scale { service, replicas, time } => {
+                let Some(svc) = self.services.get_mut(service) else {
+                    return Response::NotFound(service.clone());
+                };
+                let from = svc.spec.replicas;
+                svc.spec.replicas = *replicas;
+                svc.updated_at = *time;
+                self.event(*time, Level::Info, "scaled", Some(service), None, None, format!("scaled from {from} to {replicas} replicas"));
+                Response::Ok
+            }
+            Command::Remove { service, time } => {
+                let Some(svc) = self.services.get_mut(service) else {
+                    return Response::NotFound(service.clone());
+                };
+                svc.removing = true;
+                svc.updated_at = *time;
+                let ids: Vec<String> = self.tasks.values().filter(|t| &t.service == service).map(|t| t.id.clone()).collect();
+                for id in ids {
+                    self.stop_task(&id, *time);
+                }
+                self.event(*time, Level::Info, "removing", Some(service), None, None, "service removed; stopping its tasks".into());
+                self.forget_removed_services();
+                Response::Ok
+            }
+            Command::RegisterNode { node, time } => {
+                let entry = self.nodes.entry(node.name.clone()).or_insert_with(|| Node {
+                    name: node.name.clone(),
+                    address: node.address.clone(),
+                    state: NodeState::Ready,
+                    capacity: Capacity::default(),
+                    drivers: Vec::new(),
+                    version: String::new(),
+                    registered_at: *time,
+                    state_since: *time,
+                });
+                entry.address = node.address.clone();
+                entry.capacity = node.capacity.clone();
+                entry.drivers = node.drivers.clone();
+                entry.version = node.version.clone();
+                if entry.state != NodeState::Ready {
+                    entry.state = NodeState::Ready;
+                    entry.state_since = *time;
+                }
+                self.node_index.insert(node.name.clone(), index);
+                self.event(*time, Level::Info, "node-registered", None, None, Some(&node.name), format!("node {} registered at {}", node.name, node.address));
+                Response::Ok
+            }
+            Command::SetNodeState { node, state, time } => {
+                let Some(n) = self.nodes.get_mut(node) else {
+                    return Response::NotFound(node.clone());
+                };
+                if n.state != *state {
+                    let from = n.state;
+                    n.state = *state;
+                    n.state_since = *time;
+                    let level = if *state == NodeState::Ready { Level::Info } else { Level::Warning };
+                    self.event(*time, level, "node-state", None, None, Some(node), format!("node {node} is {state} (was {from})"));
+                }
+                Response::Ok
+            }
+            Command::Reconcile { place, stop, pending, time } => {
+                for p in place {
+                    self.place(p, *time);
+                }
+                for id in stop {
+                    self.stop_task(id, *time);
+                }
+                self.set_pending(pending, *time);
+                Response::Ok
+            }
+            Command::Report { node, report, time } => {
+                self.report(node, report, *time);
+                Response::Ok
+            }
+        }
+    }
+
+    fn deploy(&mut self, spec: ServiceSpec, time: Timestamp) -> Change {
+        let name = spec.name.clone();
+        match self.services.get_mut(&name) {
+            Some(svc) if svc.spec == spec && !svc.removing => Change { service: name, change: ChangeKind::Unchanged, fields: Vec::new() },
+            Some(svc) => {
+                let fields = changed_fields(&svc.spec, &spec);
+                // Only a change of the task template needs new tasks; a replica count does not.
+                let template_changed = fields.iter().any(|f| f != "replicas");
+                if template_changed {
+                    svc.version += 1;
+                }
+                svc.spec = spec;
+                svc.removing = false;
+                svc.updated_at = time;
+                let version = svc.version;
+                self.event(time, Level::Info, "updated", Some(&name), None, None, format!("service updated to version {version} ({})", fields.join(", ")));
+                Change { service: name, change: ChangeKind::Update, fields }
+            }
+            None => {
+                self.services.insert(
+                    name.clone(),
+                    Service { spec, version: 1, removing: false, created_at: time, updated_at: time },
+                );
+                self.event(time, Level::Info, "created", Some(&name), None, None, "service created".into());
+                Change { service: name, change: ChangeKind::Create, fields: Vec::new() }
+            }
+        }
+    }
+
+    fn place(&mut self, p: &Placement, time: Timestamp) {
+        // A plan may be stale by the time it commits: skip what no longer makes sense.
+        let Some(svc) = self.services.get(&p.service) else { return };
+        if svc.removing || p.slot == 0 || p.slot > svc.spec.replicas || !self.nodes.contains_key(&p.node) {
+            return;
+        }
+        let version = svc.version;
+        let taken = self.tasks.values().any(|t| {
+            t.service == p.service && t.slot == p.slot && t.desired == DesiredState::Running && t.version == version
+        });
+        if taken {
+            return;
+        }
+        self.next_task += 1;
+        let id = format!("{}.{}.{}", p.service, p.slot, self.next_task);
+        self.tasks.insert(
+            id.clone(),
+            Task {
+                id: id.clone(),
+                service: p.service.clone(),
+                slot: p.slot,
+                version,
+                node: Some(p.node.clone()),
+                desired: DesiredState::Running,
+                state: TaskState::Pending,
+                ready: false,
+                restarts: 0,
+                pid: None,
+                container_id: None,
+                ports: BTreeMap::new(),
+                started_at: None,
+                exit_code: None,
+                message: None,
+                created_at: time,
+                updated_at: time,
+            },
+        );
+        self.node_index.insert(p.node.clone(), self.index);
+        self.event(time, Level::Info, "placed", Some(&p.service), Some(&id), Some(&p.node), format!("task {id} placed on {}", p.node));
+    }
+
+    fn stop_task(&mut self, id: &str, time: Timestamp) {
+        let Some(task) = self.tasks.get_mut(id) else { return };
+        if task.desired == DesiredState::Shutdown {
+            return;
+        }
+        task.desired = DesiredState::Shutdown;
+        task.updated_at = time;
+        match task.node.clone() {
+            // Never started anywhere: nothing to wait for.
+            None => {
+                self.tasks.remove(id);
+            }
+            Some(node) => {
+                self.node_index.insert(node, self.index);
+            }
+        }
+    }
+
+    fn set_pending(&mut self, pending: &[(String, String)], time: Timestamp) {
+        let now: BTreeMap<String, String> = pending.iter().cloned().collect();
+        for (service, reason) in &now {
+            if self.pending.get(service) != Some(reason) {
+                self.event(time, Level::Warning, "unschedulable", Some(service), None, None, reason.clone());
+            }
+        }
+        self.pending = now;
+    }
+
+    fn report(&mut self, node: &str, report: &StatusReport, time: Timestamp) {
+        for status in &report.tasks {
+            let Some(task) = self.tasks.get_mut(&status.id) else { continue };
+            // Only the node that runs a task may say how it is.
+            if task.node.as_deref() != Some(node) {
+                continue;
+            }
+            task.state = status.state;
+            task.ready = status.ready;
+            task.restarts = status.restarts;
+            task.pid = status.pid;
+            task.container_id = status.container_id.clone();
+            task.ports = status.ports.clone();
+            task.started_at = status.started_at;
+            task.exit_code = status.exit_code;
+            task.message = status.message.clone();
+            task.updated_at = time;
+            let finished = matches!(task.state, TaskState::Exited | TaskState::Failed);
+            if task.desired == DesiredState::Shutdown && finished {
+                self.tasks.remove(&status.id);
+            }
+        }
+        for e in &report.events {
+            let mut e = e.clone();
+            e.node = Some(node.to_string());
+            self.push_event(e);
+        }
+        self.forget_removed_services();
+    }
+
+    /// A removed service is forgotten once its last task is gone.
+    fn forget_removed_services(&mut self) {
+        let gone: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(name, s)| s.removing && !self.tasks.values().any(|t| &t.service == *name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            self.services.remove(&name);
+            self.pending.remove(&name);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &mut self,
+        time: Timestamp,
+        level: Level,
+        reason: &str,
+        service: Option<&str>,
+        task: Option<&str>,
+        node: Option<&str>,
+        message: String,
+    ) {
+        self.push_event(NewEvent {
+            time,
+            level,
+            reason: reason.to_string(),
+            service: service.map(str::to_string),
+            task: task.map(str::to_string),
+            node: node.map(str::to_string),
+            message,
+        });
+    }
+
+    fn push_event(&mut self, event: NewEvent) {
+        self.next_event += 1;
+        self.events.push_back(Event { seq: self.next_event, event });
+        while self.events.len() > EVENT_HISTORY {
+            self.events.pop_front();
+        }
+    }
+
+    /// Invariants every applied state keeps; checked after each apply in debug builds and tests.
+    pub fn check(&self) -> Result<(), String> {
+        for task in self.tasks.values() {
+            if !self.services.contains_key(&task.service) {
+                return Err(format!("task {} belongs to unknown service {}", task.id, task.service));
+            }
+            if let Some(node) = &task.node {
+                if !self.nodes.contains_key(node) {
+                    return Err(format!("task {} is on unknown node {node}", task.id));
+                }
+            }
+        }
+        for svc in self.services.values() {
+            let live = self
+                .tasks
+                .values()
+                .filter(|t| t.service == svc.spec.name && t.desired == DesiredState::Running && t.version == svc.version)
+                .map(|t| t.slot);
+            let mut slots: Vec<u32> = live.collect();
+            let n = slots.len();
+            slots.sort_unstable();
+            slots.dedup();
+            if slots.len() != n {
+                return Err(format!("service {} has two running tasks in one slot", svc.spec.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The assignments of one node: every task placed on it that it has not yet finished stopping.
+    pub fn assignments(&self, node: &str) -> Vec<api::Assignment> {
+        self.tasks
+            .values()
+            .filter(|t| t.node.as_deref() == Some(node))
+            .filter_map(|t| {
+                let svc = self.services.get(&t.service)?;
+                Some(api::Assignment {
+                    task: t.id.clone(),
+                    service: t.service.clone(),
+                    slot: t.slot,
+                    version: t.version,
+                    desired: t.desired,
+                    spec: svc.spec.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Names of the top-level spec fields that differ, in spec order.
+pub fn changed_fields(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+}
