@@ -317,3 +317,11 @@ pub struct ClusterStatus {
     pub node_id: u64,
     pub applied_index: u64,
 }
+
+/// Where the scheduler put one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub service: String,
+    pub slot: u32,
+    pub node: String,
+}

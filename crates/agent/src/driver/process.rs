@@ -1,0 +1,177 @@
+//! The process driver: a task is a local process in its own process group, its output appended
+//! to the task's log file. Stopping signals the whole group, so nothing the task forked survives
+//! it. Tasks outlive the agent (they are not its session's children in any way that would kill
+//! them), and a restarted agent re-adopts them by pid and start time.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, StopSignal};
+
+/// How often an adopted process (not our child, so no exit notification) is checked for life.
+/// 100 ms keeps crash detection of adopted tasks well inside the recovery target.
+const ADOPTED_POLL: Duration = Duration::from_millis(100);
+
+/// Variables a process inherits from the agent; everything else comes from the spec, so a task
+/// behaves the same whoever started the agent.
+const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER"];
+
+#[derive(Default)]
+pub struct ProcessDriver {
+    /// Exit status of the children we spawned, by pid, published by their reaper task.
+    exits: Arc<Mutex<HashMap<u32, watch::Receiver<Option<Exit>>>>>,
+}
+
+impl ProcessDriver {
+    pub fn new() -> ProcessDriver {
+        ProcessDriver::default()
+    }
+
+    fn spawn(&self, launch: &Launch) -> Result<Handle, DriverError> {
+        let program = launch.argv.first().cloned().unwrap_or_default();
+        let fail = |reason: String| DriverError::Start { program: program.clone(), reason };
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log_path)
+            .map_err(|e| fail(format!("cannot open log file {}: {e}", launch.log_path.display())))?;
+        let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(&launch.argv[1..])
+            .env_clear()
+            .envs(INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
+            .envs(&launch.env)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Its own group: a stop reaches every process the task forked, and a Ctrl-C aimed at
+            // the agent's terminal does not reach the task.
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(dir) = &launch.workdir {
+            cmd.current_dir(dir);
+        }
+        let mut child = cmd.spawn().map_err(|e| fail(start_error(&e)))?;
+        let pid = child.id().ok_or_else(|| fail("exited before it could be watched".into()))?;
+        let (tx, rx) = watch::channel(None);
+        self.exits.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, rx);
+        tokio::spawn(async move {
+            let exit = match child.wait().await {
+                Ok(status) => exit_of(status),
+                Err(_) => Exit::Unknown,
+            };
+            let _ = tx.send(Some(exit));
+        });
+        Ok(Handle { pid: Some(pid), start_ticks: start_ticks(pid), container_id: None })
+    }
+}
+
+fn start_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory (check the command path and the workdir)".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied (is the file executable?)".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn exit_of(status: std::process::ExitStatus) -> Exit {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => Exit::Code(c),
+        (None, Some(s)) => Exit::Signal(s),
+        _ => Exit::Unknown,
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot, or `None` if it is gone or a zombie.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields restart after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+impl Driver for ProcessDriver {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Handle, DriverError>> {
+        Box::pin(async move { self.spawn(launch) })
+    }
+
+    fn wait<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Exit> {
+        Box::pin(async move {
+            let Some(pid) = handle.pid else { return Exit::Unknown };
+            let rx = self.exits.lock().unwrap_or_else(|p| p.into_inner()).get(&pid).cloned();
+            match rx {
+                Some(mut rx) => {
+                    let exit = match rx.wait_for(Option::is_some).await {
+                        Ok(exit) => exit.clone().unwrap_or(Exit::Unknown),
+                        Err(_) => Exit::Unknown,
+                    };
+                    self.exits.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+                    exit
+                }
+                None => {
+                    while self.alive(handle) {
+                        tokio::time::sleep(ADOPTED_POLL).await;
+                    }
+                    Exit::Unknown
+                }
+            }
+        })
+    }
+
+    fn signal(&self, handle: &Handle, signal: StopSignal) -> Result<(), DriverError> {
+        let Some(pid) = handle.pid else { return Ok(()) };
+        if !self.alive(handle) {
+            return Ok(());
+        }
+        let sig = match signal {
+            StopSignal::Term => Signal::SIGTERM,
+            StopSignal::Kill => Signal::SIGKILL,
+        };
+        match killpg(Pid::from_raw(pid as i32), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(DriverError::Other(format!("cannot signal process group {pid}: {e}"))),
+        }
+    }
+
+    fn alive(&self, handle: &Handle) -> bool {
+        match (handle.pid, handle.start_ticks) {
+            (Some(pid), Some(ticks)) => start_ticks(pid) == Some(ticks),
+            (Some(pid), None) => start_ticks(pid).is_some(),
+            _ => false,
+        }
+    }
+
+    fn exec<'a>(&'a self, _handle: &'a Handle, argv: &'a [String], timeout: Duration) -> BoxFuture<'a, Option<i32>> {
+        Box::pin(async move {
+            let (program, args) = argv.split_first()?;
+            let mut child = tokio::process::Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .ok()?;
+            match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(Ok(status)) => status.code(),
+                _ => None,
+            }
+        })
+    }
+}

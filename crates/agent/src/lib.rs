@@ -1,0 +1,344 @@
+//! The edge agent. It registers its node with a server, watches its assignments with a blocking
+//! query, runs each assigned task under a [`supervisor`], and reports what it sees. It keeps its
+//! assignments in its own redb file ([`local`]), so with no server reachable — cut off, or just
+//! rebooted — it still starts, probes and restarts its work.
+//!
+//! - [`driver`]: the `Driver` seam and the process driver.
+//! - [`supervisor`]: one task's lifecycle: start, probes, restart backoff, stop.
+//! - [`probe`]: http/tcp/exec probe evaluation and thresholds.
+//! - [`logs`]: per-task log files, rotation, tail and follow.
+//! - [`local`]: the agent's durable state.
+//! - [`http`]: the agent's own small API (task logs), which the server proxies.
+//!
+//! The agent knows nothing of Raft: it sees the control plane only through the `/v1` API.
+
+pub mod driver;
+pub mod http;
+pub mod local;
+pub mod logs;
+pub mod probe;
+mod report;
+pub mod supervisor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{Assignment, Assignments, Capacity, DesiredState, RegisterRequest};
+use client::Client;
+use tokio::sync::{mpsc, watch};
+
+use crate::driver::Driver;
+use crate::driver::process::ProcessDriver;
+use crate::local::{LocalState, LocalTask};
+use crate::logs::LogStore;
+use crate::supervisor::Shared;
+
+/// 500 ms: two heartbeats fit inside the server's ~1 s suspicion window.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long one blocking query may wait on the server before it answers unchanged.
+const WATCH_WAIT: Duration = Duration::from_secs(25);
+
+/// Retry pace when the server cannot be reached: quick at first, then patient.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How often log files are checked for rotation.
+const ROTATE_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// Where the agent's own API (logs) listens; port 0 picks one.
+    pub listen: SocketAddr,
+    pub server: String,
+    pub token: String,
+    /// Working directory for processes whose spec names none.
+    pub workdir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Local(#[from] local::LocalError),
+    #[error("cannot create the agent data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr} for the agent API: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything the agent's event loop can be woken by.
+enum Event {
+    Assigned(Assignments),
+    Finished(String),
+    Rotate,
+    Shutdown,
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    assignment: Assignment,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    shared: Shared,
+    client: Client,
+    running: HashMap<String, Running>,
+    finished_tx: mpsc::UnboundedSender<String>,
+    /// Tasks the control plane no longer lists, or wants stopped: drop them once stopped.
+    forget: HashMap<String, bool>,
+}
+
+impl Agent {
+    /// Runs the agent until `shutdown` resolves; then stops every process task it runs, so no
+    /// task outlives the agent, and returns.
+    pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        std::fs::create_dir_all(config.data_dir.join("logs"))
+            .map_err(|source| AgentError::DataDir { path: config.data_dir.clone(), source })?;
+        let local = Arc::new(LocalState::open(&config.data_dir.join("agent.redb"))?);
+        let logs = LogStore::new(config.data_dir.join("logs"));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| AgentError::Listen { addr: config.listen, source })?;
+        let address = listener.local_addr().map_err(|source| AgentError::Listen { addr: config.listen, source })?;
+        tokio::spawn(http::serve(listener, logs.clone(), config.token.clone()));
+
+        let client = Client::new(&config.server, &config.token);
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let (registered_tx, registered_rx) = watch::channel(false);
+        tokio::spawn(report::run(client.clone(), config.name.clone(), updates_rx, registered_rx.clone()));
+        let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
+        drivers.insert("process".into(), Arc::new(ProcessDriver::new()));
+        let shared = Shared {
+            node: config.name.clone(),
+            drivers,
+            logs,
+            local,
+            updates: updates_tx,
+            default_workdir: config.workdir.clone(),
+        };
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+        let mut agent =
+            Agent { config, shared, client, running: HashMap::new(), finished_tx, forget: HashMap::new() };
+        agent.restore()?;
+
+        let register = RegisterRequest {
+            name: agent.config.name.clone(),
+            address: format!("http://{address}"),
+            capacity: capacity(),
+            drivers: agent.shared.drivers.keys().cloned().collect(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let (assigned_tx, mut assigned_rx) = mpsc::channel(4);
+        tokio::spawn(connect(agent.client.clone(), register, registered_tx, assigned_tx));
+
+        let mut rotate = tokio::time::interval(ROTATE_EVERY);
+        tokio::pin!(shutdown);
+        loop {
+            let event = tokio::select! {
+                Some(a) = assigned_rx.recv() => Event::Assigned(a),
+                Some(id) = finished_rx.recv() => Event::Finished(id),
+                _ = rotate.tick() => Event::Rotate,
+                _ = &mut shutdown => Event::Shutdown,
+            };
+            match event {
+                Event::Assigned(a) => agent.reconcile(a.assignments),
+                Event::Finished(id) => agent.finished(&id),
+                Event::Rotate => agent.rotate_logs(),
+                Event::Shutdown => break,
+            }
+        }
+        agent.stop_all(&mut finished_rx).await;
+        Ok(())
+    }
+
+    /// Restarts or re-adopts every task remembered from before, before any server is asked.
+    fn restore(&mut self) -> Result<(), AgentError> {
+        for task in self.shared.local.all()? {
+            tracing::info!(task = task.assignment.task, "restoring task from local state");
+            self.supervise(task, true);
+        }
+        Ok(())
+    }
+
+    fn supervise(&mut self, task: LocalTask, adopt: bool) {
+        let id = task.assignment.task.clone();
+        let assignment = task.assignment.clone();
+        let (stop, join) = supervisor::spawn(self.shared.clone(), task, adopt);
+        if assignment.desired == DesiredState::Shutdown {
+            let _ = stop.send(true);
+        }
+        self.running.insert(id, Running { stop, assignment });
+        let finished = self.finished_tx.clone();
+        tokio::spawn(async move {
+            if let Ok(id) = join.await {
+                let _ = finished.send(id);
+            }
+        });
+    }
+
+    /// Makes what runs here match the control plane's list: its desired state wins.
+    fn reconcile(&mut self, assignments: Vec<Assignment>) {
+        let listed: HashMap<&str, &Assignment> = assignments.iter().map(|a| (a.task.as_str(), a)).collect();
+        for (id, run) in &self.running {
+            let keep = listed.get(id.as_str()).is_some_and(|a| a.desired == DesiredState::Running);
+            if !keep {
+                let _ = run.stop.send(true);
+                self.forget.insert(id.clone(), true);
+            }
+        }
+        for a in &assignments {
+            if self.running.contains_key(&a.task) {
+                continue;
+            }
+            match a.desired {
+                DesiredState::Running => {
+                    let task = LocalTask {
+                        assignment: a.clone(),
+                        ports: BTreeMap::new(),
+                        handle: None,
+                        restarts: 0,
+                        started_at: None,
+                    };
+                    if let Err(e) = self.shared.local.put(&task) {
+                        tracing::error!(task = a.task, "cannot save assignment: {e}");
+                    }
+                    self.supervise(task, false);
+                }
+                // Asked to stop something not running here (finished before, or lost with a
+                // reboot): say it is stopped so the control plane can let it go.
+                DesiredState::Shutdown => {
+                    let task = LocalTask {
+                        assignment: a.clone(),
+                        ports: BTreeMap::new(),
+                        handle: None,
+                        restarts: 0,
+                        started_at: None,
+                    };
+                    self.supervise(task, false);
+                    self.forget.insert(a.task.clone(), true);
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, id: &str) {
+        self.running.remove(id);
+        if self.forget.remove(id).is_some() {
+            if let Err(e) = self.shared.local.remove(id) {
+                tracing::error!(task = id, "cannot forget task: {e}");
+            }
+            self.shared.logs.remove(id);
+        }
+    }
+
+    fn rotate_logs(&self) {
+        for id in self.running.keys() {
+            if let Err(e) = self.shared.logs.rotate_if_needed(id) {
+                tracing::warn!(task = id, "cannot rotate log: {e}");
+            }
+        }
+    }
+
+    /// Stops every task and waits for each to be down. Their assignments stay in local state,
+    /// so the next start of the agent brings them back.
+    async fn stop_all(&mut self, finished: &mut mpsc::UnboundedReceiver<String>) {
+        for run in self.running.values() {
+            let _ = run.stop.send(true);
+        }
+        let longest = self.running.values().map(|r| r.assignment.spec.stop_grace).max().unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(6);
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, finished.recv()).await {
+                Ok(Some(id)) => {
+                    self.running.remove(&id);
+                    if self.forget.remove(&id).is_some() {
+                        let _ = self.shared.local.remove(&id);
+                    }
+                }
+                _ => break,
+            }
+        }
+        // Let the reporter send the final states while the server may still be up.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Registers (retrying until the server answers), then keeps heartbeating and watching.
+async fn connect(
+    client: Client,
+    register: RegisterRequest,
+    registered: watch::Sender<bool>,
+    assigned: mpsc::Sender<Assignments>,
+) {
+    register_until_done(&client, &register).await;
+    let _ = registered.send(true);
+    let beat_client = client.clone();
+    let name = register.name.clone();
+    let reregister = register.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = beat_client.heartbeat(&name).await {
+                if e.status() == Some(reqwest::StatusCode::NOT_FOUND) {
+                    register_until_done(&beat_client, &reregister).await;
+                }
+            }
+        }
+    });
+    let mut index = 0;
+    let mut retry = RETRY_MIN;
+    loop {
+        match client.assignments(&register.name, index, WATCH_WAIT).await {
+            Ok(a) => {
+                retry = RETRY_MIN;
+                index = a.index;
+                if assigned.send(a).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch assignments: {e}; retrying in {retry:?} (tasks keep running)");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+async fn register_until_done(client: &Client, register: &RegisterRequest) {
+    let mut retry = RETRY_MIN;
+    loop {
+        match client.register(register).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!("cannot register with {}: {e}; retrying in {retry:?}", client.base());
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// What this node offers: all its cores and the memory it has.
+fn capacity() -> Capacity {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024);
+    Capacity { cpu_millis: cpus * 1000, memory_bytes: memory }
+}

@@ -1,0 +1,210 @@
+//! Per-task log files. A task writes its stdout and stderr straight into `<task>.log` (opened in
+//! append mode), so its output survives an agent restart and costs the agent nothing per line.
+//! Rotation is by size with copy-then-truncate: the task keeps its file descriptor, and because
+//! it appends, its next write lands at the new end. Lines written between the copy and the
+//! truncate can be lost; that window is one copy of at most `max_bytes`.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::Stream;
+
+/// 10 MiB × 3 files: a chatty task keeps ~30 MiB of history, bounded on a small disk.
+pub const DEFAULT_MAX_BYTES: u64 = 10 << 20;
+pub const DEFAULT_KEEP: usize = 3;
+
+/// How often `follow` looks for new output. 200 ms feels live without costing a wake-up storm.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    dir: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+}
+
+impl LogStore {
+    pub fn new(dir: PathBuf) -> LogStore {
+        LogStore { dir, max_bytes: DEFAULT_MAX_BYTES, keep: DEFAULT_KEEP }
+    }
+
+    pub fn with_limits(mut self, max_bytes: u64, keep: usize) -> LogStore {
+        self.max_bytes = max_bytes;
+        self.keep = keep.max(1);
+        self
+    }
+
+    pub fn path(&self, task: &str) -> PathBuf {
+        self.dir.join(format!("{task}.log"))
+    }
+
+    fn rotated(&self, task: &str, n: usize) -> PathBuf {
+        self.dir.join(format!("{task}.log.{n}"))
+    }
+
+    /// Appends a line of the agent's own (restart notices), marked so it stands out.
+    pub fn note(&self, task: &str, line: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(self.path(task)) {
+            let _ = writeln!(f, "--- outpost: {line} ---");
+        }
+    }
+
+    /// Rotates the task's log if it grew past the limit. Returns whether it rotated.
+    pub fn rotate_if_needed(&self, task: &str) -> std::io::Result<bool> {
+        let path = self.path(task);
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(_) => return Ok(false),
+        };
+        if size <= self.max_bytes {
+            return Ok(false);
+        }
+        for n in (1..self.keep).rev() {
+            let from = self.rotated(task, n);
+            if from.exists() {
+                std::fs::rename(&from, self.rotated(task, n + 1))?;
+            }
+        }
+        std::fs::copy(&path, self.rotated(task, 1))?;
+        std::fs::OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+        Ok(true)
+    }
+
+    /// Deletes every file of a task that is gone for good.
+    pub fn remove(&self, task: &str) {
+        let _ = std::fs::remove_file(self.path(task));
+        for n in 1..=self.keep {
+            let _ = std::fs::remove_file(self.rotated(task, n));
+        }
+    }
+
+    /// The last `n` lines of the current file (all of it for `None`), and the offset they end at.
+    pub fn tail(&self, task: &str, n: Option<usize>) -> std::io::Result<(Vec<u8>, u64)> {
+        let mut data = Vec::new();
+        match std::fs::File::open(self.path(task)) {
+            Ok(mut f) => {
+                f.read_to_end(&mut data)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(e),
+        }
+        let end = data.len() as u64;
+        let start = match n {
+            None => 0,
+            Some(n) => last_lines_start(&data, n),
+        };
+        Ok((data.split_off(start), end))
+    }
+
+    /// New output of the task's log from `offset` on, forever; restarts the reading at the top
+    /// when the file was truncated by a rotation.
+    pub fn follow(&self, task: &str, mut offset: u64) -> impl Stream<Item = Vec<u8>> + Send + 'static {
+        let path = self.path(task);
+        async_stream(move |tx| async move {
+            loop {
+                let chunk = read_from(&path, &mut offset);
+                if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        })
+    }
+}
+
+fn read_from(path: &Path, offset: &mut u64) -> Vec<u8> {
+    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len < *offset {
+        *offset = 0;
+    }
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(*offset)).is_ok() && f.read_to_end(&mut buf).is_ok() {
+        *offset += buf.len() as u64;
+    }
+    buf
+}
+
+/// Byte offset where the last `n` lines of `data` start.
+fn last_lines_start(data: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return data.len();
+    }
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let mut seen = 0;
+    for (i, b) in body.iter().enumerate().rev() {
+        if *b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    0
+}
+
+/// A stream fed by a spawned producer; ends when the consumer drops it.
+fn async_stream<F, Fut>(producer: F) -> impl Stream<Item = Vec<u8>> + Send + 'static
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Vec<u8>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(producer(tx));
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::io::Write;
+
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn tail_takes_the_last_lines() {
+        assert_eq!(last_lines_start(b"a\nb\nc\n", 2), 2);
+        assert_eq!(last_lines_start(b"a\nb\nc", 1), 4);
+        assert_eq!(last_lines_start(b"a\nb\n", 5), 0);
+        assert_eq!(last_lines_start(b"a\nb\n", 0), 4);
+    }
+
+    #[test]
+    fn rotation_keeps_a_bounded_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().into()).with_limits(10, 2);
+        for round in 0..3 {
+            append(&logs.path("t"), &format!("round {round} is long\n"));
+            assert!(logs.rotate_if_needed("t").unwrap());
+        }
+        assert_eq!(std::fs::metadata(logs.path("t")).unwrap().len(), 0);
+        assert_eq!(std::fs::read_to_string(logs.rotated("t", 1)).unwrap(), "round 2 is long\n");
+        assert_eq!(std::fs::read_to_string(logs.rotated("t", 2)).unwrap(), "round 1 is long\n");
+        assert!(!logs.rotated("t", 3).exists());
+        append(&logs.path("t"), "short\n");
+        assert!(!logs.rotate_if_needed("t").unwrap());
+        logs.remove("t");
+        assert!(!logs.path("t").exists() && !logs.rotated("t", 1).exists());
+    }
+
+    #[tokio::test]
+    async fn follow_sees_appends_and_survives_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path().into());
+        append(&logs.path("t"), "one\n");
+        let (head, offset) = logs.tail("t", Some(10)).unwrap();
+        assert_eq!(head, b"one\n");
+        let mut stream = Box::pin(logs.follow("t", offset));
+        append(&logs.path("t"), "two\n");
+        assert_eq!(stream.next().await.unwrap(), b"two\n");
+        std::fs::OpenOptions::new().write(true).open(logs.path("t")).unwrap().set_len(0).unwrap();
+        append(&logs.path("t"), "3\n");
+        assert_eq!(stream.next().await.unwrap(), b"3\n");
+    }
+}

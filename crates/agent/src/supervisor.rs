@@ -1,0 +1,584 @@
+//! One supervisor per task: starts it through its driver, probes it, restarts it with backoff
+//! under its restart policy, and stops it (SIGTERM, `stop_grace`, SIGKILL) when told to. Every
+//! change of what it observes goes out as a [`Update`] to the reporter; it never talks to the
+//! server itself, so it heals its task the same whether the server is reachable or not.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{Level, NewEvent, TaskState, TaskStatus, Timestamp};
+use spec::{ProbeSpec, RestartPolicy, RestartSpec, ServiceSpec};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::driver::{BoxFuture, Driver, Exit, Handle, Launch, StopSignal};
+use crate::local::{LocalState, LocalTask};
+use crate::logs::LogStore;
+use crate::probe::{self, Threshold, Verdict};
+
+/// Until a task is first ready its readiness probe runs this often (or at its period, if
+/// shorter), so a restarted task is back in rotation within tens of milliseconds instead of a
+/// whole period later.
+const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How long to wait for a task to die after SIGKILL before reporting it gone anyway.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// A change in one task's observed state, with the events that explain it.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub status: TaskStatus,
+    pub events: Vec<NewEvent>,
+}
+
+/// What every supervisor shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub node: String,
+    pub drivers: BTreeMap<String, Arc<dyn Driver>>,
+    pub logs: LogStore,
+    pub local: Arc<LocalState>,
+    pub updates: mpsc::UnboundedSender<Update>,
+    /// Working directory for processes whose spec names none.
+    pub default_workdir: Option<PathBuf>,
+}
+
+/// The supervisor's view of its task, reported after every change.
+struct Observed {
+    state: TaskState,
+    ready: bool,
+    exit_code: Option<i32>,
+    message: Option<String>,
+}
+
+/// What follows a run of the task.
+enum Next {
+    /// Start again after the backoff; `up_since` is when the run began (`None`: it never started).
+    Restart { up_since: Option<Instant> },
+    /// Stay down until told to stop.
+    Park,
+}
+
+enum Outcome {
+    Exited(Exit),
+    Unhealthy(String),
+    Stop,
+}
+
+pub struct Supervisor {
+    shared: Shared,
+    task: LocalTask,
+    driver: Arc<dyn Driver>,
+    stop: watch::Receiver<bool>,
+    observed: Observed,
+    /// Restarts since the task last stayed up for `reset_after`: the backoff exponent.
+    streak: u32,
+}
+
+/// Starts supervising `task`; returns the sender that asks it to stop (send `true`).
+/// With `adopt`, a task whose process still runs is re-attached instead of restarted.
+pub fn spawn(shared: Shared, task: LocalTask, adopt: bool) -> (watch::Sender<bool>, tokio::task::JoinHandle<String>) {
+    let (stop_tx, stop) = watch::channel(false);
+    let driver_name = task.assignment.spec.driver.to_string();
+    let id = task.assignment.task.clone();
+    let Some(driver) = shared.drivers.get(&driver_name).cloned() else {
+        let shared2 = shared.clone();
+        let join = tokio::spawn(async move {
+            let message = format!("this node has no {driver_name} driver");
+            report_raw(&shared2, &id, TaskState::Failed, Some(message.clone()), Level::Error, "no-driver");
+            id
+        });
+        return (stop_tx, join);
+    };
+    let sup = Supervisor {
+        shared,
+        task,
+        driver,
+        stop,
+        observed: Observed { state: TaskState::Pending, ready: false, exit_code: None, message: None },
+        streak: 0,
+    };
+    let join = tokio::spawn(sup.run(adopt));
+    (stop_tx, join)
+}
+
+fn report_raw(shared: &Shared, id: &str, state: TaskState, message: Option<String>, level: Level, reason: &str) {
+    let status = TaskStatus {
+        id: id.to_string(),
+        state,
+        ready: false,
+        restarts: 0,
+        pid: None,
+        container_id: None,
+        ports: BTreeMap::new(),
+        started_at: None,
+        exit_code: None,
+        message: message.clone(),
+    };
+    let event = NewEvent {
+        time: now(),
+        level,
+        reason: reason.into(),
+        service: None,
+        task: Some(id.to_string()),
+        node: Some(shared.node.clone()),
+        message: message.unwrap_or_default(),
+    };
+    let _ = shared.updates.send(Update { status, events: vec![event] });
+}
+
+pub fn now() -> Timestamp {
+    Timestamp::from_system_time(std::time::SystemTime::now())
+}
+
+impl Supervisor {
+    fn spec(&self) -> &ServiceSpec {
+        &self.task.assignment.spec
+    }
+
+    fn id(&self) -> &str {
+        &self.task.assignment.task
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn run(mut self, adopt: bool) -> String {
+        let mut handle = match self.task.handle.clone() {
+            Some(h) if adopt && self.driver.alive(&h) => {
+                let pid = h.pid.map_or(String::new(), |p| format!(" (pid {p})"));
+                self.observed.state = TaskState::Running;
+                self.report(vec![self.event(Level::Info, "adopted", format!("re-adopted running task{pid}"))]);
+                Some(h)
+            }
+            _ => None,
+        };
+        while !self.stopping() {
+            let h = match handle.take() {
+                Some(h) => h,
+                None => match self.start().await {
+                    Some(h) => h,
+                    None => {
+                        let next = if self.spec().restart.policy == RestartPolicy::Never {
+                            Next::Park
+                        } else {
+                            Next::Restart { up_since: None }
+                        };
+                        if !self.after_run(next).await {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let started = Instant::now();
+            match self.watch(&h).await {
+                Outcome::Stop => {
+                    self.terminate(&h).await;
+                    break;
+                }
+                Outcome::Exited(exit) => {
+                    self.exited(&exit);
+                    let next = if self.should_restart(&exit) { Next::Restart { up_since: Some(started) } } else { Next::Park };
+                    if !self.after_run(next).await {
+                        break;
+                    }
+                }
+                Outcome::Unhealthy(reason) => {
+                    let e = self.event(Level::Warning, "unhealthy", format!("liveness probe failed: {reason}; restarting"));
+                    self.observed.ready = false;
+                    self.report(vec![e]);
+                    self.terminate(&h).await;
+                    self.observed.state = TaskState::Failed;
+                    self.observed.message = Some(format!("killed after failing its liveness probe: {reason}"));
+                    let next = if self.spec().restart.policy == RestartPolicy::Never {
+                        Next::Park
+                    } else {
+                        Next::Restart { up_since: Some(started) }
+                    };
+                    if !self.after_run(next).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.stopped();
+        self.task.assignment.task
+    }
+
+    /// Starts the task once. On failure reports why and returns `None`.
+    async fn start(&mut self) -> Option<Handle> {
+        self.assign_ports();
+        let launch = self.launch();
+        if self.task.restarts > 0 || self.task.started_at.is_some() {
+            self.shared.logs.note(self.id(), &format!("restart {} of task {}", self.task.restarts, self.id()));
+        }
+        match self.driver.start(&launch).await {
+            Ok(h) => {
+                self.task.handle = Some(h.clone());
+                self.task.started_at = Some(now());
+                self.persist();
+                let has_readiness = self.spec().readiness.is_some();
+                self.observed = Observed {
+                    state: if has_readiness { TaskState::Starting } else { TaskState::Running },
+                    ready: !has_readiness,
+                    exit_code: None,
+                    message: None,
+                };
+                let pid = h.pid.map_or(String::new(), |p| format!(" as pid {p}"));
+                self.report(vec![self.event(Level::Info, "started", format!("started{pid}"))]);
+                Some(h)
+            }
+            Err(e) => {
+                self.task.handle = None;
+                self.observed = Observed {
+                    state: TaskState::Failed,
+                    ready: false,
+                    exit_code: None,
+                    message: Some(e.to_string()),
+                };
+                self.report(vec![self.event(Level::Error, "start-failed", e.to_string())]);
+                None
+            }
+        }
+    }
+
+    fn assign_ports(&mut self) {
+        for port in &self.task.assignment.spec.ports {
+            if self.task.ports.contains_key(&port.name) {
+                continue;
+            }
+            let chosen = port.host_port.or_else(free_port).unwrap_or(0);
+            self.task.ports.insert(port.name.clone(), chosen);
+        }
+    }
+
+    fn launch(&self) -> Launch {
+        let spec = self.spec();
+        let vars = task_vars(spec, &self.task, &self.shared.node);
+        let mut env: BTreeMap<String, String> =
+            spec.env.iter().map(|(k, v)| (k.clone(), expand(v, &vars))).collect();
+        env.extend(vars.clone());
+        let mut argv: Vec<String> = spec.entrypoint.iter().chain(&spec.command).map(|a| expand(a, &env)).collect();
+        if argv.is_empty() {
+            argv.push(String::new());
+        }
+        Launch {
+            task_id: self.id().to_string(),
+            argv,
+            env,
+            workdir: spec.workdir.as_ref().map(PathBuf::from).or_else(|| self.shared.default_workdir.clone()),
+            log_path: self.shared.logs.path(self.id()),
+        }
+    }
+
+    /// Waits for whatever ends this run of the task, probing it meanwhile.
+    async fn watch(&mut self, h: &Handle) -> Outcome {
+        let driver = self.driver.clone();
+        let spec = self.spec().clone();
+        let ports = self.task.ports.clone();
+        let mut exit = driver.wait(h);
+        let mut live = ProbeLoop::new(spec.liveness, false, ports.clone(), driver.clone(), h.clone()).round();
+        let mut ready = ProbeLoop::new(spec.readiness, true, ports, driver.clone(), h.clone()).round();
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                e = &mut exit => return Outcome::Exited(e),
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return Outcome::Stop;
+                    }
+                }
+                (probe, verdict, result) = &mut live => {
+                    if let (Verdict::Unhealthy, Err(reason)) = (verdict, result) {
+                        return Outcome::Unhealthy(reason);
+                    }
+                    live = probe.round();
+                }
+                (probe, verdict, result) = &mut ready => {
+                    self.readiness((verdict, result));
+                    ready = probe.round();
+                }
+            }
+        }
+    }
+
+    fn readiness(&mut self, (verdict, result): (Verdict, Result<(), String>)) {
+        let ready = match verdict {
+            Verdict::Healthy => true,
+            Verdict::Unhealthy => false,
+            Verdict::Undecided => return,
+        };
+        if ready == self.observed.ready && self.observed.state == TaskState::Running {
+            return;
+        }
+        self.observed.ready = ready;
+        self.observed.state = TaskState::Running;
+        let event = if ready {
+            self.event(Level::Info, "ready", "readiness probe passed".into())
+        } else {
+            let reason = result.err().unwrap_or_default();
+            self.event(Level::Warning, "not-ready", format!("readiness probe failed: {reason}"))
+        };
+        self.report(vec![event]);
+    }
+
+    fn exited(&mut self, exit: &Exit) {
+        let ok = exit.success();
+        self.observed = Observed {
+            state: if ok { TaskState::Exited } else { TaskState::Failed },
+            ready: false,
+            exit_code: exit.code(),
+            message: Some(exit.describe()),
+        };
+        let level = if ok { Level::Info } else { Level::Warning };
+        self.report(vec![self.event(level, "exited", exit.describe())]);
+    }
+
+    fn should_restart(&self, exit: &Exit) -> bool {
+        match self.spec().restart.policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !exit.success(),
+            RestartPolicy::Never => false,
+        }
+    }
+
+    /// After a run ended: waits out the backoff and returns `true` to restart, or parks until
+    /// told to stop. Returns `false` once stopped.
+    async fn after_run(&mut self, next: Next) -> bool {
+        let up_since = match next {
+            Next::Park => {
+                let mut stop = self.stop.clone();
+                let _ = stop.wait_for(|s| *s).await;
+                return false;
+            }
+            Next::Restart { up_since } => up_since,
+        };
+        if up_since.is_some_and(|t| t.elapsed() >= self.spec().restart.reset_after) {
+            self.streak = 0;
+        }
+        let delay = backoff(&self.spec().restart, self.streak);
+        self.streak += 1;
+        self.task.restarts += 1;
+        self.persist();
+        let e = self.event(
+            Level::Info,
+            "restarting",
+            format!("restart {} in {}", self.task.restarts, humantime_short(delay)),
+        );
+        self.report(vec![e]);
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = sleep(delay) => true,
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// SIGTERM, up to `stop_grace`, then SIGKILL.
+    async fn terminate(&mut self, h: &Handle) {
+        let grace = self.spec().stop_grace;
+        if let Err(e) = self.driver.signal(h, StopSignal::Term) {
+            tracing::warn!(task = self.id(), "{e}");
+        }
+        let exited = tokio::time::timeout(grace, self.driver.wait(h)).await;
+        if exited.is_err() {
+            let _ = self.driver.signal(h, StopSignal::Kill);
+            let _ = tokio::time::timeout(KILL_WAIT, self.driver.wait(h)).await;
+            let e = self.event(Level::Warning, "killed", format!("did not stop within {}; killed", humantime_short(grace)));
+            self.report(vec![e]);
+        }
+    }
+
+    fn stopped(&mut self) {
+        self.observed = Observed {
+            state: TaskState::Exited,
+            ready: false,
+            exit_code: self.observed.exit_code,
+            message: Some("stopped".into()),
+        };
+        self.task.handle = None;
+        let e = self.event(Level::Info, "stopped", "stopped".into());
+        self.report(vec![e]);
+    }
+
+    fn persist(&self) {
+        if let Err(e) = self.shared.local.put(&self.task) {
+            tracing::error!(task = self.id(), "cannot save task state: {e}");
+        }
+    }
+
+    fn event(&self, level: Level, reason: &str, message: String) -> NewEvent {
+        NewEvent {
+            time: now(),
+            level,
+            reason: reason.into(),
+            service: Some(self.task.assignment.service.clone()),
+            task: Some(self.id().to_string()),
+            node: Some(self.shared.node.clone()),
+            message,
+        }
+    }
+
+    fn report(&self, events: Vec<NewEvent>) {
+        let h = self.task.handle.as_ref();
+        let status = TaskStatus {
+            id: self.id().to_string(),
+            state: self.observed.state,
+            ready: self.observed.ready,
+            restarts: self.task.restarts,
+            pid: h.and_then(|h| h.pid),
+            container_id: h.and_then(|h| h.container_id.clone()),
+            ports: self.task.ports.clone(),
+            started_at: self.task.started_at,
+            exit_code: self.observed.exit_code,
+            message: self.observed.message.clone(),
+        };
+        for e in &events {
+            tracing::info!(task = self.id(), reason = e.reason, "{}", e.message);
+        }
+        let _ = self.shared.updates.send(Update { status, events });
+    }
+}
+
+/// Delay before restart number `streak + 1`: `initial_backoff × 2^streak`, at most `max_backoff`.
+pub fn backoff(spec: &RestartSpec, streak: u32) -> Duration {
+    let factor = 2u32.saturating_pow(streak.min(31));
+    spec.initial_backoff.saturating_mul(factor).min(spec.max_backoff)
+}
+
+fn humantime_short(d: Duration) -> String {
+    if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
+}
+
+/// One probe's schedule and consecutive results. It owns what it needs, so its attempt can stay
+/// in flight across iterations of the supervisor's `select!` (a cancelled attempt would restart
+/// and might never finish).
+struct ProbeLoop {
+    spec: Option<ProbeSpec>,
+    ports: BTreeMap<String, u16>,
+    driver: Arc<dyn Driver>,
+    handle: Handle,
+    next: Instant,
+    threshold: Threshold,
+    /// Readiness probes run fast until the first success.
+    startup: bool,
+    decided: bool,
+}
+
+type ProbeRound = (ProbeLoop, Verdict, Result<(), String>);
+
+impl ProbeLoop {
+    fn new(spec: Option<ProbeSpec>, startup: bool, ports: BTreeMap<String, u16>, driver: Arc<dyn Driver>, handle: Handle) -> ProbeLoop {
+        let delay = spec.as_ref().map_or(Duration::ZERO, |s| s.initial_delay);
+        ProbeLoop {
+            spec,
+            ports,
+            driver,
+            handle,
+            next: Instant::now() + delay,
+            threshold: Threshold::default(),
+            startup,
+            decided: false,
+        }
+    }
+
+    /// Waits for the next attempt, runs it, and gives itself back with the verdict so far.
+    /// Never resolves when there is no probe.
+    fn round(mut self) -> BoxFuture<'static, ProbeRound> {
+        Box::pin(async move {
+            let Some(spec) = self.spec.clone() else { return std::future::pending().await };
+            sleep_until(self.next).await;
+            let result = probe::check(&spec, &self.ports, self.driver.as_ref(), &self.handle).await;
+            let verdict = self.threshold.record(result.is_ok(), &spec);
+            if verdict == Verdict::Healthy {
+                self.decided = true;
+            }
+            let fast = self.startup && !self.decided;
+            let interval = if fast { spec.period.min(STARTUP_PROBE_INTERVAL) } else { spec.period };
+            self.next = Instant::now() + interval;
+            // While starting up, a failure only means "not yet": it must not mark unready a task
+            // that never was ready.
+            let verdict = if fast && verdict == Verdict::Unhealthy { Verdict::Undecided } else { verdict };
+            (self, verdict, result)
+        })
+    }
+}
+
+/// A free TCP port on this host, chosen by the kernel.
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind(("0.0.0.0", 0)).ok()?.local_addr().ok().map(|a| a.port())
+}
+
+/// Variables every task gets: its identity and its ports.
+fn task_vars(spec: &ServiceSpec, task: &LocalTask, node: &str) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::from([
+        ("OUTPOST_TASK_ID".to_string(), task.assignment.task.clone()),
+        ("OUTPOST_SERVICE".to_string(), task.assignment.service.clone()),
+        ("OUTPOST_SLOT".to_string(), task.assignment.slot.to_string()),
+        ("OUTPOST_NODE".to_string(), node.to_string()),
+    ]);
+    for (i, port) in spec.ports.iter().enumerate() {
+        let Some(p) = task.ports.get(&port.name) else { continue };
+        if i == 0 {
+            vars.insert("PORT".into(), p.to_string());
+        }
+        vars.insert(format!("OUTPOST_PORT_{}", port.name.to_uppercase().replace('-', "_")), p.to_string());
+    }
+    vars
+}
+
+/// Replaces `${NAME}` with its value; unknown names are left as written.
+pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                match vars.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => out.push_str(&rest[start..start + 3 + end]),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let spec = RestartSpec {
+            policy: RestartPolicy::Always,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            reset_after: Duration::from_secs(10),
+        };
+        let delays: Vec<u128> = (0..6).map(|n| backoff(&spec, n).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff(&spec, 400), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn expands_known_variables_only() {
+        let vars = BTreeMap::from([("PORT".to_string(), "8080".to_string())]);
+        assert_eq!(expand("--port=${PORT}", &vars), "--port=8080");
+        assert_eq!(expand("${MISSING}:${PORT}", &vars), "${MISSING}:8080");
+        assert_eq!(expand("${unterminated", &vars), "${unterminated");
+        assert_eq!(expand("plain", &vars), "plain");
+    }
+}

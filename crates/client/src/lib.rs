@@ -1,0 +1,200 @@
+//! A typed client of Outpost's `/v1` HTTP API. The agent uses it to register, watch its
+//! assignments and report; the CLI uses it for everything a user asks. It knows the wire types of
+//! the `api` crate and nothing of how the server stores them.
+
+use std::time::Duration;
+
+use api::{
+    ApiError, Assignments, DeployRequest, DeployResponse, Events, Node, RegisterRequest,
+    ScaleRequest, ServiceSummary, StatusReport, Task,
+};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the Outpost API at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("the API refused the token (401): check --token / OUTPOST_TOKEN, or the data dir's token file")]
+    Unauthorized,
+    #[error("{}", render_api_error(.status, .error))]
+    Api { status: StatusCode, error: ApiError },
+    #[error("unexpected answer from {url}: {message}")]
+    Protocol { url: String, message: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            ClientError::Unauthorized => Some(StatusCode::UNAUTHORIZED),
+            _ => None,
+        }
+    }
+}
+
+fn render_api_error(status: &StatusCode, error: &ApiError) -> String {
+    let mut out = error.error.clone();
+    for p in &error.problems {
+        out.push_str(&format!("\n  {}: {}", p.path, p.message));
+    }
+    if error.error.is_empty() {
+        out = format!("request failed with {status}");
+    }
+    out
+}
+
+/// A client bound to one server and token. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// 60 s: above the longest blocking query (`wait` is capped at 30 s by the server).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Client {
+        let base = if base.starts_with("http://") || base.starts_with("https://") {
+            base.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", base.trim_end_matches('/'))
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .unwrap_or_default();
+        Client { base, token: token.to_string(), http }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder, timeout: Duration) -> Result<T, ClientError> {
+        let resp = self.execute(req.timeout(timeout)).await?;
+        let url = resp.url().to_string();
+        resp.json::<T>().await.map_err(|e| ClientError::Protocol { url, message: e.to_string() })
+    }
+
+    async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await.map_err(|source| ClientError::Unreachable { url: self.base.clone(), source })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let error = serde_json::from_str::<ApiError>(&text)
+            .unwrap_or_else(|_| ApiError { error: format!("{status}: {text}"), problems: Vec::new() });
+        Err(ClientError::Api { status, error })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(self.request(Method::GET, path), REQUEST_TIMEOUT).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.send(self.request(Method::POST, path).json(body), REQUEST_TIMEOUT).await
+    }
+
+    pub async fn deploy(&self, req: &DeployRequest) -> Result<DeployResponse, ClientError> {
+        self.post("/v1/services", req).await
+    }
+
+    pub async fn services(&self) -> Result<Vec<ServiceSummary>, ClientError> {
+        self.get("/v1/services").await
+    }
+
+    pub async fn tasks(&self, service: Option<&str>) -> Result<Vec<Task>, ClientError> {
+        match service {
+            Some(s) => self.get(&format!("/v1/tasks?service={}", encode(s))).await,
+            None => self.get("/v1/tasks").await,
+        }
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
+        self.get("/v1/nodes").await
+    }
+
+    /// Events after `after`; with `wait`, blocks until at least one arrives or `wait` passes.
+    pub async fn events(&self, after: u64, wait: Option<Duration>) -> Result<Events, ClientError> {
+        let mut path = format!("/v1/events?after={after}");
+        if let Some(w) = wait {
+            path.push_str(&format!("&wait={}ms", w.as_millis()));
+        }
+        self.get(&path).await
+    }
+
+    pub async fn scale(&self, service: &str, replicas: u32) -> Result<ServiceSummary, ClientError> {
+        self.post(&format!("/v1/services/{}/scale", encode(service)), &ScaleRequest { replicas }).await
+    }
+
+    pub async fn remove(&self, service: &str) -> Result<ServiceSummary, ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/v1/services/{}", encode(service))), REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// The service's (or task's) log as a byte stream; with `follow` it stays open.
+    pub async fn logs(
+        &self,
+        target: &str,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError> {
+        use futures_util::StreamExt;
+        let mut path = format!("/v1/logs/{}?follow={follow}", encode(target));
+        if let Some(n) = tail {
+            path.push_str(&format!("&tail={n}"));
+        }
+        let resp = self.execute(self.request(Method::GET, &path)).await?;
+        let url = self.base.clone();
+        Ok(resp.bytes_stream().map(move |chunk| {
+            chunk
+                .map(|b| b.to_vec())
+                .map_err(|e| ClientError::Protocol { url: url.clone(), message: e.to_string() })
+        }))
+    }
+
+    pub async fn register(&self, req: &RegisterRequest) -> Result<Node, ClientError> {
+        self.post("/v1/nodes", req).await
+    }
+
+    pub async fn heartbeat(&self, node: &str) -> Result<(), ClientError> {
+        let req = self.request(Method::POST, &format!("/v1/nodes/{}/heartbeat", encode(node)));
+        self.execute(req.timeout(Duration::from_secs(2))).await.map(drop)
+    }
+
+    pub async fn report(&self, node: &str, report: &StatusReport) -> Result<(), ClientError> {
+        let req = self.request(Method::POST, &format!("/v1/nodes/{}/status", encode(node))).json(report);
+        self.execute(req.timeout(Duration::from_secs(10))).await.map(drop)
+    }
+
+    /// Blocking query: returns once the node's assignments changed past `index`, or after `wait`.
+    pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {
+        let path = format!("/v1/nodes/{}/assignments?index={index}&wait={}ms", encode(node), wait.as_millis());
+        self.send(self.request(Method::GET, &path), wait + Duration::from_secs(10)).await
+    }
+}
+
+/// Names are DNS labels or task ids (`web.1.7`), so only a few characters ever need escaping.
+fn encode(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '.' | '_' | '~' => c.to_string(),
+            c => {
+                let mut buf = [0u8; 4];
+                c.encode_utf8(&mut buf).bytes().map(|b| format!("%{b:02X}")).collect()
+            }
+        })
+        .collect()
+}

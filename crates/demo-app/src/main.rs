@@ -1,0 +1,121 @@
+//! `demo-app`: a dependency-free HTTP service used by the examples, the tests and `bench/`.
+//!
+//! Endpoints:
+//! - `GET /` — a greeting with the task id and pid (`GREETING`, `OUTPOST_TASK_ID` from the env);
+//! - `GET /healthz` — 200, or 503 once `/fail` was called (drives liveness tests);
+//! - `GET /fail` — make `/healthz` fail from now on;
+//! - `GET /crash` — exit at once with status 2 (drives restart tests).
+//!
+//! Flags: `--port N` (default: `$PORT`, else 8080), `--exit-after MS` and `--exit-code N` (exit
+//! on a timer, for restart-policy tests), `--delay-ready MS` (bind the port late, for readiness
+//! tests). It is std-only so it links statically and fits a `FROM scratch` image.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::exit;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+struct Options {
+    port: u16,
+    exit_after: Option<Duration>,
+    exit_code: i32,
+    delay_ready: Duration,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut opts = Options {
+        port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080),
+        exit_after: None,
+        exit_code: 0,
+        delay_ready: Duration::ZERO,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |what: &str| value.parse::<u64>().map_err(|_| format!("{flag}: {value:?} is not {what}"));
+        match flag.as_str() {
+            "--port" => opts.port = number("a port")? as u16,
+            "--exit-after" => opts.exit_after = Some(Duration::from_millis(number("milliseconds")?)),
+            "--exit-code" => opts.exit_code = value.parse().map_err(|_| format!("--exit-code: {value:?} is not a number"))?,
+            "--delay-ready" => opts.delay_ready = Duration::from_millis(number("milliseconds")?),
+            _ => return Err(format!("unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready")),
+        }
+    }
+    Ok(opts)
+}
+
+fn main() {
+    let opts = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("demo-app: {e}");
+            exit(64);
+        }
+    };
+    if let Some(after) = opts.exit_after {
+        let code = opts.exit_code;
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            println!("demo-app: exiting with status {code} as asked");
+            exit(code);
+        });
+    }
+    std::thread::sleep(opts.delay_ready);
+    let listener = match TcpListener::bind(("0.0.0.0", opts.port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("demo-app: cannot listen on port {}: {e}", opts.port);
+            exit(1);
+        }
+    };
+    println!("demo-app: listening on port {} (pid {})", opts.port, std::process::id());
+    let sick = Arc::new(AtomicBool::new(false));
+    for stream in listener.incoming().flatten() {
+        let sick = sick.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = serve(stream, &sick) {
+                eprintln!("demo-app: connection error: {e}");
+            }
+        });
+    }
+}
+
+fn serve(mut stream: TcpStream, sick: &AtomicBool) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Drain the headers; bodies are not used by any endpoint.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let (status, body) = match path {
+        "/healthz" if sick.load(Ordering::SeqCst) => ("503 Service Unavailable", "unhealthy\n".to_string()),
+        "/healthz" => ("200 OK", "ok\n".to_string()),
+        "/fail" => {
+            sick.store(true, Ordering::SeqCst);
+            println!("demo-app: /healthz will fail from now on");
+            ("200 OK", "healthz will fail\n".to_string())
+        }
+        "/crash" => {
+            println!("demo-app: crashing as asked");
+            exit(2);
+        }
+        "/" => {
+            let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
+            let task = std::env::var("OUTPOST_TASK_ID").unwrap_or_else(|_| "-".into());
+            ("200 OK", format!("{greeting} from {task} (pid {})\n", std::process::id()))
+        }
+        _ => ("404 Not Found", "not found\n".to_string()),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}

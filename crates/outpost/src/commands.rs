@@ -1,0 +1,194 @@
+//! Client commands: each resolves the API, makes one or a few calls, and prints a table or JSON.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use api::DeployRequest;
+use client::Client;
+use futures_util::StreamExt;
+use spec::ServiceSpec;
+
+use crate::output;
+use crate::{Connection, Format, roles};
+
+/// Builds a client from flags, environment, or a local data dir.
+pub fn connect(conn: &Connection) -> Result<Client> {
+    let dir = roles::client_data_dir(conn);
+    let read = |name: &str| -> Result<Option<String>> {
+        let Some(dir) = &dir else { return Ok(None) };
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    };
+    let api = match &conn.api {
+        Some(a) => a.clone(),
+        None => read("api")?.context(
+            "no API to talk to: give --api (or OUTPOST_API), or --data-dir of a running `outpost dev`",
+        )?,
+    };
+    let token = match &conn.token {
+        Some(t) => t.clone(),
+        None => read("token")?.context("no token: give --token (or OUTPOST_TOKEN), or --data-dir of the server")?,
+    };
+    Ok(Client::new(&api, &token))
+}
+
+/// Reads and parses spec files; every problem of every file is reported before giving up.
+pub fn read_specs(files: &[PathBuf]) -> Result<Vec<ServiceSpec>> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut specs = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let dotenv_path = file.parent().unwrap_or(Path::new(".")).join(".env");
+        let dotenv = std::fs::read_to_string(&dotenv_path).ok();
+        match spec::parse_file(&file.display().to_string(), &text, &env, dotenv.as_deref()) {
+            Ok(parsed) => {
+                for w in &parsed.warnings {
+                    eprintln!("warning: {w}");
+                }
+                specs.extend(parsed.services);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("invalid spec; nothing was deployed:\n{}", errors.join("\n"));
+    }
+    Ok(specs)
+}
+
+pub async fn deploy(conn: &Connection, files: &[PathBuf], dry_run: bool) -> Result<()> {
+    let specs = read_specs(files)?;
+    let client = connect(conn)?;
+    apply(&client, specs, dry_run, conn.output).await
+}
+
+pub async fn apply(client: &Client, specs: Vec<ServiceSpec>, dry_run: bool, format: Format) -> Result<()> {
+    let request = DeployRequest { services: specs.clone(), dry_run };
+    let response = client.deploy(&request).await?;
+    if format == Format::Json {
+        let shown = serde_json::json!({ "dry_run": dry_run, "changes": response.changes, "services": specs });
+        return print_json(&shown);
+    }
+    println!("{}", output::changes(&response.changes));
+    if dry_run {
+        println!("\n{}", output::spec_summary(&specs));
+        if specs.iter().any(|s| s.driver == spec::DriverKind::Docker) {
+            println!("\nnote: image-based services need the docker driver, which this version does not have yet: deploying them will be refused.");
+        }
+        println!("dry run: nothing was changed");
+    }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn services(conn: &Connection) -> Result<()> {
+    let list = connect(conn)?.services().await?;
+    match conn.output {
+        Format::Json => print_json(&list),
+        Format::Table => {
+            println!("{}", output::services(&list));
+            Ok(())
+        }
+    }
+}
+
+pub async fn ps(conn: &Connection, service: Option<&str>) -> Result<()> {
+    let tasks = connect(conn)?.tasks(service).await?;
+    match conn.output {
+        Format::Json => print_json(&tasks),
+        Format::Table => {
+            println!("{}", output::tasks(&tasks, api::Timestamp::from_system_time(std::time::SystemTime::now())));
+            Ok(())
+        }
+    }
+}
+
+pub async fn nodes(conn: &Connection) -> Result<()> {
+    let nodes = connect(conn)?.nodes().await?;
+    match conn.output {
+        Format::Json => print_json(&nodes),
+        Format::Table => {
+            println!("{}", output::nodes(&nodes));
+            Ok(())
+        }
+    }
+}
+
+/// How long one `events -f` request waits for news.
+const FOLLOW_WAIT: Duration = Duration::from_secs(25);
+
+pub async fn events(conn: &Connection, follow: bool, service: Option<&str>) -> Result<()> {
+    let client = connect(conn)?;
+    let mut after = 0;
+    let mut first = true;
+    loop {
+        let wait = (follow && !first).then_some(FOLLOW_WAIT);
+        let batch = client.events(after, wait).await?;
+        after = batch.index.max(after);
+        let shown: Vec<&api::Event> =
+            batch.events.iter().filter(|e| service.is_none_or(|s| e.event.service.as_deref() == Some(s))).collect();
+        match conn.output {
+            Format::Json if follow => {
+                for e in shown {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            }
+            Format::Json => print_json(&shown)?,
+            Format::Table => {
+                for e in shown {
+                    println!("{}", output::event_line(e));
+                }
+            }
+        }
+        std::io::stdout().flush()?;
+        if !follow {
+            return Ok(());
+        }
+        first = false;
+    }
+}
+
+pub async fn logs(conn: &Connection, target: &str, follow: bool, tail: Option<usize>) -> Result<()> {
+    let client = connect(conn)?;
+    let mut stream = Box::pin(client.logs(target, tail, follow).await?);
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        out.write_all(&chunk?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+pub async fn scale(conn: &Connection, service: &str, replicas: u32) -> Result<()> {
+    let summary = connect(conn)?.scale(service, replicas).await?;
+    match conn.output {
+        Format::Json => print_json(&summary),
+        Format::Table => {
+            println!("{service} scaled to {replicas} replicas");
+            Ok(())
+        }
+    }
+}
+
+pub async fn rm(conn: &Connection, service: &str) -> Result<()> {
+    let summary = connect(conn)?.remove(service).await?;
+    match conn.output {
+        Format::Json => print_json(&summary),
+        Format::Table => {
+            println!("{service} removed; its tasks are stopping");
+            Ok(())
+        }
+    }
+}

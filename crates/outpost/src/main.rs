@@ -1,0 +1,136 @@
+//! `outpost`: one binary for every role. This crate only wires roles together and talks to the
+//! user: the control plane lives in `server`, the edge agent in `agent`, the API client in
+//! `client`. It is the only crate that knows clap and anyhow.
+
+mod commands;
+mod output;
+mod roles;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "outpost", version, about = "A self-healing container orchestrator for unreliable edge nodes")]
+struct Cli {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How client commands find the API. Precedence: flags, then environment, then the data dir of
+/// a local `outpost dev` (`--data-dir`, `OUTPOST_DATA_DIR`, or `./.outpost-dev`).
+#[derive(clap::Args, Clone)]
+pub struct Connection {
+    /// API address, e.g. http://127.0.0.1:7400.
+    #[arg(long, global = true, env = "OUTPOST_API")]
+    api: Option<String>,
+    /// Bearer token for the API.
+    #[arg(long, global = true, env = "OUTPOST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Data dir of a local server: its `api` and `token` files are used when not given.
+    #[arg(long, global = true, env = "OUTPOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Output format of listings.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server and an agent in one process on loopback, deploying the given spec files.
+    /// `--api` is where the API listens (default 127.0.0.1:7400), `--data-dir` where state is
+    /// kept (default ./.outpost-dev).
+    Dev {
+        /// Spec files (native YAML or Compose) to deploy at start.
+        files: Vec<PathBuf>,
+    },
+    /// Run a control-plane server: `--api` is where it listens, `--data-dir` where it keeps state.
+    Server,
+    /// Run an edge agent that joins the server at `--api` with `--token`.
+    Agent {
+        /// This node's name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Address of the agent's own API (logs); port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        agent_listen: String,
+    },
+    /// Deploy services from spec files (native YAML or Docker Compose, detected).
+    Deploy {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// Validate and show what would change, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List services.
+    Services,
+    /// List tasks, of one service or all.
+    Ps { service: Option<String> },
+    /// List nodes.
+    Nodes,
+    /// Show events; -f keeps following.
+    Events {
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only events of this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Show the output of a service's tasks (or of one task).
+    Logs {
+        target: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines of each task.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
+    /// Set the number of replicas of a service.
+    Scale { service: String, replicas: u32 },
+    /// Remove a service and stop its tasks.
+    Rm { service: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let conn = cli.conn;
+    match cli.command {
+        Command::Dev { files } => roles::dev(&conn, &files).await,
+        Command::Server => roles::server(&conn).await,
+        Command::Agent { name, agent_listen } => roles::agent(&conn, name, &agent_listen).await,
+        Command::Deploy { files, dry_run } => commands::deploy(&conn, &files, dry_run).await,
+        Command::Services => commands::services(&conn).await,
+        Command::Ps { service } => commands::ps(&conn, service.as_deref()).await,
+        Command::Nodes => commands::nodes(&conn).await,
+        Command::Events { follow, service } => commands::events(&conn, follow, service.as_deref()).await,
+        Command::Logs { target, follow, tail } => commands::logs(&conn, &target, follow, tail).await,
+        Command::Scale { service, replicas } => commands::scale(&conn, &service, replicas).await,
+        Command::Rm { service } => commands::rm(&conn, &service).await,
+    }
+}

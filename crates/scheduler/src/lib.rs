@@ -1,0 +1,331 @@
+//! Placement. [`plan`] is a pure function from a snapshot of the cluster (services, tasks, nodes)
+//! to a [`Plan`]: which replicas to create on which node, which tasks to stop, and why any
+//! replica must wait. The server commits the plan through Raft; nothing here does I/O.
+//!
+//! Rules, in order:
+//! - a task of a removed service, of an older spec version, or in a slot above `replicas` stops;
+//! - every slot `1..=replicas` without a running-desired task of the current version gets one;
+//! - a node is a candidate when it is `ready`, has the service's driver, and its allocatable
+//!   resources minus the requests of the tasks it already runs fit the task's requests;
+//! - among candidates the node with the fewest tasks of this service wins (spread), then the
+//!   fewest tasks overall, then the name (determinism).
+
+use std::collections::BTreeMap;
+
+use api::{DesiredState, Node, NodeState, Placement, Service, Task};
+use spec::ServiceSpec;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub place: Vec<Placement>,
+    pub stop: Vec<String>,
+    /// Service → why some of its replicas cannot be placed.
+    pub pending: Vec<(String, String)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.place.is_empty() && self.stop.is_empty()
+    }
+}
+
+/// What one node has left to give, as placement goes on.
+struct Room<'a> {
+    node: &'a Node,
+    cpu_free: i64,
+    memory_free: i64,
+    tasks: BTreeMap<String, u32>,
+    total: u32,
+}
+
+pub fn plan(
+    services: &BTreeMap<String, Service>,
+    tasks: &BTreeMap<String, Task>,
+    nodes: &BTreeMap<String, Node>,
+) -> Plan {
+    let mut plan = Plan::default();
+    let live: Vec<&Task> = tasks.values().filter(|t| t.desired == DesiredState::Running).collect();
+    for task in &live {
+        let keep = services
+            .get(&task.service)
+            .is_some_and(|s| !s.removing && s.version == task.version && task.slot <= s.spec.replicas);
+        if !keep {
+            plan.stop.push(task.id.clone());
+        }
+    }
+    let mut rooms = rooms(nodes, &live, services, &plan.stop);
+    for (name, service) in services.iter().filter(|(_, s)| !s.removing) {
+        let filled: Vec<u32> = live
+            .iter()
+            .filter(|t| &t.service == name && t.version == service.version && !plan.stop.contains(&t.id))
+            .map(|t| t.slot)
+            .collect();
+        let mut unplaced = 0;
+        for slot in (1..=service.spec.replicas).filter(|s| !filled.contains(s)) {
+            match pick(&mut rooms, &service.spec) {
+                Some(node) => plan.place.push(Placement { service: name.clone(), slot, node }),
+                None => unplaced += 1,
+            }
+        }
+        if unplaced > 0 {
+            plan.pending.push((name.clone(), why_unplaced(&rooms, &service.spec, unplaced)));
+        }
+    }
+    plan
+}
+
+fn rooms<'a>(
+    nodes: &'a BTreeMap<String, Node>,
+    live: &[&'a Task],
+    services: &BTreeMap<String, Service>,
+    stopping: &[String],
+) -> Vec<Room<'a>> {
+    nodes
+        .values()
+        .map(|node| {
+            let mut room = Room {
+                node,
+                cpu_free: node.capacity.cpu_millis as i64,
+                memory_free: node.capacity.memory_bytes as i64,
+                tasks: BTreeMap::new(),
+                total: 0,
+            };
+            let on_node = live.iter().filter(|t| t.node.as_deref() == Some(&node.name) && !stopping.contains(&t.id));
+            for task in on_node {
+                if let Some(svc) = services.get(&task.service) {
+                    let (cpu, mem) = requests(&svc.spec);
+                    room.cpu_free -= cpu;
+                    room.memory_free -= mem;
+                }
+                *room.tasks.entry(task.service.clone()).or_default() += 1;
+                room.total += 1;
+            }
+            room
+        })
+        .collect()
+}
+
+fn requests(spec: &ServiceSpec) -> (i64, i64) {
+    let r = &spec.resources.requests;
+    (
+        r.cpu.map_or(0, |c| c.millis() as i64),
+        r.memory.map_or(0, |m| m.bytes() as i64),
+    )
+}
+
+fn fits(room: &Room, spec: &ServiceSpec) -> bool {
+    let (cpu, mem) = requests(spec);
+    room.node.state == NodeState::Ready
+        && room.node.drivers.iter().any(|d| *d == spec.driver.to_string())
+        && room.cpu_free >= cpu
+        && room.memory_free >= mem
+}
+
+fn pick(rooms: &mut [Room], spec: &ServiceSpec) -> Option<String> {
+    let room = rooms
+        .iter_mut()
+        .filter(|r| fits(r, spec))
+        .min_by_key(|r| (r.tasks.get(&spec.name).copied().unwrap_or(0), r.total, r.node.name.as_str()))?;
+    let (cpu, mem) = requests(spec);
+    room.cpu_free -= cpu;
+    room.memory_free -= mem;
+    room.total += 1;
+    *room.tasks.entry(spec.name.clone()).or_default() += 1;
+    Some(room.node.name.clone())
+}
+
+fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
+    let driver = spec.driver.to_string();
+    let ready: Vec<&Room> = rooms.iter().filter(|r| r.node.state == NodeState::Ready).collect();
+    let reason = if rooms.is_empty() {
+        "no node has registered yet".to_string()
+    } else if ready.is_empty() {
+        "no node is ready".to_string()
+    } else if !ready.iter().any(|r| r.node.drivers.contains(&driver)) {
+        format!("no ready node supports the {driver} driver")
+    } else {
+        let (cpu, mem) = requests(spec);
+        let best_cpu = ready.iter().map(|r| r.cpu_free).max().unwrap_or(0);
+        let best_mem = ready.iter().map(|r| r.memory_free).max().unwrap_or(0);
+        format!(
+            "insufficient resources: each replica requests {} CPU and {} memory; the roomiest node has {} CPU and {} memory left",
+            spec::Cpu(cpu.max(0) as u64),
+            spec::Memory(mem.max(0) as u64),
+            spec::Cpu(best_cpu.max(0) as u64),
+            spec::Memory(best_mem.max(0) as u64),
+        )
+    };
+    format!("{unplaced} of {} replicas cannot be placed: {reason}", spec.replicas)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::{Capacity, TaskState, Timestamp};
+    use proptest::prelude::*;
+
+    fn node(name: &str, cpu: u64, mem: u64) -> Node {
+        Node {
+            name: name.into(),
+            address: String::new(),
+            state: NodeState::Ready,
+            capacity: Capacity { cpu_millis: cpu, memory_bytes: mem },
+            drivers: vec!["process".into()],
+            version: String::new(),
+            registered_at: Timestamp(0),
+            state_since: Timestamp(0),
+        }
+    }
+
+    fn service(name: &str, replicas: u32, cpu: u64) -> Service {
+        let mut spec = ServiceSpec::process(name, &["app"]);
+        spec.replicas = replicas;
+        spec.resources.requests.cpu = Some(spec::Cpu(cpu));
+        Service { spec, version: 1, removing: false, created_at: Timestamp(0), updated_at: Timestamp(0) }
+    }
+
+    fn task(service: &str, slot: u32, node: &str, version: u64) -> Task {
+        Task {
+            id: format!("{service}.{slot}.{version}"),
+            service: service.into(),
+            slot,
+            version,
+            node: Some(node.into()),
+            desired: DesiredState::Running,
+            state: TaskState::Running,
+            ready: true,
+            restarts: 0,
+            pid: None,
+            container_id: None,
+            ports: BTreeMap::new(),
+            started_at: None,
+            exit_code: None,
+            message: None,
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+        }
+    }
+
+    fn by_name<T>(items: Vec<(&str, T)>) -> BTreeMap<String, T> {
+        items.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    #[test]
+    fn fills_every_slot_spreading_across_nodes() {
+        let services = by_name(vec![("web", service("web", 3, 100))]);
+        let nodes = by_name(vec![("a", node("a", 4000, 1 << 30)), ("b", node("b", 4000, 1 << 30))]);
+        let plan = plan(&services, &BTreeMap::new(), &nodes);
+        let placed: Vec<(u32, &str)> = plan.place.iter().map(|p| (p.slot, p.node.as_str())).collect();
+        assert_eq!(placed, vec![(1, "a"), (2, "b"), (3, "a")]);
+        assert!(plan.stop.is_empty() && plan.pending.is_empty());
+    }
+
+    #[test]
+    fn scaling_down_stops_the_highest_slots() {
+        let services = by_name(vec![("web", service("web", 1, 0))]);
+        let tasks = by_name(vec![("web.1.1", task("web", 1, "a", 1)), ("web.2.1", task("web", 2, "a", 1))]);
+        let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
+        let plan = plan(&services, &tasks, &nodes);
+        assert_eq!(plan.stop, vec!["web.2.1".to_string()]);
+        assert!(plan.place.is_empty());
+    }
+
+    #[test]
+    fn a_new_version_replaces_old_tasks() {
+        let mut svc = service("web", 1, 0);
+        svc.version = 2;
+        let services = by_name(vec![("web", svc)]);
+        let tasks = by_name(vec![("web.1.1", task("web", 1, "a", 1))]);
+        let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
+        let plan = plan(&services, &tasks, &nodes);
+        assert_eq!(plan.stop, vec!["web.1.1".to_string()]);
+        assert_eq!(plan.place, vec![Placement { service: "web".into(), slot: 1, node: "a".into() }]);
+    }
+
+    #[test]
+    fn replicas_that_do_not_fit_wait_with_a_reason() {
+        let services = by_name(vec![("big", service("big", 3, 600))]);
+        let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
+        let plan = plan(&services, &BTreeMap::new(), &nodes);
+        assert_eq!(plan.place.len(), 1);
+        assert_eq!(
+            plan.pending,
+            vec![(
+                "big".to_string(),
+                "2 of 3 replicas cannot be placed: insufficient resources: each replica requests 600m CPU and 0 memory; the roomiest node has 400m CPU and 1Gi memory left".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn no_node_means_pending_not_placed() {
+        let services = by_name(vec![("web", service("web", 2, 0))]);
+        let plan = plan(&services, &BTreeMap::new(), &BTreeMap::new());
+        assert!(plan.place.is_empty());
+        assert_eq!(plan.pending[0].1, "2 of 2 replicas cannot be placed: no node has registered yet");
+    }
+
+    #[test]
+    fn down_nodes_and_missing_drivers_are_skipped() {
+        let mut docker = service("db", 1, 0);
+        docker.spec.driver = spec::DriverKind::Docker;
+        let services = by_name(vec![("db", docker)]);
+        let mut down = node("down", 1000, 1 << 30);
+        down.state = NodeState::Down;
+        let nodes = by_name(vec![("a", node("a", 1000, 1 << 30)), ("down", down)]);
+        let plan = plan(&services, &BTreeMap::new(), &nodes);
+        assert!(plan.place.is_empty());
+        assert!(plan.pending[0].1.ends_with("no ready node supports the docker driver"), "{:?}", plan.pending);
+    }
+
+    #[test]
+    fn removed_service_tasks_stop() {
+        let mut svc = service("web", 2, 0);
+        svc.removing = true;
+        let services = by_name(vec![("web", svc)]);
+        let tasks = by_name(vec![("web.1.1", task("web", 1, "a", 1))]);
+        let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
+        let plan = plan(&services, &tasks, &nodes);
+        assert_eq!(plan.stop, vec!["web.1.1".to_string()]);
+        assert!(plan.place.is_empty());
+    }
+
+    proptest! {
+        /// Whatever the demand, a plan never overcommits a node and fills each slot at most once.
+        #[test]
+        fn never_overcommits(
+            demands in proptest::collection::vec((1u32..6, 0u64..900), 1..6),
+            capacities in proptest::collection::vec(0u64..3000, 1..4),
+        ) {
+            let services: BTreeMap<String, Service> = demands
+                .iter()
+                .enumerate()
+                .map(|(i, (n, cpu))| (format!("s{i}"), service(&format!("s{i}"), *n, *cpu)))
+                .collect();
+            let nodes: BTreeMap<String, Node> = capacities
+                .iter()
+                .enumerate()
+                .map(|(i, cpu)| (format!("n{i}"), node(&format!("n{i}"), *cpu, 1 << 30)))
+                .collect();
+            let plan = plan(&services, &BTreeMap::new(), &nodes);
+            for (name, n) in &nodes {
+                let used: u64 = plan
+                    .place
+                    .iter()
+                    .filter(|p| &p.node == name)
+                    .map(|p| services[&p.service].spec.resources.requests.cpu.map_or(0, |c| c.0))
+                    .sum();
+                prop_assert!(used <= n.capacity.cpu_millis);
+            }
+            for (name, svc) in &services {
+                let mut slots: Vec<u32> = plan.place.iter().filter(|p| &p.service == name).map(|p| p.slot).collect();
+                let placed = slots.len() as u32;
+                slots.sort_unstable();
+                slots.dedup();
+                prop_assert_eq!(slots.len() as u32, placed);
+                let waiting = plan.pending.iter().any(|(s, _)| s == name);
+                prop_assert_eq!(placed == svc.spec.replicas, !waiting);
+            }
+        }
+    }
+}

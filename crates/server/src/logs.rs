@@ -1,0 +1,143 @@
+//! `GET /v1/logs/{target}`: the log of one task, or of every task of a service, fetched from the
+//! agents that keep the files. Lines of a service's tasks are prefixed with the task id. With
+//! `follow`, tasks that appear later (a replacement, a scale-up) join the stream.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::Ctx;
+use crate::routes::Fail;
+
+/// How often a followed service is checked for new tasks.
+const NEW_TASK_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Deserialize)]
+pub struct LogQuery {
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// (task id, agent base URL) of what `target` names: one task, or every task of a service.
+fn sources(ctx: &Ctx, target: &str) -> Option<(bool, Vec<(String, String)>)> {
+    ctx.state.read(|s| {
+        let addr = |node: &Option<String>| node.as_ref().and_then(|n| s.nodes.get(n)).map(|n| n.address.clone());
+        if let Some(task) = s.tasks.get(target) {
+            return Some((false, addr(&task.node).map(|a| (task.id.clone(), a)).into_iter().collect()));
+        }
+        if !s.services.contains_key(target) {
+            return None;
+        }
+        let tasks = s.tasks.values().filter(|t| t.service == target).filter_map(|t| addr(&t.node).map(|a| (t.id.clone(), a)));
+        Some((true, tasks.collect()))
+    })
+}
+
+pub async fn logs(State(ctx): State<Ctx>, Path(target): Path<String>, Query(q): Query<LogQuery>) -> Response {
+    let Some((is_service, tasks)) = sources(&ctx, &target) else {
+        return Fail::new(StatusCode::NOT_FOUND, format!("no service or task named {target:?} (see `outpost services` and `outpost ps`)")).into_response();
+    };
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        let mut seen = BTreeSet::new();
+        let mut streams = Vec::new();
+        for (task, addr) in tasks {
+            seen.insert(task.clone());
+            let prefix = is_service.then(|| format!("{task} | "));
+            if q.follow {
+                streams.push(tokio::spawn(pump(ctx.clone(), addr, task, prefix, q.tail, true, tx.clone())));
+            } else {
+                pump(ctx.clone(), addr, task, prefix, q.tail, false, tx.clone()).await;
+            }
+        }
+        if !q.follow || !is_service {
+            return;
+        }
+        // Followed service: watch for new tasks until the client goes away.
+        while !tx.is_closed() {
+            tokio::time::sleep(NEW_TASK_POLL).await;
+            let Some((_, now)) = sources(&ctx, &target) else { break };
+            for (task, addr) in now {
+                if seen.insert(task.clone()) {
+                    let prefix = Some(format!("{task} | "));
+                    streams.push(tokio::spawn(pump(ctx.clone(), addr, task, prefix, None, true, tx.clone())));
+                }
+            }
+        }
+        for s in streams {
+            s.abort();
+        }
+    });
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::io::Error>);
+    Body::from_stream(body).into_response()
+}
+
+/// Copies one task's log from its agent into `tx`, line by line with `prefix`.
+async fn pump(ctx: Ctx, addr: String, task: String, prefix: Option<String>, tail: Option<usize>, follow: bool, tx: mpsc::Sender<Vec<u8>>) {
+    let mut url = format!("{addr}/v1/agent/logs/{task}?follow={follow}");
+    if let Some(n) = tail {
+        url.push_str(&format!("&tail={n}"));
+    }
+    let resp = match ctx.http.get(&url).bearer_auth(&ctx.token).send().await {
+        Ok(r) if r.status().is_success() => r,
+        Ok(r) => {
+            let _ = tx.send(format!("[{task}: the agent answered {}]\n", r.status()).into_bytes()).await;
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(format!("[{task}: cannot reach its agent at {addr}: {e}]\n").into_bytes()).await;
+            return;
+        }
+    };
+    let mut body = resp.bytes_stream();
+    let mut partial: Vec<u8> = Vec::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        let out = match &prefix {
+            None => chunk.to_vec(),
+            Some(p) => prefix_lines(p, &mut partial, &chunk),
+        };
+        if !out.is_empty() && tx.send(out).await.is_err() {
+            return;
+        }
+    }
+    if let (Some(p), false) = (&prefix, partial.is_empty()) {
+        partial.push(b'\n');
+        let _ = tx.send([p.as_bytes(), &partial].concat()).await;
+    }
+}
+
+/// Prefixes every complete line in `partial + chunk`; keeps an unfinished last line in `partial`.
+fn prefix_lines(prefix: &str, partial: &mut Vec<u8>, chunk: &[u8]) -> Vec<u8> {
+    partial.extend_from_slice(chunk);
+    let Some(last_newline) = partial.iter().rposition(|b| *b == b'\n') else { return Vec::new() };
+    let rest = partial.split_off(last_newline + 1);
+    let complete = std::mem::replace(partial, rest);
+    let mut out = Vec::with_capacity(complete.len() + prefix.len() * 4);
+    for line in complete.split_inclusive(|b| *b == b'\n') {
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_lines;
+
+    #[test]
+    fn prefixes_whole_lines_and_keeps_the_rest() {
+        let mut partial = Vec::new();
+        assert_eq!(prefix_lines("t | ", &mut partial, b"a\nb"), b"t | a\n");
+        assert_eq!(partial, b"b");
+        assert_eq!(prefix_lines("t | ", &mut partial, b"c\nd\n"), b"t | bc\nt | d\n");
+        assert!(partial.is_empty());
+    }
+}
