@@ -329,10 +329,10 @@ impl State {
             if !self.services.contains_key(&task.service) {
                 return Err(format!("task {} belongs to unknown service {}", task.id, task.service));
             }
-            if let Some(node) = &task.node {
-                if !self.nodes.contains_key(node) {
-                    return Err(format!("task {} is on unknown node {node}", task.id));
-                }
+            if let Some(node) = &task.node
+                && !self.nodes.contains_key(node)
+            {
+                return Err(format!("task {} is on unknown node {node}", task.id));
             }
         }
         for svc in self.services.values() {

@@ -1,0 +1,212 @@
+//! The store's redb file: its tables, how it is opened, and the small read/write helpers the log
+//! store and the state machine share.
+//!
+//! One file holds both halves of Raft's storage because redb lets a process open a file only
+//! once; both stores hold the same [`Db`]. Values are JSON so that a human can inspect a
+//! data dir with any redb tool and so that adding a field to `State` stays backward compatible.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+use redb::{Database, TableDefinition, WriteTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::raft::StorageError;
+
+/// Raft log entries by index.
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// The log store's single values: [`VOTE`], [`COMMITTED`], [`LAST_PURGED`].
+pub(crate) const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// The state machine's single values: [`MACHINE`], [`SNAPSHOT`], [`SNAPSHOT_META`].
+pub(crate) const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
+
+pub(crate) const VOTE: &str = "vote";
+pub(crate) const COMMITTED: &str = "committed";
+pub(crate) const LAST_PURGED: &str = "last_purged";
+/// The applied state, last applied log id and membership, written together once per batch.
+pub(crate) const MACHINE: &str = "machine";
+pub(crate) const SNAPSHOT: &str = "snapshot";
+pub(crate) const SNAPSHOT_META: &str = "snapshot_meta";
+
+/// The open store file, shared by the log store, the state machine and snapshot builders;
+/// dropping the last reference closes it.
+pub(crate) struct Db {
+    pub(crate) file: Database,
+    /// The applied index that `StateHandle`s watch. It lives here, declared after `file`, so that
+    /// it closes only once the file is released: a closed channel means the file can be opened
+    /// again.
+    pub(crate) applied: watch::Sender<u64>,
+}
+
+/// Why the store could not be opened. Each message names the file and what the operator can do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open store {path}: it is already open (is another outpost using this data dir?)"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "cannot open store {path}: {error} (check that the data dir exists, is writable and holds an outpost store)"
+    )]
+    Open {
+        path: PathBuf,
+        error: Box<redb::DatabaseError>,
+    },
+    #[error(
+        "cannot read or write store {path}: {error} (check free disk space and the file's permissions)"
+    )]
+    Io {
+        path: PathBuf,
+        error: Box<redb::Error>,
+    },
+    #[error(
+        "store {path} holds an unreadable {what}: {error} (was it written by a newer outpost? restore the data dir from a backup)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        what: &'static str,
+        error: serde_json::Error,
+    },
+}
+
+/// An error inside the store, before it is given the shape its caller needs (openraft's
+/// [`StorageError`] at run time, [`StoreError`] at open).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DbError {
+    #[error(transparent)]
+    Redb(Box<redb::Error>),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("storage task did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self {
+                DbError::Redb(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl DbError {
+    /// openraft's form of this error: what was being done to what.
+    pub(crate) fn storage(self, subject: ErrorSubject<u64>, verb: ErrorVerb) -> StorageError {
+        StorageIOError::new(subject, verb, &self).into()
+    }
+
+    fn store(self, path: &Path, what: &'static str) -> StoreError {
+        let path = path.to_path_buf();
+        match self {
+            DbError::Redb(error) => StoreError::Io { path, error },
+            DbError::Json(error) => StoreError::Corrupt { path, what, error },
+            DbError::Task(e) => StoreError::Io {
+                path,
+                error: Box::new(redb::Error::Io(std::io::Error::other(e))),
+            },
+        }
+    }
+}
+
+/// Opens (or creates) the store file and makes sure every table exists, so that readers never
+/// meet a missing table.
+pub(crate) fn open_database(path: &Path) -> Result<Arc<Db>, StoreError> {
+    let db = Database::create(path).map_err(|error| match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        error => StoreError::Open {
+            path: path.to_path_buf(),
+            error: Box::new(error),
+        },
+    })?;
+    create_tables(&db).map_err(|e| e.store(path, "table list"))?;
+    Ok(Arc::new(Db {
+        file: db,
+        applied: watch::Sender::new(0),
+    }))
+}
+
+fn create_tables(db: &Database) -> Result<(), DbError> {
+    let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
+    txn.open_table(LOG_META)?;
+    txn.open_table(SM)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Reads the value under `key` at open time; an error names the file and `what` was read.
+pub(crate) fn load<T: DeserializeOwned>(
+    db: &Database,
+    path: &Path,
+    (table, key): (TableDefinition<&str, &[u8]>, &str),
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    get(db, table, key).map_err(|e| e.store(path, what))
+}
+
+/// Reads and decodes the value under `key`, `None` if it was never written.
+pub(crate) fn get<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, DbError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(table)?;
+    let Some(value) = table.get(key)? else {
+        return Ok(None);
+    };
+    Ok(Some(serde_json::from_slice(value.value())?))
+}
+
+/// Writes `value` under `key` inside `txn`.
+pub(crate) fn put<T: Serialize + ?Sized>(
+    txn: &WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), DbError> {
+    put_bytes(txn, table, key, &serde_json::to_vec(value)?)
+}
+
+pub(crate) fn put_bytes(
+    txn: &WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    bytes: &[u8],
+) -> Result<(), DbError> {
+    txn.open_table(table)?.insert(key, bytes)?;
+    Ok(())
+}
+
+/// Runs `change` in one write transaction and commits it; the commit fsyncs, so the change is
+/// durable when this returns.
+///
+/// It runs on tokio's blocking pool: an fsync on a slow SD card takes tens of milliseconds and
+/// must not stall one of the runtime's two workers.
+pub(crate) async fn write<F>(db: &Arc<Db>, change: F) -> Result<(), DbError>
+where
+    F: FnOnce(&WriteTransaction) -> Result<(), DbError> + Send + 'static,
+{
+    let db = Arc::clone(db);
+    tokio::task::spawn_blocking(move || {
+        let txn = db.file.begin_write()?;
+        change(&txn)?;
+        txn.commit()?;
+        Ok(())
+    })
+    .await?
+}

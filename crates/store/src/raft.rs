@@ -1,0 +1,92 @@
+//! openraft's type configuration for Outpost, short names for the types built from it, and the
+//! Raft settings and start-up step every server uses.
+//!
+//! The server's network layer and HTTP handlers name these aliases (`store::raft::Raft`,
+//! `store::raft::AppendEntriesRequest`, …) instead of spelling out openraft's generics.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use openraft::error::{InitializeError, RaftError};
+
+use crate::state::{Command, Response};
+
+openraft::declare_raft_types!(
+    /// Outpost's Raft: a log of [`Command`]s that the state machine answers with [`Response`]s.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A server's id in the Raft group; stable across restarts.
+pub type NodeId = u64;
+/// Where to reach a server: its HTTP address.
+pub type Node = openraft::BasicNode;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+// What the Raft network between servers carries.
+pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<NodeId>;
+pub type VoteRequest = openraft::raft::VoteRequest<NodeId>;
+pub type VoteResponse = openraft::raft::VoteResponse<NodeId>;
+pub type InstallSnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;
+pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
+pub type ClientWriteResponse = openraft::raft::ClientWriteResponse<TypeConfig>;
+pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, Node>;
+
+/// 200 ms: five heartbeats fit in the shortest election timeout, so a follower only starts an
+/// election after about a second of silence — the DESIGN's "failure detected in about a second"
+/// — while a loaded 2-core box or a slow SD-card fsync does not cause needless elections.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 200;
+/// Election timeouts are drawn from this range; the spread makes split votes rare.
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (1_000, 2_000);
+/// 10 s: a snapshot of a busy site is a few MB of JSON; openraft's 200 ms default is too short
+/// for an edge uplink.
+pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
+
+/// Raft settings for Outpost servers, whether the group has one member or five. They pass
+/// `Config::validate` (a test checks it), so the server can use them as they are.
+///
+/// Everything not set here keeps openraft's default: a snapshot every 5000 entries and 1000
+/// entries kept behind it for followers that lag a little.
+pub fn config(cluster_name: &str) -> openraft::Config {
+    openraft::Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MS.0,
+        election_timeout_max: ELECTION_TIMEOUT_MS.1,
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+        ..openraft::Config::default()
+    }
+}
+
+/// Makes `members` the group's first membership unless this server's store already has one.
+///
+/// Returns whether it initialized. Call it on every start of a server that founds a group: the
+/// first start writes the membership entry, later starts find it in the log and do nothing.
+pub async fn initialize_once(
+    raft: &Raft,
+    members: BTreeMap<NodeId, Node>,
+) -> Result<bool, RaftError<NodeId, InitializeError<NodeId, Node>>> {
+    if raft.is_initialized().await? {
+        return Ok(false);
+    }
+    match raft.initialize(members).await {
+        Ok(()) => Ok(true),
+        // Another caller initialized it between the check and here: the same outcome.
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
