@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use api::{
-    Capacity, Change, ChangeKind, DesiredState, Event, Level, NewEvent, Node, NodeState,
+    Capacity, Change, ChangeKind, DesiredState, Event, Level, NewEvent, Node, NodeState, Placement,
     RegisterRequest, Service, StatusReport, Task, TaskState, Timestamp,
 };
 use serde::{Deserialize, Serialize};
@@ -17,22 +17,31 @@ use spec::ServiceSpec;
 /// snapshot around 2 MB, enough for days of history on a quiet site.
 pub const EVENT_HISTORY: usize = 10_000;
 
-/// Where the scheduler put one replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Placement {
-    pub service: String,
-    pub slot: u32,
-    pub node: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Create or update services (a whole deploy is one entry: all or nothing).
-    Deploy { services: Vec<ServiceSpec>, time: Timestamp },
-    Scale { service: String, replicas: u32, time: Timestamp },
-    Remove { service: String, time: Timestamp },
-    RegisterNode { node: RegisterRequest, time: Timestamp },
-    SetNodeState { node: String, state: NodeState, time: Timestamp },
+    Deploy {
+        services: Vec<ServiceSpec>,
+        time: Timestamp,
+    },
+    Scale {
+        service: String,
+        replicas: u32,
+        time: Timestamp,
+    },
+    Remove {
+        service: String,
+        time: Timestamp,
+    },
+    RegisterNode {
+        node: RegisterRequest,
+        time: Timestamp,
+    },
+    SetNodeState {
+        node: String,
+        state: NodeState,
+        time: Timestamp,
+    },
     /// The controller's plan: new tasks to create, tasks to stop, why some replicas wait.
     Reconcile {
         place: Vec<Placement>,
@@ -41,7 +50,11 @@ pub enum Command {
         time: Timestamp,
     },
     /// An agent's report of its tasks' observed state, with the events it saw.
-    Report { node: String, report: StatusReport, time: Timestamp },
+    Report {
+        node: String,
+        report: StatusReport,
+        time: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,16 +85,31 @@ impl State {
         self.index = index;
         match command {
             Command::Deploy { services, time } => Response::Deployed(
-                services.iter().map(|spec| self.deploy(spec.clone(), *time)).collect(),
+                services
+                    .iter()
+                    .map(|spec| self.deploy(spec.clone(), *time))
+                    .collect(),
             ),
-            Command::Scale { service, replicas, time } => {
+            Command::Scale {
+                service,
+                replicas,
+                time,
+            } => {
                 let Some(svc) = self.services.get_mut(service) else {
                     return Response::NotFound(service.clone());
                 };
                 let from = svc.spec.replicas;
                 svc.spec.replicas = *replicas;
                 svc.updated_at = *time;
-                self.event(*time, Level::Info, "scaled", Some(service), None, None, format!("scaled from {from} to {replicas} replicas"));
+                self.event(
+                    *time,
+                    Level::Info,
+                    "scaled",
+                    Some(service),
+                    None,
+                    None,
+                    format!("scaled from {from} to {replicas} replicas"),
+                );
                 Response::Ok
             }
             Command::Remove { service, time } => {
@@ -90,11 +118,24 @@ impl State {
                 };
                 svc.removing = true;
                 svc.updated_at = *time;
-                let ids: Vec<String> = self.tasks.values().filter(|t| &t.service == service).map(|t| t.id.clone()).collect();
+                let ids: Vec<String> = self
+                    .tasks
+                    .values()
+                    .filter(|t| &t.service == service)
+                    .map(|t| t.id.clone())
+                    .collect();
                 for id in ids {
                     self.stop_task(&id, *time);
                 }
-                self.event(*time, Level::Info, "removing", Some(service), None, None, "service removed; stopping its tasks".into());
+                self.event(
+                    *time,
+                    Level::Info,
+                    "removing",
+                    Some(service),
+                    None,
+                    None,
+                    "service removed; stopping its tasks".into(),
+                );
                 self.forget_removed_services();
                 Response::Ok
             }
@@ -118,7 +159,15 @@ impl State {
                     entry.state_since = *time;
                 }
                 self.node_index.insert(node.name.clone(), index);
-                self.event(*time, Level::Info, "node-registered", None, None, Some(&node.name), format!("node {} registered at {}", node.name, node.address));
+                self.event(
+                    *time,
+                    Level::Info,
+                    "node-registered",
+                    None,
+                    None,
+                    Some(&node.name),
+                    format!("node {} registered at {}", node.name, node.address),
+                );
                 Response::Ok
             }
             Command::SetNodeState { node, state, time } => {
@@ -129,12 +178,29 @@ impl State {
                     let from = n.state;
                     n.state = *state;
                     n.state_since = *time;
-                    let level = if *state == NodeState::Ready { Level::Info } else { Level::Warning };
-                    self.event(*time, level, "node-state", None, None, Some(node), format!("node {node} is {state} (was {from})"));
+                    let level = if *state == NodeState::Ready {
+                        Level::Info
+                    } else {
+                        Level::Warning
+                    };
+                    self.event(
+                        *time,
+                        level,
+                        "node-state",
+                        None,
+                        None,
+                        Some(node),
+                        format!("node {node} is {state} (was {from})"),
+                    );
                 }
                 Response::Ok
             }
-            Command::Reconcile { place, stop, pending, time } => {
+            Command::Reconcile {
+                place,
+                stop,
+                pending,
+                time,
+            } => {
                 for p in place {
                     self.place(p, *time);
                 }
@@ -154,7 +220,11 @@ impl State {
     fn deploy(&mut self, spec: ServiceSpec, time: Timestamp) -> Change {
         let name = spec.name.clone();
         match self.services.get_mut(&name) {
-            Some(svc) if svc.spec == spec && !svc.removing => Change { service: name, change: ChangeKind::Unchanged, fields: Vec::new() },
+            Some(svc) if svc.spec == spec && !svc.removing => Change {
+                service: name,
+                change: ChangeKind::Unchanged,
+                fields: Vec::new(),
+            },
             Some(svc) => {
                 let fields = changed_fields(&svc.spec, &spec);
                 // Only a change of the task template needs new tasks; a replica count does not.
@@ -166,29 +236,71 @@ impl State {
                 svc.removing = false;
                 svc.updated_at = time;
                 let version = svc.version;
-                self.event(time, Level::Info, "updated", Some(&name), None, None, format!("service updated to version {version} ({})", fields.join(", ")));
-                Change { service: name, change: ChangeKind::Update, fields }
+                self.event(
+                    time,
+                    Level::Info,
+                    "updated",
+                    Some(&name),
+                    None,
+                    None,
+                    format!(
+                        "service updated to version {version} ({})",
+                        fields.join(", ")
+                    ),
+                );
+                Change {
+                    service: name,
+                    change: ChangeKind::Update,
+                    fields,
+                }
             }
             None => {
                 self.services.insert(
                     name.clone(),
-                    Service { spec, version: 1, removing: false, created_at: time, updated_at: time },
+                    Service {
+                        spec,
+                        version: 1,
+                        removing: false,
+                        created_at: time,
+                        updated_at: time,
+                    },
                 );
-                self.event(time, Level::Info, "created", Some(&name), None, None, "service created".into());
-                Change { service: name, change: ChangeKind::Create, fields: Vec::new() }
+                self.event(
+                    time,
+                    Level::Info,
+                    "created",
+                    Some(&name),
+                    None,
+                    None,
+                    "service created".into(),
+                );
+                Change {
+                    service: name,
+                    change: ChangeKind::Create,
+                    fields: Vec::new(),
+                }
             }
         }
     }
 
     fn place(&mut self, p: &Placement, time: Timestamp) {
         // A plan may be stale by the time it commits: skip what no longer makes sense.
-        let Some(svc) = self.services.get(&p.service) else { return };
-        if svc.removing || p.slot == 0 || p.slot > svc.spec.replicas || !self.nodes.contains_key(&p.node) {
+        let Some(svc) = self.services.get(&p.service) else {
+            return;
+        };
+        if svc.removing
+            || p.slot == 0
+            || p.slot > svc.spec.replicas
+            || !self.nodes.contains_key(&p.node)
+        {
             return;
         }
         let version = svc.version;
         let taken = self.tasks.values().any(|t| {
-            t.service == p.service && t.slot == p.slot && t.desired == DesiredState::Running && t.version == version
+            t.service == p.service
+                && t.slot == p.slot
+                && t.desired == DesiredState::Running
+                && t.version == version
         });
         if taken {
             return;
@@ -218,11 +330,21 @@ impl State {
             },
         );
         self.node_index.insert(p.node.clone(), self.index);
-        self.event(time, Level::Info, "placed", Some(&p.service), Some(&id), Some(&p.node), format!("task {id} placed on {}", p.node));
+        self.event(
+            time,
+            Level::Info,
+            "placed",
+            Some(&p.service),
+            Some(&id),
+            Some(&p.node),
+            format!("task {id} placed on {}", p.node),
+        );
     }
 
     fn stop_task(&mut self, id: &str, time: Timestamp) {
-        let Some(task) = self.tasks.get_mut(id) else { return };
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
         if task.desired == DesiredState::Shutdown {
             return;
         }
@@ -243,7 +365,15 @@ impl State {
         let now: BTreeMap<String, String> = pending.iter().cloned().collect();
         for (service, reason) in &now {
             if self.pending.get(service) != Some(reason) {
-                self.event(time, Level::Warning, "unschedulable", Some(service), None, None, reason.clone());
+                self.event(
+                    time,
+                    Level::Warning,
+                    "unschedulable",
+                    Some(service),
+                    None,
+                    None,
+                    reason.clone(),
+                );
             }
         }
         self.pending = now;
@@ -251,7 +381,9 @@ impl State {
 
     fn report(&mut self, node: &str, report: &StatusReport, time: Timestamp) {
         for status in &report.tasks {
-            let Some(task) = self.tasks.get_mut(&status.id) else { continue };
+            let Some(task) = self.tasks.get_mut(&status.id) else {
+                continue;
+            };
             // Only the node that runs a task may say how it is.
             if task.node.as_deref() != Some(node) {
                 continue;
@@ -317,7 +449,10 @@ impl State {
 
     fn push_event(&mut self, event: NewEvent) {
         self.next_event += 1;
-        self.events.push_back(Event { seq: self.next_event, event });
+        self.events.push_back(Event {
+            seq: self.next_event,
+            event,
+        });
         while self.events.len() > EVENT_HISTORY {
             self.events.pop_front();
         }
@@ -327,7 +462,10 @@ impl State {
     pub fn check(&self) -> Result<(), String> {
         for task in self.tasks.values() {
             if !self.services.contains_key(&task.service) {
-                return Err(format!("task {} belongs to unknown service {}", task.id, task.service));
+                return Err(format!(
+                    "task {} belongs to unknown service {}",
+                    task.id, task.service
+                ));
             }
             if let Some(node) = &task.node
                 && !self.nodes.contains_key(node)
@@ -339,14 +477,21 @@ impl State {
             let live = self
                 .tasks
                 .values()
-                .filter(|t| t.service == svc.spec.name && t.desired == DesiredState::Running && t.version == svc.version)
+                .filter(|t| {
+                    t.service == svc.spec.name
+                        && t.desired == DesiredState::Running
+                        && t.version == svc.version
+                })
                 .map(|t| t.slot);
             let mut slots: Vec<u32> = live.collect();
             let n = slots.len();
             slots.sort_unstable();
             slots.dedup();
             if slots.len() != n {
-                return Err(format!("service {} has two running tasks in one slot", svc.spec.name));
+                return Err(format!(
+                    "service {} has two running tasks in one slot",
+                    svc.spec.name
+                ));
             }
         }
         Ok(())
@@ -382,5 +527,8 @@ pub fn changed_fields(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
     keys.dedup();
-    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
 }
