@@ -20,7 +20,14 @@ const DEV_READY_WAIT: Duration = Duration::from_secs(30);
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).compact().init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .compact()
+        .init();
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -127,7 +127,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
 
     let (log, machine, state) = store::open(&dir.join("state.redb"))?;
-    let raft_config = store::raft::config("outpost").map_err(|e| ServerError::Raft(e.to_string()))?;
+    let raft_config = store::raft::config("outpost").validate().map_err(|e| ServerError::Raft(e.to_string()))?;
     let raft = Raft::new(config.id, Arc::new(raft_config), network::Network::new(token.clone()), log, machine)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;

@@ -1,0 +1,236 @@
+//! Starts the real `outpost dev` on loopback with its own data dir and drives it through the real
+//! CLI. Every wait polls with a deadline; deadlines are generous for a loaded 2-core machine.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Upper bound for anything the tests wait on; far above what a healthy run needs.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+
+pub fn outpost_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_outpost"))
+}
+
+/// The demo app, built beside `outpost` by `cargo test --workspace`.
+pub fn demo_app() -> PathBuf {
+    let path = outpost_bin().with_file_name("demo-app");
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+pub struct Dev {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Dev {
+    /// Starts `outpost dev` with `files` and waits until its API answers.
+    pub fn start(files: &[&Path]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = Dev { dir, child: None };
+        dev.spawn(files);
+        dev
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, files: &[&Path]) {
+        let _ = std::fs::remove_file(self.data_dir().join("api"));
+        let log = std::fs::File::create(self.data_dir().join("dev.log")).unwrap();
+        let child = Command::new(outpost_bin())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--api", "127.0.0.1:0", "dev"])
+            .args(files)
+            .env("OUTPOST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for("the dev API to answer", || self.try_cli(&["nodes"]).filter(|o| o.status.success()));
+    }
+
+    /// Stops `dev` with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as u64, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + PATIENCE;
+            while child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "outpost dev did not exit after SIGTERM");
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+
+    /// Kills `dev` with SIGKILL: no chance to stop its tasks.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn(&[]);
+    }
+
+    pub fn restart_after_kill(&mut self) {
+        self.kill();
+        self.spawn(&[]);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("dev.log")).unwrap_or_default()
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Option<Output> {
+        Command::new(outpost_bin()).arg("--data-dir").arg(self.data_dir()).args(args).stdin(Stdio::null()).output().ok()
+    }
+
+    /// Runs a CLI command; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.try_cli(args).expect("cannot run outpost");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    /// Runs a CLI command that must succeed, returning stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(args);
+        assert!(ok, "outpost {args:?} failed:\n{err}\n--- dev log ---\n{}", self.log());
+        out
+    }
+
+    /// Runs a CLI command that must fail, returning stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(args);
+        assert!(!ok, "outpost {args:?} should have failed but printed:\n{out}");
+        err
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&full)).unwrap()
+    }
+
+    /// Tasks of `service` the control plane wants running.
+    pub fn tasks(&self, service: &str) -> Vec<Value> {
+        let all = self.json(&["ps", service]);
+        all.as_array().unwrap().iter().filter(|t| t["desired"] == "running").cloned().collect()
+    }
+
+    /// Waits until `service` has exactly `n` running, ready tasks and returns them.
+    pub fn wait_ready(&self, service: &str, n: usize) -> Vec<Value> {
+        wait_for(&format!("{n} ready tasks of {service}"), || {
+            let tasks = self.tasks(service);
+            let ready = tasks.iter().filter(|t| t["ready"] == true && t["state"] == "running").count();
+            (ready == n && tasks.len() == n).then_some(tasks)
+        })
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.json(&["events"]).as_array().unwrap().clone()
+    }
+
+    /// Waits for an event of `task` with `reason`.
+    pub fn wait_event(&self, task: &str, reason: &str) -> Value {
+        wait_for(&format!("event {reason} of {task}"), || {
+            self.events().into_iter().find(|e| e["task"] == task && e["reason"] == reason)
+        })
+    }
+
+    /// Writes a spec file into the data dir and returns its path.
+    pub fn spec_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.data_dir().join(name);
+        std::fs::write(&path, text.replace("DEMO_APP", &demo_app().display().to_string())).unwrap();
+        path
+    }
+
+    pub fn deploy(&self, name: &str, text: &str) -> String {
+        let path = self.spec_file(name, text);
+        self.ok(&["deploy", "-f", path.to_str().unwrap()])
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + PATIENCE;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(POLL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Is a process with this pid alive (and not a zombie)?
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+pub fn sigkill(pid: u64) {
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+fn signal(pid: u64, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
+}
+
+/// A raw HTTP/1.1 request to `base` (`http://127.0.0.1:PORT`); returns (status, body).
+pub fn request(method: &str, base: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim().trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(head.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A GET on loopback; `None` when nothing answers.
+pub fn http_get(port: u64, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port as u16)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
