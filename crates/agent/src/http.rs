@@ -26,7 +26,9 @@ struct LogQuery {
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, logs: LogStore, token: String) {
-    let app = Router::new().route("/v1/agent/logs/{task}", get(task_logs)).with_state(Ctx { logs, token });
+    let app = Router::new()
+        .route("/v1/agent/logs/{task}", get(task_logs))
+        .with_state(Ctx { logs, token });
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("agent API stopped: {e}");
     }
@@ -51,11 +53,21 @@ async fn task_logs(
     }
     let (head, offset) = match ctx.logs.tail(&task, q.tail) {
         Ok(x) => x,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read log: {e}\n")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read log: {e}\n"),
+            )
+                .into_response();
+        }
     };
     let first = futures_util::stream::once(async move { head });
     let body = if q.follow {
-        Body::from_stream(first.chain(ctx.logs.follow(&task, offset)).map(Ok::<_, std::io::Error>))
+        Body::from_stream(
+            first
+                .chain(ctx.logs.follow(&task, offset))
+                .map(Ok::<_, std::io::Error>),
+        )
     } else {
         Body::from_stream(first.map(Ok::<_, std::io::Error>))
     };

@@ -67,9 +67,15 @@ pub enum AgentError {
     #[error(transparent)]
     Local(#[from] local::LocalError),
     #[error("cannot create the agent data dir {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr} for the agent API: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Everything the agent's event loop can be woken by.
@@ -98,21 +104,39 @@ pub struct Agent {
 impl Agent {
     /// Runs the agent until `shutdown` resolves; then stops every process task it runs, so no
     /// task outlives the agent, and returns.
-    pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-        std::fs::create_dir_all(config.data_dir.join("logs"))
-            .map_err(|source| AgentError::DataDir { path: config.data_dir.clone(), source })?;
+    pub async fn run(
+        config: AgentConfig,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        std::fs::create_dir_all(config.data_dir.join("logs")).map_err(|source| {
+            AgentError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            }
+        })?;
         let local = Arc::new(LocalState::open(&config.data_dir.join("agent.redb"))?);
         let logs = LogStore::new(config.data_dir.join("logs"));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| AgentError::Listen { addr: config.listen, source })?;
-        let address = listener.local_addr().map_err(|source| AgentError::Listen { addr: config.listen, source })?;
+            .map_err(|source| AgentError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| AgentError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         tokio::spawn(http::serve(listener, logs.clone(), config.token.clone()));
 
         let client = Client::new(&config.server, &config.token);
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (registered_tx, registered_rx) = watch::channel(false);
-        tokio::spawn(report::run(client.clone(), config.name.clone(), updates_rx, registered_rx.clone()));
+        tokio::spawn(report::run(
+            client.clone(),
+            config.name.clone(),
+            updates_rx,
+            registered_rx.clone(),
+        ));
         let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
         drivers.insert("process".into(), Arc::new(ProcessDriver::new()));
         let shared = Shared {
@@ -124,8 +148,14 @@ impl Agent {
             default_workdir: config.workdir.clone(),
         };
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
-        let mut agent =
-            Agent { config, shared, client, running: HashMap::new(), finished_tx, forget: HashMap::new() };
+        let mut agent = Agent {
+            config,
+            shared,
+            client,
+            running: HashMap::new(),
+            finished_tx,
+            forget: HashMap::new(),
+        };
         agent.restore()?;
 
         let register = RegisterRequest {
@@ -136,7 +166,12 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").into(),
         };
         let (assigned_tx, mut assigned_rx) = mpsc::channel(4);
-        tokio::spawn(connect(agent.client.clone(), register, registered_tx, assigned_tx));
+        tokio::spawn(connect(
+            agent.client.clone(),
+            register,
+            registered_tx,
+            assigned_tx,
+        ));
 
         let mut rotate = tokio::time::interval(ROTATE_EVERY);
         tokio::pin!(shutdown);
@@ -161,7 +196,10 @@ impl Agent {
     /// Restarts or re-adopts every task remembered from before, before any server is asked.
     fn restore(&mut self) -> Result<(), AgentError> {
         for task in self.shared.local.all()? {
-            tracing::info!(task = task.assignment.task, "restoring task from local state");
+            tracing::info!(
+                task = task.assignment.task,
+                "restoring task from local state"
+            );
             self.supervise(task, true);
         }
         Ok(())
@@ -185,9 +223,12 @@ impl Agent {
 
     /// Makes what runs here match the control plane's list: its desired state wins.
     fn reconcile(&mut self, assignments: Vec<Assignment>) {
-        let listed: HashMap<&str, &Assignment> = assignments.iter().map(|a| (a.task.as_str(), a)).collect();
+        let listed: HashMap<&str, &Assignment> =
+            assignments.iter().map(|a| (a.task.as_str(), a)).collect();
         for (id, run) in &self.running {
-            let keep = listed.get(id.as_str()).is_some_and(|a| a.desired == DesiredState::Running);
+            let keep = listed
+                .get(id.as_str())
+                .is_some_and(|a| a.desired == DesiredState::Running);
             if !keep {
                 let _ = run.stop.send(true);
                 self.forget.insert(id.clone(), true);
@@ -252,7 +293,12 @@ impl Agent {
         for run in self.running.values() {
             let _ = run.stop.send(true);
         }
-        let longest = self.running.values().map(|r| r.assignment.spec.stop_grace).max().unwrap_or_default();
+        let longest = self
+            .running
+            .values()
+            .map(|r| r.assignment.spec.stop_grace)
+            .max()
+            .unwrap_or_default();
         let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(6);
         while !self.running.is_empty() {
             match tokio::time::timeout_at(deadline, finished.recv()).await {
@@ -287,10 +333,11 @@ async fn connect(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = beat_client.heartbeat(&name).await {
-                if e.status() == Some(reqwest::StatusCode::NOT_FOUND) {
-                    register_until_done(&beat_client, &reregister).await;
-                }
+            if let Err(e) = beat_client.heartbeat(&name).await
+                && e.status() == Some(reqwest::StatusCode::NOT_FOUND)
+            {
+                // The server forgot this node (a fresh cluster): introduce it again.
+                register_until_done(&beat_client, &reregister).await;
             }
         }
     });
@@ -306,7 +353,9 @@ async fn connect(
                 }
             }
             Err(e) => {
-                tracing::warn!("cannot watch assignments: {e}; retrying in {retry:?} (tasks keep running)");
+                tracing::warn!(
+                    "cannot watch assignments: {e}; retrying in {retry:?} (tasks keep running)"
+                );
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(RETRY_MAX);
             }
@@ -320,7 +369,10 @@ async fn register_until_done(client: &Client, register: &RegisterRequest) {
         match client.register(register).await {
             Ok(_) => return,
             Err(e) => {
-                tracing::warn!("cannot register with {}: {e}; retrying in {retry:?}", client.base());
+                tracing::warn!(
+                    "cannot register with {}: {e}; retrying in {retry:?}",
+                    client.base()
+                );
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(RETRY_MAX);
             }
@@ -340,5 +392,8 @@ fn capacity() -> Capacity {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024);
-    Capacity { cpu_millis: cpus * 1000, memory_bytes: memory }
+    Capacity {
+        cpu_millis: cpus * 1000,
+        memory_bytes: memory,
+    }
 }

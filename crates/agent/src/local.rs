@@ -38,17 +38,29 @@ pub struct LocalState {
 
 impl LocalState {
     pub fn open(path: &Path) -> Result<LocalState, LocalError> {
-        let err = |e: String| LocalError { path: path.to_path_buf(), message: e };
-        let db = Database::create(path)
-            .map_err(|e| err(format!("cannot open: {e} (is another agent using this data dir?)")))?;
+        let err = |e: String| LocalError {
+            path: path.to_path_buf(),
+            message: e,
+        };
+        let db = Database::create(path).map_err(|e| {
+            err(format!(
+                "cannot open: {e} (is another agent using this data dir?)"
+            ))
+        })?;
         let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
         txn.open_table(TASKS).map_err(|e| err(e.to_string()))?;
         txn.commit().map_err(|e| err(e.to_string()))?;
-        Ok(LocalState { db, path: path.to_path_buf() })
+        Ok(LocalState {
+            db,
+            path: path.to_path_buf(),
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> LocalError {
-        LocalError { path: self.path.clone(), message: e.to_string() }
+        LocalError {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
     }
 
     pub fn all(&self) -> Result<Vec<LocalTask>, LocalError> {
@@ -59,7 +71,10 @@ impl LocalState {
             let (key, value) = row.map_err(|e| self.err(e))?;
             match serde_json::from_slice::<LocalTask>(value.value()) {
                 Ok(task) => out.push(task),
-                Err(e) => tracing::warn!(task = key.value(), "skipping unreadable local task record: {e}"),
+                Err(e) => tracing::warn!(
+                    task = key.value(),
+                    "skipping unreadable local task record: {e}"
+                ),
             }
         }
         Ok(out)
@@ -70,7 +85,9 @@ impl LocalState {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(TASKS).map_err(|e| self.err(e))?;
-            table.insert(task.assignment.task.as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
+            table
+                .insert(task.assignment.task.as_str(), bytes.as_slice())
+                .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }
@@ -105,7 +122,11 @@ mod tests {
                 spec: ServiceSpec::process("web", &["app"]),
             },
             ports: BTreeMap::from([("http".into(), 8080)]),
-            handle: Some(Handle { pid: Some(42), start_ticks: Some(7), container_id: None }),
+            handle: Some(Handle {
+                pid: Some(42),
+                start_ticks: Some(7),
+                container_id: None,
+            }),
             restarts: 2,
             started_at: None,
         };

@@ -26,7 +26,11 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn new(dir: PathBuf) -> LogStore {
-        LogStore { dir, max_bytes: DEFAULT_MAX_BYTES, keep: DEFAULT_KEEP }
+        LogStore {
+            dir,
+            max_bytes: DEFAULT_MAX_BYTES,
+            keep: DEFAULT_KEEP,
+        }
     }
 
     pub fn with_limits(mut self, max_bytes: u64, keep: usize) -> LogStore {
@@ -46,7 +50,11 @@ impl LogStore {
     /// Appends a line of the agent's own (restart notices), marked so it stands out.
     pub fn note(&self, task: &str, line: &str) {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(self.path(task)) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(task))
+        {
             let _ = writeln!(f, "--- outpost: {line} ---");
         }
     }
@@ -68,7 +76,10 @@ impl LogStore {
             }
         }
         std::fs::copy(&path, self.rotated(task, 1))?;
-        std::fs::OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)?
+            .set_len(0)?;
         Ok(true)
     }
 
@@ -100,7 +111,11 @@ impl LogStore {
 
     /// New output of the task's log from `offset` on, forever; restarts the reading at the top
     /// when the file was truncated by a rotation.
-    pub fn follow(&self, task: &str, mut offset: u64) -> impl Stream<Item = Vec<u8>> + Send + 'static {
+    pub fn follow(
+        &self,
+        task: &str,
+        mut offset: u64,
+    ) -> impl Stream<Item = Vec<u8>> + Send + 'static {
         let path = self.path(task);
         async_stream(move |tx| async move {
             loop {
@@ -115,7 +130,9 @@ impl LogStore {
 }
 
 fn read_from(path: &Path, offset: &mut u64) -> Vec<u8> {
-    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     if len < *offset {
         *offset = 0;
@@ -163,7 +180,11 @@ mod tests {
     use std::io::Write;
 
     fn append(path: &Path, text: &str) {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
         f.write_all(text.as_bytes()).unwrap();
     }
 
@@ -184,8 +205,14 @@ mod tests {
             assert!(logs.rotate_if_needed("t").unwrap());
         }
         assert_eq!(std::fs::metadata(logs.path("t")).unwrap().len(), 0);
-        assert_eq!(std::fs::read_to_string(logs.rotated("t", 1)).unwrap(), "round 2 is long\n");
-        assert_eq!(std::fs::read_to_string(logs.rotated("t", 2)).unwrap(), "round 1 is long\n");
+        assert_eq!(
+            std::fs::read_to_string(logs.rotated("t", 1)).unwrap(),
+            "round 2 is long\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(logs.rotated("t", 2)).unwrap(),
+            "round 1 is long\n"
+        );
         assert!(!logs.rotated("t", 3).exists());
         append(&logs.path("t"), "short\n");
         assert!(!logs.rotate_if_needed("t").unwrap());
@@ -203,7 +230,12 @@ mod tests {
         let mut stream = Box::pin(logs.follow("t", offset));
         append(&logs.path("t"), "two\n");
         assert_eq!(stream.next().await.unwrap(), b"two\n");
-        std::fs::OpenOptions::new().write(true).open(logs.path("t")).unwrap().set_len(0).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(logs.path("t"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
         append(&logs.path("t"), "3\n");
         assert_eq!(stream.next().await.unwrap(), b"3\n");
     }

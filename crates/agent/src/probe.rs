@@ -27,7 +27,8 @@ pub async fn check(
                     .map_err(|e| format!("tcp connect to port {port}: {e}"))
             }
             ProbeAction::Http { path, port } => http_get(resolve(port, ports)?, path).await,
-            ProbeAction::Exec { command } => match driver.exec(handle, command, spec.timeout).await {
+            ProbeAction::Exec { command } => match driver.exec(handle, command, spec.timeout).await
+            {
                 Some(0) => Ok(()),
                 Some(code) => Err(format!("{} exited with status {code}", command.join(" "))),
                 None => Err(format!("{} could not run or timed out", command.join(" "))),
@@ -47,20 +48,32 @@ fn humantime_ms(d: Duration) -> String {
 fn resolve(port: &PortRef, ports: &BTreeMap<String, u16>) -> Result<u16, String> {
     match port {
         PortRef::Number(n) => Ok(*n),
-        PortRef::Name(name) => ports.get(name).copied().ok_or_else(|| format!("no port named {name:?}")),
+        PortRef::Name(name) => ports
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("no port named {name:?}")),
     }
 }
 
 /// A minimal HTTP/1.1 GET: 2xx and 3xx are healthy, as Kubernetes counts them.
 async fn http_get(port: u16, path: &str) -> Result<(), String> {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("http connect to port {port}: {e}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: outpost-probe\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("http GET {path}: {e}"))?;
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("http connect to port {port}: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: outpost-probe\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("http GET {path}: {e}"))?;
     let mut head = [0u8; 64];
     let mut len = 0;
     while len < 12 {
-        let n = stream.read(&mut head[len..]).await.map_err(|e| format!("http GET {path}: {e}"))?;
+        let n = stream
+            .read(&mut head[len..])
+            .await
+            .map_err(|e| format!("http GET {path}: {e}"))?;
         if n == 0 {
             break;
         }
@@ -130,7 +143,11 @@ mod tests {
     }
 
     fn no_handle() -> Handle {
-        Handle { pid: None, start_ticks: None, container_id: None }
+        Handle {
+            pid: None,
+            start_ticks: None,
+            container_id: None,
+        }
     }
 
     async fn serve_once(status: &'static str) -> u16 {
@@ -140,7 +157,9 @@ mod tests {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 512];
                 let _ = s.read(&mut buf).await;
-                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
             }
         });
         port
@@ -152,8 +171,16 @@ mod tests {
         let ok = serve_once("200 OK").await;
         let sick = serve_once("503 Service Unavailable").await;
         let ports = BTreeMap::from([("ok".to_string(), ok), ("sick".to_string(), sick)]);
-        let http = |port: &str| probe(ProbeAction::Http { path: "/healthz".into(), port: PortRef::Name(port.into()) });
-        assert_eq!(check(&http("ok"), &ports, &driver, &no_handle()).await, Ok(()));
+        let http = |port: &str| {
+            probe(ProbeAction::Http {
+                path: "/healthz".into(),
+                port: PortRef::Name(port.into()),
+            })
+        };
+        assert_eq!(
+            check(&http("ok"), &ports, &driver, &no_handle()).await,
+            Ok(())
+        );
         assert_eq!(
             check(&http("sick"), &ports, &driver, &no_handle()).await,
             Err("http GET /healthz answered 503".into())
@@ -169,17 +196,33 @@ mod tests {
         let driver = ProcessDriver::new();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let tcp = probe(ProbeAction::Tcp { port: PortRef::Number(port) });
-        assert_eq!(check(&tcp, &BTreeMap::new(), &driver, &no_handle()).await, Ok(()));
+        let tcp = probe(ProbeAction::Tcp {
+            port: PortRef::Number(port),
+        });
+        assert_eq!(
+            check(&tcp, &BTreeMap::new(), &driver, &no_handle()).await,
+            Ok(())
+        );
         drop(listener);
-        assert!(check(&tcp, &BTreeMap::new(), &driver, &no_handle()).await.is_err());
+        assert!(
+            check(&tcp, &BTreeMap::new(), &driver, &no_handle())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
     async fn exec_probe_uses_the_exit_code() {
         let driver = ProcessDriver::new();
-        let exec = |cmd: &str| probe(ProbeAction::Exec { command: vec![cmd.into()] });
-        assert_eq!(check(&exec("true"), &BTreeMap::new(), &driver, &no_handle()).await, Ok(()));
+        let exec = |cmd: &str| {
+            probe(ProbeAction::Exec {
+                command: vec![cmd.into()],
+            })
+        };
+        assert_eq!(
+            check(&exec("true"), &BTreeMap::new(), &driver, &no_handle()).await,
+            Ok(())
+        );
         assert_eq!(
             check(&exec("false"), &BTreeMap::new(), &driver, &no_handle()).await,
             Err("false exited with status 1".into())
@@ -188,7 +231,9 @@ mod tests {
 
     #[test]
     fn thresholds_need_consecutive_results() {
-        let mut spec = ProbeSpec::new(ProbeAction::Exec { command: vec!["x".into()] });
+        let mut spec = ProbeSpec::new(ProbeAction::Exec {
+            command: vec!["x".into()],
+        });
         spec.failure_threshold = 3;
         spec.success_threshold = 2;
         let mut t = Threshold::default();
@@ -197,6 +242,12 @@ mod tests {
             .map(|ok| t.record(*ok, &spec))
             .collect();
         use Verdict::*;
-        assert_eq!(seq, vec![Undecided, Undecided, Undecided, Undecided, Undecided, Unhealthy, Undecided, Healthy]);
+        assert_eq!(
+            seq,
+            vec![
+                Undecided, Undecided, Undecided, Undecided, Undecided, Unhealthy, Undecided,
+                Healthy
+            ]
+        );
     }
 }

@@ -83,7 +83,10 @@ pub async fn run(
         match client.report(&node, &report).await {
             Ok(()) => retry = RETRY_MIN,
             Err(e) => {
-                tracing::debug!("cannot report to the server: {e}; keeping {} task states", report.tasks.len());
+                tracing::debug!(
+                    "cannot report to the server: {e}; keeping {} task states",
+                    report.tasks.len()
+                );
                 pending.restore(report);
                 // Wait, but keep collecting so the backlog stays current.
                 let deadline = tokio::time::Instant::now() + retry;

@@ -79,7 +79,11 @@ pub struct Supervisor {
 
 /// Starts supervising `task`; returns the sender that asks it to stop (send `true`).
 /// With `adopt`, a task whose process still runs is re-attached instead of restarted.
-pub fn spawn(shared: Shared, task: LocalTask, adopt: bool) -> (watch::Sender<bool>, tokio::task::JoinHandle<String>) {
+pub fn spawn(
+    shared: Shared,
+    task: LocalTask,
+    adopt: bool,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<String>) {
     let (stop_tx, stop) = watch::channel(false);
     let driver_name = task.assignment.spec.driver.to_string();
     let id = task.assignment.task.clone();
@@ -87,7 +91,14 @@ pub fn spawn(shared: Shared, task: LocalTask, adopt: bool) -> (watch::Sender<boo
         let shared2 = shared.clone();
         let join = tokio::spawn(async move {
             let message = format!("this node has no {driver_name} driver");
-            report_raw(&shared2, &id, TaskState::Failed, Some(message.clone()), Level::Error, "no-driver");
+            report_raw(
+                &shared2,
+                &id,
+                TaskState::Failed,
+                Some(message.clone()),
+                Level::Error,
+                "no-driver",
+            );
             id
         });
         return (stop_tx, join);
@@ -97,14 +108,26 @@ pub fn spawn(shared: Shared, task: LocalTask, adopt: bool) -> (watch::Sender<boo
         task,
         driver,
         stop,
-        observed: Observed { state: TaskState::Pending, ready: false, exit_code: None, message: None },
+        observed: Observed {
+            state: TaskState::Pending,
+            ready: false,
+            exit_code: None,
+            message: None,
+        },
         streak: 0,
     };
     let join = tokio::spawn(sup.run(adopt));
     (stop_tx, join)
 }
 
-fn report_raw(shared: &Shared, id: &str, state: TaskState, message: Option<String>, level: Level, reason: &str) {
+fn report_raw(
+    shared: &Shared,
+    id: &str,
+    state: TaskState,
+    message: Option<String>,
+    level: Level,
+    reason: &str,
+) {
     let status = TaskStatus {
         id: id.to_string(),
         state,
@@ -126,7 +149,10 @@ fn report_raw(shared: &Shared, id: &str, state: TaskState, message: Option<Strin
         node: Some(shared.node.clone()),
         message: message.unwrap_or_default(),
     };
-    let _ = shared.updates.send(Update { status, events: vec![event] });
+    let _ = shared.updates.send(Update {
+        status,
+        events: vec![event],
+    });
 }
 
 pub fn now() -> Timestamp {
@@ -151,7 +177,11 @@ impl Supervisor {
             Some(h) if adopt && self.driver.alive(&h) => {
                 let pid = h.pid.map_or(String::new(), |p| format!(" (pid {p})"));
                 self.observed.state = TaskState::Running;
-                self.report(vec![self.event(Level::Info, "adopted", format!("re-adopted running task{pid}"))]);
+                self.report(vec![self.event(
+                    Level::Info,
+                    "adopted",
+                    format!("re-adopted running task{pid}"),
+                )]);
                 Some(h)
             }
             _ => None,
@@ -182,22 +212,35 @@ impl Supervisor {
                 }
                 Outcome::Exited(exit) => {
                     self.exited(&exit);
-                    let next = if self.should_restart(&exit) { Next::Restart { up_since: Some(started) } } else { Next::Park };
+                    let next = if self.should_restart(&exit) {
+                        Next::Restart {
+                            up_since: Some(started),
+                        }
+                    } else {
+                        Next::Park
+                    };
                     if !self.after_run(next).await {
                         break;
                     }
                 }
                 Outcome::Unhealthy(reason) => {
-                    let e = self.event(Level::Warning, "unhealthy", format!("liveness probe failed: {reason}; restarting"));
+                    let e = self.event(
+                        Level::Warning,
+                        "unhealthy",
+                        format!("liveness probe failed: {reason}; restarting"),
+                    );
                     self.observed.ready = false;
                     self.report(vec![e]);
                     self.terminate(&h).await;
                     self.observed.state = TaskState::Failed;
-                    self.observed.message = Some(format!("killed after failing its liveness probe: {reason}"));
+                    self.observed.message =
+                        Some(format!("killed after failing its liveness probe: {reason}"));
                     let next = if self.spec().restart.policy == RestartPolicy::Never {
                         Next::Park
                     } else {
-                        Next::Restart { up_since: Some(started) }
+                        Next::Restart {
+                            up_since: Some(started),
+                        }
                     };
                     if !self.after_run(next).await {
                         break;
@@ -214,7 +257,10 @@ impl Supervisor {
         self.assign_ports();
         let launch = self.launch();
         if self.task.restarts > 0 || self.task.started_at.is_some() {
-            self.shared.logs.note(self.id(), &format!("restart {} of task {}", self.task.restarts, self.id()));
+            self.shared.logs.note(
+                self.id(),
+                &format!("restart {} of task {}", self.task.restarts, self.id()),
+            );
         }
         match self.driver.start(&launch).await {
             Ok(h) => {
@@ -223,13 +269,21 @@ impl Supervisor {
                 self.persist();
                 let has_readiness = self.spec().readiness.is_some();
                 self.observed = Observed {
-                    state: if has_readiness { TaskState::Starting } else { TaskState::Running },
+                    state: if has_readiness {
+                        TaskState::Starting
+                    } else {
+                        TaskState::Running
+                    },
                     ready: !has_readiness,
                     exit_code: None,
                     message: None,
                 };
                 let pid = h.pid.map_or(String::new(), |p| format!(" as pid {p}"));
-                self.report(vec![self.event(Level::Info, "started", format!("started{pid}"))]);
+                self.report(vec![self.event(
+                    Level::Info,
+                    "started",
+                    format!("started{pid}"),
+                )]);
                 Some(h)
             }
             Err(e) => {
@@ -240,7 +294,11 @@ impl Supervisor {
                     exit_code: None,
                     message: Some(e.to_string()),
                 };
-                self.report(vec![self.event(Level::Error, "start-failed", e.to_string())]);
+                self.report(vec![self.event(
+                    Level::Error,
+                    "start-failed",
+                    e.to_string(),
+                )]);
                 None
             }
         }
@@ -259,10 +317,18 @@ impl Supervisor {
     fn launch(&self) -> Launch {
         let spec = self.spec();
         let vars = task_vars(spec, &self.task, &self.shared.node);
-        let mut env: BTreeMap<String, String> =
-            spec.env.iter().map(|(k, v)| (k.clone(), expand(v, &vars))).collect();
+        let mut env: BTreeMap<String, String> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), expand(v, &vars)))
+            .collect();
         env.extend(vars.clone());
-        let mut argv: Vec<String> = spec.entrypoint.iter().chain(&spec.command).map(|a| expand(a, &env)).collect();
+        let mut argv: Vec<String> = spec
+            .entrypoint
+            .iter()
+            .chain(&spec.command)
+            .map(|a| expand(a, &env))
+            .collect();
         if argv.is_empty() {
             argv.push(String::new());
         }
@@ -270,7 +336,11 @@ impl Supervisor {
             task_id: self.id().to_string(),
             argv,
             env,
-            workdir: spec.workdir.as_ref().map(PathBuf::from).or_else(|| self.shared.default_workdir.clone()),
+            workdir: spec
+                .workdir
+                .as_ref()
+                .map(PathBuf::from)
+                .or_else(|| self.shared.default_workdir.clone()),
             log_path: self.shared.logs.path(self.id()),
         }
     }
@@ -281,8 +351,16 @@ impl Supervisor {
         let spec = self.spec().clone();
         let ports = self.task.ports.clone();
         let mut exit = driver.wait(h);
-        let mut live = ProbeLoop::new(spec.liveness, false, ports.clone(), driver.clone(), h.clone()).round();
-        let mut ready = ProbeLoop::new(spec.readiness, true, ports, driver.clone(), h.clone()).round();
+        let mut live = ProbeLoop::new(
+            spec.liveness,
+            false,
+            ports.clone(),
+            driver.clone(),
+            h.clone(),
+        )
+        .round();
+        let mut ready =
+            ProbeLoop::new(spec.readiness, true, ports, driver.clone(), h.clone()).round();
         let mut stop = self.stop.clone();
         loop {
             tokio::select! {
@@ -321,7 +399,11 @@ impl Supervisor {
             self.event(Level::Info, "ready", "readiness probe passed".into())
         } else {
             let reason = result.err().unwrap_or_default();
-            self.event(Level::Warning, "not-ready", format!("readiness probe failed: {reason}"))
+            self.event(
+                Level::Warning,
+                "not-ready",
+                format!("readiness probe failed: {reason}"),
+            )
         };
         self.report(vec![event]);
     }
@@ -329,7 +411,11 @@ impl Supervisor {
     fn exited(&mut self, exit: &Exit) {
         let ok = exit.success();
         self.observed = Observed {
-            state: if ok { TaskState::Exited } else { TaskState::Failed },
+            state: if ok {
+                TaskState::Exited
+            } else {
+                TaskState::Failed
+            },
             ready: false,
             exit_code: exit.code(),
             message: Some(exit.describe()),
@@ -367,7 +453,11 @@ impl Supervisor {
         let e = self.event(
             Level::Info,
             "restarting",
-            format!("restart {} in {}", self.task.restarts, humantime_short(delay)),
+            format!(
+                "restart {} in {}",
+                self.task.restarts,
+                humantime_short(delay)
+            ),
         );
         self.report(vec![e]);
         let mut stop = self.stop.clone();
@@ -387,7 +477,11 @@ impl Supervisor {
         if exited.is_err() {
             let _ = self.driver.signal(h, StopSignal::Kill);
             let _ = tokio::time::timeout(KILL_WAIT, self.driver.wait(h)).await;
-            let e = self.event(Level::Warning, "killed", format!("did not stop within {}; killed", humantime_short(grace)));
+            let e = self.event(
+                Level::Warning,
+                "killed",
+                format!("did not stop within {}; killed", humantime_short(grace)),
+            );
             self.report(vec![e]);
         }
     }
@@ -446,11 +540,17 @@ impl Supervisor {
 /// Delay before restart number `streak + 1`: `initial_backoff × 2^streak`, at most `max_backoff`.
 pub fn backoff(spec: &RestartSpec, streak: u32) -> Duration {
     let factor = 2u32.saturating_pow(streak.min(31));
-    spec.initial_backoff.saturating_mul(factor).min(spec.max_backoff)
+    spec.initial_backoff
+        .saturating_mul(factor)
+        .min(spec.max_backoff)
 }
 
 fn humantime_short(d: Duration) -> String {
-    if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
 }
 
 /// One probe's schedule and consecutive results. It owns what it needs, so its attempt can stay
@@ -471,7 +571,13 @@ struct ProbeLoop {
 type ProbeRound = (ProbeLoop, Verdict, Result<(), String>);
 
 impl ProbeLoop {
-    fn new(spec: Option<ProbeSpec>, startup: bool, ports: BTreeMap<String, u16>, driver: Arc<dyn Driver>, handle: Handle) -> ProbeLoop {
+    fn new(
+        spec: Option<ProbeSpec>,
+        startup: bool,
+        ports: BTreeMap<String, u16>,
+        driver: Arc<dyn Driver>,
+        handle: Handle,
+    ) -> ProbeLoop {
         let delay = spec.as_ref().map_or(Duration::ZERO, |s| s.initial_delay);
         ProbeLoop {
             spec,
@@ -489,7 +595,9 @@ impl ProbeLoop {
     /// Never resolves when there is no probe.
     fn round(mut self) -> BoxFuture<'static, ProbeRound> {
         Box::pin(async move {
-            let Some(spec) = self.spec.clone() else { return std::future::pending().await };
+            let Some(spec) = self.spec.clone() else {
+                return std::future::pending().await;
+            };
             sleep_until(self.next).await;
             let result = probe::check(&spec, &self.ports, self.driver.as_ref(), &self.handle).await;
             let verdict = self.threshold.record(result.is_ok(), &spec);
@@ -497,11 +605,19 @@ impl ProbeLoop {
                 self.decided = true;
             }
             let fast = self.startup && !self.decided;
-            let interval = if fast { spec.period.min(STARTUP_PROBE_INTERVAL) } else { spec.period };
+            let interval = if fast {
+                spec.period.min(STARTUP_PROBE_INTERVAL)
+            } else {
+                spec.period
+            };
             self.next = Instant::now() + interval;
             // While starting up, a failure only means "not yet": it must not mark unready a task
             // that never was ready.
-            let verdict = if fast && verdict == Verdict::Unhealthy { Verdict::Undecided } else { verdict };
+            let verdict = if fast && verdict == Verdict::Unhealthy {
+                Verdict::Undecided
+            } else {
+                verdict
+            };
             (self, verdict, result)
         })
     }
@@ -509,23 +625,38 @@ impl ProbeLoop {
 
 /// A free TCP port on this host, chosen by the kernel.
 fn free_port() -> Option<u16> {
-    std::net::TcpListener::bind(("0.0.0.0", 0)).ok()?.local_addr().ok().map(|a| a.port())
+    std::net::TcpListener::bind(("0.0.0.0", 0))
+        .ok()?
+        .local_addr()
+        .ok()
+        .map(|a| a.port())
 }
 
 /// Variables every task gets: its identity and its ports.
 fn task_vars(spec: &ServiceSpec, task: &LocalTask, node: &str) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::from([
         ("OUTPOST_TASK_ID".to_string(), task.assignment.task.clone()),
-        ("OUTPOST_SERVICE".to_string(), task.assignment.service.clone()),
+        (
+            "OUTPOST_SERVICE".to_string(),
+            task.assignment.service.clone(),
+        ),
         ("OUTPOST_SLOT".to_string(), task.assignment.slot.to_string()),
         ("OUTPOST_NODE".to_string(), node.to_string()),
     ]);
     for (i, port) in spec.ports.iter().enumerate() {
-        let Some(p) = task.ports.get(&port.name) else { continue };
+        let Some(p) = task.ports.get(&port.name) else {
+            continue;
+        };
         if i == 0 {
             vars.insert("PORT".into(), p.to_string());
         }
-        vars.insert(format!("OUTPOST_PORT_{}", port.name.to_uppercase().replace('-', "_")), p.to_string());
+        vars.insert(
+            format!(
+                "OUTPOST_PORT_{}",
+                port.name.to_uppercase().replace('-', "_")
+            ),
+            p.to_string(),
+        );
     }
     vars
 }

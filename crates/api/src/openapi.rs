@@ -21,19 +21,59 @@ pub const PATHS: &[(&str, &[&str])] = &[
 
 fn operation(path: &str, method: &str) -> Value {
     let (summary, request, response): (&str, Option<&str>, &str) = match (path, method) {
-        ("/v1/services", "get") => ("List services with replica counts", None, "ServiceSummaryList"),
-        ("/v1/services", "post") => ("Deploy (create or update) services; `dry_run` only reports the changes", Some("DeployRequest"), "DeployResponse"),
+        ("/v1/services", "get") => (
+            "List services with replica counts",
+            None,
+            "ServiceSummaryList",
+        ),
+        ("/v1/services", "post") => (
+            "Deploy (create or update) services; `dry_run` only reports the changes",
+            Some("DeployRequest"),
+            "DeployResponse",
+        ),
         ("/v1/services/{name}", "get") => ("One service", None, "ServiceSummary"),
-        ("/v1/services/{name}", "delete") => ("Remove a service: stop its tasks, then forget it", None, "ServiceSummary"),
-        ("/v1/services/{name}/scale", "post") => ("Set a service's replica count", Some("ScaleRequest"), "ServiceSummary"),
-        ("/v1/tasks", "get") => ("List tasks, optionally of one service (`?service=`)", None, "TaskList"),
+        ("/v1/services/{name}", "delete") => (
+            "Remove a service: stop its tasks, then forget it",
+            None,
+            "ServiceSummary",
+        ),
+        ("/v1/services/{name}/scale", "post") => (
+            "Set a service's replica count",
+            Some("ScaleRequest"),
+            "ServiceSummary",
+        ),
+        ("/v1/tasks", "get") => (
+            "List tasks, optionally of one service (`?service=`)",
+            None,
+            "TaskList",
+        ),
         ("/v1/nodes", "get") => ("List nodes", None, "NodeList"),
         ("/v1/nodes", "post") => ("Register an agent's node", Some("RegisterRequest"), "Node"),
-        ("/v1/nodes/{name}/heartbeat", "post") => ("An agent's heartbeat (kept in memory, never a Raft entry)", None, "Empty"),
-        ("/v1/nodes/{name}/status", "post") => ("An agent's report of its tasks and events", Some("StatusReport"), "Empty"),
-        ("/v1/nodes/{name}/assignments", "get") => ("Blocking query: the node's assignments once they change past `?index=`, or after `?wait=`", None, "Assignments"),
-        ("/v1/events", "get") => ("Events after `?after=`; with `?wait=` blocks until one arrives", None, "Events"),
-        ("/v1/logs/{target}", "get") => ("Log text of a service's tasks or of one task (`?tail=`, `?follow=`)", None, "Text"),
+        ("/v1/nodes/{name}/heartbeat", "post") => (
+            "An agent's heartbeat (kept in memory, never a Raft entry)",
+            None,
+            "Empty",
+        ),
+        ("/v1/nodes/{name}/status", "post") => (
+            "An agent's report of its tasks and events",
+            Some("StatusReport"),
+            "Empty",
+        ),
+        ("/v1/nodes/{name}/assignments", "get") => (
+            "Blocking query: the node's assignments once they change past `?index=`, or after `?wait=`",
+            None,
+            "Assignments",
+        ),
+        ("/v1/events", "get") => (
+            "Events after `?after=`; with `?wait=` blocks until one arrives",
+            None,
+            "Events",
+        ),
+        ("/v1/logs/{target}", "get") => (
+            "Log text of a service's tasks or of one task (`?tail=`, `?follow=`)",
+            None,
+            "Text",
+        ),
         ("/v1/status", "get") => ("This server's view of the cluster", None, "ClusterStatus"),
         _ => ("This document", None, "Object"),
     };
@@ -67,7 +107,8 @@ fn schemas() -> Value {
     let string = json!({ "type": "string" });
     let int = json!({ "type": "integer", "minimum": 0 });
     let time = json!({ "type": "string", "format": "date-time" });
-    let task_state = json!({ "type": "string", "enum": ["pending", "starting", "running", "exited", "failed"] });
+    let task_state =
+        json!({ "type": "string", "enum": ["pending", "starting", "running", "exited", "failed"] });
     let ports = json!({ "type": "object", "additionalProperties": { "type": "integer" } });
     json!({
         "ServiceSpec": { "type": "object", "description": "A service as written in the native YAML spec, in JSON form", "required": ["name", "replicas", "driver", "restart", "stop_grace"] },

@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 pub enum ClientError {
     #[error("cannot reach the Outpost API at {url}: {source}")]
     Unreachable { url: String, source: reqwest::Error },
-    #[error("the API refused the token (401): check --token / OUTPOST_TOKEN, or the data dir's token file")]
+    #[error(
+        "the API refused the token (401): check --token / OUTPOST_TOKEN, or the data dir's token file"
+    )]
     Unauthorized,
     #[error("{}", render_api_error(.status, .error))]
     Api { status: StatusCode, error: ApiError },
@@ -67,7 +69,11 @@ impl Client {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .unwrap_or_default();
-        Client { base, token: token.to_string(), http }
+        Client {
+            base,
+            token: token.to_string(),
+            http,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -75,17 +81,32 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder, timeout: Duration) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
         let resp = self.execute(req.timeout(timeout)).await?;
         let url = resp.url().to_string();
-        resp.json::<T>().await.map_err(|e| ClientError::Protocol { url, message: e.to_string() })
+        resp.json::<T>().await.map_err(|e| ClientError::Protocol {
+            url,
+            message: e.to_string(),
+        })
     }
 
     async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|source| ClientError::Unreachable { url: self.base.clone(), source })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -94,17 +115,25 @@ impl Client {
             return Err(ClientError::Unauthorized);
         }
         let text = resp.text().await.unwrap_or_default();
-        let error = serde_json::from_str::<ApiError>(&text)
-            .unwrap_or_else(|_| ApiError { error: format!("{status}: {text}"), problems: Vec::new() });
+        let error = serde_json::from_str::<ApiError>(&text).unwrap_or_else(|_| ApiError {
+            error: format!("{status}: {text}"),
+            problems: Vec::new(),
+        });
         Err(ClientError::Api { status, error })
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(self.request(Method::GET, path), REQUEST_TIMEOUT).await
+        self.send(self.request(Method::GET, path), REQUEST_TIMEOUT)
+            .await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        self.send(self.request(Method::POST, path).json(body), REQUEST_TIMEOUT).await
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.request(Method::POST, path).json(body), REQUEST_TIMEOUT)
+            .await
     }
 
     pub async fn deploy(&self, req: &DeployRequest) -> Result<DeployResponse, ClientError> {
@@ -136,12 +165,19 @@ impl Client {
     }
 
     pub async fn scale(&self, service: &str, replicas: u32) -> Result<ServiceSummary, ClientError> {
-        self.post(&format!("/v1/services/{}/scale", encode(service)), &ScaleRequest { replicas }).await
+        self.post(
+            &format!("/v1/services/{}/scale", encode(service)),
+            &ScaleRequest { replicas },
+        )
+        .await
     }
 
     pub async fn remove(&self, service: &str) -> Result<ServiceSummary, ClientError> {
-        self.send(self.request(Method::DELETE, &format!("/v1/services/{}", encode(service))), REQUEST_TIMEOUT)
-            .await
+        self.send(
+            self.request(Method::DELETE, &format!("/v1/services/{}", encode(service))),
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     /// The service's (or task's) log as a byte stream; with `follow` it stays open.
@@ -150,7 +186,8 @@ impl Client {
         target: &str,
         tail: Option<usize>,
         follow: bool,
-    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError> {
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
+    {
         use futures_util::StreamExt;
         let mut path = format!("/v1/logs/{}?follow={follow}", encode(target));
         if let Some(n) = tail {
@@ -161,7 +198,10 @@ impl Client {
         Ok(resp.bytes_stream().map(move |chunk| {
             chunk
                 .map(|b| b.to_vec())
-                .map_err(|e| ClientError::Protocol { url: url.clone(), message: e.to_string() })
+                .map_err(|e| ClientError::Protocol {
+                    url: url.clone(),
+                    message: e.to_string(),
+                })
         }))
     }
 
@@ -170,19 +210,41 @@ impl Client {
     }
 
     pub async fn heartbeat(&self, node: &str) -> Result<(), ClientError> {
-        let req = self.request(Method::POST, &format!("/v1/nodes/{}/heartbeat", encode(node)));
-        self.execute(req.timeout(Duration::from_secs(2))).await.map(drop)
+        let req = self.request(
+            Method::POST,
+            &format!("/v1/nodes/{}/heartbeat", encode(node)),
+        );
+        self.execute(req.timeout(Duration::from_secs(2)))
+            .await
+            .map(drop)
     }
 
     pub async fn report(&self, node: &str, report: &StatusReport) -> Result<(), ClientError> {
-        let req = self.request(Method::POST, &format!("/v1/nodes/{}/status", encode(node))).json(report);
-        self.execute(req.timeout(Duration::from_secs(10))).await.map(drop)
+        let req = self
+            .request(Method::POST, &format!("/v1/nodes/{}/status", encode(node)))
+            .json(report);
+        self.execute(req.timeout(Duration::from_secs(10)))
+            .await
+            .map(drop)
     }
 
     /// Blocking query: returns once the node's assignments changed past `index`, or after `wait`.
-    pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {
-        let path = format!("/v1/nodes/{}/assignments?index={index}&wait={}ms", encode(node), wait.as_millis());
-        self.send(self.request(Method::GET, &path), wait + Duration::from_secs(10)).await
+    pub async fn assignments(
+        &self,
+        node: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Assignments, ClientError> {
+        let path = format!(
+            "/v1/nodes/{}/assignments?index={index}&wait={}ms",
+            encode(node),
+            wait.as_millis()
+        );
+        self.send(
+            self.request(Method::GET, &path),
+            wait + Duration::from_secs(10),
+        )
+        .await
     }
 }
 
@@ -193,7 +255,10 @@ fn encode(s: &str) -> String {
             'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '.' | '_' | '~' => c.to_string(),
             c => {
                 let mut buf = [0u8; 4];
-                c.encode_utf8(&mut buf).bytes().map(|b| format!("%{b:02X}")).collect()
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect()
             }
         })
         .collect()

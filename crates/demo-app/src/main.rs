@@ -26,7 +26,10 @@ struct Options {
 
 fn parse_args() -> Result<Options, String> {
     let mut opts = Options {
-        port: std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080),
+        port: std::env::var("PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(8080),
         exit_after: None,
         exit_code: 0,
         delay_ready: Duration::ZERO,
@@ -34,13 +37,27 @@ fn parse_args() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = |what: &str| value.parse::<u64>().map_err(|_| format!("{flag}: {value:?} is not {what}"));
+        let number = |what: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: {value:?} is not {what}"))
+        };
         match flag.as_str() {
             "--port" => opts.port = number("a port")? as u16,
-            "--exit-after" => opts.exit_after = Some(Duration::from_millis(number("milliseconds")?)),
-            "--exit-code" => opts.exit_code = value.parse().map_err(|_| format!("--exit-code: {value:?} is not a number"))?,
+            "--exit-after" => {
+                opts.exit_after = Some(Duration::from_millis(number("milliseconds")?))
+            }
+            "--exit-code" => {
+                opts.exit_code = value
+                    .parse()
+                    .map_err(|_| format!("--exit-code: {value:?} is not a number"))?
+            }
             "--delay-ready" => opts.delay_ready = Duration::from_millis(number("milliseconds")?),
-            _ => return Err(format!("unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready")),
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready"
+                ));
+            }
         }
     }
     Ok(opts)
@@ -70,7 +87,11 @@ fn main() {
             exit(1);
         }
     };
-    println!("demo-app: listening on port {} (pid {})", opts.port, std::process::id());
+    println!(
+        "demo-app: listening on port {} (pid {})",
+        opts.port,
+        std::process::id()
+    );
     let sick = Arc::new(AtomicBool::new(false));
     for stream in listener.incoming().flatten() {
         let sick = sick.clone();
@@ -94,7 +115,9 @@ fn serve(mut stream: TcpStream, sick: &AtomicBool) -> std::io::Result<()> {
     }
     let path = request_line.split_whitespace().nth(1).unwrap_or("/");
     let (status, body) = match path {
-        "/healthz" if sick.load(Ordering::SeqCst) => ("503 Service Unavailable", "unhealthy\n".to_string()),
+        "/healthz" if sick.load(Ordering::SeqCst) => {
+            ("503 Service Unavailable", "unhealthy\n".to_string())
+        }
         "/healthz" => ("200 OK", "ok\n".to_string()),
         "/fail" => {
             sick.store(true, Ordering::SeqCst);
@@ -108,7 +131,10 @@ fn serve(mut stream: TcpStream, sick: &AtomicBool) -> std::io::Result<()> {
         "/" => {
             let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
             let task = std::env::var("OUTPOST_TASK_ID").unwrap_or_else(|_| "-".into());
-            ("200 OK", format!("{greeting} from {task} (pid {})\n", std::process::id()))
+            (
+                "200 OK",
+                format!("{greeting} from {task} (pid {})\n", std::process::id()),
+            )
         }
         _ => ("404 Not Found", "not found\n".to_string()),
     };

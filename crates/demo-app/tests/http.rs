@@ -6,7 +6,11 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn get(port: u16, path: &str) -> Option<String> {
@@ -27,7 +31,10 @@ fn start(args: &[&str]) -> (Child, u16) {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(port, "/healthz").is_none() {
-        assert!(Instant::now() < deadline, "demo-app did not listen on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "demo-app did not listen on {port}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     (child, port)
@@ -52,7 +59,11 @@ fn exits_on_a_timer_with_the_asked_code() {
 
 #[test]
 fn bad_flags_are_refused() {
-    let out = Command::new(env!("CARGO_BIN_EXE_demo-app")).arg("--bogus").arg("1").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_demo-app"))
+        .arg("--bogus")
+        .arg("1")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown flag --bogus"));
 }

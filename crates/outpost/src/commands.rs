@@ -34,7 +34,8 @@ pub fn connect(conn: &Connection) -> Result<Client> {
     };
     let token = match &conn.token {
         Some(t) => t.clone(),
-        None => read("token")?.context("no token: give --token (or OUTPOST_TOKEN), or --data-dir of the server")?,
+        None => read("token")?
+            .context("no token: give --token (or OUTPOST_TOKEN), or --data-dir of the server")?,
     };
     Ok(Client::new(&api, &token))
 }
@@ -45,7 +46,8 @@ pub fn read_specs(files: &[PathBuf]) -> Result<Vec<ServiceSpec>> {
     let mut specs = Vec::new();
     let mut errors = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
         let dotenv_path = file.parent().unwrap_or(Path::new(".")).join(".env");
         let dotenv = std::fs::read_to_string(&dotenv_path).ok();
         match spec::parse_file(&file.display().to_string(), &text, &env, dotenv.as_deref()) {
@@ -70,8 +72,16 @@ pub async fn deploy(conn: &Connection, files: &[PathBuf], dry_run: bool) -> Resu
     apply(&client, specs, dry_run, conn.output).await
 }
 
-pub async fn apply(client: &Client, specs: Vec<ServiceSpec>, dry_run: bool, format: Format) -> Result<()> {
-    let request = DeployRequest { services: specs.clone(), dry_run };
+pub async fn apply(
+    client: &Client,
+    specs: Vec<ServiceSpec>,
+    dry_run: bool,
+    format: Format,
+) -> Result<()> {
+    let request = DeployRequest {
+        services: specs.clone(),
+        dry_run,
+    };
     let response = client.deploy(&request).await?;
     if format == Format::Json {
         let shown = serde_json::json!({ "dry_run": dry_run, "changes": response.changes, "services": specs });
@@ -81,7 +91,9 @@ pub async fn apply(client: &Client, specs: Vec<ServiceSpec>, dry_run: bool, form
     if dry_run {
         println!("\n{}", output::spec_summary(&specs));
         if specs.iter().any(|s| s.driver == spec::DriverKind::Docker) {
-            println!("\nnote: image-based services need the docker driver, which this version does not have yet: deploying them will be refused.");
+            println!(
+                "\nnote: image-based services need the docker driver, which this version does not have yet: deploying them will be refused."
+            );
         }
         println!("dry run: nothing was changed");
     }
@@ -109,7 +121,13 @@ pub async fn ps(conn: &Connection, service: Option<&str>) -> Result<()> {
     match conn.output {
         Format::Json => print_json(&tasks),
         Format::Table => {
-            println!("{}", output::tasks(&tasks, api::Timestamp::from_system_time(std::time::SystemTime::now())));
+            println!(
+                "{}",
+                output::tasks(
+                    &tasks,
+                    api::Timestamp::from_system_time(std::time::SystemTime::now())
+                )
+            );
             Ok(())
         }
     }
@@ -137,8 +155,11 @@ pub async fn events(conn: &Connection, follow: bool, service: Option<&str>) -> R
         let wait = (follow && !first).then_some(FOLLOW_WAIT);
         let batch = client.events(after, wait).await?;
         after = batch.index.max(after);
-        let shown: Vec<&api::Event> =
-            batch.events.iter().filter(|e| service.is_none_or(|s| e.event.service.as_deref() == Some(s))).collect();
+        let shown: Vec<&api::Event> = batch
+            .events
+            .iter()
+            .filter(|e| service.is_none_or(|s| e.event.service.as_deref() == Some(s)))
+            .collect();
         match conn.output {
             Format::Json if follow => {
                 for e in shown {
@@ -160,7 +181,12 @@ pub async fn events(conn: &Connection, follow: bool, service: Option<&str>) -> R
     }
 }
 
-pub async fn logs(conn: &Connection, target: &str, follow: bool, tail: Option<usize>) -> Result<()> {
+pub async fn logs(
+    conn: &Connection,
+    target: &str,
+    follow: bool,
+    tail: Option<usize>,
+) -> Result<()> {
     let client = connect(conn)?;
     let mut stream = Box::pin(client.logs(target, tail, follow).await?);
     let mut out = std::io::stdout();

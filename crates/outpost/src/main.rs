@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "outpost", version, about = "A self-healing container orchestrator for unreliable edge nodes")]
+#[command(
+    name = "outpost",
+    version,
+    about = "A self-healing container orchestrator for unreliable edge nodes"
+)]
 struct Cli {
     #[command(flatten)]
     conn: Connection,
@@ -102,7 +106,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -128,8 +135,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Services => commands::services(&conn).await,
         Command::Ps { service } => commands::ps(&conn, service.as_deref()).await,
         Command::Nodes => commands::nodes(&conn).await,
-        Command::Events { follow, service } => commands::events(&conn, follow, service.as_deref()).await,
-        Command::Logs { target, follow, tail } => commands::logs(&conn, &target, follow, tail).await,
+        Command::Events { follow, service } => {
+            commands::events(&conn, follow, service.as_deref()).await
+        }
+        Command::Logs {
+            target,
+            follow,
+            tail,
+        } => commands::logs(&conn, &target, follow, tail).await,
         Command::Scale { service, replicas } => commands::scale(&conn, &service, replicas).await,
         Command::Rm { service } => commands::rm(&conn, &service).await,
     }

@@ -6,12 +6,17 @@ use spec::ServiceSpec;
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(presets::NOTHING).set_header(header.iter().map(|h| h.to_string()));
+    t.load_preset(presets::NOTHING)
+        .set_header(header.iter().map(|h| h.to_string()));
     t
 }
 
 fn trimmed(t: Table) -> String {
-    t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+    t.to_string()
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// "3s", "5m", "2h", "4d": how long ago, coarsely.
@@ -28,7 +33,11 @@ pub fn age(since: Timestamp, now: Timestamp) -> String {
 pub fn changes(changes: &[Change]) -> String {
     let mut t = table(&["SERVICE", "CHANGE", "FIELDS"]);
     for c in changes {
-        t.add_row(vec![c.service.clone(), c.change.to_string(), c.fields.join(", ")]);
+        t.add_row(vec![
+            c.service.clone(),
+            c.change.to_string(),
+            c.fields.join(", "),
+        ]);
     }
     trimmed(t)
 }
@@ -37,7 +46,9 @@ pub fn spec_summary(specs: &[ServiceSpec]) -> String {
     let mut t = table(&["SERVICE", "DRIVER", "REPLICAS", "RUNS", "PORTS"]);
     for s in specs {
         let runs = match &s.image {
-            Some(image) => format!("{image} {}", s.command.join(" ")).trim().to_string(),
+            Some(image) => format!("{image} {}", s.command.join(" "))
+                .trim()
+                .to_string(),
             None => s.command.join(" "),
         };
         let ports: Vec<String> = s
@@ -49,7 +60,13 @@ pub fn spec_summary(specs: &[ServiceSpec]) -> String {
                 _ => p.name.clone(),
             })
             .collect();
-        t.add_row(vec![s.name.clone(), s.driver.to_string(), s.replicas.to_string(), runs, ports.join(",")]);
+        t.add_row(vec![
+            s.name.clone(),
+            s.driver.to_string(),
+            s.replicas.to_string(),
+            runs,
+            ports.join(","),
+        ]);
     }
     trimmed(t)
 }
@@ -57,7 +74,13 @@ pub fn spec_summary(specs: &[ServiceSpec]) -> String {
 pub fn services(list: &[ServiceSummary]) -> String {
     let mut t = table(&["NAME", "DRIVER", "READY", "RUNNING", "VERSION", "STATUS"]);
     for s in list {
-        let status = if s.removing { "removing" } else if s.ready == s.replicas { "ok" } else { "degraded" };
+        let status = if s.removing {
+            "removing"
+        } else if s.ready == s.replicas {
+            "ok"
+        } else {
+            "degraded"
+        };
         t.add_row(vec![
             s.name.clone(),
             s.driver.clone(),
@@ -71,7 +94,9 @@ pub fn services(list: &[ServiceSummary]) -> String {
 }
 
 pub fn tasks(list: &[Task], now: Timestamp) -> String {
-    let mut t = table(&["TASK", "NODE", "STATE", "READY", "RESTARTS", "PID", "PORTS", "AGE", "MESSAGE"]);
+    let mut t = table(&[
+        "TASK", "NODE", "STATE", "READY", "RESTARTS", "PID", "PORTS", "AGE", "MESSAGE",
+    ]);
     for task in list {
         let state = match task.desired {
             api::DesiredState::Shutdown => format!("{} (stopping)", task.state),
@@ -94,7 +119,9 @@ pub fn tasks(list: &[Task], now: Timestamp) -> String {
 }
 
 pub fn nodes(list: &[Node]) -> String {
-    let mut t = table(&["NAME", "STATE", "ADDRESS", "CPU", "MEMORY", "DRIVERS", "VERSION"]);
+    let mut t = table(&[
+        "NAME", "STATE", "ADDRESS", "CPU", "MEMORY", "DRIVERS", "VERSION",
+    ]);
     for n in list {
         t.add_row(vec![
             n.name.clone(),
@@ -111,6 +138,14 @@ pub fn nodes(list: &[Node]) -> String {
 
 pub fn event_line(e: &Event) -> String {
     let e2 = &e.event;
-    let subject = e2.task.as_deref().or(e2.service.as_deref()).or(e2.node.as_deref()).unwrap_or("-");
-    format!("{}  {:<7}  {:<16}  {:<14}  {}", e2.time, e2.level, subject, e2.reason, e2.message)
+    let subject = e2
+        .task
+        .as_deref()
+        .or(e2.service.as_deref())
+        .or(e2.node.as_deref())
+        .unwrap_or("-");
+    format!(
+        "{}  {:<7}  {:<16}  {:<14}  {}",
+        e2.time, e2.level, subject, e2.reason, e2.message
+    )
 }

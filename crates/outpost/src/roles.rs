@@ -32,7 +32,10 @@ fn init_logging() {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -44,20 +47,29 @@ async fn shutdown_signal() {
 fn listen_addr(conn: &Connection, default: &str) -> Result<SocketAddr> {
     let raw = conn.api.as_deref().unwrap_or(default);
     let bare = raw.trim_start_matches("http://").trim_end_matches('/');
-    bare.parse().with_context(|| format!("--api {raw:?} is not an address to listen on (like 127.0.0.1:7400)"))
+    bare.parse().with_context(|| {
+        format!("--api {raw:?} is not an address to listen on (like 127.0.0.1:7400)")
+    })
 }
 
 pub async fn dev(conn: &Connection, files: &[PathBuf]) -> Result<()> {
     init_logging();
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
     let specs = commands::read_specs(files)?;
-    let data_dir = conn.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
+    let data_dir = conn
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
     let listen = listen_addr(conn, DEV_API)?;
     // The server keeps `api`, `token` and its store at the top of the data dir, where the CLI
     // looks; the agent keeps its own state below it, as it would on another machine.
-    let server = server::start(server::ServerConfig { data_dir: data_dir.clone(), listen, id: 1 })
-        .await
-        .context("cannot start the server")?;
+    let server = server::start(server::ServerConfig {
+        data_dir: data_dir.clone(),
+        listen,
+        id: 1,
+    })
+    .await
+    .context("cannot start the server")?;
     let api = format!("http://{}", server.addr);
     let agent_config = agent::AgentConfig {
         name: "local".into(),
@@ -101,27 +113,55 @@ async fn show_endpoints(client: &Client, services: &[String]) {
         let wanted: u32 = client
             .services()
             .await
-            .map(|s| s.iter().filter(|s| services.contains(&s.name)).map(|s| s.replicas).sum())
+            .map(|s| {
+                s.iter()
+                    .filter(|s| services.contains(&s.name))
+                    .map(|s| s.replicas)
+                    .sum()
+            })
             .unwrap_or(0);
-        let up = tasks.iter().filter(|t| t.state == TaskState::Running && t.ready).count() as u32;
+        let up = tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Running && t.ready)
+            .count() as u32;
         if up >= wanted {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for t in tasks {
-        let ports: Vec<String> = t.ports.iter().map(|(name, p)| format!("{name} → http://127.0.0.1:{p}")).collect();
-        let state = if t.ready { "ready".to_string() } else { t.state.to_string() };
+        let ports: Vec<String> = t
+            .ports
+            .iter()
+            .map(|(name, p)| format!("{name} → http://127.0.0.1:{p}"))
+            .collect();
+        let state = if t.ready {
+            "ready".to_string()
+        } else {
+            t.state.to_string()
+        };
         println!("  {:<16} {:<9} {}", t.id, state, ports.join("  "));
     }
 }
 
 pub async fn server(conn: &Connection) -> Result<()> {
     init_logging();
-    let data_dir = conn.data_dir.clone().context("a server needs --data-dir (or OUTPOST_DATA_DIR)")?;
+    let data_dir = conn
+        .data_dir
+        .clone()
+        .context("a server needs --data-dir (or OUTPOST_DATA_DIR)")?;
     let listen = listen_addr(conn, DEV_API)?;
-    let server = server::start(server::ServerConfig { data_dir: data_dir.clone(), listen, id: 1 }).await?;
-    println!("outpost server: API at http://{}; token in {}", server.addr, data_dir.join("token").display());
+    let server = server::start(server::ServerConfig {
+        data_dir: data_dir.clone(),
+        listen,
+        id: 1,
+    })
+    .await?;
+    println!(
+        "outpost server: API at http://{}; token in {}",
+        server.addr,
+        data_dir.join("token").display()
+    );
     shutdown_signal().await;
     server.shutdown().await;
     Ok(())
@@ -129,26 +169,47 @@ pub async fn server(conn: &Connection) -> Result<()> {
 
 pub async fn agent(conn: &Connection, name: Option<String>, agent_listen: &str) -> Result<()> {
     init_logging();
-    let data_dir = conn.data_dir.clone().context("an agent needs --data-dir (or OUTPOST_DATA_DIR)")?;
-    let Some(api) = conn.api.clone() else { bail!("an agent needs the server's address: --api or OUTPOST_API") };
-    let Some(token) = conn.token.clone() else { bail!("an agent needs the cluster token: --token or OUTPOST_TOKEN") };
+    let data_dir = conn
+        .data_dir
+        .clone()
+        .context("an agent needs --data-dir (or OUTPOST_DATA_DIR)")?;
+    let Some(api) = conn.api.clone() else {
+        bail!("an agent needs the server's address: --api or OUTPOST_API")
+    };
+    let Some(token) = conn.token.clone() else {
+        bail!("an agent needs the cluster token: --token or OUTPOST_TOKEN")
+    };
     let name = match name {
         Some(n) => n,
         None => hostname().context("cannot read the host name; give one with --name")?,
     };
-    let listen: SocketAddr =
-        agent_listen.parse().with_context(|| format!("--agent-listen {agent_listen:?} is not an address"))?;
-    let config = agent::AgentConfig { name, data_dir, listen, server: api, token, workdir: None };
+    let listen: SocketAddr = agent_listen
+        .parse()
+        .with_context(|| format!("--agent-listen {agent_listen:?} is not an address"))?;
+    let config = agent::AgentConfig {
+        name,
+        data_dir,
+        listen,
+        server: api,
+        token,
+        workdir: None,
+    };
     agent::Agent::run(config, shutdown_signal()).await?;
     Ok(())
 }
 
 fn hostname() -> Result<String> {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").or_else(|_| std::fs::read_to_string("/etc/hostname"))?;
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))?;
     Ok(raw.trim().to_string())
 }
 
 /// The data dir a client command should look in: given, or `./.outpost-dev` when it exists.
 pub fn client_data_dir(conn: &Connection) -> Option<PathBuf> {
-    conn.data_dir.clone().or_else(|| Path::new(DEV_DATA_DIR).join("api").exists().then(|| PathBuf::from(DEV_DATA_DIR)))
+    conn.data_dir.clone().or_else(|| {
+        Path::new(DEV_DATA_DIR)
+            .join("api")
+            .exists()
+            .then(|| PathBuf::from(DEV_DATA_DIR))
+    })
 }

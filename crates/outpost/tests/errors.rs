@@ -5,7 +5,12 @@ mod support;
 use support::{Dev, request, wait_for};
 
 fn services(dev: &Dev) -> Vec<String> {
-    dev.json(&["services"]).as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
+    dev.json(&["services"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -37,7 +42,10 @@ resources: { requests: { memory: 64MB } }
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
     assert!(err.contains("nothing was deployed"), "{err}");
-    assert!(services(&dev).is_empty(), "the valid document of a bad file must not be deployed either");
+    assert!(
+        services(&dev).is_empty(),
+        "the valid document of a bad file must not be deployed either"
+    );
 }
 
 #[test]
@@ -45,7 +53,10 @@ fn yaml_syntax_errors_name_the_line() {
     let dev = Dev::start(&[]);
     let file = dev.spec_file("broken.yaml", "name: web\ncommand: [\"a\"\nreplicas: 2\n");
     let err = dev.fails(&["deploy", "-f", file.to_str().unwrap()]);
-    assert!(err.contains("broken.yaml") && err.contains("line"), "{err}");
+    assert!(
+        err.contains("broken.yaml:3:"),
+        "file:line:column of the syntax error: {err}"
+    );
 }
 
 #[test]
@@ -55,10 +66,21 @@ fn the_api_refuses_what_the_cli_would_not_send() {
     let api = std::fs::read_to_string(dev.data_dir().join("api")).unwrap();
     let body = r#"{"services":[{"name":"Bad_Name","replicas":5000,"driver":"process","command":[],"restart":{"policy":"always","initial_backoff":"1s","max_backoff":"10ms","reset_after":"10s"},"stop_grace":"5s"}]}"#;
     let auth = format!("Bearer {}", token.trim());
-    let (status, text) = request("POST", &api, "/v1/services", &[("Authorization", &auth)], Some(body));
+    let (status, text) = request(
+        "POST",
+        &api,
+        "/v1/services",
+        &[("Authorization", &auth)],
+        Some(body),
+    );
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("nothing was changed"), "{text}");
-    for needle in ["Bad_Name.name", "Bad_Name.replicas", "Bad_Name.command", "Bad_Name.restart"] {
+    for needle in [
+        "Bad_Name.name",
+        "Bad_Name.replicas",
+        "Bad_Name.command",
+        "Bad_Name.restart",
+    ] {
         assert!(text.contains(needle), "missing {needle} in {text}");
     }
     assert!(services(&dev).is_empty());
@@ -74,7 +96,13 @@ fn a_bad_token_is_401_and_says_what_to_do() {
     let (status, text) = request("GET", &api, "/v1/services", &[], None);
     assert_eq!(status, 401, "{text}");
     assert!(text.contains("missing bearer token"), "{text}");
-    let (status, _) = request("GET", &api, "/v1/services", &[("Authorization", "Bearer nope")], None);
+    let (status, _) = request(
+        "GET",
+        &api,
+        "/v1/services",
+        &[("Authorization", "Bearer nope")],
+        None,
+    );
     assert_eq!(status, 401);
     // The OpenAPI document is public and lists the routes.
     let (status, text) = request("GET", &api, "/v1/openapi.json", &[], None);
@@ -84,7 +112,10 @@ fn a_bad_token_is_401_and_says_what_to_do() {
     assert!(doc["paths"]["/v1/nodes/{name}/assignments"]["get"].is_object());
     // The token file is private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dev.data_dir().join("token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dev.data_dir().join("token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -95,9 +126,16 @@ fn a_missing_binary_shows_as_a_failed_task_with_the_reason() {
         "missing.yaml",
         "name: ghost\ncommand: [\"./no/such/binary\"]\nrestart: { policy: on-failure, initial_backoff: 1s, max_backoff: 5s }\n",
     );
-    let task = wait_for("the task to fail", || dev.tasks("ghost").into_iter().find(|t| t["state"] == "failed"));
+    let task = wait_for("the task to fail", || {
+        dev.tasks("ghost")
+            .into_iter()
+            .find(|t| t["state"] == "failed")
+    });
     let message = task["message"].as_str().unwrap();
-    assert!(message.contains("./no/such/binary") && message.contains("no such file"), "{message}");
+    assert!(
+        message.contains("./no/such/binary") && message.contains("no such file"),
+        "{message}"
+    );
     let events = dev.ok(&["events", "--service", "ghost"]);
     assert!(events.contains("start-failed"), "{events}");
     assert!(dev.log().contains("no such file"), "dev log shows it too");
@@ -106,7 +144,12 @@ fn a_missing_binary_shows_as_a_failed_task_with_the_reason() {
 #[test]
 fn unknown_services_are_reported_not_ignored() {
     let dev = Dev::start(&[]);
-    for args in [&["scale", "nope", "2"][..], &["rm", "nope"], &["ps", "nope"], &["logs", "nope"]] {
+    for args in [
+        &["scale", "nope", "2"][..],
+        &["rm", "nope"],
+        &["ps", "nope"],
+        &["logs", "nope"],
+    ] {
         let err = dev.fails(args);
         assert!(err.contains("nope"), "{args:?}: {err}");
     }
@@ -117,12 +160,21 @@ fn unknown_services_are_reported_not_ignored() {
 #[test]
 fn dry_run_shows_changes_and_changes_nothing() {
     let dev = Dev::start(&[]);
-    let file = dev.spec_file("web.yaml", "name: web\ncommand: [\"DEMO_APP\", \"--port\", \"${PORT}\"]\nports: [http]\n");
+    let file = dev.spec_file(
+        "web.yaml",
+        "name: web\ncommand: [\"DEMO_APP\", \"--port\", \"${PORT}\"]\nports: [http]\n",
+    );
     let out = dev.ok(&["deploy", "--dry-run", "-f", file.to_str().unwrap()]);
-    assert!(out.contains("create") && out.contains("nothing was changed"), "{out}");
+    assert!(
+        out.contains("create") && out.contains("nothing was changed"),
+        "{out}"
+    );
     assert!(services(&dev).is_empty());
     dev.ok(&["deploy", "-f", file.to_str().unwrap()]);
-    let file2 = dev.spec_file("web2.yaml", "name: web\nreplicas: 3\ncommand: [\"DEMO_APP\", \"--port\", \"${PORT}\"]\nports: [http]\n");
+    let file2 = dev.spec_file(
+        "web2.yaml",
+        "name: web\nreplicas: 3\ncommand: [\"DEMO_APP\", \"--port\", \"${PORT}\"]\nports: [http]\n",
+    );
     let out = dev.ok(&["deploy", "--dry-run", "-f", file2.to_str().unwrap()]);
     assert!(out.contains("update") && out.contains("replicas"), "{out}");
     assert_eq!(dev.json(&["services"])[0]["replicas"], 1);
@@ -145,8 +197,14 @@ services:
     );
     let (ok, out, err) = dev.cli(&["deploy", "--dry-run", "-f", file.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(out.contains("nginx:1.27") && out.contains("docker"), "{out}");
-    assert!(err.contains("build"), "unsupported keys are warned about: {err}");
+    assert!(
+        out.contains("nginx:1.27") && out.contains("docker"),
+        "{out}"
+    );
+    assert!(
+        err.contains("build"),
+        "unsupported keys are warned about: {err}"
+    );
     let err = dev.fails(&["deploy", "-f", file.to_str().unwrap()]);
     assert!(err.contains("docker driver"), "{err}");
     assert!(services(&dev).is_empty());

@@ -16,11 +16,15 @@ stop_grace: 2s
 "#;
 
 fn pid(task: &serde_json::Value) -> u64 {
-    task["pid"].as_u64().expect("a running process task has a pid")
+    task["pid"]
+        .as_u64()
+        .expect("a running process task has a pid")
 }
 
 fn port(task: &serde_json::Value) -> u64 {
-    task["ports"]["http"].as_u64().expect("the task has an http port")
+    task["ports"]["http"]
+        .as_u64()
+        .expect("the task has an http port")
 }
 
 #[test]
@@ -30,14 +34,30 @@ fn deployed_replicas_answer_on_their_ports() {
     assert!(out.contains("web") && out.contains("create"), "{out}");
     let tasks = dev.wait_ready("web", 2);
     for t in &tasks {
-        for key in ["id", "service", "node", "state", "ready", "restarts", "pid", "ports", "started_at"] {
+        for key in [
+            "id",
+            "service",
+            "node",
+            "state",
+            "ready",
+            "restarts",
+            "pid",
+            "ports",
+            "started_at",
+        ] {
             assert!(!t[key].is_null(), "ps -o json lacks {key}: {t}");
         }
         let answer = http_get(port(t), "/").unwrap();
-        assert!(answer.contains(&format!("hi from {}", t["id"].as_str().unwrap())), "{answer}");
+        assert!(
+            answer.contains(&format!("hi from {}", t["id"].as_str().unwrap())),
+            "{answer}"
+        );
     }
     let table = dev.ok(&["ps", "web"]);
-    assert!(table.contains("TASK") && table.contains("running"), "{table}");
+    assert!(
+        table.contains("TASK") && table.contains("running"),
+        "{table}"
+    );
     let services = dev.ok(&["services"]);
     assert!(services.contains("2/2"), "{services}");
     let nodes = dev.json(&["nodes"]);
@@ -58,10 +78,16 @@ fn scale_up_and_down_and_rm_leave_no_process() {
     dev.ok(&["scale", "web", "1"]);
     let one = dev.wait_ready("web", 1);
     assert_eq!(one[0]["slot"], 1);
-    wait_for("scaled-down processes to exit", || (pids.iter().filter(|p| alive(**p)).count() == 1).then_some(()));
+    wait_for("scaled-down processes to exit", || {
+        (pids.iter().filter(|p| alive(**p)).count() == 1).then_some(())
+    });
     dev.ok(&["rm", "web"]);
-    wait_for("the service to be forgotten", || (dev.json(&["services"]).as_array().unwrap().is_empty()).then_some(()));
-    wait_for("every process to exit", || pids.iter().all(|p| !alive(*p)).then_some(()));
+    wait_for("the service to be forgotten", || {
+        (dev.json(&["services"]).as_array().unwrap().is_empty()).then_some(())
+    });
+    wait_for("every process to exit", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    });
     let err = dev.fails(&["ps", "web"]);
     assert!(err.contains("no service named \"web\""), "{err}");
 }
@@ -75,13 +101,26 @@ fn sigkilled_task_is_restarted_and_ready_again() {
     sigkill(pid(victim));
     let id = victim["id"].as_str().unwrap();
     let after = wait_for("the killed task to run again", || {
-        dev.tasks("web").into_iter().find(|t| t["id"] == id && t["restarts"] == 1 && t["ready"] == true)
+        dev.tasks("web")
+            .into_iter()
+            .find(|t| t["id"] == id && t["restarts"] == 1 && t["ready"] == true)
     });
     assert_ne!(pid(&after), pid(victim));
-    assert_eq!(port(&after), port(victim), "a restarted task keeps its port");
-    assert!(http_get(port(&after), "/healthz").unwrap().contains("200 OK"));
+    assert_eq!(
+        port(&after),
+        port(victim),
+        "a restarted task keeps its port"
+    );
+    assert!(
+        http_get(port(&after), "/healthz")
+            .unwrap()
+            .contains("200 OK")
+    );
     let exited = dev.wait_event(id, "exited");
-    assert!(exited["message"].as_str().unwrap().contains("SIGKILL"), "{exited}");
+    assert!(
+        exited["message"].as_str().unwrap().contains("SIGKILL"),
+        "{exited}"
+    );
 }
 
 #[test]
@@ -93,10 +132,18 @@ fn failing_liveness_probe_restarts_the_task() {
     http_get(port(victim), "/fail").unwrap();
     let id = victim["id"].as_str().unwrap();
     let event = dev.wait_event(id, "unhealthy");
-    assert!(event["message"].as_str().unwrap().contains("answered 503"), "{event}");
-    let after = wait_for("the unhealthy task to be replaced by a healthy process", || {
-        dev.tasks("web").into_iter().find(|t| t["id"] == id && t["restarts"] == 1 && t["ready"] == true)
-    });
+    assert!(
+        event["message"].as_str().unwrap().contains("answered 503"),
+        "{event}"
+    );
+    let after = wait_for(
+        "the unhealthy task to be replaced by a healthy process",
+        || {
+            dev.tasks("web")
+                .into_iter()
+                .find(|t| t["id"] == id && t["restarts"] == 1 && t["ready"] == true)
+        },
+    );
     assert_ne!(pid(&after), pid(victim));
     assert!(!alive(pid(victim)));
 }
@@ -159,16 +206,24 @@ fn restart_policies_decide_what_comes_back() {
     dev.deploy("onfail-bad.yaml", &exiting("onfail-bad", "on-failure", 3));
     dev.deploy("never.yaml", &exiting("never", "never", 3));
     wait_for("always to restart even after a clean exit", || {
-        dev.tasks("always").into_iter().find(|t| t["restarts"].as_u64() >= Some(3))
+        dev.tasks("always")
+            .into_iter()
+            .find(|t| t["restarts"].as_u64() >= Some(3))
     });
     wait_for("on-failure to restart a failing task", || {
-        dev.tasks("onfail-bad").into_iter().find(|t| t["restarts"].as_u64() >= Some(3))
+        dev.tasks("onfail-bad")
+            .into_iter()
+            .find(|t| t["restarts"].as_u64() >= Some(3))
     });
     let ok = wait_for("on-failure to leave a clean exit alone", || {
-        dev.tasks("onfail-ok").into_iter().find(|t| t["state"] == "exited")
+        dev.tasks("onfail-ok")
+            .into_iter()
+            .find(|t| t["state"] == "exited")
     });
     let never = wait_for("never to leave a failed task down", || {
-        dev.tasks("never").into_iter().find(|t| t["state"] == "failed")
+        dev.tasks("never")
+            .into_iter()
+            .find(|t| t["state"] == "failed")
     });
     assert_eq!(never["exit_code"], 3);
     assert_eq!(never["message"], "exited with status 3");
@@ -197,7 +252,15 @@ restart: { policy: always, initial_backoff: 100ms, max_backoff: 800ms }
             .events()
             .into_iter()
             .filter(|e| e["service"] == "crashy" && e["reason"] == "restarting")
-            .map(|e| e["message"].as_str().unwrap().split(" in ").nth(1).unwrap().to_string())
+            .map(|e| {
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .split(" in ")
+                    .nth(1)
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         (delays.len() >= 5).then_some(delays)
     });
@@ -209,7 +272,10 @@ fn restarting_dev_keeps_services_and_their_tasks() {
     let mut dev = Dev::start(&[]);
     dev.deploy("web.yaml", WEB);
     let before = dev.wait_ready("web", 2);
-    let ids: Vec<String> = before.iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = before
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
     // A clean stop stops every task: nothing outlives the agent.
     dev.stop();
     for t in &before {
@@ -217,7 +283,10 @@ fn restarting_dev_keeps_services_and_their_tasks() {
     }
     dev.restart();
     let after = dev.wait_ready("web", 2);
-    let mut after_ids: Vec<String> = after.iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let mut after_ids: Vec<String> = after
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
     after_ids.sort();
     assert_eq!(after_ids, ids, "the same tasks come back, not new ones");
     for t in &after {
@@ -246,7 +315,9 @@ fn a_killed_dev_readopts_running_tasks() {
     sigkill(pid(&before[0]));
     let id = before[0]["id"].as_str().unwrap();
     wait_for("the adopted task to be restarted", || {
-        dev.tasks("web").into_iter().find(|t| t["id"] == id && t["restarts"] == 1 && t["ready"] == true)
+        dev.tasks("web")
+            .into_iter()
+            .find(|t| t["id"] == id && t["restarts"] == 1 && t["ready"] == true)
     });
 }
 
@@ -258,7 +329,10 @@ fn logs_show_task_output_and_follow_across_restarts() {
     let all = dev.ok(&["logs", "web"]);
     for t in &tasks {
         let id = t["id"].as_str().unwrap();
-        assert!(all.contains(&format!("{id} | demo-app: listening on port {}", port(t))), "{all}");
+        assert!(
+            all.contains(&format!("{id} | demo-app: listening on port {}", port(t))),
+            "{all}"
+        );
     }
     let id = tasks[0]["id"].as_str().unwrap();
     let one = dev.ok(&["logs", id, "--tail", "1"]);
@@ -300,11 +374,21 @@ fn events_record_what_happened() {
     let dev = Dev::start(&[]);
     dev.deploy("web.yaml", WEB);
     let tasks = dev.wait_ready("web", 2);
-    let reasons: Vec<String> = dev.events().iter().map(|e| e["reason"].as_str().unwrap().to_string()).collect();
+    let reasons: Vec<String> = dev
+        .events()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
     for expected in ["node-registered", "created", "placed", "started", "ready"] {
-        assert!(reasons.iter().any(|r| r == expected), "no {expected} event in {reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r == expected),
+            "no {expected} event in {reasons:?}"
+        );
     }
     let table = dev.ok(&["events", "--service", "web"]);
     assert!(table.contains(tasks[0]["id"].as_str().unwrap()), "{table}");
-    assert!(!table.contains("node-registered"), "filtered by service: {table}");
+    assert!(
+        !table.contains("node-registered"),
+        "filtered by service: {table}"
+    );
 }

@@ -44,11 +44,14 @@ pub fn plan(
     nodes: &BTreeMap<String, Node>,
 ) -> Plan {
     let mut plan = Plan::default();
-    let live: Vec<&Task> = tasks.values().filter(|t| t.desired == DesiredState::Running).collect();
+    let live: Vec<&Task> = tasks
+        .values()
+        .filter(|t| t.desired == DesiredState::Running)
+        .collect();
     for task in &live {
-        let keep = services
-            .get(&task.service)
-            .is_some_and(|s| !s.removing && s.version == task.version && task.slot <= s.spec.replicas);
+        let keep = services.get(&task.service).is_some_and(|s| {
+            !s.removing && s.version == task.version && task.slot <= s.spec.replicas
+        });
         if !keep {
             plan.stop.push(task.id.clone());
         }
@@ -57,18 +60,25 @@ pub fn plan(
     for (name, service) in services.iter().filter(|(_, s)| !s.removing) {
         let filled: Vec<u32> = live
             .iter()
-            .filter(|t| &t.service == name && t.version == service.version && !plan.stop.contains(&t.id))
+            .filter(|t| {
+                &t.service == name && t.version == service.version && !plan.stop.contains(&t.id)
+            })
             .map(|t| t.slot)
             .collect();
         let mut unplaced = 0;
         for slot in (1..=service.spec.replicas).filter(|s| !filled.contains(s)) {
             match pick(&mut rooms, &service.spec) {
-                Some(node) => plan.place.push(Placement { service: name.clone(), slot, node }),
+                Some(node) => plan.place.push(Placement {
+                    service: name.clone(),
+                    slot,
+                    node,
+                }),
                 None => unplaced += 1,
             }
         }
         if unplaced > 0 {
-            plan.pending.push((name.clone(), why_unplaced(&rooms, &service.spec, unplaced)));
+            plan.pending
+                .push((name.clone(), why_unplaced(&rooms, &service.spec, unplaced)));
         }
     }
     plan
@@ -90,7 +100,9 @@ fn rooms<'a>(
                 tasks: BTreeMap::new(),
                 total: 0,
             };
-            let on_node = live.iter().filter(|t| t.node.as_deref() == Some(&node.name) && !stopping.contains(&t.id));
+            let on_node = live
+                .iter()
+                .filter(|t| t.node.as_deref() == Some(&node.name) && !stopping.contains(&t.id));
             for task in on_node {
                 if let Some(svc) = services.get(&task.service) {
                     let (cpu, mem) = requests(&svc.spec);
@@ -116,16 +128,23 @@ fn requests(spec: &ServiceSpec) -> (i64, i64) {
 fn fits(room: &Room, spec: &ServiceSpec) -> bool {
     let (cpu, mem) = requests(spec);
     room.node.state == NodeState::Ready
-        && room.node.drivers.iter().any(|d| *d == spec.driver.to_string())
+        && room
+            .node
+            .drivers
+            .iter()
+            .any(|d| *d == spec.driver.to_string())
         && room.cpu_free >= cpu
         && room.memory_free >= mem
 }
 
 fn pick(rooms: &mut [Room], spec: &ServiceSpec) -> Option<String> {
-    let room = rooms
-        .iter_mut()
-        .filter(|r| fits(r, spec))
-        .min_by_key(|r| (r.tasks.get(&spec.name).copied().unwrap_or(0), r.total, r.node.name.as_str()))?;
+    let room = rooms.iter_mut().filter(|r| fits(r, spec)).min_by_key(|r| {
+        (
+            r.tasks.get(&spec.name).copied().unwrap_or(0),
+            r.total,
+            r.node.name.as_str(),
+        )
+    })?;
     let (cpu, mem) = requests(spec);
     room.cpu_free -= cpu;
     room.memory_free -= mem;
@@ -136,7 +155,10 @@ fn pick(rooms: &mut [Room], spec: &ServiceSpec) -> Option<String> {
 
 fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
     let driver = spec.driver.to_string();
-    let ready: Vec<&Room> = rooms.iter().filter(|r| r.node.state == NodeState::Ready).collect();
+    let ready: Vec<&Room> = rooms
+        .iter()
+        .filter(|r| r.node.state == NodeState::Ready)
+        .collect();
     let reason = if rooms.is_empty() {
         "no node has registered yet".to_string()
     } else if ready.is_empty() {
@@ -155,7 +177,10 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
             spec::Memory(best_mem.max(0) as u64),
         )
     };
-    format!("{unplaced} of {} replicas cannot be placed: {reason}", spec.replicas)
+    format!(
+        "{unplaced} of {} replicas cannot be placed: {reason}",
+        spec.replicas
+    )
 }
 
 #[cfg(test)]
@@ -169,7 +194,10 @@ mod tests {
             name: name.into(),
             address: String::new(),
             state: NodeState::Ready,
-            capacity: Capacity { cpu_millis: cpu, memory_bytes: mem },
+            capacity: Capacity {
+                cpu_millis: cpu,
+                memory_bytes: mem,
+            },
             drivers: vec!["process".into()],
             version: String::new(),
             registered_at: Timestamp(0),
@@ -181,7 +209,13 @@ mod tests {
         let mut spec = ServiceSpec::process(name, &["app"]);
         spec.replicas = replicas;
         spec.resources.requests.cpu = Some(spec::Cpu(cpu));
-        Service { spec, version: 1, removing: false, created_at: Timestamp(0), updated_at: Timestamp(0) }
+        Service {
+            spec,
+            version: 1,
+            removing: false,
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+        }
     }
 
     fn task(service: &str, slot: u32, node: &str, version: u64) -> Task {
@@ -213,9 +247,16 @@ mod tests {
     #[test]
     fn fills_every_slot_spreading_across_nodes() {
         let services = by_name(vec![("web", service("web", 3, 100))]);
-        let nodes = by_name(vec![("a", node("a", 4000, 1 << 30)), ("b", node("b", 4000, 1 << 30))]);
+        let nodes = by_name(vec![
+            ("a", node("a", 4000, 1 << 30)),
+            ("b", node("b", 4000, 1 << 30)),
+        ]);
         let plan = plan(&services, &BTreeMap::new(), &nodes);
-        let placed: Vec<(u32, &str)> = plan.place.iter().map(|p| (p.slot, p.node.as_str())).collect();
+        let placed: Vec<(u32, &str)> = plan
+            .place
+            .iter()
+            .map(|p| (p.slot, p.node.as_str()))
+            .collect();
         assert_eq!(placed, vec![(1, "a"), (2, "b"), (3, "a")]);
         assert!(plan.stop.is_empty() && plan.pending.is_empty());
     }
@@ -223,7 +264,10 @@ mod tests {
     #[test]
     fn scaling_down_stops_the_highest_slots() {
         let services = by_name(vec![("web", service("web", 1, 0))]);
-        let tasks = by_name(vec![("web.1.1", task("web", 1, "a", 1)), ("web.2.1", task("web", 2, "a", 1))]);
+        let tasks = by_name(vec![
+            ("web.1.1", task("web", 1, "a", 1)),
+            ("web.2.1", task("web", 2, "a", 1)),
+        ]);
         let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
         let plan = plan(&services, &tasks, &nodes);
         assert_eq!(plan.stop, vec!["web.2.1".to_string()]);
@@ -239,7 +283,14 @@ mod tests {
         let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
         let plan = plan(&services, &tasks, &nodes);
         assert_eq!(plan.stop, vec!["web.1.1".to_string()]);
-        assert_eq!(plan.place, vec![Placement { service: "web".into(), slot: 1, node: "a".into() }]);
+        assert_eq!(
+            plan.place,
+            vec![Placement {
+                service: "web".into(),
+                slot: 1,
+                node: "a".into()
+            }]
+        );
     }
 
     #[test]
@@ -262,7 +313,10 @@ mod tests {
         let services = by_name(vec![("web", service("web", 2, 0))]);
         let plan = plan(&services, &BTreeMap::new(), &BTreeMap::new());
         assert!(plan.place.is_empty());
-        assert_eq!(plan.pending[0].1, "2 of 2 replicas cannot be placed: no node has registered yet");
+        assert_eq!(
+            plan.pending[0].1,
+            "2 of 2 replicas cannot be placed: no node has registered yet"
+        );
     }
 
     #[test]
@@ -275,7 +329,13 @@ mod tests {
         let nodes = by_name(vec![("a", node("a", 1000, 1 << 30)), ("down", down)]);
         let plan = plan(&services, &BTreeMap::new(), &nodes);
         assert!(plan.place.is_empty());
-        assert!(plan.pending[0].1.ends_with("no ready node supports the docker driver"), "{:?}", plan.pending);
+        assert!(
+            plan.pending[0]
+                .1
+                .ends_with("no ready node supports the docker driver"),
+            "{:?}",
+            plan.pending
+        );
     }
 
     #[test]

@@ -40,12 +40,27 @@ pub async fn services(ctx: Ctx, mut stop: watch::Receiver<bool>) {
 }
 
 async fn reconcile(ctx: &Ctx) {
-    let (plan, pending_now) = ctx.state.read(|s| (scheduler::plan(&s.services, &s.tasks, &s.nodes), s.pending.clone()));
-    let pending_changed = plan.pending.iter().cloned().collect::<std::collections::BTreeMap<_, _>>() != pending_now;
+    let (plan, pending_now) = ctx.state.read(|s| {
+        (
+            scheduler::plan(&s.services, &s.tasks, &s.nodes),
+            s.pending.clone(),
+        )
+    });
+    let pending_changed = plan
+        .pending
+        .iter()
+        .cloned()
+        .collect::<std::collections::BTreeMap<_, _>>()
+        != pending_now;
     if plan.is_empty() && !pending_changed {
         return;
     }
-    let command = Command::Reconcile { place: plan.place, stop: plan.stop, pending: plan.pending, time: now() };
+    let command = Command::Reconcile {
+        place: plan.place,
+        stop: plan.stop,
+        pending: plan.pending,
+        time: now(),
+    };
     if let Err(e) = ctx.propose(command).await {
         tracing::warn!("cannot commit a placement plan: {e}");
     }
@@ -72,7 +87,11 @@ pub async fn nodes(ctx: Ctx, mut stop: watch::Receiver<bool>) {
             continue;
         }
         for (name, state) in transitions(&ctx) {
-            let command = Command::SetNodeState { node: name, state, time: now() };
+            let command = Command::SetNodeState {
+                node: name,
+                state,
+                time: now(),
+            };
             if let Err(e) = ctx.propose(command).await {
                 tracing::warn!("cannot record a node state change: {e}");
             }
@@ -81,7 +100,12 @@ pub async fn nodes(ctx: Ctx, mut stop: watch::Receiver<bool>) {
 }
 
 fn transitions(ctx: &Ctx) -> Vec<(String, NodeState)> {
-    let nodes: Vec<(String, NodeState)> = ctx.state.read(|s| s.nodes.values().map(|n| (n.name.clone(), n.state)).collect());
+    let nodes: Vec<(String, NodeState)> = ctx.state.read(|s| {
+        s.nodes
+            .values()
+            .map(|n| (n.name.clone(), n.state))
+            .collect()
+    });
     let mut beats = ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
     nodes
         .into_iter()

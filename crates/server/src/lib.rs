@@ -36,11 +36,19 @@ pub struct ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot use data dir {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("cannot listen on {addr}: {source} (is another outpost running there? pick another address with --api)")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "cannot listen on {addr}: {source} (is another outpost running there? pick another address with --api)"
+    )]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start Raft: {0}")]
     Raft(String),
 }
@@ -60,7 +68,11 @@ pub struct Ctx {
 impl Ctx {
     /// Commits `command` through Raft and returns the state machine's answer.
     pub async fn propose(&self, command: Command) -> Result<Response, String> {
-        self.raft.client_write(command).await.map(|r| r.data).map_err(|e| e.to_string())
+        self.raft
+            .client_write(command)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| e.to_string())
     }
 
     pub fn is_leader(&self) -> bool {
@@ -97,7 +109,10 @@ impl ServerHandle {
 /// Reads the API token from `data_dir/token`, creating it (mode 0600) on first start.
 pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
     let path = data_dir.join("token");
-    let err = |source| ServerError::DataDir { path: path.clone(), source };
+    let err = |source| ServerError::DataDir {
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
         Ok(_) => {}
@@ -106,10 +121,17 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
     }
     let mut bytes = [0u8; 24];
     use std::io::Read;
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(err)?;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(err)?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(err)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
     use std::io::Write;
     file.write_all(token.as_bytes()).map_err(err)?;
     Ok(token)
@@ -119,20 +141,46 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
 /// serves the API, and runs the leader's controllers.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir { path: dir.clone(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
+        path: dir.clone(),
+        source,
+    })?;
     let token = load_or_create_token(dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
 
     let (log, machine, state) = store::open(&dir.join("state.redb"))?;
-    let raft_config = store::raft::config("outpost").validate().map_err(|e| ServerError::Raft(e.to_string()))?;
-    let raft = Raft::new(config.id, Arc::new(raft_config), network::Network::new(token.clone()), log, machine)
+    let raft_config = store::raft::config("outpost")
+        .validate()
+        .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        network::Network::new(token.clone()),
+        log,
+        machine,
+    )
+    .await
+    .map_err(|e| ServerError::Raft(e.to_string()))?;
+    let members = BTreeMap::from([(
+        config.id,
+        Node {
+            addr: addr.to_string(),
+        },
+    )]);
+    store::raft::initialize_once(&raft, members)
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let members = BTreeMap::from([(config.id, Node { addr: addr.to_string() })]);
-    store::raft::initialize_once(&raft, members).await.map_err(|e| ServerError::Raft(e.to_string()))?;
 
     let ctx = Ctx {
         raft,
@@ -153,7 +201,18 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     });
     // Written last: its presence tells a local CLI the API is up.
     let api_file = dir.join("api");
-    std::fs::write(&api_file, format!("http://{addr}\n")).map_err(|source| ServerError::DataDir { path: api_file, source })?;
+    std::fs::write(&api_file, format!("http://{addr}\n")).map_err(|source| {
+        ServerError::DataDir {
+            path: api_file,
+            source,
+        }
+    })?;
     tracing::info!("API listening on http://{addr}");
-    Ok(ServerHandle { addr, token, ctx, stop, serve })
+    Ok(ServerHandle {
+        addr,
+        token,
+        ctx,
+        stop,
+        serve,
+    })
 }

@@ -29,21 +29,45 @@ pub struct LogQuery {
 /// (task id, agent base URL) of what `target` names: one task, or every task of a service.
 fn sources(ctx: &Ctx, target: &str) -> Option<(bool, Vec<(String, String)>)> {
     ctx.state.read(|s| {
-        let addr = |node: &Option<String>| node.as_ref().and_then(|n| s.nodes.get(n)).map(|n| n.address.clone());
+        let addr = |node: &Option<String>| {
+            node.as_ref()
+                .and_then(|n| s.nodes.get(n))
+                .map(|n| n.address.clone())
+        };
         if let Some(task) = s.tasks.get(target) {
-            return Some((false, addr(&task.node).map(|a| (task.id.clone(), a)).into_iter().collect()));
+            return Some((
+                false,
+                addr(&task.node)
+                    .map(|a| (task.id.clone(), a))
+                    .into_iter()
+                    .collect(),
+            ));
         }
         if !s.services.contains_key(target) {
             return None;
         }
-        let tasks = s.tasks.values().filter(|t| t.service == target).filter_map(|t| addr(&t.node).map(|a| (t.id.clone(), a)));
+        let tasks = s
+            .tasks
+            .values()
+            .filter(|t| t.service == target)
+            .filter_map(|t| addr(&t.node).map(|a| (t.id.clone(), a)));
         Some((true, tasks.collect()))
     })
 }
 
-pub async fn logs(State(ctx): State<Ctx>, Path(target): Path<String>, Query(q): Query<LogQuery>) -> Response {
+pub async fn logs(
+    State(ctx): State<Ctx>,
+    Path(target): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
     let Some((is_service, tasks)) = sources(&ctx, &target) else {
-        return Fail::new(StatusCode::NOT_FOUND, format!("no service or task named {target:?} (see `outpost services` and `outpost ps`)")).into_response();
+        return Fail::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no service or task named {target:?} (see `outpost services` and `outpost ps`)"
+            ),
+        )
+        .into_response();
     };
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     tokio::spawn(async move {
@@ -53,7 +77,15 @@ pub async fn logs(State(ctx): State<Ctx>, Path(target): Path<String>, Query(q): 
             seen.insert(task.clone());
             let prefix = is_service.then(|| format!("{task} | "));
             if q.follow {
-                streams.push(tokio::spawn(pump(ctx.clone(), addr, task, prefix, q.tail, true, tx.clone())));
+                streams.push(tokio::spawn(pump(
+                    ctx.clone(),
+                    addr,
+                    task,
+                    prefix,
+                    q.tail,
+                    true,
+                    tx.clone(),
+                )));
             } else {
                 pump(ctx.clone(), addr, task, prefix, q.tail, false, tx.clone()).await;
             }
@@ -64,11 +96,21 @@ pub async fn logs(State(ctx): State<Ctx>, Path(target): Path<String>, Query(q): 
         // Followed service: watch for new tasks until the client goes away.
         while !tx.is_closed() {
             tokio::time::sleep(NEW_TASK_POLL).await;
-            let Some((_, now)) = sources(&ctx, &target) else { break };
+            let Some((_, now)) = sources(&ctx, &target) else {
+                break;
+            };
             for (task, addr) in now {
                 if seen.insert(task.clone()) {
                     let prefix = Some(format!("{task} | "));
-                    streams.push(tokio::spawn(pump(ctx.clone(), addr, task, prefix, None, true, tx.clone())));
+                    streams.push(tokio::spawn(pump(
+                        ctx.clone(),
+                        addr,
+                        task,
+                        prefix,
+                        None,
+                        true,
+                        tx.clone(),
+                    )));
                 }
             }
         }
@@ -76,12 +118,21 @@ pub async fn logs(State(ctx): State<Ctx>, Path(target): Path<String>, Query(q): 
             s.abort();
         }
     });
-    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::io::Error>);
+    let body =
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::io::Error>);
     Body::from_stream(body).into_response()
 }
 
 /// Copies one task's log from its agent into `tx`, line by line with `prefix`.
-async fn pump(ctx: Ctx, addr: String, task: String, prefix: Option<String>, tail: Option<usize>, follow: bool, tx: mpsc::Sender<Vec<u8>>) {
+async fn pump(
+    ctx: Ctx,
+    addr: String,
+    task: String,
+    prefix: Option<String>,
+    tail: Option<usize>,
+    follow: bool,
+    tx: mpsc::Sender<Vec<u8>>,
+) {
     let mut url = format!("{addr}/v1/agent/logs/{task}?follow={follow}");
     if let Some(n) = tail {
         url.push_str(&format!("&tail={n}"));
@@ -89,11 +140,15 @@ async fn pump(ctx: Ctx, addr: String, task: String, prefix: Option<String>, tail
     let resp = match ctx.http.get(&url).bearer_auth(&ctx.token).send().await {
         Ok(r) if r.status().is_success() => r,
         Ok(r) => {
-            let _ = tx.send(format!("[{task}: the agent answered {}]\n", r.status()).into_bytes()).await;
+            let _ = tx
+                .send(format!("[{task}: the agent answered {}]\n", r.status()).into_bytes())
+                .await;
             return;
         }
         Err(e) => {
-            let _ = tx.send(format!("[{task}: cannot reach its agent at {addr}: {e}]\n").into_bytes()).await;
+            let _ = tx
+                .send(format!("[{task}: cannot reach its agent at {addr}: {e}]\n").into_bytes())
+                .await;
             return;
         }
     };
@@ -117,7 +172,9 @@ async fn pump(ctx: Ctx, addr: String, task: String, prefix: Option<String>, tail
 /// Prefixes every complete line in `partial + chunk`; keeps an unfinished last line in `partial`.
 fn prefix_lines(prefix: &str, partial: &mut Vec<u8>, chunk: &[u8]) -> Vec<u8> {
     partial.extend_from_slice(chunk);
-    let Some(last_newline) = partial.iter().rposition(|b| *b == b'\n') else { return Vec::new() };
+    let Some(last_newline) = partial.iter().rposition(|b| *b == b'\n') else {
+        return Vec::new();
+    };
     let rest = partial.split_off(last_newline + 1);
     let complete = std::mem::replace(partial, rest);
     let mut out = Vec::with_capacity(complete.len() + prefix.len() * 4);
@@ -137,7 +194,10 @@ mod tests {
         let mut partial = Vec::new();
         assert_eq!(prefix_lines("t | ", &mut partial, b"a\nb"), b"t | a\n");
         assert_eq!(partial, b"b");
-        assert_eq!(prefix_lines("t | ", &mut partial, b"c\nd\n"), b"t | bc\nt | d\n");
+        assert_eq!(
+            prefix_lines("t | ", &mut partial, b"c\nd\n"),
+            b"t | bc\nt | d\n"
+        );
         assert!(partial.is_empty());
     }
 }

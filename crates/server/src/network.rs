@@ -6,8 +6,8 @@ use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use store::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, Node, NodeId,
-    TypeConfig, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    Node, NodeId, TypeConfig, VoteRequest, VoteResponse,
 };
 
 #[derive(Clone)]
@@ -18,7 +18,10 @@ pub struct Network {
 
 impl Network {
     pub fn new(token: String) -> Network {
-        Network { http: reqwest::Client::new(), token }
+        Network {
+            http: reqwest::Client::new(),
+            token,
+        }
     }
 }
 
@@ -33,12 +36,22 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Peer {
-        Peer { http: self.http.clone(), token: self.token.clone(), target, base: format!("http://{}", node.addr) }
+        Peer {
+            http: self.http.clone(),
+            token: self.token.clone(),
+            target,
+            base: format!("http://{}", node.addr),
+        }
     }
 }
 
 impl Peer {
-    async fn call<Req, Resp, E>(&self, route: &str, req: &Req, option: &RPCOption) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
+    async fn call<Req, Resp, E>(
+        &self,
+        route: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -59,8 +72,10 @@ impl Peer {
                     RPCError::Network(NetworkError::new(&e))
                 }
             })?;
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            resp.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = resp
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
     }
 }
@@ -78,7 +93,10 @@ impl RaftNetwork<TypeConfig> for Peer {
         &mut self,
         rpc: InstallSnapshotRequest,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>> {
+    ) -> Result<
+        InstallSnapshotResponse,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.call("snapshot", &rpc, &option).await
     }
 

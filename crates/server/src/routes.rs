@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use api::{
-    ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, DesiredState, Events, Problem,
-    RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
+    ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, DesiredState, Events,
+    Problem, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
 };
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -29,7 +29,10 @@ pub const MAX_REPLICAS: u32 = 1000;
 pub fn router(ctx: Ctx) -> Router {
     let api = Router::new()
         .route("/v1/services", get(list_services).post(deploy))
-        .route("/v1/services/{name}", get(get_service).delete(remove_service))
+        .route(
+            "/v1/services/{name}",
+            get(get_service).delete(remove_service),
+        )
         .route("/v1/services/{name}/scale", post(scale))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/nodes", get(list_nodes).post(register))
@@ -51,15 +54,30 @@ pub struct Fail(StatusCode, ApiError);
 
 impl Fail {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Fail {
-        Fail(status, ApiError { error: message.into(), problems: Vec::new() })
+        Fail(
+            status,
+            ApiError {
+                error: message.into(),
+                problems: Vec::new(),
+            },
+        )
     }
 
     fn invalid(message: &str, problems: Vec<Problem>) -> Fail {
-        Fail(StatusCode::BAD_REQUEST, ApiError { error: message.into(), problems })
+        Fail(
+            StatusCode::BAD_REQUEST,
+            ApiError {
+                error: message.into(),
+                problems,
+            },
+        )
     }
 
     fn unavailable(e: String) -> Fail {
-        Fail::new(StatusCode::SERVICE_UNAVAILABLE, format!("the change could not be committed: {e}; retry shortly"))
+        Fail::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the change could not be committed: {e}; retry shortly"),
+        )
     }
 }
 
@@ -80,7 +98,11 @@ async fn authorize(State(ctx): State<Ctx>, req: Request, next: Next) -> Response
     match token {
         Some(t) if t == ctx.token => next.run(req).await,
         Some(_) => Fail::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response(),
-        None => Fail::new(StatusCode::UNAUTHORIZED, "missing bearer token (Authorization: Bearer <token>)").into_response(),
+        None => Fail::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer <token>)",
+        )
+        .into_response(),
     }
 }
 
@@ -90,10 +112,9 @@ async fn openapi() -> Json<serde_json::Value> {
 
 fn summary(s: &store::State, name: &str) -> Option<ServiceSummary> {
     let svc = s.services.get(name)?;
-    let current = s
-        .tasks
-        .values()
-        .filter(|t| t.service == name && t.desired == DesiredState::Running && t.version == svc.version);
+    let current = s.tasks.values().filter(|t| {
+        t.service == name && t.desired == DesiredState::Running && t.version == svc.version
+    });
     let (mut running, mut ready) = (0, 0);
     for t in current {
         running += u32::from(t.state == TaskState::Running);
@@ -113,15 +134,24 @@ fn summary(s: &store::State, name: &str) -> Option<ServiceSummary> {
 }
 
 fn no_service(name: &str) -> Fail {
-    Fail::new(StatusCode::NOT_FOUND, format!("no service named {name:?} (see `outpost services`)"))
+    Fail::new(
+        StatusCode::NOT_FOUND,
+        format!("no service named {name:?} (see `outpost services`)"),
+    )
 }
 
 async fn list_services(State(ctx): State<Ctx>) -> Json<Vec<ServiceSummary>> {
-    Json(ctx.state.read(|s| s.services.keys().filter_map(|n| summary(s, n)).collect()))
+    Json(
+        ctx.state
+            .read(|s| s.services.keys().filter_map(|n| summary(s, n)).collect()),
+    )
 }
 
 async fn get_service(State(ctx): State<Ctx>, Path(name): Path<String>) -> Answer<ServiceSummary> {
-    ctx.state.read(|s| summary(s, &name)).map(Json).ok_or_else(|| no_service(&name))
+    ctx.state
+        .read(|s| summary(s, &name))
+        .map(Json)
+        .ok_or_else(|| no_service(&name))
 }
 
 /// Every problem of a deploy, each located by field path; empty when it may proceed.
@@ -130,21 +160,39 @@ fn check_deploy(req: &DeployRequest) -> Vec<Problem> {
     let mut seen = BTreeSet::new();
     for (i, spec) in req.services.iter().enumerate() {
         if let Err(e) = spec::validate(spec) {
-            problems.extend(e.problems.into_iter().map(|p| Problem { path: p.path, message: p.message }));
+            problems.extend(e.problems.into_iter().map(|p| Problem {
+                path: p.path,
+                message: p.message,
+            }));
         }
         if !seen.insert(spec.name.as_str()) {
-            problems.push(Problem { path: format!("services[{i}].name"), message: format!("{:?} is deployed twice in one request", spec.name) });
+            problems.push(Problem {
+                path: format!("services[{i}].name"),
+                message: format!("{:?} is deployed twice in one request", spec.name),
+            });
         }
         if spec.replicas > MAX_REPLICAS {
-            problems.push(Problem { path: format!("{}.replicas", spec.name), message: format!("{} is more than the maximum of {MAX_REPLICAS}", spec.replicas) });
+            problems.push(Problem {
+                path: format!("{}.replicas", spec.name),
+                message: format!(
+                    "{} is more than the maximum of {MAX_REPLICAS}",
+                    spec.replicas
+                ),
+            });
         }
         if spec.driver == spec::DriverKind::Docker && !req.dry_run {
             let message = "the docker driver is not available in this version: image-based services can be checked with --dry-run but not deployed yet; use driver: process with a command";
-            problems.push(Problem { path: format!("{}.driver", spec.name), message: message.into() });
+            problems.push(Problem {
+                path: format!("{}.driver", spec.name),
+                message: message.into(),
+            });
         }
     }
     if req.services.is_empty() {
-        problems.push(Problem { path: "services".into(), message: "no service to deploy".into() });
+        problems.push(Problem {
+            path: "services".into(),
+            message: "no service to deploy".into(),
+        });
     }
     problems
 }
@@ -152,9 +200,15 @@ fn check_deploy(req: &DeployRequest) -> Vec<Problem> {
 async fn deploy(State(ctx): State<Ctx>, Json(req): Json<DeployRequest>) -> Answer<DeployResponse> {
     let problems = check_deploy(&req);
     if !problems.is_empty() {
-        return Err(Fail::invalid("the deploy was refused; nothing was changed", problems));
+        return Err(Fail::invalid(
+            "the deploy was refused; nothing was changed",
+            problems,
+        ));
     }
-    let command = Command::Deploy { services: req.services, time: now() };
+    let command = Command::Deploy {
+        services: req.services,
+        time: now(),
+    };
     let changes = if req.dry_run {
         // The same apply the store runs, on a copy: what is shown is exactly what would happen.
         let mut copy = ctx.state.read(|s| s.clone());
@@ -164,33 +218,85 @@ async fn deploy(State(ctx): State<Ctx>, Json(req): Json<DeployRequest>) -> Answe
         ctx.propose(command).await.map_err(Fail::unavailable)?
     };
     match changes {
-        Applied::Deployed(changes) => Ok(Json(DeployResponse { dry_run: req.dry_run, changes })),
-        other => Err(Fail::new(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected store answer {other:?}"))),
+        Applied::Deployed(changes) => Ok(Json(DeployResponse {
+            dry_run: req.dry_run,
+            changes,
+        })),
+        other => Err(Fail::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected store answer {other:?}"),
+        )),
     }
 }
 
-async fn remove_service(State(ctx): State<Ctx>, Path(name): Path<String>) -> Answer<ServiceSummary> {
-    let before = ctx.state.read(|s| summary(s, &name)).ok_or_else(|| no_service(&name))?;
-    match ctx.propose(Command::Remove { service: name.clone(), time: now() }).await.map_err(Fail::unavailable)? {
+async fn remove_service(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+) -> Answer<ServiceSummary> {
+    let before = ctx
+        .state
+        .read(|s| summary(s, &name))
+        .ok_or_else(|| no_service(&name))?;
+    match ctx
+        .propose(Command::Remove {
+            service: name.clone(),
+            time: now(),
+        })
+        .await
+        .map_err(Fail::unavailable)?
+    {
         Applied::NotFound(_) => Err(no_service(&name)),
-        _ => Ok(Json(ctx.state.read(|s| summary(s, &name)).unwrap_or(ServiceSummary { removing: true, ..before }))),
+        _ => Ok(Json(ctx.state.read(|s| summary(s, &name)).unwrap_or(
+            ServiceSummary {
+                removing: true,
+                ..before
+            },
+        ))),
     }
 }
 
-async fn scale(State(ctx): State<Ctx>, Path(name): Path<String>, Json(req): Json<ScaleRequest>) -> Answer<ServiceSummary> {
+async fn scale(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Json(req): Json<ScaleRequest>,
+) -> Answer<ServiceSummary> {
     if req.replicas > MAX_REPLICAS {
         return Err(Fail::invalid(
             "the scale was refused",
-            vec![Problem { path: "replicas".into(), message: format!("{} is more than the maximum of {MAX_REPLICAS}", req.replicas) }],
+            vec![Problem {
+                path: "replicas".into(),
+                message: format!(
+                    "{} is more than the maximum of {MAX_REPLICAS}",
+                    req.replicas
+                ),
+            }],
         ));
     }
-    let removing = ctx.state.read(|s| s.services.get(&name).map(|s| s.removing)).ok_or_else(|| no_service(&name))?;
+    let removing = ctx
+        .state
+        .read(|s| s.services.get(&name).map(|s| s.removing))
+        .ok_or_else(|| no_service(&name))?;
     if removing {
-        return Err(Fail::new(StatusCode::CONFLICT, format!("service {name:?} is being removed; deploy it again to bring it back")));
+        return Err(Fail::new(
+            StatusCode::CONFLICT,
+            format!("service {name:?} is being removed; deploy it again to bring it back"),
+        ));
     }
-    match ctx.propose(Command::Scale { service: name.clone(), replicas: req.replicas, time: now() }).await.map_err(Fail::unavailable)? {
+    match ctx
+        .propose(Command::Scale {
+            service: name.clone(),
+            replicas: req.replicas,
+            time: now(),
+        })
+        .await
+        .map_err(Fail::unavailable)?
+    {
         Applied::NotFound(_) => Err(no_service(&name)),
-        _ => ctx.state.read(|s| summary(s, &name)).map(Json).ok_or_else(|| no_service(&name)),
+        _ => ctx
+            .state
+            .read(|s| summary(s, &name))
+            .map(Json)
+            .ok_or_else(|| no_service(&name)),
     }
 }
 
@@ -202,7 +308,13 @@ struct TaskQuery {
 async fn list_tasks(State(ctx): State<Ctx>, Query(q): Query<TaskQuery>) -> Answer<Vec<Task>> {
     ctx.state.read(|s| match &q.service {
         Some(name) if !s.services.contains_key(name) => Err(no_service(name)),
-        Some(name) => Ok(Json(s.tasks.values().filter(|t| &t.service == name).cloned().collect())),
+        Some(name) => Ok(Json(
+            s.tasks
+                .values()
+                .filter(|t| &t.service == name)
+                .cloned()
+                .collect(),
+        )),
         None => Ok(Json(s.tasks.values().cloned().collect())),
     })
 }
@@ -212,42 +324,83 @@ async fn list_nodes(State(ctx): State<Ctx>) -> Json<Vec<api::Node>> {
 }
 
 fn check_node_name(name: &str) -> Result<(), Fail> {
-    let ok = !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(Fail::invalid("the node was refused", vec![Problem { path: "name".into(), message: format!("{name:?} is not a valid node name (letters, digits, '-', '.', '_'; at most 63)") }]))
+        Err(Fail::invalid(
+            "the node was refused",
+            vec![Problem {
+                path: "name".into(),
+                message: format!(
+                    "{name:?} is not a valid node name (letters, digits, '-', '.', '_'; at most 63)"
+                ),
+            }],
+        ))
     }
 }
 
 async fn register(State(ctx): State<Ctx>, Json(req): Json<RegisterRequest>) -> Answer<api::Node> {
     check_node_name(&req.name)?;
     let name = req.name.clone();
-    ctx.propose(Command::RegisterNode { node: req, time: now() }).await.map_err(Fail::unavailable)?;
-    ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), tokio::time::Instant::now());
+    ctx.propose(Command::RegisterNode {
+        node: req,
+        time: now(),
+    })
+    .await
+    .map_err(Fail::unavailable)?;
+    ctx.heartbeats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.clone(), tokio::time::Instant::now());
     ctx.state
         .read(|s| s.nodes.get(&name).cloned())
         .map(Json)
-        .ok_or_else(|| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, "node vanished after registering"))
+        .ok_or_else(|| {
+            Fail::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "node vanished after registering",
+            )
+        })
 }
 
 fn known_node(ctx: &Ctx, name: &str) -> Result<(), Fail> {
     if ctx.state.read(|s| s.nodes.contains_key(name)) {
         Ok(())
     } else {
-        Err(Fail::new(StatusCode::NOT_FOUND, format!("no node named {name:?}; register it first")))
+        Err(Fail::new(
+            StatusCode::NOT_FOUND,
+            format!("no node named {name:?}; register it first"),
+        ))
     }
 }
 
 async fn heartbeat(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<StatusCode, Fail> {
     known_node(&ctx, &name)?;
-    ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).insert(name, tokio::time::Instant::now());
+    ctx.heartbeats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name, tokio::time::Instant::now());
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn report(State(ctx): State<Ctx>, Path(name): Path<String>, Json(report): Json<StatusReport>) -> Result<StatusCode, Fail> {
+async fn report(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Json(report): Json<StatusReport>,
+) -> Result<StatusCode, Fail> {
     known_node(&ctx, &name)?;
-    ctx.propose(Command::Report { node: name, report, time: now() }).await.map_err(Fail::unavailable)?;
+    ctx.propose(Command::Report {
+        node: name,
+        report,
+        time: now(),
+    })
+    .await
+    .map_err(Fail::unavailable)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -266,7 +419,15 @@ impl WaitQuery {
             None => Ok(Duration::ZERO),
             Some(w) => humantime::parse_duration(w)
                 .map(|d| d.min(MAX_WAIT))
-                .map_err(|e| Fail::invalid("bad query", vec![Problem { path: "wait".into(), message: format!("{w:?} is not a duration: {e}") }])),
+                .map_err(|e| {
+                    Fail::invalid(
+                        "bad query",
+                        vec![Problem {
+                            path: "wait".into(),
+                            message: format!("{w:?} is not a duration: {e}"),
+                        }],
+                    )
+                }),
         }
     }
 }
@@ -283,18 +444,32 @@ async fn block_until(ctx: &Ctx, wait: Duration, ready: impl Fn(&store::State) ->
     }
 }
 
-async fn assignments(State(ctx): State<Ctx>, Path(name): Path<String>, Query(q): Query<WaitQuery>) -> Answer<Assignments> {
+async fn assignments(
+    State(ctx): State<Ctx>,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Answer<Assignments> {
     known_node(&ctx, &name)?;
     let index_of = |s: &store::State| s.node_index.get(&name).copied().unwrap_or(0);
     block_until(&ctx, q.wait()?, |s| index_of(s) > q.index || q.index == 0).await;
-    Ok(Json(ctx.state.read(|s| Assignments { index: index_of(s).max(1), assignments: s.assignments(&name) })))
+    Ok(Json(ctx.state.read(|s| Assignments {
+        index: index_of(s).max(1),
+        assignments: s.assignments(&name),
+    })))
 }
 
 async fn events(State(ctx): State<Ctx>, Query(q): Query<WaitQuery>) -> Answer<Events> {
     block_until(&ctx, q.wait()?, |s| s.next_event > q.after).await;
-    Ok(Json(ctx.state.read(|s| Events {
-        index: s.next_event,
-        events: s.events.iter().filter(|e| e.seq > q.after).cloned().collect(),
+    Ok(Json(ctx.state.read(|s| {
+        Events {
+            index: s.next_event,
+            events: s
+                .events
+                .iter()
+                .filter(|e| e.seq > q.after)
+                .cloned()
+                .collect(),
+        }
     })))
 }
 
@@ -316,6 +491,9 @@ async fn raft_vote(State(ctx): State<Ctx>, Json(req): Json<VoteRequest>) -> Resp
     Json(ctx.raft.vote(req).await).into_response()
 }
 
-async fn raft_snapshot(State(ctx): State<Ctx>, Json(req): Json<InstallSnapshotRequest>) -> Response {
+async fn raft_snapshot(
+    State(ctx): State<Ctx>,
+    Json(req): Json<InstallSnapshotRequest>,
+) -> Response {
     Json(ctx.raft.install_snapshot(req).await).into_response()
 }

@@ -102,5 +102,10 @@ pub trait Driver: Send + Sync + 'static {
     fn alive(&self, handle: &Handle) -> bool;
     /// Runs `argv` beside the task (in its container, for container drivers) and gives the exit
     /// code; `None` when it could not run or timed out.
-    fn exec<'a>(&'a self, handle: &'a Handle, argv: &'a [String], timeout: Duration) -> BoxFuture<'a, Option<i32>>;
+    fn exec<'a>(
+        &'a self,
+        handle: &'a Handle,
+        argv: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Option<i32>>;
 }

@@ -36,17 +36,29 @@ impl ProcessDriver {
 
     fn spawn(&self, launch: &Launch) -> Result<Handle, DriverError> {
         let program = launch.argv.first().cloned().unwrap_or_default();
-        let fail = |reason: String| DriverError::Start { program: program.clone(), reason };
+        let fail = |reason: String| DriverError::Start {
+            program: program.clone(),
+            reason,
+        };
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&launch.log_path)
-            .map_err(|e| fail(format!("cannot open log file {}: {e}", launch.log_path.display())))?;
+            .map_err(|e| {
+                fail(format!(
+                    "cannot open log file {}: {e}",
+                    launch.log_path.display()
+                ))
+            })?;
         let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&launch.argv[1..])
             .env_clear()
-            .envs(INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
+            .envs(
+                INHERITED_ENV
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
             .envs(&launch.env)
             .stdin(Stdio::null())
             .stdout(log)
@@ -59,9 +71,14 @@ impl ProcessDriver {
             cmd.current_dir(dir);
         }
         let mut child = cmd.spawn().map_err(|e| fail(start_error(&e)))?;
-        let pid = child.id().ok_or_else(|| fail("exited before it could be watched".into()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| fail("exited before it could be watched".into()))?;
         let (tx, rx) = watch::channel(None);
-        self.exits.lock().unwrap_or_else(|p| p.into_inner()).insert(pid, rx);
+        self.exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid, rx);
         tokio::spawn(async move {
             let exit = match child.wait().await {
                 Ok(status) => exit_of(status),
@@ -69,14 +86,22 @@ impl ProcessDriver {
             };
             let _ = tx.send(Some(exit));
         });
-        Ok(Handle { pid: Some(pid), start_ticks: start_ticks(pid), container_id: None })
+        Ok(Handle {
+            pid: Some(pid),
+            start_ticks: start_ticks(pid),
+            container_id: None,
+        })
     }
 }
 
 fn start_error(e: &std::io::Error) -> String {
     match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory (check the command path and the workdir)".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied (is the file executable?)".into(),
+        std::io::ErrorKind::NotFound => {
+            "no such file or directory (check the command path and the workdir)".into()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (is the file executable?)".into()
+        }
         _ => e.to_string(),
     }
 }
@@ -113,15 +138,25 @@ impl Driver for ProcessDriver {
 
     fn wait<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Exit> {
         Box::pin(async move {
-            let Some(pid) = handle.pid else { return Exit::Unknown };
-            let rx = self.exits.lock().unwrap_or_else(|p| p.into_inner()).get(&pid).cloned();
+            let Some(pid) = handle.pid else {
+                return Exit::Unknown;
+            };
+            let rx = self
+                .exits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&pid)
+                .cloned();
             match rx {
                 Some(mut rx) => {
                     let exit = match rx.wait_for(Option::is_some).await {
                         Ok(exit) => exit.clone().unwrap_or(Exit::Unknown),
                         Err(_) => Exit::Unknown,
                     };
-                    self.exits.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+                    self.exits
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&pid);
                     exit
                 }
                 None => {
@@ -145,7 +180,9 @@ impl Driver for ProcessDriver {
         };
         match killpg(Pid::from_raw(pid as i32), sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(DriverError::Other(format!("cannot signal process group {pid}: {e}"))),
+            Err(e) => Err(DriverError::Other(format!(
+                "cannot signal process group {pid}: {e}"
+            ))),
         }
     }
 
@@ -157,7 +194,12 @@ impl Driver for ProcessDriver {
         }
     }
 
-    fn exec<'a>(&'a self, _handle: &'a Handle, argv: &'a [String], timeout: Duration) -> BoxFuture<'a, Option<i32>> {
+    fn exec<'a>(
+        &'a self,
+        _handle: &'a Handle,
+        argv: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Option<i32>> {
         Box::pin(async move {
             let (program, args) = argv.split_first()?;
             let mut child = tokio::process::Command::new(program)

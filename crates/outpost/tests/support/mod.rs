@@ -20,7 +20,11 @@ pub fn outpost_bin() -> PathBuf {
 /// The demo app, built beside `outpost` by `cargo test --workspace`.
 pub fn demo_app() -> PathBuf {
     let path = outpost_bin().with_file_name("demo-app");
-    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
     path
 }
 
@@ -31,7 +35,10 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for {what}"
+        );
         std::thread::sleep(POLL);
     }
 }
@@ -68,7 +75,9 @@ impl Dev {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_for("the dev API to answer", || self.try_cli(&["nodes"]).filter(|o| o.status.success()));
+        wait_for("the dev API to answer", || {
+            self.try_cli(&["nodes"]).filter(|o| o.status.success())
+        });
     }
 
     /// Stops `dev` with SIGTERM and waits for it to exit.
@@ -77,7 +86,10 @@ impl Dev {
             signal(child.id() as u64, nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + PATIENCE;
             while child.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "outpost dev did not exit after SIGTERM");
+                assert!(
+                    Instant::now() < deadline,
+                    "outpost dev did not exit after SIGTERM"
+                );
                 std::thread::sleep(POLL);
             }
         }
@@ -106,26 +118,43 @@ impl Dev {
     }
 
     fn try_cli(&self, args: &[&str]) -> Option<Output> {
-        Command::new(outpost_bin()).arg("--data-dir").arg(self.data_dir()).args(args).stdin(Stdio::null()).output().ok()
+        Command::new(outpost_bin())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()
     }
 
     /// Runs a CLI command; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         let out = self.try_cli(args).expect("cannot run outpost");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     /// Runs a CLI command that must succeed, returning stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.cli(args);
-        assert!(ok, "outpost {args:?} failed:\n{err}\n--- dev log ---\n{}", self.log());
+        assert!(
+            ok,
+            "outpost {args:?} failed:\n{err}\n--- dev log ---\n{}",
+            self.log()
+        );
         out
     }
 
     /// Runs a CLI command that must fail, returning stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.cli(args);
-        assert!(!ok, "outpost {args:?} should have failed but printed:\n{out}");
+        assert!(
+            !ok,
+            "outpost {args:?} should have failed but printed:\n{out}"
+        );
         err
     }
 
@@ -138,14 +167,22 @@ impl Dev {
     /// Tasks of `service` the control plane wants running.
     pub fn tasks(&self, service: &str) -> Vec<Value> {
         let all = self.json(&["ps", service]);
-        all.as_array().unwrap().iter().filter(|t| t["desired"] == "running").cloned().collect()
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["desired"] == "running")
+            .cloned()
+            .collect()
     }
 
     /// Waits until `service` has exactly `n` running, ready tasks and returns them.
     pub fn wait_ready(&self, service: &str, n: usize) -> Vec<Value> {
         wait_for(&format!("{n} ready tasks of {service}"), || {
             let tasks = self.tasks(service);
-            let ready = tasks.iter().filter(|t| t["ready"] == true && t["state"] == "running").count();
+            let ready = tasks
+                .iter()
+                .filter(|t| t["ready"] == true && t["state"] == "running")
+                .count();
             (ready == n && tasks.len() == n).then_some(tasks)
         })
     }
@@ -157,14 +194,20 @@ impl Dev {
     /// Waits for an event of `task` with `reason`.
     pub fn wait_event(&self, task: &str, reason: &str) -> Value {
         wait_for(&format!("event {reason} of {task}"), || {
-            self.events().into_iter().find(|e| e["task"] == task && e["reason"] == reason)
+            self.events()
+                .into_iter()
+                .find(|e| e["task"] == task && e["reason"] == reason)
         })
     }
 
     /// Writes a spec file into the data dir and returns its path.
     pub fn spec_file(&self, name: &str, text: &str) -> PathBuf {
         let path = self.data_dir().join(name);
-        std::fs::write(&path, text.replace("DEMO_APP", &demo_app().display().to_string())).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("DEMO_APP", &demo_app().display().to_string()),
+        )
+        .unwrap();
         path
     }
 
@@ -177,7 +220,10 @@ impl Dev {
 impl Drop for Dev {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + PATIENCE;
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(POLL);
@@ -191,7 +237,12 @@ impl Drop for Dev {
 /// Is a process with this pid alive (and not a zombie)?
 pub fn alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }
@@ -201,11 +252,18 @@ pub fn sigkill(pid: u64) {
 }
 
 fn signal(pid: u64, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+        .unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
 }
 
 /// A raw HTTP/1.1 request to `base` (`http://127.0.0.1:PORT`); returns (status, body).
-pub fn request(method: &str, base: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, String) {
+pub fn request(
+    method: &str,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = base.trim().trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -215,12 +273,22 @@ pub fn request(method: &str, base: &str, path: &str, headers: &[(&str, &str)], b
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     let body = body.unwrap_or("");
-    head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
+    head.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
     s.write_all(head.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -229,7 +297,11 @@ pub fn http_get(port: u64, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port as u16)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
