@@ -4,9 +4,75 @@
 //!
 //! - [`types`]: `ServiceSpec` and its parts; the same types cross the HTTP API as JSON.
 //! - [`quantity`]: Kubernetes CPU and memory quantities.
+//! - [`parse_native`], [`parse_compose`], [`parse_file`]: text to validated specs. Parsing
+//!   collects every problem in a file before failing; each [`Problem`] names a field path such as
+//!   `web.liveness.period`.
+//! - [`validate`]: the same rules for specs that arrive as JSON.
+//!
+//! Inside: `yaml` parses text into a small tree (via serde-saphyr), `decode` holds the
+//! problem-collecting helpers `native` and `compose` decode that tree with, `interpolate` and
+//! `dotenv` implement Compose's variables, `words` splits string commands, and `validate` holds
+//! the rules.
 
+mod compose;
+mod decode;
+mod dotenv;
+mod error;
+mod interpolate;
+mod native;
 pub mod quantity;
 pub mod types;
+mod validate;
+mod words;
+mod yaml;
 
+use std::collections::BTreeMap;
+
+pub use compose::parse_compose;
+pub use error::{Problem, SpecError};
+pub use native::parse_native;
 pub use quantity::{Cpu, Memory};
 pub use types::*;
+pub use validate::{MAX_NAME_LEN, MAX_REPLICAS, TASK_VARS, validate, validate_all};
+
+/// Which format a file was read as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Native,
+    Compose,
+}
+
+/// The services in a file, plus what was accepted but not honoured (Compose keys Outpost does
+/// not support yet), for the CLI to print before deploying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub services: Vec<ServiceSpec>,
+    pub warnings: Vec<String>,
+    pub format: Format,
+}
+
+/// Parses a file in either format. A file whose first document has a top-level `services:`
+/// mapping is Compose (native specs have no such key); anything else is native. `env` and
+/// `dotenv` only matter for Compose, which interpolates `${VAR}`.
+pub fn parse_file(
+    source: &str,
+    text: &str,
+    env: &BTreeMap<String, String>,
+    dotenv: Option<&str>,
+) -> Result<Parsed, SpecError> {
+    let docs = yaml::load(source, text)?;
+    if is_compose(&docs) {
+        return compose::from_docs(source, &docs, env, dotenv);
+    }
+    let services = native::from_docs(source, &docs)?;
+    Ok(Parsed {
+        services,
+        warnings: Vec::new(),
+        format: Format::Native,
+    })
+}
+
+fn is_compose(docs: &[yaml::Yaml]) -> bool {
+    let services = docs.first().and_then(|doc| doc.get("services"));
+    matches!(services, Some(yaml::Yaml::Map(_) | yaml::Yaml::Null))
+}

@@ -30,13 +30,21 @@ impl FromStr for Cpu {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Cpu, String> {
-        let bad = || format!("{s:?} is not a CPU quantity (use cores like \"0.5\" or millicores like \"500m\")");
+        let bad = || {
+            format!(
+                "{s:?} is not a CPU quantity (use cores like \"0.5\" or millicores like \"500m\")"
+            )
+        };
         let s = s.trim();
         if let Some(m) = s.strip_suffix('m') {
             return m.parse::<u64>().map(Cpu).map_err(|_| bad());
         }
+        // Whole cores exactly: going through f64 would lose precision past 2^53 millicores.
+        if let Ok(cores) = s.parse::<u64>() {
+            return cores.checked_mul(1000).map(Cpu).ok_or_else(bad);
+        }
         let cores: f64 = s.parse().map_err(|_| bad())?;
-        if !cores.is_finite() || cores < 0.0 || cores > 1e9 {
+        if !cores.is_finite() || !(0.0..=1e9).contains(&cores) {
             return Err(bad());
         }
         Ok(Cpu((cores * 1000.0).round() as u64))
@@ -45,7 +53,7 @@ impl FromStr for Cpu {
 
 impl fmt::Display for Cpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             write!(f, "{}m", self.0)
@@ -69,12 +77,18 @@ impl FromStr for Memory {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Memory, String> {
-        let bad = || format!("{s:?} is not a memory quantity (use bytes or a suffix like \"64Mi\", \"1G\")");
+        let bad = || {
+            format!("{s:?} is not a memory quantity (use bytes or a suffix like \"64Mi\", \"1G\")")
+        };
         let s = s.trim();
         let (number, unit) = MEMORY_SUFFIXES
             .iter()
             .find_map(|(suffix, unit)| s.strip_suffix(suffix).map(|n| (n, *unit)))
             .unwrap_or((s, 1));
+        // Whole numbers exactly, so every `Memory` survives Display → parse.
+        if let Ok(whole) = number.parse::<u64>() {
+            return whole.checked_mul(unit).map(Memory).ok_or_else(bad);
+        }
         let value: f64 = number.parse().map_err(|_| bad())?;
         if !value.is_finite() || value < 0.0 {
             return Err(bad());
@@ -90,7 +104,7 @@ impl FromStr for Memory {
 impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (suffix, unit) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-            if self.0 >= unit && self.0 % unit == 0 {
+            if self.0 >= unit && self.0.is_multiple_of(unit) {
                 return write!(f, "{}{suffix}", self.0 / unit);
             }
         }
@@ -118,7 +132,41 @@ string_serde!(Memory);
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn every_cpu_survives_display_then_parse(millis in any::<u64>()) {
+            prop_assert_eq!(Cpu(millis).to_string().parse::<Cpu>(), Ok(Cpu(millis)));
+        }
+
+        #[test]
+        fn every_memory_survives_display_then_parse(bytes in any::<u64>()) {
+            prop_assert_eq!(Memory(bytes).to_string().parse::<Memory>(), Ok(Memory(bytes)));
+        }
+
+        #[test]
+        fn parsing_arbitrary_text_never_panics(text in ".{0,24}") {
+            let _ = text.parse::<Cpu>();
+            let _ = text.parse::<Memory>();
+        }
+    }
+
+    #[test]
+    fn huge_whole_numbers_parse_exactly_or_not_at_all() {
+        assert_eq!(
+            "18446744073709551615".parse::<Memory>(),
+            Ok(Memory(u64::MAX))
+        );
+        assert!("18446744073709551615Ki".parse::<Memory>().is_err());
+        assert_eq!(
+            "18446744073709551".parse::<Cpu>(),
+            Ok(Cpu(18_446_744_073_709_551_000))
+        );
+        assert!("18446744073709552".parse::<Cpu>().is_err());
+    }
 
     #[test]
     fn cpu_forms() {

@@ -101,6 +101,32 @@ pub struct PortSpec {
     pub host_port: Option<u16>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Docker only: the host address to publish on (Compose's `127.0.0.1:8080:80`); `None`
+    /// publishes on every interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+}
+
+impl PortSpec {
+    /// A port known only by name; the agent picks the host port.
+    pub fn named(name: &str) -> PortSpec {
+        PortSpec {
+            name: name.to_string(),
+            container_port: None,
+            host_port: None,
+            protocol: Protocol::Tcp,
+            host_ip: None,
+        }
+    }
+
+    /// The variable that carries this port's host port into a task: `OUTPOST_PORT_<NAME>`,
+    /// upper-cased with `-` as `_` so it is a valid shell name.
+    pub fn env_var(&self) -> String {
+        format!(
+            "OUTPOST_PORT_{}",
+            self.name.to_uppercase().replace('-', "_")
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,10 +224,17 @@ impl ProbeSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeAction {
-    Http { path: String, port: PortRef },
-    Tcp { port: PortRef },
+    Http {
+        path: String,
+        port: PortRef,
+    },
+    Tcp {
+        port: PortRef,
+    },
     /// argv run beside the task (inside the container for docker); exit 0 is healthy.
-    Exec { command: Vec<String> },
+    Exec {
+        command: Vec<String>,
+    },
 }
 
 /// A port named in `ports`, or a literal port number.

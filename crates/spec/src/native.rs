@@ -1,0 +1,314 @@
+//! Outpost's native spec format: one service per YAML document, fields named as in
+//! [`ServiceSpec`]. Every default is filled in here, once, so later readers never guess.
+
+use crate::decode::{Decoder, Fields, Path};
+use crate::error::{Problem, SpecError};
+use crate::types::{
+    DriverKind, PortRef, PortSpec, ProbeAction, ProbeSpec, Protocol, ResourceList, Resources,
+    RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec,
+};
+use crate::validate;
+use crate::yaml::{self, Yaml};
+
+#[rustfmt::skip]
+const SERVICE_KEYS: &[&str] = &[
+    "name", "replicas", "driver", "image", "command", "entrypoint", "env", "workdir", "user",
+    "ports", "volumes", "restart", "liveness", "readiness", "resources", "stop_grace",
+];
+const PORT_KEYS: &[&str] = &["name", "container_port", "host_port", "protocol", "host_ip"];
+const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
+const RESTART_KEYS: &[&str] = &["policy", "initial_backoff", "max_backoff", "reset_after"];
+const PROBE_ACTIONS: &[&str] = &["http", "tcp", "exec"];
+#[rustfmt::skip]
+const PROBE_KEYS: &[&str] = &[
+    "http", "tcp", "exec", "initial_delay", "period", "timeout", "failure_threshold",
+    "success_threshold",
+];
+const RESOURCE_KEYS: &[&str] = &["requests", "limits"];
+const RESOURCE_LIST_KEYS: &[&str] = &["cpu", "memory", "pids"];
+
+pub(crate) const DRIVERS: &[(&str, DriverKind)] = &[
+    ("process", DriverKind::Process),
+    ("docker", DriverKind::Docker),
+];
+pub(crate) const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+const POLICIES: &[(&str, RestartPolicy)] = &[
+    ("always", RestartPolicy::Always),
+    ("on-failure", RestartPolicy::OnFailure),
+    ("never", RestartPolicy::Never),
+];
+
+/// Parses and validates every service in a native spec file. `source` names the file in
+/// messages. Fails with every problem found, each with its field path.
+pub fn parse_native(source: &str, text: &str) -> Result<Vec<ServiceSpec>, SpecError> {
+    let docs = yaml::load(source, text)?;
+    from_docs(source, &docs)
+}
+
+pub(crate) fn from_docs(source: &str, docs: &[Yaml]) -> Result<Vec<ServiceSpec>, SpecError> {
+    if docs.is_empty() {
+        return Err(Problem::new(source, "no services: the file has no YAML documents").into());
+    }
+    let mut d = Decoder::default();
+    let mut decoded = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        let root = doc_root(source, i, doc);
+        if let Some(spec) = service(&mut d, &root, doc) {
+            decoded.push((root, spec, format!("doc {}", i + 1)));
+        }
+    }
+    SpecError::check(validate::after_decoding(d.problems, &decoded))?;
+    Ok(decoded.into_iter().map(|(_, spec, _)| spec).collect())
+}
+
+/// Problems start with the service's name once it is known; before that, with the document.
+fn doc_root(source: &str, i: usize, doc: &Yaml) -> Path {
+    match doc.get("name").and_then(Yaml::scalar_text) {
+        Some(name) if !name.is_empty() => Path::root(name),
+        _ => Path::root(format!("{source}[doc {}]", i + 1)),
+    }
+}
+
+fn service(d: &mut Decoder, root: &Path, doc: &Yaml) -> Option<ServiceSpec> {
+    if !matches!(doc, Yaml::Map(_)) {
+        d.wrong_type::<()>(root, "a mapping of service fields", doc);
+        return None;
+    }
+    let f = d.fields(root, doc, SERVICE_KEYS)?;
+    let mut spec = ServiceSpec::process("", &[]);
+    spec.name = f.require(d, "name", Decoder::string).unwrap_or_default();
+    spec.image = f.take(d, "image", Decoder::string);
+    // Without a (valid) driver, infer it, so a typo in `driver` is one problem, not several.
+    let inferred = if f.has("image") {
+        DriverKind::Docker
+    } else {
+        DriverKind::Process
+    };
+    spec.driver = f
+        .take(d, "driver", |d, p, n| d.choice(p, n, DRIVERS))
+        .unwrap_or(inferred);
+    spec.replicas = f
+        .take(d, "replicas", Decoder::number)
+        .unwrap_or(spec.replicas);
+    spec.command = f.take(d, "command", Decoder::argv).unwrap_or_default();
+    spec.entrypoint = f.take(d, "entrypoint", Decoder::argv).unwrap_or_default();
+    spec.env = f
+        .take(d, "env", |d, p, n| Some(d.string_map(p, n)))
+        .unwrap_or_default();
+    spec.workdir = f.take(d, "workdir", Decoder::string);
+    spec.user = f.take(d, "user", Decoder::string);
+    spec.ports = f
+        .take(d, "ports", |d, p, n| d.list(p, n, port))
+        .unwrap_or_default();
+    spec.volumes = f
+        .take(d, "volumes", |d, p, n| d.list(p, n, volume))
+        .unwrap_or_default();
+    spec.restart = f.take(d, "restart", restart).unwrap_or_default();
+    spec.liveness = f.take(d, "liveness", probe);
+    spec.readiness = f.take(d, "readiness", probe);
+    spec.resources = f.take(d, "resources", resources).unwrap_or_default();
+    spec.stop_grace = f
+        .take(d, "stop_grace", Decoder::duration)
+        .unwrap_or(spec.stop_grace);
+    Some(spec)
+}
+
+/// `- http`, or `- { name: http, container_port: 80, host_port: 8080, protocol: tcp }`.
+fn port(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<PortSpec> {
+    match node {
+        Yaml::Str(name) => Some(PortSpec::named(name)),
+        Yaml::Map(_) => {
+            let f = d.fields(path, node, PORT_KEYS)?;
+            let mut port = PortSpec::named("");
+            port.container_port = f.take(d, "container_port", Decoder::number);
+            port.host_port = f.take(d, "host_port", Decoder::number);
+            port.protocol = f
+                .take(d, "protocol", |d, p, n| d.choice(p, n, PROTOCOLS))
+                .unwrap_or_default();
+            port.host_ip = f.take(d, "host_ip", Decoder::string);
+            port.name = f.require(d, "name", Decoder::string)?;
+            Some(port)
+        }
+        other => d.wrong_type(path, "a port name or a mapping with `name`", other),
+    }
+}
+
+/// `- ./data:/data:ro`, or `- { source: ./data, target: /data, read_only: true }`.
+fn volume(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<VolumeSpec> {
+    match node {
+        Yaml::Str(short) => short_volume(d, path, short),
+        Yaml::Map(_) => {
+            let f = d.fields(path, node, VOLUME_KEYS)?;
+            let read_only = f.take(d, "read_only", Decoder::boolean).unwrap_or(false);
+            let source = f.require(d, "source", Decoder::string);
+            let target = f.require(d, "target", Decoder::string);
+            Some(VolumeSpec {
+                source: source?,
+                target: target?,
+                read_only,
+            })
+        }
+        other => d.wrong_type(path, "\"source:target[:ro]\" or a mapping", other),
+    }
+}
+
+fn short_volume(d: &mut Decoder, path: &Path, short: &str) -> Option<VolumeSpec> {
+    let parts: Vec<&str> = short.split(':').collect();
+    let read_only = match parts.get(2) {
+        None | Some(&"rw") => false,
+        Some(&"ro") => true,
+        Some(mode) => {
+            d.error(
+                path,
+                format!("{mode:?} is not a mount mode (use `ro` or `rw`)"),
+            );
+            return None;
+        }
+    };
+    match parts.as_slice() {
+        [source, target] | [source, target, _] => Some(VolumeSpec {
+            source: source.to_string(),
+            target: target.to_string(),
+            read_only,
+        }),
+        _ => d.wrong_type(
+            path,
+            "\"source:target\" or \"source:target:ro\"",
+            &Yaml::Str(short.into()),
+        ),
+    }
+}
+
+/// `restart: never`, or the full mapping with backoff settings.
+fn restart(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<RestartSpec> {
+    let mut spec = RestartSpec::default();
+    if let Yaml::Str(_) = node {
+        spec.policy = d.choice(path, node, POLICIES)?;
+        return Some(spec);
+    }
+    let f = d.fields(path, node, RESTART_KEYS)?;
+    spec.policy = f
+        .take(d, "policy", |d, p, n| d.choice(p, n, POLICIES))
+        .unwrap_or(spec.policy);
+    let durations = [
+        ("initial_backoff", &mut spec.initial_backoff),
+        ("max_backoff", &mut spec.max_backoff),
+        ("reset_after", &mut spec.reset_after),
+    ];
+    for (key, slot) in durations {
+        if let Some(value) = f.take(d, key, Decoder::duration) {
+            *slot = value;
+        }
+    }
+    Some(spec)
+}
+
+/// One check (`http`, `tcp` or `exec`) plus timings, each defaulting as in [`ProbeSpec::new`].
+fn probe(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<ProbeSpec> {
+    let f = d.fields(path, node, PROBE_KEYS)?;
+    let action = probe_action(d, path, &f);
+    let mut spec = ProbeSpec::new(ProbeAction::Exec {
+        command: Vec::new(),
+    });
+    let durations = [
+        ("initial_delay", &mut spec.initial_delay),
+        ("period", &mut spec.period),
+        ("timeout", &mut spec.timeout),
+    ];
+    for (key, slot) in durations {
+        if let Some(value) = f.take(d, key, Decoder::duration) {
+            *slot = value;
+        }
+    }
+    let thresholds = [
+        ("failure_threshold", &mut spec.failure_threshold),
+        ("success_threshold", &mut spec.success_threshold),
+    ];
+    for (key, slot) in thresholds {
+        if let Some(value) = f.take(d, key, Decoder::number) {
+            *slot = value;
+        }
+    }
+    spec.action = action?;
+    Some(spec)
+}
+
+fn probe_action(d: &mut Decoder, path: &Path, f: &Fields<'_>) -> Option<ProbeAction> {
+    let present: Vec<&str> = PROBE_ACTIONS.iter().copied().filter(|k| f.has(k)).collect();
+    match present.as_slice() {
+        [] => {
+            d.error(path, "needs a check: one of `http`, `tcp` or `exec`");
+            None
+        }
+        [action] => f.take(d, action, |d, p, n| match *action {
+            "http" => http_check(d, p, n),
+            "tcp" => tcp_check(d, p, n),
+            _ => Some(ProbeAction::Exec {
+                command: d.argv(p, n)?,
+            }),
+        }),
+        [first, second, ..] => {
+            d.error(
+                path,
+                format!("has both `{first}` and `{second}`; a probe makes one check"),
+            );
+            None
+        }
+    }
+}
+
+/// `http: { path: /healthz, port: http }`; the path defaults to `/`.
+fn http_check(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<ProbeAction> {
+    let f = d.fields(path, node, &["path", "port"])?;
+    let url_path = f
+        .take(d, "path", Decoder::string)
+        .unwrap_or_else(|| "/".to_string());
+    Some(ProbeAction::Http {
+        path: url_path,
+        port: f.require(d, "port", port_ref)?,
+    })
+}
+
+/// `tcp: { port: http }`: healthy when the port accepts a connection.
+fn tcp_check(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<ProbeAction> {
+    let f = d.fields(path, node, &["port"])?;
+    Some(ProbeAction::Tcp {
+        port: f.require(d, "port", port_ref)?,
+    })
+}
+
+/// A declared port's name, or a port number.
+pub(crate) fn port_ref(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<PortRef> {
+    match node {
+        Yaml::Int(_) => d.number(path, node).map(PortRef::Number),
+        Yaml::Str(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => match s.parse() {
+            Ok(n) => Some(PortRef::Number(n)),
+            Err(_) => {
+                d.error(path, format!("{s} is not a port number (use 1 to 65535)"));
+                None
+            }
+        },
+        Yaml::Str(name) => Some(PortRef::Name(name.clone())),
+        other => d.wrong_type(path, "a port name or number", other),
+    }
+}
+
+fn resources(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<Resources> {
+    let f = d.fields(path, node, RESOURCE_KEYS)?;
+    Some(Resources {
+        requests: f.take(d, "requests", resource_list).unwrap_or_default(),
+        limits: f.take(d, "limits", resource_list).unwrap_or_default(),
+    })
+}
+
+fn resource_list(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<ResourceList> {
+    let f = d.fields(path, node, RESOURCE_LIST_KEYS)?;
+    Some(ResourceList {
+        cpu: f.take(d, "cpu", Decoder::cpu),
+        memory: f.take(d, "memory", Decoder::memory),
+        pids: f.take(d, "pids", Decoder::number),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

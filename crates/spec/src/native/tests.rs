@@ -1,0 +1,601 @@
+//! The native format, as specifications: what a file says, and what a user sees when it is wrong.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::quantity::{Cpu, Memory};
+
+/// Strips the indentation the test source adds, so YAML can be written indented in place.
+pub(crate) fn dedent(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().skip_while(|l| l.trim().is_empty()).collect();
+    let indent = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min();
+    let indent = indent.unwrap_or(0);
+    lines
+        .iter()
+        .map(|l| l.get(indent..).unwrap_or("").to_string() + "\n")
+        .collect()
+}
+
+fn parse(text: &str) -> Vec<ServiceSpec> {
+    parse_native("web.yaml", &dedent(text)).unwrap_or_else(|e| panic!("unexpected problems:\n{e}"))
+}
+
+/// Parses `text` and asserts that it fails with exactly `expect` (one `path: message` per line).
+fn check_err(text: &str, expect: &str) {
+    match parse_native("web.yaml", &dedent(text)) {
+        Ok(specs) => panic!("expected problems, got {specs:#?}"),
+        Err(e) => assert_eq!(e.to_string(), dedent(expect).trim_end()),
+    }
+}
+
+const EXAMPLE: &str = r#"
+    name: web
+    replicas: 3
+    driver: process
+    command: ["./target/release/demo-app", "--port", "${PORT}"]
+    env: { GREETING: hello }
+    ports:
+      - name: http
+    restart: { policy: always, initial_backoff: 100ms, max_backoff: 30s }
+    liveness:  { http: { path: /healthz, port: http }, initial_delay: 0s, period: 1s, timeout: 500ms, failure_threshold: 3 }
+    readiness: { tcp: { port: http }, period: 500ms, success_threshold: 1 }
+    resources: { requests: { cpu: 100m, memory: 64Mi }, limits: { memory: 128Mi } }
+    stop_grace: 5s
+"#;
+
+#[test]
+fn the_documented_example_parses_to_the_expected_spec() {
+    let mut want = ServiceSpec::process("web", &["./target/release/demo-app", "--port", "${PORT}"]);
+    want.replicas = 3;
+    want.env = BTreeMap::from([("GREETING".to_string(), "hello".to_string())]);
+    want.ports = vec![PortSpec::named("http")];
+    want.liveness = Some(ProbeSpec {
+        timeout: Duration::from_millis(500),
+        ..ProbeSpec::new(ProbeAction::Http {
+            path: "/healthz".into(),
+            port: PortRef::Name("http".into()),
+        })
+    });
+    want.readiness = Some(ProbeSpec {
+        period: Duration::from_millis(500),
+        ..ProbeSpec::new(ProbeAction::Tcp {
+            port: PortRef::Name("http".into()),
+        })
+    });
+    want.resources.requests = ResourceList {
+        cpu: Some(Cpu(100)),
+        memory: Some(Memory(64 << 20)),
+        pids: None,
+    };
+    want.resources.limits.memory = Some(Memory(128 << 20));
+    assert_eq!(parse(EXAMPLE), vec![want]);
+}
+
+#[test]
+fn parsed_specs_survive_the_json_wire_form_and_still_validate() {
+    let spec = parse(EXAMPLE).remove(0);
+    let json = serde_json::to_string(&spec).unwrap();
+    let back: ServiceSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, spec);
+    assert_eq!(crate::validate(&back), Ok(()));
+}
+
+#[test]
+fn a_minimal_service_gets_every_default() {
+    let specs = parse("name: api\ncommand: ./api\n");
+    assert_eq!(specs, vec![ServiceSpec::process("api", &["./api"])]);
+}
+
+#[test]
+fn an_image_implies_the_docker_driver() {
+    let spec = parse("name: cache\nimage: redis:7\n").remove(0);
+    assert_eq!(
+        (spec.driver, spec.image.as_deref()),
+        (DriverKind::Docker, Some("redis:7"))
+    );
+}
+
+#[test]
+fn every_optional_form_is_accepted() {
+    let spec = parse(
+        r#"
+        name: db
+        image: postgres:16
+        entrypoint: docker-entrypoint.sh
+        command: postgres -c "shared_buffers=256MB"
+        workdir: /var/lib/postgresql
+        user: 999
+        ports: [pg, { name: metrics, container_port: 9187, host_port: 19187, protocol: udp, host_ip: 127.0.0.1 }]
+        volumes: ["./data:/var/lib/postgresql/data", "conf:/etc/pg:ro", { source: /srv/x, target: /x, read_only: true }]
+        restart: on-failure
+        liveness: { exec: [pg_isready, -U, postgres], period: 10s }
+        readiness: { http: { port: 9187 } }
+        resources: { limits: { cpu: 1.5, memory: 1Gi, pids: 200 } }
+        "#,
+    )
+    .remove(0);
+    assert_eq!(spec.entrypoint, ["docker-entrypoint.sh"]);
+    assert_eq!(spec.command, ["postgres", "-c", "shared_buffers=256MB"]);
+    assert_eq!(
+        (spec.workdir.as_deref(), spec.user.as_deref()),
+        (Some("/var/lib/postgresql"), Some("999"))
+    );
+    let metrics = PortSpec {
+        container_port: Some(9187),
+        host_port: Some(19187),
+        protocol: Protocol::Udp,
+        host_ip: Some("127.0.0.1".into()),
+        ..PortSpec::named("metrics")
+    };
+    assert_eq!(spec.ports, vec![PortSpec::named("pg"), metrics]);
+    let volume = |source: &str, target: &str, read_only| VolumeSpec {
+        source: source.into(),
+        target: target.into(),
+        read_only,
+    };
+    assert_eq!(
+        spec.volumes,
+        vec![
+            volume("./data", "/var/lib/postgresql/data", false),
+            volume("conf", "/etc/pg", true),
+            volume("/srv/x", "/x", true)
+        ]
+    );
+    assert_eq!(
+        spec.restart,
+        RestartSpec {
+            policy: RestartPolicy::OnFailure,
+            ..RestartSpec::default()
+        }
+    );
+    let exec = ProbeAction::Exec {
+        command: vec!["pg_isready".into(), "-U".into(), "postgres".into()],
+    };
+    assert_eq!(
+        spec.liveness,
+        Some(ProbeSpec {
+            period: Duration::from_secs(10),
+            ..ProbeSpec::new(exec)
+        })
+    );
+    let http = ProbeAction::Http {
+        path: "/".into(),
+        port: PortRef::Number(9187),
+    };
+    assert_eq!(spec.readiness, Some(ProbeSpec::new(http)));
+    let limits = ResourceList {
+        cpu: Some(Cpu(1500)),
+        memory: Some(Memory(1 << 30)),
+        pids: Some(200),
+    };
+    assert_eq!(spec.resources.limits, limits);
+}
+
+#[test]
+fn a_file_holds_one_service_per_document() {
+    let specs = parse(
+        "
+        name: web
+        command: [./web]
+        ---
+        # a comment-only preamble is fine
+        name: worker
+        replicas: 2
+        command: [./worker]
+        ",
+    );
+    let names: Vec<(&str, u32)> = specs
+        .iter()
+        .map(|s| (s.name.as_str(), s.replicas))
+        .collect();
+    assert_eq!(names, [("web", 1), ("worker", 2)]);
+}
+
+#[test]
+fn bad_values_name_their_field() {
+    check_err(
+        r#"
+        name: web
+        replicas: three
+        command: [./web]
+        liveness: { tcp: { port: 8080 }, period: 1x }
+        resources: { limits: { cpu: lots, memory: 64MB } }
+        restart: { policy: sometimes }
+        "#,
+        // Problems come in the order fields are documented, not the order they were written.
+        r#"
+        web.replicas: expected a whole number, got "three"
+        web.restart.policy: "sometimes" is not one of `always`, `on-failure`, `never`
+        web.liveness.period: "1x" is not a duration (write a number and a unit, like "500ms", "10s" or "1m")
+        web.resources.limits.cpu: "lots" is not a CPU quantity (use cores like "0.5" or millicores like "500m")
+        web.resources.limits.memory: "64MB" is not a memory quantity (use bytes or a suffix like "64Mi", "1G")
+        "#,
+    );
+}
+
+#[test]
+fn wrong_types_say_what_was_expected() {
+    check_err(
+        r#"
+        name: web
+        command: { run: ./web }
+        env: [A=1]
+        ports: http
+        replicas: -1
+        stop_grace: 5
+        "#,
+        r#"
+        web.replicas: -1 is out of range (expected 0 to 4294967295)
+        web.command: expected a list of strings, got a mapping
+        web.env: expected a mapping, got a list
+        web.ports: expected a list, got "http"
+        web.stop_grace: "5" is not a duration (write a number and a unit, like "500ms", "10s" or "1m")
+        "#,
+    );
+}
+
+#[test]
+fn unknown_keys_suggest_the_closest_known_one() {
+    check_err(
+        r#"
+        name: web
+        command: [./web]
+        readyness: { tcp: { port: 80 } }
+        liveness: { tcp: { port: 80 }, perod: 1s }
+        flavour: spicy
+        "#,
+        r#"
+        web.readyness: unknown key; did you mean `readiness`?
+        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`
+        web.liveness.perod: unknown key; did you mean `period`?
+        "#,
+    );
+}
+
+#[test]
+fn services_need_a_valid_unique_name_and_a_way_to_run() {
+    check_err(
+        r#"
+        command: [./a]
+        ---
+        name: Web_1
+        command: [./b]
+        ---
+        name: api
+        ---
+        name: api
+        command: [./c]
+        image: api:1
+        "#,
+        r#"
+        web.yaml[doc 1].name: missing
+        Web_1.name: "Web_1" is not a valid name: use lowercase letters, digits and '-', starting with a letter and not ending with '-'
+        api.command: a process service needs a command
+        api.name: "api" is already the name of another service (doc 3)
+        "#,
+    );
+}
+
+#[test]
+fn driver_rules_catch_mixed_up_services() {
+    check_err(
+        r#"
+        name: web
+        driver: process
+        image: nginx
+        command: [./web]
+        entrypoint: [/bin/sh]
+        volumes: ["./x:/x"]
+        ports: [{ name: http, container_port: 80 }]
+        ---
+        name: box
+        driver: docker
+        workdir: app
+        resources: { limits: { memory: 1Mi } }
+        "#,
+        r#"
+        web.image: a process service cannot have an image (set `driver: docker` to run it as a container)
+        web.entrypoint: only containers have an entrypoint; put the program first in `command`
+        web.volumes: volumes need the docker driver
+        web.ports[0].container_port: only containers have a container port
+        box.image: a docker service needs an image
+        box.workdir: "app" must be an absolute path inside the container
+        box.resources.limits.memory: 1Mi is below Docker's minimum memory limit of 6Mi
+        "#,
+    );
+}
+
+#[test]
+fn ports_and_probes_must_agree() {
+    check_err(
+        r#"
+        name: web
+        command: [./web, --admin, "${OUTPOST_PORT_ADMIN}", "${OUTPOST_SHARD}", "${HOME}"]
+        ports: [http, http, { name: Metrics, host_port: 0 }]
+        liveness: { http: { path: healthz, port: admin } }
+        readiness: { tcp: { port: http }, exec: [true] }
+        "#,
+        r#"
+        web.readiness: has both `tcp` and `exec`; a probe makes one check
+        web.ports[1].name: "http" is declared twice
+        web.ports[2].name: "Metrics" is not a valid name: use lowercase letters, digits and '-', starting with a letter and not ending with '-'
+        web.ports[2].host_port: 0 is not a port number (use 1 to 65535)
+        web.liveness.http.path: "healthz" must start with '/'
+        web.liveness.http.port: no port named "admin" (declared: http, http, Metrics)
+        web.command[2]: "${OUTPOST_PORT_ADMIN}" refers to no declared port (ports give OUTPOST_PORT_HTTP, OUTPOST_PORT_HTTP, OUTPOST_PORT_METRICS)
+        web.command[3]: "${OUTPOST_SHARD}" is not a variable Outpost sets (it sets PORT, OUTPOST_PORT_<NAME>, OUTPOST_TASK_ID, OUTPOST_SERVICE, OUTPOST_SLOT, OUTPOST_NODE)
+        "#,
+    );
+}
+
+#[test]
+fn variables_may_name_ports_env_keys_and_task_facts() {
+    let specs = parse(
+        r#"
+        name: web
+        command: [./web, "--listen=:${PORT}", "--admin=${OUTPOST_PORT_ADMIN_UI}", "${OUTPOST_TASK_ID}"]
+        env: { GREETING: "hi from ${OUTPOST_NODE}", MESSAGE: "${GREETING}!", SHELL_VAR: "${HOME}" }
+        ports: [http, admin-ui]
+        "#,
+    );
+    assert_eq!(specs.len(), 1);
+    check_err(
+        "name: web\ncommand: [./web, '${PORT}']\n",
+        r#"web.command[1]: "${PORT}" is only set for services that declare a port (add `ports: [http]`)"#,
+    );
+}
+
+#[test]
+fn timings_and_limits_must_make_sense() {
+    check_err(
+        r#"
+        name: web
+        command: [./web]
+        replicas: 5000
+        env: { 1BAD: x }
+        restart: { initial_backoff: 1m, max_backoff: 30s }
+        liveness: { exec: [], period: 0s, timeout: 0s, failure_threshold: 0 }
+        resources: { requests: { cpu: "2", memory: 1Gi }, limits: { cpu: 500m, memory: 512Mi, pids: 0 } }
+        volumes: []
+        "#,
+        r#"
+        web.replicas: 5000 is more than the maximum of 1000
+        web.env.1BAD: is not a valid variable name (use letters, digits and '_', not starting with a digit)
+        web.restart.initial_backoff: 1m is longer than max_backoff (30s)
+        web.liveness.period: must be more than zero
+        web.liveness.timeout: must be more than zero
+        web.liveness.failure_threshold: must be at least 1
+        web.liveness.exec: must name a command to run
+        web.resources.requests.cpu: 2 is more than the limit (500m)
+        web.resources.requests.memory: 1Gi is more than the limit (512Mi)
+        web.resources.limits.pids: must be more than zero
+        "#,
+    );
+}
+
+#[test]
+fn volumes_are_checked() {
+    check_err(
+        r#"
+        name: db
+        image: postgres
+        volumes: ["data", "a:/x:rx", { source: d }, "ok:/ok"]
+        "#,
+        r#"
+        db.volumes[0]: expected "source:target" or "source:target:ro", got "data"
+        db.volumes[1]: "rx" is not a mount mode (use `ro` or `rw`)
+        db.volumes[2].target: missing
+        "#,
+    );
+    check_err(
+        r#"
+        name: db
+        image: postgres
+        volumes: ["~/d:/y", "b:relative", "c:/y", "/abs:/z"]
+        "#,
+        r#"
+        db.volumes[0].source: "~/d" is neither a host path (starting with / or .) nor a volume name
+        db.volumes[1].target: "relative" must be an absolute path inside the container
+        db.volumes[2].target: "/y" is mounted twice
+        "#,
+    );
+}
+
+#[test]
+fn a_field_that_failed_to_decode_causes_no_second_problem() {
+    // The bad port leaves `ports` undecoded; the probe's and the command's references to it
+    // are not reported as dangling.
+    check_err(
+        r#"
+        name: web
+        command: [./web, "${OUTPOST_PORT_HTTP}"]
+        ports: [http, { name: admin, host_port: lots }]
+        liveness: { tcp: { port: admin } }
+        "#,
+        r#"web.ports[1].host_port: expected a whole number, got "lots""#,
+    );
+}
+
+#[test]
+fn probes_need_exactly_one_check() {
+    check_err(
+        "name: web\ncommand: [./web]\nliveness: { period: 1s }\nreadiness: { http: { path: / } }\n",
+        "web.liveness: needs a check: one of `http`, `tcp` or `exec`\nweb.readiness.http.port: missing",
+    );
+}
+
+#[test]
+fn documents_that_are_not_services_are_reported_by_position() {
+    check_err(
+        "- just\n- a list\n",
+        r#"web.yaml[doc 1]: expected a mapping of service fields, got a list"#,
+    );
+    check_err("", "web.yaml: no services: the file has no YAML documents");
+}
+
+#[test]
+fn yaml_syntax_errors_give_file_line_and_column() {
+    check_err(
+        "name: web\ncommand: [./web\nreplicas: 2\n",
+        "web.yaml:3:9: illegal placement of ':' indicator",
+    );
+    check_err(
+        "name: web\nname: again\n",
+        r#"web.yaml:2:1: key "name" appears twice in the same mapping"#,
+    );
+}
+
+mod never_panics {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Keys the decoders know, plus a few they do not, so generated documents reach deep code.
+    const KEYS: &[&str] = &[
+        "name",
+        "replicas",
+        "driver",
+        "image",
+        "command",
+        "entrypoint",
+        "env",
+        "workdir",
+        "user",
+        "ports",
+        "volumes",
+        "restart",
+        "liveness",
+        "readiness",
+        "resources",
+        "stop_grace",
+        "http",
+        "tcp",
+        "exec",
+        "port",
+        "path",
+        "period",
+        "timeout",
+        "policy",
+        "initial_backoff",
+        "requests",
+        "limits",
+        "cpu",
+        "memory",
+        "pids",
+        "services",
+        "web",
+        "environment",
+        "healthcheck",
+        "test",
+        "deploy",
+        "restart_policy",
+        "delay",
+        "cpus",
+        "target",
+        "published",
+        "type",
+        "source",
+        "x-ext",
+        "build",
+        "bogus",
+    ];
+    const WORDS: &[&str] = &[
+        "",
+        "1s",
+        "0s",
+        "500ms",
+        "1m30s",
+        "http",
+        "web",
+        "process",
+        "docker",
+        "always",
+        "no",
+        "on-failure:3",
+        "${PORT}",
+        "${X:-d}",
+        "${Y:?e}",
+        "$$",
+        "$",
+        "8080:80",
+        "[::1]:1:2/udp",
+        "1-2",
+        "./a:/b:ro",
+        "/x",
+        "CMD",
+        "CMD-SHELL",
+        "NONE",
+        "100m",
+        "64Mi",
+        "50M",
+        "-1",
+        "0.5",
+        "KEY=v",
+        "KEY",
+        "'unclosed",
+        "a b \"c d\"",
+        "bind",
+        "tmpfs",
+    ];
+
+    fn tree() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-3i64..70_000).prop_map(Value::from),
+            prop::sample::select(WORDS).prop_map(Value::from),
+        ];
+        leaf.prop_recursive(5, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(KEYS), inner), 0..6).prop_map(
+                    |entries| Value::Object(
+                        entries
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v))
+                            .collect()
+                    )
+                ),
+            ]
+        })
+    }
+
+    fn all_parsers(text: &str) {
+        let env = BTreeMap::from([("X".to_string(), "x".to_string())]);
+        let _ = parse_native("f.yaml", text);
+        let _ = crate::parse_compose("f.yaml", text, &env, Some("Y=1\n"));
+        let _ = crate::parse_file("f.yaml", text, &env, None);
+    }
+
+    proptest! {
+        #[test]
+        fn on_arbitrary_text(text in ".{0,200}") {
+            all_parsers(&text);
+        }
+
+        #[test]
+        fn on_yaml_like_text(text in "[a-z_:{}\\[\\],'\"#&*!|>0-9. $-]{0,120}(\n[ a-z_:{}\\[\\],'\"#&*!|>0-9.$-]{0,60}){0,6}") {
+            all_parsers(&text);
+        }
+
+        /// JSON is YAML: random documents built from known keys exercise every decoder.
+        #[test]
+        fn on_documents_of_known_keys(doc in tree(), services in tree()) {
+            all_parsers(&doc.to_string());
+            all_parsers(&serde_json::json!({ "services": { "web": services } }).to_string());
+        }
+
+        #[test]
+        fn on_a_valid_spec_with_damage(at in 0usize..600, junk in "[\n :\\[{}\"'$-]{1,4}") {
+            let text = dedent(EXAMPLE);
+            let at = (0..=at.min(text.len())).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            all_parsers(&format!("{}{junk}{}", &text[..at], &text[at..]));
+        }
+    }
+}

@@ -1,0 +1,591 @@
+//! Rules every service spec must satisfy however it arrived: parsed from native YAML or Compose,
+//! or posted as JSON to the API (the server calls [`validate`]). Each broken rule becomes a
+//! [`Problem`] naming the field, and all of them are reported together.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::decode::Path;
+use crate::error::{Problem, SpecError};
+use crate::types::{
+    DriverKind, PortRef, ProbeAction, ProbeSpec, Protocol, RestartSpec, ServiceSpec,
+};
+
+/// 1000: far more tasks than an edge cluster of small nodes runs for one service, so a larger
+/// number is almost surely a typo (an extra zero) that would swamp the scheduler.
+pub const MAX_REPLICAS: u32 = 1000;
+
+/// 63: the DNS label limit (RFC 1035); service names become DNS names in service discovery.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// 6 MiB: Docker refuses a smaller memory limit at container start; say so at deploy instead.
+pub const MIN_DOCKER_MEMORY: u64 = 6 << 20;
+
+/// Variables the agent sets for every task, besides `PORT` and `OUTPOST_PORT_<NAME>`.
+pub const TASK_VARS: [&str; 4] = [
+    "OUTPOST_TASK_ID",
+    "OUTPOST_SERVICE",
+    "OUTPOST_SLOT",
+    "OUTPOST_NODE",
+];
+
+/// Checks one spec, e.g. one that arrived as JSON. Paths start with the service's name.
+pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
+    let mut problems = Vec::new();
+    check_service(spec, &root_path(spec), &[], &mut problems);
+    SpecError::check(problems)
+}
+
+/// Checks specs meant to run together: each one, and that no two share a name.
+pub fn validate_all(specs: &[ServiceSpec]) -> Result<(), SpecError> {
+    let mut problems = Vec::new();
+    let mut named = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let root = root_path(spec);
+        check_service(spec, &root, &[], &mut problems);
+        named.push((root, spec.clone(), format!("service {}", i + 1)));
+    }
+    unique_names(&named, &mut problems);
+    SpecError::check(problems)
+}
+
+fn root_path(spec: &ServiceSpec) -> Path {
+    Path::root(if spec.name.is_empty() {
+        "service"
+    } else {
+        &spec.name
+    })
+}
+
+/// Reports, on the later spec, every name already used by an earlier one. `where` says where
+/// each spec came from (`doc 2`, `service "web_1"`) because their paths look alike.
+pub(crate) fn unique_names<'a>(
+    named: impl IntoIterator<Item = &'a (Path, ServiceSpec, String)>,
+    out: &mut Vec<Problem>,
+) {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (root, spec, place) in named {
+        match seen.get(spec.name.as_str()) {
+            Some(first) => out.push(Problem::new(
+                root.key("name").to_string(),
+                format!(
+                    "{:?} is already the name of another service ({first})",
+                    spec.name
+                ),
+            )),
+            None => {
+                seen.insert(&spec.name, place);
+            }
+        }
+    }
+}
+
+/// The problems of freshly decoded specs: the decoder's, then each spec's rules, then duplicate
+/// names. A rule about a field that already failed to decode is dropped: the field holds a
+/// default, and a second problem about it would only confuse.
+pub(crate) fn after_decoding(
+    mut problems: Vec<Problem>,
+    decoded: &[(Path, ServiceSpec, String)],
+) -> Vec<Problem> {
+    let failed: Vec<Path> = problems
+        .iter()
+        .map(|p| Path::root(p.path.clone()))
+        .collect();
+    for (root, spec, _) in decoded {
+        check_service(spec, root, &failed, &mut problems);
+    }
+    unique_names(decoded, &mut problems);
+    problems
+}
+
+/// Every rule for one spec; `root` is the path its problems start with. `failed` lists the paths
+/// that failed to decode: rules about them, or that depend on them, stay quiet.
+pub(crate) fn check_service(
+    spec: &ServiceSpec,
+    root: &Path,
+    failed: &[Path],
+    out: &mut Vec<Problem>,
+) {
+    let mut rules = Rules { root, failed, out };
+    rules.name(spec);
+    rules.replicas(spec);
+    match spec.driver {
+        DriverKind::Process => rules.process(spec),
+        DriverKind::Docker => rules.docker(spec),
+    }
+    rules.env(spec);
+    rules.ports(spec);
+    rules.volumes(spec);
+    rules.restart(&spec.restart);
+    for (field, probe) in [("liveness", &spec.liveness), ("readiness", &spec.readiness)] {
+        if let Some(probe) = probe {
+            rules.probe(spec, &root.key(field), probe);
+        }
+    }
+    rules.resources(spec);
+    rules.references(spec);
+}
+
+struct Rules<'a> {
+    root: &'a Path,
+    failed: &'a [Path],
+    out: &'a mut Vec<Problem>,
+}
+
+impl Rules<'_> {
+    fn report(&mut self, path: &Path, message: impl Into<String>) {
+        let path = path.to_string();
+        if !self.failed.iter().any(|f| f.covers(&path)) {
+            self.out.push(Problem::new(path, message));
+        }
+    }
+
+    /// Whether `field` decoded cleanly, so rules that look at it can trust what they see.
+    fn sound(&self, field: &str) -> bool {
+        let field = self.at(field);
+        !self.failed.iter().any(|f| field.covers(&f.to_string()))
+    }
+
+    fn at(&self, field: &str) -> Path {
+        self.root.key(field)
+    }
+
+    fn name(&mut self, spec: &ServiceSpec) {
+        if let Err(why) = dns_label(&spec.name) {
+            self.report(&self.at("name"), format!("{:?} {why}", spec.name));
+        }
+    }
+
+    fn replicas(&mut self, spec: &ServiceSpec) {
+        if spec.replicas > MAX_REPLICAS {
+            let message = format!(
+                "{} is more than the maximum of {MAX_REPLICAS}",
+                spec.replicas
+            );
+            self.report(&self.at("replicas"), message);
+        }
+    }
+
+    fn process(&mut self, spec: &ServiceSpec) {
+        match spec.command.first() {
+            None => self.report(&self.at("command"), "a process service needs a command"),
+            Some(program) if program.is_empty() => {
+                self.report(&self.at("command").index(0), "the program name is empty")
+            }
+            Some(_) => {}
+        }
+        if spec.image.is_some() {
+            let message = "a process service cannot have an image (set `driver: docker` to run it as a container)";
+            self.report(&self.at("image"), message);
+        }
+        if !spec.entrypoint.is_empty() {
+            let message = "only containers have an entrypoint; put the program first in `command`";
+            self.report(&self.at("entrypoint"), message);
+        }
+        if !spec.volumes.is_empty() {
+            self.report(&self.at("volumes"), "volumes need the docker driver");
+        }
+        for (i, port) in spec.ports.iter().enumerate() {
+            let at = self.at("ports").index(i);
+            if port.container_port.is_some() {
+                self.report(
+                    &at.key("container_port"),
+                    "only containers have a container port",
+                );
+            }
+            if port.host_ip.is_some() {
+                self.report(
+                    &at.key("host_ip"),
+                    "only containers can be published on one address",
+                );
+            }
+        }
+    }
+
+    fn docker(&mut self, spec: &ServiceSpec) {
+        match spec.image.as_deref() {
+            None | Some("") => self.report(&self.at("image"), "a docker service needs an image"),
+            Some(image) if image.chars().any(char::is_whitespace) => self.report(
+                &self.at("image"),
+                format!("{image:?} is not an image reference"),
+            ),
+            Some(_) => {}
+        }
+        if let Some(dir) = &spec.workdir
+            && !dir.starts_with('/')
+        {
+            let message = format!("{dir:?} must be an absolute path inside the container");
+            self.report(&self.at("workdir"), message);
+        }
+    }
+
+    fn env(&mut self, spec: &ServiceSpec) {
+        for (key, value) in &spec.env {
+            let at = self.at("env").key(key);
+            if !is_identifier(key) {
+                let message = "is not a valid variable name (use letters, digits and '_', not starting with a digit)";
+                self.report(&at, message);
+            }
+            if value.contains('\0') {
+                self.report(&at, "contains a NUL byte");
+            }
+        }
+    }
+
+    fn ports(&mut self, spec: &ServiceSpec) {
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        let mut published: BTreeMap<(u16, bool), &str> = BTreeMap::new();
+        for (i, port) in spec.ports.iter().enumerate() {
+            let at = self.at("ports").index(i);
+            if let Err(why) = dns_label(&port.name) {
+                self.report(&at.key("name"), format!("{:?} {why}", port.name));
+            }
+            if !names.insert(&port.name) {
+                self.report(
+                    &at.key("name"),
+                    format!("{:?} is declared twice", port.name),
+                );
+            }
+            for (field, number) in [
+                ("container_port", port.container_port),
+                ("host_port", port.host_port),
+            ] {
+                if number == Some(0) {
+                    self.report(&at.key(field), "0 is not a port number (use 1 to 65535)");
+                }
+            }
+            if let Some(ip) = &port.host_ip
+                && ip.parse::<IpAddr>().is_err()
+            {
+                self.report(&at.key("host_ip"), format!("{ip:?} is not an IP address"));
+            }
+            if let Some(host) = port.host_port {
+                let key = (host, port.protocol == Protocol::Udp);
+                if let Some(other) = published.insert(key, &port.name) {
+                    let message = format!("host port {host} is already used by port {other:?}");
+                    self.report(&at.key("host_port"), message);
+                }
+            }
+        }
+    }
+
+    fn volumes(&mut self, spec: &ServiceSpec) {
+        let mut targets = BTreeSet::new();
+        for (i, volume) in spec.volumes.iter().enumerate() {
+            let at = self.at("volumes").index(i);
+            if let Err(why) = volume_source(&volume.source) {
+                self.report(&at.key("source"), why);
+            }
+            if !volume.target.starts_with('/') {
+                let message = format!(
+                    "{:?} must be an absolute path inside the container",
+                    volume.target
+                );
+                self.report(&at.key("target"), message);
+            }
+            if !targets.insert(volume.target.as_str()) {
+                self.report(
+                    &at.key("target"),
+                    format!("{:?} is mounted twice", volume.target),
+                );
+            }
+        }
+    }
+
+    fn restart(&mut self, restart: &RestartSpec) {
+        let at = self.at("restart");
+        if restart.initial_backoff.is_zero() {
+            let message = "must be more than zero, or a crash loop would spin a core";
+            self.report(&at.key("initial_backoff"), message);
+        } else if restart.initial_backoff > restart.max_backoff {
+            let message = format!(
+                "{} is longer than max_backoff ({})",
+                humantime::format_duration(restart.initial_backoff),
+                humantime::format_duration(restart.max_backoff)
+            );
+            self.report(&at.key("initial_backoff"), message);
+        }
+    }
+
+    fn probe(&mut self, spec: &ServiceSpec, at: &Path, probe: &ProbeSpec) {
+        for (field, value) in [("period", probe.period), ("timeout", probe.timeout)] {
+            if value.is_zero() {
+                self.report(&at.key(field), "must be more than zero");
+            }
+        }
+        for (field, value) in [
+            ("failure_threshold", probe.failure_threshold),
+            ("success_threshold", probe.success_threshold),
+        ] {
+            if value == 0 {
+                self.report(&at.key(field), "must be at least 1");
+            }
+        }
+        match &probe.action {
+            ProbeAction::Http { path, port } => {
+                if !path.starts_with('/') {
+                    self.report(
+                        &at.key("http").key("path"),
+                        format!("{path:?} must start with '/'"),
+                    );
+                }
+                self.probe_port(spec, &at.key("http").key("port"), port);
+            }
+            ProbeAction::Tcp { port } => self.probe_port(spec, &at.key("tcp").key("port"), port),
+            ProbeAction::Exec { command } => match command.first() {
+                None => self.report(&at.key("exec"), "must name a command to run"),
+                Some(program) if program.is_empty() => {
+                    self.report(&at.key("exec").index(0), "the program name is empty")
+                }
+                Some(_) => {}
+            },
+        }
+    }
+
+    fn probe_port(&mut self, spec: &ServiceSpec, at: &Path, port: &PortRef) {
+        if !self.sound("ports") {
+            return;
+        }
+        match port {
+            PortRef::Number(0) => self.report(at, "0 is not a port number (use 1 to 65535)"),
+            PortRef::Number(_) => {}
+            PortRef::Name(name) if spec.ports.iter().any(|p| &p.name == name) => {}
+            PortRef::Name(name) if spec.ports.is_empty() => {
+                let message = format!("no port named {name:?}: the service declares no ports");
+                self.report(at, message);
+            }
+            PortRef::Name(name) => {
+                let declared: Vec<&str> = spec.ports.iter().map(|p| p.name.as_str()).collect();
+                let message = format!("no port named {name:?} (declared: {})", declared.join(", "));
+                self.report(at, message);
+            }
+        }
+    }
+
+    fn resources(&mut self, spec: &ServiceSpec) {
+        let (requests, limits) = (&spec.resources.requests, &spec.resources.limits);
+        let at = self.at("resources");
+        let pairs = [
+            (
+                "cpu",
+                requests.cpu.map(|c| (c.0, c.to_string())),
+                limits.cpu.map(|c| (c.0, c.to_string())),
+            ),
+            (
+                "memory",
+                requests.memory.map(|m| (m.0, m.to_string())),
+                limits.memory.map(|m| (m.0, m.to_string())),
+            ),
+            (
+                "pids",
+                requests.pids.map(|n| (n, n.to_string())),
+                limits.pids.map(|n| (n, n.to_string())),
+            ),
+        ];
+        for (field, request, limit) in pairs {
+            if let Some((0, _)) = limit {
+                self.report(&at.key("limits").key(field), "must be more than zero");
+            }
+            if let (Some((want, want_text)), Some((cap, cap_text))) = (request, limit)
+                && want > cap
+            {
+                let message = format!("{want_text} is more than the limit ({cap_text})");
+                self.report(&at.key("requests").key(field), message);
+            }
+        }
+        if let Some(memory) = limits.memory
+            && spec.driver == DriverKind::Docker
+            && memory.0 > 0
+            && memory.0 < MIN_DOCKER_MEMORY
+        {
+            let message = format!("{memory} is below Docker's minimum memory limit of 6Mi");
+            self.report(&at.key("limits").key("memory"), message);
+        }
+    }
+
+    /// `${X}` in command and env is expanded by the agent at start. Unknown names are left as
+    /// written (a shell in the command may want `${HOME}`), so only names that can only mean an
+    /// Outpost variable — `PORT` and `OUTPOST_*` — must resolve.
+    fn references(&mut self, spec: &ServiceSpec) {
+        if !self.sound("ports") || !self.sound("env") {
+            return;
+        }
+        let mut texts: Vec<(Path, &str)> = Vec::new();
+        for (i, arg) in spec.command.iter().enumerate() {
+            texts.push((self.at("command").index(i), arg));
+        }
+        for (key, value) in &spec.env {
+            texts.push((self.at("env").key(key), value));
+        }
+        for (at, text) in texts {
+            for name in references(text) {
+                if let Some(why) = unresolved(spec, name) {
+                    self.report(&at, format!("\"${{{name}}}\" {why}"));
+                }
+            }
+        }
+    }
+}
+
+/// Why `${name}` cannot resolve, if it looks like an Outpost variable and does not.
+fn unresolved(spec: &ServiceSpec, name: &str) -> Option<String> {
+    let known = spec.env.contains_key(name)
+        || TASK_VARS.contains(&name)
+        || (name == "PORT" && !spec.ports.is_empty())
+        || spec.ports.iter().any(|p| p.env_var() == name);
+    if known {
+        return None;
+    }
+    if name == "PORT" {
+        return Some(
+            "is only set for services that declare a port (add `ports: [http]`)".to_string(),
+        );
+    }
+    if name.starts_with("OUTPOST_PORT_") {
+        let vars: Vec<String> = spec.ports.iter().map(|p| p.env_var()).collect();
+        return Some(match vars.is_empty() {
+            true => "refers to a port, but the service declares no ports".to_string(),
+            false => format!(
+                "refers to no declared port (ports give {})",
+                vars.join(", ")
+            ),
+        });
+    }
+    if name.starts_with("OUTPOST_") {
+        let vars = TASK_VARS.join(", ");
+        return Some(format!(
+            "is not a variable Outpost sets (it sets PORT, OUTPOST_PORT_<NAME>, {vars})"
+        ));
+    }
+    None
+}
+
+/// The names in `${NAME}` references, found the way the agent's expansion finds them.
+pub(crate) fn references(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { break };
+        names.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    names
+}
+
+/// RFC 1035 label: lowercase letters, digits and '-', starting with a letter, at most 63 long.
+pub(crate) fn dns_label(name: &str) -> Result<(), String> {
+    let rule =
+        "use lowercase letters, digits and '-', starting with a letter and not ending with '-'";
+    if name.is_empty() {
+        return Err("is empty".to_string());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("is longer than {MAX_NAME_LEN} characters"));
+    }
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let starts_ok = name.starts_with(|c: char| c.is_ascii_lowercase());
+    if !valid_chars || !starts_ok || name.ends_with('-') {
+        return Err(format!("is not a valid name: {rule}"));
+    }
+    Ok(())
+}
+
+/// A POSIX shell variable name.
+pub(crate) fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A host path (`/srv/data`, `./data`) or a Docker volume name (`pgdata`).
+fn volume_source(source: &str) -> Result<(), String> {
+    if source.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if source.starts_with('/') || source.starts_with('.') {
+        return Ok(());
+    }
+    let mut chars = source.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        return Ok(());
+    }
+    Err(format!(
+        "{source:?} is neither a host path (starting with / or .) nor a volume name"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::PortSpec;
+
+    fn check(spec: &ServiceSpec, expect: &[&str]) {
+        let got = match validate(spec) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.problems.iter().map(Problem::to_string).collect(),
+        };
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn specs_arriving_as_json_get_the_same_rules() {
+        let json = r#"{"name":"web","replicas":1,"driver":"process","command":["./web","${PORT}"],
+            "restart":{"policy":"always","initial_backoff":"0s","max_backoff":"30s","reset_after":"10s"},
+            "readiness":{"tcp":{"port":"http"},"initial_delay":"0s","period":"1s","timeout":"1s",
+            "failure_threshold":3,"success_threshold":1},"stop_grace":"5s"}"#;
+        let spec: ServiceSpec = serde_json::from_str(json).unwrap();
+        check(
+            &spec,
+            &[
+                "web.restart.initial_backoff: must be more than zero, or a crash loop would spin a core",
+                r#"web.readiness.tcp.port: no port named "http": the service declares no ports"#,
+                r#"web.command[1]: "${PORT}" is only set for services that declare a port (add `ports: [http]`)"#,
+            ],
+        );
+    }
+
+    #[test]
+    fn a_good_spec_passes_and_an_unnamed_one_is_called_service() {
+        let mut spec = ServiceSpec::process("web", &["./web", "${PORT}"]);
+        spec.ports = vec![PortSpec::named("http")];
+        check(&spec, &[]);
+        check(
+            &ServiceSpec::process("", &["./x"]),
+            &[r#"service.name: "" is empty"#],
+        );
+    }
+
+    #[test]
+    fn validate_all_also_rejects_duplicate_names() {
+        let a = ServiceSpec::process("a", &["./a"]);
+        let error = validate_all(&[a.clone(), ServiceSpec::process("b", &["./b"]), a]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"a.name: "a" is already the name of another service (service 1)"#
+        );
+    }
+
+    #[test]
+    fn names_are_dns_labels() {
+        for good in ["a", "web", "api-2", "a1-b2"] {
+            assert_eq!(dns_label(good), Ok(()), "{good}");
+        }
+        for bad in ["", "Web", "1web", "web-", "we_b", "wéb", &"a".repeat(64)] {
+            assert!(dns_label(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn references_are_found_as_the_agent_finds_them() {
+        assert_eq!(
+            references("--port=${PORT} ${A}${B} $C ${unclosed"),
+            ["PORT", "A", "B"]
+        );
+    }
+}
