@@ -1,5 +1,6 @@
 //! The OpenAPI 3.1 document of `/v1`, served at `/v1/openapi.json`. Written by hand next to the
-//! types it describes; a test in the server checks that every route it serves is listed here.
+//! types it describes; the server's `routes` test checks that every path listed here is served.
+//! The Raft RPC routes (`/v1/raft/*`) are internal between servers and not listed.
 
 use serde_json::{Value, json};
 

@@ -392,3 +392,63 @@ fn events_record_what_happened() {
         "filtered by service: {table}"
     );
 }
+
+/// Pids of every process in process group `pgid`.
+fn group(pgid: u64) -> Vec<u64> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // After the command name: state, ppid, pgrp.
+        if fields.get(2).and_then(|g| g.parse::<u64>().ok()) == Some(pgid)
+            && fields.first() != Some(&"Z")
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn stopping_a_task_stops_everything_it_forked() {
+    let dev = Dev::start(&[]);
+    // A shell that leaves a background child behind and then becomes the app.
+    dev.deploy(
+        "forky.yaml",
+        r#"
+name: forky
+replicas: 2
+command: ["sh", "-c", "sleep 3000 & exec DEMO_APP --port ${PORT}"]
+ports: [http]
+readiness: { tcp: { port: http } }
+stop_grace: 1s
+"#,
+    );
+    let tasks = dev.wait_ready("forky", 2);
+    let groups: Vec<u64> = tasks.iter().map(pid).collect();
+    for g in &groups {
+        wait_for("the forked sleep to appear", || {
+            (group(*g).len() == 2).then_some(())
+        });
+    }
+    // Scale-down stops slot 2's whole group; rm stops the other.
+    let slot2 = tasks.iter().find(|t| t["slot"] == 2).map(pid).unwrap();
+    dev.ok(&["scale", "forky", "1"]);
+    wait_for("the scaled-down group to be empty", || {
+        group(slot2).is_empty().then_some(())
+    });
+    dev.ok(&["rm", "forky"]);
+    wait_for("every group to be empty", || {
+        groups.iter().all(|g| group(*g).is_empty()).then_some(())
+    });
+}

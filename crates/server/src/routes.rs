@@ -2,7 +2,6 @@
 //! validated whole before anything is proposed, so a bad request changes nothing; reads answer
 //! from this server's applied state.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use api::{
@@ -23,8 +22,6 @@ use crate::{Ctx, now};
 
 /// Longest a blocking query may wait: below common proxy idle timeouts.
 const MAX_WAIT: Duration = Duration::from_secs(30);
-/// Sanity bound on replicas: a typo like `replicas: 30000` must not fork-bomb a small node.
-pub const MAX_REPLICAS: u32 = 1000;
 
 pub fn router(ctx: Ctx) -> Router {
     let api = Router::new()
@@ -156,32 +153,21 @@ async fn get_service(State(ctx): State<Ctx>, Path(name): Path<String>) -> Answer
 
 /// Every problem of a deploy, each located by field path; empty when it may proceed.
 fn check_deploy(req: &DeployRequest) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (i, spec) in req.services.iter().enumerate() {
-        if let Err(e) = spec::validate(spec) {
-            problems.extend(e.problems.into_iter().map(|p| Problem {
+    let mut problems: Vec<Problem> = match spec::validate_all(&req.services) {
+        Ok(()) => Vec::new(),
+        Err(e) => e
+            .problems
+            .into_iter()
+            .map(|p| Problem {
                 path: p.path,
                 message: p.message,
-            }));
-        }
-        if !seen.insert(spec.name.as_str()) {
-            problems.push(Problem {
-                path: format!("services[{i}].name"),
-                message: format!("{:?} is deployed twice in one request", spec.name),
-            });
-        }
-        if spec.replicas > MAX_REPLICAS {
-            problems.push(Problem {
-                path: format!("{}.replicas", spec.name),
-                message: format!(
-                    "{} is more than the maximum of {MAX_REPLICAS}",
-                    spec.replicas
-                ),
-            });
-        }
+            })
+            .collect(),
+    };
+    for spec in &req.services {
         if spec.driver == spec::DriverKind::Docker && !req.dry_run {
-            let message = "the docker driver is not available in this version: image-based services can be checked with --dry-run but not deployed yet; use driver: process with a command";
+            let message = "the docker driver is not available in this version: image-based services \
+                           can be checked with --dry-run but not deployed yet; use driver: process with a command";
             problems.push(Problem {
                 path: format!("{}.driver", spec.name),
                 message: message.into(),
@@ -260,14 +246,15 @@ async fn scale(
     Path(name): Path<String>,
     Json(req): Json<ScaleRequest>,
 ) -> Answer<ServiceSummary> {
-    if req.replicas > MAX_REPLICAS {
+    if req.replicas > spec::MAX_REPLICAS {
         return Err(Fail::invalid(
             "the scale was refused",
             vec![Problem {
                 path: "replicas".into(),
                 message: format!(
-                    "{} is more than the maximum of {MAX_REPLICAS}",
-                    req.replicas
+                    "{} is more than the maximum of {}",
+                    req.replicas,
+                    spec::MAX_REPLICAS
                 ),
             }],
         ));
