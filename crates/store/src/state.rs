@@ -533,3 +533,299 @@ pub fn changed_fields(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::TaskStatus;
+
+    const T: Timestamp = Timestamp(1_000);
+
+    /// Applies commands in order, checking the invariants after each, as the store does.
+    fn run(state: &mut State, commands: Vec<Command>) -> Vec<Response> {
+        commands
+            .into_iter()
+            .map(|c| {
+                let r = state.apply(state.index + 1, &c);
+                assert_eq!(state.check(), Ok(()), "after {c:?}");
+                r
+            })
+            .collect()
+    }
+
+    fn web(replicas: u32) -> ServiceSpec {
+        let mut spec = ServiceSpec::process("web", &["app"]);
+        spec.replicas = replicas;
+        spec
+    }
+
+    fn node(name: &str) -> Command {
+        Command::RegisterNode {
+            node: RegisterRequest {
+                name: name.into(),
+                address: format!("http://{name}"),
+                capacity: Capacity {
+                    cpu_millis: 1000,
+                    memory_bytes: 1 << 30,
+                },
+                drivers: vec!["process".into()],
+                version: "test".into(),
+            },
+            time: T,
+        }
+    }
+
+    fn place(slot: u32, node: &str) -> Command {
+        Command::Reconcile {
+            place: vec![Placement {
+                service: "web".into(),
+                slot,
+                node: node.into(),
+            }],
+            stop: vec![],
+            pending: vec![],
+            time: T,
+        }
+    }
+
+    fn status(id: &str, state: TaskState) -> StatusReport {
+        StatusReport {
+            tasks: vec![TaskStatus {
+                id: id.into(),
+                state,
+                ready: state == TaskState::Running,
+                restarts: 0,
+                pid: Some(7),
+                container_id: None,
+                ports: BTreeMap::new(),
+                started_at: Some(T),
+                exit_code: None,
+                message: None,
+            }],
+            events: vec![],
+        }
+    }
+
+    fn report(node: &str, id: &str, state: TaskState) -> Command {
+        Command::Report {
+            node: node.into(),
+            report: status(id, state),
+            time: T,
+        }
+    }
+
+    #[test]
+    fn deploy_tells_create_update_and_unchanged() {
+        let mut s = State::default();
+        let mut changed = web(1);
+        changed.env.insert("A".into(), "1".into());
+        let answers = run(
+            &mut s,
+            vec![
+                Command::Deploy {
+                    services: vec![web(1)],
+                    time: T,
+                },
+                Command::Deploy {
+                    services: vec![web(1)],
+                    time: T,
+                },
+                Command::Deploy {
+                    services: vec![web(3)],
+                    time: T,
+                },
+                Command::Deploy {
+                    services: vec![changed],
+                    time: T,
+                },
+            ],
+        );
+        let kinds: Vec<(ChangeKind, Vec<String>)> = answers
+            .into_iter()
+            .map(|r| match r {
+                Response::Deployed(c) => (c[0].change, c[0].fields.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ChangeKind::Create, vec![]),
+                (ChangeKind::Unchanged, vec![]),
+                (ChangeKind::Update, vec!["replicas".to_string()]),
+                (
+                    ChangeKind::Update,
+                    vec!["env".to_string(), "replicas".to_string()]
+                ),
+            ]
+        );
+        // A replica count alone keeps the version: running tasks need not be replaced.
+        assert_eq!(s.services["web"].version, 2);
+    }
+
+    #[test]
+    fn placements_create_tasks_once_and_bump_the_nodes_index() {
+        let mut s = State::default();
+        run(
+            &mut s,
+            vec![
+                node("a"),
+                Command::Deploy {
+                    services: vec![web(2)],
+                    time: T,
+                },
+            ],
+        );
+        let before = s.node_index["a"];
+        run(
+            &mut s,
+            vec![
+                place(1, "a"),
+                place(1, "a"),
+                place(3, "a"),
+                place(1, "ghost"),
+            ],
+        );
+        assert_eq!(
+            s.tasks.keys().collect::<Vec<_>>(),
+            vec!["web.1.1"],
+            "duplicate, out-of-range and unknown-node placements are skipped"
+        );
+        assert!(s.node_index["a"] > before);
+        assert_eq!(s.assignments("a").len(), 1);
+        assert!(s.assignments("b").is_empty());
+    }
+
+    #[test]
+    fn only_the_owning_node_reports_and_stopped_tasks_are_forgotten() {
+        let mut s = State::default();
+        run(
+            &mut s,
+            vec![
+                node("a"),
+                node("b"),
+                Command::Deploy {
+                    services: vec![web(1)],
+                    time: T,
+                },
+                place(1, "a"),
+            ],
+        );
+        run(&mut s, vec![report("b", "web.1.1", TaskState::Failed)]);
+        assert_eq!(
+            s.tasks["web.1.1"].state,
+            TaskState::Pending,
+            "node b does not run it"
+        );
+        run(&mut s, vec![report("a", "web.1.1", TaskState::Running)]);
+        assert_eq!(
+            (s.tasks["web.1.1"].state, s.tasks["web.1.1"].ready),
+            (TaskState::Running, true)
+        );
+        run(
+            &mut s,
+            vec![Command::Remove {
+                service: "web".into(),
+                time: T,
+            }],
+        );
+        assert_eq!(s.tasks["web.1.1"].desired, DesiredState::Shutdown);
+        assert!(s.services["web"].removing, "kept until its task is down");
+        run(&mut s, vec![report("a", "web.1.1", TaskState::Exited)]);
+        assert!(s.tasks.is_empty() && s.services.is_empty());
+    }
+
+    #[test]
+    fn unknown_targets_answer_not_found() {
+        let mut s = State::default();
+        let answers = run(
+            &mut s,
+            vec![
+                Command::Scale {
+                    service: "nope".into(),
+                    replicas: 2,
+                    time: T,
+                },
+                Command::Remove {
+                    service: "nope".into(),
+                    time: T,
+                },
+                Command::SetNodeState {
+                    node: "nope".into(),
+                    state: NodeState::Down,
+                    time: T,
+                },
+            ],
+        );
+        assert!(
+            answers
+                .iter()
+                .all(|r| matches!(r, Response::NotFound(n) if n == "nope"))
+        );
+        assert_eq!(
+            s,
+            State {
+                index: 3,
+                ..State::default()
+            }
+        );
+    }
+
+    #[test]
+    fn event_history_is_bounded_and_ordered() {
+        let mut s = State::default();
+        run(&mut s, vec![node("a")]);
+        for _ in 0..EVENT_HISTORY + 10 {
+            let c = Command::SetNodeState {
+                node: "a".into(),
+                state: NodeState::Suspect,
+                time: T,
+            };
+            s.apply(s.index + 1, &c);
+            let c = Command::SetNodeState {
+                node: "a".into(),
+                state: NodeState::Ready,
+                time: T,
+            };
+            s.apply(s.index + 1, &c);
+        }
+        assert_eq!(s.events.len(), EVENT_HISTORY);
+        assert_eq!(s.events.back().unwrap().seq, s.next_event);
+        assert!(
+            s.events
+                .iter()
+                .zip(s.events.iter().skip(1))
+                .all(|(a, b)| a.seq + 1 == b.seq)
+        );
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let commands = vec![
+            node("a"),
+            Command::Deploy {
+                services: vec![web(2)],
+                time: T,
+            },
+            place(1, "a"),
+            place(2, "a"),
+            report("a", "web.1.1", TaskState::Running),
+            Command::Scale {
+                service: "web".into(),
+                replicas: 1,
+                time: T,
+            },
+            Command::Reconcile {
+                place: vec![],
+                stop: vec!["web.2.2".into()],
+                pending: vec![],
+                time: T,
+            },
+        ];
+        let (mut x, mut y) = (State::default(), State::default());
+        run(&mut x, commands.clone());
+        run(&mut y, commands);
+        assert_eq!(x, y);
+        assert_eq!(x.tasks["web.2.2"].desired, DesiredState::Shutdown);
+    }
+}
