@@ -20,7 +20,7 @@ pub mod probe;
 mod report;
 pub mod supervisor;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,7 +98,7 @@ pub struct Agent {
     running: HashMap<String, Running>,
     finished_tx: mpsc::UnboundedSender<String>,
     /// Tasks the control plane no longer lists, or wants stopped: drop them once stopped.
-    forget: HashMap<String, bool>,
+    forget: HashSet<String>,
 }
 
 impl Agent {
@@ -154,7 +154,7 @@ impl Agent {
             client,
             running: HashMap::new(),
             finished_tx,
-            forget: HashMap::new(),
+            forget: HashSet::new(),
         };
         agent.restore()?;
 
@@ -231,47 +231,34 @@ impl Agent {
                 .is_some_and(|a| a.desired == DesiredState::Running);
             if !keep {
                 let _ = run.stop.send(true);
-                self.forget.insert(id.clone(), true);
+                self.forget.insert(id.clone());
             }
         }
         for a in &assignments {
             if self.running.contains_key(&a.task) {
                 continue;
             }
+            let task = LocalTask::new(a.clone());
             match a.desired {
                 DesiredState::Running => {
-                    let task = LocalTask {
-                        assignment: a.clone(),
-                        ports: BTreeMap::new(),
-                        handle: None,
-                        restarts: 0,
-                        started_at: None,
-                    };
                     if let Err(e) = self.shared.local.put(&task) {
                         tracing::error!(task = a.task, "cannot save assignment: {e}");
                     }
-                    self.supervise(task, false);
                 }
                 // Asked to stop something not running here (finished before, or lost with a
-                // reboot): say it is stopped so the control plane can let it go.
+                // reboot): a supervisor told to stop at once reports it stopped, so the control
+                // plane can let it go.
                 DesiredState::Shutdown => {
-                    let task = LocalTask {
-                        assignment: a.clone(),
-                        ports: BTreeMap::new(),
-                        handle: None,
-                        restarts: 0,
-                        started_at: None,
-                    };
-                    self.supervise(task, false);
-                    self.forget.insert(a.task.clone(), true);
+                    self.forget.insert(a.task.clone());
                 }
             }
+            self.supervise(task, false);
         }
     }
 
     fn finished(&mut self, id: &str) {
         self.running.remove(id);
-        if self.forget.remove(id).is_some() {
+        if self.forget.remove(id) {
             if let Err(e) = self.shared.local.remove(id) {
                 tracing::error!(task = id, "cannot forget task: {e}");
             }
@@ -304,7 +291,7 @@ impl Agent {
             match tokio::time::timeout_at(deadline, finished.recv()).await {
                 Ok(Some(id)) => {
                     self.running.remove(&id);
-                    if self.forget.remove(&id).is_some() {
+                    if self.forget.remove(&id) {
                         let _ = self.shared.local.remove(&id);
                     }
                 }

@@ -24,6 +24,19 @@ pub struct LocalTask {
     pub started_at: Option<Timestamp>,
 }
 
+impl LocalTask {
+    /// A task just assigned: no ports, never started.
+    pub fn new(assignment: Assignment) -> LocalTask {
+        LocalTask {
+            assignment,
+            ports: BTreeMap::new(),
+            handle: None,
+            restarts: 0,
+            started_at: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("agent state {path}: {message}")]
 pub struct LocalError {
