@@ -32,10 +32,11 @@ use client::Client;
 use tokio::sync::{mpsc, watch};
 
 use crate::driver::Driver;
+use crate::driver::docker::DockerDriver;
 use crate::driver::process::ProcessDriver;
 use crate::local::{LocalState, LocalTask};
 use crate::logs::LogStore;
-use crate::supervisor::Shared;
+use crate::supervisor::{Control, Shared};
 
 /// 500 ms: two heartbeats fit inside the server's ~1 s suspicion window.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -87,7 +88,7 @@ enum Event {
 }
 
 struct Running {
-    stop: watch::Sender<bool>,
+    control: watch::Sender<Control>,
     assignment: Assignment,
 }
 
@@ -137,8 +138,19 @@ impl Agent {
             updates_rx,
             registered_rx.clone(),
         ));
+        let agent_id = agent_id(&config.data_dir)?;
         let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
         drivers.insert("process".into(), Arc::new(ProcessDriver::new()));
+        let docker = match DockerDriver::connect(&agent_id).await {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!("docker driver unavailable: {e}");
+                None
+            }
+        };
+        if let Some(d) = &docker {
+            drivers.insert("docker".into(), d.clone());
+        }
         let shared = Shared {
             node: config.name.clone(),
             drivers,
@@ -157,6 +169,9 @@ impl Agent {
             forget: HashSet::new(),
         };
         agent.restore()?;
+        if let Some(d) = &docker {
+            agent.remove_unknown_containers(d).await;
+        }
 
         let register = RegisterRequest {
             name: agent.config.name.clone(),
@@ -205,14 +220,37 @@ impl Agent {
         Ok(())
     }
 
+    /// Removes this agent's containers that no remembered task owns (their service was removed
+    /// while the agent was down). Containers of other agents, or unlabelled ones, are never
+    /// touched.
+    async fn remove_unknown_containers(&self, docker: &DockerDriver) {
+        match docker.owned().await {
+            Ok(owned) => {
+                for (task, container) in owned {
+                    if !self.running.contains_key(&task) {
+                        tracing::info!(task, "removing container {container}: its task is gone");
+                        docker.remove(&container).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot list this agent's containers: {e}"),
+        }
+    }
+
     fn supervise(&mut self, task: LocalTask, adopt: bool) {
         let id = task.assignment.task.clone();
         let assignment = task.assignment.clone();
-        let (stop, join) = supervisor::spawn(self.shared.clone(), task, adopt);
+        let (control, join) = supervisor::spawn(self.shared.clone(), task, adopt);
         if assignment.desired == DesiredState::Shutdown {
-            let _ = stop.send(true);
+            let _ = control.send(Control::Stop);
         }
-        self.running.insert(id, Running { stop, assignment });
+        self.running.insert(
+            id,
+            Running {
+                control,
+                assignment,
+            },
+        );
         let finished = self.finished_tx.clone();
         tokio::spawn(async move {
             if let Ok(id) = join.await {
@@ -230,7 +268,7 @@ impl Agent {
                 .get(id.as_str())
                 .is_some_and(|a| a.desired == DesiredState::Running);
             if !keep {
-                let _ = run.stop.send(true);
+                let _ = run.control.send(Control::Stop);
                 self.forget.insert(id.clone());
             }
         }
@@ -274,11 +312,12 @@ impl Agent {
         }
     }
 
-    /// Stops every task and waits for each to be down. Their assignments stay in local state,
-    /// so the next start of the agent brings them back.
+    /// Stops every task whose driver does not let it outlive the agent (and leaves containers
+    /// running), then waits for each supervisor to finish. Assignments stay in local state, so the
+    /// next start of the agent brings the tasks back or re-adopts them.
     async fn stop_all(&mut self, finished: &mut mpsc::UnboundedReceiver<String>) {
         for run in self.running.values() {
-            let _ = run.stop.send(true);
+            let _ = run.control.send(Control::Detach);
         }
         let longest = self
             .running
@@ -365,6 +404,31 @@ async fn register_until_done(client: &Client, register: &RegisterRequest) {
             }
         }
     }
+}
+
+/// This agent's identity on the node's container engine, made once and kept in its data dir:
+/// several agents (or test clusters) may share one engine without touching each other's
+/// containers.
+fn agent_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
+    let path = data_dir.join("agent-id");
+    let err = |source| AgentError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let mut bytes = [0u8; 4];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(err)?;
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &id).map_err(err)?;
+    Ok(id)
 }
 
 /// What this node offers: all its cores and the memory it has.

@@ -13,7 +13,7 @@ use spec::{ProbeSpec, RestartPolicy, RestartSpec, ServiceSpec};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use crate::driver::{BoxFuture, Driver, Exit, Handle, Launch, StopSignal};
+use crate::driver::{BoxFuture, Driver, Exit, Handle, Launch, Started, StopSignal};
 use crate::local::{LocalState, LocalTask};
 use crate::logs::LogStore;
 use crate::probe::{self, Threshold, Verdict};
@@ -71,20 +71,31 @@ pub struct Supervisor {
     shared: Shared,
     task: LocalTask,
     driver: Arc<dyn Driver>,
-    stop: watch::Receiver<bool>,
+    control: watch::Receiver<Control>,
     observed: Observed,
     /// Restarts since the task last stayed up for `reset_after`: the backoff exponent.
     streak: u32,
 }
 
-/// Starts supervising `task`; returns the sender that asks it to stop (send `true`).
+/// What the agent wants of a supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Run,
+    /// Stop the task for good.
+    Stop,
+    /// The agent is shutting down: stop the task unless its driver's tasks outlive the agent,
+    /// in which case leave it running for the next agent to re-adopt.
+    Detach,
+}
+
+/// Starts supervising `task`; returns the sender that steers it.
 /// With `adopt`, a task whose process still runs is re-attached instead of restarted.
 pub fn spawn(
     shared: Shared,
     task: LocalTask,
     adopt: bool,
-) -> (watch::Sender<bool>, tokio::task::JoinHandle<String>) {
-    let (stop_tx, stop) = watch::channel(false);
+) -> (watch::Sender<Control>, tokio::task::JoinHandle<String>) {
+    let (control_tx, control) = watch::channel(Control::Run);
     let driver_name = task.assignment.spec.driver.to_string();
     let id = task.assignment.task.clone();
     let Some(driver) = shared.drivers.get(&driver_name).cloned() else {
@@ -101,13 +112,13 @@ pub fn spawn(
             );
             id
         });
-        return (stop_tx, join);
+        return (control_tx, join);
     };
     let sup = Supervisor {
         shared,
         task,
         driver,
-        stop,
+        control,
         observed: Observed {
             state: TaskState::Pending,
             ready: false,
@@ -117,7 +128,7 @@ pub fn spawn(
         streak: 0,
     };
     let join = tokio::spawn(sup.run(adopt));
-    (stop_tx, join)
+    (control_tx, join)
 }
 
 fn report_raw(
@@ -169,12 +180,24 @@ impl Supervisor {
     }
 
     fn stopping(&self) -> bool {
-        *self.stop.borrow()
+        *self.control.borrow() != Control::Run
+    }
+
+    /// Told to leave the task running for the next agent.
+    fn detaching(&self) -> bool {
+        *self.control.borrow() == Control::Detach && self.driver.outlives_agent()
+    }
+
+    /// Waits until told to stop or detach.
+    async fn until_stopped(&self) {
+        let mut control = self.control.clone();
+        let _ = control.wait_for(|c| *c != Control::Run).await;
     }
 
     async fn run(mut self, adopt: bool) -> String {
         let mut handle = match self.task.handle.clone() {
-            Some(h) if adopt && self.driver.alive(&h) => {
+            Some(h) if adopt && self.driver.alive(&h).await => {
+                self.driver.adopt(&h, &self.launch()).await;
                 let pid = h.pid.map_or(String::new(), |p| format!(" (pid {p})"));
                 self.observed.state = TaskState::Running;
                 self.report(vec![self.event(
@@ -206,8 +229,10 @@ impl Supervisor {
             };
             let started = Instant::now();
             match self.watch(&h).await {
+                Outcome::Stop if self.detaching() => return self.task.assignment.task,
                 Outcome::Stop => {
                     self.terminate(&h).await;
+                    self.driver.cleanup(&h).await;
                     break;
                 }
                 Outcome::Exited(exit) => {
@@ -248,7 +273,9 @@ impl Supervisor {
                 }
             }
         }
-        self.stopped();
+        if !self.detaching() {
+            self.stopped();
+        }
         self.task.assignment.task
     }
 
@@ -263,7 +290,10 @@ impl Supervisor {
             );
         }
         match self.driver.start(&launch).await {
-            Ok(h) => {
+            Ok(Started {
+                handle: h,
+                warnings,
+            }) => {
                 self.task.handle = Some(h.clone());
                 self.task.started_at = Some(now());
                 self.persist();
@@ -279,11 +309,13 @@ impl Supervisor {
                     message: None,
                 };
                 let pid = h.pid.map_or(String::new(), |p| format!(" as pid {p}"));
-                self.report(vec![self.event(
-                    Level::Info,
-                    "started",
-                    format!("started{pid}"),
-                )]);
+                let mut events = vec![self.event(Level::Info, "started", format!("started{pid}"))];
+                events.extend(
+                    warnings
+                        .into_iter()
+                        .map(|w| self.event(Level::Warning, "warning", w)),
+                );
+                self.report(events);
                 Some(h)
             }
             Err(e) => {
@@ -323,19 +355,16 @@ impl Supervisor {
             .map(|(k, v)| (k.clone(), expand(v, &vars)))
             .collect();
         env.extend(vars.clone());
-        let mut argv: Vec<String> = spec
-            .entrypoint
-            .iter()
-            .chain(&spec.command)
-            .map(|a| expand(a, &env))
-            .collect();
-        if argv.is_empty() {
-            argv.push(String::new());
-        }
+        let expand_all = |args: &[String]| args.iter().map(|a| expand(a, &env)).collect();
         Launch {
             task_id: self.id().to_string(),
-            argv,
-            env,
+            service: self.task.assignment.service.clone(),
+            version: self.task.assignment.version,
+            spec: spec.clone(),
+            entrypoint: expand_all(&spec.entrypoint),
+            command: expand_all(&spec.command),
+            ports: self.task.ports.clone(),
+            env: env.clone(),
             workdir: spec
                 .workdir
                 .as_ref()
@@ -361,12 +390,12 @@ impl Supervisor {
         .round();
         let mut ready =
             ProbeLoop::new(spec.readiness, true, ports, driver.clone(), h.clone()).round();
-        let mut stop = self.stop.clone();
+        let mut control = self.control.clone();
         loop {
             tokio::select! {
                 e = &mut exit => return Outcome::Exited(e),
-                changed = stop.changed() => {
-                    if changed.is_err() || *stop.borrow() {
+                changed = control.changed() => {
+                    if changed.is_err() || *control.borrow() != Control::Run {
                         return Outcome::Stop;
                     }
                 }
@@ -437,8 +466,7 @@ impl Supervisor {
     async fn after_run(&mut self, next: Next) -> bool {
         let up_since = match next {
             Next::Park => {
-                let mut stop = self.stop.clone();
-                let _ = stop.wait_for(|s| *s).await;
+                self.until_stopped().await;
                 return false;
             }
             Next::Restart { up_since } => up_since,
@@ -460,22 +488,21 @@ impl Supervisor {
             ),
         );
         self.report(vec![e]);
-        let mut stop = self.stop.clone();
         tokio::select! {
             _ = sleep(delay) => true,
-            _ = stop.wait_for(|s| *s) => false,
+            _ = self.until_stopped() => false,
         }
     }
 
     /// SIGTERM, up to `stop_grace`, then SIGKILL.
     async fn terminate(&mut self, h: &Handle) {
         let grace = self.spec().stop_grace;
-        if let Err(e) = self.driver.signal(h, StopSignal::Term) {
+        if let Err(e) = self.driver.signal(h, StopSignal::Term).await {
             tracing::warn!(task = self.id(), "{e}");
         }
         let exited = tokio::time::timeout(grace, self.driver.wait(h)).await;
         if exited.is_err() {
-            let _ = self.driver.signal(h, StopSignal::Kill);
+            let _ = self.driver.signal(h, StopSignal::Kill).await;
             let _ = tokio::time::timeout(KILL_WAIT, self.driver.wait(h)).await;
             let e = self.event(
                 Level::Warning,

@@ -8,7 +8,13 @@
 //!
 //! Flags: `--port N` (default: `$PORT`, else 8080), `--exit-after MS` and `--exit-code N` (exit
 //! on a timer, for restart-policy tests), `--delay-ready MS` (bind the port late, for readiness
-//! tests). It is std-only so it links statically and fits a `FROM scratch` image.
+//! tests), `--alloc-mb N` (hold N MiB of touched memory, for memory-limit tests).
+//!
+//! `demo-app probe PORT [PATH]` is a health check client: exit 0 when `GET PATH` (default
+//! `/healthz`) on 127.0.0.1:PORT answers 2xx. A `FROM scratch` image has no shell or curl, so
+//! exec probes and Compose healthchecks use this.
+//!
+//! It is std-only so it links statically and fits a `FROM scratch` image.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,6 +28,7 @@ struct Options {
     exit_after: Option<Duration>,
     exit_code: i32,
     delay_ready: Duration,
+    alloc_mb: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -33,6 +40,7 @@ fn parse_args() -> Result<Options, String> {
         exit_after: None,
         exit_code: 0,
         delay_ready: Duration::ZERO,
+        alloc_mb: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -53,6 +61,7 @@ fn parse_args() -> Result<Options, String> {
                     .map_err(|_| format!("--exit-code: {value:?} is not a number"))?
             }
             "--delay-ready" => opts.delay_ready = Duration::from_millis(number("milliseconds")?),
+            "--alloc-mb" => opts.alloc_mb = number("a size in MiB")? as usize,
             _ => {
                 return Err(format!(
                     "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready"
@@ -63,7 +72,44 @@ fn parse_args() -> Result<Options, String> {
     Ok(opts)
 }
 
+/// `demo-app probe PORT [PATH]`: exit 0 if the path answers 2xx, 1 otherwise.
+fn probe(args: &[String]) -> ! {
+    let port: u16 = args.first().and_then(|p| p.parse().ok()).unwrap_or(8080);
+    let path = args.get(1).map_or("/healthz", String::as_str);
+    let healthy = (|| -> std::io::Result<bool> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .is_some_and(|code| code.starts_with('2')))
+    })();
+    exit(if matches!(healthy, Ok(true)) { 0 } else { 1 })
+}
+
+/// Allocates and touches `mb` MiB so it is really resident, and keeps it.
+fn hold_memory(mb: usize) -> Vec<u8> {
+    let mut block = vec![0u8; mb << 20];
+    for page in block.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    if mb > 0 {
+        println!("demo-app: holding {mb} MiB");
+    }
+    block
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("probe") {
+        probe(&args[2..]);
+    }
     let opts = match parse_args() {
         Ok(o) => o,
         Err(e) => {
@@ -79,6 +125,7 @@ fn main() {
             exit(code);
         });
     }
+    let _held = hold_memory(opts.alloc_mb);
     std::thread::sleep(opts.delay_ready);
     let listener = match TcpListener::bind(("0.0.0.0", opts.port)) {
         Ok(l) => l,

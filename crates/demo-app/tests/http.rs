@@ -67,3 +67,20 @@ fn bad_flags_are_refused() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown flag --bogus"));
 }
+
+#[test]
+fn probe_mode_reports_health_by_exit_code() {
+    let (mut child, port) = start(&[]);
+    let probe = |path: &str| {
+        Command::new(env!("CARGO_BIN_EXE_demo-app"))
+            .args(["probe", &port.to_string(), path])
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(probe("/healthz"), Some(0));
+    assert_eq!(probe("/missing"), Some(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(probe("/healthz"), Some(1), "nothing listens any more");
+}

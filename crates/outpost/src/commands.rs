@@ -90,11 +90,6 @@ pub async fn apply(
     println!("{}", output::changes(&response.changes));
     if dry_run {
         println!("\n{}", output::spec_summary(&specs));
-        if specs.iter().any(|s| s.driver == spec::DriverKind::Docker) {
-            println!(
-                "\nnote: image-based services need the docker driver, which this version does not have yet: deploying them will be refused."
-            );
-        }
         println!("dry run: nothing was changed");
     }
     Ok(())

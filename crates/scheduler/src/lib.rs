@@ -58,8 +58,10 @@ pub fn plan(
     }
     let mut rooms = rooms(nodes, &live, services, &plan.stop);
     for (name, service) in services.iter().filter(|(_, s)| !s.removing) {
+        // A task without a node is a replica still waiting for room: its slot is not filled.
         let filled: Vec<u32> = live
             .iter()
+            .filter(|t| t.node.is_some())
             .filter(|t| {
                 &t.service == name && t.version == service.version && !plan.stop.contains(&t.id)
             })

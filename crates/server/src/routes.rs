@@ -164,16 +164,6 @@ fn check_deploy(req: &DeployRequest) -> Vec<Problem> {
             })
             .collect(),
     };
-    for spec in &req.services {
-        if spec.driver == spec::DriverKind::Docker && !req.dry_run {
-            let message = "the docker driver is not available in this version: image-based services \
-                           can be checked with --dry-run but not deployed yet; use driver: process with a command";
-            problems.push(Problem {
-                path: format!("{}.driver", spec.name),
-                message: message.into(),
-            });
-        }
-    }
     if req.services.is_empty() {
         problems.push(Problem {
             path: "services".into(),

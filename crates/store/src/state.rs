@@ -297,25 +297,54 @@ impl State {
             return;
         }
         let version = svc.version;
-        let taken = self.tasks.values().any(|t| {
-            t.service == p.service
-                && t.slot == p.slot
+        let current = self
+            .slot_task(&p.service, p.slot, version)
+            .map(|t| (t.id.clone(), t.node.is_some()));
+        let id = match current {
+            Some((_, true)) => return,
+            // A replica waiting for room gets its node; it keeps its id.
+            Some((id, false)) => id,
+            None => self.new_task(&p.service, p.slot, version, time),
+        };
+        if let Some(task) = self.tasks.get_mut(&id) {
+            task.node = Some(p.node.clone());
+            task.message = None;
+            task.updated_at = time;
+        }
+        self.node_index.insert(p.node.clone(), self.index);
+        self.event(
+            time,
+            Level::Info,
+            "placed",
+            Some(&p.service),
+            Some(&id),
+            Some(&p.node),
+            format!("task {id} placed on {}", p.node),
+        );
+    }
+
+    /// The task that fills a slot of a service version, placed or waiting.
+    fn slot_task(&self, service: &str, slot: u32, version: u64) -> Option<&Task> {
+        self.tasks.values().find(|t| {
+            t.service == service
+                && t.slot == slot
                 && t.desired == DesiredState::Running
                 && t.version == version
-        });
-        if taken {
-            return;
-        }
+        })
+    }
+
+    /// Creates a task with no node yet and returns its id.
+    fn new_task(&mut self, service: &str, slot: u32, version: u64, time: Timestamp) -> String {
         self.next_task += 1;
-        let id = format!("{}.{}.{}", p.service, p.slot, self.next_task);
+        let id = format!("{service}.{slot}.{}", self.next_task);
         self.tasks.insert(
             id.clone(),
             Task {
                 id: id.clone(),
-                service: p.service.clone(),
-                slot: p.slot,
+                service: service.to_string(),
+                slot,
                 version,
-                node: Some(p.node.clone()),
+                node: None,
                 desired: DesiredState::Running,
                 state: TaskState::Pending,
                 ready: false,
@@ -330,16 +359,7 @@ impl State {
                 updated_at: time,
             },
         );
-        self.node_index.insert(p.node.clone(), self.index);
-        self.event(
-            time,
-            Level::Info,
-            "placed",
-            Some(&p.service),
-            Some(&id),
-            Some(&p.node),
-            format!("task {id} placed on {}", p.node),
-        );
+        id
     }
 
     fn stop_task(&mut self, id: &str, time: Timestamp) {
@@ -362,9 +382,12 @@ impl State {
         }
     }
 
+    /// Replicas that fit nowhere become tasks without a node, in state pending with the reason,
+    /// so `ps` shows them; an event tells when the reason changes.
     fn set_pending(&mut self, pending: &[(String, String)], time: Timestamp) {
         let now: BTreeMap<String, String> = pending.iter().cloned().collect();
         for (service, reason) in &now {
+            self.wait_for_room(service, reason, time);
             if self.pending.get(service) != Some(reason) {
                 self.event(
                     time,
@@ -410,6 +433,26 @@ impl State {
             self.push_event(e);
         }
         self.forget_removed_services();
+    }
+
+    fn wait_for_room(&mut self, service: &str, reason: &str, time: Timestamp) {
+        let Some(svc) = self.services.get(service) else {
+            return;
+        };
+        if svc.removing {
+            return;
+        }
+        let (replicas, version) = (svc.spec.replicas, svc.version);
+        for slot in 1..=replicas {
+            let id = match self.slot_task(service, slot, version) {
+                Some(t) if t.node.is_some() => continue,
+                Some(t) => t.id.clone(),
+                None => self.new_task(service, slot, version, time),
+            };
+            if let Some(task) = self.tasks.get_mut(&id) {
+                task.message = Some(format!("waiting for a node: {reason}"));
+            }
+        }
     }
 
     /// A removed service is forgotten once its last task is gone.
@@ -827,5 +870,82 @@ mod tests {
         run(&mut y, commands);
         assert_eq!(x, y);
         assert_eq!(x.tasks["web.2.2"].desired, DesiredState::Shutdown);
+    }
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    #[test]
+    fn replicas_without_room_wait_as_tasks_and_keep_their_id_when_placed() {
+        let mut s = State::default();
+        let mut spec = ServiceSpec::process("web", &["app"]);
+        spec.replicas = 2;
+        let t = Timestamp(1);
+        s.apply(
+            1,
+            &Command::Deploy {
+                services: vec![spec],
+                time: t,
+            },
+        );
+        let reason = "2 of 2 replicas cannot be placed: no node has registered yet".to_string();
+        let wait = Command::Reconcile {
+            place: vec![],
+            stop: vec![],
+            pending: vec![("web".into(), reason.clone())],
+            time: t,
+        };
+        s.apply(2, &wait);
+        s.apply(3, &wait);
+        assert_eq!(s.tasks.len(), 2, "waiting replicas are created once");
+        let waiting = &s.tasks["web.1.1"];
+        assert_eq!(
+            (waiting.node.as_deref(), waiting.state),
+            (None, TaskState::Pending)
+        );
+        assert_eq!(
+            waiting.message.as_deref(),
+            Some(format!("waiting for a node: {reason}").as_str())
+        );
+        assert_eq!(
+            s.events
+                .iter()
+                .filter(|e| e.event.reason == "unschedulable")
+                .count(),
+            1
+        );
+        s.apply(
+            4,
+            &Command::RegisterNode {
+                node: RegisterRequest {
+                    name: "a".into(),
+                    address: String::new(),
+                    capacity: Capacity::default(),
+                    drivers: vec![],
+                    version: String::new(),
+                },
+                time: t,
+            },
+        );
+        let place = Placement {
+            service: "web".into(),
+            slot: 1,
+            node: "a".into(),
+        };
+        s.apply(
+            5,
+            &Command::Reconcile {
+                place: vec![place],
+                stop: vec![],
+                pending: vec![],
+                time: t,
+            },
+        );
+        assert_eq!(s.tasks["web.1.1"].node.as_deref(), Some("a"));
+        assert_eq!(s.tasks["web.1.1"].message, None);
+        assert_eq!(s.check(), Ok(()));
+        assert_eq!(s.assignments("a").len(), 1);
     }
 }

@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
-use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, StopSignal};
+use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, Started, StopSignal};
 
 /// How often an adopted process (not our child, so no exit notification) is checked for life.
 /// 100 ms keeps crash detection of adopted tasks well inside the recovery target.
@@ -35,7 +35,8 @@ impl ProcessDriver {
     }
 
     fn spawn(&self, launch: &Launch) -> Result<Handle, DriverError> {
-        let program = launch.argv.first().cloned().unwrap_or_default();
+        let argv = launch.argv();
+        let program = argv.first().cloned().unwrap_or_default();
         let fail = |reason: String| DriverError::Start {
             program: program.clone(),
             reason,
@@ -52,7 +53,7 @@ impl ProcessDriver {
             })?;
         let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
         let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&launch.argv[1..])
+        cmd.args(argv.iter().skip(1))
             .env_clear()
             .envs(
                 INHERITED_ENV
@@ -94,6 +95,34 @@ impl ProcessDriver {
     }
 }
 
+impl ProcessDriver {
+    /// Signals the task's whole process group, if the task is still the process we started.
+    fn signal_group(&self, handle: &Handle, signal: StopSignal) -> Result<(), DriverError> {
+        let Some(pid) = handle.pid else { return Ok(()) };
+        if !self.is_alive(handle) {
+            return Ok(());
+        }
+        let sig = match signal {
+            StopSignal::Term => Signal::SIGTERM,
+            StopSignal::Kill => Signal::SIGKILL,
+        };
+        match killpg(Pid::from_raw(pid as i32), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(DriverError::Other(format!(
+                "cannot signal process group {pid}: {e}"
+            ))),
+        }
+    }
+
+    fn is_alive(&self, handle: &Handle) -> bool {
+        match (handle.pid, handle.start_ticks) {
+            (Some(pid), Some(ticks)) => start_ticks(pid) == Some(ticks),
+            (Some(pid), None) => start_ticks(pid).is_some(),
+            _ => false,
+        }
+    }
+}
+
 fn start_error(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => {
@@ -132,8 +161,26 @@ impl Driver for ProcessDriver {
         "process"
     }
 
-    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Handle, DriverError>> {
-        Box::pin(async move { self.spawn(launch) })
+    fn outlives_agent(&self) -> bool {
+        false
+    }
+
+    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Started, DriverError>> {
+        Box::pin(async move {
+            self.spawn(launch).map(|handle| Started {
+                handle,
+                warnings: Vec::new(),
+            })
+        })
+    }
+
+    fn adopt<'a>(&'a self, _handle: &'a Handle, _launch: &'a Launch) -> BoxFuture<'a, ()> {
+        // The process still writes to its log file itself: nothing to re-attach.
+        Box::pin(async {})
+    }
+
+    fn cleanup<'a>(&'a self, _handle: &'a Handle) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
 
     fn wait<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Exit> {
@@ -160,7 +207,7 @@ impl Driver for ProcessDriver {
                     exit
                 }
                 None => {
-                    while self.alive(handle) {
+                    while self.is_alive(handle) {
                         tokio::time::sleep(ADOPTED_POLL).await;
                     }
                     Exit::Unknown
@@ -169,29 +216,16 @@ impl Driver for ProcessDriver {
         })
     }
 
-    fn signal(&self, handle: &Handle, signal: StopSignal) -> Result<(), DriverError> {
-        let Some(pid) = handle.pid else { return Ok(()) };
-        if !self.alive(handle) {
-            return Ok(());
-        }
-        let sig = match signal {
-            StopSignal::Term => Signal::SIGTERM,
-            StopSignal::Kill => Signal::SIGKILL,
-        };
-        match killpg(Pid::from_raw(pid as i32), sig) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(DriverError::Other(format!(
-                "cannot signal process group {pid}: {e}"
-            ))),
-        }
+    fn signal<'a>(
+        &'a self,
+        handle: &'a Handle,
+        signal: StopSignal,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move { self.signal_group(handle, signal) })
     }
 
-    fn alive(&self, handle: &Handle) -> bool {
-        match (handle.pid, handle.start_ticks) {
-            (Some(pid), Some(ticks)) => start_ticks(pid) == Some(ticks),
-            (Some(pid), None) => start_ticks(pid).is_some(),
-            _ => false,
-        }
+    fn alive<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, bool> {
+        Box::pin(async move { self.is_alive(handle) })
     }
 
     fn exec<'a>(

@@ -306,3 +306,93 @@ pub fn http_get(port: u64, path: &str) -> Option<String> {
     s.read_to_string(&mut out).ok()?;
     Some(out)
 }
+
+/// The local test image: the demo app, linked statically, in a `FROM scratch` image built here
+/// (no registry is ever needed). `None` (with the reason printed) when no Docker Engine answers
+/// on a developer machine; under CI a missing engine fails the test instead.
+pub fn docker_image() -> Option<&'static str> {
+    static IMAGE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    match IMAGE.get_or_init(build_image) {
+        Ok(()) => Some(TEST_IMAGE),
+        Err(reason) if std::env::var_os("CI").is_some() => {
+            panic!("Docker tests must run under CI: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("skipping a Docker test: {reason}");
+            None
+        }
+    }
+}
+
+pub const TEST_IMAGE: &str = "outpost-demo:test";
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn build_image() -> Result<(), String> {
+    run(Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]))
+        .map_err(|e| format!("no Docker Engine answers ({e})"))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target = root.join("target").join("static");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // A static glibc build of a std-only program runs in an empty image.
+    run(Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "demo-app",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    let context = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::copy(
+        target.join("x86_64-unknown-linux-gnu/debug/demo-app"),
+        context.path().join("demo-app"),
+    )
+    .map_err(|e| format!("cannot copy the static demo-app: {e}"))?;
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM scratch\nCOPY demo-app /demo-app\nUSER 65534\nENTRYPOINT [\"/demo-app\"]\nCMD [\"--port\", \"8080\"]\n",
+    )
+    .map_err(|e| e.to_string())?;
+    run(Command::new("docker")
+        .args(["build", "-q", "-t", TEST_IMAGE])
+        .arg(context.path()))?;
+    Ok(())
+}
+
+/// `docker inspect` of a container, as JSON.
+pub fn docker_inspect(id: &str) -> Value {
+    let out = run(Command::new("docker").args(["inspect", id])).unwrap();
+    serde_json::from_str::<Value>(&out).unwrap()[0].clone()
+}
+
+/// Ids of every container (running or not) labelled with this agent's id.
+pub fn agent_containers(dev: &Dev) -> Vec<String> {
+    let agent = std::fs::read_to_string(dev.data_dir().join("agent").join("agent-id")).unwrap();
+    let out = run(Command::new("docker")
+        .args(["ps", "-aq", "--no-trunc", "--filter"])
+        .arg(format!("label=outpost.agent={}", agent.trim())))
+    .unwrap();
+    out.lines().map(str::to_string).collect()
+}

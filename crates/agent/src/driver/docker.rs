@@ -1,0 +1,527 @@
+//! The Docker driver: a task is a container, created through the Engine API (bollard) and
+//! labelled with its service, task, revision and the agent that owns it. Docker's own restart
+//! policy stays `no`: restarts, backoff and probes are the supervisor's, as for processes.
+//! Containers outlive the agent; a restarted agent re-adopts them by container id and label.
+//!
+//! Only this file knows bollard.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, WaitContainerOptions,
+};
+use futures_util::StreamExt;
+use spec::ServiceSpec;
+use tokio::io::AsyncWriteExt;
+
+use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, Started, StopSignal};
+
+pub const LABEL_SERVICE: &str = "outpost.service";
+pub const LABEL_TASK: &str = "outpost.task";
+pub const LABEL_REVISION: &str = "outpost.revision";
+/// The agent that owns a container: cleanup never touches another agent's containers.
+pub const LABEL_AGENT: &str = "outpost.agent";
+
+/// The capabilities an ordinary service keeps, after dropping all (Docker's default set minus
+/// the rarely needed and risky ones: NET_RAW, MKNOD, AUDIT_WRITE, SYS_CHROOT).
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+];
+
+/// How often a dead log stream is retried while its container runs.
+const LOG_RETRY: Duration = Duration::from_millis(500);
+
+/// Container-only settings of a spec. TEMPORARY: filled from the spec once it carries them.
+struct Hardening {
+    pull: Pull,
+    cap_add: Vec<String>,
+    cap_drop: Vec<String>,
+    security_opt: Vec<String>,
+    privileged: bool,
+    read_only: bool,
+    stop_signal: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+enum Pull {
+    IfNotPresent,
+    Always,
+    Never,
+}
+
+fn hardening(_spec: &ServiceSpec) -> Hardening {
+    Hardening {
+        pull: Pull::IfNotPresent,
+        cap_add: Vec::new(),
+        cap_drop: Vec::new(),
+        security_opt: Vec::new(),
+        privileged: false,
+        read_only: false,
+        stop_signal: None,
+    }
+}
+
+pub struct DockerDriver {
+    docker: Docker,
+    agent_id: String,
+}
+
+impl DockerDriver {
+    /// Connects to the local engine and checks that it answers.
+    pub async fn connect(agent_id: &str) -> Result<DockerDriver, String> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| format!("cannot connect to the Docker Engine: {e}"))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| format!("the Docker Engine does not answer: {e}"))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| format!("the Docker Engine does not answer: {e}"))?;
+        Ok(DockerDriver {
+            docker,
+            agent_id: agent_id.to_string(),
+        })
+    }
+
+    fn container_name(&self, task: &str) -> String {
+        format!("outpost-{}-{task}", self.agent_id)
+    }
+
+    /// Containers of this agent: (task id, container id).
+    pub async fn owned(&self) -> Result<Vec<(String, String)>, String> {
+        let filters = HashMap::from([("label", vec![format!("{LABEL_AGENT}={}", self.agent_id)])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| Some((c.labels?.get(LABEL_TASK)?.clone(), c.id?)))
+            .collect())
+    }
+
+    /// Removes a container of this agent, running or not.
+    pub async fn remove(&self, container: &str) {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(false)
+            .build();
+        if let Err(e) = self.docker.remove_container(container, Some(options)).await
+            && !is_not_found(&e)
+        {
+            tracing::warn!("cannot remove container {container}: {e}");
+        }
+    }
+
+    /// Makes sure the image is here, following the pull policy. Returns warnings.
+    async fn ensure_image(
+        &self,
+        spec: &ServiceSpec,
+        image: &str,
+    ) -> Result<Vec<String>, DriverError> {
+        let present = self.docker.inspect_image(image).await.is_ok();
+        let fail = |reason: String| DriverError::Start {
+            program: image.to_string(),
+            reason,
+        };
+        match (hardening(spec).pull, present) {
+            (Pull::Never, true) | (Pull::IfNotPresent, true) => Ok(Vec::new()),
+            (Pull::Never, false) => Err(fail(
+                "the image is not on this node and the pull policy is never".into(),
+            )),
+            (_, present) => match self.pull(image).await {
+                Ok(()) => Ok(Vec::new()),
+                Err(e) if present => Ok(vec![format!(
+                    "cannot pull {image} ({e}); the registry is unreachable, starting from the local image"
+                )]),
+                Err(e) => Err(fail(format!(
+                    "the image is not on this node and cannot be pulled: {e}"
+                ))),
+            },
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), String> {
+        let options = CreateImageOptionsBuilder::new().from_image(image).build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = stream.next().await {
+            step.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn body(&self, launch: &Launch) -> ContainerCreateBody {
+        let spec = &launch.spec;
+        let hard = hardening(spec);
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        let mut exposed = Vec::new();
+        for port in &spec.ports {
+            let (Some(inside), Some(host)) = (port.container_port, launch.ports.get(&port.name))
+            else {
+                continue;
+            };
+            let key = format!(
+                "{inside}/{}",
+                if port.protocol == spec::Protocol::Udp {
+                    "udp"
+                } else {
+                    "tcp"
+                }
+            );
+            let binding = PortBinding {
+                host_ip: port.host_ip.clone(),
+                host_port: Some(host.to_string()),
+            };
+            bindings
+                .entry(key.clone())
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(binding);
+            exposed.push(key);
+        }
+        let limits = &spec.resources.limits;
+        let requests = &spec.resources.requests;
+        let mut cap_add: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+        cap_add.extend(hard.cap_add.iter().cloned());
+        cap_add.retain(|c| !hard.cap_drop.contains(c));
+        let mut security_opt = vec!["no-new-privileges:true".to_string()];
+        security_opt.extend(hard.security_opt.iter().map(|o| o.replacen('=', ":", 1)));
+        let host_config = HostConfig {
+            port_bindings: Some(bindings),
+            binds: Some(spec.volumes.iter().map(volume_bind).collect()),
+            memory: limits.memory.map(|m| m.bytes() as i64),
+            memory_reservation: requests.memory.map(|m| m.bytes() as i64),
+            nano_cpus: limits.cpu.map(|c| c.millis() as i64 * 1_000_000),
+            // Kubernetes' conversion: 1 core of request = 1024 shares.
+            cpu_shares: requests
+                .cpu
+                .map(|c| (c.millis() as i64 * 1024 / 1000).max(2)),
+            pids_limit: limits.pids.map(|p| p as i64),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(cap_add),
+            security_opt: Some(security_opt),
+            privileged: Some(hard.privileged),
+            readonly_rootfs: Some(hard.read_only),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        let labels = HashMap::from([
+            (LABEL_SERVICE.to_string(), launch.service.clone()),
+            (LABEL_TASK.to_string(), launch.task_id.clone()),
+            (LABEL_REVISION.to_string(), launch.version.to_string()),
+            (LABEL_AGENT.to_string(), self.agent_id.clone()),
+        ]);
+        ContainerCreateBody {
+            image: spec.image.clone(),
+            cmd: (!launch.command.is_empty()).then(|| launch.command.clone()),
+            entrypoint: (!launch.entrypoint.is_empty()).then(|| launch.entrypoint.clone()),
+            env: Some(launch.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            user: spec.user.clone(),
+            working_dir: spec.workdir.clone(),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            stop_signal: hard.stop_signal.clone(),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    async fn create_and_start(&self, launch: &Launch) -> Result<Started, DriverError> {
+        let image = launch.spec.image.clone().unwrap_or_default();
+        let fail = |reason: String| DriverError::Start {
+            program: image.clone(),
+            reason,
+        };
+        let mut warnings = self.ensure_image(&launch.spec, &image).await?;
+        let name = self.container_name(&launch.task_id);
+        // A container of an earlier run of this task may remain: a restart replaces it.
+        self.remove(&name).await;
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), self.body(launch))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        self.docker
+            .start_container(&created.id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let inspect = self
+            .docker
+            .inspect_container(&created.id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let pid = inspect
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .map(|p| p as u32);
+        if hardening(&launch.spec).privileged {
+            warnings.push("runs privileged: it has full access to the node".into());
+        }
+        let user = inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .unwrap_or_default();
+        if user.is_empty()
+            || user == "root"
+            || user == "0"
+            || user.starts_with("0:")
+            || user.starts_with("root:")
+        {
+            warnings.push(
+                "runs as root: set `user` to an unprivileged user where the image allows".into(),
+            );
+        }
+        self.follow_logs(&created.id, launch, None);
+        Ok(Started {
+            handle: Handle {
+                pid,
+                start_ticks: pid.and_then(super::process::start_ticks),
+                container_id: Some(created.id),
+            },
+            warnings,
+        })
+    }
+
+    /// Copies the container's output into the task's log file until the container stops.
+    fn follow_logs(&self, container: &str, launch: &Launch, since: Option<i32>) {
+        let docker = self.docker.clone();
+        let container = container.to_string();
+        let path = launch.log_path.clone();
+        tokio::spawn(async move {
+            let Ok(mut file) = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await
+            else {
+                tracing::warn!("cannot open log file {}", path.display());
+                return;
+            };
+            let mut options = LogsOptionsBuilder::new()
+                .follow(true)
+                .stdout(true)
+                .stderr(true);
+            if let Some(since) = since {
+                options = options.since(since);
+            }
+            let mut stream = docker.logs(&container, Some(options.build()));
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(chunk) => {
+                        if file.write_all(chunk.as_ref()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!("log stream of {container} ended: {e}");
+                        tokio::time::sleep(LOG_RETRY).await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn volume_bind(v: &spec::VolumeSpec) -> String {
+    format!(
+        "{}:{}{}",
+        v.source,
+        v.target,
+        if v.read_only { ":ro" } else { "" }
+    )
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl Driver for DockerDriver {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn outlives_agent(&self) -> bool {
+        true
+    }
+
+    fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Started, DriverError>> {
+        Box::pin(self.create_and_start(launch))
+    }
+
+    fn adopt<'a>(&'a self, handle: &'a Handle, launch: &'a Launch) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(id) = &handle.container_id else {
+                return;
+            };
+            // Resume the log where the file stopped growing; a line or two may repeat.
+            let since = std::fs::metadata(&launch.log_path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i32);
+            self.follow_logs(id, launch, since);
+        })
+    }
+
+    fn wait<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Exit> {
+        Box::pin(async move {
+            let Some(id) = &handle.container_id else {
+                return Exit::Unknown;
+            };
+            let mut stream = self.docker.wait_container(id, None::<WaitContainerOptions>);
+            let code = match stream.next().await {
+                Some(Ok(r)) => r.status_code,
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                _ => return Exit::Unknown,
+            };
+            let inspect = self
+                .docker
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+                .ok();
+            if inspect.and_then(|i| i.state).and_then(|s| s.oom_killed) == Some(true) {
+                return Exit::OutOfMemory;
+            }
+            // The engine reports death by signal N as 128 + N, like a shell.
+            match code {
+                129..=192 => Exit::Signal(code as i32 - 128),
+                c => Exit::Code(c as i32),
+            }
+        })
+    }
+
+    fn signal<'a>(
+        &'a self,
+        handle: &'a Handle,
+        signal: StopSignal,
+    ) -> BoxFuture<'a, Result<(), DriverError>> {
+        Box::pin(async move {
+            let Some(id) = &handle.container_id else {
+                return Ok(());
+            };
+            let name = match signal {
+                StopSignal::Kill => "SIGKILL".to_string(),
+                // The image's (or the spec's) stop signal, as `docker stop` uses.
+                StopSignal::Term => self
+                    .docker
+                    .inspect_container(id, None::<InspectContainerOptions>)
+                    .await
+                    .ok()
+                    .and_then(|i| i.config?.stop_signal)
+                    .unwrap_or_else(|| "SIGTERM".into()),
+            };
+            let options = KillContainerOptionsBuilder::new().signal(&name).build();
+            match self.docker.kill_container(id, Some(options)).await {
+                Ok(()) => Ok(()),
+                // Already stopped or gone: what a stop wants anyway.
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404 | 409,
+                    ..
+                }) => Ok(()),
+                Err(e) => Err(DriverError::Other(format!(
+                    "cannot signal container {id}: {e}"
+                ))),
+            }
+        })
+    }
+
+    fn alive<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(id) = &handle.container_id else {
+                return false;
+            };
+            match self
+                .docker
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(i) => {
+                    let ours = i
+                        .config
+                        .and_then(|c| c.labels)
+                        .and_then(|l| l.get(LABEL_AGENT).cloned())
+                        == Some(self.agent_id.clone());
+                    ours && i.state.and_then(|s| s.running) == Some(true)
+                }
+                Err(_) => false,
+            }
+        })
+    }
+
+    fn cleanup<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(id) = &handle.container_id {
+                self.remove(id).await;
+            }
+        })
+    }
+
+    fn exec<'a>(
+        &'a self,
+        handle: &'a Handle,
+        argv: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Option<i32>> {
+        Box::pin(async move {
+            let id = handle.container_id.as_ref()?;
+            let run = async {
+                let config = bollard::models::ExecConfig {
+                    cmd: Some(argv.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                };
+                let exec = self.docker.create_exec(id, config).await.ok()?;
+                if let Ok(bollard::exec::StartExecResults::Attached { mut output, .. }) =
+                    self.docker.start_exec(&exec.id, None).await
+                {
+                    while output.next().await.is_some() {}
+                }
+                self.docker
+                    .inspect_exec(&exec.id)
+                    .await
+                    .ok()?
+                    .exit_code
+                    .map(|c| c as i32)
+            };
+            tokio::time::timeout(timeout, run).await.ok().flatten()
+        })
+    }
+}

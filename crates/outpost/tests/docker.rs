@@ -1,0 +1,287 @@
+//! The Docker driver against the real Docker Engine, with an image built here `FROM scratch`.
+//! Skipped with a printed reason where no engine answers, except under CI, where they must run.
+
+mod support;
+
+use support::{Dev, agent_containers, docker_image, docker_inspect, http_get, sigkill, wait_for};
+
+fn boxed(image: &str) -> String {
+    format!(
+        r#"
+name: box
+driver: docker
+image: {image}
+replicas: 2
+ports: [{{ name: http, container_port: 8080 }}]
+liveness: {{ http: {{ path: /healthz, port: http }}, period: 200ms, timeout: 1s, failure_threshold: 2 }}
+readiness: {{ tcp: {{ port: http }}, period: 200ms }}
+resources: {{ requests: {{ cpu: 100m, memory: 16Mi }}, limits: {{ cpu: 500m, memory: 32Mi, pids: 64 }} }}
+stop_grace: 2s
+"#
+    )
+}
+
+fn container(task: &serde_json::Value) -> String {
+    task["container_id"]
+        .as_str()
+        .expect("a docker task has a container id")
+        .to_string()
+}
+
+fn port(task: &serde_json::Value) -> u64 {
+    task["ports"]["http"].as_u64().unwrap()
+}
+
+#[test]
+fn containers_run_labelled_limited_and_locked_down() {
+    let Some(image) = docker_image() else { return };
+    let dev = Dev::start(&[]);
+    dev.deploy("box.yaml", &boxed(image));
+    let tasks = dev.wait_ready("box", 2);
+    for t in &tasks {
+        let id = t["id"].as_str().unwrap();
+        assert!(
+            http_get(port(t), "/")
+                .unwrap()
+                .contains(&format!("hello from {id}"))
+        );
+        let c = docker_inspect(&container(t));
+        let labels = &c["Config"]["Labels"];
+        assert_eq!(labels["outpost.service"], "box");
+        assert_eq!(labels["outpost.task"], id);
+        assert_eq!(labels["outpost.revision"], "1");
+        let host = &c["HostConfig"];
+        assert_eq!(host["Memory"], 32 << 20);
+        assert_eq!(host["MemoryReservation"], 16 << 20);
+        assert_eq!(host["NanoCpus"], 500_000_000);
+        assert_eq!(host["PidsLimit"], 64);
+        assert_eq!(host["RestartPolicy"]["Name"], "no");
+        assert_eq!(host["CapDrop"], serde_json::json!(["ALL"]));
+        assert!(
+            host["SecurityOpt"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o == "no-new-privileges:true"),
+            "{host}"
+        );
+        assert_eq!(host["Privileged"], false);
+    }
+    dev.ok(&["scale", "box", "1"]);
+    dev.wait_ready("box", 1);
+    wait_for("one container left", || {
+        (agent_containers(&dev).len() == 1).then_some(())
+    });
+    dev.ok(&["rm", "box"]);
+    wait_for("no container left", || {
+        agent_containers(&dev).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_killed_container_is_replaced_and_an_unhealthy_one_restarted() {
+    let Some(image) = docker_image() else { return };
+    let dev = Dev::start(&[]);
+    dev.deploy("box.yaml", &boxed(image));
+    let tasks = dev.wait_ready("box", 2);
+    let (killed, sick) = (&tasks[0], &tasks[1]);
+    sigkill(killed["pid"].as_u64().unwrap());
+    http_get(port(sick), "/fail").unwrap();
+    for (t, reason) in [(killed, "exited"), (sick, "unhealthy")] {
+        let id = t["id"].as_str().unwrap();
+        dev.wait_event(id, reason);
+        let back = wait_for("the task to be ready again", || {
+            dev.tasks("box")
+                .into_iter()
+                .find(|x| x["id"] == id && x["restarts"] == 1 && x["ready"] == true)
+        });
+        assert_ne!(
+            container(&back),
+            container(t),
+            "a restart is a new container"
+        );
+        assert!(
+            http_get(port(&back), "/healthz")
+                .unwrap()
+                .contains("200 OK")
+        );
+    }
+    let exited = dev.wait_event(killed["id"].as_str().unwrap(), "exited");
+    assert!(
+        exited["message"].as_str().unwrap().contains("SIGKILL"),
+        "{exited}"
+    );
+    wait_for("old containers removed", || {
+        (agent_containers(&dev).len() == 2).then_some(())
+    });
+}
+
+#[test]
+fn exec_probes_and_compose_healthchecks_run_inside_the_container() {
+    let Some(image) = docker_image() else { return };
+    let dev = Dev::start(&[]);
+    // /demo-app exists only inside the image: passing proves the probe ran in the container.
+    let compose = format!(
+        r#"
+services:
+  checked:
+    image: {image}
+    command: ["--port", "8080"]
+    ports: ["8080"]
+    healthcheck:
+      test: ["CMD", "/demo-app", "probe", "8080"]
+      interval: 300ms
+      timeout: 2s
+      retries: 2
+"#
+    );
+    let path = dev.spec_file("compose.yaml", &compose);
+    dev.ok(&["deploy", "-f", path.to_str().unwrap()]);
+    let t = dev.wait_ready("checked", 1).remove(0);
+    let host_port = t["ports"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    http_get(host_port, "/fail").unwrap();
+    let id = t["id"].as_str().unwrap();
+    let e = dev.wait_event(id, "unhealthy");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("/demo-app probe 8080 exited with status 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_agent_restart_never_restarts_a_healthy_container() {
+    let Some(image) = docker_image() else { return };
+    let mut dev = Dev::start(&[]);
+    dev.deploy("box.yaml", &boxed(image));
+    let before = dev.wait_ready("box", 2);
+    let ids: Vec<String> = before.iter().map(container).collect();
+    // Killed outright, and then stopped cleanly: containers stay up both times.
+    dev.restart_after_kill();
+    dev.restart();
+    let after = dev.wait_ready("box", 2);
+    for t in &after {
+        assert!(
+            ids.contains(&container(t)),
+            "container {} was replaced",
+            container(t)
+        );
+        assert_eq!(t["restarts"], 0);
+        assert!(http_get(port(t), "/healthz").unwrap().contains("200 OK"));
+    }
+    dev.wait_event(after[0]["id"].as_str().unwrap(), "adopted");
+    // Re-adopted containers are still supervised.
+    sigkill(after[0]["pid"].as_u64().unwrap());
+    let id = after[0]["id"].as_str().unwrap();
+    wait_for("the adopted container to be replaced", || {
+        dev.tasks("box")
+            .into_iter()
+            .find(|x| x["id"] == id && x["restarts"] == 1 && x["ready"] == true)
+    });
+}
+
+#[test]
+fn only_this_agents_stray_containers_are_removed() {
+    let Some(image) = docker_image() else { return };
+    let mut dev = Dev::start(&[]);
+    dev.stop();
+    let agent = std::fs::read_to_string(dev.data_dir().join("agent").join("agent-id")).unwrap();
+    let start = |labels: &[String]| {
+        let mut cmd = std::process::Command::new("docker");
+        cmd.args(["run", "-d"]);
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        let out = cmd.arg(image).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let stray = start(&[
+        format!("outpost.agent={}", agent.trim()),
+        "outpost.task=gone.1.1".into(),
+    ]);
+    let unlabelled = start(&[]);
+    let foreign = start(&[
+        "outpost.agent=someone-else".into(),
+        "outpost.task=x.1.1".into(),
+    ]);
+    dev.restart();
+    wait_for("the stray container to be removed", || {
+        (!agent_containers(&dev).contains(&stray)).then_some(())
+    });
+    for other in [&unlabelled, &foreign] {
+        assert_eq!(
+            docker_inspect(other)["State"]["Running"],
+            true,
+            "container {other} was touched"
+        );
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", other])
+            .output();
+    }
+}
+
+#[test]
+fn an_oom_killed_container_is_reported_as_such() {
+    let Some(image) = docker_image() else { return };
+    let dev = Dev::start(&[]);
+    dev.deploy(
+        "hog.yaml",
+        &format!(
+            r#"
+name: hog
+driver: docker
+image: {image}
+command: ["--port", "8080", "--alloc-mb", "200"]
+ports: [{{ name: http, container_port: 8080 }}]
+restart: {{ policy: never }}
+resources: {{ limits: {{ memory: 32Mi }} }}
+"#
+        ),
+    );
+    let t = wait_for("the task to be killed", || {
+        dev.tasks("hog")
+            .into_iter()
+            .find(|t| t["state"] == "failed")
+    });
+    assert_eq!(
+        t["message"], "killed: out of memory (over its memory limit)",
+        "{t}"
+    );
+    assert_eq!(t["exit_code"], 137);
+}
+
+#[test]
+fn a_missing_image_that_cannot_be_pulled_fails_the_task_with_the_reason() {
+    if docker_image().is_none() {
+        return;
+    }
+    let dev = Dev::start(&[]);
+    dev.deploy(
+        "ghost.yaml",
+        "name: ghost\nimage: outpost-no-such-image:1\nports: [{ name: http, container_port: 80 }]\n",
+    );
+    let t = wait_for("the task to fail", || {
+        dev.tasks("ghost")
+            .into_iter()
+            .find(|t| t["state"] == "failed")
+    });
+    let message = t["message"].as_str().unwrap();
+    assert!(
+        message.contains("outpost-no-such-image:1") && message.contains("cannot be pulled"),
+        "{message}"
+    );
+}
