@@ -61,6 +61,10 @@ pub struct AgentConfig {
     pub token: String,
     /// Working directory for processes whose spec names none.
     pub workdir: Option<PathBuf>,
+    /// Kept back from workloads for the system and the agent: allocatable = capacity − reserved.
+    pub reserved: Capacity,
+    /// Below this much available memory the node is under pressure and evicts tasks.
+    pub eviction_threshold: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,10 +145,12 @@ impl Agent {
         let agent_id = agent_id(&config.data_dir)?;
         let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
         drivers.insert("process".into(), Arc::new(ProcessDriver::new()));
+        let mut notes = Vec::new();
         let docker = match DockerDriver::connect(&agent_id).await {
             Ok(d) => Some(Arc::new(d)),
             Err(e) => {
                 tracing::warn!("docker driver unavailable: {e}");
+                notes.push(format!("docker driver unavailable: {e}"));
                 None
             }
         };
@@ -173,10 +179,20 @@ impl Agent {
             agent.remove_unknown_containers(d).await;
         }
 
+        let capacity = capacity();
         let register = RegisterRequest {
             name: agent.config.name.clone(),
             address: format!("http://{address}"),
-            capacity: capacity(),
+            allocatable: Capacity {
+                cpu_millis: capacity
+                    .cpu_millis
+                    .saturating_sub(agent.config.reserved.cpu_millis),
+                memory_bytes: capacity
+                    .memory_bytes
+                    .saturating_sub(agent.config.reserved.memory_bytes),
+            },
+            capacity,
+            notes: notes.clone(),
             drivers: agent.shared.drivers.keys().cloned().collect(),
             version: env!("CARGO_PKG_VERSION").into(),
         };
@@ -429,6 +445,16 @@ fn agent_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&path, &id).map_err(err)?;
     Ok(id)
+}
+
+/// What an agent keeps back by default: 100m of CPU and a tenth of memory, at most 256 MiB —
+/// room for the OS and the agent itself on a 512 MB box.
+pub fn default_reserved() -> Capacity {
+    let total = capacity().memory_bytes;
+    Capacity {
+        cpu_millis: 100,
+        memory_bytes: (total / 10).min(256 << 20),
+    }
 }
 
 /// What this node offers: all its cores and the memory it has.

@@ -25,11 +25,17 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 struct Pending {
     tasks: BTreeMap<String, TaskStatus>,
     events: VecDeque<NewEvent>,
+    memory_pressure: Option<bool>,
 }
 
 impl Pending {
     fn add(&mut self, update: Update) {
-        self.tasks.insert(update.status.id.clone(), update.status);
+        if let Some(status) = update.status {
+            self.tasks.insert(status.id.clone(), status);
+        }
+        if update.memory_pressure.is_some() {
+            self.memory_pressure = update.memory_pressure;
+        }
         self.events.extend(update.events);
         while self.events.len() > EVENT_BACKLOG {
             self.events.pop_front();
@@ -37,17 +43,24 @@ impl Pending {
     }
 
     fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.events.is_empty()
+        self.tasks.is_empty() && self.events.is_empty() && self.memory_pressure.is_none()
     }
 
     fn take(&mut self) -> StatusReport {
         let tasks = std::mem::take(&mut self.tasks).into_values().collect();
         let events = std::mem::take(&mut self.events).into_iter().collect();
-        StatusReport { tasks, events }
+        StatusReport {
+            tasks,
+            events,
+            memory_pressure: self.memory_pressure.take(),
+        }
     }
 
     /// Puts back a report that could not be sent, under anything newer that arrived since.
     fn restore(&mut self, report: StatusReport) {
+        if self.memory_pressure.is_none() {
+            self.memory_pressure = report.memory_pressure;
+        }
         for status in report.tasks {
             self.tasks.entry(status.id.clone()).or_insert(status);
         }

@@ -26,11 +26,13 @@ const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 /// How long to wait for a task to die after SIGKILL before reporting it gone anyway.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// A change in one task's observed state, with the events that explain it.
-#[derive(Debug, Clone)]
+/// Something for the control plane: a change in one task's observed state, the events that
+/// explain it, or a change of the node's memory pressure.
+#[derive(Debug, Clone, Default)]
 pub struct Update {
-    pub status: TaskStatus,
+    pub status: Option<TaskStatus>,
     pub events: Vec<NewEvent>,
+    pub memory_pressure: Option<bool>,
 }
 
 /// What every supervisor shares.
@@ -49,6 +51,7 @@ pub struct Shared {
 struct Observed {
     state: TaskState,
     ready: bool,
+    evicted: bool,
     exit_code: Option<i32>,
     message: Option<String>,
 }
@@ -124,6 +127,7 @@ pub fn spawn(
             ready: false,
             exit_code: None,
             message: None,
+            evicted: false,
         },
         streak: 0,
     };
@@ -142,6 +146,7 @@ fn report_raw(
     let status = TaskStatus {
         id: id.to_string(),
         state,
+        evicted: false,
         ready: false,
         restarts: 0,
         pid: None,
@@ -161,8 +166,9 @@ fn report_raw(
         message: message.unwrap_or_default(),
     };
     let _ = shared.updates.send(Update {
-        status,
+        status: Some(status),
         events: vec![event],
+        memory_pressure: None,
     });
 }
 
@@ -307,6 +313,7 @@ impl Supervisor {
                     ready: !has_readiness,
                     exit_code: None,
                     message: None,
+                    evicted: false,
                 };
                 let pid = h.pid.map_or(String::new(), |p| format!(" as pid {p}"));
                 let mut events = vec![self.event(Level::Info, "started", format!("started{pid}"))];
@@ -325,6 +332,7 @@ impl Supervisor {
                     ready: false,
                     exit_code: None,
                     message: Some(e.to_string()),
+                    evicted: false,
                 };
                 self.report(vec![self.event(
                     Level::Error,
@@ -448,6 +456,7 @@ impl Supervisor {
             ready: false,
             exit_code: exit.code(),
             message: Some(exit.describe()),
+            evicted: false,
         };
         let level = if ok { Level::Info } else { Level::Warning };
         self.report(vec![self.event(level, "exited", exit.describe())]);
@@ -519,6 +528,7 @@ impl Supervisor {
             ready: false,
             exit_code: self.observed.exit_code,
             message: Some("stopped".into()),
+            evicted: false,
         };
         self.task.handle = None;
         let e = self.event(Level::Info, "stopped", "stopped".into());
@@ -548,6 +558,7 @@ impl Supervisor {
         let status = TaskStatus {
             id: self.id().to_string(),
             state: self.observed.state,
+            evicted: self.observed.evicted,
             ready: self.observed.ready,
             restarts: self.task.restarts,
             pid: h.and_then(|h| h.pid),
@@ -560,7 +571,11 @@ impl Supervisor {
         for e in &events {
             tracing::info!(task = self.id(), reason = e.reason, "{}", e.message);
         }
-        let _ = self.shared.updates.send(Update { status, events });
+        let _ = self.shared.updates.send(Update {
+            status: Some(status),
+            events,
+            memory_pressure: None,
+        });
     }
 }
 

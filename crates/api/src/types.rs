@@ -80,6 +80,9 @@ pub struct Task {
 pub struct TaskStatus {
     pub id: String,
     pub state: TaskState,
+    /// Stopped by the node to relieve memory pressure: the control plane replaces it.
+    #[serde(default)]
+    pub evicted: bool,
     pub ready: bool,
     pub restarts: u32,
     #[serde(default)]
@@ -129,9 +132,20 @@ pub struct Node {
     /// Base URL of the node's agent API (logs), e.g. `http://127.0.0.1:7001`.
     pub address: String,
     pub state: NodeState,
+    /// All the node has.
     pub capacity: Capacity,
+    /// What workloads may request: capacity less what is reserved for the system and the agent.
+    /// Placement never exceeds it.
+    pub allocatable: Capacity,
+    /// Set while the node's available memory is below its eviction threshold: nothing new is
+    /// placed on it.
+    #[serde(default)]
+    pub memory_pressure: bool,
     #[serde(default)]
     pub drivers: Vec<String>,
+    /// What an operator should know about the node: how it isolates resources, drivers it lacks.
+    #[serde(default)]
+    pub notes: Vec<String>,
     pub version: String,
     pub registered_at: Timestamp,
     pub state_since: Timestamp,
@@ -257,7 +271,10 @@ pub struct RegisterRequest {
     pub name: String,
     pub address: String,
     pub capacity: Capacity,
+    pub allocatable: Capacity,
     pub drivers: Vec<String>,
+    #[serde(default)]
+    pub notes: Vec<String>,
     pub version: String,
 }
 
@@ -267,6 +284,9 @@ pub struct StatusReport {
     pub tasks: Vec<TaskStatus>,
     #[serde(default)]
     pub events: Vec<NewEvent>,
+    /// Whether the node is under memory pressure, when that changed.
+    #[serde(default)]
+    pub memory_pressure: Option<bool>,
 }
 
 /// A task an agent must run (desired `running`) or stop (desired `shutdown`).

@@ -118,19 +118,53 @@ pub fn tasks(list: &[Task], now: Timestamp) -> String {
     trimmed(t)
 }
 
+/// Memory in the largest binary unit that keeps it readable: `23.5Gi`, `256Mi`.
+fn memory(bytes: u64) -> String {
+    for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if bytes >= size {
+            let value = bytes as f64 / size as f64;
+            return if value.fract() < 0.05 {
+                format!("{value:.0}{unit}")
+            } else {
+                format!("{value:.1}{unit}")
+            };
+        }
+    }
+    bytes.to_string()
+}
+
 pub fn nodes(list: &[Node]) -> String {
     let mut t = table(&[
-        "NAME", "STATE", "ADDRESS", "CPU", "MEMORY", "DRIVERS", "VERSION",
+        "NAME",
+        "STATE",
+        "ADDRESS",
+        "CPU (ALLOC/CAP)",
+        "MEMORY (ALLOC/CAP)",
+        "DRIVERS",
+        "NOTES",
     ]);
     for n in list {
+        let state = if n.memory_pressure {
+            format!("{} (memory pressure)", n.state)
+        } else {
+            n.state.to_string()
+        };
         t.add_row(vec![
             n.name.clone(),
-            n.state.to_string(),
+            state,
             n.address.clone(),
-            spec::Cpu(n.capacity.cpu_millis).to_string(),
-            spec::Memory(n.capacity.memory_bytes).to_string(),
+            format!(
+                "{}/{}",
+                spec::Cpu(n.allocatable.cpu_millis),
+                spec::Cpu(n.capacity.cpu_millis)
+            ),
+            format!(
+                "{}/{}",
+                memory(n.allocatable.memory_bytes),
+                memory(n.capacity.memory_bytes)
+            ),
             n.drivers.join(","),
-            n.version.clone(),
+            n.notes.join("; "),
         ]);
     }
     trimmed(t)

@@ -5,8 +5,9 @@
 //! Rules, in order:
 //! - a task of a removed service, of an older spec version, or in a slot above `replicas` stops;
 //! - every slot `1..=replicas` without a running-desired task of the current version gets one;
-//! - a node is a candidate when it is `ready`, has the service's driver, and its allocatable
-//!   resources minus the requests of the tasks it already runs fit the task's requests;
+//! - a node is a candidate when it is `ready`, not under memory pressure, has the service's
+//!   driver, and its allocatable resources minus the requests of the tasks it already runs fit
+//!   the task's requests;
 //! - among candidates the node with the fewest tasks of this service wins (spread), then the
 //!   fewest tasks overall, then the name (determinism).
 
@@ -97,8 +98,8 @@ fn rooms<'a>(
         .map(|node| {
             let mut room = Room {
                 node,
-                cpu_free: node.capacity.cpu_millis as i64,
-                memory_free: node.capacity.memory_bytes as i64,
+                cpu_free: node.allocatable.cpu_millis as i64,
+                memory_free: node.allocatable.memory_bytes as i64,
                 tasks: BTreeMap::new(),
                 total: 0,
             };
@@ -130,6 +131,7 @@ fn requests(spec: &ServiceSpec) -> (i64, i64) {
 fn fits(room: &Room, spec: &ServiceSpec) -> bool {
     let (cpu, mem) = requests(spec);
     room.node.state == NodeState::Ready
+        && !room.node.memory_pressure
         && room
             .node
             .drivers
@@ -167,10 +169,13 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
         "no node is ready".to_string()
     } else if !ready.iter().any(|r| r.node.drivers.contains(&driver)) {
         format!("no ready node supports the {driver} driver")
+    } else if ready.iter().all(|r| r.node.memory_pressure) {
+        "every ready node is under memory pressure".to_string()
     } else {
         let (cpu, mem) = requests(spec);
-        let best_cpu = ready.iter().map(|r| r.cpu_free).max().unwrap_or(0);
-        let best_mem = ready.iter().map(|r| r.memory_free).max().unwrap_or(0);
+        let calm = ready.iter().filter(|r| !r.node.memory_pressure);
+        let best_cpu = calm.clone().map(|r| r.cpu_free).max().unwrap_or(0);
+        let best_mem = calm.map(|r| r.memory_free).max().unwrap_or(0);
         format!(
             "insufficient resources: each replica requests {} CPU and {} memory; the roomiest node has {} CPU and {} memory left",
             spec::Cpu(cpu.max(0) as u64),
@@ -200,6 +205,12 @@ mod tests {
                 cpu_millis: cpu,
                 memory_bytes: mem,
             },
+            allocatable: Capacity {
+                cpu_millis: cpu,
+                memory_bytes: mem,
+            },
+            memory_pressure: false,
+            notes: vec![],
             drivers: vec!["process".into()],
             version: String::new(),
             registered_at: Timestamp(0),
@@ -338,6 +349,35 @@ mod tests {
             "{:?}",
             plan.pending
         );
+    }
+
+    #[test]
+    fn nodes_under_memory_pressure_get_nothing_new() {
+        let services = by_name(vec![("web", service("web", 1, 0))]);
+        let mut pressed = node("a", 1000, 1 << 30);
+        pressed.memory_pressure = true;
+        let nodes = by_name(vec![("a", pressed.clone())]);
+        let plan = plan(&services, &BTreeMap::new(), &nodes);
+        assert!(plan.place.is_empty());
+        assert!(
+            plan.pending[0]
+                .1
+                .ends_with("every ready node is under memory pressure")
+        );
+        let nodes = by_name(vec![("a", pressed), ("b", node("b", 1000, 1 << 30))]);
+        assert_eq!(
+            super::plan(&services, &BTreeMap::new(), &nodes).place[0].node,
+            "b"
+        );
+    }
+
+    #[test]
+    fn placement_uses_allocatable_not_capacity() {
+        let services = by_name(vec![("web", service("web", 2, 500))]);
+        let mut a = node("a", 1000, 1 << 30);
+        a.allocatable.cpu_millis = 900;
+        let plan = plan(&services, &BTreeMap::new(), &by_name(vec![("a", a)]));
+        assert_eq!(plan.place.len(), 1, "two 500m replicas do not fit in 900m");
     }
 
     #[test]

@@ -146,14 +146,19 @@ impl State {
                     address: node.address.clone(),
                     state: NodeState::Ready,
                     capacity: Capacity::default(),
+                    allocatable: Capacity::default(),
+                    memory_pressure: false,
                     drivers: Vec::new(),
+                    notes: Vec::new(),
                     version: String::new(),
                     registered_at: *time,
                     state_since: *time,
                 });
                 entry.address = node.address.clone();
                 entry.capacity = node.capacity.clone();
+                entry.allocatable = node.allocatable.clone();
                 entry.drivers = node.drivers.clone();
+                entry.notes = node.notes.clone();
                 entry.version = node.version.clone();
                 if entry.state != NodeState::Ready {
                     entry.state = NodeState::Ready;
@@ -423,7 +428,8 @@ impl State {
             task.message = status.message.clone();
             task.updated_at = time;
             let finished = matches!(task.state, TaskState::Exited | TaskState::Failed);
-            if task.desired == DesiredState::Shutdown && finished {
+            // An evicted task is done for good: the scheduler places a new one in its slot.
+            if finished && (task.desired == DesiredState::Shutdown || status.evicted) {
                 self.tasks.remove(&status.id);
             }
         }
@@ -432,7 +438,40 @@ impl State {
             e.node = Some(node.to_string());
             self.push_event(e);
         }
+        if let Some(pressure) = report.memory_pressure {
+            self.set_pressure(node, pressure, time);
+        }
         self.forget_removed_services();
+    }
+
+    fn set_pressure(&mut self, node: &str, pressure: bool, time: Timestamp) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        if n.memory_pressure == pressure {
+            return;
+        }
+        n.memory_pressure = pressure;
+        let (level, message) = if pressure {
+            (
+                Level::Warning,
+                format!("node {node} is under memory pressure: nothing new is placed on it"),
+            )
+        } else {
+            (
+                Level::Info,
+                format!("node {node} is no longer under memory pressure"),
+            )
+        };
+        self.event(
+            time,
+            level,
+            "memory-pressure",
+            None,
+            None,
+            Some(node),
+            message,
+        );
     }
 
     fn wait_for_room(&mut self, service: &str, reason: &str, time: Timestamp) {
@@ -611,7 +650,9 @@ mod tests {
                     cpu_millis: 1000,
                     memory_bytes: 1 << 30,
                 },
+                allocatable: Capacity::default(),
                 drivers: vec!["process".into()],
+                notes: vec![],
                 version: "test".into(),
             },
             time: T,
@@ -636,6 +677,7 @@ mod tests {
             tasks: vec![TaskStatus {
                 id: id.into(),
                 state,
+                evicted: false,
                 ready: state == TaskState::Running,
                 restarts: 0,
                 pid: Some(7),
@@ -646,6 +688,7 @@ mod tests {
                 message: None,
             }],
             events: vec![],
+            memory_pressure: None,
         }
     }
 
@@ -923,7 +966,9 @@ mod pending_tests {
                     name: "a".into(),
                     address: String::new(),
                     capacity: Capacity::default(),
+                    allocatable: Capacity::default(),
                     drivers: vec![],
+                    notes: vec![],
                     version: String::new(),
                 },
                 time: t,
