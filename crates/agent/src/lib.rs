@@ -12,7 +12,9 @@
 //!
 //! The agent knows nothing of Raft: it sees the control plane only through the `/v1` API.
 
+pub mod cgroup;
 pub mod driver;
+pub mod eviction;
 pub mod http;
 pub mod local;
 pub mod logs;
