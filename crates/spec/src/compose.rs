@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::container;
 use crate::decode::{Decoder, Fields, Path, unknown_key};
 use crate::dotenv;
 use crate::error::{Problem, SpecError};
@@ -14,8 +15,8 @@ use crate::interpolate::interpolate;
 use crate::native::PROTOCOLS;
 use crate::quantity::Memory;
 use crate::types::{
-    DriverKind, PortSpec, ProbeAction, ProbeSpec, Protocol, ResourceList, RestartPolicy,
-    RestartSpec, ServiceSpec, VolumeSpec,
+    DriverKind, PortSpec, ProbeAction, ProbeSpec, Protocol, PullPolicy, ResourceList,
+    RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec,
 };
 use crate::validate;
 use crate::yaml::{self, Yaml};
@@ -29,21 +30,21 @@ const TOP_IGNORED: &[&str] = &[
 const SERVICE_KEYS: &[&str] = &[
     "image", "command", "entrypoint", "environment", "ports", "volumes", "user", "working_dir",
     "healthcheck", "restart", "deploy", "stop_grace_period", "scale", "cpus", "mem_limit",
-    "mem_reservation", "pids_limit",
+    "mem_reservation", "pids_limit", "cap_add", "cap_drop", "security_opt", "read_only",
+    "privileged", "pull_policy", "stop_signal",
 ];
 /// The rest of the Compose Specification's service keys: valid, but not honoured yet.
 #[rustfmt::skip]
 const SERVICE_IGNORED: &[&str] = &[
     "annotations", "attach", "build", "blkio_config", "cpu_count", "cpu_percent", "cpu_shares",
-    "cpu_period", "cpu_quota", "cpu_rt_runtime", "cpu_rt_period", "cpuset", "cap_add", "cap_drop",
-    "cgroup", "cgroup_parent", "configs", "container_name", "credential_spec", "depends_on",
-    "develop", "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname",
-    "driver_opts", "env_file", "expose", "extends", "external_links", "extra_hosts", "gpus",
-    "group_add", "hostname", "init", "ipc", "isolation", "labels", "label_file", "links",
-    "logging", "mac_address", "mem_swappiness", "memswap_limit", "models", "network_mode",
-    "networks", "oom_kill_disable", "oom_score_adj", "pid", "platform", "post_start", "pre_stop",
-    "privileged", "profiles", "provider", "pull_policy", "read_only", "runtime", "secrets",
-    "security_opt", "shm_size", "stdin_open", "stop_signal", "storage_opt", "sysctls", "tmpfs",
+    "cpu_period", "cpu_quota", "cpu_rt_runtime", "cpu_rt_period", "cpuset", "cgroup",
+    "cgroup_parent", "configs", "container_name", "credential_spec", "depends_on", "develop",
+    "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname", "driver_opts",
+    "env_file", "expose", "extends", "external_links", "extra_hosts", "gpus", "group_add",
+    "hostname", "init", "ipc", "isolation", "labels", "label_file", "links", "logging",
+    "mac_address", "mem_swappiness", "memswap_limit", "models", "network_mode", "networks",
+    "oom_kill_disable", "oom_score_adj", "pid", "platform", "post_start", "pre_stop", "profiles",
+    "provider", "runtime", "secrets", "shm_size", "stdin_open", "storage_opt", "sysctls", "tmpfs",
     "tty", "ulimits", "use_api_socket", "userns_mode", "uts", "volumes_from",
 ];
 const DEPLOY_KEYS: &[&str] = &["replicas", "resources", "restart_policy", "mode"];
@@ -314,7 +315,57 @@ fn service(
     if let Some((deploy_path, node)) = f.get("deploy") {
         deploy(d, &deploy_path, node, &mut spec);
     }
+    container_settings(d, &f, &mut spec);
     Some(spec)
+}
+
+/// `cap_add`, `cap_drop`, `security_opt`, `read_only`, `privileged`, `pull_policy` and
+/// `stop_signal`, stored in Outpost's normal form (`NET_ADMIN`, `seccomp=...`, `SIGTERM`).
+fn container_settings(d: &mut Decoder, f: &Fields<'_>, spec: &mut ServiceSpec) {
+    spec.cap_add = f
+        .take(d, "cap_add", Decoder::capabilities)
+        .unwrap_or_default();
+    spec.cap_drop = f
+        .take(d, "cap_drop", Decoder::capabilities)
+        .unwrap_or_default();
+    let options = f.take(d, "security_opt", |d, p, n| d.list(p, n, Decoder::string));
+    spec.security_opt = options
+        .unwrap_or_default()
+        .iter()
+        .map(|o| container::normalize_compose_security_opt(o))
+        .collect();
+    spec.read_only = f.take(d, "read_only", Decoder::boolean).unwrap_or(false);
+    spec.privileged = f.take(d, "privileged", Decoder::boolean).unwrap_or(false);
+    spec.pull = f.take(d, "pull_policy", pull_policy).unwrap_or_default();
+    spec.stop_signal = f.take(d, "stop_signal", Decoder::signal);
+}
+
+/// `pull_policy`. Compose's default, `missing`, is Outpost's `if-not-present`; policies Outpost
+/// cannot follow fall back to it with a warning, because valid Compose should still deploy.
+fn pull_policy(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<PullPolicy> {
+    let word = d.string(path, node)?;
+    match word.as_str() {
+        "always" => Some(PullPolicy::Always),
+        "never" => Some(PullPolicy::Never),
+        "missing" | "if_not_present" => Some(PullPolicy::IfNotPresent),
+        "build" => {
+            d.warn("pull_policy \"build\" is not supported yet (Outpost does not build images); the image is pulled if missing");
+            Some(PullPolicy::IfNotPresent)
+        }
+        refresh if refresh == "daily" || refresh == "weekly" || refresh.starts_with("every_") => {
+            d.warn(format_args!(
+                "pull_policy {refresh:?} is not supported yet; the image is pulled if missing"
+            ));
+            Some(PullPolicy::IfNotPresent)
+        }
+        other => {
+            let message = format!(
+                "{other:?} is not one of `always`, `never`, `missing`, `if_not_present`, `build`"
+            );
+            d.error(path, message);
+            None
+        }
+    }
 }
 
 /// Compose allows `_`, `.` and capitals in service names; Outpost names are DNS labels.
@@ -726,9 +777,10 @@ fn legacy_resources(
     limits.pids = f.take(d, "pids_limit", pids).flatten();
 }
 
-/// A pids limit; Docker's `-1` means "no limit".
+/// A pids limit; Docker reads `-1` and `0` as "no limit".
 fn pids(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<Option<u64>> {
-    if *node == Yaml::Int(-1) {
+    let text = node.scalar_text().unwrap_or_default();
+    if matches!(text.trim(), "-1" | "0") {
         return Some(None);
     }
     d.number(path, node).map(Some)

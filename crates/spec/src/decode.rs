@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::container;
 use crate::error::Problem;
 use crate::quantity::{Cpu, Memory};
 use crate::words;
@@ -252,6 +253,21 @@ impl Decoder {
         })
     }
 
+    /// A list of capability names, normalised (`cap_net_admin` becomes `NET_ADMIN`); whether
+    /// each is a real capability is validation's call.
+    pub(crate) fn capabilities(&mut self, path: &Path, node: &Yaml) -> Option<Vec<String>> {
+        self.list(path, node, |d, p, n| {
+            let name = d.string(p, n)?;
+            Some(container::normalize_capability(&name))
+        })
+    }
+
+    /// A signal name or number, normalised (`term` becomes `SIGTERM`); validation checks it.
+    pub(crate) fn signal(&mut self, path: &Path, node: &Yaml) -> Option<String> {
+        self.string(path, node)
+            .map(|s| container::normalize_signal(&s))
+    }
+
     pub(crate) fn cpu(&mut self, path: &Path, node: &Yaml) -> Option<Cpu> {
         self.parsed(path, node, Cpu::from_str)
     }
@@ -327,9 +343,10 @@ bounded!(u16, u32, u64);
 /// "unknown key; did you mean `readiness`?", or the list of keys when none is close. Long lists
 /// (Compose has ~90 keys) are not printed: they would bury the message.
 pub(crate) fn unknown_key(key: &str, known: &[&str]) -> String {
+    // 30: room for a native service's ~25 keys, far below Compose's.
     match did_you_mean(key, known) {
         Some(guess) => format!("unknown key; did you mean `{guess}`?"),
-        None if known.len() <= 20 => {
+        None if known.len() <= 30 => {
             let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
             format!("unknown key; expected one of {}", list.join(", "))
         }

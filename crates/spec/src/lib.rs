@@ -2,7 +2,8 @@
 //! their validation. Pure: no network, disk, clock or environment access — callers pass file text
 //! and environment variables in.
 //!
-//! - [`types`]: `ServiceSpec` and its parts; the same types cross the HTTP API as JSON.
+//! - [`types`]: `ServiceSpec` and its parts, and the Kubernetes QoS class its resources give
+//!   ([`ServiceSpec::qos`]); the same types cross the HTTP API as JSON.
 //! - [`quantity`]: Kubernetes CPU and memory quantities.
 //! - [`parse_native`], [`parse_compose`], [`parse_file`]: text to validated specs. Parsing
 //!   collects every problem in a file before failing; each [`Problem`] names a field path such as
@@ -11,10 +12,12 @@
 //!
 //! Inside: `yaml` parses text into a small tree (via serde-saphyr), `decode` holds the
 //! problem-collecting helpers `native` and `compose` decode that tree with, `interpolate` and
-//! `dotenv` implement Compose's variables, `words` splits string commands, and `validate` holds
-//! the rules.
+//! `dotenv` implement Compose's variables, `words` splits string commands, `container` knows
+//! the docker-only vocabulary (capability and signal names, security options) and `validate`
+//! holds the rules.
 
 mod compose;
+mod container;
 mod decode;
 mod dotenv;
 mod error;

@@ -4,8 +4,8 @@
 use crate::decode::{Decoder, Fields, Path};
 use crate::error::{Problem, SpecError};
 use crate::types::{
-    DriverKind, PortRef, PortSpec, ProbeAction, ProbeSpec, Protocol, ResourceList, Resources,
-    RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec,
+    DriverKind, PortRef, PortSpec, ProbeAction, ProbeSpec, Protocol, PullPolicy, ResourceList,
+    Resources, RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec,
 };
 use crate::validate;
 use crate::yaml::{self, Yaml};
@@ -14,6 +14,7 @@ use crate::yaml::{self, Yaml};
 const SERVICE_KEYS: &[&str] = &[
     "name", "replicas", "driver", "image", "command", "entrypoint", "env", "workdir", "user",
     "ports", "volumes", "restart", "liveness", "readiness", "resources", "stop_grace",
+    "stop_signal", "pull", "read_only", "cap_add", "cap_drop", "security_opt", "privileged",
 ];
 const PORT_KEYS: &[&str] = &["name", "container_port", "host_port", "protocol", "host_ip"];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
@@ -32,6 +33,11 @@ pub(crate) const DRIVERS: &[(&str, DriverKind)] = &[
     ("docker", DriverKind::Docker),
 ];
 pub(crate) const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+const PULL_POLICIES: &[(&str, PullPolicy)] = &[
+    ("if-not-present", PullPolicy::IfNotPresent),
+    ("always", PullPolicy::Always),
+    ("never", PullPolicy::Never),
+];
 const POLICIES: &[(&str, RestartPolicy)] = &[
     ("always", RestartPolicy::Always),
     ("on-failure", RestartPolicy::OnFailure),
@@ -110,7 +116,27 @@ fn service(d: &mut Decoder, root: &Path, doc: &Yaml) -> Option<ServiceSpec> {
     spec.stop_grace = f
         .take(d, "stop_grace", Decoder::duration)
         .unwrap_or(spec.stop_grace);
+    container_settings(d, &f, &mut spec);
     Some(spec)
+}
+
+/// The docker-only settings, stored in their normal form (`NET_ADMIN`, `SIGTERM`).
+fn container_settings(d: &mut Decoder, f: &Fields<'_>, spec: &mut ServiceSpec) {
+    spec.stop_signal = f.take(d, "stop_signal", Decoder::signal);
+    spec.pull = f
+        .take(d, "pull", |d, p, n| d.choice(p, n, PULL_POLICIES))
+        .unwrap_or_default();
+    spec.read_only = f.take(d, "read_only", Decoder::boolean).unwrap_or(false);
+    spec.cap_add = f
+        .take(d, "cap_add", Decoder::capabilities)
+        .unwrap_or_default();
+    spec.cap_drop = f
+        .take(d, "cap_drop", Decoder::capabilities)
+        .unwrap_or_default();
+    spec.security_opt = f
+        .take(d, "security_opt", |d, p, n| d.list(p, n, Decoder::string))
+        .unwrap_or_default();
+    spec.privileged = f.take(d, "privileged", Decoder::boolean).unwrap_or(false);
 }
 
 /// `- http`, or `- { name: http, container_port: 80, host_port: 8080, protocol: tcp }`.

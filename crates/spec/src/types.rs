@@ -44,6 +44,33 @@ pub struct ServiceSpec {
     pub resources: Resources,
     #[serde(with = "duration_str")]
     pub stop_grace: Duration,
+    /// Docker only: the signal that asks the container to stop (`SIGTERM`, `SIGQUIT`, `SIGRTMIN+3`
+    /// or a number 1 to 64); `None` keeps the image's STOPSIGNAL. Stored as `SIG<NAME>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Docker only: when to pull the image.
+    #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
+    /// Docker only: mount the container's root filesystem read-only (volumes stay as mounted).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// Docker only: Linux capabilities to add, stored upper-case without `CAP_` (`NET_ADMIN`);
+    /// `ALL` means every capability.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Docker only: capabilities to drop, in the same form as `cap_add`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Docker only: `apparmor=PROFILE`, `seccomp=unconfined|builtin|/path/on/node.json` (or the
+    /// profile's JSON inline), `label=...`, `no-new-privileges[=true|false]`, as
+    /// `docker run --security-opt` takes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    /// Docker only: run with every capability and every host device, without AppArmor or
+    /// seccomp confinement; Docker then ignores `cap_add` and `cap_drop`. The escape hatch for
+    /// system agents.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
 }
 
 impl ServiceSpec {
@@ -66,8 +93,24 @@ impl ServiceSpec {
             readiness: None,
             resources: Resources::default(),
             stop_grace: DEFAULT_STOP_GRACE,
+            stop_signal: None,
+            pull: PullPolicy::default(),
+            read_only: false,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            security_opt: Vec::new(),
+            privileged: false,
         }
     }
+
+    /// The service's QoS class; see [`Resources::qos`].
+    pub fn qos(&self) -> QosClass {
+        self.resources.qos()
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// 5 s: long enough for a web server to drain, short enough that a scale-down feels prompt.
@@ -85,6 +128,36 @@ impl fmt::Display for DriverKind {
         f.write_str(match self {
             DriverKind::Process => "process",
             DriverKind::Docker => "docker",
+        })
+    }
+}
+
+/// When the docker driver pulls a service's image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Pull only when the node lacks the image: a node cut off from its registry still starts.
+    #[default]
+    IfNotPresent,
+    /// Pull before every start, to follow a moving tag; the local image is used when the
+    /// registry cannot be reached.
+    Always,
+    /// Never pull: the image must already be on the node (loaded from a bundle, say).
+    Never,
+}
+
+impl PullPolicy {
+    fn is_default(&self) -> bool {
+        *self == PullPolicy::default()
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PullPolicy::IfNotPresent => "if-not-present",
+            PullPolicy::Always => "always",
+            PullPolicy::Never => "never",
         })
     }
 }
@@ -274,6 +347,79 @@ pub struct ResourceList {
     pub pids: Option<u64>,
 }
 
+impl Resources {
+    /// The quality-of-service class, by Kubernetes' rules for a pod with one container. Only CPU
+    /// and memory count, not pids. A missing request defaults to its limit first, as the
+    /// Kubernetes API server fills it in; after that, an amount of zero counts as unset.
+    ///
+    /// - **Guaranteed**: CPU and memory both have a limit, and each request equals its limit.
+    ///   Limits alone are enough, since the requests default to them; an explicit request of 0
+    ///   is not missing, so it does not default and the class is Burstable.
+    /// - **BestEffort**: no CPU or memory request or limit (above zero) at all.
+    /// - **Burstable**: everything else.
+    pub fn qos(&self) -> QosClass {
+        let cpu = Amounts::of(self.requests.cpu.map(|c| c.0), self.limits.cpu.map(|c| c.0));
+        let memory = Amounts::of(
+            self.requests.memory.map(|m| m.0),
+            self.limits.memory.map(|m| m.0),
+        );
+        if cpu.guaranteed() && memory.guaranteed() {
+            QosClass::Guaranteed
+        } else if cpu.is_empty() && memory.is_empty() {
+            QosClass::BestEffort
+        } else {
+            QosClass::Burstable
+        }
+    }
+}
+
+/// One resource's request and limit as Kubernetes judges QoS: after the request defaults to
+/// the limit, with zeros dropped.
+struct Amounts {
+    request: Option<u64>,
+    limit: Option<u64>,
+}
+
+impl Amounts {
+    fn of(request: Option<u64>, limit: Option<u64>) -> Amounts {
+        let positive = |n: &u64| *n > 0;
+        Amounts {
+            // Defaulting happens before zeros are dropped: an explicit request of 0 stays 0.
+            request: request.or(limit).filter(positive),
+            limit: limit.filter(positive),
+        }
+    }
+
+    fn guaranteed(&self) -> bool {
+        self.limit.is_some() && self.request == self.limit
+    }
+
+    fn is_empty(&self) -> bool {
+        self.request.is_none() && self.limit.is_none()
+    }
+}
+
+/// Kubernetes' pod QoS classes, which rank tasks for eviction when a node runs short of memory.
+/// The variants are ordered by how well a task is protected: BestEffort goes first, Guaranteed
+/// last, so `min` picks the class to evict first. Display and the JSON form use Kubernetes'
+/// spelling (`BestEffort`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum QosClass {
+    BestEffort,
+    Burstable,
+    Guaranteed,
+}
+
+impl fmt::Display for QosClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QosClass::BestEffort => "BestEffort",
+            QosClass::Burstable => "Burstable",
+            QosClass::Guaranteed => "Guaranteed",
+        })
+    }
+}
+
 /// Durations cross the wire in the same humantime form users write (`1s`, `250ms`).
 pub mod duration_str {
     use std::time::Duration;
@@ -287,5 +433,131 @@ pub mod duration_str {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resources from `(request, limit)` pairs: CPU in millicores, memory in MiB.
+    fn resources(cpu: (Option<u64>, Option<u64>), memory: (Option<u64>, Option<u64>)) -> Resources {
+        let mib = |m: Option<u64>| m.map(|n| Memory(n << 20));
+        Resources {
+            requests: ResourceList {
+                cpu: cpu.0.map(Cpu),
+                memory: mib(memory.0),
+                pids: None,
+            },
+            limits: ResourceList {
+                cpu: cpu.1.map(Cpu),
+                memory: mib(memory.1),
+                pids: None,
+            },
+        }
+    }
+
+    fn check(
+        cpu: (Option<u64>, Option<u64>),
+        memory: (Option<u64>, Option<u64>),
+        expect: QosClass,
+    ) {
+        assert_eq!(
+            resources(cpu, memory).qos(),
+            expect,
+            "cpu {cpu:?}, memory {memory:?}"
+        );
+    }
+
+    const NONE: (Option<u64>, Option<u64>) = (None, None);
+
+    #[test]
+    fn guaranteed_needs_cpu_and_memory_limits_that_equal_the_requests() {
+        check(
+            (Some(500), Some(500)),
+            (Some(64), Some(64)),
+            QosClass::Guaranteed,
+        );
+        check(
+            (Some(100), Some(500)),
+            (Some(64), Some(64)),
+            QosClass::Burstable,
+        );
+        check(
+            (Some(500), Some(500)),
+            (Some(32), Some(64)),
+            QosClass::Burstable,
+        );
+        check((Some(500), Some(500)), NONE, QosClass::Burstable);
+        check(NONE, (Some(64), Some(64)), QosClass::Burstable);
+    }
+
+    #[test]
+    fn a_missing_request_defaults_to_its_limit() {
+        check((None, Some(500)), (None, Some(64)), QosClass::Guaranteed);
+        check(
+            (Some(500), Some(500)),
+            (None, Some(64)),
+            QosClass::Guaranteed,
+        );
+        // An explicit zero is not missing: it stays zero, below the limit.
+        check((Some(0), Some(500)), (None, Some(64)), QosClass::Burstable);
+    }
+
+    #[test]
+    fn best_effort_has_no_cpu_or_memory_request_or_limit() {
+        check(NONE, NONE, QosClass::BestEffort);
+        // Zero asks for nothing, as in Kubernetes.
+        check((Some(0), None), (Some(0), None), QosClass::BestEffort);
+        let pids_only = Resources {
+            limits: ResourceList {
+                pids: Some(100),
+                ..ResourceList::default()
+            },
+            ..Resources::default()
+        };
+        assert_eq!(pids_only.qos(), QosClass::BestEffort, "pids do not count");
+    }
+
+    #[test]
+    fn burstable_is_everything_in_between() {
+        check((Some(100), None), NONE, QosClass::Burstable);
+        check(NONE, (None, Some(64)), QosClass::Burstable);
+        check((Some(100), None), (Some(64), None), QosClass::Burstable);
+    }
+
+    #[test]
+    fn a_service_reports_the_class_of_its_resources() {
+        let mut spec = ServiceSpec::process("web", &["./web"]);
+        assert_eq!(spec.qos(), QosClass::BestEffort);
+        spec.resources = resources((None, Some(250)), (None, Some(128)));
+        assert_eq!(spec.qos(), QosClass::Guaranteed);
+    }
+
+    #[test]
+    fn qos_classes_are_spelled_and_ordered_as_kubernetes_evicts() {
+        let classes = [
+            QosClass::BestEffort,
+            QosClass::Burstable,
+            QosClass::Guaranteed,
+        ];
+        let shown: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
+        assert_eq!(shown, ["BestEffort", "Burstable", "Guaranteed"]);
+        let json = serde_json::to_string(&classes).unwrap();
+        assert_eq!(json, r#"["BestEffort","Burstable","Guaranteed"]"#);
+        assert!(classes.is_sorted(), "evicted first sorts first");
+    }
+
+    #[test]
+    fn pull_policies_are_kebab_case_words() {
+        let all = [
+            PullPolicy::IfNotPresent,
+            PullPolicy::Always,
+            PullPolicy::Never,
+        ];
+        let shown: Vec<String> = all.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown, ["if-not-present", "always", "never"]);
+        let json = serde_json::to_string(&all).unwrap();
+        assert_eq!(json, r#"["if-not-present","always","never"]"#);
     }
 }

@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use crate::container;
 use crate::decode::Path;
 use crate::error::{Problem, SpecError};
 use crate::types::{
-    DriverKind, PortRef, ProbeAction, ProbeSpec, Protocol, RestartSpec, ServiceSpec,
+    DriverKind, PortRef, ProbeAction, ProbeSpec, Protocol, PullPolicy, RestartSpec, ServiceSpec,
 };
 
 /// 1000: far more tasks than an edge cluster of small nodes runs for one service, so a larger
@@ -110,8 +111,16 @@ pub(crate) fn check_service(
     rules.name(spec);
     rules.replicas(spec);
     match spec.driver {
-        DriverKind::Process => rules.process(spec),
-        DriverKind::Docker => rules.docker(spec),
+        DriverKind::Process => {
+            rules.process(spec);
+            rules.docker_only(spec);
+        }
+        DriverKind::Docker => {
+            rules.docker(spec);
+            rules.container_ports(spec);
+            rules.capabilities(spec);
+            rules.security(spec);
+        }
     }
     rules.env(spec);
     rules.ports(spec);
@@ -216,6 +225,73 @@ impl Rules<'_> {
         {
             let message = format!("{dir:?} must be an absolute path inside the container");
             self.report(&self.at("workdir"), message);
+        }
+    }
+
+    /// Container settings a process cannot honour, each reported so the user sees what to drop.
+    fn docker_only(&mut self, spec: &ServiceSpec) {
+        #[rustfmt::skip]
+        let settings = [
+            ("read_only", spec.read_only, "have a read-only root filesystem"),
+            ("cap_add", !spec.cap_add.is_empty(), "add capabilities"),
+            ("cap_drop", !spec.cap_drop.is_empty(), "drop capabilities"),
+            ("security_opt", !spec.security_opt.is_empty(), "take security options"),
+            ("privileged", spec.privileged, "be privileged"),
+            ("pull", spec.pull != PullPolicy::default(), "pull images"),
+            ("stop_signal", spec.stop_signal.is_some(), "choose a stop signal (processes get SIGTERM)"),
+        ];
+        for (field, set, what) in settings {
+            if set {
+                self.report(&self.at(field), format!("only docker services can {what}"));
+            }
+        }
+    }
+
+    /// The driver publishes a host port onto `container_port`; without one there is nothing
+    /// to publish to.
+    fn container_ports(&mut self, spec: &ServiceSpec) {
+        for (i, port) in spec.ports.iter().enumerate() {
+            if port.container_port.is_none() {
+                let message =
+                    "a docker port needs container_port (the port the container listens on)";
+                self.report(&self.at("ports").index(i).key("container_port"), message);
+            }
+        }
+    }
+
+    fn capabilities(&mut self, spec: &ServiceSpec) {
+        for (field, names) in [("cap_add", &spec.cap_add), ("cap_drop", &spec.cap_drop)] {
+            for (i, name) in names.iter().enumerate() {
+                if let Err(why) = container::check_capability(name) {
+                    self.report(&self.at(field).index(i), why);
+                }
+            }
+        }
+        // Docker resolves a capability in both lists silently; which one wins is not obvious.
+        for (i, name) in spec.cap_drop.iter().enumerate() {
+            if spec.cap_add.contains(name) {
+                let message = format!("{name:?} is also in cap_add; list it in one of them");
+                self.report(&self.at("cap_drop").index(i), message);
+            }
+        }
+        // Docker ignores the lists for a privileged container; a drop that does nothing would
+        // leave the user believing the container is confined.
+        if spec.privileged && !spec.cap_drop.is_empty() {
+            let message = "has no effect: a privileged container keeps every capability";
+            self.report(&self.at("cap_drop"), message);
+        }
+    }
+
+    fn security(&mut self, spec: &ServiceSpec) {
+        for (i, option) in spec.security_opt.iter().enumerate() {
+            if let Err(why) = container::check_security_opt(option) {
+                self.report(&self.at("security_opt").index(i), why);
+            }
+        }
+        if let Some(signal) = &spec.stop_signal
+            && let Err(why) = container::check_signal(signal)
+        {
+            self.report(&self.at("stop_signal"), why);
         }
     }
 
@@ -385,6 +461,13 @@ impl Rules<'_> {
         for (field, request, limit) in pairs {
             if let Some((0, _)) = limit {
                 self.report(&at.key("limits").key(field), "must be more than zero");
+            }
+            // A zero CPU or memory request is Kubernetes' way to ask for nothing; a task
+            // always runs at least one process, so zero pids is only ever a mistake.
+            if field == "pids"
+                && let Some((0, _)) = request
+            {
+                self.report(&at.key("requests").key(field), "must be more than zero");
             }
             if let (Some((want, want_text)), Some((cap, cap_text))) = (request, limit)
                 && want > cap

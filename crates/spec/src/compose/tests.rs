@@ -481,6 +481,123 @@ fn older_resource_keys_and_durations_are_understood() {
 }
 
 #[test]
+fn container_settings_map_from_their_compose_keys() {
+    let parsed = parse(
+        r#"
+        services:
+          proxy:
+            image: nginx
+            cap_add: [CAP_NET_ADMIN, sys_time]
+            cap_drop: [ALL]
+            security_opt: ["seccomp:unconfined", "label=disable", no-new-privileges]
+            read_only: true
+            pull_policy: always
+            stop_signal: SIGQUIT
+            stop_grace_period: 20s
+            pids_limit: 50
+          agent:
+            image: node-agent
+            privileged: "true"
+            pull_policy: never
+            stop_signal: 3
+            deploy: { resources: { limits: { pids: 200 } } }
+        "#,
+    );
+    assert_eq!(parsed.warnings, Vec::<String>::new());
+    let [proxy, agent] = parsed.services.as_slice() else {
+        panic!("{parsed:#?}")
+    };
+    assert_eq!(proxy.cap_add, strings(&["NET_ADMIN", "SYS_TIME"]));
+    assert_eq!(proxy.cap_drop, strings(&["ALL"]));
+    assert_eq!(
+        proxy.security_opt,
+        strings(&["seccomp=unconfined", "label=disable", "no-new-privileges"]),
+        "Docker's old `:` separator is stored as `=`"
+    );
+    assert!(proxy.read_only && !proxy.privileged);
+    assert_eq!(proxy.pull, PullPolicy::Always);
+    assert_eq!(proxy.stop_signal.as_deref(), Some("SIGQUIT"));
+    assert_eq!(proxy.stop_grace, Duration::from_secs(20));
+    assert_eq!(proxy.resources.limits.pids, Some(50));
+    assert!(agent.privileged && !agent.read_only);
+    assert_eq!(agent.pull, PullPolicy::Never);
+    assert_eq!(agent.stop_signal.as_deref(), Some("3"));
+    assert_eq!(agent.resources.limits.pids, Some(200));
+}
+
+#[test]
+fn pull_policy_words_map_to_outpost_policies() {
+    let pull = |word: &str| {
+        let text = format!("services:\n  web:\n    image: app\n    pull_policy: {word}\n");
+        parse_compose("compose.yaml", &text, &BTreeMap::new(), None)
+            .map(|p| (p.services[0].pull, p.warnings))
+            .map_err(|e| e.to_string())
+    };
+    let quiet = |policy| Ok((policy, Vec::<String>::new()));
+    assert_eq!(pull("always"), quiet(PullPolicy::Always));
+    assert_eq!(pull("never"), quiet(PullPolicy::Never));
+    assert_eq!(pull("missing"), quiet(PullPolicy::IfNotPresent));
+    assert_eq!(pull("if_not_present"), quiet(PullPolicy::IfNotPresent));
+    let warned = |message: &str| Ok((PullPolicy::IfNotPresent, strings(&[message])));
+    assert_eq!(
+        pull("build"),
+        warned(
+            r#"compose.yaml: service "web": pull_policy "build" is not supported yet (Outpost does not build images); the image is pulled if missing"#
+        )
+    );
+    assert_eq!(
+        pull("daily"),
+        warned(
+            r#"compose.yaml: service "web": pull_policy "daily" is not supported yet; the image is pulled if missing"#
+        )
+    );
+    assert_eq!(
+        pull("sometimes"),
+        Err(
+            r#"web.pull_policy: "sometimes" is not one of `always`, `never`, `missing`, `if_not_present`, `build`"#
+                .to_string()
+        )
+    );
+}
+
+#[test]
+fn unlimited_pids_are_no_limit() {
+    for unlimited in ["-1", "0"] {
+        let spec = only(&format!(
+            "services:\n  web:\n    image: app\n    pids_limit: {unlimited}\n"
+        ));
+        assert_eq!(spec.resources.limits.pids, None, "pids_limit: {unlimited}");
+    }
+    check_err(
+        "services:\n  web:\n    image: app\n    pids_limit: -2\n",
+        &[],
+        "web.pids_limit: -2 is out of range (expected 0 to 18446744073709551615)",
+    );
+}
+
+#[test]
+fn container_settings_are_validated_in_compose_too() {
+    check_err(
+        r#"
+        services:
+          web:
+            image: app
+            cap_add: [NET_ADMN]
+            security_opt: [seccomp=relative.json]
+            stop_signal: SIGNOPE
+            read_only: maybe
+        "#,
+        &[],
+        r#"
+        web.read_only: expected true or false, got "maybe"
+        web.cap_add[0]: "NET_ADMN" is not a Linux capability; did you mean "NET_ADMIN"?
+        web.security_opt[0]: seccomp profile "relative.json" must be `unconfined`, `builtin`, or an absolute path to a JSON profile on the node
+        web.stop_signal: "SIGNOPE" is not a signal (write a name like SIGTERM, or a number)
+        "#,
+    );
+}
+
+#[test]
 fn docker_memory_and_go_durations_parse_as_docker_does() {
     let memory = |s| parse_docker_memory(s).map(|m| m.0);
     assert_eq!(memory("50M"), Some(50 << 20));

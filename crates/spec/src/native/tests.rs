@@ -89,6 +89,167 @@ fn parsed_specs_survive_the_json_wire_form_and_still_validate() {
 fn a_minimal_service_gets_every_default() {
     let specs = parse("name: api\ncommand: ./api\n");
     assert_eq!(specs, vec![ServiceSpec::process("api", &["./api"])]);
+    // Defaults stay off the wire, so a reader that predates a field still reads the spec.
+    let json = serde_json::to_value(&specs[0]).unwrap();
+    let keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "command",
+            "driver",
+            "name",
+            "replicas",
+            "resources",
+            "restart",
+            "stop_grace"
+        ]
+    );
+}
+
+#[test]
+fn a_docker_spec_with_every_container_setting_survives_the_wire_form() {
+    let spec = parse(
+        r#"
+        name: proxy
+        image: nginx:1.27
+        ports: [{ name: http, container_port: 80 }]
+        stop_signal: quit
+        pull: always
+        read_only: true
+        cap_add: [cap_net_admin, NET_RAW]
+        cap_drop: [ALL]
+        security_opt: [no-new-privileges, apparmor=outpost-nginx, "seccomp=/etc/outpost/nginx.json", "label=type:svirt_apache_t"]
+        resources: { requests: { pids: 10 }, limits: { pids: 100 } }
+        "#,
+    )
+    .remove(0);
+    assert_eq!(spec.stop_signal.as_deref(), Some("SIGQUIT"));
+    assert_eq!(spec.pull, PullPolicy::Always);
+    assert!(spec.read_only && !spec.privileged);
+    assert_eq!(
+        spec.cap_add,
+        ["NET_ADMIN", "NET_RAW"],
+        "stored without CAP_"
+    );
+    assert_eq!(spec.cap_drop, ["ALL"]);
+    assert_eq!(
+        spec.security_opt,
+        [
+            "no-new-privileges",
+            "apparmor=outpost-nginx",
+            "seccomp=/etc/outpost/nginx.json",
+            "label=type:svirt_apache_t"
+        ]
+    );
+    assert_eq!(
+        (spec.resources.requests.pids, spec.resources.limits.pids),
+        (Some(10), Some(100))
+    );
+    let json = serde_json::to_string(&spec).unwrap();
+    let back: ServiceSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, spec);
+    assert_eq!(crate::validate(&back), Ok(()));
+    let privileged = parse("name: agent\nimage: node-agent\nprivileged: true\npull: never\n");
+    assert_eq!(
+        (privileged[0].privileged, privileged[0].pull),
+        (true, PullPolicy::Never)
+    );
+}
+
+#[test]
+fn process_services_cannot_use_container_settings() {
+    check_err(
+        r#"
+        name: web
+        command: [./web]
+        ports: [http]
+        stop_signal: SIGINT
+        pull: never
+        read_only: true
+        cap_add: [NET_ADMIN]
+        cap_drop: [ALL]
+        security_opt: [no-new-privileges]
+        privileged: true
+        "#,
+        r#"
+        web.read_only: only docker services can have a read-only root filesystem
+        web.cap_add: only docker services can add capabilities
+        web.cap_drop: only docker services can drop capabilities
+        web.security_opt: only docker services can take security options
+        web.privileged: only docker services can be privileged
+        web.pull: only docker services can pull images
+        web.stop_signal: only docker services can choose a stop signal (processes get SIGTERM)
+        "#,
+    );
+}
+
+#[test]
+fn container_settings_are_checked() {
+    check_err(
+        r#"
+        name: db
+        image: postgres
+        ports: [pg, { name: metrics, container_port: 9187 }]
+        stop_signal: SIGTERN
+        cap_add: [NET_ADMN, "net-admin", SYS_TIME]
+        cap_drop: [sys_time]
+        security_opt: ["seccomp:unconfined", "seccomp=profile.json", "selinux=on", apparmor, "no-new-privileges=yes"]
+        pull: sometimes
+        resources: { requests: { pids: 0 } }
+        "#,
+        r#"
+        db.pull: "sometimes" is not one of `if-not-present`, `always`, `never`
+        db.ports[0].container_port: a docker port needs container_port (the port the container listens on)
+        db.cap_add[0]: "NET_ADMN" is not a Linux capability; did you mean "NET_ADMIN"?
+        db.cap_add[1]: "NET-ADMIN" is not a Linux capability; did you mean "NET_ADMIN"?
+        db.cap_drop[0]: "SYS_TIME" is also in cap_add; list it in one of them
+        db.security_opt[0]: "seccomp:unconfined" should be written "seccomp=unconfined"
+        db.security_opt[1]: seccomp profile "profile.json" must be `unconfined`, `builtin`, or an absolute path to a JSON profile on the node
+        db.security_opt[2]: "selinux" is not a security option (use `apparmor`, `seccomp`, `label`, `no-new-privileges`)
+        db.security_opt[3]: "apparmor" is not key=value (like "apparmor=my-profile")
+        db.security_opt[4]: "no-new-privileges=yes": no-new-privileges is true or false
+        db.stop_signal: "SIGTERN" is not a signal; did you mean "SIGTERM"?
+        db.resources.requests.pids: must be more than zero
+        "#,
+    );
+    check_err(
+        r#"
+        name: db
+        image: postgres
+        privileged: true
+        cap_drop: [NET_RAW]
+        stop_signal: 99
+        "#,
+        r#"
+        db.cap_drop: has no effect: a privileged container keeps every capability
+        db.stop_signal: "99" is not a signal number (use 1 to 64)
+        "#,
+    );
+}
+
+#[test]
+fn json_specs_must_use_the_stored_forms() {
+    let mut spec = ServiceSpec::process("box", &[]);
+    spec.driver = DriverKind::Docker;
+    spec.image = Some("app".into());
+    spec.cap_add = vec!["CAP_NET_ADMIN".into()];
+    spec.stop_signal = Some("TERM".into());
+    let problems = crate::validate(&spec).unwrap_err().to_string();
+    assert_eq!(
+        problems,
+        dedent(
+            r#"
+            box.cap_add[0]: "CAP_NET_ADMIN" should be written "NET_ADMIN" (upper case, without CAP_)
+            box.stop_signal: "TERM" should be written "SIGTERM"
+            "#
+        )
+        .trim_end()
+    );
 }
 
 #[test]
@@ -110,7 +271,7 @@ fn every_optional_form_is_accepted() {
         command: postgres -c "shared_buffers=256MB"
         workdir: /var/lib/postgresql
         user: 999
-        ports: [pg, { name: metrics, container_port: 9187, host_port: 19187, protocol: udp, host_ip: 127.0.0.1 }]
+        ports: [{ name: pg, container_port: 5432 }, { name: metrics, container_port: 9187, host_port: 19187, protocol: udp, host_ip: 127.0.0.1 }]
         volumes: ["./data:/var/lib/postgresql/data", "conf:/etc/pg:ro", { source: /srv/x, target: /x, read_only: true }]
         restart: on-failure
         liveness: { exec: [pg_isready, -U, postgres], period: 10s }
@@ -132,7 +293,11 @@ fn every_optional_form_is_accepted() {
         host_ip: Some("127.0.0.1".into()),
         ..PortSpec::named("metrics")
     };
-    assert_eq!(spec.ports, vec![PortSpec::named("pg"), metrics]);
+    let pg = PortSpec {
+        container_port: Some(5432),
+        ..PortSpec::named("pg")
+    };
+    assert_eq!(spec.ports, vec![pg, metrics]);
     let volume = |source: &str, target: &str, read_only| VolumeSpec {
         source: source.into(),
         target: target.into(),
@@ -251,7 +416,7 @@ fn unknown_keys_suggest_the_closest_known_one() {
         "#,
         r#"
         web.readyness: unknown key; did you mean `readiness`?
-        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`
+        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`
         web.liveness.perod: unknown key; did you mean `period`?
         "#,
     );
@@ -474,6 +639,15 @@ mod never_panics {
         "readiness",
         "resources",
         "stop_grace",
+        "stop_signal",
+        "pull",
+        "read_only",
+        "cap_add",
+        "cap_drop",
+        "security_opt",
+        "privileged",
+        "pull_policy",
+        "pids_limit",
         "http",
         "tcp",
         "exec",
@@ -542,6 +716,17 @@ mod never_panics {
         "a b \"c d\"",
         "bind",
         "tmpfs",
+        "NET_ADMIN",
+        "cap_sys_time",
+        "ALL",
+        "seccomp:unconfined",
+        "apparmor=x",
+        "no-new-privileges",
+        "SIGRTMIN+3",
+        "term",
+        "if-not-present",
+        "missing",
+        "every_2h",
     ];
 
     fn tree() -> impl Strategy<Value = Value> {
