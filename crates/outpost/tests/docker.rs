@@ -62,7 +62,7 @@ fn containers_run_labelled_limited_and_locked_down() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|o| o == "no-new-privileges:true"),
+                .any(|o| o == "no-new-privileges=true" || o == "no-new-privileges:true"),
             "{host}"
         );
         assert_eq!(host["Privileged"], false);
@@ -284,4 +284,75 @@ fn a_missing_image_that_cannot_be_pulled_fails_the_task_with_the_reason() {
         message.contains("outpost-no-such-image:1") && message.contains("cannot be pulled"),
         "{message}"
     );
+}
+
+#[test]
+fn a_local_image_starts_when_the_registry_is_unreachable() {
+    let Some(image) = docker_image() else { return };
+    let dev = Dev::start(&[]);
+    let mut spec = boxed(image).replace("replicas: 2", "replicas: 1");
+    spec.push_str("pull: always\n");
+    dev.deploy("box.yaml", &spec);
+    let t = dev.wait_ready("box", 1).remove(0);
+    let warning = wait_for("the fallback event", || {
+        dev.events()
+            .into_iter()
+            .find(|e| e["task"] == t["id"] && e["reason"] == "warning")
+    });
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .contains("starting from the local image"),
+        "{warning}"
+    );
+}
+
+#[test]
+fn risky_settings_are_warned_about() {
+    let Some(image) = docker_image() else { return };
+    let dev = Dev::start(&[]);
+    let spec = boxed(image).replace(
+        "replicas: 2",
+        "replicas: 1\nuser: \"0\"\ncap_add: [NET_ADMIN]",
+    );
+    dev.deploy("box.yaml", &spec);
+    let t = dev.wait_ready("box", 1).remove(0);
+    let warnings: Vec<String> = dev
+        .events()
+        .into_iter()
+        .filter(|e| e["task"] == t["id"] && e["reason"] == "warning")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("runs as root")),
+        "{warnings:?}"
+    );
+    let caps = docker_inspect(&container(&t))["HostConfig"]["CapAdd"].clone();
+    assert!(
+        caps.as_array().unwrap().iter().any(|c| c == "NET_ADMIN"),
+        "{caps}"
+    );
+}
+
+#[test]
+fn privileged_only_when_asked_and_then_with_a_warning() {
+    let Some(image) = docker_image() else { return };
+    let dev = Dev::start(&[]);
+    let spec = boxed(image)
+        .replace("name: box", "name: priv")
+        .replace("replicas: 2", "replicas: 1\nprivileged: true");
+    dev.deploy("priv.yaml", &spec);
+    let t = dev.wait_ready("priv", 1).remove(0);
+    assert_eq!(
+        docker_inspect(&container(&t))["HostConfig"]["Privileged"],
+        true
+    );
+    wait_for("the privileged warning", || {
+        dev.events().into_iter().find(|e| {
+            e["task"] == t["id"]
+                && e["reason"] == "warning"
+                && e["message"].as_str().unwrap().contains("privileged")
+        })
+    });
 }

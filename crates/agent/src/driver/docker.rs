@@ -18,7 +18,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, StartContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
-use spec::ServiceSpec;
+use spec::{PullPolicy, ServiceSpec};
 use tokio::io::AsyncWriteExt;
 
 use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, Started, StopSignal};
@@ -45,37 +45,6 @@ pub const DEFAULT_CAPS: &[&str] = &[
 
 /// How often a dead log stream is retried while its container runs.
 const LOG_RETRY: Duration = Duration::from_millis(500);
-
-/// Container-only settings of a spec. TEMPORARY: filled from the spec once it carries them.
-struct Hardening {
-    pull: Pull,
-    cap_add: Vec<String>,
-    cap_drop: Vec<String>,
-    security_opt: Vec<String>,
-    privileged: bool,
-    read_only: bool,
-    stop_signal: Option<String>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)]
-enum Pull {
-    IfNotPresent,
-    Always,
-    Never,
-}
-
-fn hardening(_spec: &ServiceSpec) -> Hardening {
-    Hardening {
-        pull: Pull::IfNotPresent,
-        cap_add: Vec::new(),
-        cap_drop: Vec::new(),
-        security_opt: Vec::new(),
-        privileged: false,
-        read_only: false,
-        stop_signal: None,
-    }
-}
 
 pub struct DockerDriver {
     docker: Docker,
@@ -147,9 +116,9 @@ impl DockerDriver {
             program: image.to_string(),
             reason,
         };
-        match (hardening(spec).pull, present) {
-            (Pull::Never, true) | (Pull::IfNotPresent, true) => Ok(Vec::new()),
-            (Pull::Never, false) => Err(fail(
+        match (spec.pull, present) {
+            (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => Ok(Vec::new()),
+            (PullPolicy::Never, false) => Err(fail(
                 "the image is not on this node and the pull policy is never".into(),
             )),
             (_, present) => match self.pull(image).await {
@@ -173,9 +142,8 @@ impl DockerDriver {
         Ok(())
     }
 
-    fn body(&self, launch: &Launch) -> ContainerCreateBody {
+    fn body(&self, launch: &Launch, security_opt: Vec<String>) -> ContainerCreateBody {
         let spec = &launch.spec;
-        let hard = hardening(spec);
         let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
         let mut exposed = Vec::new();
         for port in &spec.ports {
@@ -204,11 +172,15 @@ impl DockerDriver {
         }
         let limits = &spec.resources.limits;
         let requests = &spec.resources.requests;
-        let mut cap_add: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
-        cap_add.extend(hard.cap_add.iter().cloned());
-        cap_add.retain(|c| !hard.cap_drop.contains(c));
-        let mut security_opt = vec!["no-new-privileges:true".to_string()];
-        security_opt.extend(hard.security_opt.iter().map(|o| o.replacen('=', ":", 1)));
+        // Dropping ALL in the spec also drops the defaults kept for ordinary services.
+        let drop_all = spec.cap_drop.iter().any(|c| c == "ALL");
+        let mut cap_add: Vec<String> = if drop_all {
+            Vec::new()
+        } else {
+            DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
+        };
+        cap_add.extend(spec.cap_add.iter().cloned());
+        cap_add.retain(|c| !spec.cap_drop.contains(c));
         let host_config = HostConfig {
             port_bindings: Some(bindings),
             binds: Some(spec.volumes.iter().map(volume_bind).collect()),
@@ -223,8 +195,8 @@ impl DockerDriver {
             cap_drop: Some(vec!["ALL".into()]),
             cap_add: Some(cap_add),
             security_opt: Some(security_opt),
-            privileged: Some(hard.privileged),
-            readonly_rootfs: Some(hard.read_only),
+            privileged: Some(spec.privileged),
+            readonly_rootfs: Some(spec.read_only),
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
@@ -246,7 +218,7 @@ impl DockerDriver {
             working_dir: spec.workdir.clone(),
             labels: Some(labels),
             exposed_ports: Some(exposed),
-            stop_signal: hard.stop_signal.clone(),
+            stop_signal: spec.stop_signal.clone(),
             host_config: Some(host_config),
             ..Default::default()
         }
@@ -265,7 +237,10 @@ impl DockerDriver {
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = self
             .docker
-            .create_container(Some(options), self.body(launch))
+            .create_container(
+                Some(options),
+                self.body(launch, security_opts(&launch.spec).map_err(fail)?),
+            )
             .await
             .map_err(|e| fail(e.to_string()))?;
         self.docker
@@ -283,7 +258,7 @@ impl DockerDriver {
             .and_then(|s| s.pid)
             .filter(|p| *p > 0)
             .map(|p| p as u32);
-        if hardening(&launch.spec).privileged {
+        if launch.spec.privileged {
             warnings.push("runs privileged: it has full access to the node".into());
         }
         let user = inspect
@@ -351,6 +326,30 @@ impl DockerDriver {
             }
         });
     }
+}
+
+/// The spec's security options as the Engine takes them, with `no-new-privileges` on unless the
+/// spec decides it. The Engine wants a seccomp profile's JSON, so a path is read here on the node.
+fn security_opts(spec: &ServiceSpec) -> Result<Vec<String>, String> {
+    let mut opts = Vec::new();
+    if !spec
+        .security_opt
+        .iter()
+        .any(|o| o.starts_with("no-new-privileges"))
+    {
+        opts.push("no-new-privileges=true".to_string());
+    }
+    for opt in &spec.security_opt {
+        match opt.strip_prefix("seccomp=") {
+            Some(path) if path.starts_with('/') => {
+                let profile = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read seccomp profile {path} on this node: {e}"))?;
+                opts.push(format!("seccomp={profile}"));
+            }
+            _ => opts.push(opt.clone()),
+        }
+    }
+    Ok(opts)
 }
 
 fn volume_bind(v: &spec::VolumeSpec) -> String {
