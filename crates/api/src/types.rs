@@ -57,6 +57,8 @@ pub struct Task {
     pub state: TaskState,
     pub ready: bool,
     pub restarts: u32,
+    /// Kubernetes QoS class of its spec's resources: who is evicted first under memory pressure.
+    pub qos: spec::QosClass,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -95,7 +95,7 @@ pub fn services(list: &[ServiceSummary]) -> String {
 
 pub fn tasks(list: &[Task], now: Timestamp) -> String {
     let mut t = table(&[
-        "TASK", "NODE", "STATE", "READY", "RESTARTS", "PID", "PORTS", "AGE", "MESSAGE",
+        "TASK", "NODE", "STATE", "READY", "RESTARTS", "QOS", "PID", "PORTS", "AGE", "MESSAGE",
     ]);
     for task in list {
         let state = match task.desired {
@@ -109,6 +109,7 @@ pub fn tasks(list: &[Task], now: Timestamp) -> String {
             state,
             if task.ready { "yes" } else { "no" }.to_string(),
             task.restarts.to_string(),
+            task.qos.to_string(),
             task.pid.map_or("-".into(), |p| p.to_string()),
             ports.join(","),
             task.started_at.map_or("-".into(), |s| age(s, now)),

@@ -45,6 +45,7 @@ fn containers_run_labelled_limited_and_locked_down() {
                 .unwrap()
                 .contains(&format!("hello from {id}"))
         );
+        assert_eq!(t["qos"], "Burstable", "requests below limits");
         let c = docker_inspect(&container(t));
         let labels = &c["Config"]["Labels"];
         assert_eq!(labels["outpost.service"], "box");

@@ -47,6 +47,7 @@ fn deployed_replicas_answer_on_their_ports() {
         ] {
             assert!(!t[key].is_null(), "ps -o json lacks {key}: {t}");
         }
+        assert_eq!(t["qos"], "BestEffort", "no requests or limits");
         let answer = http_get(port(t), "/").unwrap();
         assert!(
             answer.contains(&format!("hi from {}", t["id"].as_str().unwrap())),

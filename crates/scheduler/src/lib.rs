@@ -242,6 +242,7 @@ mod tests {
             state: TaskState::Running,
             ready: true,
             restarts: 0,
+            qos: spec::QosClass::BestEffort,
             pid: None,
             container_id: None,
             ports: BTreeMap::new(),

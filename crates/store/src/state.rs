@@ -340,6 +340,10 @@ impl State {
 
     /// Creates a task with no node yet and returns its id.
     fn new_task(&mut self, service: &str, slot: u32, version: u64, time: Timestamp) -> String {
+        let qos = self
+            .services
+            .get(service)
+            .map_or(spec::QosClass::BestEffort, |s| s.spec.qos());
         self.next_task += 1;
         let id = format!("{service}.{slot}.{}", self.next_task);
         self.tasks.insert(
@@ -354,6 +358,7 @@ impl State {
                 state: TaskState::Pending,
                 ready: false,
                 restarts: 0,
+                qos,
                 pid: None,
                 container_id: None,
                 ports: BTreeMap::new(),
