@@ -65,8 +65,6 @@ pub struct AgentConfig {
     pub workdir: Option<PathBuf>,
     /// Kept back from workloads for the system and the agent: allocatable = capacity − reserved.
     pub reserved: Capacity,
-    /// Below this much available memory the node is under pressure and evicts tasks.
-    pub eviction_threshold: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
