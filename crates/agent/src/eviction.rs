@@ -16,38 +16,8 @@
 //! pages, the task's own exit), so re-measuring beats evicting a precomputed batch. [`victims`]
 //! gives the whole plan for callers that want it (a dry run, an operator's "what would go").
 
-/// A pod's QoS class in Kubernetes' sense, which ranks tasks for eviction.
-// Local until `spec::QosClass` lands; then this should give way to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Qos {
-    BestEffort,
-    Burstable,
-    Guaranteed,
-}
-
-impl Qos {
-    /// Kubernetes' rule for one container: Guaranteed when CPU and memory both have limits and
-    /// any request given equals its limit (a request left out defaults to the limit);
-    /// BestEffort when neither has a request nor a limit; Burstable otherwise. Pids do not count.
-    pub fn of(resources: &spec::Resources) -> Qos {
-        let (requests, limits) = (&resources.requests, &resources.limits);
-        let guaranteed = limits.cpu.is_some()
-            && limits.memory.is_some()
-            && requests.cpu.is_none_or(|r| Some(r) == limits.cpu)
-            && requests.memory.is_none_or(|r| Some(r) == limits.memory);
-        let empty = requests.cpu.is_none()
-            && requests.memory.is_none()
-            && limits.cpu.is_none()
-            && limits.memory.is_none();
-        if guaranteed {
-            Qos::Guaranteed
-        } else if empty {
-            Qos::BestEffort
-        } else {
-            Qos::Burstable
-        }
-    }
-}
+/// A task's QoS class, which ranks it for eviction (ordered: BestEffort first).
+pub use spec::QosClass as Qos;
 
 /// One running task as eviction sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,7 +302,7 @@ mod tests {
                 requests: requests.clone(),
                 limits: limits.clone(),
             };
-            assert_eq!(Qos::of(&resources), class, "{requests:?} / {limits:?}");
+            assert_eq!(resources.qos(), class, "{requests:?} / {limits:?}");
         }
         // Pids alone do not lift a task out of BestEffort.
         let pids_only = Resources {
@@ -342,6 +312,6 @@ mod tests {
                 ..ResourceList::default()
             },
         };
-        assert_eq!(Qos::of(&pids_only), Qos::BestEffort);
+        assert_eq!(pids_only.qos(), Qos::BestEffort);
     }
 }

@@ -50,6 +50,13 @@ const WATCH_WAIT: Duration = Duration::from_secs(25);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How often available memory is compared with the eviction threshold. One eviction per check
+/// leaves the kernel a second to reclaim before the next victim is chosen.
+const PRESSURE_CHECK: Duration = Duration::from_secs(1);
+
+/// 100 MiB: kubelet's default `memory.available` hard-eviction threshold.
+pub const DEFAULT_EVICTION_THRESHOLD: u64 = 100 << 20;
+
 /// How often log files are checked for rotation.
 const ROTATE_EVERY: Duration = Duration::from_secs(2);
 
@@ -63,6 +70,9 @@ pub struct AgentConfig {
     pub token: String,
     /// Working directory for processes whose spec names none.
     pub workdir: Option<PathBuf>,
+    /// Below this much available memory the node is under pressure: it evicts tasks, one per
+    /// check, and the control plane places nothing new on it.
+    pub eviction_threshold: u64,
     /// Kept back from workloads for the system and the agent: allocatable = capacity − reserved.
     pub reserved: Capacity,
 }
@@ -88,6 +98,7 @@ enum Event {
     Assigned(Assignments),
     Finished(String),
     Rotate,
+    PressureCheck,
     Shutdown,
 }
 
@@ -104,6 +115,11 @@ pub struct Agent {
     finished_tx: mpsc::UnboundedSender<String>,
     /// Tasks the control plane no longer lists, or wants stopped: drop them once stopped.
     forget: HashSet<String>,
+    /// Tasks finished here for good (stopped or evicted): an answer to the assignment watch
+    /// that was already on its way may still list them, and must not start them again.
+    done: HashSet<String>,
+    /// Whether available memory was below the eviction threshold at the last check.
+    under_pressure: bool,
 }
 
 impl Agent {
@@ -173,6 +189,8 @@ impl Agent {
             running: HashMap::new(),
             finished_tx,
             forget: HashSet::new(),
+            done: HashSet::new(),
+            under_pressure: false,
         };
         agent.restore()?;
         if let Some(d) = &docker {
@@ -205,18 +223,21 @@ impl Agent {
         ));
 
         let mut rotate = tokio::time::interval(ROTATE_EVERY);
+        let mut pressure = tokio::time::interval(PRESSURE_CHECK);
         tokio::pin!(shutdown);
         loop {
             let event = tokio::select! {
                 Some(a) = assigned_rx.recv() => Event::Assigned(a),
                 Some(id) = finished_rx.recv() => Event::Finished(id),
                 _ = rotate.tick() => Event::Rotate,
+                _ = pressure.tick() => Event::PressureCheck,
                 _ = &mut shutdown => Event::Shutdown,
             };
             match event {
                 Event::Assigned(a) => agent.reconcile(a.assignments),
                 Event::Finished(id) => agent.finished(&id),
                 Event::Rotate => agent.rotate_logs(),
+                Event::PressureCheck => agent.check_pressure(),
                 Event::Shutdown => break,
             }
         }
@@ -288,8 +309,11 @@ impl Agent {
                 self.forget.insert(id.clone());
             }
         }
+        // Once the server stops listing a finished task it never lists it again (ids are not
+        // reused), so only listed ones need remembering.
+        self.done.retain(|id| listed.contains_key(id.as_str()));
         for a in &assignments {
-            if self.running.contains_key(&a.task) {
+            if self.running.contains_key(&a.task) || self.done.contains(&a.task) {
                 continue;
             }
             let task = LocalTask::new(a.clone());
@@ -313,10 +337,85 @@ impl Agent {
     fn finished(&mut self, id: &str) {
         self.running.remove(id);
         if self.forget.remove(id) {
+            self.done.insert(id.to_string());
             if let Err(e) = self.shared.local.remove(id) {
                 tracing::error!(task = id, "cannot forget task: {e}");
             }
             self.shared.logs.remove(id);
+        }
+    }
+
+    /// Compares available memory with the threshold; tells the control plane when that changes,
+    /// and under pressure evicts the task that Kubernetes' order picks.
+    fn check_pressure(&mut self) {
+        let Some(available) = eviction::read_mem_available() else {
+            return;
+        };
+        let threshold = self.config.eviction_threshold;
+        let under = available < threshold;
+        if under != self.under_pressure {
+            self.under_pressure = under;
+            let _ = self.shared.updates.send(supervisor::Update {
+                memory_pressure: Some(under),
+                ..Default::default()
+            });
+        }
+        if !under {
+            return;
+        }
+        let pids: HashMap<String, u32> = self
+            .shared
+            .local
+            .all()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| Some((t.assignment.task.clone(), t.handle?.pid?)))
+            .collect();
+        let candidates: Vec<eviction::Candidate> = self
+            .running
+            .iter()
+            .filter(|(id, r)| {
+                r.assignment.desired == DesiredState::Running && !self.forget.contains(*id)
+            })
+            .map(|(id, r)| eviction::Candidate {
+                task: id.clone(),
+                qos: r.assignment.spec.qos(),
+                usage: pids.get(id).map_or(0, |pid| resident_memory(*pid)),
+                request: r
+                    .assignment
+                    .spec
+                    .resources
+                    .requests
+                    .memory
+                    .map_or(0, |m| m.bytes()),
+            })
+            .collect();
+        if let Some(victim) = eviction::next_victim(available, threshold, &candidates) {
+            let reason = format!(
+                "node under memory pressure ({} available, threshold {})",
+                spec::Memory(available),
+                spec::Memory(threshold)
+            );
+            tracing::warn!(task = victim, "evicting: {reason}");
+            if let Some(run) = self.running.get(&victim) {
+                // The event goes out now, in the order victims are chosen; the task's final state
+                // follows once it is down.
+                let event = api::NewEvent {
+                    time: supervisor::now(),
+                    level: api::Level::Warning,
+                    reason: "evicted".into(),
+                    service: Some(run.assignment.service.clone()),
+                    task: Some(victim.clone()),
+                    node: Some(self.config.name.clone()),
+                    message: format!("evicted: {reason}"),
+                };
+                let _ = self.shared.updates.send(supervisor::Update {
+                    events: vec![event],
+                    ..Default::default()
+                });
+                let _ = run.control.send(Control::Evict(reason));
+            }
+            self.forget.insert(victim);
         }
     }
 
@@ -420,6 +519,17 @@ async fn register_until_done(client: &Client, register: &RegisterRequest) {
             }
         }
     }
+}
+
+/// Resident memory of a process (a task's main process, or a container's init), in bytes.
+fn resident_memory(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// This agent's identity on the node's container engine, made once and kept in its data dir:

@@ -81,11 +81,13 @@ pub struct Supervisor {
 }
 
 /// What the agent wants of a supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     Run,
     /// Stop the task for good.
     Stop,
+    /// Stop the task to relieve memory pressure, saying why; the control plane replaces it.
+    Evict(String),
     /// The agent is shutting down: stop the task unless its driver's tasks outlive the agent,
     /// in which case leave it running for the next agent to re-adopt.
     Detach,
@@ -279,8 +281,11 @@ impl Supervisor {
                 }
             }
         }
-        if !self.detaching() {
-            self.stopped();
+        let control = self.control.borrow().clone();
+        match control {
+            Control::Evict(reason) => self.evicted(reason),
+            _ if self.detaching() => {}
+            _ => self.stopped(),
         }
         self.task.assignment.task
     }
@@ -520,6 +525,20 @@ impl Supervisor {
             );
             self.report(vec![e]);
         }
+    }
+
+    fn evicted(&mut self, reason: String) {
+        let message = format!("evicted: {reason}");
+        self.observed = Observed {
+            state: TaskState::Failed,
+            ready: false,
+            evicted: true,
+            exit_code: self.observed.exit_code,
+            message: Some(message.clone()),
+        };
+        self.task.handle = None;
+        // The agent recorded the eviction event when it chose this task.
+        self.report(Vec::new());
     }
 
     fn stopped(&mut self) {

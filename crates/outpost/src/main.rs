@@ -47,6 +47,14 @@ pub enum Format {
     Json,
 }
 
+/// Settings of the node an agent runs on.
+#[derive(clap::Args)]
+struct NodeOptions {
+    /// Evict tasks (BestEffort first, Guaranteed last) while available memory is below this.
+    #[arg(long, default_value = "100Mi", env = "OUTPOST_EVICTION_THRESHOLD")]
+    eviction_threshold: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a server and an agent in one process on loopback, deploying the given spec files.
@@ -55,6 +63,8 @@ enum Command {
     Dev {
         /// Spec files (native YAML or Compose) to deploy at start.
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeOptions,
     },
     /// Run a control-plane server: `--api` is where it listens, `--data-dir` where it keeps state.
     Server,
@@ -66,6 +76,8 @@ enum Command {
         /// Address of the agent's own API (logs); port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:0")]
         agent_listen: String,
+        #[command(flatten)]
+        node: NodeOptions,
     },
     /// Deploy services from spec files (native YAML or Docker Compose, detected).
     Deploy {
@@ -128,9 +140,13 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let conn = cli.conn;
     match cli.command {
-        Command::Dev { files } => roles::dev(&conn, &files).await,
+        Command::Dev { files, node } => roles::dev(&conn, &files, &node.eviction_threshold).await,
         Command::Server => roles::server(&conn).await,
-        Command::Agent { name, agent_listen } => roles::agent(&conn, name, &agent_listen).await,
+        Command::Agent {
+            name,
+            agent_listen,
+            node,
+        } => roles::agent(&conn, name, &agent_listen, &node.eviction_threshold).await,
         Command::Deploy { files, dry_run } => commands::deploy(&conn, &files, dry_run).await,
         Command::Services => commands::services(&conn).await,
         Command::Ps { service } => commands::ps(&conn, service.as_deref()).await,

@@ -52,7 +52,8 @@ fn listen_addr(conn: &Connection, default: &str) -> Result<SocketAddr> {
     })
 }
 
-pub async fn dev(conn: &Connection, files: &[PathBuf]) -> Result<()> {
+pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str) -> Result<()> {
+    let eviction_threshold = parse_threshold(eviction_threshold)?;
     init_logging();
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
     let specs = commands::read_specs(files)?;
@@ -79,6 +80,7 @@ pub async fn dev(conn: &Connection, files: &[PathBuf]) -> Result<()> {
         token: server.token.clone(),
         workdir: std::env::current_dir().ok(),
         reserved: agent::default_reserved(),
+        eviction_threshold,
     };
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(agent::Agent::run(agent_config, async move {
@@ -168,7 +170,13 @@ pub async fn server(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-pub async fn agent(conn: &Connection, name: Option<String>, agent_listen: &str) -> Result<()> {
+pub async fn agent(
+    conn: &Connection,
+    name: Option<String>,
+    agent_listen: &str,
+    eviction_threshold: &str,
+) -> Result<()> {
+    let eviction_threshold = parse_threshold(eviction_threshold)?;
     init_logging();
     let data_dir = conn
         .data_dir
@@ -195,9 +203,17 @@ pub async fn agent(conn: &Connection, name: Option<String>, agent_listen: &str) 
         token,
         workdir: None,
         reserved: agent::default_reserved(),
+        eviction_threshold,
     };
     agent::Agent::run(config, shutdown_signal()).await?;
     Ok(())
+}
+
+fn parse_threshold(text: &str) -> Result<u64> {
+    let bytes = text
+        .parse::<spec::Memory>()
+        .map_err(|e| anyhow::anyhow!("--eviction-threshold: {e}"))?;
+    Ok(bytes.bytes())
 }
 
 fn hostname() -> Result<String> {

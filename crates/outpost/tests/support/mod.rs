@@ -62,6 +62,10 @@ impl Dev {
     }
 
     fn spawn(&mut self, files: &[&Path]) {
+        self.spawn_with(files, &[]);
+    }
+
+    fn spawn_with(&mut self, files: &[&Path], env: &[(&str, &str)]) {
         let _ = std::fs::remove_file(self.data_dir().join("api"));
         let log = std::fs::File::create(self.data_dir().join("dev.log")).unwrap();
         let child = Command::new(outpost_bin())
@@ -70,6 +74,7 @@ impl Dev {
             .args(["--api", "127.0.0.1:0", "dev"])
             .args(files)
             .env("OUTPOST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -111,6 +116,12 @@ impl Dev {
     pub fn restart_after_kill(&mut self) {
         self.kill();
         self.spawn(&[]);
+    }
+
+    /// Kills `dev` and starts it again with extra environment variables.
+    pub fn restart_after_kill_with(&mut self, env: &[(&str, &str)]) {
+        self.kill();
+        self.spawn_with(&[], env);
     }
 
     pub fn log(&self) -> String {
