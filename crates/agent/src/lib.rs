@@ -159,9 +159,29 @@ impl Agent {
             registered_rx.clone(),
         ));
         let agent_id = agent_id(&config.data_dir)?;
-        let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
-        drivers.insert("process".into(), Arc::new(ProcessDriver::new()));
         let mut notes = Vec::new();
+        let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
+        let cgroups = match cgroup::Cgroups::detect(
+            std::path::Path::new(cgroup::DEFAULT_ROOT),
+            &format!("outpost-{agent_id}"),
+        ) {
+            Ok(cg) => {
+                notes.push(format!(
+                    "process limits: {} ({})",
+                    cg.mode(),
+                    cg.controllers().join(", ")
+                ));
+                notes.extend(cg.notes().iter().cloned());
+                Some(cg)
+            }
+            Err(e) => {
+                notes.push(format!(
+                    "process limits: rlimits only (address space), no cgroups: {e}"
+                ));
+                None
+            }
+        };
+        drivers.insert("process".into(), Arc::new(ProcessDriver::new(cgroups)));
         let docker = match DockerDriver::connect(&agent_id).await {
             Ok(d) => Some(Arc::new(d)),
             Err(e) => {

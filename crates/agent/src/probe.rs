@@ -167,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn http_probe_reads_the_status_code() {
-        let driver = ProcessDriver::new();
+        let driver = ProcessDriver::new(None);
         let ok = serve_once("200 OK").await;
         let sick = serve_once("503 Service Unavailable").await;
         let ports = BTreeMap::from([("ok".to_string(), ok), ("sick".to_string(), sick)]);
@@ -193,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn tcp_probe_needs_a_listener() {
-        let driver = ProcessDriver::new();
+        let driver = ProcessDriver::new(None);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let tcp = probe(ProbeAction::Tcp {
@@ -213,7 +213,7 @@ mod tests {
 
     #[tokio::test]
     async fn exec_probe_uses_the_exit_code() {
-        let driver = ProcessDriver::new();
+        let driver = ProcessDriver::new(None);
         let exec = |cmd: &str| {
             probe(ProbeAction::Exec {
                 command: vec![cmd.into()],

@@ -453,3 +453,32 @@ stop_grace: 1s
         groups.iter().all(|g| group(*g).is_empty()).then_some(())
     });
 }
+
+#[test]
+fn a_process_over_its_memory_limit_is_stopped_and_reported() {
+    let dev = Dev::start(&[]);
+    let notes = dev.json(&["nodes"])[0]["notes"].to_string();
+    dev.deploy(
+        "hog.yaml",
+        r#"
+name: hog
+command: ["DEMO_APP", "--port", "0", "--alloc-mb", "200"]
+restart: { policy: never }
+resources: { limits: { memory: 32Mi } }
+"#,
+    );
+    let t = wait_for("the task to fail", || {
+        dev.tasks("hog")
+            .into_iter()
+            .find(|t| t["state"] == "failed")
+    });
+    if notes.contains("cgroup") {
+        assert_eq!(
+            t["message"], "killed: out of memory (over its memory limit)",
+            "{t}"
+        );
+    } else {
+        // The address-space rlimit makes the allocation itself fail.
+        assert_ne!(t["exit_code"], 0, "{t}");
+    }
+}

@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, Started, StopSignal};
+use crate::cgroup::{Cgroups, Limits};
 
 /// How often an adopted process (not our child, so no exit notification) is checked for life.
 /// 100 ms keeps crash detection of adopted tasks well inside the recovery target.
@@ -27,15 +28,41 @@ const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER"]
 pub struct ProcessDriver {
     /// Exit status of the children we spawned, by pid, published by their reaper task.
     exits: Arc<Mutex<HashMap<u32, watch::Receiver<Option<Exit>>>>>,
+    /// Where tasks' resource limits are enforced; `None` falls back to an address-space rlimit.
+    cgroups: Option<Cgroups>,
+}
+
+/// With no cgroup to enforce a memory limit, the task runs under `prlimit --as`, which caps
+/// its address space: cruder (it counts mappings, not resident memory) but still a bound.
+pub fn rlimit_argv(argv: Vec<String>, limits: &Limits) -> Vec<String> {
+    match limits.memory_max {
+        Some(bytes) => {
+            let mut wrapped = vec![
+                "prlimit".to_string(),
+                format!("--as={bytes}"),
+                "--".to_string(),
+            ];
+            wrapped.extend(argv);
+            wrapped
+        }
+        None => argv,
+    }
 }
 
 impl ProcessDriver {
-    pub fn new() -> ProcessDriver {
-        ProcessDriver::default()
+    pub fn new(cgroups: Option<Cgroups>) -> ProcessDriver {
+        ProcessDriver {
+            exits: Arc::default(),
+            cgroups,
+        }
     }
 
-    fn spawn(&self, launch: &Launch) -> Result<Handle, DriverError> {
-        let argv = launch.argv();
+    fn spawn(&self, launch: &Launch) -> Result<Started, DriverError> {
+        let limits = Limits::from_resources(&launch.spec.resources);
+        let argv = match &self.cgroups {
+            Some(_) => launch.argv(),
+            None => rlimit_argv(launch.argv(), &limits),
+        };
         let program = argv.first().cloned().unwrap_or_default();
         let fail = |reason: String| DriverError::Start {
             program: program.clone(),
@@ -71,27 +98,50 @@ impl ProcessDriver {
         if let Some(dir) = &launch.workdir {
             cmd.current_dir(dir);
         }
+        let mut warnings = Vec::new();
+        if let Some(cg) = &self.cgroups {
+            // A cgroup left by an earlier run would carry its OOM count over.
+            let _ = cg.remove(&launch.task_id);
+            match cg.create(&launch.task_id, &limits) {
+                Ok(w) => warnings.extend(w),
+                Err(e) => warnings.push(format!("resource limits not enforced: {e}")),
+            }
+        }
         let mut child = cmd.spawn().map_err(|e| fail(start_error(&e)))?;
         let pid = child
             .id()
             .ok_or_else(|| fail("exited before it could be watched".into()))?;
+        if let Some(cg) = &self.cgroups
+            && let Err(e) = cg.add(&launch.task_id, pid)
+        {
+            warnings.push(format!("resource limits not enforced: {e}"));
+        }
+        let cgroup = self.cgroups.clone().map(|cg| (cg, launch.task_id.clone()));
         let (tx, rx) = watch::channel(None);
         self.exits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(pid, rx);
         tokio::spawn(async move {
-            let exit = match child.wait().await {
+            let mut exit = match child.wait().await {
                 Ok(status) => exit_of(status),
                 Err(_) => Exit::Unknown,
             };
+            if let Some((cg, task)) = cgroup {
+                if cg.oom_kills(&task).unwrap_or(0) > 0 {
+                    exit = Exit::OutOfMemory;
+                }
+                // Fails while a forked child lingers; the next start or stop retries.
+                let _ = cg.remove(&task);
+            }
             let _ = tx.send(Some(exit));
         });
-        Ok(Handle {
+        let handle = Handle {
             pid: Some(pid),
             start_ticks: start_ticks(pid),
             container_id: None,
-        })
+        };
+        Ok(Started { handle, warnings })
     }
 }
 
@@ -166,12 +216,7 @@ impl Driver for ProcessDriver {
     }
 
     fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Started, DriverError>> {
-        Box::pin(async move {
-            self.spawn(launch).map(|handle| Started {
-                handle,
-                warnings: Vec::new(),
-            })
-        })
+        Box::pin(async move { self.spawn(launch) })
     }
 
     fn adopt<'a>(&'a self, _handle: &'a Handle, _launch: &'a Launch) -> BoxFuture<'a, ()> {
@@ -249,5 +294,24 @@ impl Driver for ProcessDriver {
                 _ => None,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_cgroups_a_memory_limit_becomes_an_address_space_rlimit() {
+        let argv = vec!["app".to_string(), "--x".to_string()];
+        let limited = Limits {
+            memory_max: Some(64 << 20),
+            ..Limits::default()
+        };
+        assert_eq!(
+            rlimit_argv(argv.clone(), &limited),
+            ["prlimit", "--as=67108864", "--", "app", "--x"]
+        );
+        assert_eq!(rlimit_argv(argv.clone(), &Limits::default()), argv);
     }
 }

@@ -228,6 +228,22 @@ impl Dev {
     }
 }
 
+/// Removes the agent's empty cgroup folders, so test runs leave nothing under /sys/fs/cgroup.
+fn remove_cgroups(data_dir: &Path) {
+    let Ok(agent) = std::fs::read_to_string(data_dir.join("agent").join("agent-id")) else {
+        return;
+    };
+    let name = format!("outpost-{}", agent.trim());
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/pids",
+    ] {
+        let _ = std::fs::remove_dir(Path::new(root).join(&name));
+    }
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -242,6 +258,7 @@ impl Drop for Dev {
             let _ = child.kill();
             let _ = child.wait();
         }
+        remove_cgroups(self.dir.path());
     }
 }
 
