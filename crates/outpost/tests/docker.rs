@@ -357,3 +357,48 @@ fn privileged_only_when_asked_and_then_with_a_warning() {
         })
     });
 }
+
+#[test]
+fn container_output_and_volumes_work_like_the_spec_says() {
+    let Some(image) = docker_image() else { return };
+    let dev = Dev::start(&[]);
+    let host = dev.data_dir().join("shared");
+    std::fs::create_dir_all(&host).unwrap();
+    let spec = boxed(image)
+        .replace("replicas: 2", "replicas: 1")
+        .replace("name: box", "name: vol")
+        + &format!(
+            "volumes: [\"{}:/data:ro\", \"outpost-test-cache:/cache\"]\n",
+            host.display()
+        );
+    dev.deploy("vol.yaml", &spec);
+    let t = dev.wait_ready("vol", 1).remove(0);
+    let mounts = docker_inspect(&container(&t))["Mounts"].clone();
+    let read_only_bind = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["Destination"] == "/data" && m["RW"] == false);
+    let named = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["Destination"] == "/cache" && m["Name"] == "outpost-test-cache");
+    assert!(read_only_bind && named, "{mounts}");
+    // The Engine's log stream lands in the same per-task log as a process's output.
+    let logs = wait_for("the container's output in outpost logs", || {
+        let out = dev.ok(&["logs", "vol"]);
+        out.contains("listening on port 8080").then_some(out)
+    });
+    assert!(
+        logs.contains(&format!("{} | demo-app", t["id"].as_str().unwrap())),
+        "{logs}"
+    );
+    dev.ok(&["rm", "vol"]);
+    wait_for("no container left", || {
+        agent_containers(&dev).is_empty().then_some(())
+    });
+    let _ = std::process::Command::new("docker")
+        .args(["volume", "rm", "outpost-test-cache"])
+        .output();
+}

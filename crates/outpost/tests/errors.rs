@@ -207,3 +207,32 @@ services:
     );
     assert!(services(&dev).is_empty());
 }
+
+#[test]
+fn a_service_that_cannot_fit_waits_in_ps_with_the_reason() {
+    let dev = Dev::start(&[]);
+    dev.deploy("big.yaml", "name: big\nreplicas: 2\ncommand: [\"DEMO_APP\"]\nresources: { requests: { cpu: \"500\" } }\n");
+    let waiting = |t: &serde_json::Value| {
+        t["state"] == "pending"
+            && t["node"].is_null()
+            && t["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("insufficient resources"))
+    };
+    let tasks = wait_for("two tasks waiting for room", || {
+        let tasks = dev.tasks("big");
+        (tasks.len() == 2 && tasks.iter().all(waiting)).then_some(tasks)
+    });
+    let message = tasks[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("each replica requests 500 CPU"),
+        "{message}"
+    );
+    let events = dev.ok(&["events", "--service", "big"]);
+    assert!(events.contains("unschedulable"), "{events}");
+    let table = dev.ok(&["ps", "big"]);
+    assert!(
+        table.contains("pending") && table.contains("waiting for a node"),
+        "{table}"
+    );
+}
