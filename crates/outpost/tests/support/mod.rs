@@ -259,6 +259,31 @@ impl Drop for Dev {
             let _ = child.wait();
         }
         remove_cgroups(self.dir.path());
+        remove_containers(self.dir.path());
+    }
+}
+
+/// Containers outlive their agent by design, so a finished test removes its agent's own.
+fn remove_containers(data_dir: &Path) {
+    let Ok(agent) = std::fs::read_to_string(data_dir.join("agent").join("agent-id")) else {
+        return;
+    };
+    let filter = format!("label=outpost.agent={}", agent.trim());
+    let Ok(out) = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &filter])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
     }
 }
 
