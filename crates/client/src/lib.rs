@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the Outpost API at {url}: {source}")]
-    Unreachable { url: String, source: reqwest::Error },
+    #[error("cannot reach the Outpost API at {url}: {} (is it running? check --api / OUTPOST_API)", root_cause(.cause))]
+    Unreachable { url: String, cause: reqwest::Error },
     #[error(
         "the API refused the token (401): check --token / OUTPOST_TOKEN, or the data dir's token file"
     )]
@@ -34,6 +34,15 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// The innermost error of a chain: reqwest repeats the request line at every level.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
 }
 
 fn render_api_error(status: &StatusCode, error: &ApiError) -> String {
@@ -100,13 +109,10 @@ impl Client {
     }
 
     async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })?;
+        let resp = req.send().await.map_err(|cause| ClientError::Unreachable {
+            url: self.base.clone(),
+            cause,
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
