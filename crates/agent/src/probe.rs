@@ -124,10 +124,6 @@ impl Threshold {
         }
         Verdict::Undecided
     }
-
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
 }
 
 #[cfg(test)]
