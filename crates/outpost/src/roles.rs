@@ -1,5 +1,6 @@
 //! Long-running roles: `dev` (server + agent in one process), `server`, `agent`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use api::{DesiredState, TaskState};
 use client::Client;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
 use crate::Connection;
 use crate::commands;
@@ -30,17 +32,42 @@ fn init_logging() {
         .init();
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, counted from the moment the role starts: the first asks for a clean stop,
+/// a second one forces it. Installed before anything else starts, so a Ctrl-C at any moment —
+/// even while the first replicas are still starting — takes the clean path instead of killing
+/// the process by the signal's default action and leaving its tasks behind.
+struct Signals {
+    count: watch::Receiver<u32>,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let (tx, count) = watch::channel(0);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        Ok(Signals { count })
+    }
+
+    /// Resolves once `n` signals have arrived.
+    fn received(&self, n: u32) -> impl Future<Output = ()> + Send + 'static {
+        let mut count = self.count.clone();
+        async move {
+            let _ = count.wait_for(|c| *c >= n).await;
+        }
+    }
+
+    /// The first signal: stop cleanly.
+    fn stop(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.received(1)
     }
 }
 
@@ -53,6 +80,7 @@ fn listen_addr(conn: &Connection, default: &str) -> Result<SocketAddr> {
 }
 
 pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str) -> Result<()> {
+    let signals = Signals::install()?;
     let eviction_threshold = parse_threshold(eviction_threshold)?;
     init_logging();
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
@@ -82,20 +110,35 @@ pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str)
         reserved: agent::default_reserved(),
         eviction_threshold,
     };
-    let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The agent stops on the first signal, or when start-up fails: either way its tasks are
+    // stopped before dev exits.
+    let (stop_agent, start_failed) = tokio::sync::oneshot::channel::<()>();
+    let stop = signals.stop();
     let agent = tokio::spawn(agent::Agent::run(agent_config, async move {
-        let _ = agent_stopped.await;
+        tokio::select! {
+            _ = stop => {}
+            _ = start_failed => {}
+        }
     }));
     let client = Client::new(&api, &server.token);
     println!("outpost dev: API at {api}, data in {}", data_dir.display());
     println!("  try: outpost --data-dir {} ps", data_dir.display());
-    if !specs.is_empty() {
-        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        commands::apply(&client, specs, false, crate::Format::Table).await?;
-        show_endpoints(&client, &names).await;
+    let started = async {
+        if !specs.is_empty() {
+            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+            commands::apply(&client, specs, false, crate::Format::Table).await?;
+            show_endpoints(&client, &names).await;
+        }
+        anyhow::Ok(())
+    };
+    let result = tokio::select! {
+        r = started => r,
+        _ = signals.stop() => Ok(()),
+    };
+    if result.is_ok() {
+        signals.stop().await;
     }
-    shutdown_signal().await;
-    println!("outpost dev: stopping tasks");
+    println!("outpost dev: stopping tasks (press Ctrl-C again to force)");
     let _ = stop_agent.send(());
     match agent.await {
         Ok(Err(e)) => eprintln!("agent: {e}"),
@@ -103,7 +146,7 @@ pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str)
         Ok(Ok(())) => {}
     }
     server.shutdown().await;
-    Ok(())
+    result
 }
 
 /// Prints where each replica of the deployed services answers, once they run.
@@ -148,6 +191,7 @@ async fn show_endpoints(client: &Client, services: &[String]) {
 }
 
 pub async fn server(conn: &Connection) -> Result<()> {
+    let signals = Signals::install()?;
     init_logging();
     let data_dir = conn
         .data_dir
@@ -165,7 +209,7 @@ pub async fn server(conn: &Connection) -> Result<()> {
         server.addr,
         data_dir.join("token").display()
     );
-    shutdown_signal().await;
+    signals.stop().await;
     server.shutdown().await;
     Ok(())
 }
@@ -176,6 +220,7 @@ pub async fn agent(
     agent_listen: &str,
     eviction_threshold: &str,
 ) -> Result<()> {
+    let signals = Signals::install()?;
     let eviction_threshold = parse_threshold(eviction_threshold)?;
     init_logging();
     let data_dir = conn
@@ -205,7 +250,7 @@ pub async fn agent(
         reserved: agent::default_reserved(),
         eviction_threshold,
     };
-    agent::Agent::run(config, shutdown_signal()).await?;
+    agent::Agent::run(config, signals.stop()).await?;
     Ok(())
 }
 

@@ -57,6 +57,34 @@ impl Dev {
         dev
     }
 
+    /// Starts `outpost dev` with one spec file, written before it starts, so the deploy runs
+    /// inside dev's own start-up.
+    pub fn start_with_spec(name: &str, text: &str) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = Dev { dir, child: None };
+        let path = dev.spec_file(name, text);
+        dev.spawn(&[&path]);
+        dev
+    }
+
+    /// Sends `outpost dev` a signal and waits for it to exit; returns whether it exited with
+    /// success.
+    pub fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> bool {
+        let mut child = self.child.take().expect("dev is running");
+        signal(child.id() as u64, sig);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "outpost dev did not exit after {sig}"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

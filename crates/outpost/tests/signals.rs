@@ -1,0 +1,54 @@
+//! Stopping `outpost dev` by signal at any moment: a Ctrl-C (or SIGTERM from a service manager)
+//! while replicas are still starting stops every task and exits cleanly.
+
+mod support;
+
+use nix::sys::signal::Signal;
+use support::{Dev, alive, wait_for};
+
+/// Three replicas that bind their port only after a minute: they are still starting, and dev is
+/// still waiting for them inside its start-up, when the signal arrives.
+const SLOW: &str = r#"
+name: slow
+replicas: 3
+command: ["DEMO_APP", "--port", "${PORT}", "--delay-ready", "60000"]
+ports: [{ name: http }]
+readiness: { tcp: { port: http }, period: 200ms }
+stop_grace: 2s
+"#;
+
+fn started_pids(dev: &Dev) -> Vec<u64> {
+    wait_for("three started replicas", || {
+        let pids: Vec<u64> = dev
+            .tasks("slow")
+            .iter()
+            .filter_map(|t| t["pid"].as_u64())
+            .collect();
+        (pids.len() == 3).then_some(pids)
+    })
+}
+
+fn stops_cleanly_during_start_up(sig: Signal) {
+    let mut dev = Dev::start_with_spec("slow.yaml", SLOW);
+    let pids = started_pids(&dev);
+    assert!(
+        dev.signal_and_wait(sig),
+        "dev should exit with success after {sig}:\n{}",
+        dev.log()
+    );
+    let log = dev.log();
+    assert!(log.contains("stopping tasks"), "{log}");
+    for pid in pids {
+        assert!(!alive(pid), "task process {pid} outlived dev after {sig}");
+    }
+}
+
+#[test]
+fn ctrl_c_while_replicas_start_stops_every_task() {
+    stops_cleanly_during_start_up(Signal::SIGINT);
+}
+
+#[test]
+fn sigterm_while_replicas_start_stops_every_task() {
+    stops_cleanly_during_start_up(Signal::SIGTERM);
+}
