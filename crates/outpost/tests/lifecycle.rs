@@ -152,12 +152,13 @@ fn failing_liveness_probe_restarts_the_task() {
 #[test]
 fn readiness_gates_the_ready_flag() {
     let dev = Dev::start(&[]);
-    // The app binds its port 1.5 s after starting: running at once, ready only then.
+    // The app binds its port 5 s after starting: running at once, ready only then (5 s leaves a
+    // loaded machine time to read the starting state first).
     dev.deploy(
         "slow.yaml",
         r#"
 name: slow
-command: ["DEMO_APP", "--port", "${PORT}", "--delay-ready", "1500"]
+command: ["DEMO_APP", "--port", "${PORT}", "--delay-ready", "5000"]
 ports: [http]
 readiness: { http: { path: /healthz, port: http }, period: 100ms }
 "#,
