@@ -13,7 +13,7 @@ driver: docker
 image: {image}
 replicas: 2
 ports: [{{ name: http, container_port: 8080 }}]
-liveness: {{ http: {{ path: /healthz, port: http }}, period: 200ms, timeout: 1s, failure_threshold: 2 }}
+liveness: {{ http: {{ path: /healthz, port: http }}, period: 200ms, timeout: 2s, failure_threshold: 3 }}
 readiness: {{ tcp: {{ port: http }}, period: 200ms }}
 resources: {{ requests: {{ cpu: 100m, memory: 16Mi }}, limits: {{ cpu: 500m, memory: 32Mi, pids: 64 }} }}
 stop_grace: 2s

@@ -10,7 +10,7 @@ replicas: 2
 command: ["DEMO_APP", "--port", "${PORT}"]
 env: { GREETING: hi }
 ports: [{ name: http }]
-liveness: { http: { path: /healthz, port: http }, period: 200ms, timeout: 500ms, failure_threshold: 2 }
+liveness: { http: { path: /healthz, port: http }, period: 200ms, timeout: 2s, failure_threshold: 3 }
 readiness: { tcp: { port: http }, period: 200ms }
 stop_grace: 2s
 "#;
@@ -61,8 +61,7 @@ fn deployed_replicas_answer_on_their_ports() {
     );
     let services = dev.ok(&["services"]);
     assert!(services.contains("2/2"), "{services}");
-    let nodes = dev.json(&["nodes"]);
-    assert_eq!(nodes[0]["state"], "ready");
+    assert_eq!(dev.node()["state"], "ready");
     // Deploying the same spec again changes nothing.
     let again = dev.deploy("web.yaml", WEB);
     assert!(again.contains("unchanged"), "{again}");
@@ -328,14 +327,17 @@ fn logs_show_task_output_and_follow_across_restarts() {
     let dev = Dev::start(&[]);
     dev.deploy("web.yaml", WEB);
     let tasks = dev.wait_ready("web", 2);
-    let all = dev.ok(&["logs", "web"]);
-    for t in &tasks {
-        let id = t["id"].as_str().unwrap();
-        assert!(
-            all.contains(&format!("{id} | demo-app: listening on port {}", port(t))),
-            "{all}"
-        );
-    }
+    // The app prints its line just after binding, which readiness may beat.
+    wait_for("every task's listening line in the logs", || {
+        let all = dev.ok(&["logs", "web"]);
+        tasks
+            .iter()
+            .all(|t| {
+                let id = t["id"].as_str().unwrap();
+                all.contains(&format!("{id} | demo-app: listening on port {}", port(t)))
+            })
+            .then_some(())
+    });
     let id = tasks[0]["id"].as_str().unwrap();
     let one = dev.ok(&["logs", id, "--tail", "1"]);
     assert_eq!(one.lines().count(), 1, "{one}");
@@ -348,7 +350,8 @@ fn logs_show_task_output_and_follow_across_restarts() {
         .spawn()
         .unwrap();
     let mut stdout = follow.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::Read;
         let mut seen = String::new();
         let mut buf = [0u8; 4096];
@@ -361,10 +364,12 @@ fn logs_show_task_output_and_follow_across_restarts() {
                 break;
             }
         }
-        seen
+        let _ = seen_tx.send(seen);
     });
     let _ = http_get(port(&tasks[0]), "/crash");
-    let seen = reader.join().unwrap();
+    let seen = seen_rx
+        .recv_timeout(support::PATIENCE)
+        .expect("logs -f showed the restart within the deadline");
     follow.kill().unwrap();
     let _ = follow.wait();
     assert!(seen.contains("crashing as asked"), "{seen}");
@@ -458,7 +463,7 @@ stop_grace: 1s
 #[test]
 fn a_process_over_its_memory_limit_is_stopped_and_reported() {
     let dev = Dev::start(&[]);
-    let notes = dev.json(&["nodes"])[0]["notes"].to_string();
+    let notes = dev.node()["notes"].to_string();
     dev.deploy(
         "hog.yaml",
         r#"

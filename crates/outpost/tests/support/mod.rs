@@ -111,6 +111,28 @@ impl Dev {
         wait_for("the dev API to answer", || {
             self.try_cli(&["nodes"]).filter(|o| o.status.success())
         });
+        // Reads answer before the one-member group has elected itself; a write would then be
+        // refused with "retry shortly". Tests start writing at once, so wait for the leader.
+        wait_for("the dev server to lead its group", || {
+            let token = std::fs::read_to_string(self.data_dir().join("token")).ok()?;
+            let api = std::fs::read_to_string(self.data_dir().join("api")).ok()?;
+            let auth = format!("Bearer {}", token.trim());
+            let (status, body) =
+                request("GET", &api, "/v1/status", &[("Authorization", &auth)], None);
+            let leader = serde_json::from_str::<Value>(&body).ok()?["leader"].clone();
+            (status == 200 && !leader.is_null()).then_some(())
+        });
+    }
+
+    /// The agent's node, once it is registered and ready.
+    pub fn node(&self) -> Value {
+        wait_for("the node to be registered and ready", || {
+            self.json(&["nodes"])
+                .as_array()?
+                .iter()
+                .find(|n| n["state"] == "ready")
+                .cloned()
+        })
     }
 
     /// Stops `dev` with SIGTERM and waits for it to exit.
