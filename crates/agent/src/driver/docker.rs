@@ -144,65 +144,7 @@ impl DockerDriver {
 
     fn body(&self, launch: &Launch, security_opt: Vec<String>) -> ContainerCreateBody {
         let spec = &launch.spec;
-        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-        let mut exposed = Vec::new();
-        for port in &spec.ports {
-            let (Some(inside), Some(host)) = (port.container_port, launch.ports.get(&port.name))
-            else {
-                continue;
-            };
-            let key = format!(
-                "{inside}/{}",
-                if port.protocol == spec::Protocol::Udp {
-                    "udp"
-                } else {
-                    "tcp"
-                }
-            );
-            let binding = PortBinding {
-                host_ip: port.host_ip.clone(),
-                host_port: Some(host.to_string()),
-            };
-            bindings
-                .entry(key.clone())
-                .or_insert_with(|| Some(Vec::new()))
-                .get_or_insert_with(Vec::new)
-                .push(binding);
-            exposed.push(key);
-        }
-        let limits = &spec.resources.limits;
-        let requests = &spec.resources.requests;
-        // Dropping ALL in the spec also drops the defaults kept for ordinary services.
-        let drop_all = spec.cap_drop.iter().any(|c| c == "ALL");
-        let mut cap_add: Vec<String> = if drop_all {
-            Vec::new()
-        } else {
-            DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
-        };
-        cap_add.extend(spec.cap_add.iter().cloned());
-        cap_add.retain(|c| !spec.cap_drop.contains(c));
-        let host_config = HostConfig {
-            port_bindings: Some(bindings),
-            binds: Some(spec.volumes.iter().map(volume_bind).collect()),
-            memory: limits.memory.map(|m| m.bytes() as i64),
-            memory_reservation: requests.memory.map(|m| m.bytes() as i64),
-            nano_cpus: limits.cpu.map(|c| c.millis() as i64 * 1_000_000),
-            // Kubernetes' conversion: 1 core of request = 1024 shares.
-            cpu_shares: requests
-                .cpu
-                .map(|c| (c.millis() as i64 * 1024 / 1000).max(2)),
-            pids_limit: limits.pids.map(|p| p as i64),
-            cap_drop: Some(vec!["ALL".into()]),
-            cap_add: Some(cap_add),
-            security_opt: Some(security_opt),
-            privileged: Some(spec.privileged),
-            readonly_rootfs: Some(spec.read_only),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::NO),
-                maximum_retry_count: None,
-            }),
-            ..Default::default()
-        };
+        let (bindings, exposed) = port_bindings(launch);
         let labels = HashMap::from([
             (LABEL_SERVICE.to_string(), launch.service.clone()),
             (LABEL_TASK.to_string(), launch.task_id.clone()),
@@ -219,7 +161,7 @@ impl DockerDriver {
             labels: Some(labels),
             exposed_ports: Some(exposed),
             stop_signal: spec.stop_signal.clone(),
-            host_config: Some(host_config),
+            host_config: Some(host_config(spec, bindings, security_opt)),
             ..Default::default()
         }
     }
@@ -350,6 +292,86 @@ fn security_opts(spec: &ServiceSpec) -> Result<Vec<String>, String> {
         }
     }
     Ok(opts)
+}
+
+type Bindings = HashMap<String, Option<Vec<PortBinding>>>;
+
+/// Host port bindings for the spec's ports that name a container port, and the container ports
+/// to expose (`8080/tcp`).
+fn port_bindings(launch: &Launch) -> (Bindings, Vec<String>) {
+    let mut bindings = Bindings::new();
+    let mut exposed = Vec::new();
+    for port in &launch.spec.ports {
+        let (Some(inside), Some(host)) = (port.container_port, launch.ports.get(&port.name)) else {
+            continue;
+        };
+        let protocol = if port.protocol == spec::Protocol::Udp {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let key = format!("{inside}/{protocol}");
+        let binding = PortBinding {
+            host_ip: port.host_ip.clone(),
+            host_port: Some(host.to_string()),
+        };
+        bindings
+            .entry(key.clone())
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(binding);
+        exposed.push(key);
+    }
+    (bindings, exposed)
+}
+
+/// Capabilities to add back after dropping all: a small default set (unless the spec drops ALL
+/// itself), plus `cap_add`, less `cap_drop`.
+fn capabilities(spec: &ServiceSpec) -> Vec<String> {
+    let drop_all = spec.cap_drop.iter().any(|c| c == "ALL");
+    let mut cap_add: Vec<String> = if drop_all {
+        Vec::new()
+    } else {
+        DEFAULT_CAPS.iter().map(|c| c.to_string()).collect()
+    };
+    cap_add.extend(spec.cap_add.iter().cloned());
+    cap_add.retain(|c| !spec.cap_drop.contains(c));
+    cap_add
+}
+
+/// The Engine takes limits as `i64`; a value past its range is as good as unlimited.
+fn engine_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Limits, capabilities, security options and the restart policy `no` (Outpost restarts).
+fn host_config(spec: &ServiceSpec, bindings: Bindings, security_opt: Vec<String>) -> HostConfig {
+    let limits = &spec.resources.limits;
+    let requests = &spec.resources.requests;
+    HostConfig {
+        port_bindings: Some(bindings),
+        binds: Some(spec.volumes.iter().map(volume_bind).collect()),
+        memory: limits.memory.map(|m| engine_i64(m.bytes())),
+        memory_reservation: requests.memory.map(|m| engine_i64(m.bytes())),
+        nano_cpus: limits
+            .cpu
+            .map(|c| engine_i64(c.millis().saturating_mul(1_000_000))),
+        // Kubernetes' conversion: 1 core of request = 1024 shares.
+        cpu_shares: requests
+            .cpu
+            .map(|c| engine_i64(c.millis().saturating_mul(1024) / 1000).max(2)),
+        pids_limit: limits.pids.map(engine_i64),
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: Some(capabilities(spec)),
+        security_opt: Some(security_opt),
+        privileged: Some(spec.privileged),
+        readonly_rootfs: Some(spec.read_only),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        ..Default::default()
+    }
 }
 
 fn volume_bind(v: &spec::VolumeSpec) -> String {
