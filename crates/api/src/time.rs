@@ -10,14 +10,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
-    pub fn from_millis(ms: u64) -> Timestamp {
-        Timestamp(ms)
-    }
-
-    pub fn millis(self) -> u64 {
-        self.0
-    }
-
     pub fn from_system_time(t: SystemTime) -> Timestamp {
         Timestamp(
             t.duration_since(UNIX_EPOCH)

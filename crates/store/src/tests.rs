@@ -42,7 +42,7 @@ fn register(name: &str) -> Command {
             notes: vec![],
             version: "test".to_string(),
         },
-        time: Timestamp::from_millis(1_700_000_000_000),
+        time: Timestamp(1_700_000_000_000),
     }
 }
 
