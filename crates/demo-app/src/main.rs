@@ -64,7 +64,7 @@ fn parse_args() -> Result<Options, String> {
             "--alloc-mb" => opts.alloc_mb = number("a size in MiB")? as usize,
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready"
+                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready, --alloc-mb"
                 ));
             }
         }

@@ -1,4 +1,5 @@
-//! Tables for people. Pure functions from API records to text, so they are snapshot-tested.
+//! Tables for people: pure functions from API records to text, kept apart from the calls that
+//! fetch them.
 
 use api::{Change, Event, Node, ServiceSummary, Task, Timestamp};
 use comfy_table::{Table, presets};
