@@ -52,7 +52,12 @@ fn listen_addr(conn: &Connection, default: &str) -> Result<SocketAddr> {
     })
 }
 
-pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str) -> Result<()> {
+pub async fn dev(
+    conn: &Connection,
+    files: &[PathBuf],
+    eviction_threshold: &str,
+    reset: bool,
+) -> Result<()> {
     let eviction_threshold = parse_threshold(eviction_threshold)?;
     init_logging();
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
@@ -68,6 +73,7 @@ pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str)
         data_dir: data_dir.clone(),
         listen,
         id: 1,
+        reset,
     })
     .await
     .context("cannot start the server")?;
@@ -147,7 +153,7 @@ async fn show_endpoints(client: &Client, services: &[String]) {
     }
 }
 
-pub async fn server(conn: &Connection) -> Result<()> {
+pub async fn server(conn: &Connection, reset: bool) -> Result<()> {
     init_logging();
     let data_dir = conn
         .data_dir
@@ -158,6 +164,7 @@ pub async fn server(conn: &Connection) -> Result<()> {
         data_dir: data_dir.clone(),
         listen,
         id: 1,
+        reset,
     })
     .await?;
     println!(

@@ -1,5 +1,7 @@
-//! Checksummed records for the project's redb files (the server's `state.redb`, the agent's
-//! `agent.redb`). Every value is stored [`seal`]ed — a version byte and a CRC32 of the payload in
+//! Damage-proof storage for the project's redb files (the server's `state.redb`, the agent's
+//! `agent.redb`): checksummed records, and [`unpanicked`] for opening a file that may be damaged.
+//!
+//! Records: Every value is stored [`seal`]ed — a version byte and a CRC32 of the payload in
 //! front of it — and [`open`]ed on read, so a byte changed on disk (a failing SD card, a careless
 //! edit) is refused instead of being used as if it were true.
 //!
@@ -7,7 +9,11 @@
 //! value that reads back fine but was changed underneath would be served as is. The seal is a
 //! small wrapper over bytes, not a table type, so any table (and any future layout) can use it.
 //!
-//! Pure: no I/O. **Invariant:** `open(&seal(x)) == Ok(x)` for every `x`.
+//! No I/O. **Invariant:** `open(&seal(x)) == Ok(x)` for every `x`.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{AssertUnwindSafe, PanicHookInfo};
+use std::sync::Once;
 
 /// Marks a sealed record, version 1. Never the first byte of JSON (`{`, `[`, `"`, a digit, `-`,
 /// `n`, `t`, `f`), so a record written before records were sealed is told apart from damage.
@@ -64,6 +70,46 @@ pub fn open(record: &[u8]) -> Result<&[u8], Damage> {
     Ok(payload)
 }
 
+thread_local! {
+    /// Set while [`unpanicked`] runs on this thread: the panic hook keeps quiet and leaves the
+    /// panic's message here instead of printing it with a backtrace.
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, turning a panic inside it into `Err` with the panic's message. redb
+/// asserts on some damaged files (one truncated to half, say) instead of returning an error; a
+/// store that cannot be opened must say which file and what to do, not print a backtrace.
+///
+/// The hook is process-wide but quiet only on the thread running `f`, so panics elsewhere are
+/// reported as before. This needs `panic = "unwind"`, which the release profile keeps for it.
+pub fn unpanicked<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.get() {
+                PANIC.set(Some(describe(info)));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.set(true);
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    QUIET.set(false);
+    result.map_err(|_| PANIC.take().unwrap_or_else(|| "it panicked".to_string()))
+}
+
+fn describe(info: &PanicHookInfo<'_>) -> String {
+    let payload = info.payload();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "it panicked".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -89,6 +135,15 @@ mod tests {
             record[i] ^= flip;
             prop_assert!(open(&record).is_err(), "byte {} changed by {:#04x}", i, flip);
         }
+    }
+
+    #[test]
+    fn a_panic_becomes_an_error_with_its_message() {
+        assert_eq!(unpanicked(|| 7), Ok(7));
+        let caught = unpanicked(|| -> u32 { panic!("assertion failed: len >= layout") });
+        assert_eq!(caught, Err("assertion failed: len >= layout".to_string()));
+        let formatted = unpanicked(|| -> u32 { panic!("{} of {}", 1, 2) });
+        assert_eq!(formatted, Err("1 of 2".to_string()));
     }
 
     #[test]
