@@ -67,7 +67,7 @@ impl LocalState {
         opened.unwrap_or_else(|detail| {
             Err(LocalError {
                 path: path.to_path_buf(),
-                message: format!("is damaged and cannot be read ({detail}): {REMEDY}"),
+                message: format!("it is damaged and cannot be read ({detail}): {REMEDY}"),
             })
         })
     }
@@ -81,7 +81,7 @@ impl LocalState {
             redb::DatabaseError::DatabaseAlreadyOpen => err(format!(
                 "cannot open: {e} (is another agent using this data dir?)"
             )),
-            e => err(format!("is damaged and cannot be read ({e}): {REMEDY}")),
+            e => err(format!("it is damaged and cannot be read ({e}): {REMEDY}")),
         })?;
         let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
         txn.open_table(TASKS).map_err(|e| err(e.to_string()))?;

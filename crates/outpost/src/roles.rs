@@ -89,18 +89,34 @@ pub async fn dev(
         eviction_threshold,
     };
     let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(agent::Agent::run(agent_config, async move {
+    let mut agent = tokio::spawn(agent::Agent::run(agent_config, async move {
         let _ = agent_stopped.await;
     }));
     let client = Client::new(&api, &server.token);
     println!("outpost dev: API at {api}, data in {}", data_dir.display());
     println!("  try: outpost --data-dir {} ps", data_dir.display());
-    if !specs.is_empty() {
-        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        commands::apply(&client, specs, false, crate::Format::Table).await?;
-        show_endpoints(&client, &names).await;
+    let session = async {
+        if !specs.is_empty() {
+            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+            commands::apply(&client, specs, false, crate::Format::Table).await?;
+            show_endpoints(&client, &names).await;
+        }
+        shutdown_signal().await;
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        done = session => done?,
+        // The agent ends on its own only when it cannot run (its state file is damaged, say):
+        // a dev without its agent would look alive but run nothing.
+        ended = &mut agent => {
+            server.shutdown().await;
+            return match ended {
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("the agent stopped")),
+                Err(e) => Err(anyhow::Error::new(e).context("the agent stopped")),
+                Ok(Ok(())) => bail!("the agent stopped on its own"),
+            };
+        }
     }
-    shutdown_signal().await;
     println!("outpost dev: stopping tasks");
     let _ = stop_agent.send(());
     match agent.await {
