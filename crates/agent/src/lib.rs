@@ -20,6 +20,7 @@ pub mod local;
 pub mod logs;
 pub mod probe;
 mod report;
+mod retry;
 pub mod supervisor;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -38,17 +39,20 @@ use crate::driver::docker::DockerDriver;
 use crate::driver::process::ProcessDriver;
 use crate::local::{LocalState, LocalTask};
 use crate::logs::LogStore;
+use crate::retry::Retry;
 use crate::supervisor::{Control, Shared};
 
-/// 500 ms: two heartbeats fit inside the server's ~1 s suspicion window.
+/// 500 ms: the server's node monitor suspects a node after 1.5 s without a heartbeat
+/// (`server::controller::SUSPECT_AFTER`, checked every 250 ms), so a node is suspect 1.5 to
+/// 1.75 s after its last beat; at 500 ms two lost beats in a row do not yet make it suspect.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How long one blocking query may wait on the server before it answers unchanged.
 const WATCH_WAIT: Duration = Duration::from_secs(25);
 
-/// Retry pace when the server cannot be reached: quick at first, then patient.
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a stopping agent waits for the reporter to deliver the tasks' final states: the
+/// server is usually right there, and an unreachable one must not hold up the stop.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// How often available memory is compared with the eviction threshold. One eviction per check
 /// leaves the kernel a second to reclaim before the next victim is chosen.
@@ -120,6 +124,7 @@ pub struct Agent {
     done: HashSet<String>,
     /// Whether available memory was below the eviction threshold at the last check.
     under_pressure: bool,
+    reporter: report::Reporter,
 }
 
 impl Agent {
@@ -152,12 +157,13 @@ impl Agent {
         let client = Client::new(&config.server, &config.token);
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (registered_tx, registered_rx) = watch::channel(false);
-        tokio::spawn(report::run(
+        let reporter = report::spawn(
             client.clone(),
             config.name.clone(),
             updates_rx,
-            registered_rx.clone(),
-        ));
+            registered_rx,
+            &local,
+        )?;
         let agent_id = agent_id(&config.data_dir)?;
         let mut notes = Vec::new();
         let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
@@ -211,6 +217,7 @@ impl Agent {
             forget: HashSet::new(),
             done: HashSet::new(),
             under_pressure: false,
+            reporter,
         };
         agent.restore()?;
         if let Some(d) = &docker {
@@ -472,8 +479,10 @@ impl Agent {
                 _ => break,
             }
         }
-        // Let the reporter send the final states while the server may still be up.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The final states go out while the server may still be up.
+        if !self.reporter.flushed(FLUSH_WAIT).await {
+            tracing::warn!("the server did not take the final task states within {FLUSH_WAIT:?}");
+        }
     }
 }
 
@@ -503,39 +512,39 @@ async fn connect(
         }
     });
     let mut index = 0;
-    let mut retry = RETRY_MIN;
+    let mut retry = Retry::default();
     loop {
         match client.assignments(&register.name, index, WATCH_WAIT).await {
             Ok(a) => {
-                retry = RETRY_MIN;
+                retry.reset();
                 index = a.index;
                 if assigned.send(a).await.is_err() {
                     return;
                 }
             }
             Err(e) => {
+                let delay = retry.next_delay();
                 tracing::warn!(
-                    "cannot watch assignments: {e}; retrying in {retry:?} (tasks keep running)"
+                    "cannot watch assignments: {e}; retrying in {delay:?} (tasks keep running)"
                 );
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(RETRY_MAX);
+                tokio::time::sleep(delay).await;
             }
         }
     }
 }
 
 async fn register_until_done(client: &Client, register: &RegisterRequest) {
-    let mut retry = RETRY_MIN;
+    let mut retry = Retry::default();
     loop {
         match client.register(register).await {
             Ok(_) => return,
             Err(e) => {
+                let delay = retry.next_delay();
                 tracing::warn!(
-                    "cannot register with {}: {e}; retrying in {retry:?}",
+                    "cannot register with {}: {e}; retrying in {delay:?}",
                     client.base()
                 );
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(RETRY_MAX);
+                tokio::time::sleep(delay).await;
             }
         }
     }

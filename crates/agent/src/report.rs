@@ -2,14 +2,24 @@
 //! server is unreachable it keeps the latest status of each task and a bounded backlog of events,
 //! and delivers them when the server answers again: nothing the node saw while cut off is lost
 //! but the oldest events past the bound.
+//!
+//! - Every report carries a sequence number, increasing across agent restarts (the base is kept
+//!   in local state), so the control plane can ignore a report that committed late.
+//! - A backlog goes out in bounded batches, each its own request, so it always fits under the
+//!   server's body limit.
+//! - [`Reporter::flushed`] waits until what was sent before it is delivered: a stopping agent
+//!   uses it so the final states reach the server.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use api::{NewEvent, StatusReport, TaskStatus};
-use client::Client;
-use tokio::sync::{mpsc, watch};
+use client::{Client, ClientError};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::local::{LocalError, LocalState};
+use crate::retry::Retry;
 use crate::supervisor::Update;
 
 /// Updates arriving this close together go in one request (one Raft entry).
@@ -18,26 +28,67 @@ const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// Events kept while the server is unreachable; beyond this the oldest are dropped.
 const EVENT_BACKLOG: usize = 5_000;
 
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// 1 MiB: an eighth of the server's default 8 MiB body limit, so a batch fits under any limit an
+/// operator is likely to set, and one Raft entry stays small.
+const BATCH_BYTES: usize = 1 << 20;
 
-#[derive(Default)]
+/// 1,000 statuses and events per batch: each becomes part of one Raft entry, and the state keeps
+/// only its last 2,000 events anyway.
+const BATCH_ITEMS: usize = 1_000;
+
+/// 4 KiB: the longest message kept in a status or event. No single item can then outgrow a
+/// batch, and a runaway error text cannot jam the reporter.
+const MAX_MESSAGE: usize = 4 << 10;
+
+/// What the JSON around the lists of a report costs, roughly; counted against [`BATCH_BYTES`].
+const ENVELOPE: usize = 128;
+
+/// How the reporter bounds what it holds and sends.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    backlog: usize,
+    batch_items: usize,
+    batch_bytes: usize,
+}
+
+const LIMITS: Limits = Limits {
+    backlog: EVENT_BACKLOG,
+    batch_items: BATCH_ITEMS,
+    batch_bytes: BATCH_BYTES,
+};
+
 struct Pending {
     tasks: BTreeMap<String, TaskStatus>,
     events: VecDeque<NewEvent>,
     memory_pressure: Option<bool>,
+    limits: Limits,
 }
 
 impl Pending {
+    fn new(limits: Limits) -> Pending {
+        Pending {
+            tasks: BTreeMap::new(),
+            events: VecDeque::new(),
+            memory_pressure: None,
+            limits,
+        }
+    }
+
     fn add(&mut self, update: Update) {
-        if let Some(status) = update.status {
+        if let Some(mut status) = update.status {
+            if let Some(message) = &mut status.message {
+                clip(message);
+            }
             self.tasks.insert(status.id.clone(), status);
         }
         if update.memory_pressure.is_some() {
             self.memory_pressure = update.memory_pressure;
         }
-        self.events.extend(update.events);
-        while self.events.len() > EVENT_BACKLOG {
+        for mut event in update.events {
+            clip(&mut event.message);
+            self.events.push_back(event);
+        }
+        while self.events.len() > self.limits.backlog {
             self.events.pop_front();
         }
     }
@@ -46,10 +97,26 @@ impl Pending {
         self.tasks.is_empty() && self.events.is_empty() && self.memory_pressure.is_none()
     }
 
-    fn take(&mut self) -> StatusReport {
-        let tasks = std::mem::take(&mut self.tasks).into_values().collect();
-        let events = std::mem::take(&mut self.events).into_iter().collect();
+    /// The next report to send: task statuses first, then the oldest events, as many as fit in
+    /// the batch limits (at least one item, so a batch always makes progress).
+    fn take_batch(&mut self) -> StatusReport {
+        let mut batch = Batch::new(self.limits);
+        let mut tasks = Vec::new();
+        while let Some(entry) = self.tasks.first_entry() {
+            if !batch.fits(entry.get()) {
+                break;
+            }
+            tasks.push(entry.remove());
+        }
+        let mut events = Vec::new();
+        while let Some(event) = self.events.front() {
+            if !batch.fits(event) {
+                break;
+            }
+            events.extend(self.events.pop_front());
+        }
         StatusReport {
+            seq: 0,
             tasks,
             events,
             memory_pressure: self.memory_pressure.take(),
@@ -70,44 +137,168 @@ impl Pending {
     }
 }
 
-pub async fn run(
+/// Counts what goes into one batch against its limits.
+struct Batch {
+    limits: Limits,
+    items: usize,
+    bytes: usize,
+}
+
+impl Batch {
+    fn new(limits: Limits) -> Batch {
+        Batch {
+            limits,
+            items: 0,
+            bytes: ENVELOPE,
+        }
+    }
+
+    /// Whether `item` still fits; if so it is counted in.
+    fn fits(&mut self, item: &impl Serialize) -> bool {
+        let len = serde_json::to_vec(item).map_or(0, |v| v.len()) + 1;
+        let full =
+            self.items >= self.limits.batch_items || self.bytes + len > self.limits.batch_bytes;
+        if full && self.items > 0 {
+            return false;
+        }
+        self.items += 1;
+        self.bytes += len;
+        true
+    }
+}
+
+/// Cuts an over-long message at a character boundary, saying so.
+fn clip(text: &mut String) {
+    if text.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" […]");
+    }
+}
+
+/// Sends reports for one node, numbering them.
+struct Outbox {
     client: Client,
     node: String,
-    mut updates: mpsc::UnboundedReceiver<Update>,
-    mut registered: watch::Receiver<bool>,
-) {
-    let mut pending = Pending::default();
-    let mut retry = RETRY_MIN;
-    loop {
-        if pending.is_empty() {
-            match updates.recv().await {
-                Some(u) => pending.add(u),
-                None => return,
+    /// The last sequence number used.
+    seq: u64,
+}
+
+impl Outbox {
+    /// Sends everything pending, batch by batch; on failure the unsent rest stays pending.
+    async fn send_all(&mut self, pending: &mut Pending) -> Result<(), ClientError> {
+        while !pending.is_empty() {
+            let mut batch = pending.take_batch();
+            self.seq += 1;
+            batch.seq = self.seq;
+            if let Err(e) = self.client.report(&self.node, &batch).await {
+                tracing::debug!(
+                    "cannot report to the server: {e}; keeping {} task states",
+                    batch.tasks.len()
+                );
+                pending.restore(batch);
+                return Err(e);
             }
         }
-        tokio::time::sleep(BATCH_WINDOW).await;
+        Ok(())
+    }
+}
+
+/// The running reporter, as the agent holds it.
+pub struct Reporter {
+    flush: mpsc::UnboundedSender<oneshot::Sender<()>>,
+}
+
+impl Reporter {
+    /// Waits until every update sent before this call is delivered to the server, or `within`
+    /// passes; returns whether it was delivered.
+    pub async fn flushed(&self, within: Duration) -> bool {
+        let (done, delivered) = oneshot::channel();
+        if self.flush.send(done).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, delivered).await, Ok(Ok(())))
+    }
+}
+
+/// Starts the reporter for `node`. Its sequence numbers start above every earlier run's: the
+/// base is the time in seconds (or one more than the last run's, if the clock is behind),
+/// shifted past the 2^32 reports one run could ever send.
+pub fn spawn(
+    client: Client,
+    node: String,
+    updates: mpsc::UnboundedReceiver<Update>,
+    registered: watch::Receiver<bool>,
+    local: &LocalState,
+) -> Result<Reporter, LocalError> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let epoch = local.next_report_epoch(now)?;
+    let outbox = Outbox {
+        client,
+        node,
+        seq: epoch << 32,
+    };
+    let (flush, flushes) = mpsc::unbounded_channel();
+    tokio::spawn(run(outbox, updates, flushes, registered, LIMITS));
+    Ok(Reporter { flush })
+}
+
+async fn run(
+    mut outbox: Outbox,
+    mut updates: mpsc::UnboundedReceiver<Update>,
+    mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+    mut registered: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    let mut pending = Pending::new(limits);
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut retry = Retry::default();
+    loop {
+        if pending.is_empty() {
+            // Nothing left to send: whoever waited for a flush has it.
+            for done in waiting.drain(..) {
+                let _ = done.send(());
+            }
+            tokio::select! {
+                update = updates.recv() => match update {
+                    Some(u) => pending.add(u),
+                    None => return,
+                },
+                Some(done) = flushes.recv() => waiting.push(done),
+            }
+            if waiting.is_empty() {
+                tokio::time::sleep(BATCH_WINDOW).await;
+            }
+        }
+        // A flush covers every update sent before it, all of which are queued by now.
+        while let Ok(done) = flushes.try_recv() {
+            waiting.push(done);
+        }
         while let Ok(u) = updates.try_recv() {
             pending.add(u);
+        }
+        if pending.is_empty() {
+            continue;
         }
         if registered.wait_for(|r| *r).await.is_err() {
             return;
         }
-        let report = pending.take();
-        match client.report(&node, &report).await {
-            Ok(()) => retry = RETRY_MIN,
-            Err(e) => {
-                tracing::debug!(
-                    "cannot report to the server: {e}; keeping {} task states",
-                    report.tasks.len()
-                );
-                pending.restore(report);
-                // Wait, but keep collecting so the backlog stays current.
-                let deadline = tokio::time::Instant::now() + retry;
-                while let Ok(Some(u)) = tokio::time::timeout_at(deadline, updates.recv()).await {
-                    pending.add(u);
-                }
-                retry = (retry * 2).min(RETRY_MAX);
-            }
+        if outbox.send_all(&mut pending).await.is_ok() {
+            retry.reset();
+            continue;
+        }
+        // Wait, but keep collecting so the backlog stays current.
+        let deadline = tokio::time::Instant::now() + retry.next_delay();
+        while let Ok(Some(u)) = tokio::time::timeout_at(deadline, updates.recv()).await {
+            pending.add(u);
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

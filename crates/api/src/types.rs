@@ -283,6 +283,12 @@ pub struct RegisterRequest {
 /// What an agent sends after anything about its tasks changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// Orders one node's reports: it increases with every report, across agent restarts too, so
+    /// the control plane ignores a report older than one it applied (one that timed out on the
+    /// agent may still commit after its retry). 0, from an agent that predates it, is always
+    /// applied.
+    #[serde(default)]
+    pub seq: u64,
     pub tasks: Vec<TaskStatus>,
     #[serde(default)]
     pub events: Vec<NewEvent>,

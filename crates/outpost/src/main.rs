@@ -65,9 +65,18 @@ enum Command {
         files: Vec<PathBuf>,
         #[command(flatten)]
         node: NodeOptions,
+        /// Begin a new, empty cluster even though the data dir held one whose state file is
+        /// missing or empty (otherwise such a start is refused).
+        #[arg(long)]
+        reset: bool,
     },
     /// Run a control-plane server: `--api` is where it listens, `--data-dir` where it keeps state.
-    Server,
+    Server {
+        /// Begin a new, empty cluster even though the data dir held one whose state file is
+        /// missing or empty (otherwise such a start is refused).
+        #[arg(long)]
+        reset: bool,
+    },
     /// Run an edge agent that joins the server at `--api` with `--token`.
     Agent {
         /// This node's name (default: the host name).
@@ -140,8 +149,10 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let conn = cli.conn;
     match cli.command {
-        Command::Dev { files, node } => roles::dev(&conn, &files, &node.eviction_threshold).await,
-        Command::Server => roles::server(&conn).await,
+        Command::Dev { files, node, reset } => {
+            roles::dev(&conn, &files, &node.eviction_threshold, reset).await
+        }
+        Command::Server { reset } => roles::server(&conn, reset).await,
         Command::Agent {
             name,
             agent_listen,

@@ -79,7 +79,12 @@ fn listen_addr(conn: &Connection, default: &str) -> Result<SocketAddr> {
     })
 }
 
-pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str) -> Result<()> {
+pub async fn dev(
+    conn: &Connection,
+    files: &[PathBuf],
+    eviction_threshold: &str,
+    reset: bool,
+) -> Result<()> {
     let signals = Signals::install()?;
     let eviction_threshold = parse_threshold(eviction_threshold)?;
     init_logging();
@@ -96,6 +101,7 @@ pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str)
         data_dir: data_dir.clone(),
         listen,
         id: 1,
+        reset,
     })
     .await
     .context("cannot start the server")?;
@@ -110,20 +116,16 @@ pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str)
         reserved: agent::default_reserved(),
         eviction_threshold,
     };
-    // The agent stops on the first signal, or when start-up fails: either way its tasks are
-    // stopped before dev exits.
-    let (stop_agent, start_failed) = tokio::sync::oneshot::channel::<()>();
-    let stop = signals.stop();
-    let agent = tokio::spawn(agent::Agent::run(agent_config, async move {
-        tokio::select! {
-            _ = stop => {}
-            _ = start_failed => {}
-        }
+    // The agent is stopped only from here, after the first signal or a failed start-up, so it
+    // ending by itself always means it could not run.
+    let (stop_agent, agent_stop) = tokio::sync::oneshot::channel::<()>();
+    let mut agent = tokio::spawn(agent::Agent::run(agent_config, async move {
+        let _ = agent_stop.await;
     }));
     let client = Client::new(&api, &server.token);
     println!("outpost dev: API at {api}, data in {}", data_dir.display());
     println!("  try: outpost --data-dir {} ps", data_dir.display());
-    let started = async {
+    let start_up = async {
         if !specs.is_empty() {
             let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
             commands::apply(&client, specs, false, crate::Format::Table).await?;
@@ -131,13 +133,28 @@ pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str)
         }
         anyhow::Ok(())
     };
-    let result = tokio::select! {
-        r = started => r,
-        _ = signals.stop() => Ok(()),
-    };
-    if result.is_ok() {
+    let session = async {
+        // A signal during start-up ends it at once.
+        tokio::select! {
+            started = start_up => started?,
+            _ = signals.stop() => return Ok(()),
+        }
         signals.stop().await;
-    }
+        anyhow::Ok(())
+    };
+    let result = tokio::select! {
+        done = session => done,
+        // A dev without its agent (its state file is damaged, say) would look alive but run
+        // nothing.
+        ended = &mut agent => {
+            server.shutdown().await;
+            return match ended {
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("the agent stopped")),
+                Err(e) => Err(anyhow::Error::new(e).context("the agent stopped")),
+                Ok(Ok(())) => bail!("the agent stopped on its own"),
+            };
+        }
+    };
     println!("outpost dev: stopping tasks (press Ctrl-C again to force)");
     let _ = stop_agent.send(());
     match agent.await {
@@ -190,7 +207,7 @@ async fn show_endpoints(client: &Client, services: &[String]) {
     }
 }
 
-pub async fn server(conn: &Connection) -> Result<()> {
+pub async fn server(conn: &Connection, reset: bool) -> Result<()> {
     let signals = Signals::install()?;
     init_logging();
     let data_dir = conn
@@ -202,6 +219,7 @@ pub async fn server(conn: &Connection) -> Result<()> {
         data_dir: data_dir.clone(),
         listen,
         id: 1,
+        reset,
     })
     .await?;
     println!(

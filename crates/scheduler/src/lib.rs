@@ -10,6 +10,10 @@
 //!   the task's requests;
 //! - among candidates the node with the fewest tasks of this service wins (spread), then the
 //!   fewest tasks overall, then the name (determinism).
+//!
+//! Quantities are unsigned and every sum saturates: a request too large for any node (validation
+//! refuses the absurd ones, but a spec stored before that rule may still hold one) never fits,
+//! and never wraps around into free room.
 
 use std::collections::BTreeMap;
 
@@ -33,8 +37,8 @@ impl Plan {
 /// What one node has left to give, as placement goes on.
 struct Room<'a> {
     node: &'a Node,
-    cpu_free: i64,
-    memory_free: i64,
+    cpu_free: u64,
+    memory_free: u64,
     tasks: BTreeMap<String, u32>,
     total: u32,
 }
@@ -98,8 +102,8 @@ fn rooms<'a>(
         .map(|node| {
             let mut room = Room {
                 node,
-                cpu_free: node.allocatable.cpu_millis as i64,
-                memory_free: node.allocatable.memory_bytes as i64,
+                cpu_free: node.allocatable.cpu_millis,
+                memory_free: node.allocatable.memory_bytes,
                 tasks: BTreeMap::new(),
                 total: 0,
             };
@@ -108,9 +112,7 @@ fn rooms<'a>(
                 .filter(|t| t.node.as_deref() == Some(&node.name) && !stopping.contains(&t.id));
             for task in on_node {
                 if let Some(svc) = services.get(&task.service) {
-                    let (cpu, mem) = requests(&svc.spec);
-                    room.cpu_free -= cpu;
-                    room.memory_free -= mem;
+                    room.take(&svc.spec);
                 }
                 *room.tasks.entry(task.service.clone()).or_default() += 1;
                 room.total += 1;
@@ -120,11 +122,22 @@ fn rooms<'a>(
         .collect()
 }
 
-fn requests(spec: &ServiceSpec) -> (i64, i64) {
+impl Room<'_> {
+    /// Takes a replica's requests out of the room left; a node that runs more than it has (its
+    /// allocatable shrank, say) simply has none left.
+    fn take(&mut self, spec: &ServiceSpec) {
+        let (cpu, mem) = requests(spec);
+        self.cpu_free = self.cpu_free.saturating_sub(cpu);
+        self.memory_free = self.memory_free.saturating_sub(mem);
+    }
+}
+
+/// A replica's CPU (millicores) and memory (bytes) requests.
+fn requests(spec: &ServiceSpec) -> (u64, u64) {
     let r = &spec.resources.requests;
     (
-        r.cpu.map_or(0, |c| c.millis() as i64),
-        r.memory.map_or(0, |m| m.bytes() as i64),
+        r.cpu.map_or(0, |c| c.millis()),
+        r.memory.map_or(0, |m| m.bytes()),
     )
 }
 
@@ -149,10 +162,8 @@ fn pick(rooms: &mut [Room], spec: &ServiceSpec) -> Option<String> {
             r.node.name.as_str(),
         )
     })?;
-    let (cpu, mem) = requests(spec);
-    room.cpu_free -= cpu;
-    room.memory_free -= mem;
-    room.total += 1;
+    room.take(spec);
+    room.total = room.total.saturating_add(1);
     *room.tasks.entry(spec.name.clone()).or_default() += 1;
     Some(room.node.name.clone())
 }
@@ -178,10 +189,10 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
         let best_mem = calm.map(|r| r.memory_free).max().unwrap_or(0);
         format!(
             "insufficient resources: each replica requests {} CPU and {} memory; the roomiest node has {} CPU and {} memory left",
-            spec::Cpu(cpu.max(0) as u64),
-            spec::Memory(mem.max(0) as u64),
-            spec::Cpu(best_cpu.max(0) as u64),
-            spec::Memory(best_mem.max(0) as u64),
+            spec::Cpu(cpu),
+            spec::Memory(mem),
+            spec::Cpu(best_cpu),
+            spec::Memory(best_mem),
         )
     };
     format!(
@@ -393,32 +404,94 @@ mod tests {
         assert!(plan.place.is_empty());
     }
 
+    #[test]
+    fn a_request_past_i64_never_makes_room() {
+        // 2^64 - 100000 millicores: as an i64 it was -100 cores, which added room on the node.
+        let mut huge = service("huge", 1, 18_446_744_073_709_451_616);
+        huge.spec.resources.requests.memory = Some(spec::Memory(u64::MAX));
+        let services = by_name(vec![("huge", huge), ("web", service("web", 10, 1000))]);
+        let tasks = by_name(vec![("huge.1.1", task("huge", 1, "a", 1))]);
+        let nodes = by_name(vec![("a", node("a", 1900, 1 << 30))]);
+        let plan = plan(&services, &tasks, &nodes);
+        assert!(plan.place.is_empty(), "{:?}", plan.place);
+        let services = by_name(vec![("web", service("web", 10, 1000))]);
+        let huge_alone = by_name(vec![("huge", service("huge", 1, u64::MAX))]);
+        assert_eq!(
+            super::plan(&services, &BTreeMap::new(), &nodes).place.len(),
+            1,
+            "one 1-CPU replica fits in 1.9 CPU"
+        );
+        assert!(
+            super::plan(&huge_alone, &BTreeMap::new(), &nodes)
+                .place
+                .is_empty()
+        );
+    }
+
     proptest! {
-        /// Whatever the demand, a plan never overcommits a node and fills each slot at most once.
+        /// Whatever the demand, even requests near u64::MAX and nodes already running tasks, a
+        /// plan never overcommits a node and fills each slot at most once.
         #[test]
         fn never_overcommits(
-            demands in proptest::collection::vec((1u32..6, 0u64..900), 1..6),
-            capacities in proptest::collection::vec(0u64..3000, 1..4),
+            demands in proptest::collection::vec(
+                (1u32..6, any::<u64>(), any::<u64>(), any::<bool>()),
+                1..6,
+            ),
+            capacities in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..4),
         ) {
             let services: BTreeMap<String, Service> = demands
                 .iter()
                 .enumerate()
-                .map(|(i, (n, cpu))| (format!("s{i}"), service(&format!("s{i}"), *n, *cpu)))
+                .map(|(i, (n, cpu, mem, small))| {
+                    // Half the services ask for amounts a node can hold, so plans place some.
+                    let (cpu, mem) = if *small { (cpu % 2000, mem % (1 << 31)) } else { (*cpu, *mem) };
+                    let mut svc = service(&format!("s{i}"), *n, cpu);
+                    svc.spec.resources.requests.memory = Some(spec::Memory(mem));
+                    (format!("s{i}"), svc)
+                })
                 .collect();
             let nodes: BTreeMap<String, Node> = capacities
                 .iter()
                 .enumerate()
-                .map(|(i, cpu)| (format!("n{i}"), node(&format!("n{i}"), *cpu, 1 << 30)))
+                .map(|(i, (cpu, mem))| {
+                    let (cpu, mem) = (cpu % 4000, mem % (1 << 32));
+                    (format!("n{i}"), node(&format!("n{i}"), cpu, mem))
+                })
                 .collect();
-            let plan = plan(&services, &BTreeMap::new(), &nodes);
+            // Some tasks already run: the first slot of every service on the first node.
+            let running: BTreeMap<String, Task> = services
+                .keys()
+                .map(|name| (format!("{name}.1.1"), task(name, 1, "n0", 1)))
+                .collect();
+            let plan = plan(&services, &running, &nodes);
+            let request = |name: &str| {
+                let r = &services[name].spec.resources.requests;
+                (
+                    u128::from(r.cpu.map_or(0, |c| c.0)),
+                    u128::from(r.memory.map_or(0, |m| m.0)),
+                )
+            };
             for (name, n) in &nodes {
-                let used: u64 = plan
+                let (cpu_before, mem_before) = running
+                    .values()
+                    .filter(|t| t.node.as_deref() == Some(name))
+                    .fold((0u128, 0u128), |(c, m), t| {
+                        let (rc, rm) = request(&t.service);
+                        (c + rc, m + rm)
+                    });
+                let (cpu, mem) = plan
                     .place
                     .iter()
                     .filter(|p| &p.node == name)
-                    .map(|p| services[&p.service].spec.resources.requests.cpu.map_or(0, |c| c.0))
-                    .sum();
-                prop_assert!(used <= n.capacity.cpu_millis);
+                    .fold((0u128, 0u128), |(c, m), p| {
+                        let (rc, rm) = request(&p.service);
+                        (c + rc, m + rm)
+                    });
+                if cpu + mem > 0 {
+                    // Whatever was placed fits beside what already ran there.
+                    prop_assert!(cpu_before + cpu <= u128::from(n.allocatable.cpu_millis));
+                    prop_assert!(mem_before + mem <= u128::from(n.allocatable.memory_bytes));
+                }
             }
             for (name, svc) in &services {
                 let mut slots: Vec<u32> = plan.place.iter().filter(|p| &p.service == name).map(|p| p.slot).collect();
@@ -426,8 +499,9 @@ mod tests {
                 slots.sort_unstable();
                 slots.dedup();
                 prop_assert_eq!(slots.len() as u32, placed);
+                prop_assert!(!slots.contains(&1), "slot 1 already runs");
                 let waiting = plan.pending.iter().any(|(s, _)| s == name);
-                prop_assert_eq!(placed == svc.spec.replicas, !waiting);
+                prop_assert_eq!(placed + 1 == svc.spec.replicas, !waiting);
             }
         }
     }

@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Raft id of this server; 1 for a single server.
     pub id: u64,
+    /// Start with an empty state even though the data dir belongs to a cluster whose state file
+    /// is missing or empty (`--reset`). Without it such a start is refused.
+    pub reset: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,36 @@ pub enum ServerError {
     },
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error(
+        "data dir {dir} belongs to a cluster (it holds its token), but the cluster state {state} is {what}: restore it from a backup, or start with --reset to begin a new, empty cluster here (agents keep the same token)"
+    )]
+    StateLost {
+        dir: PathBuf,
+        state: PathBuf,
+        what: &'static str,
+    },
+}
+
+/// The file that marks a data dir as a cluster's: the token, written at the first start before
+/// the state. A data dir with it but without its state lost that state; starting afresh there
+/// would quietly make an empty cluster, and its agents would then stop every task.
+const MARKER: &str = "token";
+
+/// Refuses to start an empty cluster in a data dir that held one, unless told to (`reset`).
+fn check_state(dir: &Path, state: &Path, reset: bool) -> Result<(), ServerError> {
+    let what = match std::fs::metadata(state) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "missing",
+        Ok(meta) if meta.len() == 0 => "empty",
+        _ => return Ok(()),
+    };
+    if reset || !dir.join(MARKER).exists() {
+        return Ok(());
+    }
+    Err(ServerError::StateLost {
+        dir: dir.to_path_buf(),
+        state: state.to_path_buf(),
+        what,
+    })
 }
 
 /// What every handler and controller shares.
@@ -145,6 +178,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         path: dir.clone(),
         source,
     })?;
+    let state_file = dir.join("state.redb");
+    check_state(dir, &state_file, config.reset)?;
     let token = load_or_create_token(dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -159,7 +194,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             source,
         })?;
 
-    let (log, machine, state) = store::open(&dir.join("state.redb"))?;
+    let (log, machine, state) = store::open(&state_file)?;
     let raft_config = store::raft::config("outpost")
         .validate()
         .map_err(|e| ServerError::Raft(e.to_string()))?;

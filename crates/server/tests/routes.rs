@@ -9,6 +9,7 @@ async fn every_documented_path_is_served_behind_the_token() {
         data_dir: dir.path().into(),
         listen: "127.0.0.1:0".parse().unwrap(),
         id: 1,
+        reset: false,
     };
     let server = server::start(config).await.unwrap();
     let http = reqwest::Client::builder()

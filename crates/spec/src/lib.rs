@@ -36,7 +36,11 @@ pub use error::{Problem, SpecError};
 pub use native::parse_native;
 pub use quantity::{Cpu, Memory};
 pub use types::*;
-pub use validate::{MAX_NAME_LEN, MAX_REPLICAS, TASK_VARS, validate, validate_all};
+pub use validate::{
+    MAX_BACKOFF, MAX_CPU, MAX_MEMORY, MAX_NAME_LEN, MAX_PIDS, MAX_PROBE_DURATION,
+    MAX_PROBE_THRESHOLD, MAX_REPLICAS, MAX_RESET_AFTER, MAX_STOP_GRACE, MIN_BACKOFF,
+    MIN_PROBE_PERIOD, MIN_PROBE_TIMEOUT, TASK_VARS, validate, validate_all,
+};
 
 /// Which format a file was read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! Kubernetes resource quantities: CPU in millicores (`100m`, `0.5`, `2`) and memory in bytes
-//! (`64Mi`, `1G`, `512k`, `1048576`). Both cross the wire as the same strings users write.
+//! (`64Mi`, `1G`, `512k`, `1048576`), with every suffix Kubernetes accepts up to `Ei`/`E`. Both
+//! cross the wire as the same strings users write.
 
 use std::fmt;
 use std::str::FromStr;
@@ -61,16 +62,22 @@ impl fmt::Display for Cpu {
     }
 }
 
+/// Kubernetes' binary and decimal suffixes (its `resource.Quantity`), longest first so that `Ei`
+/// is not read as `E` after an `i`.
 const MEMORY_SUFFIXES: &[(&str, u64)] = &[
     ("Ki", 1 << 10),
     ("Mi", 1 << 20),
     ("Gi", 1 << 30),
     ("Ti", 1 << 40),
+    ("Pi", 1 << 50),
+    ("Ei", 1 << 60),
     ("k", 1_000),
     ("K", 1_000),
     ("M", 1_000_000),
     ("G", 1_000_000_000),
     ("T", 1_000_000_000_000),
+    ("P", 1_000_000_000_000_000),
+    ("E", 1_000_000_000_000_000_000),
 ];
 
 impl FromStr for Memory {
@@ -103,7 +110,15 @@ impl FromStr for Memory {
 
 impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (suffix, unit) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        let units = [
+            ("Ei", 1u64 << 60),
+            ("Pi", 1 << 50),
+            ("Ti", 1 << 40),
+            ("Gi", 1 << 30),
+            ("Mi", 1 << 20),
+            ("Ki", 1 << 10),
+        ];
+        for (suffix, unit) in units {
             if self.0 >= unit && self.0.is_multiple_of(unit) {
                 return write!(f, "{}{suffix}", self.0 / unit);
             }
@@ -186,6 +201,16 @@ mod tests {
         assert_eq!("512k".parse::<Memory>(), Ok(Memory(512_000)));
         assert_eq!("1048576".parse::<Memory>(), Ok(Memory(1 << 20)));
         assert!("64MB".parse::<Memory>().is_err());
+        assert_eq!("1Ei".parse::<Memory>(), Ok(Memory(1 << 60)));
+        assert_eq!("2Pi".parse::<Memory>(), Ok(Memory(2 << 50)));
+        assert_eq!(
+            "3E".parse::<Memory>(),
+            Ok(Memory(3_000_000_000_000_000_000))
+        );
+        assert_eq!("1P".parse::<Memory>(), Ok(Memory(1_000_000_000_000_000)));
+        assert!("16Ei".parse::<Memory>().is_err(), "2^64 does not fit");
+        assert_eq!(Memory(1 << 60).to_string(), "1Ei");
+        assert_eq!(Memory(3 << 40).to_string(), "3Ti");
         assert_eq!(Memory(128 << 20).to_string(), "128Mi");
         assert_eq!(Memory(1000).to_string(), "1000");
     }

@@ -4,10 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::container;
 use crate::decode::Path;
 use crate::error::{Problem, SpecError};
+use crate::quantity::{Cpu, Memory};
 use crate::types::{
     DriverKind, PortRef, ProbeAction, ProbeSpec, Protocol, PullPolicy, RestartSpec, ServiceSpec,
 };
@@ -21,6 +23,48 @@ pub const MAX_NAME_LEN: usize = 63;
 
 /// 6 MiB: Docker refuses a smaller memory limit at container start; say so at deploy instead.
 pub const MIN_DOCKER_MEMORY: u64 = 6 << 20;
+
+/// 1,000,000 cores: a thousand times the largest machines sold, so only a typo or an attack asks
+/// for more; it keeps every request far from the 2^63 at which a signed sum would wrap.
+pub const MAX_CPU: Cpu = Cpu(1_000_000_000);
+
+/// 1 EiB, the largest Kubernetes suffix (`1Ei`): no node has a millionth of it.
+pub const MAX_MEMORY: Memory = Memory(1 << 60);
+
+/// 4,194,304: Linux's `PID_MAX_LIMIT` on 64-bit, the most processes a node can ever have.
+pub const MAX_PIDS: u64 = 1 << 22;
+
+/// 100 ms: at most ten probes a second per task. A 1 ns period was accepted once and burnt 1.5
+/// cores on the node; Kubernetes' own minimum is 1 s, Outpost allows shorter for its
+/// sub-second failure detection.
+pub const MIN_PROBE_PERIOD: Duration = Duration::from_millis(100);
+
+/// 10 ms: below that even a loopback connect on a loaded node fails, so the probe would only
+/// ever report failure.
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(10);
+
+/// 1 h: the longest probe period, timeout or initial delay; a probe that rare no longer detects
+/// anything, so a longer one is almost surely a unit typo (`1d` for `1s`).
+pub const MAX_PROBE_DURATION: Duration = Duration::from_secs(3600);
+
+/// 100: consecutive results a probe may need. At the shortest period that is 10 s, at a minute
+/// well over an hour: more only hides a dead task.
+pub const MAX_PROBE_THRESHOLD: u32 = 100;
+
+/// 1 h: a removal or an update waits up to this long for each task to stop. Docker's default is
+/// 10 s and systemd's 90 s; `100000000000y` once left a service `removing` for ever.
+pub const MAX_STOP_GRACE: Duration = Duration::from_secs(3600);
+
+/// 10 ms: the shortest first restart delay. A crash loop still doubles away from it quickly,
+/// but a shorter one restarts a crashing task hundreds of times a second.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(10);
+
+/// 1 h: the longest restart delay. Longer, and a task that crashed once stays down for most of
+/// a day, which no operator of a self-healing service expects.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// 1 day: the longest a task must stay up before its backoff resets.
+pub const MAX_RESET_AFTER: Duration = Duration::from_secs(86_400);
 
 /// Variables the agent sets for every task, besides `PORT` and `OUTPOST_PORT_<NAME>`.
 pub const TASK_VARS: [&str; 4] = [
@@ -126,6 +170,7 @@ pub(crate) fn check_service(
     rules.ports(spec);
     rules.volumes(spec);
     rules.restart(&spec.restart);
+    rules.stop_grace(spec);
     for (field, probe) in [("liveness", &spec.liveness), ("readiness", &spec.readiness)] {
         if let Some(probe) = probe {
             rules.probe(spec, &root.key(field), probe);
@@ -302,6 +347,9 @@ impl Rules<'_> {
                 let message = "is not a valid variable name (use letters, digits and '_', not starting with a digit)";
                 self.report(&at, message);
             }
+            if let Some(why) = reserved(spec, key) {
+                self.report(&at, why);
+            }
             if value.contains('\0') {
                 self.report(&at, "contains a NUL byte");
             }
@@ -370,10 +418,16 @@ impl Rules<'_> {
 
     fn restart(&mut self, restart: &RestartSpec) {
         let at = self.at("restart");
-        if restart.initial_backoff.is_zero() {
-            let message = "must be more than zero, or a crash loop would spin a core";
-            self.report(&at.key("initial_backoff"), message);
-        } else if restart.initial_backoff > restart.max_backoff {
+        #[rustfmt::skip]
+        let ranges = [
+            ("initial_backoff", restart.initial_backoff, MIN_BACKOFF, MAX_BACKOFF),
+            ("max_backoff", restart.max_backoff, MIN_BACKOFF, MAX_BACKOFF),
+            ("reset_after", restart.reset_after, Duration::ZERO, MAX_RESET_AFTER),
+        ];
+        for (field, value, min, max) in ranges {
+            self.duration(&at.key(field), value, min, max);
+        }
+        if restart.initial_backoff > restart.max_backoff {
             let message = format!(
                 "{} is longer than max_backoff ({})",
                 humantime::format_duration(restart.initial_backoff),
@@ -383,27 +437,59 @@ impl Rules<'_> {
         }
     }
 
+    fn stop_grace(&mut self, spec: &ServiceSpec) {
+        self.duration(
+            &self.at("stop_grace"),
+            spec.stop_grace,
+            Duration::ZERO,
+            MAX_STOP_GRACE,
+        );
+    }
+
+    /// Reports a duration outside `min..=max`, saying which bound it crossed.
+    fn duration(&mut self, at: &Path, value: Duration, min: Duration, max: Duration) {
+        let shown = |d: Duration| humantime::format_duration(d).to_string();
+        let message = if value < min {
+            format!(
+                "{} is shorter than the minimum of {}",
+                shown(value),
+                shown(min)
+            )
+        } else if value > max {
+            format!(
+                "{} is longer than the maximum of {}",
+                shown(value),
+                shown(max)
+            )
+        } else {
+            return;
+        };
+        self.report(at, message);
+    }
+
     fn probe(&mut self, spec: &ServiceSpec, at: &Path, probe: &ProbeSpec) {
-        for (field, value) in [("period", probe.period), ("timeout", probe.timeout)] {
-            if value.is_zero() {
-                self.report(&at.key(field), "must be more than zero");
-            }
+        #[rustfmt::skip]
+        let ranges = [
+            ("initial_delay", probe.initial_delay, Duration::ZERO),
+            ("period", probe.period, MIN_PROBE_PERIOD),
+            ("timeout", probe.timeout, MIN_PROBE_TIMEOUT),
+        ];
+        for (field, value, min) in ranges {
+            self.duration(&at.key(field), value, min, MAX_PROBE_DURATION);
         }
         for (field, value) in [
             ("failure_threshold", probe.failure_threshold),
             ("success_threshold", probe.success_threshold),
         ] {
-            if value == 0 {
-                self.report(&at.key(field), "must be at least 1");
+            if !(1..=MAX_PROBE_THRESHOLD).contains(&value) {
+                let message = format!("{value} is not between 1 and {MAX_PROBE_THRESHOLD}");
+                self.report(&at.key(field), message);
             }
         }
         match &probe.action {
             ProbeAction::Http { path, port } => {
-                if !path.starts_with('/') {
-                    self.report(
-                        &at.key("http").key("path"),
-                        format!("{path:?} must start with '/'"),
-                    );
+                if let Err(why) = http_path(path) {
+                    self.report(&at.key("http").key("path"), why);
                 }
                 self.probe_port(spec, &at.key("http").key("port"), port);
             }
@@ -458,6 +544,21 @@ impl Rules<'_> {
                 limits.pids.map(|n| (n, n.to_string())),
             ),
         ];
+        let maxima = [
+            (MAX_CPU.0, format!("{} cores", MAX_CPU.0 / 1000)),
+            (MAX_MEMORY.0, MAX_MEMORY.to_string()),
+            (MAX_PIDS, MAX_PIDS.to_string()),
+        ];
+        for ((field, request, limit), (max, max_text)) in pairs.iter().zip(&maxima) {
+            for (kind, amount) in [("requests", request), ("limits", limit)] {
+                if let Some((value, text)) = amount
+                    && value > max
+                {
+                    let message = format!("{text} is more than the maximum of {max_text}");
+                    self.report(&at.key(kind).key(field), message);
+                }
+            }
+        }
         for (field, request, limit) in pairs {
             if let Some((0, _)) = limit {
                 self.report(&at.key("limits").key(field), "must be more than zero");
@@ -486,23 +587,28 @@ impl Rules<'_> {
         }
     }
 
-    /// `${X}` in command and env is expanded by the agent at start. Unknown names are left as
-    /// written (a shell in the command may want `${HOME}`), so only names that can only mean an
-    /// Outpost variable — `PORT` and `OUTPOST_*` — must resolve.
+    /// `${NAME}` in entrypoint, command and env values is expanded by the agent at start (see
+    /// `agent::supervisor::expand`): in env values from the variables Outpost sets, in the
+    /// entrypoint and command from those and `env`. A name that resolves to nothing would be left
+    /// as literal text, so it is refused, as Compose refuses a required variable. `$NAME`
+    /// without braces, and shell forms such as `${NAME:-default}`, are never expanded by Outpost
+    /// and pass through to a shell.
     fn references(&mut self, spec: &ServiceSpec) {
         if !self.sound("ports") || !self.sound("env") {
             return;
         }
-        let mut texts: Vec<(Path, &str)> = Vec::new();
-        for (i, arg) in spec.command.iter().enumerate() {
-            texts.push((self.at("command").index(i), arg));
+        let mut texts: Vec<(Path, &str, Scope)> = Vec::new();
+        for (field, args) in [("entrypoint", &spec.entrypoint), ("command", &spec.command)] {
+            for (i, arg) in args.iter().enumerate() {
+                texts.push((self.at(field).index(i), arg, Scope::Argv));
+            }
         }
         for (key, value) in &spec.env {
-            texts.push((self.at("env").key(key), value));
+            texts.push((self.at("env").key(key), value, Scope::Env));
         }
-        for (at, text) in texts {
-            for name in references(text) {
-                if let Some(why) = unresolved(spec, name) {
+        for (at, text, scope) in texts {
+            for name in references(text).into_iter().filter(|n| is_identifier(n)) {
+                if let Some(why) = unresolved(spec, name, scope) {
                     self.report(&at, format!("\"${{{name}}}\" {why}"));
                 }
             }
@@ -510,13 +616,39 @@ impl Rules<'_> {
     }
 }
 
-/// Why `${name}` cannot resolve, if it looks like an Outpost variable and does not.
-fn unresolved(spec: &ServiceSpec, name: &str) -> Option<String> {
-    let known = spec.env.contains_key(name)
-        || TASK_VARS.contains(&name)
+/// Where a `${NAME}` stands, which decides what it may refer to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Entrypoint or command: Outpost's variables and the spec's `env`.
+    Argv,
+    /// An env value: Outpost's variables only; other env entries are not expanded there.
+    Env,
+}
+
+/// Why an env key cannot be set by the user: the agent sets it itself and would override it.
+fn reserved(spec: &ServiceSpec, key: &str) -> Option<String> {
+    if key == "PORT"
+        && let Some(first) = spec.ports.first()
+    {
+        return Some(format!(
+            "is set by Outpost to the host port of the first port ({:?}), so this value would be ignored; remove it and read ${{PORT}}, or use another name",
+            first.name
+        ));
+    }
+    if key.starts_with("OUTPOST_") {
+        return Some(
+            "is set by Outpost (names starting with OUTPOST_ are reserved for the variables it gives every task); use another name".to_string(),
+        );
+    }
+    None
+}
+
+/// Why `${name}` would not be expanded where it stands, if it would not.
+fn unresolved(spec: &ServiceSpec, name: &str, scope: Scope) -> Option<String> {
+    let known = TASK_VARS.contains(&name)
         || (name == "PORT" && !spec.ports.is_empty())
         || spec.ports.iter().any(|p| p.env_var() == name);
-    if known {
+    if known || (scope == Scope::Argv && spec.env.contains_key(name)) {
         return None;
     }
     if name == "PORT" {
@@ -534,13 +666,34 @@ fn unresolved(spec: &ServiceSpec, name: &str) -> Option<String> {
             ),
         });
     }
+    let vars = TASK_VARS.join(", ");
     if name.starts_with("OUTPOST_") {
-        let vars = TASK_VARS.join(", ");
         return Some(format!(
             "is not a variable Outpost sets (it sets PORT, OUTPOST_PORT_<NAME>, {vars})"
         ));
     }
-    None
+    if spec.env.contains_key(name) {
+        return Some(format!(
+            "names another env entry, and env values are not expanded from each other; write its value here, or refer to {name} from the command"
+        ));
+    }
+    Some(format!(
+        "is not set: it is neither in `env` nor one of the variables Outpost sets (PORT, OUTPOST_PORT_<NAME>, {vars}); add it to env, or write ${name} without braces for a shell to expand"
+    ))
+}
+
+/// An HTTP probe's request target: an absolute path of visible ASCII, so nothing in it can end
+/// the request line early (CR/LF would split the request, a space would end the target).
+fn http_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must start with '/'"));
+    }
+    if let Some(c) = path.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{path:?} contains {c:?}; a probe path is visible ASCII only (percent-encode anything else, e.g. %20 for a space)"
+        ));
+    }
+    Ok(())
 }
 
 /// The names in `${NAME}` references, found the way the agent's expansion finds them.
@@ -606,7 +759,7 @@ fn volume_source(source: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::PortSpec;
+    use crate::types::{PortRef, PortSpec, ProbeAction, ProbeSpec};
 
     fn check(spec: &ServiceSpec, expect: &[&str]) {
         let got = match validate(spec) {
@@ -626,7 +779,7 @@ mod tests {
         check(
             &spec,
             &[
-                "web.restart.initial_backoff: must be more than zero, or a crash loop would spin a core",
+                "web.restart.initial_backoff: 0s is shorter than the minimum of 10ms",
                 r#"web.readiness.tcp.port: no port named "http": the service declares no ports"#,
                 r#"web.command[1]: "${PORT}" is only set for services that declare a port (add `ports: [http]`)"#,
             ],
@@ -662,6 +815,165 @@ mod tests {
         for bad in ["", "Web", "1web", "web-", "we_b", "wéb", &"a".repeat(64)] {
             assert!(dns_label(bad).is_err(), "{bad}");
         }
+    }
+
+    fn web() -> ServiceSpec {
+        let mut spec = ServiceSpec::process("web", &["./web"]);
+        spec.ports = vec![PortSpec::named("http")];
+        spec
+    }
+
+    #[test]
+    fn quantities_past_the_maxima_are_refused_with_their_path() {
+        let mut spec = web();
+        // 2^64 - 100000 millicores: wraps negative as an i64.
+        spec.resources.requests.cpu = Some("18446744073709451616m".parse().unwrap());
+        spec.resources.limits.memory = Some(Memory(u64::MAX));
+        spec.resources.limits.pids = Some(MAX_PIDS + 1);
+        check(
+            &spec,
+            &[
+                "web.resources.requests.cpu: 18446744073709451616m is more than the maximum of 1000000 cores",
+                "web.resources.limits.memory: 18446744073709551615 is more than the maximum of 1Ei",
+                "web.resources.limits.pids: 4194305 is more than the maximum of 4194304",
+            ],
+        );
+        spec.resources.requests.cpu = Some(MAX_CPU);
+        spec.resources.limits.memory = Some(MAX_MEMORY);
+        spec.resources.limits.pids = Some(MAX_PIDS);
+        check(&spec, &[]);
+    }
+
+    fn probe(path: &str) -> ProbeSpec {
+        ProbeSpec::new(ProbeAction::Http {
+            path: path.into(),
+            port: PortRef::Name("http".into()),
+        })
+    }
+
+    #[test]
+    fn probe_timings_have_sane_ranges() {
+        let mut spec = web();
+        let mut liveness = probe("/healthz");
+        liveness.period = Duration::from_nanos(1);
+        liveness.timeout = Duration::from_secs(7200);
+        liveness.initial_delay = Duration::from_secs(86_400);
+        liveness.failure_threshold = 0;
+        liveness.success_threshold = 1000;
+        spec.liveness = Some(liveness);
+        check(
+            &spec,
+            &[
+                "web.liveness.initial_delay: 1day is longer than the maximum of 1h",
+                "web.liveness.period: 1ns is shorter than the minimum of 100ms",
+                "web.liveness.timeout: 2h is longer than the maximum of 1h",
+                "web.liveness.failure_threshold: 0 is not between 1 and 100",
+                "web.liveness.success_threshold: 1000 is not between 1 and 100",
+            ],
+        );
+        let mut edges = probe("/healthz");
+        edges.period = MIN_PROBE_PERIOD;
+        edges.timeout = MIN_PROBE_TIMEOUT;
+        edges.initial_delay = MAX_PROBE_DURATION;
+        edges.failure_threshold = MAX_PROBE_THRESHOLD;
+        spec.liveness = Some(edges);
+        check(&spec, &[]);
+    }
+
+    #[test]
+    fn stop_grace_and_backoffs_have_sane_ranges() {
+        let mut spec = web();
+        spec.stop_grace = humantime::parse_duration("100000000000y").unwrap();
+        spec.restart.initial_backoff = Duration::from_nanos(1);
+        spec.restart.max_backoff = Duration::from_secs(86_400);
+        spec.restart.reset_after = Duration::from_secs(7 * 86_400);
+        check(
+            &spec,
+            &[
+                "web.restart.initial_backoff: 1ns is shorter than the minimum of 10ms",
+                "web.restart.max_backoff: 1day is longer than the maximum of 1h",
+                "web.restart.reset_after: 7days is longer than the maximum of 1day",
+                "web.stop_grace: 100000000000years is longer than the maximum of 1h",
+            ],
+        );
+        spec.stop_grace = MAX_STOP_GRACE;
+        spec.restart.initial_backoff = MIN_BACKOFF;
+        spec.restart.max_backoff = MAX_BACKOFF;
+        spec.restart.reset_after = MAX_RESET_AFTER;
+        check(&spec, &[]);
+    }
+
+    #[test]
+    fn probe_paths_cannot_split_the_request() {
+        for bad in [
+            "/x\r\nX-Injected: 1",
+            "/a b",
+            "/tab\t",
+            "/caf\u{e9}",
+            "healthz",
+        ] {
+            let mut spec = web();
+            spec.readiness = Some(probe(bad));
+            let problems = validate(&spec).unwrap_err().problems;
+            assert_eq!(problems.len(), 1, "{bad:?}: {problems:?}");
+            assert_eq!(problems[0].path, "web.readiness.http.path");
+        }
+        let mut spec = web();
+        spec.readiness = Some(probe("/healthz?full=1&x=%20"));
+        check(&spec, &[]);
+    }
+
+    #[test]
+    fn env_keys_outpost_sets_are_refused() {
+        let mut spec = web();
+        spec.env.insert("PORT".into(), "80".into());
+        spec.env.insert("OUTPOST_NODE".into(), "elsewhere".into());
+        let got: Vec<String> = validate(&spec)
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(|p| p.path.clone())
+            .collect();
+        assert_eq!(got, ["web.env.OUTPOST_NODE", "web.env.PORT"]);
+        let mut portless = ServiceSpec::process("job", &["./job"]);
+        portless.env.insert("PORT".into(), "80".into());
+        check(&portless, &[]);
+    }
+
+    #[test]
+    fn unknown_references_are_refused_where_the_agent_would_leave_them() {
+        let mut spec = web();
+        spec.command = vec![
+            "./web".into(),
+            "${NOPE}".into(),
+            "${GREETING}-${PORT}".into(),
+        ];
+        spec.env.insert("GREETING".into(), "hi".into());
+        spec.env
+            .insert("URL".into(), "http://x:${PORT}/${GREETING}".into());
+        let problems: Vec<String> = validate(&spec)
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems[0].starts_with(r#"web.command[1]: "${NOPE}" is not set"#),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[1].starts_with(r#"web.env.URL: "${GREETING}" names another env entry"#),
+            "{problems:#?}"
+        );
+        // A shell's own forms pass through untouched.
+        spec.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "echo $HOME ${X:-d} ${GREETING}".into(),
+        ];
+        spec.env.insert("URL".into(), "http://x:${PORT}".into());
+        check(&spec, &[]);
     }
 
     #[test]

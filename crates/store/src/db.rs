@@ -4,12 +4,19 @@
 //! One file holds both halves of Raft's storage because redb lets a process open a file only
 //! once; both stores hold the same [`Db`]. Values are JSON so that a human can inspect a
 //! data dir with any redb tool and so that adding a field to `State` stays backward compatible.
+//!
+//! Every value is [`seal`]ed with a checksum ([`encode`], [`decode`]), and [`open_database`]
+//! reads every record once at start: a damaged file is refused with the file, table and key
+//! before anything is served from it. redb asserts (panics) on some damaged files; opening runs
+//! under [`seal::unpanicked`], so the operator gets an error saying what to do, never a
+//! backtrace.
 
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
-use redb::{Database, TableDefinition, WriteTransaction};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -41,6 +48,9 @@ pub(crate) struct Db {
     pub(crate) applied: watch::Sender<u64>,
 }
 
+/// What an operator can do about a store file that cannot be trusted.
+const REMEDY: &str = "restore the data dir from a backup, or move the file away and start again with --reset to begin with an empty state";
+
 /// Why the store could not be opened. Each message names the file and what the operator can do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,6 +64,15 @@ pub enum StoreError {
     Open {
         path: PathBuf,
         error: Box<redb::DatabaseError>,
+    },
+    #[error("store {path} is damaged and cannot be read ({detail}): {REMEDY}")]
+    Unreadable { path: PathBuf, detail: String },
+    #[error("store {path}: record {key:?} of table {table} is damaged ({why}): {REMEDY}")]
+    Damaged {
+        path: PathBuf,
+        table: String,
+        key: String,
+        why: seal::Damage,
     },
     #[error(
         "cannot read or write store {path}: {error} (check free disk space and the file's permissions)"
@@ -80,6 +99,12 @@ pub(crate) enum DbError {
     Redb(Box<redb::Error>),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    #[error("record {key:?} of table {table} is damaged: {why}")]
+    Damaged {
+        table: String,
+        key: String,
+        why: seal::Damage,
+    },
     #[error("storage task did not finish: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -110,8 +135,20 @@ impl DbError {
     fn store(self, path: &Path, what: &'static str) -> StoreError {
         let path = path.to_path_buf();
         match self {
-            DbError::Redb(error) => StoreError::Io { path, error },
+            DbError::Redb(error) => match *error {
+                redb::Error::Corrupted(detail) => StoreError::Unreadable { path, detail },
+                error => StoreError::Io {
+                    path,
+                    error: Box::new(error),
+                },
+            },
             DbError::Json(error) => StoreError::Corrupt { path, what, error },
+            DbError::Damaged { table, key, why } => StoreError::Damaged {
+                path,
+                table,
+                key,
+                why,
+            },
             DbError::Task(e) => StoreError::Io {
                 path,
                 error: Box::new(redb::Error::Io(std::io::Error::other(e))),
@@ -120,23 +157,50 @@ impl DbError {
     }
 }
 
-/// Opens (or creates) the store file and makes sure every table exists, so that readers never
-/// meet a missing table.
+/// Opens (or creates) the store file, makes sure every table exists, so that readers never meet
+/// a missing table, and checks every record's seal.
 pub(crate) fn open_database(path: &Path) -> Result<Arc<Db>, StoreError> {
     let db = Database::create(path).map_err(|error| match error {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
             path: path.to_path_buf(),
         },
-        error => StoreError::Open {
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() != std::io::ErrorKind::UnexpectedEof =>
+        {
+            StoreError::Open {
+                path: path.to_path_buf(),
+                error: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
+            }
+        }
+        error => StoreError::Unreadable {
             path: path.to_path_buf(),
-            error: Box::new(error),
+            detail: error.to_string(),
         },
     })?;
     create_tables(&db).map_err(|e| e.store(path, "table list"))?;
+    verify(&db).map_err(|e| e.store(path, "record"))?;
     Ok(Arc::new(Db {
         file: db,
         applied: watch::Sender::new(0),
     }))
+}
+
+/// Reads every record of every table and checks its seal: damage is found at start, before
+/// anything is served, rather than when a follower first asks for an old log entry.
+fn verify(db: &Database) -> Result<(), DbError> {
+    let txn = db.begin_read()?;
+    let log = txn.open_table(LOG)?;
+    for row in log.iter()? {
+        let (key, value) = row?;
+        open_record(LOG.name(), key.value(), value.value())?;
+    }
+    for table in [LOG_META, SM] {
+        for row in txn.open_table(table)?.iter()? {
+            let (key, value) = row?;
+            open_record(table.name(), key.value(), value.value())?;
+        }
+    }
+    Ok(())
 }
 
 fn create_tables(db: &Database) -> Result<(), DbError> {
@@ -165,11 +229,38 @@ pub(crate) fn get<T: DeserializeOwned>(
     key: &str,
 ) -> Result<Option<T>, DbError> {
     let txn = db.begin_read()?;
-    let table = txn.open_table(table)?;
-    let Some(value) = table.get(key)? else {
+    let opened = txn.open_table(table)?;
+    let Some(value) = opened.get(key)? else {
         return Ok(None);
     };
-    Ok(Some(serde_json::from_slice(value.value())?))
+    decode(table.name(), key, value.value()).map(Some)
+}
+
+/// The bytes to store for `value`: its JSON, sealed.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, DbError> {
+    Ok(seal::seal(&serde_json::to_vec(value)?))
+}
+
+/// The value stored under `key` of `table`, once its seal checks out.
+pub(crate) fn decode<T: DeserializeOwned>(
+    table: &str,
+    key: impl Display,
+    bytes: &[u8],
+) -> Result<T, DbError> {
+    Ok(serde_json::from_slice(open_record(table, key, bytes)?)?)
+}
+
+/// The payload of a stored record, or an error naming its table and key.
+pub(crate) fn open_record<'a>(
+    table: &str,
+    key: impl Display,
+    bytes: &'a [u8],
+) -> Result<&'a [u8], DbError> {
+    seal::open(bytes).map_err(|why| DbError::Damaged {
+        table: table.to_string(),
+        key: key.to_string(),
+        why,
+    })
 }
 
 /// Writes `value` under `key` inside `txn`.
@@ -179,10 +270,13 @@ pub(crate) fn put<T: Serialize + ?Sized>(
     key: &str,
     value: &T,
 ) -> Result<(), DbError> {
-    put_bytes(txn, table, key, &serde_json::to_vec(value)?)
+    txn.open_table(table)?
+        .insert(key, encode(value)?.as_slice())?;
+    Ok(())
 }
 
-pub(crate) fn put_bytes(
+/// Writes bytes that are already [`encode`]d (sealed) under `key` inside `txn`.
+pub(crate) fn put_encoded(
     txn: &WriteTransaction,
     table: TableDefinition<&str, &[u8]>,
     key: &str,

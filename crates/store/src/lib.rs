@@ -45,16 +45,27 @@ pub use state_machine::{SnapshotBuilder, StateMachineStore};
 use crate::db::{MACHINE, SM};
 use crate::state_machine::Machine;
 
-/// Opens the store at `path`, creating it if missing, and loads the applied state so that a
-/// restarted server resumes where it stopped.
+/// Opens the store at `path`, creating it if missing, checks every record's seal, and loads the
+/// applied state so that a restarted server resumes where it stopped.
 ///
 /// Hand the two stores to `Raft::new`; keep the handle for reads. Only one open per file at a
 /// time: a second one fails with [`StoreError::Locked`] until everything the first returned
-/// (and the Raft using it) is dropped — [`StateHandle::closed`] says when.
+/// (and the Raft using it) is dropped — [`StateHandle::closed`] says when. A damaged file fails
+/// with [`StoreError::Unreadable`] or [`StoreError::Damaged`], whose messages name the file and
+/// what to do; never with a panic.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore, StateHandle), StoreError> {
-    let db = db::open_database(path)?;
-    let machine: Machine =
-        db::load(&db.file, path, (SM, MACHINE), "applied state")?.unwrap_or_default();
+    let opened = seal::unpanicked(|| {
+        let db = db::open_database(path)?;
+        let machine: Machine =
+            db::load(&db.file, path, (SM, MACHINE), "applied state")?.unwrap_or_default();
+        Ok((db, machine))
+    });
+    let (db, machine) = opened.unwrap_or_else(|detail| {
+        Err(StoreError::Unreadable {
+            path: path.to_path_buf(),
+            detail: format!("the storage library gave up on it: {detail}"),
+        })
+    })?;
     db.applied.send_replace(machine.state.index);
     let machine = Arc::new(RwLock::new(machine));
     let handle = StateHandle::new(Arc::clone(&machine), db.applied.subscribe());

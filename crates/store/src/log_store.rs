@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
-use redb::ReadableTable;
+use redb::{ReadableTable, TableHandle};
 use serde::Serialize;
 
 use crate::db::{self, COMMITTED, Db, DbError, LAST_PURGED, LOG, LOG_META, VOTE};
@@ -33,8 +33,8 @@ impl LogStore {
         let table = txn.open_table(LOG)?;
         let mut entries = Vec::new();
         for item in table.range(range)? {
-            let (_, value) = item?;
-            entries.push(serde_json::from_slice(value.value())?);
+            let (index, value) = item?;
+            entries.push(db::decode(LOG.name(), index.value(), value.value())?);
         }
         Ok(entries)
     }
@@ -42,16 +42,16 @@ impl LogStore {
     fn last_log_id(&self) -> Result<Option<LogId>, DbError> {
         let txn = self.db.file.begin_read()?;
         let table = txn.open_table(LOG)?;
-        let Some((_, value)) = table.last()? else {
+        let Some((index, value)) = table.last()? else {
             return Ok(None);
         };
-        let entry: Entry = serde_json::from_slice(value.value())?;
+        let entry: Entry = db::decode(LOG.name(), index.value(), value.value())?;
         Ok(Some(entry.log_id))
     }
 
     /// Writes `entries` in one transaction: all of them are durable, or none.
     async fn insert(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), DbError> {
-        let encode = |entry: Entry| Ok((entry.log_id.index, serde_json::to_vec(&entry)?));
+        let encode = |entry: Entry| Ok((entry.log_id.index, db::encode(&entry)?));
         let rows = entries
             .into_iter()
             .map(encode)
@@ -67,9 +67,9 @@ impl LogStore {
     }
 
     async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), DbError> {
-        let bytes = serde_json::to_vec(value)?;
+        let bytes = db::encode(value)?;
         db::write(&self.db, move |txn| {
-            db::put_bytes(txn, LOG_META, key, &bytes)
+            db::put_encoded(txn, LOG_META, key, &bytes)
         })
         .await
     }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use api::{
     Capacity, Change, ChangeKind, DesiredState, Event, Level, NewEvent, Node, NodeState, Placement,
-    RegisterRequest, Service, StatusReport, Task, TaskState, Timestamp,
+    RegisterRequest, Service, StatusReport, Task, TaskState, TaskStatus, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use spec::ServiceSpec;
@@ -79,148 +79,170 @@ pub struct State {
     pub events: VecDeque<Event>,
     pub next_event: u64,
     pub next_task: u64,
+    /// The `seq` of the last report applied from each node, since it last registered.
+    #[serde(default)]
+    pub report_seq: BTreeMap<String, u64>,
 }
 
 impl State {
+    /// Applies one committed command. Each command has its own function below; `index` is the
+    /// log index of the entry, which the state records as its own.
     pub fn apply(&mut self, index: u64, command: &Command) -> Response {
         self.index = index;
         match command {
-            Command::Deploy { services, time } => Response::Deployed(
-                services
-                    .iter()
-                    .map(|spec| self.deploy(spec.clone(), *time))
-                    .collect(),
-            ),
+            Command::Deploy { services, time } => self.deploy_all(services, *time),
             Command::Scale {
                 service,
                 replicas,
                 time,
-            } => {
-                let Some(svc) = self.services.get_mut(service) else {
-                    return Response::NotFound(service.clone());
-                };
-                let from = svc.spec.replicas;
-                svc.spec.replicas = *replicas;
-                svc.updated_at = *time;
-                self.event(
-                    *time,
-                    Level::Info,
-                    "scaled",
-                    Some(service),
-                    None,
-                    None,
-                    format!("scaled from {from} to {replicas} replicas"),
-                );
-                Response::Ok
-            }
-            Command::Remove { service, time } => {
-                let Some(svc) = self.services.get_mut(service) else {
-                    return Response::NotFound(service.clone());
-                };
-                svc.removing = true;
-                svc.updated_at = *time;
-                let ids: Vec<String> = self
-                    .tasks
-                    .values()
-                    .filter(|t| &t.service == service)
-                    .map(|t| t.id.clone())
-                    .collect();
-                for id in ids {
-                    self.stop_task(&id, *time);
-                }
-                self.event(
-                    *time,
-                    Level::Info,
-                    "removing",
-                    Some(service),
-                    None,
-                    None,
-                    "service removed; stopping its tasks".into(),
-                );
-                self.forget_removed_services();
-                Response::Ok
-            }
-            Command::RegisterNode { node, time } => {
-                let entry = self.nodes.entry(node.name.clone()).or_insert_with(|| Node {
-                    name: node.name.clone(),
-                    address: node.address.clone(),
-                    state: NodeState::Ready,
-                    capacity: Capacity::default(),
-                    allocatable: Capacity::default(),
-                    memory_pressure: false,
-                    drivers: Vec::new(),
-                    notes: Vec::new(),
-                    version: String::new(),
-                    registered_at: *time,
-                    state_since: *time,
-                });
-                entry.address = node.address.clone();
-                entry.capacity = node.capacity.clone();
-                entry.allocatable = node.allocatable.clone();
-                entry.drivers = node.drivers.clone();
-                entry.notes = node.notes.clone();
-                entry.version = node.version.clone();
-                if entry.state != NodeState::Ready {
-                    entry.state = NodeState::Ready;
-                    entry.state_since = *time;
-                }
-                self.node_index.insert(node.name.clone(), index);
-                self.event(
-                    *time,
-                    Level::Info,
-                    "node-registered",
-                    None,
-                    None,
-                    Some(&node.name),
-                    format!("node {} registered at {}", node.name, node.address),
-                );
-                Response::Ok
-            }
-            Command::SetNodeState { node, state, time } => {
-                let Some(n) = self.nodes.get_mut(node) else {
-                    return Response::NotFound(node.clone());
-                };
-                if n.state != *state {
-                    let from = n.state;
-                    n.state = *state;
-                    n.state_since = *time;
-                    let level = if *state == NodeState::Ready {
-                        Level::Info
-                    } else {
-                        Level::Warning
-                    };
-                    self.event(
-                        *time,
-                        level,
-                        "node-state",
-                        None,
-                        None,
-                        Some(node),
-                        format!("node {node} is {state} (was {from})"),
-                    );
-                }
-                Response::Ok
-            }
+            } => self.scale(service, *replicas, *time),
+            Command::Remove { service, time } => self.remove(service, *time),
+            Command::RegisterNode { node, time } => self.register(node, *time),
+            Command::SetNodeState { node, state, time } => self.set_node_state(node, *state, *time),
             Command::Reconcile {
                 place,
                 stop,
                 pending,
                 time,
-            } => {
-                for p in place {
-                    self.place(p, *time);
-                }
-                for id in stop {
-                    self.stop_task(id, *time);
-                }
-                self.set_pending(pending, *time);
-                Response::Ok
-            }
-            Command::Report { node, report, time } => {
-                self.report(node, report, *time);
-                Response::Ok
-            }
+            } => self.reconcile(place, stop, pending, *time),
+            Command::Report { node, report, time } => self.report(node, report, *time),
         }
+    }
+
+    fn deploy_all(&mut self, services: &[ServiceSpec], time: Timestamp) -> Response {
+        let changes = services
+            .iter()
+            .map(|spec| self.deploy(spec.clone(), time))
+            .collect();
+        Response::Deployed(changes)
+    }
+
+    fn scale(&mut self, service: &str, replicas: u32, time: Timestamp) -> Response {
+        let Some(svc) = self.services.get_mut(service) else {
+            return Response::NotFound(service.to_string());
+        };
+        let from = svc.spec.replicas;
+        svc.spec.replicas = replicas;
+        svc.updated_at = time;
+        let message = format!("scaled from {from} to {replicas} replicas");
+        self.event(
+            time,
+            Level::Info,
+            "scaled",
+            Some(service),
+            None,
+            None,
+            message,
+        );
+        Response::Ok
+    }
+
+    fn remove(&mut self, service: &str, time: Timestamp) -> Response {
+        let Some(svc) = self.services.get_mut(service) else {
+            return Response::NotFound(service.to_string());
+        };
+        svc.removing = true;
+        svc.updated_at = time;
+        let ids: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| t.service == service)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in ids {
+            self.stop_task(&id, time);
+        }
+        let message = "service removed; stopping its tasks".to_string();
+        self.event(
+            time,
+            Level::Info,
+            "removing",
+            Some(service),
+            None,
+            None,
+            message,
+        );
+        self.forget_removed_services();
+        Response::Ok
+    }
+
+    /// A node (re)registering starts a new run of its agent: its report sequence starts afresh,
+    /// so an agent that lost its own state is not ignored for ever.
+    fn register(&mut self, node: &RegisterRequest, time: Timestamp) -> Response {
+        let entry = self.nodes.entry(node.name.clone()).or_insert_with(|| Node {
+            name: node.name.clone(),
+            address: node.address.clone(),
+            state: NodeState::Ready,
+            capacity: Capacity::default(),
+            allocatable: Capacity::default(),
+            memory_pressure: false,
+            drivers: Vec::new(),
+            notes: Vec::new(),
+            version: String::new(),
+            registered_at: time,
+            state_since: time,
+        });
+        entry.address = node.address.clone();
+        entry.capacity = node.capacity.clone();
+        entry.allocatable = node.allocatable.clone();
+        entry.drivers = node.drivers.clone();
+        entry.notes = node.notes.clone();
+        entry.version = node.version.clone();
+        if entry.state != NodeState::Ready {
+            entry.state = NodeState::Ready;
+            entry.state_since = time;
+        }
+        self.node_index.insert(node.name.clone(), self.index);
+        self.report_seq.remove(&node.name);
+        let message = format!("node {} registered at {}", node.name, node.address);
+        let name = Some(node.name.as_str());
+        self.event(
+            time,
+            Level::Info,
+            "node-registered",
+            None,
+            None,
+            name,
+            message,
+        );
+        Response::Ok
+    }
+
+    fn set_node_state(&mut self, node: &str, state: NodeState, time: Timestamp) -> Response {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return Response::NotFound(node.to_string());
+        };
+        if n.state == state {
+            return Response::Ok;
+        }
+        let from = n.state;
+        n.state = state;
+        n.state_since = time;
+        let level = if state == NodeState::Ready {
+            Level::Info
+        } else {
+            Level::Warning
+        };
+        let message = format!("node {node} is {state} (was {from})");
+        self.event(time, level, "node-state", None, None, Some(node), message);
+        Response::Ok
+    }
+
+    fn reconcile(
+        &mut self,
+        place: &[Placement],
+        stop: &[String],
+        pending: &[(String, String)],
+        time: Timestamp,
+    ) -> Response {
+        for p in place {
+            self.place(p, time);
+        }
+        for id in stop {
+            self.stop_task(id, time);
+        }
+        self.set_pending(pending, time);
+        Response::Ok
     }
 
     fn deploy(&mut self, spec: ServiceSpec, time: Timestamp) -> Change {
@@ -413,30 +435,19 @@ impl State {
         self.pending = now;
     }
 
-    fn report(&mut self, node: &str, report: &StatusReport, time: Timestamp) {
+    /// An agent's report. One older than a report already applied from the same node is
+    /// ignored whole; within a report, a task's status that would move it back within its run
+    /// is ignored (see [`moves_forward`]).
+    fn report(&mut self, node: &str, report: &StatusReport, time: Timestamp) -> Response {
+        if report.seq != 0 {
+            let last = self.report_seq.entry(node.to_string()).or_default();
+            if report.seq <= *last {
+                return Response::Ok;
+            }
+            *last = report.seq;
+        }
         for status in &report.tasks {
-            let Some(task) = self.tasks.get_mut(&status.id) else {
-                continue;
-            };
-            // Only the node that runs a task may say how it is.
-            if task.node.as_deref() != Some(node) {
-                continue;
-            }
-            task.state = status.state;
-            task.ready = status.ready;
-            task.restarts = status.restarts;
-            task.pid = status.pid;
-            task.container_id = status.container_id.clone();
-            task.ports = status.ports.clone();
-            task.started_at = status.started_at;
-            task.exit_code = status.exit_code;
-            task.message = status.message.clone();
-            task.updated_at = time;
-            let finished = matches!(task.state, TaskState::Exited | TaskState::Failed);
-            // An evicted task is done for good: the scheduler places a new one in its slot.
-            if finished && (task.desired == DesiredState::Shutdown || status.evicted) {
-                self.tasks.remove(&status.id);
-            }
+            self.observe(node, status, time);
         }
         for e in &report.events {
             let mut e = e.clone();
@@ -447,6 +458,33 @@ impl State {
             self.set_pressure(node, pressure, time);
         }
         self.forget_removed_services();
+        Response::Ok
+    }
+
+    /// Records one task's observed state, if `node` runs it and the status moves it forward.
+    fn observe(&mut self, node: &str, status: &TaskStatus, time: Timestamp) {
+        let Some(task) = self.tasks.get_mut(&status.id) else {
+            return;
+        };
+        // Only the node that runs a task may say how it is.
+        if task.node.as_deref() != Some(node) || !moves_forward(task, status) {
+            return;
+        }
+        task.state = status.state;
+        task.ready = status.ready;
+        task.restarts = status.restarts;
+        task.pid = status.pid;
+        task.container_id = status.container_id.clone();
+        task.ports = status.ports.clone();
+        task.started_at = status.started_at;
+        task.exit_code = status.exit_code;
+        task.message = status.message.clone();
+        task.updated_at = time;
+        let finished = matches!(task.state, TaskState::Exited | TaskState::Failed);
+        // An evicted task is done for good: the scheduler places a new one in its slot.
+        if finished && (task.desired == DesiredState::Shutdown || status.evicted) {
+            self.tasks.remove(&status.id);
+        }
     }
 
     fn set_pressure(&mut self, node: &str, pressure: bool, time: Timestamp) {
@@ -605,6 +643,33 @@ impl State {
     }
 }
 
+/// Where a state stands within one run of a task; a run only moves to a later step, as in
+/// Swarmkit. Exited and Failed are both the end of a run.
+fn step(state: TaskState) -> u8 {
+    match state {
+        TaskState::Pending => 0,
+        TaskState::Starting => 1,
+        TaskState::Running => 2,
+        TaskState::Exited | TaskState::Failed => 3,
+    }
+}
+
+/// Whether `status` may replace what is known of `task`. A run is one start of the task: the
+/// agent counts finished runs in `restarts` (bumped when it decides to restart, while the old
+/// run's end is still the state) and stamps each successful start in `started_at`. A status of
+/// a later run always applies, one of an earlier run never does, and within a run the state
+/// never moves back a step.
+fn moves_forward(task: &Task, status: &TaskStatus) -> bool {
+    // `None < Some`: a first start is later than never having started.
+    if status.restarts > task.restarts || status.started_at > task.started_at {
+        return true;
+    }
+    if status.restarts < task.restarts || status.started_at < task.started_at {
+        return false;
+    }
+    step(status.state) >= step(task.state)
+}
+
 /// Names of the top-level spec fields that differ, in spec order.
 pub fn changed_fields(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
     let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
@@ -624,7 +689,6 @@ pub fn changed_fields(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use api::TaskStatus;
 
     const T: Timestamp = Timestamp(1_000);
 
@@ -679,6 +743,7 @@ mod tests {
 
     fn status(id: &str, state: TaskState) -> StatusReport {
         StatusReport {
+            seq: 0,
             tasks: vec![TaskStatus {
                 id: id.into(),
                 state,
@@ -888,6 +953,126 @@ mod tests {
                 .zip(s.events.iter().skip(1))
                 .all(|(a, b)| a.seq + 1 == b.seq)
         );
+    }
+
+    /// A cluster with node `a` running task `web.1.1`.
+    fn running_web() -> State {
+        let mut s = State::default();
+        run(
+            &mut s,
+            vec![
+                node("a"),
+                Command::Deploy {
+                    services: vec![web(1)],
+                    time: T,
+                },
+                place(1, "a"),
+            ],
+        );
+        s
+    }
+
+    /// A report of `web.1.1` from node `a`: `seq`, state, restarts, and start time in ms.
+    fn seen(seq: u64, state: TaskState, restarts: u32, started: Option<u64>) -> Command {
+        let mut report = status("web.1.1", state);
+        report.seq = seq;
+        report.tasks[0].restarts = restarts;
+        report.tasks[0].started_at = started.map(Timestamp);
+        report.events = vec![NewEvent {
+            time: T,
+            level: Level::Info,
+            reason: format!("seq-{seq}"),
+            service: None,
+            task: None,
+            node: None,
+            message: String::new(),
+        }];
+        Command::Report {
+            node: "a".into(),
+            report,
+            time: T,
+        }
+    }
+
+    fn web_task(s: &State) -> (TaskState, u32) {
+        let t = &s.tasks["web.1.1"];
+        (t.state, t.restarts)
+    }
+
+    #[test]
+    fn a_report_older_than_one_applied_is_ignored_whole() {
+        let mut s = running_web();
+        run(
+            &mut s,
+            vec![
+                seen(10, TaskState::Running, 0, Some(1)),
+                seen(12, TaskState::Failed, 0, Some(1)),
+                // Sent before 12 and timed out on the agent, committed only now.
+                seen(11, TaskState::Running, 1, Some(2)),
+            ],
+        );
+        assert_eq!(web_task(&s), (TaskState::Failed, 0));
+        assert_eq!(s.report_seq["a"], 12);
+        let reasons: Vec<&str> = s.events.iter().map(|e| e.event.reason.as_str()).collect();
+        assert!(
+            !reasons.contains(&"seq-11"),
+            "its events are dropped too: {reasons:?}"
+        );
+        run(&mut s, vec![seen(13, TaskState::Starting, 1, Some(2))]);
+        assert_eq!(web_task(&s), (TaskState::Starting, 1));
+    }
+
+    #[test]
+    fn registering_again_starts_the_node_sequence_afresh() {
+        let mut s = running_web();
+        run(&mut s, vec![seen(1_000, TaskState::Running, 0, Some(1))]);
+        // The agent lost its own state and counts from a lower base.
+        run(
+            &mut s,
+            vec![node("a"), seen(5, TaskState::Failed, 0, Some(1))],
+        );
+        assert_eq!(web_task(&s), (TaskState::Failed, 0));
+    }
+
+    #[test]
+    fn a_task_never_moves_back_within_a_run() {
+        let mut s = running_web();
+        run(
+            &mut s,
+            vec![
+                seen(0, TaskState::Running, 0, Some(1)),
+                seen(0, TaskState::Failed, 0, Some(1)),
+                seen(0, TaskState::Running, 0, Some(1)),
+                seen(0, TaskState::Starting, 0, Some(1)),
+                seen(0, TaskState::Pending, 0, None),
+            ],
+        );
+        assert_eq!(web_task(&s), (TaskState::Failed, 0));
+        // Both ends of a run are final steps: a stop after a crash is recorded.
+        run(&mut s, vec![seen(0, TaskState::Exited, 0, Some(1))]);
+        assert_eq!(web_task(&s), (TaskState::Exited, 0));
+    }
+
+    #[test]
+    fn a_restart_is_a_new_run_and_an_old_run_never_comes_back() {
+        let mut s = running_web();
+        run(
+            &mut s,
+            vec![
+                seen(0, TaskState::Running, 0, Some(1)),
+                seen(0, TaskState::Failed, 0, Some(1)),
+                // The agent counts the restart while the old run's end is still the state.
+                seen(0, TaskState::Failed, 1, Some(1)),
+                seen(0, TaskState::Starting, 1, Some(2)),
+                seen(0, TaskState::Running, 1, Some(2)),
+            ],
+        );
+        assert_eq!(web_task(&s), (TaskState::Running, 1));
+        run(&mut s, vec![seen(0, TaskState::Failed, 0, Some(1))]);
+        assert_eq!(web_task(&s), (TaskState::Running, 1), "run 0 is over");
+        // A start that fails keeps the last start time; it is still a later run.
+        run(&mut s, vec![seen(0, TaskState::Failed, 2, Some(2))]);
+        assert_eq!(web_task(&s), (TaskState::Failed, 2));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use redb::ReadableTable;
+use redb::{ReadableTable, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{self, Db, DbError, MACHINE, SM, SNAPSHOT, SNAPSHOT_META};
@@ -108,13 +108,15 @@ impl StateMachineStore {
     async fn persist(&self) -> Result<(), StorageError> {
         let encoded = {
             let machine = read(&self.machine);
-            serde_json::to_vec(&*machine).map(|bytes| (bytes, machine.state.index))
+            db::encode(&*machine).map(|bytes| (bytes, machine.state.index))
         };
-        let (bytes, index) = encoded
-            .map_err(|e| DbError::from(e).storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
-        db::write(&self.db, move |txn| db::put_bytes(txn, SM, MACHINE, &bytes))
-            .await
-            .map_err(|e| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
+        let (bytes, index) =
+            encoded.map_err(|e| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
+        db::write(&self.db, move |txn| {
+            db::put_encoded(txn, SM, MACHINE, &bytes)
+        })
+        .await
+        .map_err(|e| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
         self.db.applied.send_replace(index);
         Ok(())
     }
@@ -126,12 +128,13 @@ impl StateMachineStore {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let machine_bytes = serde_json::to_vec(&machine)?;
-        let meta_bytes = serde_json::to_vec(meta)?;
+        let machine_bytes = db::encode(&machine)?;
+        let meta_bytes = db::encode(meta)?;
+        let data_bytes = seal::seal(&data);
         db::write(&self.db, move |txn| {
-            db::put_bytes(txn, SM, MACHINE, &machine_bytes)?;
-            db::put_bytes(txn, SM, SNAPSHOT_META, &meta_bytes)?;
-            db::put_bytes(txn, SM, SNAPSHOT, &data)
+            db::put_encoded(txn, SM, MACHINE, &machine_bytes)?;
+            db::put_encoded(txn, SM, SNAPSHOT_META, &meta_bytes)?;
+            db::put_encoded(txn, SM, SNAPSHOT, &data_bytes)
         })
         .await?;
         let index = machine.state.index;
@@ -146,8 +149,9 @@ impl StateMachineStore {
         let (Some(meta), Some(data)) = (table.get(SNAPSHOT_META)?, table.get(SNAPSHOT)?) else {
             return Ok(None);
         };
-        let meta: SnapshotMeta = serde_json::from_slice(meta.value())?;
-        let data = Box::new(Cursor::new(data.value().to_vec()));
+        let meta: SnapshotMeta = db::decode(SM.name(), SNAPSHOT_META, meta.value())?;
+        let data = db::open_record(SM.name(), SNAPSHOT, data.value())?;
+        let data = Box::new(Cursor::new(data.to_vec()));
         Ok(Some(Snapshot {
             meta,
             snapshot: data,
@@ -245,6 +249,7 @@ impl SnapshotBuilder {
 
     async fn save(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
         let meta = meta.clone();
+        let data = seal::seal(&data);
         db::write(&self.db, move |txn| {
             // A snapshot installed from the leader while this one was built may be newer; keep it.
             let saved: Option<SnapshotMeta> = saved_meta(txn)?;
@@ -252,7 +257,7 @@ impl SnapshotBuilder {
                 return Ok(());
             }
             db::put(txn, SM, SNAPSHOT_META, &meta)?;
-            db::put_bytes(txn, SM, SNAPSHOT, &data)
+            db::put_encoded(txn, SM, SNAPSHOT, &data)
         })
         .await
     }
@@ -263,7 +268,7 @@ fn saved_meta(txn: &redb::WriteTransaction) -> Result<Option<SnapshotMeta>, DbEr
     let Some(value) = table.get(SNAPSHOT_META)? else {
         return Ok(None);
     };
-    Ok(Some(serde_json::from_slice(value.value())?))
+    Ok(Some(db::decode(SM.name(), SNAPSHOT_META, value.value())?))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {

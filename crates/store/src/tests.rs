@@ -293,3 +293,67 @@ async fn single_member_raft_keeps_state_across_restart() {
     assert_eq!(handle.read(|s| s.nodes.len()), 2);
     stop(raft, &handle).await;
 }
+
+/// A store written by a real one-member Raft (log, vote, membership, state), closed, then changed
+/// on disk by `damage`; returns the error opening it gives.
+async fn open_after(damage: impl FnOnce(&Path)) -> (TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let (raft, handle) = start(&path).await;
+    for name in ["edge-1", "edge-2", "edge-3"] {
+        raft.client_write(register(name)).await.unwrap();
+    }
+    stop(raft, &handle).await;
+    damage(&path);
+    let err = open(&path).map(|_| ()).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains(&path.display().to_string()), "{message}");
+    assert!(
+        message.contains("restore the data dir from a backup")
+            && message.contains("--reset")
+            && !message.contains("panicked"),
+        "{message}"
+    );
+    (dir, message)
+}
+
+fn truncate(path: &Path, len: impl FnOnce(u64) -> u64) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let size = file.metadata().unwrap().len();
+    file.set_len(len(size)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_truncated_to_half_is_refused_with_the_file_and_the_remedy() {
+    let (_dir, message) = open_after(|p| truncate(p, |size| size / 2)).await;
+    assert!(message.contains("is damaged"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_truncated_to_4_kib_is_refused_with_the_file_and_the_remedy() {
+    let (_dir, message) = open_after(|p| truncate(p, |_| 4096)).await;
+    assert!(message.contains("is damaged"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_byte_in_a_stored_record_is_refused_naming_table_and_key() {
+    let (_dir, message) = open_after(|path| {
+        let mut bytes = std::fs::read(path).unwrap();
+        let needle = b"edge-3";
+        let mut changed = 0;
+        for at in 0..bytes.len().saturating_sub(needle.len()) {
+            if &bytes[at..at + needle.len()] == needle {
+                bytes[at + 5] = b'9';
+                changed += 1;
+            }
+        }
+        assert!(changed > 0, "the record is stored as JSON");
+        std::fs::write(path, bytes).unwrap();
+    })
+    .await;
+    assert!(
+        message.contains("table raft_log") || message.contains("table state_machine"),
+        "{message}"
+    );
+    assert!(message.contains("checksum does not match"), "{message}");
+}

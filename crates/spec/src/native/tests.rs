@@ -494,6 +494,7 @@ fn ports_and_probes_must_agree() {
         web.liveness.http.port: no port named "admin" (declared: http, http, Metrics)
         web.command[2]: "${OUTPOST_PORT_ADMIN}" refers to no declared port (ports give OUTPOST_PORT_HTTP, OUTPOST_PORT_HTTP, OUTPOST_PORT_METRICS)
         web.command[3]: "${OUTPOST_SHARD}" is not a variable Outpost sets (it sets PORT, OUTPOST_PORT_<NAME>, OUTPOST_TASK_ID, OUTPOST_SERVICE, OUTPOST_SLOT, OUTPOST_NODE)
+        web.command[4]: "${HOME}" is not set: it is neither in `env` nor one of the variables Outpost sets (PORT, OUTPOST_PORT_<NAME>, OUTPOST_TASK_ID, OUTPOST_SERVICE, OUTPOST_SLOT, OUTPOST_NODE); add it to env, or write $HOME without braces for a shell to expand
         "#,
     );
 }
@@ -503,8 +504,8 @@ fn variables_may_name_ports_env_keys_and_task_facts() {
     let specs = parse(
         r#"
         name: web
-        command: [./web, "--listen=:${PORT}", "--admin=${OUTPOST_PORT_ADMIN_UI}", "${OUTPOST_TASK_ID}"]
-        env: { GREETING: "hi from ${OUTPOST_NODE}", MESSAGE: "${GREETING}!", SHELL_VAR: "${HOME}" }
+        command: [./web, "--listen=:${PORT}", "--admin=${OUTPOST_PORT_ADMIN_UI}", "${OUTPOST_TASK_ID}", "${GREETING}!"]
+        env: { GREETING: "hi from ${OUTPOST_NODE}", SHELL_VAR: "$HOME ${HOME:-/root}" }
         ports: [http, admin-ui]
         "#,
     );
@@ -532,9 +533,9 @@ fn timings_and_limits_must_make_sense() {
         web.replicas: 5000 is more than the maximum of 1000
         web.env.1BAD: is not a valid variable name (use letters, digits and '_', not starting with a digit)
         web.restart.initial_backoff: 1m is longer than max_backoff (30s)
-        web.liveness.period: must be more than zero
-        web.liveness.timeout: must be more than zero
-        web.liveness.failure_threshold: must be at least 1
+        web.liveness.period: 0s is shorter than the minimum of 100ms
+        web.liveness.timeout: 0s is shorter than the minimum of 10ms
+        web.liveness.failure_threshold: 0 is not between 1 and 100
         web.liveness.exec: must name a command to run
         web.resources.requests.cpu: 2 is more than the limit (500m)
         web.resources.requests.memory: 1Gi is more than the limit (512Mi)
