@@ -165,16 +165,7 @@ impl Agent {
             ports,
         };
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
-        let mut agent = Agent {
-            config,
-            shared,
-            client,
-            running: HashMap::new(),
-            finished_tx,
-            forget: HashSet::new(),
-            done: HashSet::new(),
-            under_pressure: false,
-        };
+        let mut agent = Agent::new(config, shared, client, finished_tx);
         agent.restore()?;
         if let Some(d) = &docker {
             agent.remove_unknown_containers(d).await;
@@ -193,6 +184,24 @@ impl Agent {
             .await;
         agent.stop_all(&mut finished_rx).await;
         Ok(())
+    }
+
+    fn new(
+        config: AgentConfig,
+        shared: Shared,
+        client: Client,
+        finished_tx: mpsc::UnboundedSender<String>,
+    ) -> Agent {
+        Agent {
+            config,
+            shared,
+            client,
+            running: HashMap::new(),
+            finished_tx,
+            forget: HashSet::new(),
+            done: HashSet::new(),
+            under_pressure: false,
+        }
     }
 
     /// Everything the agent's event loop is woken by, one [`Event`] at a time, until shutdown.

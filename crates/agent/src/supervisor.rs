@@ -841,28 +841,4 @@ pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let spec = RestartSpec {
-            policy: RestartPolicy::Always,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            reset_after: Duration::from_secs(10),
-        };
-        let delays: Vec<u128> = (0..6).map(|n| backoff(&spec, n).as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(backoff(&spec, 400), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn expands_known_variables_only() {
-        let vars = BTreeMap::from([("PORT".to_string(), "8080".to_string())]);
-        assert_eq!(expand("--port=${PORT}", &vars), "--port=8080");
-        assert_eq!(expand("${MISSING}:${PORT}", &vars), "${MISSING}:8080");
-        assert_eq!(expand("${unterminated", &vars), "${unterminated");
-        assert_eq!(expand("plain", &vars), "plain");
-    }
-}
+mod tests;
