@@ -224,3 +224,68 @@ fn check_every_process_is_tracked(dev: &Dev, services: &[String]) {
         "two tasks share a port: {tasks:?}"
     );
 }
+
+/// Sets the soft open-file limit of process `pid` with util-linux's `prlimit`.
+fn set_nofile(pid: u32, soft: u64) {
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:"))
+        .status()
+        .expect("prlimit runs");
+    assert!(status.success(), "prlimit --nofile={soft}: failed");
+}
+
+/// The soft open-file limit of process `pid`, from `/proc/PID/limits`.
+fn nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// The lowest file descriptor number `pid` has free: with its limit set there, every new open
+/// fails with EMFILE, as when idle connections have used up the descriptors.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let open: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !open.contains(fd)).unwrap()
+}
+
+#[test]
+fn a_task_is_not_taken_for_dead_while_file_descriptors_run_out() {
+    let dev = Dev::start(&[]);
+    let spec = r#"
+name: web
+command: ["DEMO_APP", "--port", "${PORT}"]
+ports: [{ name: http }]
+liveness: { http: { path: /healthz, port: http }, period: 200ms, timeout: 500ms, failure_threshold: 2 }
+readiness: { tcp: { port: http }, period: 200ms }
+stop_grace: 1s
+"#;
+    dev.deploy("web.yaml", spec);
+    let before = dev.wait_ready("web", 1).remove(0);
+    let normal = nofile(dev.pid());
+    set_nofile(dev.pid(), lowest_free_fd(dev.pid()));
+    // Probes fail, the agent wants the task killed, and cannot read /proc to confirm it is
+    // still the task: it must neither skip the signal and call it dead, nor start a second one.
+    wait_for("the agent to hold the signal back", || {
+        dev.log().contains("not signalled").then_some(())
+    });
+    set_nofile(dev.pid(), normal);
+    let after = wait_for("the task to be replaced cleanly", || {
+        dev.tasks("web")
+            .into_iter()
+            .find(|t| t["restarts"] == 1 && t["ready"] == true && t["state"] == "running")
+    });
+    assert!(!alive(pid(&before)), "the old process outlived its kill");
+    let processes = dev.task_processes();
+    assert_eq!(processes.len(), 1, "{processes:?}");
+    assert_eq!(u64::from(processes[0].pgrp), pid(&after));
+    let port = after["ports"]["http"].as_u64().unwrap();
+    assert!(http_get(port, "/healthz").is_some_and(|r| r.contains("200 OK")));
+}

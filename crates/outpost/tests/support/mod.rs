@@ -520,3 +520,10 @@ pub fn marked_processes(agent_id: &str) -> Vec<TaskProcess> {
     }
     out
 }
+
+impl Dev {
+    /// The pid of the running `outpost dev`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("dev is running").id()
+    }
+}
