@@ -285,7 +285,7 @@ stop_grace: 1s
     assert!(!alive(pid(&before)), "the old process outlived its kill");
     let processes = dev.task_processes();
     assert_eq!(processes.len(), 1, "{processes:?}");
-    assert_eq!(u64::from(processes[0].pgrp), pid(&after));
+    assert_eq!(processes[0].pgrp, pid(&after));
     let port = after["ports"]["http"].as_u64().unwrap();
     assert!(http_get(port, "/healthz").is_some_and(|r| r.contains("200 OK")));
 }
