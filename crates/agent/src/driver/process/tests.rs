@@ -67,6 +67,18 @@ async fn pid_file(path: &Path) -> u32 {
     pid.unwrap_or_default()
 }
 
+/// Kills a test task's process group when the test ends, passed or not, so a failed assertion
+/// leaves nothing running.
+struct KillOnDrop(Handle);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.pid {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
 async fn wait(driver: &ProcessDriver, h: &Handle) -> Exit {
     tokio::time::timeout(PATIENCE, driver.wait(h))
         .await
@@ -130,6 +142,7 @@ async fn a_started_task_has_a_full_identity() {
     // Exits at once: its start time must still be read (from the unreaped child).
     let launch = test_launch("quick.1.1", &["true"], dir.path());
     let h = d.start(&launch).await.unwrap().handle;
+    let _guard = KillOnDrop(h.clone());
     assert!(h.start_ticks.is_some(), "{h:?}");
     assert_eq!(h.boot_id, procfs::boot_id());
     assert_eq!(wait(&d, &h).await, Exit::Code(0));
@@ -142,6 +155,7 @@ async fn a_run_ends_only_when_everything_it_forked_is_gone() {
     let script = "sleep 1000 & echo $! > child.pid; exit 3";
     let launch = test_launch("fork.1.1", &["sh", "-c", script], dir.path());
     let h = d.start(&launch).await.unwrap().handle;
+    let _guard = KillOnDrop(h.clone());
     let child = pid_file(&dir.path().join("child.pid")).await;
     assert_eq!(wait(&d, &h).await, Exit::Code(3));
     assert!(
@@ -157,6 +171,7 @@ async fn task_logs_are_readable_by_the_agent_user_only() {
     let d = driver(None, "log-mode");
     let launch = test_launch("log.1.1", &["true"], dir.path());
     let h = d.start(&launch).await.unwrap().handle;
+    let _guard = KillOnDrop(h.clone());
     wait(&d, &h).await;
     let mode = std::fs::metadata(&launch.log_path)
         .unwrap()
@@ -244,6 +259,7 @@ async fn memory_counts_every_process_of_the_task() {
     let script = "(x=$(yes | head -c 40000000); echo held > held; sleep 1000; :) & sleep 1000";
     let launch = test_launch("mem.1.1", &["sh", "-c", script], dir.path());
     let h = d.start(&launch).await.unwrap().handle;
+    let _guard = KillOnDrop(h.clone());
     eventually("the child to hold its memory", || {
         dir.path().join("held").exists()
     })
@@ -265,6 +281,7 @@ async fn real_cgroup_holds_the_task_from_its_first_instruction() {
     let d = driver(Some(cg.clone()), "cgroup-first");
     let launch = test_launch("first.1.1", &["cat", "/proc/self/cgroup"], dir.path());
     let h = d.start(&launch).await.unwrap().handle;
+    let _guard = KillOnDrop(h.clone());
     assert_eq!(wait(&d, &h).await, Exit::Code(0));
     let log = std::fs::read_to_string(&launch.log_path).unwrap();
     let inside = format!("/{prefix}/first.1.1");
@@ -289,6 +306,7 @@ async fn real_cgroup_kills_what_left_the_process_group() {
     let script = "setsid sleep 1000 & echo $! > child.pid; exit 0";
     let launch = test_launch("escape.1.1", &["sh", "-c", script], dir.path());
     let h = d.start(&launch).await.unwrap().handle;
+    let _guard = KillOnDrop(h.clone());
     let child = pid_file(&dir.path().join("child.pid")).await;
     assert_eq!(wait(&d, &h).await, Exit::Code(0));
     assert!(gone(child), "process {child} escaped its task's end");
@@ -316,6 +334,7 @@ async fn real_cgroup_with_leftovers_is_emptied_before_a_start_and_measured() {
     let script = "x=$(yes | head -c 40000000); echo held > held; sleep 1000; :";
     let launch = test_launch("reuse.1.1", &["sh", "-c", script], dir.path());
     let h = d.start(&launch).await.unwrap().handle;
+    let _guard = KillOnDrop(h.clone());
     let status = tokio::time::timeout(PATIENCE, async {
         loop {
             if let Some(status) = leftover.try_wait().unwrap() {
@@ -327,7 +346,9 @@ async fn real_cgroup_with_leftovers_is_emptied_before_a_start_and_measured() {
     .await
     .expect("the leftover was not killed");
     assert!(!status.success());
-    assert_eq!(cg.pids("reuse.1.1").unwrap(), [h.pid.unwrap()]);
+    let inside = cg.pids("reuse.1.1").unwrap();
+    assert!(inside.contains(&h.pid.unwrap()), "{inside:?}");
+    assert!(!inside.contains(&leftover.id()), "{inside:?}");
     eventually("the task to hold its memory", || {
         dir.path().join("held").exists()
     })
