@@ -67,14 +67,15 @@ fn pids() -> io::Result<Vec<u32>> {
 }
 
 /// The live (not zombie) processes of process group `pgid`. Processes that vanish while being
-/// read are skipped; any other read error is returned, since the group may then not be empty.
+/// read (or leave a torn `stat` behind as they go) are skipped; any other read error is
+/// returned, since the group may then not be empty.
 pub fn group_members(pgid: u32) -> io::Result<Vec<u32>> {
     let mut members = Vec::new();
     for pid in pids()? {
         match stat(pid) {
             Ok(s) if s.pgrp == pgid && !s.is_dead() => members.push(pid),
             Ok(_) => {}
-            Err(e) if is_gone(&e) => {}
+            Err(e) if is_gone(&e) || e.kind() == io::ErrorKind::InvalidData => {}
             Err(e) => return Err(e),
         }
     }

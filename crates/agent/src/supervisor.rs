@@ -479,6 +479,8 @@ impl Supervisor {
         let mut control = self.control.clone();
         loop {
             tokio::select! {
+                // An exit seen at the same time as a probe result is the truer story.
+                biased;
                 e = &mut exit => return Outcome::Exited(e),
                 changed = control.changed() => {
                     if changed.is_err() || *control.borrow() != Control::Run {
@@ -487,6 +489,11 @@ impl Supervisor {
                 }
                 (probe, verdict, result) = &mut live => {
                     if let (Verdict::Unhealthy, Err(reason)) = (verdict, result) {
+                        // The probe may fail because the task just died, before its exit was
+                        // collected (a loaded machine): then it is reported as the exit it was.
+                        if driver.alive(h).await == Liveness::Gone {
+                            return Outcome::Exited((&mut exit).await);
+                        }
                         return Outcome::Unhealthy(reason);
                     }
                     live = probe.round();

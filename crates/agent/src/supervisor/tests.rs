@@ -141,8 +141,18 @@ impl Driver for Fake {
         })
     }
 
-    fn alive<'a>(&'a self, _handle: &'a Handle) -> BoxFuture<'a, Liveness> {
-        Box::pin(async move { self.with(|i| i.liveness.clone().unwrap_or(Liveness::Gone)) })
+    fn alive<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Liveness> {
+        let pid = handle.pid.unwrap_or_default();
+        Box::pin(async move {
+            self.with(|i| {
+                let running = i.runs.get(&pid).is_some_and(|r| r.borrow().is_none());
+                match &i.liveness {
+                    Some(l) => l.clone(),
+                    None if running => Liveness::Alive,
+                    None => Liveness::Gone,
+                }
+            })
+        })
     }
 
     fn cleanup<'a>(&'a self, _handle: &'a Handle) -> BoxFuture<'a, ()> {
@@ -342,6 +352,26 @@ async fn a_failing_exec_liveness_probe_restarts_the_task() {
     // Failures at 0 s and 1 s (its period), SIGTERM then, restart 100 ms later.
     assert_eq!(signals, [(StopSignal::Term, t0 + Duration::from_secs(1))]);
     assert_eq!(starts[1] - signals[0].1, Duration::from_millis(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_died_before_its_exit_was_collected_is_reported_exited_not_unhealthy() {
+    let mut spec = spec();
+    let mut live = exec_probe();
+    live.failure_threshold = 1;
+    spec.liveness = Some(live);
+    let mut s = setup(spec);
+    // Dead as far as /proc says, its exit status not yet collected.
+    s.fake = Box::new(|i| i.liveness = Some(Liveness::Gone));
+    let mut h = s.start();
+    h.until_starts(1).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    h.fake.exit(101, Exit::Signal(9));
+    let (status, reasons) = h.status(|s| s.state == TaskState::Failed).await;
+    assert_eq!(status.exit_code, Some(137));
+    assert!(reasons.contains(&"exited".to_string()), "{reasons:?}");
+    assert!(!reasons.contains(&"unhealthy".to_string()), "{reasons:?}");
+    assert!(h.fake.signals().is_empty(), "a dead task is not signalled");
 }
 
 #[tokio::test(start_paused = true)]
