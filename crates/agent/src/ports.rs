@@ -36,13 +36,16 @@ pub struct Ports {
 struct State {
     held: HashSet<u16>,
     /// Where the next search starts: handing ports out in turn, rather than lowest first, keeps
-    /// a port just released (whose old connections may linger) out of use for longest.
+    /// a port just released (whose old connections may linger) out of use for longest. It starts
+    /// at a random place, so that agents sharing a machine (test clusters) rarely race for one.
     next: u16,
 }
 
 impl Ports {
     pub fn new(range: RangeInclusive<u16>) -> Ports {
-        let next = *range.start();
+        let size = u64::from(range.end() - range.start()) + 1;
+        let offset = random() % size;
+        let next = range.start() + offset as u16;
         Ports {
             range,
             state: Mutex::new(State {
@@ -104,6 +107,13 @@ impl Ports {
     }
 }
 
+/// A random number from the standard library's per-process hash keys: enough to spread
+/// starting points, with no dependency.
+fn random() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+}
+
 /// Whether a listener could take `port` now, on every address.
 fn bindable(port: u16) -> bool {
     std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
@@ -141,10 +151,10 @@ mod tests {
         let (range, taken) = free_run(4);
         let first = *range.start();
         let ports = Ports::new(range);
-        let a = ports.allocate().unwrap();
-        let b = ports.allocate().unwrap();
-        let c = ports.allocate().unwrap();
-        assert_eq!([a, b, c], [first + 1, first + 2, first + 3]);
+        let mut got = [0; 3].map(|_| ports.allocate().unwrap());
+        got.sort();
+        let [_, b, _] = got;
+        assert_eq!(got, [first + 1, first + 2, first + 3]);
         assert_eq!(
             ports.allocate(),
             Err(PortError::Exhausted {
