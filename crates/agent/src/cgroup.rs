@@ -1,6 +1,8 @@
 //! A thin cgroup writer of our own, for the process driver: each task gets a cgroup under
-//! `<root>/<prefix>/<task>` holding its limits (memory, CPU, pids), its processes are added to it,
-//! and its memory use and OOM kills are read back from it.
+//! `<root>/<prefix>/<task>` holding its limits (memory, CPU, pids). A task's process joins it at
+//! spawn, before it can fork: the driver opens the `cgroup.procs` files ([`Cgroups::open_procs`])
+//! and the child writes `0` to them before it execs. Its memory use and OOM kills are read back
+//! from it, and whatever is left in it when the task ends is killed ([`Cgroups::kill_all`]).
 //!
 //! Both layouts are supported, because edge boxes run both:
 //! - cgroup v2 (unified: `<root>/cgroup.controllers` exists): one directory per task, controllers
@@ -12,8 +14,8 @@
 //! elsewhere. [`Cgroups::detect`] decides the layout and proves it can create and remove a cgroup
 //! before the agent relies on it; its error says why not, for `outpost nodes` to show.
 //!
-//! This module only writes files: it never kills processes, and it never decides what to do
-//! when cgroups are unavailable — that is the driver's call.
+//! Besides files, it only ever touches processes inside a task's own cgroup (to kill them), and
+//! it never decides what to do when cgroups are unavailable — that is the driver's call.
 
 use std::fs;
 use std::io;
@@ -181,14 +183,87 @@ impl Cgroups {
         Ok(warnings)
     }
 
-    /// Moves a process into the task's cgroup. Only processes it forks afterwards follow it, so
-    /// call this as soon as the process exists.
-    pub fn add(&self, task: &str, pid: u32) -> io::Result<()> {
+    /// The task's `cgroup.procs` files (one per hierarchy on v1), open for writing: a process
+    /// that writes `0` to each joins the cgroup itself. Opened before a spawn, they let the child
+    /// join between fork and exec, so nothing it forks can escape. They are close-on-exec, so
+    /// the task never inherits them.
+    pub fn open_procs(&self, task: &str) -> io::Result<Vec<fs::File>> {
         check_task(task)?;
-        for dir in self.dirs(task) {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        self.dirs(task)
+            .into_iter()
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| with_path(e, "cannot open", &path))
+            })
+            .collect()
+    }
+
+    /// SIGKILLs every process in the task's cgroup (`cgroup.kill` where the kernel has it, on
+    /// v2 since Linux 5.14; otherwise each pid in `cgroup.procs`, which only lists live members,
+    /// so a pid read there is ours). Returns how many processes were there; call again until it
+    /// is 0, since a process may fork while being killed. A missing cgroup holds none.
+    pub fn kill_all(&self, task: &str) -> io::Result<usize> {
+        let pids = match self.pids(task) {
+            Ok(pids) => pids,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        if pids.is_empty() {
+            return Ok(0);
         }
-        Ok(())
+        let kill_file = self.dir(Controller::Memory, task).join("cgroup.kill");
+        if self.version == Version::V2 && kill_file.is_file() {
+            write(&kill_file, "1")?;
+        } else {
+            for &pid in &pids {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                // ESRCH: it died meanwhile, which is what we want.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        Ok(pids.len())
+    }
+
+    /// The names of every task cgroup under the prefix (in any hierarchy in use), for the sweep
+    /// that finds cgroups no task record owns. Detection's own probes are not tasks.
+    pub fn tasks(&self) -> io::Result<Vec<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        for parent in self.prefix_dirs() {
+            let entries = match fs::read_dir(&parent) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(with_path(e, "cannot list", &parent)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| with_path(e, "cannot list", &parent))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.path().is_dir() && !name.starts_with(".probe-") {
+                    names.insert(name);
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Removes the (empty) prefix directories: a test's own prefix is its to remove.
+    #[cfg(test)]
+    pub(crate) fn remove_prefix(&self) -> io::Result<()> {
+        self.prefix_dirs().iter().try_for_each(fs::remove_dir)
+    }
+
+    /// The prefix directory in every hierarchy in use.
+    fn prefix_dirs(&self) -> Vec<PathBuf> {
+        match self.version {
+            Version::V2 => vec![self.root.join(&self.prefix)],
+            Version::V1 => self
+                .controllers
+                .iter()
+                .map(|c| self.root.join(c.name()).join(&self.prefix))
+                .collect(),
+        }
     }
 
     /// The processes in the task's cgroup: after a stop, any left are ones that escaped its
@@ -657,6 +732,21 @@ mod tests {
         }
     }
 
+    /// Moves `pid` into the task's cgroup through the files a spawn would use (made first in
+    /// an imitation, where the kernel would not provide them).
+    fn add(cg: &Cgroups, task: &str, pid: u32) {
+        use std::io::Write;
+        for dir in cg.dirs(task) {
+            let procs = dir.join("cgroup.procs");
+            if !procs.exists() {
+                fs::write(procs, "").unwrap();
+            }
+        }
+        for mut file in cg.open_procs(task).unwrap() {
+            file.write_all(pid.to_string().as_bytes()).unwrap();
+        }
+    }
+
     fn all_limits() -> Limits {
         Limits {
             memory_max: Some(64 << 20),
@@ -789,7 +879,7 @@ mod tests {
         let fake = Fake::v2("memory\n", "");
         let cg = Cgroups::detect(fake.root(), "outpost").unwrap();
         cg.create("web-1", &Limits::default()).unwrap();
-        cg.add("web-1", 4242).unwrap();
+        add(&cg, "web-1", 4242);
         assert_eq!(fake.get("outpost/web-1/cgroup.procs").unwrap(), "4242");
         assert_eq!(cg.pids("web-1").unwrap(), [4242]);
         fake.put("outpost/web-1/memory.current", "123456\n");
@@ -834,7 +924,7 @@ mod tests {
         let fake = Fake::v1(&["memory", "cpu", "pids"]);
         let cg = Cgroups::detect(fake.root(), "outpost").unwrap();
         cg.create("web-1", &Limits::default()).unwrap();
-        cg.add("web-1", 77).unwrap();
+        add(&cg, "web-1", 77);
         for h in ["memory", "cpu", "pids"] {
             assert_eq!(
                 fake.get(&format!("{h}/outpost/web-1/cgroup.procs"))
@@ -1026,7 +1116,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        cg.add("task", pid).unwrap();
+        add(&cg, "task", pid);
         assert_eq!(cg.pids("task").unwrap(), [pid]);
         assert!(cg.memory_usage("task").is_some());
         assert_eq!(cg.oom_kills("task"), Some(0));
@@ -1057,22 +1147,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!memory_dir.exists());
-        for dir in cg.prefix_dirs() {
-            fs::remove_dir(&dir).unwrap();
-        }
-    }
-
-    impl Cgroups {
-        /// The prefix directory in every hierarchy in use: a test's own prefix is its to remove.
-        fn prefix_dirs(&self) -> Vec<PathBuf> {
-            match self.version {
-                Version::V2 => vec![self.root.join(&self.prefix)],
-                Version::V1 => self
-                    .controllers
-                    .iter()
-                    .map(|c| self.root.join(c.name()).join(&self.prefix))
-                    .collect(),
-            }
-        }
+        cg.remove_prefix().unwrap();
     }
 }

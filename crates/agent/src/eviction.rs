@@ -1,7 +1,9 @@
 //! Node-pressure eviction: when the node runs short of memory, which task to stop first.
 //!
-//! The policy is pure — the agent measures ([`read_mem_available`], the cgroups' usage) and
-//! passes numbers in — so it is tested without a loaded machine. The order is Kubernetes'
+//! The policy is pure — the agent measures ([`read_mem_available`], and each task's memory
+//! through its driver: the task's cgroup usage, the resident memory of its whole process group
+//! where it has no cgroup, the Engine's stats for a container) and passes numbers in — so it is
+//! tested without a loaded machine. The order is Kubernetes'
 //! (kubelet's memory-pressure ranking, simplified to one container per task):
 //!
 //! 1. BestEffort tasks (no requests, no limits), largest usage first;
@@ -24,7 +26,8 @@ pub use spec::QosClass as Qos;
 pub struct Candidate {
     pub task: String,
     pub qos: Qos,
-    /// Memory in use, in bytes (the cgroup's count).
+    /// Memory in use, in bytes, as the task's driver measures it (its cgroup's count where it
+    /// has one).
     pub usage: u64,
     /// Memory request in bytes, 0 if none.
     pub request: u64,

@@ -3,8 +3,11 @@
 //! assignments in its own redb file ([`local`]), so with no server reachable — cut off, or just
 //! rebooted — it still starts, probes and restarts its work.
 //!
-//! - [`driver`]: the `Driver` seam and the process driver.
+//! - [`driver`]: the `Driver` seam, the process and Docker drivers.
 //! - [`supervisor`]: one task's lifecycle: start, probes, restart backoff, stop.
+//! - [`ports`]: host ports for tasks, from a range the agent owns.
+//! - [`cgroup`], [`procfs`]: what the process driver writes to cgroups and reads from `/proc`.
+//! - [`eviction`]: which task goes first under memory pressure.
 //! - [`probe`]: http/tcp/exec probe evaluation and thresholds.
 //! - [`logs`]: per-task log files, rotation, tail and follow.
 //! - [`local`]: the agent's durable state.
@@ -18,7 +21,9 @@ pub mod eviction;
 pub mod http;
 pub mod local;
 pub mod logs;
+pub mod ports;
 pub mod probe;
+pub mod procfs;
 mod report;
 mod retry;
 pub mod supervisor;
@@ -35,10 +40,12 @@ use client::Client;
 use tokio::sync::{mpsc, watch};
 
 use crate::driver::Driver;
+use crate::driver::Handle;
 use crate::driver::docker::DockerDriver;
 use crate::driver::process::ProcessDriver;
 use crate::local::{LocalState, LocalTask};
 use crate::logs::LogStore;
+use crate::ports::Ports;
 use crate::retry::Retry;
 use crate::supervisor::{Control, Shared};
 
@@ -77,6 +84,8 @@ pub struct AgentConfig {
     /// Below this much available memory the node is under pressure: it evicts tasks, one per
     /// check, and the control plane places nothing new on it.
     pub eviction_threshold: u64,
+    /// Host ports handed to tasks come from this range, which the agent owns and records.
+    pub ports: std::ops::RangeInclusive<u16>,
     /// Kept back from workloads for the system and the agent: allocatable = capacity − reserved.
     pub reserved: Capacity,
 }
@@ -134,24 +143,9 @@ impl Agent {
         config: AgentConfig,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
-        std::fs::create_dir_all(config.data_dir.join("logs")).map_err(|source| {
-            AgentError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            }
-        })?;
-        let local = Arc::new(LocalState::open(&config.data_dir.join("agent.redb"))?);
+        let local = open_local(&config)?;
         let logs = LogStore::new(config.data_dir.join("logs"));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| AgentError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let address = listener.local_addr().map_err(|source| AgentError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let (listener, address) = listen(config.listen).await?;
         tokio::spawn(http::serve(listener, logs.clone(), config.token.clone()));
 
         let client = Client::new(&config.server, &config.token);
@@ -165,40 +159,10 @@ impl Agent {
             &local,
         )?;
         let agent_id = agent_id(&config.data_dir)?;
-        let mut notes = Vec::new();
-        let mut drivers: BTreeMap<String, Arc<dyn Driver>> = BTreeMap::new();
-        let cgroups = match cgroup::Cgroups::detect(
-            std::path::Path::new(cgroup::DEFAULT_ROOT),
-            &format!("outpost-{agent_id}"),
-        ) {
-            Ok(cg) => {
-                notes.push(format!(
-                    "process limits: {} ({})",
-                    cg.mode(),
-                    cg.controllers().join(", ")
-                ));
-                notes.extend(cg.notes().iter().cloned());
-                Some(cg)
-            }
-            Err(e) => {
-                notes.push(format!(
-                    "process limits: rlimits only (address space), no cgroups: {e}"
-                ));
-                None
-            }
-        };
-        drivers.insert("process".into(), Arc::new(ProcessDriver::new(cgroups)));
-        let docker = match DockerDriver::connect(&agent_id).await {
-            Ok(d) => Some(Arc::new(d)),
-            Err(e) => {
-                tracing::warn!("docker driver unavailable: {e}");
-                notes.push(format!("docker driver unavailable: {e}"));
-                None
-            }
-        };
-        if let Some(d) = &docker {
-            drivers.insert("docker".into(), d.clone());
-        }
+        let ports = Arc::new(Ports::new(config.ports.clone()));
+        let mut notes: Vec<String> = ports.overlap_note().into_iter().collect();
+        let (drivers, process, docker) = drivers(&agent_id, &mut notes).await;
+        sweep_orphans(&process, &local).await?;
         let shared = Shared {
             node: config.name.clone(),
             drivers,
@@ -206,9 +170,38 @@ impl Agent {
             local,
             updates: updates_tx,
             default_workdir: config.workdir.clone(),
+            ports,
         };
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
-        let mut agent = Agent {
+        let mut agent = Agent::new(config, shared, client, finished_tx, reporter);
+        agent.restore()?;
+        if let Some(d) = &docker {
+            agent.remove_unknown_containers(d).await;
+        }
+
+        let register = agent.register_request(address, notes);
+        let (assigned_tx, assigned_rx) = mpsc::channel(4);
+        tokio::spawn(connect(
+            agent.client.clone(),
+            register,
+            registered_tx,
+            assigned_tx,
+        ));
+        agent
+            .event_loop(assigned_rx, &mut finished_rx, shutdown)
+            .await;
+        agent.stop_all(&mut finished_rx).await;
+        Ok(())
+    }
+
+    fn new(
+        config: AgentConfig,
+        shared: Shared,
+        client: Client,
+        finished_tx: mpsc::UnboundedSender<String>,
+        reporter: report::Reporter,
+    ) -> Agent {
+        Agent {
             config,
             shared,
             client,
@@ -218,63 +211,63 @@ impl Agent {
             done: HashSet::new(),
             under_pressure: false,
             reporter,
-        };
-        agent.restore()?;
-        if let Some(d) = &docker {
-            agent.remove_unknown_containers(d).await;
         }
+    }
 
-        let capacity = capacity();
-        let register = RegisterRequest {
-            name: agent.config.name.clone(),
-            address: format!("http://{address}"),
-            allocatable: Capacity {
-                cpu_millis: capacity
-                    .cpu_millis
-                    .saturating_sub(agent.config.reserved.cpu_millis),
-                memory_bytes: capacity
-                    .memory_bytes
-                    .saturating_sub(agent.config.reserved.memory_bytes),
-            },
-            capacity,
-            notes: notes.clone(),
-            drivers: agent.shared.drivers.keys().cloned().collect(),
-            version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let (assigned_tx, mut assigned_rx) = mpsc::channel(4);
-        tokio::spawn(connect(
-            agent.client.clone(),
-            register,
-            registered_tx,
-            assigned_tx,
-        ));
-
+    /// Everything the agent's event loop is woken by, one [`Event`] at a time, until shutdown.
+    async fn event_loop(
+        &mut self,
+        mut assigned: mpsc::Receiver<Assignments>,
+        finished: &mut mpsc::UnboundedReceiver<String>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let mut rotate = tokio::time::interval(ROTATE_EVERY);
         let mut pressure = tokio::time::interval(PRESSURE_CHECK);
         tokio::pin!(shutdown);
         loop {
             let event = tokio::select! {
-                Some(a) = assigned_rx.recv() => Event::Assigned(a),
-                Some(id) = finished_rx.recv() => Event::Finished(id),
+                Some(a) = assigned.recv() => Event::Assigned(a),
+                Some(id) = finished.recv() => Event::Finished(id),
                 _ = rotate.tick() => Event::Rotate,
                 _ = pressure.tick() => Event::PressureCheck,
                 _ = &mut shutdown => Event::Shutdown,
             };
             match event {
-                Event::Assigned(a) => agent.reconcile(a.assignments),
-                Event::Finished(id) => agent.finished(&id),
-                Event::Rotate => agent.rotate_logs(),
-                Event::PressureCheck => agent.check_pressure(),
-                Event::Shutdown => break,
+                Event::Assigned(a) => self.reconcile(a.assignments),
+                Event::Finished(id) => self.finished(&id),
+                Event::Rotate => self.rotate_logs(),
+                Event::PressureCheck => self.check_pressure().await,
+                Event::Shutdown => return,
             }
         }
-        agent.stop_all(&mut finished_rx).await;
-        Ok(())
+    }
+
+    /// How this node introduces itself to the control plane.
+    fn register_request(&self, address: SocketAddr, notes: Vec<String>) -> RegisterRequest {
+        let capacity = capacity();
+        let reserved = &self.config.reserved;
+        RegisterRequest {
+            name: self.config.name.clone(),
+            address: format!("http://{address}"),
+            allocatable: Capacity {
+                cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
+                memory_bytes: capacity.memory_bytes.saturating_sub(reserved.memory_bytes),
+            },
+            capacity,
+            notes,
+            drivers: self.shared.drivers.keys().cloned().collect(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
     }
 
     /// Restarts or re-adopts every task remembered from before, before any server is asked.
     fn restore(&mut self) -> Result<(), AgentError> {
-        for task in self.shared.local.all()? {
+        let tasks = self.shared.local.all()?;
+        // Every remembered port is held before any task is started, so none is handed out twice.
+        for task in &tasks {
+            self.shared.ports.hold(task.ports.values().copied());
+        }
+        for task in tasks {
             tracing::info!(
                 task = task.assignment.task,
                 "restoring task from local state"
@@ -304,10 +297,12 @@ impl Agent {
     fn supervise(&mut self, task: LocalTask, adopt: bool) {
         let id = task.assignment.task.clone();
         let assignment = task.assignment.clone();
-        let (control, join) = supervisor::spawn(self.shared.clone(), task, adopt);
-        if assignment.desired == DesiredState::Shutdown {
-            let _ = control.send(Control::Stop);
-        }
+        // A task to be stopped is told so from the start, so its supervisor never starts it.
+        let initial = match assignment.desired {
+            DesiredState::Running => Control::Run,
+            DesiredState::Shutdown => Control::Stop,
+        };
+        let (control, join) = supervisor::spawn(self.shared.clone(), task, adopt, initial);
         self.running.insert(
             id,
             Running {
@@ -374,7 +369,7 @@ impl Agent {
 
     /// Compares available memory with the threshold; tells the control plane when that changes,
     /// and under pressure evicts the task that Kubernetes' order picks.
-    fn check_pressure(&mut self) {
+    async fn check_pressure(&mut self) {
         let Some(available) = eviction::read_mem_available() else {
             return;
         };
@@ -390,60 +385,73 @@ impl Agent {
         if !under {
             return;
         }
-        let pids: HashMap<String, u32> = self
-            .shared
-            .local
-            .all()
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|t| Some((t.assignment.task.clone(), t.handle?.pid?)))
-            .collect();
-        let candidates: Vec<eviction::Candidate> = self
-            .running
-            .iter()
-            .filter(|(id, r)| {
-                r.assignment.desired == DesiredState::Running && !self.forget.contains(*id)
-            })
-            .map(|(id, r)| eviction::Candidate {
-                task: id.clone(),
-                qos: r.assignment.spec.qos(),
-                usage: pids.get(id).map_or(0, |pid| resident_memory(*pid)),
-                request: r
-                    .assignment
-                    .spec
-                    .resources
-                    .requests
-                    .memory
-                    .map_or(0, |m| m.bytes()),
-            })
-            .collect();
+        let candidates = self.eviction_candidates().await;
         if let Some(victim) = eviction::next_victim(available, threshold, &candidates) {
             let reason = format!(
                 "node under memory pressure ({} available, threshold {})",
                 spec::Memory(available),
                 spec::Memory(threshold)
             );
-            tracing::warn!(task = victim, "evicting: {reason}");
-            if let Some(run) = self.running.get(&victim) {
-                // The event goes out now, in the order victims are chosen; the task's final state
-                // follows once it is down.
-                let event = api::NewEvent {
-                    time: supervisor::now(),
-                    level: api::Level::Warning,
-                    reason: "evicted".into(),
-                    service: Some(run.assignment.service.clone()),
-                    task: Some(victim.clone()),
-                    node: Some(self.config.name.clone()),
-                    message: format!("evicted: {reason}"),
-                };
-                let _ = self.shared.updates.send(supervisor::Update {
-                    events: vec![event],
-                    ..Default::default()
-                });
-                let _ = run.control.send(Control::Evict(reason));
-            }
-            self.forget.insert(victim);
+            self.evict(victim, reason);
         }
+    }
+
+    /// Every task that may be evicted, with its memory use as its driver measures it (the
+    /// task's cgroup, or the container's stats).
+    async fn eviction_candidates(&self) -> Vec<eviction::Candidate> {
+        let handles: HashMap<String, Handle> = self
+            .shared
+            .local
+            .all()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| Some((t.assignment.task.clone(), t.handle?)))
+            .collect();
+        let mut candidates = Vec::new();
+        for (id, r) in &self.running {
+            if r.assignment.desired != DesiredState::Running || self.forget.contains(id) {
+                continue;
+            }
+            let driver = self
+                .shared
+                .drivers
+                .get(&r.assignment.spec.driver.to_string());
+            let usage = match (driver, handles.get(id)) {
+                (Some(d), Some(h)) => d.memory_usage(h, id).await.unwrap_or(0),
+                _ => 0,
+            };
+            let request = &r.assignment.spec.resources.requests.memory;
+            candidates.push(eviction::Candidate {
+                task: id.clone(),
+                qos: r.assignment.spec.qos(),
+                usage,
+                request: request.map_or(0, |m| m.bytes()),
+            });
+        }
+        candidates
+    }
+
+    fn evict(&mut self, victim: String, reason: String) {
+        tracing::warn!(task = victim, "evicting: {reason}");
+        if let Some(run) = self.running.get(&victim) {
+            // The event goes out now, in the order victims are chosen; the task's final state
+            // follows once it is down.
+            let event = api::NewEvent {
+                time: supervisor::now(),
+                level: api::Level::Warning,
+                reason: "evicted".into(),
+                service: Some(run.assignment.service.clone()),
+                task: Some(victim.clone()),
+                node: Some(self.config.name.clone()),
+                message: format!("evicted: {reason}"),
+            };
+            let _ = self.shared.updates.send(supervisor::Update {
+                events: vec![event],
+                ..Default::default()
+            });
+            let _ = run.control.send(Control::Evict(reason));
+        }
+        self.forget.insert(victim);
     }
 
     fn rotate_logs(&self) {
@@ -550,15 +558,83 @@ async fn register_until_done(client: &Client, register: &RegisterRequest) {
     }
 }
 
-/// Resident memory of a process (a task's main process, or a container's init), in bytes.
-fn resident_memory(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(0, |kb| kb * 1024)
+/// Creates the data dir and opens the agent's local state in it.
+fn open_local(config: &AgentConfig) -> Result<Arc<LocalState>, AgentError> {
+    std::fs::create_dir_all(config.data_dir.join("logs")).map_err(|source| {
+        AgentError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        }
+    })?;
+    Ok(Arc::new(LocalState::open(
+        &config.data_dir.join("agent.redb"),
+    )?))
+}
+
+/// Binds the agent's own API, and says where it listens (port 0 picks one).
+async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
+    let err = |source| AgentError::Listen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+    let address = listener.local_addr().map_err(err)?;
+    Ok((listener, address))
+}
+
+type Drivers = BTreeMap<String, Arc<dyn Driver>>;
+
+/// The drivers this node has: processes always (in cgroups where they are usable), Docker where
+/// an engine answers. What is missing goes to `notes`, for `outpost nodes`.
+async fn drivers(
+    agent_id: &str,
+    notes: &mut Vec<String>,
+) -> (Drivers, Arc<ProcessDriver>, Option<Arc<DockerDriver>>) {
+    let cgroups = match cgroup::Cgroups::detect(
+        std::path::Path::new(cgroup::DEFAULT_ROOT),
+        &format!("outpost-{agent_id}"),
+    ) {
+        Ok(cg) => {
+            notes.push(format!(
+                "process limits: {} ({})",
+                cg.mode(),
+                cg.controllers().join(", ")
+            ));
+            notes.extend(cg.notes().iter().cloned());
+            Some(cg)
+        }
+        Err(e) => {
+            notes.push(format!(
+                "process limits: rlimits only (address space), no cgroups: {e}"
+            ));
+            None
+        }
+    };
+    let process = Arc::new(ProcessDriver::new(cgroups, agent_id));
+    let mut drivers: Drivers = BTreeMap::new();
+    drivers.insert("process".into(), process.clone());
+    let docker = match DockerDriver::connect(agent_id).await {
+        Ok(d) => Some(Arc::new(d)),
+        Err(e) => {
+            tracing::warn!("docker driver unavailable: {e}");
+            notes.push(format!("docker driver unavailable: {e}"));
+            None
+        }
+    };
+    if let Some(d) = &docker {
+        drivers.insert("docker".into(), d.clone());
+    }
+    (drivers, process, docker)
+}
+
+/// Kills this agent's processes that no task record owns, before any task is restored.
+async fn sweep_orphans(process: &ProcessDriver, local: &LocalState) -> Result<(), AgentError> {
+    let records: HashMap<String, Option<Handle>> = local
+        .all()?
+        .into_iter()
+        .map(|t| (t.assignment.task, t.handle))
+        .collect();
+    for done in process.sweep(&records).await {
+        tracing::warn!("{done}");
+    }
+    Ok(())
 }
 
 /// This agent's identity on the node's container engine, made once and kept in its data dir:

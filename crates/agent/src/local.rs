@@ -222,6 +222,7 @@ mod tests {
             handle: Some(Handle {
                 pid: Some(42),
                 start_ticks: Some(7),
+                boot_id: Some("boot".into()),
                 container_id: None,
             }),
             restarts: 2,

@@ -8,15 +8,17 @@ use spec::{PortRef, ProbeAction, ProbeSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::driver::{Driver, Handle};
+use crate::driver::{Driver, Handle, Launch};
 
-/// Runs one probe attempt. `ports` maps port names to the task's host ports.
+/// Runs one probe attempt against the run `launch` started (its ports name the task's host
+/// ports; exec probes run with its environment).
 pub async fn check(
     spec: &ProbeSpec,
-    ports: &BTreeMap<String, u16>,
     driver: &dyn Driver,
     handle: &Handle,
+    launch: &Launch,
 ) -> Result<(), String> {
+    let ports = &launch.ports;
     let attempt = async {
         match &spec.action {
             ProbeAction::Tcp { port } => {
@@ -27,12 +29,13 @@ pub async fn check(
                     .map_err(|e| format!("tcp connect to port {port}: {e}"))
             }
             ProbeAction::Http { path, port } => http_get(resolve(port, ports)?, path).await,
-            ProbeAction::Exec { command } => match driver.exec(handle, command, spec.timeout).await
-            {
-                Some(0) => Ok(()),
-                Some(code) => Err(format!("{} exited with status {code}", command.join(" "))),
-                None => Err(format!("{} could not run or timed out", command.join(" "))),
-            },
+            ProbeAction::Exec { command } => {
+                match driver.exec(handle, launch, command, spec.timeout).await {
+                    Some(0) => Ok(()),
+                    Some(code) => Err(format!("{} exited with status {code}", command.join(" "))),
+                    None => Err(format!("{} could not run or timed out", command.join(" "))),
+                }
+            }
         }
     };
     match tokio::time::timeout(spec.timeout, attempt).await {
@@ -142,8 +145,21 @@ mod tests {
         Handle {
             pid: None,
             start_ticks: None,
+            boot_id: None,
             container_id: None,
         }
+    }
+
+    /// Runs one probe against a task with `ports` and no process.
+    async fn check_with(
+        spec: &ProbeSpec,
+        ports: &BTreeMap<String, u16>,
+        driver: &ProcessDriver,
+    ) -> Result<(), String> {
+        let dir = std::env::temp_dir();
+        let mut launch = crate::driver::test_launch("probe.1.1", &["true"], &dir);
+        launch.ports = ports.clone();
+        check(spec, driver, &no_handle(), &launch).await
     }
 
     async fn serve_once(status: &'static str) -> u16 {
@@ -163,7 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn http_probe_reads_the_status_code() {
-        let driver = ProcessDriver::new(None);
+        let driver = ProcessDriver::new(None, "test");
         let ok = serve_once("200 OK").await;
         let sick = serve_once("503 Service Unavailable").await;
         let ports = BTreeMap::from([("ok".to_string(), ok), ("sick".to_string(), sick)]);
@@ -173,54 +189,44 @@ mod tests {
                 port: PortRef::Name(port.into()),
             })
         };
+        assert_eq!(check_with(&http("ok"), &ports, &driver).await, Ok(()));
         assert_eq!(
-            check(&http("ok"), &ports, &driver, &no_handle()).await,
-            Ok(())
-        );
-        assert_eq!(
-            check(&http("sick"), &ports, &driver, &no_handle()).await,
+            check_with(&http("sick"), &ports, &driver).await,
             Err("http GET /healthz answered 503".into())
         );
         assert_eq!(
-            check(&http("nope"), &ports, &driver, &no_handle()).await,
+            check_with(&http("nope"), &ports, &driver).await,
             Err("no port named \"nope\"".into())
         );
     }
 
     #[tokio::test]
     async fn tcp_probe_needs_a_listener() {
-        let driver = ProcessDriver::new(None);
+        let driver = ProcessDriver::new(None, "test");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let tcp = probe(ProbeAction::Tcp {
             port: PortRef::Number(port),
         });
-        assert_eq!(
-            check(&tcp, &BTreeMap::new(), &driver, &no_handle()).await,
-            Ok(())
-        );
+        assert_eq!(check_with(&tcp, &BTreeMap::new(), &driver).await, Ok(()));
         drop(listener);
-        assert!(
-            check(&tcp, &BTreeMap::new(), &driver, &no_handle())
-                .await
-                .is_err()
-        );
+        assert!(check_with(&tcp, &BTreeMap::new(), &driver).await.is_err());
     }
 
     #[tokio::test]
     async fn exec_probe_uses_the_exit_code() {
-        let driver = ProcessDriver::new(None);
+        let driver = ProcessDriver::new(None, "test");
         let exec = |cmd: &str| {
             probe(ProbeAction::Exec {
                 command: vec![cmd.into()],
             })
         };
         assert_eq!(
-            check(&exec("true"), &BTreeMap::new(), &driver, &no_handle()).await,
+            check_with(&exec("true"), &BTreeMap::new(), &driver).await,
             Ok(())
         );
         assert_eq!(
-            check(&exec("false"), &BTreeMap::new(), &driver, &no_handle()).await,
+            check_with(&exec("false"), &BTreeMap::new(), &driver).await,
             Err("false exited with status 1".into())
         );
     }

@@ -13,9 +13,10 @@ use spec::{ProbeSpec, RestartPolicy, RestartSpec, ServiceSpec};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use crate::driver::{BoxFuture, Driver, Exit, Handle, Launch, Started, StopSignal};
+use crate::driver::{BoxFuture, Driver, Exit, Handle, Launch, Liveness, Started, StopSignal};
 use crate::local::{LocalState, LocalTask};
 use crate::logs::LogStore;
+use crate::ports::{PortError, Ports};
 use crate::probe::{self, Threshold, Verdict};
 
 /// Until a task is first ready its readiness probe runs this often (or at its period, if
@@ -23,7 +24,9 @@ use crate::probe::{self, Threshold, Verdict};
 /// whole period later.
 const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 
-/// How long to wait for a task to die after SIGKILL before reporting it gone anyway.
+/// How long to wait for a task to die after SIGKILL before warning that it has not, and how
+/// often SIGKILL is sent again meanwhile (a signal may not have been sent while the task's
+/// identity could not be read). It is never reported gone while any of it runs.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// Something for the control plane: a change in one task's observed state, the events that
@@ -45,6 +48,8 @@ pub struct Shared {
     pub updates: mpsc::UnboundedSender<Update>,
     /// Working directory for processes whose spec names none.
     pub default_workdir: Option<PathBuf>,
+    /// The agent's host ports, handed to tasks.
+    pub ports: Arc<Ports>,
 }
 
 /// The supervisor's view of its task, reported after every change.
@@ -57,6 +62,7 @@ struct Observed {
 }
 
 /// What follows a run of the task.
+#[derive(Debug, Clone, Copy)]
 enum Next {
     /// Start again after the backoff; `up_since` is when the run began (`None`: it never started).
     Restart { up_since: Option<Instant> },
@@ -68,6 +74,15 @@ enum Outcome {
     Exited(Exit),
     Unhealthy(String),
     Stop,
+}
+
+/// How one run of the task ended, for the supervisor's loop.
+enum Step {
+    /// Left running for the next agent.
+    Detached,
+    /// Stopped as told.
+    Stopped,
+    Then(Next),
 }
 
 pub struct Supervisor {
@@ -93,14 +108,16 @@ pub enum Control {
     Detach,
 }
 
-/// Starts supervising `task`; returns the sender that steers it.
-/// With `adopt`, a task whose process still runs is re-attached instead of restarted.
+/// Starts supervising `task`, told `initial` from the start (a task to be stopped is never
+/// started); returns the sender that steers it. With `adopt`, a task whose process still runs is
+/// re-attached instead of restarted.
 pub fn spawn(
     shared: Shared,
     task: LocalTask,
     adopt: bool,
+    initial: Control,
 ) -> (watch::Sender<Control>, tokio::task::JoinHandle<String>) {
-    let (control_tx, control) = watch::channel(Control::Run);
+    let (control_tx, control) = watch::channel(initial);
     let driver_name = task.assignment.spec.driver.to_string();
     let id = task.assignment.task.clone();
     let Some(driver) = shared.drivers.get(&driver_name).cloned() else {
@@ -203,19 +220,9 @@ impl Supervisor {
     }
 
     async fn run(mut self, adopt: bool) -> String {
-        let mut handle = match self.task.handle.clone() {
-            Some(h) if adopt && self.driver.alive(&h).await => {
-                self.driver.adopt(&h, &self.launch()).await;
-                let pid = h.pid.map_or(String::new(), |p| format!(" (pid {p})"));
-                self.observed.state = TaskState::Running;
-                self.report(vec![self.event(
-                    Level::Info,
-                    "adopted",
-                    format!("re-adopted running task{pid}"),
-                )]);
-                Some(h)
-            }
-            _ => None,
+        let mut handle = match adopt {
+            true => self.readopt().await,
+            false => None,
         };
         while !self.stopping() {
             let h = match handle.take() {
@@ -223,76 +230,139 @@ impl Supervisor {
                 None => match self.start().await {
                     Some(h) => h,
                     None => {
-                        let next = if self.spec().restart.policy == RestartPolicy::Never {
-                            Next::Park
-                        } else {
-                            Next::Restart { up_since: None }
-                        };
-                        if !self.after_run(next).await {
+                        if !self.after_run(self.restart_unless_never(None)).await {
                             break;
                         }
                         continue;
                     }
                 },
             };
-            let started = Instant::now();
-            match self.watch(&h).await {
-                Outcome::Stop if self.detaching() => return self.task.assignment.task,
-                Outcome::Stop => {
-                    self.terminate(&h).await;
-                    self.driver.cleanup(&h).await;
-                    break;
-                }
-                Outcome::Exited(exit) => {
-                    self.exited(&exit);
-                    let next = if self.should_restart(&exit) {
-                        Next::Restart {
-                            up_since: Some(started),
-                        }
-                    } else {
-                        Next::Park
-                    };
-                    if !self.after_run(next).await {
-                        break;
-                    }
-                }
-                Outcome::Unhealthy(reason) => {
-                    let e = self.event(
-                        Level::Warning,
-                        "unhealthy",
-                        format!("liveness probe failed: {reason}; restarting"),
-                    );
-                    self.observed.ready = false;
-                    self.report(vec![e]);
-                    self.terminate(&h).await;
-                    self.observed.state = TaskState::Failed;
-                    self.observed.message =
-                        Some(format!("killed after failing its liveness probe: {reason}"));
-                    let next = if self.spec().restart.policy == RestartPolicy::Never {
-                        Next::Park
-                    } else {
-                        Next::Restart {
-                            up_since: Some(started),
-                        }
-                    };
+            match self.run_once(&h).await {
+                Step::Detached => return self.task.assignment.task,
+                Step::Stopped => break,
+                Step::Then(next) => {
                     if !self.after_run(next).await {
                         break;
                     }
                 }
             }
         }
-        let control = self.control.borrow().clone();
-        match control {
-            Control::Evict(reason) => self.evicted(reason),
-            _ if self.detaching() => {}
-            _ => self.stopped(),
-        }
+        self.finish();
         self.task.assignment.task
     }
 
+    /// Re-attaches to the task recorded as running before an agent restart. A task whose
+    /// liveness cannot be read is re-attached too: it must not be taken for dead (and started a
+    /// second time) just because `/proc` was unreadable for a moment. Without a readiness probe it
+    /// is ready at once; with one, it is probed again before it counts as ready.
+    async fn readopt(&mut self) -> Option<Handle> {
+        let h = self.task.handle.clone()?;
+        let unknown = match self.driver.alive(&h).await {
+            Liveness::Gone => return None,
+            Liveness::Alive => None,
+            Liveness::Unknown(why) => Some(why),
+        };
+        self.driver.adopt(&h, &self.launch()).await;
+        let has_readiness = self.spec().readiness.is_some();
+        self.observed.state = if has_readiness {
+            TaskState::Starting
+        } else {
+            TaskState::Running
+        };
+        self.observed.ready = !has_readiness;
+        let pid = h.pid.map_or(String::new(), |p| format!(" (pid {p})"));
+        let mut events = vec![self.event(
+            Level::Info,
+            "adopted",
+            format!("re-adopted running task{pid}"),
+        )];
+        if let Some(why) = unknown {
+            events.push(self.event(
+                Level::Warning,
+                "unknown",
+                format!("cannot tell whether the task still runs ({why}); kept as running"),
+            ));
+        }
+        self.report(events);
+        Some(h)
+    }
+
+    /// Watches one run of the task to its end and says what follows.
+    async fn run_once(&mut self, h: &Handle) -> Step {
+        let started = Instant::now();
+        match self.watch(h).await {
+            Outcome::Stop if self.detaching() => Step::Detached,
+            Outcome::Stop => {
+                self.terminate(h).await;
+                self.driver.cleanup(h).await;
+                Step::Stopped
+            }
+            Outcome::Exited(exit) => {
+                self.exited(&exit);
+                let up_since = Some(started);
+                match self.should_restart(&exit) {
+                    true => Step::Then(Next::Restart { up_since }),
+                    false => Step::Then(Next::Park),
+                }
+            }
+            Outcome::Unhealthy(reason) => {
+                self.unhealthy(h, reason).await;
+                Step::Then(self.restart_unless_never(Some(started)))
+            }
+        }
+    }
+
+    fn restart_unless_never(&self, up_since: Option<Instant>) -> Next {
+        match self.spec().restart.policy {
+            RestartPolicy::Never => Next::Park,
+            _ => Next::Restart { up_since },
+        }
+    }
+
+    /// Kills a task that failed its liveness probe.
+    async fn unhealthy(&mut self, h: &Handle, reason: String) {
+        let e = self.event(
+            Level::Warning,
+            "unhealthy",
+            format!("liveness probe failed: {reason}; restarting"),
+        );
+        self.observed.ready = false;
+        self.report(vec![e]);
+        self.terminate(h).await;
+        self.observed.state = TaskState::Failed;
+        self.observed.message = Some(format!("killed after failing its liveness probe: {reason}"));
+    }
+
+    /// Reports the supervisor's last word. A task gone for good (stopped or evicted) gives its
+    /// ports back; one stopped because the agent is shutting down keeps them in its record, for
+    /// the next agent to start it with.
+    fn finish(&mut self) {
+        if self.detaching() {
+            return;
+        }
+        let control = self.control.borrow().clone();
+        let for_good = control != Control::Detach;
+        match control {
+            Control::Evict(reason) => self.evicted(reason),
+            _ => self.stopped(),
+        }
+        if for_good {
+            self.shared.ports.release(self.task.ports.values().copied());
+        }
+    }
+
     /// Starts the task once. On failure reports why and returns `None`.
+    ///
+    /// Intent first: the task's record is saved with its ports and without a handle before
+    /// anything runs, so an agent killed in the middle of a start finds processes no handle owns
+    /// (by cgroup, or by the agent's mark) and sweeps them away instead of running them untracked.
     async fn start(&mut self) -> Option<Handle> {
-        self.assign_ports();
+        if let Err(e) = self.assign_ports() {
+            self.start_failed(e.to_string());
+            return None;
+        }
+        self.task.handle = None;
+        self.persist();
         let launch = self.launch();
         if self.task.restarts > 0 || self.task.started_at.is_some() {
             self.shared.logs.note(
@@ -301,62 +371,70 @@ impl Supervisor {
             );
         }
         match self.driver.start(&launch).await {
-            Ok(Started {
-                handle: h,
-                warnings,
-            }) => {
-                self.task.handle = Some(h.clone());
-                self.task.started_at = Some(now());
-                self.persist();
-                let has_readiness = self.spec().readiness.is_some();
-                self.observed = Observed {
-                    state: if has_readiness {
-                        TaskState::Starting
-                    } else {
-                        TaskState::Running
-                    },
-                    ready: !has_readiness,
-                    exit_code: None,
-                    message: None,
-                    evicted: false,
-                };
-                let pid = h.pid.map_or(String::new(), |p| format!(" as pid {p}"));
-                let mut events = vec![self.event(Level::Info, "started", format!("started{pid}"))];
-                events.extend(
-                    warnings
-                        .into_iter()
-                        .map(|w| self.event(Level::Warning, "warning", w)),
-                );
-                self.report(events);
-                Some(h)
-            }
+            Ok(started) => Some(self.started(started)),
             Err(e) => {
-                self.task.handle = None;
-                self.observed = Observed {
-                    state: TaskState::Failed,
-                    ready: false,
-                    exit_code: None,
-                    message: Some(e.to_string()),
-                    evicted: false,
-                };
-                self.report(vec![self.event(
-                    Level::Error,
-                    "start-failed",
-                    e.to_string(),
-                )]);
+                self.start_failed(e.to_string());
                 None
             }
         }
     }
 
-    fn assign_ports(&mut self) {
-        for port in &self.task.assignment.spec.ports {
+    /// Records and reports a task just started.
+    fn started(&mut self, Started { handle, warnings }: Started) -> Handle {
+        self.task.handle = Some(handle.clone());
+        self.task.started_at = Some(now());
+        self.persist();
+        let has_readiness = self.spec().readiness.is_some();
+        self.observed = Observed {
+            state: if has_readiness {
+                TaskState::Starting
+            } else {
+                TaskState::Running
+            },
+            ready: !has_readiness,
+            exit_code: None,
+            message: None,
+            evicted: false,
+        };
+        let pid = handle.pid.map_or(String::new(), |p| format!(" as pid {p}"));
+        let mut events = vec![self.event(Level::Info, "started", format!("started{pid}"))];
+        events.extend(
+            warnings
+                .into_iter()
+                .map(|w| self.event(Level::Warning, "warning", w)),
+        );
+        self.report(events);
+        handle
+    }
+
+    fn start_failed(&mut self, message: String) {
+        self.task.handle = None;
+        self.observed = Observed {
+            state: TaskState::Failed,
+            ready: false,
+            exit_code: None,
+            message: Some(message.clone()),
+            evicted: false,
+        };
+        self.report(vec![self.event(Level::Error, "start-failed", message)]);
+    }
+
+    /// Gives each of the spec's ports a host port, once: a restart keeps the task's ports.
+    fn assign_ports(&mut self) -> Result<(), PortError> {
+        for port in self.task.assignment.spec.ports.clone() {
             if self.task.ports.contains_key(&port.name) {
                 continue;
             }
-            let chosen = port.host_port.or_else(free_port).unwrap_or(0);
-            self.task.ports.insert(port.name.clone(), chosen);
+            let chosen = match port.host_port {
+                Some(fixed) => {
+                    self.shared.ports.hold([fixed]);
+                    fixed
+                }
+                None => self.shared.ports.allocate()?,
+            };
+            self.task.ports.insert(port.name, chosen);
         }
+        Ok(())
     }
 
     fn launch(&self) -> Launch {
@@ -391,21 +469,18 @@ impl Supervisor {
     async fn watch(&mut self, h: &Handle) -> Outcome {
         let driver = self.driver.clone();
         let spec = self.spec().clone();
-        let ports = self.task.ports.clone();
+        let launch = Arc::new(self.launch());
         let mut exit = driver.wait(h);
-        let mut live = ProbeLoop::new(
-            spec.liveness,
-            false,
-            ports.clone(),
-            driver.clone(),
-            h.clone(),
-        )
-        .round();
-        let mut ready =
-            ProbeLoop::new(spec.readiness, true, ports, driver.clone(), h.clone()).round();
+        let probe = |spec, startup| {
+            ProbeLoop::new(spec, startup, launch.clone(), driver.clone(), h.clone()).round()
+        };
+        let mut live = probe(spec.liveness, false);
+        let mut ready = probe(spec.readiness, true);
         let mut control = self.control.clone();
         loop {
             tokio::select! {
+                // An exit seen at the same time as a probe result is the truer story.
+                biased;
                 e = &mut exit => return Outcome::Exited(e),
                 changed = control.changed() => {
                     if changed.is_err() || *control.borrow() != Control::Run {
@@ -414,6 +489,11 @@ impl Supervisor {
                 }
                 (probe, verdict, result) = &mut live => {
                     if let (Verdict::Unhealthy, Err(reason)) = (verdict, result) {
+                        // The probe may fail because the task just died, before its exit was
+                        // collected (a loaded machine): then it is reported as the exit it was.
+                        if driver.alive(h).await == Liveness::Gone {
+                            return Outcome::Exited((&mut exit).await);
+                        }
                         return Outcome::Unhealthy(reason);
                     }
                     live = probe.round();
@@ -508,22 +588,48 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM, up to `stop_grace`, then SIGKILL.
+    /// SIGTERM, up to `stop_grace`, then SIGKILL; returns only once the driver says nothing of
+    /// the task is left, so a next start never meets its leftovers.
     async fn terminate(&mut self, h: &Handle) {
         let grace = self.spec().stop_grace;
-        if let Err(e) = self.driver.signal(h, StopSignal::Term).await {
-            tracing::warn!(task = self.id(), "{e}");
+        self.signal(h, StopSignal::Term).await;
+        if tokio::time::timeout(grace, self.driver.wait(h))
+            .await
+            .is_ok()
+        {
+            return;
         }
-        let exited = tokio::time::timeout(grace, self.driver.wait(h)).await;
-        if exited.is_err() {
-            let _ = self.driver.signal(h, StopSignal::Kill).await;
-            let _ = tokio::time::timeout(KILL_WAIT, self.driver.wait(h)).await;
-            let e = self.event(
-                Level::Warning,
-                "killed",
-                format!("did not stop within {}; killed", humantime_short(grace)),
-            );
-            self.report(vec![e]);
+        let e = self.event(
+            Level::Warning,
+            "killed",
+            format!("did not stop within {}; killed", humantime_short(grace)),
+        );
+        self.report(vec![e]);
+        self.signal(h, StopSignal::Kill).await;
+        let mut warned = false;
+        while tokio::time::timeout(KILL_WAIT, self.driver.wait(h))
+            .await
+            .is_err()
+        {
+            if !warned {
+                warned = true;
+                let e = self.event(
+                    Level::Warning,
+                    "not-stopped",
+                    format!(
+                        "still running {} after SIGKILL; waiting for it to end",
+                        humantime_short(KILL_WAIT)
+                    ),
+                );
+                self.report(vec![e]);
+            }
+            self.signal(h, StopSignal::Kill).await;
+        }
+    }
+
+    async fn signal(&self, h: &Handle, signal: StopSignal) {
+        if let Err(e) = self.driver.signal(h, signal).await {
+            tracing::warn!(task = self.id(), "{e}");
         }
     }
 
@@ -619,7 +725,8 @@ fn humantime_short(d: Duration) -> String {
 /// and might never finish).
 struct ProbeLoop {
     spec: Option<ProbeSpec>,
-    ports: BTreeMap<String, u16>,
+    /// The run's launch: its ports, and the environment exec probes get.
+    launch: Arc<Launch>,
     driver: Arc<dyn Driver>,
     handle: Handle,
     next: Instant,
@@ -635,14 +742,14 @@ impl ProbeLoop {
     fn new(
         spec: Option<ProbeSpec>,
         startup: bool,
-        ports: BTreeMap<String, u16>,
+        launch: Arc<Launch>,
         driver: Arc<dyn Driver>,
         handle: Handle,
     ) -> ProbeLoop {
         let delay = spec.as_ref().map_or(Duration::ZERO, |s| s.initial_delay);
         ProbeLoop {
             spec,
-            ports,
+            launch,
             driver,
             handle,
             next: Instant::now() + delay,
@@ -660,7 +767,8 @@ impl ProbeLoop {
                 return std::future::pending().await;
             };
             sleep_until(self.next).await;
-            let result = probe::check(&spec, &self.ports, self.driver.as_ref(), &self.handle).await;
+            let result =
+                probe::check(&spec, self.driver.as_ref(), &self.handle, &self.launch).await;
             let verdict = self.threshold.record(result.is_ok(), &spec);
             if verdict == Verdict::Healthy {
                 self.decided = true;
@@ -682,15 +790,6 @@ impl ProbeLoop {
             (self, verdict, result)
         })
     }
-}
-
-/// A free TCP port on this host, chosen by the kernel.
-fn free_port() -> Option<u16> {
-    std::net::TcpListener::bind(("0.0.0.0", 0))
-        .ok()?
-        .local_addr()
-        .ok()
-        .map(|a| a.port())
 }
 
 /// Variables every task gets: its identity and its ports.
@@ -749,28 +848,4 @@ pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let spec = RestartSpec {
-            policy: RestartPolicy::Always,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            reset_after: Duration::from_secs(10),
-        };
-        let delays: Vec<u128> = (0..6).map(|n| backoff(&spec, n).as_millis()).collect();
-        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(backoff(&spec, 400), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn expands_known_variables_only() {
-        let vars = BTreeMap::from([("PORT".to_string(), "8080".to_string())]);
-        assert_eq!(expand("--port=${PORT}", &vars), "--port=8080");
-        assert_eq!(expand("${MISSING}:${PORT}", &vars), "${MISSING}:8080");
-        assert_eq!(expand("${unterminated", &vars), "${unterminated");
-        assert_eq!(expand("plain", &vars), "plain");
-    }
-}
+mod tests;

@@ -115,6 +115,7 @@ pub async fn dev(
         workdir: std::env::current_dir().ok(),
         reserved: agent::default_reserved(),
         eviction_threshold,
+        ports: agent::ports::DEFAULT_RANGE,
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run.
@@ -267,6 +268,7 @@ pub async fn agent(
         workdir: None,
         reserved: agent::default_reserved(),
         eviction_threshold,
+        ports: agent::ports::DEFAULT_RANGE,
     };
     agent::Agent::run(config, signals.stop()).await?;
     Ok(())

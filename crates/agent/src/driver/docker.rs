@@ -15,13 +15,14 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StartContainerOptions, WaitContainerOptions,
+    RemoveContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder,
+    WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use spec::{PullPolicy, ServiceSpec};
 use tokio::io::AsyncWriteExt;
 
-use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, Started, StopSignal};
+use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, Liveness, Started, StopSignal};
 
 pub const LABEL_SERVICE: &str = "outpost.service";
 pub const LABEL_TASK: &str = "outpost.task";
@@ -223,6 +224,8 @@ impl DockerDriver {
             handle: Handle {
                 pid,
                 start_ticks: pid.and_then(super::process::start_ticks),
+                // The container id names it; the Engine knows whether it survived a reboot.
+                boot_id: None,
                 container_id: Some(created.id),
             },
             warnings,
@@ -483,10 +486,10 @@ impl Driver for DockerDriver {
         })
     }
 
-    fn alive<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, bool> {
+    fn alive<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Liveness> {
         Box::pin(async move {
             let Some(id) = &handle.container_id else {
-                return false;
+                return Liveness::Gone;
             };
             match self
                 .docker
@@ -499,9 +502,13 @@ impl Driver for DockerDriver {
                         .and_then(|c| c.labels)
                         .and_then(|l| l.get(LABEL_AGENT).cloned())
                         == Some(self.agent_id.clone());
-                    ours && i.state.and_then(|s| s.running) == Some(true)
+                    match ours && i.state.and_then(|s| s.running) == Some(true) {
+                        true => Liveness::Alive,
+                        false => Liveness::Gone,
+                    }
                 }
-                Err(_) => false,
+                Err(e) if is_not_found(&e) => Liveness::Gone,
+                Err(e) => Liveness::Unknown(format!("cannot inspect container {id}: {e}")),
             }
         })
     }
@@ -517,6 +524,8 @@ impl Driver for DockerDriver {
     fn exec<'a>(
         &'a self,
         handle: &'a Handle,
+        // The container already has the task's environment, and only the task's.
+        _launch: &'a Launch,
         argv: &'a [String],
         timeout: Duration,
     ) -> BoxFuture<'a, Option<i32>> {
@@ -543,6 +552,23 @@ impl Driver for DockerDriver {
                     .map(|c| c as i32)
             };
             tokio::time::timeout(timeout, run).await.ok().flatten()
+        })
+    }
+
+    fn memory_usage<'a>(
+        &'a self,
+        handle: &'a Handle,
+        _task: &'a str,
+    ) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(async move {
+            let id = handle.container_id.as_ref()?;
+            // One sample, without the Engine's second sample for CPU rates.
+            let options = StatsOptionsBuilder::new()
+                .stream(false)
+                .one_shot(true)
+                .build();
+            let stats = self.docker.stats(id, Some(options)).next().await?.ok()?;
+            stats.memory_stats?.usage
         })
     }
 }

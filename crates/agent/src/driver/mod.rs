@@ -1,5 +1,6 @@
 //! The one seam for runtimes. A driver starts a task from a [`Launch`], waits for it to exit,
-//! signals it, runs commands beside it (exec probes) and re-adopts it after an agent restart.
+//! signals it, runs commands beside it (exec probes), measures its memory and re-adopts it after
+//! an agent restart.
 //! Everything above this trait — backoff, probes, logs, reporting — is the same for every driver.
 
 pub mod docker;
@@ -46,6 +47,23 @@ impl Launch {
     }
 }
 
+/// A process task's launch for tests: `argv` run in `dir`, its log there too.
+#[cfg(test)]
+pub(crate) fn test_launch(task: &str, argv: &[&str], dir: &std::path::Path) -> Launch {
+    Launch {
+        task_id: task.to_string(),
+        service: task.split('.').next().unwrap_or(task).to_string(),
+        version: 1,
+        spec: ServiceSpec::process("test", argv),
+        entrypoint: Vec::new(),
+        command: argv.iter().map(|a| a.to_string()).collect(),
+        env: BTreeMap::from([("OUTPOST_TASK_ID".to_string(), task.to_string())]),
+        workdir: Some(dir.to_path_buf()),
+        ports: BTreeMap::new(),
+        log_path: dir.join(format!("{task}.log")),
+    }
+}
+
 /// A started task, with anything the driver wants the operator to know (as warning events).
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -61,7 +79,22 @@ pub struct Handle {
     /// Process start time in clock ticks since boot (`/proc/PID/stat` field 22): tells our
     /// process from an unrelated one that reused its pid.
     pub start_ticks: Option<u64>,
+    /// The kernel's boot id when the task started (`/proc/sys/kernel/random/boot_id`): pid and
+    /// start ticks only name a process within one boot. `None` in records from before it was kept.
+    #[serde(default)]
+    pub boot_id: Option<String>,
     pub container_id: Option<String>,
+}
+
+/// Whether the task a handle names still runs, as far as the driver can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    /// Certainly gone: no such process (or container), a zombie, another start time or boot.
+    Gone,
+    /// Could not be told (e.g. `/proc` unreadable while file descriptors run out): the task must
+    /// not be treated as dead, so ask again later.
+    Unknown(String),
 }
 
 /// How a task ended.
@@ -141,15 +174,33 @@ pub trait Driver: Send + Sync + 'static {
         signal: StopSignal,
     ) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Is the task this handle names still running? Used to re-adopt after an agent restart.
-    fn alive<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, bool>;
+    fn alive<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Liveness>;
     /// Releases what a finished task still holds (a stopped container).
     fn cleanup<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, ()>;
-    /// Runs `argv` beside the task (in its container, for container drivers) and gives the exit
-    /// code; `None` when it could not run or timed out.
+    /// Runs `argv` beside the task (in its container, for container drivers; with the task's
+    /// environment and workdir, never the agent's, for processes) and gives the exit code;
+    /// `None` when it could not run or timed out.
     fn exec<'a>(
         &'a self,
         handle: &'a Handle,
+        launch: &'a Launch,
         argv: &'a [String],
         timeout: Duration,
     ) -> BoxFuture<'a, Option<i32>>;
+    /// The task's memory use in bytes (its cgroup's count, or the container's), for eviction;
+    /// `None` when it cannot be measured.
+    fn memory_usage<'a>(&'a self, handle: &'a Handle, task: &'a str) -> BoxFuture<'a, Option<u64>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_saved_before_the_boot_id_was_kept_still_load() {
+        let old = r#"{"pid":42,"start_ticks":7,"container_id":null}"#;
+        let handle: Handle = serde_json::from_str(old).unwrap();
+        assert_eq!(handle.boot_id, None);
+        assert_eq!(handle.start_ticks, Some(7));
+    }
 }

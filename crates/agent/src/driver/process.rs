@@ -1,10 +1,20 @@
-//! The process driver: a task is a local process in its own process group, its output appended
-//! to the task's log file. Stopping signals the whole group, so nothing the task forked survives
-//! it. Tasks outlive the agent (they are not its session's children in any way that would kill
-//! them), and a restarted agent re-adopts them by pid and start time.
+//! The process driver: a task is a local process in its own process group and, where cgroups are
+//! usable, its own cgroup, which it joins before it execs (so nothing it forks escapes). Its
+//! output is appended to the task's log file (mode 0600: spec `env` values may hold secrets).
+//!
+//! A run is over only when nothing of it is left: when the main process exits, whatever it
+//! forked is killed, and [`Driver::wait`] resolves only once the cgroup and the process group are
+//! empty, so the next run never meets a leftover holding its port.
+//!
+//! A clean agent stop stops every task; only an agent crash leaves tasks running, and the
+//! restarted agent re-adopts them by pid, start time and boot id, after [`ProcessDriver::sweep`]
+//! killed every process of this agent that no task record owns. A process whose `/proc` entry
+//! cannot be read is "unknown", never "dead": it is neither restarted nor reported gone.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,24 +22,50 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
+use tokio::time::{Instant, sleep};
 
-use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, Started, StopSignal};
+use super::{BoxFuture, Driver, DriverError, Exit, Handle, Launch, Liveness, Started, StopSignal};
 use crate::cgroup::{Cgroups, Limits};
+use crate::procfs;
 
 /// How often an adopted process (not our child, so no exit notification) is checked for life.
 /// 100 ms keeps crash detection of adopted tasks well inside the recovery target.
 const ADOPTED_POLL: Duration = Duration::from_millis(100);
 
+/// How often what is left of a finished run is killed again until none is left.
+const CLEAR_POLL: Duration = Duration::from_millis(20);
+
+/// How long a process's identity may stay unreadable (a `/proc` read failing, as under fd
+/// exhaustion) before signalling or starting gives up with an error. 5 s outlasts a burst of
+/// exhaustion without holding a stop up for long.
+const IDENTITY_PATIENCE: Duration = Duration::from_secs(5);
+const IDENTITY_RETRY: Duration = Duration::from_millis(50);
+
 /// Variables a process inherits from the agent; everything else comes from the spec, so a task
-/// behaves the same whoever started the agent.
+/// behaves the same whoever started the agent, and never sees the agent's secrets.
 const INHERITED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER"];
 
-#[derive(Default)]
+/// Marks every process the agent starts with the agent's id, so that a restarted agent finds
+/// its orphans in `/proc` even without cgroups.
+pub const AGENT_ID_VAR: &str = "OUTPOST_AGENT_ID";
+/// The task a marked process belongs to (set by the supervisor for every task).
+pub const TASK_ID_VAR: &str = "OUTPOST_TASK_ID";
+
 pub struct ProcessDriver {
-    /// Exit status of the children we spawned, by pid, published by their reaper task.
-    exits: Arc<Mutex<HashMap<u32, watch::Receiver<Option<Exit>>>>>,
+    /// What we know of each task process by pid: its task, and for our own children the exit
+    /// status their reaper publishes once nothing of the run is left.
+    runs: Arc<Mutex<HashMap<u32, Run>>>,
     /// Where tasks' resource limits are enforced; `None` falls back to an address-space rlimit.
     cgroups: Option<Cgroups>,
+    agent_id: String,
+    /// This boot's id, read once: a `/proc` read may fail later, the boot cannot change.
+    boot_id: Option<String>,
+}
+
+#[derive(Clone)]
+struct Run {
+    task: String,
+    exit: Option<watch::Receiver<Option<Exit>>>,
 }
 
 /// With no cgroup to enforce a memory limit, the task runs under `prlimit --as`, which caps
@@ -49,15 +85,83 @@ pub fn rlimit_argv(argv: Vec<String>, limits: &Limits) -> Vec<String> {
     }
 }
 
+/// Liveness of the process `handle` names, given what reading its `/proc/PID/stat` gave and this
+/// boot's id. A handle without a start time never names a live task (any process may have taken
+/// its pid), nor does one from another boot; only a missing process is gone, an unreadable one
+/// is unknown.
+pub fn liveness(handle: &Handle, read: io::Result<procfs::Stat>, boot: Option<&str>) -> Liveness {
+    let (Some(pid), Some(ticks)) = (handle.pid, handle.start_ticks) else {
+        return Liveness::Gone;
+    };
+    if let (Some(then), Some(now)) = (handle.boot_id.as_deref(), boot)
+        && then != now
+    {
+        return Liveness::Gone;
+    }
+    match read {
+        Ok(stat) if stat.is_dead() || stat.start_ticks != ticks => Liveness::Gone,
+        Ok(_) => Liveness::Alive,
+        Err(e) if procfs::is_gone(&e) => Liveness::Gone,
+        Err(e) => Liveness::Unknown(format!("cannot read /proc/{pid}/stat: {e}")),
+    }
+}
+
 impl ProcessDriver {
-    pub fn new(cgroups: Option<Cgroups>) -> ProcessDriver {
+    pub fn new(cgroups: Option<Cgroups>, agent_id: &str) -> ProcessDriver {
         ProcessDriver {
-            exits: Arc::default(),
+            runs: Arc::default(),
             cgroups,
+            agent_id: agent_id.to_string(),
+            boot_id: procfs::boot_id(),
         }
     }
 
-    fn spawn(&self, launch: &Launch) -> Result<Started, DriverError> {
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Run>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn liveness_of(&self, handle: &Handle) -> Liveness {
+        let Some(pid) = handle.pid else {
+            return Liveness::Gone;
+        };
+        liveness(handle, procfs::stat(pid), self.boot_id.as_deref())
+    }
+
+    /// Whether `handle` still names the task, asking again while that cannot be told, for up to
+    /// [`IDENTITY_PATIENCE`].
+    async fn confirm(&self, handle: &Handle) -> Result<bool, String> {
+        let deadline = Instant::now() + IDENTITY_PATIENCE;
+        loop {
+            match self.liveness_of(handle) {
+                Liveness::Alive => return Ok(true),
+                Liveness::Gone => return Ok(false),
+                Liveness::Unknown(why) if Instant::now() >= deadline => return Err(why),
+                Liveness::Unknown(_) => sleep(IDENTITY_RETRY).await,
+            }
+        }
+    }
+
+    /// The environment of the task's processes, exec probes included: a few of the agent's
+    /// variables, the agent's mark, then the task's own.
+    fn command(&self, argv: &[String], launch: &Launch) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(argv.first().map_or("", String::as_str));
+        cmd.args(argv.iter().skip(1))
+            .env_clear()
+            .envs(
+                INHERITED_ENV
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
+            .env(AGENT_ID_VAR, &self.agent_id)
+            .envs(&launch.env)
+            .stdin(Stdio::null());
+        if let Some(dir) = &launch.workdir {
+            cmd.current_dir(dir);
+        }
+        cmd
+    }
+
+    async fn spawn(&self, launch: &Launch) -> Result<Started, DriverError> {
         let limits = Limits::from_resources(&launch.spec.resources);
         let argv = match &self.cgroups {
             Some(_) => launch.argv(),
@@ -68,89 +172,131 @@ impl ProcessDriver {
             program: program.clone(),
             reason,
         };
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&launch.log_path)
-            .map_err(|e| {
-                fail(format!(
-                    "cannot open log file {}: {e}",
-                    launch.log_path.display()
-                ))
-            })?;
-        let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(argv.iter().skip(1))
-            .env_clear()
-            .envs(
-                INHERITED_ENV
-                    .iter()
-                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
-            )
-            .envs(&launch.env)
-            .stdin(Stdio::null())
-            .stdout(log)
+        let mut warnings = Vec::new();
+        let procs = self
+            .prepare_cgroup(&launch.task_id, &limits, &mut warnings)
+            .await
+            .map_err(fail)?;
+        let (log, log_err) = open_log(&launch.log_path).map_err(fail)?;
+        let mut cmd = self.command(&argv, launch);
+        cmd.stdout(log)
             .stderr(log_err)
             // Its own group: a stop reaches every process the task forked, and a Ctrl-C aimed at
             // the agent's terminal does not reach the task.
             .process_group(0)
             .kill_on_drop(false);
-        if let Some(dir) = &launch.workdir {
-            cmd.current_dir(dir);
-        }
-        let mut warnings = Vec::new();
-        if let Some(cg) = &self.cgroups {
-            // A cgroup left by an earlier run would carry its OOM count over.
-            let _ = cg.remove(&launch.task_id);
-            match cg.create(&launch.task_id, &limits) {
-                Ok(w) => warnings.extend(w),
-                Err(e) => warnings.push(format!("resource limits not enforced: {e}")),
-            }
-        }
-        let mut child = cmd.spawn().map_err(|e| fail(start_error(&e)))?;
+        join_cgroup_before_exec(&mut cmd, procs);
+        let child = cmd.spawn().map_err(|e| fail(start_error(&e)))?;
+        let handle = self.identify(&child).await.map_err(fail)?;
+        self.reap(child, &launch.task_id, &handle);
+        Ok(Started { handle, warnings })
+    }
+
+    /// Makes the task's cgroup ready for a new run and opens its `cgroup.procs` files. Anything
+    /// left in it from an earlier run is killed first: a run never shares its cgroup. Without a
+    /// usable cgroup the task runs unlimited, with a warning.
+    async fn prepare_cgroup(
+        &self,
+        task: &str,
+        limits: &Limits,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<File>, String> {
+        let Some(cg) = &self.cgroups else {
+            return Ok(Vec::new());
+        };
+        clear_cgroup(cg, task, IDENTITY_PATIENCE).await?;
+        // A cgroup left by an earlier run would carry its OOM count over.
+        let _ = cg.remove(task);
+        let opened = cg.create(task, limits).and_then(|w| {
+            warnings.extend(w);
+            cg.open_procs(task)
+        });
+        Ok(opened.unwrap_or_else(|e| {
+            warnings.push(format!("resource limits not enforced: {e}"));
+            Vec::new()
+        }))
+    }
+
+    /// The handle of a child just spawned. It is not reaped yet, so its pid is still its own and
+    /// its `/proc` entry exists (as a zombie if it already exited): the start time is always
+    /// there to read, unless `/proc` stays unreadable, in which case the child is killed.
+    async fn identify(&self, child: &tokio::process::Child) -> Result<Handle, String> {
         let pid = child
             .id()
-            .ok_or_else(|| fail("exited before it could be watched".into()))?;
-        if let Some(cg) = &self.cgroups
-            && let Err(e) = cg.add(&launch.task_id, pid)
-        {
-            warnings.push(format!("resource limits not enforced: {e}"));
-        }
-        let cgroup = self.cgroups.clone().map(|cg| (cg, launch.task_id.clone()));
+            .ok_or("exited before it could be watched".to_string())?;
+        let deadline = Instant::now() + IDENTITY_PATIENCE;
+        let stat = loop {
+            match procfs::stat(pid) {
+                Ok(stat) => break stat,
+                Err(e) if Instant::now() >= deadline => {
+                    // Still our unreaped child: the pid and its group cannot be anyone else's.
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    return Err(format!("cannot read /proc/{pid}/stat to identify it: {e}"));
+                }
+                Err(_) => sleep(IDENTITY_RETRY).await,
+            }
+        };
+        Ok(Handle {
+            pid: Some(pid),
+            start_ticks: Some(stat.start_ticks),
+            boot_id: self.boot_id.clone(),
+            container_id: None,
+        })
+    }
+
+    /// Waits for the child in the background; once it exited and nothing of its run is left,
+    /// publishes how it ended and releases its cgroup.
+    fn reap(&self, mut child: tokio::process::Child, task: &str, handle: &Handle) {
+        let Some(pid) = handle.pid else { return };
         let (tx, rx) = watch::channel(None);
-        self.exits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(pid, rx);
+        let run = Run {
+            task: task.to_string(),
+            exit: Some(rx),
+        };
+        self.runs().insert(pid, run);
+        let cgroups = self.cgroups.clone();
+        let task = task.to_string();
         tokio::spawn(async move {
             let mut exit = match child.wait().await {
                 Ok(status) => exit_of(status),
                 Err(_) => Exit::Unknown,
             };
-            if let Some((cg, task)) = cgroup {
+            clear(cgroups.as_ref(), &task, pid).await;
+            if let Some(cg) = &cgroups {
                 if cg.oom_kills(&task).unwrap_or(0) > 0 {
                     exit = Exit::OutOfMemory;
                 }
-                // Fails while a forked child lingers; the next start or stop retries.
                 let _ = cg.remove(&task);
             }
             let _ = tx.send(Some(exit));
         });
-        let handle = Handle {
-            pid: Some(pid),
-            start_ticks: start_ticks(pid),
-            container_id: None,
-        };
-        Ok(Started { handle, warnings })
     }
-}
 
-impl ProcessDriver {
-    /// Signals the task's whole process group, if the task is still the process we started.
-    fn signal_group(&self, handle: &Handle, signal: StopSignal) -> Result<(), DriverError> {
+    /// Waits for an adopted process (not our child) to be gone, then for its leftovers to be.
+    /// While its liveness is unknown it is still running, as far as anyone may act on.
+    async fn wait_adopted(&self, handle: &Handle, pid: u32) -> Exit {
+        while self.liveness_of(handle) != Liveness::Gone {
+            sleep(ADOPTED_POLL).await;
+        }
+        let task = self.runs().get(&pid).map(|r| r.task.clone());
+        clear(self.cgroups.as_ref(), task.as_deref().unwrap_or(""), pid).await;
+        Exit::Unknown
+    }
+
+    /// Signals the task's whole process group, once its identity is confirmed: a pid whose
+    /// `/proc` entry cannot be read might be anyone's, so it is asked again until known.
+    async fn signal_group(&self, handle: &Handle, signal: StopSignal) -> Result<(), DriverError> {
         let Some(pid) = handle.pid else { return Ok(()) };
-        if !self.is_alive(handle) {
-            return Ok(());
+        match self.confirm(handle).await {
+            // Gone: its reaper (or `wait`) kills what it left behind.
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(why) => {
+                return Err(DriverError::Other(format!(
+                    "process group {pid} not signalled: cannot tell whether it is still the \
+                     task ({why}); will retry"
+                )));
+            }
         }
         let sig = match signal {
             StopSignal::Term => Signal::SIGTERM,
@@ -164,23 +310,122 @@ impl ProcessDriver {
         }
     }
 
-    fn is_alive(&self, handle: &Handle) -> bool {
-        match (handle.pid, handle.start_ticks) {
-            (Some(pid), Some(ticks)) => start_ticks(pid) == Some(ticks),
-            (Some(pid), None) => start_ticks(pid).is_some(),
-            _ => false,
+    /// The task's memory: its cgroup's count, or else the resident memory of its process group.
+    fn memory(&self, handle: &Handle, task: &str) -> Option<u64> {
+        if let Some(usage) = self.cgroups.as_ref().and_then(|cg| cg.memory_usage(task)) {
+            return Some(usage);
+        }
+        let pid = handle.pid?;
+        if self.liveness_of(handle) != Liveness::Alive {
+            return None;
+        }
+        let members = procfs::group_members(pid).ok()?;
+        Some(
+            members
+                .into_iter()
+                .filter_map(procfs::resident_memory)
+                .sum(),
+        )
+    }
+}
+
+/// Kills what is left of a run whose main process `pgid` is gone, and waits until nothing is: no
+/// process in the task's cgroup, none alive in its process group. The group id cannot be reused
+/// while any member lives, so signalling it reaches only the task's processes. Never gives up:
+/// a run is not over while any of it lives.
+async fn clear(cgroups: Option<&Cgroups>, task: &str, pgid: u32) {
+    let mut warned = false;
+    loop {
+        let left = kill_leftovers(cgroups, task, pgid);
+        match left {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(task, "cannot tell whether the task left processes: {e}");
+            }
+            Err(_) => {}
+        }
+        sleep(CLEAR_POLL).await;
+    }
+}
+
+/// One round of [`clear`]: SIGKILLs the cgroup's and the group's processes, returns how many
+/// there were.
+fn kill_leftovers(cgroups: Option<&Cgroups>, task: &str, pgid: u32) -> io::Result<usize> {
+    let mut found = 0;
+    if let Some(cg) = cgroups
+        && !task.is_empty()
+    {
+        found += cg.kill_all(task)?;
+    }
+    let members = procfs::group_members(pgid)?;
+    if !members.is_empty() {
+        let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+    }
+    Ok(found + members.len())
+}
+
+/// Kills everything in the task's cgroup until it is empty, for up to `patience`.
+async fn clear_cgroup(cg: &Cgroups, task: &str, patience: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match cg.kill_all(task) {
+            Ok(0) => return Ok(()),
+            Ok(_) | Err(_) if Instant::now() >= deadline => {
+                let pids = cg.pids(task).unwrap_or_default();
+                return Err(format!(
+                    "cgroup of task {task} still holds processes {pids:?} after SIGKILL; \
+                     not starting beside them"
+                ));
+            }
+            _ => sleep(CLEAR_POLL).await,
         }
     }
 }
 
-fn start_error(e: &std::io::Error) -> String {
+/// Opens the task's log for appending, readable by the agent's user only.
+fn open_log(path: &std::path::Path) -> Result<(File, File), String> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    Ok((log, log_err))
+}
+
+/// Makes the child join the task's cgroup between fork and exec, by writing `0` ("myself") to
+/// each `cgroup.procs` file opened beforehand: the task is in its cgroup before its first
+/// instruction, so nothing it forks escapes the limits. A failed write fails the spawn.
+///
+/// The workspace denies `unsafe_code`; this is its one use: `pre_exec` is unsafe because the
+/// hook runs in the forked child, where only async-signal-safe calls are sound.
+#[allow(unsafe_code)]
+fn join_cgroup_before_exec(cmd: &mut tokio::process::Command, procs: Vec<File>) {
+    if procs.is_empty() {
+        return;
+    }
+    // SAFETY: the hook only calls write(2), which is async-signal-safe, on file descriptors
+    // opened before the fork; it allocates nothing, takes no lock, and builds its error from
+    // the raw errno without allocating.
+    unsafe {
+        cmd.pre_exec(move || {
+            for file in &procs {
+                nix::unistd::write(file, b"0").map_err(io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+fn start_error(e: &io::Error) -> String {
     match e.kind() {
-        std::io::ErrorKind::NotFound => {
+        io::ErrorKind::NotFound => {
             "no such file or directory (check the command path and the workdir)".into()
         }
-        std::io::ErrorKind::PermissionDenied => {
-            "permission denied (is the file executable?)".into()
-        }
+        io::ErrorKind::PermissionDenied => "permission denied (is the file executable?)".into(),
         _ => e.to_string(),
     }
 }
@@ -194,16 +439,13 @@ fn exit_of(status: std::process::ExitStatus) -> Exit {
     }
 }
 
-/// Start time of `pid` in clock ticks since boot, or `None` if it is gone or a zombie.
+/// Start time of `pid` in clock ticks since boot, or `None` if it is gone, a zombie, or cannot be
+/// read.
 pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: fields restart after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    procfs::stat(pid)
+        .ok()
+        .filter(|s| !s.is_dead())
+        .map(|s| s.start_ticks)
 }
 
 impl Driver for ProcessDriver {
@@ -216,12 +458,20 @@ impl Driver for ProcessDriver {
     }
 
     fn start<'a>(&'a self, launch: &'a Launch) -> BoxFuture<'a, Result<Started, DriverError>> {
-        Box::pin(async move { self.spawn(launch) })
+        Box::pin(self.spawn(launch))
     }
 
-    fn adopt<'a>(&'a self, _handle: &'a Handle, _launch: &'a Launch) -> BoxFuture<'a, ()> {
-        // The process still writes to its log file itself: nothing to re-attach.
-        Box::pin(async {})
+    fn adopt<'a>(&'a self, handle: &'a Handle, launch: &'a Launch) -> BoxFuture<'a, ()> {
+        // The process still writes to its log file itself: only remember whose it is.
+        Box::pin(async move {
+            if let Some(pid) = handle.pid {
+                let run = Run {
+                    task: launch.task_id.clone(),
+                    exit: None,
+                };
+                self.runs().entry(pid).or_insert(run);
+            }
+        })
     }
 
     fn cleanup<'a>(&'a self, _handle: &'a Handle) -> BoxFuture<'a, ()> {
@@ -233,31 +483,16 @@ impl Driver for ProcessDriver {
             let Some(pid) = handle.pid else {
                 return Exit::Unknown;
             };
-            let rx = self
-                .exits
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&pid)
-                .cloned();
-            match rx {
-                Some(mut rx) => {
-                    let exit = match rx.wait_for(Option::is_some).await {
-                        Ok(exit) => exit.clone().unwrap_or(Exit::Unknown),
-                        Err(_) => Exit::Unknown,
-                    };
-                    self.exits
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&pid);
-                    exit
-                }
-                None => {
-                    while self.is_alive(handle) {
-                        tokio::time::sleep(ADOPTED_POLL).await;
-                    }
-                    Exit::Unknown
-                }
-            }
+            let rx = self.runs().get(&pid).and_then(|r| r.exit.clone());
+            let exit = match rx {
+                Some(mut rx) => match rx.wait_for(Option::is_some).await {
+                    Ok(exit) => exit.clone().unwrap_or(Exit::Unknown),
+                    Err(_) => Exit::Unknown,
+                },
+                None => self.wait_adopted(handle, pid).await,
+            };
+            self.runs().remove(&pid);
+            exit
         })
     }
 
@@ -266,52 +501,123 @@ impl Driver for ProcessDriver {
         handle: &'a Handle,
         signal: StopSignal,
     ) -> BoxFuture<'a, Result<(), DriverError>> {
-        Box::pin(async move { self.signal_group(handle, signal) })
+        Box::pin(self.signal_group(handle, signal))
     }
 
-    fn alive<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, bool> {
-        Box::pin(async move { self.is_alive(handle) })
+    fn alive<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Liveness> {
+        Box::pin(async move { self.liveness_of(handle) })
     }
 
     fn exec<'a>(
         &'a self,
         _handle: &'a Handle,
+        launch: &'a Launch,
         argv: &'a [String],
         timeout: Duration,
     ) -> BoxFuture<'a, Option<i32>> {
         Box::pin(async move {
-            let (program, args) = argv.split_first()?;
-            let mut child = tokio::process::Command::new(program)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
+            if argv.is_empty() {
+                return None;
+            }
+            let mut cmd = self.command(argv, launch);
+            cmd.stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .ok()?;
+                .kill_on_drop(true);
+            // In the task's cgroup too, so a probe counts against the task's limits; where the
+            // cgroup cannot be opened the probe still runs.
+            if let Some(cg) = &self.cgroups
+                && let Ok(procs) = cg.open_procs(&launch.task_id)
+            {
+                join_cgroup_before_exec(&mut cmd, procs);
+            }
+            let mut child = cmd.spawn().ok()?;
             match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(Ok(status)) => status.code(),
                 _ => None,
             }
         })
     }
+
+    fn memory_usage<'a>(&'a self, handle: &'a Handle, task: &'a str) -> BoxFuture<'a, Option<u64>> {
+        Box::pin(async move { self.memory(handle, task) })
+    }
+}
+
+impl ProcessDriver {
+    /// Kills every process of this agent that no task record owns, before the records' tasks
+    /// are re-adopted: a process spawned just before an agent crash, whose handle was never
+    /// saved, would otherwise run untracked, keep its port and survive `rm`. `records` maps each
+    /// remembered task to its saved handle. With cgroups this is exact: every task cgroup that no
+    /// record owns, or whose record's process is not in it, is emptied. Processes marked with
+    /// this agent's id are swept too (the only way without cgroups). Returns what was done, for
+    /// the log.
+    pub async fn sweep(&self, records: &HashMap<String, Option<Handle>>) -> Vec<String> {
+        let mut done = Vec::new();
+        if let Some(cg) = &self.cgroups {
+            self.sweep_cgroups(cg, records, &mut done).await;
+        }
+        self.sweep_marked(records, &mut done);
+        done
+    }
+
+    /// The record's process, alive and confirmed (an unknown one is kept, never killed).
+    fn owned(&self, records: &HashMap<String, Option<Handle>>, task: &str) -> Option<Handle> {
+        let handle = records.get(task)?.clone()?;
+        (self.liveness_of(&handle) != Liveness::Gone).then_some(handle)
+    }
+
+    async fn sweep_cgroups(
+        &self,
+        cg: &Cgroups,
+        records: &HashMap<String, Option<Handle>>,
+        done: &mut Vec<String>,
+    ) {
+        let tasks = match cg.tasks() {
+            Ok(tasks) => tasks,
+            Err(e) => return done.push(format!("cannot list task cgroups: {e}")),
+        };
+        for task in tasks {
+            let inside = cg.pids(&task).unwrap_or_default();
+            let kept = self
+                .owned(records, &task)
+                .is_some_and(|h| h.pid.is_some_and(|p| inside.contains(&p)));
+            if kept {
+                continue;
+            }
+            if !inside.is_empty() {
+                done.push(format!(
+                    "killed processes {inside:?} of task {task}: no saved task owns them"
+                ));
+            }
+            if let Err(e) = clear_cgroup(cg, &task, IDENTITY_PATIENCE).await {
+                done.push(e);
+            }
+            let _ = cg.remove(&task);
+        }
+    }
+
+    fn sweep_marked(&self, records: &HashMap<String, Option<Handle>>, done: &mut Vec<String>) {
+        let marked = match procfs::marked(AGENT_ID_VAR, &self.agent_id) {
+            Ok(marked) => marked,
+            Err(e) => return done.push(format!("cannot scan /proc for this agent's tasks: {e}")),
+        };
+        for (pid, environ) in marked {
+            let task = procfs::env_value(&environ, TASK_ID_VAR).unwrap_or("");
+            let group = procfs::stat(pid).map(|s| s.pgrp).ok();
+            let in_cgroup = |cg: &Cgroups| cg.pids(task).is_ok_and(|p| p.contains(&pid));
+            let kept = self.owned(records, task).is_some_and(|h| {
+                (h.pid.is_some() && h.pid == group) || self.cgroups.as_ref().is_some_and(in_cgroup)
+            });
+            if !kept {
+                // Its environment carries this agent's id: it is ours, and nothing tracks it.
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                done.push(format!(
+                    "killed process {pid} of task {task:?}: no saved task owns it"
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn without_cgroups_a_memory_limit_becomes_an_address_space_rlimit() {
-        let argv = vec!["app".to_string(), "--x".to_string()];
-        let limited = Limits {
-            memory_max: Some(64 << 20),
-            ..Limits::default()
-        };
-        assert_eq!(
-            rlimit_argv(argv.clone(), &limited),
-            ["prlimit", "--as=67108864", "--", "app", "--x"]
-        );
-        assert_eq!(rlimit_argv(argv.clone(), &Limits::default()), argv);
-    }
-}
+mod tests;

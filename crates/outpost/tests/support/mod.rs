@@ -499,3 +499,81 @@ pub fn agent_containers(dev: &Dev) -> Vec<String> {
     .unwrap();
     out.lines().map(str::to_string).collect()
 }
+
+impl Dev {
+    /// Starts `outpost dev` with extra environment variables (as an operator's shell might
+    /// hold secrets), and waits until its API answers.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = Dev { dir, child: None };
+        dev.spawn_with(&[], env);
+        dev
+    }
+
+    /// This dev's agent id, which marks every process its agent starts.
+    pub fn agent_id(&self) -> String {
+        let path = self.data_dir().join("agent").join("agent-id");
+        wait_for("the agent id", || std::fs::read_to_string(&path).ok())
+            .trim()
+            .to_string()
+    }
+
+    /// Every live process this dev's agent started (marked with its agent id), tasks' forks
+    /// included.
+    pub fn task_processes(&self) -> Vec<TaskProcess> {
+        marked_processes(&self.agent_id())
+    }
+}
+
+/// A live process found by the agent's mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskProcess {
+    pub pid: u64,
+    pub pgrp: u64,
+    /// Its `OUTPOST_TASK_ID`.
+    pub task: String,
+}
+
+/// Live processes whose environment holds `OUTPOST_AGENT_ID=<agent_id>`.
+pub fn marked_processes(agent_id: &str) -> Vec<TaskProcess> {
+    let mark = format!("OUTPOST_AGENT_ID={agent_id}");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<String> = environ
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        if !vars.contains(&mark) || !alive(pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let pgrp = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(2))
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        let task = vars
+            .iter()
+            .find_map(|v| v.strip_prefix("OUTPOST_TASK_ID="))
+            .unwrap_or_default()
+            .to_string();
+        out.push(TaskProcess { pid, pgrp, task });
+    }
+    out
+}
+
+impl Dev {
+    /// The pid of the running `outpost dev`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("dev is running").id()
+    }
+}

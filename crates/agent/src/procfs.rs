@@ -1,0 +1,166 @@
+//! What the agent reads from `/proc` about processes: a process's state, process group and start
+//! time (`/proc/PID/stat`), its environment (`/proc/PID/environ`), its resident memory, and the
+//! kernel's boot id. Reads that fail for any reason other than "no such process" are errors, never
+//! "gone": under file-descriptor exhaustion `/proc` is unreadable while every task still runs.
+
+use std::io;
+
+/// Where the kernel publishes a random id made at each boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The fields of `/proc/PID/stat` the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// `R`, `S`, `D`, `Z` (zombie), `X` (dead), … (field 3).
+    pub state: char,
+    /// Process group id (field 5).
+    pub pgrp: u32,
+    /// Start time in clock ticks since boot (field 22).
+    pub start_ticks: u64,
+}
+
+impl Stat {
+    /// Exited, only waiting to be reaped (or already being torn down).
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses the text of `/proc/PID/stat`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    // The command name (field 2) may hold spaces and parentheses: fields restart after the last ')'.
+    let rest = text.get(text.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Reads `/proc/PID/stat`. `Err` with [`is_gone`] true means there is no such process.
+pub fn stat(pid: u32) -> io::Result<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected /proc/{pid}/stat: {text:?}"),
+        )
+    })
+}
+
+/// Whether a failed `/proc` read means the process does not exist (ENOENT, or ESRCH when it
+/// exited during the read) rather than that it could not be read.
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ESRCH)
+}
+
+/// Every pid in `/proc`.
+fn pids() -> io::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        if let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            out.push(pid);
+        }
+    }
+    Ok(out)
+}
+
+/// The live (not zombie) processes of process group `pgid`. Processes that vanish while being
+/// read (or leave a torn `stat` behind as they go) are skipped; any other read error is
+/// returned, since the group may then not be empty.
+pub fn group_members(pgid: u32) -> io::Result<Vec<u32>> {
+    let mut members = Vec::new();
+    for pid in pids()? {
+        match stat(pid) {
+            Ok(s) if s.pgrp == pgid && !s.is_dead() => members.push(pid),
+            Ok(_) => {}
+            Err(e) if is_gone(&e) || e.kind() == io::ErrorKind::InvalidData => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(members)
+}
+
+/// The value of `name` in the NUL-separated text of `/proc/PID/environ`.
+pub fn env_value<'a>(environ: &'a [u8], name: &str) -> Option<&'a str> {
+    environ.split(|b| *b == 0).find_map(|entry| {
+        let rest = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        std::str::from_utf8(rest).ok()
+    })
+}
+
+/// Every live process whose environment has `name=value`, with its environment. Processes that
+/// cannot be read (gone meanwhile, or kernel threads) are skipped.
+pub fn marked(name: &str, value: &str) -> io::Result<Vec<(u32, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for pid in pids()? {
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env_value(&environ, name) == Some(value) {
+            out.push((pid, environ));
+        }
+    }
+    Ok(out)
+}
+
+/// Resident memory of a process in bytes (`VmRSS`); `None` when it cannot be read.
+pub fn resident_memory(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().next()?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// This boot's id; `None` where the kernel does not publish one.
+pub fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string(BOOT_ID).ok()?;
+    Some(id.trim().to_string()).filter(|id| !id.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_read_after_the_command_name() {
+        let text = "4242 (my (odd) app) S 1 4240 4240 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 \
+                    987654 1000 100 18446744073709551615";
+        assert_eq!(
+            parse_stat(text),
+            Some(Stat {
+                state: 'S',
+                pgrp: 4240,
+                start_ticks: 987654
+            })
+        );
+        assert!(parse_stat("4242 (app) Z 1 4240").is_none());
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn only_missing_processes_count_as_gone() {
+        assert!(is_gone(&io::Error::from(io::ErrorKind::NotFound)));
+        assert!(is_gone(&io::Error::from_raw_os_error(nix::libc::ESRCH)));
+        assert!(!is_gone(&io::Error::from_raw_os_error(nix::libc::EMFILE)));
+        assert!(!is_gone(&io::Error::from_raw_os_error(nix::libc::EACCES)));
+    }
+
+    #[test]
+    fn this_process_is_readable() {
+        let me = stat(std::process::id()).unwrap();
+        assert!(!me.is_dead());
+        assert!(is_gone(&stat(u32::MAX).unwrap_err()));
+        assert!(resident_memory(std::process::id()).unwrap() > 0);
+        assert!(boot_id().is_some());
+    }
+
+    #[test]
+    fn environ_values_are_found_by_exact_name() {
+        let environ = b"PATH=/bin\0OUTPOST_AGENT_ID=ab12\0OUTPOST_AGENT_ID_X=no\0";
+        assert_eq!(env_value(environ, "OUTPOST_AGENT_ID"), Some("ab12"));
+        assert_eq!(env_value(environ, "PATH"), Some("/bin"));
+        assert_eq!(env_value(environ, "OUTPOST"), None);
+    }
+}
