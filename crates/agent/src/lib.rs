@@ -61,6 +61,10 @@ const WATCH_WAIT: Duration = Duration::from_secs(25);
 /// server is usually right there, and an unreachable one must not hold up the stop.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
+/// Beyond the longest `stop_grace`, how long a stopping agent waits for its tasks: SIGKILL and
+/// the wait for the task's cgroup or group to empty fit well inside it.
+const STOP_SLACK: Duration = Duration::from_secs(6);
+
 /// How often available memory is compared with the eviction threshold. One eviction per check
 /// leaves the kernel a second to reclaim before the next victim is chosen.
 const PRESSURE_CHECK: Duration = Duration::from_secs(1);
@@ -137,11 +141,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Runs the agent until `shutdown` resolves; then stops every process task it runs, so no
-    /// task outlives the agent, and returns.
+    /// Runs the agent until `shutdown` resolves; then stops every process task it runs (each with
+    /// SIGTERM, its `stop_grace`, then SIGKILL), leaves containers running for the next agent,
+    /// and returns. Once `force` resolves, tasks still stopping are killed without waiting out
+    /// their grace.
     pub async fn run(
         config: AgentConfig,
         shutdown: impl Future<Output = ()>,
+        force: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         let local = open_local(&config)?;
         let logs = LogStore::new(config.data_dir.join("logs"));
@@ -190,7 +197,7 @@ impl Agent {
         agent
             .event_loop(assigned_rx, &mut finished_rx, shutdown)
             .await;
-        agent.stop_all(&mut finished_rx).await;
+        agent.stop_all(&mut finished_rx, force).await;
         Ok(())
     }
 
@@ -465,7 +472,11 @@ impl Agent {
     /// Stops every task whose driver does not let it outlive the agent (and leaves containers
     /// running), then waits for each supervisor to finish. Assignments stay in local state, so the
     /// next start of the agent brings the tasks back or re-adopts them.
-    async fn stop_all(&mut self, finished: &mut mpsc::UnboundedReceiver<String>) {
+    async fn stop_all(
+        &mut self,
+        finished: &mut mpsc::UnboundedReceiver<String>,
+        force: impl Future<Output = ()>,
+    ) {
         for run in self.running.values() {
             let _ = run.control.send(Control::Detach);
         }
@@ -475,9 +486,22 @@ impl Agent {
             .map(|r| r.assignment.spec.stop_grace)
             .max()
             .unwrap_or_default();
-        let deadline = tokio::time::Instant::now() + longest + Duration::from_secs(6);
+        let deadline = tokio::time::Instant::now() + longest + STOP_SLACK;
+        tokio::pin!(force);
+        let mut forced = false;
         while !self.running.is_empty() {
-            match tokio::time::timeout_at(deadline, finished.recv()).await {
+            let id = tokio::select! {
+                id = tokio::time::timeout_at(deadline, finished.recv()) => id,
+                _ = &mut force, if !forced => {
+                    forced = true;
+                    tracing::warn!("forced stop: killing tasks without waiting out their grace");
+                    for run in self.running.values() {
+                        let _ = run.control.send(Control::Force);
+                    }
+                    continue;
+                }
+            };
+            match id {
                 Ok(Some(id)) => {
                     self.running.remove(&id);
                     if self.forget.remove(&id) {

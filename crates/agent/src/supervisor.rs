@@ -106,6 +106,16 @@ pub enum Control {
     /// The agent is shutting down: stop the task unless its driver's tasks outlive the agent,
     /// in which case leave it running for the next agent to re-adopt.
     Detach,
+    /// The agent is shutting down at once (a second Ctrl-C): like `Detach`, but a task being
+    /// stopped is killed without waiting out its `stop_grace`.
+    Force,
+}
+
+impl Control {
+    /// The agent is shutting down, cleanly or at once.
+    fn shutting_down(&self) -> bool {
+        matches!(self, Control::Detach | Control::Force)
+    }
 }
 
 /// Starts supervising `task`, told `initial` from the start (a task to be stopped is never
@@ -210,7 +220,7 @@ impl Supervisor {
 
     /// Told to leave the task running for the next agent.
     fn detaching(&self) -> bool {
-        *self.control.borrow() == Control::Detach && self.driver.outlives_agent()
+        self.control.borrow().shutting_down() && self.driver.outlives_agent()
     }
 
     /// Waits until told to stop or detach.
@@ -341,7 +351,7 @@ impl Supervisor {
             return;
         }
         let control = self.control.borrow().clone();
-        let for_good = control != Control::Detach;
+        let for_good = !control.shutting_down();
         match control {
             Control::Evict(reason) => self.evicted(reason),
             _ => self.stopped(),
@@ -593,11 +603,14 @@ impl Supervisor {
     async fn terminate(&mut self, h: &Handle) {
         let grace = self.spec().stop_grace;
         self.signal(h, StopSignal::Term).await;
-        if tokio::time::timeout(grace, self.driver.wait(h))
-            .await
-            .is_ok()
-        {
-            return;
+        let mut control = self.control.clone();
+        tokio::select! {
+            exited = tokio::time::timeout(grace, self.driver.wait(h)) => {
+                if exited.is_ok() {
+                    return;
+                }
+            }
+            _ = control.wait_for(|c| *c == Control::Force) => {}
         }
         let e = self.event(
             Level::Warning,

@@ -69,6 +69,11 @@ impl Signals {
     fn stop(&self) -> impl Future<Output = ()> + Send + 'static {
         self.received(1)
     }
+
+    /// A second signal: stop now, killing tasks without waiting out their grace periods.
+    fn force(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.received(2)
+    }
 }
 
 fn listen_addr(conn: &Connection, default: &str) -> Result<SocketAddr> {
@@ -120,9 +125,13 @@ pub async fn dev(
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run.
     let (stop_agent, agent_stop) = tokio::sync::oneshot::channel::<()>();
-    let mut agent = tokio::spawn(agent::Agent::run(agent_config, async move {
-        let _ = agent_stop.await;
-    }));
+    let mut agent = tokio::spawn(agent::Agent::run(
+        agent_config,
+        async move {
+            let _ = agent_stop.await;
+        },
+        signals.force(),
+    ));
     let client = Client::new(&api, &server.token);
     println!("outpost dev: API at {api}, data in {}", data_dir.display());
     println!("  try: outpost --data-dir {} ps", data_dir.display());
@@ -270,7 +279,7 @@ pub async fn agent(
         eviction_threshold,
         ports: agent::ports::DEFAULT_RANGE,
     };
-    agent::Agent::run(config, signals.stop()).await?;
+    agent::Agent::run(config, signals.stop(), signals.force()).await?;
     Ok(())
 }
 

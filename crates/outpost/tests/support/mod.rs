@@ -67,6 +67,14 @@ impl Dev {
         dev
     }
 
+    /// Sends `outpost dev` a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        signal(
+            self.child.as_ref().expect("dev is running").id() as u64,
+            sig,
+        );
+    }
+
     /// Sends `outpost dev` a signal and waits for it to exit; returns whether it exited with
     /// success.
     pub fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> bool {
