@@ -64,7 +64,8 @@ impl Limits {
 pub struct BodyLimit(pub usize);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then gives open connections
-/// `SHUTDOWN_GRACE` to finish and returns. Each request carries the peer's address as axum's
+/// `SHUTDOWN_GRACE` to finish, ends those still open (a blocking query, a followed log), and
+/// returns. Each request carries the peer's address as axum's
 /// `ConnectInfo<SocketAddr>` and the body limit as [`BodyLimit`].
 pub async fn serve(
     listener: TcpListener,
@@ -74,6 +75,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -84,6 +86,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
+        // Reap finished connections so the set holds only open ones.
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
@@ -106,15 +110,16 @@ pub async fn serve(
         });
         let _ = stream.set_nodelay(true);
         let connection = http.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(run(graceful.watch(connection), permit));
+        connections.spawn(run(graceful.watch(connection), permit));
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::debug!("connections still open after {SHUTDOWN_GRACE:?} are dropped");
+        tracing::debug!("connections still open after {SHUTDOWN_GRACE:?} are ended");
     }
+    connections.shutdown().await;
 }
 
 async fn run<F: Future<Output = Result<(), hyper::Error>>>(

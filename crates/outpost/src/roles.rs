@@ -52,7 +52,12 @@ fn listen_addr(conn: &Connection, default: &str) -> Result<SocketAddr> {
     })
 }
 
-pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str) -> Result<()> {
+pub async fn dev(
+    conn: &Connection,
+    files: &[PathBuf],
+    eviction_threshold: &str,
+    limits: server::ApiLimits,
+) -> Result<()> {
     let eviction_threshold = parse_threshold(eviction_threshold)?;
     init_logging();
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
@@ -65,9 +70,8 @@ pub async fn dev(conn: &Connection, files: &[PathBuf], eviction_threshold: &str)
     // The server keeps `api`, `token` and its store at the top of the data dir, where the CLI
     // looks; the agent keeps its own state below it, as it would on another machine.
     let server = server::start(server::ServerConfig {
-        data_dir: data_dir.clone(),
-        listen,
-        id: 1,
+        limits,
+        ..server::ServerConfig::new(data_dir.clone(), listen)
     })
     .await
     .context("cannot start the server")?;
@@ -147,7 +151,7 @@ async fn show_endpoints(client: &Client, services: &[String]) {
     }
 }
 
-pub async fn server(conn: &Connection) -> Result<()> {
+pub async fn server(conn: &Connection, limits: server::ApiLimits) -> Result<()> {
     init_logging();
     let data_dir = conn
         .data_dir
@@ -155,9 +159,8 @@ pub async fn server(conn: &Connection) -> Result<()> {
         .context("a server needs --data-dir (or OUTPOST_DATA_DIR)")?;
     let listen = listen_addr(conn, DEV_API)?;
     let server = server::start(server::ServerConfig {
-        data_dir: data_dir.clone(),
-        listen,
-        id: 1,
+        limits,
+        ..server::ServerConfig::new(data_dir.clone(), listen)
     })
     .await?;
     println!(
