@@ -83,6 +83,15 @@ fn the_token_can_come_from_a_file_and_an_empty_one_is_named() {
         )),
         "{err}"
     );
+
+    // The data dir's own token file, emptied, is named too instead of sending no token.
+    let data_token = dev.data_dir().join("token");
+    std::fs::write(&data_token, "").unwrap();
+    let err = dev.fails(&["services"]);
+    assert!(
+        err.contains(&format!("the token is empty ({})", data_token.display())),
+        "{err}"
+    );
 }
 
 #[test]
