@@ -1,21 +1,27 @@
 //! The agent's own API: task logs, which the server proxies for `outpost logs`. It checks the
-//! same bearer token as the server.
+//! same bearer token as the server, through the same hardened listener (`httpd`): a cap on open
+//! connections and a header-read timeout, so idle clients cannot exhaust the agent's file
+//! descriptors. Every refusal is an `ApiError`.
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
+use httpd::{Fail, Path, Query};
 use serde::Deserialize;
 
 use crate::logs::LogStore;
 
+/// 64: the servers of the cluster proxy a few log streams at a time; nothing else connects.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// What the agent's API handlers share.
 #[derive(Clone)]
-struct Ctx {
+struct AgentApi {
     logs: LogStore,
-    token: String,
 }
 
 #[derive(Deserialize)]
@@ -25,51 +31,53 @@ struct LogQuery {
     follow: bool,
 }
 
+/// Serves the agent's API until the process ends: at most [`DEFAULT_MAX_CONNECTIONS`] open
+/// connections, with `httpd`'s default header-read timeout.
 pub async fn serve(listener: tokio::net::TcpListener, logs: LogStore, token: String) {
+    let limits = httpd::Limits::with_max_connections(DEFAULT_MAX_CONNECTIONS);
     let app = Router::new()
         .route("/v1/agent/logs/{task}", get(task_logs))
-        .with_state(Ctx { logs, token });
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("agent API stopped: {e}");
-    }
+        .route_layer(axum::middleware::from_fn_with_state(
+            httpd::Token(token.into()),
+            httpd::authorize,
+        ))
+        .fallback(httpd::not_found)
+        .with_state(AgentApi { logs });
+    httpd::serve(listener, app, limits, std::future::pending()).await;
 }
 
 async fn task_logs(
-    State(ctx): State<Ctx>,
+    State(api): State<AgentApi>,
     Path(task): Path<String>,
     Query(q): Query<LogQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    let authorized = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == ctx.token);
-    if !authorized {
-        return (StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n").into_response();
-    }
     if task.contains('/') || task.starts_with('.') {
-        return (StatusCode::BAD_REQUEST, "bad task id\n").into_response();
+        return Fail::invalid_at(
+            "bad task id",
+            "task",
+            format!("{task:?} is not a task id (like web.1.7)"),
+        )
+        .into_response();
     }
-    let (head, offset) = match ctx.logs.tail(&task, q.tail) {
+    let (head, offset) = match api.logs.tail(&task, q.tail) {
         Ok(x) => x,
         Err(e) => {
-            return (
+            return Fail::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot read log: {e}\n"),
+                format!("cannot read the log of {task}: {e}"),
             )
-                .into_response();
+            .into_response();
         }
     };
     let first = futures_util::stream::once(async move { head });
     let body = if q.follow {
         Body::from_stream(
             first
-                .chain(ctx.logs.follow(&task, offset))
+                .chain(api.logs.follow(&task, offset))
                 .map(Ok::<_, std::io::Error>),
         )
     } else {
         Body::from_stream(first.map(Ok::<_, std::io::Error>))
     };
-    body.into_response()
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }

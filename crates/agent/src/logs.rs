@@ -3,8 +3,12 @@
 //! Rotation is by size with copy-then-truncate: the task keeps its file descriptor, and because
 //! it appends, its next write lands at the new end. Lines written between the copy and the
 //! truncate can be lost; that window is one copy of at most `max_bytes`.
+//!
+//! Task output may hold secrets, so the log dir is 0700 and every file in it 0600.
 
+use std::fs::Permissions;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,6 +21,10 @@ pub const DEFAULT_KEEP: usize = 3;
 /// How often `follow` looks for new output. 200 ms feels live without costing a wake-up storm.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
+/// Modes of the log dir and of the log files: this user's alone.
+const DIR_MODE: u32 = 0o700;
+pub const FILE_MODE: u32 = 0o600;
+
 #[derive(Debug, Clone)]
 pub struct LogStore {
     dir: PathBuf,
@@ -25,7 +33,14 @@ pub struct LogStore {
 }
 
 impl LogStore {
+    /// The store of the log files in `dir`; makes `dir` private if it exists (the agent creates
+    /// it first; an older version may have left it open).
     pub fn new(dir: PathBuf) -> LogStore {
+        if let Err(e) = std::fs::set_permissions(&dir, Permissions::from_mode(DIR_MODE))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot make the log dir {} private: {e}", dir.display());
+        }
         LogStore {
             dir,
             max_bytes: DEFAULT_MAX_BYTES,
@@ -53,6 +68,7 @@ impl LogStore {
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(FILE_MODE)
             .open(self.path(task))
         {
             let _ = writeln!(f, "--- outpost: {line} ---");
@@ -76,6 +92,7 @@ impl LogStore {
             }
         }
         std::fs::copy(&path, self.rotated(task, 1))?;
+        std::fs::set_permissions(self.rotated(task, 1), Permissions::from_mode(FILE_MODE))?;
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)?
@@ -218,6 +235,26 @@ mod tests {
         assert!(!logs.rotate_if_needed("t").unwrap());
         logs.remove("t");
         assert!(!logs.path("t").exists() && !logs.rotated("t", 1).exists());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_log_dir_and_its_files_are_private() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("logs");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+        let logs = LogStore::new(dir.clone()).with_limits(4, 2);
+        assert_eq!(mode(&dir), 0o700);
+        logs.note("t", "started");
+        assert_eq!(mode(&logs.path("t")), 0o600);
+        // A file left open by an older version: its rotated copy is private all the same.
+        std::fs::set_permissions(logs.path("t"), Permissions::from_mode(0o644)).unwrap();
+        assert!(logs.rotate_if_needed("t").unwrap());
+        assert_eq!(mode(&logs.rotated("t", 1)), 0o600);
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use spec::ServiceSpec;
 use crate::Timestamp;
 
 /// What the control plane wants of a task. Written only by the control plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredState {
     Running,
@@ -17,7 +17,9 @@ pub enum DesiredState {
 }
 
 /// What the agent last saw of a task. Written only by the agent that runs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// Not yet started: waiting for placement, a node, or a restart backoff.
@@ -44,7 +46,7 @@ impl fmt::Display for TaskState {
 }
 
 /// One replica of a service, bound to one node. A replaced task is a new task with a new id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: String,
     pub service: String,
@@ -78,7 +80,7 @@ pub struct Task {
 }
 
 /// A task's observed state as an agent reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskStatus {
     pub id: String,
     pub state: TaskState,
@@ -101,7 +103,7 @@ pub struct TaskStatus {
     pub message: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     Ready,
@@ -121,14 +123,14 @@ impl fmt::Display for NodeState {
 }
 
 /// What a node offers to workloads.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Capacity {
     /// Millicores.
     pub cpu_millis: u64,
     pub memory_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Node {
     pub name: String,
     /// Base URL of the node's agent API (logs), e.g. `http://127.0.0.1:7001`.
@@ -153,7 +155,7 @@ pub struct Node {
     pub state_since: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Info,
@@ -172,7 +174,7 @@ impl fmt::Display for Level {
 }
 
 /// Something that happened, as it is reported: by the control plane or by an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewEvent {
     pub time: Timestamp,
     pub level: Level,
@@ -188,7 +190,7 @@ pub struct NewEvent {
 }
 
 /// A committed event: `seq` orders all events of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub seq: u64,
     #[serde(flatten)]
@@ -209,7 +211,7 @@ pub struct Service {
 }
 
 /// A service with counts, as `outpost services` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceSummary {
     pub name: String,
     pub driver: String,
@@ -222,7 +224,7 @@ pub struct ServiceSummary {
     pub spec: ServiceSpec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeployRequest {
     pub services: Vec<ServiceSpec>,
     /// Validate and report the changes without applying them.
@@ -230,7 +232,7 @@ pub struct DeployRequest {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeKind {
     Create,
@@ -248,7 +250,7 @@ impl fmt::Display for ChangeKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Change {
     pub service: String,
     pub change: ChangeKind,
@@ -257,18 +259,18 @@ pub struct Change {
     pub fields: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeployResponse {
     pub dry_run: bool,
     pub changes: Vec<Change>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScaleRequest {
     pub replicas: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
     pub name: String,
     pub address: String,
@@ -281,7 +283,7 @@ pub struct RegisterRequest {
 }
 
 /// What an agent sends after anything about its tasks changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusReport {
     /// Orders one node's reports: it increases with every report, across agent restarts too, so
     /// the control plane ignores a report older than one it applied (one that timed out on the
@@ -298,7 +300,7 @@ pub struct StatusReport {
 }
 
 /// A task an agent must run (desired `running`) or stop (desired `shutdown`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     pub task: String,
     pub service: String,
@@ -309,28 +311,28 @@ pub struct Assignment {
 }
 
 /// Answer to a blocking query: the node's whole assignment list as of `index`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignments {
     pub index: u64,
     pub assignments: Vec<Assignment>,
 }
 
 /// Answer to `GET /v1/events`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Events {
     pub index: u64,
     pub events: Vec<Event>,
 }
 
 /// One problem with a request, located by a field path such as `web.liveness.period`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     pub path: String,
     pub message: String,
 }
 
 /// Body of every non-2xx answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub error: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -338,7 +340,7 @@ pub struct ApiError {
 }
 
 /// The agent's answer to `GET /v1/health` style queries and the server's `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub version: String,
     pub leader: Option<u64>,

@@ -24,6 +24,13 @@ pub enum ClientError {
     Api { status: StatusCode, error: ApiError },
     #[error("unexpected answer from {url}: {message}")]
     Protocol { url: String, message: String },
+    /// A name that cannot be sent as a path segment: URLs resolve `.` and `..` away.
+    #[error("no {what} named {name:?}: names are never empty, `.` or `..` ({hint})")]
+    BadName {
+        name: String,
+        what: &'static str,
+        hint: &'static str,
+    },
 }
 
 impl ClientError {
@@ -67,6 +74,10 @@ pub struct Client {
 /// 60 s: above the longest blocking query (`wait` is capped at 30 s by the server).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long an idle pooled connection is kept, 2 s: below the 5 s after which Outpost's
+/// listeners close idle connections, so a request is never sent on one being closed.
+const POOL_IDLE: Duration = Duration::from_secs(2);
+
 impl Client {
     pub fn new(base: &str, token: &str) -> Client {
         let base = if base.starts_with("http://") || base.starts_with("https://") {
@@ -76,6 +87,7 @@ impl Client {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(POOL_IDLE)
             .build()
             .unwrap_or_default();
         Client {
@@ -172,7 +184,7 @@ impl Client {
 
     pub async fn scale(&self, service: &str, replicas: u32) -> Result<ServiceSummary, ClientError> {
         self.post(
-            &format!("/v1/services/{}/scale", encode(service)),
+            &format!("/v1/services/{}/scale", segment(service, SERVICE)?),
             &ScaleRequest { replicas },
         )
         .await
@@ -180,7 +192,10 @@ impl Client {
 
     pub async fn remove(&self, service: &str) -> Result<ServiceSummary, ClientError> {
         self.send(
-            self.request(Method::DELETE, &format!("/v1/services/{}", encode(service))),
+            self.request(
+                Method::DELETE,
+                &format!("/v1/services/{}", segment(service, SERVICE)?),
+            ),
             REQUEST_TIMEOUT,
         )
         .await
@@ -195,7 +210,7 @@ impl Client {
     ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
     {
         use futures_util::StreamExt;
-        let mut path = format!("/v1/logs/{}?follow={follow}", encode(target));
+        let mut path = format!("/v1/logs/{}?follow={follow}", segment(target, LOG_TARGET)?);
         if let Some(n) = tail {
             path.push_str(&format!("&tail={n}"));
         }
@@ -218,7 +233,7 @@ impl Client {
     pub async fn heartbeat(&self, node: &str) -> Result<(), ClientError> {
         let req = self.request(
             Method::POST,
-            &format!("/v1/nodes/{}/heartbeat", encode(node)),
+            &format!("/v1/nodes/{}/heartbeat", segment(node, NODE)?),
         );
         self.execute(req.timeout(Duration::from_secs(2)))
             .await
@@ -227,7 +242,10 @@ impl Client {
 
     pub async fn report(&self, node: &str, report: &StatusReport) -> Result<(), ClientError> {
         let req = self
-            .request(Method::POST, &format!("/v1/nodes/{}/status", encode(node)))
+            .request(
+                Method::POST,
+                &format!("/v1/nodes/{}/status", segment(node, NODE)?),
+            )
             .json(report);
         self.execute(req.timeout(Duration::from_secs(10)))
             .await
@@ -243,7 +261,7 @@ impl Client {
     ) -> Result<Assignments, ClientError> {
         let path = format!(
             "/v1/nodes/{}/assignments?index={index}&wait={}ms",
-            encode(node),
+            segment(node, NODE)?,
             wait.as_millis()
         );
         self.send(
@@ -252,6 +270,24 @@ impl Client {
         )
         .await
     }
+}
+
+/// What a path segment names, and where to look for the real names.
+type Named = (&'static str, &'static str);
+const SERVICE: Named = ("service", "see `outpost services`");
+const NODE: Named = ("node", "see `outpost nodes`");
+const LOG_TARGET: Named = ("service or task", "see `outpost services` and `outpost ps`");
+
+/// `name` as one path segment; refused when a URL would resolve it away.
+fn segment(name: &str, (what, hint): Named) -> Result<String, ClientError> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(ClientError::BadName {
+            name: name.to_string(),
+            what,
+            hint,
+        });
+    }
+    Ok(encode(name))
 }
 
 /// Names are DNS labels or task ids (`web.1.7`), so only a few characters ever need escaping.
@@ -268,4 +304,20 @@ fn encode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_a_url_would_resolve_away_are_refused_with_what_they_should_name() {
+        for name in ["", ".", ".."] {
+            let err = segment(name, LOG_TARGET).unwrap_err().to_string();
+            assert!(err.starts_with("no service or task named"), "{err}");
+            assert!(err.contains("outpost ps"), "{err}");
+        }
+        assert_eq!(segment("web.1.7", SERVICE).unwrap(), "web.1.7");
+        assert_eq!(segment("a b/..", SERVICE).unwrap(), "a%20b%2F..");
+    }
 }

@@ -37,6 +37,13 @@ pub fn connect(conn: &Connection) -> Result<Client> {
         None => read("token")?
             .context("no token: give --token (or OUTPOST_TOKEN), or --data-dir of the server")?,
     };
+    if token.is_empty() {
+        let file = dir.as_ref().map(|d| d.join("token").display().to_string());
+        bail!(
+            "the token is empty ({}): give the cluster token with --token or --token-file",
+            file.unwrap_or_else(|| "--token".into())
+        );
+    }
     Ok(Client::new(&api, &token))
 }
 

@@ -33,6 +33,14 @@ pub struct Connection {
     /// Bearer token for the API.
     #[arg(long, global = true, env = "OUTPOST_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the bearer token, so it need not show in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "OUTPOST_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
     /// Data dir of a local server: its `api` and `token` files are used when not given.
     #[arg(long, global = true, env = "OUTPOST_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -55,6 +63,38 @@ struct NodeOptions {
     eviction_threshold: String,
 }
 
+/// What a server's API allows its clients.
+#[derive(clap::Args)]
+struct ApiOptions {
+    /// Largest request body the API reads (a deploy's JSON), e.g. 8Mi or 64Mi.
+    #[arg(long, default_value = "8Mi", env = "OUTPOST_MAX_BODY_SIZE")]
+    max_body_size: String,
+    /// Most connections the API keeps open at once; more are refused.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS, env = "OUTPOST_MAX_CONNECTIONS")]
+    max_connections: usize,
+}
+
+impl ApiOptions {
+    fn limits(&self) -> anyhow::Result<server::ApiLimits> {
+        let body = self
+            .max_body_size
+            .parse::<spec::Memory>()
+            .map_err(|e| anyhow::anyhow!("--max-body-size: {e}"))?;
+        let body_limit = usize::try_from(body.bytes())
+            .ok()
+            .filter(|b| *b > 0)
+            .ok_or_else(|| anyhow::anyhow!("--max-body-size must be above 0 and fit in memory"))?;
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be above 0"
+        );
+        let mut limits = server::ApiLimits::default();
+        limits.listener.body_limit = body_limit;
+        limits.listener.max_connections = self.max_connections;
+        Ok(limits)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a server and an agent in one process on loopback, deploying the given spec files.
@@ -69,6 +109,8 @@ enum Command {
         /// missing or empty (otherwise such a start is refused).
         #[arg(long)]
         reset: bool,
+        #[command(flatten)]
+        api: ApiOptions,
     },
     /// Run a control-plane server: `--api` is where it listens, `--data-dir` where it keeps state.
     Server {
@@ -76,6 +118,8 @@ enum Command {
         /// missing or empty (otherwise such a start is refused).
         #[arg(long)]
         reset: bool,
+        #[command(flatten)]
+        api: ApiOptions,
     },
     /// Run an edge agent that joins the server at `--api` with `--token`.
     Agent {
@@ -127,6 +171,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -146,13 +191,60 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: every connection, log file and task
+/// pipe costs a descriptor, and the default soft limit (1024) is the first to run out.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!("warning: cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
+}
+
+/// The token from `--token-file`, when that is how it was given.
+fn read_token_file(conn: &mut Connection) -> anyhow::Result<()> {
+    let Some(path) = &conn.token_file else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the token file {} (--token-file): {e}",
+            path.display()
+        )
+    })?;
+    let token = text.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} (--token-file) is empty: write the cluster token into it (the server \
+         keeps it in its data dir's `token` file)",
+        path.display()
+    );
+    conn.token = Some(token.to_string());
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let conn = cli.conn;
+    let mut conn = cli.conn;
+    read_token_file(&mut conn)?;
     match cli.command {
-        Command::Dev { files, node, reset } => {
-            roles::dev(&conn, &files, &node.eviction_threshold, reset).await
+        Command::Dev {
+            files,
+            node,
+            reset,
+            api,
+        } => {
+            roles::dev(
+                &conn,
+                &files,
+                &node.eviction_threshold,
+                reset,
+                api.limits()?,
+            )
+            .await
         }
-        Command::Server { reset } => roles::server(&conn, reset).await,
+        Command::Server { reset, api } => roles::server(&conn, reset, api.limits()?).await,
         Command::Agent {
             name,
             agent_listen,

@@ -89,6 +89,7 @@ pub async fn dev(
     files: &[PathBuf],
     eviction_threshold: &str,
     reset: bool,
+    limits: server::ApiLimits,
 ) -> Result<()> {
     let signals = Signals::install()?;
     let eviction_threshold = parse_threshold(eviction_threshold)?;
@@ -103,10 +104,9 @@ pub async fn dev(
     // The server keeps `api`, `token` and its store at the top of the data dir, where the CLI
     // looks; the agent keeps its own state below it, as it would on another machine.
     let server = server::start(server::ServerConfig {
-        data_dir: data_dir.clone(),
-        listen,
-        id: 1,
+        limits,
         reset,
+        ..server::ServerConfig::new(data_dir.clone(), listen)
     })
     .await
     .context("cannot start the server")?;
@@ -217,7 +217,7 @@ async fn show_endpoints(client: &Client, services: &[String]) {
     }
 }
 
-pub async fn server(conn: &Connection, reset: bool) -> Result<()> {
+pub async fn server(conn: &Connection, reset: bool, limits: server::ApiLimits) -> Result<()> {
     let signals = Signals::install()?;
     init_logging();
     let data_dir = conn
@@ -226,10 +226,9 @@ pub async fn server(conn: &Connection, reset: bool) -> Result<()> {
         .context("a server needs --data-dir (or OUTPOST_DATA_DIR)")?;
     let listen = listen_addr(conn, DEV_API)?;
     let server = server::start(server::ServerConfig {
-        data_dir: data_dir.clone(),
-        listen,
-        id: 1,
+        limits,
         reset,
+        ..server::ServerConfig::new(data_dir.clone(), listen)
     })
     .await?;
     println!(

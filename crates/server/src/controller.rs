@@ -12,7 +12,7 @@ use store::Command;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::{Ctx, now};
+use crate::{Server, now};
 
 /// A node whose heartbeats (every 500 ms) stop for 1.5 s is suspect: three beats missed.
 pub const SUSPECT_AFTER: Duration = Duration::from_millis(1_500);
@@ -22,7 +22,7 @@ const NODE_CHECK: Duration = Duration::from_millis(250);
 /// Retry pace for plans that could not be committed or placed.
 const RESYNC: Duration = Duration::from_secs(1);
 
-pub async fn services(ctx: Ctx, mut stop: watch::Receiver<bool>) {
+pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
     let mut applied = ctx.state.subscribe();
     loop {
         if *stop.borrow() {
@@ -39,7 +39,7 @@ pub async fn services(ctx: Ctx, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn reconcile(ctx: &Ctx) {
+async fn reconcile(ctx: &Server) {
     let (plan, pending_now) = ctx.state.read(|s| {
         (
             scheduler::plan(&s.services, &s.tasks, &s.nodes),
@@ -66,7 +66,7 @@ async fn reconcile(ctx: &Ctx) {
     }
 }
 
-pub async fn nodes(ctx: Ctx, mut stop: watch::Receiver<bool>) {
+pub async fn nodes(ctx: Server, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     loop {
         tokio::select! {
@@ -99,7 +99,7 @@ pub async fn nodes(ctx: Ctx, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn transitions(ctx: &Ctx) -> Vec<(String, NodeState)> {
+fn transitions(ctx: &Server) -> Vec<(String, NodeState)> {
     let nodes: Vec<(String, NodeState)> = ctx.state.read(|s| {
         s.nodes
             .values()

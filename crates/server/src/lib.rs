@@ -1,7 +1,10 @@
 //! A control-plane member: the `/v1` HTTP API, Raft over HTTP between servers, and the
 //! controllers the leader runs.
 //!
-//! - [`routes`]: the API handlers; writes go through Raft, reads come from the applied state.
+//! - [`routes`]: the API handlers and the OpenAPI document made from them; writes go through
+//!   Raft, reads come from the applied state.
+//! - [`answer`]: the `ApiError` answers handlers share.
+//! - [`blocking`]: the per-client cap on blocking queries.
 //! - [`controller`]: the leader's loops: the service controller (diff desired vs actual, ask the
 //!   scheduler, commit the plan) and the node monitor (heartbeats in memory, transitions to Raft).
 //! - [`network`]: Raft RPCs to peer servers.
@@ -9,16 +12,19 @@
 //!
 //! One server is a one-member Raft group: the same code path as three or five.
 
+pub mod answer;
+pub mod blocking;
 pub mod controller;
 pub mod logs;
 pub mod network;
+mod perms;
 pub mod routes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use api::Timestamp;
 use store::raft::{Node, Raft};
@@ -34,6 +40,54 @@ pub struct ServerConfig {
     /// Start with an empty state even though the data dir belongs to a cluster whose state file
     /// is missing or empty (`--reset`). Without it such a start is refused.
     pub reset: bool,
+    pub limits: ApiLimits,
+}
+
+impl ServerConfig {
+    /// A single server (Raft id 1) with the default limits.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            data_dir,
+            listen,
+            id: 1,
+            limits: ApiLimits::default(),
+            reset: false,
+        }
+    }
+}
+
+/// 512: far more than the agents and people of an edge cluster keep open, and with the agent's
+/// 64 well inside the 1024 descriptors a process gets by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
+/// 30 s: a prompt route that takes longer is stuck (no leader, say); the client hears so.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest a blocking query may wait, 30 s: below common proxy idle timeouts.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// What the API allows its clients.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Open connections, header-read timeout, request body size.
+    pub listener: httpd::Limits,
+    /// Time limit of every route but blocking queries and followed logs.
+    pub request_timeout: Duration,
+    /// The cap on a blocking query's `wait`.
+    pub max_wait: Duration,
+    /// Blocking queries one client address may hold open at once.
+    pub blocking_per_client: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            listener: httpd::Limits::with_max_connections(DEFAULT_MAX_CONNECTIONS),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_wait: DEFAULT_MAX_WAIT,
+            blocking_per_client: blocking::DEFAULT_PER_CLIENT,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +108,11 @@ pub enum ServerError {
     },
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error(
+        "the token file {path} is empty: write the cluster token into it, or remove it to have \
+         a new token made (agents and clients then need the new one)"
+    )]
+    EmptyToken { path: PathBuf },
     #[error(
         "data dir {dir} belongs to a cluster (it holds its token), but the cluster state {state} is {what}: restore it from a backup, or start with --reset to begin a new, empty cluster here (agents keep the same token)"
     )]
@@ -86,19 +145,22 @@ fn check_state(dir: &Path, state: &Path, reset: bool) -> Result<(), ServerError>
     })
 }
 
-/// What every handler and controller shares.
+/// What every handler and controller of this server shares.
 #[derive(Clone)]
-pub struct Ctx {
+pub struct Server {
     pub raft: Raft,
     pub state: StateHandle,
     pub token: String,
     pub id: u64,
+    pub limits: ApiLimits,
+    /// Blocking queries open per client.
+    pub blocking: blocking::Clients,
     /// Last heartbeat of each node, by name: liveness lives here, never in Raft.
     pub heartbeats: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
     pub http: reqwest::Client,
 }
 
-impl Ctx {
+impl Server {
     /// Commits `command` through Raft and returns the state machine's answer.
     pub async fn propose(&self, command: Command) -> Result<Response, String> {
         self.raft
@@ -113,6 +175,19 @@ impl Ctx {
     }
 }
 
+/// How long an idle pooled connection to an agent or a peer is kept, 2 s: below the 5 s after
+/// which their listeners close idle connections (`httpd::DEFAULT_HEADER_READ_TIMEOUT`), so a
+/// request is never sent on a connection the other end is closing.
+const POOL_IDLE: Duration = Duration::from_secs(2);
+
+/// The HTTP client for agents (logs) and peer servers (Raft).
+pub fn peer_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(POOL_IDLE)
+        .build()
+        .unwrap_or_default()
+}
+
 pub fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
 }
@@ -121,7 +196,7 @@ pub fn now() -> Timestamp {
 pub struct ServerHandle {
     pub addr: SocketAddr,
     pub token: String,
-    pub ctx: Ctx,
+    pub ctx: Server,
     stop: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<()>,
 }
@@ -129,9 +204,9 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Stops serving, stops Raft, and waits until the store file is closed.
     pub async fn shutdown(self) {
+        // Controllers and the listener stop; open requests get the listener's short grace.
         let _ = self.stop.send(true);
-        // Not graceful: blocking queries and followed logs would hold it open for many seconds.
-        self.serve.abort();
+        let _ = self.serve.await;
         let _ = self.ctx.raft.shutdown().await;
         let state = self.ctx.state.clone();
         drop(self.ctx);
@@ -139,7 +214,8 @@ impl ServerHandle {
     }
 }
 
-/// Reads the API token from `data_dir/token`, creating it (mode 0600) on first start.
+/// Reads the API token from `data_dir/token`, creating it (mode 0600) on first start. An empty
+/// file is an error: it may be a token that was meant to be there.
 pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
     let path = data_dir.join("token");
     let err = |source| ServerError::DataDir {
@@ -147,8 +223,11 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
         source,
     };
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-        Ok(_) => {}
+        Ok(t) if !t.trim().is_empty() => {
+            perms::private_file(&path).map_err(err)?;
+            return Ok(t.trim().to_string());
+        }
+        Ok(_) => return Err(ServerError::EmptyToken { path }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
@@ -158,23 +237,23 @@ pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(err)?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(err)?;
-    use std::io::Write;
-    file.write_all(token.as_bytes()).map_err(err)?;
+    perms::write_new_private(&path, token.as_bytes()).map_err(err)?;
     Ok(token)
+}
+
+/// Makes the store file readable by this user only, also when an older version made it.
+fn tighten(path: &Path) -> Result<(), ServerError> {
+    perms::private_file(path).map_err(|source| ServerError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Starts a server: opens the store, starts Raft (founding a one-member group on first start),
 /// serves the API, and runs the leader's controllers.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let dir = &config.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| ServerError::DataDir {
+    perms::private_dir(dir).map_err(|source| ServerError::DataDir {
         path: dir.clone(),
         source,
     })?;
@@ -195,6 +274,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         })?;
 
     let (log, machine, state) = store::open(&state_file)?;
+    tighten(&state_file)?;
     let raft_config = store::raft::config("outpost")
         .validate()
         .map_err(|e| ServerError::Raft(e.to_string()))?;
@@ -217,26 +297,32 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
 
-    let ctx = Ctx {
+    let ctx = Server {
         raft,
         state,
         token: token.clone(),
         id: config.id,
+        limits: config.limits.clone(),
+        blocking: blocking::Clients::new(config.limits.blocking_per_client),
         heartbeats: Arc::default(),
-        http: reqwest::Client::new(),
+        http: peer_http(),
     };
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(controller::services(ctx.clone(), stop_rx.clone()));
-    tokio::spawn(controller::nodes(ctx.clone(), stop_rx));
+    tokio::spawn(controller::nodes(ctx.clone(), stop_rx.clone()));
     let app = routes::router(ctx.clone());
-    let serve = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("API server stopped: {e}");
-        }
-    });
+    let mut stopped = stop_rx;
+    let serve = tokio::spawn(httpd::serve(
+        listener,
+        app,
+        config.limits.listener.clone(),
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
     // Written last: its presence tells a local CLI the API is up.
     let api_file = dir.join("api");
-    std::fs::write(&api_file, format!("http://{addr}\n")).map_err(|source| {
+    perms::write_private(&api_file, format!("http://{addr}\n").as_bytes()).map_err(|source| {
         ServerError::DataDir {
             path: api_file,
             source,

@@ -6,28 +6,32 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use httpd::{Path, Query};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::Ctx;
-use crate::routes::Fail;
+use crate::Server;
+use crate::answer::no_log_target;
 
 /// How often a followed service is checked for new tasks.
 const NEW_TASK_POLL: Duration = Duration::from_millis(500);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// Only the last N lines of each task.
     tail: Option<usize>,
+    /// Keep the answer open and stream new output, also of tasks that appear later.
     #[serde(default)]
     follow: bool,
 }
 
 /// (task id, agent base URL) of what `target` names: one task, or every task of a service.
-fn sources(ctx: &Ctx, target: &str) -> Option<(bool, Vec<(String, String)>)> {
+fn sources(ctx: &Server, target: &str) -> Option<(bool, Vec<(String, String)>)> {
     ctx.state.read(|s| {
         let addr = |node: &Option<String>| {
             node.as_ref()
@@ -55,19 +59,17 @@ fn sources(ctx: &Ctx, target: &str) -> Option<(bool, Vec<(String, String)>)> {
     })
 }
 
+/// The log text of a service's tasks (each line prefixed with its task id) or of one task.
+#[utoipa::path(get, path = "/v1/logs/{target}",
+    params(("target" = String, Path, description = "A service name or a task id"), LogQuery),
+    responses((status = 200, description = "Log text", content_type = "text/plain", body = String)))]
 pub async fn logs(
-    State(ctx): State<Ctx>,
+    State(ctx): State<Server>,
     Path(target): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Response {
     let Some((is_service, tasks)) = sources(&ctx, &target) else {
-        return Fail::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no service or task named {target:?} (see `outpost services` and `outpost ps`)"
-            ),
-        )
-        .into_response();
+        return no_log_target(&target).into_response();
     };
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     tokio::spawn(async move {
@@ -120,12 +122,16 @@ pub async fn logs(
     });
     let body =
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::io::Error>);
-    Body::from_stream(body).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// Copies one task's log from its agent into `tx`, line by line with `prefix`.
 async fn pump(
-    ctx: Ctx,
+    ctx: Server,
     addr: String,
     task: String,
     prefix: Option<String>,

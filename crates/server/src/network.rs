@@ -19,7 +19,7 @@ pub struct Network {
 impl Network {
     pub fn new(token: String) -> Network {
         Network {
-            http: reqwest::Client::new(),
+            http: crate::peer_http(),
             token,
         }
     }

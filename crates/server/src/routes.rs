@@ -1,110 +1,163 @@
 //! The `/v1` API. Every route but the OpenAPI document needs the bearer token. Writes are
 //! validated whole before anything is proposed, so a bad request changes nothing; reads answer
 //! from this server's applied state.
+//!
+//! Each handler carries its OpenAPI description (`#[utoipa::path]`) and is routed through
+//! `utoipa_axum`, so the document served at `/v1/openapi.json` lists exactly what is routed.
+//! Prompt routes get a time limit; blocking queries (bounded by their `wait`) get a per-client
+//! cap instead; followed logs get neither.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use api::{
     ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, DesiredState, Events,
     Problem, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
 };
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Router, http::Method};
+use httpd::{Path, Query};
 use serde::Deserialize;
 use store::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use store::{Command, Response as Applied};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::{Ctx, now};
+use crate::answer::{Answer, Fail, Json, no_node, no_service, unavailable};
+use crate::{Server, blocking, now};
 
-/// Longest a blocking query may wait: below common proxy idle timeouts.
-const MAX_WAIT: Duration = Duration::from_secs(30);
-
-pub fn router(ctx: Ctx) -> Router {
-    let api = Router::new()
-        .route("/v1/services", get(list_services).post(deploy))
-        .route(
-            "/v1/services/{name}",
-            get(get_service).delete(remove_service),
-        )
-        .route("/v1/services/{name}/scale", post(scale))
-        .route("/v1/tasks", get(list_tasks))
-        .route("/v1/nodes", get(list_nodes).post(register))
-        .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
-        .route("/v1/nodes/{name}/status", post(report))
-        .route("/v1/nodes/{name}/assignments", get(assignments))
-        .route("/v1/events", get(events))
-        .route("/v1/logs/{target}", get(crate::logs::logs))
-        .route("/v1/status", get(status))
+pub fn router(ctx: Server) -> Router {
+    let limits = ctx.limits.clone();
+    let (api, doc) = documented(&ctx).split_for_parts();
+    let document = Arc::new(document(doc));
+    let raft = Router::new()
         .route("/v1/raft/append", post(raft_append))
         .route("/v1/raft/vote", post(raft_vote))
         .route("/v1/raft/snapshot", post(raft_snapshot))
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), authorize));
-    api.route("/v1/openapi.json", get(openapi)).with_state(ctx)
+        .route_layer(middleware::from_fn_with_state(
+            limits.request_timeout,
+            httpd::time_limit,
+        ));
+    let token = httpd::Token(ctx.token.as_str().into());
+    api.merge(raft)
+        .route_layer(middleware::from_fn_with_state(token, httpd::authorize))
+        .route(
+            "/v1/openapi.json",
+            get(move || async move { axum::Json(document.as_ref().clone()) }),
+        )
+        .fallback(httpd::not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(ctx)
 }
 
-/// An error answer: status plus the JSON body every client understands.
-pub struct Fail(StatusCode, ApiError);
-
-impl Fail {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Fail {
-        Fail(
-            status,
-            ApiError {
-                error: message.into(),
-                problems: Vec::new(),
-            },
-        )
-    }
-
-    fn invalid(message: &str, problems: Vec<Problem>) -> Fail {
-        Fail(
-            StatusCode::BAD_REQUEST,
-            ApiError {
-                error: message.into(),
-                problems,
-            },
-        )
-    }
-
-    fn unavailable(e: String) -> Fail {
-        Fail::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the change could not be committed: {e}; retry shortly"),
-        )
-    }
+/// Every documented route, each group with its layer.
+fn documented(ctx: &Server) -> OpenApiRouter<Server> {
+    let prompt = OpenApiRouter::new()
+        .routes(routes!(list_services, deploy))
+        .routes(routes!(get_service, remove_service))
+        .routes(routes!(scale))
+        .routes(routes!(list_tasks))
+        .routes(routes!(list_nodes, register))
+        .routes(routes!(heartbeat))
+        .routes(routes!(report))
+        .routes(routes!(status))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.limits.request_timeout,
+            httpd::time_limit,
+        ));
+    let blocking = OpenApiRouter::new()
+        .routes(routes!(assignments))
+        .routes(routes!(events))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.blocking.clone(),
+            blocking::limit,
+        ));
+    let streams = OpenApiRouter::new().routes(routes!(crate::logs::logs));
+    prompt.merge(blocking).merge(streams)
 }
 
-impl IntoResponse for Fail {
-    fn into_response(self) -> Response {
-        (self.0, Json(self.1)).into_response()
+/// The whole document: the frame from `api`, the routed paths, and the error answers every
+/// operation can give (so each handler lists only those particular to it).
+fn document(paths: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut doc = api::openapi::frame(env!("CARGO_PKG_VERSION"));
+    doc.merge(paths);
+    for item in doc.paths.paths.values_mut() {
+        for op in operations(item) {
+            add_common_errors(op);
+        }
     }
+    let openapi_json = utoipa::openapi::path::PathItem::new(
+        utoipa::openapi::HttpMethod::Get,
+        utoipa::openapi::path::OperationBuilder::new()
+            .summary(Some("This document"))
+            .security(utoipa::openapi::security::SecurityRequirement::default())
+            .response(
+                "200",
+                utoipa::openapi::Response::new("The OpenAPI document"),
+            ),
+    );
+    doc.paths
+        .paths
+        .insert("/v1/openapi.json".into(), openapi_json);
+    serde_json::to_value(&doc).unwrap_or_default()
 }
 
-type Answer<T> = Result<Json<T>, Fail>;
-
-async fn authorize(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token {
-        Some(t) if t == ctx.token => next.run(req).await,
-        Some(_) => Fail::new(StatusCode::UNAUTHORIZED, "wrong bearer token").into_response(),
-        None => Fail::new(
-            StatusCode::UNAUTHORIZED,
-            "missing bearer token (Authorization: Bearer <token>)",
-        )
-        .into_response(),
-    }
+fn operations(
+    item: &mut utoipa::openapi::path::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        item.get.as_mut(),
+        item.post.as_mut(),
+        item.put.as_mut(),
+        item.delete.as_mut(),
+        item.patch.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
 }
 
-async fn openapi() -> Json<serde_json::Value> {
-    Json(api::openapi::document(env!("CARGO_PKG_VERSION")))
+fn add_common_errors(op: &mut utoipa::openapi::path::Operation) {
+    use api::openapi::add_error;
+    use utoipa::openapi::path::ParameterIn;
+    let params = op.parameters.clone().unwrap_or_default();
+    if op.request_body.is_some() || !params.is_empty() {
+        add_error(
+            op,
+            400,
+            "Invalid input; every problem is listed with its field path",
+        );
+    }
+    if op.request_body.is_some() {
+        add_error(
+            op,
+            413,
+            "The body is over the server's limit, which is named",
+        );
+        add_error(op, 415, "The body is not sent as application/json");
+    }
+    if params.iter().any(|p| p.parameter_in == ParameterIn::Path) {
+        add_error(op, 404, "No such service, task or node");
+    }
+    add_error(op, 401, "Missing or wrong bearer token");
+    add_error(
+        op,
+        503,
+        "Not done in time, no leader, or too many connections; retry shortly",
+    );
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Fail {
+    Fail::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {}; see /v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 fn summary(s: &store::State, name: &str) -> Option<ServiceSummary> {
@@ -130,21 +183,24 @@ fn summary(s: &store::State, name: &str) -> Option<ServiceSummary> {
     })
 }
 
-fn no_service(name: &str) -> Fail {
-    Fail::new(
-        StatusCode::NOT_FOUND,
-        format!("no service named {name:?} (see `outpost services`)"),
-    )
-}
-
-async fn list_services(State(ctx): State<Ctx>) -> Json<Vec<ServiceSummary>> {
+/// List services with their replica counts.
+#[utoipa::path(get, path = "/v1/services", responses(
+    (status = 200, description = "Every service", body = Vec<ServiceSummary>)))]
+async fn list_services(State(ctx): State<Server>) -> Json<Vec<ServiceSummary>> {
     Json(
         ctx.state
             .read(|s| s.services.keys().filter_map(|n| summary(s, n)).collect()),
     )
 }
 
-async fn get_service(State(ctx): State<Ctx>, Path(name): Path<String>) -> Answer<ServiceSummary> {
+/// One service.
+#[utoipa::path(get, path = "/v1/services/{name}",
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 200, description = "The service", body = ServiceSummary)))]
+async fn get_service(
+    State(ctx): State<Server>,
+    Path(name): Path<String>,
+) -> Answer<ServiceSummary> {
     ctx.state
         .read(|s| summary(s, &name))
         .map(Json)
@@ -173,7 +229,13 @@ fn check_deploy(req: &DeployRequest) -> Vec<Problem> {
     problems
 }
 
-async fn deploy(State(ctx): State<Ctx>, Json(req): Json<DeployRequest>) -> Answer<DeployResponse> {
+/// Deploy (create or update) services; with `dry_run`, only report the changes.
+#[utoipa::path(post, path = "/v1/services", request_body = DeployRequest, responses(
+    (status = 200, description = "What changed, or would change", body = DeployResponse)))]
+async fn deploy(
+    State(ctx): State<Server>,
+    Json(req): Json<DeployRequest>,
+) -> Answer<DeployResponse> {
     let problems = check_deploy(&req);
     if !problems.is_empty() {
         return Err(Fail::invalid(
@@ -191,7 +253,7 @@ async fn deploy(State(ctx): State<Ctx>, Json(req): Json<DeployRequest>) -> Answe
         let next = copy.index + 1;
         copy.apply(next, &command)
     } else {
-        ctx.propose(command).await.map_err(Fail::unavailable)?
+        ctx.propose(command).await.map_err(unavailable)?
     };
     match changes {
         Applied::Deployed(changes) => Ok(Json(DeployResponse {
@@ -205,8 +267,12 @@ async fn deploy(State(ctx): State<Ctx>, Json(req): Json<DeployRequest>) -> Answe
     }
 }
 
+/// Remove a service: stop its tasks, then forget it.
+#[utoipa::path(delete, path = "/v1/services/{name}",
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 200, description = "The service, now removing", body = ServiceSummary)))]
 async fn remove_service(
-    State(ctx): State<Ctx>,
+    State(ctx): State<Server>,
     Path(name): Path<String>,
 ) -> Answer<ServiceSummary> {
     let before = ctx
@@ -219,7 +285,7 @@ async fn remove_service(
             time: now(),
         })
         .await
-        .map_err(Fail::unavailable)?
+        .map_err(unavailable)?
     {
         Applied::NotFound(_) => Err(no_service(&name)),
         _ => Ok(Json(ctx.state.read(|s| summary(s, &name)).unwrap_or(
@@ -231,22 +297,26 @@ async fn remove_service(
     }
 }
 
+/// Set a service's replica count.
+#[utoipa::path(post, path = "/v1/services/{name}/scale", request_body = ScaleRequest,
+    params(("name" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, description = "The service with its new count", body = ServiceSummary),
+        (status = 409, description = "The service is being removed", body = ApiError)))]
 async fn scale(
-    State(ctx): State<Ctx>,
+    State(ctx): State<Server>,
     Path(name): Path<String>,
     Json(req): Json<ScaleRequest>,
 ) -> Answer<ServiceSummary> {
     if req.replicas > spec::MAX_REPLICAS {
-        return Err(Fail::invalid(
+        return Err(Fail::invalid_at(
             "the scale was refused",
-            vec![Problem {
-                path: "replicas".into(),
-                message: format!(
-                    "{} is more than the maximum of {}",
-                    req.replicas,
-                    spec::MAX_REPLICAS
-                ),
-            }],
+            "replicas",
+            format!(
+                "{} is more than the maximum of {}",
+                req.replicas,
+                spec::MAX_REPLICAS
+            ),
         ));
     }
     let removing = ctx
@@ -266,7 +336,7 @@ async fn scale(
             time: now(),
         })
         .await
-        .map_err(Fail::unavailable)?
+        .map_err(unavailable)?
     {
         Applied::NotFound(_) => Err(no_service(&name)),
         _ => ctx
@@ -277,12 +347,18 @@ async fn scale(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TaskQuery {
+    /// Only the tasks of this service.
     service: Option<String>,
 }
 
-async fn list_tasks(State(ctx): State<Ctx>, Query(q): Query<TaskQuery>) -> Answer<Vec<Task>> {
+/// List tasks, of every service or of one.
+#[utoipa::path(get, path = "/v1/tasks", params(TaskQuery), responses(
+    (status = 200, description = "The tasks", body = Vec<Task>),
+    (status = 404, description = "No such service", body = ApiError)))]
+async fn list_tasks(State(ctx): State<Server>, Query(q): Query<TaskQuery>) -> Answer<Vec<Task>> {
     ctx.state.read(|s| match &q.service {
         Some(name) if !s.services.contains_key(name) => Err(no_service(name)),
         Some(name) => Ok(Json(
@@ -296,7 +372,10 @@ async fn list_tasks(State(ctx): State<Ctx>, Query(q): Query<TaskQuery>) -> Answe
     })
 }
 
-async fn list_nodes(State(ctx): State<Ctx>) -> Json<Vec<api::Node>> {
+/// List nodes.
+#[utoipa::path(get, path = "/v1/nodes", responses(
+    (status = 200, description = "Every node", body = Vec<api::Node>)))]
+async fn list_nodes(State(ctx): State<Server>) -> Json<Vec<api::Node>> {
     Json(ctx.state.read(|s| s.nodes.values().cloned().collect()))
 }
 
@@ -309,19 +388,23 @@ fn check_node_name(name: &str) -> Result<(), Fail> {
     if ok {
         Ok(())
     } else {
-        Err(Fail::invalid(
+        Err(Fail::invalid_at(
             "the node was refused",
-            vec![Problem {
-                path: "name".into(),
-                message: format!(
-                    "{name:?} is not a valid node name (letters, digits, '-', '.', '_'; at most 63)"
-                ),
-            }],
+            "name",
+            format!(
+                "{name:?} is not a valid node name (letters, digits, '-', '.', '_'; at most 63)"
+            ),
         ))
     }
 }
 
-async fn register(State(ctx): State<Ctx>, Json(req): Json<RegisterRequest>) -> Answer<api::Node> {
+/// Register an agent's node (or update its registration).
+#[utoipa::path(post, path = "/v1/nodes", request_body = RegisterRequest, responses(
+    (status = 200, description = "The node as registered", body = api::Node)))]
+async fn register(
+    State(ctx): State<Server>,
+    Json(req): Json<RegisterRequest>,
+) -> Answer<api::Node> {
     check_node_name(&req.name)?;
     let name = req.name.clone();
     ctx.propose(Command::RegisterNode {
@@ -329,7 +412,7 @@ async fn register(State(ctx): State<Ctx>, Json(req): Json<RegisterRequest>) -> A
         time: now(),
     })
     .await
-    .map_err(Fail::unavailable)?;
+    .map_err(unavailable)?;
     ctx.heartbeats
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -345,18 +428,22 @@ async fn register(State(ctx): State<Ctx>, Json(req): Json<RegisterRequest>) -> A
         })
 }
 
-fn known_node(ctx: &Ctx, name: &str) -> Result<(), Fail> {
+fn known_node(ctx: &Server, name: &str) -> Result<(), Fail> {
     if ctx.state.read(|s| s.nodes.contains_key(name)) {
         Ok(())
     } else {
-        Err(Fail::new(
-            StatusCode::NOT_FOUND,
-            format!("no node named {name:?}; register it first"),
-        ))
+        Err(no_node(name))
     }
 }
 
-async fn heartbeat(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<StatusCode, Fail> {
+/// An agent's heartbeat: kept in this server's memory, never a Raft entry.
+#[utoipa::path(post, path = "/v1/nodes/{name}/heartbeat",
+    params(("name" = String, Path, description = "Node name")),
+    responses((status = 204, description = "Noted")))]
+async fn heartbeat(
+    State(ctx): State<Server>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Fail> {
     known_node(&ctx, &name)?;
     ctx.heartbeats
         .lock()
@@ -365,8 +452,12 @@ async fn heartbeat(State(ctx): State<Ctx>, Path(name): Path<String>) -> Result<S
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// An agent's report of its tasks and events.
+#[utoipa::path(post, path = "/v1/nodes/{name}/status", request_body = StatusReport,
+    params(("name" = String, Path, description = "Node name")),
+    responses((status = 204, description = "Committed")))]
 async fn report(
-    State(ctx): State<Ctx>,
+    State(ctx): State<Server>,
     Path(name): Path<String>,
     Json(report): Json<StatusReport>,
 ) -> Result<StatusCode, Fail> {
@@ -377,40 +468,39 @@ async fn report(
         time: now(),
     })
     .await
-    .map_err(Fail::unavailable)?;
+    .map_err(unavailable)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WaitQuery {
+    /// Assignments: answer once the node's index is past this one (0 answers at once).
     #[serde(default)]
     index: u64,
+    /// Events: only those with a sequence number past this one.
     #[serde(default)]
     after: u64,
+    /// How long to block for news, as `250ms` or `25s`; capped by the server (30 s by default).
+    /// Without it the query answers at once.
     wait: Option<String>,
 }
 
 impl WaitQuery {
-    fn wait(&self) -> Result<Duration, Fail> {
+    fn wait(&self, max: Duration) -> Result<Duration, Fail> {
         match &self.wait {
             None => Ok(Duration::ZERO),
             Some(w) => humantime::parse_duration(w)
-                .map(|d| d.min(MAX_WAIT))
+                .map(|d| d.min(max))
                 .map_err(|e| {
-                    Fail::invalid(
-                        "bad query",
-                        vec![Problem {
-                            path: "wait".into(),
-                            message: format!("{w:?} is not a duration: {e}"),
-                        }],
-                    )
+                    Fail::invalid_at("bad query", "wait", format!("{w:?} is not a duration: {e}"))
                 }),
         }
     }
 }
 
 /// Waits until `ready` holds for the applied state, or `wait` passes.
-async fn block_until(ctx: &Ctx, wait: Duration, ready: impl Fn(&store::State) -> bool) {
+async fn block_until(ctx: &Server, wait: Duration, ready: impl Fn(&store::State) -> bool) {
     let deadline = tokio::time::Instant::now() + wait;
     let mut applied = ctx.state.subscribe();
     while !ctx.state.read(&ready) {
@@ -421,22 +511,34 @@ async fn block_until(ctx: &Ctx, wait: Duration, ready: impl Fn(&store::State) ->
     }
 }
 
+/// Blocking query: the node's assignments once they change past `index`, or after `wait`.
+#[utoipa::path(get, path = "/v1/nodes/{name}/assignments",
+    params(("name" = String, Path, description = "Node name"), WaitQuery),
+    responses(
+        (status = 200, description = "The node's whole assignment list", body = Assignments),
+        (status = 429, description = "This client holds too many blocking queries", body = ApiError)))]
 async fn assignments(
-    State(ctx): State<Ctx>,
+    State(ctx): State<Server>,
     Path(name): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> Answer<Assignments> {
     known_node(&ctx, &name)?;
+    let wait = q.wait(ctx.limits.max_wait)?;
     let index_of = |s: &store::State| s.node_index.get(&name).copied().unwrap_or(0);
-    block_until(&ctx, q.wait()?, |s| index_of(s) > q.index || q.index == 0).await;
+    block_until(&ctx, wait, |s| index_of(s) > q.index || q.index == 0).await;
     Ok(Json(ctx.state.read(|s| Assignments {
         index: index_of(s).max(1),
         assignments: s.assignments(&name),
     })))
 }
 
-async fn events(State(ctx): State<Ctx>, Query(q): Query<WaitQuery>) -> Answer<Events> {
-    block_until(&ctx, q.wait()?, |s| s.next_event > q.after).await;
+/// Events after `after`; with `wait`, blocks until one arrives.
+#[utoipa::path(get, path = "/v1/events", params(WaitQuery), responses(
+    (status = 200, description = "The events, oldest first", body = Events),
+    (status = 429, description = "This client holds too many blocking queries", body = ApiError)))]
+async fn events(State(ctx): State<Server>, Query(q): Query<WaitQuery>) -> Answer<Events> {
+    let wait = q.wait(ctx.limits.max_wait)?;
+    block_until(&ctx, wait, |s| s.next_event > q.after).await;
     Ok(Json(ctx.state.read(|s| {
         Events {
             index: s.next_event,
@@ -450,7 +552,10 @@ async fn events(State(ctx): State<Ctx>, Query(q): Query<WaitQuery>) -> Answer<Ev
     })))
 }
 
-async fn status(State(ctx): State<Ctx>) -> Json<ClusterStatus> {
+/// This server's view of the cluster.
+#[utoipa::path(get, path = "/v1/status", responses(
+    (status = 200, description = "Leader, this server's id, applied index", body = ClusterStatus)))]
+async fn status(State(ctx): State<Server>) -> Json<ClusterStatus> {
     let leader = ctx.raft.metrics().borrow().current_leader;
     Json(ClusterStatus {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -460,16 +565,16 @@ async fn status(State(ctx): State<Ctx>) -> Json<ClusterStatus> {
     })
 }
 
-async fn raft_append(State(ctx): State<Ctx>, Json(req): Json<AppendEntriesRequest>) -> Response {
+async fn raft_append(State(ctx): State<Server>, Json(req): Json<AppendEntriesRequest>) -> Response {
     Json(ctx.raft.append_entries(req).await).into_response()
 }
 
-async fn raft_vote(State(ctx): State<Ctx>, Json(req): Json<VoteRequest>) -> Response {
+async fn raft_vote(State(ctx): State<Server>, Json(req): Json<VoteRequest>) -> Response {
     Json(ctx.raft.vote(req).await).into_response()
 }
 
 async fn raft_snapshot(
-    State(ctx): State<Ctx>,
+    State(ctx): State<Server>,
     Json(req): Json<InstallSnapshotRequest>,
 ) -> Response {
     Json(ctx.raft.install_snapshot(req).await).into_response()

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::quantity::{Cpu, Memory};
 
 /// One service: N replicas of the same task template.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub name: String,
@@ -43,6 +43,7 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub resources: Resources,
     #[serde(with = "duration_str")]
+    #[schema(value_type = String, example = "5s")]
     pub stop_grace: Duration,
     /// Docker only: the signal that asks the container to stop (`SIGTERM`, `SIGQUIT`, `SIGRTMIN+3`
     /// or a number 1 to 64); `None` keeps the image's STOPSIGNAL. Stored as `SIG<NAME>`.
@@ -116,7 +117,7 @@ fn is_false(b: &bool) -> bool {
 /// 5 s: long enough for a web server to drain, short enough that a scale-down feels prompt.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DriverKind {
     Process,
@@ -133,7 +134,7 @@ impl fmt::Display for DriverKind {
 }
 
 /// When the docker driver pulls a service's image.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PullPolicy {
     /// Pull only when the node lacks the image: a node cut off from its registry still starts.
@@ -164,7 +165,7 @@ impl fmt::Display for PullPolicy {
 
 /// A named port. For a process the agent picks a free host port and passes it in the
 /// environment; for a container it maps a host port to `container_port`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     pub name: String,
@@ -202,7 +203,7 @@ impl PortSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -210,7 +211,7 @@ pub enum Protocol {
     Udp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     /// A host path (starts with `/` or `.`) or a named volume.
@@ -220,7 +221,7 @@ pub struct VolumeSpec {
     pub read_only: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     Always,
@@ -238,17 +239,20 @@ impl fmt::Display for RestartPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSpec {
     pub policy: RestartPolicy,
     /// Delay before the first restart; doubles on each further restart.
     #[serde(with = "duration_str")]
+    #[schema(value_type = String, example = "5s")]
     pub initial_backoff: Duration,
     #[serde(with = "duration_str")]
+    #[schema(value_type = String, example = "5s")]
     pub max_backoff: Duration,
     /// A task that stays up this long has its backoff reset to `initial_backoff`.
     #[serde(with = "duration_str")]
+    #[schema(value_type = String, example = "5s")]
     pub reset_after: Duration,
 }
 
@@ -266,16 +270,19 @@ impl Default for RestartSpec {
 }
 
 /// A health check: what to try, and how often.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeSpec {
     #[serde(flatten)]
     pub action: ProbeAction,
     #[serde(with = "duration_str")]
+    #[schema(value_type = String, example = "5s")]
     pub initial_delay: Duration,
     #[serde(with = "duration_str")]
+    #[schema(value_type = String, example = "5s")]
     pub period: Duration,
     #[serde(with = "duration_str")]
+    #[schema(value_type = String, example = "5s")]
     pub timeout: Duration,
     pub failure_threshold: u32,
     pub success_threshold: u32,
@@ -294,7 +301,7 @@ impl ProbeSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeAction {
     Http {
@@ -311,7 +318,7 @@ pub enum ProbeAction {
 }
 
 /// A port named in `ports`, or a literal port number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum PortRef {
     Number(u16),
@@ -327,7 +334,7 @@ impl fmt::Display for PortRef {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     #[serde(default)]
@@ -336,12 +343,14 @@ pub struct Resources {
     pub limits: ResourceList,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "250m")]
     pub cpu: Option<Cpu>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "64Mi")]
     pub memory: Option<Memory>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
@@ -403,7 +412,19 @@ impl Amounts {
 /// The variants are ordered by how well a task is protected: BestEffort goes first, Guaranteed
 /// last, so `min` picks the class to evict first. Display and the JSON form use Kubernetes'
 /// spelling (`BestEffort`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub enum QosClass {
     BestEffort,
     Burstable,

@@ -1,0 +1,147 @@
+//! The accept loop: HTTP/1 on hyper with a cap on open connections and a header-read timeout, so
+//! idle or slow clients cannot hold file descriptors for ever (`axum::serve` has neither).
+//!
+//! hyper starts its header-read timer whenever a connection waits for a request head, also
+//! between two requests of a kept-alive connection; the same timeout is therefore the idle
+//! keep-alive timeout. Clients keep their pooled connections idle for less than that
+//! (`client` sets its pool idle timeout below [`DEFAULT_HEADER_READ_TIMEOUT`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_service::Service;
+
+/// 5 s: a real client sends its request head in one round trip; an idle or trickling one is cut
+/// off long before it can pile up.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// 8 MiB: a deploy of hundreds of services fits many times over, and a server reading it whole
+/// costs little memory.
+pub const DEFAULT_BODY_LIMIT: usize = 8 << 20;
+
+/// How long open connections get to finish their current request at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Pause after a failed `accept` (out of file descriptors, say): the error persists for a while,
+/// and retrying at once would spin a core.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// What one listener allows its clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections at most; one more is accepted and closed at once, so the ones already
+    /// open are never starved.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head within this long, also after
+    /// a previous request, is closed.
+    pub header_read_timeout: Duration,
+    /// Largest request body [`crate::Json`] reads; a larger one is answered 413.
+    pub body_limit: usize,
+}
+
+impl Limits {
+    /// Limits with `max_connections` and the default timeout and body limit.
+    pub fn with_max_connections(max_connections: usize) -> Limits {
+        Limits {
+            max_connections,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+/// The request body limit in force, put in every request's extensions by [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then gives open connections
+/// `SHUTDOWN_GRACE` to finish, ends those still open (a blocking query, a followed log), and
+/// returns. Each request carries the peer's address as axum's
+/// `ConnectInfo<SocketAddr>` and the body limit as [`BodyLimit`].
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        // Reap finished connections so the set holds only open ones.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("cannot accept a connection: {e}");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refuse(stream, peer, limits.max_connections);
+            continue;
+        };
+        let app = app.clone();
+        let body_limit = limits.body_limit;
+        // Each request carries who sent it and how large its body may be.
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(BodyLimit(body_limit));
+            app.clone().call(req)
+        });
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        connections.spawn(run(graceful.watch(connection), permit));
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("connections still open after {SHUTDOWN_GRACE:?} are ended");
+    }
+    connections.shutdown().await;
+}
+
+async fn run<F: Future<Output = Result<(), hyper::Error>>>(
+    connection: F,
+    permit: OwnedSemaphorePermit,
+) {
+    if let Err(e) = connection.await {
+        tracing::debug!("connection ended: {e}");
+    }
+    drop(permit);
+}
+
+/// Closes a connection over the cap, with a best-effort 503 so a real client learns why.
+fn refuse(stream: TcpStream, peer: SocketAddr, cap: usize) {
+    tracing::warn!("refused a connection from {peer}: {cap} connections are open already");
+    let body = format!(
+        r#"{{"error":"the server has {cap} connections open, its maximum; retry shortly"}}"#
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
+}
