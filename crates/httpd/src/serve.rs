@@ -35,6 +35,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// and retrying at once would spin a core.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
+/// At most one warning about refused connections this often, so a flood cannot flood the log.
+const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// What one listener allows its clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -80,6 +83,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    let mut refused = Refused::default();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -97,7 +101,8 @@ pub async fn serve(
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            refuse(stream, peer, limits.max_connections);
+            refused.note(peer, limits.max_connections);
+            refuse(stream, limits.max_connections);
             continue;
         };
         let app = app.clone();
@@ -132,9 +137,33 @@ async fn run<F: Future<Output = Result<(), hyper::Error>>>(
     drop(permit);
 }
 
+/// Counts refused connections and warns about them now and then.
+#[derive(Default)]
+struct Refused {
+    count: u64,
+    last_warning: Option<tokio::time::Instant>,
+}
+
+impl Refused {
+    fn note(&mut self, peer: SocketAddr, cap: usize) {
+        self.count += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_warning
+            .is_none_or(|at| now.duration_since(at) >= REFUSED_WARN_EVERY)
+        {
+            tracing::warn!(
+                "refused {} connection(s), the last from {peer}: {cap} connections are open, the maximum",
+                self.count
+            );
+            self.count = 0;
+            self.last_warning = Some(now);
+        }
+    }
+}
+
 /// Closes a connection over the cap, with a best-effort 503 so a real client learns why.
-fn refuse(stream: TcpStream, peer: SocketAddr, cap: usize) {
-    tracing::warn!("refused a connection from {peer}: {cap} connections are open already");
+fn refuse(stream: TcpStream, cap: usize) {
     let body = format!(
         r#"{{"error":"the server has {cap} connections open, its maximum; retry shortly"}}"#
     );
