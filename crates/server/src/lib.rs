@@ -135,7 +135,9 @@ fn check_state(dir: &Path, state: &Path, reset: bool) -> Result<(), ServerError>
         Ok(meta) if meta.len() == 0 => "empty",
         _ => return Ok(()),
     };
-    if reset || !dir.join(MARKER).exists() {
+    // An empty token is damage of its own, refused by name when the token is read.
+    let marked = std::fs::read_to_string(dir.join(MARKER)).is_ok_and(|t| !t.trim().is_empty());
+    if reset || !marked {
         return Ok(());
     }
     Err(ServerError::StateLost {
