@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use httpd::{Fail, Path, Query};
 use serde::Deserialize;
 
-use crate::logs::LogStore;
+use crate::logs::TaskLogs;
 
 /// 64: the servers of the cluster proxy a few log streams at a time; nothing else connects.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
@@ -21,7 +21,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// What the agent's API handlers share.
 #[derive(Clone)]
 struct AgentApi {
-    logs: LogStore,
+    logs: TaskLogs,
 }
 
 #[derive(Deserialize)]
@@ -33,7 +33,7 @@ struct LogQuery {
 
 /// Serves the agent's API until the process ends: at most [`DEFAULT_MAX_CONNECTIONS`] open
 /// connections, with `httpd`'s default header-read timeout.
-pub async fn serve(listener: tokio::net::TcpListener, logs: LogStore, token: String) {
+pub async fn serve(listener: tokio::net::TcpListener, logs: TaskLogs, token: String) {
     let limits = httpd::Limits::with_max_connections(DEFAULT_MAX_CONNECTIONS);
     let app = Router::new()
         .route("/v1/agent/logs/{task}", get(task_logs))

@@ -44,10 +44,10 @@ use crate::driver::Handle;
 use crate::driver::docker::DockerDriver;
 use crate::driver::process::ProcessDriver;
 use crate::local::{LocalState, LocalTask};
-use crate::logs::LogStore;
+use crate::logs::TaskLogs;
 use crate::ports::Ports;
 use crate::retry::Retry;
-use crate::supervisor::{Control, Shared};
+use crate::supervisor::{Control, Supervision};
 
 /// 500 ms: the server's node monitor suspects a node after 1.5 s without a heartbeat
 /// (`server::controller::SUSPECT_AFTER`, checked every 250 ms), so a node is suspect 1.5 to
@@ -111,7 +111,7 @@ pub enum AgentError {
 }
 
 /// Everything the agent's event loop can be woken by.
-enum Event {
+enum LoopEvent {
     Assigned(Assignments),
     Finished(String),
     Rotate,
@@ -126,7 +126,7 @@ struct Running {
 
 pub struct Agent {
     config: AgentConfig,
-    shared: Shared,
+    shared: Supervision,
     client: Client,
     running: HashMap<String, Running>,
     finished_tx: mpsc::UnboundedSender<String>,
@@ -151,7 +151,7 @@ impl Agent {
         force: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         let local = open_local(&config)?;
-        let logs = LogStore::new(config.data_dir.join("logs"));
+        let logs = TaskLogs::new(config.data_dir.join("logs"));
         let (listener, address) = listen(config.listen).await?;
         tokio::spawn(http::serve(listener, logs.clone(), config.token.clone()));
 
@@ -170,7 +170,7 @@ impl Agent {
         let mut notes: Vec<String> = ports.overlap_note().into_iter().collect();
         let (drivers, process, docker) = drivers(&agent_id, &mut notes).await;
         sweep_orphans(&process, &local).await?;
-        let shared = Shared {
+        let shared = Supervision {
             node: config.name.clone(),
             drivers,
             logs,
@@ -203,7 +203,7 @@ impl Agent {
 
     fn new(
         config: AgentConfig,
-        shared: Shared,
+        shared: Supervision,
         client: Client,
         finished_tx: mpsc::UnboundedSender<String>,
         reporter: report::Reporter,
@@ -221,7 +221,7 @@ impl Agent {
         }
     }
 
-    /// Everything the agent's event loop is woken by, one [`Event`] at a time, until shutdown.
+    /// Everything the agent's event loop is woken by, one [`LoopEvent`] at a time, until shutdown.
     async fn event_loop(
         &mut self,
         mut assigned: mpsc::Receiver<Assignments>,
@@ -233,18 +233,18 @@ impl Agent {
         tokio::pin!(shutdown);
         loop {
             let event = tokio::select! {
-                Some(a) = assigned.recv() => Event::Assigned(a),
-                Some(id) = finished.recv() => Event::Finished(id),
-                _ = rotate.tick() => Event::Rotate,
-                _ = pressure.tick() => Event::PressureCheck,
-                _ = &mut shutdown => Event::Shutdown,
+                Some(a) = assigned.recv() => LoopEvent::Assigned(a),
+                Some(id) = finished.recv() => LoopEvent::Finished(id),
+                _ = rotate.tick() => LoopEvent::Rotate,
+                _ = pressure.tick() => LoopEvent::PressureCheck,
+                _ = &mut shutdown => LoopEvent::Shutdown,
             };
             match event {
-                Event::Assigned(a) => self.reconcile(a.assignments),
-                Event::Finished(id) => self.finished(&id),
-                Event::Rotate => self.rotate_logs(),
-                Event::PressureCheck => self.check_pressure().await,
-                Event::Shutdown => return,
+                LoopEvent::Assigned(a) => self.reconcile(a.assignments),
+                LoopEvent::Finished(id) => self.finished(&id),
+                LoopEvent::Rotate => self.rotate_logs(),
+                LoopEvent::PressureCheck => self.check_pressure().await,
+                LoopEvent::Shutdown => return,
             }
         }
     }

@@ -26,29 +26,29 @@ const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 
 #[derive(Debug, Clone)]
-pub struct LogStore {
+pub struct TaskLogs {
     dir: PathBuf,
     max_bytes: u64,
     keep: usize,
 }
 
-impl LogStore {
+impl TaskLogs {
     /// The store of the log files in `dir`; makes `dir` private if it exists (the agent creates
     /// it first; an older version may have left it open).
-    pub fn new(dir: PathBuf) -> LogStore {
+    pub fn new(dir: PathBuf) -> TaskLogs {
         if let Err(e) = std::fs::set_permissions(&dir, Permissions::from_mode(DIR_MODE))
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!("cannot make the log dir {} private: {e}", dir.display());
         }
-        LogStore {
+        TaskLogs {
             dir,
             max_bytes: DEFAULT_MAX_BYTES,
             keep: DEFAULT_KEEP,
         }
     }
 
-    pub fn with_limits(mut self, max_bytes: u64, keep: usize) -> LogStore {
+    pub fn with_limits(mut self, max_bytes: u64, keep: usize) -> TaskLogs {
         self.max_bytes = max_bytes;
         self.keep = keep.max(1);
         self
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn rotation_keeps_a_bounded_history() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = LogStore::new(dir.path().into()).with_limits(10, 2);
+        let logs = TaskLogs::new(dir.path().into()).with_limits(10, 2);
         for round in 0..3 {
             append(&logs.path("t"), &format!("round {round} is long\n"));
             assert!(logs.rotate_if_needed("t").unwrap());
@@ -247,7 +247,7 @@ mod tests {
         let dir = root.path().join("logs");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
-        let logs = LogStore::new(dir.clone()).with_limits(4, 2);
+        let logs = TaskLogs::new(dir.clone()).with_limits(4, 2);
         assert_eq!(mode(&dir), 0o700);
         logs.note("t", "started");
         assert_eq!(mode(&logs.path("t")), 0o600);
@@ -260,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn follow_sees_appends_and_survives_truncation() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = LogStore::new(dir.path().into());
+        let logs = TaskLogs::new(dir.path().into());
         append(&logs.path("t"), "one\n");
         let (head, offset) = logs.tail("t", Some(10)).unwrap();
         assert_eq!(head, b"one\n");

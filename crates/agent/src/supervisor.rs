@@ -15,7 +15,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::driver::{BoxFuture, Driver, Exit, Handle, Launch, Liveness, Started, StopSignal};
 use crate::local::{LocalState, LocalTask};
-use crate::logs::LogStore;
+use crate::logs::TaskLogs;
 use crate::ports::{PortError, Ports};
 use crate::probe::{self, Threshold, Verdict};
 
@@ -38,12 +38,13 @@ pub struct Update {
     pub memory_pressure: Option<bool>,
 }
 
-/// What every supervisor shares.
+/// What every supervisor is given: the node's drivers, task logs, local state and ports, and
+/// the channel to the reporter.
 #[derive(Clone)]
-pub struct Shared {
+pub struct Supervision {
     pub node: String,
     pub drivers: BTreeMap<String, Arc<dyn Driver>>,
-    pub logs: LogStore,
+    pub logs: TaskLogs,
     pub local: Arc<LocalState>,
     pub updates: mpsc::UnboundedSender<Update>,
     /// Working directory for processes whose spec names none.
@@ -86,7 +87,7 @@ enum Step {
 }
 
 pub struct Supervisor {
-    shared: Shared,
+    shared: Supervision,
     task: LocalTask,
     driver: Arc<dyn Driver>,
     control: watch::Receiver<Control>,
@@ -122,7 +123,7 @@ impl Control {
 /// started); returns the sender that steers it. With `adopt`, a task whose process still runs is
 /// re-attached instead of restarted.
 pub fn spawn(
-    shared: Shared,
+    shared: Supervision,
     task: LocalTask,
     adopt: bool,
     initial: Control,
@@ -165,7 +166,7 @@ pub fn spawn(
 }
 
 fn report_raw(
-    shared: &Shared,
+    shared: &Supervision,
     id: &str,
     state: TaskState,
     message: Option<String>,

@@ -7,17 +7,17 @@
 use tokio::sync::watch;
 
 use crate::state::State;
-use crate::state_machine::{self, Shared};
+use crate::state_machine::{self, SharedMachine};
 
 /// A read-only view of the applied state. Cheap to clone; every clone sees the same state.
 #[derive(Clone)]
 pub struct StateHandle {
-    machine: Shared,
+    machine: SharedMachine,
     applied: watch::Receiver<u64>,
 }
 
 impl StateHandle {
-    pub(crate) fn new(machine: Shared, applied: watch::Receiver<u64>) -> StateHandle {
+    pub(crate) fn new(machine: SharedMachine, applied: watch::Receiver<u64>) -> StateHandle {
         StateHandle { machine, applied }
     }
 

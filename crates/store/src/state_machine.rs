@@ -76,7 +76,7 @@ struct SnapshotFile {
 /// (readers).
 ///
 /// [`StateHandle`]: crate::StateHandle
-pub(crate) type Shared = Arc<RwLock<Machine>>;
+pub(crate) type SharedMachine = Arc<RwLock<Machine>>;
 
 // A panic while the lock is held can only come from a broken invariant in a debug build; the
 // state is still the best there is to read, so readers carry on rather than cascade the panic.
@@ -91,12 +91,12 @@ fn write(machine: &RwLock<Machine>) -> RwLockWriteGuard<'_, Machine> {
 /// The state machine openraft drives; built by [`open`](crate::open).
 pub struct StateMachineStore {
     db: Arc<Db>,
-    machine: Shared,
+    machine: SharedMachine,
     snapshots: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: Arc<Db>, machine: Shared) -> StateMachineStore {
+    pub(crate) fn new(db: Arc<Db>, machine: SharedMachine) -> StateMachineStore {
         StateMachineStore {
             db,
             machine,
@@ -221,7 +221,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// Builds a snapshot from the applied state while the state machine goes on applying.
 pub struct SnapshotBuilder {
     db: Arc<Db>,
-    machine: Shared,
+    machine: SharedMachine,
     snapshots: Arc<AtomicU64>,
 }
 

@@ -79,9 +79,9 @@ struct Seen {
     reports: Vec<(usize, StatusReport)>,
 }
 
-type Shared = Arc<Mutex<Seen>>;
+type Supervision = Arc<Mutex<Seen>>;
 
-async fn receive(State(seen): State<Shared>, body: axum::body::Bytes) -> &'static str {
+async fn receive(State(seen): State<Supervision>, body: axum::body::Bytes) -> &'static str {
     let report: StatusReport = serde_json::from_slice(&body).unwrap();
     seen.lock().unwrap().reports.push((body.len(), report));
     "{}"
@@ -89,8 +89,8 @@ async fn receive(State(seen): State<Shared>, body: axum::body::Bytes) -> &'stati
 
 /// A server on loopback that takes reports up to the real server's body limit (and answers 413
 /// past it, as the real one does).
-async fn server() -> (String, Shared) {
-    let seen = Shared::default();
+async fn server() -> (String, Supervision) {
+    let seen = Supervision::default();
     let app = axum::Router::new()
         .route("/v1/nodes/{node}/status", post(receive))
         .layer(DefaultBodyLimit::max(SERVER_LIMIT))

@@ -225,10 +225,10 @@ impl Setup {
         let fake = Arc::new(Fake::new(local.clone()));
         fake.with(self.fake);
         let (updates_tx, updates) = mpsc::unbounded_channel();
-        let shared = Shared {
+        let shared = Supervision {
             node: "node".into(),
             drivers: BTreeMap::from([("process".to_string(), fake.clone() as Arc<dyn Driver>)]),
-            logs: LogStore::new(dir.path().join("logs")),
+            logs: TaskLogs::new(dir.path().join("logs")),
             local: local.clone(),
             updates: updates_tx,
             default_workdir: None,
