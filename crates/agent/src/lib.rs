@@ -98,7 +98,7 @@ pub struct AgentConfig {
 pub enum AgentError {
     #[error(transparent)]
     Local(#[from] local::LocalError),
-    #[error("cannot create the agent data dir {path}: {source}")]
+    #[error("cannot use {path} in the agent's data dir: {source}")]
     DataDir {
         path: PathBuf,
         source: std::io::Error,
@@ -583,16 +583,20 @@ async fn register_until_done(client: &Client, register: &RegisterRequest) {
 }
 
 /// Creates the data dir and opens the agent's local state in it.
+/// Opens the agent's state in its data dir, which, like every file in it, is this user's alone:
+/// task specs' `env` may hold secrets.
 fn open_local(config: &AgentConfig) -> Result<Arc<LocalState>, AgentError> {
-    std::fs::create_dir_all(config.data_dir.join("logs")).map_err(|source| {
-        AgentError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        }
-    })?;
-    Ok(Arc::new(LocalState::open(
-        &config.data_dir.join("agent.redb"),
-    )?))
+    let dir_err = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| AgentError::DataDir { path, source }
+    };
+    let dir = &config.data_dir;
+    seal::files::private_dir(dir).map_err(dir_err(dir))?;
+    seal::files::private_dir(&dir.join("logs")).map_err(dir_err(&dir.join("logs")))?;
+    let file = dir.join("agent.redb");
+    let local = LocalState::open(&file)?;
+    seal::files::private_file(&file).map_err(dir_err(&file))?;
+    Ok(Arc::new(local))
 }
 
 /// Binds the agent's own API, and says where it listens (port 0 picks one).
@@ -665,25 +669,17 @@ async fn sweep_orphans(process: &ProcessDriver, local: &LocalState) -> Result<()
 /// several agents (or test clusters) may share one engine without touching each other's
 /// containers.
 fn agent_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
-    let path = data_dir.join("agent-id");
-    let err = |source| AgentError::DataDir {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let mut bytes = [0u8; 4];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(err)?;
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, &id).map_err(err)?;
-    Ok(id)
+    // 4 random bytes: unique among the agents sharing one engine, short in a container label.
+    seal::files::read_or_create_secret(&data_dir.join("agent-id"), 4).map_err(|e| match e {
+        seal::files::SecretError::Empty { path } => AgentError::DataDir {
+            path,
+            source: std::io::Error::other(
+                "the agent id file is empty: restore it (the agent's containers carry it in \
+                 their `outpost.agent` label) or remove it to have a new id made",
+            ),
+        },
+        seal::files::SecretError::Io { path, source } => AgentError::DataDir { path, source },
+    })
 }
 
 /// What an agent keeps back by default: 100m of CPU and a tenth of memory, at most 256 MiB —

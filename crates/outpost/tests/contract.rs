@@ -97,24 +97,40 @@ fn the_token_can_come_from_a_file_and_an_empty_one_is_named() {
 #[test]
 fn the_data_dir_and_state_files_are_private_even_when_left_open() {
     let mut dev = Dev::start(&[]);
+    dev.deploy(
+        "web.yaml",
+        "name: web\ncommand: [\"DEMO_APP\", \"--port\", \"${PORT}\"]\nports: [http]\nenv: { API_KEY: s3cret }\n",
+    );
+    let task = dev.wait_ready("web", 1).remove(0);
     let dir = dev.data_dir().to_path_buf();
+    let task_log = dir.join(format!("agent/logs/{}.log", task["id"].as_str().unwrap()));
     let check = |when: &str| {
-        assert_eq!(mode(&dir), 0o700, "data dir {when}");
-        for file in ["state.redb", "token", "api"] {
+        for private in [dir.clone(), dir.join("agent"), dir.join("agent/logs")] {
+            wait_for(
+                &format!("{} to be private {when}", private.display()),
+                || (mode(&private) == 0o700).then_some(()),
+            );
+        }
+        let files = [
+            "state.redb",
+            "token",
+            "api",
+            "agent/agent.redb",
+            "agent/agent-id",
+        ];
+        for file in files {
             assert_eq!(mode(&dir.join(file)), 0o600, "{file} {when}");
         }
-        wait_for("the agent's log dir to be private", || {
-            (mode(&dir.join("agent/logs")) == 0o700).then_some(())
-        });
+        assert_eq!(mode(&task_log), 0o600, "the task's log {when}");
     };
     check("at first start");
     // Opened up, as an older version or a careless operator leaves them: a restart tightens.
     dev.stop();
     let open = std::fs::Permissions::from_mode(0o755);
-    for path in [dir.clone(), dir.join("agent/logs")] {
+    for path in [dir.clone(), dir.join("agent"), dir.join("agent/logs")] {
         std::fs::set_permissions(path, open.clone()).unwrap();
     }
-    for file in ["state.redb", "token"] {
+    for file in ["state.redb", "token", "agent/agent.redb", "agent/agent-id"] {
         std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     dev.restart();

@@ -9,7 +9,11 @@
 //! value that reads back fine but was changed underneath would be served as is. The seal is a
 //! small wrapper over bytes, not a table type, so any table (and any future layout) can use it.
 //!
-//! No I/O. **Invariant:** `open(&seal(x)) == Ok(x)` for every `x`.
+//! Files ([`files`]): private modes for the data dirs and their files, and secrets made once.
+//!
+//! The records part does no I/O. **Invariant:** `open(&seal(x)) == Ok(x)` for every `x`.
+
+pub mod files;
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, PanicHookInfo};

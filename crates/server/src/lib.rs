@@ -17,7 +17,6 @@ pub mod blocking;
 pub mod controller;
 pub mod logs;
 pub mod network;
-mod perms;
 pub mod routes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -123,6 +122,9 @@ pub enum ServerError {
     },
 }
 
+/// 24 random bytes (192 bits): far beyond guessing, short enough to paste.
+const TOKEN_BYTES: usize = 24;
+
 /// The file that marks a data dir as a cluster's: the token, written at the first start before
 /// the state. A data dir with it but without its state lost that state; starting afresh there
 /// would quietly make an empty cluster, and its agents would then stop every task.
@@ -219,33 +221,15 @@ impl ServerHandle {
 /// Reads the API token from `data_dir/token`, creating it (mode 0600) on first start. An empty
 /// file is an error: it may be a token that was meant to be there.
 pub fn load_or_create_token(data_dir: &Path) -> Result<String, ServerError> {
-    let path = data_dir.join("token");
-    let err = |source| ServerError::DataDir {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => {
-            perms::private_file(&path).map_err(err)?;
-            return Ok(t.trim().to_string());
-        }
-        Ok(_) => return Err(ServerError::EmptyToken { path }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let mut bytes = [0u8; 24];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(err)?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    perms::write_new_private(&path, token.as_bytes()).map_err(err)?;
-    Ok(token)
+    seal::files::read_or_create_secret(&data_dir.join("token"), TOKEN_BYTES).map_err(|e| match e {
+        seal::files::SecretError::Empty { path } => ServerError::EmptyToken { path },
+        seal::files::SecretError::Io { path, source } => ServerError::DataDir { path, source },
+    })
 }
 
 /// Makes the store file readable by this user only, also when an older version made it.
 fn tighten(path: &Path) -> Result<(), ServerError> {
-    perms::private_file(path).map_err(|source| ServerError::DataDir {
+    seal::files::private_file(path).map_err(|source| ServerError::DataDir {
         path: path.to_path_buf(),
         source,
     })
@@ -255,7 +239,7 @@ fn tighten(path: &Path) -> Result<(), ServerError> {
 /// serves the API, and runs the leader's controllers.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let dir = &config.data_dir;
-    perms::private_dir(dir).map_err(|source| ServerError::DataDir {
+    seal::files::private_dir(dir).map_err(|source| ServerError::DataDir {
         path: dir.clone(),
         source,
     })?;
@@ -324,12 +308,12 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     ));
     // Written last: its presence tells a local CLI the API is up.
     let api_file = dir.join("api");
-    perms::write_private(&api_file, format!("http://{addr}\n").as_bytes()).map_err(|source| {
-        ServerError::DataDir {
+    seal::files::write_private(&api_file, format!("http://{addr}\n").as_bytes()).map_err(
+        |source| ServerError::DataDir {
             path: api_file,
             source,
-        }
-    })?;
+        },
+    )?;
     tracing::info!("API listening on http://{addr}");
     Ok(ServerHandle {
         addr,

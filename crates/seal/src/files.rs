@@ -1,6 +1,7 @@
-//! File modes of the data dir: the state, the token and the specs it holds (whose `env` may
-//! carry secrets) are this user's alone. Directories are 0700, files 0600, set on creation and
-//! tightened on every start, so a data dir made by an older version is fixed too.
+//! The data dirs' files: the state, the token, the agent's id and the task logs (whose specs'
+//! `env` may carry secrets) are this user's alone. Directories are 0700, files 0600, set on
+//! creation and tightened on every start, so a data dir made by an older version is fixed too.
+//! Secrets (the cluster token, the agent's id) are random, made once and read ever after.
 
 use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::io::Write;
@@ -46,6 +47,50 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     file.write_all(data)
 }
 
+/// Why a secret file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file is there but empty: it may be a secret that was meant to be there, so a new one
+    /// is not made in its place.
+    #[error("{path} is empty")]
+    Empty { path: std::path::PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Reads the secret in `path`, or makes one of `bytes` random bytes (written hex-encoded, mode
+/// 0600) when the file does not exist yet. An existing file is tightened to 0600.
+pub fn read_or_create_secret(path: &Path, bytes: usize) -> Result<String, SecretError> {
+    let io = |source| SecretError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => {
+            return Err(SecretError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(text) => {
+            private_file(path).map_err(io)?;
+            return Ok(text.trim().to_string());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut random = vec![0u8; bytes];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(io)?;
+    let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    write_new_private(path, secret.as_bytes()).map_err(io)?;
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +120,18 @@ mod tests {
         write_new_private(&new, b"z").unwrap();
         assert_eq!(mode(&new), 0o600);
         assert!(write_new_private(&new, b"z").is_err(), "never overwritten");
+    }
+
+    #[test]
+    fn a_secret_is_made_once_then_read_and_an_empty_one_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("token");
+        let made = read_or_create_secret(&path, 24).unwrap();
+        assert_eq!(made.len(), 48, "hex of 24 bytes");
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(read_or_create_secret(&path, 24).unwrap(), made);
+        std::fs::write(&path, "\n").unwrap();
+        let err = read_or_create_secret(&path, 24).unwrap_err();
+        assert!(matches!(err, SecretError::Empty { .. }), "{err}");
     }
 }
