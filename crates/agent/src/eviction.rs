@@ -1,6 +1,6 @@
 //! Node-pressure eviction: when the node runs short of memory, which task to stop first.
 //!
-//! The policy is pure — the agent measures ([`read_mem_available`], and each task's memory
+//! The policy is pure — the agent measures (available memory through [`crate::procfs::meminfo`], and each task's memory
 //! through its driver: the task's cgroup usage, the resident memory of its whole process group
 //! where it has no cgroup, the Engine's stats for a container) and passes numbers in — so it is
 //! tested without a loaded machine. The order is Kubernetes'
@@ -31,29 +31,6 @@ pub struct Candidate {
     pub usage: u64,
     /// Memory request in bytes, 0 if none.
     pub request: u64,
-}
-
-/// `MemAvailable` from the text of `/proc/meminfo`, in bytes: the kernel's estimate of what can
-/// be allocated without swapping, page cache it can drop included — the figure kubelet's
-/// `memory.available` signal is built on.
-pub fn mem_available(meminfo: &str) -> Option<u64> {
-    let line = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))?;
-    let mut words = line.split_whitespace();
-    let value: u64 = words.next()?.parse().ok()?;
-    match words.next() {
-        // The kernel always says kB, and means KiB.
-        Some("kB") => Some(value.saturating_mul(1024)),
-        None => Some(value),
-        Some(_) => None,
-    }
-}
-
-/// This node's `MemAvailable`; `None` where `/proc/meminfo` cannot be read (or predates Linux
-/// 3.14, which introduced the field).
-pub fn read_mem_available() -> Option<u64> {
-    mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
 
 /// The task to evict now, or `None` when `available` is at or above `threshold` (no pressure)
@@ -254,25 +231,6 @@ mod tests {
             },
         ];
         assert_eq!(victims(u64::MAX - 1, u64::MAX, &tasks), ["a"]);
-    }
-
-    #[test]
-    fn mem_available_is_read_in_bytes() {
-        let meminfo = "MemTotal:       24684052 kB\n\
-                       MemFree:        23983040 kB\n\
-                       MemAvailable:   24103948 kB\n\
-                       Buffers:           45660 kB\n";
-        assert_eq!(mem_available(meminfo), Some(24_103_948 * 1024));
-        assert_eq!(mem_available("MemTotal: 1 kB\n"), None);
-        assert_eq!(mem_available("MemAvailable: lots kB\n"), None);
-        assert_eq!(mem_available("MemAvailable: 1 MB\n"), None);
-        assert_eq!(mem_available("MemAvailable: 4096\n"), Some(4096));
-    }
-
-    #[test]
-    fn this_node_has_memory_available() {
-        let available = read_mem_available().expect("MemAvailable in /proc/meminfo");
-        assert!(available > 0);
     }
 
     #[test]

@@ -377,7 +377,7 @@ impl Agent {
     /// Compares available memory with the threshold; tells the control plane when that changes,
     /// and under pressure evicts the task that Kubernetes' order picks.
     async fn check_pressure(&mut self) {
-        let Some(available) = eviction::read_mem_available() else {
+        let Some(available) = procfs::meminfo("MemAvailable") else {
             return;
         };
         let threshold = self.config.eviction_threshold;
@@ -695,17 +695,8 @@ pub fn default_reserved() -> Capacity {
 /// What this node offers: all its cores and the memory it has.
 fn capacity() -> Capacity {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024);
     Capacity {
         cpu_millis: cpus * 1000,
-        memory_bytes: memory,
+        memory_bytes: procfs::meminfo("MemTotal").unwrap_or(0),
     }
 }

@@ -1,6 +1,6 @@
-//! What the agent reads from `/proc` about processes: a process's state, process group and start
-//! time (`/proc/PID/stat`), its environment (`/proc/PID/environ`), its resident memory, and the
-//! kernel's boot id. Reads that fail for any reason other than "no such process" are errors, never
+//! What the agent reads from `/proc`: a process's state, process group and start time
+//! (`/proc/PID/stat`), its environment (`/proc/PID/environ`), its resident memory, the kernel's
+//! boot id, and the node's memory (`/proc/meminfo`). Reads that fail for any reason other than "no such process" are errors, never
 //! "gone": under file-descriptor exhaustion `/proc` is unreadable while every task still runs.
 
 use std::io;
@@ -119,6 +119,28 @@ pub fn boot_id() -> Option<String> {
     Some(id.trim().to_string()).filter(|id| !id.is_empty())
 }
 
+/// A field of `/proc/meminfo` in bytes (`MemTotal`, `MemAvailable`, …); `None` where the file
+/// cannot be read or lacks the field (`MemAvailable` came with Linux 3.14).
+pub fn meminfo(field: &str) -> Option<u64> {
+    meminfo_field(&std::fs::read_to_string("/proc/meminfo").ok()?, field)
+}
+
+/// `field` from the text of `/proc/meminfo`, in bytes.
+pub fn meminfo_field(text: &str, field: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|rest| rest.strip_prefix(':'))
+    })?;
+    let mut words = line.split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        // The kernel always says kB, and means KiB.
+        Some("kB") => Some(value.saturating_mul(1024)),
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +184,31 @@ mod tests {
         assert_eq!(env_value(environ, "OUTPOST_AGENT_ID"), Some("ab12"));
         assert_eq!(env_value(environ, "PATH"), Some("/bin"));
         assert_eq!(env_value(environ, "OUTPOST"), None);
+    }
+
+    #[test]
+    fn meminfo_fields_are_read_in_bytes() {
+        let text = "MemTotal:       24684052 kB\n\
+                    MemFree:        23983040 kB\n\
+                    MemAvailable:   24103948 kB\n\
+                    Buffers:           45660 kB\n";
+        assert_eq!(meminfo_field(text, "MemAvailable"), Some(24_103_948 * 1024));
+        assert_eq!(meminfo_field(text, "MemTotal"), Some(24_684_052 * 1024));
+        assert_eq!(meminfo_field("MemTotal: 1 kB\n", "MemAvailable"), None);
+        assert_eq!(
+            meminfo_field("MemAvailable: lots kB\n", "MemAvailable"),
+            None
+        );
+        assert_eq!(meminfo_field("MemAvailable: 1 MB\n", "MemAvailable"), None);
+        assert_eq!(
+            meminfo_field("MemAvailable: 4096\n", "MemAvailable"),
+            Some(4096)
+        );
+    }
+
+    #[test]
+    fn this_node_has_memory() {
+        assert!(meminfo("MemTotal").is_some_and(|m| m > 0));
+        assert!(meminfo("MemAvailable").is_some_and(|m| m > 0));
     }
 }
