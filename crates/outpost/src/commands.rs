@@ -12,11 +12,25 @@ use futures_util::StreamExt;
 use spec::ServiceSpec;
 
 use crate::output;
-use crate::{Connection, Format, roles};
+use crate::{Connection, Format};
+
+/// Where `outpost dev` keeps its state when no data dir is given; client commands run in the
+/// same directory find it there.
+pub const DEV_DATA_DIR: &str = ".outpost-dev";
+
+/// The data dir a client command should look in: given, or `./.outpost-dev` when it exists.
+pub fn client_data_dir(conn: &Connection) -> Option<PathBuf> {
+    conn.data_dir.clone().or_else(|| {
+        Path::new(DEV_DATA_DIR)
+            .join("api")
+            .exists()
+            .then(|| PathBuf::from(DEV_DATA_DIR))
+    })
+}
 
 /// Builds a client from flags, environment, or a local data dir.
 pub fn connect(conn: &Connection) -> Result<Client> {
-    let dir = roles::client_data_dir(conn);
+    let dir = client_data_dir(conn);
     let read = |name: &str| -> Result<Option<String>> {
         let Some(dir) = &dir else { return Ok(None) };
         let path = dir.join(name);

@@ -57,10 +57,14 @@ pub enum Format {
 
 /// Settings of the node an agent runs on.
 #[derive(clap::Args)]
-struct NodeOptions {
+pub struct NodeOptions {
     /// Evict tasks (BestEffort first, Guaranteed last) while available memory is below this.
     #[arg(long, default_value = "100Mi", env = "OUTPOST_EVICTION_THRESHOLD")]
-    eviction_threshold: String,
+    pub eviction_threshold: String,
+    /// Host ports handed to tasks come from this range (FIRST-LAST), which the agent owns. Keep
+    /// it clear of the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
+    #[arg(long, default_value = "20000-29999", env = "OUTPOST_TASK_PORTS")]
+    pub task_ports: String,
 }
 
 /// What a server's API allows its clients.
@@ -234,22 +238,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node,
             reset,
             api,
-        } => {
-            roles::dev(
-                &conn,
-                &files,
-                &node.eviction_threshold,
-                reset,
-                api.limits()?,
-            )
-            .await
-        }
+        } => roles::dev(&conn, &files, &node, reset, api.limits()?).await,
         Command::Server { reset, api } => roles::server(&conn, reset, api.limits()?).await,
         Command::Agent {
             name,
             agent_listen,
             node,
-        } => roles::agent(&conn, name, &agent_listen, &node.eviction_threshold).await,
+        } => roles::agent(&conn, name, &agent_listen, &node).await,
         Command::Deploy { files, dry_run } => commands::deploy(&conn, &files, dry_run).await,
         Command::Services => commands::services(&conn).await,
         Command::Ps { service } => commands::ps(&conn, service.as_deref()).await,

@@ -2,7 +2,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +16,6 @@ use crate::Connection;
 use crate::commands;
 
 pub const DEV_API: &str = "127.0.0.1:7400";
-pub const DEV_DATA_DIR: &str = ".outpost-dev";
 /// How long `dev` waits for the replicas it deployed to answer before printing where they are.
 const DEV_READY_WAIT: Duration = Duration::from_secs(30);
 
@@ -87,19 +87,19 @@ fn listen_addr(conn: &Connection, default: &str) -> Result<SocketAddr> {
 pub async fn dev(
     conn: &Connection,
     files: &[PathBuf],
-    eviction_threshold: &str,
+    node: &crate::NodeOptions,
     reset: bool,
     limits: server::ApiLimits,
 ) -> Result<()> {
     let signals = Signals::install()?;
-    let eviction_threshold = parse_threshold(eviction_threshold)?;
+    let (eviction_threshold, task_ports) = node_settings(node)?;
     init_logging();
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
     let specs = commands::read_specs(files)?;
     let data_dir = conn
         .data_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from(DEV_DATA_DIR));
+        .unwrap_or_else(|| PathBuf::from(commands::DEV_DATA_DIR));
     let listen = listen_addr(conn, DEV_API)?;
     // The server keeps `api`, `token` and its store at the top of the data dir, where the CLI
     // looks; the agent keeps its own state below it, as it would on another machine.
@@ -120,7 +120,7 @@ pub async fn dev(
         workdir: std::env::current_dir().ok(),
         reserved: agent::default_reserved(),
         eviction_threshold,
-        ports: agent::ports::DEFAULT_RANGE,
+        ports: task_ports.clone(),
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run.
@@ -245,10 +245,10 @@ pub async fn agent(
     conn: &Connection,
     name: Option<String>,
     agent_listen: &str,
-    eviction_threshold: &str,
+    node: &crate::NodeOptions,
 ) -> Result<()> {
     let signals = Signals::install()?;
-    let eviction_threshold = parse_threshold(eviction_threshold)?;
+    let (eviction_threshold, task_ports) = node_settings(node)?;
     init_logging();
     let data_dir = conn
         .data_dir
@@ -276,10 +276,33 @@ pub async fn agent(
         workdir: None,
         reserved: agent::default_reserved(),
         eviction_threshold,
-        ports: agent::ports::DEFAULT_RANGE,
+        ports: task_ports.clone(),
     };
     agent::Agent::run(config, signals.stop(), signals.force()).await?;
     Ok(())
+}
+
+/// The node's eviction threshold and task port range, checked before anything starts.
+fn node_settings(node: &crate::NodeOptions) -> Result<(u64, RangeInclusive<u16>)> {
+    Ok((
+        parse_threshold(&node.eviction_threshold)?,
+        parse_port_range(&node.task_ports)?,
+    ))
+}
+
+fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>> {
+    let parsed = text.split_once('-').and_then(|(first, last)| {
+        Some((
+            first.trim().parse::<u16>().ok()?,
+            last.trim().parse::<u16>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((first, last)) if first > 0 && first <= last => Ok(first..=last),
+        _ => bail!(
+            "--task-ports {text:?} is not a port range like 20000-29999 (FIRST-LAST, 1-65535)"
+        ),
+    }
 }
 
 fn parse_threshold(text: &str) -> Result<u64> {
@@ -293,14 +316,4 @@ fn hostname() -> Result<String> {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))?;
     Ok(raw.trim().to_string())
-}
-
-/// The data dir a client command should look in: given, or `./.outpost-dev` when it exists.
-pub fn client_data_dir(conn: &Connection) -> Option<PathBuf> {
-    conn.data_dir.clone().or_else(|| {
-        Path::new(DEV_DATA_DIR)
-            .join("api")
-            .exists()
-            .then(|| PathBuf::from(DEV_DATA_DIR))
-    })
 }

@@ -136,3 +136,26 @@ fn the_data_dir_and_state_files_are_private_even_when_left_open() {
     dev.restart();
     check("after a restart");
 }
+
+#[test]
+fn task_ports_come_from_the_range_the_operator_gives() {
+    let dev = Dev::start_with_env(&[("OUTPOST_TASK_PORTS", "23100-23109")]);
+    dev.deploy(
+        "web.yaml",
+        "name: web\nreplicas: 3\ncommand: [\"DEMO_APP\", \"--port\", \"${PORT}\"]\nports: [http]\n",
+    );
+    for t in dev.wait_ready("web", 3) {
+        let port = t["ports"]["http"].as_u64().unwrap();
+        assert!((23100..=23109).contains(&port), "{t}");
+    }
+    let out = std::process::Command::new(support::outpost_bin())
+        .args(["dev", "--task-ports", "30000-20000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--task-ports \"30000-20000\" is not a port range"),
+        "{err}"
+    );
+}
