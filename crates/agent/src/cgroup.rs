@@ -24,8 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where cgroup filesystems are mounted on every mainstream distribution.
 pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
-/// The directory under the root that holds every task's cgroup, so ours are easy to tell apart.
-pub const DEFAULT_PREFIX: &str = "outpost";
 
 /// 100 ms: the kernel's default CFS period, and the one Kubernetes uses.
 const CPU_PERIOD_US: u64 = 100_000;
