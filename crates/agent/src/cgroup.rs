@@ -10,9 +10,9 @@
 //! - cgroup v1 (separate hierarchies `<root>/memory`, `<root>/cpu`, `<root>/pids`): one
 //!   directory per task in each hierarchy.
 //!
-//! The root is configurable so tests (and agents given a delegated subtree) can point it
-//! elsewhere. [`Cgroups::detect`] decides the layout and proves it can create and remove a cgroup
-//! before the agent relies on it; its error says why not, for `outpost nodes` to show.
+//! The root is a parameter so tests can point it at a fake tree; the agent always passes
+//! [`DEFAULT_ROOT`]. [`Cgroups::detect`] decides the layout and proves it can create and remove
+//! a cgroup before the agent relies on it; its error says why not, for `outpost nodes` to show.
 //!
 //! Besides files, it only ever touches processes inside a task's own cgroup (to kill them), and
 //! it never decides what to do when cgroups are unavailable — that is the driver's call.
@@ -24,8 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where cgroup filesystems are mounted on every mainstream distribution.
 pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
-/// The directory under the root that holds every task's cgroup, so ours are easy to tell apart.
-pub const DEFAULT_PREFIX: &str = "outpost";
 
 /// 100 ms: the kernel's default CFS period, and the one Kubernetes uses.
 const CPU_PERIOD_US: u64 = 100_000;

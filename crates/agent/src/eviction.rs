@@ -13,10 +13,9 @@
 //!
 //! Ties go to the smaller task id, so every agent (and every test) picks the same victim.
 //!
-//! The agent is meant to call [`next_victim`] once per tick and evict just that one task: after
+//! The agent calls [`next_victim`] once per pressure check and evicts just that one task: after
 //! an eviction the kernel's numbers change in ways usage does not predict (page cache, shared
-//! pages, the task's own exit), so re-measuring beats evicting a precomputed batch. [`victims`]
-//! gives the whole plan for callers that want it (a dry run, an operator's "what would go").
+//! pages, the task's own exit), so re-measuring beats evicting a precomputed batch.
 
 /// A task's QoS class, which ranks it for eviction (ordered: BestEffort first).
 pub use spec::QosClass as Qos;
@@ -36,36 +35,11 @@ pub struct Candidate {
 /// The task to evict now, or `None` when `available` is at or above `threshold` (no pressure)
 /// or there is nothing to evict.
 pub fn next_victim(available: u64, threshold: u64, candidates: &[Candidate]) -> Option<String> {
-    pick(available, threshold, candidates).map(|c| c.task.clone())
-}
-
-/// Every task to evict, in order, assuming each victim's usage is freed: victims are chosen one
-/// by one as [`next_victim`] would, until the freed memory brings `available` back to
-/// `threshold`. If even evicting every task would not, all of them are returned — pressure from
-/// outside the tasks is not ours to judge here. Quadratic in the number of tasks, which on an
-/// edge node is dozens.
-pub fn victims(available: u64, threshold: u64, candidates: &[Candidate]) -> Vec<String> {
-    let mut left: Vec<&Candidate> = candidates.iter().collect();
-    let mut available = available;
-    let mut chosen = Vec::new();
-    while let Some(victim) = pick(available, threshold, left.iter().copied()) {
-        available = available.saturating_add(victim.usage);
-        chosen.push(victim.task.clone());
-        left.retain(|c| !std::ptr::eq(*c, victim));
-    }
-    chosen
-}
-
-/// [`next_victim`] over any set of candidates, so [`victims`] can shrink its set without copies.
-fn pick<'a>(
-    available: u64,
-    threshold: u64,
-    candidates: impl IntoIterator<Item = &'a Candidate>,
-) -> Option<&'a Candidate> {
     if available >= threshold {
         return None;
     }
-    candidates.into_iter().min_by(|a, b| rank(a).cmp(&rank(b)))
+    let victim = candidates.iter().min_by(|a, b| rank(a).cmp(&rank(b)))?;
+    Some(victim.task.clone())
 }
 
 /// The eviction order as a sort key: smallest goes first.
@@ -111,6 +85,20 @@ mod tests {
             usage: usage_mi * MI,
             request: request_mi * MI,
         }
+    }
+
+    /// Every task to evict, in order, as the agent's pressure loop would pick them one check
+    /// at a time, assuming each victim's usage is freed before the next check.
+    fn victims(available: u64, threshold: u64, candidates: &[Candidate]) -> Vec<String> {
+        let mut left = candidates.to_vec();
+        let mut available = available;
+        let mut chosen = Vec::new();
+        while let Some(victim) = next_victim(available, threshold, &left) {
+            let at = left.iter().position(|c| c.task == victim).unwrap();
+            available = available.saturating_add(left.remove(at).usage);
+            chosen.push(victim);
+        }
+        chosen
     }
 
     /// Available and threshold in MiB; the expected victims in order.

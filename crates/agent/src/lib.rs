@@ -12,6 +12,8 @@
 //! - [`logs`]: per-task log files, rotation, tail and follow.
 //! - [`local`]: the agent's durable state.
 //! - [`http`]: the agent's own small API (task logs), which the server proxies.
+//! - `report`: batches supervisors' updates to the server, and keeps them while it is away.
+//! - `retry`: the backoff with jitter of every loop that talks to the server.
 //!
 //! The agent knows nothing of Raft: it sees the control plane only through the `/v1` API.
 
@@ -68,9 +70,6 @@ const STOP_SLACK: Duration = Duration::from_secs(6);
 /// How often available memory is compared with the eviction threshold. One eviction per check
 /// leaves the kernel a second to reclaim before the next victim is chosen.
 const PRESSURE_CHECK: Duration = Duration::from_secs(1);
-
-/// 100 MiB: kubelet's default `memory.available` hard-eviction threshold.
-pub const DEFAULT_EVICTION_THRESHOLD: u64 = 100 << 20;
 
 /// How often log files are checked for rotation.
 const ROTATE_EVERY: Duration = Duration::from_secs(2);

@@ -2,7 +2,9 @@
 //! append mode), so its output survives an agent restart and costs the agent nothing per line.
 //! Rotation is by size with copy-then-truncate: the task keeps its file descriptor, and because
 //! it appends, its next write lands at the new end. Lines written between the copy and the
-//! truncate can be lost; that window is one copy of at most `max_bytes`.
+//! truncate can be lost; that window is one copy of the file. The agent checks sizes on a timer
+//! (its `ROTATE_EVERY`), so a file can pass `max_bytes` by what the task writes between two
+//! checks, and the copy is that much larger.
 //!
 //! Task output may hold secrets, so the log dir is 0700 and every file in it 0600.
 
@@ -14,9 +16,11 @@ use std::time::Duration;
 
 use futures_util::Stream;
 
-/// 10 MiB × 3 files: a chatty task keeps ~30 MiB of history, bounded on a small disk.
-pub const DEFAULT_MAX_BYTES: u64 = 10 << 20;
-pub const DEFAULT_KEEP: usize = 3;
+/// 10 MiB for the live file and each of 3 rotated copies (`.1` to `.3`): a chatty task keeps
+/// ~40 MiB of history (plus what it writes between two size checks), bounded on a small disk.
+const DEFAULT_MAX_BYTES: u64 = 10 << 20;
+/// Rotated copies kept besides the live file.
+const DEFAULT_KEEP: usize = 3;
 
 /// How often `follow` looks for new output. 200 ms feels live without costing a wake-up storm.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -46,12 +50,6 @@ impl TaskLogs {
             max_bytes: DEFAULT_MAX_BYTES,
             keep: DEFAULT_KEEP,
         }
-    }
-
-    pub fn with_limits(mut self, max_bytes: u64, keep: usize) -> TaskLogs {
-        self.max_bytes = max_bytes;
-        self.keep = keep.max(1);
-        self
     }
 
     pub fn path(&self, task: &str) -> PathBuf {
@@ -196,6 +194,15 @@ mod tests {
     use futures_util::StreamExt;
     use std::io::Write;
 
+    /// The store in `dir`, rotating past `max_bytes` and keeping `keep` rotated copies.
+    fn limited(dir: PathBuf, max_bytes: u64, keep: usize) -> TaskLogs {
+        TaskLogs {
+            max_bytes,
+            keep,
+            ..TaskLogs::new(dir)
+        }
+    }
+
     fn append(path: &Path, text: &str) {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -216,7 +223,7 @@ mod tests {
     #[test]
     fn rotation_keeps_a_bounded_history() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = TaskLogs::new(dir.path().into()).with_limits(10, 2);
+        let logs = limited(dir.path().into(), 10, 2);
         for round in 0..3 {
             append(&logs.path("t"), &format!("round {round} is long\n"));
             assert!(logs.rotate_if_needed("t").unwrap());
@@ -247,7 +254,7 @@ mod tests {
         let dir = root.path().join("logs");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
-        let logs = TaskLogs::new(dir.clone()).with_limits(4, 2);
+        let logs = limited(dir.clone(), 4, 2);
         assert_eq!(mode(&dir), 0o700);
         logs.note("t", "started");
         assert_eq!(mode(&logs.path("t")), 0o600);

@@ -22,7 +22,9 @@ pub enum DesiredState {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
-    /// Not yet started: waiting for placement, a node, or a restart backoff.
+    /// Not started yet: waiting for a node (placement, or room on one), or for its agent to
+    /// start it. A task waiting out a restart backoff keeps the state its last run ended in
+    /// (`exited` or `failed`); a `restarting` event says when it starts again.
     Pending,
     /// Started; liveness not yet failed, readiness not yet decided.
     Starting,
@@ -45,7 +47,8 @@ impl fmt::Display for TaskState {
     }
 }
 
-/// One replica of a service, bound to one node. A replaced task is a new task with a new id.
+/// One replica of a service. `node` is `None` while it waits for placement (or for room);
+/// once set it never changes: a replaced task is a new task with a new id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: String,
@@ -201,7 +204,8 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     pub spec: ServiceSpec,
-    /// Bumped on every change of the spec.
+    /// Bumped when a deploy changes the task template (any field but `replicas`), so its tasks
+    /// are replaced; a new replica count (deploy or scale) keeps it.
     pub version: u64,
     /// Set by `rm`: its tasks are being stopped, then the service is forgotten.
     #[serde(default)]
@@ -339,7 +343,8 @@ pub struct ApiError {
     pub problems: Vec<Problem>,
 }
 
-/// The agent's answer to `GET /v1/health` style queries and the server's `GET /v1/status`.
+/// The server's answer to `GET /v1/status`: its version, the Raft leader it knows of, its own
+/// Raft id and its applied index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub version: String,

@@ -10,7 +10,8 @@
 //! - [`network`]: Raft RPCs to peer servers.
 //! - [`logs`]: `outpost logs`, proxied from the agents that hold the files.
 //!
-//! One server is a one-member Raft group: the same code path as three or five.
+//! One server is a one-member Raft group: a server only ever initializes a group of itself, and
+//! nothing adds members yet.
 
 pub mod answer;
 pub mod blocking;

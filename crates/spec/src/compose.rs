@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::Parsed;
 use crate::container;
 use crate::decode::{Decoder, Fields, Path, unknown_key};
 use crate::dotenv;
@@ -19,8 +20,7 @@ use crate::types::{
     RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec,
 };
 use crate::validate;
-use crate::yaml::{self, Yaml};
-use crate::{Format, Parsed};
+use crate::yaml::Yaml;
 
 const TOP_IGNORED: &[&str] = &[
     "name", "networks", "volumes", "configs", "secrets", "include", "models",
@@ -72,18 +72,9 @@ const HEALTHCHECK_INTERVAL: Duration = Duration::from_secs(30);
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(30);
 const HEALTHCHECK_RETRIES: u32 = 3;
 
-/// Parses a Compose file. `env` is the caller's environment and `dotenv` the text of the `.env`
-/// file beside it, if any; `env` wins where both set a variable. Fails with every problem found.
-pub fn parse_compose(
-    source: &str,
-    text: &str,
-    env: &BTreeMap<String, String>,
-    dotenv: Option<&str>,
-) -> Result<Parsed, SpecError> {
-    let docs = yaml::load(source, text)?;
-    from_docs(source, &docs, env, dotenv)
-}
-
+/// Decodes and validates a Compose file's documents. `env` is the caller's environment and
+/// `dotenv` the text of the `.env` file beside it, if any; `env` wins where both set a variable.
+/// Fails with every problem found.
 pub(crate) fn from_docs(
     source: &str,
     docs: &[Yaml],
@@ -116,7 +107,6 @@ pub(crate) fn from_docs(
     Ok(Parsed {
         services: decoded.into_iter().map(|(_, spec, _)| spec).collect(),
         warnings: d.warnings,
-        format: Format::Compose,
     })
 }
 

@@ -5,10 +5,10 @@
 //! - [`types`]: `ServiceSpec` and its parts, and the Kubernetes QoS class its resources give
 //!   ([`ServiceSpec::qos`]); the same types cross the HTTP API as JSON.
 //! - [`quantity`]: Kubernetes CPU and memory quantities.
-//! - [`parse_native`], [`parse_compose`], [`parse_file`]: text to validated specs. Parsing
-//!   collects every problem in a file before failing; each [`Problem`] names a field path such as
+//! - [`parse_file`]: text to validated specs, from either format. Parsing collects every
+//!   problem in a file before failing; each [`Problem`] names a field path such as
 //!   `web.liveness.period`.
-//! - [`validate`]: the same rules for specs that arrive as JSON.
+//! - [`validate_all`]: the same rules for specs that arrive as JSON.
 //!
 //! Inside: `yaml` parses text into a small tree (via serde-saphyr), `decode` holds the
 //! problem-collecting helpers `native` and `compose` decode that tree with, `interpolate` and
@@ -31,23 +31,14 @@ mod yaml;
 
 use std::collections::BTreeMap;
 
-pub use compose::parse_compose;
 pub use error::{Problem, SpecError};
-pub use native::parse_native;
 pub use quantity::{Cpu, Memory};
 pub use types::*;
 pub use validate::{
     MAX_BACKOFF, MAX_CPU, MAX_MEMORY, MAX_NAME_LEN, MAX_PIDS, MAX_PROBE_DURATION,
     MAX_PROBE_THRESHOLD, MAX_REPLICAS, MAX_RESET_AFTER, MAX_STOP_GRACE, MIN_BACKOFF,
-    MIN_PROBE_PERIOD, MIN_PROBE_TIMEOUT, TASK_VARS, validate, validate_all,
+    MIN_PROBE_PERIOD, MIN_PROBE_TIMEOUT, TASK_VARS, validate_all,
 };
-
-/// Which format a file was read as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Native,
-    Compose,
-}
 
 /// The services in a file, plus what was accepted but not honoured (Compose keys Outpost does
 /// not support yet), for the CLI to print before deploying.
@@ -55,7 +46,6 @@ pub enum Format {
 pub struct Parsed {
     pub services: Vec<ServiceSpec>,
     pub warnings: Vec<String>,
-    pub format: Format,
 }
 
 /// Parses a file in either format. A file whose first document has a top-level `services:`
@@ -75,7 +65,6 @@ pub fn parse_file(
     Ok(Parsed {
         services,
         warnings: Vec::new(),
-        format: Format::Native,
     })
 }
 

@@ -8,7 +8,7 @@ use crate::types::{
     Resources, RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec,
 };
 use crate::validate;
-use crate::yaml::{self, Yaml};
+use crate::yaml::Yaml;
 
 #[rustfmt::skip]
 const SERVICE_KEYS: &[&str] = &[
@@ -44,13 +44,8 @@ const POLICIES: &[(&str, RestartPolicy)] = &[
     ("never", RestartPolicy::Never),
 ];
 
-/// Parses and validates every service in a native spec file. `source` names the file in
-/// messages. Fails with every problem found, each with its field path.
-pub fn parse_native(source: &str, text: &str) -> Result<Vec<ServiceSpec>, SpecError> {
-    let docs = yaml::load(source, text)?;
-    from_docs(source, &docs)
-}
-
+/// Decodes and validates every service in a native spec file's documents. `source` names the
+/// file in messages. Fails with every problem found, each with its field path.
 pub(crate) fn from_docs(source: &str, docs: &[Yaml]) -> Result<Vec<ServiceSpec>, SpecError> {
     if docs.is_empty() {
         return Err(Problem::new(source, "no services: the file has no YAML documents").into());

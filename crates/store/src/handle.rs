@@ -2,7 +2,8 @@
 //!
 //! Reads are local and never go through Raft: a handler sees what this server has applied, which
 //! a follower may have applied a little later than the leader. Blocking queries (an agent waiting
-//! for its assignments to change, like Consul's and Nomad's `?index=N`) wait on the applied index.
+//! for its assignments to change, like Consul's and Nomad's `?index=N`) re-read the state each
+//! time the applied index moves ([`StateHandle::subscribe`]).
 
 use tokio::sync::watch;
 
@@ -39,14 +40,6 @@ impl StateHandle {
     /// once it is durable. It closes when the store file does (see [`closed`](Self::closed)).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied.clone()
-    }
-
-    /// Waits until the applied index is greater than `index` and returns it; `None` if Raft shut
-    /// down first. A blocking query wraps this in its own timeout.
-    pub async fn wait_past(&self, index: u64) -> Option<u64> {
-        let mut applied = self.applied.clone();
-        let result = applied.wait_for(|applied| *applied > index).await;
-        result.ok().map(|applied| *applied)
     }
 
     /// Waits until the store file is closed — every log store, state machine and snapshot

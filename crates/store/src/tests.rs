@@ -102,6 +102,14 @@ fn missing_data_dir_is_named_in_the_error() {
     );
 }
 
+/// Waits until the applied index is greater than `index` and returns it; `None` if the store
+/// closed first.
+async fn wait_past(handle: &StateHandle, index: u64) -> Option<u64> {
+    let mut applied = handle.subscribe();
+    let result = applied.wait_for(|applied| *applied > index).await;
+    result.ok().map(|applied| *applied)
+}
+
 #[tokio::test]
 async fn applied_state_survives_reopen_and_wakes_waiters() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,7 +117,7 @@ async fn applied_state_survives_reopen_and_wakes_waiters() {
     let (_log, mut sm, handle) = open(&path).unwrap();
     let waiter = tokio::spawn({
         let handle = handle.clone();
-        async move { handle.wait_past(0).await }
+        async move { wait_past(&handle, 0).await }
     });
 
     let responses = sm
@@ -289,7 +297,10 @@ async fn single_member_raft_keeps_state_across_restart() {
         written.log_id.index > index,
         "the log continues where it stopped"
     );
-    assert_eq!(handle.wait_past(index).await, Some(handle.applied_index()));
+    assert_eq!(
+        wait_past(&handle, index).await,
+        Some(handle.applied_index())
+    );
     assert_eq!(handle.read(|s| s.nodes.len()), 2);
     stop(raft, &handle).await;
 }

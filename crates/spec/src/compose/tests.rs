@@ -16,7 +16,7 @@ fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 /// Parses `text` with the given environment and `.env` text; panics on problems.
 fn parse_with(text: &str, vars: &[(&str, &str)], dotenv: Option<&str>) -> Parsed {
-    parse_compose("compose.yaml", &dedent(text), &env(vars), dotenv)
+    crate::parse_file("compose.yaml", &dedent(text), &env(vars), dotenv)
         .unwrap_or_else(|e| panic!("unexpected problems:\n{e}"))
 }
 
@@ -32,7 +32,7 @@ fn only(text: &str) -> ServiceSpec {
 
 /// Asserts that `text` fails with exactly `expect`, one `path: message` per line.
 fn check_err(text: &str, vars: &[(&str, &str)], expect: &str) {
-    match parse_compose("compose.yaml", &dedent(text), &env(vars), None) {
+    match crate::parse_file("compose.yaml", &dedent(text), &env(vars), None) {
         Ok(parsed) => panic!("expected problems, got {parsed:#?}"),
         Err(e) => assert_eq!(e.to_string(), dedent(expect).trim_end()),
     }
@@ -55,7 +55,6 @@ fn a_typical_compose_file_becomes_docker_services() {
             command: redis-server --appendonly yes
         "#,
     );
-    assert_eq!(parsed.format, Format::Compose);
     assert_eq!(parsed.warnings, Vec::<String>::new());
     let [web, cache] = parsed.services.as_slice() else {
         panic!("{parsed:#?}")
@@ -284,7 +283,7 @@ fn required_variables_and_bad_references_are_problems() {
         db.environment.PRICE: "costs $5" has a "$" that starts no variable (write "$$" for a literal "$")
         "#,
     );
-    let bad_dotenv = parse_compose(
+    let bad_dotenv = crate::parse_file(
         "compose.yaml",
         "services: {}\n",
         &BTreeMap::new(),
@@ -335,7 +334,7 @@ fn a_healthcheck_becomes_readiness_and_liveness_probes() {
 fn healthcheck_test_forms_and_docker_defaults() {
     let probe = |healthcheck: &str| {
         let text = format!("services:\n  web:\n    image: app\n    healthcheck: {healthcheck}\n");
-        parse_compose("compose.yaml", &text, &BTreeMap::new(), None)
+        crate::parse_file("compose.yaml", &text, &BTreeMap::new(), None)
             .map(|p| p.services[0].liveness.clone())
     };
     let shell = |script: &str| strings(&["/bin/sh", "-c", script]);
@@ -422,7 +421,7 @@ fn deploy_sets_replicas_resources_and_restart_policy() {
 fn restart_words_map_to_policies() {
     let policy = |word: &str| {
         let text = format!("services:\n  web:\n    image: app\n    restart: {word}\n");
-        parse_compose("c.yaml", &text, &BTreeMap::new(), None)
+        crate::parse_file("c.yaml", &text, &BTreeMap::new(), None)
             .map(|p| (p.services[0].restart.policy, p.warnings))
     };
     assert_eq!(policy("no"), Ok((RestartPolicy::Never, vec![])));
@@ -529,7 +528,7 @@ fn container_settings_map_from_their_compose_keys() {
 fn pull_policy_words_map_to_outpost_policies() {
     let pull = |word: &str| {
         let text = format!("services:\n  web:\n    image: app\n    pull_policy: {word}\n");
-        parse_compose("compose.yaml", &text, &BTreeMap::new(), None)
+        crate::parse_file("compose.yaml", &text, &BTreeMap::new(), None)
             .map(|p| (p.services[0].pull, p.warnings))
             .map_err(|e| e.to_string())
     };
@@ -737,13 +736,16 @@ fn parse_file_tells_the_formats_apart() {
         &empty,
         None,
     );
+    // As native, `services` would be an unknown key; as Compose, `web` is a docker service.
+    let names = |parsed: Parsed| parsed.services.into_iter().map(|s| (s.name, s.driver));
     assert_eq!(
-        compose.map(|p| (p.format, p.services.len())),
-        Ok((Format::Compose, 1))
+        compose.map(|p| names(p).collect::<Vec<_>>()),
+        Ok(vec![("web".to_string(), DriverKind::Docker)])
     );
+    // As Compose, a file without `services` holds no service at all.
     let native = crate::parse_file("b.yaml", "name: web\ncommand: [./web]\n", &empty, None);
     assert_eq!(
-        native.map(|p| (p.format, p.services[0].name.clone())),
-        Ok((Format::Native, "web".to_string()))
+        native.map(|p| names(p).collect::<Vec<_>>()),
+        Ok(vec![("web".to_string(), DriverKind::Process)])
     );
 }

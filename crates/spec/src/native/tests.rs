@@ -21,6 +21,11 @@ pub(crate) fn dedent(text: &str) -> String {
         .collect()
 }
 
+/// A native file through the production entry point, [`crate::parse_file`].
+fn parse_native(source: &str, text: &str) -> Result<Vec<ServiceSpec>, SpecError> {
+    crate::parse_file(source, text, &BTreeMap::new(), None).map(|parsed| parsed.services)
+}
+
 fn parse(text: &str) -> Vec<ServiceSpec> {
     parse_native("web.yaml", &dedent(text)).unwrap_or_else(|e| panic!("unexpected problems:\n{e}"))
 }
@@ -82,7 +87,7 @@ fn parsed_specs_survive_the_json_wire_form_and_still_validate() {
     let json = serde_json::to_string(&spec).unwrap();
     let back: ServiceSpec = serde_json::from_str(&json).unwrap();
     assert_eq!(back, spec);
-    assert_eq!(crate::validate(&back), Ok(()));
+    assert_eq!(crate::validate_all(&[back]), Ok(()));
 }
 
 #[test]
@@ -153,7 +158,7 @@ fn a_docker_spec_with_every_container_setting_survives_the_wire_form() {
     let json = serde_json::to_string(&spec).unwrap();
     let back: ServiceSpec = serde_json::from_str(&json).unwrap();
     assert_eq!(back, spec);
-    assert_eq!(crate::validate(&back), Ok(()));
+    assert_eq!(crate::validate_all(&[back]), Ok(()));
     let privileged = parse("name: agent\nimage: node-agent\nprivileged: true\npull: never\n");
     assert_eq!(
         (privileged[0].privileged, privileged[0].pull),
@@ -239,7 +244,7 @@ fn json_specs_must_use_the_stored_forms() {
     spec.image = Some("app".into());
     spec.cap_add = vec!["CAP_NET_ADMIN".into()];
     spec.stop_signal = Some("TERM".into());
-    let problems = crate::validate(&spec).unwrap_err().to_string();
+    let problems = crate::validate_all(&[spec]).unwrap_err().to_string();
     assert_eq!(
         problems,
         dedent(
@@ -754,8 +759,11 @@ mod never_panics {
 
     fn all_parsers(text: &str) {
         let env = BTreeMap::from([("X".to_string(), "x".to_string())]);
-        let _ = parse_native("f.yaml", text);
-        let _ = crate::parse_compose("f.yaml", text, &env, Some("Y=1\n"));
+        // Both decoders on every text, not only the one `parse_file` would pick for it.
+        if let Ok(docs) = crate::yaml::load("f.yaml", text) {
+            let _ = from_docs("f.yaml", &docs);
+            let _ = crate::compose::from_docs("f.yaml", &docs, &env, Some("Y=1\n"));
+        }
         let _ = crate::parse_file("f.yaml", text, &env, None);
     }
 
