@@ -137,13 +137,7 @@ pub async fn ps(conn: &Connection, service: Option<&str>) -> Result<()> {
     match conn.output {
         Format::Json => print_json(&tasks),
         Format::Table => {
-            println!(
-                "{}",
-                output::tasks(
-                    &tasks,
-                    api::Timestamp::from_system_time(std::time::SystemTime::now())
-                )
-            );
+            println!("{}", output::tasks(&tasks, server::now()));
             Ok(())
         }
     }

@@ -3,7 +3,7 @@
 //! validation accepts only that form (`check_*`), so the driver compares plain strings and a
 //! typo fails at deploy, not at container start on a far-away node.
 
-use crate::decode::did_you_mean;
+use crate::error::did_you_mean;
 
 /// Linux capabilities (capabilities(7), up to CAP_CHECKPOINT_RESTORE in Linux 5.9), as Docker
 /// names them: without the `CAP_` prefix.

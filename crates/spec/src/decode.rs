@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::container;
-use crate::error::Problem;
+use crate::error::{Problem, did_you_mean};
 use crate::quantity::{Cpu, Memory};
 use crate::words;
 use crate::yaml::Yaml;
@@ -352,17 +352,6 @@ pub(crate) fn unknown_key(key: &str, known: &[&str]) -> String {
         }
         None => "unknown key".to_string(),
     }
-}
-
-/// The known word closest to `word`, if any is close enough to be a likely typo.
-pub(crate) fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
-    // 0.8 Jaro-Winkler: catches `readyness`, `enviroment`, `replica`, but not `foo` → `image`.
-    known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(word, k), *k))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
 }
 
 #[cfg(test)]

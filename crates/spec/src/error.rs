@@ -63,3 +63,14 @@ fn lines(problems: &[Problem]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The known word closest to `word`, if any is close enough to be a likely typo.
+pub(crate) fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    // 0.8 Jaro-Winkler: catches `readyness`, `enviroment`, `replica`, but not `foo` → `image`.
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(word, k), *k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
