@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use api::{DesiredState, TaskState};
 use client::Client;
+use spec::ServiceSpec;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -120,7 +121,7 @@ pub async fn dev(
         workdir: std::env::current_dir().ok(),
         reserved: agent::default_reserved(),
         eviction_threshold,
-        ports: task_ports.clone(),
+        ports: task_ports,
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run.
@@ -135,25 +136,8 @@ pub async fn dev(
     let client = Client::new(&api, &server.token);
     println!("outpost dev: API at {api}, data in {}", data_dir.display());
     println!("  try: outpost --data-dir {} ps", data_dir.display());
-    let start_up = async {
-        if !specs.is_empty() {
-            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-            commands::apply(&client, specs, false, crate::Format::Table).await?;
-            show_endpoints(&client, &names).await;
-        }
-        anyhow::Ok(())
-    };
-    let session = async {
-        // A signal during start-up ends it at once.
-        tokio::select! {
-            started = start_up => started?,
-            _ = signals.stop() => return Ok(()),
-        }
-        signals.stop().await;
-        anyhow::Ok(())
-    };
     let result = tokio::select! {
-        done = session => done,
+        done = dev_session(&client, specs, &signals) => done,
         // A dev without its agent (its state file is damaged, say) would look alive but run
         // nothing.
         ended = &mut agent => {
@@ -174,6 +158,25 @@ pub async fn dev(
     }
     server.shutdown().await;
     result
+}
+
+/// What `dev` does while it runs: deploys the given specs and shows where their replicas answer,
+/// then waits for the first signal. A signal during start-up ends it at once.
+async fn dev_session(client: &Client, specs: Vec<ServiceSpec>, signals: &Signals) -> Result<()> {
+    let start_up = async {
+        if !specs.is_empty() {
+            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+            commands::apply(client, specs, false, crate::Format::Table).await?;
+            show_endpoints(client, &names).await;
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        started = start_up => started?,
+        _ = signals.stop() => return Ok(()),
+    }
+    signals.stop().await;
+    Ok(())
 }
 
 /// Prints where each replica of the deployed services answers, once they run.

@@ -236,6 +236,40 @@ fn tighten(path: &Path) -> Result<(), ServerError> {
     })
 }
 
+/// Opens the store and starts Raft on it, founding a one-member group on the first start.
+async fn start_raft(
+    config: &ServerConfig,
+    state_file: &Path,
+    token: &str,
+    addr: SocketAddr,
+) -> Result<(Raft, StateHandle), ServerError> {
+    let (log, machine, state) = store::open(state_file)?;
+    tighten(state_file)?;
+    let raft_err = |e: &dyn std::fmt::Display| ServerError::Raft(e.to_string());
+    let raft_config = store::raft::config("outpost")
+        .validate()
+        .map_err(|e| raft_err(&e))?;
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config),
+        network::Network::new(token.to_string()),
+        log,
+        machine,
+    )
+    .await
+    .map_err(|e| raft_err(&e))?;
+    let members = BTreeMap::from([(
+        config.id,
+        Node {
+            addr: addr.to_string(),
+        },
+    )]);
+    store::raft::initialize_once(&raft, members)
+        .await
+        .map_err(|e| raft_err(&e))?;
+    Ok((raft, state))
+}
+
 /// Starts a server: opens the store, starts Raft (founding a one-member group on first start),
 /// serves the API, and runs the leader's controllers.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
@@ -247,43 +281,15 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let state_file = dir.join("state.redb");
     check_state(dir, &state_file, config.reset)?;
     let token = load_or_create_token(dir)?;
+    let listen_err = |source| ServerError::Listen {
+        addr: config.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-
-    let (log, machine, state) = store::open(&state_file)?;
-    tighten(&state_file)?;
-    let raft_config = store::raft::config("outpost")
-        .validate()
-        .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let raft = Raft::new(
-        config.id,
-        Arc::new(raft_config),
-        network::Network::new(token.clone()),
-        log,
-        machine,
-    )
-    .await
-    .map_err(|e| ServerError::Raft(e.to_string()))?;
-    let members = BTreeMap::from([(
-        config.id,
-        Node {
-            addr: addr.to_string(),
-        },
-    )]);
-    store::raft::initialize_once(&raft, members)
-        .await
-        .map_err(|e| ServerError::Raft(e.to_string()))?;
-
+        .map_err(listen_err)?;
+    let addr = listener.local_addr().map_err(listen_err)?;
+    let (raft, state) = start_raft(&config, &state_file, &token, addr).await?;
     let ctx = Server {
         raft,
         state,
