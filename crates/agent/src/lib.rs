@@ -187,7 +187,7 @@ impl Agent {
 
         let register = agent.register_request(address, notes);
         let (assigned_tx, assigned_rx) = mpsc::channel(4);
-        tokio::spawn(connect(
+        let watch = tokio::spawn(connect(
             agent.client.clone(),
             register,
             registered_tx,
@@ -197,6 +197,9 @@ impl Agent {
             .event_loop(assigned_rx, &mut finished_rx, shutdown)
             .await;
         agent.stop_all(&mut finished_rx, force).await;
+        // Its final states delivered, the agent stops watching: the server may go away next
+        // (as in `outpost dev`), and a stopped agent has nothing to retry.
+        watch.abort();
         Ok(())
     }
 
