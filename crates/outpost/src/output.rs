@@ -1,6 +1,8 @@
 //! Tables for people: pure functions from API records to text, kept apart from the calls that
 //! fetch them.
 
+use std::collections::BTreeMap;
+
 use api::{Change, Event, Node, ServiceSummary, Task, Timestamp};
 use comfy_table::{Table, presets};
 use spec::ServiceSpec;
@@ -118,6 +120,39 @@ pub fn tasks(list: &[Task], now: Timestamp) -> String {
         ]);
     }
     trimmed(t)
+}
+
+/// Counts of `list` by service and state, for a listing too long to read row by row, and how to
+/// see the rows.
+pub fn task_summary(list: &[Task], screenful: usize) -> String {
+    use api::TaskState::*;
+    let states = [Pending, Starting, Running, Exited, Failed];
+    let mut counts: BTreeMap<&str, [usize; 6]> = BTreeMap::new();
+    for task in list {
+        let row = counts.entry(task.service.as_str()).or_default();
+        row[states.iter().position(|s| *s == task.state).unwrap_or(0)] += 1;
+        row[5] += usize::from(task.ready);
+    }
+    let mut t = table(&[
+        "SERVICE", "TASKS", "PENDING", "STARTING", "RUNNING", "EXITED", "FAILED", "READY",
+    ]);
+    for (service, row) in &counts {
+        let mut cells = vec![
+            service.to_string(),
+            row[..5].iter().sum::<usize>().to_string(),
+        ];
+        cells.extend(row.iter().map(usize::to_string));
+        t.add_row(cells);
+    }
+    format!(
+        "{}
+
+{} tasks, more than a screenful ({screenful}): counted by service and state above.
+         See every row with `outpost ps --all`, narrow the list with `outpost ps SERVICE --node \
+         NODE --state STATE`, or read it whole with `outpost -o json ps`.",
+        trimmed(t),
+        list.len()
+    )
 }
 
 /// Memory in the largest binary unit that keeps it readable: `23.5Gi`, `256Mi`.
