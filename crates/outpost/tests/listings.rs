@@ -163,18 +163,58 @@ fn ps_summarises_more_tasks_than_a_screenful_and_says_how_to_see_them() {
     );
 }
 
+/// A GET of the API with the dev's token: (status, the `outpost-continue` header, body).
+fn get(dev: &Dev, path: &str) -> (u16, Option<String>, serde_json::Value) {
+    use std::io::{Read, Write};
+    let read = |f: &str| std::fs::read_to_string(dev.data_dir().join(f)).unwrap();
+    let (api, token) = (read("api"), read("token"));
+    let addr = api.trim().trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(support::PATIENCE)).unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Connection: close\r\n\r\n",
+        token.trim()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let token = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("outpost-continue")
+            .then(|| value.trim().to_string())
+    });
+    (status, token, serde_json::from_str(body).unwrap())
+}
+
+fn names(list: &serde_json::Value) -> Vec<&str> {
+    let list = list.as_array().unwrap().iter();
+    list.map(|s| s["name"].as_str().unwrap()).collect()
+}
+
 #[test]
-fn services_and_nodes_list_every_page() {
+fn services_and_nodes_page_with_a_limit_and_the_cli_lists_every_page() {
     let dev = Dev::start(&[]);
-    for i in 0..3 {
-        dev.deploy(&format!("s{i}.yaml"), &unplaceable(&format!("s{i}"), 1));
+    for name in ["s0", "s1", "s2"] {
+        dev.deploy(&format!("{name}.yaml"), &unplaceable(name, 1));
     }
-    let services = dev.json(&["services"]);
-    assert_eq!(services.as_array().unwrap().len(), 3);
-    let client = client(&dev);
-    let rt = runtime();
-    let nodes = rt.block_on(client.nodes()).unwrap();
-    assert_eq!(nodes.len(), 1);
+    let (status, token, first) = get(&dev, "/v1/services?limit=2");
+    assert_eq!((status, names(&first)), (200, vec!["s0", "s1"]));
+    assert_eq!(token.as_deref(), Some("s1"));
+    let (_, token, rest) = get(&dev, "/v1/services?limit=2&continue=s1");
+    assert_eq!((names(&rest), token), (vec!["s2"], None), "the last page");
+    assert_eq!(names(&dev.json(&["services"])), ["s0", "s1", "s2"]);
+
+    let (status, token, nodes) = get(&dev, "/v1/nodes?limit=1");
+    assert_eq!(
+        (status, token, nodes.as_array().unwrap().len()),
+        (200, None, 1)
+    );
+    let (status, _, error) = get(&dev, "/v1/nodes?limit=0");
+    assert_eq!(status, 400);
+    assert_eq!(error["problems"][0]["path"], "limit", "{error}");
 }
 
 #[test]

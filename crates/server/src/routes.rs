@@ -7,6 +7,7 @@
 //! Prompt routes get a time limit; blocking queries (bounded by their `wait`) get a per-client
 //! cap instead; followed logs get neither.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,26 +164,39 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Fail {
 }
 
 fn summary(s: &store::State, name: &str) -> Option<ServiceSummary> {
-    let svc = s.services.get(name)?;
-    let current = s.tasks.values().filter(|t| {
-        t.service == name && t.desired == DesiredState::Running && t.version == svc.version
-    });
-    let (mut running, mut ready) = (0, 0);
-    for t in current {
-        running += u32::from(t.state == TaskState::Running);
-        ready += u32::from(t.ready);
+    summaries(s, &[name]).pop()
+}
+
+/// The services named, with their counts from one pass over the tasks (a page of services
+/// costs one scan, not one per service). Names with no service are left out.
+fn summaries(s: &store::State, names: &[&str]) -> Vec<ServiceSummary> {
+    let mut counts: BTreeMap<&str, (u32, u32)> = names.iter().map(|n| (*n, (0, 0))).collect();
+    for t in s.tasks.values() {
+        let Some((running, ready)) = counts.get_mut(t.service.as_str()) else {
+            continue;
+        };
+        let current = s.services.get(&t.service).map(|svc| svc.version) == Some(t.version);
+        if current && t.desired == DesiredState::Running {
+            *running += u32::from(t.state == TaskState::Running);
+            *ready += u32::from(t.ready);
+        }
     }
-    Some(ServiceSummary {
-        name: name.to_string(),
-        driver: svc.spec.driver.to_string(),
-        version: svc.version,
-        replicas: svc.spec.replicas,
-        running,
-        ready,
-        removing: svc.removing,
-        updated_at: svc.updated_at,
-        spec: svc.spec.clone(),
-    })
+    let summary = |name: &str| {
+        let svc = s.services.get(name)?;
+        let (running, ready) = counts.get(name).copied().unwrap_or_default();
+        Some(ServiceSummary {
+            name: name.to_string(),
+            driver: svc.spec.driver.to_string(),
+            version: svc.version,
+            replicas: svc.spec.replicas,
+            running,
+            ready,
+            removing: svc.removing,
+            updated_at: svc.updated_at,
+            spec: svc.spec.clone(),
+        })
+    };
+    names.iter().filter_map(|n| summary(n)).collect()
 }
 
 /// List services with their replica counts, by name, one page at a time.
@@ -195,8 +209,12 @@ async fn list_services(
 ) -> Result<Response, Fail> {
     let limit = page_limit(q.limit)?;
     Ok(ctx.state.read(|s| {
-        let names = s.services.range::<str, _>(after(&q.cont)).map(|(n, _)| n);
-        page(names.filter_map(|n| summary(s, n)), limit, |s| &s.name)
+        // One more than a page, so `page` knows whether another follows.
+        let names: Vec<&str> = (s.services.range::<str, _>(after(&q.cont)))
+            .take(limit + 1)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        page(summaries(s, &names).into_iter(), limit, |s| &s.name)
     }))
 }
 
@@ -761,4 +779,117 @@ async fn raft_snapshot(
     Json(req): Json<InstallSnapshotRequest>,
 ) -> Response {
     Json(ctx.raft.install_snapshot(req).await).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(fail: Fail) -> String {
+        assert_eq!(fail.0, StatusCode::BAD_REQUEST);
+        let p = &fail.1.problems[0];
+        format!("{}: {}", p.path, p.message)
+    }
+
+    #[test]
+    fn a_page_limit_defaults_to_the_maximum_and_outside_it_is_refused_naming_it() {
+        assert_eq!(page_limit(None).unwrap(), api::MAX_PAGE);
+        assert_eq!(page_limit(Some(7)).unwrap(), 7);
+        for bad in [0, api::MAX_PAGE + 1] {
+            let text = problem(page_limit(Some(bad)).unwrap_err());
+            assert!(
+                text.starts_with("limit: ") && text.contains("1000"),
+                "{text}"
+            );
+        }
+    }
+
+    async fn body_and_token(answer: Response) -> (Vec<u32>, Option<String>) {
+        let token = answer
+            .headers()
+            .get(api::CONTINUE_HEADER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (serde_json::from_slice(&bytes).unwrap(), token)
+    }
+
+    #[tokio::test]
+    async fn a_page_names_its_last_key_only_when_more_follow() {
+        let keys = ["1", "2", "3"];
+        let page_of = |limit| page([1u32, 2, 3].into_iter(), limit, |n| keys[*n as usize - 1]);
+        assert_eq!(
+            body_and_token(page_of(2)).await,
+            (vec![1, 2], Some("2".into()))
+        );
+        assert_eq!(body_and_token(page_of(3)).await, (vec![1, 2, 3], None));
+    }
+
+    #[test]
+    fn since_is_a_duration_back_from_now_or_an_rfc3339_time() {
+        let now = Timestamp(10 * 60_000 + 5);
+        assert_eq!(since("10m", now).unwrap(), Timestamp(5));
+        assert_eq!(
+            since("1d", now).unwrap(),
+            Timestamp(0),
+            "never before the epoch"
+        );
+        assert_eq!(since("1970-01-01T00:00:01Z", now).unwrap(), Timestamp(1000));
+        let text = problem(since("yesterday", now).unwrap_err());
+        assert!(
+            text.starts_with("since: ") && text.contains("RFC 3339"),
+            "{text}"
+        );
+    }
+
+    fn event(level: Level, service: Option<&str>, node: Option<&str>, time: u64) -> Event {
+        Event {
+            seq: 1,
+            event: api::NewEvent {
+                time: Timestamp(time),
+                level,
+                reason: "r".into(),
+                service: service.map(str::to_string),
+                task: None,
+                node: node.map(str::to_string),
+                message: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn an_event_filter_keeps_its_level_and_above_and_every_given_field_must_match() {
+        let filter = EventFilter {
+            after: 0,
+            since: Some(Timestamp(100)),
+            service: Some("web".into()),
+            node: Some("n3".into()),
+            level: Some(Level::Warning),
+        };
+        let web = Some("web");
+        let n3 = Some("n3");
+        assert!(filter.matches(&event(Level::Warning, web, n3, 100)));
+        assert!(filter.matches(&event(Level::Error, web, n3, 200)));
+        assert!(
+            !filter.matches(&event(Level::Info, web, n3, 200)),
+            "below the level"
+        );
+        assert!(
+            !filter.matches(&event(Level::Error, web, n3, 99)),
+            "before since"
+        );
+        assert!(!filter.matches(&event(Level::Error, Some("db"), n3, 200)));
+        assert!(!filter.matches(&event(Level::Error, web, None, 200)));
+    }
+
+    #[test]
+    fn the_documented_continue_header_is_the_one_answered() {
+        let (_, doc) = OpenApiRouter::<Server>::new()
+            .routes(routes!(list_tasks))
+            .split_for_parts();
+        let doc = serde_json::to_value(doc).unwrap();
+        let headers = &doc["paths"]["/v1/tasks"]["get"]["responses"]["200"]["headers"];
+        assert!(headers[api::CONTINUE_HEADER].is_object(), "{headers}");
+    }
 }
