@@ -145,11 +145,9 @@ pub fn task_summary(list: &[Task], screenful: usize) -> String {
         t.add_row(cells);
     }
     format!(
-        "{}
-
-{} tasks, more than a screenful ({screenful}): counted by service and state above.
-         See every row with `outpost ps --all`, narrow the list with `outpost ps SERVICE --node \
-         NODE --state STATE`, or read it whole with `outpost -o json ps`.",
+        "{}\n\n{} tasks, more than a screenful ({screenful}): counted by service and state \
+         above.\nSee every row with `outpost ps --all`, narrow the list with `outpost ps SERVICE \
+         --node NODE --state STATE`, or read it whole with `outpost -o json ps`.",
         trimmed(t),
         list.len()
     )

@@ -129,8 +129,10 @@ fn ps_summarises_more_tasks_than_a_screenful_and_says_how_to_see_them() {
         "{table}"
     );
     assert!(table.contains("243 tasks"), "{table}");
+    let hint = table.lines().find(|l| l.starts_with("See every row"));
+    let hint = hint.unwrap_or_else(|| panic!("no hint on a line of its own: {table}"));
     assert!(
-        table.contains("--all") && table.contains("-o json"),
+        hint.contains("--all") && hint.contains("-o json"),
         "{table}"
     );
     assert!(
