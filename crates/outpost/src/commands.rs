@@ -121,18 +121,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-pub async fn services(conn: &Connection) -> Result<()> {
-    let list = connect(conn)?.services().await?;
-    match conn.output {
-        Format::Json => print_json(&list),
-        Format::Table => {
-            println!("{}", output::services(&list));
-            Ok(())
-        }
-    }
-}
-
-/// The most task rows a table shows, about a screenful; past it `ps` summarises.
+/// The most rows a table shows, about a screenful; past it a listing is summarised.
 const SCREENFUL: usize = 200;
 
 pub async fn ps(conn: &Connection, filter: &TaskFilter, all: bool) -> Result<()> {
@@ -154,12 +143,31 @@ pub async fn ps(conn: &Connection, filter: &TaskFilter, all: bool) -> Result<()>
     Ok(())
 }
 
-pub async fn nodes(conn: &Connection) -> Result<()> {
+pub async fn services(conn: &Connection, all: bool) -> Result<()> {
+    let list = connect(conn)?.services().await?;
+    match conn.output {
+        Format::Json => print_json(&list),
+        Format::Table if all || list.len() <= SCREENFUL => {
+            println!("{}", output::services(&list));
+            Ok(())
+        }
+        Format::Table => {
+            println!("{}", output::service_summary(&list, SCREENFUL));
+            Ok(())
+        }
+    }
+}
+
+pub async fn nodes(conn: &Connection, all: bool) -> Result<()> {
     let nodes = connect(conn)?.nodes().await?;
     match conn.output {
         Format::Json => print_json(&nodes),
-        Format::Table => {
+        Format::Table if all || nodes.len() <= SCREENFUL => {
             println!("{}", output::nodes(&nodes));
+            Ok(())
+        }
+        Format::Table => {
+            println!("{}", output::node_summary(&nodes, SCREENFUL));
             Ok(())
         }
     }

@@ -144,8 +144,12 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List services.
-    Services,
+    /// List services; more than a screenful are counted by status unless `--all`.
+    Services {
+        /// Show every service, however many.
+        #[arg(long)]
+        all: bool,
+    },
     /// List tasks, of one service or all; more than a screenful are summarised (counts by
     /// service and state) unless `--all`.
     Ps {
@@ -160,8 +164,12 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// List nodes.
-    Nodes,
+    /// List nodes; more than a screenful are counted by state unless `--all`.
+    Nodes {
+        /// Show every node, however many.
+        #[arg(long)]
+        all: bool,
+    },
     /// Show events; -f keeps following.
     Events {
         #[arg(short = 'f', long)]
@@ -272,7 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node,
         } => roles::agent(&conn, name, &agent_listen, &node).await,
         Command::Deploy { files, dry_run } => commands::deploy(&conn, &files, dry_run).await,
-        Command::Services => commands::services(&conn).await,
+        Command::Services { all } => commands::services(&conn, all).await,
         Command::Ps {
             service,
             node,
@@ -286,7 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             commands::ps(&conn, &filter, all).await
         }
-        Command::Nodes => commands::nodes(&conn).await,
+        Command::Nodes { all } => commands::nodes(&conn, all).await,
         Command::Events {
             follow,
             since,

@@ -74,16 +74,57 @@ pub fn spec_summary(specs: &[ServiceSpec]) -> String {
     trimmed(t)
 }
 
+fn service_status(s: &ServiceSummary) -> &'static str {
+    if s.removing {
+        "removing"
+    } else if s.ready == s.replicas {
+        "ok"
+    } else {
+        "degraded"
+    }
+}
+
+/// A listing of more rows than a screenful: how many of each kind, and how to see the rows.
+fn counted(
+    what: &str,
+    kinds: impl Iterator<Item = String>,
+    screenful: usize,
+    command: &str,
+) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total = 0;
+    for kind in kinds {
+        *counts.entry(kind).or_default() += 1;
+        total += 1;
+    }
+    let mut t = table(&["STATUS", "COUNT"]);
+    for (kind, n) in &counts {
+        t.add_row(vec![kind.clone(), n.to_string()]);
+    }
+    format!(
+        "{}\n\n{total} {what}, more than a screenful ({screenful}): counted by status above.\n\
+         See every row with `outpost {command} --all`, or read it whole with `outpost -o json \
+         {command}`.",
+        trimmed(t)
+    )
+}
+
+/// Services by status, for more services than a screenful.
+pub fn service_summary(list: &[ServiceSummary], screenful: usize) -> String {
+    let kinds = list.iter().map(|s| service_status(s).to_string());
+    counted("services", kinds, screenful, "services")
+}
+
+/// Nodes by state, for more nodes than a screenful.
+pub fn node_summary(list: &[Node], screenful: usize) -> String {
+    let kinds = list.iter().map(node_state);
+    counted("nodes", kinds, screenful, "nodes")
+}
+
 pub fn services(list: &[ServiceSummary]) -> String {
     let mut t = table(&["NAME", "DRIVER", "READY", "RUNNING", "VERSION", "STATUS"]);
     for s in list {
-        let status = if s.removing {
-            "removing"
-        } else if s.ready == s.replicas {
-            "ok"
-        } else {
-            "degraded"
-        };
+        let status = service_status(s);
         t.add_row(vec![
             s.name.clone(),
             s.driver.clone(),
@@ -168,6 +209,14 @@ fn memory(bytes: u64) -> String {
     bytes.to_string()
 }
 
+fn node_state(n: &Node) -> String {
+    if n.memory_pressure {
+        format!("{} (memory pressure)", n.state)
+    } else {
+        n.state.to_string()
+    }
+}
+
 pub fn nodes(list: &[Node]) -> String {
     let mut t = table(&[
         "NAME",
@@ -179,14 +228,9 @@ pub fn nodes(list: &[Node]) -> String {
         "NOTES",
     ]);
     for n in list {
-        let state = if n.memory_pressure {
-            format!("{} (memory pressure)", n.state)
-        } else {
-            n.state.to_string()
-        };
         t.add_row(vec![
             n.name.clone(),
-            state,
+            node_state(n),
             n.address.clone(),
             format!(
                 "{}/{}",

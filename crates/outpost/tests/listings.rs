@@ -209,6 +209,7 @@ fn services_and_nodes_page_with_a_limit_and_the_cli_lists_every_page() {
     assert_eq!((names(&rest), token), (vec!["s2"], None), "the last page");
     assert_eq!(names(&dev.json(&["services"])), ["s0", "s1", "s2"]);
 
+    dev.node();
     let (status, token, nodes) = get(&dev, "/v1/nodes?limit=1");
     assert_eq!(
         (status, token, nodes.as_array().unwrap().len()),
@@ -313,4 +314,44 @@ fn followed_events_show_only_what_matches_the_filters() {
     let _ = follow.kill();
     let _ = follow.wait();
     assert!(seen.iter().all(|e| e["service"] == "web"), "{seen:?}");
+}
+
+#[test]
+fn services_and_nodes_past_a_screenful_are_counted_unless_all() {
+    let dev = Dev::start(&[]);
+    dev.node();
+    let many: Vec<String> = (0..201).map(|i| unplaceable(&format!("s{i}"), 1)).collect();
+    dev.deploy("many.yaml", &many.join("---\n"));
+    let read = |f: &str| std::fs::read_to_string(dev.data_dir().join(f)).unwrap();
+    let auth = format!("Bearer {}", read("token").trim());
+    for i in 0..201 {
+        let body = format!(
+            r#"{{"name":"n{i}","address":"http://127.0.0.1:9","capacity":{{"cpu_millis":1000,
+            "memory_bytes":1000000}},"allocatable":{{"cpu_millis":1000,"memory_bytes":1000000}},
+            "drivers":["process"],"version":"0"}}"#
+        );
+        let headers = [("Authorization", auth.as_str())];
+        let (status, text) =
+            support::request("POST", &read("api"), "/v1/nodes", &headers, Some(&body));
+        assert_eq!(status, 200, "{text}");
+    }
+
+    let services = dev.ok(&["services"]);
+    assert!(services.contains("201 services"), "{services}");
+    let degraded = services
+        .lines()
+        .find(|l| l.trim_start().starts_with("degraded"));
+    assert!(degraded.is_some_and(|l| l.contains("201")), "{services}");
+    assert!(services.contains("outpost services --all"), "{services}");
+    let all = dev.ok(&["services", "--all"]);
+    assert_eq!(all.lines().count(), 202, "a header and every service");
+    assert_eq!(dev.json(&["services"]).as_array().unwrap().len(), 201);
+
+    let nodes = dev.ok(&["nodes"]);
+    assert!(
+        nodes.contains("202 nodes"),
+        "the agent's and the 201 registered: {nodes}"
+    );
+    assert!(nodes.contains("outpost nodes --all"), "{nodes}");
+    assert_eq!(dev.ok(&["nodes", "--all"]).lines().count(), 203);
 }
