@@ -447,4 +447,27 @@ mod tests {
         assert_eq!(segment("web.1.7", SERVICE).unwrap(), "web.1.7");
         assert_eq!(segment("a b/..", SERVICE).unwrap(), "a%20b%2F..");
     }
+
+    #[test]
+    fn filters_become_an_escaped_query_of_only_the_fields_given() {
+        assert_eq!(TaskFilter::default().path(), "/v1/tasks?");
+        let tasks = TaskFilter {
+            service: Some("web".into()),
+            node: Some("n 3".into()),
+            state: Some(TaskState::Running),
+        };
+        assert_eq!(
+            tasks.path(),
+            "/v1/tasks?&service=web&node=n%203&state=running"
+        );
+        let events = EventFilter {
+            since: Some("2026-05-01T12:00:00+02:00".into()),
+            level: Some(Level::Warning),
+            ..EventFilter::default()
+        };
+        assert_eq!(
+            events.query(),
+            "&since=2026-05-01T12%3A00%3A00%2B02%3A00&level=warning"
+        );
+    }
 }
