@@ -360,3 +360,13 @@ pub struct Placement {
     pub slot: u32,
     pub node: String,
 }
+
+/// The response header of a listing (`GET /v1/tasks`, `/v1/services`, `/v1/nodes`) that holds
+/// the token for its next page; absent on the last page. The body stays a plain array, so a
+/// client that reads one page only still gets well-formed records.
+pub const CONTINUE_HEADER: &str = "outpost-continue";
+
+/// The most records one page of a listing holds, and its default `limit`. 1,000 tasks are about
+/// 0.5 MB of JSON (a task is ~500 bytes): one page stays a small, quick answer on an edge server,
+/// and 100,000 tasks take 100 requests.
+pub const MAX_PAGE: usize = 1000;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use api::{
-    ApiError, Assignments, DeployRequest, DeployResponse, Events, Node, RegisterRequest,
-    ScaleRequest, ServiceSummary, StatusReport, Task,
+    ApiError, Assignments, DeployRequest, DeployResponse, Events, Level, Node, RegisterRequest,
+    ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
@@ -158,24 +158,89 @@ impl Client {
         self.post("/v1/services", req).await
     }
 
+    /// Every service, page after page.
     pub async fn services(&self) -> Result<Vec<ServiceSummary>, ClientError> {
-        self.get("/v1/services").await
+        self.all("/v1/services?").await
     }
 
+    /// Every task, or every task of one service, page after page.
     pub async fn tasks(&self, service: Option<&str>) -> Result<Vec<Task>, ClientError> {
-        match service {
-            Some(s) => self.get(&format!("/v1/tasks?service={}", encode(s))).await,
-            None => self.get("/v1/tasks").await,
+        let filter = TaskFilter {
+            service: service.map(str::to_string),
+            ..TaskFilter::default()
+        };
+        self.all(&filter.path()).await
+    }
+
+    /// Every task that matches `filter`, page after page.
+    pub async fn tasks_where(&self, filter: &TaskFilter) -> Result<Vec<Task>, ClientError> {
+        self.all(&filter.path()).await
+    }
+
+    /// One page of the tasks that match `filter`: at most `limit`, after the token `after`.
+    pub async fn tasks_page(
+        &self,
+        filter: &TaskFilter,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Page<Task>, ClientError> {
+        self.page(&filter.path(), limit, after).await
+    }
+
+    /// Every node, page after page.
+    pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
+        self.all("/v1/nodes?").await
+    }
+
+    /// One page of a listing; `path` ends in `?` or in a query.
+    async fn page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Page<T>, ClientError> {
+        let mut full = format!("{path}&limit={limit}");
+        if let Some(token) = after {
+            full.push_str(&format!("&continue={}", encode(token)));
+        }
+        let req = self.request(Method::GET, &full).timeout(REQUEST_TIMEOUT);
+        let resp = self.execute(req).await?;
+        let url = resp.url().to_string();
+        let next = resp
+            .headers()
+            .get(api::CONTINUE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let items = resp.json().await.map_err(|e| ClientError::Protocol {
+            url,
+            message: e.to_string(),
+        })?;
+        Ok(Page { items, next })
+    }
+
+    /// Every record of a listing, following its continue tokens.
+    async fn all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
+        let mut items = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.page(path, api::MAX_PAGE, after.as_deref()).await?;
+            items.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(items),
+            }
         }
     }
 
-    pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
-        self.get("/v1/nodes").await
-    }
-
-    /// Events after `after`; with `wait`, blocks until at least one arrives or `wait` passes.
-    pub async fn events(&self, after: u64, wait: Option<Duration>) -> Result<Events, ClientError> {
-        let mut path = format!("/v1/events?after={after}");
+    /// Events after `after` that match `filter`; with `wait`, blocks until at least one
+    /// arrives or `wait` passes.
+    pub async fn events(
+        &self,
+        after: u64,
+        wait: Option<Duration>,
+        filter: &EventFilter,
+    ) -> Result<Events, ClientError> {
+        let mut path = format!("/v1/events?after={after}{}", filter.query());
         if let Some(w) = wait {
             path.push_str(&format!("&wait={}ms", w.as_millis()));
         }
@@ -272,6 +337,68 @@ impl Client {
     }
 }
 
+/// One page of a listing and the token of the next, if there is more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// Which tasks to list; every field given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    pub service: Option<String>,
+    pub node: Option<String>,
+    pub state: Option<TaskState>,
+}
+
+impl TaskFilter {
+    fn path(&self) -> String {
+        let mut path = String::from("/v1/tasks?");
+        push("service", self.service.as_deref(), &mut path);
+        push("node", self.node.as_deref(), &mut path);
+        push(
+            "state",
+            self.state.map(|s| s.to_string()).as_deref(),
+            &mut path,
+        );
+        path
+    }
+}
+
+/// Which events to show; every field given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// A duration back from now (`10m`) or an RFC 3339 time; the server reads it.
+    pub since: Option<String>,
+    pub service: Option<String>,
+    pub node: Option<String>,
+    /// This level or above.
+    pub level: Option<Level>,
+}
+
+impl EventFilter {
+    fn query(&self) -> String {
+        let mut query = String::new();
+        push("since", self.since.as_deref(), &mut query);
+        push("service", self.service.as_deref(), &mut query);
+        push("node", self.node.as_deref(), &mut query);
+        push(
+            "level",
+            self.level.map(|l| l.to_string()).as_deref(),
+            &mut query,
+        );
+        query
+    }
+}
+
+/// Appends `&name=value` to a query when there is a value.
+fn push(name: &str, value: Option<&str>, query: &mut String) {
+    if let Some(v) = value {
+        query.push_str(&format!("&{name}={}", encode(v)));
+    }
+}
+
 /// What a path segment names, and where to look for the real names.
 type Named = (&'static str, &'static str);
 const SERVICE: Named = ("service", "see `outpost services`");
@@ -319,5 +446,28 @@ mod tests {
         }
         assert_eq!(segment("web.1.7", SERVICE).unwrap(), "web.1.7");
         assert_eq!(segment("a b/..", SERVICE).unwrap(), "a%20b%2F..");
+    }
+
+    #[test]
+    fn filters_become_an_escaped_query_of_only_the_fields_given() {
+        assert_eq!(TaskFilter::default().path(), "/v1/tasks?");
+        let tasks = TaskFilter {
+            service: Some("web".into()),
+            node: Some("n 3".into()),
+            state: Some(TaskState::Running),
+        };
+        assert_eq!(
+            tasks.path(),
+            "/v1/tasks?&service=web&node=n%203&state=running"
+        );
+        let events = EventFilter {
+            since: Some("2026-05-01T12:00:00+02:00".into()),
+            level: Some(Level::Warning),
+            ..EventFilter::default()
+        };
+        assert_eq!(
+            events.query(),
+            "&since=2026-05-01T12%3A00%3A00%2B02%3A00&level=warning"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use api::DeployRequest;
-use client::Client;
+use client::{Client, EventFilter, TaskFilter};
 use futures_util::StreamExt;
 use spec::ServiceSpec;
 
@@ -121,34 +121,53 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-pub async fn services(conn: &Connection) -> Result<()> {
+/// The most rows a table shows, about a screenful; past it a listing is summarised.
+const SCREENFUL: usize = 200;
+
+pub async fn ps(conn: &Connection, filter: &TaskFilter, all: bool) -> Result<()> {
+    let client = connect(conn)?;
+    if conn.output == Format::Json {
+        return print_json(&client.tasks_where(filter).await?);
+    }
+    let first = client.tasks_page(filter, SCREENFUL, None).await?;
+    if all || first.next.is_some() {
+        let tasks = client.tasks_where(filter).await?;
+        if all {
+            println!("{}", output::tasks(&tasks, server::now()));
+        } else {
+            println!("{}", output::task_summary(&tasks, SCREENFUL));
+        }
+    } else {
+        println!("{}", output::tasks(&first.items, server::now()));
+    }
+    Ok(())
+}
+
+pub async fn services(conn: &Connection, all: bool) -> Result<()> {
     let list = connect(conn)?.services().await?;
     match conn.output {
         Format::Json => print_json(&list),
-        Format::Table => {
+        Format::Table if all || list.len() <= SCREENFUL => {
             println!("{}", output::services(&list));
             Ok(())
         }
-    }
-}
-
-pub async fn ps(conn: &Connection, service: Option<&str>) -> Result<()> {
-    let tasks = connect(conn)?.tasks(service).await?;
-    match conn.output {
-        Format::Json => print_json(&tasks),
         Format::Table => {
-            println!("{}", output::tasks(&tasks, server::now()));
+            println!("{}", output::service_summary(&list, SCREENFUL));
             Ok(())
         }
     }
 }
 
-pub async fn nodes(conn: &Connection) -> Result<()> {
+pub async fn nodes(conn: &Connection, all: bool) -> Result<()> {
     let nodes = connect(conn)?.nodes().await?;
     match conn.output {
         Format::Json => print_json(&nodes),
-        Format::Table => {
+        Format::Table if all || nodes.len() <= SCREENFUL => {
             println!("{}", output::nodes(&nodes));
+            Ok(())
+        }
+        Format::Table => {
+            println!("{}", output::node_summary(&nodes, SCREENFUL));
             Ok(())
         }
     }
@@ -157,28 +176,23 @@ pub async fn nodes(conn: &Connection) -> Result<()> {
 /// How long one `events -f` request waits for news.
 const FOLLOW_WAIT: Duration = Duration::from_secs(25);
 
-pub async fn events(conn: &Connection, follow: bool, service: Option<&str>) -> Result<()> {
+pub async fn events(conn: &Connection, follow: bool, filter: &EventFilter) -> Result<()> {
     let client = connect(conn)?;
     let mut after = 0;
     let mut first = true;
     loop {
         let wait = (follow && !first).then_some(FOLLOW_WAIT);
-        let batch = client.events(after, wait).await?;
+        let batch = client.events(after, wait, filter).await?;
         after = batch.index.max(after);
-        let shown: Vec<&api::Event> = batch
-            .events
-            .iter()
-            .filter(|e| service.is_none_or(|s| e.event.service.as_deref() == Some(s)))
-            .collect();
         match conn.output {
             Format::Json if follow => {
-                for e in shown {
+                for e in &batch.events {
                     println!("{}", serde_json::to_string(e)?);
                 }
             }
-            Format::Json => print_json(&shown)?,
+            Format::Json => print_json(&batch.events)?,
             Format::Table => {
-                for e in shown {
+                for e in &batch.events {
                     println!("{}", output::event_line(e));
                 }
             }

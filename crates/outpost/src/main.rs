@@ -144,19 +144,48 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List services.
-    Services,
-    /// List tasks, of one service or all.
-    Ps { service: Option<String> },
-    /// List nodes.
-    Nodes,
+    /// List services; more than a screenful are counted by status unless `--all`.
+    Services {
+        /// Show every service, however many.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List tasks, of one service or all; more than a screenful are summarised (counts by
+    /// service and state) unless `--all`.
+    Ps {
+        service: Option<String>,
+        /// Only tasks placed on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only tasks in this state: pending, starting, running, exited or failed.
+        #[arg(long, value_parser = wire_value::<api::TaskState>)]
+        state: Option<api::TaskState>,
+        /// Show every task, however many.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List nodes; more than a screenful are counted by state unless `--all`.
+    Nodes {
+        /// Show every node, however many.
+        #[arg(long)]
+        all: bool,
+    },
     /// Show events; -f keeps following.
     Events {
         #[arg(short = 'f', long)]
         follow: bool,
+        /// Only events at or after this: a duration back from now (`10m`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
         /// Only events of this service.
         #[arg(long)]
         service: Option<String>,
+        /// Only events of this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only events at this level or above: info, warning or error.
+        #[arg(long, value_parser = wire_value::<api::Level>)]
+        level: Option<api::Level>,
     },
     /// Show the output of a service's tasks (or of one task).
     Logs {
@@ -193,6 +222,11 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A flag value in its wire form (`running`, `warning`): the API's own names, one parser.
+fn wire_value<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).map_err(|e| e.to_string())
 }
 
 /// Raises the soft limit on open files to the hard one: every connection, log file and task
@@ -246,11 +280,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node,
         } => roles::agent(&conn, name, &agent_listen, &node).await,
         Command::Deploy { files, dry_run } => commands::deploy(&conn, &files, dry_run).await,
-        Command::Services => commands::services(&conn).await,
-        Command::Ps { service } => commands::ps(&conn, service.as_deref()).await,
-        Command::Nodes => commands::nodes(&conn).await,
-        Command::Events { follow, service } => {
-            commands::events(&conn, follow, service.as_deref()).await
+        Command::Services { all } => commands::services(&conn, all).await,
+        Command::Ps {
+            service,
+            node,
+            state,
+            all,
+        } => {
+            let filter = client::TaskFilter {
+                service,
+                node,
+                state,
+            };
+            commands::ps(&conn, &filter, all).await
+        }
+        Command::Nodes { all } => commands::nodes(&conn, all).await,
+        Command::Events {
+            follow,
+            since,
+            service,
+            node,
+            level,
+        } => {
+            let filter = client::EventFilter {
+                since,
+                service,
+                node,
+                level,
+            };
+            commands::events(&conn, follow, &filter).await
         }
         Command::Logs {
             target,

@@ -1,6 +1,8 @@
 //! Tables for people: pure functions from API records to text, kept apart from the calls that
 //! fetch them.
 
+use std::collections::BTreeMap;
+
 use api::{Change, Event, Node, ServiceSummary, Task, Timestamp};
 use comfy_table::{Table, presets};
 use spec::ServiceSpec;
@@ -72,16 +74,57 @@ pub fn spec_summary(specs: &[ServiceSpec]) -> String {
     trimmed(t)
 }
 
+fn service_status(s: &ServiceSummary) -> &'static str {
+    if s.removing {
+        "removing"
+    } else if s.ready == s.replicas {
+        "ok"
+    } else {
+        "degraded"
+    }
+}
+
+/// A listing of more rows than a screenful: how many of each kind, and how to see the rows.
+fn counted(
+    what: &str,
+    kinds: impl Iterator<Item = String>,
+    screenful: usize,
+    command: &str,
+) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total = 0;
+    for kind in kinds {
+        *counts.entry(kind).or_default() += 1;
+        total += 1;
+    }
+    let mut t = table(&["STATUS", "COUNT"]);
+    for (kind, n) in &counts {
+        t.add_row(vec![kind.clone(), n.to_string()]);
+    }
+    format!(
+        "{}\n\n{total} {what}, more than a screenful ({screenful}): counted by status above.\n\
+         See every row with `outpost {command} --all`, or read it whole with `outpost -o json \
+         {command}`.",
+        trimmed(t)
+    )
+}
+
+/// Services by status, for more services than a screenful.
+pub fn service_summary(list: &[ServiceSummary], screenful: usize) -> String {
+    let kinds = list.iter().map(|s| service_status(s).to_string());
+    counted("services", kinds, screenful, "services")
+}
+
+/// Nodes by state, for more nodes than a screenful.
+pub fn node_summary(list: &[Node], screenful: usize) -> String {
+    let kinds = list.iter().map(node_state);
+    counted("nodes", kinds, screenful, "nodes")
+}
+
 pub fn services(list: &[ServiceSummary]) -> String {
     let mut t = table(&["NAME", "DRIVER", "READY", "RUNNING", "VERSION", "STATUS"]);
     for s in list {
-        let status = if s.removing {
-            "removing"
-        } else if s.ready == s.replicas {
-            "ok"
-        } else {
-            "degraded"
-        };
+        let status = service_status(s);
         t.add_row(vec![
             s.name.clone(),
             s.driver.clone(),
@@ -120,6 +163,37 @@ pub fn tasks(list: &[Task], now: Timestamp) -> String {
     trimmed(t)
 }
 
+/// Counts of `list` by service and state, for a listing too long to read row by row, and how to
+/// see the rows.
+pub fn task_summary(list: &[Task], screenful: usize) -> String {
+    use api::TaskState::*;
+    let states = [Pending, Starting, Running, Exited, Failed];
+    let mut counts: BTreeMap<&str, [usize; 6]> = BTreeMap::new();
+    for task in list {
+        let row = counts.entry(task.service.as_str()).or_default();
+        row[states.iter().position(|s| *s == task.state).unwrap_or(0)] += 1;
+        row[5] += usize::from(task.ready);
+    }
+    let mut t = table(&[
+        "SERVICE", "TASKS", "PENDING", "STARTING", "RUNNING", "EXITED", "FAILED", "READY",
+    ]);
+    for (service, row) in &counts {
+        let mut cells = vec![
+            service.to_string(),
+            row[..5].iter().sum::<usize>().to_string(),
+        ];
+        cells.extend(row.iter().map(usize::to_string));
+        t.add_row(cells);
+    }
+    format!(
+        "{}\n\n{} tasks, more than a screenful ({screenful}): counted by service and state \
+         above.\nSee every row with `outpost ps --all`, narrow the list with `outpost ps SERVICE \
+         --node NODE --state STATE`, or read it whole with `outpost -o json ps`.",
+        trimmed(t),
+        list.len()
+    )
+}
+
 /// Memory in the largest binary unit that keeps it readable: `23.5Gi`, `256Mi`.
 fn memory(bytes: u64) -> String {
     for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
@@ -135,6 +209,14 @@ fn memory(bytes: u64) -> String {
     bytes.to_string()
 }
 
+fn node_state(n: &Node) -> String {
+    if n.memory_pressure {
+        format!("{} (memory pressure)", n.state)
+    } else {
+        n.state.to_string()
+    }
+}
+
 pub fn nodes(list: &[Node]) -> String {
     let mut t = table(&[
         "NAME",
@@ -146,14 +228,9 @@ pub fn nodes(list: &[Node]) -> String {
         "NOTES",
     ]);
     for n in list {
-        let state = if n.memory_pressure {
-            format!("{} (memory pressure)", n.state)
-        } else {
-            n.state.to_string()
-        };
         t.add_row(vec![
             n.name.clone(),
-            state,
+            node_state(n),
             n.address.clone(),
             format!(
                 "{}/{}",

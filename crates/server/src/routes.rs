@@ -7,15 +7,18 @@
 //! Prompt routes get a time limit; blocking queries (bounded by their `wait`) get a per-client
 //! cap instead; followed logs get neither.
 
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
 use api::{
-    ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, DesiredState, Events,
-    Problem, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
+    ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, DesiredState, Event,
+    Events, Level, Problem, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task,
+    TaskState, Timestamp,
 };
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -161,36 +164,58 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Fail {
 }
 
 fn summary(s: &store::State, name: &str) -> Option<ServiceSummary> {
-    let svc = s.services.get(name)?;
-    let current = s.tasks.values().filter(|t| {
-        t.service == name && t.desired == DesiredState::Running && t.version == svc.version
-    });
-    let (mut running, mut ready) = (0, 0);
-    for t in current {
-        running += u32::from(t.state == TaskState::Running);
-        ready += u32::from(t.ready);
-    }
-    Some(ServiceSummary {
-        name: name.to_string(),
-        driver: svc.spec.driver.to_string(),
-        version: svc.version,
-        replicas: svc.spec.replicas,
-        running,
-        ready,
-        removing: svc.removing,
-        updated_at: svc.updated_at,
-        spec: svc.spec.clone(),
-    })
+    summaries(s, &[name]).pop()
 }
 
-/// List services with their replica counts.
-#[utoipa::path(get, path = "/v1/services", responses(
-    (status = 200, description = "Every service", body = Vec<ServiceSummary>)))]
-async fn list_services(State(ctx): State<Server>) -> Json<Vec<ServiceSummary>> {
-    Json(
-        ctx.state
-            .read(|s| s.services.keys().filter_map(|n| summary(s, n)).collect()),
-    )
+/// The services named, with their counts from one pass over the tasks (a page of services
+/// costs one scan, not one per service). Names with no service are left out.
+fn summaries(s: &store::State, names: &[&str]) -> Vec<ServiceSummary> {
+    let mut counts: BTreeMap<&str, (u32, u32)> = names.iter().map(|n| (*n, (0, 0))).collect();
+    for t in s.tasks.values() {
+        let Some((running, ready)) = counts.get_mut(t.service.as_str()) else {
+            continue;
+        };
+        let current = s.services.get(&t.service).map(|svc| svc.version) == Some(t.version);
+        if current && t.desired == DesiredState::Running {
+            *running += u32::from(t.state == TaskState::Running);
+            *ready += u32::from(t.ready);
+        }
+    }
+    let summary = |name: &str| {
+        let svc = s.services.get(name)?;
+        let (running, ready) = counts.get(name).copied().unwrap_or_default();
+        Some(ServiceSummary {
+            name: name.to_string(),
+            driver: svc.spec.driver.to_string(),
+            version: svc.version,
+            replicas: svc.spec.replicas,
+            running,
+            ready,
+            removing: svc.removing,
+            updated_at: svc.updated_at,
+            spec: svc.spec.clone(),
+        })
+    };
+    names.iter().filter_map(|n| summary(n)).collect()
+}
+
+/// List services with their replica counts, by name, one page at a time.
+#[utoipa::path(get, path = "/v1/services", params(PageQuery), responses(
+    (status = 200, description = "One page of services, by name", body = Vec<ServiceSummary>,
+        headers(("outpost-continue" = String, description = "The `continue` token of the next page; absent on the last page")))))]
+async fn list_services(
+    State(ctx): State<Server>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, Fail> {
+    let limit = page_limit(q.limit)?;
+    Ok(ctx.state.read(|s| {
+        // One more than a page, so `page` knows whether another follows.
+        let names: Vec<&str> = (s.services.range::<str, _>(after(&q.cont)))
+            .take(limit + 1)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        page(summaries(s, &names).into_iter(), limit, |s| &s.name)
+    }))
 }
 
 /// One service.
@@ -349,34 +374,128 @@ async fn scale(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+struct PageQuery {
+    /// The most records to answer, 1 to 1000 (the default).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// The token from the previous page's `outpost-continue` header: answer what follows it.
+    #[serde(rename = "continue")]
+    #[param(rename = "continue")]
+    cont: Option<String>,
+}
+
+/// `limit` checked against [`api::MAX_PAGE`], which it defaults to.
+fn page_limit(limit: Option<usize>) -> Result<usize, Fail> {
+    match limit {
+        None => Ok(api::MAX_PAGE),
+        Some(n) if (1..=api::MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(Fail::invalid_at(
+            "bad query",
+            "limit",
+            format!(
+                "{n} is not between 1 and {}; page through more with the `continue` token",
+                api::MAX_PAGE
+            ),
+        )),
+    }
+}
+
+/// The keys past a continue token (the last key of the previous page), or all of them.
+fn after(token: &Option<String>) -> (Bound<&str>, Bound<&str>) {
+    match token {
+        Some(t) => (Bound::Excluded(t.as_str()), Bound::Unbounded),
+        None => (Bound::Unbounded, Bound::Unbounded),
+    }
+}
+
+/// The first `limit` of `items` as a JSON array; when more follow, the last one's key is the
+/// continue token, in the `outpost-continue` header.
+fn page<T: serde::Serialize>(
+    items: impl Iterator<Item = T>,
+    limit: usize,
+    key: impl Fn(&T) -> &str,
+) -> Response {
+    let mut items = items.peekable();
+    let mut shown = Vec::new();
+    while shown.len() < limit {
+        let Some(item) = items.next() else { break };
+        shown.push(item);
+    }
+    let token = match (items.peek(), shown.last()) {
+        (Some(_), Some(last)) => HeaderValue::from_str(key(last)).ok(),
+        _ => None,
+    };
+    let mut answer = Json(shown).into_response();
+    if let Some(token) = token {
+        answer.headers_mut().insert(api::CONTINUE_HEADER, token);
+    }
+    answer
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TaskQuery {
     /// Only the tasks of this service.
     service: Option<String>,
+    /// Only the tasks placed on this node.
+    node: Option<String>,
+    /// Only the tasks in this observed state.
+    state: Option<TaskState>,
+    /// The most tasks to answer, 1 to 1000 (the default).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// The token from the previous page's `outpost-continue` header: answer what follows it.
+    #[serde(rename = "continue")]
+    #[param(rename = "continue")]
+    cont: Option<String>,
 }
 
-/// List tasks, of every service or of one.
+impl TaskQuery {
+    fn matches(&self, t: &Task) -> bool {
+        self.service.as_ref().is_none_or(|s| &t.service == s)
+            && self
+                .node
+                .as_ref()
+                .is_none_or(|n| t.node.as_ref() == Some(n))
+            && self.state.is_none_or(|s| t.state == s)
+    }
+}
+
+/// List tasks by id, one page at a time, filtered by service, node and state.
 #[utoipa::path(get, path = "/v1/tasks", params(TaskQuery), responses(
-    (status = 200, description = "The tasks", body = Vec<Task>),
-    (status = 404, description = "No such service", body = ApiError)))]
-async fn list_tasks(State(ctx): State<Server>, Query(q): Query<TaskQuery>) -> Answer<Vec<Task>> {
-    ctx.state.read(|s| match &q.service {
-        Some(name) if !s.services.contains_key(name) => Err(no_service(name)),
-        Some(name) => Ok(Json(
-            s.tasks
-                .values()
-                .filter(|t| &t.service == name)
-                .cloned()
-                .collect(),
-        )),
-        None => Ok(Json(s.tasks.values().cloned().collect())),
+    (status = 200, description = "One page of matching tasks, by id", body = Vec<Task>,
+        headers(("outpost-continue" = String, description = "The `continue` token of the next page; absent on the last page"))),
+    (status = 404, description = "No such service or node", body = ApiError)))]
+async fn list_tasks(
+    State(ctx): State<Server>,
+    Query(q): Query<TaskQuery>,
+) -> Result<Response, Fail> {
+    let limit = page_limit(q.limit)?;
+    ctx.state.read(|s| {
+        if let Some(name) = q.service.as_ref().filter(|n| !s.services.contains_key(*n)) {
+            return Err(no_service(name));
+        }
+        if let Some(name) = q.node.as_ref().filter(|n| !s.nodes.contains_key(*n)) {
+            return Err(no_node(name));
+        }
+        let tasks = s.tasks.range::<str, _>(after(&q.cont)).map(|(_, t)| t);
+        Ok(page(tasks.filter(|t| q.matches(t)), limit, |t| &t.id))
     })
 }
 
-/// List nodes.
-#[utoipa::path(get, path = "/v1/nodes", responses(
-    (status = 200, description = "Every node", body = Vec<api::Node>)))]
-async fn list_nodes(State(ctx): State<Server>) -> Json<Vec<api::Node>> {
-    Json(ctx.state.read(|s| s.nodes.values().cloned().collect()))
+/// List nodes by name, one page at a time.
+#[utoipa::path(get, path = "/v1/nodes", params(PageQuery), responses(
+    (status = 200, description = "One page of nodes, by name", body = Vec<api::Node>,
+        headers(("outpost-continue" = String, description = "The `continue` token of the next page; absent on the last page")))))]
+async fn list_nodes(
+    State(ctx): State<Server>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, Fail> {
+    let limit = page_limit(q.limit)?;
+    Ok(ctx.state.read(|s| {
+        let nodes = s.nodes.range::<str, _>(after(&q.cont)).map(|(_, n)| n);
+        page(nodes, limit, |n| &n.name)
+    }))
 }
 
 fn check_node_name(name: &str) -> Result<(), Fail> {
@@ -475,27 +594,23 @@ async fn report(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 struct WaitQuery {
-    /// Assignments: answer once the node's index is past this one (0 answers at once).
+    /// Answer once the node's index is past this one (0 answers at once).
     #[serde(default)]
     index: u64,
-    /// Events: only those with a sequence number past this one.
-    #[serde(default)]
-    after: u64,
     /// How long to block for news, as `250ms` or `25s`; capped by the server (30 s by default).
     /// Without it the query answers at once.
     wait: Option<String>,
 }
 
-impl WaitQuery {
-    fn wait(&self, max: Duration) -> Result<Duration, Fail> {
-        match &self.wait {
-            None => Ok(Duration::ZERO),
-            Some(w) => humantime::parse_duration(w)
-                .map(|d| d.min(max))
-                .map_err(|e| {
-                    Fail::invalid_at("bad query", "wait", format!("{w:?} is not a duration: {e}"))
-                }),
-        }
+/// `wait` as a duration, at most `max`; none is zero.
+fn wait_of(wait: &Option<String>, max: Duration) -> Result<Duration, Fail> {
+    match wait {
+        None => Ok(Duration::ZERO),
+        Some(w) => humantime::parse_duration(w)
+            .map(|d| d.min(max))
+            .map_err(|e| {
+                Fail::invalid_at("bad query", "wait", format!("{w:?} is not a duration: {e}"))
+            }),
     }
 }
 
@@ -523,7 +638,7 @@ async fn assignments(
     Query(q): Query<WaitQuery>,
 ) -> Answer<Assignments> {
     known_node(&ctx, &name)?;
-    let wait = q.wait(ctx.limits.max_wait)?;
+    let wait = wait_of(&q.wait, ctx.limits.max_wait)?;
     let index_of = |s: &store::State| s.node_index.get(&name).copied().unwrap_or(0);
     block_until(&ctx, wait, |s| index_of(s) > q.index || q.index == 0).await;
     Ok(Json(ctx.state.read(|s| Assignments {
@@ -532,23 +647,109 @@ async fn assignments(
     })))
 }
 
-/// Events after `after`; with `wait`, blocks until one arrives.
-#[utoipa::path(get, path = "/v1/events", params(WaitQuery), responses(
-    (status = 200, description = "The events, oldest first", body = Events),
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EventQuery {
+    /// Only events with a sequence number past this one.
+    #[serde(default)]
+    after: u64,
+    /// How long to block for a matching event, as `250ms` or `25s`; capped by the server (30 s
+    /// by default). Without it the query answers at once.
+    wait: Option<String>,
+    /// Only events at or after this time: a duration before now (`10m`, `2h`) or an RFC 3339
+    /// time (`2026-05-01T12:00:00Z`).
+    since: Option<String>,
+    /// Only events of this service (it may be gone: its history is kept).
+    service: Option<String>,
+    /// Only events of this node.
+    node: Option<String>,
+    /// Only events at this level or above (`warning` shows warnings and errors).
+    level: Option<Level>,
+}
+
+/// An [`EventQuery`]'s filters, checked.
+struct EventFilter {
+    after: u64,
+    since: Option<Timestamp>,
+    service: Option<String>,
+    node: Option<String>,
+    level: Option<Level>,
+}
+
+impl EventFilter {
+    fn new(q: EventQuery, now: Timestamp) -> Result<EventFilter, Fail> {
+        let since = q.since.as_deref().map(|t| since(t, now)).transpose()?;
+        Ok(EventFilter {
+            after: q.after,
+            since,
+            service: q.service,
+            node: q.node,
+            level: q.level,
+        })
+    }
+
+    fn matches(&self, e: &Event) -> bool {
+        let e = &e.event;
+        self.since.is_none_or(|t| e.time >= t)
+            && self.level.is_none_or(|l| rank(e.level) >= rank(l))
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|s| e.service.as_ref() == Some(s))
+            && self
+                .node
+                .as_ref()
+                .is_none_or(|n| e.node.as_ref() == Some(n))
+    }
+
+    /// The matching events past `after`, oldest first.
+    fn select<'a>(&self, s: &'a store::State) -> impl Iterator<Item = &'a Event> {
+        let newer = s.events.iter().rev().take_while(|e| e.seq > self.after);
+        let mut found: Vec<&Event> = newer.filter(|e| self.matches(e)).collect();
+        found.reverse();
+        found.into_iter()
+    }
+}
+
+fn rank(level: Level) -> u8 {
+    match level {
+        Level::Info => 0,
+        Level::Warning => 1,
+        Level::Error => 2,
+    }
+}
+
+/// `since` as an instant: a duration back from `now`, or an RFC 3339 time.
+fn since(text: &str, now: Timestamp) -> Result<Timestamp, Fail> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        let ago = u64::try_from(ago.as_millis()).unwrap_or(u64::MAX);
+        return Ok(Timestamp(now.0.saturating_sub(ago)));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(Timestamp::from_system_time)
+        .map_err(|_| {
+            Fail::invalid_at(
+                "bad query",
+                "since",
+                format!(
+                    "{text:?} is neither a duration (`10m`, `2h`) nor an RFC 3339 time \
+                     (`2026-05-01T12:00:00Z`)"
+                ),
+            )
+        })
+}
+
+/// Events after `after` that match the filters; with `wait`, blocks until one arrives.
+#[utoipa::path(get, path = "/v1/events", params(EventQuery), responses(
+    (status = 200, description = "The matching events, oldest first", body = Events),
     (status = 429, description = "This client holds too many blocking queries", body = ApiError)))]
-async fn events(State(ctx): State<Server>, Query(q): Query<WaitQuery>) -> Answer<Events> {
-    let wait = q.wait(ctx.limits.max_wait)?;
-    block_until(&ctx, wait, |s| s.next_event > q.after).await;
-    Ok(Json(ctx.state.read(|s| {
-        Events {
-            index: s.next_event,
-            events: s
-                .events
-                .iter()
-                .filter(|e| e.seq > q.after)
-                .cloned()
-                .collect(),
-        }
+async fn events(State(ctx): State<Server>, Query(q): Query<EventQuery>) -> Answer<Events> {
+    let wait = wait_of(&q.wait, ctx.limits.max_wait)?;
+    let filter = EventFilter::new(q, now())?;
+    block_until(&ctx, wait, |s| filter.select(s).next().is_some()).await;
+    Ok(Json(ctx.state.read(|s| Events {
+        index: s.next_event,
+        events: filter.select(s).cloned().collect(),
     })))
 }
 
@@ -578,4 +779,117 @@ async fn raft_snapshot(
     Json(req): Json<InstallSnapshotRequest>,
 ) -> Response {
     Json(ctx.raft.install_snapshot(req).await).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(fail: Fail) -> String {
+        assert_eq!(fail.0, StatusCode::BAD_REQUEST);
+        let p = &fail.1.problems[0];
+        format!("{}: {}", p.path, p.message)
+    }
+
+    #[test]
+    fn a_page_limit_defaults_to_the_maximum_and_outside_it_is_refused_naming_it() {
+        assert_eq!(page_limit(None).unwrap(), api::MAX_PAGE);
+        assert_eq!(page_limit(Some(7)).unwrap(), 7);
+        for bad in [0, api::MAX_PAGE + 1] {
+            let text = problem(page_limit(Some(bad)).unwrap_err());
+            assert!(
+                text.starts_with("limit: ") && text.contains("1000"),
+                "{text}"
+            );
+        }
+    }
+
+    async fn body_and_token(answer: Response) -> (Vec<u32>, Option<String>) {
+        let token = answer
+            .headers()
+            .get(api::CONTINUE_HEADER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let bytes = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (serde_json::from_slice(&bytes).unwrap(), token)
+    }
+
+    #[tokio::test]
+    async fn a_page_names_its_last_key_only_when_more_follow() {
+        let keys = ["1", "2", "3"];
+        let page_of = |limit| page([1u32, 2, 3].into_iter(), limit, |n| keys[*n as usize - 1]);
+        assert_eq!(
+            body_and_token(page_of(2)).await,
+            (vec![1, 2], Some("2".into()))
+        );
+        assert_eq!(body_and_token(page_of(3)).await, (vec![1, 2, 3], None));
+    }
+
+    #[test]
+    fn since_is_a_duration_back_from_now_or_an_rfc3339_time() {
+        let now = Timestamp(10 * 60_000 + 5);
+        assert_eq!(since("10m", now).unwrap(), Timestamp(5));
+        assert_eq!(
+            since("1d", now).unwrap(),
+            Timestamp(0),
+            "never before the epoch"
+        );
+        assert_eq!(since("1970-01-01T00:00:01Z", now).unwrap(), Timestamp(1000));
+        let text = problem(since("yesterday", now).unwrap_err());
+        assert!(
+            text.starts_with("since: ") && text.contains("RFC 3339"),
+            "{text}"
+        );
+    }
+
+    fn event(level: Level, service: Option<&str>, node: Option<&str>, time: u64) -> Event {
+        Event {
+            seq: 1,
+            event: api::NewEvent {
+                time: Timestamp(time),
+                level,
+                reason: "r".into(),
+                service: service.map(str::to_string),
+                task: None,
+                node: node.map(str::to_string),
+                message: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn an_event_filter_keeps_its_level_and_above_and_every_given_field_must_match() {
+        let filter = EventFilter {
+            after: 0,
+            since: Some(Timestamp(100)),
+            service: Some("web".into()),
+            node: Some("n3".into()),
+            level: Some(Level::Warning),
+        };
+        let web = Some("web");
+        let n3 = Some("n3");
+        assert!(filter.matches(&event(Level::Warning, web, n3, 100)));
+        assert!(filter.matches(&event(Level::Error, web, n3, 200)));
+        assert!(
+            !filter.matches(&event(Level::Info, web, n3, 200)),
+            "below the level"
+        );
+        assert!(
+            !filter.matches(&event(Level::Error, web, n3, 99)),
+            "before since"
+        );
+        assert!(!filter.matches(&event(Level::Error, Some("db"), n3, 200)));
+        assert!(!filter.matches(&event(Level::Error, web, None, 200)));
+    }
+
+    #[test]
+    fn the_documented_continue_header_is_the_one_answered() {
+        let (_, doc) = OpenApiRouter::<Server>::new()
+            .routes(routes!(list_tasks))
+            .split_for_parts();
+        let doc = serde_json::to_value(doc).unwrap();
+        let headers = &doc["paths"]["/v1/tasks"]["get"]["responses"]["200"]["headers"];
+        assert!(headers[api::CONTINUE_HEADER].is_object(), "{headers}");
+    }
 }
