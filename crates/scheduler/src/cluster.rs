@@ -7,7 +7,7 @@
 //! services; only the nodes that already run the service need a set of their own, and it is
 //! as large as the service is.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use api::{Node, NodeState, Service, Task};
 use spec::ServiceSpec;
@@ -66,7 +66,7 @@ impl<'a> Cluster<'a> {
     pub fn new(
         nodes: impl Iterator<Item = &'a Node>,
         kept: &[&'a Task],
-        services: &'a std::collections::BTreeMap<String, Service>,
+        services: &BTreeMap<String, Service>,
     ) -> Self {
         let mut rooms: Vec<Room> = nodes
             .map(|node| Room {

@@ -14,6 +14,10 @@
 //! Quantities are unsigned and every sum saturates: a request too large for any node (validation
 //! refuses the absurd ones, but a spec stored before that rule may still hold one) never fits,
 //! and never wraps around into free room.
+//!
+//! A full pass costs O((tasks + nodes) · log nodes): each task is looked at once, and the next
+//! node for a replica comes from ordered sets (`cluster.rs`), not a scan. `oracle.rs`, for tests
+//! only, keeps the direct quadratic algorithm the plans are checked against.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
