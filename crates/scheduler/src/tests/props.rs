@@ -243,11 +243,15 @@ fn a_full_pass_over_100k_tasks_and_5k_nodes_finishes() {
     let second = plan(&services, &tasks, &nodes);
     let steady = started.elapsed();
     assert!(second.is_empty() && second.pending.is_empty());
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     eprintln!(
-        "full pass, 100,000 tasks over 5,000 nodes: placing all {placing:?}, all placed {steady:?}"
+        "full pass, 100,000 tasks over 5,000 nodes: placing all {:.1} ms, all placed {:.1} ms",
+        ms(placing),
+        ms(steady)
     );
     // A bound for an unoptimised build on a loaded machine, not a benchmark: the quadratic
-    // algorithm took minutes here.
+    // algorithm (`oracle.rs`) took 54 s to place all and 29 s for the second pass in a release
+    // build.
     assert!(placing.as_secs() < 10 && steady.as_secs() < 10);
     let mut per_node: HashMap<&str, u32> = HashMap::new();
     for p in &first.place {
