@@ -71,7 +71,13 @@ pub fn plan(
     let none = HashSet::new();
     for (name, service) in services.iter().filter(|(_, s)| !s.removing) {
         let filled = filled.get(name.as_str()).unwrap_or(&none);
-        let open = (1..=service.spec.replicas).filter(|s| !filled.contains(s));
+        let mut open = (1..=service.spec.replicas)
+            .filter(|s| !filled.contains(s))
+            .peekable();
+        if open.peek().is_none() {
+            // Every slot is filled: nothing to index for this service.
+            continue;
+        }
         let mut placing = cluster.start(&service.spec);
         let mut unplaced = 0;
         for slot in open {
