@@ -14,11 +14,21 @@
 //! Quantities are unsigned and every sum saturates: a request too large for any node (validation
 //! refuses the absurd ones, but a spec stored before that rule may still hold one) never fits,
 //! and never wraps around into free room.
+//!
+//! A full pass costs O((tasks + nodes) · log nodes): each task is looked at once, and the next
+//! node for a replica comes from ordered sets (`cluster.rs`), not a scan. `oracle.rs`, for tests
+//! only, keeps the direct quadratic algorithm the plans are checked against.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use api::{DesiredState, Node, NodeState, Placement, Service, Task};
 use spec::ServiceSpec;
+
+mod cluster;
+#[cfg(test)]
+mod oracle;
+
+use cluster::{Cluster, Room};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -34,102 +44,76 @@ impl Plan {
     }
 }
 
-/// What one node has left to give, as placement goes on.
-struct Room<'a> {
-    node: &'a Node,
-    cpu_free: u64,
-    memory_free: u64,
-    tasks: BTreeMap<String, u32>,
-    total: u32,
-}
-
+/// A full pass: O((tasks + nodes) · log nodes), plus one scan of the nodes for each service
+/// that has replicas left without room (to find that there is none, and say why).
 pub fn plan(
     services: &BTreeMap<String, Service>,
     tasks: &BTreeMap<String, Task>,
     nodes: &BTreeMap<String, Node>,
 ) -> Plan {
     let mut plan = Plan::default();
-    let live: Vec<&Task> = tasks
+    let mut kept: Vec<&Task> = Vec::new();
+    for task in tasks
         .values()
         .filter(|t| t.desired == DesiredState::Running)
-        .collect();
-    for task in &live {
+    {
         let keep = services.get(&task.service).is_some_and(|s| {
             !s.removing && s.version == task.version && task.slot <= s.spec.replicas
         });
-        if !keep {
+        if keep {
+            kept.push(task);
+        } else {
             plan.stop.push(task.id.clone());
         }
     }
-    let mut rooms = rooms(nodes, &live, services, &plan.stop);
+    let mut cluster = Cluster::new(nodes.values(), &kept, services);
+    let filled = filled_slots(&kept);
+    let none = HashSet::new();
     for (name, service) in services.iter().filter(|(_, s)| !s.removing) {
-        // A task without a node is a replica still waiting for room: its slot is not filled.
-        let filled: Vec<u32> = live
-            .iter()
-            .filter(|t| t.node.is_some())
-            .filter(|t| {
-                &t.service == name && t.version == service.version && !plan.stop.contains(&t.id)
-            })
-            .map(|t| t.slot)
-            .collect();
+        let filled = filled.get(name.as_str()).unwrap_or(&none);
+        let mut open = (1..=service.spec.replicas)
+            .filter(|s| !filled.contains(s))
+            .peekable();
+        if open.peek().is_none() {
+            // Every slot is filled: nothing to index for this service.
+            continue;
+        }
+        let mut placing = cluster.start(&service.spec);
         let mut unplaced = 0;
-        for slot in (1..=service.spec.replicas).filter(|s| !filled.contains(s)) {
-            match pick(&mut rooms, &service.spec) {
+        for slot in open {
+            // Rooms only shrink while a service is placed: once none fits, none will.
+            match (unplaced == 0)
+                .then(|| cluster.pick(&mut placing))
+                .flatten()
+            {
                 Some(node) => plan.place.push(Placement {
                     service: name.clone(),
                     slot,
-                    node,
+                    node: node.name.clone(),
                 }),
                 None => unplaced += 1,
             }
         }
+        cluster.finish(placing);
         if unplaced > 0 {
-            plan.pending
-                .push((name.clone(), why_unplaced(&rooms, &service.spec, unplaced)));
+            let why = why_unplaced(&cluster.rooms, &service.spec, unplaced);
+            plan.pending.push((name.clone(), why));
         }
     }
     plan
 }
 
-fn rooms<'a>(
-    nodes: &'a BTreeMap<String, Node>,
-    live: &[&'a Task],
-    services: &BTreeMap<String, Service>,
-    stopping: &[String],
-) -> Vec<Room<'a>> {
-    nodes
-        .values()
-        .map(|node| {
-            let mut room = Room {
-                node,
-                cpu_free: node.allocatable.cpu_millis,
-                memory_free: node.allocatable.memory_bytes,
-                tasks: BTreeMap::new(),
-                total: 0,
-            };
-            let on_node = live
-                .iter()
-                .filter(|t| t.node.as_deref() == Some(&node.name) && !stopping.contains(&t.id));
-            for task in on_node {
-                if let Some(svc) = services.get(&task.service) {
-                    room.take(&svc.spec);
-                }
-                *room.tasks.entry(task.service.clone()).or_default() += 1;
-                room.total += 1;
-            }
-            room
-        })
-        .collect()
-}
-
-impl Room<'_> {
-    /// Takes a replica's requests out of the room left; a node that runs more than it has (its
-    /// allocatable shrank, say) simply has none left.
-    fn take(&mut self, spec: &ServiceSpec) {
-        let (cpu, mem) = requests(spec);
-        self.cpu_free = self.cpu_free.saturating_sub(cpu);
-        self.memory_free = self.memory_free.saturating_sub(mem);
+/// Service → the slots its kept tasks fill. A task without a node is a replica still waiting
+/// for room: its slot is not filled. Kept tasks are all of their service's current version.
+fn filled_slots<'a>(kept: &[&'a Task]) -> HashMap<&'a str, HashSet<u32>> {
+    let mut filled: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for task in kept.iter().filter(|t| t.node.is_some()) {
+        filled
+            .entry(task.service.as_str())
+            .or_default()
+            .insert(task.slot);
     }
+    filled
 }
 
 /// A replica's CPU (millicores) and memory (bytes) requests.
@@ -139,33 +123,6 @@ fn requests(spec: &ServiceSpec) -> (u64, u64) {
         r.cpu.map_or(0, |c| c.millis()),
         r.memory.map_or(0, |m| m.bytes()),
     )
-}
-
-fn fits(room: &Room, spec: &ServiceSpec) -> bool {
-    let (cpu, mem) = requests(spec);
-    room.node.state == NodeState::Ready
-        && !room.node.memory_pressure
-        && room
-            .node
-            .drivers
-            .iter()
-            .any(|d| *d == spec.driver.to_string())
-        && room.cpu_free >= cpu
-        && room.memory_free >= mem
-}
-
-fn pick(rooms: &mut [Room], spec: &ServiceSpec) -> Option<String> {
-    let room = rooms.iter_mut().filter(|r| fits(r, spec)).min_by_key(|r| {
-        (
-            r.tasks.get(&spec.name).copied().unwrap_or(0),
-            r.total,
-            r.node.name.as_str(),
-        )
-    })?;
-    room.take(spec);
-    room.total = room.total.saturating_add(1);
-    *room.tasks.entry(spec.name.clone()).or_default() += 1;
-    Some(room.node.name.clone())
 }
 
 fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
@@ -206,6 +163,8 @@ mod tests {
     use super::*;
     use api::{Capacity, TaskState, Timestamp};
     use proptest::prelude::*;
+
+    mod props;
 
     fn node(name: &str, cpu: u64, mem: u64) -> Node {
         Node {

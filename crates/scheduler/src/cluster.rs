@@ -1,0 +1,188 @@
+//! What every node has left to give, indexed so that picking the next node for a replica costs
+//! O(log nodes) rather than a scan of every node.
+//!
+//! The placement rule is: among the nodes that fit, the fewest tasks of this service, then the
+//! fewest tasks overall, then the name. Nodes that run nothing of the service tie on the first
+//! key, so one ordered set of every schedulable node by (tasks overall, name) serves all
+//! services; only the nodes that already run the service need a set of their own, and it is
+//! as large as the service is.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use api::{Node, NodeState, Service, Task};
+use spec::ServiceSpec;
+
+use crate::requests;
+
+/// What one node has left to give, as placement goes on.
+pub(crate) struct Room<'a> {
+    pub node: &'a Node,
+    pub cpu_free: u64,
+    pub memory_free: u64,
+    total: u32,
+}
+
+impl Room<'_> {
+    /// Takes a replica's requests out of the room left; a node that runs more than it has (its
+    /// allocatable shrank, say) simply has none left.
+    fn take(&mut self, (cpu, mem): (u64, u64)) {
+        self.cpu_free = self.cpu_free.saturating_sub(cpu);
+        self.memory_free = self.memory_free.saturating_sub(mem);
+    }
+
+    /// Ready and calm: the node may be given new work at all.
+    fn schedulable(&self) -> bool {
+        self.node.state == NodeState::Ready && !self.node.memory_pressure
+    }
+}
+
+/// Every node's room, in name order: a room's index is its rank by name, so index order is the
+/// name tie-break (nodes that share a name keep their map order, as a stable sort leaves them).
+pub(crate) struct Cluster<'a> {
+    pub rooms: Vec<Room<'a>>,
+    /// Schedulable rooms by (tasks overall, index).
+    by_load: BTreeSet<(u32, usize)>,
+    /// Service name → room index → tasks of that service in the room.
+    spread: HashMap<&'a str, HashMap<usize, u32>>,
+}
+
+/// One service's placement in progress.
+pub(crate) struct Placing<'a> {
+    name: &'a str,
+    requests: (u64, u64),
+    driver: String,
+    /// Rooms running this service: index → its tasks there.
+    counts: HashMap<usize, u32>,
+    /// Rooms running this service that may still fit, by (its tasks there, tasks overall, index).
+    crowded: BTreeSet<(u32, u32, usize)>,
+    /// The last key of `by_load` visited for a room without this service. Those rooms keep
+    /// their keys while this service is placed (a picked room joins `crowded`), and one that
+    /// does not fit never will until the next service, so the scan only moves forward.
+    cursor: Option<(u32, usize)>,
+}
+
+impl<'a> Cluster<'a> {
+    /// One pass over the tasks that stay: each charges its node for its requests.
+    pub fn new(
+        nodes: impl Iterator<Item = &'a Node>,
+        kept: &[&'a Task],
+        services: &BTreeMap<String, Service>,
+    ) -> Self {
+        let mut rooms: Vec<Room> = nodes
+            .map(|node| Room {
+                node,
+                cpu_free: node.allocatable.cpu_millis,
+                memory_free: node.allocatable.memory_bytes,
+                total: 0,
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.node.name.cmp(&b.node.name));
+        let mut spread: HashMap<&str, HashMap<usize, u32>> = HashMap::new();
+        for task in kept {
+            let Some(node) = task.node.as_deref() else {
+                continue;
+            };
+            let need = services.get(&task.service).map(|s| requests(&s.spec));
+            let first = rooms.partition_point(|r| r.node.name.as_str() < node);
+            let named = rooms[first..]
+                .iter_mut()
+                .take_while(|r| r.node.name == node);
+            for (i, room) in named.enumerate() {
+                if let Some(need) = need {
+                    room.take(need);
+                }
+                room.total += 1;
+                *spread
+                    .entry(task.service.as_str())
+                    .or_default()
+                    .entry(first + i)
+                    .or_default() += 1;
+            }
+        }
+        let by_load = (rooms.iter().enumerate())
+            .filter(|(_, r)| r.schedulable())
+            .map(|(i, r)| (r.total, i))
+            .collect();
+        Cluster {
+            rooms,
+            by_load,
+            spread,
+        }
+    }
+
+    /// Starts placing replicas of `spec`.
+    pub fn start(&mut self, spec: &'a ServiceSpec) -> Placing<'a> {
+        let counts = self.spread.remove(spec.name.as_str()).unwrap_or_default();
+        let crowded = counts
+            .iter()
+            .filter(|(i, _)| self.rooms[**i].schedulable())
+            .map(|(i, c)| (*c, self.rooms[*i].total, *i))
+            .collect();
+        Placing {
+            name: spec.name.as_str(),
+            requests: requests(spec),
+            driver: spec.driver.to_string(),
+            counts,
+            crowded,
+            cursor: None,
+        }
+    }
+
+    /// Gives the service's counts back, for a later service of the same name.
+    pub fn finish(&mut self, placing: Placing<'a>) {
+        self.spread.insert(placing.name, placing.counts);
+    }
+
+    /// The best room for one more replica, charged for it.
+    pub fn pick(&mut self, p: &mut Placing<'a>) -> Option<&'a Node> {
+        let i = self.next_uncrowded(p).or_else(|| self.next_crowded(p))?;
+        let room = &mut self.rooms[i];
+        let before = room.total;
+        room.take(p.requests);
+        room.total = room.total.saturating_add(1);
+        self.by_load.remove(&(before, i));
+        self.by_load.insert((room.total, i));
+        let count = p.counts.entry(i).or_default();
+        p.crowded.remove(&(*count, before, i));
+        *count += 1;
+        p.crowded.insert((*count, room.total, i));
+        Some(room.node)
+    }
+
+    /// The least loaded room that runs nothing of this service and fits a replica.
+    fn next_uncrowded(&self, p: &mut Placing<'a>) -> Option<usize> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        loop {
+            let next = match p.cursor {
+                None => self.by_load.first(),
+                Some(after) => self.by_load.range((Excluded(after), Unbounded)).next(),
+            };
+            let key @ (_, i) = *next?;
+            p.cursor = Some(key);
+            if !p.counts.contains_key(&i) && self.fits(i, p) {
+                return Some(i);
+            }
+        }
+    }
+
+    /// The room with the fewest tasks of this service, then overall, that fits a replica.
+    /// A room that does not fit leaves the set: it only loses room while this service is placed.
+    fn next_crowded(&self, p: &mut Placing<'a>) -> Option<usize> {
+        while let Some(&(_, _, i)) = p.crowded.first() {
+            if self.fits(i, p) {
+                return Some(i);
+            }
+            p.crowded.pop_first();
+        }
+        None
+    }
+
+    fn fits(&self, i: usize, p: &Placing) -> bool {
+        let room = &self.rooms[i];
+        let (cpu, mem) = p.requests;
+        room.schedulable()
+            && room.node.drivers.contains(&p.driver)
+            && room.cpu_free >= cpu
+            && room.memory_free >= mem
+    }
+}
