@@ -157,11 +157,7 @@ fn an_emptied_state_is_not_taken_for_a_new_cluster_unless_reset() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "dev did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("dev to stop", || child.try_wait().unwrap());
 }
 
 #[test]

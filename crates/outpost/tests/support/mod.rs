@@ -80,17 +80,10 @@ impl Dev {
     pub fn signal_and_wait(&mut self, sig: nix::sys::signal::Signal) -> bool {
         let mut child = self.child.take().expect("dev is running");
         signal(child.id() as u64, sig);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.success();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "outpost dev did not exit after {sig}"
-            );
-            std::thread::sleep(POLL);
-        }
+        wait_for(&format!("outpost dev to exit after {sig}"), || {
+            child.try_wait().unwrap()
+        })
+        .success()
     }
 
     pub fn data_dir(&self) -> &Path {
