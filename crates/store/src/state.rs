@@ -50,10 +50,18 @@ pub enum Command {
         pending: Vec<(String, String)>,
         time: Timestamp,
     },
-    /// An agent's report of its tasks' observed state, with the events it saw.
+    /// An agent's report of its tasks' observed state, with the events it saw. Entries written
+    /// before reports were coalesced hold one of these each; they stay readable.
     Report {
         node: String,
         report: StatusReport,
+        time: Timestamp,
+    },
+    /// Reports of many nodes that arrived within one short tick, committed as one entry and
+    /// applied in order, each as a [`Command::Report`] would be. Last of the variants, so
+    /// encodings that number variants still read older entries.
+    Reports {
+        reports: Vec<(String, StatusReport)>,
         time: Timestamp,
     },
 }
@@ -106,6 +114,12 @@ impl State {
                 time,
             } => self.reconcile(place, stop, pending, *time),
             Command::Report { node, report, time } => self.report(node, report, *time),
+            Command::Reports { reports, time } => {
+                for (node, report) in reports {
+                    self.report(node, report, *time);
+                }
+                Response::Ok
+            }
         }
     }
 
@@ -1020,6 +1034,60 @@ mod tests {
         );
         run(&mut s, vec![seen(13, TaskState::Starting, 1, Some(2))]);
         assert_eq!(web_task(&s), (TaskState::Starting, 1));
+    }
+
+    #[test]
+    fn coalesced_reports_apply_exactly_as_the_same_reports_one_by_one() {
+        let pressure = Command::Report {
+            node: "b".into(),
+            report: StatusReport {
+                memory_pressure: Some(true),
+                ..status("web.1.1", TaskState::Failed)
+            },
+            time: T,
+        };
+        let commands = vec![
+            seen(10, TaskState::Running, 0, Some(1)),
+            pressure,
+            seen(12, TaskState::Failed, 0, Some(1)),
+            // Older than 12 although later in the entry: ignored whole, as on its own.
+            seen(11, TaskState::Running, 1, Some(2)),
+        ];
+        let reports = commands
+            .iter()
+            .map(|c| match c {
+                Command::Report { node, report, .. } => (node.clone(), report.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let mut one_by_one = running_web();
+        run(&mut one_by_one, vec![node("b")]);
+        let mut coalesced = one_by_one.clone();
+        run(&mut one_by_one, commands);
+        run(&mut coalesced, vec![Command::Reports { reports, time: T }]);
+        assert_eq!(web_task(&coalesced), (TaskState::Failed, 0));
+        assert!(coalesced.nodes["b"].memory_pressure);
+        assert_eq!(coalesced.index + 3, one_by_one.index, "one entry, not four");
+        coalesced.index = one_by_one.index;
+        assert_eq!(coalesced, one_by_one);
+    }
+
+    #[test]
+    fn a_single_report_written_before_coalescing_still_decodes() {
+        let entry = r#"{"Report":{"node":"a","report":{"seq":3,"tasks":[]},
+            "time":"1970-01-01T00:00:01Z"}}"#;
+        let command: Command = serde_json::from_str(entry).unwrap();
+        assert_eq!(
+            command,
+            Command::Report {
+                node: "a".into(),
+                report: StatusReport {
+                    seq: 3,
+                    ..StatusReport::default()
+                },
+                time: T,
+            }
+        );
     }
 
     #[test]
