@@ -286,6 +286,10 @@ pub struct RegisterRequest {
     pub version: String,
 }
 
+/// The most task statuses and events an agent puts in one [`StatusReport`]. A server accepts at
+/// least this many in a report, so an agent's report is never refused for its length.
+pub const REPORT_ITEMS: usize = 1_000;
+
 /// What an agent sends after anything about its tasks changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusReport {

@@ -67,7 +67,7 @@ pub struct NodeOptions {
     pub task_ports: String,
 }
 
-/// What a server's API allows its clients.
+/// What a server's API allows its clients, and how it commits agents' reports.
 #[derive(clap::Args)]
 struct ApiOptions {
     /// Largest request body the API reads (a deploy's JSON), e.g. 8Mi or 64Mi.
@@ -76,9 +76,65 @@ struct ApiOptions {
     /// Most connections the API keeps open at once; more are refused.
     #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS, env = "OUTPOST_MAX_CONNECTIONS")]
     max_connections: usize,
+    /// Most replicas one service may have, by deploy or by scale.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_REPLICAS, env = "OUTPOST_MAX_REPLICAS")]
+    max_replicas: u32,
+    /// Most services one deploy may hold.
+    #[arg(
+        long,
+        default_value_t = server::DEFAULT_MAX_SERVICES_PER_DEPLOY,
+        env = "OUTPOST_MAX_SERVICES_PER_DEPLOY"
+    )]
+    max_services_per_deploy: usize,
+    /// Most task statuses and events one agent report may hold.
+    #[arg(
+        long,
+        default_value_t = server::DEFAULT_MAX_REPORT_ITEMS,
+        env = "OUTPOST_MAX_REPORT_ITEMS"
+    )]
+    max_report_items: usize,
+    /// Agents' reports arriving within this long of each other are committed as one entry,
+    /// e.g. 20ms; 0s commits at once whatever is waiting.
+    #[arg(long, default_value = "20ms", env = "OUTPOST_REPORT_BATCH")]
+    report_batch: String,
+}
+
+/// 1 s: every report waits up to one tick before it commits; a longer tick only delays what
+/// `outpost ps` shows, and comes close to the agent's request timeout.
+const MAX_REPORT_BATCH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a server is set up from the flags of `outpost server` and `outpost dev`.
+pub struct ServerSettings {
+    pub limits: server::ApiLimits,
+    pub report_batch: server::batch::BatchConfig,
 }
 
 impl ApiOptions {
+    fn settings(&self) -> anyhow::Result<ServerSettings> {
+        Ok(ServerSettings {
+            limits: self.limits()?,
+            report_batch: server::batch::BatchConfig {
+                tick: self.report_batch()?,
+                ..server::batch::BatchConfig::default()
+            },
+        })
+    }
+
+    fn report_batch(&self) -> anyhow::Result<std::time::Duration> {
+        let tick = humantime::parse_duration(&self.report_batch).map_err(|e| {
+            anyhow::anyhow!(
+                "--report-batch {:?} is not a duration like 20ms: {e}",
+                self.report_batch
+            )
+        })?;
+        anyhow::ensure!(
+            tick <= MAX_REPORT_BATCH,
+            "--report-batch {:?} is longer than the maximum of 1s",
+            self.report_batch
+        );
+        Ok(tick)
+    }
+
     fn limits(&self) -> anyhow::Result<server::ApiLimits> {
         let body = self
             .max_body_size
@@ -92,7 +148,26 @@ impl ApiOptions {
             self.max_connections > 0,
             "--max-connections must be above 0"
         );
-        let mut limits = server::ApiLimits::default();
+        anyhow::ensure!(
+            (1..=spec::MAX_REPLICAS).contains(&self.max_replicas),
+            "--max-replicas must be between 1 and {}",
+            spec::MAX_REPLICAS
+        );
+        anyhow::ensure!(
+            self.max_services_per_deploy > 0,
+            "--max-services-per-deploy must be above 0"
+        );
+        anyhow::ensure!(
+            self.max_report_items >= api::REPORT_ITEMS,
+            "--max-report-items must be at least {}, the most an agent puts in one report",
+            api::REPORT_ITEMS
+        );
+        let mut limits = server::ApiLimits {
+            max_replicas: self.max_replicas,
+            max_services_per_deploy: self.max_services_per_deploy,
+            max_report_items: self.max_report_items,
+            ..server::ApiLimits::default()
+        };
         limits.listener.body_limit = body_limit;
         limits.listener.max_connections = self.max_connections;
         Ok(limits)
@@ -272,8 +347,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node,
             reset,
             api,
-        } => roles::dev(&conn, &files, &node, reset, api.limits()?).await,
-        Command::Server { reset, api } => roles::server(&conn, reset, api.limits()?).await,
+        } => roles::dev(&conn, &files, &node, reset, api.settings()?).await,
+        Command::Server { reset, api } => roles::server(&conn, reset, api.settings()?).await,
         Command::Agent {
             name,
             agent_listen,

@@ -90,7 +90,7 @@ pub async fn dev(
     files: &[PathBuf],
     node: &crate::NodeOptions,
     reset: bool,
-    limits: server::ApiLimits,
+    settings: crate::ServerSettings,
 ) -> Result<()> {
     let signals = Signals::install()?;
     let (eviction_threshold, task_ports) = node_settings(node)?;
@@ -105,7 +105,8 @@ pub async fn dev(
     // The server keeps `api`, `token` and its store at the top of the data dir, where the CLI
     // looks; the agent keeps its own state below it, as it would on another machine.
     let server = server::start(server::ServerConfig {
-        limits,
+        limits: settings.limits,
+        report_batch: settings.report_batch,
         reset,
         ..server::ServerConfig::new(data_dir.clone(), listen)
     })
@@ -220,7 +221,7 @@ async fn show_endpoints(client: &Client, services: &[String]) {
     }
 }
 
-pub async fn server(conn: &Connection, reset: bool, limits: server::ApiLimits) -> Result<()> {
+pub async fn server(conn: &Connection, reset: bool, settings: crate::ServerSettings) -> Result<()> {
     let signals = Signals::install()?;
     init_logging();
     let data_dir = conn
@@ -229,7 +230,8 @@ pub async fn server(conn: &Connection, reset: bool, limits: server::ApiLimits) -
         .context("a server needs --data-dir (or OUTPOST_DATA_DIR)")?;
     let listen = listen_addr(conn, DEV_API)?;
     let server = server::start(server::ServerConfig {
-        limits,
+        limits: settings.limits,
+        report_batch: settings.report_batch,
         reset,
         ..server::ServerConfig::new(data_dir.clone(), listen)
     })

@@ -64,7 +64,7 @@ fn the_api_refuses_what_the_cli_would_not_send() {
     let dev = Dev::start(&[]);
     let token = std::fs::read_to_string(dev.data_dir().join("token")).unwrap();
     let api = std::fs::read_to_string(dev.data_dir().join("api")).unwrap();
-    let body = r#"{"services":[{"name":"Bad_Name","replicas":5000,"driver":"process","command":[],"restart":{"policy":"always","initial_backoff":"1s","max_backoff":"10ms","reset_after":"10s"},"stop_grace":"5s"}]}"#;
+    let body = r#"{"services":[{"name":"Bad_Name","replicas":50000,"driver":"process","command":[],"restart":{"policy":"always","initial_backoff":"1s","max_backoff":"10ms","reset_after":"10s"},"stop_grace":"5s"}]}"#;
     let auth = format!("Bearer {}", token.trim());
     let (status, text) = request(
         "POST",

@@ -4,6 +4,7 @@
 //! - [`routes`]: the API handlers and the OpenAPI document made from them; writes go through
 //!   Raft, reads come from the applied state.
 //! - [`answer`]: the `ApiError` answers handlers share.
+//! - [`batch`]: agents' status reports that arrive within one tick, committed as one entry.
 //! - [`blocking`]: the per-client cap on blocking queries.
 //! - [`controller`]: the leader's loops: the service controller (diff desired vs actual, ask the
 //!   scheduler, commit the plan) and the node monitor (heartbeats in memory, transitions to Raft).
@@ -14,6 +15,7 @@
 //! nothing adds members yet.
 
 pub mod answer;
+pub mod batch;
 pub mod blocking;
 pub mod controller;
 pub mod logs;
@@ -41,6 +43,8 @@ pub struct ServerConfig {
     /// is missing or empty (`--reset`). Without it such a start is refused.
     pub reset: bool,
     pub limits: ApiLimits,
+    /// How agents' status reports are coalesced into entries.
+    pub report_batch: batch::BatchConfig,
 }
 
 impl ServerConfig {
@@ -52,6 +56,7 @@ impl ServerConfig {
             id: 1,
             limits: ApiLimits::default(),
             reset: false,
+            report_batch: batch::BatchConfig::default(),
         }
     }
 }
@@ -66,6 +71,18 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a blocking query may wait, 30 s: below common proxy idle timeouts.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
 
+/// 10,000: the 100,000 tasks a cluster is built for hold ten services that large; a larger
+/// count is most likely an extra zero, and would fill the state with replicas that fit nowhere.
+pub const DEFAULT_MAX_REPLICAS: u32 = 10_000;
+
+/// 1,000: a deploy is one entry, applied whole under the state lock; a thousand specs keep it
+/// around a megabyte and an apply short enough that reads meanwhile stay prompt.
+pub const DEFAULT_MAX_SERVICES_PER_DEPLOY: usize = 1_000;
+
+/// 5,000 statuses and events: five times what an agent puts in one report
+/// (`api::REPORT_ITEMS`); the state keeps only its last 2,000 events anyway.
+pub const DEFAULT_MAX_REPORT_ITEMS: usize = 5_000;
+
 /// What the API allows its clients.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
@@ -77,6 +94,14 @@ pub struct ApiLimits {
     pub max_wait: Duration,
     /// Blocking queries one client address may hold open at once.
     pub blocking_per_client: usize,
+    /// Replicas one service may ask for (`--max-replicas`), by deploy or by scale; at most
+    /// `spec::MAX_REPLICAS`.
+    pub max_replicas: u32,
+    /// Services one deploy may hold (`--max-services-per-deploy`).
+    pub max_services_per_deploy: usize,
+    /// Task statuses and events one report may hold (`--max-report-items`); at least
+    /// `api::REPORT_ITEMS`, or agents' reports would be refused.
+    pub max_report_items: usize,
 }
 
 impl Default for ApiLimits {
@@ -86,6 +111,9 @@ impl Default for ApiLimits {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_wait: DEFAULT_MAX_WAIT,
             blocking_per_client: blocking::DEFAULT_PER_CLIENT,
+            max_replicas: DEFAULT_MAX_REPLICAS,
+            max_services_per_deploy: DEFAULT_MAX_SERVICES_PER_DEPLOY,
+            max_report_items: DEFAULT_MAX_REPORT_ITEMS,
         }
     }
 }
@@ -163,16 +191,22 @@ pub struct Server {
     /// Last heartbeat of each node, by name: liveness lives here, never in Raft.
     pub heartbeats: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
     pub http: reqwest::Client,
+    /// Where agents' status reports wait to be committed together.
+    pub reports: batch::Batcher,
+}
+
+/// Commits `command` through Raft and returns the state machine's answer.
+async fn propose(raft: &Raft, command: Command) -> Result<Response, String> {
+    raft.client_write(command)
+        .await
+        .map(|r| r.data)
+        .map_err(|e| e.to_string())
 }
 
 impl Server {
     /// Commits `command` through Raft and returns the state machine's answer.
     pub async fn propose(&self, command: Command) -> Result<Response, String> {
-        self.raft
-            .client_write(command)
-            .await
-            .map(|r| r.data)
-            .map_err(|e| e.to_string())
+        propose(&self.raft, command).await
     }
 
     pub fn is_leader(&self) -> bool {
@@ -270,6 +304,25 @@ async fn start_raft(
     Ok((raft, state))
 }
 
+/// Starts the batcher that commits agents' reports, each batch as one `Command::Reports`.
+fn start_batcher(
+    raft: &Raft,
+    config: batch::BatchConfig,
+    stop: watch::Receiver<bool>,
+) -> batch::Batcher {
+    let raft = raft.clone();
+    let commit = move |reports| {
+        let raft = raft.clone();
+        async move {
+            let time = now();
+            propose(&raft, Command::Reports { reports, time })
+                .await
+                .map(|_| ())
+        }
+    };
+    batch::Batcher::spawn(config, commit, stop)
+}
+
 /// Starts a server: opens the store, starts Raft (founding a one-member group on first start),
 /// serves the API, and runs the leader's controllers.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
@@ -290,6 +343,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         .map_err(listen_err)?;
     let addr = listener.local_addr().map_err(listen_err)?;
     let (raft, state) = start_raft(&config, &state_file, &token, addr).await?;
+    let (stop, stop_rx) = watch::channel(false);
+    let reports = start_batcher(&raft, config.report_batch, stop_rx.clone());
     let ctx = Server {
         raft,
         state,
@@ -299,8 +354,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         blocking: blocking::Clients::new(config.limits.blocking_per_client),
         heartbeats: Arc::default(),
         http: peer_http(),
+        reports,
     };
-    let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(controller::services(ctx.clone(), stop_rx.clone()));
     tokio::spawn(controller::nodes(ctx.clone(), stop_rx.clone()));
     let app = routes::router(ctx.clone());

@@ -31,7 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::answer::{Answer, Fail, Json, no_node, no_service, unavailable};
-use crate::{Server, blocking, now};
+use crate::{ApiLimits, Server, blocking, now};
 
 pub fn router(ctx: Server) -> Router {
     let limits = ctx.limits.clone();
@@ -232,8 +232,30 @@ async fn get_service(
         .ok_or_else(|| no_service(&name))
 }
 
-/// Every problem of a deploy, each located by field path; empty when it may proceed.
-fn check_deploy(req: &DeployRequest) -> Vec<Problem> {
+/// Why `replicas` is refused for one service, when it is over the limit.
+fn over_replicas(replicas: u32, limits: &ApiLimits) -> Option<String> {
+    (replicas > limits.max_replicas).then(|| {
+        format!(
+            "over the limit of {} replicas per service (raise it with --max-replicas)",
+            limits.max_replicas
+        )
+    })
+}
+
+/// Every problem of a deploy, each located by field path; empty when it may proceed. A deploy
+/// over the services limit is refused on that alone, before its specs are validated one by one.
+fn check_deploy(req: &DeployRequest, limits: &ApiLimits) -> Vec<Problem> {
+    let count = req.services.len();
+    if count > limits.max_services_per_deploy {
+        return vec![Problem {
+            path: "services".into(),
+            message: format!(
+                "a deploy of {count} services: over the limit of {} services per deploy \
+                 (raise it with --max-services-per-deploy)",
+                limits.max_services_per_deploy
+            ),
+        }];
+    }
     let mut problems: Vec<Problem> = match spec::validate_all(&req.services) {
         Ok(()) => Vec::new(),
         Err(e) => e
@@ -251,6 +273,19 @@ fn check_deploy(req: &DeployRequest) -> Vec<Problem> {
             message: "no service to deploy".into(),
         });
     }
+    // Past the spec's own ceiling the spec's problem already names the field.
+    let within_spec = req
+        .services
+        .iter()
+        .filter(|s| s.replicas <= spec::MAX_REPLICAS);
+    for svc in within_spec {
+        if let Some(why) = over_replicas(svc.replicas, limits) {
+            problems.push(Problem {
+                path: format!("{}.replicas", svc.name),
+                message: format!("{} replicas: {why}", svc.replicas),
+            });
+        }
+    }
     problems
 }
 
@@ -261,7 +296,7 @@ async fn deploy(
     State(ctx): State<Server>,
     Json(req): Json<DeployRequest>,
 ) -> Answer<DeployResponse> {
-    let problems = check_deploy(&req);
+    let problems = check_deploy(&req, &ctx.limits);
     if !problems.is_empty() {
         return Err(Fail::invalid(
             "the deploy was refused; nothing was changed",
@@ -333,15 +368,11 @@ async fn scale(
     Path(name): Path<String>,
     Json(req): Json<ScaleRequest>,
 ) -> Answer<ServiceSummary> {
-    if req.replicas > spec::MAX_REPLICAS {
+    if let Some(why) = over_replicas(req.replicas, &ctx.limits) {
         return Err(Fail::invalid_at(
-            "the scale was refused",
+            "the scale was refused; nothing was changed",
             "replicas",
-            format!(
-                "{} is more than the maximum of {}",
-                req.replicas,
-                spec::MAX_REPLICAS
-            ),
+            format!("scale {name} to {} replicas: {why}", req.replicas),
         ));
     }
     let removing = ctx
@@ -571,7 +602,24 @@ async fn heartbeat(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// An agent's report of its tasks and events.
+/// A report longer than the limit is refused whole: none of it is applied.
+fn check_report(node: &str, report: &StatusReport, limits: &ApiLimits) -> Result<(), Fail> {
+    let items = report.tasks.len() + report.events.len();
+    if items <= limits.max_report_items {
+        return Ok(());
+    }
+    Err(Fail::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "a report of {items} statuses and events from node {node}: over the limit of {} \
+             items per report (raise it with --max-report-items); none of it was applied",
+            limits.max_report_items
+        ),
+    ))
+}
+
+/// An agent's report of its tasks and events. Reports arriving within one tick are committed
+/// together, as one entry; this answers once that entry commits.
 #[utoipa::path(post, path = "/v1/nodes/{name}/status", request_body = StatusReport,
     params(("name" = String, Path, description = "Node name")),
     responses((status = 204, description = "Committed")))]
@@ -581,13 +629,11 @@ async fn report(
     Json(report): Json<StatusReport>,
 ) -> Result<StatusCode, Fail> {
     known_node(&ctx, &name)?;
-    ctx.propose(Command::Report {
-        node: name,
-        report,
-        time: now(),
-    })
-    .await
-    .map_err(unavailable)?;
+    check_report(&name, &report, &ctx.limits)?;
+    ctx.reports
+        .submit(name, report)
+        .await
+        .map_err(unavailable)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -14,9 +14,10 @@ use crate::types::{
     DriverKind, PortRef, ProbeAction, ProbeSpec, Protocol, PullPolicy, RestartSpec, ServiceSpec,
 };
 
-/// 1000: far more tasks than an edge cluster of small nodes runs for one service, so a larger
-/// number is almost surely a typo (an extra zero) that would swamp the scheduler.
-pub const MAX_REPLICAS: u32 = 1000;
+/// 1,000,000: ten times the 100,000 tasks a whole cluster is built for, so a larger number is a
+/// typo at any size. Servers refuse far less by default (their `--max-replicas`, 10,000); this
+/// is the ceiling of that setting.
+pub const MAX_REPLICAS: u32 = 1_000_000;
 
 /// 63: the DNS label limit (RFC 1035); service names become DNS names in service discovery.
 pub const MAX_NAME_LEN: usize = 63;

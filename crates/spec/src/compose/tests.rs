@@ -715,11 +715,11 @@ fn validation_applies_to_compose_services_too() {
             image: app
             ports: ["8080:80", "8080:81"]
             volumes: ["data:relative"]
-            deploy: { replicas: 5000, resources: { limits: { memory: 1m } } }
+            deploy: { replicas: 5000000, resources: { limits: { memory: 1m } } }
         "#,
         &[],
         r#"
-        web.replicas: 5000 is more than the maximum of 1000
+        web.replicas: 5000000 is more than the maximum of 1000
         web.ports[1].host_port: host port 8080 is already used by port "p80"
         web.volumes[0].target: "relative" must be an absolute path inside the container
         web.resources.limits.memory: 1Mi is below Docker's minimum memory limit of 6Mi

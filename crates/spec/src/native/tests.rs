@@ -527,7 +527,7 @@ fn timings_and_limits_must_make_sense() {
         r#"
         name: web
         command: [./web]
-        replicas: 5000
+        replicas: 5000000
         env: { 1BAD: x }
         restart: { initial_backoff: 1m, max_backoff: 30s }
         liveness: { exec: [], period: 0s, timeout: 0s, failure_threshold: 0 }
@@ -535,7 +535,7 @@ fn timings_and_limits_must_make_sense() {
         volumes: []
         "#,
         r#"
-        web.replicas: 5000 is more than the maximum of 1000
+        web.replicas: 5000000 is more than the maximum of 1000
         web.env.1BAD: is not a valid variable name (use letters, digits and '_', not starting with a digit)
         web.restart.initial_backoff: 1m is longer than max_backoff (30s)
         web.liveness.period: 0s is shorter than the minimum of 100ms

@@ -1,0 +1,253 @@
+//! Coalesced status reports. Every report is a Raft entry, and every entry costs a log append
+//! and its fsyncs; thousands of agents reporting at once would spend the disk on bookkeeping.
+//! So reports that arrive within one tick of each other are committed together, as one
+//! `Command::Reports`, and each request is answered once that entry commits (or with its
+//! error).
+//!
+//! - A batch opens with its first report and closes one tick after that report arrived, or
+//!   as soon as it is full (items or bytes), so an entry stays small and no report waits much
+//!   more than a tick plus one commit.
+//! - One batch commits at a time, in arrival order; a report that does not fit opens the next
+//!   batch. Reports of one node therefore apply in the order they arrived, within a batch and
+//!   across batches.
+//! - The queue in front of the batcher is bounded: a burst of reports waits in its requests
+//!   (themselves capped by the listener's connection limit), not in a growing buffer.
+
+use std::future::Future;
+use std::time::Duration;
+
+use api::StatusReport;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+/// 20 ms: a burst of agents reporting the same change (a node came back, a service rolled)
+/// lands in a handful of entries instead of one each, while a single report still commits well
+/// within a heartbeat.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(20);
+
+/// 5,000 statuses and events: five agents' largest reports (`api::REPORT_ITEMS`), so a burst of
+/// small reports coalesces well while one entry stays quick to apply under the state lock.
+pub const DEFAULT_BATCH_ITEMS: usize = 5_000;
+
+/// 1 MiB of JSON: as large as one agent's largest report, an eighth of the default body limit,
+/// so an entry stays small on disk and on its way to other servers.
+pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
+
+/// Reports queued in front of the batcher; past this, requests wait to be queued.
+const QUEUE: usize = 4_096;
+
+/// What an answer says when the batcher is gone: the server is shutting down.
+const STOPPING: &str = "the server is stopping";
+
+/// How reports are coalesced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// How long a batch stays open after its first report arrived.
+    pub tick: Duration,
+    /// Most statuses and events in one batch; a single larger report goes alone.
+    pub max_items: usize,
+    /// Most bytes of JSON in one batch; a single larger report goes alone.
+    pub max_bytes: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            tick: DEFAULT_TICK,
+            max_items: DEFAULT_BATCH_ITEMS,
+            max_bytes: DEFAULT_BATCH_BYTES,
+        }
+    }
+}
+
+/// The reports of one entry, in order: each with the name of the node that sent it.
+pub type Reports = Vec<(String, StatusReport)>;
+
+/// What a report costs a batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    items: usize,
+    bytes: usize,
+}
+
+impl Size {
+    fn of(node: &str, report: &StatusReport) -> Size {
+        let mut bytes = Counter(node.len());
+        // Writing to a counter cannot fail; a report that would not serialize counts as empty.
+        let _ = serde_json::to_writer(&mut bytes, report);
+        Size {
+            items: report.tasks.len() + report.events.len(),
+            bytes: bytes.0,
+        }
+    }
+}
+
+/// Counts the bytes written to it: a report's JSON size without building the JSON.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A report waiting for its entry to commit.
+struct Waiting {
+    node: String,
+    report: StatusReport,
+    size: Size,
+    arrived: Instant,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+impl Waiting {
+    fn new(node: String, report: StatusReport) -> (Waiting, oneshot::Receiver<Result<(), String>>) {
+        let (done, answer) = oneshot::channel();
+        let size = Size::of(&node, &report);
+        let waiting = Waiting {
+            node,
+            report,
+            size,
+            arrived: Instant::now(),
+            done,
+        };
+        (waiting, answer)
+    }
+}
+
+/// Where handlers hand in reports. Cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::Sender<Waiting>,
+}
+
+impl Batcher {
+    /// Starts the batcher: `commit` proposes one batch as one entry. It runs until `stop` is
+    /// set, or every `Batcher` is dropped.
+    pub fn spawn<C, F>(config: BatchConfig, commit: C, stop: watch::Receiver<bool>) -> Batcher
+    where
+        C: FnMut(Reports) -> F + Send + 'static,
+        F: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let (queue, queued) = mpsc::channel(QUEUE);
+        tokio::spawn(run(queued, config, commit, stop));
+        Batcher { queue }
+    }
+
+    /// Submits `node`'s report and waits until the entry holding it commits.
+    pub async fn submit(&self, node: String, report: StatusReport) -> Result<(), String> {
+        let (waiting, answer) = Waiting::new(node, report);
+        self.queue
+            .send(waiting)
+            .await
+            .map_err(|_| STOPPING.to_string())?;
+        answer.await.unwrap_or_else(|_| Err(STOPPING.to_string()))
+    }
+}
+
+/// The reports of one entry and whom to answer.
+struct Batch {
+    reports: Reports,
+    answers: Vec<oneshot::Sender<Result<(), String>>>,
+    size: Size,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            reports: Vec::new(),
+            answers: Vec::new(),
+            size: Size::default(),
+        }
+    }
+
+    fn full(&self, config: BatchConfig) -> bool {
+        self.size.items >= config.max_items || self.size.bytes >= config.max_bytes
+    }
+
+    /// Whether `w` still fits; an empty batch takes anything, so every report goes somewhere.
+    fn fits(&self, w: &Waiting, config: BatchConfig) -> bool {
+        self.reports.is_empty()
+            || (self.size.items + w.size.items <= config.max_items
+                && self.size.bytes + w.size.bytes <= config.max_bytes)
+    }
+
+    fn push(&mut self, w: Waiting) {
+        self.size.items += w.size.items;
+        self.size.bytes += w.size.bytes;
+        self.reports.push((w.node, w.report));
+        self.answers.push(w.done);
+    }
+
+    /// Commits the batch as one entry and answers each of its requests with the outcome.
+    async fn commit<F>(self, commit: impl FnOnce(Reports) -> F)
+    where
+        F: Future<Output = Result<(), String>>,
+    {
+        let result = commit(self.reports).await;
+        for done in self.answers {
+            // A request that gave up (its client left) needs no answer.
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+async fn run<C, F>(
+    mut queued: mpsc::Receiver<Waiting>,
+    config: BatchConfig,
+    mut commit: C,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: FnMut(Reports) -> F,
+    F: Future<Output = Result<(), String>>,
+{
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(w) => w,
+            None => tokio::select! {
+                // A stopping server commits nothing more, even what is already queued.
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                w = queued.recv() => match w {
+                    Some(w) => w,
+                    None => return,
+                },
+            },
+        };
+        let (batch, rest) = collect(first, &mut queued, config).await;
+        next = rest;
+        batch.commit(&mut commit).await;
+    }
+}
+
+/// Gathers reports until one tick after `first` arrived or until the batch is full. The report
+/// that did not fit comes back, to open the next batch.
+async fn collect(
+    first: Waiting,
+    queued: &mut mpsc::Receiver<Waiting>,
+    config: BatchConfig,
+) -> (Batch, Option<Waiting>) {
+    let deadline = first.arrived + config.tick;
+    let mut batch = Batch::new();
+    batch.push(first);
+    while !batch.full(config) {
+        // A deadline already past still takes what is queued: `timeout_at` polls first.
+        let Ok(Some(w)) = tokio::time::timeout_at(deadline, queued.recv()).await else {
+            break;
+        };
+        if !batch.fits(&w, config) {
+            return (batch, Some(w));
+        }
+        batch.push(w);
+    }
+    (batch, None)
+}
+
+#[cfg(test)]
+mod tests;
