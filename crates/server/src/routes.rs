@@ -930,6 +930,53 @@ mod tests {
     }
 
     #[test]
+    fn a_deploy_over_a_limit_is_refused_naming_the_limit_and_the_flag_to_raise_it() {
+        let limits = ApiLimits {
+            max_services_per_deploy: 2,
+            max_replicas: 5,
+            ..ApiLimits::default()
+        };
+        let yaml = "name: a\nreplicas: 6\ncommand: [x]\n";
+        let env = std::collections::BTreeMap::new();
+        let one = spec::parse_file("a.yaml", yaml, &env, None)
+            .unwrap()
+            .services[0]
+            .clone();
+        let deploy = |n: usize| DeployRequest {
+            services: (0..n)
+                .map(|i| spec::ServiceSpec {
+                    name: format!("s{i}"),
+                    ..one.clone()
+                })
+                .collect(),
+            dry_run: false,
+        };
+        let said = |problems: Vec<Problem>| -> Vec<String> {
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect()
+        };
+        assert_eq!(
+            said(check_deploy(&deploy(3), &limits)),
+            [
+                "services: a deploy of 3 services: over the limit of 2 services per deploy \
+              (raise it with --max-services-per-deploy)"
+            ],
+            "refused on the count alone"
+        );
+        let over =
+            "6 replicas: over the limit of 5 replicas per service (raise it with --max-replicas)";
+        assert_eq!(
+            said(check_deploy(&deploy(2), &limits)),
+            [
+                format!("s0.replicas: {over}"),
+                format!("s1.replicas: {over}")
+            ]
+        );
+    }
+
+    #[test]
     fn the_documented_continue_header_is_the_one_answered() {
         let (_, doc) = OpenApiRouter::<Server>::new()
             .routes(routes!(list_tasks))
