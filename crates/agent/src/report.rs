@@ -9,6 +9,13 @@
 //!   server's body limit.
 //! - [`Reporter::flushed`] waits until what was sent before it is delivered: a stopping agent
 //!   uses it so the final states reach the server.
+//! - A report carries only what changed since the last one the server acknowledged: the latest
+//!   status of each task that changed and the events seen since. A report that was not
+//!   acknowledged is put back under anything newer and sent again; the state machine ignores a
+//!   status that would move a task back, so a resend is harmless. There is no periodic full
+//!   report: the server's view is the sum of acknowledged deltas. The one resync is a task's
+//!   first status after an agent restart (a supervisor reports the task it re-adopts or
+//!   starts), because what was pending in memory when the agent died is gone.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use api::{Level, Timestamp};
+use api::{Level, TaskState, Timestamp};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::post;
 
@@ -71,6 +71,58 @@ fn a_huge_message_is_clipped_so_it_still_fits_a_batch() {
     let batch = pending.take_batch();
     assert!(batch.events[0].message.len() <= MAX_MESSAGE + 8);
     assert!(batch.events[0].message.ends_with("[…]"));
+}
+
+/// An update of task `id` to `state`.
+fn status(id: &str, state: TaskState) -> Update {
+    Update {
+        status: Some(TaskStatus {
+            id: id.into(),
+            state,
+            evicted: false,
+            ready: state == TaskState::Running,
+            restarts: 0,
+            pid: Some(7),
+            container_id: None,
+            ports: BTreeMap::new(),
+            started_at: Some(Timestamp(1)),
+            exit_code: None,
+            message: None,
+        }),
+        ..Update::default()
+    }
+}
+
+/// The tasks of a report with their states.
+fn states(report: &StatusReport) -> Vec<(&str, TaskState)> {
+    report
+        .tasks
+        .iter()
+        .map(|t| (t.id.as_str(), t.state))
+        .collect()
+}
+
+#[test]
+fn an_undelivered_report_goes_again_with_only_the_latest_status_of_each_task() {
+    let mut pending = Pending::new(LIMITS);
+    pending.add(status("a", TaskState::Starting));
+    pending.add(status("a", TaskState::Running));
+    pending.add(status("b", TaskState::Starting));
+    let failed = pending.take_batch();
+    assert_eq!(
+        states(&failed),
+        [("a", TaskState::Running), ("b", TaskState::Starting)],
+        "one status per task, the latest"
+    );
+    // While the server is away, b moves on; what was not delivered goes back under it.
+    pending.add(status("b", TaskState::Running));
+    pending.restore(failed);
+    let again = pending.take_batch();
+    assert_eq!(
+        states(&again),
+        [("a", TaskState::Running), ("b", TaskState::Running)]
+    );
+    assert!(pending.is_empty());
 }
 
 /// What the test server saw: each request's body size and report.
@@ -195,4 +247,32 @@ async fn flushed_gives_up_at_its_deadline_when_the_server_is_away() {
     let started = tokio::time::Instant::now();
     assert!(!reporter.flushed(Duration::from_millis(500)).await);
     assert!(started.elapsed() < PATIENCE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_carries_only_what_changed_since_the_last_delivered_one() {
+    let (base, seen) = server().await;
+    let (updates_tx, updates) = mpsc::unbounded_channel();
+    let (flush, flushes) = mpsc::unbounded_channel();
+    let (_registered_tx, registered) = watch::channel(true);
+    tokio::spawn(run(outbox(&base, 0), updates, flushes, registered, LIMITS));
+    let reporter = Reporter { flush };
+    updates_tx.send(status("a", TaskState::Starting)).unwrap();
+    updates_tx.send(status("a", TaskState::Running)).unwrap();
+    updates_tx.send(events(2)).unwrap();
+    assert!(reporter.flushed(PATIENCE).await);
+    updates_tx.send(status("b", TaskState::Starting)).unwrap();
+    assert!(reporter.flushed(PATIENCE).await);
+    let seen = seen.lock().unwrap();
+    let (last, earlier) = seen.reports.split_last().unwrap();
+    assert_eq!(states(&last.1), [("b", TaskState::Starting)]);
+    assert!(
+        last.1.events.is_empty(),
+        "delivered events are not sent again"
+    );
+    let a: Vec<(&str, TaskState)> = earlier.iter().flat_map(|(_, r)| states(r)).collect();
+    assert_eq!(a.last(), Some(&("a", TaskState::Running)));
+    assert!(a.iter().all(|(id, _)| *id == "a"), "{a:?}");
+    let delivered: usize = earlier.iter().map(|(_, r)| r.events.len()).sum();
+    assert_eq!(delivered, 2);
 }
