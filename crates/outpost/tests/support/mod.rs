@@ -95,13 +95,22 @@ impl Dev {
     }
 
     fn spawn_with(&mut self, files: &[&Path], env: &[(&str, &str)]) {
+        self.spawn_dev(files.iter().map(|f| f.as_os_str()), env);
+    }
+
+    /// Starts `outpost dev` with `args` (spec files, flags of its own) and `env`.
+    fn spawn_dev<'a>(
+        &mut self,
+        args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+        env: &[(&str, &str)],
+    ) {
         let _ = std::fs::remove_file(self.data_dir().join("api"));
         let log = std::fs::File::create(self.data_dir().join("dev.log")).unwrap();
         let child = Command::new(outpost_bin())
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--api", "127.0.0.1:0", "dev"])
-            .args(files)
+            .args(args)
             .env("OUTPOST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
@@ -508,6 +517,15 @@ impl Dev {
         let dir = tempfile::tempdir().unwrap();
         let mut dev = Dev { dir, child: None };
         dev.spawn_with(&[], env);
+        dev
+    }
+
+    /// Starts `outpost dev` with flags of its own (`--max-replicas 5`), and waits until its
+    /// API answers.
+    pub fn start_with_flags(flags: &[&str]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = Dev { dir, child: None };
+        dev.spawn_dev(flags.iter().map(std::ffi::OsStr::new), &[]);
         dev
     }
 
