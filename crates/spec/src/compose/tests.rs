@@ -719,7 +719,7 @@ fn validation_applies_to_compose_services_too() {
         "#,
         &[],
         r#"
-        web.replicas: 5000000 is more than the maximum of 1000
+        web.replicas: 5000000 is more than the maximum of 1000000
         web.ports[1].host_port: host port 8080 is already used by port "p80"
         web.volumes[0].target: "relative" must be an absolute path inside the container
         web.resources.limits.memory: 1Mi is below Docker's minimum memory limit of 6Mi

@@ -535,7 +535,7 @@ fn timings_and_limits_must_make_sense() {
         volumes: []
         "#,
         r#"
-        web.replicas: 5000000 is more than the maximum of 1000
+        web.replicas: 5000000 is more than the maximum of 1000000
         web.env.1BAD: is not a valid variable name (use letters, digits and '_', not starting with a digit)
         web.restart.initial_backoff: 1m is longer than max_backoff (30s)
         web.liveness.period: 0s is shorter than the minimum of 100ms
