@@ -213,7 +213,7 @@ async fn run<C, F>(
             None => tokio::select! {
                 // A stopping server commits nothing more, even what is already queued.
                 biased;
-                _ = stop.wait_for(|s| *s) => return,
+                () = stopped(&mut stop) => return,
                 w = queued.recv() => match w {
                     Some(w) => w,
                     None => return,
@@ -223,6 +223,14 @@ async fn run<C, F>(
         let (batch, rest) = collect(first, &mut queued, config).await;
         next = rest;
         batch.commit(&mut commit).await;
+    }
+}
+
+/// Resolves once `stop` is set. A handle dropped without stopping leaves the server running,
+/// so a sender that is gone never resolves it: the batcher then ends with its last `Batcher`.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -225,3 +225,13 @@ async fn a_stopped_batcher_answers_that_the_server_is_stopping() {
     assert_eq!(answer, Err(STOPPING.to_string()));
     assert!(entries.batches().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batcher_whose_stop_handle_is_dropped_keeps_committing() {
+    let entries = Entries::new();
+    let (stop, stopped) = watch::channel(false);
+    let batcher = Batcher::spawn(CONFIG, entries.commit(), stopped);
+    drop(stop);
+    assert_eq!(batcher.submit("a".into(), report(1, 1)).await, Ok(()));
+    assert_eq!(entries.batches(), vec![(ms(20), names(&["a/1"]))]);
+}
