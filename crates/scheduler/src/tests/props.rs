@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use api::{DesiredState, Node, NodeState, Service, Task};
+use api::{DesiredState, Node, NodeState, Service, Task, TaskState};
 use proptest::prelude::*;
 
 use super::{node, service, task};
@@ -102,6 +102,69 @@ fn cluster() -> impl Strategy<Value = (Vec<ServiceDraw>, Vec<NodeDraw>, Vec<Task
     )
 }
 
+/// A change between two passes: which service (an index into those there are), what happens
+/// to it (see [`change_one`]), and an amount the change draws from.
+type ChangeDraw = (usize, u8, u32);
+
+fn change() -> impl Strategy<Value = ChangeDraw> {
+    (any::<usize>(), 0u8..8, any::<u32>())
+}
+
+/// Makes one change the way the store would, and returns the service whose placement inputs it
+/// moved, if any: a scale, a new version with new requests, a removal, a task evicted or
+/// stopped, a service forgotten with its tasks, a service deployed (named `fresh`), or a
+/// task's observed state moving, which placement does not read.
+fn change_one(
+    services: &mut BTreeMap<String, Service>,
+    tasks: &mut BTreeMap<String, Task>,
+    (pick, kind, amount): ChangeDraw,
+    fresh: String,
+) -> Option<String> {
+    let Some(name) = services.keys().nth(pick % services.len().max(1)).cloned() else {
+        services.insert(
+            fresh.clone(),
+            service(&fresh, amount % 6, u64::from(amount % 1500)),
+        );
+        return Some(fresh);
+    };
+    let running: Vec<String> = (tasks.values())
+        .filter(|t| t.service == name && t.desired == DesiredState::Running)
+        .map(|t| t.id.clone())
+        .collect();
+    let one = (!running.is_empty()).then(|| running[amount as usize % running.len()].clone());
+    let svc = services.get_mut(&name).expect("a drawn service");
+    match (kind, one) {
+        (0, _) => svc.spec.replicas = amount % 9,
+        (1, _) => {
+            svc.version += 1;
+            svc.spec.resources.requests.cpu = Some(spec::Cpu(u64::from(amount % 1500)));
+        }
+        (2, _) => svc.removing = true,
+        (3, Some(id)) => {
+            tasks.remove(&id);
+        }
+        (4, Some(id)) => tasks.get_mut(&id).expect("a drawn task").desired = DesiredState::Shutdown,
+        (5, _) => {
+            services.remove(&name);
+            tasks.retain(|_, t| t.service != name);
+        }
+        (6, _) => {
+            services.insert(
+                fresh.clone(),
+                service(&fresh, amount % 6, u64::from(amount % 1500)),
+            );
+            return Some(fresh);
+        }
+        (_, Some(id)) => {
+            let t = tasks.get_mut(&id).expect("a drawn task");
+            (t.state, t.ready, t.restarts) = (TaskState::Failed, false, t.restarts + 1);
+            return None;
+        }
+        (_, None) => return None,
+    }
+    Some(name)
+}
+
 /// Applies a plan the way the store does: new tasks for placements, named after their service
 /// and slot with a number that makes them unique, and stopped ones shut down.
 fn apply(tasks: &mut BTreeMap<String, Task>, services: &BTreeMap<String, Service>, plan: &Plan) {
@@ -187,6 +250,30 @@ proptest! {
         // The reasons may tell of less room left: later services took it.
         let waiting = |p: &Plan| p.pending.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>();
         prop_assert_eq!(waiting(&second), waiting(&first));
+    }
+
+    /// The service controller's pass: once a plan is applied, planning only the services that
+    /// changed and those with replicas waiting gives what a full pass gives, round after round.
+    /// A task's observed state changing is not a change to plan for.
+    #[test]
+    fn planning_changed_and_waiting_services_equals_a_full_pass(
+        (s, n, t) in cluster(),
+        rounds in proptest::collection::vec(proptest::collection::vec(change(), 0..4), 1..4),
+    ) {
+        let (mut services, nodes) = (services_from(&s), nodes_from(&n));
+        let mut tasks = tasks_from(&t, s.len(), n.len());
+        let mut last = plan(&services, &tasks, &nodes);
+        for (round, changes) in rounds.iter().enumerate() {
+            apply(&mut tasks, &services, &last);
+            let mut only: BTreeSet<String> = last.pending.iter().map(|(s, _)| s.clone()).collect();
+            for (i, draw) in changes.iter().enumerate() {
+                let fresh = format!("new{round}x{i}");
+                only.extend(change_one(&mut services, &mut tasks, *draw, fresh));
+            }
+            let full = plan(&services, &tasks, &nodes);
+            prop_assert_eq!(&plan_services(&services, &tasks, &nodes, &only), &full, "planned {:?}", only);
+            last = full;
+        }
     }
 
     /// With room for everything, each service's replicas spread evenly over the nodes that can
