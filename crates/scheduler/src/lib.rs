@@ -18,6 +18,11 @@
 //! A full pass costs O((tasks + nodes) · log nodes): each task is looked at once, and the next
 //! node for a replica comes from ordered sets (`cluster.rs`), not a scan. `oracle.rs`, for tests
 //! only, keeps the direct quadratic algorithm the plans are checked against.
+//!
+//! [`plan_services`] places only the services it is given, against the room every other
+//! service's tasks leave: the service controller's pass after a few services changed. With the
+//! services whose replicas wait, it gives what a full pass would (`tests/props.rs` holds it to
+//! that after random changes), because every other service has nothing to do.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -58,18 +63,19 @@ pub fn plan(
 /// tasks of every other service stay as they are and only take room. Names in `only` that are
 /// no longer services get their tasks stopped.
 ///
-/// It equals [`plan`] when every service outside `only` is settled: nothing of it, of its
-/// tasks, or of the nodes changed since a full plan was applied, and it had no replica waiting
-/// for room. Such a service has every slot filled and nothing to stop, so a full pass would
-/// only charge its tasks to their nodes, which this pass does too. Services still compete for
-/// room, and that is why the caller must name every service with waiting replicas even when
-/// nothing of it changed: a service that scales down or goes away frees room that a waiting
-/// one may now take, and a node that joins or recovers gives them room too. Placement order is
-/// the same as a full pass's (by name), so a changed service takes room before a waiting one
-/// after it, exactly as it would there.
+/// It equals [`plan`] when every service outside `only` is settled: neither it nor its tasks
+/// changed since a full plan was applied, and it had no replica waiting for room. Such a
+/// service has every slot filled and nothing to stop, whatever became of the nodes since (a
+/// task fills its slot on any node), so a full pass would only charge its tasks to their
+/// nodes, which this pass does too. Services still compete for room, and that is why the
+/// caller must name every service with waiting replicas even when nothing of it changed: a
+/// service that scales down or goes away frees room a waiting one may now take, and so does a
+/// node that joins or recovers. Services are placed in name order as in a full pass, so a
+/// changed service takes room before a waiting one named after it, exactly as it would there.
 ///
-/// Costs one look at each task (no lookup for a task of the same service as the one before)
-/// plus the placement of the named services.
+/// Costs one look at each task, which is most of a full pass that has nothing to place: a
+/// node's room left is the sum of what runs there. The lookups are cheap (a task of the same
+/// service as the one before needs none), and only the named services are placed.
 pub fn plan_services(
     services: &BTreeMap<String, Service>,
     tasks: &BTreeMap<String, Task>,
@@ -95,8 +101,8 @@ struct Planned<'a> {
 enum Owner<'a> {
     /// A service this pass plans: its index among them.
     Planned(usize),
-    /// A service outside the pass (or, outside it, one that is gone): the task stays and takes
-    /// its room.
+    /// A service outside the pass, or a name outside it that is no longer a service: the task
+    /// stays and takes its room.
     Settled(Option<&'a Service>),
     /// A service in the pass that no longer exists: its tasks stop.
     Gone,

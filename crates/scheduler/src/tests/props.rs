@@ -102,12 +102,40 @@ fn cluster() -> impl Strategy<Value = (Vec<ServiceDraw>, Vec<NodeDraw>, Vec<Task
     )
 }
 
-/// A change between two passes: which service (an index into those there are), what happens
-/// to it (see [`change_one`]), and an amount the change draws from.
+/// A change between two passes: which service or node (an index into those there are), what
+/// happens to it (below 8 a service, see [`change_one`]; from 8 a node, see [`change_node`]),
+/// and an amount the change draws from.
 type ChangeDraw = (usize, u8, u32);
 
 fn change() -> impl Strategy<Value = ChangeDraw> {
-    (any::<usize>(), 0u8..8, any::<u32>())
+    (any::<usize>(), 0u8..13, any::<u32>())
+}
+
+/// Changes one node's placement inputs, or registers one named `fresh`.
+fn change_node(
+    nodes: &mut BTreeMap<String, Node>,
+    (pick, kind, amount): ChangeDraw,
+    fresh: String,
+) {
+    let count = nodes.len();
+    let Some(n) = (kind < 12)
+        .then(|| nodes.values_mut().nth(pick % count.max(1)))
+        .flatten()
+    else {
+        nodes.insert(
+            fresh.clone(),
+            node(&fresh, u64::from(amount % 6000), 1 << 32),
+        );
+        return;
+    };
+    match kind {
+        8 => n.state = [NodeState::Ready, NodeState::Suspect, NodeState::Down][amount as usize % 3],
+        9 => n.memory_pressure = !n.memory_pressure,
+        10 => n.allocatable.cpu_millis = u64::from(amount % 6000),
+        _ => {
+            n.drivers = vec!["process".into(), "docker".into()][..1 + amount as usize % 2].to_vec()
+        }
+    }
 }
 
 /// Makes one change the way the store would, and returns the service whose placement inputs it
@@ -254,13 +282,14 @@ proptest! {
 
     /// The service controller's pass: once a plan is applied, planning only the services that
     /// changed and those with replicas waiting gives what a full pass gives, round after round.
-    /// A task's observed state changing is not a change to plan for.
+    /// A task's observed state changing is not a change to plan for, and nor is a node's: it
+    /// matters only to replicas that wait, whose services are planned anyway.
     #[test]
     fn planning_changed_and_waiting_services_equals_a_full_pass(
         (s, n, t) in cluster(),
         rounds in proptest::collection::vec(proptest::collection::vec(change(), 0..4), 1..4),
     ) {
-        let (mut services, nodes) = (services_from(&s), nodes_from(&n));
+        let (mut services, mut nodes) = (services_from(&s), nodes_from(&n));
         let mut tasks = tasks_from(&t, s.len(), n.len());
         let mut last = plan(&services, &tasks, &nodes);
         for (round, changes) in rounds.iter().enumerate() {
@@ -268,7 +297,11 @@ proptest! {
             let mut only: BTreeSet<String> = last.pending.iter().map(|(s, _)| s.clone()).collect();
             for (i, draw) in changes.iter().enumerate() {
                 let fresh = format!("new{round}x{i}");
-                only.extend(change_one(&mut services, &mut tasks, *draw, fresh));
+                if draw.1 < 8 {
+                    only.extend(change_one(&mut services, &mut tasks, *draw, fresh));
+                } else {
+                    change_node(&mut nodes, *draw, fresh);
+                }
             }
             let full = plan(&services, &tasks, &nodes);
             prop_assert_eq!(&plan_services(&services, &tasks, &nodes, &only), &full, "planned {:?}", only);
