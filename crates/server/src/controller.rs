@@ -101,7 +101,7 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
         return last;
     };
     tracing::debug!(
-        full = pass == Pass::Full,
+        full = matches!(pass, Pass::Full),
         lock_ms = held.as_secs_f64() * 1e3,
         place = plan.place.len(),
         stop = plan.stop.len(),

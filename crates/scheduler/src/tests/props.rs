@@ -133,7 +133,8 @@ fn change_node(
         9 => n.memory_pressure = !n.memory_pressure,
         10 => n.allocatable.cpu_millis = u64::from(amount % 6000),
         _ => {
-            n.drivers = vec!["process".into(), "docker".into()][..1 + amount as usize % 2].to_vec()
+            let drivers = &["process", "docker"][..1 + amount as usize % 2];
+            n.drivers = drivers.iter().map(|d| d.to_string()).collect();
         }
     }
 }
@@ -148,7 +149,8 @@ fn change_one(
     (pick, kind, amount): ChangeDraw,
     fresh: String,
 ) -> Option<String> {
-    let Some(name) = services.keys().nth(pick % services.len().max(1)).cloned() else {
+    let drawn = services.keys().nth(pick % services.len().max(1)).cloned();
+    let Some(name) = drawn.filter(|_| kind != 6) else {
         services.insert(
             fresh.clone(),
             service(&fresh, amount % 6, u64::from(amount % 1500)),
@@ -175,13 +177,6 @@ fn change_one(
         (5, _) => {
             services.remove(&name);
             tasks.retain(|_, t| t.service != name);
-        }
-        (6, _) => {
-            services.insert(
-                fresh.clone(),
-                service(&fresh, amount % 6, u64::from(amount % 1500)),
-            );
-            return Some(fresh);
         }
         (_, Some(id)) => {
             let t = tasks.get_mut(&id).expect("a drawn task");
