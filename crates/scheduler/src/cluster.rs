@@ -7,9 +7,10 @@
 //! services; only the nodes that already run the service need a set of their own, and it is
 //! as large as the service is.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 
-use api::{Node, NodeState, Service, Task};
+use api::{Node, NodeState};
 use spec::ServiceSpec;
 
 use crate::requests;
@@ -36,19 +37,73 @@ impl Room<'_> {
     }
 }
 
-/// Every node's room, in name order: a room's index is its rank by name, so index order is the
-/// name tie-break (nodes that share a name keep their map order, as a stable sort leaves them).
+/// Every node's room, in name order, while the tasks that stay are charged to it. A room's
+/// index is its rank by name, so index order is the name tie-break (nodes that share a name
+/// keep their map order, as a stable sort leaves them).
+pub(crate) struct Rooms<'a> {
+    rooms: Vec<Room<'a>>,
+    /// Node name → the indexes of its rooms: one lookup per task instead of a search.
+    by_name: HashMap<&'a str, Range<usize>>,
+}
+
+impl<'a> Rooms<'a> {
+    pub fn new(nodes: impl Iterator<Item = &'a Node>) -> Self {
+        let mut rooms: Vec<Room> = nodes
+            .map(|node| Room {
+                node,
+                cpu_free: node.allocatable.cpu_millis,
+                memory_free: node.allocatable.memory_bytes,
+                total: 0,
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.node.name.cmp(&b.node.name));
+        let mut by_name: HashMap<&str, Range<usize>> = HashMap::with_capacity(rooms.len());
+        for (i, room) in rooms.iter().enumerate() {
+            by_name
+                .entry(room.node.name.as_str())
+                .and_modify(|r| r.end = i + 1)
+                .or_insert(i..i + 1);
+        }
+        Rooms { rooms, by_name }
+    }
+
+    /// Charges a task that stays on `node` (one that never registered has no room) for its
+    /// requests, if its service is known, and returns the rooms charged.
+    pub fn charge(&mut self, node: &str, need: Option<(u64, u64)>) -> Range<usize> {
+        let Some(range) = self.by_name.get(node).cloned() else {
+            return 0..0;
+        };
+        for room in &mut self.rooms[range.clone()] {
+            if let Some(need) = need {
+                room.take(need);
+            }
+            room.total += 1;
+        }
+        range
+    }
+
+    /// Every task charged: index the schedulable rooms by load.
+    pub fn index(self) -> Cluster<'a> {
+        let by_load = (self.rooms.iter().enumerate())
+            .filter(|(_, r)| r.schedulable())
+            .map(|(i, r)| (r.total, i))
+            .collect();
+        Cluster {
+            rooms: self.rooms,
+            by_load,
+        }
+    }
+}
+
+/// Every node's room with the schedulable ones ordered by load, as placement goes on.
 pub(crate) struct Cluster<'a> {
     pub rooms: Vec<Room<'a>>,
     /// Schedulable rooms by (tasks overall, index).
     by_load: BTreeSet<(u32, usize)>,
-    /// Service name → room index → tasks of that service in the room.
-    spread: HashMap<&'a str, HashMap<usize, u32>>,
 }
 
 /// One service's placement in progress.
-pub(crate) struct Placing<'a> {
-    name: &'a str,
+pub(crate) struct Placing {
     requests: (u64, u64),
     driver: String,
     /// Rooms running this service: index → its tasks there.
@@ -62,64 +117,14 @@ pub(crate) struct Placing<'a> {
 }
 
 impl<'a> Cluster<'a> {
-    /// One pass over the tasks that stay: each charges its node for its requests.
-    pub fn new(
-        nodes: impl Iterator<Item = &'a Node>,
-        kept: &[&'a Task],
-        services: &BTreeMap<String, Service>,
-    ) -> Self {
-        let mut rooms: Vec<Room> = nodes
-            .map(|node| Room {
-                node,
-                cpu_free: node.allocatable.cpu_millis,
-                memory_free: node.allocatable.memory_bytes,
-                total: 0,
-            })
-            .collect();
-        rooms.sort_by(|a, b| a.node.name.cmp(&b.node.name));
-        let mut spread: HashMap<&str, HashMap<usize, u32>> = HashMap::new();
-        for task in kept {
-            let Some(node) = task.node.as_deref() else {
-                continue;
-            };
-            let need = services.get(&task.service).map(|s| requests(&s.spec));
-            let first = rooms.partition_point(|r| r.node.name.as_str() < node);
-            let named = rooms[first..]
-                .iter_mut()
-                .take_while(|r| r.node.name == node);
-            for (i, room) in named.enumerate() {
-                if let Some(need) = need {
-                    room.take(need);
-                }
-                room.total += 1;
-                *spread
-                    .entry(task.service.as_str())
-                    .or_default()
-                    .entry(first + i)
-                    .or_default() += 1;
-            }
-        }
-        let by_load = (rooms.iter().enumerate())
-            .filter(|(_, r)| r.schedulable())
-            .map(|(i, r)| (r.total, i))
-            .collect();
-        Cluster {
-            rooms,
-            by_load,
-            spread,
-        }
-    }
-
-    /// Starts placing replicas of `spec`.
-    pub fn start(&mut self, spec: &'a ServiceSpec) -> Placing<'a> {
-        let counts = self.spread.remove(spec.name.as_str()).unwrap_or_default();
+    /// Starts placing replicas of `spec`, whose kept tasks run in the rooms of `counts`.
+    pub fn start(&self, spec: &ServiceSpec, counts: HashMap<usize, u32>) -> Placing {
         let crowded = counts
             .iter()
             .filter(|(i, _)| self.rooms[**i].schedulable())
             .map(|(i, c)| (*c, self.rooms[*i].total, *i))
             .collect();
         Placing {
-            name: spec.name.as_str(),
             requests: requests(spec),
             driver: spec.driver.to_string(),
             counts,
@@ -128,13 +133,8 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    /// Gives the service's counts back, for a later service of the same name.
-    pub fn finish(&mut self, placing: Placing<'a>) {
-        self.spread.insert(placing.name, placing.counts);
-    }
-
     /// The best room for one more replica, charged for it.
-    pub fn pick(&mut self, p: &mut Placing<'a>) -> Option<&'a Node> {
+    pub fn pick(&mut self, p: &mut Placing) -> Option<&'a Node> {
         let i = self.next_uncrowded(p).or_else(|| self.next_crowded(p))?;
         let room = &mut self.rooms[i];
         let before = room.total;
@@ -150,7 +150,7 @@ impl<'a> Cluster<'a> {
     }
 
     /// The least loaded room that runs nothing of this service and fits a replica.
-    fn next_uncrowded(&self, p: &mut Placing<'a>) -> Option<usize> {
+    fn next_uncrowded(&self, p: &mut Placing) -> Option<usize> {
         use std::ops::Bound::{Excluded, Unbounded};
         loop {
             let next = match p.cursor {
@@ -167,7 +167,7 @@ impl<'a> Cluster<'a> {
 
     /// The room with the fewest tasks of this service, then overall, that fits a replica.
     /// A room that does not fit leaves the set: it only loses room while this service is placed.
-    fn next_crowded(&self, p: &mut Placing<'a>) -> Option<usize> {
+    fn next_crowded(&self, p: &mut Placing) -> Option<usize> {
         while let Some(&(_, _, i)) = p.crowded.first() {
             if self.fits(i, p) {
                 return Some(i);

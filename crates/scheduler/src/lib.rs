@@ -18,8 +18,13 @@
 //! A full pass costs O((tasks + nodes) · log nodes): each task is looked at once, and the next
 //! node for a replica comes from ordered sets (`cluster.rs`), not a scan. `oracle.rs`, for tests
 //! only, keeps the direct quadratic algorithm the plans are checked against.
+//!
+//! [`plan_services`] places only the services it is given, against the room every other
+//! service's tasks leave: the service controller's pass after a few services changed. With the
+//! services whose replicas wait, it gives what a full pass would (`tests/props.rs` holds it to
+//! that after random changes), because every other service has nothing to do.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use api::{DesiredState, Node, NodeState, Placement, Service, Task};
 use spec::ServiceSpec;
@@ -28,7 +33,7 @@ mod cluster;
 #[cfg(test)]
 mod oracle;
 
-use cluster::{Cluster, Room};
+use cluster::{Room, Rooms};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -51,34 +56,142 @@ pub fn plan(
     tasks: &BTreeMap<String, Task>,
     nodes: &BTreeMap<String, Node>,
 ) -> Plan {
+    plan_in(services, tasks, nodes, None)
+}
+
+/// A pass over the services named in `only`, against the room the whole cluster has left: the
+/// tasks of every other service stay as they are and only take room. Names in `only` that are
+/// no longer services get their tasks stopped.
+///
+/// It equals [`plan`] when every service outside `only` is settled: neither it nor its tasks
+/// changed since a full plan was applied, and it had no replica waiting for room. Such a
+/// service has every slot filled and nothing to stop, whatever became of the nodes since (a
+/// task fills its slot on any node), so a full pass would only charge its tasks to their
+/// nodes, which this pass does too. Services still compete for room, and that is why the
+/// caller must name every service with waiting replicas even when nothing of it changed: a
+/// service that scales down or goes away frees room a waiting one may now take, and so does a
+/// node that joins or recovers. Services are placed in name order as in a full pass, so a
+/// changed service takes room before a waiting one named after it, exactly as it would there.
+///
+/// Costs one look at each task, which is most of a full pass that has nothing to place: a
+/// node's room left is the sum of what runs there. The lookups are cheap (a task of the same
+/// service as the one before needs none), and only the named services are placed.
+pub fn plan_services(
+    services: &BTreeMap<String, Service>,
+    tasks: &BTreeMap<String, Task>,
+    nodes: &BTreeMap<String, Node>,
+    only: &BTreeSet<String>,
+) -> Plan {
+    plan_in(services, tasks, nodes, Some(only))
+}
+
+/// One service this pass plans, and what its kept tasks hold.
+struct Planned<'a> {
+    name: &'a str,
+    service: &'a Service,
+    requests: (u64, u64),
+    /// Slots its kept tasks on a node fill.
+    filled: Vec<u32>,
+    /// The room of each of its kept tasks, once per task.
+    rooms: Vec<usize>,
+}
+
+/// Who a task belongs to, for this pass.
+#[derive(Clone, Copy)]
+enum Owner<'a> {
+    /// A service this pass plans: its index among them.
+    Planned(usize),
+    /// A service outside the pass, or a name outside it that is no longer a service: the task
+    /// stays and takes its room.
+    Settled(Option<&'a Service>),
+    /// A service in the pass that no longer exists: its tasks stop.
+    Gone,
+}
+
+/// Looks up tasks' owners, remembering the last one: the store names tasks after their
+/// service, so in id order a service's tasks come one after another and most lookups are a
+/// string comparison.
+struct Owners<'a> {
+    services: &'a BTreeMap<String, Service>,
+    only: Option<&'a BTreeSet<String>>,
+    planned: HashMap<&'a str, usize>,
+    last: Option<(&'a str, Owner<'a>)>,
+}
+
+impl<'a> Owners<'a> {
+    fn of(&mut self, service: &'a str) -> Owner<'a> {
+        if let Some((name, owner)) = self.last
+            && name == service
+        {
+            return owner;
+        }
+        let owner = match self.planned.get(service) {
+            Some(i) => Owner::Planned(*i),
+            None if self.only.is_none_or(|o| o.contains(service)) => Owner::Gone,
+            None => Owner::Settled(self.services.get(service)),
+        };
+        self.last = Some((service, owner));
+        owner
+    }
+}
+
+fn plan_in(
+    services: &BTreeMap<String, Service>,
+    tasks: &BTreeMap<String, Task>,
+    nodes: &BTreeMap<String, Node>,
+    only: Option<&BTreeSet<String>>,
+) -> Plan {
+    let mut planned = planned_services(services, only);
+    let mut owners = Owners {
+        services,
+        only,
+        planned: (planned.iter().enumerate())
+            .map(|(i, p)| (p.name, i))
+            .collect(),
+        last: None,
+    };
     let mut plan = Plan::default();
-    let mut kept: Vec<&Task> = Vec::new();
+    let mut rooms = Rooms::new(nodes.values());
     for task in tasks
         .values()
         .filter(|t| t.desired == DesiredState::Running)
     {
-        let keep = services.get(&task.service).is_some_and(|s| {
-            !s.removing && s.version == task.version && task.slot <= s.spec.replicas
-        });
-        if keep {
-            kept.push(task);
-        } else {
-            plan.stop.push(task.id.clone());
+        let node = task.node.as_deref();
+        match owners.of(&task.service) {
+            Owner::Settled(service) => {
+                if let Some(node) = node {
+                    rooms.charge(node, service.map(|s| requests(&s.spec)));
+                }
+            }
+            Owner::Gone => plan.stop.push(task.id.clone()),
+            Owner::Planned(i) => {
+                let p = &mut planned[i];
+                if !keeps(p.service, task) {
+                    plan.stop.push(task.id.clone());
+                    continue;
+                }
+                // A task without a node is a replica still waiting for room: its slot is not
+                // filled.
+                if let Some(node) = node {
+                    p.filled.push(task.slot);
+                    p.rooms.extend(rooms.charge(node, Some(p.requests)));
+                }
+            }
         }
     }
-    let mut cluster = Cluster::new(nodes.values(), &kept, services);
-    let filled = filled_slots(&kept);
-    let none = HashSet::new();
-    for (name, service) in services.iter().filter(|(_, s)| !s.removing) {
-        let filled = filled.get(name.as_str()).unwrap_or(&none);
-        let mut open = (1..=service.spec.replicas)
-            .filter(|s| !filled.contains(s))
-            .peekable();
+    let mut cluster = rooms.index();
+    for p in planned.iter_mut().filter(|p| !p.service.removing) {
+        let spec = &p.service.spec;
+        let mut open = open_slots(&mut p.filled, spec.replicas).peekable();
         if open.peek().is_none() {
             // Every slot is filled: nothing to index for this service.
             continue;
         }
-        let mut placing = cluster.start(&service.spec);
+        let mut counts: HashMap<usize, u32> = HashMap::new();
+        for room in &p.rooms {
+            *counts.entry(*room).or_default() += 1;
+        }
+        let mut placing = cluster.start(spec, counts);
         let mut unplaced = 0;
         for slot in open {
             // Rooms only shrink while a service is placed: once none fits, none will.
@@ -87,33 +200,53 @@ pub fn plan(
                 .flatten()
             {
                 Some(node) => plan.place.push(Placement {
-                    service: name.clone(),
+                    service: p.name.to_string(),
                     slot,
                     node: node.name.clone(),
                 }),
                 None => unplaced += 1,
             }
         }
-        cluster.finish(placing);
         if unplaced > 0 {
-            let why = why_unplaced(&cluster.rooms, &service.spec, unplaced);
-            plan.pending.push((name.clone(), why));
+            let why = why_unplaced(&cluster.rooms, spec, unplaced);
+            plan.pending.push((p.name.to_string(), why));
         }
     }
     plan
 }
 
-/// Service → the slots its kept tasks fill. A task without a node is a replica still waiting
-/// for room: its slot is not filled. Kept tasks are all of their service's current version.
-fn filled_slots<'a>(kept: &[&'a Task]) -> HashMap<&'a str, HashSet<u32>> {
-    let mut filled: HashMap<&str, HashSet<u32>> = HashMap::new();
-    for task in kept.iter().filter(|t| t.node.is_some()) {
-        filled
-            .entry(task.service.as_str())
-            .or_default()
-            .insert(task.slot);
-    }
-    filled
+/// The services a pass plans, in name order: all of them, or those named in `only`.
+fn planned_services<'a>(
+    services: &'a BTreeMap<String, Service>,
+    only: Option<&BTreeSet<String>>,
+) -> Vec<Planned<'a>> {
+    services
+        .iter()
+        .filter(|(name, _)| only.is_none_or(|o| o.contains(*name)))
+        .map(|(name, service)| Planned {
+            name,
+            service,
+            requests: requests(&service.spec),
+            filled: Vec::new(),
+            rooms: Vec::new(),
+        })
+        .collect()
+}
+
+/// Whether a task that should run keeps running: its service is not going away, it is of the
+/// current version, and its slot is still wanted.
+fn keeps(service: &Service, task: &Task) -> bool {
+    !service.removing && service.version == task.version && task.slot <= service.spec.replicas
+}
+
+/// The slots `1..=replicas` that no kept task fills, in order (sorts `filled`).
+fn open_slots(filled: &mut [u32], replicas: u32) -> impl Iterator<Item = u32> + '_ {
+    filled.sort_unstable();
+    let mut filled = filled.iter().copied().peekable();
+    (1..=replicas).filter(move |slot| {
+        while filled.next_if(|f| f < slot).is_some() {}
+        filled.peek() != Some(slot)
+    })
 }
 
 /// A replica's CPU (millicores) and memory (bytes) requests.

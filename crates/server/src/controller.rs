@@ -1,15 +1,17 @@
 //! The leader's controllers. Followers run the same loops but do nothing until they lead.
 //!
-//! - [`services`]: after an applied change to what placement reads (a fingerprint of the
-//!   services, the tasks' placement fields, the nodes and the pending reasons moved), diffs
-//!   desired against actual through the pure scheduler and commits the plan as one `Reconcile`
-//!   entry. Status reports that only move a task's state or readiness plan nothing; a full pass
-//!   every [`FULL_PASS`] is the safety net.
+//! - [`services`]: diffs desired against actual through the pure scheduler and commits the plan
+//!   as one `Reconcile` entry. It plans only what moved: the store records, per service, the
+//!   index at which something placement reads last changed (`State::placement_index`), and one
+//!   index for the nodes. The controller remembers the index it last planned at and plans the
+//!   services that moved since, with every service whose replicas wait for room, since room that
+//!   another service frees may now fit them. A node change, nothing planned yet (a new term of
+//!   office), or [`FULL_PASS`] since the last full pass plans every service. A status report
+//!   that only moves a task's state or readiness plans nothing.
 //! - [`nodes`]: keeps each node's last heartbeat in memory and commits only transitions
 //!   (ready → suspect → down, and back to ready).
 
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::mem::discriminant;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use api::NodeState;
@@ -26,16 +28,27 @@ pub const DOWN_AFTER: Duration = Duration::from_secs(5);
 const NODE_CHECK: Duration = Duration::from_millis(250);
 /// Retry pace for plans that could not be committed.
 const RESYNC: Duration = Duration::from_secs(1);
-/// A full pass however quiet the fingerprint looks: it guards against a change the fingerprint
-/// misses (a hash collision, a field placement reads that it leaves out). Five retry periods: a
-/// pass at 100,000 tasks costs tens of milliseconds, so this is about 1% of a core at most.
-const FULL_PASS: Duration = Duration::from_secs(5);
+/// A full pass however quiet the indexes look: it guards against a change they miss (an apply
+/// that forgets to record one). A full pass at 100,000 tasks holds the state's read lock for
+/// about 20 ms in a release build (`bench/scheduler`), so every 30 s costs under 0.1% of a core
+/// and blocks applies as rarely, and a missed change waits 30 s at most.
+const FULL_PASS: Duration = Duration::from_secs(30);
 
-/// The inputs the last plan was made from, and when.
+/// What the controller last planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Planned {
-    fingerprint: u64,
-    at: Instant,
+    /// The state's index when it planned: every change at or below it was planned for.
+    index: u64,
+    /// When it last planned every service.
+    full_at: Instant,
+}
+
+/// What one wake-up plans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pass {
+    Full,
+    /// Only these services, against the room the whole cluster has left.
+    Services(BTreeSet<String>),
 }
 
 pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
@@ -59,30 +72,43 @@ pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Plans when the inputs moved (or a full pass is due) and commits what the plan changes.
-/// Returns what was planned, or `None` when the plan could not be committed so the next
-/// wake-up plans again.
+/// Plans what moved (or everything, when a full pass is due) and commits what the plan
+/// changes. Returns what was planned, or `None` when the plan could not be committed so the
+/// next wake-up plans every service again.
 async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
     let at = Instant::now();
     let work = ctx.state.read(|s| {
-        let fingerprint = fingerprint(s);
-        due(last, fingerprint, at).then(|| {
-            let plan = scheduler::plan(&s.services, &s.tasks, &s.nodes);
-            (fingerprint, plan, s.pending.clone())
-        })
+        let locked = Instant::now();
+        let pass = due(s, last, at)?;
+        let plan = match &pass {
+            Pass::Full => scheduler::plan(&s.services, &s.tasks, &s.nodes),
+            Pass::Services(only) => scheduler::plan_services(&s.services, &s.tasks, &s.nodes, only),
+        };
+        // The plan names every service still waiting (it planned all of those that were), so
+        // it says the whole of what `pending` should become.
+        let pending_changed = !plan.pending.iter().map(|(k, v)| (k, v)).eq(&s.pending);
+        let full_at = match (&pass, last) {
+            (Pass::Services(_), Some(l)) => l.full_at,
+            _ => at,
+        };
+        let planned = Planned {
+            index: s.index,
+            full_at,
+        };
+        Some((pass, planned, plan, pending_changed, locked.elapsed()))
     });
-    let Some((fingerprint, plan, pending_now)) = work else {
+    let Some((pass, planned, plan, pending_changed, held)) = work else {
         return last;
     };
-    let planned = Some(Planned { fingerprint, at });
-    let pending_changed = plan
-        .pending
-        .iter()
-        .cloned()
-        .collect::<std::collections::BTreeMap<_, _>>()
-        != pending_now;
+    tracing::debug!(
+        full = matches!(pass, Pass::Full),
+        lock_ms = held.as_secs_f64() * 1e3,
+        place = plan.place.len(),
+        stop = plan.stop.len(),
+        "planned under the state's read lock"
+    );
     if plan.is_empty() && !pending_changed {
-        return planned;
+        return Some(planned);
     }
     let command = Command::Reconcile {
         place: plan.place,
@@ -91,7 +117,7 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
         time: now(),
     };
     match ctx.propose(command).await {
-        Ok(_) => planned,
+        Ok(_) => Some(planned),
         Err(e) => {
             tracing::warn!("cannot commit a placement plan: {e}");
             None
@@ -99,38 +125,28 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
     }
 }
 
-/// Whether to plan: nothing planned yet, the inputs moved, or the full pass is due.
-fn due(last: Option<Planned>, fingerprint: u64, now: Instant) -> bool {
-    last.is_none_or(|l| l.fingerprint != fingerprint || now.duration_since(l.at) >= FULL_PASS)
-}
-
-/// A hash of everything [`scheduler::plan`] reads, and of the pending reasons it is compared
-/// with: a task's state, readiness, restarts or ports leave it alone. One pass over the state,
-/// far cheaper than a plan; the hasher's fixed keys make it stable within the process.
-fn fingerprint(s: &State) -> u64 {
-    let mut h = DefaultHasher::new();
-    for (name, svc) in &s.services {
-        // A changed task template bumps the version; the replica count does not.
-        (name, svc.version, svc.spec.replicas, svc.removing).hash(&mut h);
+/// What to plan, if anything: every service when nothing was planned yet, a node changed or
+/// the full pass is due; otherwise the services whose placement inputs moved since the last
+/// plan, with those waiting for room (also when a removed service was forgotten: its entry
+/// went with it, and the room its tasks left may fit them). Looks at one index per service, not
+/// at the tasks.
+///
+/// With today's rules a node change matters only to replicas that wait, which an incremental
+/// pass plans anyway; a full pass still answers it because node changes are rare (only
+/// transitions are entries) and it stays right whatever a rule comes to read of the nodes.
+fn due(s: &State, last: Option<Planned>, now: Instant) -> Option<Pass> {
+    let last = match last {
+        Some(l) if s.nodes_placement_index <= l.index && now < l.full_at + FULL_PASS => l,
+        _ => return Some(Pass::Full),
+    };
+    let mut only: BTreeSet<String> = (s.placement_index.iter())
+        .filter(|(_, at)| **at > last.index)
+        .map(|(name, _)| name.clone())
+        .collect();
+    if !only.is_empty() || s.forgotten_placement_index > last.index {
+        only.extend(s.pending.keys().cloned());
     }
-    for task in s.tasks.values() {
-        (&task.id, &task.service, task.slot, task.version, &task.node).hash(&mut h);
-        discriminant(&task.desired).hash(&mut h);
-    }
-    for node in s.nodes.values() {
-        let a = &node.allocatable;
-        (
-            &node.name,
-            node.memory_pressure,
-            &node.drivers,
-            a.cpu_millis,
-            a.memory_bytes,
-        )
-            .hash(&mut h);
-        discriminant(&node.state).hash(&mut h);
-    }
-    s.pending.hash(&mut h);
-    h.finish()
+    (!only.is_empty()).then_some(Pass::Services(only))
 }
 
 pub async fn nodes(ctx: Server, mut stop: watch::Receiver<bool>) {
@@ -193,157 +209,387 @@ fn transitions(ctx: &Server) -> Vec<(String, NodeState)> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use api::{
-        Capacity, Placement, RegisterRequest, StatusReport, TaskState, TaskStatus, Timestamp,
-    };
+    use api::{Capacity, RegisterRequest, StatusReport, TaskState, TaskStatus, Timestamp};
     use spec::ServiceSpec;
 
     use super::*;
 
     const T: Timestamp = Timestamp(1_000);
 
-    /// One service of two replicas, both placed on one registered node.
-    fn placed() -> State {
-        let mut spec = ServiceSpec::process("web", &["app"]);
-        spec.replicas = 2;
-        let node = RegisterRequest {
-            name: "n1".into(),
-            address: "http://n1".into(),
-            capacity: Capacity {
-                cpu_millis: 1000,
-                memory_bytes: 1 << 30,
-            },
-            allocatable: Capacity::default(),
+    fn spec(name: &str, replicas: u32, cpu: u64) -> ServiceSpec {
+        let mut spec = ServiceSpec::process(name, &["app"]);
+        spec.replicas = replicas;
+        spec.resources.requests.cpu = Some(spec::Cpu(cpu));
+        spec
+    }
+
+    /// Node `name` with 1 CPU to give and the process driver.
+    fn node(name: &str) -> RegisterRequest {
+        let room = Capacity {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+        };
+        RegisterRequest {
+            name: name.into(),
+            address: format!("http://{name}"),
+            capacity: room.clone(),
+            allocatable: room,
             drivers: vec!["process".into()],
             notes: vec![],
             version: "test".into(),
-        };
-        let place = (1..=2)
-            .map(|slot| Placement {
-                service: "web".into(),
-                slot,
-                node: "n1".into(),
-            })
-            .collect();
-        let mut s = State::default();
-        for c in [
-            Command::Deploy {
-                services: vec![spec],
-                time: T,
-            },
-            Command::RegisterNode { node, time: T },
-            Command::Reconcile {
-                place,
-                stop: vec![],
-                pending: vec![],
-                time: T,
-            },
-        ] {
-            s.apply(s.index + 1, &c);
         }
-        assert_eq!(s.tasks.len(), 2);
-        s
     }
 
-    fn running(id: &str, ready: bool) -> TaskStatus {
+    fn register(node: RegisterRequest) -> Command {
+        Command::RegisterNode { node, time: T }
+    }
+
+    fn deploy(spec: ServiceSpec) -> Command {
+        Command::Deploy {
+            services: vec![spec],
+            time: T,
+        }
+    }
+
+    fn scale(service: &str, replicas: u32) -> Command {
+        Command::Scale {
+            service: service.into(),
+            replicas,
+            time: T,
+        }
+    }
+
+    fn remove(service: &str) -> Command {
+        Command::Remove {
+            service: service.into(),
+            time: T,
+        }
+    }
+
+    /// A report from `node` of these task statuses and, when given, its memory pressure.
+    fn report(node: &str, tasks: Vec<TaskStatus>, memory_pressure: Option<bool>) -> Command {
+        Command::Report {
+            node: node.into(),
+            report: StatusReport {
+                seq: 0,
+                tasks,
+                events: vec![],
+                memory_pressure,
+            },
+            time: T,
+        }
+    }
+
+    fn status(id: &str, state: TaskState, ready: bool) -> TaskStatus {
         TaskStatus {
             id: id.into(),
-            state: TaskState::Running,
+            state,
             evicted: false,
             ready,
             restarts: 0,
             pid: Some(7),
             container_id: None,
-            ports: BTreeMap::new(),
+            ports: Default::default(),
             started_at: Some(T),
             exit_code: None,
             message: None,
         }
     }
 
-    #[test]
-    fn status_reports_leave_the_fingerprint_alone() {
-        let mut s = placed();
-        let before = fingerprint(&s);
-        let ids: Vec<String> = s.tasks.keys().cloned().collect();
-        for ready in [false, true] {
-            let report = StatusReport {
-                seq: 0,
-                tasks: ids.iter().map(|id| running(id, ready)).collect(),
-                events: vec![],
-                memory_pressure: None,
-            };
-            let node = "n1".into();
-            s.apply(
-                s.index + 1,
-                &Command::Report {
-                    node,
-                    report,
-                    time: T,
-                },
-            );
-            assert!(s.tasks.values().all(|t| t.ready == ready));
-            assert_eq!(fingerprint(&s), before, "ready: {ready}");
+    /// Applies commands as the store does, checking its invariants after each.
+    fn apply(s: &mut State, commands: impl IntoIterator<Item = Command>) {
+        for c in commands {
+            s.apply(s.index + 1, &c);
+            assert_eq!(s.check(), Ok(()), "after {c:?}");
         }
     }
 
-    /// A named change to a state.
-    type Change = (&'static str, fn(&mut State));
-
-    #[test]
-    fn every_placement_input_moves_the_fingerprint() {
-        let changes: Vec<Change> = vec![
-            ("replicas", |s| {
-                s.services.get_mut("web").unwrap().spec.replicas = 3
-            }),
-            ("version", |s| {
-                s.services.get_mut("web").unwrap().version += 1
-            }),
-            ("removing", |s| {
-                s.services.get_mut("web").unwrap().removing = true
-            }),
-            ("task node", |s| {
-                s.tasks.values_mut().next().unwrap().node = None
-            }),
-            ("task desired", |s| {
-                s.tasks.values_mut().next().unwrap().desired = api::DesiredState::Shutdown
-            }),
-            ("node state", |s| {
-                s.nodes.get_mut("n1").unwrap().state = NodeState::Down
-            }),
-            ("memory pressure", |s| {
-                s.nodes.get_mut("n1").unwrap().memory_pressure = true
-            }),
-            ("allocatable", |s| {
-                s.nodes.get_mut("n1").unwrap().allocatable.cpu_millis = 1
-            }),
-            ("drivers", |s| {
-                s.nodes.get_mut("n1").unwrap().drivers.clear()
-            }),
-            ("pending", |s| {
-                s.pending.insert("web".into(), "waiting".into());
-            }),
-        ];
-        let before = fingerprint(&placed());
-        for (what, change) in changes {
-            let mut s = placed();
-            change(&mut s);
-            assert_ne!(fingerprint(&s), before, "{what}");
+    /// The plan a pass makes, as [`reconcile`] makes it.
+    fn plan_of(s: &State, pass: &Pass) -> scheduler::Plan {
+        match pass {
+            Pass::Full => scheduler::plan(&s.services, &s.tasks, &s.nodes),
+            Pass::Services(only) => scheduler::plan_services(&s.services, &s.tasks, &s.nodes, only),
         }
     }
 
-    #[test]
-    fn plans_when_inputs_move_or_the_full_pass_is_due() {
-        let at = Instant::now();
-        let last = Some(Planned { fingerprint: 7, at });
-        assert!(due(None, 7, at), "nothing planned yet");
-        assert!(
-            !due(last, 7, at + FULL_PASS / 2),
-            "same inputs, pass not due"
+    fn commit(s: &mut State, plan: scheduler::Plan) {
+        let command = Command::Reconcile {
+            place: plan.place,
+            stop: plan.stop,
+            pending: plan.pending,
+            time: T,
+        };
+        apply(s, [command]);
+    }
+
+    /// The ids of a service's tasks on a node.
+    fn placed_tasks(s: &State, service: &str) -> Vec<String> {
+        (s.tasks.values())
+            .filter(|t| t.service == service && t.node.is_some())
+            .map(|t| t.id.clone())
+            .collect()
+    }
+
+    fn only(names: &[&str]) -> Pass {
+        Pass::Services(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    /// `web` (two replicas of 100m) placed on n1, and `big` (2 CPU) waiting: n1 gives 1 CPU.
+    fn settled() -> State {
+        let mut s = State::default();
+        apply(
+            &mut s,
+            [
+                register(node("n1")),
+                deploy(spec("web", 2, 100)),
+                deploy(spec("big", 1, 2000)),
+            ],
         );
-        assert!(due(last, 8, at + FULL_PASS / 2), "inputs moved");
-        assert!(due(last, 7, at + FULL_PASS), "full pass due");
+        let plan = scheduler::plan(&s.services, &s.tasks, &s.nodes);
+        commit(&mut s, plan);
+        assert_eq!(placed_tasks(&s, "web").len(), 2);
+        assert_eq!(s.pending.keys().collect::<Vec<_>>(), ["big"]);
+        s
+    }
+
+    /// What the controller remembers after planning `s` at `at`.
+    fn planned(s: &State, at: Instant) -> Option<Planned> {
+        Some(Planned {
+            index: s.index,
+            full_at: at,
+        })
+    }
+
+    #[test]
+    fn a_status_only_report_plans_nothing() {
+        let mut s = settled();
+        let at = Instant::now();
+        let last = planned(&s, at);
+        let ids = placed_tasks(&s, "web");
+        // Starting, ready, crashed (the agent restarts it in place), and running again.
+        let runs = [
+            (TaskState::Running, false, 0),
+            (TaskState::Running, true, 0),
+            (TaskState::Failed, false, 0),
+            (TaskState::Running, true, 1),
+        ];
+        for (state, ready, restarts) in runs {
+            let tasks = ids
+                .iter()
+                .map(|id| TaskStatus {
+                    restarts,
+                    ports: [("http".to_string(), 8080)].into(),
+                    ..status(id, state, ready)
+                })
+                .collect();
+            apply(&mut s, [report("n1", tasks, Some(false))]);
+            assert!(ids.iter().all(|id| s.tasks[id].state == state));
+            assert_eq!(due(&s, last, at), None, "{state:?}, ready: {ready}");
+        }
+    }
+
+    /// Commands to apply, made from the state they apply to.
+    type Commands = fn(&State) -> Vec<Command>;
+
+    /// A named change made after a plan, and what the next pass plans: the service it moved,
+    /// with `big`, which waits, or every service.
+    type Change = (&'static str, Commands, Pass);
+
+    #[test]
+    fn every_placement_input_plans_its_service_and_the_waiting_ones() {
+        let changes: Vec<Change> = vec![
+            ("replicas", |_| vec![scale("web", 3)], only(&["big", "web"])),
+            (
+                "version",
+                |_| {
+                    let mut new = spec("web", 2, 100);
+                    new.env.insert("A".into(), "1".into());
+                    vec![deploy(new)]
+                },
+                only(&["big", "web"]),
+            ),
+            ("removal", |_| vec![remove("web")], only(&["big", "web"])),
+            (
+                "a new service",
+                |_| vec![deploy(spec("api", 1, 100))],
+                only(&["api", "big"]),
+            ),
+            (
+                "a task stopped",
+                |s| {
+                    vec![Command::Reconcile {
+                        place: vec![],
+                        stop: placed_tasks(s, "web")[..1].to_vec(),
+                        pending: s.pending.clone().into_iter().collect(),
+                        time: T,
+                    }]
+                },
+                only(&["big", "web"]),
+            ),
+            (
+                "a task evicted",
+                |s| {
+                    let id = &placed_tasks(s, "web")[0];
+                    let evicted = TaskStatus {
+                        evicted: true,
+                        ..status(id, TaskState::Failed, false)
+                    };
+                    vec![report("n1", vec![evicted], None)]
+                },
+                only(&["big", "web"]),
+            ),
+            (
+                "node state",
+                |_| {
+                    vec![Command::SetNodeState {
+                        node: "n1".into(),
+                        state: NodeState::Suspect,
+                        time: T,
+                    }]
+                },
+                Pass::Full,
+            ),
+            (
+                "memory pressure",
+                |_| vec![report("n1", vec![], Some(true))],
+                Pass::Full,
+            ),
+            (
+                "allocatable",
+                |_| {
+                    let mut n1 = node("n1");
+                    n1.allocatable.cpu_millis = 500;
+                    vec![register(n1)]
+                },
+                Pass::Full,
+            ),
+            (
+                "drivers",
+                |_| {
+                    let mut n1 = node("n1");
+                    n1.drivers.push("docker".into());
+                    vec![register(n1)]
+                },
+                Pass::Full,
+            ),
+            (
+                "a node registered",
+                |_| vec![register(node("n2"))],
+                Pass::Full,
+            ),
+        ];
+        for (what, change, pass) in changes {
+            let mut s = settled();
+            let at = Instant::now();
+            let last = planned(&s, at);
+            let commands = change(&s);
+            apply(&mut s, commands);
+            assert_eq!(due(&s, last, at), Some(pass), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_forgotten_service_plans_the_waiting_ones() {
+        let mut s = settled();
+        apply(&mut s, [remove("web")]);
+        let at = Instant::now();
+        let last = planned(&s, at);
+        let exited = (placed_tasks(&s, "web").iter())
+            .map(|id| status(id, TaskState::Exited, false))
+            .collect();
+        apply(&mut s, [report("n1", exited, None)]);
+        assert!(!s.services.contains_key("web"), "forgotten");
+        assert_eq!(due(&s, last, at), Some(only(&["big"])));
+    }
+
+    #[test]
+    fn plans_every_service_when_nothing_was_planned_or_the_full_pass_is_due() {
+        let s = settled();
+        let at = Instant::now();
+        let last = planned(&s, at);
+        assert_eq!(due(&s, None, at), Some(Pass::Full), "nothing planned yet");
+        assert_eq!(due(&s, last, at + FULL_PASS / 2), None, "nothing moved");
+        assert_eq!(due(&s, last, at + FULL_PASS), Some(Pass::Full));
+    }
+
+    /// Runs the controller's passes on `s` until one has nothing to commit, checking each
+    /// against a full pass. Returns how many passes planned only some services and changed
+    /// something.
+    fn settle(s: &mut State, last: &mut Option<Planned>, at: Instant, after: &str) -> usize {
+        let mut incremental = 0;
+        for _ in 0..10 {
+            let Some(pass) = due(s, *last, at) else {
+                return incremental;
+            };
+            let plan = plan_of(s, &pass);
+            let full = scheduler::plan(&s.services, &s.tasks, &s.nodes);
+            assert_eq!(plan, full, "after {after}, planning {pass:?}");
+            *last = planned(s, at);
+            let pending: Vec<(String, String)> = s.pending.clone().into_iter().collect();
+            if plan.is_empty() && plan.pending == pending {
+                continue;
+            }
+            incremental += usize::from(pass != Pass::Full);
+            commit(s, plan);
+        }
+        panic!("after {after}, the passes never settle");
+    }
+
+    #[test]
+    fn planning_what_moved_commits_what_a_full_pass_would() {
+        let mut s = State::default();
+        let at = Instant::now();
+        let mut last = None;
+        let steps: Vec<(&str, Commands)> = vec![
+            ("two nodes", |_| {
+                vec![register(node("n1")), register(node("n2"))]
+            }),
+            ("a deploy", |_| {
+                vec![deploy(spec("web", 3, 300)), deploy(spec("api", 2, 200))]
+            }),
+            ("a service too big for now", |_| {
+                vec![deploy(spec("big", 1, 900))]
+            }),
+            ("a scale down", |_| vec![scale("web", 1)]),
+            ("an eviction", |s| {
+                let id = &placed_tasks(s, "api")[0];
+                let node = s.tasks[id].node.clone().expect("placed");
+                let evicted = TaskStatus {
+                    evicted: true,
+                    ..status(id, TaskState::Failed, false)
+                };
+                vec![report(&node, vec![evicted], None)]
+            }),
+            ("a scale up", |_| vec![scale("web", 4)]),
+            ("a node down", |_| {
+                vec![Command::SetNodeState {
+                    node: "n2".into(),
+                    state: NodeState::Down,
+                    time: T,
+                }]
+            }),
+            ("a removal", |_| vec![remove("api")]),
+            ("its tasks exit", |s| {
+                (placed_tasks(s, "api").iter())
+                    .map(|id| {
+                        let node = s.tasks[id].node.clone().expect("placed");
+                        report(&node, vec![status(id, TaskState::Exited, false)], None)
+                    })
+                    .collect()
+            }),
+            ("a new node", |_| vec![register(node("n3"))]),
+        ];
+        let mut incremental = 0;
+        for (what, step) in steps {
+            let commands = step(&s);
+            apply(&mut s, commands);
+            incremental += settle(&mut s, &mut last, at, what);
+        }
+        assert!(
+            incremental >= 3,
+            "{incremental} passes of some services placed or stopped"
+        );
+        assert!(!s.services.contains_key("api"));
+        assert!(scheduler::plan(&s.services, &s.tasks, &s.nodes).is_empty());
     }
 }

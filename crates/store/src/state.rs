@@ -90,6 +90,20 @@ pub struct State {
     /// The `seq` of the last report applied from each node, since it last registered.
     #[serde(default)]
     pub report_seq: BTreeMap<String, u64>,
+    /// Index at which something placement reads last changed for each service: its version,
+    /// replicas or removal, or one of its tasks created, placed, stopped or evicted. What the
+    /// service controller compares to plan only the services that moved.
+    #[serde(default)]
+    pub placement_index: BTreeMap<String, u64>,
+    /// Index at which a node's placement inputs last changed: one registered, or its state,
+    /// memory pressure, allocatable or drivers. Every service may be placed differently then.
+    #[serde(default)]
+    pub nodes_placement_index: u64,
+    /// Index at which a removed service was last forgotten. Its `placement_index` entry goes
+    /// with it, and with the entry the news that its tasks stopped and left room: this keeps
+    /// that news for the services still waiting.
+    #[serde(default)]
+    pub forgotten_placement_index: u64,
 }
 
 impl State {
@@ -138,6 +152,7 @@ impl State {
         let from = svc.spec.replicas;
         svc.spec.replicas = replicas;
         svc.updated_at = time;
+        self.placement_moved(service);
         let message = format!("scaled from {from} to {replicas} replicas");
         self.event(
             time,
@@ -157,6 +172,7 @@ impl State {
         };
         svc.removing = true;
         svc.updated_at = time;
+        self.placement_moved(service);
         let ids: Vec<String> = self
             .tasks
             .values()
@@ -207,6 +223,7 @@ impl State {
             entry.state_since = time;
         }
         self.node_index.insert(node.name.clone(), self.index);
+        self.nodes_placement_index = self.index;
         self.report_seq.remove(&node.name);
         let message = format!("node {} registered at {}", node.name, node.address);
         let name = Some(node.name.as_str());
@@ -232,6 +249,7 @@ impl State {
         let from = n.state;
         n.state = state;
         n.state_since = time;
+        self.nodes_placement_index = self.index;
         let level = if state == NodeState::Ready {
             Level::Info
         } else {
@@ -278,6 +296,7 @@ impl State {
                 svc.removing = false;
                 svc.updated_at = time;
                 let version = svc.version;
+                self.placement_moved(&name);
                 self.event(
                     time,
                     Level::Info,
@@ -307,6 +326,7 @@ impl State {
                         updated_at: time,
                     },
                 );
+                self.placement_moved(&name);
                 self.event(
                     time,
                     Level::Info,
@@ -353,6 +373,7 @@ impl State {
             task.updated_at = time;
         }
         self.node_index.insert(p.node.clone(), self.index);
+        self.placement_moved(&p.service);
         self.event(
             time,
             Level::Info,
@@ -381,6 +402,7 @@ impl State {
             .get(service)
             .map_or(spec::QosClass::BestEffort, |s| s.spec.qos());
         self.next_task += 1;
+        self.placement_moved(service);
         let id = format!("{service}.{slot}.{}", self.next_task);
         self.tasks.insert(
             id.clone(),
@@ -417,6 +439,7 @@ impl State {
         }
         task.desired = DesiredState::Shutdown;
         task.updated_at = time;
+        let service = task.service.clone();
         match task.node.clone() {
             // Never started anywhere: nothing to wait for.
             None => {
@@ -426,6 +449,7 @@ impl State {
                 self.node_index.insert(node, self.index);
             }
         }
+        self.placement_moved(&service);
     }
 
     /// Replicas that fit nowhere become tasks without a node, in state pending with the reason,
@@ -497,7 +521,12 @@ impl State {
         let finished = matches!(task.state, TaskState::Exited | TaskState::Failed);
         // An evicted task is done for good: the scheduler places a new one in its slot.
         if finished && (task.desired == DesiredState::Shutdown || status.evicted) {
+            // Placement reads only tasks that should run: one already shut down frees nothing.
+            let freed = (task.desired == DesiredState::Running).then(|| task.service.clone());
             self.tasks.remove(&status.id);
+            if let Some(service) = freed {
+                self.placement_moved(&service);
+            }
         }
     }
 
@@ -509,6 +538,7 @@ impl State {
             return;
         }
         n.memory_pressure = pressure;
+        self.nodes_placement_index = self.index;
         let (level, message) = if pressure {
             (
                 Level::Warning,
@@ -562,6 +592,18 @@ impl State {
         for name in gone {
             self.services.remove(&name);
             self.pending.remove(&name);
+            self.placement_index.remove(&name);
+            self.forgotten_placement_index = self.index;
+        }
+    }
+
+    /// Records that something placement reads of `service` changed at this entry.
+    fn placement_moved(&mut self, service: &str) {
+        match self.placement_index.get_mut(service) {
+            Some(at) => *at = self.index,
+            None => {
+                self.placement_index.insert(service.to_string(), self.index);
+            }
         }
     }
 
