@@ -67,7 +67,8 @@ pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(RESYNC) => {}
-            _ = stop.changed() => {}
+            // A dropped sender is a stop too; waiting on it again would spin.
+            changed = stop.changed() => if changed.is_err() { return },
         }
     }
 }
