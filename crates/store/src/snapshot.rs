@@ -22,6 +22,9 @@ use crate::db::{self, DbError};
 use crate::state::State;
 use crate::tables::{self, EVENTS, Meta};
 
+#[cfg(test)]
+mod tests;
+
 /// The first bytes of every snapshot of format 2 and later.
 pub(crate) const MAGIC: &[u8; 16] = b"outpost-snapshot";
 /// The format this version writes; it reads every format up to this one.
@@ -91,14 +94,12 @@ fn section(out: &mut Vec<u8>, table: &str, rows: u64) -> Result<(), DbError> {
 }
 
 /// The state a snapshot holds and the cluster clock it was taken at (zero for format 1, which
-/// did not record it). The state's derived indexes are rebuilt.
+/// did not record it).
 pub(crate) fn read(data: &[u8]) -> Result<(State, Timestamp), DbError> {
-    let (mut state, clock) = match data.strip_prefix(MAGIC.as_slice()) {
-        Some(rest) => read_tables(rest)?,
-        None => (read_format_1(data)?, Timestamp::default()),
-    };
-    state.reindex();
-    Ok((state, clock))
+    match data.strip_prefix(MAGIC.as_slice()) {
+        Some(rest) => read_tables(rest),
+        None => Ok((read_format_1(data)?, Timestamp::default())),
+    }
 }
 
 fn read_tables(data: &[u8]) -> Result<(State, Timestamp), DbError> {

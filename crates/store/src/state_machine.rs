@@ -44,12 +44,14 @@ pub(crate) struct Machine {
 }
 
 impl Machine {
-    /// A machine whose state is what its tables hold.
+    /// A machine whose state was just loaded (from its tables, a snapshot or the first format);
+    /// what is derived from the state is rebuilt.
     pub(crate) fn new(
-        state: State,
+        mut state: State,
         last_applied: Option<LogId>,
         membership: StoredMembership,
     ) -> Machine {
+        state.reindex();
         let written_events = state.next_event;
         Machine {
             state,
@@ -60,7 +62,7 @@ impl Machine {
         }
     }
 
-    fn apply(&mut self, entry: Entry) -> Response {
+    pub(crate) fn apply(&mut self, entry: Entry) -> Response {
         let log_id = entry.log_id;
         self.last_applied = Some(log_id);
         let response = match entry.payload {

@@ -28,6 +28,9 @@ use crate::state::State;
 use crate::state_machine::Machine;
 use crate::tracked::TrackedMap;
 
+#[cfg(test)]
+mod tests;
+
 /// The layout written by this version: 1 was the whole state as one JSON value, 2 is tables.
 pub(crate) const STORE_FORMAT: u32 = 2;
 
@@ -250,7 +253,6 @@ fn load(txn: &ReadTransaction) -> Result<Option<Machine>, DbError> {
     state.index = meta.index;
     state.next_event = meta.next_event;
     state.next_task = meta.next_task;
-    state.reindex();
     let mut machine = Machine::new(state, meta.last_applied, meta.membership);
     machine.clock = meta.clock;
     Ok(Some(machine))

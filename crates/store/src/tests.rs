@@ -28,9 +28,9 @@ use crate::{
 };
 
 /// Generous: only a hung test waits this long, a loaded 2-core machine still passes.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
-fn register(name: &str) -> Command {
+pub(crate) fn register(name: &str) -> Command {
     Command::RegisterNode {
         node: RegisterRequest {
             name: name.to_string(),
@@ -48,7 +48,7 @@ fn register(name: &str) -> Command {
     }
 }
 
-fn entry(index: u64, command: Command) -> Entry {
+pub(crate) fn entry(index: u64, command: Command) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(command),
@@ -248,7 +248,7 @@ impl RaftNetwork<TypeConfig> for NoPeers {
 
 const SELF: NodeId = 1;
 
-async fn start(path: &Path) -> (Raft, StateHandle) {
+pub(crate) async fn start(path: &Path) -> (Raft, StateHandle) {
     let (log, state_machine, handle) = open(path, StoreOptions::default()).unwrap();
     let config = Arc::new(crate::raft::config("test"));
     let raft = Raft::new(SELF, config, NoPeers, log, state_machine)
@@ -263,7 +263,7 @@ async fn start(path: &Path) -> (Raft, StateHandle) {
     (raft, handle)
 }
 
-async fn stop(raft: Raft, handle: &StateHandle) {
+pub(crate) async fn stop(raft: Raft, handle: &StateHandle) {
     raft.shutdown().await.unwrap();
     drop(raft);
     tokio::time::timeout(PATIENCE, handle.closed())

@@ -159,6 +159,19 @@ impl<K: PartialEq, V: PartialEq> PartialEq for TrackedMap<K, V> {
 
 impl<K: Eq, V: Eq> Eq for TrackedMap<K, V> {}
 
+// Readers compare a map of the state with one they built themselves.
+impl<K: PartialEq, V: PartialEq> PartialEq<BTreeMap<K, V>> for TrackedMap<K, V> {
+    fn eq(&self, other: &BTreeMap<K, V>) -> bool {
+        self.rows == *other
+    }
+}
+
+impl<K: PartialEq, V: PartialEq> PartialEq<TrackedMap<K, V>> for BTreeMap<K, V> {
+    fn eq(&self, other: &TrackedMap<K, V>) -> bool {
+        *self == other.rows
+    }
+}
+
 impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for TrackedMap<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.rows.fmt(f)
