@@ -127,6 +127,7 @@ impl Machine {
             events,
             first_event,
             meta: db::encode(&self.meta())?,
+            index: self.state.index,
         })
     }
 
@@ -185,7 +186,8 @@ impl StateMachineStore {
     ///
     /// If the write fails, the in-memory state is ahead of the file; openraft treats the storage
     /// error as fatal and stops this server, and the next start re-applies from the file.
-    async fn persist(&self, changes: Changes, index: u64) -> Result<(), DbError> {
+    async fn persist(&self, changes: Changes) -> Result<(), DbError> {
+        let index = changes.index;
         tracing::trace!(index, bytes = changes.bytes(), "writing an applied batch");
         db::write(&self.db, move |txn| changes.write(txn)).await?;
         self.db.applied.send_replace(index);
@@ -197,7 +199,7 @@ impl StateMachineStore {
     fn apply_all(
         &self,
         entries: impl IntoIterator<Item = Entry>,
-    ) -> Result<(Vec<Response>, Option<(Changes, u64)>), DbError> {
+    ) -> Result<(Vec<Response>, Option<Changes>), DbError> {
         let mut machine = write(&self.machine);
         let responses: Vec<Response> = entries
             .into_iter()
@@ -207,7 +209,7 @@ impl StateMachineStore {
             return Ok((responses, None));
         }
         let changes = machine.changes(&self.retention, false)?;
-        Ok((responses, Some((changes, machine.state.index))))
+        Ok((responses, Some(changes)))
     }
 
     /// Replaces the state with the snapshot's: decoding, re-encoding and writing every table run
@@ -268,8 +270,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let write_error = |e: DbError| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write);
         let (responses, changes) = self.apply_all(entries).map_err(write_error)?;
-        if let Some((changes, index)) = changes {
-            self.persist(changes, index).await.map_err(write_error)?;
+        if let Some(changes) = changes {
+            self.persist(changes).await.map_err(write_error)?;
         }
         Ok(responses)
     }

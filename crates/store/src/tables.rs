@@ -144,6 +144,8 @@ pub(crate) struct Changes {
     /// The `seq` of the oldest event kept: older rows are past retention and deleted.
     pub(crate) first_event: u64,
     pub(crate) meta: Vec<u8>,
+    /// The applied index the tables stand at once these are written.
+    pub(crate) index: u64,
 }
 
 impl Changes {
