@@ -5,7 +5,7 @@
 //! ids come from a counter kept in the state itself.
 //!
 //! Each map of the state is a [`TrackedMap`], which records the keys an apply changed: the store
-//! writes only those rows ([`State::stored_maps`] lists every map it keeps as a table).
+//! writes only those rows (`State::stored_maps` lists every map it keeps as a table).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -103,7 +103,7 @@ pub struct State {
     pub report_seq: TrackedMap<String, u64>,
     /// Ids of the tasks placed on each node, so that [`State::assignments`] reads one node's
     /// tasks instead of scanning all of them. Derived from `tasks`, so never stored:
-    /// [`State::reindex`] rebuilds it when a state is loaded.
+    /// `State::reindex` rebuilds it when a state is loaded.
     #[serde(skip)]
     on_node: NodeTasks,
 }

@@ -207,7 +207,7 @@ pub(crate) fn load_or_migrate(db: &Database, retention: &Retention) -> Result<Ma
 
 /// The state machine as the first format stored it.
 #[derive(Deserialize)]
-pub(crate) struct LegacyMachine {
+struct LegacyMachine {
     state: State,
     last_applied: Option<LogId>,
     membership: StoredMembership,

@@ -13,7 +13,7 @@ use std::ops::Deref;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A `BTreeMap` that records the keys inserted, changed or removed since the store last took
-/// them ([`take_changes`](TrackedMap::take_changes)). It serializes as the plain map; equality
+/// them (`take_changes`). It serializes as the plain map; equality
 /// compares the contents only.
 #[derive(Clone)]
 pub struct TrackedMap<K, V> {
