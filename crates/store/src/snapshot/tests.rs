@@ -285,3 +285,44 @@ fn a_snapshot_written_without_the_newest_tables_reads_them_as_empty() {
     assert_eq!(state.report_seq.get("edge-1"), Some(&4));
     assert!(state.tasks.is_empty() && state.events.is_empty());
 }
+
+#[tokio::test]
+async fn every_field_of_the_example_specs_survives_a_snapshot() {
+    // Probes (a flattened enum, a port by name or number), ports, resources, restart policies
+    // and compose-mapped fields: everything a spec can hold, through MessagePack and back.
+    let mut services = Vec::new();
+    for (name, text) in [
+        ("web.yaml", include_str!("../../../../examples/web.yaml")),
+        (
+            "compose.yaml",
+            include_str!("../../../../examples/compose.yaml"),
+        ),
+    ] {
+        let parsed = spec::parse_file(name, text, &Default::default(), None).unwrap();
+        services.extend(parsed.services);
+    }
+    assert!(
+        services
+            .iter()
+            .any(|s| s.liveness.is_some() && !s.ports.is_empty())
+    );
+    let deploy = Command::Deploy { services, time: T };
+    let leader = tempfile::tempdir().unwrap();
+    let (log, mut sm, handle) = store_with(&leader.path().join("state.redb"), vec![deploy]).await;
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let leader_state = handle.read(State::clone);
+    close((log, sm, handle)).await;
+
+    let follower = tempfile::tempdir().unwrap();
+    let (_log, mut sm, handle) =
+        open(&follower.path().join("state.redb"), StoreOptions::default()).unwrap();
+    let data = snapshot.snapshot.get_ref().clone();
+    assert_eq!(install(&mut sm, &snapshot.meta, data).await, "");
+
+    assert_eq!(handle.read(|s| s.services.clone()), leader_state.services);
+}

@@ -1,6 +1,7 @@
-//! Tests of the table layout: what was applied is what a reopened store holds, nothing
-//! acknowledged is lost in a crash, one status change costs bytes in proportion to itself, events
-//! past retention leave memory and disk alike, and a file of the first format still opens.
+//! Tests of the table layout: what was applied is what a reopened store (and a snapshot of it)
+//! holds, nothing acknowledged is lost in a crash, one status change costs bytes in proportion
+//! to itself, events past retention leave memory and disk alike, and a file of the first format
+//! still opens.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,8 @@ use api::{
     DesiredState, NewEvent, NodeState, Placement, StatusReport, Task, TaskState, TaskStatus,
     Timestamp,
 };
-use openraft::CommittedLeaderId;
 use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, RaftSnapshotBuilder};
 use proptest::prelude::*;
 use redb::{Database, ReadableTableMetadata};
 use spec::ServiceSpec;
@@ -226,25 +227,32 @@ const SMALL: Retention = Retention {
 };
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
-    fn a_reopened_store_holds_exactly_the_state_that_was_applied(
+    fn a_reopened_store_and_a_snapshot_of_it_hold_exactly_the_state_that_was_applied(
         batches in prop::collection::vec(prop::collection::vec(command(), 1..6), 1..8)
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let (applied, reopened) = runtime.block_on(async {
+        let (applied, reopened, installed) = runtime.block_on(async {
             let options = StoreOptions { retention: SMALL };
             let (_dir, path, (log, mut sm, handle)) = new_store(options.clone());
             apply_batches(&mut sm, 0, batches).await;
             let applied = handle.read(State::clone);
-            let (_log, _sm, handle) = reopen(&path, (log, sm, handle), options).await;
-            (applied, handle.read(State::clone))
+            let (_log, mut sm, handle) = reopen(&path, (log, sm, handle), options.clone()).await;
+            let snapshot = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+            let (_other, _, (_log, mut follower, installed)) = new_store(options);
+            let data = Box::new(std::io::Cursor::new(snapshot.snapshot.into_inner()));
+            follower.install_snapshot(&snapshot.meta, data).await.unwrap();
+            (applied, handle.read(State::clone), installed.read(State::clone))
         });
         prop_assert_eq!(&reopened, &applied);
-        prop_assert_eq!(reopened.check(), Ok(()));
-        for node in ["a", "b", "c"] {
-            prop_assert_eq!(reopened.assignments(node), applied.assignments(node));
+        prop_assert_eq!(&installed, &applied);
+        for state in [&reopened, &installed] {
+            prop_assert_eq!(state.check(), Ok(()));
+            for node in ["a", "b", "c"] {
+                prop_assert_eq!(state.assignments(node), applied.assignments(node));
+            }
         }
         prop_assert!(applied.events.len() <= SMALL.max_events);
     }
