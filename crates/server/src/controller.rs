@@ -421,7 +421,11 @@ mod tests {
                     vec![Command::Reconcile {
                         place: vec![],
                         stop: placed_tasks(s, "web")[..1].to_vec(),
-                        pending: s.pending.clone().into_iter().collect(),
+                        pending: s
+                            .pending
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
                         time: T,
                     }]
                 },
@@ -526,7 +530,11 @@ mod tests {
             let full = scheduler::plan(&s.services, &s.tasks, &s.nodes);
             assert_eq!(plan, full, "after {after}, planning {pass:?}");
             *last = planned(s, at);
-            let pending: Vec<(String, String)> = s.pending.clone().into_iter().collect();
+            let pending: Vec<(String, String)> = s
+                .pending
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             if plan.is_empty() && plan.pending == pending {
                 continue;
             }

@@ -277,7 +277,7 @@ async fn start_raft(
     token: &str,
     addr: SocketAddr,
 ) -> Result<(Raft, StateHandle), ServerError> {
-    let (log, machine, state) = store::open(state_file)?;
+    let (log, machine, state) = store::open(state_file, store::StoreOptions::default())?;
     tighten(state_file)?;
     let raft_err = |e: &dyn std::fmt::Display| ServerError::Raft(e.to_string());
     let raft_config = store::raft::config("outpost")

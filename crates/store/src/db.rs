@@ -2,8 +2,11 @@
 //! store and the state machine share.
 //!
 //! One file holds both halves of Raft's storage because redb lets a process open a file only
-//! once; both stores hold the same [`Db`]. Values are JSON so that a human can inspect a
-//! data dir with any redb tool and so that adding a field to `State` stays backward compatible.
+//! once; both stores hold the same [`Db`]. The log store's tables are [`LOG`] and [`LOG_META`];
+//! the state machine's are [`SM`] (its meta row and the latest snapshot) and the state's own
+//! tables, one per map of `State` plus the events (laid out in `tables`). Values are JSON so
+//! that a human can inspect a data dir with any redb tool and so that adding a field to a record
+//! stays backward compatible.
 //!
 //! Every value is [`seal`]ed with a checksum ([`encode`], [`decode`]), and [`open_database`]
 //! reads every record once at start: a damaged file is refused with the file, table and key
@@ -22,18 +25,21 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::raft::StorageError;
+use crate::tables::{self, EVENTS, STORE_FORMAT};
 
 /// Raft log entries by index.
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// The log store's single values: [`VOTE`], [`COMMITTED`], [`LAST_PURGED`].
 pub(crate) const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
-/// The state machine's single values: [`MACHINE`], [`SNAPSHOT`], [`SNAPSHOT_META`].
+/// The state machine's single values: the meta row (`tables::META`), [`SNAPSHOT`],
+/// [`SNAPSHOT_META`], and in a file of the first format [`MACHINE`].
 pub(crate) const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
 
 pub(crate) const VOTE: &str = "vote";
 pub(crate) const COMMITTED: &str = "committed";
 pub(crate) const LAST_PURGED: &str = "last_purged";
-/// The applied state, last applied log id and membership, written together once per batch.
+/// The first format's whole applied state, last applied log id and membership as one value;
+/// rewritten into tables, then deleted, the first time such a file is opened.
 pub(crate) const MACHINE: &str = "machine";
 pub(crate) const SNAPSHOT: &str = "snapshot";
 pub(crate) const SNAPSHOT_META: &str = "snapshot_meta";
@@ -89,6 +95,14 @@ pub enum StoreError {
         what: &'static str,
         error: serde_json::Error,
     },
+    #[error(
+        "store {path} is laid out in format {found}, newer than this outpost reads ({supported}): run the newer outpost, or restore a backup made by this version"
+    )]
+    NewerFormat {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
 }
 
 /// An error inside the store, before it is given the shape its caller needs (openraft's
@@ -107,6 +121,14 @@ pub(crate) enum DbError {
     },
     #[error("storage task did not finish: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot encode a snapshot: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("cannot decode a snapshot: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("the snapshot cannot be installed: {0}")]
+    Snapshot(String),
+    #[error("laid out in format {found}, newer than this outpost reads ({STORE_FORMAT})")]
+    Format { found: u32 },
 }
 
 macro_rules! from_redb {
@@ -132,7 +154,7 @@ impl DbError {
         StorageIOError::new(subject, verb, &self).into()
     }
 
-    fn store(self, path: &Path, what: &'static str) -> StoreError {
+    pub(crate) fn store(self, path: &Path, what: &'static str) -> StoreError {
         let path = path.to_path_buf();
         match self {
             DbError::Redb(error) => match *error {
@@ -153,6 +175,17 @@ impl DbError {
                 path,
                 error: Box::new(redb::Error::Io(std::io::Error::other(e))),
             },
+            DbError::Format { found } => StoreError::NewerFormat {
+                path,
+                found,
+                supported: STORE_FORMAT,
+            },
+            e @ (DbError::Encode(_) | DbError::Decode(_) | DbError::Snapshot(_)) => {
+                StoreError::Unreadable {
+                    path,
+                    detail: e.to_string(),
+                }
+            }
         }
     }
 }
@@ -189,12 +222,13 @@ pub(crate) fn open_database(path: &Path) -> Result<Arc<Db>, StoreError> {
 /// anything is served, rather than when a follower first asks for an old log entry.
 fn verify(db: &Database) -> Result<(), DbError> {
     let txn = db.begin_read()?;
-    let log = txn.open_table(LOG)?;
-    for row in log.iter()? {
-        let (key, value) = row?;
-        open_record(LOG.name(), key.value(), value.value())?;
+    for table in [LOG, EVENTS] {
+        for row in txn.open_table(table)?.iter()? {
+            let (key, value) = row?;
+            open_record(table.name(), key.value(), value.value())?;
+        }
     }
-    for table in [LOG_META, SM] {
+    for table in keyed_by_name() {
         for row in txn.open_table(table)?.iter()? {
             let (key, value) = row?;
             open_record(table.name(), key.value(), value.value())?;
@@ -203,23 +237,21 @@ fn verify(db: &Database) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Every table keyed by a name: the log's and state machine's single values, and the state's maps.
+fn keyed_by_name() -> Vec<TableDefinition<'static, &'static str, &'static [u8]>> {
+    let maps = tables::map_names().into_iter().map(tables::map_table);
+    [LOG_META, SM].into_iter().chain(maps).collect()
+}
+
 fn create_tables(db: &Database) -> Result<(), DbError> {
     let txn = db.begin_write()?;
     txn.open_table(LOG)?;
-    txn.open_table(LOG_META)?;
-    txn.open_table(SM)?;
+    txn.open_table(EVENTS)?;
+    for table in keyed_by_name() {
+        txn.open_table(table)?;
+    }
     txn.commit()?;
     Ok(())
-}
-
-/// Reads the value under `key` at open time; an error names the file and `what` was read.
-pub(crate) fn load<T: DeserializeOwned>(
-    db: &Database,
-    path: &Path,
-    (table, key): (TableDefinition<&str, &[u8]>, &str),
-    what: &'static str,
-) -> Result<Option<T>, StoreError> {
-    get(db, table, key).map_err(|e| e.store(path, what))
 }
 
 /// Reads and decodes the value under `key`, `None` if it was never written.

@@ -3,8 +3,11 @@
 //! `State::apply` is deterministic: the same commands in the same order give the same state on
 //! every server. Everything that varies (time, ids of new nodes) arrives inside the command; task
 //! ids come from a counter kept in the state itself.
+//!
+//! Each map of the state is a [`TrackedMap`], which records the keys an apply changed: the store
+//! writes only those rows (`State::stored_maps` lists every map it keeps as a table).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use api::{
     Capacity, Change, ChangeKind, DesiredState, Event, Level, NewEvent, Node, NodeState, Placement,
@@ -13,10 +16,8 @@ use api::{
 use serde::{Deserialize, Serialize};
 use spec::ServiceSpec;
 
-/// How many events the state keeps; older ones are dropped. The whole state is rewritten once per
-/// applied batch, so this bounds that write: 2 000 events of ~250 bytes are ~0.5 MB, a day or
-/// more of history on a quiet site.
-pub const EVENT_HISTORY: usize = 2_000;
+use crate::tables::StoredMap;
+use crate::tracked::TrackedMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -66,6 +67,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// When the command was made: the cluster's clock, which is what event ages are measured
+    /// against (never this server's own clock, which may differ from the leader's).
+    pub fn time(&self) -> Timestamp {
+        match self {
+            Command::Deploy { time, .. }
+            | Command::Scale { time, .. }
+            | Command::Remove { time, .. }
+            | Command::RegisterNode { time, .. }
+            | Command::SetNodeState { time, .. }
+            | Command::Reconcile { time, .. }
+            | Command::Report { time, .. }
+            | Command::Reports { time, .. } => *time,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Ok,
@@ -77,24 +95,26 @@ pub enum Response {
 pub struct State {
     /// Index of the last applied log entry.
     pub index: u64,
-    pub services: BTreeMap<String, Service>,
-    pub tasks: BTreeMap<String, Task>,
-    pub nodes: BTreeMap<String, Node>,
+    pub services: TrackedMap<String, Service>,
+    pub tasks: TrackedMap<String, Task>,
+    pub nodes: TrackedMap<String, Node>,
     /// Index at which each node's assignments last changed: what an agent's blocking query waits on.
-    pub node_index: BTreeMap<String, u64>,
+    pub node_index: TrackedMap<String, u64>,
     /// Per service, why replicas are waiting for placement (empty when all are placed).
-    pub pending: BTreeMap<String, String>,
+    pub pending: TrackedMap<String, String>,
+    /// The events kept, oldest first, numbered without gaps. Apply only appends; the store drops
+    /// the oldest ones past its retention (`store::Retention`), here and on disk alike.
     pub events: VecDeque<Event>,
     pub next_event: u64,
     pub next_task: u64,
     /// The `seq` of the last report applied from each node, since it last registered.
     #[serde(default)]
-    pub report_seq: BTreeMap<String, u64>,
+    pub report_seq: TrackedMap<String, u64>,
     /// Index at which something placement reads last changed for each service: its version,
     /// replicas or removal, or one of its tasks created, placed, stopped or evicted. What the
     /// service controller compares to plan only the services that moved.
     #[serde(default)]
-    pub placement_index: BTreeMap<String, u64>,
+    pub placement_index: TrackedMap<String, u64>,
     /// Index at which a node's placement inputs last changed: one registered, or its state,
     /// memory pressure, allocatable or drivers. Every service may be placed differently then.
     #[serde(default)]
@@ -104,6 +124,63 @@ pub struct State {
     /// that news for the services still waiting.
     #[serde(default)]
     pub forgotten_placement_index: u64,
+    /// Ids of the tasks placed on each node, so that [`State::assignments`] reads one node's
+    /// tasks instead of scanning all of them. Derived from `tasks`, so never stored:
+    /// `State::reindex` rebuilds it when a state is loaded.
+    #[serde(skip)]
+    on_node: NodeTasks,
+}
+
+/// The state's single values, kept in the store's meta row and a snapshot's head beside the
+/// tables of its maps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Counters {
+    pub(crate) index: u64,
+    pub(crate) next_event: u64,
+    pub(crate) next_task: u64,
+    #[serde(default)]
+    pub(crate) nodes_placement_index: u64,
+    #[serde(default)]
+    pub(crate) forgotten_placement_index: u64,
+}
+
+/// Task ids by node. Equal to every other: it is a function of the tasks, which equality
+/// already compares, and `State::check` verifies it against them.
+#[derive(Debug, Clone, Default)]
+struct NodeTasks(BTreeMap<String, BTreeSet<String>>);
+
+impl PartialEq for NodeTasks {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl NodeTasks {
+    fn of(tasks: &BTreeMap<String, Task>) -> NodeTasks {
+        let mut index = NodeTasks::default();
+        for task in tasks.values() {
+            if let Some(node) = &task.node {
+                index.add(node, &task.id);
+            }
+        }
+        index
+    }
+
+    fn add(&mut self, node: &str, id: &str) {
+        self.0
+            .entry(node.to_string())
+            .or_default()
+            .insert(id.to_string());
+    }
+
+    fn remove(&mut self, node: &str, id: &str) {
+        if let Some(ids) = self.0.get_mut(node) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.0.remove(node);
+            }
+        }
+    }
 }
 
 impl State {
@@ -135,6 +212,43 @@ impl State {
                 Response::Ok
             }
         }
+    }
+
+    /// Every map the store keeps as a table of its own, with the table's name. A map added to
+    /// `State` is persisted, reloaded and carried in snapshots once it is listed here.
+    pub(crate) fn stored_maps(&mut self) -> Vec<(&'static str, &mut dyn StoredMap)> {
+        vec![
+            ("services", &mut self.services),
+            ("tasks", &mut self.tasks),
+            ("nodes", &mut self.nodes),
+            ("node_index", &mut self.node_index),
+            ("pending", &mut self.pending),
+            ("report_seq", &mut self.report_seq),
+            ("placement_index", &mut self.placement_index),
+        ]
+    }
+
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            index: self.index,
+            next_event: self.next_event,
+            next_task: self.next_task,
+            nodes_placement_index: self.nodes_placement_index,
+            forgotten_placement_index: self.forgotten_placement_index,
+        }
+    }
+
+    pub(crate) fn set_counters(&mut self, counters: Counters) {
+        self.index = counters.index;
+        self.next_event = counters.next_event;
+        self.next_task = counters.next_task;
+        self.nodes_placement_index = counters.nodes_placement_index;
+        self.forgotten_placement_index = counters.forgotten_placement_index;
+    }
+
+    /// Rebuilds what is derived from the stored maps; call it on a state just loaded.
+    pub(crate) fn reindex(&mut self) {
+        self.on_node = NodeTasks::of(&self.tasks);
     }
 
     fn deploy_all(&mut self, services: &[ServiceSpec], time: Timestamp) -> Response {
@@ -199,7 +313,7 @@ impl State {
     /// A node (re)registering starts a new run of its agent: its report sequence starts afresh,
     /// so an agent that lost its own state is not ignored for ever.
     fn register(&mut self, node: &RegisterRequest, time: Timestamp) -> Response {
-        let entry = self.nodes.entry(node.name.clone()).or_insert_with(|| Node {
+        let entry = self.nodes.get_or_insert_with(node.name.clone(), || Node {
             name: node.name.clone(),
             address: node.address.clone(),
             state: NodeState::Ready,
@@ -240,12 +354,15 @@ impl State {
     }
 
     fn set_node_state(&mut self, node: &str, state: NodeState, time: Timestamp) -> Response {
-        let Some(n) = self.nodes.get_mut(node) else {
+        let Some(n) = self.nodes.get(node) else {
             return Response::NotFound(node.to_string());
         };
         if n.state == state {
             return Response::Ok;
         }
+        let Some(n) = self.nodes.get_mut(node) else {
+            return Response::NotFound(node.to_string());
+        };
         let from = n.state;
         n.state = state;
         n.state_since = time;
@@ -279,12 +396,18 @@ impl State {
 
     fn deploy(&mut self, spec: ServiceSpec, time: Timestamp) -> Change {
         let name = spec.name.clone();
-        match self.services.get_mut(&name) {
-            Some(svc) if svc.spec == spec && !svc.removing => Change {
+        if self
+            .services
+            .get(&name)
+            .is_some_and(|svc| svc.spec == spec && !svc.removing)
+        {
+            return Change {
                 service: name,
                 change: ChangeKind::Unchanged,
                 fields: Vec::new(),
-            },
+            };
+        }
+        match self.services.get_mut(&name) {
             Some(svc) => {
                 let fields = changed_fields(&svc.spec, &spec);
                 // Only a change of the task template needs new tasks; a replica count does not.
@@ -371,6 +494,7 @@ impl State {
             task.node = Some(p.node.clone());
             task.message = None;
             task.updated_at = time;
+            self.on_node.add(&p.node, &id);
         }
         self.node_index.insert(p.node.clone(), self.index);
         self.placement_moved(&p.service);
@@ -431,20 +555,22 @@ impl State {
     }
 
     fn stop_task(&mut self, id: &str, time: Timestamp) {
+        if self
+            .tasks
+            .get(id)
+            .is_none_or(|t| t.desired == DesiredState::Shutdown)
+        {
+            return;
+        }
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
-        if task.desired == DesiredState::Shutdown {
-            return;
-        }
         task.desired = DesiredState::Shutdown;
         task.updated_at = time;
         let service = task.service.clone();
         match task.node.clone() {
             // Never started anywhere: nothing to wait for.
-            None => {
-                self.tasks.remove(id);
-            }
+            None => self.forget_task(id),
             Some(node) => {
                 self.node_index.insert(node, self.index);
             }
@@ -470,7 +596,7 @@ impl State {
                 );
             }
         }
-        self.pending = now;
+        self.pending.replace_with(now);
     }
 
     /// An agent's report. One older than a report already applied from the same node is
@@ -478,11 +604,10 @@ impl State {
     /// is ignored (see [`moves_forward`]).
     fn report(&mut self, node: &str, report: &StatusReport, time: Timestamp) -> Response {
         if report.seq != 0 {
-            let last = self.report_seq.entry(node.to_string()).or_default();
-            if report.seq <= *last {
+            if report.seq <= self.report_seq.get(node).copied().unwrap_or(0) {
                 return Response::Ok;
             }
-            *last = report.seq;
+            self.report_seq.insert(node.to_string(), report.seq);
         }
         for status in &report.tasks {
             self.observe(node, status, time);
@@ -501,13 +626,16 @@ impl State {
 
     /// Records one task's observed state, if `node` runs it and the status moves it forward.
     fn observe(&mut self, node: &str, status: &TaskStatus, time: Timestamp) {
-        let Some(task) = self.tasks.get_mut(&status.id) else {
+        let Some(task) = self.tasks.get(&status.id) else {
             return;
         };
         // Only the node that runs a task may say how it is.
         if task.node.as_deref() != Some(node) || !moves_forward(task, status) {
             return;
         }
+        let Some(task) = self.tasks.get_mut(&status.id) else {
+            return;
+        };
         task.state = status.state;
         task.ready = status.ready;
         task.restarts = status.restarts;
@@ -523,7 +651,7 @@ impl State {
         if finished && (task.desired == DesiredState::Shutdown || status.evicted) {
             // Placement reads only tasks that should run: one already shut down frees nothing.
             let freed = (task.desired == DesiredState::Running).then(|| task.service.clone());
-            self.tasks.remove(&status.id);
+            self.forget_task(&status.id);
             if let Some(service) = freed {
                 self.placement_moved(&service);
             }
@@ -531,13 +659,16 @@ impl State {
     }
 
     fn set_pressure(&mut self, node: &str, pressure: bool, time: Timestamp) {
-        let Some(n) = self.nodes.get_mut(node) else {
-            return;
-        };
-        if n.memory_pressure == pressure {
+        if self
+            .nodes
+            .get(node)
+            .is_none_or(|n| n.memory_pressure == pressure)
+        {
             return;
         }
-        n.memory_pressure = pressure;
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.memory_pressure = pressure;
+        }
         self.nodes_placement_index = self.index;
         let (level, message) = if pressure {
             (
@@ -575,8 +706,11 @@ impl State {
                 Some(t) => t.id.clone(),
                 None => self.new_task(service, slot, version, time),
             };
-            if let Some(task) = self.tasks.get_mut(&id) {
-                task.message = Some(format!("waiting for a node: {reason}"));
+            let message = format!("waiting for a node: {reason}");
+            if self.tasks.get(&id).and_then(|t| t.message.as_ref()) != Some(&message)
+                && let Some(task) = self.tasks.get_mut(&id)
+            {
+                task.message = Some(message);
             }
         }
     }
@@ -599,12 +733,7 @@ impl State {
 
     /// Records that something placement reads of `service` changed at this entry.
     fn placement_moved(&mut self, service: &str) {
-        match self.placement_index.get_mut(service) {
-            Some(at) => *at = self.index,
-            None => {
-                self.placement_index.insert(service.to_string(), self.index);
-            }
-        }
+        self.placement_index.insert(service.to_string(), self.index);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -635,8 +764,14 @@ impl State {
             seq: self.next_event,
             event,
         });
-        while self.events.len() > EVENT_HISTORY {
-            self.events.pop_front();
+    }
+
+    /// Removes a task and its place in the node index.
+    fn forget_task(&mut self, id: &str) {
+        if let Some(task) = self.tasks.remove(id)
+            && let Some(node) = &task.node
+        {
+            self.on_node.remove(node, id);
         }
     }
 
@@ -676,14 +811,19 @@ impl State {
                 ));
             }
         }
+        if self.on_node.0 != NodeTasks::of(&self.tasks).0 {
+            return Err("the index of tasks by node does not match the tasks".to_string());
+        }
         Ok(())
     }
 
     /// The assignments of one node: every task placed on it that it has not yet finished stopping.
     pub fn assignments(&self, node: &str) -> Vec<api::Assignment> {
-        self.tasks
-            .values()
-            .filter(|t| t.node.as_deref() == Some(node))
+        let Some(ids) = self.on_node.0.get(node) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| self.tasks.get(id))
             .filter_map(|t| {
                 let svc = self.services.get(&t.service)?;
                 Some(api::Assignment {
@@ -984,31 +1124,20 @@ mod tests {
     }
 
     #[test]
-    fn event_history_is_bounded_and_ordered() {
+    fn events_are_appended_and_numbered_without_gaps() {
         let mut s = State::default();
         run(&mut s, vec![node("a")]);
-        for _ in 0..EVENT_HISTORY + 10 {
+        for state in [NodeState::Suspect, NodeState::Ready, NodeState::Down] {
             let c = Command::SetNodeState {
                 node: "a".into(),
-                state: NodeState::Suspect,
+                state,
                 time: T,
             };
-            s.apply(s.index + 1, &c);
-            let c = Command::SetNodeState {
-                node: "a".into(),
-                state: NodeState::Ready,
-                time: T,
-            };
-            s.apply(s.index + 1, &c);
+            run(&mut s, vec![c]);
         }
-        assert_eq!(s.events.len(), EVENT_HISTORY);
-        assert_eq!(s.events.back().unwrap().seq, s.next_event);
-        assert!(
-            s.events
-                .iter()
-                .zip(s.events.iter().skip(1))
-                .all(|(a, b)| a.seq + 1 == b.seq)
-        );
+        let seqs: Vec<u64> = s.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(s.next_event, 4);
     }
 
     /// A cluster with node `a` running task `web.1.1`.
@@ -1110,7 +1239,9 @@ mod tests {
         assert_eq!(web_task(&coalesced), (TaskState::Failed, 0));
         assert!(coalesced.nodes["b"].memory_pressure);
         assert_eq!(coalesced.index + 3, one_by_one.index, "one entry, not four");
+        // Indexes record the entry a change came in, which is all that differs.
         coalesced.index = one_by_one.index;
+        coalesced.nodes_placement_index = one_by_one.nodes_placement_index;
         assert_eq!(coalesced, one_by_one);
     }
 

@@ -1,44 +1,75 @@
 //! The state machine on redb — openraft's [`RaftStateMachine`] and [`RaftSnapshotBuilder`].
 //!
-//! Committed entries are applied to the in-memory [`State`] through `State::apply`; then the
-//! state, the last applied log id and the membership are written in one transaction, once per
-//! batch. Because they commit together, a restart resumes exactly where apply stopped and an
-//! entry is never applied twice to the persisted state. Readers see the state through
+//! Committed entries are applied to the in-memory [`State`] through `State::apply`. Under the
+//! same lock, the rows the batch changed are encoded ([`Machine::changes`]: cost in proportion to
+//! the change, not to the state); after the lock is released they are written with the last
+//! applied log id and the membership in one transaction on the blocking pool (see `tables` for
+//! the layout). Because they commit together, a restart resumes exactly where apply stopped and
+//! an entry is never applied twice to the persisted state. Readers see the state through
 //! [`StateHandle`](crate::StateHandle), which is told the applied index after each batch is
 //! durable.
 //!
-//! A snapshot is the JSON of the state and its [`SnapshotMeta`]; the latest one is kept in the
-//! same file so that a leader can send it to a lagging follower after a restart.
+//! A snapshot is built from a read transaction over the tables (`snapshot` for its format);
+//! installing one replaces every table in one transaction. The latest one is kept in the same
+//! file so that a leader can send it to a lagging follower after a restart.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use api::Timestamp;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use redb::{ReadableTable, TableHandle};
-use serde::{Deserialize, Serialize};
 
-use crate::db::{self, Db, DbError, MACHINE, SM, SNAPSHOT, SNAPSHOT_META};
+use crate::db::{self, Db, DbError, SM, SNAPSHOT, SNAPSHOT_META};
+use crate::events::Retention;
 use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
+use crate::snapshot;
 use crate::state::{Response, State};
+use crate::tables::{Changes, Meta, STORE_FORMAT};
 
 /// Everything the state machine persists: the state and where in the log it stands.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default)]
 pub(crate) struct Machine {
     pub(crate) state: State,
     pub(crate) last_applied: Option<LogId>,
     pub(crate) membership: StoredMembership,
+    /// The time of the newest applied command: the cluster's clock for event retention.
+    pub(crate) clock: Timestamp,
+    /// `next_event` when the events were last written: the events above it are new.
+    written_events: u64,
 }
 
 impl Machine {
-    fn apply(&mut self, entry: Entry) -> Response {
+    /// A machine whose state was just loaded (from its tables, a snapshot or the first format);
+    /// what is derived from the state is rebuilt.
+    pub(crate) fn new(
+        mut state: State,
+        last_applied: Option<LogId>,
+        membership: StoredMembership,
+    ) -> Machine {
+        state.reindex();
+        let written_events = state.next_event;
+        Machine {
+            state,
+            last_applied,
+            membership,
+            clock: Timestamp::default(),
+            written_events,
+        }
+    }
+
+    pub(crate) fn apply(&mut self, entry: Entry) -> Response {
         let log_id = entry.log_id;
         self.last_applied = Some(log_id);
         let response = match entry.payload {
-            EntryPayload::Normal(command) => self.state.apply(log_id.index, &command),
+            EntryPayload::Normal(command) => {
+                self.clock = self.clock.max(command.time());
+                self.state.apply(log_id.index, &command)
+            }
             // Raft's own entries change no cluster state, but `State::index` counts every applied
             // entry so that it always equals the applied index readers wait on.
             EntryPayload::Blank => {
@@ -58,18 +89,57 @@ impl Machine {
         );
         response
     }
-}
 
-/// A snapshot as written: the state with the meta that says where in the log it was taken.
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
-    meta: &'a SnapshotMeta,
-    state: &'a State,
-}
+    /// Drops the events past `retention` and encodes what changed since the last call, or with
+    /// `replace` the whole state, with the meta row that says where it stands.
+    pub(crate) fn changes(
+        &mut self,
+        retention: &Retention,
+        replace: bool,
+    ) -> Result<Changes, DbError> {
+        retention.prune(&mut self.state.events, self.clock);
+        let mut maps = Vec::new();
+        for (name, map) in self.state.stored_maps() {
+            if replace {
+                map.mark_all_changed();
+            }
+            maps.push((name, map.take_changes()?));
+        }
+        let written = if replace { 0 } else { self.written_events };
+        let new = self
+            .state
+            .events
+            .iter()
+            .rev()
+            .take_while(|e| e.seq > written);
+        let events = new
+            .map(|e| Ok((e.seq, db::encode(e)?)))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        self.written_events = self.state.next_event;
+        let first_event = self
+            .state
+            .events
+            .front()
+            .map_or(self.state.next_event + 1, |e| e.seq);
+        Ok(Changes {
+            replace,
+            maps,
+            events,
+            first_event,
+            meta: db::encode(&self.meta())?,
+            index: self.state.index,
+        })
+    }
 
-#[derive(Deserialize)]
-struct SnapshotFile {
-    state: State,
+    fn meta(&self) -> Meta {
+        Meta {
+            format: STORE_FORMAT,
+            counters: self.state.counters(),
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            clock: self.clock,
+        }
+    }
 }
 
 /// The applied state, shared by the state machine (the only writer) and every [`StateHandle`]
@@ -92,51 +162,75 @@ fn write(machine: &RwLock<Machine>) -> RwLockWriteGuard<'_, Machine> {
 pub struct StateMachineStore {
     db: Arc<Db>,
     machine: SharedMachine,
+    retention: Retention,
     snapshots: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(db: Arc<Db>, machine: SharedMachine) -> StateMachineStore {
+    pub(crate) fn new(
+        db: Arc<Db>,
+        machine: SharedMachine,
+        retention: Retention,
+    ) -> StateMachineStore {
         StateMachineStore {
             db,
             machine,
+            retention,
             snapshots: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Writes the applied state, then tells readers: what a blocking query sees is durable.
-    async fn persist(&self) -> Result<(), StorageError> {
-        let encoded = {
-            let machine = read(&self.machine);
-            db::encode(&*machine).map(|bytes| (bytes, machine.state.index))
-        };
-        let (bytes, index) =
-            encoded.map_err(|e| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
-        db::write(&self.db, move |txn| {
-            db::put_encoded(txn, SM, MACHINE, &bytes)
-        })
-        .await
-        .map_err(|e| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write))?;
+    /// Writes a batch's changes, then tells readers: what a blocking query sees is durable.
+    ///
+    /// If the write fails, the in-memory state is ahead of the file; openraft treats the storage
+    /// error as fatal and stops this server, and the next start re-applies from the file.
+    async fn persist(&self, changes: Changes) -> Result<(), DbError> {
+        let index = changes.index;
+        tracing::trace!(index, bytes = changes.bytes(), "writing an applied batch");
+        db::write(&self.db, move |txn| changes.write(txn)).await?;
         self.db.applied.send_replace(index);
         Ok(())
     }
 
+    /// Applies `entries` and encodes their changes, all under the lock; `None` if there were
+    /// none.
+    fn apply_all(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<(Vec<Response>, Option<Changes>), DbError> {
+        let mut machine = write(&self.machine);
+        let responses: Vec<Response> = entries
+            .into_iter()
+            .map(|entry| machine.apply(entry))
+            .collect();
+        if responses.is_empty() {
+            return Ok((responses, None));
+        }
+        let changes = machine.changes(&self.retention, false)?;
+        Ok((responses, Some(changes)))
+    }
+
+    /// Replaces the state with the snapshot's: decoding, re-encoding and writing every table run
+    /// on the blocking pool, and the lock is taken only to swap the result in.
     async fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
-        let file: SnapshotFile = serde_json::from_slice(&data)?;
-        let machine = Machine {
-            state: file.state,
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        let machine_bytes = db::encode(&machine)?;
-        let meta_bytes = db::encode(meta)?;
-        let data_bytes = seal::seal(&data);
-        db::write(&self.db, move |txn| {
-            db::put_encoded(txn, SM, MACHINE, &machine_bytes)?;
-            db::put_encoded(txn, SM, SNAPSHOT_META, &meta_bytes)?;
-            db::put_encoded(txn, SM, SNAPSHOT, &data_bytes)
+        let db = Arc::clone(&self.db);
+        let meta = meta.clone();
+        let retention = self.retention;
+        let machine = tokio::task::spawn_blocking(move || {
+            let (state, clock) = snapshot::read(&data)?;
+            let mut machine = Machine::new(state, meta.last_log_id, meta.last_membership.clone());
+            machine.clock = clock;
+            let changes = machine.changes(&retention, true)?;
+            let meta_bytes = db::encode(&meta)?;
+            let data_bytes = seal::seal(&data);
+            let txn = db.file.begin_write()?;
+            changes.write(&txn)?;
+            db::put_encoded(&txn, SM, SNAPSHOT_META, &meta_bytes)?;
+            db::put_encoded(&txn, SM, SNAPSHOT, &data_bytes)?;
+            txn.commit()?;
+            Ok::<_, DbError>(machine)
         })
-        .await?;
+        .await??;
         let index = machine.state.index;
         *write(&self.machine) = machine;
         self.db.applied.send_replace(index);
@@ -172,15 +266,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let responses: Vec<Response> = {
-            let mut machine = write(&self.machine);
-            entries
-                .into_iter()
-                .map(|entry| machine.apply(entry))
-                .collect()
-        };
-        if !responses.is_empty() {
-            self.persist().await?;
+        let write_error = |e: DbError| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write);
+        let (responses, changes) = self.apply_all(entries).map_err(write_error)?;
+        if let Some(changes) = changes {
+            self.persist(changes).await.map_err(write_error)?;
         }
         Ok(responses)
     }
@@ -188,7 +277,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             db: Arc::clone(&self.db),
-            machine: Arc::clone(&self.machine),
             snapshots: Arc::clone(&self.snapshots),
         }
     }
@@ -218,32 +306,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// Builds a snapshot from the applied state while the state machine goes on applying.
+/// Builds a snapshot from the stored tables while the state machine goes on applying.
 pub struct SnapshotBuilder {
     db: Arc<Db>,
-    machine: SharedMachine,
     snapshots: Arc<AtomicU64>,
 }
 
 impl SnapshotBuilder {
-    /// The meta and JSON of the applied state, taken under one read lock so they agree.
-    fn encode(&self) -> Result<(SnapshotMeta, Vec<u8>), DbError> {
-        let machine = read(&self.machine);
-        let last = machine
+    /// The meta and bytes of the stored state, from one read transaction so they agree. Runs on
+    /// the blocking pool: a large state takes a while to encode.
+    async fn encode(&self) -> Result<(SnapshotMeta, Vec<u8>), DbError> {
+        let db = Arc::clone(&self.db);
+        let (stored, bytes) =
+            tokio::task::spawn_blocking(move || snapshot::build(&db.file.begin_read()?)).await??;
+        let last = stored
             .last_applied
             .map_or_else(|| "none".to_string(), |id| id.to_string());
         // The id only has to tell this snapshot from others while one is being streamed to a
         // follower; the counter makes it unique within this process.
         let n = self.snapshots.fetch_add(1, Ordering::Relaxed) + 1;
         let meta = SnapshotMeta {
-            last_log_id: machine.last_applied,
-            last_membership: machine.membership.clone(),
+            last_log_id: stored.last_applied,
+            last_membership: stored.membership,
             snapshot_id: format!("{last}-{n}"),
         };
-        let bytes = serde_json::to_vec(&SnapshotRef {
-            meta: &meta,
-            state: &machine.state,
-        })?;
         Ok((meta, bytes))
     }
 
@@ -274,7 +360,7 @@ fn saved_meta(txn: &redb::WriteTransaction) -> Result<Option<SnapshotMeta>, DbEr
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let build = async {
-            let (meta, bytes) = self.encode()?;
+            let (meta, bytes) = self.encode().await?;
             self.save(&meta, bytes.clone()).await?;
             Ok::<_, DbError>(Snapshot {
                 meta,

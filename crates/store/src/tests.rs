@@ -23,12 +23,14 @@ use crate::raft::{
     InstallSnapshotResponse, LogId, Node, NodeId, Raft, StorageError, TypeConfig, VoteRequest,
     VoteResponse,
 };
-use crate::{Command, LogStore, Response, StateHandle, StateMachineStore, StoreError, open};
+use crate::{
+    Command, LogStore, Response, StateHandle, StateMachineStore, StoreError, StoreOptions, open,
+};
 
 /// Generous: only a hung test waits this long, a loaded 2-core machine still passes.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
-fn register(name: &str) -> Command {
+pub(crate) fn register(name: &str) -> Command {
     Command::RegisterNode {
         node: RegisterRequest {
             name: name.to_string(),
@@ -46,7 +48,7 @@ fn register(name: &str) -> Command {
     }
 }
 
-fn entry(index: u64, command: Command) -> Entry {
+pub(crate) fn entry(index: u64, command: Command) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(command),
@@ -60,8 +62,8 @@ struct FreshStore;
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for FreshStore {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
-        let (log, state_machine, _) =
-            open(&dir.path().join("store.redb")).map_err(|e| StorageIOError::write(&e))?;
+        let (log, state_machine, _) = open(&dir.path().join("store.redb"), StoreOptions::default())
+            .map_err(|e| StorageIOError::write(&e))?;
         Ok((dir, log, state_machine))
     }
 }
@@ -80,8 +82,10 @@ fn recommended_config_is_valid() {
 fn second_open_of_a_file_is_refused_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    let _first = open(&path).unwrap();
-    let err = open(&path).map(|_| ()).unwrap_err();
+    let _first = open(&path, StoreOptions::default()).unwrap();
+    let err = open(&path, StoreOptions::default())
+        .map(|_| ())
+        .unwrap_err();
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     let message = err.to_string();
     assert!(message.contains(&path.display().to_string()), "{message}");
@@ -95,7 +99,10 @@ fn second_open_of_a_file_is_refused_with_a_hint() {
 fn missing_data_dir_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no-such-dir").join("state.redb");
-    let message = open(&path).map(|_| ()).unwrap_err().to_string();
+    let message = open(&path, StoreOptions::default())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
     assert!(
         message.starts_with(&format!("cannot open store {}", path.display())),
         "{message}"
@@ -114,7 +121,7 @@ async fn wait_past(handle: &StateHandle, index: u64) -> Option<u64> {
 async fn applied_state_survives_reopen_and_wakes_waiters() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    let (_log, mut sm, handle) = open(&path).unwrap();
+    let (_log, mut sm, handle) = open(&path, StoreOptions::default()).unwrap();
     let waiter = tokio::spawn({
         let handle = handle.clone();
         async move { wait_past(&handle, 0).await }
@@ -137,7 +144,7 @@ async fn applied_state_survives_reopen_and_wakes_waiters() {
     tokio::time::timeout(PATIENCE, handle.closed())
         .await
         .unwrap();
-    let (_log, mut sm, handle) = open(&path).unwrap();
+    let (_log, mut sm, handle) = open(&path, StoreOptions::default()).unwrap();
     assert_eq!(handle.applied_index(), 2);
     assert_eq!(
         handle.read(|s| s.nodes.keys().cloned().collect::<Vec<_>>()),
@@ -152,7 +159,11 @@ async fn applied_state_survives_reopen_and_wakes_waiters() {
 #[tokio::test]
 async fn installed_snapshot_replaces_state_and_survives_reopen() {
     let leader_dir = tempfile::tempdir().unwrap();
-    let (_leader_log, mut leader, _) = open(&leader_dir.path().join("state.redb")).unwrap();
+    let (_leader_log, mut leader, _) = open(
+        &leader_dir.path().join("state.redb"),
+        StoreOptions::default(),
+    )
+    .unwrap();
     leader
         .apply([entry(1, register("edge-1")), entry(2, register("edge-2"))])
         .await
@@ -166,7 +177,7 @@ async fn installed_snapshot_replaces_state_and_survives_reopen() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    let (log, mut follower, handle) = open(&path).unwrap();
+    let (log, mut follower, handle) = open(&path, StoreOptions::default()).unwrap();
     follower.apply([entry(1, register("stale"))]).await.unwrap();
     let data = Box::new(Cursor::new(snapshot.snapshot.get_ref().clone()));
     follower
@@ -183,7 +194,7 @@ async fn installed_snapshot_replaces_state_and_survives_reopen() {
     tokio::time::timeout(PATIENCE, handle.closed())
         .await
         .unwrap();
-    let (_log, mut follower, handle) = open(&path).unwrap();
+    let (_log, mut follower, handle) = open(&path, StoreOptions::default()).unwrap();
     assert_eq!(handle.read(|s| s.nodes.len()), 2);
     let current = follower.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
@@ -237,8 +248,8 @@ impl RaftNetwork<TypeConfig> for NoPeers {
 
 const SELF: NodeId = 1;
 
-async fn start(path: &Path) -> (Raft, StateHandle) {
-    let (log, state_machine, handle) = open(path).unwrap();
+pub(crate) async fn start(path: &Path) -> (Raft, StateHandle) {
+    let (log, state_machine, handle) = open(path, StoreOptions::default()).unwrap();
     let config = Arc::new(crate::raft::config("test"));
     let raft = Raft::new(SELF, config, NoPeers, log, state_machine)
         .await
@@ -252,7 +263,7 @@ async fn start(path: &Path) -> (Raft, StateHandle) {
     (raft, handle)
 }
 
-async fn stop(raft: Raft, handle: &StateHandle) {
+pub(crate) async fn stop(raft: Raft, handle: &StateHandle) {
     raft.shutdown().await.unwrap();
     drop(raft);
     tokio::time::timeout(PATIENCE, handle.closed())
@@ -316,7 +327,9 @@ async fn open_after(damage: impl FnOnce(&Path)) -> (TempDir, String) {
     }
     stop(raft, &handle).await;
     damage(&path);
-    let err = open(&path).map(|_| ()).unwrap_err();
+    let err = open(&path, StoreOptions::default())
+        .map(|_| ())
+        .unwrap_err();
     let message = err.to_string();
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(
