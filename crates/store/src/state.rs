@@ -124,11 +124,11 @@ pub struct State {
     /// that news for the services still waiting.
     #[serde(default)]
     pub forgotten_placement_index: u64,
-    /// Ids of the tasks placed on each node, so that [`State::assignments`] reads one node's
-    /// tasks instead of scanning all of them. Derived from `tasks`, so never stored:
+    /// Task ids by node and by service slot, so that [`State::assignments`] and apply read the
+    /// tasks concerned instead of scanning all of them. Derived from `tasks`, so never stored:
     /// `State::reindex` rebuilds it when a state is loaded.
     #[serde(skip)]
-    on_node: NodeTasks,
+    lookup: TaskIndex,
 }
 
 /// The state's single values, kept in the store's meta row and a snapshot's head beside the
@@ -144,41 +144,80 @@ pub(crate) struct Counters {
     pub(crate) forgotten_placement_index: u64,
 }
 
-/// Task ids by node. Equal to every other: it is a function of the tasks, which equality
-/// already compares, and `State::check` verifies it against them.
+/// Task ids by node, and by service and slot. Equal to every other: it is a function of the
+/// tasks, which equality already compares, and `State::check` verifies it against them.
 #[derive(Debug, Clone, Default)]
-struct NodeTasks(BTreeMap<String, BTreeSet<String>>);
+struct TaskIndex {
+    by_node: BTreeMap<String, BTreeSet<String>>,
+    by_service: BTreeMap<String, BTreeSet<(u32, String)>>,
+}
 
-impl PartialEq for NodeTasks {
+impl PartialEq for TaskIndex {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl NodeTasks {
-    fn of(tasks: &BTreeMap<String, Task>) -> NodeTasks {
-        let mut index = NodeTasks::default();
+impl TaskIndex {
+    fn of(tasks: &BTreeMap<String, Task>) -> TaskIndex {
+        let mut index = TaskIndex::default();
         for task in tasks.values() {
+            index.add(task);
             if let Some(node) = &task.node {
-                index.add(node, &task.id);
+                index.placed(node, &task.id);
             }
         }
         index
     }
 
-    fn add(&mut self, node: &str, id: &str) {
-        self.0
+    fn add(&mut self, task: &Task) {
+        self.by_service
+            .entry(task.service.clone())
+            .or_default()
+            .insert((task.slot, task.id.clone()));
+    }
+
+    fn placed(&mut self, node: &str, id: &str) {
+        self.by_node
             .entry(node.to_string())
             .or_default()
             .insert(id.to_string());
     }
 
-    fn remove(&mut self, node: &str, id: &str) {
-        if let Some(ids) = self.0.get_mut(node) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.0.remove(node);
-            }
+    fn forget(&mut self, task: &Task) {
+        if let Some(node) = &task.node {
+            remove_from(&mut self.by_node, node, &task.id.clone());
+        }
+        remove_from(
+            &mut self.by_service,
+            &task.service,
+            &(task.slot, task.id.clone()),
+        );
+    }
+
+    /// The ids of one service's tasks, by slot.
+    fn of_service(&self, service: &str) -> impl Iterator<Item = &(u32, String)> {
+        self.by_service.get(service).into_iter().flatten()
+    }
+
+    /// The ids of the tasks of one slot of a service.
+    fn of_slot(&self, service: &str, slot: u32) -> impl Iterator<Item = &String> {
+        let from = (slot, String::new());
+        self.by_service
+            .get(service)
+            .into_iter()
+            .flat_map(move |ids| ids.range(from.clone()..))
+            .take_while(move |(s, _)| *s == slot)
+            .map(|(_, id)| id)
+    }
+}
+
+/// Removes `item` from the set under `key`, and the set once empty.
+fn remove_from<T: Ord>(map: &mut BTreeMap<String, BTreeSet<T>>, key: &str, item: &T) {
+    if let Some(items) = map.get_mut(key) {
+        items.remove(item);
+        if items.is_empty() {
+            map.remove(key);
         }
     }
 }
@@ -248,7 +287,7 @@ impl State {
 
     /// Rebuilds what is derived from the stored maps; call it on a state just loaded.
     pub(crate) fn reindex(&mut self) {
-        self.on_node = NodeTasks::of(&self.tasks);
+        self.lookup = TaskIndex::of(&self.tasks);
     }
 
     fn deploy_all(&mut self, services: &[ServiceSpec], time: Timestamp) -> Response {
@@ -288,10 +327,9 @@ impl State {
         svc.updated_at = time;
         self.placement_moved(service);
         let ids: Vec<String> = self
-            .tasks
-            .values()
-            .filter(|t| t.service == service)
-            .map(|t| t.id.clone())
+            .lookup
+            .of_service(service)
+            .map(|(_, id)| id.clone())
             .collect();
         for id in ids {
             self.stop_task(&id, time);
@@ -494,7 +532,7 @@ impl State {
             task.node = Some(p.node.clone());
             task.message = None;
             task.updated_at = time;
-            self.on_node.add(&p.node, &id);
+            self.lookup.placed(&p.node, &id);
         }
         self.node_index.insert(p.node.clone(), self.index);
         self.placement_moved(&p.service);
@@ -511,12 +549,10 @@ impl State {
 
     /// The task that fills a slot of a service version, placed or waiting.
     fn slot_task(&self, service: &str, slot: u32, version: u64) -> Option<&Task> {
-        self.tasks.values().find(|t| {
-            t.service == service
-                && t.slot == slot
-                && t.desired == DesiredState::Running
-                && t.version == version
-        })
+        self.lookup
+            .of_slot(service, slot)
+            .filter_map(|id| self.tasks.get(id))
+            .find(|t| t.desired == DesiredState::Running && t.version == version)
     }
 
     /// Creates a task with no node yet and returns its id.
@@ -528,29 +564,28 @@ impl State {
         self.next_task += 1;
         self.placement_moved(service);
         let id = format!("{service}.{slot}.{}", self.next_task);
-        self.tasks.insert(
-            id.clone(),
-            Task {
-                id: id.clone(),
-                service: service.to_string(),
-                slot,
-                version,
-                node: None,
-                desired: DesiredState::Running,
-                state: TaskState::Pending,
-                ready: false,
-                restarts: 0,
-                qos,
-                pid: None,
-                container_id: None,
-                ports: BTreeMap::new(),
-                started_at: None,
-                exit_code: None,
-                message: None,
-                created_at: time,
-                updated_at: time,
-            },
-        );
+        let task = Task {
+            id: id.clone(),
+            service: service.to_string(),
+            slot,
+            version,
+            node: None,
+            desired: DesiredState::Running,
+            state: TaskState::Pending,
+            ready: false,
+            restarts: 0,
+            qos,
+            pid: None,
+            container_id: None,
+            ports: BTreeMap::new(),
+            started_at: None,
+            exit_code: None,
+            message: None,
+            created_at: time,
+            updated_at: time,
+        };
+        self.lookup.add(&task);
+        self.tasks.insert(id.clone(), task);
         id
     }
 
@@ -720,7 +755,7 @@ impl State {
         let gone: Vec<String> = self
             .services
             .iter()
-            .filter(|(name, s)| s.removing && !self.tasks.values().any(|t| &t.service == *name))
+            .filter(|(name, s)| s.removing && self.lookup.of_service(name).next().is_none())
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
@@ -766,12 +801,10 @@ impl State {
         });
     }
 
-    /// Removes a task and its place in the node index.
+    /// Removes a task and its places in the task index.
     fn forget_task(&mut self, id: &str) {
-        if let Some(task) = self.tasks.remove(id)
-            && let Some(node) = &task.node
-        {
-            self.on_node.remove(node, id);
+        if let Some(task) = self.tasks.remove(id) {
+            self.lookup.forget(&task);
         }
     }
 
@@ -790,36 +823,33 @@ impl State {
                 return Err(format!("task {} is on unknown node {node}", task.id));
             }
         }
-        for svc in self.services.values() {
-            let live = self
-                .tasks
-                .values()
-                .filter(|t| {
-                    t.service == svc.spec.name
-                        && t.desired == DesiredState::Running
-                        && t.version == svc.version
-                })
-                .map(|t| t.slot);
-            let mut slots: Vec<u32> = live.collect();
-            let n = slots.len();
-            slots.sort_unstable();
-            slots.dedup();
-            if slots.len() != n {
+        // One pass over the tasks, not one per service: debug builds check after every apply.
+        let mut filled = BTreeSet::new();
+        for t in self.tasks.values() {
+            let current = self
+                .services
+                .get(&t.service)
+                .is_some_and(|svc| svc.version == t.version);
+            if current
+                && t.desired == DesiredState::Running
+                && !filled.insert((&t.service, t.slot))
+            {
                 return Err(format!(
                     "service {} has two running tasks in one slot",
-                    svc.spec.name
+                    t.service
                 ));
             }
         }
-        if self.on_node.0 != NodeTasks::of(&self.tasks).0 {
-            return Err("the index of tasks by node does not match the tasks".to_string());
+        let rebuilt = TaskIndex::of(&self.tasks);
+        if self.lookup.by_node != rebuilt.by_node || self.lookup.by_service != rebuilt.by_service {
+            return Err("the index of tasks by node and slot does not match the tasks".to_string());
         }
         Ok(())
     }
 
     /// The assignments of one node: every task placed on it that it has not yet finished stopping.
     pub fn assignments(&self, node: &str) -> Vec<api::Assignment> {
-        let Some(ids) = self.on_node.0.get(node) else {
+        let Some(ids) = self.lookup.by_node.get(node) else {
             return Vec::new();
         };
         ids.iter()
