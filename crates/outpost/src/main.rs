@@ -97,6 +97,12 @@ struct ApiOptions {
     /// e.g. 20ms; 0s commits at once whatever is waiting.
     #[arg(long, default_value = "20ms", env = "OUTPOST_REPORT_BATCH")]
     report_batch: String,
+    /// Most events the history keeps; the oldest go first.
+    #[arg(long, default_value_t = store::DEFAULT_MAX_EVENTS, env = "OUTPOST_EVENT_RETENTION")]
+    event_retention: usize,
+    /// Longest the history keeps an event, e.g. 7d or 12h.
+    #[arg(long, default_value = "7d", env = "OUTPOST_EVENT_MAX_AGE")]
+    event_max_age: String,
 }
 
 /// 1 s: every report waits up to one tick before it commits; a longer tick only delays what
@@ -107,6 +113,7 @@ const MAX_REPORT_BATCH: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct ServerSettings {
     pub limits: server::ApiLimits,
     pub report_batch: server::batch::BatchConfig,
+    pub store: store::StoreOptions,
 }
 
 impl ApiOptions {
@@ -116,6 +123,27 @@ impl ApiOptions {
             report_batch: server::batch::BatchConfig {
                 tick: self.report_batch()?,
                 ..server::batch::BatchConfig::default()
+            },
+            store: self.store()?,
+        })
+    }
+
+    fn store(&self) -> anyhow::Result<store::StoreOptions> {
+        anyhow::ensure!(
+            self.event_retention >= 1,
+            "--event-retention must be at least 1 event"
+        );
+        let max_age = humantime::parse_duration(&self.event_max_age).map_err(|e| {
+            anyhow::anyhow!(
+                "--event-max-age {:?} is not a duration like 7d or 12h: {e}",
+                self.event_max_age
+            )
+        })?;
+        anyhow::ensure!(!max_age.is_zero(), "--event-max-age must be longer than 0s");
+        Ok(store::StoreOptions {
+            retention: store::Retention {
+                max_events: self.event_retention,
+                max_age,
             },
         })
     }

@@ -107,6 +107,7 @@ pub async fn dev(
     let server = server::start(server::ServerConfig {
         limits: settings.limits,
         report_batch: settings.report_batch,
+        store: settings.store,
         reset,
         ..server::ServerConfig::new(data_dir.clone(), listen)
     })
@@ -232,6 +233,7 @@ pub async fn server(conn: &Connection, reset: bool, settings: crate::ServerSetti
     let server = server::start(server::ServerConfig {
         limits: settings.limits,
         report_batch: settings.report_batch,
+        store: settings.store,
         reset,
         ..server::ServerConfig::new(data_dir.clone(), listen)
     })

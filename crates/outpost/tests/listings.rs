@@ -355,3 +355,49 @@ fn services_and_nodes_past_a_screenful_are_counted_unless_all() {
     assert!(nodes.contains("outpost nodes --all"), "{nodes}");
     assert_eq!(dev.ok(&["nodes", "--all"]).lines().count(), 203);
 }
+
+/// An operator keeps a short history with `--event-retention`: the oldest events go, the newest
+/// stay, numbered as they were, and a restart keeps the same bounded history from the disk.
+#[test]
+fn the_event_history_keeps_the_newest_events_up_to_its_retention_across_a_restart() {
+    let mut dev = Dev::start_with_flags(&["--event-retention", "10"]);
+    dev.deploy("big.yaml", &unplaceable("big", 3));
+    // Each scale is an event; twenty of them push the first ones out.
+    for replicas in 1..=20 {
+        dev.ok(&["scale", "big", &replicas.to_string()]);
+    }
+    let seqs = |dev: &Dev| -> Vec<u64> {
+        dev.events()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let kept = seqs(&dev);
+    assert_eq!(kept.len(), 10, "{kept:?}");
+    assert!(kept[0] > 20, "the oldest went first: {kept:?}");
+    assert!(
+        kept.windows(2).all(|w| w[0] + 1 == w[1]),
+        "the newest ten, without gaps: {kept:?}"
+    );
+    let scaled: Vec<String> = dev
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == "scaled")
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        scaled.last().map(String::as_str),
+        Some("scaled from 19 to 20 replicas")
+    );
+    assert!(
+        !scaled.contains(&"scaled from 3 to 1 replicas".to_string()),
+        "{scaled:?}"
+    );
+    dev.restart_with_flags(&["--event-retention", "10"]);
+    let after = seqs(&dev);
+    assert!(after.len() <= 10, "{after:?}");
+    assert!(
+        after.contains(kept.last().unwrap()),
+        "{after:?} has {kept:?}'s newest"
+    );
+}

@@ -152,6 +152,14 @@ fn a_limit_flag_out_of_its_range_is_refused_at_start_saying_why() {
             ["--report-batch", "soon"],
             "--report-batch \"soon\" is not a duration",
         ),
+        (
+            ["--event-retention", "0"],
+            "--event-retention must be at least 1 event",
+        ),
+        (
+            ["--event-max-age", "forever"],
+            "--event-max-age \"forever\" is not a duration",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(outpost_bin())

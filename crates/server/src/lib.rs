@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub limits: ApiLimits,
     /// How agents' status reports are coalesced into entries.
     pub report_batch: batch::BatchConfig,
+    /// How the store keeps what it keeps (the event history's retention).
+    pub store: store::StoreOptions,
 }
 
 impl ServerConfig {
@@ -57,6 +59,7 @@ impl ServerConfig {
             limits: ApiLimits::default(),
             reset: false,
             report_batch: batch::BatchConfig::default(),
+            store: store::StoreOptions::default(),
         }
     }
 }
@@ -277,7 +280,7 @@ async fn start_raft(
     token: &str,
     addr: SocketAddr,
 ) -> Result<(Raft, StateHandle), ServerError> {
-    let (log, machine, state) = store::open(state_file, store::StoreOptions::default())?;
+    let (log, machine, state) = store::open(state_file, config.store.clone())?;
     tighten(state_file)?;
     let raft_err = |e: &dyn std::fmt::Display| ServerError::Raft(e.to_string());
     let raft_config = store::raft::config("outpost")

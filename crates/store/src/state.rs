@@ -830,9 +830,7 @@ impl State {
                 .services
                 .get(&t.service)
                 .is_some_and(|svc| svc.version == t.version);
-            if current
-                && t.desired == DesiredState::Running
-                && !filled.insert((&t.service, t.slot))
+            if current && t.desired == DesiredState::Running && !filled.insert((&t.service, t.slot))
             {
                 return Err(format!(
                     "service {} has two running tasks in one slot",

@@ -529,6 +529,12 @@ impl Dev {
         dev
     }
 
+    /// Stops dev cleanly and starts it again on the same data dir with `flags`.
+    pub fn restart_with_flags(&mut self, flags: &[&str]) {
+        self.stop();
+        self.spawn_dev(flags.iter().map(std::ffi::OsStr::new), &[]);
+    }
+
     /// This dev's agent id, which marks every process its agent starts.
     pub fn agent_id(&self) -> String {
         let path = self.data_dir().join("agent").join("agent-id");
