@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Raft id of this server; 1 for a single server.
     pub id: u64,
+    /// Found a one-member group on the first start. A server that is to be added to an existing
+    /// group (as a learner, then a voter) starts without, and waits for the leader to reach it.
+    pub found: bool,
     /// Start with an empty state even though the data dir belongs to a cluster whose state file
     /// is missing or empty (`--reset`). Without it such a start is refused.
     pub reset: bool,
@@ -56,6 +59,7 @@ impl ServerConfig {
             data_dir,
             listen,
             id: 1,
+            found: true,
             limits: ApiLimits::default(),
             reset: false,
             report_batch: batch::BatchConfig::default(),
@@ -301,9 +305,11 @@ async fn start_raft(
             addr: addr.to_string(),
         },
     )]);
-    store::raft::initialize_once(&raft, members)
-        .await
-        .map_err(|e| raft_err(&e))?;
+    if config.found {
+        store::raft::initialize_once(&raft, members)
+            .await
+            .map_err(|e| raft_err(&e))?;
+    }
     Ok((raft, state))
 }
 
@@ -335,7 +341,8 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         source,
     })?;
     let state_file = dir.join("state.redb");
-    check_state(dir, &state_file, config.reset)?;
+    // A server that joins a group gets its state from the leader: an empty one is expected.
+    check_state(dir, &state_file, config.reset || !config.found)?;
     let token = load_or_create_token(dir)?;
     let listen_err = |source| ServerError::Listen {
         addr: config.listen,

@@ -55,6 +55,12 @@ pub const ELECTION_TIMEOUT_MS: (u64, u64) = (1_000, 2_000);
 /// openraft's 200 ms default is too short for an edge uplink.
 pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 
+/// 1 MiB: a snapshot goes to a follower in chunks of this size, each its own request. The Raft
+/// RPCs are JSON, where a byte array costs up to four bytes a byte, so a chunk stays well under
+/// the API's default 8 MiB body limit (openraft's 3 MiB default would not); a 100,000-task
+/// snapshot of some 25 MB is a few dozen requests, each within the install timeout on a slow link.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
+
 /// Raft settings for Outpost servers, whether the group has one member or five. They pass
 /// `Config::validate` (a test checks it), so the server can use them as they are.
 ///
@@ -67,6 +73,7 @@ pub fn config(cluster_name: &str) -> openraft::Config {
         election_timeout_min: ELECTION_TIMEOUT_MS.0,
         election_timeout_max: ELECTION_TIMEOUT_MS.1,
         install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
         ..openraft::Config::default()
     }
 }
