@@ -39,7 +39,11 @@ fn wait_tasks(dev: &Dev, service: &str, n: usize) {
 fn tasks_page_through_a_continue_token_without_gaps_or_repeats() {
     let dev = Dev::start(&[]);
     dev.deploy("big.yaml", &unplaceable("big", 30));
+    // Names that sort right before and after `big`'s task ids: none of theirs may show up.
+    dev.deploy("big-a.yaml", &unplaceable("big-a", 4));
+    dev.deploy("bigger.yaml", &unplaceable("bigger", 4));
     wait_tasks(&dev, "big", 30);
+    wait_tasks(&dev, "bigger", 4);
     let client = client(&dev);
     let filter = TaskFilter {
         service: Some("big".into()),
@@ -62,6 +66,7 @@ fn tasks_page_through_a_continue_token_without_gaps_or_repeats() {
     assert_eq!(pages, 5, "30 tasks in pages of 7 are 5 pages");
     let unique: BTreeSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), 30, "every task once: {seen:?}");
+    assert!(seen.iter().all(|id| id.starts_with("big.")), "{seen:?}");
     let mut sorted = seen.clone();
     sorted.sort();
     assert_eq!(seen, sorted, "pages follow task ids");

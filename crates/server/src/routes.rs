@@ -509,7 +509,17 @@ async fn list_tasks(
         if let Some(name) = q.node.as_ref().filter(|n| !s.nodes.contains_key(*n)) {
             return Err(no_node(name));
         }
-        let tasks = s.tasks.range::<str, _>(after(&q.cont)).map(|(_, t)| t);
+        // A task's id starts with its service's name and a dot, which no name holds: the tasks
+        // of one service are one run of ids, read without passing over every other task.
+        let prefix = q.service.as_ref().map(|name| format!("{name}."));
+        let (mut from, to) = after(&q.cont);
+        if let Some(prefix) = &prefix
+            && q.cont.as_deref().is_none_or(|c| c < prefix.as_str())
+        {
+            from = Bound::Included(prefix.as_str());
+        }
+        let tasks = s.tasks.range::<str, _>((from, to)).map(|(_, t)| t);
+        let tasks = tasks.take_while(|t| prefix.as_ref().is_none_or(|p| t.id.starts_with(p)));
         Ok(page(tasks.filter(|t| q.matches(t)), limit, |t| &t.id))
     })
 }

@@ -563,6 +563,7 @@ impl State {
             .map_or(spec::QosClass::BestEffort, |s| s.spec.qos());
         self.next_task += 1;
         self.placement_moved(service);
+        // The service's name leads the id: listings read one service's tasks as one run of ids.
         let id = format!("{service}.{slot}.{}", self.next_task);
         let task = Task {
             id: id.clone(),
@@ -814,6 +815,16 @@ impl State {
             if !self.services.contains_key(&task.service) {
                 return Err(format!(
                     "task {} belongs to unknown service {}",
+                    task.id, task.service
+                ));
+            }
+            if !task
+                .id
+                .strip_prefix(task.service.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+            {
+                return Err(format!(
+                    "task {} does not start with its service's name {}",
                     task.id, task.service
                 ));
             }
