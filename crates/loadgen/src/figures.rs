@@ -41,13 +41,18 @@ pub struct Figures {
     pub registered: Duration,
     /// The deploy request itself, until the server answered.
     pub deploy_call: Duration,
-    /// From the deploy request to every task's node having heard of it.
+    /// Tasks whose node heard of them, and the time from the deploy request to the last of
+    /// them (every task, or as many as there were when the patience ran out).
+    pub placed_tasks: u64,
     pub placed: Duration,
-    /// From the deploy request to every task reported running and ready, acknowledged.
+    /// Tasks reported running and ready, acknowledged, and the time to the last of them.
+    pub running_tasks: u64,
     pub running: Duration,
     /// Running and ready tasks of the current version, as `GET /v1/services` counts them.
     pub confirmed_running: u64,
     pub confirmed_ready: u64,
+    /// Agents whose last report of the steady phase got through within the patience.
+    pub settled_nodes: u64,
     /// From the start of the steady phase to the last of its reports acknowledged.
     pub steady: Duration,
     /// Task status changes acknowledged (so committed and applied) in the steady phase.
@@ -84,11 +89,14 @@ impl Figures {
             ("tasks", self.tasks().to_string()),
             ("registered_s", s(self.registered)),
             ("deploy_call_s", s(self.deploy_call)),
+            ("placed_tasks", self.placed_tasks.to_string()),
             ("placed_s", s(self.placed)),
-            ("placements_per_s", rate(self.tasks(), self.placed)),
+            ("placements_per_s", rate(self.placed_tasks, self.placed)),
+            ("running_tasks", self.running_tasks.to_string()),
             ("running_s", s(self.running)),
             ("confirmed_running", self.confirmed_running.to_string()),
             ("confirmed_ready", self.confirmed_ready.to_string()),
+            ("settled_nodes", self.settled_nodes.to_string()),
             ("steady_s", s(self.steady)),
             ("steady_changes", self.steady_changes.to_string()),
             ("changes_per_s", rate(self.steady_changes, self.steady)),
@@ -147,6 +155,7 @@ mod tests {
         let f = Figures {
             services: 10,
             replicas: 10,
+            placed_tasks: 100,
             placed: ms(500),
             steady: Duration::from_secs(2),
             steady_changes: 3_001,

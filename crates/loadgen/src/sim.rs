@@ -29,9 +29,9 @@ const HEARTBEAT: Duration = Duration::from_millis(500);
 /// The agent's own blocking-query wait (`WATCH_WAIT` in `crates/agent`).
 const WATCH_WAIT: Duration = Duration::from_secs(25);
 
-/// First and longest pause before a failed call is tried again.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+/// The agent's own retry policy (`crates/agent/src/retry.rs`): pauses from 200 ms up to 5 s.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_CAP: Duration = Duration::from_secs(5);
 
 /// What the agent keeps back from workloads by default (`agent::default_reserved` on a box of
 /// 8 GiB or more).
@@ -367,31 +367,43 @@ impl Reporter {
             events: Vec::new(),
             memory_pressure: None,
         };
-        match self.client.report(&self.name, &report).await {
-            Ok(()) => {
-                self.retry.reset();
-                self.pending.clear();
-                self.counters.reports.fetch_add(1, Ordering::Relaxed);
-                self.acknowledged(report.tasks);
-            }
-            Err(e) => {
-                self.counters
-                    .failed(&self.counters.failed_reports, "report", &e);
-                self.retry.pause().await;
-            }
+        let result = self.client.report(&self.name, &report).await;
+        if let Err(e) = &result {
+            self.counters
+                .failed(&self.counters.failed_reports, "report", e);
+        }
+        self.sent(report.tasks, result.is_ok());
+        if result.is_ok() {
+            self.retry.reset();
+        } else {
+            self.retry.pause().await;
         }
     }
 
-    /// Records what the server now holds; a task it knows started is then reported running.
-    fn acknowledged(&mut self, statuses: Vec<TaskStatus>) {
-        let changes = statuses.len() as u64;
+    /// After a report went out: what an acknowledged one says, the server now holds; a failed
+    /// one stays pending, to go out again. Either way, a task reported starting passed its
+    /// readiness probe meanwhile, as a real task whose probe passes at once would: it is next
+    /// reported running and ready, in place of a `starting` not yet acknowledged.
+    fn sent(&mut self, statuses: Vec<TaskStatus>, acknowledged: bool) {
+        if acknowledged {
+            self.pending.clear();
+            self.counters.reports.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .changes
+                .fetch_add(statuses.len() as u64, Ordering::Relaxed);
+        }
         let mut now_running = 0;
         for status in statuses {
             let id = status.id.clone();
+            if status.state == TaskState::Starting {
+                self.pending.insert(id.clone(), running(&status));
+            }
+            if !acknowledged {
+                continue;
+            }
             match status.state {
-                TaskState::Starting => {
-                    self.pending.insert(id.clone(), running(&status));
-                    self.held.insert(id, status);
+                TaskState::Exited | TaskState::Failed => {
+                    self.held.remove(&id);
                 }
                 TaskState::Running => {
                     let was = self.held.insert(id, status);
@@ -399,13 +411,11 @@ impl Reporter {
                         now_running += 1;
                     }
                 }
-                TaskState::Exited | TaskState::Failed => {
-                    self.held.remove(&id);
+                TaskState::Starting | TaskState::Pending => {
+                    self.held.insert(id, status);
                 }
-                TaskState::Pending => {}
             }
         }
-        self.counters.changes.fetch_add(changes, Ordering::Relaxed);
         self.counters.add_running(now_running);
     }
 
@@ -459,8 +469,9 @@ fn exited(id: &str, last: Option<&TaskStatus>) -> TaskStatus {
     status
 }
 
-/// Doubling pauses between tries of a failed call, from [`RETRY_FIRST`] up to [`RETRY_MAX`],
-/// each stretched by a varying share so thousands of agents do not retry in step.
+/// Pauses between tries of a failed call, as the agent's: the k-th is drawn from `[d, 2d)` with
+/// `d` doubling from half of [`RETRY_FIRST`] up to half of [`RETRY_CAP`], so thousands of
+/// agents that fail together do not retry in step.
 #[derive(Debug)]
 struct Backoff {
     next: Duration,
@@ -468,20 +479,21 @@ struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { next: RETRY_FIRST }
+        Backoff {
+            next: RETRY_FIRST / 2,
+        }
     }
 }
 
 impl Backoff {
     fn delay(&mut self) -> Duration {
-        // Up to half as long again, varying with the clock's nanoseconds: cheap spread, no
-        // random number generator needed for a bench.
+        // The jitter varies with the clock's nanoseconds: spread enough for a bench, without a
+        // random number generator.
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let spread = self.next.mul_f64(f64::from(nanos % 500) / 1000.0);
-        let delay = self.next + spread;
-        self.next = (self.next * 2).min(RETRY_MAX);
+        let delay = self.next + self.next.mul_f64(f64::from(nanos % 1000) / 1000.0);
+        self.next = (self.next * 2).min(RETRY_CAP / 2);
         delay
     }
 
@@ -522,15 +534,19 @@ mod tests {
         }
     }
 
-    /// Acknowledges whatever is pending, as a 204 from the server would.
-    fn ack(r: &mut Reporter) -> Vec<(String, TaskState, bool)> {
-        let sent: Vec<TaskStatus> = std::mem::take(&mut r.pending).into_values().collect();
+    /// Sends whatever is pending, answered as the server would: 204 or a failure.
+    fn send(r: &mut Reporter, acknowledged: bool) -> Vec<(String, TaskState, bool)> {
+        let sent: Vec<TaskStatus> = r.pending.values().cloned().collect();
         let seen = sent
             .iter()
             .map(|s| (s.id.clone(), s.state, s.ready))
             .collect();
-        r.acknowledged(sent);
+        r.sent(sent, acknowledged);
         seen
+    }
+
+    fn ack(r: &mut Reporter) -> Vec<(String, TaskState, bool)> {
+        send(r, true)
     }
 
     #[test]
@@ -549,6 +565,29 @@ mod tests {
         assert_eq!(r.readiness(), [("a".into(), false)]);
         assert_eq!(r.counters.changes.load(Ordering::Relaxed), 3);
         assert_eq!(r.counters.running(), 1, "a flip is not a new running task");
+    }
+
+    #[test]
+    fn a_failed_report_goes_out_again_and_a_start_not_yet_acknowledged_becomes_running() {
+        let mut r = reporter();
+        r.assign(&[assignment("a", DesiredState::Running)]);
+        assert_eq!(
+            send(&mut r, false),
+            [("a".into(), TaskState::Starting, false)]
+        );
+        assert_eq!(r.counters.changes.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            send(&mut r, false),
+            [("a".into(), TaskState::Running, true)]
+        );
+        assert_eq!(
+            r.counters.running(),
+            0,
+            "nothing is counted before it is acknowledged"
+        );
+        assert_eq!(ack(&mut r), [("a".into(), TaskState::Running, true)]);
+        assert_eq!(r.counters.running(), 1);
+        assert_eq!(r.counters.reports.load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -576,16 +615,19 @@ mod tests {
     }
 
     #[test]
-    fn retry_pauses_double_up_to_the_longest_and_start_again_after_success() {
+    fn retry_pauses_grow_within_the_agents_bounds_and_start_again_after_success() {
         let mut b = Backoff::default();
         let first = b.delay();
-        assert!(first >= RETRY_FIRST && first < RETRY_FIRST * 2, "{first:?}");
+        assert!(first >= RETRY_FIRST / 2 && first < RETRY_FIRST, "{first:?}");
         for _ in 0..10 {
-            b.delay();
+            let d = b.delay();
+            assert!(d < RETRY_CAP, "{d:?}");
         }
-        let late = b.delay();
-        assert!(late >= RETRY_MAX && late < RETRY_MAX * 2, "{late:?}");
+        assert!(
+            b.delay() >= RETRY_CAP / 2,
+            "the pauses reach the top of the range"
+        );
         b.reset();
-        assert!(b.delay() < RETRY_FIRST * 2);
+        assert!(b.delay() < RETRY_FIRST);
     }
 }

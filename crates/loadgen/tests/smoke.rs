@@ -151,6 +151,17 @@ fn a_small_load_places_and_runs_every_task_and_prints_figures_a_script_can_read(
         number(key);
     }
     assert_eq!(number("tasks"), 100.0);
+    assert_eq!(number("placed_tasks"), 100.0, "every task reached its node");
+    assert_eq!(
+        number("running_tasks"),
+        100.0,
+        "every task was reported running"
+    );
+    assert_eq!(
+        number("settled_nodes"),
+        20.0,
+        "every agent's last report got through"
+    );
     assert_eq!(
         number("confirmed_running"),
         100.0,
