@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use api::{DeployRequest, DesiredState, TaskState};
 use client::{Client, ClientError};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::args::Options;
@@ -163,6 +163,7 @@ impl Run {
         let start = Instant::now();
         let (phase, phase_rx) = watch::channel(Phase::Deploy);
         let (told_tx, told) = mpsc::unbounded_channel();
+        let registering = Arc::new(Semaphore::new(crate::sim::REGISTERING));
         for i in 0..self.options.nodes {
             let sim = Sim {
                 name: node_name(i),
@@ -172,6 +173,7 @@ impl Run {
                 counters: self.counters.clone(),
                 phase: phase_rx.clone(),
                 told: told_tx.clone(),
+                registering: registering.clone(),
             };
             tokio::spawn(sim.run());
         }
