@@ -51,6 +51,8 @@ pub struct Figures {
     /// Running and ready tasks of the current version, as `GET /v1/services` counts them.
     pub confirmed_running: u64,
     pub confirmed_ready: u64,
+    /// Whether the steady phase ran: only once every task was reported running.
+    pub steady_ran: bool,
     /// Agents whose last report of the steady phase got through within the patience.
     pub settled_nodes: u64,
     /// From the start of the steady phase to the last of its reports acknowledged.
@@ -96,6 +98,7 @@ impl Figures {
             ("running_s", s(self.running)),
             ("confirmed_running", self.confirmed_running.to_string()),
             ("confirmed_ready", self.confirmed_ready.to_string()),
+            ("steady_ran", u8::from(self.steady_ran).to_string()),
             ("settled_nodes", self.settled_nodes.to_string()),
             ("steady_s", s(self.steady)),
             ("steady_changes", self.steady_changes.to_string()),
