@@ -2,11 +2,12 @@
 //! assignments and report; the CLI uses it for everything a user asks. It knows the wire types of
 //! the `api` crate and nothing of how the server stores them.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use api::{
-    ApiError, Assignments, DeployRequest, DeployResponse, Events, Level, Node, RegisterRequest,
-    ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
+    ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, Events, Level, Node,
+    RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
@@ -80,6 +81,17 @@ const POOL_IDLE: Duration = Duration::from_secs(2);
 
 impl Client {
     pub fn new(base: &str, token: &str) -> Client {
+        Client::build(base, token, None)
+    }
+
+    /// A client whose connections leave from `local`. The server caps blocking queries per
+    /// client address, so clients that stand in for many nodes on one host each need their own
+    /// address (any of 127.0.0.0/8 works on loopback).
+    pub fn from_address(base: &str, token: &str, local: IpAddr) -> Client {
+        Client::build(base, token, Some(local))
+    }
+
+    fn build(base: &str, token: &str, local: Option<IpAddr>) -> Client {
         let base = if base.starts_with("http://") || base.starts_with("https://") {
             base.trim_end_matches('/').to_string()
         } else {
@@ -88,6 +100,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(POOL_IDLE)
+            .local_address(local)
             .build()
             .unwrap_or_default();
         Client {
@@ -289,6 +302,11 @@ impl Client {
                     message: e.to_string(),
                 })
         }))
+    }
+
+    /// The server's view of the cluster: its Raft leader and applied index.
+    pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
+        self.get("/v1/status").await
     }
 
     pub async fn register(&self, req: &RegisterRequest) -> Result<Node, ClientError> {
