@@ -61,11 +61,18 @@ pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 /// snapshot of some 25 MB is a few dozen requests, each within the install timeout on a slow link.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 
+/// 1,000 entries between snapshots, against openraft's 5,000: at up to 1 MiB an entry the log
+/// then stays within about a GiB in the worst case, and a few MB on a quiet site.
+pub const SNAPSHOT_EVERY: u64 = 1_000;
+/// 500 entries kept behind a snapshot.
+pub const LOG_KEPT: u64 = 500;
+
 /// Raft settings for Outpost servers, whether the group has one member or five. They pass
 /// `Config::validate` (a test checks it), so the server can use them as they are.
 ///
-/// Everything not set here keeps openraft's default: a snapshot every 5000 entries and 1000
-/// entries kept behind it for followers that lag a little.
+/// An entry of coalesced reports can be up to 1 MiB, so the log is kept short: a snapshot every
+/// [`SNAPSHOT_EVERY`] entries and [`LOG_KEPT`] entries behind it for followers that lag a
+/// little; a follower further behind gets the snapshot.
 pub fn config(cluster_name: &str) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_string(),
@@ -74,6 +81,9 @@ pub fn config(cluster_name: &str) -> openraft::Config {
         election_timeout_max: ELECTION_TIMEOUT_MS.1,
         install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        max_in_snapshot_log_to_keep: LOG_KEPT,
+        replication_lag_threshold: SNAPSHOT_EVERY + LOG_KEPT,
         ..openraft::Config::default()
     }
 }
