@@ -40,7 +40,7 @@ const EVENT_BACKLOG: usize = 5_000;
 const BATCH_BYTES: usize = 1 << 20;
 
 /// 1,000 statuses and events per batch (`api::REPORT_ITEMS`, which every server accepts): each
-/// becomes part of one Raft entry, and the state keeps only its last 2,000 events anyway.
+/// becomes part of one Raft entry, which stays quick to apply.
 const BATCH_ITEMS: usize = api::REPORT_ITEMS;
 
 /// 4 KiB: the longest message kept in a status or event. No single item can then outgrow a

@@ -87,7 +87,7 @@ pub const DEFAULT_MAX_REPLICAS: u32 = 10_000;
 pub const DEFAULT_MAX_SERVICES_PER_DEPLOY: usize = 1_000;
 
 /// 5,000 statuses and events: five times what an agent puts in one report
-/// (`api::REPORT_ITEMS`); the state keeps only its last 2,000 events anyway.
+/// (`api::REPORT_ITEMS`), and a tenth of the event history the store keeps by default.
 pub const DEFAULT_MAX_REPORT_ITEMS: usize = 5_000;
 
 /// What the API allows its clients.
