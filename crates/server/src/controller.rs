@@ -73,6 +73,14 @@ pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The scheduler's plan for one pass.
+fn plan(s: &State, pass: &Pass) -> scheduler::Plan {
+    match pass {
+        Pass::Full => scheduler::plan(&s.services, &s.tasks, &s.nodes),
+        Pass::Services(only) => scheduler::plan_services(&s.services, &s.tasks, &s.nodes, only),
+    }
+}
+
 /// Plans what moved (or everything, when a full pass is due) and commits what the plan
 /// changes. Returns what was planned, or `None` when the plan could not be committed so the
 /// next wake-up plans every service again.
@@ -81,10 +89,7 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
     let work = ctx.state.read(|s| {
         let locked = Instant::now();
         let pass = due(s, last, at)?;
-        let plan = match &pass {
-            Pass::Full => scheduler::plan(&s.services, &s.tasks, &s.nodes),
-            Pass::Services(only) => scheduler::plan_services(&s.services, &s.tasks, &s.nodes, only),
-        };
+        let plan = plan(s, &pass);
         // The plan names every service still waiting (it planned all of those that were), so
         // it says the whole of what `pending` should become.
         let pending_changed = !plan.pending.iter().map(|(k, v)| (k, v)).eq(&s.pending);
@@ -306,13 +311,6 @@ mod tests {
     }
 
     /// The plan a pass makes, as [`reconcile`] makes it.
-    fn plan_of(s: &State, pass: &Pass) -> scheduler::Plan {
-        match pass {
-            Pass::Full => scheduler::plan(&s.services, &s.tasks, &s.nodes),
-            Pass::Services(only) => scheduler::plan_services(&s.services, &s.tasks, &s.nodes, only),
-        }
-    }
-
     fn commit(s: &mut State, plan: scheduler::Plan) {
         let command = Command::Reconcile {
             place: plan.place,
@@ -526,7 +524,7 @@ mod tests {
             let Some(pass) = due(s, *last, at) else {
                 return incremental;
             };
-            let plan = plan_of(s, &pass);
+            let plan = plan(s, &pass);
             let full = scheduler::plan(&s.services, &s.tasks, &s.nodes);
             assert_eq!(plan, full, "after {after}, planning {pass:?}");
             *last = planned(s, at);

@@ -234,11 +234,10 @@ async fn get_service(
 
 /// Why `replicas` is refused for one service, when it is over the limit.
 fn over_replicas(replicas: u32, limits: &ApiLimits) -> Option<String> {
-    (replicas > limits.max_replicas).then(|| {
-        format!(
-            "over the limit of {} replicas per service (raise it with --max-replicas)",
-            limits.max_replicas
-        )
+    // The spec's own ceiling holds whatever limits an embedder sets.
+    let max = limits.max_replicas.min(spec::MAX_REPLICAS);
+    (replicas > max).then(|| {
+        format!("over the limit of {max} replicas per service (raise it with --max-replicas)")
     })
 }
 
@@ -309,7 +308,9 @@ async fn deploy(
     };
     let changes = if req.dry_run {
         // The same apply the store runs, on a copy: what is shown is exactly what would happen.
-        let mut copy = ctx.state.read(|s| s.clone());
+        // A deploy reads and changes only the services (and adds events), so the copy leaves
+        // the tasks out: at 100,000 of them a whole copy would hold up applies.
+        let mut copy = ctx.state.read(store::State::deploy_copy);
         let next = copy.index + 1;
         copy.apply(next, &command)
     } else {

@@ -30,7 +30,7 @@
 //! - Reads never touch the disk: the in-memory `State`, loaded from the tables at open, is the
 //!   read path. The state lock is held to apply and encode a batch, never across I/O.
 //! - Every map of `State` is a [`TrackedMap`] listed in `State::stored_maps`; anything derived
-//!   from them (the tasks-by-node index) is rebuilt at load, never stored.
+//!   from them (the index of tasks by node and by service slot) is rebuilt at load, never stored.
 //! - The events kept are one run of consecutive `seq`s, the same in memory and on disk; each
 //!   server drops the oldest by its own [`Retention`], measuring age by the cluster's clock (the
 //!   newest command's time).

@@ -61,8 +61,8 @@ pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
 /// snapshot of some 25 MB is a few dozen requests, each within the install timeout on a slow link.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 
-/// 1,000 entries between snapshots, against openraft's 5,000: at up to 1 MiB an entry the log
-/// then stays within about a GiB in the worst case, and a few MB on a quiet site.
+/// 1,000 entries between snapshots, against openraft's 5,000: with batches of reports of up to
+/// 1 MiB the log stays around a GiB under the heaviest load, and a few MB on a quiet site.
 pub const SNAPSHOT_EVERY: u64 = 1_000;
 /// 500 entries kept behind a snapshot.
 pub const LOG_KEPT: u64 = 500;
@@ -70,7 +70,8 @@ pub const LOG_KEPT: u64 = 500;
 /// Raft settings for Outpost servers, whether the group has one member or five. They pass
 /// `Config::validate` (a test checks it), so the server can use them as they are.
 ///
-/// An entry of coalesced reports can be up to 1 MiB, so the log is kept short: a snapshot every
+/// An entry can be large (a batch of reports is up to 1 MiB, a single report or deploy up to the
+/// API's body limit), so the log is kept short: a snapshot every
 /// [`SNAPSHOT_EVERY`] entries and [`LOG_KEPT`] entries behind it for followers that lag a
 /// little; a follower further behind gets the snapshot.
 pub fn config(cluster_name: &str) -> openraft::Config {

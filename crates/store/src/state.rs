@@ -243,11 +243,17 @@ impl State {
                 pending,
                 time,
             } => self.reconcile(place, stop, pending, *time),
-            Command::Report { node, report, time } => self.report(node, report, *time),
+            Command::Report { node, report, time } => {
+                self.report(node, report, *time);
+                self.forget_removed_services();
+                Response::Ok
+            }
+            // Removed services are looked for once per entry, not once per report in it.
             Command::Reports { reports, time } => {
                 for (node, report) in reports {
                     self.report(node, report, *time);
                 }
+                self.forget_removed_services();
                 Response::Ok
             }
         }
@@ -265,6 +271,17 @@ impl State {
             ("report_seq", &mut self.report_seq),
             ("placement_index", &mut self.placement_index),
         ]
+    }
+
+    /// A copy with what a `Command::Deploy` reads — the services and the counters — and none of
+    /// the tasks or nodes: a dry run applies the deploy to it and shows its answer.
+    pub fn deploy_copy(&self) -> State {
+        let mut copy = State {
+            services: self.services.clone(),
+            ..State::default()
+        };
+        copy.set_counters(self.counters());
+        copy
     }
 
     pub(crate) fn counters(&self) -> Counters {
@@ -638,10 +655,10 @@ impl State {
     /// An agent's report. One older than a report already applied from the same node is
     /// ignored whole; within a report, a task's status that would move it back within its run
     /// is ignored (see [`moves_forward`]).
-    fn report(&mut self, node: &str, report: &StatusReport, time: Timestamp) -> Response {
+    fn report(&mut self, node: &str, report: &StatusReport, time: Timestamp) {
         if report.seq != 0 {
             if report.seq <= self.report_seq.get(node).copied().unwrap_or(0) {
-                return Response::Ok;
+                return;
             }
             self.report_seq.insert(node.to_string(), report.seq);
         }
@@ -656,8 +673,6 @@ impl State {
         if let Some(pressure) = report.memory_pressure {
             self.set_pressure(node, pressure, time);
         }
-        self.forget_removed_services();
-        Response::Ok
     }
 
     /// Records one task's observed state, if `node` runs it and the status moves it forward.

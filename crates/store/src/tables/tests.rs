@@ -322,8 +322,8 @@ fn large_state() -> Machine {
         time: at(0),
     };
     state.apply(state.index + 1, &deploy);
-    // Placed directly rather than through `Reconcile`, whose stale-plan checks look at every
-    // task per placement: the fixture is about the size of the state, not how it was reached.
+    // Placed directly rather than through `Reconcile`: the fixture is about the size of the
+    // state, not how it was reached.
     for s in 0..100 {
         for slot in 1..=100 {
             state.next_task += 1;
