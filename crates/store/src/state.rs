@@ -186,7 +186,7 @@ impl TaskIndex {
 
     fn forget(&mut self, task: &Task) {
         if let Some(node) = &task.node {
-            remove_from(&mut self.by_node, node, &task.id.clone());
+            remove_from(&mut self.by_node, node, &task.id);
         }
         remove_from(
             &mut self.by_service,
