@@ -51,10 +51,21 @@ use crate::ports::Ports;
 use crate::retry::Retry;
 use crate::supervisor::{Control, Supervision};
 
-/// 500 ms: the server's node monitor suspects a node after 1.5 s without a heartbeat
-/// (`server::controller::SUSPECT_AFTER`, checked every 250 ms), so a node is suspect 1.5 to
-/// 1.75 s after its last beat; at 500 ms two lost beats in a row do not yet make it suspect.
+/// 500 ms, the default heartbeat: the leader's phi-accrual detector (`server::detector`) learns
+/// each node's pace, and at 500 ms a steady node that stops is judged lost about 1.5 s after
+/// its last beat (three beats), inside the 2 s detection target with room for a probe round;
+/// one lost beat is no alarm. `outpost agent --heartbeat` changes it.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// 100 ms, the fastest heartbeat allowed: ten requests a second per node is already a load on a
+/// server of a few hundred nodes, and buys detection little, since a silence is only judged
+/// against the spread of arrivals.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// 2 s, the slowest heartbeat allowed: a node is judged lost after about three beats of
+/// silence, and past 2 s that is far from "about a second"; the detector's prior for a node it
+/// has just met (`server::detector::PRIOR_MEAN`) is sized for it.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// How long one blocking query may wait on the server before it answers unchanged.
 const WATCH_WAIT: Duration = Duration::from_secs(25);
@@ -91,6 +102,9 @@ pub struct AgentConfig {
     pub ports: std::ops::RangeInclusive<u16>,
     /// Kept back from workloads for the system and the agent: allocatable = capacity − reserved.
     pub reserved: Capacity,
+    /// How often the agent tells the server it is alive, within [`MIN_HEARTBEAT`] and
+    /// [`MAX_HEARTBEAT`].
+    pub heartbeat: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +204,7 @@ impl Agent {
         let watch = tokio::spawn(connect(
             agent.client.clone(),
             register,
+            agent.config.heartbeat,
             registered_tx,
             assigned_tx,
         ));
@@ -524,27 +539,13 @@ impl Agent {
 async fn connect(
     client: Client,
     register: RegisterRequest,
+    heartbeat: Duration,
     registered: watch::Sender<bool>,
     assigned: mpsc::Sender<Assignments>,
 ) {
     register_until_done(&client, &register).await;
     let _ = registered.send(true);
-    let beat_client = client.clone();
-    let name = register.name.clone();
-    let reregister = register.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = beat_client.heartbeat(&name).await
-                && e.status() == Some(reqwest::StatusCode::NOT_FOUND)
-            {
-                // The server forgot this node (a fresh cluster): introduce it again.
-                register_until_done(&beat_client, &reregister).await;
-            }
-        }
-    });
+    tokio::spawn(beat(client.clone(), register.clone(), heartbeat));
     let mut index = 0;
     let mut retry = Retry::default();
     loop {
@@ -563,6 +564,32 @@ async fn connect(
                 );
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+}
+
+/// Heartbeats every `every`, each in its own request, so that one delayed by a lossy link does
+/// not hold back the next: the detector judges arrivals, and a beat that waits on a
+/// retransmission would make a healthy node look silent. Each request gives up after 2 s
+/// (`Client::heartbeat`), so at most a few are in flight. A server that forgot the node (a fresh cluster) has it register again.
+async fn beat(client: Client, register: RegisterRequest, every: Duration) {
+    let (forgotten_tx, mut forgotten) = mpsc::channel::<()>(1);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (client, name, forgotten) =
+                    (client.clone(), register.name.clone(), forgotten_tx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = client.heartbeat(&name).await
+                        && e.status() == Some(reqwest::StatusCode::NOT_FOUND)
+                    {
+                        let _ = forgotten.try_send(());
+                    }
+                });
+            }
+            Some(()) = forgotten.recv() => register_until_done(&client, &register).await,
         }
     }
 }

@@ -112,6 +112,8 @@ pub enum NodeState {
     Ready,
     /// Heartbeats are late; its work is left alone for now.
     Suspect,
+    /// Alive to other agents but its heartbeats do not reach the servers.
+    Unreachable,
     Down,
 }
 
@@ -120,6 +122,7 @@ impl fmt::Display for NodeState {
         f.write_str(match self {
             NodeState::Ready => "ready",
             NodeState::Suspect => "suspect",
+            NodeState::Unreachable => "unreachable",
             NodeState::Down => "down",
         })
     }
@@ -156,6 +159,23 @@ pub struct Node {
     pub version: String,
     pub registered_at: Timestamp,
     pub state_since: Timestamp,
+}
+
+/// A node as `GET /v1/nodes` lists it: the record the cluster keeps, with the liveness the
+/// answering server sees, which lives in its memory only (never in the replicated state).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeInfo {
+    #[serde(flatten)]
+    pub node: Node,
+    /// Milliseconds since this server last heard the node's heartbeat; `null` where it has
+    /// heard none (a follower, or a leader that took office since the node's last beat).
+    #[serde(default)]
+    pub last_heartbeat_age_ms: Option<u64>,
+    /// The failure detector's suspicion (phi accrual: -log10 of the chance that a beat is this
+    /// late): below 3 the node is ready, from 8 on it is judged lost. `null` where this server
+    /// keeps no liveness for the node.
+    #[serde(default)]
+    pub phi: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -284,6 +304,21 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub notes: Vec<String>,
     pub version: String,
+}
+
+/// `POST /v1/agent/probe`: the leader asks an agent whether it can reach another node's agent
+/// API, to tell a node that is gone from one whose heartbeats alone are lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProbeRequest {
+    /// Base URL of the target's agent API, as the node registered it (`Node::address`).
+    pub address: String,
+}
+
+/// What an agent saw when it probed another node's agent API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProbeAnswer {
+    /// Whether the target's `GET /v1/agent/health` answered within the probe's time.
+    pub reached: bool,
 }
 
 /// The most task statuses and events an agent puts in one [`StatusReport`]. A server accepts at

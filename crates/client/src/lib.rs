@@ -1,13 +1,17 @@
 //! A typed client of Outpost's `/v1` HTTP API. The agent uses it to register, watch its
 //! assignments and report; the CLI uses it for everything a user asks. It knows the wire types of
 //! the `api` crate and nothing of how the server stores them.
+//!
+//! - [`agent`]: the agent's own API as servers and other agents call it: health and probes.
+
+pub mod agent;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use api::{
     ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, Events, Level, Node,
-    RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
+    NodeInfo, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
@@ -92,17 +96,22 @@ impl Client {
     }
 
     fn build(base: &str, token: &str, local: Option<IpAddr>) -> Client {
-        let base = if base.starts_with("http://") || base.starts_with("https://") {
-            base.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{}", base.trim_end_matches('/'))
-        };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(POOL_IDLE)
             .local_address(local)
             .build()
             .unwrap_or_default();
+        Client::with_http(http, base, token)
+    }
+
+    /// A client over an HTTP client of the caller's (its pool, its timeouts).
+    fn with_http(http: reqwest::Client, base: &str, token: &str) -> Client {
+        let base = if base.starts_with("http://") || base.starts_with("https://") {
+            base.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", base.trim_end_matches('/'))
+        };
         Client {
             base,
             token: token.to_string(),
@@ -200,8 +209,8 @@ impl Client {
         self.page(&filter.path(), limit, after).await
     }
 
-    /// Every node, page after page.
-    pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
+    /// Every node, page after page, with the liveness the answering server sees.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         self.all("/v1/nodes?").await
     }
 

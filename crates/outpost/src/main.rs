@@ -236,6 +236,9 @@ enum Command {
         /// Address of the agent's own API (logs); port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:0")]
         agent_listen: String,
+        /// How often to tell the server this node is alive, from 100ms to 2s.
+        #[arg(long, default_value = "500ms", env = "OUTPOST_HEARTBEAT")]
+        heartbeat: String,
         #[command(flatten)]
         node: NodeOptions,
     },
@@ -380,8 +383,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent {
             name,
             agent_listen,
+            heartbeat,
             node,
-        } => roles::agent(&conn, name, &agent_listen, &node).await,
+        } => roles::agent(&conn, name, &agent_listen, &heartbeat, &node).await,
         Command::Deploy { files, dry_run } => commands::deploy(&conn, &files, dry_run).await,
         Command::Services { all } => commands::services(&conn, all).await,
         Command::Ps {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use api::{Change, Event, Node, ServiceSummary, Task, Timestamp};
+use api::{Change, Event, Node, NodeInfo, ServiceSummary, Task, Timestamp};
 use comfy_table::{Table, presets};
 use spec::ServiceSpec;
 
@@ -116,8 +116,8 @@ pub fn service_summary(list: &[ServiceSummary], screenful: usize) -> String {
 }
 
 /// Nodes by state, for more nodes than a screenful.
-pub fn node_summary(list: &[Node], screenful: usize) -> String {
-    let kinds = list.iter().map(node_state);
+pub fn node_summary(list: &[NodeInfo], screenful: usize) -> String {
+    let kinds = list.iter().map(|n| node_state(&n.node));
     counted("nodes", kinds, screenful, "nodes")
 }
 
@@ -217,20 +217,32 @@ fn node_state(n: &Node) -> String {
     }
 }
 
-pub fn nodes(list: &[Node]) -> String {
+/// How long ago the answering server heard the node, `-` where it keeps no liveness.
+fn heartbeat_age(n: &NodeInfo) -> String {
+    match n.last_heartbeat_age_ms {
+        Some(ms) if ms < 60_000 => format!("{:.1}s ago", ms as f64 / 1000.0),
+        Some(ms) => format!("{}m ago", ms / 60_000),
+        None => "-".into(),
+    }
+}
+
+pub fn nodes(list: &[NodeInfo]) -> String {
     let mut t = table(&[
         "NAME",
         "STATE",
+        "HEARTBEAT",
         "ADDRESS",
         "CPU (ALLOC/CAP)",
         "MEMORY (ALLOC/CAP)",
         "DRIVERS",
         "NOTES",
     ]);
-    for n in list {
+    for info in list {
+        let n = &info.node;
         t.add_row(vec![
             n.name.clone(),
             node_state(n),
+            heartbeat_age(info),
             n.address.clone(),
             format!(
                 "{}/{}",

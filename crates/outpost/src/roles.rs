@@ -124,6 +124,7 @@ pub async fn dev(
         reserved: agent::default_reserved(),
         eviction_threshold,
         ports: task_ports,
+        heartbeat: agent::HEARTBEAT_INTERVAL,
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run.
@@ -252,10 +253,12 @@ pub async fn agent(
     conn: &Connection,
     name: Option<String>,
     agent_listen: &str,
+    heartbeat: &str,
     node: &crate::NodeOptions,
 ) -> Result<()> {
     let signals = Signals::install()?;
     let (eviction_threshold, task_ports) = node_settings(node)?;
+    let heartbeat = parse_heartbeat(heartbeat)?;
     init_logging();
     let data_dir = conn
         .data_dir
@@ -284,6 +287,7 @@ pub async fn agent(
         reserved: agent::default_reserved(),
         eviction_threshold,
         ports: task_ports.clone(),
+        heartbeat,
     };
     agent::Agent::run(config, signals.stop(), signals.force()).await?;
     Ok(())
@@ -310,6 +314,20 @@ fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>> {
             "--task-ports {text:?} is not a port range like 20000-29999 (FIRST-LAST, 1-65535)"
         ),
     }
+}
+
+fn parse_heartbeat(text: &str) -> Result<Duration> {
+    let every = humantime::parse_duration(text)
+        .map_err(|e| anyhow::anyhow!("--heartbeat {text:?} is not a duration like 500ms: {e}"))?;
+    let (min, max) = (agent::MIN_HEARTBEAT, agent::MAX_HEARTBEAT);
+    anyhow::ensure!(
+        (min..=max).contains(&every),
+        "--heartbeat {text:?} is outside {} to {}: faster loads the servers for nothing, slower \
+         cannot detect a lost node in about a second",
+        humantime::format_duration(min),
+        humantime::format_duration(max)
+    );
+    Ok(every)
 }
 
 fn parse_threshold(text: &str) -> Result<u64> {

@@ -8,24 +8,28 @@
 //!   another service frees may now fit them. A node change, nothing planned yet (a new term of
 //!   office), or [`FULL_PASS`] since the last full pass plans every service. A status report
 //!   that only moves a task's state or readiness plans nothing.
-//! - [`nodes`]: keeps each node's last heartbeat in memory and commits only transitions
-//!   (ready → suspect → down, and back to ready).
+//! - [`nodes`]: judges the heartbeats kept in memory ([`Heartbeats`]) with the failure
+//!   detector (`detector`), probes silent nodes directly and through other agents, and commits
+//!   only transitions (ready → suspect → unreachable | down, and back to ready).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::NodeState;
+use futures_util::future::join_all;
 use store::{Command, State};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::detector::{Monitor, ProbeOrder, Tick};
 use crate::{Server, now};
 
-/// A node whose heartbeats (every 500 ms) stop for 1.5 s is suspect: three beats missed.
-pub const SUSPECT_AFTER: Duration = Duration::from_millis(1_500);
-/// Down after 5 s of silence. Its work stays put for now: moving it is a per-service policy.
-pub const DOWN_AFTER: Duration = Duration::from_secs(5);
-const NODE_CHECK: Duration = Duration::from_millis(250);
+/// 100 ms: how often the leader judges every node. Phi crosses the down threshold at a moment
+/// no tick waits for, so the tick adds up to this much to a detection (a twentieth of the 2 s
+/// target); a tick is arithmetic over each node's window of 100 intervals, microseconds for an
+/// edge cluster's nodes.
+pub const NODE_CHECK: Duration = Duration::from_millis(100);
 /// Retry pace for plans that could not be committed.
 const RESYNC: Duration = Duration::from_secs(1);
 /// A full pass however quiet the indexes look: it guards against a change they miss (an apply
@@ -155,6 +159,9 @@ fn due(s: &State, last: Option<Planned>, now: Instant) -> Option<Pass> {
     (!only.is_empty()).then_some(Pass::Services(only))
 }
 
+/// The leader's node monitor: judges every node's heartbeats each [`NODE_CHECK`] with the
+/// failure detector, starts the probe rounds it asks for, and commits the transitions it finds
+/// (each one entry and one event). Followers only keep the heartbeats they receive.
 pub async fn nodes(ctx: Server, mut stop: watch::Receiver<bool>) {
     let mut was_leader = false;
     loop {
@@ -164,18 +171,20 @@ pub async fn nodes(ctx: Server, mut stop: watch::Receiver<bool>) {
         }
         let leader = ctx.is_leader();
         if leader && !was_leader {
-            // A new leader knows no heartbeat yet: every node starts with a fresh grace period.
+            // A new leader cannot know how long nodes were silent before it took office:
+            // every node starts with a fresh grace period.
             let names: Vec<String> = ctx.state.read(|s| s.nodes.keys().cloned().collect());
-            let mut beats = ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-            for name in names {
-                beats.insert(name, Instant::now());
-            }
+            (ctx.heartbeats.lock()).restart(names.iter().map(String::as_str), Instant::now());
         }
         was_leader = leader;
         if !leader {
             continue;
         }
-        for (name, state) in transitions(&ctx) {
+        let (tick, addresses) = check(&ctx);
+        for order in tick.probes {
+            tokio::spawn(probe_round(ctx.clone(), order, addresses.clone()));
+        }
+        for (name, state) in tick.transitions {
             let command = Command::SetNodeState {
                 node: name,
                 state,
@@ -188,29 +197,80 @@ pub async fn nodes(ctx: Server, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn transitions(ctx: &Server) -> Vec<(String, NodeState)> {
-    let nodes: Vec<(String, NodeState)> = ctx.state.read(|s| {
-        s.nodes
-            .values()
-            .map(|n| (n.name.clone(), n.state))
-            .collect()
-    });
-    let mut beats = ctx.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
-    nodes
-        .into_iter()
-        .filter_map(|(name, current)| {
-            let last = *beats.entry(name.clone()).or_insert_with(Instant::now);
-            let silent = last.elapsed();
-            let next = if silent >= DOWN_AFTER {
-                NodeState::Down
-            } else if silent >= SUSPECT_AFTER {
-                NodeState::Suspect
-            } else {
-                NodeState::Ready
-            };
-            (next != current).then_some((name, next))
-        })
-        .collect()
+/// Node name → base URL of its agent API.
+type Addresses = Arc<HashMap<String, String>>;
+
+/// One judgement of every node, with the addresses its probe rounds need.
+fn check(ctx: &Server) -> (Tick, Addresses) {
+    let (nodes, addresses): (Vec<(String, NodeState)>, HashMap<String, String>) =
+        ctx.state.read(|s| {
+            (s.nodes.values())
+                .map(|n| {
+                    (
+                        (n.name.clone(), n.state),
+                        (n.name.clone(), n.address.clone()),
+                    )
+                })
+                .unzip()
+        });
+    let tick = ctx.heartbeats.lock().tick(&nodes, Instant::now());
+    (tick, Arc::new(addresses))
+}
+
+/// Probes a silent node's agent API from here and through the helpers its order names, all at
+/// once, and hands the monitor whether anybody reached it. Every probe is bounded
+/// (`client::agent::PROBE_TIMEOUT`, and a little more for a helper's round trip), so a round
+/// ends within about a second whatever the network does.
+async fn probe_round(ctx: Server, order: ProbeOrder, addresses: Addresses) {
+    let Some(target) = addresses.get(&order.node) else {
+        return;
+    };
+    let (ctx, order) = (&ctx, &order);
+    let direct = client::agent::reachable(&ctx.http, target, &ctx.token);
+    let indirect = (order.helpers.iter())
+        .filter_map(|h| addresses.get(h).map(|a| (h, a)))
+        .map(|(helper, address)| async move {
+            let agent = client::agent::AgentClient::new(ctx.http.clone(), address, &ctx.token);
+            match agent.probe(target).await {
+                Ok(reached) => reached,
+                Err(e) => {
+                    tracing::debug!(node = order.node, "no probe through {helper}: {e}");
+                    false
+                }
+            }
+        });
+    let (direct, indirect) = futures_util::future::join(direct, join_all(indirect)).await;
+    let reached = direct || indirect.contains(&true);
+    tracing::debug!(
+        node = order.node,
+        direct,
+        through_peers = ?indirect,
+        "probe round {} of a silent node",
+        order.round
+    );
+    (ctx.heartbeats.lock()).probed(&order.node, order.round, reached, Instant::now());
+}
+
+/// Every node's liveness as this server sees it, shared by the heartbeat route (which feeds
+/// it) and the node monitor (which judges it). Memory only: heartbeats are never entries.
+#[derive(Clone, Default)]
+pub struct Heartbeats(Arc<Mutex<Monitor>>);
+
+impl Heartbeats {
+    /// `node` beat (or registered) just now.
+    pub fn beat(&self, node: &str) {
+        self.lock().beat(node, Instant::now());
+    }
+
+    /// Time since `node`'s last beat and its phi, where this server has them.
+    pub fn seen(&self, node: &str) -> (Option<Duration>, Option<f64>) {
+        self.lock().seen(node, Instant::now())
+    }
+
+    /// Never held across an await: a tick or a beat takes microseconds.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Monitor> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[cfg(test)]

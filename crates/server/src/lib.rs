@@ -7,7 +7,10 @@
 //! - [`batch`]: agents' status reports that arrive within one tick, committed as one entry.
 //! - [`blocking`]: the per-client cap on blocking queries.
 //! - [`controller`]: the leader's loops: the service controller (diff desired vs actual, ask the
-//!   scheduler, commit the plan) and the node monitor (heartbeats in memory, transitions to Raft).
+//!   scheduler, commit the plan) and the node monitor (heartbeats in memory, probes of silent
+//!   nodes, transitions to Raft).
+//! - [`detector`]: the failure detector, pure: phi accrual over each node's heartbeat history,
+//!   and the states it leads to with the probes' findings.
 //! - [`network`]: Raft RPCs to peer servers.
 //! - [`logs`]: `outpost logs`, proxied from the agents that hold the files.
 //!
@@ -18,14 +21,15 @@ pub mod answer;
 pub mod batch;
 pub mod blocking;
 pub mod controller;
+pub mod detector;
 pub mod logs;
 pub mod network;
 pub mod routes;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use api::Timestamp;
@@ -195,8 +199,9 @@ pub struct Server {
     pub limits: ApiLimits,
     /// Blocking queries open per client.
     pub blocking: blocking::Clients,
-    /// Last heartbeat of each node, by name: liveness lives here, never in Raft.
-    pub heartbeats: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
+    /// Every node's heartbeats and the failure detector's view of them: liveness lives here,
+    /// never in Raft.
+    pub heartbeats: controller::Heartbeats,
     pub http: reqwest::Client,
     /// Where agents' status reports wait to be committed together.
     pub reports: batch::Batcher,
@@ -362,7 +367,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         id: config.id,
         limits: config.limits.clone(),
         blocking: blocking::Clients::new(config.limits.blocking_per_client),
-        heartbeats: Arc::default(),
+        heartbeats: controller::Heartbeats::default(),
         http: peer_http(),
         reports,
     };

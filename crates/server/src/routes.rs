@@ -525,9 +525,9 @@ async fn list_tasks(
     })
 }
 
-/// List nodes by name, one page at a time.
+/// List nodes by name, one page at a time, each with the liveness this server sees.
 #[utoipa::path(get, path = "/v1/nodes", params(PageQuery), responses(
-    (status = 200, description = "One page of nodes, by name", body = Vec<api::Node>,
+    (status = 200, description = "One page of nodes, by name", body = Vec<api::NodeInfo>,
         headers(("outpost-continue" = String, description = "The `continue` token of the next page; absent on the last page")))))]
 async fn list_nodes(
     State(ctx): State<Server>,
@@ -536,8 +536,20 @@ async fn list_nodes(
     let limit = page_limit(q.limit)?;
     Ok(ctx.state.read(|s| {
         let nodes = s.nodes.range::<str, _>(after(&q.cont)).map(|(_, n)| n);
-        page(nodes, limit, |n| &n.name)
+        let nodes = nodes.map(|n| node_info(&ctx, n));
+        page(nodes, limit, |n| &n.node.name)
     }))
+}
+
+/// A node with the time since its last heartbeat and its phi, as this server sees them.
+fn node_info(ctx: &Server, node: &api::Node) -> api::NodeInfo {
+    let (age, phi) = ctx.heartbeats.seen(&node.name);
+    api::NodeInfo {
+        node: node.clone(),
+        last_heartbeat_age_ms: age.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
+        // Two decimals: what an operator compares with the thresholds.
+        phi: phi.map(|p| (p * 100.0).round() / 100.0),
+    }
 }
 
 fn check_node_name(name: &str) -> Result<(), Fail> {
@@ -574,10 +586,7 @@ async fn register(
     })
     .await
     .map_err(unavailable)?;
-    ctx.heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(name.clone(), tokio::time::Instant::now());
+    ctx.heartbeats.beat(&name);
     ctx.state
         .read(|s| s.nodes.get(&name).cloned())
         .map(Json)
@@ -606,10 +615,7 @@ async fn heartbeat(
     Path(name): Path<String>,
 ) -> Result<StatusCode, Fail> {
     known_node(&ctx, &name)?;
-    ctx.heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(name, tokio::time::Instant::now());
+    ctx.heartbeats.beat(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
