@@ -571,10 +571,13 @@ async fn connect(
 /// Heartbeats every `every`, each in its own request, so that one delayed by a lossy link does
 /// not hold back the next: the detector judges arrivals, and a beat that waits on a
 /// retransmission would make a healthy node look silent. Each request gives up after 2 s
-/// (`Client::heartbeat`), so at most a few are in flight. A server that forgot the node (a fresh cluster) has it register again.
+/// (`Client::heartbeat`), so at most a few are in flight. A server that forgot the node (a
+/// fresh cluster) has it register again. The registration counts as a beat, so the first comes
+/// one period after it: the server learns the node's pace from the intervals, and one of nearly
+/// nothing would teach it a wrong one.
 async fn beat(client: Client, register: RegisterRequest, every: Duration) {
     let (forgotten_tx, mut forgotten) = mpsc::channel::<()>(1);
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -52,11 +52,14 @@ pub const DOWN_PHI: f64 = 8.0;
 
 /// Fewer real intervals than this and the history says too little: the [`PRIOR_MEAN`] and
 /// [`PRIOR_STD_DEV`] stand in for it (a node just registered, or a leader just took office).
-pub const MIN_SAMPLES: usize = 3;
+/// Two intervals are a second of beats at the default pace; the spread they show is floored by
+/// [`MIN_STD_DEV`] anyway.
+pub const MIN_SAMPLES: usize = 2;
 
 /// 1 s: what a node with too short a history is assumed to beat at. The slowest heartbeat an
 /// agent may be given is 2 s (`agent::MAX_HEARTBEAT`); with [`PRIOR_STD_DEV`], its first 2 s gap
-/// is no alarm, while a 500 ms node that dies before its third beat is still down in about 4 s.
+/// is no alarm, while a 500 ms node that dies within a second of registering is still down in
+/// about 4 s.
 pub const PRIOR_MEAN: Duration = Duration::from_secs(1);
 
 /// 500 ms: the spread assumed of a node with too short a history; see [`PRIOR_MEAN`].
