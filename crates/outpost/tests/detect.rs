@@ -268,7 +268,65 @@ fn a_killed_agent_is_down_and_the_others_stay_ready() {
         "suspect first: {:?}",
         cluster.state_events("a2")
     );
+    // The route the leader asks peers with: a3 reaches a1's agent API, not the dead a2's.
+    let address = |name: &str| {
+        cluster.node(name).unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let auth = format!("Bearer {}", cluster.token);
+    let probe = |target: &str, auth: &str| {
+        let body = serde_json::json!({ "address": target }).to_string();
+        let headers = [("Authorization", auth)];
+        support::request(
+            "POST",
+            &address("a3"),
+            "/v1/agent/probe",
+            &headers,
+            Some(&body),
+        )
+    };
+    let (status, body) = probe(&address("a1"), &auth);
+    assert_eq!((status, body.as_str()), (200, r#"{"reached":true}"#));
+    let (status, body) = probe(&address("a2"), &auth);
+    assert_eq!((status, body.as_str()), (200, r#"{"reached":false}"#));
+    let (status, _) = probe(&address("a1"), "Bearer wrong");
+    assert_eq!(status, 401, "the agent API's token guards probes too");
+    let (status, body) = probe("ftp://somewhere", &auth);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("address"), "{body}");
     cluster.others_fine("a2");
+}
+
+#[test]
+fn a_heartbeat_outside_its_bounds_is_refused_before_the_agent_starts() {
+    for (every, needle) in [
+        ("5s", "--heartbeat \"5s\" is outside 100ms to 2s"),
+        ("10ms", "--heartbeat \"10ms\" is outside 100ms to 2s"),
+        (
+            "often",
+            "--heartbeat \"often\" is not a duration like 500ms",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(outpost_bin())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--api", "http://127.0.0.1:9", "--token", "t", "agent"])
+            .args(["--heartbeat", every])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{every}: {err}"
+        );
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "{every}: refused before anything was made"
+        );
+    }
 }
 
 #[test]
