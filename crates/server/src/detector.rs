@@ -74,6 +74,11 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(5);
 /// becomes unreachable. A round costs a few small requests.
 pub const REPROBE: Duration = Duration::from_secs(2);
 
+/// 10 s: a node already down is probed this seldom. It is most likely gone for good, and
+/// every node that ever died would otherwise cost probes every [`REPROBE`]; a heartbeat still
+/// brings it back at once.
+pub const DOWN_REPROBE: Duration = Duration::from_secs(10);
+
 /// Most agents asked to probe a node, besides the leader's own probe.
 pub const HELPERS: usize = 3;
 
@@ -299,10 +304,15 @@ impl Monitor {
             if next != *current {
                 tick.transitions.push((name.clone(), next));
             }
+            let again = if *current == NodeState::Down {
+                DOWN_REPROBE
+            } else {
+                REPROBE
+            };
             let due = match w.round {
                 Round::Idle => true,
                 Round::Running { .. } => false,
-                Round::Done { at, .. } => now >= at + REPROBE,
+                Round::Done { at, .. } => now >= at + again,
             };
             if phi >= SUSPECT_PHI && due {
                 self.rounds += 1;

@@ -519,6 +519,31 @@ async fn five_minutes_of_a_lossy_jittery_link_give_no_down() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_silent_node_is_probed_again_and_a_down_one_more_seldom() {
+    let mut sim = Sim::new(&["a", "b"], 9);
+    let crash = Instant::now() + Duration::from_secs(10);
+    sim.at(crash, "a", Fate::Crashed);
+    let mut started = Vec::new();
+    let end = crash + Duration::from_secs(40);
+    while Instant::now() < end {
+        let before = sim.rounds.len();
+        sim.run_until(Instant::now() + STEP).await;
+        if sim.rounds.len() > before {
+            started.push(Instant::now() - crash);
+        }
+    }
+    // One round on the way down (suspect), then one every DOWN_REPROBE after the last ended.
+    assert_eq!(started.len(), 4, "{started:?}");
+    assert!(started[0] < Duration::from_secs(2), "{started:?}");
+    for gap in started.windows(2).map(|w| w[1] - w[0]) {
+        assert!(
+            gap >= DOWN_REPROBE && gap <= DOWN_REPROBE + Duration::from_secs(1),
+            "{started:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_new_leader_gives_every_node_a_grace_period_and_revives_none() {
     let now = Instant::now();
     let mut monitor = Monitor::default();
