@@ -19,7 +19,7 @@
 //! the minimum standard deviation and the acceptable pause keep a perfectly steady history from
 //! making it hair-triggered.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use api::NodeState;
@@ -108,15 +108,21 @@ pub struct Liveness {
     last: Instant,
     /// Whether a beat arrived since watching began.
     heard: bool,
+    /// The mean (with the acceptable pause) and spread of `intervals`, kept up to date by
+    /// [`Liveness::beat`]: a node is judged ten times a second but beats only twice.
+    model: (Duration, Duration),
 }
 
 impl Liveness {
     /// A node not heard from yet, watched from `now`: its silence counts from here.
     pub fn fresh(now: Instant) -> Liveness {
+        let intervals = VecDeque::with_capacity(WINDOW);
+        let model = model(&intervals);
         Liveness {
-            intervals: VecDeque::with_capacity(WINDOW),
+            intervals,
             last: now,
             heard: false,
+            model,
         }
     }
 
@@ -128,6 +134,7 @@ impl Liveness {
                 self.intervals.pop_front();
             }
             self.intervals.push_back(gap.as_secs_f64());
+            self.model = model(&self.intervals);
         }
         self.last = now;
         self.heard = true;
@@ -144,28 +151,28 @@ impl Liveness {
 
     /// The mean interval (with the acceptable pause) and spread the node is judged by.
     pub fn model(&self) -> (Duration, Duration) {
-        let n = self.intervals.len();
-        let (mean, sd) = if n < MIN_SAMPLES {
-            (PRIOR_MEAN, PRIOR_STD_DEV)
-        } else {
-            let mean = self.intervals.iter().sum::<f64>() / n as f64;
-            let var = self
-                .intervals
-                .iter()
-                .map(|x| (x - mean).powi(2))
-                .sum::<f64>()
-                / n as f64;
-            let sd = Duration::from_secs_f64(var.sqrt()).max(MIN_STD_DEV);
-            (Duration::from_secs_f64(mean), sd)
-        };
-        (mean + ACCEPTABLE_PAUSE, sd)
+        self.model
     }
 
     /// How suspicious the silence since the last beat is at `now`.
     pub fn phi(&self, now: Instant) -> f64 {
-        let (mean, sd) = self.model();
+        let (mean, sd) = self.model;
         phi(now.saturating_duration_since(self.last), mean, sd)
     }
+}
+
+/// The mean (with the acceptable pause) and spread to judge by, from intervals in seconds.
+fn model(intervals: &VecDeque<f64>) -> (Duration, Duration) {
+    let n = intervals.len();
+    let (mean, sd) = if n < MIN_SAMPLES {
+        (PRIOR_MEAN, PRIOR_STD_DEV)
+    } else {
+        let mean = intervals.iter().sum::<f64>() / n as f64;
+        let var = intervals.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        let sd = Duration::from_secs_f64(var.sqrt()).max(MIN_STD_DEV);
+        (Duration::from_secs_f64(mean), sd)
+    };
+    (mean + ACCEPTABLE_PAUSE, sd)
 }
 
 /// What the latest probe round of a silent node found.
@@ -287,8 +294,10 @@ impl Monitor {
     /// commit and the probe rounds to start. A node not watched yet is watched from `now`;
     /// nodes no longer listed are forgotten.
     pub fn tick(&mut self, nodes: &[(String, NodeState)], now: Instant) -> Tick {
-        self.nodes
-            .retain(|name, _| nodes.iter().any(|(n, _)| n == name));
+        let listed: HashSet<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
+        self.nodes.retain(|name, _| listed.contains(name.as_str()));
+        // Sorted once per tick, and only when some node is to be probed.
+        let mut ready: Option<Vec<&str>> = None;
         let mut tick = Tick::default();
         for (name, current) in nodes {
             let w = (self.nodes.entry(name.clone())).or_insert_with(|| Watched {
@@ -317,10 +326,11 @@ impl Monitor {
             if phi >= SUSPECT_PHI && due {
                 self.rounds += 1;
                 w.round = Round::Running { id: self.rounds };
+                let ready = ready.get_or_insert_with(|| ready_by_name(nodes));
                 tick.probes.push(ProbeOrder {
                     node: name.clone(),
                     round: self.rounds,
-                    helpers: helpers(name, nodes),
+                    helpers: helpers(name, ready),
                 });
             }
         }
@@ -343,21 +353,26 @@ impl Monitor {
     }
 }
 
-/// Up to [`HELPERS`] ready nodes other than `target` to probe it, the first ones after it in
-/// name order (wrapping around), so that the probes of different nodes fall on different
-/// agents.
-pub fn helpers(target: &str, nodes: &[(String, NodeState)]) -> Vec<String> {
+/// The names of the ready nodes, sorted.
+pub fn ready_by_name(nodes: &[(String, NodeState)]) -> Vec<&str> {
     let mut ready: Vec<&str> = (nodes.iter())
-        .filter(|(n, s)| n != target && *s == NodeState::Ready)
+        .filter(|(_, s)| *s == NodeState::Ready)
         .map(|(n, _)| n.as_str())
         .collect();
     ready.sort_unstable();
-    let split = ready.partition_point(|n| *n < target);
-    ready.rotate_left(split);
     ready
-        .into_iter()
+}
+
+/// Up to [`HELPERS`] of the ready nodes (sorted by name) other than `target` to probe it: the
+/// first ones after it in name order, wrapping around, so that the probes of different nodes
+/// fall on different agents.
+pub fn helpers(target: &str, ready: &[&str]) -> Vec<String> {
+    let split = ready.partition_point(|n| *n <= target);
+    let (before, after) = ready.split_at(split);
+    (after.iter().chain(before))
+        .filter(|n| **n != target)
         .take(HELPERS)
-        .map(str::to_string)
+        .map(|n| n.to_string())
         .collect()
 }
 

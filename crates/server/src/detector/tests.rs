@@ -226,10 +226,12 @@ fn helpers_are_ready_nodes_after_the_target_in_name_order() {
     ]
     .map(|(n, s)| (n.to_string(), s))
     .to_vec();
-    assert_eq!(helpers("c", &nodes), ["d", "f", "g"]);
-    assert_eq!(helpers("f", &nodes), ["g", "a", "b"]);
-    assert_eq!(helpers("a", &nodes[..2]), ["b"]);
-    assert!(helpers("a", &nodes[..1]).is_empty());
+    let ready = ready_by_name(&nodes);
+    assert_eq!(ready, ["a", "b", "d", "f", "g"]);
+    assert_eq!(helpers("c", &ready), ["d", "f", "g"]);
+    assert_eq!(helpers("f", &ready), ["g", "a", "b"]);
+    assert_eq!(helpers("a", &ready_by_name(&nodes[..2])), ["b"]);
+    assert!(helpers("a", &ready_by_name(&nodes[..1])).is_empty());
 }
 
 /// What a simulated node does from some moment on.
