@@ -202,18 +202,23 @@ type Addresses = Arc<HashMap<String, String>>;
 
 /// One judgement of every node, with the addresses its probe rounds need.
 fn check(ctx: &Server) -> (Tick, Addresses) {
-    let (nodes, addresses): (Vec<(String, NodeState)>, HashMap<String, String>) =
-        ctx.state.read(|s| {
-            (s.nodes.values())
-                .map(|n| {
-                    (
-                        (n.name.clone(), n.state),
-                        (n.name.clone(), n.address.clone()),
-                    )
-                })
-                .unzip()
-        });
+    let nodes: Vec<(String, NodeState)> = ctx.state.read(|s| {
+        (s.nodes.values())
+            .map(|n| (n.name.clone(), n.state))
+            .collect()
+    });
     let tick = ctx.heartbeats.lock().tick(&nodes, Instant::now());
+    if tick.probes.is_empty() {
+        return (tick, Addresses::default());
+    }
+    let wanted: BTreeSet<&String> = (tick.probes.iter())
+        .flat_map(|p| std::iter::once(&p.node).chain(&p.helpers))
+        .collect();
+    let addresses = ctx.state.read(|s| {
+        (wanted.into_iter())
+            .filter_map(|name| Some((name.clone(), s.nodes.get(name)?.address.clone())))
+            .collect()
+    });
     (tick, Arc::new(addresses))
 }
 
