@@ -17,7 +17,7 @@ openraft::declare_raft_types!(
         D = Command,
         R = Response,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = Node,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
         AsyncRuntime = openraft::TokioRuntime,
@@ -25,9 +25,26 @@ openraft::declare_raft_types!(
 
 /// A server's id in the Raft group; stable across restarts.
 pub type NodeId = u64;
-/// Where to reach a server: its HTTP address.
-pub type Node = openraft::BasicNode;
+/// A server as the membership records it: where to reach it and what it is called.
+///
+/// Field for field a superset of openraft's `BasicNode` (`addr`), so memberships written before
+/// servers had names still decode, with an empty name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Node {
+    /// The server's advertised `host:port`: its API and its Raft RPCs.
+    pub addr: String,
+    /// The server's name; an agent of the same name is the same machine (`role: both`).
+    #[serde(default)]
+    pub name: String,
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}", self.name, self.addr)
+    }
+}
 pub type Raft = openraft::Raft<TypeConfig>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
@@ -67,6 +84,25 @@ pub const SNAPSHOT_EVERY: u64 = 1_000;
 /// 500 entries kept behind a snapshot.
 pub const LOG_KEPT: u64 = 500;
 
+/// 8 entries at most in one AppendEntries request, against openraft's 300: an entry can be as
+/// large as the API's body limit (a deploy), and 300 of them would be far over any body limit a
+/// peer's Raft route could take; a peer that refused the request would be sent the same one
+/// again and again. With 8, [`raft_body_limit`] stays a bounded multiple of the entry size.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
+
+/// The body limit of a server's Raft routes, from the largest entry one may carry
+/// (`max_entry_bytes`, as JSON): a full AppendEntries request of [`MAX_PAYLOAD_ENTRIES`] such
+/// entries, and a snapshot chunk of [`SNAPSHOT_CHUNK_BYTES`] as JSON (up to four bytes a
+/// byte), each with room for the envelope. The servers of one group must agree on
+/// `max_entry_bytes` (they take the same `--max-body-size`).
+pub fn raft_body_limit(max_entry_bytes: usize) -> usize {
+    const ENVELOPE: usize = 64 << 10;
+    let entries = usize::try_from(MAX_PAYLOAD_ENTRIES).unwrap_or(usize::MAX);
+    let append = max_entry_bytes.saturating_add(ENVELOPE).saturating_mul(entries);
+    let chunk = usize::try_from(SNAPSHOT_CHUNK_BYTES).unwrap_or(usize::MAX);
+    append.max(chunk.saturating_mul(4).saturating_add(ENVELOPE))
+}
+
 /// Raft settings for Outpost servers, whether the group has one member or five. They pass
 /// `Config::validate` (a test checks it), so the server can use them as they are.
 ///
@@ -85,6 +121,7 @@ pub fn config(cluster_name: &str) -> openraft::Config {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
         max_in_snapshot_log_to_keep: LOG_KEPT,
         replication_lag_threshold: SNAPSHOT_EVERY + LOG_KEPT,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..openraft::Config::default()
     }
 }
