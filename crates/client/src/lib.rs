@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::{
-    ApiError, Assignments, ClusterInfo, ClusterStatus, DeployRequest, DeployResponse, Events, Level, Node,
-    RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
+    ApiError, Assignments, ClusterInfo, ClusterStatus, DeployRequest, DeployResponse, Events,
+    Level, Node, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;

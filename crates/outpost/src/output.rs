@@ -248,7 +248,10 @@ pub fn node_rows(list: &[Node], servers: &[ServerInfo]) -> Vec<serde_json::Value
         }
         rows.push(serde_json::Value::Object(row));
     }
-    for s in servers.iter().filter(|s| !list.iter().any(|n| n.name == s.name)) {
+    for s in servers
+        .iter()
+        .filter(|s| !list.iter().any(|n| n.name == s.name))
+    {
         let mut row = serde_json::Map::new();
         row.insert("name".into(), s.name.clone().into());
         row.insert("role".into(), "server".into());
@@ -301,7 +304,10 @@ pub fn nodes(list: &[Node], servers: &[ServerInfo]) -> String {
             n.notes.join("; "),
         ]);
     }
-    for s in servers.iter().filter(|s| !list.iter().any(|n| n.name == s.name)) {
+    for s in servers
+        .iter()
+        .filter(|s| !list.iter().any(|n| n.name == s.name))
+    {
         t.add_row(vec![
             s.name.clone(),
             role_text("server", Some(s)),

@@ -46,7 +46,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The one check a request to change the group's membership passes: today, the cluster token.
 pub fn authorize_server(headers: &HeaderMap, token: &str) -> Result<(), Fail> {
-    httpd::check_bearer(headers, token).map_err(|e| Fail::new(StatusCode::UNAUTHORIZED, e.to_string()))
+    httpd::check_bearer(headers, token)
+        .map_err(|e| Fail::new(StatusCode::UNAUTHORIZED, e.to_string()))
 }
 
 /// Middleware of the membership routes: [`authorize_server`].
@@ -412,7 +413,9 @@ pub(crate) async fn ask_to_vote(
         let url = format!("{}/v1/cluster/servers/{id}/voter", base(target));
         match call(http.post(url).bearer_auth(token), target).await {
             Ok(done) => return Ok(done),
-            Err(ServerError::Join { retry: true, .. }) if tokio::time::Instant::now() < deadline => {
+            Err(ServerError::Join { retry: true, .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -442,7 +445,10 @@ async fn call(req: reqwest::RequestBuilder, target: &str) -> Result<JoinResponse
         .await
         .map_err(|e| failed(root_cause(&e), true))?;
     let status = answer.status();
-    let text = answer.text().await.map_err(|e| failed(root_cause(&e), true))?;
+    let text = answer
+        .text()
+        .await
+        .map_err(|e| failed(root_cause(&e), true))?;
     if status.is_success() {
         return serde_json::from_str(&text)
             .map_err(|e| failed(format!("unexpected answer: {e}"), false));

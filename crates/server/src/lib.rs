@@ -415,6 +415,7 @@ async fn identity(
                 name: config.name.clone(),
             };
             let answer = cluster::ask_to_join(http, target, token, &request).await?;
+            write_token(dir, token)?;
             let path = dir.join(SERVER_ID);
             seal::files::write_private(&path, format!("{}\n", answer.id).as_bytes())
                 .map_err(|source| ServerError::DataDir { path, source })?;
@@ -441,13 +442,22 @@ fn token_of(config: &ServerConfig) -> Result<String, ServerError> {
     match std::fs::read_to_string(&path) {
         Ok(held) if held.trim() == given => Ok(given.to_string()),
         Ok(_) => Err(ServerError::OtherToken { dir: dir.clone() }),
+        // A joining server keeps the token once the group took it (`identity`).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.join.is_some() => {
+            Ok(given.to_string())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            seal::files::write_private(&path, format!("{given}\n").as_bytes())
-                .map_err(|source| ServerError::DataDir { path, source })?;
+            write_token(dir, given)?;
             Ok(given.to_string())
         }
         Err(source) => Err(ServerError::DataDir { path, source }),
     }
+}
+
+fn write_token(dir: &Path, token: &str) -> Result<(), ServerError> {
+    let path = dir.join(MARKER);
+    seal::files::write_private(&path, format!("{token}\n").as_bytes())
+        .map_err(|source| ServerError::DataDir { path, source })
 }
 
 /// The body limit of the Raft routes: AppendEntries of the largest entries this server commits.
@@ -490,6 +500,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         source,
     })?;
     let state_file = dir.join("state.redb");
+    // A server that joins (or joined) a group gets its state from the leader: an empty one is
+    // expected. Checked before anything is written.
+    let joins = !config.found || config.join.is_some() || read_id(dir)?.is_some();
+    check_state(dir, &state_file, config.reset || joins)?;
     let token = token_of(&config)?;
     let listen_err = |source| ServerError::Listen {
         addr: config.listen,
@@ -502,8 +516,6 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     let http = peer_http();
     let me = identity(&config, &token, &advertise, &http).await?;
-    // A server that joins a group gets its state from the leader: an empty one is expected.
-    check_state(dir, &state_file, config.reset || !me.found)?;
     let (raft, state) = start_raft(&config, &me, &state_file, &token).await?;
     let (stop, stop_rx) = watch::channel(false);
     let reports = start_batcher(&raft, config.report_batch, stop_rx.clone());
@@ -548,7 +560,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     }
     // Written last: its presence tells a local CLI the API is up.
     let api_file = dir.join("api");
-    if let Err(source) = seal::files::write_private(&api_file, format!("http://{addr}\n").as_bytes()) {
+    if let Err(source) =
+        seal::files::write_private(&api_file, format!("http://{addr}\n").as_bytes())
+    {
         handle.shutdown().await;
         return Err(ServerError::DataDir {
             path: api_file,

@@ -98,7 +98,9 @@ pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
 pub fn raft_body_limit(max_entry_bytes: usize) -> usize {
     const ENVELOPE: usize = 64 << 10;
     let entries = usize::try_from(MAX_PAYLOAD_ENTRIES).unwrap_or(usize::MAX);
-    let append = max_entry_bytes.saturating_add(ENVELOPE).saturating_mul(entries);
+    let append = max_entry_bytes
+        .saturating_add(ENVELOPE)
+        .saturating_mul(entries);
     let chunk = usize::try_from(SNAPSHOT_CHUNK_BYTES).unwrap_or(usize::MAX);
     append.max(chunk.saturating_mul(4).saturating_add(ENVELOPE))
 }
