@@ -257,7 +257,7 @@ enum ServerAction {
         /// Address of a server of the group, host:port.
         addr: String,
         #[command(flatten)]
-        run: ServerRun,
+        run: Box<ServerRun>,
     },
     /// Remove the server with this Raft id from the group (see `outpost nodes`); a dead server
     /// is replaced by removing it and joining a new one.
@@ -288,7 +288,7 @@ enum Command {
         #[command(subcommand)]
         action: Option<ServerAction>,
         #[command(flatten)]
-        run: ServerRun,
+        run: Box<ServerRun>,
     },
     /// Run an edge agent that joins the server at `--api` with `--token`.
     Agent {

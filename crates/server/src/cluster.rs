@@ -363,10 +363,10 @@ async fn relay(answer: reqwest::Response) -> Response {
     let status = answer.status();
     let mut headers = HeaderMap::new();
     for name in [header::CONTENT_TYPE.as_str(), api::CONTINUE_HEADER] {
-        if let Some(value) = answer.headers().get(name) {
-            if let Ok(name) = header::HeaderName::from_bytes(name.as_bytes()) {
-                headers.insert(name, value.clone());
-            }
+        if let Some(value) = answer.headers().get(name)
+            && let Ok(name) = header::HeaderName::from_bytes(name.as_bytes())
+        {
+            headers.insert(name, value.clone());
         }
     }
     match answer.bytes().await {

@@ -95,7 +95,9 @@ async fn a_server_down_while_large_entries_commit_catches_up_on_a_plain_restart(
     let committed = a.ctx.state.applied_index();
 
     // A plain restart: the data dir says who it is; the leader sends what it missed.
-    let c = server::start(config(dir.path(), "c", c_addr)).await.unwrap();
+    let c = server::start(config(dir.path(), "c", c_addr))
+        .await
+        .unwrap();
     assert_eq!(c.ctx.id, 3);
     wait_until("the restarted server to apply what it missed", || {
         c.ctx.state.applied_index() >= committed
@@ -118,7 +120,10 @@ async fn the_last_voter_cannot_leave_and_an_unknown_server_is_named() {
     let client = Client::new(&format!("http://{}", a.addr), &a.token);
 
     let last = client.remove_server(1).await.unwrap_err().to_string();
-    assert!(last.contains("server 1 is the group's last voter"), "{last}");
+    assert!(
+        last.contains("server 1 is the group's last voter"),
+        "{last}"
+    );
     let unknown = client.remove_server(9).await.unwrap_err().to_string();
     assert!(unknown.contains("no server with id 9"), "{unknown}");
     assert_eq!(voters(&a).await, [1], "nothing changed");

@@ -146,3 +146,43 @@ pub async fn initialize_once(
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_membership_written_with_openraft_basic_nodes_decodes_with_empty_names() {
+        let old = openraft::StoredMembership::<NodeId, openraft::BasicNode>::new(
+            None,
+            openraft::Membership::new(
+                vec![std::collections::BTreeSet::from([1])],
+                BTreeMap::from([(1, openraft::BasicNode::new("127.0.0.1:7400"))]),
+            ),
+        );
+        let mut named = Vec::new();
+        rmp_serde::encode::write_named(&mut named, &old).unwrap();
+        let json = serde_json::to_vec(&old).unwrap();
+        let from_named: StoredMembership = rmp_serde::from_slice(&named).unwrap();
+        let from_json: StoredMembership = serde_json::from_slice(&json).unwrap();
+        for decoded in [from_named, from_json] {
+            let node = decoded.membership().get_node(&1).unwrap().clone();
+            assert_eq!(
+                node,
+                Node {
+                    addr: "127.0.0.1:7400".into(),
+                    name: String::new()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn the_raft_routes_take_a_full_append_of_the_largest_entries_and_a_snapshot_chunk() {
+        let entry = 16 << 20;
+        let limit = raft_body_limit(entry);
+        assert!(limit >= entry * MAX_PAYLOAD_ENTRIES as usize);
+        assert!(raft_body_limit(0) >= 4 * SNAPSHOT_CHUNK_BYTES as usize);
+        assert_eq!(config("t").max_payload_entries, MAX_PAYLOAD_ENTRIES);
+    }
+}
