@@ -97,11 +97,14 @@ pub async fn cluster(State(ctx): State<Server>) -> Json<ClusterInfo> {
     (status = 409, description = "A member already has that address", body = api::ApiError)))]
 pub async fn join(State(ctx): State<Server>, Json(req): Json<JoinRequest>) -> Answer<JoinResponse> {
     let address = req.address.trim();
-    if address.is_empty() || !address.contains(':') {
+    if !is_host_port(address) {
         return Err(Fail::invalid_at(
             "the join was refused",
             "address",
-            format!("{address:?} is not host:port; give the joining server's --advertise"),
+            format!(
+                "{address:?} is not host:port (a port from 1 to 65535); give the joining \
+                 server's --advertise"
+            ),
         ));
     }
     let _one_change = ctx.membership.lock().await;
@@ -195,6 +198,17 @@ pub async fn remove(State(ctx): State<Server>, Path(id): Path<u64>) -> Answer<Cl
         .map_err(|e| unavailable(format!("cannot remove server {id}: {e}")))?;
     tracing::info!("server {id} left the group");
     Ok(Json(info(&ctx)))
+}
+
+/// `host:port`, with a host of visible characters and a port from 1 to 65535.
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    !host.is_empty()
+        && host.chars().all(|c| c.is_ascii_graphic() && c != '/')
+        && port.parse::<u16>().is_ok_and(|p| p > 0)
 }
 
 fn members(ctx: &Server) -> BTreeMap<NodeId, Node> {
@@ -458,4 +472,19 @@ async fn call(req: reqwest::RequestBuilder, target: &str) -> Result<JoinResponse
         format!("{status}: {said}"),
         status == StatusCode::SERVICE_UNAVAILABLE,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_address_is_host_and_port() {
+        for good in ["127.0.0.1:7400", "server-2.site:1", "[::1]:7400"] {
+            assert!(is_host_port(good), "{good}");
+        }
+        for bad in ["", "127.0.0.1", ":7400", "host:0", "host:99999", "http://h:1/x", "a b:1"] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
+    }
 }
