@@ -1,6 +1,7 @@
 //! The `/v1` API. Every route but the OpenAPI document needs the bearer token. Writes are
 //! validated whole before anything is proposed, so a bad request changes nothing; reads answer
-//! from this server's applied state.
+//! from the applied state. Writes and listings are answered by the leader, to which a follower
+//! forwards them (`cluster::at_leader`).
 //!
 //! Each handler carries its OpenAPI description (`#[utoipa::path]`) and is routed through
 //! `utoipa_axum`, so the document served at `/v1/openapi.json` lists exactly what is routed.
