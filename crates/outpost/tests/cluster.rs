@@ -472,3 +472,126 @@ fn a_join_with_a_wrong_token_is_refused_and_leaves_nothing_behind() {
     let (ids, _) = first.servers(&first.token());
     assert_eq!(ids, [1], "the group is unchanged");
 }
+
+/// `outpost agent` given one server of three, with its data dir under `dir/agent`.
+struct AgentProc {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl AgentProc {
+    fn start(api: &str, token: &str, name: &str) -> AgentProc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(outpost_bin())
+            .arg("--data-dir")
+            .arg(dir.path().join("agent"))
+            .args(["--api", api, "--token", token, "agent", "--name", name])
+            .env("OUTPOST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        AgentProc { dir, child }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        support::remove_cgroups(self.dir.path());
+    }
+}
+
+/// The task of `service` that runs on `node`, as `ps` on `server` shows it.
+fn running_on(server: &ServerProc, token: &str, service: &str, node: &str) -> Option<()> {
+    let tasks = server.json(token, &["ps", service]);
+    tasks
+        .as_array()?
+        .iter()
+        .any(|t| t["node"] == node && t["state"] == "running")
+        .then_some(())
+}
+
+#[test]
+fn an_agent_given_one_server_carries_on_through_the_others_when_it_dies() {
+    let first = ServerProc::found();
+    let token = first.token();
+    let second = ServerProc::join(&first.listen, &token);
+    let third = ServerProc::join(&first.listen, &token);
+    let leader = wait_agreed(&[&first, &second, &third], &token, &[1, 2, 3]);
+    // The agent is given one follower only; it learns the others when it registers.
+    let servers = [first, second, third];
+    let given = servers
+        .iter()
+        .position(|s| s.status(&token).is_some_and(|st| st["node_id"] != leader))
+        .unwrap();
+    let agent = AgentProc::start(&servers[given].listen, &token, "edge1");
+    let other = &servers[(given + 1) % 3];
+    wait_long("the agent's node to be ready", || {
+        let rows = other.json(&token, &["nodes"]);
+        rows.as_array()?
+            .iter()
+            .any(|n| n["name"] == "edge1" && n["state"] == "ready" && n["role"] == "agent")
+            .then_some(())
+    });
+    let specs = tempfile::tempdir().unwrap();
+    let file = spec_file(specs.path(), "before");
+    assert!(
+        other
+            .cli(&token, &["deploy", "-f", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    wait_long("the first service's task to run on the agent", || {
+        running_on(other, &token, "before", "edge1")
+    });
+
+    // The server the agent was given dies; a service deployed afterwards still reaches it.
+    let mut servers = servers;
+    servers[given].sigkill();
+    let rest: Vec<&ServerProc> = (0..3)
+        .filter(|i| *i != given)
+        .map(|i| &servers[i])
+        .collect();
+    let file = spec_file(specs.path(), "after");
+    wait_long("a deploy after the server's death", || {
+        rest[0]
+            .cli(&token, &["deploy", "-f", file.to_str().unwrap()])
+            .status
+            .success()
+            .then_some(())
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while running_on(rest[0], &token, "after", "edge1").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never ran the service deployed after its server died:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rows = rest[1].json(&token, &["nodes"]);
+    let edge = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "edge1")
+        .cloned()
+        .unwrap();
+    assert_eq!(edge["state"], "ready", "{edge}");
+}

@@ -483,7 +483,15 @@ mod tests {
         for good in ["127.0.0.1:7400", "server-2.site:1", "[::1]:7400"] {
             assert!(is_host_port(good), "{good}");
         }
-        for bad in ["", "127.0.0.1", ":7400", "host:0", "host:99999", "http://h:1/x", "a b:1"] {
+        for bad in [
+            "",
+            "127.0.0.1",
+            ":7400",
+            "host:0",
+            "host:99999",
+            "http://h:1/x",
+            "a b:1",
+        ] {
             assert!(!is_host_port(bad), "{bad}");
         }
     }

@@ -289,7 +289,7 @@ impl Dev {
 }
 
 /// Removes the agent's empty cgroup folders, so test runs leave nothing under /sys/fs/cgroup.
-fn remove_cgroups(data_dir: &Path) {
+pub fn remove_cgroups(data_dir: &Path) {
     let Ok(agent) = std::fs::read_to_string(data_dir.join("agent").join("agent-id")) else {
         return;
     };
