@@ -283,19 +283,36 @@ enum Answerer {
     Leader { id: NodeId, addr: String },
 }
 
+/// 4 s: twice the longest election timeout. A request that arrives while the group has no
+/// leader (a server just started, or the leader just died) waits this long for one to be
+/// elected before it is answered 503.
+const LEADER_WAIT: Duration = Duration::from_secs(4);
+
 /// The leader this server knows of, with its address; `None` while there is none.
-fn leader(ctx: &Server) -> Option<(NodeId, String)> {
-    let metrics = ctx.raft.metrics().borrow().clone();
+fn leader_of(metrics: &store::raft::RaftMetrics) -> Option<(NodeId, String)> {
     let id = metrics.current_leader?;
     let node = metrics.membership_config.membership().get_node(&id)?;
     Some((id, node.addr.clone()))
+}
+
+/// The leader, waiting up to [`LEADER_WAIT`] for one to be elected.
+async fn leader(ctx: &Server) -> Option<(NodeId, String)> {
+    let mut metrics = ctx.raft.metrics();
+    let known = async {
+        let m = metrics.wait_for(|m| leader_of(m).is_some()).await.ok()?;
+        leader_of(&m)
+    };
+    tokio::time::timeout(LEADER_WAIT, known)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Here if this server leads (for a read: once the read-index check confirmed it), else the
 /// leader's address.
 async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
     let no_leader = || unavailable("no leader is elected at the moment".into());
-    let (id, addr) = leader(ctx).ok_or_else(no_leader)?;
+    let (id, addr) = leader(ctx).await.ok_or_else(no_leader)?;
     if id != ctx.id {
         return Ok(Answerer::Leader { id, addr });
     }
@@ -435,6 +452,31 @@ pub(crate) async fn ask_to_vote(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A server that joined but stopped before it was made a voter is a learner on its restart:
+/// once it hears from a leader it asks that leader to vote, as the join would have.
+pub(crate) async fn vote_if_learner(ctx: Server) {
+    let mut metrics = ctx.raft.metrics();
+    let me = ctx.id;
+    let heard = metrics
+        .wait_for(|m| m.current_leader.is_some_and(|l| l != me))
+        .await
+        .map(|m| m.clone());
+    let Ok(m) = heard else { return };
+    let membership = m.membership_config.membership();
+    let learner = membership.learner_ids().any(|id| id == me);
+    let leader = m
+        .current_leader
+        .and_then(|l| membership.get_node(&l))
+        .map(|n| n.addr.clone());
+    let (true, Some(leader)) = (learner, leader) else {
+        return;
+    };
+    tracing::info!("this server is still a learner; asking the leader at {leader} to vote");
+    if let Err(e) = ask_to_vote(&ctx.http, &[leader], &ctx.token, me).await {
+        tracing::warn!("{e}; restart this server to ask again");
     }
 }
 

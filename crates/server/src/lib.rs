@@ -364,6 +364,8 @@ struct Identity {
     found: bool,
     /// The servers to ask for a vote once running, when this start joined the group.
     joined_through: Option<Vec<String>>,
+    /// A restart of a server that joined earlier (its id is in the data dir).
+    rejoined: bool,
 }
 
 fn read_id(dir: &Path) -> Result<Option<u64>, ServerError> {
@@ -402,12 +404,14 @@ async fn identity(
             node: node(id),
             found: false,
             joined_through: None,
+            rejoined: true,
         }),
         (None, None) => Ok(Identity {
             id: config.id,
             node: node(config.id),
             found: config.found,
             joined_through: None,
+            rejoined: false,
         }),
         (None, Some(target)) => {
             let request = api::JoinRequest {
@@ -426,6 +430,7 @@ async fn identity(
                 node: node(answer.id),
                 found: false,
                 joined_through: Some(through),
+                rejoined: false,
             })
         }
     }
@@ -550,6 +555,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         stop,
         serve,
     };
+    if me.rejoined {
+        tokio::spawn(cluster::vote_if_learner(handle.ctx.clone()));
+    }
     if let Some(through) = &me.joined_through {
         let asked = cluster::ask_to_vote(&handle.ctx.http, through, &handle.token, me.id).await;
         if let Err(e) = asked {

@@ -148,3 +148,53 @@ async fn the_last_voter_cannot_leave_and_an_unknown_server_is_named() {
     assert!(again.contains("already belongs to server 2"), "{again}");
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_before_it_could_vote_asks_again_on_a_plain_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = server::start(config(dir.path(), "a", any_port()))
+        .await
+        .unwrap();
+    wait_until("the founder to lead", || a.ctx.is_leader()).await;
+    // The first half of a join, as a joiner that then stopped would have left it: a learner
+    // with an id, its data dir holding that id and the token.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let answer: api::JoinResponse = http
+        .post(format!("http://{}/v1/cluster/servers", a.addr))
+        .bearer_auth(&a.token)
+        .json(&api::JoinRequest {
+            address: listen.to_string(),
+            name: "b".into(),
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.id, 2);
+    assert_eq!(voters(&a).await, [1], "a learner does not vote");
+    let b_dir = dir.path().join("b");
+    seal::files::private_dir(&b_dir).unwrap();
+    std::fs::write(b_dir.join("server-id"), "2\n").unwrap();
+    std::fs::write(b_dir.join("token"), &a.token).unwrap();
+
+    let b = server::start(config(dir.path(), "b", listen))
+        .await
+        .unwrap();
+    wait_until("the restarted learner to be made a voter", || {
+        let metrics = a.ctx.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == 2)
+    })
+    .await;
+    b.shutdown().await;
+    a.shutdown().await;
+}
