@@ -203,8 +203,12 @@ impl Client {
             url: first.clone(),
             message: e.to_string(),
         })?;
-        let tail = &request.url().as_str()[first.len().min(request.url().as_str().len())..];
-        let tail = tail.to_string();
+        // What follows the server's address: the same on every server.
+        let url = request.url();
+        let tail = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        };
         let list = self.servers.list();
         let start = self.servers.current.load(Ordering::Relaxed);
         let mut last = None;
