@@ -595,3 +595,23 @@ fn an_agent_given_one_server_carries_on_through_the_others_when_it_dies() {
         .unwrap();
     assert_eq!(edge["state"], "ready", "{edge}");
 }
+
+#[test]
+fn dev_is_one_node_that_is_both_server_and_agent_and_leads() {
+    let dev = support::Dev::start(&[]);
+    dev.node();
+    let rows = dev.json(&["nodes"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "one row for the server and its agent: {rows:?}"
+    );
+    let local = &rows[0];
+    assert_eq!(local["name"], "local");
+    assert_eq!(local["role"], "both");
+    assert_eq!(local["leader"], true);
+    assert_eq!(local["server_id"], 1);
+    let table = dev.ok(&["nodes"]);
+    assert!(table.contains("both (leader)"), "{table}");
+}
