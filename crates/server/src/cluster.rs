@@ -283,7 +283,7 @@ enum Answerer {
     Leader { id: NodeId, addr: String },
 }
 
-/// 4 s: twice the longest election timeout. A request that arrives while the group has no
+/// 4 s: twice the longest silence before a follower campaigns (lease and timeout, 2 s). A request that arrives while the group has no
 /// leader (a server just started, or the leader just died) waits this long for one to be
 /// elected before it is answered 503.
 const LEADER_WAIT: Duration = Duration::from_secs(4);

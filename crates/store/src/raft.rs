@@ -61,13 +61,16 @@ pub type VoteResponse = openraft::raft::VoteResponse<NodeId>;
 pub type InstallSnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;
 pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
 
-/// 200 ms: five heartbeats fit in the shortest election timeout, so a follower starts an
-/// election only after 1 to 2 s without one ([`ELECTION_TIMEOUT_MS`]) — a failed leader is
-/// replaced within seconds — while a loaded 2-core box or a slow SD-card fsync that delays a
-/// heartbeat or two does not cause needless elections.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 200;
+/// 100 ms: five heartbeats fit in the shortest election timeout ([`ELECTION_TIMEOUT_MS`]).
+///
+/// openraft 0.9 adds a leader lease of the longest election timeout: a follower that heard
+/// from its leader starts an election only after the lease and its own timeout, 1.5 to 2 s of
+/// silence (15 heartbeats or more), so a loaded 2-core box or a slow SD-card fsync that delays
+/// a few heartbeats causes no needless election. A dead leader is replaced within about 2 s, and
+/// the API answers writes again within the 3 s the project aims at.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
 /// Election timeouts are drawn from this range; the spread makes split votes rare.
-pub const ELECTION_TIMEOUT_MS: (u64, u64) = (1_000, 2_000);
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (500, 1_000);
 /// 10 s: a snapshot of a busy site is a few MB (10,000 tasks are about 2.3 MB of MessagePack);
 /// openraft's 200 ms default is too short for an edge uplink.
 pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 10_000;
