@@ -27,7 +27,7 @@ struct Cli {
 /// a local `outpost dev` (`--data-dir`, `OUTPOST_DATA_DIR`, or `./.outpost-dev`).
 #[derive(clap::Args, Clone)]
 pub struct Connection {
-    /// API address, e.g. http://127.0.0.1:7400; several servers' separated by commas, tried in
+    /// API address, e.g. http://127.0.0.1:7400; several servers' addresses separated by commas, tried in
     /// turn while one cannot be reached.
     #[arg(long, global = true, env = "OUTPOST_API")]
     api: Option<String>,

@@ -495,11 +495,13 @@ async fn call(req: reqwest::RequestBuilder, target: &str) -> Result<JoinResponse
         message,
         retry,
     };
-    let answer = req
-        .timeout(FORWARD_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| failed(root_cause(&e), true))?;
+    let answer = req.timeout(FORWARD_TIMEOUT).send().await.map_err(|e| {
+        let why = root_cause(&e);
+        failed(
+            format!("{why} (is a server of the group running there?)"),
+            true,
+        )
+    })?;
     let status = answer.status();
     let text = answer
         .text()
