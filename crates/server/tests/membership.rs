@@ -198,3 +198,47 @@ async fn a_server_stopped_before_it_could_vote_asks_again_on_a_plain_restart() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_can_leave_and_the_two_left_elect_another_and_take_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = server::start(config(dir.path(), "a", any_port()))
+        .await
+        .unwrap();
+    wait_until("the founder to lead", || a.ctx.is_leader()).await;
+    let b = join(dir.path(), "b", &a).await;
+    let c = join(dir.path(), "c", &a).await;
+    // Asked through a follower, which forwards it to the leader that is leaving.
+    let through_b = Client::new(&format!("http://{}", b.addr), &a.token);
+    let info = through_b.remove_server(1).await.unwrap();
+    assert_eq!(
+        info.servers.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    wait_until("another leader among the two left", || {
+        let leader = b.ctx.raft.metrics().borrow().current_leader;
+        leader.is_some_and(|l| l != 1) && c.ctx.raft.metrics().borrow().current_leader == leader
+    })
+    .await;
+    a.shutdown().await;
+    let mut spec = ServiceSpec::process("after", &["sleep", "1000"]);
+    spec.replicas = 1;
+    through_b
+        .deploy(&DeployRequest {
+            services: vec![spec],
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    let through_c = Client::new(&format!("http://{}", c.addr), &c.token);
+    let names: Vec<String> = through_c
+        .services()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["after"]);
+    c.shutdown().await;
+    b.shutdown().await;
+}
