@@ -91,6 +91,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Where the agent's own API (logs) listens; port 0 picks one.
     pub listen: SocketAddr,
+    /// The servers' API addresses, separated by commas; the agent learns the others of the
+    /// group from the first it reaches.
     pub server: String,
     pub token: String,
     /// Working directory for processes whose spec names none.
@@ -601,7 +603,14 @@ async fn register_until_done(client: &Client, register: &RegisterRequest) {
     let mut retry = Retry::default();
     loop {
         match client.register(register).await {
-            Ok(_) => return,
+            Ok(_) => {
+                // Every server of the group, so that the agent carries on through another
+                // when the one it talks to stops answering.
+                if let Err(e) = client.learn_servers().await {
+                    tracing::debug!("cannot learn the group's servers: {e}");
+                }
+                return;
+            }
             Err(e) => {
                 let delay = retry.next_delay();
                 tracing::warn!(

@@ -392,6 +392,55 @@ pub struct ClusterStatus {
     pub applied_index: u64,
 }
 
+/// One server of the Raft group, as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServerInfo {
+    /// The server's Raft id.
+    pub id: u64,
+    /// The server's name; an agent of the same name runs on the same machine.
+    pub name: String,
+    /// The server's API address, `host:port`.
+    pub address: String,
+    /// `voter` (counts towards the quorum) or `learner` (catching up before it does).
+    pub membership: Membership,
+    /// True on the server that leads.
+    pub leader: bool,
+}
+
+/// Whether a server counts towards the quorum yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Membership {
+    Voter,
+    Learner,
+}
+
+/// The answer of `GET /v1/cluster`: the servers of the group, as the answering server knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterInfo {
+    /// The Raft id of the leader, if one is known.
+    pub leader: Option<u64>,
+    /// The id of the server that answered.
+    pub answered_by: u64,
+    pub servers: Vec<ServerInfo>,
+}
+
+/// Body of `POST /v1/cluster/servers`: a server asks to be added to the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JoinRequest {
+    /// Where the group reaches the new server, `host:port`.
+    pub address: String,
+    /// The new server's name.
+    pub name: String,
+}
+
+/// The answer to a join step: the new server's Raft id and the group as it now stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JoinResponse {
+    pub id: u64,
+    pub servers: Vec<ServerInfo>,
+}
+
 /// Where the scheduler put one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {

@@ -7,11 +7,14 @@
 pub mod agent;
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::{
-    ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, Events, Level, Node,
-    NodeInfo, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
+    ApiError, Assignments, ClusterInfo, ClusterStatus, DeployRequest, DeployResponse, Events,
+    Level, Node, NodeInfo, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task,
+    TaskState,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
@@ -68,12 +71,41 @@ fn render_api_error(status: &StatusCode, error: &ApiError) -> String {
     out
 }
 
-/// A client bound to one server and token. Cheap to clone.
+/// A client of a cluster's servers, with its token. Cheap to clone; clones share what they
+/// learn of the servers.
+///
+/// It talks to one server at a time. When that one cannot be reached (the connection is
+/// refused or not made: nothing was sent), the same request goes to the next server it knows,
+/// which it then keeps talking to. It knows the servers it was given (several, separated by
+/// commas) and those [`Client::learn_servers`] found.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    servers: Arc<Servers>,
     token: String,
     http: reqwest::Client,
+}
+
+/// The servers' base URLs and which one is talked to.
+#[derive(Debug)]
+struct Servers {
+    bases: Mutex<Vec<String>>,
+    current: AtomicUsize,
+}
+
+impl Servers {
+    fn list(&self) -> Vec<String> {
+        self.bases.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// `host:port` or a URL, as a base URL without a trailing slash.
+fn base_url(text: &str) -> String {
+    let text = text.trim().trim_end_matches('/');
+    if text.starts_with("http://") || text.starts_with("https://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    }
 }
 
 /// 60 s: above the longest blocking query (`wait` is capped at 30 s by the server).
@@ -107,25 +139,57 @@ impl Client {
 
     /// A client over an HTTP client of the caller's (its pool, its timeouts).
     fn with_http(http: reqwest::Client, base: &str, token: &str) -> Client {
-        let base = if base.starts_with("http://") || base.starts_with("https://") {
-            base.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{}", base.trim_end_matches('/'))
-        };
+        let mut bases: Vec<String> = base
+            .split(',')
+            .filter(|b| !b.trim().is_empty())
+            .map(base_url)
+            .collect();
+        if bases.is_empty() {
+            bases.push(base_url(base));
+        }
         Client {
-            base,
+            servers: Arc::new(Servers {
+                bases: Mutex::new(bases),
+                current: AtomicUsize::new(0),
+            }),
             token: token.to_string(),
             http,
         }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
+    /// The base URL of the server talked to.
+    pub fn base(&self) -> String {
+        let list = self.servers.list();
+        let at = self.servers.current.load(Ordering::Relaxed) % list.len().max(1);
+        list.get(at).cloned().unwrap_or_default()
+    }
+
+    /// Every server this client knows, the one talked to first.
+    pub fn servers(&self) -> Vec<String> {
+        let list = self.servers.list();
+        let at = self.servers.current.load(Ordering::Relaxed);
+        (0..list.len())
+            .map(|i| list[(at + i) % list.len()].clone())
+            .collect()
+    }
+
+    /// Asks the server talked to for the group's servers and adds those not known yet, so
+    /// that requests can go to them once it stops answering.
+    pub async fn learn_servers(&self) -> Result<Vec<String>, ClientError> {
+        let info = self.cluster().await?;
+        let mut bases = self.servers.bases.lock().unwrap_or_else(|p| p.into_inner());
+        for server in info.servers {
+            let base = base_url(&server.address);
+            if !bases.contains(&base) {
+                bases.push(base);
+            }
+        }
+        Ok(bases.clone())
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base()))
             .bearer_auth(&self.token)
     }
 
@@ -142,11 +206,67 @@ impl Client {
         })
     }
 
-    async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|cause| ClientError::Unreachable {
-            url: self.base.clone(),
-            cause,
+    /// Sends `req` to the server talked to or, while they cannot be reached, to the others.
+    async fn send_anywhere(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let first = self.base();
+        let request = req.build().map_err(|e| ClientError::Protocol {
+            url: first.clone(),
+            message: e.to_string(),
         })?;
+        // What follows the server's address: the same on every server.
+        let url = request.url();
+        let tail = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        };
+        let list = self.servers.list();
+        let start = self.servers.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..list.len().max(1) {
+            let at = (start + i) % list.len().max(1);
+            let base = list.get(at).cloned().unwrap_or_else(|| first.clone());
+            // A body that cannot be copied (a stream) is sent once, to the first server.
+            let attempt = match (i, request.try_clone()) {
+                (_, Some(mut copy)) => match reqwest::Url::parse(&format!("{base}{tail}")) {
+                    Ok(url) => {
+                        *copy.url_mut() = url;
+                        copy
+                    }
+                    Err(_) => continue,
+                },
+                (0, None) => return self.sent(self.http.execute(request).await, &base),
+                (_, None) => break,
+            };
+            match self.http.execute(attempt).await {
+                Err(cause) if cause.is_connect() => last = Some((base, cause)),
+                answer => {
+                    self.servers.current.store(at, Ordering::Relaxed);
+                    return self.sent(answer, &base);
+                }
+            }
+        }
+        match last {
+            Some((url, cause)) => Err(ClientError::Unreachable { url, cause }),
+            None => Err(ClientError::Protocol {
+                url: first,
+                message: "no server to send the request to".into(),
+            }),
+        }
+    }
+
+    fn sent(
+        &self,
+        answer: Result<reqwest::Response, reqwest::Error>,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        answer.map_err(|cause| ClientError::Unreachable {
+            url: url.to_string(),
+            cause,
+        })
+    }
+
+    async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = self.send_anywhere(req).await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -302,7 +422,7 @@ impl Client {
             path.push_str(&format!("&tail={n}"));
         }
         let resp = self.execute(self.request(Method::GET, &path)).await?;
-        let url = self.base.clone();
+        let url = self.base();
         Ok(resp.bytes_stream().map(move |chunk| {
             chunk
                 .map(|b| b.to_vec())
@@ -316,6 +436,20 @@ impl Client {
     /// The server's view of the cluster: its Raft leader and applied index.
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         self.get("/v1/status").await
+    }
+
+    /// The servers of the group and which one leads, as the server reached knows them.
+    pub async fn cluster(&self) -> Result<ClusterInfo, ClientError> {
+        self.get("/v1/cluster").await
+    }
+
+    /// Removes server `id` from the group.
+    pub async fn remove_server(&self, id: u64) -> Result<ClusterInfo, ClientError> {
+        self.send(
+            self.request(Method::DELETE, &format!("/v1/cluster/servers/{id}")),
+            REQUEST_TIMEOUT,
+        )
+        .await
     }
 
     pub async fn register(&self, req: &RegisterRequest) -> Result<Node, ClientError> {

@@ -159,15 +159,31 @@ pub async fn services(conn: &Connection, all: bool) -> Result<()> {
 }
 
 pub async fn nodes(conn: &Connection, all: bool) -> Result<()> {
-    let nodes = connect(conn)?.nodes().await?;
+    let client = connect(conn)?;
+    let nodes = client.nodes().await?;
+    let cluster = client.cluster().await?;
     match conn.output {
-        Format::Json => print_json(&nodes),
+        Format::Json => print_json(&output::node_rows(&nodes, &cluster.servers)),
         Format::Table if all || nodes.len() <= SCREENFUL => {
-            println!("{}", output::nodes(&nodes));
+            println!("{}", output::nodes(&nodes, &cluster.servers));
             Ok(())
         }
         Format::Table => {
             println!("{}", output::node_summary(&nodes, SCREENFUL));
+            println!("{}", output::servers(&cluster.servers));
+            Ok(())
+        }
+    }
+}
+
+/// `outpost server leave ID`: removes a server from the group.
+pub async fn server_leave(conn: &Connection, id: u64) -> Result<()> {
+    let cluster = connect(conn)?.remove_server(id).await?;
+    match conn.output {
+        Format::Json => print_json(&cluster),
+        Format::Table => {
+            println!("server {id} left the group");
+            println!("{}", output::servers(&cluster.servers));
             Ok(())
         }
     }

@@ -27,7 +27,8 @@ struct Cli {
 /// a local `outpost dev` (`--data-dir`, `OUTPOST_DATA_DIR`, or `./.outpost-dev`).
 #[derive(clap::Args, Clone)]
 pub struct Connection {
-    /// API address, e.g. http://127.0.0.1:7400.
+    /// API address, e.g. http://127.0.0.1:7400; several servers' addresses separated by commas, tried in
+    /// turn while one cannot be reached.
     #[arg(long, global = true, env = "OUTPOST_API")]
     api: Option<String>,
     /// Bearer token for the API.
@@ -116,6 +117,29 @@ pub struct ServerSettings {
     pub store: store::StoreOptions,
 }
 
+/// A server to run, from `outpost server` or `outpost server join`.
+pub struct ServerRole {
+    pub reset: bool,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub name: Option<String>,
+    pub join: Option<String>,
+    pub settings: ServerSettings,
+}
+
+impl ServerRun {
+    fn role(self, join: Option<String>) -> anyhow::Result<ServerRole> {
+        Ok(ServerRole {
+            reset: self.reset,
+            listen: self.listen,
+            advertise: self.advertise,
+            name: self.name,
+            join,
+            settings: self.api.settings()?,
+        })
+    }
+}
+
 impl ApiOptions {
     fn settings(&self) -> anyhow::Result<ServerSettings> {
         Ok(ServerSettings {
@@ -202,6 +226,44 @@ impl ApiOptions {
     }
 }
 
+/// How a server runs: where it listens and is reached, and what its API allows.
+#[derive(clap::Args)]
+struct ServerRun {
+    /// Begin a new, empty cluster even though the data dir held one whose state file is
+    /// missing or empty (otherwise such a start is refused).
+    #[arg(long)]
+    reset: bool,
+    /// Address to listen on, e.g. 127.0.0.1:7400 (default: --api, then 127.0.0.1:7400).
+    #[arg(long, env = "OUTPOST_LISTEN")]
+    listen: Option<String>,
+    /// Address the other servers, agents and clients reach this one at, host:port (default:
+    /// the address listened on).
+    #[arg(long, env = "OUTPOST_ADVERTISE")]
+    advertise: Option<String>,
+    /// This server's name; an agent of the same name shows as the same node (default:
+    /// server-ID).
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    api: ApiOptions,
+}
+
+#[derive(Subcommand)]
+enum ServerAction {
+    /// Add a server to the group of the server at ADDR (any of its servers), with the cluster
+    /// token (--token, --token-file or OUTPOST_TOKEN). It keeps its id and the token in
+    /// --data-dir: restart it with `outpost server --data-dir D`.
+    Join {
+        /// Address of a server of the group, host:port.
+        addr: String,
+        #[command(flatten)]
+        run: Box<ServerRun>,
+    },
+    /// Remove the server with this Raft id from the group (see `outpost nodes`); a dead server
+    /// is replaced by removing it and joining a new one.
+    Leave { id: u64 },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a server and an agent in one process on loopback, deploying the given spec files.
@@ -219,14 +281,14 @@ enum Command {
         #[command(flatten)]
         api: ApiOptions,
     },
-    /// Run a control-plane server: `--api` is where it listens, `--data-dir` where it keeps state.
+    /// Run a control-plane server: `--listen` (or `--api`) is where it listens, `--data-dir`
+    /// where it keeps state. The first server founds a group; `server join` adds others.
+    #[command(args_conflicts_with_subcommands = true)]
     Server {
-        /// Begin a new, empty cluster even though the data dir held one whose state file is
-        /// missing or empty (otherwise such a start is refused).
-        #[arg(long)]
-        reset: bool,
+        #[command(subcommand)]
+        action: Option<ServerAction>,
         #[command(flatten)]
-        api: ApiOptions,
+        run: Box<ServerRun>,
     },
     /// Run an edge agent that joins the server at `--api` with `--token`.
     Agent {
@@ -379,7 +441,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             reset,
             api,
         } => roles::dev(&conn, &files, &node, reset, api.settings()?).await,
-        Command::Server { reset, api } => roles::server(&conn, reset, api.settings()?).await,
+        Command::Server { action, run } => match action {
+            None => roles::server(&conn, run.role(None)?).await,
+            Some(ServerAction::Join { addr, run }) => {
+                roles::server(&conn, run.role(Some(addr))?).await
+            }
+            Some(ServerAction::Leave { id }) => commands::server_leave(&conn, id).await,
+        },
         Command::Agent {
             name,
             agent_listen,

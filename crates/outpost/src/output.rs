@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use api::{Change, Event, Node, NodeInfo, ServiceSummary, Task, Timestamp};
+use api::{Change, Event, Membership, Node, NodeInfo, ServerInfo, ServiceSummary, Task, Timestamp};
 use comfy_table::{Table, presets};
 use spec::ServiceSpec;
 
@@ -226,9 +226,66 @@ fn heartbeat_age(n: &NodeInfo) -> String {
     }
 }
 
-pub fn nodes(list: &[NodeInfo]) -> String {
+/// One node's role: `agent`, `server`, or `both` when a server has the agent's name.
+fn role_of<'a>(name: &str, servers: &'a [ServerInfo]) -> (&'static str, Option<&'a ServerInfo>) {
+    match servers.iter().find(|s| s.name == name) {
+        Some(server) => ("both", Some(server)),
+        None => ("agent", None),
+    }
+}
+
+/// The rows of `outpost -o json nodes`: each agent's node with its `role` and `leader`, and a
+/// row for each server that is not also an agent (`role: server`). A server's row also has its
+/// Raft id (`server_id`) and `membership` (voter or learner).
+pub fn node_rows(list: &[NodeInfo], servers: &[ServerInfo]) -> Vec<serde_json::Value> {
+    let server_fields = |row: &mut serde_json::Map<String, serde_json::Value>, s: &ServerInfo| {
+        row.insert("server_id".into(), s.id.into());
+        row.insert("membership".into(), serde_json::json!(s.membership));
+        row.insert("server_address".into(), s.address.clone().into());
+    };
+    let mut rows = Vec::new();
+    for info in list {
+        let n = &info.node;
+        let (role, server) = role_of(&n.name, servers);
+        let mut row = match serde_json::to_value(info) {
+            Ok(serde_json::Value::Object(row)) => row,
+            _ => serde_json::Map::new(),
+        };
+        row.insert("role".into(), role.into());
+        row.insert("leader".into(), server.is_some_and(|s| s.leader).into());
+        if let Some(s) = server {
+            server_fields(&mut row, s);
+        }
+        rows.push(serde_json::Value::Object(row));
+    }
+    for s in servers
+        .iter()
+        .filter(|s| !list.iter().any(|n| n.node.name == s.name))
+    {
+        let mut row = serde_json::Map::new();
+        row.insert("name".into(), s.name.clone().into());
+        row.insert("role".into(), "server".into());
+        row.insert("leader".into(), s.leader.into());
+        row.insert("address".into(), s.address.clone().into());
+        server_fields(&mut row, s);
+        rows.push(serde_json::Value::Object(row));
+    }
+    rows
+}
+
+/// What a server row shows in the ROLE column: `server (leader)`, `both (learner)`, ….
+fn role_text(role: &str, server: Option<&ServerInfo>) -> String {
+    match server {
+        Some(s) if s.leader => format!("{role} (leader)"),
+        Some(s) if s.membership == Membership::Learner => format!("{role} (learner)"),
+        _ => role.to_string(),
+    }
+}
+
+pub fn nodes(list: &[NodeInfo], servers: &[ServerInfo]) -> String {
     let mut t = table(&[
         "NAME",
+        "ROLE",
         "STATE",
         "HEARTBEAT",
         "ADDRESS",
@@ -239,8 +296,10 @@ pub fn nodes(list: &[NodeInfo]) -> String {
     ]);
     for info in list {
         let n = &info.node;
+        let (role, server) = role_of(&n.name, servers);
         t.add_row(vec![
             n.name.clone(),
+            role_text(role, server),
             node_state(n),
             heartbeat_age(info),
             n.address.clone(),
@@ -256,6 +315,39 @@ pub fn nodes(list: &[NodeInfo]) -> String {
             ),
             n.drivers.join(","),
             n.notes.join("; "),
+        ]);
+    }
+    for s in servers
+        .iter()
+        .filter(|s| !list.iter().any(|n| n.node.name == s.name))
+    {
+        t.add_row(vec![
+            s.name.clone(),
+            role_text("server", Some(s)),
+            "-".into(),
+            s.address.clone(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            String::new(),
+        ]);
+    }
+    trimmed(t)
+}
+
+/// The group's servers, for when the nodes are summarised.
+pub fn servers(servers: &[ServerInfo]) -> String {
+    let mut t = table(&["SERVER", "NAME", "ADDRESS", "MEMBERSHIP", "LEADER"]);
+    for s in servers {
+        t.add_row(vec![
+            s.id.to_string(),
+            s.name.clone(),
+            s.address.clone(),
+            serde_json::to_value(s.membership)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            if s.leader { "yes" } else { "" }.to_string(),
         ]);
     }
     trimmed(t)

@@ -78,10 +78,13 @@ impl Signals {
 }
 
 fn listen_addr(conn: &Connection, default: &str) -> Result<SocketAddr> {
-    let raw = conn.api.as_deref().unwrap_or(default);
+    listen_on(conn.api.as_deref().unwrap_or(default), "--api")
+}
+
+fn listen_on(raw: &str, flag: &str) -> Result<SocketAddr> {
     let bare = raw.trim_start_matches("http://").trim_end_matches('/');
     bare.parse().with_context(|| {
-        format!("--api {raw:?} is not an address to listen on (like 127.0.0.1:7400)")
+        format!("{flag} {raw:?} is not an address to listen on (like 127.0.0.1:7400)")
     })
 }
 
@@ -109,6 +112,8 @@ pub async fn dev(
         report_batch: settings.report_batch,
         store: settings.store,
         reset,
+        // The agent below is called `local` too: `outpost nodes` shows one node, both roles.
+        name: "local".into(),
         ..server::ServerConfig::new(data_dir.clone(), listen)
     })
     .await
@@ -223,27 +228,52 @@ async fn show_endpoints(client: &Client, services: &[String]) {
     }
 }
 
-pub async fn server(conn: &Connection, reset: bool, settings: crate::ServerSettings) -> Result<()> {
+pub async fn server(conn: &Connection, role: crate::ServerRole) -> Result<()> {
     let signals = Signals::install()?;
     init_logging();
     let data_dir = conn
         .data_dir
         .clone()
         .context("a server needs --data-dir (or OUTPOST_DATA_DIR)")?;
-    let listen = listen_addr(conn, DEV_API)?;
-    let server = server::start(server::ServerConfig {
+    let listen = match &role.listen {
+        Some(raw) => listen_on(raw, "--listen")?,
+        None => listen_addr(conn, DEV_API)?,
+    };
+    if role.join.is_some() && conn.token.is_none() {
+        bail!(
+            "joining a group needs its cluster token: --token, --token-file or OUTPOST_TOKEN \
+             (a server of the group keeps it in its data dir's `token` file)"
+        );
+    }
+    let settings = role.settings;
+    let joining = role.join.clone();
+    let start = server::start(server::ServerConfig {
         limits: settings.limits,
         report_batch: settings.report_batch,
         store: settings.store,
-        reset,
+        reset: role.reset,
+        advertise: role.advertise,
+        name: role.name.unwrap_or_default(),
+        join: role.join,
+        token: joining.as_ref().and(conn.token.clone()),
         ..server::ServerConfig::new(data_dir.clone(), listen)
-    })
-    .await?;
-    println!(
-        "outpost server: API at http://{}; token in {}",
-        server.addr,
-        data_dir.join("token").display()
-    );
+    });
+    // A join waits for the leader; a signal meanwhile ends it.
+    let server = tokio::select! {
+        started = start => started?,
+        _ = signals.stop() => return Ok(()),
+    };
+    match joining {
+        Some(target) => println!(
+            "outpost server: joined the group of {target} as server {}; API at http://{}",
+            server.ctx.id, server.addr
+        ),
+        None => println!(
+            "outpost server: API at http://{}; token in {}",
+            server.addr,
+            data_dir.join("token").display()
+        ),
+    }
     signals.stop().await;
     server.shutdown().await;
     Ok(())

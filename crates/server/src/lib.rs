@@ -13,13 +13,17 @@
 //!   and the states it leads to with the probes' findings.
 //! - [`network`]: Raft RPCs to peer servers.
 //! - [`logs`]: `outpost logs`, proxied from the agents that hold the files.
+//! - [`cluster`]: membership (join, voter, leave) and which server answers what: writes and
+//!   current reads are forwarded to the leader.
 //!
-//! One server is a one-member Raft group: a server only ever initializes a group of itself, and
-//! nothing adds members yet.
+//! One server is a one-member Raft group. The first server founds the group (Raft id 1); others
+//! join it ([`ServerConfig::join`]) and keep the id they were given in the data dir's
+//! `server-id`, so a plain restart rejoins.
 
 pub mod answer;
 pub mod batch;
 pub mod blocking;
+pub mod cluster;
 pub mod controller;
 pub mod detector;
 pub mod logs;
@@ -41,7 +45,18 @@ use tokio::sync::watch;
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    /// Raft id of this server; 1 for a single server.
+    /// Where the other servers and clients reach this one (`host:port`); the bound listen
+    /// address when not given.
+    pub advertise: Option<String>,
+    /// This server's name in the membership; `server-ID` when empty.
+    pub name: String,
+    /// Join the group of the server at this address on the first start (`outpost server join`).
+    /// A data dir that already holds a `server-id` refuses it: a plain start rejoins.
+    pub join: Option<String>,
+    /// The cluster token to keep in the data dir (a joining server is given it). Refused when
+    /// the data dir already holds another.
+    pub token: Option<String>,
+    /// Raft id of this server when its data dir holds none: 1 for the founder.
     pub id: u64,
     /// Found a one-member group on the first start. A server that is to be added to an existing
     /// group (as a learner, then a voter) starts without, and waits for the leader to reach it.
@@ -62,6 +77,10 @@ impl ServerConfig {
         ServerConfig {
             data_dir,
             listen,
+            advertise: None,
+            name: String::new(),
+            join: None,
+            token: None,
             id: 1,
             found: true,
             limits: ApiLimits::default(),
@@ -147,6 +166,28 @@ pub enum ServerError {
     },
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error("cannot join the group of the server at {target}: {message}")]
+    Join {
+        target: String,
+        message: String,
+        /// Worth asking again: no answer, or no leader at the moment.
+        retry: bool,
+    },
+    #[error(
+        "data dir {dir} already belongs to server {id} of a group: start it with `outpost server \
+         --data-dir {dir}` to rejoin, or join with a new data dir"
+    )]
+    AlreadyJoined { dir: PathBuf, id: u64 },
+    #[error(
+        "the server id file {path} holds {text:?}, not a Raft id: restore the id this server was \
+         given, or remove it from the group and join again with a new data dir"
+    )]
+    BadId { path: PathBuf, text: String },
+    #[error(
+        "data dir {dir} holds the token of another cluster: join with a new data dir, or give \
+         the token it holds"
+    )]
+    OtherToken { dir: PathBuf },
     #[error(
         "the token file {path} is empty: write the cluster token into it, or remove it to have \
          a new token made (agents and clients then need the new one)"
@@ -196,6 +237,8 @@ pub struct Server {
     pub state: StateHandle,
     pub token: String,
     pub id: u64,
+    /// One membership change at a time (join, voter, leave), on the leader.
+    pub membership: Arc<tokio::sync::Mutex<()>>,
     pub limits: ApiLimits,
     /// Blocking queries open per client.
     pub blocking: blocking::Clients,
@@ -282,12 +325,13 @@ fn tighten(path: &Path) -> Result<(), ServerError> {
     })
 }
 
-/// Opens the store and starts Raft on it, founding a one-member group on the first start.
+/// Opens the store and starts Raft on it as server `id`, founding a one-member group on the
+/// first start when `found`.
 async fn start_raft(
     config: &ServerConfig,
+    me: &Identity,
     state_file: &Path,
     token: &str,
-    addr: SocketAddr,
 ) -> Result<(Raft, StateHandle), ServerError> {
     let (log, machine, state) = store::open(state_file, config.store.clone())?;
     tighten(state_file)?;
@@ -296,7 +340,7 @@ async fn start_raft(
         .validate()
         .map_err(|e| raft_err(&e))?;
     let raft = Raft::new(
-        config.id,
+        me.id,
         Arc::new(raft_config),
         network::Network::new(token.to_string()),
         log,
@@ -304,18 +348,137 @@ async fn start_raft(
     )
     .await
     .map_err(|e| raft_err(&e))?;
-    let members = BTreeMap::from([(
-        config.id,
-        Node {
-            addr: addr.to_string(),
-        },
-    )]);
-    if config.found {
+    let members = BTreeMap::from([(me.id, me.node.clone())]);
+    if me.found {
         store::raft::initialize_once(&raft, members)
             .await
             .map_err(|e| raft_err(&e))?;
     }
     Ok((raft, state))
+}
+
+/// The file where a server that joined a group keeps the Raft id it was given. The founder has
+/// none: its id is 1, as for every data dir made before servers could join.
+const SERVER_ID: &str = "server-id";
+
+/// Who this server is in the group.
+struct Identity {
+    id: u64,
+    node: Node,
+    /// Found a one-member group on the first start.
+    found: bool,
+    /// The servers to ask for a vote once running, when this start joined the group.
+    joined_through: Option<Vec<String>>,
+    /// A restart of a server that joined earlier (its id is in the data dir).
+    rejoined: bool,
+}
+
+fn read_id(dir: &Path) -> Result<Option<u64>, ServerError> {
+    let path = dir.join(SERVER_ID);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ServerError::DataDir { path, source }),
+    };
+    match text.trim().parse::<u64>() {
+        Ok(id) if id > 0 => Ok(Some(id)),
+        _ => Err(ServerError::BadId { path, text }),
+    }
+}
+
+/// The id from the data dir; or, joining, one the group's leader gives (written at once, so a
+/// restart keeps it); or the configured one.
+async fn identity(
+    config: &ServerConfig,
+    token: &str,
+    advertise: &str,
+    http: &reqwest::Client,
+) -> Result<Identity, ServerError> {
+    let dir = &config.data_dir;
+    let node = |id| Node {
+        addr: advertise.to_string(),
+        name: cluster::name_or_default(&config.name, id),
+    };
+    match (read_id(dir)?, &config.join) {
+        (Some(id), Some(_)) => Err(ServerError::AlreadyJoined {
+            dir: dir.clone(),
+            id,
+        }),
+        (Some(id), None) => Ok(Identity {
+            id,
+            node: node(id),
+            found: false,
+            joined_through: None,
+            rejoined: true,
+        }),
+        (None, None) => Ok(Identity {
+            id: config.id,
+            node: node(config.id),
+            found: config.found,
+            joined_through: None,
+            rejoined: false,
+        }),
+        (None, Some(target)) => {
+            let request = api::JoinRequest {
+                address: advertise.to_string(),
+                name: config.name.clone(),
+            };
+            let answer = cluster::ask_to_join(http, target, token, &request).await?;
+            write_token(dir, token)?;
+            let path = dir.join(SERVER_ID);
+            seal::files::write_private(&path, format!("{}\n", answer.id).as_bytes())
+                .map_err(|source| ServerError::DataDir { path, source })?;
+            let mut through = vec![target.clone()];
+            through.extend(answer.servers.into_iter().map(|s| s.address));
+            Ok(Identity {
+                id: answer.id,
+                node: node(answer.id),
+                found: false,
+                joined_through: Some(through),
+                rejoined: false,
+            })
+        }
+    }
+}
+
+/// The cluster token: the one given (kept in the data dir, which must not hold another), or the
+/// data dir's own, made on the first start.
+fn token_of(config: &ServerConfig) -> Result<String, ServerError> {
+    let dir = &config.data_dir;
+    let Some(given) = config.token.as_deref().map(str::trim) else {
+        return load_or_create_token(dir);
+    };
+    let path = dir.join(MARKER);
+    match std::fs::read_to_string(&path) {
+        Ok(held) if held.trim() == given => Ok(given.to_string()),
+        Ok(_) => Err(ServerError::OtherToken { dir: dir.clone() }),
+        // A joining server keeps the token once the group took it (`identity`).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.join.is_some() => {
+            Ok(given.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_token(dir, given)?;
+            Ok(given.to_string())
+        }
+        Err(source) => Err(ServerError::DataDir { path, source }),
+    }
+}
+
+fn write_token(dir: &Path, token: &str) -> Result<(), ServerError> {
+    let path = dir.join(MARKER);
+    seal::files::write_private(&path, format!("{token}\n").as_bytes())
+        .map_err(|source| ServerError::DataDir { path, source })
+}
+
+/// The body limit of the Raft routes: AppendEntries of the largest entries this server commits.
+pub fn raft_body_limit(limits: &ApiLimits) -> usize {
+    store::raft::raft_body_limit(max_entry_bytes(limits))
+}
+
+/// The largest entry, as JSON, a server commits: twice the API's body limit, room for what a
+/// deploy's specs grow to once every default is written out. A larger deploy is refused.
+pub fn max_entry_bytes(limits: &ApiLimits) -> usize {
+    limits.listener.body_limit.saturating_mul(2)
 }
 
 /// Starts the batcher that commits agents' reports, each batch as one `Command::Reports`.
@@ -337,8 +500,9 @@ fn start_batcher(
     batch::Batcher::spawn(config, commit, stop)
 }
 
-/// Starts a server: opens the store, starts Raft (founding a one-member group on first start),
-/// serves the API, and runs the leader's controllers.
+/// Starts a server: opens the store, starts Raft (founding a one-member group on first start,
+/// or joining the group of [`ServerConfig::join`]), serves the API, and runs the leader's
+/// controllers. A joining server returns once it is a voter.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     let dir = &config.data_dir;
     seal::files::private_dir(dir).map_err(|source| ServerError::DataDir {
@@ -346,9 +510,11 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         source,
     })?;
     let state_file = dir.join("state.redb");
-    // A server that joins a group gets its state from the leader: an empty one is expected.
-    check_state(dir, &state_file, config.reset || !config.found)?;
-    let token = load_or_create_token(dir)?;
+    // A server that joins (or joined) a group gets its state from the leader: an empty one is
+    // expected. Checked before anything is written.
+    let joins = !config.found || config.join.is_some() || read_id(dir)?.is_some();
+    check_state(dir, &state_file, config.reset || joins)?;
+    let token = token_of(&config)?;
     let listen_err = |source| ServerError::Listen {
         addr: config.listen,
         source,
@@ -357,18 +523,22 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         .await
         .map_err(listen_err)?;
     let addr = listener.local_addr().map_err(listen_err)?;
-    let (raft, state) = start_raft(&config, &state_file, &token, addr).await?;
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let http = peer_http();
+    let me = identity(&config, &token, &advertise, &http).await?;
+    let (raft, state) = start_raft(&config, &me, &state_file, &token).await?;
     let (stop, stop_rx) = watch::channel(false);
     let reports = start_batcher(&raft, config.report_batch, stop_rx.clone());
     let ctx = Server {
         raft,
         state,
         token: token.clone(),
-        id: config.id,
+        id: me.id,
+        membership: Arc::default(),
         limits: config.limits.clone(),
         blocking: blocking::Clients::new(config.limits.blocking_per_client),
         heartbeats: controller::Heartbeats::default(),
-        http: peer_http(),
+        http,
         reports,
     };
     tokio::spawn(controller::services(ctx.clone(), stop_rx.clone()));
@@ -383,20 +553,35 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             let _ = stopped.wait_for(|stop| *stop).await;
         },
     ));
-    // Written last: its presence tells a local CLI the API is up.
-    let api_file = dir.join("api");
-    seal::files::write_private(&api_file, format!("http://{addr}\n").as_bytes()).map_err(
-        |source| ServerError::DataDir {
-            path: api_file,
-            source,
-        },
-    )?;
-    tracing::info!("API listening on http://{addr}");
-    Ok(ServerHandle {
+    let handle = ServerHandle {
         addr,
         token,
         ctx,
         stop,
         serve,
-    })
+    };
+    if me.rejoined {
+        tokio::spawn(cluster::vote_if_learner(handle.ctx.clone()));
+    }
+    if let Some(through) = &me.joined_through {
+        let asked = cluster::ask_to_vote(&handle.ctx.http, through, &handle.token, me.id).await;
+        if let Err(e) = asked {
+            handle.shutdown().await;
+            return Err(e);
+        }
+        tracing::info!("joined the group as server {}", me.id);
+    }
+    // Written last: its presence tells a local CLI the API is up.
+    let api_file = dir.join("api");
+    if let Err(source) =
+        seal::files::write_private(&api_file, format!("http://{addr}\n").as_bytes())
+    {
+        handle.shutdown().await;
+        return Err(ServerError::DataDir {
+            path: api_file,
+            source,
+        });
+    }
+    tracing::info!("API listening on http://{addr} as server {}", me.id);
+    Ok(handle)
 }

@@ -1,6 +1,7 @@
 //! The `/v1` API. Every route but the OpenAPI document needs the bearer token. Writes are
 //! validated whole before anything is proposed, so a bad request changes nothing; reads answer
-//! from this server's applied state.
+//! from the applied state. Writes and listings are answered by the leader, to which a follower
+//! forwards them (`cluster::at_leader`).
 //!
 //! Each handler carries its OpenAPI description (`#[utoipa::path]`) and is routed through
 //! `utoipa_axum`, so the document served at `/v1/openapi.json` lists exactly what is routed.
@@ -31,7 +32,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::answer::{Answer, Fail, Json, no_node, no_service, unavailable};
-use crate::{ApiLimits, Server, blocking, now};
+use crate::{ApiLimits, Server, blocking, cluster, now};
 
 pub fn router(ctx: Server) -> Router {
     let limits = ctx.limits.clone();
@@ -41,6 +42,10 @@ pub fn router(ctx: Server) -> Router {
         .route("/v1/raft/append", post(raft_append))
         .route("/v1/raft/vote", post(raft_vote))
         .route("/v1/raft/snapshot", post(raft_snapshot))
+        .route_layer(middleware::from_fn_with_state(
+            crate::raft_body_limit(&limits),
+            raft_body_limit,
+        ))
         .route_layer(middleware::from_fn_with_state(
             limits.request_timeout,
             httpd::time_limit,
@@ -59,7 +64,8 @@ pub fn router(ctx: Server) -> Router {
 
 /// Every documented route, each group with its layer.
 fn documented(ctx: &Server) -> OpenApiRouter<Server> {
-    let prompt = OpenApiRouter::new()
+    // Answered by the leader: writes, and reads that must be current (`cluster::at_leader`).
+    let at_leader = OpenApiRouter::new()
         .routes(routes!(list_services, deploy))
         .routes(routes!(get_service, remove_service))
         .routes(routes!(scale))
@@ -67,9 +73,33 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(list_nodes, register))
         .routes(routes!(heartbeat))
         .routes(routes!(report))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            cluster::at_leader,
+        ));
+    let prompt = OpenApiRouter::new()
         .routes(routes!(status))
+        .routes(routes!(cluster::cluster))
+        .merge(at_leader)
         .route_layer(middleware::from_fn_with_state(
             ctx.limits.request_timeout,
+            httpd::time_limit,
+        ));
+    // A join waits for the new server to catch up before it answers.
+    let membership = OpenApiRouter::new()
+        .routes(routes!(cluster::join))
+        .routes(routes!(cluster::promote))
+        .routes(routes!(cluster::remove))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            cluster::at_leader,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            cluster::server_only,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.limits.request_timeout + cluster::CATCH_UP,
             httpd::time_limit,
         ));
     let blocking = OpenApiRouter::new()
@@ -80,7 +110,18 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
             blocking::limit,
         ));
     let streams = OpenApiRouter::new().routes(routes!(crate::logs::logs));
-    prompt.merge(blocking).merge(streams)
+    prompt.merge(membership).merge(blocking).merge(streams)
+}
+
+/// Middleware of the Raft routes: their bodies may be as large as a full AppendEntries request
+/// ([`crate::raft_body_limit`]), not just the API's limit.
+async fn raft_body_limit(
+    State(limit): State<usize>,
+    mut req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    req.extensions_mut().insert(httpd::BodyLimit(limit));
+    next.run(req).await
 }
 
 /// The whole document: the frame from `api`, the routed paths, and the error answers every
@@ -306,6 +347,7 @@ async fn deploy(
         services: req.services,
         time: now(),
     };
+    check_entry_size(&command, &ctx.limits)?;
     let changes = if req.dry_run {
         // The same apply the store runs, on a copy: what is shown is exactly what would happen.
         // A deploy reads and changes only the services (and adds events), so the copy leaves
@@ -326,6 +368,23 @@ async fn deploy(
             format!("unexpected store answer {other:?}"),
         )),
     }
+}
+
+/// A deploy whose entry would be over [`crate::max_entry_bytes`] is refused: the Raft routes of
+/// the other servers take AppendEntries of entries up to that size only.
+fn check_entry_size(command: &Command, limits: &ApiLimits) -> Result<(), Fail> {
+    let max = crate::max_entry_bytes(limits);
+    let size = serde_json::to_vec(command).map_or(usize::MAX, |bytes| bytes.len());
+    if size <= max {
+        return Ok(());
+    }
+    Err(Fail::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the deploy makes a log entry of {size} bytes, over the limit of {max} bytes (twice \
+             --max-body-size); deploy the services in several requests. Nothing was changed"
+        ),
+    ))
 }
 
 /// Remove a service: stop its tasks, then forget it.

@@ -77,6 +77,7 @@ async fn a_late_server_installs_a_large_snapshot_sent_in_chunks_and_has_the_same
     let b = server::start(second).await.unwrap();
     let node = Node {
         addr: b.addr.to_string(),
+        name: "b".into(),
     };
     a.ctx.raft.add_learner(2, node, true).await.unwrap();
     let applied = a.ctx.state.applied_index();

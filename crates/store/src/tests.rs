@@ -254,7 +254,13 @@ pub(crate) async fn start(path: &Path) -> (Raft, StateHandle) {
     let raft = Raft::new(SELF, config, NoPeers, log, state_machine)
         .await
         .unwrap();
-    let members = BTreeMap::from([(SELF, Node::new("127.0.0.1:7000"))]);
+    let members = BTreeMap::from([(
+        SELF,
+        Node {
+            addr: "127.0.0.1:7000".into(),
+            name: String::new(),
+        },
+    )]);
     crate::raft::initialize_once(&raft, members).await.unwrap();
     raft.wait(Some(PATIENCE))
         .current_leader(SELF, "single member leads")

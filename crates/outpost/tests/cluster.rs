@@ -1,0 +1,617 @@
+//! Three `outpost server` processes on loopback form one Raft group, as an operator sets them
+//! up: the first founds it, two join it. Any server answers; writes through a follower reach the
+//! leader; a SIGKILLed leader is replaced under a steady write load without losing an
+//! acknowledged write; the killed server rejoins on a plain restart; a removed server leaves
+//! the group, which goes on with two.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::outpost_bin;
+
+/// Far above what elections, joins and catch-up take on a loaded 2-core machine.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+fn wait_long<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One `outpost server` process and its data dir.
+struct ServerProc {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Where it listens; port 0 until the first start picked one, kept across restarts (the
+    /// group knows the server by this address).
+    listen: String,
+}
+
+impl ServerProc {
+    /// Founds a group.
+    fn found() -> ServerProc {
+        let mut s = ServerProc::new();
+        s.spawn(&[], &[]);
+        s
+    }
+
+    /// Joins the group of the server at `target`, with the cluster token.
+    fn join(target: &str, token: &str) -> ServerProc {
+        let mut s = ServerProc::new();
+        s.spawn(&["--token", token], &["join", target]);
+        s
+    }
+
+    fn new() -> ServerProc {
+        ServerProc {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            listen: "127.0.0.1:0".into(),
+        }
+    }
+
+    fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the server (`server [join ADDR] --listen …`) and waits until its `api` file says
+    /// it is up (written once it serves, and for a join once it is a voter).
+    fn spawn(&mut self, global: &[&str], action: &[&str]) {
+        let _ = std::fs::remove_file(self.data_dir().join("api"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir().join("server.log"))
+            .unwrap();
+        let child = Command::new(outpost_bin())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(global)
+            .arg("server")
+            .args(action)
+            .args(["--listen", &self.listen])
+            .env("OUTPOST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let api = wait_long("the server to answer", || {
+            let child = self.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the server exited with {status}:\n{}", self.log());
+            }
+            std::fs::read_to_string(self.data_dir().join("api")).ok()
+        });
+        self.listen = api.trim().trim_start_matches("http://").to_string();
+    }
+
+    /// A plain restart: `outpost server --data-dir D --listen ADDR`, no join.
+    fn restart(&mut self) {
+        self.spawn(&[], &[]);
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("server.log")).unwrap_or_default()
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// The CLI against this server only.
+    fn cli(&self, token: &str, args: &[&str]) -> Output {
+        cli(&self.listen, token, args)
+    }
+
+    fn json(&self, token: &str, args: &[&str]) -> Value {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        let out = self.cli(token, &full);
+        assert!(
+            out.status.success(),
+            "outpost {args:?} against {} failed: {}\n--- server log ---\n{}",
+            self.listen,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Raft ids of the servers `nodes` shows, and the leader's, as this server answers.
+    fn servers(&self, token: &str) -> (Vec<u64>, Vec<u64>) {
+        let rows = self.json(token, &["nodes"]);
+        let servers: Vec<&Value> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["role"] == "server")
+            .collect();
+        let ids = servers
+            .iter()
+            .filter_map(|r| r["server_id"].as_u64())
+            .collect();
+        let leaders = servers
+            .iter()
+            .filter(|r| r["leader"] == true)
+            .filter_map(|r| r["server_id"].as_u64())
+            .collect();
+        (ids, leaders)
+    }
+
+    /// `GET /v1/status` of this server: its id, the leader it knows, its applied index.
+    fn status(&self, token: &str) -> Option<Value> {
+        std::net::TcpStream::connect(&self.listen).ok()?;
+        let auth = format!("Bearer {token}");
+        let base = format!("http://{}", self.listen);
+        let (code, body) = support::request(
+            "GET",
+            &base,
+            "/v1/status",
+            &[("Authorization", &auth)],
+            None,
+        );
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn cli(api: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(outpost_bin())
+        .args(["--api", api, "--token", token])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run outpost")
+}
+
+fn spec_file(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!("name: {name}\nreplicas: 1\ncommand: [\"sleep\", \"1000\"]\n"),
+    )
+    .unwrap();
+    path
+}
+
+fn service_names(server: &ServerProc, token: &str) -> Vec<String> {
+    server
+        .json(token, &["services"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Waits until every server in `servers` shows the same `expected` servers and one leader
+/// among them; returns the leader's id.
+fn wait_agreed(servers: &[&ServerProc], token: &str, expected: &[u64]) -> u64 {
+    wait_long(
+        "every server to show the same members and one leader",
+        || {
+            let mut leader = None;
+            for s in servers {
+                let (mut ids, leaders) = s.servers(token);
+                ids.sort_unstable();
+                if ids != expected || leaders.len() != 1 {
+                    return None;
+                }
+                if leader.is_some_and(|l| l != leaders[0]) {
+                    return None;
+                }
+                leader = Some(leaders[0]);
+            }
+            leader
+        },
+    )
+}
+
+/// Deploys a new service `w{n}` through every server the CLI is given, in a loop, and records
+/// the ones the CLI acknowledged with the time each was.
+struct Writer {
+    acked: Arc<Mutex<Vec<(u32, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(apis: String, token: String, dir: PathBuf) -> Writer {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (acked.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut n = 0;
+            while !s.load(Ordering::Relaxed) {
+                n += 1;
+                let name = format!("w{n}");
+                let file = spec_file(&dir, &name);
+                let out = cli(&apis, &token, &["deploy", "-f", file.to_str().unwrap()]);
+                if out.status.success() {
+                    a.lock().unwrap().push((n, Instant::now()));
+                }
+            }
+        });
+        Writer {
+            acked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn acked_after(&self, t: Instant) -> usize {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, at)| *at > t)
+            .count()
+    }
+
+    fn first_after(&self, t: Instant) -> Option<Instant> {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, at)| *at)
+            .find(|at| *at > t)
+    }
+
+    fn finish(mut self) -> Vec<u32> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.acked.lock().unwrap().iter().map(|(n, _)| *n).collect()
+    }
+}
+
+#[test]
+fn three_servers_answer_alike_survive_a_leader_kill_without_losing_a_write_and_shrink_to_two() {
+    let first = ServerProc::found();
+    let token = first.token();
+    let second = ServerProc::join(&first.listen, &token);
+    // The third joins through the second, a follower: the join is forwarded to the leader.
+    let third = ServerProc::join(&second.listen, &token);
+    let mut servers = [first, second, third];
+    let all: Vec<&ServerProc> = servers.iter().collect();
+    let leader = wait_agreed(&all, &token, &[1, 2, 3]);
+
+    // A deploy through a follower is acknowledged, and every server shows it at once: reads
+    // that must be current are answered by the leader after a read-index check.
+    let follower = servers
+        .iter()
+        .position(|s| s.status(&token).unwrap()["node_id"] != leader);
+    let follower = &servers[follower.expect("a follower")];
+    let file = spec_file(follower.data_dir(), "web");
+    let out = follower.cli(&token, &["deploy", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "deploy through a follower: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in &servers {
+        assert!(
+            service_names(s, &token).contains(&"web".to_string()),
+            "server at {} does not show the deploy acknowledged just before",
+            s.listen
+        );
+    }
+
+    // SIGKILL the leader under a steady write load through a CLI that knows all three.
+    let apis: Vec<String> = servers.iter().map(|s| s.listen.clone()).collect();
+    let writes = tempfile::tempdir().unwrap();
+    let writer = Writer::start(apis.join(","), token.clone(), writes.path().to_path_buf());
+    wait_long("writes to be acknowledged before the kill", || {
+        (writer.acked_after(Instant::now() - PATIENCE) >= 5).then_some(())
+    });
+    let killed = servers
+        .iter()
+        .position(|s| {
+            s.status(&token)
+                .is_some_and(|st| st["node_id"] == leader && st["leader"] == leader)
+        })
+        .expect("the leader among the servers");
+    let victim_pid = servers[killed].pid();
+    servers[killed].sigkill();
+    let kill_time = Instant::now();
+    assert!(!support::alive(u64::from(victim_pid)));
+    wait_long(
+        "writes to be acknowledged again after the leader's kill",
+        || (writer.acked_after(kill_time) >= 5).then_some(()),
+    );
+    let answered = writer.first_after(kill_time).unwrap() - kill_time;
+    println!(
+        "figure: leader SIGKILL -> writes answered again through the others: {} ms",
+        answered.as_millis()
+    );
+    let acked = writer.finish();
+
+    // No acknowledged write is lost, as the surviving servers show.
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != killed).collect();
+    for i in &survivors {
+        let names = service_names(&servers[*i], &token);
+        let lost: Vec<&u32> = acked
+            .iter()
+            .filter(|n| !names.contains(&format!("w{n}")))
+            .collect();
+        assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    }
+
+    // A plain restart: the killed server rejoins as a follower and catches up.
+    servers[killed].restart();
+    let all: Vec<&ServerProc> = servers.iter().collect();
+    let new_leader = wait_agreed(&all, &token, &[1, 2, 3]);
+    assert_ne!(
+        new_leader, leader,
+        "the killed server does not lead on its return"
+    );
+    let expected = service_names(&servers[survivors[0]], &token);
+    let back = &servers[killed];
+    assert_eq!(service_names(back, &token), expected);
+    let leader_index = servers
+        .iter()
+        .find_map(|s| s.status(&token).filter(|st| st["node_id"] == new_leader))
+        .unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    wait_long("the restarted server to apply what the leader had", || {
+        let st = back.status(&token)?;
+        (st["applied_index"].as_u64()? >= leader_index && st["leader"] == new_leader).then_some(())
+    });
+
+    // Remove a follower: the group goes on with two, and still takes writes.
+    let gone = servers
+        .iter()
+        .position(|s| {
+            s.status(&token)
+                .is_some_and(|st| st["node_id"] != new_leader)
+        })
+        .unwrap();
+    let gone_id = servers[gone].status(&token).unwrap()["node_id"]
+        .as_u64()
+        .unwrap();
+    let keeper = (0..3).find(|i| *i != gone).unwrap();
+    let out = servers[keeper].cli(&token, &["server", "leave", &gone_id.to_string()]);
+    assert!(
+        out.status.success(),
+        "server leave: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    servers[gone].sigkill();
+    let rest: Vec<&ServerProc> = (0..3).filter(|i| *i != gone).map(|i| &servers[i]).collect();
+    let mut ids: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != gone_id).collect();
+    ids.sort_unstable();
+    wait_agreed(&rest, &token, &ids);
+    let file = spec_file(writes.path(), "after-leave");
+    wait_long("a write to the group of two", || {
+        rest[0]
+            .cli(&token, &["deploy", "-f", file.to_str().unwrap()])
+            .status
+            .success()
+            .then_some(())
+    });
+    for s in &rest {
+        assert!(service_names(s, &token).contains(&"after-leave".to_string()));
+    }
+}
+
+#[test]
+fn a_join_with_a_wrong_token_is_refused_and_leaves_nothing_behind() {
+    let first = ServerProc::found();
+    let mut joiner = ServerProc::new();
+    let out = Command::new(outpost_bin())
+        .arg("--data-dir")
+        .arg(joiner.data_dir())
+        .args(["--token", "not-the-token", "server", "join", &first.listen])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a wrong token joined");
+    assert!(
+        err.contains("cannot join the group of the server at") && err.contains("token"),
+        "{err}"
+    );
+    for file in ["server-id", "token", "state.redb"] {
+        assert!(
+            !joiner.data_dir().join(file).exists(),
+            "{file} was left behind"
+        );
+    }
+    joiner.child = None;
+    let (ids, _) = first.servers(&first.token());
+    assert_eq!(ids, [1], "the group is unchanged");
+}
+
+/// `outpost agent` given one server of three, with its data dir under `dir/agent`.
+struct AgentProc {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl AgentProc {
+    fn start(api: &str, token: &str, name: &str) -> AgentProc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(outpost_bin())
+            .arg("--data-dir")
+            .arg(dir.path().join("agent"))
+            .args(["--api", api, "--token", token, "agent", "--name", name])
+            .env("OUTPOST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        AgentProc { dir, child }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        support::remove_cgroups(self.dir.path());
+    }
+}
+
+/// The task of `service` that runs on `node`, as `ps` on `server` shows it.
+fn running_on(server: &ServerProc, token: &str, service: &str, node: &str) -> Option<()> {
+    let tasks = server.json(token, &["ps", service]);
+    tasks
+        .as_array()?
+        .iter()
+        .any(|t| t["node"] == node && t["state"] == "running")
+        .then_some(())
+}
+
+#[test]
+fn an_agent_given_one_server_carries_on_through_the_others_when_it_dies() {
+    let first = ServerProc::found();
+    let token = first.token();
+    let second = ServerProc::join(&first.listen, &token);
+    let third = ServerProc::join(&first.listen, &token);
+    let leader = wait_agreed(&[&first, &second, &third], &token, &[1, 2, 3]);
+    // The agent is given one follower only; it learns the others when it registers.
+    let servers = [first, second, third];
+    let given = servers
+        .iter()
+        .position(|s| s.status(&token).is_some_and(|st| st["node_id"] != leader))
+        .unwrap();
+    let agent = AgentProc::start(&servers[given].listen, &token, "edge1");
+    let other = &servers[(given + 1) % 3];
+    wait_long("the agent's node to be ready", || {
+        let rows = other.json(&token, &["nodes"]);
+        rows.as_array()?
+            .iter()
+            .any(|n| n["name"] == "edge1" && n["state"] == "ready" && n["role"] == "agent")
+            .then_some(())
+    });
+    let specs = tempfile::tempdir().unwrap();
+    let file = spec_file(specs.path(), "before");
+    assert!(
+        other
+            .cli(&token, &["deploy", "-f", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    wait_long("the first service's task to run on the agent", || {
+        running_on(other, &token, "before", "edge1")
+    });
+
+    // The server the agent was given dies; a service deployed afterwards still reaches it.
+    let mut servers = servers;
+    servers[given].sigkill();
+    let rest: Vec<&ServerProc> = (0..3)
+        .filter(|i| *i != given)
+        .map(|i| &servers[i])
+        .collect();
+    let file = spec_file(specs.path(), "after");
+    wait_long("a deploy after the server's death", || {
+        rest[0]
+            .cli(&token, &["deploy", "-f", file.to_str().unwrap()])
+            .status
+            .success()
+            .then_some(())
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while running_on(rest[0], &token, "after", "edge1").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never ran the service deployed after its server died:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rows = rest[1].json(&token, &["nodes"]);
+    let edge = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "edge1")
+        .cloned()
+        .unwrap();
+    assert_eq!(edge["state"], "ready", "{edge}");
+}
+
+#[test]
+fn dev_is_one_node_that_is_both_server_and_agent_and_leads() {
+    let dev = support::Dev::start(&[]);
+    dev.node();
+    let rows = dev.json(&["nodes"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "one row for the server and its agent: {rows:?}"
+    );
+    let local = &rows[0];
+    assert_eq!(local["name"], "local");
+    assert_eq!(local["role"], "both");
+    assert_eq!(local["leader"], true);
+    assert_eq!(local["server_id"], 1);
+    let table = dev.ok(&["nodes"]);
+    assert!(table.contains("both (leader)"), "{table}");
+}
