@@ -165,6 +165,7 @@ impl Cluster {
     }
 
     /// `outpost -o json nodes`, as an operator on the server's host runs it.
+    /// The agents' nodes (the server has a row of its own, `role: server`).
     fn nodes(&self) -> Vec<Value> {
         let out = Command::new(outpost_bin())
             .arg("--data-dir")
@@ -176,7 +177,8 @@ impl Cluster {
             return vec![];
         }
         let nodes: Value = serde_json::from_slice(&out.stdout).unwrap();
-        nodes.as_array().cloned().unwrap_or_default()
+        let rows = nodes.as_array().cloned().unwrap_or_default();
+        rows.into_iter().filter(|n| n["role"] != "server").collect()
     }
 
     fn node(&self, name: &str) -> Option<Value> {
