@@ -354,6 +354,7 @@ mod tests {
             message: None,
             created_at: Timestamp(0),
             updated_at: Timestamp(0),
+            node_state: None,
         }
     }
 

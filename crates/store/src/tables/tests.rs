@@ -356,6 +356,7 @@ fn placed_task(service: &str, slot: u32, n: u64, node: usize) -> Task {
         message: None,
         created_at: at(0),
         updated_at: at(0),
+        node_state: None,
     }
 }
 
