@@ -260,7 +260,7 @@ enum Command {
         /// Only tasks placed on this node.
         #[arg(long)]
         node: Option<String>,
-        /// Only tasks in this state: pending, starting, running, exited or failed.
+        /// Only tasks in this state: pending, starting, running, exited, failed or lost.
         #[arg(long, value_parser = wire_value::<api::TaskState>)]
         state: Option<api::TaskState>,
         /// Show every task, however many.

@@ -8,6 +8,8 @@
 //! - [`blocking`]: the per-client cap on blocking queries.
 //! - [`controller`]: the leader's loops: the service controller (diff desired vs actual, ask the
 //!   scheduler, commit the plan) and the node monitor (heartbeats in memory, transitions to Raft).
+//! - [`lost`]: the leader's loop that gives up the tasks of lost nodes once their service's
+//!   `on_node_lost` allows, so that the service controller replaces them.
 //! - [`network`]: Raft RPCs to peer servers.
 //! - [`logs`]: `outpost logs`, proxied from the agents that hold the files.
 //!
@@ -19,6 +21,7 @@ pub mod batch;
 pub mod blocking;
 pub mod controller;
 pub mod logs;
+pub mod lost;
 pub mod network;
 pub mod routes;
 
@@ -368,6 +371,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     };
     tokio::spawn(controller::services(ctx.clone(), stop_rx.clone()));
     tokio::spawn(controller::nodes(ctx.clone(), stop_rx.clone()));
+    tokio::spawn(lost::lost(ctx.clone(), stop_rx.clone()));
     let app = routes::router(ctx.clone());
     let mut stopped = stop_rx;
     let serve = tokio::spawn(httpd::serve(

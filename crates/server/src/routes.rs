@@ -177,8 +177,10 @@ fn summaries(s: &store::State, names: &[&str]) -> Vec<ServiceSummary> {
         };
         let current = s.services.get(&t.service).map(|svc| svc.version) == Some(t.version);
         if current && t.desired == DesiredState::Running {
-            *running += u32::from(t.state == TaskState::Running);
-            *ready += u32::from(t.ready);
+            // A task on a lost node is neither: its node cannot say.
+            let known = !s.on_lost_node(t);
+            *running += u32::from(known && t.state == TaskState::Running);
+            *ready += u32::from(s.counts_ready(t));
         }
     }
     let summary = |name: &str| {
@@ -521,7 +523,8 @@ async fn list_tasks(
         }
         let tasks = s.tasks.range::<str, _>((from, to)).map(|(_, t)| t);
         let tasks = tasks.take_while(|t| prefix.as_ref().is_none_or(|p| t.id.starts_with(p)));
-        Ok(page(tasks.filter(|t| q.matches(t)), limit, |t| &t.id))
+        let shown = tasks.filter(|t| q.matches(t)).map(|t| s.task_view(t));
+        Ok(page(shown, limit, |t| &t.id))
     })
 }
 

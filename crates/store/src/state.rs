@@ -744,7 +744,12 @@ impl State {
     /// that is `down` or `unreachable` is never counted ready, whatever it last reported; the
     /// node's state decides at read time, so no row is rewritten when a node goes down.
     pub fn counts_ready(&self, task: &Task) -> bool {
-        task.ready && !task.node.as_deref().is_some_and(|n| self.node_is_lost(n))
+        task.ready && !self.on_lost_node(task)
+    }
+
+    /// Whether the task's node is lost (`down` or `unreachable`).
+    pub fn on_lost_node(&self, task: &Task) -> bool {
+        task.node.as_deref().is_some_and(|n| self.node_is_lost(n))
     }
 
     /// A task as listings show it: with its node's state when that is not `ready`, and not
