@@ -169,6 +169,10 @@ pub struct Node {
     /// placed on it.
     #[serde(default)]
     pub memory_pressure: bool,
+    /// Set by `outpost node drain`: nothing new is placed on it, and each of its tasks stops
+    /// once a replacement placed elsewhere is ready.
+    #[serde(default)]
+    pub draining: bool,
     #[serde(default)]
     pub drivers: Vec<String>,
     /// What an operator should know about the node: how it isolates resources, drivers it lacks.

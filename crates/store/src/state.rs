@@ -403,6 +403,7 @@ impl State {
             capacity: Capacity::default(),
             allocatable: Capacity::default(),
             memory_pressure: false,
+            draining: false,
             drivers: Vec::new(),
             notes: Vec::new(),
             version: String::new(),
