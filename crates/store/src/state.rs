@@ -70,6 +70,12 @@ pub enum Command {
     /// that still qualifies when applied stops being wanted (its slot is placed again at once)
     /// and is marked `lost`. Added after `Reports`, so older entries still decode.
     LoseTasks { tasks: Vec<String>, time: Timestamp },
+    /// `outpost node drain` (`drain: true`) and `undrain`. Added after `LoseTasks`.
+    SetDrain {
+        node: String,
+        drain: bool,
+        time: Timestamp,
+    },
 }
 
 impl Command {
@@ -85,9 +91,17 @@ impl Command {
             | Command::Reconcile { time, .. }
             | Command::Report { time, .. }
             | Command::Reports { time, .. }
-            | Command::LoseTasks { time, .. } => *time,
+            | Command::LoseTasks { time, .. }
+            | Command::SetDrain { time, .. } => *time,
         }
     }
+}
+
+/// How a slot of a service version is filled: see [`State::slot_fill`].
+enum SlotFill {
+    Filled,
+    Waiting(String),
+    Open,
 }
 
 /// Why a task is to be given up: see [`State::loss_due`].
@@ -284,6 +298,7 @@ impl State {
                 self.forget_removed_services();
                 Response::Ok
             }
+            Command::SetDrain { node, drain, time } => self.set_drain(node, *drain, *time),
         }
     }
 
@@ -566,19 +581,16 @@ impl State {
         if svc.removing
             || p.slot == 0
             || p.slot > svc.spec.replicas
-            || !self.nodes.contains_key(&p.node)
+            || self.nodes.get(&p.node).is_none_or(|n| n.draining)
         {
             return;
         }
         let version = svc.version;
-        let current = self
-            .slot_task(&p.service, p.slot, version)
-            .map(|t| (t.id.clone(), t.node.is_some()));
-        let id = match current {
-            Some((_, true)) => return,
+        let id = match self.slot_fill(&p.service, p.slot, version) {
+            SlotFill::Filled => return,
             // A replica waiting for room gets its node; it keeps its id.
-            Some((id, false)) => id,
-            None => self.new_task(&p.service, p.slot, version, time),
+            SlotFill::Waiting(id) => id,
+            SlotFill::Open => self.new_task(&p.service, p.slot, version, time),
         };
         if let Some(task) = self.tasks.get_mut(&id) {
             task.node = Some(p.node.clone());
@@ -599,12 +611,79 @@ impl State {
         );
     }
 
-    /// The task that fills a slot of a service version, placed or waiting.
-    fn slot_task(&self, service: &str, slot: u32, version: u64) -> Option<&Task> {
+    /// The tasks wanted running in a slot of a service version, placed or waiting.
+    fn slot_tasks(&self, service: &str, slot: u32, version: u64) -> impl Iterator<Item = &Task> {
         self.lookup
             .of_slot(service, slot)
             .filter_map(|id| self.tasks.get(id))
-            .find(|t| t.desired == DesiredState::Running && t.version == version)
+            .filter(move |t| t.desired == DesiredState::Running && t.version == version)
+    }
+
+    /// Whether a slot of a service version is filled: by a task on a node that is not
+    /// draining (one on a draining node stays until its replacement is ready, but fills
+    /// nothing), or by a replica waiting for room.
+    fn slot_fill(&self, service: &str, slot: u32, version: u64) -> SlotFill {
+        let mut fill = SlotFill::Open;
+        for t in self.slot_tasks(service, slot, version) {
+            match &t.node {
+                None => fill = SlotFill::Waiting(t.id.clone()),
+                Some(node) if !self.node_draining(node) => return SlotFill::Filled,
+                Some(_) => {}
+            }
+        }
+        fill
+    }
+
+    /// Whether another task of `task`'s slot sits on a draining node, waiting for it.
+    fn drain_waits_on(&self, task: &Task) -> bool {
+        (self.slot_tasks(&task.service, task.slot, task.version))
+            .any(|o| o.id != task.id && o.node.as_deref().is_some_and(|n| self.node_draining(n)))
+    }
+
+    fn node_draining(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.draining)
+    }
+
+    /// Drains a node (nothing new is placed there; each of its tasks stops once a replacement
+    /// elsewhere is ready, see the scheduler) or stops draining it. Undraining calls off the
+    /// moves still under way: a replacement not yet needed, since its slot's task is here, is
+    /// stopped, so that each slot keeps one task off draining nodes.
+    fn set_drain(&mut self, node: &str, drain: bool, time: Timestamp) -> Response {
+        let Some(n) = self.nodes.get(node) else {
+            return Response::NotFound(node.to_string());
+        };
+        if n.draining == drain {
+            return Response::Ok;
+        }
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.draining = drain;
+        }
+        self.nodes_placement_index = self.index;
+        let message = if drain {
+            format!(
+                "node {node} is draining: nothing new is placed on it, and each of its tasks \
+                 stops once its replacement elsewhere is ready"
+            )
+        } else {
+            for id in self.replacements_of(node) {
+                self.stop_task(&id, time);
+            }
+            format!("node {node} is no longer draining")
+        };
+        self.event(time, Level::Info, "drain", None, None, Some(node), message);
+        Response::Ok
+    }
+
+    /// The tasks placed elsewhere, off draining nodes, in the slots of the tasks on `node`.
+    fn replacements_of(&self, node: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        for t in self.tasks_on(node).filter(|t| t.desired == DesiredState::Running) {
+            let others = (self.slot_tasks(&t.service, t.slot, t.version))
+                .filter(|o| o.id != t.id)
+                .filter(|o| o.node.as_deref().is_some_and(|n| !self.node_draining(n)));
+            ids.extend(others.map(|o| o.id.clone()));
+        }
+        ids
     }
 
     /// Creates a task with no node yet and returns its id.
@@ -857,6 +936,12 @@ impl State {
         if !moves_forward(task, status) {
             return;
         }
+        // A replacement's readiness is what a drain waits on: its slot's old task stops then.
+        let became_ready = status.ready && !task.ready;
+        let waited = (became_ready && self.drain_waits_on(task)).then(|| task.service.clone());
+        if let Some(service) = waited {
+            self.placement_moved(&service);
+        }
         let Some(task) = self.tasks.get_mut(&status.id) else {
             return;
         };
@@ -925,10 +1010,10 @@ impl State {
         }
         let (replicas, version) = (svc.spec.replicas, svc.version);
         for slot in 1..=replicas {
-            let id = match self.slot_task(service, slot, version) {
-                Some(t) if t.node.is_some() => continue,
-                Some(t) => t.id.clone(),
-                None => self.new_task(service, slot, version, time),
+            let id = match self.slot_fill(service, slot, version) {
+                SlotFill::Filled => continue,
+                SlotFill::Waiting(id) => id,
+                SlotFill::Open => self.new_task(service, slot, version, time),
             };
             let message = format!("waiting for a node: {reason}");
             if self.tasks.get(&id).and_then(|t| t.message.as_ref()) != Some(&message)
@@ -1035,13 +1120,18 @@ impl State {
             }
         }
         // One pass over the tasks, not one per service: debug builds check after every apply.
+        // A task on a draining node fills no slot: its replacement runs beside it until ready.
         let mut filled = BTreeSet::new();
         for t in self.tasks.values() {
             let current = self
                 .services
                 .get(&t.service)
                 .is_some_and(|svc| svc.version == t.version);
-            if current && t.desired == DesiredState::Running && !filled.insert((&t.service, t.slot))
+            let draining = t.node.as_deref().is_some_and(|n| self.node_draining(n));
+            if current
+                && t.desired == DesiredState::Running
+                && !draining
+                && !filled.insert((&t.service, t.slot))
             {
                 return Err(format!(
                     "service {} has two running tasks in one slot",
@@ -1761,7 +1851,7 @@ mod lost_tests {
             .collect();
         for (name, svc) in s.services.iter().filter(|(_, svc)| !svc.removing) {
             for slot in 1..=svc.spec.replicas {
-                if s.slot_task(name, slot, svc.version).is_none()
+                if matches!(s.slot_fill(name, slot, svc.version), SlotFill::Open)
                     && let Some(node) = ready.first()
                 {
                     place.push(Placement {
@@ -2064,5 +2154,164 @@ mod lost_tests {
         assert_eq!(x, y);
         let entry = r#"{"Remove":{"service":"web","time":"1970-01-01T00:00:01Z"}}"#;
         assert!(serde_json::from_str::<Command>(entry).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    const T: Timestamp = Timestamp(1_000);
+
+    fn run(s: &mut State, commands: impl IntoIterator<Item = Command>) {
+        for c in commands {
+            s.apply(s.index + 1, &c);
+            assert_eq!(s.check(), Ok(()), "after {c:?}");
+        }
+    }
+
+    fn node(name: &str) -> Command {
+        Command::RegisterNode {
+            node: RegisterRequest {
+                name: name.into(),
+                address: String::new(),
+                capacity: Capacity::default(),
+                allocatable: Capacity::default(),
+                drivers: vec!["process".into()],
+                notes: vec![],
+                version: String::new(),
+            },
+            time: T,
+        }
+    }
+
+    fn drain(node: &str, drain: bool) -> Command {
+        Command::SetDrain {
+            node: node.into(),
+            drain,
+            time: T,
+        }
+    }
+
+    fn place(slot: u32, node: &str) -> Command {
+        Command::Reconcile {
+            place: vec![Placement {
+                service: "web".into(),
+                slot,
+                node: node.into(),
+            }],
+            stop: vec![],
+            pending: vec![],
+            time: T,
+        }
+    }
+
+    fn stop(id: &str) -> Command {
+        Command::Reconcile {
+            place: vec![],
+            stop: vec![id.into()],
+            pending: vec![],
+            time: T,
+        }
+    }
+
+    fn report(node: &str, id: &str, state: TaskState, ready: bool) -> Command {
+        Command::Report {
+            node: node.into(),
+            report: StatusReport {
+                tasks: vec![TaskStatus {
+                    id: id.into(),
+                    state,
+                    evicted: false,
+                    ready,
+                    restarts: 0,
+                    pid: Some(7),
+                    container_id: None,
+                    ports: BTreeMap::new(),
+                    started_at: Some(T),
+                    exit_code: None,
+                    message: None,
+                }],
+                ..StatusReport::default()
+            },
+            time: T,
+        }
+    }
+
+    /// `web` slot 1 on a (ready), slot 2 on b, then a drained.
+    fn a_draining() -> State {
+        let mut spec = ServiceSpec::process("web", &["app"]);
+        spec.replicas = 2;
+        let mut s = State::default();
+        run(
+            &mut s,
+            [
+                node("a"),
+                node("b"),
+                Command::Deploy {
+                    services: vec![spec],
+                    time: T,
+                },
+                place(1, "a"),
+                place(2, "b"),
+                report("a", "web.1.1", TaskState::Running, true),
+                drain("a", true),
+            ],
+        );
+        s
+    }
+
+    fn slot_one(s: &State) -> Vec<(String, Option<String>, DesiredState)> {
+        (s.tasks.values())
+            .filter(|t| t.slot == 1)
+            .map(|t| (t.id.clone(), t.node.clone(), t.desired))
+            .collect()
+    }
+
+    #[test]
+    fn a_drained_task_runs_beside_its_replacement_until_that_is_ready() {
+        let mut s = a_draining();
+        assert!(s.nodes["a"].draining);
+        assert_eq!(s.nodes_placement_index, s.index, "every service is planned again");
+        assert!(s.events.iter().any(|e| e.event.reason == "drain"));
+        // Nothing new on a; the replacement goes beside the old task, once.
+        run(&mut s, [place(1, "a"), place(1, "b"), place(1, "b")]);
+        let b = Some("b".to_string());
+        let a = Some("a".to_string());
+        assert_eq!(
+            slot_one(&s),
+            [
+                ("web.1.1".into(), a.clone(), DesiredState::Running),
+                ("web.1.3".into(), b.clone(), DesiredState::Running)
+            ]
+        );
+        let index = s.placement_index["web"];
+        run(&mut s, [report("b", "web.1.3", TaskState::Running, false)]);
+        assert_eq!(s.placement_index["web"], index, "not ready: nothing to plan");
+        run(&mut s, [report("b", "web.1.3", TaskState::Running, true)]);
+        assert!(s.placement_index["web"] > index, "ready: the old one may stop");
+        run(
+            &mut s,
+            [stop("web.1.1"), report("a", "web.1.1", TaskState::Exited, false)],
+        );
+        assert_eq!(s.tasks_on("a").count(), 0, "a is empty");
+        assert_eq!(slot_one(&s), [("web.1.3".into(), b, DesiredState::Running)]);
+    }
+
+    #[test]
+    fn undraining_calls_off_the_moves_under_way() {
+        let mut s = a_draining();
+        run(&mut s, [place(1, "b"), drain("a", false)]);
+        let a = Some("a".to_string());
+        assert_eq!(
+            slot_one(&s),
+            [
+                ("web.1.1".into(), a, DesiredState::Running),
+                ("web.1.3".into(), Some("b".into()), DesiredState::Shutdown)
+            ]
+        );
+        assert!(!s.nodes["a"].draining);
+        let answer = s.apply(s.index + 1, &drain("nope", true));
+        assert_eq!(answer, Response::NotFound("nope".into()));
     }
 }
