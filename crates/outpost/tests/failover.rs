@@ -179,3 +179,45 @@ fn rm_completes_while_a_node_of_the_service_is_down() {
     });
     assert!(server.json(&["ps"]).as_array().unwrap().is_empty());
 }
+
+#[test]
+fn a_drained_node_ends_empty_without_its_service_ever_dropping_below_its_replicas() {
+    let (server, n1, n2) = cluster();
+    server.deploy("web.yaml", WEB);
+    wait_for("web spread 2 and 2, all ready", || {
+        let web = ps(&server, "web");
+        (ready_on(&web, "n1").len() == 2 && ready_on(&web, "n2").len() == 2).then_some(())
+    });
+    assert_eq!(counts(&server, "web"), Some((4, 4)));
+
+    let out = server.ok(&["node", "drain", "n1"]);
+    assert!(out.contains("n1 is draining"), "{out}");
+    let nodes = server.ok(&["nodes"]);
+    assert!(nodes.contains("ready (draining)"), "{nodes}");
+    assert_eq!(server.node_named("n1").unwrap()["draining"], true);
+    // All along the move, every replica is ready somewhere: each old task stops only once its
+    // replacement is ready.
+    let mut lowest = 4;
+    wait_for("n1 to be empty, with 4 ready web replicas on n2", || {
+        let (ready, replicas) = counts(&server, "web")?;
+        lowest = lowest.min(ready);
+        assert!(ready >= replicas, "web dropped to {ready}/{replicas} ready during the drain");
+        let web = ps(&server, "web");
+        let on_n1 = web.iter().filter(|t| t["node"] == "n1").count();
+        let empty = on_n1 == 0 && n1.task_processes().is_empty();
+        (empty && ready_on(&web, "n2").len() == 4).then_some(())
+    });
+    assert_eq!(lowest, 4);
+    assert_eq!(n2.task_processes().len(), 4, "no duplicate left behind");
+
+    // Undrained, n1 takes new work again: a scale-up spreads onto it.
+    server.ok(&["node", "undrain", "n1"]);
+    assert_eq!(server.node_named("n1").unwrap()["draining"], false);
+    server.ok(&["scale", "web", "6"]);
+    wait_for("the new replicas on n1", || {
+        let web = ps(&server, "web");
+        (ready_on(&web, "n1").len() == 2 && ready_on(&web, "n2").len() == 4).then_some(())
+    });
+    let err = server.fails(&["node", "drain", "nope"]);
+    assert!(err.contains("nope"), "{err}");
+}
