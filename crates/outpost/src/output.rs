@@ -222,10 +222,13 @@ fn memory(bytes: u64) -> String {
 }
 
 fn node_state(n: &Node) -> String {
-    let notes: Vec<&str> = [(n.draining, "draining"), (n.memory_pressure, "memory pressure")]
-        .into_iter()
-        .filter_map(|(on, note)| on.then_some(note))
-        .collect();
+    let notes: Vec<&str> = [
+        (n.draining, "draining"),
+        (n.memory_pressure, "memory pressure"),
+    ]
+    .into_iter()
+    .filter_map(|(on, note)| on.then_some(note))
+    .collect();
     if notes.is_empty() {
         n.state.to_string()
     } else {

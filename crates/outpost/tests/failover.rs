@@ -61,7 +61,10 @@ fn counts(server: &Dev, service: &str) -> Option<(u64, u64)> {
 }
 
 fn ids(tasks: &[Value]) -> Vec<String> {
-    let mut ids: Vec<String> = tasks.iter().map(|t| t["id"].as_str().unwrap().into()).collect();
+    let mut ids: Vec<String> = tasks
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().into())
+        .collect();
     ids.sort();
     ids
 }
@@ -79,16 +82,20 @@ fn a_crashed_nodes_replicas_are_replaced_and_it_stops_only_what_was_replaced_whe
     server.deploy("db.yaml", DB);
     wait_for("web spread 2 and 2, db 1 and 1, all ready", || {
         let (web, db) = (ps(&server, "web"), ps(&server, "db"));
-        let spread = [(&web, 2), (&db, 1)]
-            .iter()
-            .all(|(tasks, n)| ready_on(tasks, "n1").len() == *n && ready_on(tasks, "n2").len() == *n);
+        let spread = [(&web, 2), (&db, 1)].iter().all(|(tasks, n)| {
+            ready_on(tasks, "n1").len() == *n && ready_on(tasks, "n2").len() == *n
+        });
         spread.then_some(())
     });
     let web_on_n2 = ids(&ready_on(&ps(&server, "web"), "n2"));
     let db_on_n2 = ids(&ready_on(&ps(&server, "db"), "n2"));
 
     let killed = n2.crash();
-    assert_eq!(killed.len(), 3, "n2 ran two web tasks and one db task: {killed:?}");
+    assert_eq!(
+        killed.len(),
+        3,
+        "n2 ran two web tasks and one db task: {killed:?}"
+    );
 
     // Until the replacements are ready on n1, `services` must never count n2's tasks. Read in
     // this order: a node that is down stays down (its agent is dead), and n1's ready tasks only
@@ -113,14 +120,23 @@ fn a_crashed_nodes_replicas_are_replaced_and_it_stops_only_what_was_replaced_whe
         }
         (on_n1.len() == 4 && ready == 4).then_some(on_n1)
     });
-    assert!(seen_down, "n2 was seen down before its replicas were replaced");
+    assert!(
+        seen_down,
+        "n2 was seen down before its replicas were replaced"
+    );
 
     // The lost tasks say so, and why; db's task is kept where it is, not ready.
     let web = ps(&server, "web");
     let lost: Vec<&Value> = web.iter().filter(|t| t["state"] == "lost").collect();
-    assert_eq!(ids(&lost.iter().map(|t| (*t).clone()).collect::<Vec<_>>()), web_on_n2);
+    assert_eq!(
+        ids(&lost.iter().map(|t| (*t).clone()).collect::<Vec<_>>()),
+        web_on_n2
+    );
     let table = server.ok(&["ps", "web", "--node", "n2"]);
-    assert!(table.contains("lost") && table.contains("no (node down)"), "{table}");
+    assert!(
+        table.contains("lost") && table.contains("no (node down)"),
+        "{table}"
+    );
     let db = ps(&server, "db");
     let db_n2: Vec<&Value> = db.iter().filter(|t| t["node"] == "n2").collect();
     assert_eq!(db_n2.len(), 1, "a kept task is not replaced: {db:?}");
@@ -141,8 +157,16 @@ fn a_crashed_nodes_replicas_are_replaced_and_it_stops_only_what_was_replaced_whe
         (running == db_on_n2 && db_ready == db_on_n2).then_some(())
     });
     let web = ps(&server, "web");
-    assert_eq!(web.len(), 4, "the lost tasks are forgotten once n2 is back: {web:?}");
-    assert_eq!(pids(&ready_on(&web, "n1")), n1_pids, "n1's replicas were left alone");
+    assert_eq!(
+        web.len(),
+        4,
+        "the lost tasks are forgotten once n2 is back: {web:?}"
+    );
+    assert_eq!(
+        pids(&ready_on(&web, "n1")),
+        n1_pids,
+        "n1's replicas were left alone"
+    );
     assert!(web.iter().all(|t| t["node"] == "n1" && t["ready"] == true));
     assert_eq!(counts(&server, "web"), Some((4, 4)));
     assert_eq!(counts(&server, "db"), Some((2, 2)));
@@ -201,7 +225,10 @@ fn a_drained_node_ends_empty_without_its_service_ever_dropping_below_its_replica
     wait_for("n1 to be empty, with 4 ready web replicas on n2", || {
         let (ready, replicas) = counts(&server, "web")?;
         lowest = lowest.min(ready);
-        assert!(ready >= replicas, "web dropped to {ready}/{replicas} ready during the drain");
+        assert!(
+            ready >= replicas,
+            "web dropped to {ready}/{replicas} ready during the drain"
+        );
         let web = ps(&server, "web");
         let on_n1 = web.iter().filter(|t| t["node"] == "n1").count();
         let empty = on_n1 == 0 && n1.task_processes().is_empty();

@@ -184,11 +184,16 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
         format!("no ready node supports the {driver} driver")
     } else if ready.iter().all(|r| r.node.memory_pressure) {
         "every ready node is under memory pressure".to_string()
-    } else if ready.iter().all(|r| r.node.memory_pressure || r.node.draining) {
+    } else if ready
+        .iter()
+        .all(|r| r.node.memory_pressure || r.node.draining)
+    {
         "every ready node is draining or under memory pressure".to_string()
     } else {
         let (cpu, mem) = requests(spec);
-        let calm = ready.iter().filter(|r| !r.node.memory_pressure && !r.node.draining);
+        let calm = ready
+            .iter()
+            .filter(|r| !r.node.memory_pressure && !r.node.draining);
         let best_cpu = calm.clone().map(|r| r.cpu_free).max().unwrap_or(0);
         let best_mem = calm.map(|r| r.memory_free).max().unwrap_or(0);
         format!(

@@ -40,7 +40,11 @@ pub fn due(s: &State, now: Timestamp) -> Vec<String> {
 pub async fn lost(ctx: Server, stop: watch::Receiver<bool>) {
     let leading = ctx.clone();
     let reading = ctx.clone();
-    let due_now = move |at| leading.is_leader().then(|| reading.state.read(|s| due(s, at)));
+    let due_now = move |at| {
+        leading
+            .is_leader()
+            .then(|| reading.state.read(|s| due(s, at)))
+    };
     let commit = move |command| {
         let ctx = ctx.clone();
         async move { ctx.propose(command).await.map(|_| ()) }
@@ -232,7 +236,10 @@ mod tests {
         let looping = tokio::spawn(watch(stop, clock, due_now, commit));
         let lost = |s: &Arc<Mutex<State>>| {
             let s = s.lock().unwrap();
-            s.tasks.values().filter(|t| t.state == TaskState::Lost).count()
+            s.tasks
+                .values()
+                .filter(|t| t.state == TaskState::Lost)
+                .count()
         };
 
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -251,7 +258,11 @@ mod tests {
             apply(&mut s, [set("b", NodeState::Down, down_again)]);
         }
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        assert_eq!(lost(&state), 0, "not up again yet (the old lost ones were forgotten)");
+        assert_eq!(
+            lost(&state),
+            0,
+            "not up again yet (the old lost ones were forgotten)"
+        );
         tokio::time::sleep(Duration::from_millis(500) + LOST_CHECK).await;
         assert!(lost(&state) > 0, "lost once 2 s are up again");
         stop_tx.send(true).unwrap();

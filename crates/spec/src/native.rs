@@ -114,9 +114,7 @@ fn service(d: &mut Decoder, root: &Path, doc: &Yaml) -> Option<ServiceSpec> {
     spec.stop_grace = f
         .take(d, "stop_grace", Decoder::duration)
         .unwrap_or(spec.stop_grace);
-    spec.on_node_lost = f
-        .take(d, "on_node_lost", on_node_lost)
-        .unwrap_or_default();
+    spec.on_node_lost = f.take(d, "on_node_lost", on_node_lost).unwrap_or_default();
     container_settings(d, &f, &mut spec);
     Some(spec)
 }

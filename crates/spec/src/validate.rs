@@ -11,7 +11,8 @@ use crate::decode::Path;
 use crate::error::{Problem, SpecError};
 use crate::quantity::{Cpu, Memory};
 use crate::types::{
-    DriverKind, OnNodeLost, PortRef, ProbeAction, ProbeSpec, Protocol, PullPolicy, RestartSpec, ServiceSpec,
+    DriverKind, OnNodeLost, PortRef, ProbeAction, ProbeSpec, Protocol, PullPolicy, RestartSpec,
+    ServiceSpec,
 };
 
 /// 1,000,000: ten times the 100,000 tasks a whole cluster is built for, so a larger number is a

@@ -69,7 +69,10 @@ pub enum Command {
     /// `unreachable` for longer than their service's `on_node_lost` allows at `time`. Each one
     /// that still qualifies when applied stops being wanted (its slot is placed again at once)
     /// and is marked `lost`. Added after `Reports`, so older entries still decode.
-    LoseTasks { tasks: Vec<String>, time: Timestamp },
+    LoseTasks {
+        tasks: Vec<String>,
+        time: Timestamp,
+    },
     /// `outpost node drain` (`drain: true`) and `undrain`. Added after `LoseTasks`.
     SetDrain {
         node: String,
@@ -677,7 +680,10 @@ impl State {
     /// The tasks placed elsewhere, off draining nodes, in the slots of the tasks on `node`.
     fn replacements_of(&self, node: &str) -> Vec<String> {
         let mut ids = Vec::new();
-        for t in self.tasks_on(node).filter(|t| t.desired == DesiredState::Running) {
+        for t in self
+            .tasks_on(node)
+            .filter(|t| t.desired == DesiredState::Running)
+        {
             let others = (self.slot_tasks(&t.service, t.slot, t.version))
                 .filter(|o| o.id != t.id)
                 .filter(|o| o.node.as_deref().is_some_and(|n| !self.node_draining(n)));
@@ -1930,7 +1936,13 @@ mod lost_tests {
             .filter(|t| s.loss_due(t, now).is_some())
             .map(|t| t.id.clone())
             .collect();
-        run(s, [Command::LoseTasks { tasks: due, time: now }]);
+        run(
+            s,
+            [Command::LoseTasks {
+                tasks: due,
+                time: now,
+            }],
+        );
     }
 
     #[test]
@@ -1944,7 +1956,10 @@ mod lost_tests {
         assert!(t.ready, "as last reported");
         assert!(!s.counts_ready(t));
         let view = s.task_view(t);
-        assert_eq!((view.ready, view.node_state), (false, Some(NodeState::Down)));
+        assert_eq!(
+            (view.ready, view.node_state),
+            (false, Some(NodeState::Down))
+        );
         let on_a = s.task_view(&s.tasks["web.1.1"]);
         assert_eq!((on_a.ready, on_a.node_state), (true, None));
         run(&mut s, [node_state("b", NodeState::Suspect, T)]);
@@ -1970,26 +1985,49 @@ mod lost_tests {
         s.tasks.forget_changes();
         lose_due(&mut s, at(2_000));
         let changed: Vec<String> = s.tasks.take_changes().map(|(k, _)| k).collect();
-        assert_eq!(changed, [id.clone()], "only the lost task's row is written");
+        assert_eq!(
+            changed,
+            std::slice::from_ref(&id),
+            "only the lost task's row is written"
+        );
         let t = &s.tasks[&id];
         assert_eq!(
             (t.desired, t.state, t.ready),
             (DesiredState::Shutdown, TaskState::Lost, false)
         );
-        assert!(s.placement_index["web"] > index, "the service is planned again");
-        let lost: Vec<&Event> = s.events.iter().filter(|e| e.event.reason == "lost").collect();
+        assert!(
+            s.placement_index["web"] > index,
+            "the service is planned again"
+        );
+        let lost: Vec<&Event> = s
+            .events
+            .iter()
+            .filter(|e| e.event.reason == "lost")
+            .collect();
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].event.node.as_deref(), Some("b"));
         assert_eq!(lost[0].event.task.as_deref(), Some(id.as_str()));
         assert!(
-            lost[0].event.message.contains("node b has been down for 2s"),
+            lost[0]
+                .event
+                .message
+                .contains("node b has been down for 2s"),
             "{}",
             lost[0].event.message
         );
         // Lost again later: nothing more happens, no second event.
         lose_due(&mut s, at(9_000));
-        run(&mut s, [Command::LoseTasks { tasks: vec![id.clone()], time: at(9_000) }]);
-        assert_eq!(s.events.iter().filter(|e| e.event.reason == "lost").count(), 1);
+        run(
+            &mut s,
+            [Command::LoseTasks {
+                tasks: vec![id.clone()],
+                time: at(9_000),
+            }],
+        );
+        assert_eq!(
+            s.events.iter().filter(|e| e.event.reason == "lost").count(),
+            1
+        );
         // The slot is open again: the plan places a replacement on a, next to the lost one.
         settle(&mut s, at(2_100));
         let slot2: Vec<&Task> = s.tasks.values().filter(|t| t.slot == 2).collect();
@@ -2035,7 +2073,10 @@ mod lost_tests {
         let mut s = b_lost(keep, NodeState::Down);
         lose_due(&mut s, at(86_400_000));
         assert_eq!(s.tasks[&b_task(&s)].desired, DesiredState::Running);
-        assert!(!s.counts_ready(&s.tasks[&b_task(&s)]), "kept, but not ready");
+        assert!(
+            !s.counts_ready(&s.tasks[&b_task(&s)]),
+            "kept, but not ready"
+        );
 
         let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Unreachable);
         lose_due(&mut s, at(299_999));
@@ -2116,7 +2157,10 @@ mod lost_tests {
 
     #[test]
     fn a_scale_down_never_waits_on_a_down_node() {
-        let mut s = b_lost(spec::OnNodeLost::Keep(spec::KeepTasks::Keep), NodeState::Down);
+        let mut s = b_lost(
+            spec::OnNodeLost::Keep(spec::KeepTasks::Keep),
+            NodeState::Down,
+        );
         let on_b = b_task(&s);
         run(
             &mut s,
@@ -2272,7 +2316,10 @@ mod drain_tests {
     fn a_drained_task_runs_beside_its_replacement_until_that_is_ready() {
         let mut s = a_draining();
         assert!(s.nodes["a"].draining);
-        assert_eq!(s.nodes_placement_index, s.index, "every service is planned again");
+        assert_eq!(
+            s.nodes_placement_index, s.index,
+            "every service is planned again"
+        );
         assert!(s.events.iter().any(|e| e.event.reason == "drain"));
         // Nothing new on a; the replacement goes beside the old task, once.
         run(&mut s, [place(1, "a"), place(1, "b"), place(1, "b")]);
@@ -2287,12 +2334,21 @@ mod drain_tests {
         );
         let index = s.placement_index["web"];
         run(&mut s, [report("b", "web.1.3", TaskState::Running, false)]);
-        assert_eq!(s.placement_index["web"], index, "not ready: nothing to plan");
+        assert_eq!(
+            s.placement_index["web"], index,
+            "not ready: nothing to plan"
+        );
         run(&mut s, [report("b", "web.1.3", TaskState::Running, true)]);
-        assert!(s.placement_index["web"] > index, "ready: the old one may stop");
+        assert!(
+            s.placement_index["web"] > index,
+            "ready: the old one may stop"
+        );
         run(
             &mut s,
-            [stop("web.1.1"), report("a", "web.1.1", TaskState::Exited, false)],
+            [
+                stop("web.1.1"),
+                report("a", "web.1.1", TaskState::Exited, false),
+            ],
         );
         assert_eq!(s.tasks_on("a").count(), 0, "a is empty");
         assert_eq!(slot_one(&s), [("web.1.3".into(), b, DesiredState::Running)]);

@@ -169,7 +169,11 @@ impl Dev {
     /// The node named `name` as `outpost nodes -o json` shows it.
     pub fn node_named(&self, name: &str) -> Option<Value> {
         let nodes = self.json(&["nodes"]);
-        nodes.as_array()?.iter().find(|n| n["name"] == name).cloned()
+        nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
     }
 
     /// Waits until node `name` is in `state`.
@@ -696,7 +700,9 @@ impl AgentNode {
         let child = Command::new(outpost_bin())
             .arg("--data-dir")
             .arg(self.dir.path())
-            .args(["--api", &api, "--token", &token, "agent", "--name", &self.name])
+            .args([
+                "--api", &api, "--token", &token, "agent", "--name", &self.name,
+            ])
             .args(["--task-ports", &self.task_ports])
             .env("OUTPOST_LOG", "info")
             .stdout(log.try_clone().unwrap())

@@ -42,8 +42,12 @@ fn nodes_from(draws: &[NodeDraw]) -> BTreeMap<String, Node> {
             let name = format!("n{i}");
             let mut n = node(&name, cpu, mem);
             // 3 is a ready node being drained.
-            n.state = [NodeState::Ready, NodeState::Suspect, NodeState::Down, NodeState::Ready]
-                [usize::from(state)];
+            n.state = [
+                NodeState::Ready,
+                NodeState::Suspect,
+                NodeState::Down,
+                NodeState::Ready,
+            ][usize::from(state)];
             n.draining = state == 3;
             n.memory_pressure = pressure;
             n.drivers = [(1, "process"), (2, "docker")]

@@ -856,7 +856,10 @@ fn a_wrong_on_node_lost_is_refused_at_its_field() {
 fn a_spec_stored_before_on_node_lost_decodes_to_the_default() {
     let mut spec = ServiceSpec::process("web", &["app"]);
     let json = serde_json::to_value(&spec).unwrap();
-    assert!(json.get("on_node_lost").is_none(), "the default is not written");
+    assert!(
+        json.get("on_node_lost").is_none(),
+        "the default is not written"
+    );
     let back: ServiceSpec = serde_json::from_value(json).unwrap();
     assert_eq!(back, spec);
     spec.on_node_lost = OnNodeLost::Keep(KeepTasks::Keep);
