@@ -137,9 +137,10 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
 /// went with it, and the room its tasks left may fit them). Looks at one index per service, not
 /// at the tasks.
 ///
-/// With today's rules a node change matters only to replicas that wait, which an incremental
-/// pass plans anyway; a full pass still answers it because node changes are rare (only
-/// transitions are entries) and it stays right whatever a rule comes to read of the nodes.
+/// A node change matters to replicas that wait and, since drains, to the services with tasks
+/// on the node (a drain, or the node of a drain's replacement going up or down): a full pass
+/// answers it, since node changes are rare (only transitions are entries) and it stays right
+/// whatever a rule comes to read of the nodes.
 fn due(s: &State, last: Option<Planned>, now: Instant) -> Option<Pass> {
     let last = match last {
         Some(l) if s.nodes_placement_index <= l.index && now < l.full_at + FULL_PASS => l,

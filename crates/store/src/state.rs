@@ -767,7 +767,7 @@ impl State {
         };
         let lost_for = humantime::format_duration(loss.lost_for);
         let message = format!(
-            "node {} has been {} for {lost_for}: replaced elsewhere",
+            "node {} has been {} for {lost_for}: its replica is placed elsewhere",
             loss.node, loss.state
         );
         task.desired = DesiredState::Shutdown;
@@ -1123,6 +1123,11 @@ impl State {
                 && !self.nodes.contains_key(node)
             {
                 return Err(format!("task {} is on unknown node {node}", task.id));
+            }
+            if task.state == TaskState::Lost
+                && (task.desired != DesiredState::Shutdown || task.ready)
+            {
+                return Err(format!("lost task {} is still wanted or ready", task.id));
             }
         }
         // One pass over the tasks, not one per service: debug builds check after every apply.
