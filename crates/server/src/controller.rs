@@ -493,6 +493,59 @@ mod tests {
     }
 
     #[test]
+    fn tasks_lost_with_their_node_plan_their_service() {
+        let mut s = settled();
+        apply(
+            &mut s,
+            [Command::SetNodeState {
+                node: "n1".into(),
+                state: NodeState::Down,
+                time: T,
+            }],
+        );
+        let at = Instant::now();
+        let last = planned(&s, at);
+        let lost = crate::lost::due(&s, Timestamp(T.0 + 2_000));
+        assert_eq!(lost.len(), 2, "both web tasks, 2 s after n1 went down");
+        let time = Timestamp(T.0 + 2_000);
+        apply(&mut s, [Command::LoseTasks { tasks: lost, time }]);
+        assert_eq!(due(&s, last, at), Some(only(&["big", "web"])));
+    }
+
+    #[test]
+    fn a_drain_moves_each_task_once_its_replacement_is_ready_as_a_full_pass_would() {
+        let mut s = settled();
+        let at = Instant::now();
+        let mut last = planned(&s, at);
+        apply(&mut s, [register(node("n2"))]);
+        settle(&mut s, &mut last, at, "n2 joins");
+        let drain = Command::SetDrain {
+            node: "n1".into(),
+            drain: true,
+            time: T,
+        };
+        apply(&mut s, [drain]);
+        settle(&mut s, &mut last, at, "n1 drains");
+        let old = placed_tasks(&s, "web");
+        let on = |s: &State, node: &str| {
+            (s.tasks_on(node))
+                .filter(|t| t.service == "web" && t.desired == api::DesiredState::Running)
+                .map(|t| t.id.clone())
+                .collect::<Vec<_>>()
+        };
+        let replacements = on(&s, "n2");
+        assert_eq!((on(&s, "n1").len(), replacements.len()), (2, 2), "{old:?}");
+        let ready = (replacements.iter())
+            .map(|id| status(id, TaskState::Running, true))
+            .collect();
+        apply(&mut s, [report("n2", ready, None)]);
+        let moved = settle(&mut s, &mut last, at, "the replacements are ready");
+        assert_eq!(moved, 1, "an incremental pass stopped the old tasks");
+        assert!(on(&s, "n1").is_empty());
+        assert_eq!(on(&s, "n2"), replacements);
+    }
+
+    #[test]
     fn a_forgotten_service_plans_the_waiting_ones() {
         let mut s = settled();
         apply(&mut s, [remove("web")]);
