@@ -122,7 +122,10 @@ fn is_false(b: &bool) -> bool {
 /// What to do with a service's tasks on a lost node: replace them once the node has been lost
 /// for a while (`{ replace_after: 2s, unreachable_after: 5m }`), or `keep` them where they are
 /// whatever happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+///
+/// Read by hand rather than as an untagged enum, so that a wrong value is told what it should
+/// be instead of matching "no variant".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum OnNodeLost {
     /// `keep`: tasks stay on their node, and count again once it is back.
@@ -180,6 +183,34 @@ impl Default for ReplaceAfter {
 impl Default for OnNodeLost {
     fn default() -> Self {
         OnNodeLost::Replace(ReplaceAfter::default())
+    }
+}
+
+impl<'de> Deserialize<'de> for OnNodeLost {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Unexpected, Visitor};
+
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = OnNodeLost;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`keep`, or a mapping of `replace_after` and `unreachable_after`")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<OnNodeLost, E> {
+                match text {
+                    "keep" => Ok(OnNodeLost::Keep(KeepTasks::Keep)),
+                    other => Err(E::invalid_value(Unexpected::Str(other), &self)),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OnNodeLost, A::Error> {
+                let map = de::value::MapAccessDeserializer::new(map);
+                ReplaceAfter::deserialize(map).map(OnNodeLost::Replace)
+            }
+        }
+        d.deserialize_any(Either)
     }
 }
 

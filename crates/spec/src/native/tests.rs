@@ -876,4 +876,11 @@ fn a_spec_stored_before_on_node_lost_decodes_to_the_default() {
         serde_json::json!({"replace_after": "1s", "unreachable_after": "1m"})
     );
     assert_eq!(serde_json::from_value::<ServiceSpec>(json).unwrap(), spec);
+    let wrong = serde_json::from_str::<OnNodeLost>(r#""kep""#).unwrap_err();
+    assert!(
+        wrong.to_string().contains("expected `keep`, or a mapping of `replace_after`"),
+        "{wrong}"
+    );
+    let typo = serde_json::from_str::<OnNodeLost>(r#"{"replace_afte":"1s"}"#).unwrap_err();
+    assert!(typo.to_string().contains("unknown field `replace_afte`"), "{typo}");
 }

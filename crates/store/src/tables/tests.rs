@@ -85,6 +85,8 @@ fn spec(name: &str, replicas: u32, variant: bool) -> ServiceSpec {
     spec.replicas = replicas;
     if variant {
         spec.env.insert("VARIANT".into(), "1".into());
+        // A policy that is not the default goes to disk and back too.
+        spec.on_node_lost = spec::OnNodeLost::Keep(spec::KeepTasks::Keep);
     }
     spec
 }
