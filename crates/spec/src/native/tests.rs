@@ -878,9 +878,14 @@ fn a_spec_stored_before_on_node_lost_decodes_to_the_default() {
     assert_eq!(serde_json::from_value::<ServiceSpec>(json).unwrap(), spec);
     let wrong = serde_json::from_str::<OnNodeLost>(r#""kep""#).unwrap_err();
     assert!(
-        wrong.to_string().contains("expected `keep`, or a mapping of `replace_after`"),
+        wrong
+            .to_string()
+            .contains("expected `keep`, or a mapping of `replace_after`"),
         "{wrong}"
     );
     let typo = serde_json::from_str::<OnNodeLost>(r#"{"replace_afte":"1s"}"#).unwrap_err();
-    assert!(typo.to_string().contains("unknown field `replace_afte`"), "{typo}");
+    assert!(
+        typo.to_string().contains("unknown field `replace_afte`"),
+        "{typo}"
+    );
 }
