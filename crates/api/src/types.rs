@@ -33,6 +33,11 @@ pub enum TaskState {
     Exited,
     /// Crashed, killed, or could not be started (see `message`).
     Failed,
+    /// Its node was lost (`down` or `unreachable`) for longer than the service's
+    /// `on_node_lost` allows: the control plane gave it up and placed a replacement. The one
+    /// observed state the control plane writes, since the node can no longer say; final, no
+    /// report moves a task out of it.
+    Lost,
 }
 
 impl fmt::Display for TaskState {
@@ -43,6 +48,7 @@ impl fmt::Display for TaskState {
             TaskState::Running => "running",
             TaskState::Exited => "exited",
             TaskState::Failed => "failed",
+            TaskState::Lost => "lost",
         })
     }
 }
@@ -80,6 +86,10 @@ pub struct Task {
     pub message: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// In listings, the state of the task's node when that is not `ready`: a task on a lost
+    /// node is never `ready`, whatever it last reported. Filled in when read, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_state: Option<NodeState>,
 }
 
 /// A task's observed state as an agent reports it.
@@ -117,6 +127,14 @@ pub enum NodeState {
     Down,
 }
 
+impl NodeState {
+    /// Whether the node is lost: `down` or `unreachable`. Its tasks count as not ready, and
+    /// its services' `on_node_lost` decides when they are replaced.
+    pub fn is_lost(self) -> bool {
+        matches!(self, NodeState::Down | NodeState::Unreachable)
+    }
+}
+
 impl fmt::Display for NodeState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -151,6 +169,10 @@ pub struct Node {
     /// placed on it.
     #[serde(default)]
     pub memory_pressure: bool,
+    /// Set by `outpost node drain`: nothing new is placed on it, and each of its tasks stops
+    /// once a replacement placed elsewhere is ready.
+    #[serde(default)]
+    pub draining: bool,
     #[serde(default)]
     pub drivers: Vec<String>,
     /// What an operator should know about the node: how it isolates resources, drivers it lacks.

@@ -397,6 +397,14 @@ impl Client {
         .await
     }
 
+    /// Drains node `name` (`drain: true`), or stops draining it.
+    pub async fn drain(&self, name: &str, drain: bool) -> Result<Node, ClientError> {
+        let action = if drain { "drain" } else { "undrain" };
+        let path = format!("/v1/nodes/{}/{action}", segment(name, NODE)?);
+        self.send(self.request(Method::POST, &path), REQUEST_TIMEOUT)
+            .await
+    }
+
     pub async fn remove(&self, service: &str) -> Result<ServiceSummary, ClientError> {
         self.send(
             self.request(

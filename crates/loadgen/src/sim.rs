@@ -428,7 +428,7 @@ impl Reporter {
                 continue;
             }
             match status.state {
-                TaskState::Exited | TaskState::Failed => {
+                TaskState::Exited | TaskState::Failed | TaskState::Lost => {
                     self.held.remove(&id);
                 }
                 TaskState::Running => {

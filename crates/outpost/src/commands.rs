@@ -248,6 +248,21 @@ pub async fn scale(conn: &Connection, service: &str, replicas: u32) -> Result<()
     }
 }
 
+pub async fn drain(conn: &Connection, node: &str, drain: bool) -> Result<()> {
+    let answer = connect(conn)?.drain(node, drain).await?;
+    match conn.output {
+        Format::Json => print_json(&answer),
+        Format::Table => {
+            if drain {
+                println!("{node} is draining: its tasks move once their replacements are ready");
+            } else {
+                println!("{node} takes new work again");
+            }
+            Ok(())
+        }
+    }
+}
+
 pub async fn rm(conn: &Connection, service: &str) -> Result<()> {
     let summary = connect(conn)?.remove(service).await?;
     match conn.output {

@@ -325,7 +325,7 @@ enum Command {
         /// Only tasks placed on this node.
         #[arg(long)]
         node: Option<String>,
-        /// Only tasks in this state: pending, starting, running, exited or failed.
+        /// Only tasks in this state: pending, starting, running, exited, failed or lost.
         #[arg(long, value_parser = wire_value::<api::TaskState>)]
         state: Option<api::TaskState>,
         /// Show every task, however many.
@@ -368,6 +368,20 @@ enum Command {
     Scale { service: String, replicas: u32 },
     /// Remove a service and stop its tasks.
     Rm { service: String },
+    /// Act on one node.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Move work off a node gracefully: nothing new is placed on it, and each of its tasks
+    /// stops once its replacement elsewhere is ready.
+    Drain { node: String },
+    /// Let a drained node take work again.
+    Undrain { node: String },
 }
 
 fn main() -> std::process::ExitCode {
@@ -492,5 +506,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => commands::logs(&conn, &target, follow, tail).await,
         Command::Scale { service, replicas } => commands::scale(&conn, &service, replicas).await,
         Command::Rm { service } => commands::rm(&conn, &service).await,
+        Command::Node { action } => match action {
+            NodeAction::Drain { node } => commands::drain(&conn, &node, true).await,
+            NodeAction::Undrain { node } => commands::drain(&conn, &node, false).await,
+        },
     }
 }

@@ -143,15 +143,18 @@ pub fn tasks(list: &[Task], now: Timestamp) -> String {
     ]);
     for task in list {
         let state = match task.desired {
-            api::DesiredState::Shutdown => format!("{} (stopping)", task.state),
-            api::DesiredState::Running => task.state.to_string(),
+            // Lost is final: nothing is stopping it that anyone can see.
+            api::DesiredState::Shutdown if task.state != api::TaskState::Lost => {
+                format!("{} (stopping)", task.state)
+            }
+            _ => task.state.to_string(),
         };
         let ports: Vec<String> = task.ports.iter().map(|(n, p)| format!("{n}:{p}")).collect();
         t.add_row(vec![
             task.id.clone(),
             task.node.clone().unwrap_or_else(|| "-".into()),
             state,
-            if task.ready { "yes" } else { "no" }.to_string(),
+            ready(task),
             task.restarts.to_string(),
             task.qos.to_string(),
             task.pid.map_or("-".into(), |p| p.to_string()),
@@ -163,24 +166,33 @@ pub fn tasks(list: &[Task], now: Timestamp) -> String {
     trimmed(t)
 }
 
+/// `yes` or `no`, and why not when its node is lost: it may still say it was ready.
+fn ready(task: &Task) -> String {
+    match task.node_state {
+        Some(state) if state.is_lost() => format!("no (node {state})"),
+        _ if task.ready => "yes".to_string(),
+        _ => "no".to_string(),
+    }
+}
+
 /// Counts of `list` by service and state, for a listing too long to read row by row, and how to
 /// see the rows.
 pub fn task_summary(list: &[Task], screenful: usize) -> String {
     use api::TaskState::*;
-    let states = [Pending, Starting, Running, Exited, Failed];
-    let mut counts: BTreeMap<&str, [usize; 6]> = BTreeMap::new();
+    let states = [Pending, Starting, Running, Exited, Failed, Lost];
+    let mut counts: BTreeMap<&str, [usize; 7]> = BTreeMap::new();
     for task in list {
         let row = counts.entry(task.service.as_str()).or_default();
         row[states.iter().position(|s| *s == task.state).unwrap_or(0)] += 1;
-        row[5] += usize::from(task.ready);
+        row[6] += usize::from(task.ready);
     }
     let mut t = table(&[
-        "SERVICE", "TASKS", "PENDING", "STARTING", "RUNNING", "EXITED", "FAILED", "READY",
+        "SERVICE", "TASKS", "PENDING", "STARTING", "RUNNING", "EXITED", "FAILED", "LOST", "READY",
     ]);
     for (service, row) in &counts {
         let mut cells = vec![
             service.to_string(),
-            row[..5].iter().sum::<usize>().to_string(),
+            row[..6].iter().sum::<usize>().to_string(),
         ];
         cells.extend(row.iter().map(usize::to_string));
         t.add_row(cells);
@@ -210,10 +222,17 @@ fn memory(bytes: u64) -> String {
 }
 
 fn node_state(n: &Node) -> String {
-    if n.memory_pressure {
-        format!("{} (memory pressure)", n.state)
-    } else {
+    let notes: Vec<&str> = [
+        (n.draining, "draining"),
+        (n.memory_pressure, "memory pressure"),
+    ]
+    .into_iter()
+    .filter_map(|(on, note)| on.then_some(note))
+    .collect();
+    if notes.is_empty() {
         n.state.to_string()
+    } else {
+        format!("{} ({})", n.state, notes.join(", "))
     }
 }
 

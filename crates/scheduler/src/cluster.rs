@@ -31,9 +31,9 @@ impl Room<'_> {
         self.memory_free = self.memory_free.saturating_sub(mem);
     }
 
-    /// Ready and calm: the node may be given new work at all.
+    /// Ready, calm and not draining: the node may be given new work at all.
     fn schedulable(&self) -> bool {
-        self.node.state == NodeState::Ready && !self.node.memory_pressure
+        self.node.state == NodeState::Ready && !self.node.memory_pressure && !self.node.draining
     }
 }
 

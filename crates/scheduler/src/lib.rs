@@ -92,6 +92,11 @@ struct Planned<'a> {
     requests: (u64, u64),
     /// Slots its kept tasks on a node fill.
     filled: Vec<u32>,
+    /// Slots where a kept task on a node that is not draining is ready.
+    ready: Vec<u32>,
+    /// Its kept tasks on draining nodes, by slot: they fill nothing, and stop once another task
+    /// of their slot is ready.
+    draining: Vec<(u32, &'a str)>,
     /// The room of each of its kept tasks, once per task.
     rooms: Vec<usize>,
 }
@@ -172,12 +177,24 @@ fn plan_in(
                 }
                 // A task without a node is a replica still waiting for room: its slot is not
                 // filled.
-                if let Some(node) = node {
-                    p.filled.push(task.slot);
-                    p.rooms.extend(rooms.charge(node, Some(p.requests)));
+                let Some(node) = node else { continue };
+                p.rooms.extend(rooms.charge(node, Some(p.requests)));
+                match nodes.get(node) {
+                    // Its replacement is placed elsewhere first; it stops once that is ready.
+                    Some(n) if n.draining => p.draining.push((task.slot, &task.id)),
+                    n => {
+                        p.filled.push(task.slot);
+                        if task.ready && n.is_some_and(|n| !n.state.is_lost()) {
+                            p.ready.push(task.slot);
+                        }
+                    }
                 }
             }
         }
+    }
+    for p in &planned {
+        let moved = (p.draining.iter()).filter(|(slot, _)| p.ready.contains(slot));
+        plan.stop.extend(moved.map(|(_, id)| id.to_string()));
     }
     let mut cluster = rooms.index();
     for p in planned.iter_mut().filter(|p| !p.service.removing) {
@@ -228,6 +245,8 @@ fn planned_services<'a>(
             service,
             requests: requests(&service.spec),
             filled: Vec::new(),
+            ready: Vec::new(),
+            draining: Vec::new(),
             rooms: Vec::new(),
         })
         .collect()
@@ -272,9 +291,16 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
         format!("no ready node supports the {driver} driver")
     } else if ready.iter().all(|r| r.node.memory_pressure) {
         "every ready node is under memory pressure".to_string()
+    } else if ready
+        .iter()
+        .all(|r| r.node.memory_pressure || r.node.draining)
+    {
+        "every ready node is draining or under memory pressure".to_string()
     } else {
         let (cpu, mem) = requests(spec);
-        let calm = ready.iter().filter(|r| !r.node.memory_pressure);
+        let calm = ready
+            .iter()
+            .filter(|r| !r.node.memory_pressure && !r.node.draining);
         let best_cpu = calm.clone().map(|r| r.cpu_free).max().unwrap_or(0);
         let best_mem = calm.map(|r| r.memory_free).max().unwrap_or(0);
         format!(
@@ -313,6 +339,7 @@ mod tests {
                 memory_bytes: mem,
             },
             memory_pressure: false,
+            draining: false,
             notes: vec![],
             drivers: vec!["process".into()],
             version: String::new(),
@@ -354,6 +381,7 @@ mod tests {
             message: None,
             created_at: Timestamp(0),
             updated_at: Timestamp(0),
+            node_state: None,
         }
     }
 
@@ -376,6 +404,53 @@ mod tests {
             .collect();
         assert_eq!(placed, vec![(1, "a"), (2, "b"), (3, "a")]);
         assert!(plan.stop.is_empty() && plan.pending.is_empty());
+    }
+
+    #[test]
+    fn a_draining_node_gets_nothing_new_and_its_tasks_stop_once_replaced_and_ready() {
+        let services = by_name(vec![("web", service("web", 2, 0))]);
+        let mut tasks = by_name(vec![
+            ("web.1.1", task("web", 1, "a", 1)),
+            ("web.2.1", task("web", 2, "b", 1)),
+        ]);
+        let mut a = node("a", 1000, 1 << 30);
+        a.draining = true;
+        let nodes = by_name(vec![("a", a), ("b", node("b", 1000, 1 << 30))]);
+        let first = plan(&services, &tasks, &nodes);
+        let to_b = Placement {
+            service: "web".into(),
+            slot: 1,
+            node: "b".into(),
+        };
+        assert_eq!(first.place, vec![to_b.clone()], "replaced on b first");
+        assert!(first.stop.is_empty(), "the old one keeps serving meanwhile");
+        let mut replacement = task("web", 1, "b", 1);
+        replacement.id = "web.1.2".into();
+        replacement.ready = false;
+        tasks.insert(replacement.id.clone(), replacement);
+        let waiting = plan(&services, &tasks, &nodes);
+        assert!(waiting.is_empty(), "nothing until it is ready: {waiting:?}");
+        tasks.get_mut("web.1.2").unwrap().ready = true;
+        let moved = plan(&services, &tasks, &nodes);
+        assert_eq!(moved.stop, vec!["web.1.1".to_string()]);
+        assert!(moved.place.is_empty());
+        // A replacement on a node that is lost does not count, however ready it said it was.
+        let mut lost = nodes.clone();
+        lost.get_mut("b").unwrap().state = NodeState::Down;
+        assert!(plan(&services, &tasks, &lost).stop.is_empty());
+        // With nowhere else to go, the task stays and the replica says why it waits.
+        let only_a = by_name(vec![("a", nodes["a"].clone())]);
+        let stuck = plan(
+            &services,
+            &by_name(vec![("web.1.1", task("web", 1, "a", 1))]),
+            &only_a,
+        );
+        assert!(stuck.stop.is_empty() && stuck.place.is_empty());
+        assert!(
+            stuck.pending[0].1.contains("every ready node is draining"),
+            "{:?}",
+            stuck.pending
+        );
     }
 
     #[test]

@@ -38,11 +38,35 @@ pub fn plan(
         }
     }
     let mut rooms = rooms(nodes, &live, services, &plan.stop);
+    let draining = |t: &Task| {
+        let node = t.node.as_ref().and_then(|n| nodes.get(n));
+        node.is_some_and(|n| n.draining)
+    };
+    // A kept task on a draining node stops once another task of its slot, on a node that is
+    // neither draining nor lost, is ready; until then it still takes its room.
+    let mut moved = Vec::new();
+    for (name, service) in services {
+        let kept = |t: &&&Task| {
+            &t.service == name && t.version == service.version && !plan.stop.contains(&t.id)
+        };
+        for old in live.iter().filter(kept).filter(|t| draining(t)) {
+            let replaced = live.iter().filter(kept).any(|t| {
+                let node = t.node.as_ref().and_then(|n| nodes.get(n));
+                t.slot == old.slot
+                    && t.ready
+                    && node.is_some_and(|n| !n.draining && !n.state.is_lost())
+            });
+            if replaced {
+                moved.push(old.id.clone());
+            }
+        }
+    }
     for (name, service) in services.iter().filter(|(_, s)| !s.removing) {
-        // A task without a node is a replica still waiting for room: its slot is not filled.
+        // A task without a node is a replica still waiting for room: its slot is not filled,
+        // nor is it by a task on a draining node.
         let filled: Vec<u32> = live
             .iter()
-            .filter(|t| t.node.is_some())
+            .filter(|t| t.node.is_some() && !draining(t))
             .filter(|t| {
                 &t.service == name && t.version == service.version && !plan.stop.contains(&t.id)
             })
@@ -64,6 +88,7 @@ pub fn plan(
                 .push((name.clone(), why_unplaced(&rooms, &service.spec, unplaced)));
         }
     }
+    plan.stop.extend(moved);
     plan
 }
 
@@ -121,6 +146,7 @@ fn fits(room: &Room, spec: &ServiceSpec) -> bool {
     let (cpu, mem) = requests(spec);
     room.node.state == NodeState::Ready
         && !room.node.memory_pressure
+        && !room.node.draining
         && room
             .node
             .drivers
@@ -158,9 +184,16 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
         format!("no ready node supports the {driver} driver")
     } else if ready.iter().all(|r| r.node.memory_pressure) {
         "every ready node is under memory pressure".to_string()
+    } else if ready
+        .iter()
+        .all(|r| r.node.memory_pressure || r.node.draining)
+    {
+        "every ready node is draining or under memory pressure".to_string()
     } else {
         let (cpu, mem) = requests(spec);
-        let calm = ready.iter().filter(|r| !r.node.memory_pressure);
+        let calm = ready
+            .iter()
+            .filter(|r| !r.node.memory_pressure && !r.node.draining);
         let best_cpu = calm.clone().map(|r| r.cpu_free).max().unwrap_or(0);
         let best_mem = calm.map(|r| r.memory_free).max().unwrap_or(0);
         format!(

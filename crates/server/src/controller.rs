@@ -141,9 +141,10 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
 /// went with it, and the room its tasks left may fit them). Looks at one index per service, not
 /// at the tasks.
 ///
-/// With today's rules a node change matters only to replicas that wait, which an incremental
-/// pass plans anyway; a full pass still answers it because node changes are rare (only
-/// transitions are entries) and it stays right whatever a rule comes to read of the nodes.
+/// A node change matters to replicas that wait and, since drains, to the services with tasks
+/// on the node (a drain, or the node of a drain's replacement going up or down): a full pass
+/// answers it, since node changes are rare (only transitions are entries) and it stays right
+/// whatever a rule comes to read of the nodes.
 fn due(s: &State, last: Option<Planned>, now: Instant) -> Option<Pass> {
     let last = match last {
         Some(l) if s.nodes_placement_index <= l.index && now < l.full_at + FULL_PASS => l,
@@ -554,6 +555,59 @@ mod tests {
             apply(&mut s, commands);
             assert_eq!(due(&s, last, at), Some(pass), "{what}");
         }
+    }
+
+    #[test]
+    fn tasks_lost_with_their_node_plan_their_service() {
+        let mut s = settled();
+        apply(
+            &mut s,
+            [Command::SetNodeState {
+                node: "n1".into(),
+                state: NodeState::Down,
+                time: T,
+            }],
+        );
+        let at = Instant::now();
+        let last = planned(&s, at);
+        let lost = crate::lost::due(&s, Timestamp(T.0 + 2_000));
+        assert_eq!(lost.len(), 2, "both web tasks, 2 s after n1 went down");
+        let time = Timestamp(T.0 + 2_000);
+        apply(&mut s, [Command::LoseTasks { tasks: lost, time }]);
+        assert_eq!(due(&s, last, at), Some(only(&["big", "web"])));
+    }
+
+    #[test]
+    fn a_drain_moves_each_task_once_its_replacement_is_ready_as_a_full_pass_would() {
+        let mut s = settled();
+        let at = Instant::now();
+        let mut last = planned(&s, at);
+        apply(&mut s, [register(node("n2"))]);
+        settle(&mut s, &mut last, at, "n2 joins");
+        let drain = Command::SetDrain {
+            node: "n1".into(),
+            drain: true,
+            time: T,
+        };
+        apply(&mut s, [drain]);
+        settle(&mut s, &mut last, at, "n1 drains");
+        let old = placed_tasks(&s, "web");
+        let on = |s: &State, node: &str| {
+            (s.tasks_on(node))
+                .filter(|t| t.service == "web" && t.desired == api::DesiredState::Running)
+                .map(|t| t.id.clone())
+                .collect::<Vec<_>>()
+        };
+        let replacements = on(&s, "n2");
+        assert_eq!((on(&s, "n1").len(), replacements.len()), (2, 2), "{old:?}");
+        let ready = (replacements.iter())
+            .map(|id| status(id, TaskState::Running, true))
+            .collect();
+        apply(&mut s, [report("n2", ready, None)]);
+        let moved = settle(&mut s, &mut last, at, "the replacements are ready");
+        assert_eq!(moved, 1, "an incremental pass stopped the old tasks");
+        assert!(on(&s, "n1").is_empty());
+        assert_eq!(on(&s, "n2"), replacements);
     }
 
     #[test]

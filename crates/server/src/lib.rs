@@ -11,6 +11,8 @@
 //!   nodes, transitions to Raft).
 //! - [`detector`]: the failure detector, pure: phi accrual over each node's heartbeat history,
 //!   and the states it leads to with the probes' findings.
+//! - [`lost`]: the leader's loop that gives up the tasks of lost nodes once their service's
+//!   `on_node_lost` allows, so that the service controller replaces them.
 //! - [`network`]: Raft RPCs to peer servers.
 //! - [`logs`]: `outpost logs`, proxied from the agents that hold the files.
 //! - [`cluster`]: membership (join, voter, leave) and which server answers what: writes and
@@ -27,6 +29,7 @@ pub mod cluster;
 pub mod controller;
 pub mod detector;
 pub mod logs;
+pub mod lost;
 pub mod network;
 pub mod routes;
 
@@ -543,6 +546,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     };
     tokio::spawn(controller::services(ctx.clone(), stop_rx.clone()));
     tokio::spawn(controller::nodes(ctx.clone(), stop_rx.clone()));
+    tokio::spawn(lost::lost(ctx.clone(), stop_rx.clone()));
     let app = routes::router(ctx.clone());
     let mut stopped = stop_rx;
     let serve = tokio::spawn(httpd::serve(

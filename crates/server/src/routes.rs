@@ -8,7 +8,7 @@
 //! Prompt routes get a time limit; blocking queries (bounded by their `wait`) get a per-client
 //! cap instead; followed logs get neither.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +72,8 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(list_tasks))
         .routes(routes!(list_nodes, register))
         .routes(routes!(heartbeat))
+        .routes(routes!(drain))
+        .routes(routes!(undrain))
         .routes(routes!(report))
         .route_layer(middleware::from_fn_with_state(
             ctx.clone(),
@@ -210,21 +212,33 @@ fn summary(s: &store::State, name: &str) -> Option<ServiceSummary> {
 
 /// The services named, with their counts from one pass over the tasks (a page of services
 /// costs one scan, not one per service). Names with no service are left out.
+///
+/// Counts are of slots, not tasks: while a drain moves a replica, its slot holds the old task
+/// and its replacement, both ready for a moment, and that is still one replica. A task on a
+/// lost node counts as neither running nor ready: its node cannot say.
 fn summaries(s: &store::State, names: &[&str]) -> Vec<ServiceSummary> {
-    let mut counts: BTreeMap<&str, (u32, u32)> = names.iter().map(|n| (*n, (0, 0))).collect();
+    let mut slots: BTreeMap<&str, (BTreeSet<u32>, BTreeSet<u32>)> =
+        names.iter().map(|n| (*n, Default::default())).collect();
     for t in s.tasks.values() {
-        let Some((running, ready)) = counts.get_mut(t.service.as_str()) else {
+        let Some((running, ready)) = slots.get_mut(t.service.as_str()) else {
             continue;
         };
         let current = s.services.get(&t.service).map(|svc| svc.version) == Some(t.version);
         if current && t.desired == DesiredState::Running {
-            *running += u32::from(t.state == TaskState::Running);
-            *ready += u32::from(t.ready);
+            if !s.on_lost_node(t) && t.state == TaskState::Running {
+                running.insert(t.slot);
+            }
+            if s.counts_ready(t) {
+                ready.insert(t.slot);
+            }
         }
     }
+    let count = |set: &BTreeSet<u32>| u32::try_from(set.len()).unwrap_or(u32::MAX);
     let summary = |name: &str| {
         let svc = s.services.get(name)?;
-        let (running, ready) = counts.get(name).copied().unwrap_or_default();
+        let (running, ready) = slots
+            .get(name)
+            .map_or((0, 0), |(run, ready)| (count(run), count(ready)));
         Some(ServiceSummary {
             name: name.to_string(),
             driver: svc.spec.driver.to_string(),
@@ -580,7 +594,8 @@ async fn list_tasks(
         }
         let tasks = s.tasks.range::<str, _>((from, to)).map(|(_, t)| t);
         let tasks = tasks.take_while(|t| prefix.as_ref().is_none_or(|p| t.id.starts_with(p)));
-        Ok(page(tasks.filter(|t| q.matches(t)), limit, |t| &t.id))
+        let shown = tasks.filter(|t| q.matches(t)).map(|t| s.task_view(t));
+        Ok(page(shown, limit, |t| &t.id))
     })
 }
 
@@ -663,6 +678,39 @@ fn known_node(ctx: &Server, name: &str) -> Result<(), Fail> {
     } else {
         Err(no_node(name))
     }
+}
+
+/// Drain a node: nothing new is placed on it, and each of its tasks is stopped once a
+/// replacement placed elsewhere is ready.
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain",
+    params(("name" = String, Path, description = "Node name")),
+    responses((status = 200, description = "The node, now draining", body = api::Node)))]
+async fn drain(State(ctx): State<Server>, Path(name): Path<String>) -> Answer<api::Node> {
+    set_drain(&ctx, name, true).await
+}
+
+/// Stop draining a node: it takes new work again, and moves still under way are called off.
+#[utoipa::path(post, path = "/v1/nodes/{name}/undrain",
+    params(("name" = String, Path, description = "Node name")),
+    responses((status = 200, description = "The node, no longer draining", body = api::Node)))]
+async fn undrain(State(ctx): State<Server>, Path(name): Path<String>) -> Answer<api::Node> {
+    set_drain(&ctx, name, false).await
+}
+
+async fn set_drain(ctx: &Server, name: String, drain: bool) -> Answer<api::Node> {
+    known_node(ctx, &name)?;
+    let command = Command::SetDrain {
+        node: name.clone(),
+        drain,
+        time: now(),
+    };
+    if let Applied::NotFound(_) = ctx.propose(command).await.map_err(unavailable)? {
+        return Err(no_node(&name));
+    }
+    ctx.state
+        .read(|s| s.nodes.get(&name).cloned())
+        .map(Json)
+        .ok_or_else(|| no_node(&name))
 }
 
 /// An agent's heartbeat: kept in this server's memory, never a Raft entry.

@@ -13,7 +13,7 @@ use crate::decode::{Decoder, Fields, Path, unknown_key};
 use crate::dotenv;
 use crate::error::{Problem, SpecError};
 use crate::interpolate::interpolate;
-use crate::native::PROTOCOLS;
+use crate::native::{self, PROTOCOLS};
 use crate::quantity::Memory;
 use crate::types::{
     DriverKind, PortSpec, ProbeAction, ProbeSpec, Protocol, PullPolicy, ResourceList,
@@ -305,6 +305,10 @@ fn service(
     if let Some((deploy_path, node)) = f.get("deploy") {
         deploy(d, &deploy_path, node, &mut spec);
     }
+    // Compose has no such setting: Outpost's own extension key carries it.
+    spec.on_node_lost = f
+        .take(d, "x-outpost-on-node-lost", native::on_node_lost)
+        .unwrap_or_default();
     container_settings(d, &f, &mut spec);
     Some(spec)
 }

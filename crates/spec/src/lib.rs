@@ -35,9 +35,9 @@ pub use error::{Problem, SpecError};
 pub use quantity::{Cpu, Memory};
 pub use types::*;
 pub use validate::{
-    MAX_BACKOFF, MAX_CPU, MAX_MEMORY, MAX_NAME_LEN, MAX_PIDS, MAX_PROBE_DURATION,
-    MAX_PROBE_THRESHOLD, MAX_REPLICAS, MAX_RESET_AFTER, MAX_STOP_GRACE, MIN_BACKOFF,
-    MIN_PROBE_PERIOD, MIN_PROBE_TIMEOUT, TASK_VARS, validate_all,
+    MAX_BACKOFF, MAX_CPU, MAX_MEMORY, MAX_NAME_LEN, MAX_NODE_LOST_WAIT, MAX_PIDS,
+    MAX_PROBE_DURATION, MAX_PROBE_THRESHOLD, MAX_REPLICAS, MAX_RESET_AFTER, MAX_STOP_GRACE,
+    MIN_BACKOFF, MIN_PROBE_PERIOD, MIN_PROBE_TIMEOUT, TASK_VARS, validate_all,
 };
 
 /// The services in a file, plus what was accepted but not honoured (Compose keys Outpost does

@@ -4,8 +4,9 @@
 use crate::decode::{Decoder, Fields, Path};
 use crate::error::{Problem, SpecError};
 use crate::types::{
-    DriverKind, PortRef, PortSpec, ProbeAction, ProbeSpec, Protocol, PullPolicy, ResourceList,
-    Resources, RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec,
+    DriverKind, KeepTasks, OnNodeLost, PortRef, PortSpec, ProbeAction, ProbeSpec, Protocol,
+    PullPolicy, ReplaceAfter, ResourceList, Resources, RestartPolicy, RestartSpec, ServiceSpec,
+    VolumeSpec,
 };
 use crate::validate;
 use crate::yaml::Yaml;
@@ -15,9 +16,11 @@ const SERVICE_KEYS: &[&str] = &[
     "name", "replicas", "driver", "image", "command", "entrypoint", "env", "workdir", "user",
     "ports", "volumes", "restart", "liveness", "readiness", "resources", "stop_grace",
     "stop_signal", "pull", "read_only", "cap_add", "cap_drop", "security_opt", "privileged",
+    "on_node_lost",
 ];
 const PORT_KEYS: &[&str] = &["name", "container_port", "host_port", "protocol", "host_ip"];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
+const ON_NODE_LOST_KEYS: &[&str] = &["replace_after", "unreachable_after"];
 const RESTART_KEYS: &[&str] = &["policy", "initial_backoff", "max_backoff", "reset_after"];
 const PROBE_ACTIONS: &[&str] = &["http", "tcp", "exec"];
 #[rustfmt::skip]
@@ -111,8 +114,38 @@ fn service(d: &mut Decoder, root: &Path, doc: &Yaml) -> Option<ServiceSpec> {
     spec.stop_grace = f
         .take(d, "stop_grace", Decoder::duration)
         .unwrap_or(spec.stop_grace);
+    spec.on_node_lost = f.take(d, "on_node_lost", on_node_lost).unwrap_or_default();
     container_settings(d, &f, &mut spec);
     Some(spec)
+}
+
+/// `on_node_lost: keep`, or `{ replace_after: 2s, unreachable_after: 5m }` with either left to
+/// its default. Compose takes the same value as `x-outpost-on-node-lost`.
+pub(crate) fn on_node_lost(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<OnNodeLost> {
+    match node {
+        Yaml::Str(_) => {
+            return d
+                .choice(path, node, &[("keep", KeepTasks::Keep)])
+                .map(OnNodeLost::Keep);
+        }
+        Yaml::Map(_) => {}
+        other => {
+            let expected = "`keep`, or a mapping of `replace_after` and `unreachable_after`";
+            return d.wrong_type(path, expected, other);
+        }
+    }
+    let f = d.fields(path, node, ON_NODE_LOST_KEYS)?;
+    let mut after = ReplaceAfter::default();
+    let durations = [
+        ("replace_after", &mut after.replace_after),
+        ("unreachable_after", &mut after.unreachable_after),
+    ];
+    for (key, slot) in durations {
+        if let Some(value) = f.take(d, key, Decoder::duration) {
+            *slot = value;
+        }
+    }
+    Some(OnNodeLost::Replace(after))
 }
 
 /// The docker-only settings, stored in their normal form (`NET_ADMIN`, `SIGTERM`).

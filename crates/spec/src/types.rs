@@ -72,6 +72,10 @@ pub struct ServiceSpec {
     /// system agents.
     #[serde(default, skip_serializing_if = "is_false")]
     pub privileged: bool,
+    /// What becomes of the tasks on a node that is lost (`down` or `unreachable`). Specs stored
+    /// before it existed decode to the default.
+    #[serde(default, skip_serializing_if = "OnNodeLost::is_default")]
+    pub on_node_lost: OnNodeLost,
 }
 
 impl ServiceSpec {
@@ -101,6 +105,7 @@ impl ServiceSpec {
             cap_drop: Vec::new(),
             security_opt: Vec::new(),
             privileged: false,
+            on_node_lost: OnNodeLost::default(),
         }
     }
 
@@ -112,6 +117,117 @@ impl ServiceSpec {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// What to do with a service's tasks on a lost node: replace them once the node has been lost
+/// for a while (`{ replace_after: 2s, unreachable_after: 5m }`), or `keep` them where they are
+/// whatever happens.
+///
+/// Read by hand rather than as an untagged enum, so that a wrong value is told what it should
+/// be instead of matching "no variant".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum OnNodeLost {
+    /// `keep`: tasks stay on their node, and count again once it is back.
+    Keep(KeepTasks),
+    Replace(ReplaceAfter),
+}
+
+/// The word `keep`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepTasks {
+    Keep,
+}
+
+/// How long a node must have been lost before its tasks are replaced elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceAfter {
+    /// After the node went `down`: nobody reaches it, it most likely crashed.
+    #[serde(with = "duration_str", default = "default_replace_after")]
+    #[schema(value_type = String, example = "2s")]
+    pub replace_after: Duration,
+    /// After the node went `unreachable`: its peers still reach it, only the servers do not,
+    /// so its tasks most likely still serve their site.
+    #[serde(with = "duration_str", default = "default_unreachable_after")]
+    #[schema(value_type = String, example = "5m")]
+    pub unreachable_after: Duration,
+}
+
+/// 2 s: a node that nobody reaches is gone; its replicas are back elsewhere within the few
+/// seconds that beat Swarm (~20 s), Nomad (~30 s) and Kubernetes (~5 min).
+pub const DEFAULT_REPLACE_AFTER: Duration = Duration::from_secs(2);
+
+/// 5 min: a node cut off from the servers but alive to its peers usually still serves its
+/// site; a short uplink outage must not duplicate its work.
+pub const DEFAULT_UNREACHABLE_AFTER: Duration = Duration::from_secs(300);
+
+fn default_replace_after() -> Duration {
+    DEFAULT_REPLACE_AFTER
+}
+
+fn default_unreachable_after() -> Duration {
+    DEFAULT_UNREACHABLE_AFTER
+}
+
+impl Default for ReplaceAfter {
+    fn default() -> Self {
+        ReplaceAfter {
+            replace_after: DEFAULT_REPLACE_AFTER,
+            unreachable_after: DEFAULT_UNREACHABLE_AFTER,
+        }
+    }
+}
+
+impl Default for OnNodeLost {
+    fn default() -> Self {
+        OnNodeLost::Replace(ReplaceAfter::default())
+    }
+}
+
+impl<'de> Deserialize<'de> for OnNodeLost {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Unexpected, Visitor};
+
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = OnNodeLost;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`keep`, or a mapping of `replace_after` and `unreachable_after`")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<OnNodeLost, E> {
+                match text {
+                    "keep" => Ok(OnNodeLost::Keep(KeepTasks::Keep)),
+                    other => Err(E::invalid_value(Unexpected::Str(other), &self)),
+                }
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OnNodeLost, A::Error> {
+                let map = de::value::MapAccessDeserializer::new(map);
+                ReplaceAfter::deserialize(map).map(OnNodeLost::Replace)
+            }
+        }
+        d.deserialize_any(Either)
+    }
+}
+
+impl OnNodeLost {
+    pub fn is_default(&self) -> bool {
+        *self == OnNodeLost::default()
+    }
+
+    /// How long a node must have been `down` (`unreachable` when `unreachable` is true) before
+    /// its tasks are replaced; `None` for `keep`.
+    pub fn replace_after(&self, unreachable: bool) -> Option<Duration> {
+        match self {
+            OnNodeLost::Keep(_) => None,
+            OnNodeLost::Replace(r) if unreachable => Some(r.unreachable_after),
+            OnNodeLost::Replace(r) => Some(r.replace_after),
+        }
+    }
 }
 
 /// 5 s: long enough for a web server to drain, short enough that a scale-down feels prompt.

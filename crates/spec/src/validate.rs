@@ -11,7 +11,8 @@ use crate::decode::Path;
 use crate::error::{Problem, SpecError};
 use crate::quantity::{Cpu, Memory};
 use crate::types::{
-    DriverKind, PortRef, ProbeAction, ProbeSpec, Protocol, PullPolicy, RestartSpec, ServiceSpec,
+    DriverKind, OnNodeLost, PortRef, ProbeAction, ProbeSpec, Protocol, PullPolicy, RestartSpec,
+    ServiceSpec,
 };
 
 /// 1,000,000: ten times the 100,000 tasks a whole cluster is built for, so a larger number is a
@@ -66,6 +67,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// 1 day: the longest a task must stay up before its backoff resets.
 pub const MAX_RESET_AFTER: Duration = Duration::from_secs(86_400);
+
+/// 30 days: the longest a lost node's tasks may wait before they are replaced. Edge sites are
+/// cut off for days; a longer wait is a unit typo (`2y` for `2s`) that would leave a service
+/// short for good.
+pub const MAX_NODE_LOST_WAIT: Duration = Duration::from_secs(30 * 86_400);
 
 /// Variables the agent sets for every task, besides `PORT` and `OUTPOST_PORT_<NAME>`.
 pub const TASK_VARS: [&str; 4] = [
@@ -166,6 +172,7 @@ pub(crate) fn check_service(
     rules.volumes(spec);
     rules.restart(&spec.restart);
     rules.stop_grace(spec);
+    rules.on_node_lost(spec);
     for (field, probe) in [("liveness", &spec.liveness), ("readiness", &spec.readiness)] {
         if let Some(probe) = probe {
             rules.probe(spec, &root.key(field), probe);
@@ -439,6 +446,19 @@ impl Rules<'_> {
             Duration::ZERO,
             MAX_STOP_GRACE,
         );
+    }
+
+    fn on_node_lost(&mut self, spec: &ServiceSpec) {
+        let OnNodeLost::Replace(after) = &spec.on_node_lost else {
+            return;
+        };
+        let at = self.at("on_node_lost");
+        for (field, value) in [
+            ("replace_after", after.replace_after),
+            ("unreachable_after", after.unreachable_after),
+        ] {
+            self.duration(&at.key(field), value, Duration::ZERO, MAX_NODE_LOST_WAIT);
+        }
     }
 
     /// Reports a duration outside `min..=max`, saying which bound it crossed.

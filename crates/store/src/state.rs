@@ -65,6 +65,20 @@ pub enum Command {
         reports: Vec<(String, StatusReport)>,
         time: Timestamp,
     },
+    /// The leader's verdict that these tasks are lost: their node has been `down` or
+    /// `unreachable` for longer than their service's `on_node_lost` allows at `time`. Each one
+    /// that still qualifies when applied stops being wanted (its slot is placed again at once)
+    /// and is marked `lost`. Added after `Reports`, so older entries still decode.
+    LoseTasks {
+        tasks: Vec<String>,
+        time: Timestamp,
+    },
+    /// `outpost node drain` (`drain: true`) and `undrain`. Added after `LoseTasks`.
+    SetDrain {
+        node: String,
+        drain: bool,
+        time: Timestamp,
+    },
 }
 
 impl Command {
@@ -79,9 +93,29 @@ impl Command {
             | Command::SetNodeState { time, .. }
             | Command::Reconcile { time, .. }
             | Command::Report { time, .. }
-            | Command::Reports { time, .. } => *time,
+            | Command::Reports { time, .. }
+            | Command::LoseTasks { time, .. }
+            | Command::SetDrain { time, .. } => *time,
         }
     }
+}
+
+/// How a slot of a service version is filled: see [`State::slot_fill`].
+enum SlotFill {
+    Filled,
+    Waiting(String),
+    Open,
+}
+
+/// Why a task is to be given up: see [`State::loss_due`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    pub node: String,
+    pub state: NodeState,
+    /// How long the node has been in that state.
+    pub lost_for: std::time::Duration,
+    /// What the service's `on_node_lost` allows for it.
+    pub allowed: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,7 +270,11 @@ impl State {
             } => self.scale(service, *replicas, *time),
             Command::Remove { service, time } => self.remove(service, *time),
             Command::RegisterNode { node, time } => self.register(node, *time),
-            Command::SetNodeState { node, state, time } => self.set_node_state(node, *state, *time),
+            Command::SetNodeState { node, state, time } => {
+                let answer = self.set_node_state(node, *state, *time);
+                self.forget_removed_services();
+                answer
+            }
             Command::Reconcile {
                 place,
                 stop,
@@ -256,6 +294,14 @@ impl State {
                 self.forget_removed_services();
                 Response::Ok
             }
+            Command::LoseTasks { tasks, time } => {
+                for id in tasks {
+                    self.lose_task(id, *time);
+                }
+                self.forget_removed_services();
+                Response::Ok
+            }
+            Command::SetDrain { node, drain, time } => self.set_drain(node, *drain, *time),
         }
     }
 
@@ -375,6 +421,7 @@ impl State {
             capacity: Capacity::default(),
             allocatable: Capacity::default(),
             memory_pressure: false,
+            draining: false,
             drivers: Vec::new(),
             notes: Vec::new(),
             version: String::new(),
@@ -394,6 +441,7 @@ impl State {
         self.node_index.insert(node.name.clone(), self.index);
         self.nodes_placement_index = self.index;
         self.report_seq.remove(&node.name);
+        self.forget_lost_on(&node.name);
         let message = format!("node {} registered at {}", node.name, node.address);
         let name = Some(node.name.as_str());
         self.event(
@@ -422,6 +470,11 @@ impl State {
         n.state = state;
         n.state_since = time;
         self.nodes_placement_index = self.index;
+        if state == NodeState::Ready {
+            self.forget_lost_on(node);
+        } else if state.is_lost() {
+            self.forget_stopping_on(node);
+        }
         let level = if state == NodeState::Ready {
             Level::Info
         } else {
@@ -531,19 +584,16 @@ impl State {
         if svc.removing
             || p.slot == 0
             || p.slot > svc.spec.replicas
-            || !self.nodes.contains_key(&p.node)
+            || self.nodes.get(&p.node).is_none_or(|n| n.draining)
         {
             return;
         }
         let version = svc.version;
-        let current = self
-            .slot_task(&p.service, p.slot, version)
-            .map(|t| (t.id.clone(), t.node.is_some()));
-        let id = match current {
-            Some((_, true)) => return,
+        let id = match self.slot_fill(&p.service, p.slot, version) {
+            SlotFill::Filled => return,
             // A replica waiting for room gets its node; it keeps its id.
-            Some((id, false)) => id,
-            None => self.new_task(&p.service, p.slot, version, time),
+            SlotFill::Waiting(id) => id,
+            SlotFill::Open => self.new_task(&p.service, p.slot, version, time),
         };
         if let Some(task) = self.tasks.get_mut(&id) {
             task.node = Some(p.node.clone());
@@ -564,12 +614,82 @@ impl State {
         );
     }
 
-    /// The task that fills a slot of a service version, placed or waiting.
-    fn slot_task(&self, service: &str, slot: u32, version: u64) -> Option<&Task> {
+    /// The tasks wanted running in a slot of a service version, placed or waiting.
+    fn slot_tasks(&self, service: &str, slot: u32, version: u64) -> impl Iterator<Item = &Task> {
         self.lookup
             .of_slot(service, slot)
             .filter_map(|id| self.tasks.get(id))
-            .find(|t| t.desired == DesiredState::Running && t.version == version)
+            .filter(move |t| t.desired == DesiredState::Running && t.version == version)
+    }
+
+    /// Whether a slot of a service version is filled: by a task on a node that is not
+    /// draining (one on a draining node stays until its replacement is ready, but fills
+    /// nothing), or by a replica waiting for room.
+    fn slot_fill(&self, service: &str, slot: u32, version: u64) -> SlotFill {
+        let mut fill = SlotFill::Open;
+        for t in self.slot_tasks(service, slot, version) {
+            match &t.node {
+                None => fill = SlotFill::Waiting(t.id.clone()),
+                Some(node) if !self.node_draining(node) => return SlotFill::Filled,
+                Some(_) => {}
+            }
+        }
+        fill
+    }
+
+    /// Whether another task of `task`'s slot sits on a draining node, waiting for it.
+    fn drain_waits_on(&self, task: &Task) -> bool {
+        (self.slot_tasks(&task.service, task.slot, task.version))
+            .any(|o| o.id != task.id && o.node.as_deref().is_some_and(|n| self.node_draining(n)))
+    }
+
+    fn node_draining(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.draining)
+    }
+
+    /// Drains a node (nothing new is placed there; each of its tasks stops once a replacement
+    /// elsewhere is ready, see the scheduler) or stops draining it. Undraining calls off the
+    /// moves still under way: a replacement not yet needed, since its slot's task is here, is
+    /// stopped, so that each slot keeps one task off draining nodes.
+    fn set_drain(&mut self, node: &str, drain: bool, time: Timestamp) -> Response {
+        let Some(n) = self.nodes.get(node) else {
+            return Response::NotFound(node.to_string());
+        };
+        if n.draining == drain {
+            return Response::Ok;
+        }
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.draining = drain;
+        }
+        self.nodes_placement_index = self.index;
+        let message = if drain {
+            format!(
+                "node {node} is draining: nothing new is placed on it, and each of its tasks \
+                 stops once its replacement elsewhere is ready"
+            )
+        } else {
+            for id in self.replacements_of(node) {
+                self.stop_task(&id, time);
+            }
+            format!("node {node} is no longer draining")
+        };
+        self.event(time, Level::Info, "drain", None, None, Some(node), message);
+        Response::Ok
+    }
+
+    /// The tasks placed elsewhere, off draining nodes, in the slots of the tasks on `node`.
+    fn replacements_of(&self, node: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        for t in self
+            .tasks_on(node)
+            .filter(|t| t.desired == DesiredState::Running)
+        {
+            let others = (self.slot_tasks(&t.service, t.slot, t.version))
+                .filter(|o| o.id != t.id)
+                .filter(|o| o.node.as_deref().is_some_and(|n| !self.node_draining(n)));
+            ids.extend(others.map(|o| o.id.clone()));
+        }
+        ids
     }
 
     /// Creates a task with no node yet and returns its id.
@@ -601,6 +721,7 @@ impl State {
             message: None,
             created_at: time,
             updated_at: time,
+            node_state: None,
         };
         self.lookup.add(&task);
         self.tasks.insert(id.clone(), task);
@@ -621,14 +742,140 @@ impl State {
         task.desired = DesiredState::Shutdown;
         task.updated_at = time;
         let service = task.service.clone();
-        match task.node.clone() {
-            // Never started anywhere: nothing to wait for.
+        let node = task.node.clone();
+        let on_lost = node.as_ref().is_some_and(|n| self.node_is_lost(n));
+        match node {
+            // Never started anywhere, or on a lost node that cannot say it stopped: nothing to
+            // wait for. A lost node that comes back no longer finds it in its assignments, so
+            // it stops it.
             None => self.forget_task(id),
+            Some(_) if on_lost => self.forget_task(id),
             Some(node) => {
                 self.node_index.insert(node, self.index);
             }
         }
         self.placement_moved(&service);
+    }
+
+    /// Gives up one task on a lost node, if it still qualifies (see [`State::loss_due`]).
+    fn lose_task(&mut self, id: &str, time: Timestamp) {
+        let Some(loss) = self.tasks.get(id).and_then(|t| self.loss_due(t, time)) else {
+            return;
+        };
+        let Some(task) = self.tasks.get_mut(id) else {
+            return;
+        };
+        let lost_for = humantime::format_duration(loss.lost_for);
+        let message = format!(
+            "node {} has been {} for {lost_for}: its replica is placed elsewhere",
+            loss.node, loss.state
+        );
+        task.desired = DesiredState::Shutdown;
+        task.state = TaskState::Lost;
+        task.ready = false;
+        task.message = Some(message.clone());
+        task.updated_at = time;
+        let service = task.service.clone();
+        self.node_index.insert(loss.node.clone(), self.index);
+        self.placement_moved(&service);
+        let message = format!(
+            "task {id} lost: {message} (on_node_lost allows {})",
+            humantime::format_duration(loss.allowed)
+        );
+        self.event(
+            time,
+            Level::Warning,
+            "lost",
+            Some(&service),
+            Some(id),
+            Some(&loss.node),
+            message,
+        );
+    }
+
+    /// Whether `task` is to be given up at `now`: it is still wanted, its node is lost (`down`
+    /// or `unreachable`), and has been for at least what its service's `on_node_lost` allows
+    /// for that state (`keep` never gives it up). What the leader's loop asks before it
+    /// proposes `Command::LoseTasks`, and what the apply asks again.
+    pub fn loss_due(&self, task: &Task, now: Timestamp) -> Option<Loss> {
+        if task.desired != DesiredState::Running {
+            return None;
+        }
+        let node = self.nodes.get(task.node.as_deref()?)?;
+        if !node.state.is_lost() {
+            return None;
+        }
+        let svc = self.services.get(&task.service)?;
+        let unreachable = node.state == NodeState::Unreachable;
+        let allowed = svc.spec.on_node_lost.replace_after(unreachable)?;
+        let lost_for = node.state_since.elapsed_at(now);
+        (lost_for >= allowed).then(|| Loss {
+            node: node.name.clone(),
+            state: node.state,
+            lost_for,
+            allowed,
+        })
+    }
+
+    /// The tasks placed on `node`.
+    pub fn tasks_on(&self, node: &str) -> impl Iterator<Item = &Task> {
+        (self.lookup.by_node.get(node).into_iter().flatten()).filter_map(|id| self.tasks.get(id))
+    }
+
+    fn node_is_lost(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.state.is_lost())
+    }
+
+    /// Whether a task counts as ready: it said so, and its node is not lost. A task on a node
+    /// that is `down` or `unreachable` is never counted ready, whatever it last reported; the
+    /// node's state decides at read time, so no row is rewritten when a node goes down.
+    pub fn counts_ready(&self, task: &Task) -> bool {
+        task.ready && !self.on_lost_node(task)
+    }
+
+    /// Whether the task's node is lost (`down` or `unreachable`).
+    pub fn on_lost_node(&self, task: &Task) -> bool {
+        task.node.as_deref().is_some_and(|n| self.node_is_lost(n))
+    }
+
+    /// A task as listings show it: with its node's state when that is not `ready`, and not
+    /// ready when the node is lost (see [`State::counts_ready`]).
+    pub fn task_view(&self, task: &Task) -> Task {
+        let mut view = task.clone();
+        view.ready = self.counts_ready(task);
+        view.node_state = (task.node.as_ref())
+            .and_then(|n| self.nodes.get(n))
+            .map(|n| n.state)
+            .filter(|s| *s != NodeState::Ready);
+        view
+    }
+
+    /// A node is back: the tasks given up on it are forgotten. Its assignments no longer list
+    /// them, so its agent stops whatever of them it still runs.
+    fn forget_lost_on(&mut self, node: &str) {
+        let lost: Vec<String> = (self.tasks_on(node))
+            .filter(|t| t.state == TaskState::Lost)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in lost {
+            self.forget_task(&id);
+        }
+    }
+
+    /// A node was lost while some of its tasks were stopping: it cannot say they stopped, so
+    /// they are forgotten now (a removal or a scale-down never waits on it); if it comes back,
+    /// its assignments no longer list them and it stops them.
+    fn forget_stopping_on(&mut self, node: &str) {
+        let stopping: Vec<String> = (self.tasks_on(node))
+            .filter(|t| t.desired == DesiredState::Shutdown && t.state != TaskState::Lost)
+            .map(|t| t.id.clone())
+            .collect();
+        if !stopping.is_empty() {
+            self.node_index.insert(node.to_string(), self.index);
+        }
+        for id in stopping {
+            self.forget_task(&id);
+        }
     }
 
     /// Replicas that fit nowhere become tasks without a node, in state pending with the reason,
@@ -681,8 +928,25 @@ impl State {
             return;
         };
         // Only the node that runs a task may say how it is.
-        if task.node.as_deref() != Some(node) || !moves_forward(task, status) {
+        if task.node.as_deref() != Some(node) {
             return;
+        }
+        // Lost is final: no report moves a task out of it. Its node saying it stopped the task
+        // is the last news of it, and it is forgotten.
+        if task.state == TaskState::Lost {
+            if matches!(status.state, TaskState::Exited | TaskState::Failed) {
+                self.forget_task(&status.id);
+            }
+            return;
+        }
+        if !moves_forward(task, status) {
+            return;
+        }
+        // A replacement's readiness is what a drain waits on: its slot's old task stops then.
+        let became_ready = status.ready && !task.ready;
+        let waited = (became_ready && self.drain_waits_on(task)).then(|| task.service.clone());
+        if let Some(service) = waited {
+            self.placement_moved(&service);
         }
         let Some(task) = self.tasks.get_mut(&status.id) else {
             return;
@@ -752,10 +1016,10 @@ impl State {
         }
         let (replicas, version) = (svc.spec.replicas, svc.version);
         for slot in 1..=replicas {
-            let id = match self.slot_task(service, slot, version) {
-                Some(t) if t.node.is_some() => continue,
-                Some(t) => t.id.clone(),
-                None => self.new_task(service, slot, version, time),
+            let id = match self.slot_fill(service, slot, version) {
+                SlotFill::Filled => continue,
+                SlotFill::Waiting(id) => id,
+                SlotFill::Open => self.new_task(service, slot, version, time),
             };
             let message = format!("waiting for a node: {reason}");
             if self.tasks.get(&id).and_then(|t| t.message.as_ref()) != Some(&message)
@@ -766,15 +1030,27 @@ impl State {
         }
     }
 
-    /// A removed service is forgotten once its last task is gone.
+    /// A removed service is forgotten once its last task is gone: stopped, or lost (those go
+    /// with it).
     fn forget_removed_services(&mut self) {
         let gone: Vec<String> = self
             .services
             .iter()
-            .filter(|(name, s)| s.removing && self.lookup.of_service(name).next().is_none())
+            .filter(|(name, s)| {
+                s.removing
+                    && (self.lookup.of_service(name))
+                        .filter_map(|(_, id)| self.tasks.get(id))
+                        .all(|t| t.state == TaskState::Lost)
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
+            let lost: Vec<String> = (self.lookup.of_service(&name))
+                .map(|(_, id)| id.clone())
+                .collect();
+            for id in lost {
+                self.forget_task(&id);
+            }
             self.services.remove(&name);
             self.pending.remove(&name);
             self.placement_index.remove(&name);
@@ -848,15 +1124,25 @@ impl State {
             {
                 return Err(format!("task {} is on unknown node {node}", task.id));
             }
+            if task.state == TaskState::Lost
+                && (task.desired != DesiredState::Shutdown || task.ready)
+            {
+                return Err(format!("lost task {} is still wanted or ready", task.id));
+            }
         }
         // One pass over the tasks, not one per service: debug builds check after every apply.
+        // A task on a draining node fills no slot: its replacement runs beside it until ready.
         let mut filled = BTreeSet::new();
         for t in self.tasks.values() {
             let current = self
                 .services
                 .get(&t.service)
                 .is_some_and(|svc| svc.version == t.version);
-            if current && t.desired == DesiredState::Running && !filled.insert((&t.service, t.slot))
+            let draining = t.node.as_deref().is_some_and(|n| self.node_draining(n));
+            if current
+                && t.desired == DesiredState::Running
+                && !draining
+                && !filled.insert((&t.service, t.slot))
             {
                 return Err(format!(
                     "service {} has two running tasks in one slot",
@@ -878,6 +1164,8 @@ impl State {
         };
         ids.iter()
             .filter_map(|id| self.tasks.get(id))
+            // Given up here: the node stops it, as it stops anything no longer listed.
+            .filter(|t| t.state != TaskState::Lost)
             .filter_map(|t| {
                 let svc = self.services.get(&t.service)?;
                 Some(api::Assignment {
@@ -901,6 +1189,7 @@ fn step(state: TaskState) -> u8 {
         TaskState::Starting => 1,
         TaskState::Running => 2,
         TaskState::Exited | TaskState::Failed => 3,
+        TaskState::Lost => 4,
     }
 }
 
@@ -1477,5 +1766,613 @@ mod pending_tests {
         assert_eq!(s.tasks["web.1.1"].message, None);
         assert_eq!(s.check(), Ok(()));
         assert_eq!(s.assignments("a").len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod lost_tests {
+    use super::*;
+
+    const T: Timestamp = Timestamp(10_000);
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp(T.0 + ms)
+    }
+
+    fn run(s: &mut State, commands: impl IntoIterator<Item = Command>) {
+        for c in commands {
+            s.apply(s.index + 1, &c);
+            assert_eq!(s.check(), Ok(()), "after {c:?}");
+        }
+    }
+
+    fn node(name: &str) -> Command {
+        let room = Capacity {
+            cpu_millis: 4000,
+            memory_bytes: 1 << 32,
+        };
+        Command::RegisterNode {
+            node: RegisterRequest {
+                name: name.into(),
+                address: format!("http://{name}"),
+                capacity: room.clone(),
+                allocatable: room,
+                drivers: vec!["process".into()],
+                notes: vec![],
+                version: "test".into(),
+            },
+            time: T,
+        }
+    }
+
+    fn node_state(name: &str, state: NodeState, time: Timestamp) -> Command {
+        Command::SetNodeState {
+            node: name.into(),
+            state,
+            time,
+        }
+    }
+
+    fn ready(node: &str, id: &str, restarts: u32) -> Command {
+        Command::Report {
+            node: node.into(),
+            report: StatusReport {
+                tasks: vec![TaskStatus {
+                    id: id.into(),
+                    state: TaskState::Running,
+                    evicted: false,
+                    ready: true,
+                    restarts,
+                    pid: Some(7),
+                    container_id: None,
+                    ports: BTreeMap::new(),
+                    started_at: Some(Timestamp(T.0 + u64::from(restarts))),
+                    exit_code: None,
+                    message: None,
+                }],
+                ..StatusReport::default()
+            },
+            time: T,
+        }
+    }
+
+    fn exited(node: &str, id: &str) -> Command {
+        let mut c = ready(node, id, 0);
+        if let Command::Report { report, .. } = &mut c {
+            report.tasks[0].state = TaskState::Exited;
+            report.tasks[0].ready = false;
+        }
+        c
+    }
+
+    /// Plans with the real scheduler and commits the plan, as the service controller does.
+    fn settle(s: &mut State, time: Timestamp) {
+        let plan = scheduler_free_plan(s);
+        run(s, [plan_command(plan, time)]);
+    }
+
+    /// The store cannot depend on the scheduler (the scheduler's own tests cover it): this
+    /// places every open slot of every service on the first ready node, which is all these
+    /// tests need of a plan.
+    fn scheduler_free_plan(s: &State) -> Vec<Placement> {
+        let mut place = Vec::new();
+        let ready: Vec<&String> = (s.nodes.iter())
+            .filter(|(_, n)| n.state == NodeState::Ready)
+            .map(|(name, _)| name)
+            .collect();
+        for (name, svc) in s.services.iter().filter(|(_, svc)| !svc.removing) {
+            for slot in 1..=svc.spec.replicas {
+                if matches!(s.slot_fill(name, slot, svc.version), SlotFill::Open)
+                    && let Some(node) = ready.first()
+                {
+                    place.push(Placement {
+                        service: name.clone(),
+                        slot,
+                        node: node.to_string(),
+                    });
+                }
+            }
+        }
+        place
+    }
+
+    fn plan_command(place: Vec<Placement>, time: Timestamp) -> Command {
+        Command::Reconcile {
+            place,
+            stop: vec![],
+            pending: vec![],
+            time,
+        }
+    }
+
+    fn deploy(spec: ServiceSpec) -> Command {
+        Command::Deploy {
+            services: vec![spec],
+            time: T,
+        }
+    }
+
+    fn web(on_node_lost: spec::OnNodeLost) -> ServiceSpec {
+        let mut spec = ServiceSpec::process("web", &["app"]);
+        spec.replicas = 2;
+        spec.on_node_lost = on_node_lost;
+        spec
+    }
+
+    fn placed(slot: u32, node: &str) -> Placement {
+        Placement {
+            service: "web".into(),
+            slot,
+            node: node.into(),
+        }
+    }
+
+    /// `web` with slot 1 on `a` and slot 2 on `b`, both ready, then `b` goes `state` at T.
+    fn b_lost(policy: spec::OnNodeLost, state: NodeState) -> State {
+        let mut s = State::default();
+        run(
+            &mut s,
+            [
+                node("a"),
+                node("b"),
+                deploy(web(policy)),
+                plan_command(vec![placed(1, "a"), placed(2, "b")], T),
+            ],
+        );
+        let on_b = b_task(&s);
+        run(
+            &mut s,
+            [
+                ready("a", "web.1.1", 0),
+                ready("b", &on_b, 0),
+                node_state("b", state, T),
+            ],
+        );
+        s
+    }
+
+    fn b_task(s: &State) -> String {
+        s.tasks_on("b").next().expect("a task on b").id.clone()
+    }
+
+    fn lose_due(s: &mut State, now: Timestamp) {
+        let due: Vec<String> = (s.nodes.keys())
+            .flat_map(|n| s.tasks_on(n))
+            .filter(|t| s.loss_due(t, now).is_some())
+            .map(|t| t.id.clone())
+            .collect();
+        run(
+            s,
+            [Command::LoseTasks {
+                tasks: due,
+                time: now,
+            }],
+        );
+    }
+
+    #[test]
+    fn a_task_on_a_down_node_counts_not_ready_at_once_without_a_row_rewritten() {
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Ready);
+        let id = b_task(&s);
+        s.tasks.forget_changes();
+        run(&mut s, [node_state("b", NodeState::Down, T)]);
+        assert_eq!(s.tasks.take_changes().count(), 0, "no task row written");
+        let t = &s.tasks[&id];
+        assert!(t.ready, "as last reported");
+        assert!(!s.counts_ready(t));
+        let view = s.task_view(t);
+        assert_eq!(
+            (view.ready, view.node_state),
+            (false, Some(NodeState::Down))
+        );
+        let on_a = s.task_view(&s.tasks["web.1.1"]);
+        assert_eq!((on_a.ready, on_a.node_state), (true, None));
+        run(&mut s, [node_state("b", NodeState::Suspect, T)]);
+        assert!(s.counts_ready(&s.tasks[&id]), "suspect is not lost");
+    }
+
+    #[test]
+    fn tasks_are_lost_once_the_policy_time_is_up_and_their_slot_is_placed_again() {
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Down);
+        let id = b_task(&s);
+        let index = s.placement_index["web"];
+        lose_due(&mut s, at(1_999));
+        assert_eq!(s.tasks[&id].state, TaskState::Running, "2s not up yet");
+        // A stale verdict is checked again when applied.
+        run(
+            &mut s,
+            [Command::LoseTasks {
+                tasks: vec![id.clone(), "web.1.1".into(), "nope".into()],
+                time: at(1_000),
+            }],
+        );
+        assert_eq!(s.tasks[&id].desired, DesiredState::Running);
+        s.tasks.forget_changes();
+        lose_due(&mut s, at(2_000));
+        let changed: Vec<String> = s.tasks.take_changes().map(|(k, _)| k).collect();
+        assert_eq!(
+            changed,
+            std::slice::from_ref(&id),
+            "only the lost task's row is written"
+        );
+        let t = &s.tasks[&id];
+        assert_eq!(
+            (t.desired, t.state, t.ready),
+            (DesiredState::Shutdown, TaskState::Lost, false)
+        );
+        assert!(
+            s.placement_index["web"] > index,
+            "the service is planned again"
+        );
+        let lost: Vec<&Event> = s
+            .events
+            .iter()
+            .filter(|e| e.event.reason == "lost")
+            .collect();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].event.node.as_deref(), Some("b"));
+        assert_eq!(lost[0].event.task.as_deref(), Some(id.as_str()));
+        assert!(
+            lost[0]
+                .event
+                .message
+                .contains("node b has been down for 2s"),
+            "{}",
+            lost[0].event.message
+        );
+        // Lost again later: nothing more happens, no second event.
+        lose_due(&mut s, at(9_000));
+        run(
+            &mut s,
+            [Command::LoseTasks {
+                tasks: vec![id.clone()],
+                time: at(9_000),
+            }],
+        );
+        assert_eq!(
+            s.events.iter().filter(|e| e.event.reason == "lost").count(),
+            1
+        );
+        // The slot is open again: the plan places a replacement on a, next to the lost one.
+        settle(&mut s, at(2_100));
+        let slot2: Vec<&Task> = s.tasks.values().filter(|t| t.slot == 2).collect();
+        assert_eq!(slot2.len(), 2);
+        assert!(
+            slot2
+                .iter()
+                .any(|t| t.node.as_deref() == Some("a") && t.desired == DesiredState::Running)
+        );
+        assert!(scheduler_free_plan(&s).is_empty(), "nothing more to place");
+    }
+
+    #[test]
+    fn a_lost_task_never_comes_back_and_the_returning_node_is_told_to_drop_it() {
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Down);
+        let id = b_task(&s);
+        lose_due(&mut s, at(5_000));
+        assert!(s.assignments("b").is_empty(), "no longer listed for b");
+        // Late reports from b, even of a later run, never move it back.
+        run(&mut s, [ready("b", &id, 0), ready("b", &id, 3)]);
+        let t = &s.tasks[&id];
+        assert_eq!((t.state, t.ready, t.restarts), (TaskState::Lost, false, 0));
+        // b says it stopped it: the last news of the task.
+        run(&mut s, [exited("b", &id)]);
+        assert!(!s.tasks.contains_key(&id));
+    }
+
+    #[test]
+    fn a_returning_node_forgets_its_lost_tasks() {
+        for back in [node("b"), node_state("b", NodeState::Ready, at(6_000))] {
+            let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Down);
+            let id = b_task(&s);
+            lose_due(&mut s, at(5_000));
+            run(&mut s, [back]);
+            assert!(!s.tasks.contains_key(&id));
+            assert!(s.assignments("b").is_empty());
+        }
+    }
+
+    #[test]
+    fn keep_never_loses_and_unreachable_waits_for_its_own_time() {
+        let keep = spec::OnNodeLost::Keep(spec::KeepTasks::Keep);
+        let mut s = b_lost(keep, NodeState::Down);
+        lose_due(&mut s, at(86_400_000));
+        assert_eq!(s.tasks[&b_task(&s)].desired, DesiredState::Running);
+        assert!(
+            !s.counts_ready(&s.tasks[&b_task(&s)]),
+            "kept, but not ready"
+        );
+
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Unreachable);
+        lose_due(&mut s, at(299_999));
+        assert_eq!(s.tasks[&b_task(&s)].state, TaskState::Running);
+        lose_due(&mut s, at(300_000));
+        assert_eq!(s.tasks[&b_task(&s)].state, TaskState::Lost);
+        let message = s.tasks[&b_task(&s)].message.clone().unwrap_or_default();
+        assert!(message.contains("unreachable for 5m"), "{message}");
+    }
+
+    #[test]
+    fn a_node_down_again_later_counts_from_its_new_state_since() {
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Down);
+        run(
+            &mut s,
+            [
+                node_state("b", NodeState::Ready, at(1_000)),
+                node_state("b", NodeState::Down, at(10_000)),
+            ],
+        );
+        lose_due(&mut s, at(11_000));
+        assert_eq!(s.tasks[&b_task(&s)].state, TaskState::Running);
+        lose_due(&mut s, at(12_000));
+        assert_eq!(s.tasks[&b_task(&s)].state, TaskState::Lost);
+    }
+
+    #[test]
+    fn rm_completes_with_tasks_on_a_down_node() {
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Down);
+        let on_b = b_task(&s);
+        run(
+            &mut s,
+            [Command::Remove {
+                service: "web".into(),
+                time: at(100),
+            }],
+        );
+        assert!(!s.tasks.contains_key(&on_b), "b cannot say it stopped it");
+        assert!(s.services["web"].removing, "a still stops its task");
+        run(&mut s, [exited("a", "web.1.1")]);
+        assert!(s.services.is_empty() && s.tasks.is_empty());
+        assert!(s.assignments("b").is_empty());
+    }
+
+    #[test]
+    fn rm_completes_when_the_node_goes_down_while_stopping_or_after_a_loss() {
+        // The node goes down while its task is stopping.
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Ready);
+        run(
+            &mut s,
+            [
+                Command::Remove {
+                    service: "web".into(),
+                    time: T,
+                },
+                exited("a", "web.1.1"),
+            ],
+        );
+        assert!(s.services.contains_key("web"), "waits on b");
+        run(&mut s, [node_state("b", NodeState::Down, at(100))]);
+        assert!(s.services.is_empty() && s.tasks.is_empty());
+
+        // Lost first, its replacement placed and running, then removed.
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Down);
+        lose_due(&mut s, at(2_000));
+        settle(&mut s, at(2_100));
+        let ids: Vec<String> = s.tasks_on("a").map(|t| t.id.clone()).collect();
+        run(
+            &mut s,
+            [Command::Remove {
+                service: "web".into(),
+                time: at(3_000),
+            }],
+        );
+        run(&mut s, ids.iter().map(|id| exited("a", id)));
+        assert!(s.services.is_empty() && s.tasks.is_empty(), "{:?}", s.tasks);
+    }
+
+    #[test]
+    fn a_scale_down_never_waits_on_a_down_node() {
+        let mut s = b_lost(
+            spec::OnNodeLost::Keep(spec::KeepTasks::Keep),
+            NodeState::Down,
+        );
+        let on_b = b_task(&s);
+        run(
+            &mut s,
+            [
+                Command::Scale {
+                    service: "web".into(),
+                    replicas: 1,
+                    time: at(100),
+                },
+                Command::Reconcile {
+                    place: vec![],
+                    stop: vec![on_b.clone()],
+                    pending: vec![],
+                    time: at(100),
+                },
+            ],
+        );
+        assert!(!s.tasks.contains_key(&on_b));
+        assert!(s.assignments("b").is_empty());
+    }
+
+    #[test]
+    fn losing_tasks_is_deterministic_and_an_older_entry_still_decodes() {
+        let commands = |s: &State| {
+            vec![Command::LoseTasks {
+                tasks: vec![b_task(s)],
+                time: at(2_000),
+            }]
+        };
+        let mut x = b_lost(spec::OnNodeLost::default(), NodeState::Down);
+        let mut y = x.clone();
+        let (cx, cy) = (commands(&x), commands(&y));
+        run(&mut x, cx);
+        run(&mut y, cy);
+        assert_eq!(x, y);
+        let entry = r#"{"Remove":{"service":"web","time":"1970-01-01T00:00:01Z"}}"#;
+        assert!(serde_json::from_str::<Command>(entry).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+
+    const T: Timestamp = Timestamp(1_000);
+
+    fn run(s: &mut State, commands: impl IntoIterator<Item = Command>) {
+        for c in commands {
+            s.apply(s.index + 1, &c);
+            assert_eq!(s.check(), Ok(()), "after {c:?}");
+        }
+    }
+
+    fn node(name: &str) -> Command {
+        Command::RegisterNode {
+            node: RegisterRequest {
+                name: name.into(),
+                address: String::new(),
+                capacity: Capacity::default(),
+                allocatable: Capacity::default(),
+                drivers: vec!["process".into()],
+                notes: vec![],
+                version: String::new(),
+            },
+            time: T,
+        }
+    }
+
+    fn drain(node: &str, drain: bool) -> Command {
+        Command::SetDrain {
+            node: node.into(),
+            drain,
+            time: T,
+        }
+    }
+
+    fn place(slot: u32, node: &str) -> Command {
+        Command::Reconcile {
+            place: vec![Placement {
+                service: "web".into(),
+                slot,
+                node: node.into(),
+            }],
+            stop: vec![],
+            pending: vec![],
+            time: T,
+        }
+    }
+
+    fn stop(id: &str) -> Command {
+        Command::Reconcile {
+            place: vec![],
+            stop: vec![id.into()],
+            pending: vec![],
+            time: T,
+        }
+    }
+
+    fn report(node: &str, id: &str, state: TaskState, ready: bool) -> Command {
+        Command::Report {
+            node: node.into(),
+            report: StatusReport {
+                tasks: vec![TaskStatus {
+                    id: id.into(),
+                    state,
+                    evicted: false,
+                    ready,
+                    restarts: 0,
+                    pid: Some(7),
+                    container_id: None,
+                    ports: BTreeMap::new(),
+                    started_at: Some(T),
+                    exit_code: None,
+                    message: None,
+                }],
+                ..StatusReport::default()
+            },
+            time: T,
+        }
+    }
+
+    /// `web` slot 1 on a (ready), slot 2 on b, then a drained.
+    fn a_draining() -> State {
+        let mut spec = ServiceSpec::process("web", &["app"]);
+        spec.replicas = 2;
+        let mut s = State::default();
+        run(
+            &mut s,
+            [
+                node("a"),
+                node("b"),
+                Command::Deploy {
+                    services: vec![spec],
+                    time: T,
+                },
+                place(1, "a"),
+                place(2, "b"),
+                report("a", "web.1.1", TaskState::Running, true),
+                drain("a", true),
+            ],
+        );
+        s
+    }
+
+    fn slot_one(s: &State) -> Vec<(String, Option<String>, DesiredState)> {
+        (s.tasks.values())
+            .filter(|t| t.slot == 1)
+            .map(|t| (t.id.clone(), t.node.clone(), t.desired))
+            .collect()
+    }
+
+    #[test]
+    fn a_drained_task_runs_beside_its_replacement_until_that_is_ready() {
+        let mut s = a_draining();
+        assert!(s.nodes["a"].draining);
+        assert_eq!(
+            s.nodes_placement_index, s.index,
+            "every service is planned again"
+        );
+        assert!(s.events.iter().any(|e| e.event.reason == "drain"));
+        // Nothing new on a; the replacement goes beside the old task, once.
+        run(&mut s, [place(1, "a"), place(1, "b"), place(1, "b")]);
+        let b = Some("b".to_string());
+        let a = Some("a".to_string());
+        assert_eq!(
+            slot_one(&s),
+            [
+                ("web.1.1".into(), a.clone(), DesiredState::Running),
+                ("web.1.3".into(), b.clone(), DesiredState::Running)
+            ]
+        );
+        let index = s.placement_index["web"];
+        run(&mut s, [report("b", "web.1.3", TaskState::Running, false)]);
+        assert_eq!(
+            s.placement_index["web"], index,
+            "not ready: nothing to plan"
+        );
+        run(&mut s, [report("b", "web.1.3", TaskState::Running, true)]);
+        assert!(
+            s.placement_index["web"] > index,
+            "ready: the old one may stop"
+        );
+        run(
+            &mut s,
+            [
+                stop("web.1.1"),
+                report("a", "web.1.1", TaskState::Exited, false),
+            ],
+        );
+        assert_eq!(s.tasks_on("a").count(), 0, "a is empty");
+        assert_eq!(slot_one(&s), [("web.1.3".into(), b, DesiredState::Running)]);
+    }
+
+    #[test]
+    fn undraining_calls_off_the_moves_under_way() {
+        let mut s = a_draining();
+        run(&mut s, [place(1, "b"), drain("a", false)]);
+        let a = Some("a".to_string());
+        assert_eq!(
+            slot_one(&s),
+            [
+                ("web.1.1".into(), a, DesiredState::Running),
+                ("web.1.3".into(), Some("b".into()), DesiredState::Shutdown)
+            ]
+        );
+        assert!(!s.nodes["a"].draining);
+        let answer = s.apply(s.index + 1, &drain("nope", true));
+        assert_eq!(answer, Response::NotFound("nope".into()));
     }
 }

@@ -46,13 +46,19 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 pub struct Dev {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `dev`, or `server` for a control plane whose agents run as processes of their own.
+    role: &'static str,
 }
 
 impl Dev {
     /// Starts `outpost dev` with `files` and waits until its API answers.
     pub fn start(files: &[&Path]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
-        let mut dev = Dev { dir, child: None };
+        let mut dev = Dev {
+            dir,
+            child: None,
+            role: "dev",
+        };
         dev.spawn(files);
         dev
     }
@@ -61,7 +67,11 @@ impl Dev {
     /// inside dev's own start-up.
     pub fn start_with_spec(name: &str, text: &str) -> Dev {
         let dir = tempfile::tempdir().unwrap();
-        let mut dev = Dev { dir, child: None };
+        let mut dev = Dev {
+            dir,
+            child: None,
+            role: "dev",
+        };
         let path = dev.spec_file(name, text);
         dev.spawn(&[&path]);
         dev
@@ -109,7 +119,7 @@ impl Dev {
         let child = Command::new(outpost_bin())
             .arg("--data-dir")
             .arg(self.data_dir())
-            .args(["--api", "127.0.0.1:0", "dev"])
+            .args(["--api", "127.0.0.1:0", self.role])
             .args(args)
             .env("OUTPOST_LOG", "info")
             .envs(env.iter().copied())
@@ -132,6 +142,45 @@ impl Dev {
             let leader = serde_json::from_str::<Value>(&body).ok()?["leader"].clone();
             (status == 200 && !leader.is_null()).then_some(())
         });
+    }
+
+    /// Starts `outpost server` alone on loopback, and waits until it answers and leads: a
+    /// control plane for [`AgentNode`]s. Client commands and waits work as on `dev`.
+    pub fn start_server() -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = Dev {
+            dir,
+            child: None,
+            role: "server",
+        };
+        dev.spawn(&[]);
+        dev
+    }
+
+    /// The server's API address and token, for an agent to join it.
+    pub fn api_and_token(&self) -> (String, String) {
+        let read = |name: &str| {
+            let text = std::fs::read_to_string(self.data_dir().join(name)).unwrap();
+            text.trim().to_string()
+        };
+        (read("api"), read("token"))
+    }
+
+    /// The node named `name` as `outpost nodes -o json` shows it.
+    pub fn node_named(&self, name: &str) -> Option<Value> {
+        let nodes = self.json(&["nodes"]);
+        nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+    }
+
+    /// Waits until node `name` is in `state`.
+    pub fn wait_node_state(&self, name: &str, state: &str) -> Value {
+        wait_for(&format!("node {name} to be {state}"), || {
+            self.node_named(name).filter(|n| n["state"] == state)
+        })
     }
 
     /// The agent's node, once it is registered and ready.
@@ -290,7 +339,12 @@ impl Dev {
 
 /// Removes the agent's empty cgroup folders, so test runs leave nothing under /sys/fs/cgroup.
 pub fn remove_cgroups(data_dir: &Path) {
-    let Ok(agent) = std::fs::read_to_string(data_dir.join("agent").join("agent-id")) else {
+    remove_agent_cgroups(&data_dir.join("agent"));
+}
+
+/// Removes the cgroup folders of the agent whose data dir is `agent_dir`.
+fn remove_agent_cgroups(agent_dir: &Path) {
+    let Ok(agent) = std::fs::read_to_string(agent_dir.join("agent-id")) else {
         return;
     };
     let name = format!("outpost-{}", agent.trim());
@@ -515,7 +569,11 @@ impl Dev {
     /// hold secrets), and waits until its API answers.
     pub fn start_with_env(env: &[(&str, &str)]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
-        let mut dev = Dev { dir, child: None };
+        let mut dev = Dev {
+            dir,
+            child: None,
+            role: "dev",
+        };
         dev.spawn_with(&[], env);
         dev
     }
@@ -524,7 +582,11 @@ impl Dev {
     /// API answers.
     pub fn start_with_flags(flags: &[&str]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
-        let mut dev = Dev { dir, child: None };
+        let mut dev = Dev {
+            dir,
+            child: None,
+            role: "dev",
+        };
         dev.spawn_dev(flags.iter().map(std::ffi::OsStr::new), &[]);
         dev
     }
@@ -600,5 +662,121 @@ impl Dev {
     /// The pid of the running `outpost dev`.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("dev is running").id()
+    }
+}
+
+/// An `outpost agent` process of its own, joined to a server started with
+/// [`Dev::start_server`], with its own data dir. Its tasks are processes of their own too: a
+/// crash of the agent (SIGKILL) leaves them running unless the test kills them as well.
+pub struct AgentNode {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Host ports this agent hands its tasks, apart from every other agent's in the test.
+    task_ports: String,
+}
+
+impl AgentNode {
+    /// Starts agent `name` against `server`, handing its tasks ports from `task_ports`
+    /// (`FIRST-LAST`), and waits until its node is ready.
+    pub fn start(server: &Dev, name: &str, task_ports: &str) -> AgentNode {
+        let mut agent = AgentNode {
+            name: name.to_string(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            task_ports: task_ports.to_string(),
+        };
+        agent.spawn(server);
+        agent
+    }
+
+    fn spawn(&mut self, server: &Dev) {
+        let (api, token) = server.api_and_token();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new(outpost_bin())
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args([
+                "--api", &api, "--token", &token, "agent", "--name", &self.name,
+            ])
+            .args(["--task-ports", &self.task_ports])
+            .env("OUTPOST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        server.wait_node_state(&self.name, "ready");
+    }
+
+    /// The agent's id, which marks every process it starts.
+    pub fn agent_id(&self) -> String {
+        let path = self.dir.path().join("agent-id");
+        wait_for("the agent id", || std::fs::read_to_string(&path).ok())
+            .trim()
+            .to_string()
+    }
+
+    /// Every live process this agent started.
+    pub fn task_processes(&self) -> Vec<TaskProcess> {
+        marked_processes(&self.agent_id())
+    }
+
+    /// A crash of the node: SIGKILL of the agent, then of every process it started. Returns
+    /// the processes killed.
+    pub fn crash(&mut self) -> Vec<TaskProcess> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        let killed = self.task_processes();
+        for p in &killed {
+            sigkill(p.pid);
+        }
+        wait_for("the crashed node's processes to be gone", || {
+            self.task_processes().is_empty().then_some(())
+        });
+        killed
+    }
+
+    /// Starts the agent again on the same data dir, as a node that reboots and comes back.
+    pub fn restart(&mut self, server: &Dev) {
+        assert!(self.child.is_none(), "crash the agent first");
+        self.spawn(server);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + PATIENCE;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(POLL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Whatever a failed test left running of this node goes with it.
+        if let Ok(id) = std::fs::read_to_string(self.dir.path().join("agent-id")) {
+            for p in marked_processes(id.trim()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        remove_agent_cgroups(self.dir.path());
     }
 }

@@ -13,7 +13,7 @@ use crate::{Plan, oracle, plan, plan_services};
 
 /// A service as drawn: replicas, CPU, memory, docker driver, version, removing.
 type ServiceDraw = (u32, u64, u64, bool, u64, bool);
-/// A node as drawn: CPU, memory, state (0 ready, 1 suspect, 2 down), pressure, drivers (bit 0
+/// A node as drawn: CPU, memory, state (0 ready, 1 suspect, 2 down, 3 ready and draining), pressure, drivers (bit 0
 /// process, bit 1 docker).
 type NodeDraw = (u64, u64, u8, bool, u8);
 /// A task as drawn: service index, slot, version, node index (past the nodes: on no node;
@@ -41,7 +41,14 @@ fn nodes_from(draws: &[NodeDraw]) -> BTreeMap<String, Node> {
         .map(|(i, &(cpu, mem, state, pressure, drivers))| {
             let name = format!("n{i}");
             let mut n = node(&name, cpu, mem);
-            n.state = [NodeState::Ready, NodeState::Suspect, NodeState::Down][usize::from(state)];
+            // 3 is a ready node being drained.
+            n.state = [
+                NodeState::Ready,
+                NodeState::Suspect,
+                NodeState::Down,
+                NodeState::Ready,
+            ][usize::from(state)];
+            n.draining = state == 3;
             n.memory_pressure = pressure;
             n.drivers = [(1, "process"), (2, "docker")]
                 .iter()
@@ -83,7 +90,7 @@ fn cluster() -> impl Strategy<Value = (Vec<ServiceDraw>, Vec<NodeDraw>, Vec<Task
         .prop_map(|(r, cpu, mem, docker, v, rm)| {
             (r, cpu, mem, docker && cpu % 4 == 0, v, rm && r % 3 == 0)
         });
-    let node = (0u64..6000, 0u64..(1 << 33), 0u8..3, any::<bool>(), 0u8..4).prop_map(
+    let node = (0u64..6000, 0u64..(1 << 33), 0u8..4, any::<bool>(), 0u8..4).prop_map(
         |(cpu, mem, s, p, d)| {
             (
                 cpu,
@@ -111,12 +118,14 @@ fn change() -> impl Strategy<Value = ChangeDraw> {
     (any::<usize>(), 0u8..13, any::<u32>())
 }
 
-/// Changes one node's placement inputs, or registers one named `fresh`.
+/// Changes one node's placement inputs, or registers one named `fresh`. Returns the node when
+/// the change matters to the services with tasks on it: its drain, or its state (whether a
+/// replacement there counts as ready, so that a draining task of its slot stops).
 fn change_node(
     nodes: &mut BTreeMap<String, Node>,
     (pick, kind, amount): ChangeDraw,
     fresh: String,
-) {
+) -> Option<String> {
     let count = nodes.len();
     let Some(n) = (kind < 12)
         .then(|| nodes.values_mut().nth(pick % count.max(1)))
@@ -126,17 +135,25 @@ fn change_node(
             fresh.clone(),
             node(&fresh, u64::from(amount % 6000), 1 << 32),
         );
-        return;
+        return None;
     };
     match kind {
-        8 => n.state = [NodeState::Ready, NodeState::Suspect, NodeState::Down][amount as usize % 3],
-        9 => n.memory_pressure = !n.memory_pressure,
+        8 => {
+            n.state = [NodeState::Ready, NodeState::Suspect, NodeState::Down][amount as usize % 3];
+            return Some(n.name.clone());
+        }
+        9 if amount % 2 == 0 => n.memory_pressure = !n.memory_pressure,
+        9 => {
+            n.draining = !n.draining;
+            return Some(n.name.clone());
+        }
         10 => n.allocatable.cpu_millis = u64::from(amount % 6000),
         _ => {
             let drivers = &["process", "docker"][..1 + amount as usize % 2];
             n.drivers = drivers.iter().map(|d| d.to_string()).collect();
         }
     }
+    None
 }
 
 /// Makes one change the way the store would, and returns the service whose placement inputs it
@@ -178,6 +195,12 @@ fn change_one(
             services.remove(&name);
             tasks.retain(|_, t| t.service != name);
         }
+        // Ready at last: the store records it as moved where another task of its slot sits
+        // on a draining node, which then stops; here it is recorded always.
+        (7, Some(id)) if amount % 2 == 0 => {
+            let t = tasks.get_mut(&id).expect("a drawn task");
+            (t.state, t.ready) = (TaskState::Running, true);
+        }
         (_, Some(id)) => {
             let t = tasks.get_mut(&id).expect("a drawn task");
             (t.state, t.ready, t.restarts) = (TaskState::Failed, false, t.restarts + 1);
@@ -196,6 +219,8 @@ fn apply(tasks: &mut BTreeMap<String, Task>, services: &BTreeMap<String, Service
     }
     for p in &plan.place {
         let mut t = task(&p.service, p.slot, &p.node, services[&p.service].version);
+        // As in the store: a new task has not started, let alone become ready.
+        (t.state, t.ready) = (TaskState::Pending, false);
         t.id = (tasks.len()..)
             .map(|n| format!("{}.{}.{n}", p.service, p.slot))
             .find(|id| !tasks.contains_key(id))
@@ -252,8 +277,10 @@ proptest! {
                 prop_assert!(total.1 <= u128::from(n.allocatable.memory_bytes), "{name} memory");
             }
         }
+        // A slot may hold a second task while its first sits on a draining node.
+        let draining = |t: &Task| t.node.as_ref().and_then(|n| nodes.get(n)).is_some_and(|n| n.draining);
         let mut slots: HashMap<(&str, u32), u32> = HashMap::new();
-        for t in after.values().filter(stays) {
+        for t in after.values().filter(stays).filter(|t| !draining(t)) {
             *slots.entry((t.service.as_str(), t.slot)).or_default() += 1;
         }
         for p in &plan.place {
@@ -278,7 +305,9 @@ proptest! {
     /// The service controller's pass: once a plan is applied, planning only the services that
     /// changed and those with replicas waiting gives what a full pass gives, round after round.
     /// A task's observed state changing is not a change to plan for, and nor is a node's: it
-    /// matters only to replicas that wait, whose services are planned anyway.
+    /// matters only to replicas that wait, whose services are planned anyway; but for a drain,
+    /// which matters to the services with tasks on the node (the controller plans every
+    /// service after any node change, so it answers both).
     #[test]
     fn planning_changed_and_waiting_services_equals_a_full_pass(
         (s, n, t) in cluster(),
@@ -294,8 +323,9 @@ proptest! {
                 let fresh = format!("new{round}x{i}");
                 if draw.1 < 8 {
                     only.extend(change_one(&mut services, &mut tasks, *draw, fresh));
-                } else {
-                    change_node(&mut nodes, *draw, fresh);
+                } else if let Some(changed) = change_node(&mut nodes, *draw, fresh) {
+                    let there = tasks.values().filter(|t| t.node.as_ref() == Some(&changed));
+                    only.extend(there.map(|t| t.service.clone()));
                 }
             }
             let full = plan(&services, &tasks, &nodes);

@@ -749,3 +749,18 @@ fn parse_file_tells_the_formats_apart() {
         Ok(vec![("web".to_string(), DriverKind::Process)])
     );
 }
+
+#[test]
+fn on_node_lost_comes_from_outposts_extension_key() {
+    let spec = only(
+        "services:\n  web:\n    image: web:1\n    x-outpost-on-node-lost: { replace_after: 10s }\n",
+    );
+    assert_eq!(
+        spec.on_node_lost.replace_after(false),
+        Some(Duration::from_secs(10))
+    );
+    let plain = only("services:\n  web:\n    image: web:1\n");
+    assert_eq!(plain.on_node_lost, crate::OnNodeLost::default());
+    let keep = only("services:\n  web:\n    image: web:1\n    x-outpost-on-node-lost: keep\n");
+    assert_eq!(keep.on_node_lost.replace_after(true), None);
+}

@@ -421,7 +421,7 @@ fn unknown_keys_suggest_the_closest_known_one() {
         "#,
         r#"
         web.readyness: unknown key; did you mean `readiness`?
-        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`
+        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`
         web.liveness.perod: unknown key; did you mean `period`?
         "#,
     );
@@ -792,4 +792,100 @@ mod never_panics {
             all_parsers(&format!("{}{junk}{}", &text[..at], &text[at..]));
         }
     }
+}
+
+#[test]
+fn on_node_lost_defaults_takes_keep_or_either_wait() {
+    let base = "name: web\ncommand: [app]\n";
+    let specs = parse(base);
+    assert_eq!(specs[0].on_node_lost, OnNodeLost::default());
+    assert_eq!(
+        specs[0].on_node_lost.replace_after(false),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(
+        specs[0].on_node_lost.replace_after(true),
+        Some(Duration::from_secs(300))
+    );
+    let keep = parse(&format!("{base}on_node_lost: keep\n"));
+    assert_eq!(keep[0].on_node_lost, OnNodeLost::Keep(KeepTasks::Keep));
+    assert_eq!(keep[0].on_node_lost.replace_after(false), None);
+    let quick = parse(&format!("{base}on_node_lost: {{ replace_after: 500ms }}\n"));
+    assert_eq!(
+        quick[0].on_node_lost,
+        OnNodeLost::Replace(ReplaceAfter {
+            replace_after: Duration::from_millis(500),
+            unreachable_after: Duration::from_secs(300),
+        })
+    );
+}
+
+#[test]
+fn a_wrong_on_node_lost_is_refused_at_its_field() {
+    check_err(
+        r#"
+        name: web
+        command: [app]
+        on_node_lost: kep
+        "#,
+        r#"web.on_node_lost: "kep" is not one of `keep`"#,
+    );
+    check_err(
+        r#"
+        name: web
+        command: [app]
+        on_node_lost: { replace_afte: 1s, unreachable_after: 100y }
+        "#,
+        r#"
+        web.on_node_lost.replace_afte: unknown key; did you mean `replace_after`?
+        web.on_node_lost.unreachable_after: 100years is longer than the maximum of 30days
+        "#,
+    );
+    check_err(
+        r#"
+        name: web
+        command: [app]
+        on_node_lost: 3
+        "#,
+        "web.on_node_lost: expected `keep`, or a mapping of `replace_after` and \
+         `unreachable_after`, got 3",
+    );
+}
+
+#[test]
+fn a_spec_stored_before_on_node_lost_decodes_to_the_default() {
+    let mut spec = ServiceSpec::process("web", &["app"]);
+    let json = serde_json::to_value(&spec).unwrap();
+    assert!(
+        json.get("on_node_lost").is_none(),
+        "the default is not written"
+    );
+    let back: ServiceSpec = serde_json::from_value(json).unwrap();
+    assert_eq!(back, spec);
+    spec.on_node_lost = OnNodeLost::Keep(KeepTasks::Keep);
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(json["on_node_lost"], "keep");
+    assert_eq!(serde_json::from_value::<ServiceSpec>(json).unwrap(), spec);
+    spec.on_node_lost = OnNodeLost::Replace(ReplaceAfter {
+        replace_after: Duration::from_secs(1),
+        unreachable_after: Duration::from_secs(60),
+    });
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(
+        json["on_node_lost"],
+        serde_json::json!({"replace_after": "1s", "unreachable_after": "1m"})
+    );
+    assert_eq!(serde_json::from_value::<ServiceSpec>(json).unwrap(), spec);
+    let wrong = serde_json::from_str::<OnNodeLost>(r#""kep""#).unwrap_err();
+    assert!(
+        wrong
+            .to_string()
+            .contains("expected `keep`, or a mapping of `replace_after`"),
+        "{wrong}"
+    );
+    let typo = serde_json::from_str::<OnNodeLost>(r#"{"replace_afte":"1s"}"#).unwrap_err();
+    assert!(
+        typo.to_string().contains("unknown field `replace_afte`"),
+        "{typo}"
+    );
 }

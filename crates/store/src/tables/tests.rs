@@ -85,6 +85,8 @@ fn spec(name: &str, replicas: u32, variant: bool) -> ServiceSpec {
     spec.replicas = replicas;
     if variant {
         spec.env.insert("VARIANT".into(), "1".into());
+        // A policy that is not the default goes to disk and back too.
+        spec.on_node_lost = spec::OnNodeLost::Keep(spec::KeepTasks::Keep);
     }
     spec
 }
@@ -356,6 +358,7 @@ fn placed_task(service: &str, slot: u32, n: u64, node: usize) -> Task {
         message: None,
         created_at: at(0),
         updated_at: at(0),
+        node_state: None,
     }
 }
 
