@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use api::{
-    ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, Events, Level, Node,
-    RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task, TaskState,
+    ApiError, Assignments, ClusterStatus, DeployRequest, DeployResponse, Events, JoinRequest,
+    JoinResponse, Level, Node, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task,
+    TaskState, TokenAnswer,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
@@ -18,9 +19,15 @@ pub enum ClientError {
     #[error("cannot reach the Outpost API at {url}: {} (is it running? check --api / OUTPOST_API)", root_cause(.cause))]
     Unreachable { url: String, cause: reqwest::Error },
     #[error(
-        "the API refused the token (401): check --token / OUTPOST_TOKEN, or the data dir's token file"
+        "the API refused the token (401): {message}; check --token / OUTPOST_TOKEN, or the data dir's token file"
     )]
-    Unauthorized,
+    Unauthorized { message: String },
+    /// The TLS handshake failed on the server's certificate: not the cluster's CA, or a token
+    /// of another cluster.
+    #[error(
+        "the server at {url} is not trusted: {reason} (check --ca / OUTPOST_CA: it must be this cluster's CA certificate; a joiner checks the CA digest in its token)"
+    )]
+    Untrusted { url: String, reason: String },
     #[error("{}", render_api_error(.status, .error))]
     Api { status: StatusCode, error: ApiError },
     #[error("unexpected answer from {url}: {message}")]
@@ -38,9 +45,31 @@ impl ClientError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
-            ClientError::Unauthorized => Some(StatusCode::UNAUTHORIZED),
+            ClientError::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
             _ => None,
         }
+    }
+}
+
+/// A request that got no answer: untrusted when the TLS handshake refused the server's
+/// certificate, unreachable otherwise.
+fn unreachable(base: &str, cause: reqwest::Error) -> ClientError {
+    let mut inner: &(dyn std::error::Error + 'static) = &cause;
+    loop {
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return ClientError::Untrusted {
+                url: base.to_string(),
+                reason: tls.to_string(),
+            };
+        }
+        match inner.source() {
+            Some(next) => inner = next,
+            None => break,
+        }
+    }
+    ClientError::Unreachable {
+        url: base.to_string(),
+        cause,
     }
 }
 
@@ -92,17 +121,36 @@ impl Client {
     }
 
     fn build(base: &str, token: &str, local: Option<IpAddr>) -> Client {
+        Client::connect(base, token, local, None)
+    }
+
+    /// A client over TLS with `tls` (the cluster CA, and a node's own certificate when it has
+    /// one); a base without a scheme is `https://`.
+    pub fn with_tls(base: &str, token: &str, tls: rustls::ClientConfig) -> Client {
+        Client::connect(base, token, None, Some(tls))
+    }
+
+    /// A client with every option: where its connections leave from, and TLS.
+    pub fn connect(
+        base: &str,
+        token: &str,
+        local: Option<IpAddr>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Client {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let base = if base.starts_with("http://") || base.starts_with("https://") {
             base.trim_end_matches('/').to_string()
         } else {
-            format!("http://{}", base.trim_end_matches('/'))
+            format!("{scheme}://{}", base.trim_end_matches('/'))
         };
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(POOL_IDLE)
-            .local_address(local)
-            .build()
-            .unwrap_or_default();
+            .local_address(local);
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder.build().unwrap_or_default();
         Client {
             base,
             token: token.to_string(),
@@ -115,9 +163,13 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        // A node with a certificate sends no token.
+        if self.token.is_empty() {
+            req
+        } else {
+            req.bearer_auth(&self.token)
+        }
     }
 
     async fn send<T: DeserializeOwned>(
@@ -134,22 +186,22 @@ impl Client {
     }
 
     async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|cause| ClientError::Unreachable {
-            url: self.base.clone(),
-            cause,
-        })?;
+        let resp = req.send().await.map_err(|cause| unreachable(&self.base, cause))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            return Err(ClientError::Unauthorized);
         }
         let text = resp.text().await.unwrap_or_default();
         let error = serde_json::from_str::<ApiError>(&text).unwrap_or_else(|_| ApiError {
             error: format!("{status}: {text}"),
             problems: Vec::new(),
         });
+        // A node authenticates by its certificate and sends no token: its refusal says why.
+        if status == StatusCode::UNAUTHORIZED && !self.token.is_empty() {
+            return Err(ClientError::Unauthorized {
+                message: error.error,
+            });
+        }
         Err(ClientError::Api { status, error })
     }
 
@@ -335,6 +387,28 @@ impl Client {
             .map(drop)
     }
 
+    /// Removes a node: its tasks are placed again elsewhere and its certificates revoked.
+    pub async fn remove_node(&self, node: &str) -> Result<(), ClientError> {
+        let req = self.request(
+            Method::DELETE,
+            &format!("/v1/nodes/{}", segment(node, NODE)?),
+        );
+        self.execute(req.timeout(REQUEST_TIMEOUT)).await.map(drop)
+    }
+
+    /// The current token of `role` (`server`, `agent`, `admin`).
+    pub async fn token(&self, role: &str) -> Result<TokenAnswer, ClientError> {
+        self.get(&format!("/v1/tokens/{}", segment(role, TOKEN_ROLE)?))
+            .await
+    }
+
+    /// Replaces the join token of `role`; the old one stops working.
+    pub async fn rotate_token(&self, role: &str) -> Result<TokenAnswer, ClientError> {
+        let path = format!("/v1/tokens/{}/rotate", segment(role, TOKEN_ROLE)?);
+        self.send(self.request(Method::POST, &path), REQUEST_TIMEOUT)
+            .await
+    }
+
     /// Blocking query: returns once the node's assignments changed past `index`, or after `wait`.
     pub async fn assignments(
         &self,
@@ -422,6 +496,7 @@ type Named = (&'static str, &'static str);
 const SERVICE: Named = ("service", "see `outpost services`");
 const NODE: Named = ("node", "see `outpost nodes`");
 const LOG_TARGET: Named = ("service or task", "see `outpost services` and `outpost ps`");
+const TOKEN_ROLE: Named = ("token role", "server, agent or admin");
 
 /// `name` as one path segment; refused when a URL would resolve it away.
 fn segment(name: &str, (what, hint): Named) -> Result<String, ClientError> {
@@ -488,4 +563,23 @@ mod tests {
             "&since=2026-05-01T12%3A00%3A00%2B02%3A00&level=warning"
         );
     }
+}
+
+/// Asks the server at `addr` for a node certificate with a join token. The server is trusted
+/// only if its TLS chain holds the CA whose digest the token names; the secret is sent only
+/// after that check, and a mismatch is said as such.
+pub async fn join(
+    addr: &str,
+    token: &pki::JoinToken,
+    mut req: JoinRequest,
+) -> Result<JoinResponse, ClientError> {
+    let tls = pki::tls::pinned_client_config(&token.ca_digest).map_err(|e| {
+        ClientError::Protocol {
+            url: addr.to_string(),
+            message: e.to_string(),
+        }
+    })?;
+    req.secret = token.secret.clone();
+    let client = Client::with_tls(addr, "", tls);
+    client.post("/v1/join", &req).await
 }
