@@ -1,7 +1,10 @@
-//! The agent's own API: task logs, which the server proxies for `outpost logs`. It checks the
-//! same bearer token as the server, through the same hardened listener (`httpd`): a cap on open
-//! connections and a header-read timeout, so idle clients cannot exhaust the agent's file
-//! descriptors. Every refusal is an `ApiError`.
+//! The agent's own API: task logs, which the server proxies for `outpost logs`. Over TLS it
+//! answers only servers' certificates of the cluster; a plain agent checks the server's bearer
+//! token. Both through the same hardened listener (`httpd`): a cap on open connections and a
+//! header-read timeout, so idle clients cannot exhaust the agent's file descriptors. Every
+//! refusal is an `ApiError`.
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -32,18 +35,46 @@ struct LogQuery {
 }
 
 /// Serves the agent's API until the process ends: at most [`DEFAULT_MAX_CONNECTIONS`] open
-/// connections, with `httpd`'s default header-read timeout.
-pub async fn serve(listener: tokio::net::TcpListener, logs: TaskLogs, token: String) {
+/// connections, with `httpd`'s default header-read timeout. With `tls`, only clients that
+/// present a server's certificate of the cluster are answered; without, the bearer token.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    logs: TaskLogs,
+    token: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let limits = httpd::Limits::with_max_connections(DEFAULT_MAX_CONNECTIONS);
-    let app = Router::new()
-        .route("/v1/agent/logs/{task}", get(task_logs))
-        .route_layer(axum::middleware::from_fn_with_state(
+    let routes = Router::new().route("/v1/agent/logs/{task}", get(task_logs));
+    let routes = match tls {
+        Some(_) => routes.route_layer(axum::middleware::from_fn(only_servers)),
+        None => routes.route_layer(axum::middleware::from_fn_with_state(
             httpd::Token(token.into()),
             httpd::authorize,
-        ))
+        )),
+    };
+    let app = routes
         .fallback(httpd::not_found)
         .with_state(AgentApi { logs });
-    httpd::serve(listener, app, limits, std::future::pending()).await;
+    httpd::serve_tls(listener, app, limits, tls, std::future::pending()).await;
+}
+
+/// Middleware: 403 unless the client's certificate (checked against the CA in the handshake)
+/// is a server's; agents and people read logs through a server.
+async fn only_servers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let server = req
+        .extensions()
+        .get::<httpd::PeerCertificate>()
+        .and_then(|c| c.0.as_ref())
+        .is_some_and(|c| pki::tls::has_role(c, pki::NodeRole::Server));
+    if server {
+        next.run(req).await
+    } else {
+        Fail::new(
+            StatusCode::FORBIDDEN,
+            "only the cluster's servers may read an agent's logs: use `outpost logs` against a server",
+        )
+        .into_response()
+    }
 }
 
 async fn task_logs(

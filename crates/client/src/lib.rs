@@ -186,7 +186,10 @@ impl Client {
     }
 
     async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|cause| unreachable(&self.base, cause))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|cause| unreachable(&self.base, cause))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -573,12 +576,11 @@ pub async fn join(
     token: &pki::JoinToken,
     mut req: JoinRequest,
 ) -> Result<JoinResponse, ClientError> {
-    let tls = pki::tls::pinned_client_config(&token.ca_digest).map_err(|e| {
-        ClientError::Protocol {
+    let tls =
+        pki::tls::pinned_client_config(&token.ca_digest).map_err(|e| ClientError::Protocol {
             url: addr.to_string(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     req.secret = token.secret.clone();
     let client = Client::with_tls(addr, "", tls);
     client.post("/v1/join", &req).await

@@ -10,10 +10,13 @@
 //!   scheduler, commit the plan) and the node monitor (heartbeats in memory, transitions to Raft).
 //! - [`network`]: Raft RPCs to peer servers.
 //! - [`logs`]: `outpost logs`, proxied from the agents that hold the files.
+//! - [`trust`]: the CA, this server's certificate and the tokens in its data dir.
+//! - [`access`]: who calls (certificate or admin token) and what they may do.
 //!
 //! One server is a one-member Raft group: a server only ever initializes a group of itself, and
 //! nothing adds members yet.
 
+pub mod access;
 pub mod answer;
 pub mod batch;
 pub mod blocking;
@@ -21,6 +24,7 @@ pub mod controller;
 pub mod logs;
 pub mod network;
 pub mod routes;
+pub mod trust;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -50,6 +54,13 @@ pub struct ServerConfig {
     pub report_batch: batch::BatchConfig,
     /// How the store keeps what it keeps (the event history's retention).
     pub store: store::StoreOptions,
+    /// Serve mutually authenticated TLS on the cluster CA (made in the data dir on the first
+    /// start). Without it (embedders' and tests' servers) the API is plain HTTP behind the
+    /// one token.
+    pub tls: bool,
+    /// The address other nodes reach this server at, when not the listen address; its IP is
+    /// written into the server's certificate.
+    pub advertise: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -64,7 +75,22 @@ impl ServerConfig {
             reset: false,
             report_batch: batch::BatchConfig::default(),
             store: store::StoreOptions::default(),
+            tls: false,
+            advertise: None,
         }
+    }
+
+    /// The IP addresses the server's certificate is for: where it listens and is reached, and
+    /// loopback.
+    pub fn hosts(&self) -> Vec<std::net::IpAddr> {
+        let mut hosts = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+        for addr in [Some(self.listen), self.advertise].into_iter().flatten() {
+            let ip = addr.ip();
+            if !ip.is_unspecified() && !hosts.contains(&ip) {
+                hosts.push(ip);
+            }
+        }
+        hosts
     }
 }
 
@@ -143,6 +169,8 @@ pub enum ServerError {
     },
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error("the cluster's certificates: {0}")]
+    Trust(String),
     #[error(
         "the token file {path} is empty: write the cluster token into it, or remove it to have \
          a new token made (agents and clients then need the new one)"
@@ -164,7 +192,7 @@ const TOKEN_BYTES: usize = 24;
 /// The file that marks a data dir as a cluster's: the token, written at the first start before
 /// the state. A data dir with it but without its state lost that state; starting afresh there
 /// would quietly make an empty cluster, and its agents would then stop every task.
-const MARKER: &str = "token";
+pub(crate) const MARKER: &str = "token";
 
 /// Refuses to start an empty cluster in a data dir that held one, unless told to (`reset`).
 fn check_state(dir: &Path, state: &Path, reset: bool) -> Result<(), ServerError> {
@@ -200,6 +228,8 @@ pub struct Server {
     pub http: reqwest::Client,
     /// Where agents' status reports wait to be committed together.
     pub reports: batch::Batcher,
+    /// The CA and this server's certificate; `None` on a plain-HTTP server.
+    pub trust: Option<Arc<trust::Trust>>,
 }
 
 /// Commits `command` through Raft and returns the state machine's answer.
@@ -226,12 +256,14 @@ impl Server {
 /// request is never sent on a connection the other end is closing.
 const POOL_IDLE: Duration = Duration::from_secs(2);
 
-/// The HTTP client for agents (logs) and peer servers (Raft).
-pub fn peer_http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_idle_timeout(POOL_IDLE)
-        .build()
-        .unwrap_or_default()
+/// The HTTP client for agents (logs) and peer servers (Raft): over TLS with this server's
+/// certificate when it has one.
+pub fn peer_http(tls: Option<rustls::ClientConfig>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().pool_idle_timeout(POOL_IDLE);
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    builder.build().unwrap_or_default()
 }
 
 pub fn now() -> Timestamp {
@@ -283,7 +315,9 @@ async fn start_raft(
     state_file: &Path,
     token: &str,
     addr: SocketAddr,
+    http: &reqwest::Client,
 ) -> Result<(Raft, StateHandle), ServerError> {
+    let scheme = if config.tls { "https" } else { "http" };
     let (log, machine, state) = store::open(state_file, config.store.clone())?;
     tighten(state_file)?;
     let raft_err = |e: &dyn std::fmt::Display| ServerError::Raft(e.to_string());
@@ -293,7 +327,7 @@ async fn start_raft(
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config),
-        network::Network::new(token.to_string()),
+        network::Network::new(token.to_string(), http.clone(), scheme),
         log,
         machine,
     )
@@ -352,7 +386,13 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         .await
         .map_err(listen_err)?;
     let addr = listener.local_addr().map_err(listen_err)?;
-    let (raft, state) = start_raft(&config, &state_file, &token, addr).await?;
+    let trust = match config.tls {
+        true => Some(Arc::new(trust::load_or_init(dir, &config.hosts())?)),
+        false => None,
+    };
+    let tls = trust.as_ref().map(|t| t.server_config()).transpose()?;
+    let http = peer_http(trust.as_ref().map(|t| t.client_config()).transpose()?);
+    let (raft, state) = start_raft(&config, &state_file, &token, addr, &http).await?;
     let (stop, stop_rx) = watch::channel(false);
     let reports = start_batcher(&raft, config.report_batch, stop_rx.clone());
     let ctx = Server {
@@ -363,30 +403,36 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         limits: config.limits.clone(),
         blocking: blocking::Clients::new(config.limits.blocking_per_client),
         heartbeats: Arc::default(),
-        http: peer_http(),
+        http,
         reports,
+        trust,
     };
+    if config.found && ctx.trust.is_some() {
+        tokio::spawn(commit_own_trust(ctx.clone(), stop_rx.clone()));
+    }
     tokio::spawn(controller::services(ctx.clone(), stop_rx.clone()));
     tokio::spawn(controller::nodes(ctx.clone(), stop_rx.clone()));
     let app = routes::router(ctx.clone());
     let mut stopped = stop_rx;
-    let serve = tokio::spawn(httpd::serve(
+    let serve = tokio::spawn(httpd::serve_tls(
         listener,
         app,
         config.limits.listener.clone(),
+        tls,
         async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         },
     ));
     // Written last: its presence tells a local CLI the API is up.
     let api_file = dir.join("api");
-    seal::files::write_private(&api_file, format!("http://{addr}\n").as_bytes()).map_err(
+    let scheme = if config.tls { "https" } else { "http" };
+    seal::files::write_private(&api_file, format!("{scheme}://{addr}\n").as_bytes()).map_err(
         |source| ServerError::DataDir {
             path: api_file,
             source,
         },
     )?;
-    tracing::info!("API listening on http://{addr}");
+    tracing::info!("API listening on {scheme}://{addr}");
     Ok(ServerHandle {
         addr,
         token,
@@ -394,4 +440,73 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         stop,
         serve,
     })
+}
+
+/// How often a founding server tries again to commit its own trust while it has no leader.
+const TRUST_RETRY: Duration = Duration::from_millis(200);
+
+/// Commits what the replicated trust lacks of this server's own files (its tokens' digests,
+/// its certificate), once it leads: a new cluster's first entries, and an older data dir's on
+/// its first start with TLS.
+async fn commit_own_trust(ctx: Server, mut stop: watch::Receiver<bool>) {
+    let Some(trust) = ctx.trust.clone() else {
+        return;
+    };
+    loop {
+        if ctx.is_leader() {
+            let wanted = ctx.state.read(|s| trust.wanted(s, ctx.id));
+            match wanted {
+                Ok(commands) if commands.is_empty() => return,
+                Ok(commands) => {
+                    for command in commands {
+                        if let Err(e) = ctx.propose(command).await {
+                            tracing::debug!("cannot commit the cluster's trust yet: {e}");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TRUST_RETRY) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl Server {
+    /// A certificate for node `name` in `role`, for `hosts`, known to the cluster once this
+    /// returns: what `POST /v1/join` answers, and what `outpost dev` gives its own agent.
+    pub async fn issue(
+        &self,
+        role: pki::NodeRole,
+        name: &str,
+        hosts: &[std::net::IpAddr],
+    ) -> Result<api::JoinResponse, String> {
+        let trust = self
+            .trust
+            .as_ref()
+            .ok_or("this server serves no TLS and issues no certificates")?;
+        let node = trust
+            .ca
+            .issue(role, name, hosts)
+            .map_err(|e| e.to_string())?;
+        let fingerprint = node.fingerprint().map_err(|e| e.to_string())?;
+        self.propose(Command::AddCertificate {
+            fingerprint,
+            role: role.as_str().into(),
+            node: name.into(),
+            time: now(),
+        })
+        .await?;
+        Ok(api::JoinResponse {
+            cert: node.cert_pem.clone(),
+            key: node.key_pem.clone(),
+            ca: trust.ca.cert_pem().to_string(),
+            ca_key: (role == pki::NodeRole::Server).then(|| trust.ca.identity().key_pem.clone()),
+        })
+    }
 }
