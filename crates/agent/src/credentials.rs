@@ -41,7 +41,7 @@ pub enum CredentialsError {
     NoToken { dir: PathBuf },
     #[error("no server to connect to: give --join ADDR (the data dir {dir} names none)")]
     NoServer { dir: PathBuf },
-    #[error("the join token: {0}")]
+    #[error(transparent)]
     Token(#[from] pki::TokenError),
     #[error("cannot join the cluster at {addr}: {source}")]
     Join {

@@ -19,7 +19,7 @@ pub enum ClientError {
     #[error("cannot reach the Outpost API at {url}: {} (is it running? check --api / OUTPOST_API)", root_cause(.cause))]
     Unreachable { url: String, cause: reqwest::Error },
     #[error(
-        "the API refused the token (401): {message}; check --token / OUTPOST_TOKEN, or the data dir's token file"
+        "the API refused the token (401): {message}"
     )]
     Unauthorized { message: String },
     /// The TLS handshake failed on the server's certificate: not the cluster's CA, or a token

@@ -41,7 +41,11 @@ pub struct Connection {
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
-    /// Data dir of a local server: its `api` and `token` files are used when not given.
+    /// The cluster CA certificate the server's is checked against (PEM).
+    #[arg(long, global = true, env = "OUTPOST_CA")]
+    ca: Option<PathBuf>,
+    /// Data dir of a local server: its `api`, `token` and `ca.pem` files are used when not
+    /// given.
     #[arg(long, global = true, env = "OUTPOST_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Output format of listings.
@@ -202,6 +206,43 @@ impl ApiOptions {
     }
 }
 
+/// Where a server listens and is reached.
+#[derive(clap::Args, Clone)]
+pub struct ServerAddr {
+    /// Address to listen on (HOST:PORT; the same as --api for a server).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The address other nodes reach this server at, when not the listen address; written
+    /// into its certificate.
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ServerAction {
+    /// Create a cluster in `--data-dir`: its CA, this server's certificate, the admin token
+    /// and a join token each for servers and agents. Then start it with `outpost server`.
+    Init {
+        #[command(flatten)]
+        addr: ServerAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print the token of `server`, `agent` (join tokens) or `admin` (the CLI's), alone.
+    Show { role: String },
+    /// Replace the join token of `server` or `agent` and print the new one; the old one no
+    /// longer joins.
+    Rotate { role: String },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Remove a node: its tasks are placed elsewhere and its certificate is revoked.
+    Rm { name: String },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a server and an agent in one process on loopback, deploying the given spec files.
@@ -219,25 +260,49 @@ enum Command {
         #[command(flatten)]
         api: ApiOptions,
     },
-    /// Run a control-plane server: `--api` is where it listens, `--data-dir` where it keeps state.
+    /// Run a control-plane server: `--listen` (or `--api`) is where it listens, `--data-dir`
+    /// where it keeps state. A data dir without a cluster CA gets one on the first start, as
+    /// with `outpost server init`.
+    #[command(args_conflicts_with_subcommands = true)]
     Server {
+        #[command(subcommand)]
+        action: Option<ServerAction>,
         /// Begin a new, empty cluster even though the data dir held one whose state file is
         /// missing or empty (otherwise such a start is refused).
         #[arg(long)]
         reset: bool,
         #[command(flatten)]
+        addr: ServerAddr,
+        #[command(flatten)]
         api: ApiOptions,
     },
-    /// Run an edge agent that joins the server at `--api` with `--token`.
+    /// Run an edge agent. The first start joins the server at `--join` with `--token` (an
+    /// agent join token); later starts reconnect with the certificate kept in `--data-dir`.
     Agent {
         /// This node's name (default: the host name).
         #[arg(long)]
         name: Option<String>,
+        /// The server to join (HOST:PORT); remembered in the data dir.
+        #[arg(long)]
+        join: Option<String>,
         /// Address of the agent's own API (logs); port 0 picks a free one.
-        #[arg(long, default_value = "127.0.0.1:0")]
+        #[arg(long, visible_alias = "listen", default_value = "127.0.0.1:0")]
         agent_listen: String,
+        /// The address servers reach the agent's API at, when not the listen address.
+        #[arg(long)]
+        advertise: Option<String>,
         #[command(flatten)]
         node: NodeOptions,
+    },
+    /// Show or rotate the cluster's tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Act on one node.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
     },
     /// Deploy services from spec files (native YAML or Docker Compose, detected).
     Deploy {
@@ -307,6 +372,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    pki::install_default();
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -376,12 +442,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             reset,
             api,
         } => roles::dev(&conn, &files, &node, reset, api.settings()?).await,
-        Command::Server { reset, api } => roles::server(&conn, reset, api.settings()?).await,
+        Command::Server {
+            action: Some(ServerAction::Init { addr }),
+            ..
+        } => roles::server_init(&conn, &addr),
+        Command::Server {
+            action: None,
+            reset,
+            addr,
+            api,
+        } => roles::server(&conn, &addr, reset, api.settings()?).await,
         Command::Agent {
             name,
+            join,
             agent_listen,
+            advertise,
             node,
-        } => roles::agent(&conn, name, &agent_listen, &node).await,
+        } => {
+            let listen = roles::AgentAddr {
+                join,
+                listen: agent_listen,
+                advertise,
+            };
+            roles::agent(&conn, name, &listen, &node).await
+        }
+        Command::Token {
+            action: TokenAction::Show { role },
+        } => commands::show_token(&conn, &role).await,
+        Command::Token {
+            action: TokenAction::Rotate { role },
+        } => commands::rotate_token(&conn, &role).await,
+        Command::Node {
+            action: NodeAction::Rm { name },
+        } => commands::remove_node(&conn, &name).await,
         Command::Deploy { files, dry_run } => commands::deploy(&conn, &files, dry_run).await,
         Command::Services { all } => commands::services(&conn, all).await,
         Command::Ps {

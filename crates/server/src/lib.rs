@@ -442,6 +442,17 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     })
 }
 
+/// `outpost server init`: a new cluster's CA, certificates and tokens in `config.data_dir`,
+/// and its (empty) state file, so the first start founds the cluster rather than taking the
+/// data dir for one that lost its state.
+pub fn init(config: &ServerConfig) -> Result<(), ServerError> {
+    trust::init(&config.data_dir, &config.hosts())?;
+    let state_file = config.data_dir.join("state.redb");
+    let opened = store::open(&state_file, config.store.clone())?;
+    drop(opened);
+    tighten(&state_file)
+}
+
 /// How often a founding server tries again to commit its own trust while it has no leader.
 const TRUST_RETRY: Duration = Duration::from_millis(200);
 
