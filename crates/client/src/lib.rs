@@ -18,9 +18,7 @@ use serde::de::DeserializeOwned;
 pub enum ClientError {
     #[error("cannot reach the Outpost API at {url}: {} (is it running? check --api / OUTPOST_API)", root_cause(.cause))]
     Unreachable { url: String, cause: reqwest::Error },
-    #[error(
-        "the API refused the token (401): {message}"
-    )]
+    #[error("the API refused the token (401): {message}")]
     Unauthorized { message: String },
     /// The TLS handshake failed on the server's certificate: not the cluster's CA, or a token
     /// of another cluster.
@@ -54,22 +52,32 @@ impl ClientError {
 /// A request that got no answer: untrusted when the TLS handshake refused the server's
 /// certificate, unreachable otherwise.
 fn unreachable(base: &str, cause: reqwest::Error) -> ClientError {
-    let mut inner: &(dyn std::error::Error + 'static) = &cause;
-    loop {
-        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-            return ClientError::Untrusted {
-                url: base.to_string(),
-                reason: tls.to_string(),
-            };
-        }
-        match inner.source() {
-            Some(next) => inner = next,
-            None => break,
-        }
+    if let Some(tls) = tls_error(&cause) {
+        return ClientError::Untrusted {
+            url: base.to_string(),
+            reason: tls.to_string(),
+        };
     }
     ClientError::Unreachable {
         url: base.to_string(),
         cause,
+    }
+}
+
+/// The TLS error somewhere in a chain. An io::Error's `source` skips the error it wraps (and
+/// the connector wraps rustls' in two), so those are looked into as well.
+fn tls_error<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        e = match wrapped {
+            Some(inner) => inner,
+            None => e.source()?,
+        };
     }
 }
 

@@ -59,10 +59,9 @@ pub fn connect(conn: &Connection) -> Result<Client> {
         );
     }
     let ca = match &conn.ca {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the CA certificate {} (--ca)", path.display()))?,
-        ),
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read the CA certificate {} (--ca)", path.display())
+        })?),
         None => read(pki::files::CA)?,
     };
     let Some(ca) = ca else {
@@ -75,8 +74,12 @@ pub fn connect(conn: &Connection) -> Result<Client> {
         }
         return Ok(Client::new(&api, &token));
     };
-    let tls = pki::tls::client_config(&ca, None)
-        .map_err(|e| anyhow::anyhow!("the CA certificate (--ca, OUTPOST_CA or the data dir's {}): {e}", pki::files::CA))?;
+    let tls = pki::tls::client_config(&ca, None).map_err(|e| {
+        anyhow::anyhow!(
+            "the CA certificate (--ca, OUTPOST_CA or the data dir's {}): {e}",
+            pki::files::CA
+        )
+    })?;
     Ok(Client::with_tls(&api, &token, tls))
 }
 

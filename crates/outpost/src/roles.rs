@@ -207,7 +207,10 @@ async fn dev_agent_credentials(
         {
             Ok(joined) => {
                 return Ok(agent::credentials::keep(
-                    dir, joined.ca, joined.cert, joined.key,
+                    dir,
+                    joined.ca,
+                    joined.cert,
+                    joined.key,
                 )?);
             }
             Err(e) if tokio::time::Instant::now() >= deadline => {
@@ -280,7 +283,10 @@ async fn show_endpoints(client: &Client, services: &[String]) {
 }
 
 /// Where a server listens (`--listen`, else `--api`, else the default) and is reached.
-fn server_addrs(conn: &Connection, addr: &crate::ServerAddr) -> Result<(SocketAddr, Option<SocketAddr>)> {
+fn server_addrs(
+    conn: &Connection,
+    addr: &crate::ServerAddr,
+) -> Result<(SocketAddr, Option<SocketAddr>)> {
     let listen = match &addr.listen {
         Some(l) => l
             .parse()
@@ -291,8 +297,9 @@ fn server_addrs(conn: &Connection, addr: &crate::ServerAddr) -> Result<(SocketAd
         .advertise
         .as_deref()
         .map(|a| {
-            a.parse()
-                .with_context(|| format!("--advertise {a:?} is not an address (like 10.0.0.5:7400)"))
+            a.parse().with_context(|| {
+                format!("--advertise {a:?} is not an address (like 10.0.0.5:7400)")
+            })
         })
         .transpose()?;
     Ok((listen, advertise))
@@ -313,7 +320,10 @@ pub fn server_init(conn: &Connection, addr: &crate::ServerAddr) -> Result<()> {
     let dir = data_dir.display();
     println!("outpost server init: a new cluster in {dir}");
     println!("  start it:     outpost --data-dir {dir} server --listen {listen}");
-    println!("  join agents:  outpost agent --join {} --token \"$(outpost --data-dir {dir} token show agent)\" ...", advertise.unwrap_or(listen));
+    println!(
+        "  join agents:  outpost agent --join {} --token \"$(outpost --data-dir {dir} token show agent)\" ...",
+        advertise.unwrap_or(listen)
+    );
     Ok(())
 }
 
@@ -382,11 +392,16 @@ pub async fn agent(
     let advertise: Option<SocketAddr> = addr
         .advertise
         .as_deref()
-        .map(|a| a.parse().with_context(|| format!("--advertise {a:?} is not an address")))
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("--advertise {a:?} is not an address"))
+        })
         .transpose()?;
     let ip = advertise.unwrap_or(listen).ip();
     if ip.is_unspecified() {
-        bail!("the agent listens on {listen}: give the address servers reach it at with --advertise");
+        bail!(
+            "the agent listens on {listen}: give the address servers reach it at with --advertise"
+        );
     }
     let join = agent::credentials::Join {
         server: addr.join.clone().or_else(|| conn.api.clone()),

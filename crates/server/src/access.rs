@@ -151,7 +151,12 @@ fn allow(caller: &Caller, need: &Need, plain: bool) -> Result<(), Fail> {
 
 /// Middleware: finds the caller, refuses what it may not do, and hands it to the handler.
 pub async fn check(State(ctx): State<Server>, mut req: Request, next: Next) -> Response {
-    let need = need(req.method(), req.uri().path());
+    let plain = ctx.trust.is_none();
+    let need = match need(req.method(), req.uri().path()) {
+        // A plain server issues no certificates: joining it is behind the token like the rest.
+        Need::Nothing if plain => Need::Admin,
+        need => need,
+    };
     let caller = match caller(&ctx, &req) {
         Ok(c) => c,
         Err(fail) if need == Need::Nothing => {
@@ -161,7 +166,7 @@ pub async fn check(State(ctx): State<Server>, mut req: Request, next: Next) -> R
         }
         Err(fail) => return fail.into_response(),
     };
-    if let Err(fail) = allow(&caller, &need, ctx.trust.is_none()) {
+    if let Err(fail) = allow(&caller, &need, plain) {
         return fail.into_response();
     }
     req.extensions_mut().insert(caller);

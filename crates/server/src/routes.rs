@@ -153,7 +153,16 @@ fn add_common_errors(op: &mut utoipa::openapi::path::Operation) {
     if params.iter().any(|p| p.parameter_in == ParameterIn::Path) {
         add_error(op, 404, "No such service, task or node");
     }
-    add_error(op, 401, "Missing or wrong bearer token");
+    add_error(
+        op,
+        401,
+        "Missing or wrong bearer token, or a node certificate the cluster does not know",
+    );
+    add_error(
+        op,
+        403,
+        "The caller may not do this: an agent acting for another node, or not a server",
+    );
     add_error(
         op,
         503,
@@ -680,6 +689,13 @@ async fn join(
         pki::Role::Server => (&digests[0], &digests[1]),
         _ => (&digests[1], &digests[0]),
     };
+    if own.is_none() {
+        // A new cluster's first entries are its tokens; they commit once it leads.
+        return Err(Fail::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the cluster has no {role} join token committed yet; retry shortly"),
+        ));
+    }
     let matches = |d: &Option<String>| {
         d.as_deref()
             .is_some_and(|d| pki::secret_matches(&req.secret, d))
