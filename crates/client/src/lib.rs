@@ -537,6 +537,24 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// Asks the server at `addr` for a node certificate with a join token. The server is trusted
+/// only if its TLS chain holds the CA whose digest the token names; the secret is sent only
+/// after that check, and a mismatch is said as such.
+pub async fn join(
+    addr: &str,
+    token: &pki::JoinToken,
+    mut req: JoinRequest,
+) -> Result<JoinResponse, ClientError> {
+    let tls =
+        pki::tls::pinned_client_config(&token.ca_digest).map_err(|e| ClientError::Protocol {
+            url: addr.to_string(),
+            message: e.to_string(),
+        })?;
+    req.secret = token.secret.clone();
+    let client = Client::with_tls(addr, "", tls);
+    client.post("/v1/join", &req).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,22 +592,4 @@ mod tests {
             "&since=2026-05-01T12%3A00%3A00%2B02%3A00&level=warning"
         );
     }
-}
-
-/// Asks the server at `addr` for a node certificate with a join token. The server is trusted
-/// only if its TLS chain holds the CA whose digest the token names; the secret is sent only
-/// after that check, and a mismatch is said as such.
-pub async fn join(
-    addr: &str,
-    token: &pki::JoinToken,
-    mut req: JoinRequest,
-) -> Result<JoinResponse, ClientError> {
-    let tls =
-        pki::tls::pinned_client_config(&token.ca_digest).map_err(|e| ClientError::Protocol {
-            url: addr.to_string(),
-            message: e.to_string(),
-        })?;
-    req.secret = token.secret.clone();
-    let client = Client::with_tls(addr, "", tls);
-    client.post("/v1/join", &req).await
 }
