@@ -151,6 +151,9 @@ impl Client {
         } else {
             format!("{scheme}://{}", base.trim_end_matches('/'))
         };
+        // reqwest needs a process-wide crypto provider even for plain HTTP; the binary installs
+        // it at start-up, and this covers embedders and tests (a second install is a no-op).
+        pki::install_default();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(POOL_IDLE)

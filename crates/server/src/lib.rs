@@ -259,6 +259,8 @@ const POOL_IDLE: Duration = Duration::from_secs(2);
 /// The HTTP client for agents (logs) and peer servers (Raft): over TLS with this server's
 /// certificate when it has one.
 pub fn peer_http(tls: Option<rustls::ClientConfig>) -> reqwest::Client {
+    // reqwest needs a process-wide crypto provider even for plain HTTP (see `client`).
+    pki::install_default();
     let mut builder = reqwest::Client::builder().pool_idle_timeout(POOL_IDLE);
     if let Some(tls) = tls {
         builder = builder.tls_backend_preconfigured(tls);

@@ -673,7 +673,8 @@ fn trust_of(ctx: &Server) -> Result<&crate::trust::Trust, Fail> {
 /// Refused, with nothing changed, for a wrong or rotated secret and for an agent token used to
 /// join as a server.
 #[utoipa::path(post, path = "/v1/join", request_body = api::JoinRequest, responses(
-    (status = 200, description = "The node's certificate, its key and the CA", body = api::JoinResponse)))]
+    (status = 200, description = "The node's certificate, its key and the CA", body = api::JoinResponse),
+    (status = 404, description = "This server serves no TLS and issues no certificates", body = ApiError)))]
 async fn join(
     State(ctx): State<Server>,
     Json(req): Json<api::JoinRequest>,

@@ -121,6 +121,48 @@ pub fn load_or_init(dir: &Path, hosts: &[IpAddr]) -> Result<Trust, ServerError> 
     })
 }
 
+/// The certificate step of `outpost server join`: asks the server at `addr` for a server
+/// certificate with the server join token `token` (its CA checked against the token's digest
+/// before the secret is sent), and keeps what comes back in `dir`: the CA with its key (this
+/// server signs node certificates in its turn) and its own certificate for `hosts`.
+pub async fn join(
+    dir: &Path,
+    addr: &str,
+    token: &str,
+    name: &str,
+    hosts: &[IpAddr],
+) -> Result<Trust, ServerError> {
+    seal::files::private_dir(dir).map_err(io_err(dir))?;
+    if initialized(dir) {
+        return Err(ServerError::Trust(format!(
+            "{} already holds a cluster's CA: join with an empty data dir",
+            dir.display()
+        )));
+    }
+    let token = JoinToken::parse(token).map_err(|e| ServerError::Trust(e.to_string()))?;
+    let request = api::JoinRequest {
+        role: Role::Server.as_str().into(),
+        name: name.into(),
+        secret: String::new(),
+        hosts: hosts.to_vec(),
+    };
+    let joined = client::join(addr, &token, request)
+        .await
+        .map_err(|e| ServerError::Trust(format!("cannot join the cluster at {addr}: {e}")))?;
+    let ca_key = joined.ca_key.ok_or_else(|| {
+        ServerError::Trust(format!("the server at {addr} sent no CA key for a server"))
+    })?;
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        seal::files::write_new_private(&path, text.as_bytes()).map_err(io_err(&path))
+    };
+    write(CA_KEY, &ca_key)?;
+    write(KEY, &joined.key)?;
+    write(CERT, &joined.cert)?;
+    write(CA, &joined.ca)?;
+    load_or_init(dir, hosts)
+}
+
 impl Trust {
     /// What this server serves its API with: client certificates optional (the CLI has none).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, ServerError> {
