@@ -28,7 +28,9 @@ pub fn client_data_dir(conn: &Connection) -> Option<PathBuf> {
     })
 }
 
-/// Builds a client from flags, environment, or a local data dir.
+/// Builds a client from flags, environment, or a local data dir: the API, the admin token and
+/// the cluster CA (`--ca`, `OUTPOST_CA` or the data dir's `ca.pem`) the server is checked
+/// against. An `https://` API without a CA is refused rather than trusted blindly.
 pub fn connect(conn: &Connection) -> Result<Client> {
     let dir = client_data_dir(conn);
     let read = |name: &str| -> Result<Option<String>> {

@@ -1,8 +1,9 @@
 //! The cluster's trust: its CA and the node certificates it signs ([`ca`]), join tokens and
 //! secret digests ([`token`]), and the rustls configurations built on them ([`tls`]).
 //!
-//! No network or clock: callers bring the bytes and do the I/O. Secrets are compared in
-//! constant time; only their digests are meant to be stored by servers.
+//! No network, files or clock (the one I/O is the kernel's randomness for new secrets and
+//! keys): callers bring the bytes and keep them. Secrets are compared in constant time; only
+//! their digests are meant to be stored by servers.
 
 pub mod ca;
 pub mod tls;
