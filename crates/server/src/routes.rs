@@ -690,11 +690,12 @@ async fn join(
         pki::Role::Server => (&digests[0], &digests[1]),
         _ => (&digests[1], &digests[0]),
     };
-    if own.is_none() {
-        // A new cluster's first entries are its tokens; they commit once it leads.
+    if own.is_none() || other.is_none() {
+        // A new cluster's first entries are its tokens (both are needed to say which token a
+        // wrong secret is); they commit once it leads.
         return Err(Fail::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the cluster has no {role} join token committed yet; retry shortly"),
+            "the cluster's join tokens are not committed yet; retry shortly",
         ));
     }
     let matches = |d: &Option<String>| {
@@ -765,6 +766,7 @@ async fn rotate_token(
     ctx.propose(Command::SetToken {
         role: role.as_str().into(),
         digest: pki::secret_digest(&token.secret),
+        replace: true,
         time: now(),
     })
     .await

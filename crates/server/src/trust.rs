@@ -221,6 +221,7 @@ impl Trust {
             wanted.push(Command::SetToken {
                 role: role.as_str().into(),
                 digest: pki::secret_digest(&secret),
+                replace: false,
                 time: now(),
             });
         }

@@ -66,10 +66,12 @@ pub enum Command {
         time: Timestamp,
     },
     /// A join token (or the admin credential) of `role` is now the one whose secret has this
-    /// sha256 digest; the one before stops working.
+    /// sha256 digest; the one before stops working. Without `replace` it is set only where the
+    /// role has none yet: a founding server's first commit never undoes a rotation.
     SetToken {
         role: String,
         digest: String,
+        replace: bool,
         time: Timestamp,
     },
     /// A node certificate was issued: the servers know it by its fingerprint from now on.
@@ -294,8 +296,15 @@ impl State {
                 self.forget_removed_services();
                 Response::Ok
             }
-            Command::SetToken { role, digest, .. } => {
-                self.trust.insert(token_key(role), digest.clone());
+            Command::SetToken {
+                role,
+                digest,
+                replace,
+                ..
+            } => {
+                if *replace || self.token_digest(role).is_none() {
+                    self.trust.insert(token_key(role), digest.clone());
+                }
                 Response::Ok
             }
             Command::AddCertificate {
@@ -1346,15 +1355,20 @@ mod tests {
     fn a_token_set_again_replaces_the_one_before() {
         let mut s = State::default();
         assert_eq!(s.token_digest("agent"), None);
-        for digest in ["d1", "d2"] {
-            let set = Command::SetToken {
-                role: "agent".into(),
-                digest: digest.into(),
-                time: T,
-            };
-            run(&mut s, vec![set]);
-        }
+        let set = |digest: &str, replace| Command::SetToken {
+            role: "agent".into(),
+            digest: digest.into(),
+            replace,
+            time: T,
+        };
+        run(&mut s, vec![set("d1", false), set("d2", true)]);
         assert_eq!(s.token_digest("agent"), Some("d2"));
+        run(&mut s, vec![set("d3", false)]);
+        assert_eq!(
+            s.token_digest("agent"),
+            Some("d2"),
+            "a first commit never undoes a rotation"
+        );
         assert_eq!(s.token_digest("server"), None);
     }
 
