@@ -115,21 +115,13 @@ pub async fn dev(
     .await
     .context("cannot start the server")?;
     let api = format!("https://{}", server.addr);
-    let agent_dir = data_dir.join("agent");
-    let tls = match dev_agent_credentials(&server, &agent_dir).await {
-        Ok(tls) => tls,
-        Err(e) => {
-            server.shutdown().await;
-            return Err(e);
-        }
-    };
     let agent_config = agent::AgentConfig {
         name: DEV_NODE.into(),
-        data_dir: agent_dir,
+        data_dir: data_dir.join("agent"),
         listen: "127.0.0.1:0".parse()?,
         server: api.clone(),
         token: String::new(),
-        tls: Some(tls),
+        tls: None,
         advertise: None,
         workdir: std::env::current_dir().ok(),
         reserved: agent::default_reserved(),
@@ -137,15 +129,22 @@ pub async fn dev(
         ports: task_ports,
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
-    // ending by itself always means it could not run.
+    // ending by itself always means it could not run. Its certificate needs a leader; the
+    // specs are deployed meanwhile.
     let (stop_agent, agent_stop) = tokio::sync::oneshot::channel::<()>();
-    let mut agent = tokio::spawn(agent::Agent::run(
-        agent_config,
-        async move {
+    let (ctx, addr, force) = (server.ctx.clone(), server.addr, signals.force());
+    let mut agent = tokio::spawn(async move {
+        let tls = dev_agent_credentials(&ctx, addr, &agent_config.data_dir).await?;
+        let config = agent::AgentConfig {
+            tls: Some(tls),
+            ..agent_config
+        };
+        let stop = async move {
             let _ = agent_stop.await;
-        },
-        signals.force(),
-    ));
+        };
+        agent::Agent::run(config, stop, force).await?;
+        anyhow::Ok(())
+    });
     let ca = server
         .ctx
         .trust
@@ -162,7 +161,7 @@ pub async fn dev(
         ended = &mut agent => {
             server.shutdown().await;
             return match ended {
-                Ok(Err(e)) => Err(anyhow::Error::new(e).context("the agent stopped")),
+                Ok(Err(e)) => Err(e.context("the agent stopped")),
                 Err(e) => Err(anyhow::Error::new(e).context("the agent stopped")),
                 Ok(Ok(())) => bail!("the agent stopped on its own"),
             };
@@ -185,11 +184,12 @@ const DEV_NODE: &str = "local";
 /// `dev`'s agent's certificate: kept in its data dir, or issued by the server in the same
 /// process (no token needed) once the server leads its group.
 async fn dev_agent_credentials(
-    server: &server::ServerHandle,
+    server: &server::Server,
+    addr: SocketAddr,
     dir: &std::path::Path,
 ) -> Result<agent::credentials::AgentTls> {
     let join = agent::credentials::Join {
-        server: Some(server.addr.to_string()),
+        server: Some(addr.to_string()),
         token: None,
     };
     if agent::credentials::joined(dir) {
@@ -201,7 +201,6 @@ async fn dev_agent_credentials(
     let loopback = [std::net::IpAddr::from([127, 0, 0, 1])];
     loop {
         match server
-            .ctx
             .issue(pki::NodeRole::Agent, DEV_NODE, &loopback)
             .await
         {
