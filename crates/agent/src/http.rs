@@ -1,10 +1,13 @@
 //! The agent's own API: task logs, which the server proxies for `outpost logs`, and the two
 //! routes of failure detection: `GET /v1/agent/health` (the cheapest answer there is) and
 //! `POST /v1/agent/probe`, with which the leader asks this agent whether it can reach another
-//! node's agent API when that node's heartbeats stop. It checks the same bearer token as the
-//! server on every route, through the same hardened listener (`httpd`): a cap on open
-//! connections and a header-read timeout, so idle clients cannot exhaust the agent's file
-//! descriptors. Every refusal is an `ApiError`.
+//! node's agent API when that node's heartbeats stop. Over TLS, logs and probes answer only
+//! servers' certificates of the cluster, and health any node's of the cluster (other agents
+//! probe it); a plain agent checks the server's bearer token. All through the same hardened
+//! listener (`httpd`): a cap on open connections and a header-read timeout, so idle clients
+//! cannot exhaust the agent's file descriptors. Every refusal is an `ApiError`.
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -41,25 +44,82 @@ struct LogQuery {
     follow: bool,
 }
 
+/// The HTTP client this agent probes other agents with: its own certificate where it has one
+/// (the other agents answer only the cluster's nodes), connections kept briefly.
+pub fn probe_client(tls: Option<rustls::ClientConfig>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().pool_idle_timeout(POOL_IDLE);
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    builder.build().unwrap_or_default()
+}
+
 /// Serves the agent's API until the process ends: at most [`DEFAULT_MAX_CONNECTIONS`] open
-/// connections, with `httpd`'s default header-read timeout.
-pub async fn serve(listener: tokio::net::TcpListener, logs: TaskLogs, token: String) {
+/// connections, with `httpd`'s default header-read timeout. With `tls`, clients are known by
+/// their certificates of the cluster (see the module doc); without, by the bearer token.
+/// `http` is what this agent probes other agents with ([`probe_client`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    logs: TaskLogs,
+    token: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    http: reqwest::Client,
+) {
     let limits = httpd::Limits::with_max_connections(DEFAULT_MAX_CONNECTIONS);
-    let http = reqwest::Client::builder()
-        .pool_idle_timeout(POOL_IDLE)
-        .build()
-        .unwrap_or_default();
-    let app = Router::new()
+    let routes = Router::new()
         .route("/v1/agent/logs/{task}", get(task_logs))
-        .route("/v1/agent/health", get(health))
-        .route("/v1/agent/probe", post(probe))
-        .route_layer(axum::middleware::from_fn_with_state(
-            httpd::Token(token.as_str().into()),
-            httpd::authorize,
-        ))
+        .route("/v1/agent/probe", post(probe));
+    let health = Router::new().route("/v1/agent/health", get(health));
+    let app = match &tls {
+        Some(_) => routes
+            .route_layer(axum::middleware::from_fn(only_servers))
+            .merge(health.route_layer(axum::middleware::from_fn(only_members))),
+        None => routes
+            .merge(health)
+            .route_layer(axum::middleware::from_fn_with_state(
+                httpd::Token(token.as_str().into()),
+                httpd::authorize,
+            )),
+    };
+    let app = app
         .fallback(httpd::not_found)
         .with_state(AgentApi { logs, token, http });
-    httpd::serve(listener, app, limits, std::future::pending()).await;
+    httpd::serve_tls(listener, app, limits, tls, std::future::pending()).await;
+}
+
+/// The certificate the client showed in the TLS handshake (already checked against the CA).
+fn peer(req: &axum::extract::Request) -> Option<&rustls::pki_types::CertificateDer<'static>> {
+    req.extensions()
+        .get::<httpd::PeerCertificate>()
+        .and_then(|c| c.0.as_ref())
+}
+
+/// Middleware: 403 unless the client's certificate is a server's; agents and people read
+/// logs through a server, and only the leader asks for probes.
+async fn only_servers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if peer(&req).is_some_and(|c| pki::tls::has_role(c, pki::NodeRole::Server)) {
+        next.run(req).await
+    } else {
+        Fail::new(
+            StatusCode::FORBIDDEN,
+            "only the cluster's servers may read an agent's logs or ask it to probe: use `outpost logs` against a server",
+        )
+        .into_response()
+    }
+}
+
+/// Middleware: any node of the cluster (the handshake checked its certificate against the CA)
+/// may ask whether this agent is alive: the leader, and the agents it asks to probe.
+async fn only_members(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if peer(&req).is_some() {
+        next.run(req).await
+    } else {
+        Fail::new(
+            StatusCode::FORBIDDEN,
+            "only the cluster's nodes may probe an agent, with their certificates",
+        )
+        .into_response()
+    }
 }
 
 async fn task_logs(

@@ -18,6 +18,7 @@
 //! The agent knows nothing of Raft: it sees the control plane only through the `/v1` API.
 
 pub mod cgroup;
+pub mod credentials;
 pub mod driver;
 pub mod eviction;
 pub mod http;
@@ -94,7 +95,13 @@ pub struct AgentConfig {
     /// The servers' API addresses, separated by commas; the agent learns the others of the
     /// group from the first it reaches.
     pub server: String,
+    /// The bearer token of a plain (non-TLS) server; empty with `tls`.
     pub token: String,
+    /// This node's certificate and the cluster CA: every connection is mutually authenticated
+    /// TLS. `None` only against a plain server (embedders, tests).
+    pub tls: Option<credentials::AgentTls>,
+    /// The address servers reach the agent's API at, when not the listen address.
+    pub advertise: Option<SocketAddr>,
     /// Working directory for processes whose spec names none.
     pub workdir: Option<PathBuf>,
     /// Below this much available memory the node is under pressure: it evicts tasks, one per
@@ -118,6 +125,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
     #[error("cannot listen on {addr} for the agent API: {source}")]
     Listen {
         addr: SocketAddr,
@@ -168,9 +177,23 @@ impl Agent {
         let local = open_local(&config)?;
         let logs = TaskLogs::new(config.data_dir.join("logs"));
         let (listener, address) = listen(config.listen).await?;
-        tokio::spawn(http::serve(listener, logs.clone(), config.token.clone()));
+        let address = config.advertise.unwrap_or(address);
+        let (serve_tls, client_tls) = match &config.tls {
+            Some(tls) => {
+                let (serve, connect) = tls.configs()?;
+                (Some(serve), Some(connect))
+            }
+            None => (None, None),
+        };
+        tokio::spawn(http::serve(
+            listener,
+            logs.clone(),
+            config.token.clone(),
+            serve_tls,
+            http::probe_client(client_tls.clone()),
+        ));
 
-        let client = Client::new(&config.server, &config.token);
+        let client = Client::connect(&config.server, &config.token, None, client_tls);
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (registered_tx, registered_rx) = watch::channel(false);
         let reporter = report::spawn(
@@ -274,7 +297,14 @@ impl Agent {
         let reserved = &self.config.reserved;
         RegisterRequest {
             name: self.config.name.clone(),
-            address: format!("http://{address}"),
+            address: format!(
+                "{}://{address}",
+                if self.config.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                }
+            ),
             allocatable: Capacity {
                 cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
                 memory_bytes: capacity.memory_bytes.saturating_sub(reserved.memory_bytes),

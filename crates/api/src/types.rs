@@ -449,16 +449,16 @@ pub struct ClusterInfo {
 
 /// Body of `POST /v1/cluster/servers`: a server asks to be added to the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct JoinRequest {
+pub struct MemberRequest {
     /// Where the group reaches the new server, `host:port`.
     pub address: String,
     /// The new server's name.
     pub name: String,
 }
 
-/// The answer to a join step: the new server's Raft id and the group as it now stands.
+/// The answer to a membership step: the new server's Raft id and the group as it now stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct JoinResponse {
+pub struct MemberResponse {
     pub id: u64,
     pub servers: Vec<ServerInfo>,
 }
@@ -480,3 +480,48 @@ pub const CONTINUE_HEADER: &str = "outpost-continue";
 /// 0.5 MB of JSON (a task is ~500 bytes): one page stays a small, quick answer on an edge server,
 /// and 100,000 tasks take 100 requests.
 pub const MAX_PAGE: usize = 1000;
+
+/// `POST /v1/join`: a node asks for its certificate with a join token's secret. Sent only over
+/// TLS to a server whose CA the joiner checked against the token's digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// `agent` or `server`: which token the secret must be, and which certificate is issued.
+    pub role: String,
+    /// The node's name, which its certificate will be for.
+    pub name: String,
+    /// The join token's secret (the part after the CA digest).
+    pub secret: String,
+    /// IP addresses the node serves on, written into its certificate.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub hosts: Vec<std::net::IpAddr>,
+}
+
+/// The joined node's credentials, all PEM.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JoinResponse {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+    /// The CA's key, for a server (which signs node certificates in its turn); never an agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
+    /// The admin credential, for a server (every server keeps it in its data dir, where the
+    /// CLI on that machine finds it); never an agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for JoinResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinResponse(..)")
+    }
+}
+
+/// A token, as `outpost token show|rotate` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenAnswer {
+    pub role: String,
+    pub token: String,
+}

@@ -31,7 +31,7 @@ pub struct AgentClient(Client);
 impl AgentClient {
     /// The agent at `base` (its registered address, `http://HOST:PORT`), over `http`.
     pub fn new(http: reqwest::Client, base: &str, token: &str) -> AgentClient {
-        AgentClient(Client::with_http(http, base, token))
+        AgentClient(Client::with_http(http, base, token, "https"))
     }
 
     /// Whether the agent answers its health route within `timeout`.

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use api::{
     ApiError, Assignments, ClusterInfo, ClusterStatus, DeployRequest, DeployResponse, Events,
-    Level, Node, NodeInfo, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task,
-    TaskState,
+    JoinRequest, JoinResponse, Level, Node, NodeInfo, RegisterRequest, ScaleRequest,
+    ServiceSummary, StatusReport, Task, TaskState, TokenAnswer,
 };
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
@@ -24,10 +24,14 @@ use serde::de::DeserializeOwned;
 pub enum ClientError {
     #[error("cannot reach the Outpost API at {url}: {} (is it running? check --api / OUTPOST_API)", root_cause(.cause))]
     Unreachable { url: String, cause: reqwest::Error },
+    #[error("the API refused the token (401): {message}")]
+    Unauthorized { message: String },
+    /// The TLS handshake failed on the server's certificate: not the cluster's CA, or a token
+    /// of another cluster.
     #[error(
-        "the API refused the token (401): check --token / OUTPOST_TOKEN, or the data dir's token file"
+        "the server at {url} is not trusted: {reason} (check --ca / OUTPOST_CA: it must be this cluster's CA certificate; a joiner checks the CA digest in its token)"
     )]
-    Unauthorized,
+    Untrusted { url: String, reason: String },
     #[error("{}", render_api_error(.status, .error))]
     Api { status: StatusCode, error: ApiError },
     #[error("unexpected answer from {url}: {message}")]
@@ -45,9 +49,41 @@ impl ClientError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
-            ClientError::Unauthorized => Some(StatusCode::UNAUTHORIZED),
+            ClientError::Unauthorized { .. } => Some(StatusCode::UNAUTHORIZED),
             _ => None,
         }
+    }
+}
+
+/// A request that got no answer: untrusted when the TLS handshake refused the server's
+/// certificate, unreachable otherwise.
+fn unreachable(base: &str, cause: reqwest::Error) -> ClientError {
+    if let Some(tls) = tls_error(&cause) {
+        return ClientError::Untrusted {
+            url: base.to_string(),
+            reason: tls.to_string(),
+        };
+    }
+    ClientError::Unreachable {
+        url: base.to_string(),
+        cause,
+    }
+}
+
+/// The TLS error somewhere in a chain. An io::Error's `source` skips the error it wraps (and
+/// the connector wraps rustls' in two), so those are looked into as well.
+fn tls_error<'a>(mut e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    loop {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        e = match wrapped {
+            Some(inner) => inner,
+            None => e.source()?,
+        };
     }
 }
 
@@ -90,6 +126,8 @@ pub struct Client {
 struct Servers {
     bases: Mutex<Vec<String>>,
     current: AtomicUsize,
+    /// `https` or `http`: what a learned `host:port` is reached with.
+    scheme: &'static str,
 }
 
 impl Servers {
@@ -98,13 +136,13 @@ impl Servers {
     }
 }
 
-/// `host:port` or a URL, as a base URL without a trailing slash.
-fn base_url(text: &str) -> String {
+/// `host:port` or a URL, as a base URL without a trailing slash; `scheme` where none is given.
+fn base_url(text: &str, scheme: &str) -> String {
     let text = text.trim().trim_end_matches('/');
     if text.starts_with("http://") || text.starts_with("https://") {
         text.to_string()
     } else {
-        format!("http://{text}")
+        format!("{scheme}://{text}")
     }
 }
 
@@ -128,29 +166,53 @@ impl Client {
     }
 
     fn build(base: &str, token: &str, local: Option<IpAddr>) -> Client {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .pool_idle_timeout(POOL_IDLE)
-            .local_address(local)
-            .build()
-            .unwrap_or_default();
-        Client::with_http(http, base, token)
+        Client::connect(base, token, local, None)
     }
 
-    /// A client over an HTTP client of the caller's (its pool, its timeouts).
-    fn with_http(http: reqwest::Client, base: &str, token: &str) -> Client {
+    /// A client over TLS with `tls` (the cluster CA, and a node's own certificate when it has
+    /// one); a base without a scheme is `https://`.
+    pub fn with_tls(base: &str, token: &str, tls: rustls::ClientConfig) -> Client {
+        Client::connect(base, token, None, Some(tls))
+    }
+
+    /// A client with every option: where its connections leave from, and TLS.
+    pub fn connect(
+        base: &str,
+        token: &str,
+        local: Option<IpAddr>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Client {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        // reqwest needs a process-wide crypto provider even for plain HTTP; the binary installs
+        // it at start-up, and this covers embedders and tests (a second install is a no-op).
+        pki::install_default();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(POOL_IDLE)
+            .local_address(local);
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder.build().unwrap_or_default();
+        Client::with_http(http, base, token, scheme)
+    }
+
+    /// A client over an HTTP client of the caller's (its pool, its timeouts, its TLS); a base
+    /// without a scheme gets `scheme`.
+    fn with_http(http: reqwest::Client, base: &str, token: &str, scheme: &'static str) -> Client {
         let mut bases: Vec<String> = base
             .split(',')
             .filter(|b| !b.trim().is_empty())
-            .map(base_url)
+            .map(|b| base_url(b, scheme))
             .collect();
         if bases.is_empty() {
-            bases.push(base_url(base));
+            bases.push(base_url(base, scheme));
         }
         Client {
             servers: Arc::new(Servers {
                 bases: Mutex::new(bases),
                 current: AtomicUsize::new(0),
+                scheme,
             }),
             token: token.to_string(),
             http,
@@ -179,7 +241,7 @@ impl Client {
         let info = self.cluster().await?;
         let mut bases = self.servers.bases.lock().unwrap_or_else(|p| p.into_inner());
         for server in info.servers {
-            let base = base_url(&server.address);
+            let base = base_url(&server.address, self.servers.scheme);
             if !bases.contains(&base) {
                 bases.push(base);
             }
@@ -188,9 +250,13 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.base()))
-            .bearer_auth(&self.token)
+        let req = self.http.request(method, format!("{}{path}", self.base()));
+        // A node with a certificate sends no token.
+        if self.token.is_empty() {
+            req
+        } else {
+            req.bearer_auth(&self.token)
+        }
     }
 
     async fn send<T: DeserializeOwned>(
@@ -246,7 +312,7 @@ impl Client {
             }
         }
         match last {
-            Some((url, cause)) => Err(ClientError::Unreachable { url, cause }),
+            Some((url, cause)) => Err(unreachable(&url, cause)),
             None => Err(ClientError::Protocol {
                 url: first,
                 message: "no server to send the request to".into(),
@@ -259,10 +325,7 @@ impl Client {
         answer: Result<reqwest::Response, reqwest::Error>,
         url: &str,
     ) -> Result<reqwest::Response, ClientError> {
-        answer.map_err(|cause| ClientError::Unreachable {
-            url: url.to_string(),
-            cause,
-        })
+        answer.map_err(|cause| unreachable(url, cause))
     }
 
     async fn execute(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
@@ -271,14 +334,17 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
-        if status == StatusCode::UNAUTHORIZED {
-            return Err(ClientError::Unauthorized);
-        }
         let text = resp.text().await.unwrap_or_default();
         let error = serde_json::from_str::<ApiError>(&text).unwrap_or_else(|_| ApiError {
             error: format!("{status}: {text}"),
             problems: Vec::new(),
         });
+        // A node authenticates by its certificate and sends no token: its refusal says why.
+        if status == StatusCode::UNAUTHORIZED && !self.token.is_empty() {
+            return Err(ClientError::Unauthorized {
+                message: error.error,
+            });
+        }
         Err(ClientError::Api { status, error })
     }
 
@@ -486,6 +552,28 @@ impl Client {
             .map(drop)
     }
 
+    /// Removes a node: its tasks are placed again elsewhere and its certificates revoked.
+    pub async fn remove_node(&self, node: &str) -> Result<(), ClientError> {
+        let req = self.request(
+            Method::DELETE,
+            &format!("/v1/nodes/{}", segment(node, NODE)?),
+        );
+        self.execute(req.timeout(REQUEST_TIMEOUT)).await.map(drop)
+    }
+
+    /// The current token of `role` (`server`, `agent`, `admin`).
+    pub async fn token(&self, role: &str) -> Result<TokenAnswer, ClientError> {
+        self.get(&format!("/v1/tokens/{}", segment(role, TOKEN_ROLE)?))
+            .await
+    }
+
+    /// Replaces the join token of `role`; the old one stops working.
+    pub async fn rotate_token(&self, role: &str) -> Result<TokenAnswer, ClientError> {
+        let path = format!("/v1/tokens/{}/rotate", segment(role, TOKEN_ROLE)?);
+        self.send(self.request(Method::POST, &path), REQUEST_TIMEOUT)
+            .await
+    }
+
     /// Blocking query: returns once the node's assignments changed past `index`, or after `wait`.
     pub async fn assignments(
         &self,
@@ -573,6 +661,7 @@ type Named = (&'static str, &'static str);
 const SERVICE: Named = ("service", "see `outpost services`");
 const NODE: Named = ("node", "see `outpost nodes`");
 const LOG_TARGET: Named = ("service or task", "see `outpost services` and `outpost ps`");
+const TOKEN_ROLE: Named = ("token role", "server, agent or admin");
 
 /// `name` as one path segment; refused when a URL would resolve it away.
 fn segment(name: &str, (what, hint): Named) -> Result<String, ClientError> {
@@ -600,6 +689,24 @@ fn encode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Asks the server at `addr` for a node certificate with a join token. The server is trusted
+/// only if its TLS chain holds the CA whose digest the token names; the secret is sent only
+/// after that check, and a mismatch is said as such.
+pub async fn join(
+    addr: &str,
+    token: &pki::JoinToken,
+    mut req: JoinRequest,
+) -> Result<JoinResponse, ClientError> {
+    let tls =
+        pki::tls::pinned_client_config(&token.ca_digest).map_err(|e| ClientError::Protocol {
+            url: addr.to_string(),
+            message: e.to_string(),
+        })?;
+    req.secret = token.secret.clone();
+    let client = Client::with_tls(addr, "", tls);
+    client.post("/v1/join", &req).await
 }
 
 #[cfg(test)]

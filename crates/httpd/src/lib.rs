@@ -16,4 +16,7 @@ pub use answer::{Fail, not_found, time_limit};
 pub use bearer::{BearerError, Token, authorize, check_bearer};
 pub use json::{DRAIN_MAX, Json};
 pub use params::{Path, Query};
-pub use serve::{BodyLimit, DEFAULT_BODY_LIMIT, DEFAULT_HEADER_READ_TIMEOUT, Limits, serve};
+pub use serve::{
+    BodyLimit, DEFAULT_BODY_LIMIT, DEFAULT_HEADER_READ_TIMEOUT, Limits, PeerCertificate, serve,
+    serve_tls,
+};

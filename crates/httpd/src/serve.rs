@@ -16,6 +16,7 @@ use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
@@ -76,6 +77,24 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_tls(listener, app, limits, None, shutdown).await;
+}
+
+/// The certificate the client presented in the TLS handshake, put in every request's
+/// extensions by [`serve_tls`]; `None` when it presented none (or the listener is plain).
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificate(pub Option<CertificateDer<'static>>);
+
+/// [`serve`], over TLS when `tls` is given: the handshake must finish within the header-read
+/// timeout, and each request carries the client's certificate as [`PeerCertificate`]. A client
+/// that speaks plain HTTP to a TLS listener fails the handshake and is closed.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
@@ -83,6 +102,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut refused = Refused::default();
     tokio::pin!(shutdown);
     loop {
@@ -105,17 +125,23 @@ pub async fn serve(
             refuse(stream, limits.max_connections);
             continue;
         };
-        let app = app.clone();
-        let body_limit = limits.body_limit;
-        // Each request carries who sent it and how large its body may be.
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req.extensions_mut().insert(BodyLimit(body_limit));
-            app.clone().call(req)
-        });
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        connections.spawn(run(graceful.watch(connection), permit));
+        let one = Connection {
+            app: app.clone(),
+            http: http.clone(),
+            watcher: graceful.watcher(),
+            peer,
+            body_limit: limits.body_limit,
+        };
+        match acceptor.clone() {
+            None => connections.spawn(one.serve(stream, PeerCertificate(None), permit)),
+            Some(acceptor) => connections.spawn(one.handshake(
+                acceptor,
+                stream,
+                limits.header_read_timeout,
+                permit,
+            )),
+        };
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
@@ -125,6 +151,68 @@ pub async fn serve(
         tracing::debug!("connections still open after {SHUTDOWN_GRACE:?} are ended");
     }
     connections.shutdown().await;
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: SocketAddr,
+    body_limit: usize,
+}
+
+impl Connection {
+    /// Finishes the TLS handshake within `timeout` (a silent client must not hold a slot for
+    /// ever), then serves.
+    async fn handshake(
+        self,
+        acceptor: tokio_rustls::TlsAcceptor,
+        stream: TcpStream,
+        timeout: Duration,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake with {} failed: {e}", self.peer);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake with {} timed out", self.peer);
+                return;
+            }
+        };
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        self.serve(tls, PeerCertificate(cert), permit).await;
+    }
+
+    async fn serve<IO>(self, io: IO, cert: PeerCertificate, permit: OwnedSemaphorePermit)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            app,
+            http,
+            watcher,
+            peer,
+            body_limit,
+        } = self;
+        // Each request carries who sent it and how large its body may be.
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(BodyLimit(body_limit));
+            req.extensions_mut().insert(cert.clone());
+            app.clone().call(req)
+        });
+        let connection = http.serve_connection(TokioIo::new(io), service);
+        run(watcher.watch(connection), permit).await;
+    }
 }
 
 async fn run<F: Future<Output = Result<(), hyper::Error>>>(

@@ -97,6 +97,26 @@ pub fn target(options: &Options) -> Result<(String, String), LoadError> {
     Ok((api, token))
 }
 
+/// The TLS configuration for a server whose data dir holds the cluster CA (`ca.pem`); `None`
+/// for a plain server.
+pub fn tls(options: &Options) -> Result<Option<rustls::ClientConfig>, LoadError> {
+    let Some(dir) = &options.data_dir else {
+        return Ok(None);
+    };
+    let path = dir.join(pki::files::CA);
+    let ca = match std::fs::read_to_string(&path) {
+        Ok(ca) => ca,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LoadError::ServerFile { path, source }),
+    };
+    pki::tls::client_config(&ca, None)
+        .map(Some)
+        .map_err(|e| LoadError::ServerFile {
+            path,
+            source: std::io::Error::other(e),
+        })
+}
+
 pub async fn run(options: &Options) -> Result<Figures, LoadError> {
     if options.nodes > MAX_NODES {
         return Err(LoadError::TooManyNodes {
@@ -104,7 +124,8 @@ pub async fn run(options: &Options) -> Result<Figures, LoadError> {
         });
     }
     let (api, token) = target(options)?;
-    let control = Client::new(&api, &token);
+    let tls = tls(options)?;
+    let control = Client::connect(&api, &token, None, tls.clone());
     let mut run = Run {
         options: options.clone(),
         counters: Arc::new(Counters::new(
@@ -120,7 +141,7 @@ pub async fn run(options: &Options) -> Result<Figures, LoadError> {
         control,
     };
     run.wait_for_leader().await?;
-    let (phase, told) = run.start_agents(&api, &token).await?;
+    let (phase, told) = run.start_agents(&api, &token, tls).await?;
     run.deploy().await?;
     // A steady load on a server still working through the deploy would measure the deploy.
     if run.figures.running_tasks >= run.tasks() {
@@ -168,6 +189,7 @@ impl Run {
         &mut self,
         api: &str,
         token: &str,
+        tls: Option<rustls::ClientConfig>,
     ) -> Result<(watch::Sender<Phase>, mpsc::UnboundedReceiver<Told>), LoadError> {
         let start = Instant::now();
         let (phase, phase_rx) = watch::channel(Phase::Deploy);
@@ -179,6 +201,7 @@ impl Run {
                 address: node_address(i),
                 api: api.to_string(),
                 token: token.to_string(),
+                tls: tls.clone(),
                 counters: self.counters.clone(),
                 phase: phase_rx.clone(),
                 told: told_tx.clone(),

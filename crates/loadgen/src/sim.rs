@@ -150,6 +150,8 @@ pub struct Sim {
     pub address: IpAddr,
     pub api: String,
     pub token: String,
+    /// The cluster CA, when the server speaks TLS.
+    pub tls: Option<rustls::ClientConfig>,
     pub counters: Arc<Counters>,
     pub phase: watch::Receiver<Phase>,
     pub told: mpsc::UnboundedSender<Told>,
@@ -160,7 +162,7 @@ pub struct Sim {
 impl Sim {
     /// Registers, then heartbeats, watches and reports until the run ends (the runtime stops).
     pub async fn run(self) {
-        let client = Client::from_address(&self.api, &self.token, self.address);
+        let client = Client::connect(&self.api, &self.token, Some(self.address), self.tls);
         let register = register_request(&self.name, self.address);
         let gate = Gate {
             client: client.clone(),

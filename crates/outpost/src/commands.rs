@@ -28,7 +28,9 @@ pub fn client_data_dir(conn: &Connection) -> Option<PathBuf> {
     })
 }
 
-/// Builds a client from flags, environment, or a local data dir.
+/// Builds a client from flags, environment, or a local data dir: the API, the admin token and
+/// the cluster CA (`--ca`, `OUTPOST_CA` or the data dir's `ca.pem`) the server is checked
+/// against. An `https://` API without a CA is refused rather than trusted blindly.
 pub fn connect(conn: &Connection) -> Result<Client> {
     let dir = client_data_dir(conn);
     let read = |name: &str| -> Result<Option<String>> {
@@ -58,7 +60,50 @@ pub fn connect(conn: &Connection) -> Result<Client> {
             file.unwrap_or_else(|| "--token".into())
         );
     }
-    Ok(Client::new(&api, &token))
+    let ca = match &conn.ca {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read the CA certificate {} (--ca)", path.display())
+        })?),
+        None => read(pki::files::CA)?,
+    };
+    let Some(ca) = ca else {
+        if api.starts_with("https://") {
+            bail!(
+                "{api} speaks TLS: give the cluster CA certificate with --ca FILE (or OUTPOST_CA), \
+                 or --data-dir of a server, which holds it as {}",
+                pki::files::CA
+            );
+        }
+        return Ok(Client::new(&api, &token));
+    };
+    let tls = pki::tls::client_config(&ca, None).map_err(|e| {
+        anyhow::anyhow!(
+            "the CA certificate (--ca, OUTPOST_CA or the data dir's {}): {e}",
+            pki::files::CA
+        )
+    })?;
+    Ok(Client::with_tls(&api, &token, tls))
+}
+
+/// `outpost token show ROLE`: the token alone on stdout, for `$(...)`.
+pub async fn show_token(conn: &Connection, role: &str) -> Result<()> {
+    let answer = connect(conn)?.token(role).await?;
+    println!("{}", answer.token);
+    Ok(())
+}
+
+/// `outpost token rotate ROLE`: the new token alone on stdout; the old one no longer joins.
+pub async fn rotate_token(conn: &Connection, role: &str) -> Result<()> {
+    let answer = connect(conn)?.rotate_token(role).await?;
+    println!("{}", answer.token);
+    Ok(())
+}
+
+/// `outpost node rm NAME`.
+pub async fn remove_node(conn: &Connection, name: &str) -> Result<()> {
+    connect(conn)?.remove_node(name).await?;
+    println!("node {name} removed; its tasks are placed elsewhere and its certificate revoked");
+    Ok(())
 }
 
 /// Reads and parses spec files; every problem of every file is reported before giving up.

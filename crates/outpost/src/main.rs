@@ -42,7 +42,11 @@ pub struct Connection {
         conflicts_with = "token"
     )]
     token_file: Option<PathBuf>,
-    /// Data dir of a local server: its `api` and `token` files are used when not given.
+    /// The cluster CA certificate the server's is checked against (PEM).
+    #[arg(long, global = true, env = "OUTPOST_CA")]
+    ca: Option<PathBuf>,
+    /// Data dir of a local server: its `api`, `token` and `ca.pem` files are used when not
+    /// given.
     #[arg(long, global = true, env = "OUTPOST_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Output format of listings.
@@ -120,8 +124,7 @@ pub struct ServerSettings {
 /// A server to run, from `outpost server` or `outpost server join`.
 pub struct ServerRole {
     pub reset: bool,
-    pub listen: Option<String>,
-    pub advertise: Option<String>,
+    pub addr: ServerAddr,
     pub name: Option<String>,
     pub join: Option<String>,
     pub settings: ServerSettings,
@@ -131,8 +134,7 @@ impl ServerRun {
     fn role(self, join: Option<String>) -> anyhow::Result<ServerRole> {
         Ok(ServerRole {
             reset: self.reset,
-            listen: self.listen,
-            advertise: self.advertise,
+            addr: self.addr,
             name: self.name,
             join,
             settings: self.api.settings()?,
@@ -226,6 +228,18 @@ impl ApiOptions {
     }
 }
 
+/// Where a server listens and is reached.
+#[derive(clap::Args, Clone)]
+pub struct ServerAddr {
+    /// Address to listen on, e.g. 127.0.0.1:7400 (default: --api, then 127.0.0.1:7400).
+    #[arg(long, env = "OUTPOST_LISTEN")]
+    listen: Option<String>,
+    /// Address the other servers, agents and clients reach this one at, host:port (default:
+    /// the address listened on); its IP is written into the server's certificate.
+    #[arg(long, env = "OUTPOST_ADVERTISE")]
+    advertise: Option<String>,
+}
+
 /// How a server runs: where it listens and is reached, and what its API allows.
 #[derive(clap::Args)]
 struct ServerRun {
@@ -233,13 +247,8 @@ struct ServerRun {
     /// missing or empty (otherwise such a start is refused).
     #[arg(long)]
     reset: bool,
-    /// Address to listen on, e.g. 127.0.0.1:7400 (default: --api, then 127.0.0.1:7400).
-    #[arg(long, env = "OUTPOST_LISTEN")]
-    listen: Option<String>,
-    /// Address the other servers, agents and clients reach this one at, host:port (default:
-    /// the address listened on).
-    #[arg(long, env = "OUTPOST_ADVERTISE")]
-    advertise: Option<String>,
+    #[command(flatten)]
+    addr: ServerAddr,
     /// This server's name; an agent of the same name shows as the same node (default:
     /// server-ID).
     #[arg(long)]
@@ -250,9 +259,15 @@ struct ServerRun {
 
 #[derive(Subcommand)]
 enum ServerAction {
-    /// Add a server to the group of the server at ADDR (any of its servers), with the cluster
-    /// token (--token, --token-file or OUTPOST_TOKEN). It keeps its id and the token in
-    /// --data-dir: restart it with `outpost server --data-dir D`.
+    /// Create a cluster in `--data-dir`: its CA, this server's certificate, the admin token
+    /// and a join token each for servers and agents. Then start it with `outpost server`.
+    Init {
+        #[command(flatten)]
+        addr: ServerAddr,
+    },
+    /// Add a server to the group of the server at ADDR (any of its servers), with the server
+    /// join token (--token or OUTPOST_TOKEN; `outpost token show server` on a server). It keeps
+    /// its id and certificate in --data-dir: restart it with `outpost server --data-dir D`.
     Join {
         /// Address of a server of the group, host:port.
         addr: String,
@@ -262,6 +277,15 @@ enum ServerAction {
     /// Remove the server with this Raft id from the group (see `outpost nodes`); a dead server
     /// is replaced by removing it and joining a new one.
     Leave { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Print the token of `server`, `agent` (join tokens) or `admin` (the CLI's), alone.
+    Show { role: String },
+    /// Replace the join token of `server` or `agent` and print the new one; the old one no
+    /// longer joins.
+    Rotate { role: String },
 }
 
 #[derive(Subcommand)]
@@ -282,7 +306,8 @@ enum Command {
         api: ApiOptions,
     },
     /// Run a control-plane server: `--listen` (or `--api`) is where it listens, `--data-dir`
-    /// where it keeps state. The first server founds a group; `server join` adds others.
+    /// where it keeps state. The first server founds a group (a data dir without a cluster CA
+    /// gets one, as with `outpost server init`); `server join` adds others.
     #[command(args_conflicts_with_subcommands = true)]
     Server {
         #[command(subcommand)]
@@ -290,19 +315,31 @@ enum Command {
         #[command(flatten)]
         run: Box<ServerRun>,
     },
-    /// Run an edge agent that joins the server at `--api` with `--token`.
+    /// Run an edge agent. The first start joins the server at `--join` with `--token` (an
+    /// agent join token); later starts reconnect with the certificate kept in `--data-dir`.
     Agent {
         /// This node's name (default: the host name).
         #[arg(long)]
         name: Option<String>,
+        /// The server to join (HOST:PORT); remembered in the data dir.
+        #[arg(long)]
+        join: Option<String>,
         /// Address of the agent's own API (logs); port 0 picks a free one.
-        #[arg(long, default_value = "127.0.0.1:0")]
+        #[arg(long, visible_alias = "listen", default_value = "127.0.0.1:0")]
         agent_listen: String,
         /// How often to tell the server this node is alive, from 100ms to 2s.
         #[arg(long, default_value = "500ms", env = "OUTPOST_HEARTBEAT")]
         heartbeat: String,
+        /// The address servers reach the agent's API at, when not the listen address.
+        #[arg(long)]
+        advertise: Option<String>,
         #[command(flatten)]
         node: NodeOptions,
+    },
+    /// Show or rotate the cluster's tokens.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Deploy services from spec files (native YAML or Docker Compose, detected).
     Deploy {
@@ -382,10 +419,13 @@ enum NodeAction {
     Drain { node: String },
     /// Let a drained node take work again.
     Undrain { node: String },
+    /// Remove a node: its tasks are placed elsewhere and its certificate is revoked.
+    Rm { node: String },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    pki::install_default();
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -457,6 +497,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => roles::dev(&conn, &files, &node, reset, api.settings()?).await,
         Command::Server { action, run } => match action {
             None => roles::server(&conn, run.role(None)?).await,
+            Some(ServerAction::Init { addr }) => roles::server_init(&conn, &addr),
             Some(ServerAction::Join { addr, run }) => {
                 roles::server(&conn, run.role(Some(addr))?).await
             }
@@ -464,10 +505,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Agent {
             name,
+            join,
             agent_listen,
             heartbeat,
+            advertise,
             node,
-        } => roles::agent(&conn, name, &agent_listen, &heartbeat, &node).await,
+        } => {
+            let listen = roles::AgentAddr {
+                join,
+                listen: agent_listen,
+                advertise,
+            };
+            roles::agent(&conn, name, &listen, &heartbeat, &node).await
+        }
+        Command::Token {
+            action: TokenAction::Show { role },
+        } => commands::show_token(&conn, &role).await,
+        Command::Token {
+            action: TokenAction::Rotate { role },
+        } => commands::rotate_token(&conn, &role).await,
         Command::Deploy { files, dry_run } => commands::deploy(&conn, &files, dry_run).await,
         Command::Services { all } => commands::services(&conn, all).await,
         Command::Ps {
@@ -509,6 +565,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node { action } => match action {
             NodeAction::Drain { node } => commands::drain(&conn, &node, true).await,
             NodeAction::Undrain { node } => commands::drain(&conn, &node, false).await,
+            NodeAction::Rm { node } => commands::remove_node(&conn, &node).await,
         },
     }
 }

@@ -114,17 +114,20 @@ pub async fn dev(
         reset,
         // The agent below is called `local` too: `outpost nodes` shows one node, both roles.
         name: "local".into(),
+        tls: true,
         ..server::ServerConfig::new(data_dir.clone(), listen)
     })
     .await
     .context("cannot start the server")?;
-    let api = format!("http://{}", server.addr);
+    let api = format!("https://{}", server.addr);
     let agent_config = agent::AgentConfig {
-        name: "local".into(),
+        name: DEV_NODE.into(),
         data_dir: data_dir.join("agent"),
         listen: "127.0.0.1:0".parse()?,
         server: api.clone(),
-        token: server.token.clone(),
+        token: String::new(),
+        tls: None,
+        advertise: None,
         workdir: std::env::current_dir().ok(),
         reserved: agent::default_reserved(),
         eviction_threshold,
@@ -132,16 +135,29 @@ pub async fn dev(
         heartbeat: agent::HEARTBEAT_INTERVAL,
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
-    // ending by itself always means it could not run.
+    // ending by itself always means it could not run. Its certificate needs a leader; the
+    // specs are deployed meanwhile.
     let (stop_agent, agent_stop) = tokio::sync::oneshot::channel::<()>();
-    let mut agent = tokio::spawn(agent::Agent::run(
-        agent_config,
-        async move {
+    let (ctx, addr, force) = (server.ctx.clone(), server.addr, signals.force());
+    let mut agent = tokio::spawn(async move {
+        let tls = dev_agent_credentials(&ctx, addr, &agent_config.data_dir).await?;
+        let config = agent::AgentConfig {
+            tls: Some(tls),
+            ..agent_config
+        };
+        let stop = async move {
             let _ = agent_stop.await;
-        },
-        signals.force(),
-    ));
-    let client = Client::new(&api, &server.token);
+        };
+        agent::Agent::run(config, stop, force).await?;
+        anyhow::Ok(())
+    });
+    let ca = server
+        .ctx
+        .trust
+        .as_ref()
+        .map(|t| t.ca.cert_pem().to_string())
+        .unwrap_or_default();
+    let client = Client::with_tls(&api, &server.token, pki::tls::client_config(&ca, None)?);
     println!("outpost dev: API at {api}, data in {}", data_dir.display());
     println!("  try: outpost --data-dir {} ps", data_dir.display());
     let result = tokio::select! {
@@ -151,7 +167,7 @@ pub async fn dev(
         ended = &mut agent => {
             server.shutdown().await;
             return match ended {
-                Ok(Err(e)) => Err(anyhow::Error::new(e).context("the agent stopped")),
+                Ok(Err(e)) => Err(e.context("the agent stopped")),
                 Err(e) => Err(anyhow::Error::new(e).context("the agent stopped")),
                 Ok(Ok(())) => bail!("the agent stopped on its own"),
             };
@@ -166,6 +182,49 @@ pub async fn dev(
     }
     server.shutdown().await;
     result
+}
+
+/// The node name of `dev`'s own agent.
+const DEV_NODE: &str = "local";
+
+/// `dev`'s agent's certificate: kept in its data dir, or issued by the server in the same
+/// process (no token needed) once the server leads its group.
+async fn dev_agent_credentials(
+    server: &server::Server,
+    addr: SocketAddr,
+    dir: &std::path::Path,
+) -> Result<agent::credentials::AgentTls> {
+    let join = agent::credentials::Join {
+        server: Some(addr.to_string()),
+        token: None,
+    };
+    if agent::credentials::joined(dir) {
+        let hosts = [std::net::IpAddr::from([127, 0, 0, 1])];
+        let (_, tls) = agent::credentials::load_or_join(dir, &join, DEV_NODE, &hosts).await?;
+        return Ok(tls);
+    }
+    let deadline = tokio::time::Instant::now() + DEV_READY_WAIT;
+    let loopback = [std::net::IpAddr::from([127, 0, 0, 1])];
+    loop {
+        match server
+            .issue(pki::NodeRole::Agent, DEV_NODE, &loopback)
+            .await
+        {
+            Ok(joined) => {
+                return Ok(agent::credentials::keep(
+                    dir,
+                    joined.ca,
+                    joined.cert,
+                    joined.key,
+                )?);
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                bail!("cannot issue the dev agent's certificate: {e}")
+            }
+            // No leader yet: the one-member group elects itself within a second or so.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// What `dev` does while it runs: deploys the given specs and shows where their replicas answer,
@@ -228,6 +287,51 @@ async fn show_endpoints(client: &Client, services: &[String]) {
     }
 }
 
+/// Where a server listens (`--listen`, else `--api`, else the default) and is reached.
+fn server_addrs(
+    conn: &Connection,
+    addr: &crate::ServerAddr,
+) -> Result<(SocketAddr, Option<SocketAddr>)> {
+    let listen = match &addr.listen {
+        Some(l) => l
+            .parse()
+            .with_context(|| format!("--listen {l:?} is not an address (like 127.0.0.1:7400)"))?,
+        None => listen_addr(conn, DEV_API)?,
+    };
+    let advertise = addr
+        .advertise
+        .as_deref()
+        .map(|a| {
+            a.parse().with_context(|| {
+                format!("--advertise {a:?} is not an address (like 10.0.0.5:7400)")
+            })
+        })
+        .transpose()?;
+    Ok((listen, advertise))
+}
+
+/// `outpost server init`: writes a new cluster's CA, certificates and tokens, and returns.
+pub fn server_init(conn: &Connection, addr: &crate::ServerAddr) -> Result<()> {
+    let data_dir = conn
+        .data_dir
+        .clone()
+        .context("server init needs --data-dir (or OUTPOST_DATA_DIR)")?;
+    let (listen, advertise) = server_addrs(conn, addr)?;
+    let config = server::ServerConfig {
+        advertise: advertise.map(|a| a.to_string()),
+        ..server::ServerConfig::new(data_dir.clone(), listen)
+    };
+    server::init(&config)?;
+    let dir = data_dir.display();
+    println!("outpost server init: a new cluster in {dir}");
+    println!("  start it:     outpost --data-dir {dir} server --listen {listen}");
+    println!(
+        "  join agents:  outpost agent --join {} --token \"$(outpost --data-dir {dir} token show agent)\" ...",
+        advertise.unwrap_or(listen)
+    );
+    Ok(())
+}
+
 pub async fn server(conn: &Connection, role: crate::ServerRole) -> Result<()> {
     let signals = Signals::install()?;
     init_logging();
@@ -235,14 +339,11 @@ pub async fn server(conn: &Connection, role: crate::ServerRole) -> Result<()> {
         .data_dir
         .clone()
         .context("a server needs --data-dir (or OUTPOST_DATA_DIR)")?;
-    let listen = match &role.listen {
-        Some(raw) => listen_on(raw, "--listen")?,
-        None => listen_addr(conn, DEV_API)?,
-    };
+    let (listen, _) = server_addrs(conn, &role.addr)?;
     if role.join.is_some() && conn.token.is_none() {
         bail!(
-            "joining a group needs its cluster token: --token, --token-file or OUTPOST_TOKEN \
-             (a server of the group keeps it in its data dir's `token` file)"
+            "joining a group needs its server join token: --token or OUTPOST_TOKEN (`outpost \
+             token show server` on a server of the group prints it)"
         );
     }
     let settings = role.settings;
@@ -252,7 +353,8 @@ pub async fn server(conn: &Connection, role: crate::ServerRole) -> Result<()> {
         report_batch: settings.report_batch,
         store: settings.store,
         reset: role.reset,
-        advertise: role.advertise,
+        tls: true,
+        advertise: role.addr.advertise.clone(),
         name: role.name.unwrap_or_default(),
         join: role.join,
         token: joining.as_ref().and(conn.token.clone()),
@@ -265,12 +367,13 @@ pub async fn server(conn: &Connection, role: crate::ServerRole) -> Result<()> {
     };
     match joining {
         Some(target) => println!(
-            "outpost server: joined the group of {target} as server {}; API at http://{}",
+            "outpost server: joined the group of {target} as server {}; API at https://{}",
             server.ctx.id, server.addr
         ),
         None => println!(
-            "outpost server: API at http://{}; token in {}",
+            "outpost server: API at https://{}; CA in {}, admin token in {}",
             server.addr,
+            data_dir.join(pki::files::CA).display(),
             data_dir.join("token").display()
         ),
     }
@@ -279,10 +382,17 @@ pub async fn server(conn: &Connection, role: crate::ServerRole) -> Result<()> {
     Ok(())
 }
 
+/// Where an agent finds the cluster and serves its own API.
+pub struct AgentAddr {
+    pub join: Option<String>,
+    pub listen: String,
+    pub advertise: Option<String>,
+}
+
 pub async fn agent(
     conn: &Connection,
     name: Option<String>,
-    agent_listen: &str,
+    addr: &AgentAddr,
     heartbeat: &str,
     node: &crate::NodeOptions,
 ) -> Result<()> {
@@ -294,25 +404,41 @@ pub async fn agent(
         .data_dir
         .clone()
         .context("an agent needs --data-dir (or OUTPOST_DATA_DIR)")?;
-    let Some(api) = conn.api.clone() else {
-        bail!("an agent needs the server's address: --api or OUTPOST_API")
-    };
-    let Some(token) = conn.token.clone() else {
-        bail!("an agent needs the cluster token: --token or OUTPOST_TOKEN")
-    };
     let name = match name {
         Some(n) => n,
         None => hostname().context("cannot read the host name; give one with --name")?,
     };
-    let listen: SocketAddr = agent_listen
+    let listen: SocketAddr = addr
+        .listen
         .parse()
-        .with_context(|| format!("--agent-listen {agent_listen:?} is not an address"))?;
+        .with_context(|| format!("--listen {:?} is not an address", addr.listen))?;
+    let advertise: Option<SocketAddr> = addr
+        .advertise
+        .as_deref()
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("--advertise {a:?} is not an address"))
+        })
+        .transpose()?;
+    let ip = advertise.unwrap_or(listen).ip();
+    if ip.is_unspecified() {
+        bail!(
+            "the agent listens on {listen}: give the address servers reach it at with --advertise"
+        );
+    }
+    let join = agent::credentials::Join {
+        server: addr.join.clone().or_else(|| conn.api.clone()),
+        token: conn.token.clone(),
+    };
+    let (server, tls) = agent::credentials::load_or_join(&data_dir, &join, &name, &[ip]).await?;
     let config = agent::AgentConfig {
         name,
         data_dir,
         listen,
-        server: api,
-        token,
+        server,
+        token: String::new(),
+        tls: Some(tls),
+        advertise,
         workdir: None,
         reserved: agent::default_reserved(),
         eviction_threshold,

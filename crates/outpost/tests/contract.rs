@@ -61,6 +61,7 @@ fn the_token_can_come_from_a_file_and_an_empty_one_is_named() {
             .args(["--api", api.trim()])
             .args(args)
             .current_dir(elsewhere.path())
+            .env("OUTPOST_CA", dev.data_dir().join("ca.pem"))
             .env_remove("OUTPOST_TOKEN")
             .output()
             .unwrap()

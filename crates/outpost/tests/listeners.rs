@@ -57,11 +57,11 @@ fn idle_connections_neither_exhaust_descriptors_nor_stop_the_api() {
     raise_fd_limit();
     let dev = Dev::start(&[]);
     let api = std::fs::read_to_string(dev.data_dir().join("api")).unwrap();
-    let api = api.trim().trim_start_matches("http://").to_string();
+    let api = api.trim().trim_start_matches("https://").to_string();
     let agent = wait_for("the agent to register", || {
         let nodes = dev.json(&["nodes"]);
         let address = nodes.get(0)?["address"].as_str()?;
-        Some(address.trim_start_matches("http://").to_string())
+        Some(address.trim_start_matches("https://").to_string())
     });
     let pid = dev_pid(dev.data_dir());
 

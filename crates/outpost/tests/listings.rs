@@ -18,8 +18,7 @@ fn unplaceable(name: &str, replicas: u32) -> String {
 }
 
 fn client(dev: &Dev) -> Client {
-    let read = |f: &str| std::fs::read_to_string(dev.data_dir().join(f)).unwrap();
-    Client::new(read("api").trim(), read("token").trim())
+    support::api_client(dev.data_dir())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -172,28 +171,17 @@ fn ps_summarises_more_tasks_than_a_screenful_and_says_how_to_see_them() {
 
 /// A GET of the API with the dev's token: (status, the `outpost-continue` header, body).
 fn get(dev: &Dev, path: &str) -> (u16, Option<String>, serde_json::Value) {
-    use std::io::{Read, Write};
     let read = |f: &str| std::fs::read_to_string(dev.data_dir().join(f)).unwrap();
     let (api, token) = (read("api"), read("token"));
-    let addr = api.trim().trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(support::PATIENCE)).unwrap();
-    let head = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-         Connection: close\r\n\r\n",
-        token.trim()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let (status, head, body) =
+        support::request_as(None, "GET", &api, path, &[("Authorization", &auth)], None);
     let token = head.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
         name.eq_ignore_ascii_case("outpost-continue")
             .then(|| value.trim().to_string())
     });
-    (status, token, serde_json::from_str(body).unwrap())
+    (status, token, serde_json::from_str(&body).unwrap())
 }
 
 fn names(list: &serde_json::Value) -> Vec<&str> {

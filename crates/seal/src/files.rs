@@ -81,14 +81,17 @@ pub fn read_or_create_secret(path: &Path, bytes: usize) -> Result<String, Secret
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    let mut random = vec![0u8; bytes];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut random))
-        .map_err(io)?;
-    let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = random_hex(bytes).map_err(io)?;
     write_new_private(path, secret.as_bytes()).map_err(io)?;
     Ok(secret)
+}
+
+/// `bytes` random bytes from the kernel, hex-encoded.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut random = vec![0u8; bytes];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random))?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use api::{ClusterInfo, JoinRequest, JoinResponse, Membership, ServerInfo};
+use api::{ClusterInfo, MemberRequest, MemberResponse, Membership, ServerInfo};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -44,15 +44,29 @@ pub const CATCH_UP: Duration = Duration::from_secs(60);
 /// on (30 s, or [`CATCH_UP`] and more for a join) ends it first.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The one check a request to change the group's membership passes: today, the cluster token.
-pub fn authorize_server(headers: &HeaderMap, token: &str) -> Result<(), Fail> {
-    httpd::check_bearer(headers, token)
-        .map_err(|e| Fail::new(StatusCode::UNAUTHORIZED, e.to_string()))
+/// The one check a request to change the group's membership passes: a server's certificate
+/// (a joining server has one from `POST /v1/join`) or the admin token.
+pub fn authorize_server(req: &Request) -> Result<(), Fail> {
+    use crate::access::Caller;
+    match req.extensions().get::<Caller>() {
+        Some(Caller::Server(_) | Caller::Admin) => Ok(()),
+        Some(Caller::Agent(me)) => Err(Fail::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the certificate of agent {me} may not change the group of servers: a server \
+                 joins with `outpost server join ADDR --token SERVER_TOKEN`"
+            ),
+        )),
+        _ => Err(Fail::new(
+            StatusCode::UNAUTHORIZED,
+            "changing the group of servers needs a server's certificate or the admin token",
+        )),
+    }
 }
 
 /// Middleware of the membership routes: [`authorize_server`].
-pub async fn server_only(State(ctx): State<Server>, req: Request, next: Next) -> Response {
-    match authorize_server(req.headers(), &ctx.token) {
+pub async fn server_only(req: Request, next: Next) -> Response {
+    match authorize_server(&req) {
         Ok(()) => next.run(req).await,
         Err(fail) => fail.into_response(),
     }
@@ -92,10 +106,13 @@ pub async fn cluster(State(ctx): State<Server>) -> Json<ClusterInfo> {
 }
 
 /// A server asks to join: it is given the next Raft id and added as a learner.
-#[utoipa::path(post, path = "/v1/cluster/servers", request_body = JoinRequest, responses(
-    (status = 200, description = "The new server's id; it is a learner until it asks to vote", body = JoinResponse),
+#[utoipa::path(post, path = "/v1/cluster/servers", request_body = MemberRequest, responses(
+    (status = 200, description = "The new server's id; it is a learner until it asks to vote", body = MemberResponse),
     (status = 409, description = "A member already has that address", body = api::ApiError)))]
-pub async fn join(State(ctx): State<Server>, Json(req): Json<JoinRequest>) -> Answer<JoinResponse> {
+pub async fn join(
+    State(ctx): State<Server>,
+    Json(req): Json<MemberRequest>,
+) -> Answer<MemberResponse> {
     let address = req.address.trim();
     if !is_host_port(address) {
         return Err(Fail::invalid_at(
@@ -129,7 +146,7 @@ pub async fn join(State(ctx): State<Server>, Json(req): Json<JoinRequest>) -> An
         .await
         .map_err(|e| unavailable(format!("cannot add server {id} as a learner: {e}")))?;
     tracing::info!("server {id} at {address} joined as a learner");
-    Ok(Json(JoinResponse {
+    Ok(Json(MemberResponse {
         id,
         servers: info(&ctx).servers,
     }))
@@ -139,13 +156,13 @@ pub async fn join(State(ctx): State<Server>, Json(req): Json<JoinRequest>) -> An
 #[utoipa::path(post, path = "/v1/cluster/servers/{id}/voter",
     params(("id" = u64, Path, description = "The server's Raft id")),
     responses(
-        (status = 200, description = "The server is a voter", body = JoinResponse),
+        (status = 200, description = "The server is a voter", body = MemberResponse),
         (status = 404, description = "No such server", body = api::ApiError)))]
-pub async fn promote(State(ctx): State<Server>, Path(id): Path<u64>) -> Answer<JoinResponse> {
+pub async fn promote(State(ctx): State<Server>, Path(id): Path<u64>) -> Answer<MemberResponse> {
     let _one_change = ctx.membership.lock().await;
     let voters = voters(&ctx);
     if voters.contains(&id) {
-        return Ok(Json(JoinResponse {
+        return Ok(Json(MemberResponse {
             id,
             servers: info(&ctx).servers,
         }));
@@ -159,7 +176,7 @@ pub async fn promote(State(ctx): State<Server>, Path(id): Path<u64>) -> Answer<J
         .await
         .map_err(|e| unavailable(format!("cannot make server {id} a voter: {e}")))?;
     tracing::info!("server {id} is a voter");
-    Ok(Json(JoinResponse {
+    Ok(Json(MemberResponse {
         id,
         servers: info(&ctx).servers,
     }))
@@ -370,7 +387,10 @@ async fn forward(ctx: &Server, id: NodeId, addr: &str, req: Request) -> Response
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = ctx
         .http
-        .request(parts.method.clone(), format!("http://{addr}{path}"))
+        .request(
+            parts.method.clone(),
+            format!("{}://{addr}{path}", ctx.scheme()),
+        )
         .header(FORWARDED, ctx.id.to_string())
         .timeout(FORWARD_TIMEOUT)
         .body(bytes);
@@ -378,6 +398,10 @@ async fn forward(ctx: &Server, id: NodeId, addr: &str, req: Request) -> Response
         if let Some(value) = parts.headers.get(&name) {
             out = out.header(name, value);
         }
+    }
+    // The leader sees this server's certificate; it decides by the caller checked here.
+    if let Some(caller) = parts.extensions.get::<crate::access::Caller>() {
+        out = out.header(crate::access::ON_BEHALF, caller.header());
     }
     match out.send().await {
         Ok(answer) => relay(answer).await,
@@ -421,11 +445,12 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// The joining side: asks the server at `target` to add a server at `address` as a learner.
 pub(crate) async fn ask_to_join(
     http: &reqwest::Client,
+    scheme: &str,
     target: &str,
     token: &str,
-    req: &JoinRequest,
-) -> Result<JoinResponse, ServerError> {
-    let url = format!("{}/v1/cluster/servers", base(target));
+    req: &MemberRequest,
+) -> Result<MemberResponse, ServerError> {
+    let url = format!("{}/v1/cluster/servers", base(target, scheme));
     call(http.post(url).bearer_auth(token).json(req), target).await
 }
 
@@ -433,15 +458,16 @@ pub(crate) async fn ask_to_join(
 /// group has no leader or the one asked stops answering, until [`CATCH_UP`] and more pass.
 pub(crate) async fn ask_to_vote(
     http: &reqwest::Client,
+    scheme: &str,
     targets: &[String],
     token: &str,
     id: NodeId,
-) -> Result<JoinResponse, ServerError> {
+) -> Result<MemberResponse, ServerError> {
     let deadline = tokio::time::Instant::now() + CATCH_UP * 2;
     let mut attempt = 0usize;
     loop {
         let target = &targets[attempt % targets.len()];
-        let url = format!("{}/v1/cluster/servers/{id}/voter", base(target));
+        let url = format!("{}/v1/cluster/servers/{id}/voter", base(target, scheme));
         match call(http.post(url).bearer_auth(token), target).await {
             Ok(done) => return Ok(done),
             Err(ServerError::Join { retry: true, .. })
@@ -475,21 +501,21 @@ pub(crate) async fn vote_if_learner(ctx: Server) {
         return;
     };
     tracing::info!("this server is still a learner; asking the leader at {leader} to vote");
-    if let Err(e) = ask_to_vote(&ctx.http, &[leader], &ctx.token, me).await {
+    if let Err(e) = ask_to_vote(&ctx.http, ctx.scheme(), &[leader], &ctx.token, me).await {
         tracing::warn!("{e}; restart this server to ask again");
     }
 }
 
-fn base(target: &str) -> String {
+fn base(target: &str, scheme: &str) -> String {
     let bare = target.trim_end_matches('/');
     if bare.starts_with("http://") || bare.starts_with("https://") {
         bare.to_string()
     } else {
-        format!("http://{bare}")
+        format!("{scheme}://{bare}")
     }
 }
 
-async fn call(req: reqwest::RequestBuilder, target: &str) -> Result<JoinResponse, ServerError> {
+async fn call(req: reqwest::RequestBuilder, target: &str) -> Result<MemberResponse, ServerError> {
     let failed = |message: String, retry: bool| ServerError::Join {
         target: target.to_string(),
         message,

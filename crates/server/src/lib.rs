@@ -17,11 +17,14 @@
 //! - [`logs`]: `outpost logs`, proxied from the agents that hold the files.
 //! - [`cluster`]: membership (join, voter, leave) and which server answers what: writes and
 //!   current reads are forwarded to the leader.
+//! - [`trust`]: the CA, this server's certificate and the tokens in its data dir.
+//! - [`access`]: who calls (certificate or admin token) and what they may do.
 //!
 //! One server is a one-member Raft group. The first server founds the group (Raft id 1); others
 //! join it ([`ServerConfig::join`]) and keep the id they were given in the data dir's
 //! `server-id`, so a plain restart rejoins.
 
+pub mod access;
 pub mod answer;
 pub mod batch;
 pub mod blocking;
@@ -32,6 +35,7 @@ pub mod logs;
 pub mod lost;
 pub mod network;
 pub mod routes;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -72,6 +76,10 @@ pub struct ServerConfig {
     pub report_batch: batch::BatchConfig,
     /// How the store keeps what it keeps (the event history's retention).
     pub store: store::StoreOptions,
+    /// Serve mutually authenticated TLS on the cluster CA (made in the data dir on the first
+    /// start). Without it (embedders' and tests' servers) the API is plain HTTP behind the
+    /// one token.
+    pub tls: bool,
 }
 
 impl ServerConfig {
@@ -90,7 +98,22 @@ impl ServerConfig {
             reset: false,
             report_batch: batch::BatchConfig::default(),
             store: store::StoreOptions::default(),
+            tls: false,
         }
+    }
+
+    /// The IP addresses the server's certificate is for: where it listens and is reached, and
+    /// loopback.
+    pub fn hosts(&self) -> Vec<std::net::IpAddr> {
+        let mut hosts = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+        let advertised = (self.advertise.as_deref()).and_then(|a| a.parse::<SocketAddr>().ok());
+        for addr in [Some(self.listen), advertised].into_iter().flatten() {
+            let ip = addr.ip();
+            if !ip.is_unspecified() && !hosts.contains(&ip) {
+                hosts.push(ip);
+            }
+        }
+        hosts
     }
 }
 
@@ -191,6 +214,8 @@ pub enum ServerError {
          the token it holds"
     )]
     OtherToken { dir: PathBuf },
+    #[error("the cluster's certificates: {0}")]
+    Trust(String),
     #[error(
         "the token file {path} is empty: write the cluster token into it, or remove it to have \
          a new token made (agents and clients then need the new one)"
@@ -212,7 +237,7 @@ const TOKEN_BYTES: usize = 24;
 /// The file that marks a data dir as a cluster's: the token, written at the first start before
 /// the state. A data dir with it but without its state lost that state; starting afresh there
 /// would quietly make an empty cluster, and its agents would then stop every task.
-const MARKER: &str = "token";
+pub(crate) const MARKER: &str = "token";
 
 /// Refuses to start an empty cluster in a data dir that held one, unless told to (`reset`).
 fn check_state(dir: &Path, state: &Path, reset: bool) -> Result<(), ServerError> {
@@ -251,6 +276,8 @@ pub struct Server {
     pub http: reqwest::Client,
     /// Where agents' status reports wait to be committed together.
     pub reports: batch::Batcher,
+    /// The CA and this server's certificate; `None` on a plain-HTTP server.
+    pub trust: Option<Arc<trust::Trust>>,
 }
 
 /// Commits `command` through Raft and returns the state machine's answer.
@@ -270,6 +297,16 @@ impl Server {
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
+
+    /// `https` for a server on the cluster CA, `http` for a plain one: how its peers, its
+    /// agents and its own forwards are reached.
+    pub fn scheme(&self) -> &'static str {
+        scheme(self.trust.is_some())
+    }
+}
+
+pub fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
 }
 
 /// How long an idle pooled connection to an agent or a peer is kept, 2 s: below the 5 s after
@@ -277,12 +314,16 @@ impl Server {
 /// request is never sent on a connection the other end is closing.
 const POOL_IDLE: Duration = Duration::from_secs(2);
 
-/// The HTTP client for agents (logs) and peer servers (Raft).
-pub fn peer_http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_idle_timeout(POOL_IDLE)
-        .build()
-        .unwrap_or_default()
+/// The HTTP client for agents (logs) and peer servers (Raft): over TLS with this server's
+/// certificate when it has one.
+pub fn peer_http(tls: Option<rustls::ClientConfig>) -> reqwest::Client {
+    // reqwest needs a process-wide crypto provider even for plain HTTP (see `client`).
+    pki::install_default();
+    let mut builder = reqwest::Client::builder().pool_idle_timeout(POOL_IDLE);
+    if let Some(tls) = tls {
+        builder = builder.tls_backend_preconfigured(tls);
+    }
+    builder.build().unwrap_or_default()
 }
 
 pub fn now() -> Timestamp {
@@ -335,7 +376,9 @@ async fn start_raft(
     me: &Identity,
     state_file: &Path,
     token: &str,
+    http: &reqwest::Client,
 ) -> Result<(Raft, StateHandle), ServerError> {
+    let scheme = scheme(config.tls);
     let (log, machine, state) = store::open(state_file, config.store.clone())?;
     tighten(state_file)?;
     let raft_err = |e: &dyn std::fmt::Display| ServerError::Raft(e.to_string());
@@ -345,7 +388,7 @@ async fn start_raft(
     let raft = Raft::new(
         me.id,
         Arc::new(raft_config),
-        network::Network::new(token.to_string()),
+        network::Network::new(token.to_string(), http.clone(), scheme),
         log,
         machine,
     )
@@ -422,11 +465,12 @@ async fn identity(
             rejoined: false,
         }),
         (None, Some(target)) => {
-            let request = api::JoinRequest {
+            let request = api::MemberRequest {
                 address: advertise.to_string(),
                 name: config.name.clone(),
             };
-            let answer = cluster::ask_to_join(http, target, token, &request).await?;
+            let answer =
+                cluster::ask_to_join(http, scheme(config.tls), target, token, &request).await?;
             write_token(dir, token)?;
             let path = dir.join(SERVER_ID);
             seal::files::write_private(&path, format!("{}\n", answer.id).as_bytes())
@@ -517,7 +561,6 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     // expected. Checked before anything is written.
     let joins = !config.found || config.join.is_some() || read_id(dir)?.is_some();
     check_state(dir, &state_file, config.reset || joins)?;
-    let token = token_of(&config)?;
     let listen_err = |source| ServerError::Listen {
         addr: config.listen,
         source,
@@ -527,9 +570,16 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         .map_err(listen_err)?;
     let addr = listener.local_addr().map_err(listen_err)?;
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
-    let http = peer_http();
+    let trust = server_trust(&config).await?;
+    let tls = trust.as_ref().map(|t| t.server_config()).transpose()?;
+    let http = peer_http(trust.as_ref().map(|t| t.client_config()).transpose()?);
+    let token = if config.tls {
+        load_or_create_token(dir)?
+    } else {
+        token_of(&config)?
+    };
     let me = identity(&config, &token, &advertise, &http).await?;
-    let (raft, state) = start_raft(&config, &me, &state_file, &token).await?;
+    let (raft, state) = start_raft(&config, &me, &state_file, &token, &http).await?;
     let (stop, stop_rx) = watch::channel(false);
     let reports = start_batcher(&raft, config.report_batch, stop_rx.clone());
     let ctx = Server {
@@ -543,16 +593,21 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         heartbeats: controller::Heartbeats::default(),
         http,
         reports,
+        trust,
     };
+    if config.found && ctx.trust.is_some() {
+        tokio::spawn(commit_own_trust(ctx.clone(), stop_rx.clone()));
+    }
     tokio::spawn(controller::services(ctx.clone(), stop_rx.clone()));
     tokio::spawn(controller::nodes(ctx.clone(), stop_rx.clone()));
     tokio::spawn(lost::lost(ctx.clone(), stop_rx.clone()));
     let app = routes::router(ctx.clone());
     let mut stopped = stop_rx;
-    let serve = tokio::spawn(httpd::serve(
+    let serve = tokio::spawn(httpd::serve_tls(
         listener,
         app,
         config.limits.listener.clone(),
+        tls,
         async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         },
@@ -568,7 +623,14 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         tokio::spawn(cluster::vote_if_learner(handle.ctx.clone()));
     }
     if let Some(through) = &me.joined_through {
-        let asked = cluster::ask_to_vote(&handle.ctx.http, through, &handle.token, me.id).await;
+        let asked = cluster::ask_to_vote(
+            &handle.ctx.http,
+            handle.ctx.scheme(),
+            through,
+            &handle.token,
+            me.id,
+        )
+        .await;
         if let Err(e) = asked {
             handle.shutdown().await;
             return Err(e);
@@ -577,8 +639,9 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     }
     // Written last: its presence tells a local CLI the API is up.
     let api_file = dir.join("api");
+    let scheme = handle.ctx.scheme();
     if let Err(source) =
-        seal::files::write_private(&api_file, format!("http://{addr}\n").as_bytes())
+        seal::files::write_private(&api_file, format!("{scheme}://{addr}\n").as_bytes())
     {
         handle.shutdown().await;
         return Err(ServerError::DataDir {
@@ -586,6 +649,116 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
             source,
         });
     }
-    tracing::info!("API listening on http://{addr} as server {}", me.id);
+    tracing::info!("API listening on {scheme}://{addr} as server {}", me.id);
     Ok(handle)
+}
+
+/// The cluster's trust of a TLS server: the first start of a joining server gets it from the
+/// group with the server join token (`trust::join`); every other start loads it, or makes a
+/// new cluster's.
+async fn server_trust(config: &ServerConfig) -> Result<Option<Arc<trust::Trust>>, ServerError> {
+    if !config.tls {
+        return Ok(None);
+    }
+    let dir = &config.data_dir;
+    let trust = match (&config.join, trust::initialized(dir)) {
+        (Some(target), false) => {
+            let token = config.token.as_deref().ok_or_else(|| {
+                ServerError::Trust(
+                    "joining a group needs its server join token (`outpost token show server` \
+                     on a server of the group)"
+                        .into(),
+                )
+            })?;
+            // Its Raft id comes after the certificate: the certificate names the role.
+            let name = match config.name.trim() {
+                "" => "server",
+                name => name,
+            };
+            trust::join(dir, target, token, name, &config.hosts()).await?
+        }
+        _ => trust::load_or_init(dir, &config.hosts())?,
+    };
+    Ok(Some(Arc::new(trust)))
+}
+
+/// `outpost server init`: a new cluster's CA, certificates and tokens in `config.data_dir`,
+/// and its (empty) state file, so the first start founds the cluster rather than taking the
+/// data dir for one that lost its state.
+pub fn init(config: &ServerConfig) -> Result<(), ServerError> {
+    trust::init(&config.data_dir, &config.hosts())?;
+    let state_file = config.data_dir.join("state.redb");
+    let opened = store::open(&state_file, config.store.clone())?;
+    drop(opened);
+    tighten(&state_file)
+}
+
+/// How often a founding server tries again to commit its own trust while it has no leader.
+const TRUST_RETRY: Duration = Duration::from_millis(200);
+
+/// Commits what the replicated trust lacks of this server's own files (its tokens' digests,
+/// its certificate), once it leads: a new cluster's first entries, and an older data dir's on
+/// its first start with TLS.
+async fn commit_own_trust(ctx: Server, mut stop: watch::Receiver<bool>) {
+    let Some(trust) = ctx.trust.clone() else {
+        return;
+    };
+    loop {
+        if ctx.is_leader() {
+            let wanted = ctx.state.read(|s| trust.wanted(s, ctx.id));
+            match wanted {
+                Ok(commands) if commands.is_empty() => return,
+                Ok(commands) => {
+                    for command in commands {
+                        if let Err(e) = ctx.propose(command).await {
+                            tracing::debug!("cannot commit the cluster's trust yet: {e}");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TRUST_RETRY) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl Server {
+    /// A certificate for node `name` in `role`, for `hosts`, known to the cluster once this
+    /// returns: what `POST /v1/join` answers, and what `outpost dev` gives its own agent.
+    pub async fn issue(
+        &self,
+        role: pki::NodeRole,
+        name: &str,
+        hosts: &[std::net::IpAddr],
+    ) -> Result<api::JoinResponse, String> {
+        let trust = self
+            .trust
+            .as_ref()
+            .ok_or("this server serves no TLS and issues no certificates")?;
+        let node = trust
+            .ca
+            .issue(role, name, hosts)
+            .map_err(|e| e.to_string())?;
+        let fingerprint = node.fingerprint().map_err(|e| e.to_string())?;
+        self.propose(Command::AddCertificate {
+            fingerprint,
+            role: role.as_str().into(),
+            node: name.into(),
+            time: now(),
+        })
+        .await?;
+        Ok(api::JoinResponse {
+            cert: node.cert_pem.clone(),
+            key: node.key_pem.clone(),
+            ca: trust.ca.cert_pem().to_string(),
+            ca_key: (role == pki::NodeRole::Server).then(|| trust.ca.identity().key_pem.clone()),
+            admin_token: (role == pki::NodeRole::Server).then(|| self.token.clone()),
+        })
+    }
 }

@@ -14,13 +14,16 @@ use store::raft::{
 pub struct Network {
     http: reqwest::Client,
     token: String,
+    /// `https` between servers with certificates, `http` between plain ones.
+    scheme: &'static str,
 }
 
 impl Network {
-    pub fn new(token: String) -> Network {
+    pub fn new(token: String, http: reqwest::Client, scheme: &'static str) -> Network {
         Network {
-            http: crate::peer_http(),
+            http,
             token,
+            scheme,
         }
     }
 }
@@ -40,7 +43,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             http: self.http.clone(),
             token: self.token.clone(),
             target,
-            base: format!("http://{}", node.addr),
+            base: format!("{}://{}", self.scheme, node.addr),
         }
     }
 }

@@ -18,6 +18,7 @@ use api::{
     Events, Level, Problem, RegisterRequest, ScaleRequest, ServiceSummary, StatusReport, Task,
     TaskState, Timestamp,
 };
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware;
@@ -31,6 +32,7 @@ use store::{Command, Response as Applied};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::access::Caller;
 use crate::answer::{Answer, Fail, Json, no_node, no_service, unavailable};
 use crate::{ApiLimits, Server, blocking, cluster, now};
 
@@ -50,9 +52,11 @@ pub fn router(ctx: Server) -> Router {
             limits.request_timeout,
             httpd::time_limit,
         ));
-    let token = httpd::Token(ctx.token.as_str().into());
     api.merge(raft)
-        .route_layer(middleware::from_fn_with_state(token, httpd::authorize))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            crate::access::check,
+        ))
         .route(
             "/v1/openapi.json",
             get(move || async move { axum::Json(document.as_ref().clone()) }),
@@ -71,9 +75,13 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(scale))
         .routes(routes!(list_tasks))
         .routes(routes!(list_nodes, register))
+        .routes(routes!(remove_node))
         .routes(routes!(heartbeat))
         .routes(routes!(drain))
         .routes(routes!(undrain))
+        .routes(routes!(join))
+        .routes(routes!(show_token))
+        .routes(routes!(rotate_token))
         .routes(routes!(report))
         .route_layer(middleware::from_fn_with_state(
             ctx.clone(),
@@ -96,10 +104,7 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
             ctx.clone(),
             cluster::at_leader,
         ))
-        .route_layer(middleware::from_fn_with_state(
-            ctx.clone(),
-            cluster::server_only,
-        ))
+        .route_layer(middleware::from_fn(cluster::server_only))
         .route_layer(middleware::from_fn_with_state(
             ctx.limits.request_timeout + cluster::CATCH_UP,
             httpd::time_limit,
@@ -188,7 +193,16 @@ fn add_common_errors(op: &mut utoipa::openapi::path::Operation) {
     if params.iter().any(|p| p.parameter_in == ParameterIn::Path) {
         add_error(op, 404, "No such service, task or node");
     }
-    add_error(op, 401, "Missing or wrong bearer token");
+    add_error(
+        op,
+        401,
+        "Missing or wrong bearer token, or a node certificate the cluster does not know",
+    );
+    add_error(
+        op,
+        403,
+        "The caller may not do this: an agent acting for another node, or not a server",
+    );
     add_error(
         op,
         503,
@@ -650,9 +664,22 @@ fn check_node_name(name: &str) -> Result<(), Fail> {
     (status = 200, description = "The node as registered", body = api::Node)))]
 async fn register(
     State(ctx): State<Server>,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<RegisterRequest>,
 ) -> Answer<api::Node> {
     check_node_name(&req.name)?;
+    if let Caller::Agent(me) = &caller
+        && *me != req.name
+    {
+        return Err(Fail::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the certificate of node {me} may not register node {}: an agent registers \
+                 only itself",
+                req.name
+            ),
+        ));
+    }
     let name = req.name.clone();
     ctx.propose(Command::RegisterNode {
         node: req,
@@ -670,6 +697,162 @@ async fn register(
                 "node vanished after registering",
             )
         })
+}
+
+/// Remove a node: its tasks are placed again elsewhere and its certificates revoked, so its
+/// agent can no longer call the API.
+#[utoipa::path(delete, path = "/v1/nodes/{name}",
+    params(("name" = String, Path, description = "Node name")),
+    responses((status = 204, description = "Removed")))]
+async fn remove_node(
+    State(ctx): State<Server>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Fail> {
+    known_node(&ctx, &name)?;
+    let answer = ctx
+        .propose(Command::RemoveNode {
+            node: name.clone(),
+            time: now(),
+        })
+        .await
+        .map_err(unavailable)?;
+    if let Applied::NotFound(_) = answer {
+        return Err(no_node(&name));
+    }
+    // The node monitor forgets the liveness of a node the state no longer holds.
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The role a join or token route names; refused unless one of `allowed`.
+fn token_role(role: &str, allowed: &[pki::Role]) -> Result<pki::Role, Fail> {
+    let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+    pki::Role::parse(role)
+        .filter(|r| allowed.contains(r))
+        .ok_or_else(|| {
+            Fail::invalid_at(
+                "unknown role",
+                "role",
+                format!("{role:?} is not one of {}", names.join(", ")),
+            )
+        })
+}
+
+fn trust_of(ctx: &Server) -> Result<&crate::trust::Trust, Fail> {
+    ctx.trust.as_deref().ok_or_else(|| {
+        Fail::new(
+            StatusCode::NOT_FOUND,
+            "this server serves no TLS: it has no CA, join tokens or certificates",
+        )
+    })
+}
+
+/// Join the cluster: a node sends a join token's secret and gets its certificate and the CA.
+/// Refused, with nothing changed, for a wrong or rotated secret and for an agent token used to
+/// join as a server.
+#[utoipa::path(post, path = "/v1/join", request_body = api::JoinRequest, responses(
+    (status = 200, description = "The node's certificate, its key and the CA", body = api::JoinResponse),
+    (status = 404, description = "This server serves no TLS and issues no certificates", body = ApiError)))]
+async fn join(
+    State(ctx): State<Server>,
+    Json(req): Json<api::JoinRequest>,
+) -> Answer<api::JoinResponse> {
+    trust_of(&ctx)?;
+    let role = token_role(&req.role, &[pki::Role::Server, pki::Role::Agent])?;
+    check_node_name(&req.name)?;
+    let digests = ctx.state.read(|s| {
+        [pki::Role::Server, pki::Role::Agent]
+            .map(|r| s.token_digest(r.as_str()).map(str::to_string))
+    });
+    let (own, other) = match role {
+        pki::Role::Server => (&digests[0], &digests[1]),
+        _ => (&digests[1], &digests[0]),
+    };
+    if own.is_none() || other.is_none() {
+        // A new cluster's first entries are its tokens (both are needed to say which token a
+        // wrong secret is); they commit once it leads.
+        return Err(Fail::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster's join tokens are not committed yet; retry shortly",
+        ));
+    }
+    let matches = |d: &Option<String>| {
+        d.as_deref()
+            .is_some_and(|d| pki::secret_matches(&req.secret, d))
+    };
+    if !matches(own) {
+        let why = if role == pki::Role::Server && matches(other) {
+            "this is the agent join token: a server joins with the server token (`outpost token \
+             show server`)"
+                .to_string()
+        } else {
+            format!(
+                "the {role} join token is wrong or was rotated: get the current one with \
+                 `outpost token show {role}`"
+            )
+        };
+        return Err(Fail::new(StatusCode::UNAUTHORIZED, why));
+    }
+    let node_role = match role {
+        pki::Role::Server => pki::NodeRole::Server,
+        _ => pki::NodeRole::Agent,
+    };
+    ctx.issue(node_role, &req.name, &req.hosts)
+        .await
+        .map(Json)
+        .map_err(unavailable)
+}
+
+/// The current token of a role (`server`, `agent` or `admin`), as this server keeps it.
+#[utoipa::path(get, path = "/v1/tokens/{role}",
+    params(("role" = String, Path, description = "server, agent or admin")),
+    responses((status = 200, description = "The token", body = api::TokenAnswer)))]
+async fn show_token(
+    State(ctx): State<Server>,
+    Path(role): Path<String>,
+) -> Answer<api::TokenAnswer> {
+    let trust = trust_of(&ctx)?;
+    let role = token_role(
+        &role,
+        &[pki::Role::Server, pki::Role::Agent, pki::Role::Admin],
+    )?;
+    let token = trust.token(role).map_err(|e| {
+        Fail::new(
+            StatusCode::NOT_FOUND,
+            format!("this server does not keep the {role} token ({e}); ask the server that made it, or rotate it here"),
+        )
+    })?;
+    Ok(Json(api::TokenAnswer {
+        role: role.to_string(),
+        token,
+    }))
+}
+
+/// Replace the join token of a role (`server` or `agent`): the old one stops working at once.
+#[utoipa::path(post, path = "/v1/tokens/{role}/rotate",
+    params(("role" = String, Path, description = "server or agent")),
+    responses((status = 200, description = "The new token", body = api::TokenAnswer)))]
+async fn rotate_token(
+    State(ctx): State<Server>,
+    Path(role): Path<String>,
+) -> Answer<api::TokenAnswer> {
+    let trust = trust_of(&ctx)?;
+    let role = token_role(&role, &[pki::Role::Server, pki::Role::Agent])?;
+    let internal =
+        |e: crate::ServerError| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let token = trust.new_token().map_err(internal)?;
+    ctx.propose(Command::SetToken {
+        role: role.as_str().into(),
+        digest: pki::secret_digest(&token.secret),
+        replace: true,
+        time: now(),
+    })
+    .await
+    .map_err(unavailable)?;
+    trust.save_token(role, &token).map_err(internal)?;
+    Ok(Json(api::TokenAnswer {
+        role: role.to_string(),
+        token: token.to_string(),
+    }))
 }
 
 fn known_node(ctx: &Server, name: &str) -> Result<(), Fail> {

@@ -163,10 +163,10 @@ async fn a_server_stopped_before_it_could_vote_asks_again_on_a_plain_restart() {
         .local_addr()
         .unwrap();
     let http = reqwest::Client::new();
-    let answer: api::JoinResponse = http
+    let answer: api::MemberResponse = http
         .post(format!("http://{}/v1/cluster/servers", a.addr))
         .bearer_auth(&a.token)
-        .json(&api::JoinRequest {
+        .json(&api::MemberRequest {
             address: listen.to_string(),
             name: "b".into(),
         })

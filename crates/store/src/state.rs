@@ -79,6 +79,38 @@ pub enum Command {
         drain: bool,
         time: Timestamp,
     },
+    /// A join token (or the admin credential) of `role` is now the one whose secret has this
+    /// sha256 digest; the one before stops working. Without `replace` it is set only where the
+    /// role has none yet: a founding server's first commit never undoes a rotation.
+    SetToken {
+        role: String,
+        digest: String,
+        replace: bool,
+        time: Timestamp,
+    },
+    /// A node certificate was issued: the servers know it by its fingerprint from now on.
+    AddCertificate {
+        fingerprint: String,
+        role: String,
+        node: String,
+        time: Timestamp,
+    },
+    /// `outpost node rm`: the node, its tasks and its certificates are gone.
+    RemoveNode {
+        node: String,
+        time: Timestamp,
+    },
+}
+
+const TOKEN_PREFIX: &str = "token/";
+const CERT_PREFIX: &str = "cert/";
+
+fn token_key(role: &str) -> String {
+    format!("{TOKEN_PREFIX}{role}")
+}
+
+fn cert_key(fingerprint: &str) -> String {
+    format!("{CERT_PREFIX}{fingerprint}")
 }
 
 impl Command {
@@ -95,7 +127,10 @@ impl Command {
             | Command::Report { time, .. }
             | Command::Reports { time, .. }
             | Command::LoseTasks { time, .. }
-            | Command::SetDrain { time, .. } => *time,
+            | Command::SetDrain { time, .. }
+            | Command::SetToken { time, .. }
+            | Command::AddCertificate { time, .. }
+            | Command::RemoveNode { time, .. } => *time,
         }
     }
 }
@@ -158,6 +193,11 @@ pub struct State {
     /// that news for the services still waiting.
     #[serde(default)]
     pub forgotten_placement_index: u64,
+    /// The cluster's trust: the digest of each token's secret (`token/<role>`) and every node
+    /// certificate issued and not revoked (`cert/<fingerprint>` → `<role>/<node>`). Never a
+    /// secret itself.
+    #[serde(default)]
+    pub trust: TrackedMap<String, String>,
     /// Task ids by node and by service slot, so that [`State::assignments`] and apply read the
     /// tasks concerned instead of scanning all of them. Derived from `tasks`, so never stored:
     /// `State::reindex` rebuilds it when a state is loaded.
@@ -302,7 +342,90 @@ impl State {
                 Response::Ok
             }
             Command::SetDrain { node, drain, time } => self.set_drain(node, *drain, *time),
+            Command::SetToken {
+                role,
+                digest,
+                replace,
+                ..
+            } => {
+                if *replace || self.token_digest(role).is_none() {
+                    self.trust.insert(token_key(role), digest.clone());
+                }
+                Response::Ok
+            }
+            Command::AddCertificate {
+                fingerprint,
+                role,
+                node,
+                ..
+            } => {
+                self.trust
+                    .insert(cert_key(fingerprint), format!("{role}/{node}"));
+                Response::Ok
+            }
+            Command::RemoveNode { node, time } => self.remove_node(node, *time),
         }
+    }
+
+    /// The digest of the secret of the current token of `role` (`server`, `agent`, `admin`).
+    pub fn token_digest(&self, role: &str) -> Option<&str> {
+        self.trust.get(&token_key(role)).map(String::as_str)
+    }
+
+    /// The role and node of the issued certificate with this fingerprint; `None` when it was
+    /// never issued or was revoked.
+    pub fn certificate(&self, fingerprint: &str) -> Option<(&str, &str)> {
+        self.trust.get(&cert_key(fingerprint))?.split_once('/')
+    }
+
+    /// Removes a node, its tasks (their replicas are placed again elsewhere) and every
+    /// certificate issued to it.
+    fn remove_node(&mut self, node: &str, time: Timestamp) -> Response {
+        if self.nodes.remove(node).is_none() {
+            return Response::NotFound(node.to_string());
+        }
+        let ids: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| t.node.as_deref() == Some(node))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in &ids {
+            if let Some(service) = self.tasks.get(id).map(|t| t.service.clone()) {
+                self.forget_task(id);
+                self.placement_moved(&service);
+            }
+        }
+        self.node_index.remove(node);
+        self.report_seq.remove(node);
+        self.nodes_placement_index = self.index;
+        let revoked: Vec<String> = self
+            .trust
+            .iter()
+            .filter(|(k, v)| {
+                k.starts_with(CERT_PREFIX) && v.split_once('/').is_some_and(|(_, n)| n == node)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &revoked {
+            self.trust.remove(key);
+        }
+        let message = format!(
+            "node {node} removed with {} task(s); {} certificate(s) revoked",
+            ids.len(),
+            revoked.len()
+        );
+        self.event(
+            time,
+            Level::Warning,
+            "node-removed",
+            None,
+            None,
+            Some(node),
+            message,
+        );
+        self.forget_removed_services();
+        Response::Ok
     }
 
     /// Every map the store keeps as a table of its own, with the table's name. A map added to
@@ -316,6 +439,7 @@ impl State {
             ("pending", &mut self.pending),
             ("report_seq", &mut self.report_seq),
             ("placement_index", &mut self.placement_index),
+            ("trust", &mut self.trust),
         ]
     }
 
@@ -1481,6 +1605,60 @@ mod tests {
         let seqs: Vec<u64> = s.events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3, 4]);
         assert_eq!(s.next_event, 4);
+    }
+
+    #[test]
+    fn removing_a_node_forgets_its_tasks_and_revokes_its_certificates() {
+        let mut s = running_web();
+        let cert = |fp: &str, node: &str| Command::AddCertificate {
+            fingerprint: fp.into(),
+            role: "agent".into(),
+            node: node.into(),
+            time: T,
+        };
+        run(
+            &mut s,
+            vec![node("b"), cert("f1", "a"), cert("f2", "a"), cert("f3", "b")],
+        );
+        assert_eq!(s.certificate("f1"), Some(("agent", "a")));
+        let rm = Command::RemoveNode {
+            node: "a".into(),
+            time: T,
+        };
+        run(&mut s, vec![rm.clone()]);
+        assert!(!s.nodes.contains_key("a"));
+        assert!(
+            s.tasks.is_empty(),
+            "the task on a is gone, to be placed again"
+        );
+        assert_eq!(s.certificate("f1"), None);
+        assert_eq!(s.certificate("f2"), None);
+        assert_eq!(s.certificate("f3"), Some(("agent", "b")));
+        assert_eq!(s.events.back().unwrap().event.reason, "node-removed");
+        s.check().unwrap();
+        let next = s.index + 1;
+        assert_eq!(s.apply(next, &rm), Response::NotFound("a".into()));
+    }
+
+    #[test]
+    fn a_token_set_again_replaces_the_one_before() {
+        let mut s = State::default();
+        assert_eq!(s.token_digest("agent"), None);
+        let set = |digest: &str, replace| Command::SetToken {
+            role: "agent".into(),
+            digest: digest.into(),
+            replace,
+            time: T,
+        };
+        run(&mut s, vec![set("d1", false), set("d2", true)]);
+        assert_eq!(s.token_digest("agent"), Some("d2"));
+        run(&mut s, vec![set("d3", false)]);
+        assert_eq!(
+            s.token_digest("agent"),
+            Some("d2"),
+            "a first commit never undoes a rotation"
+        );
+        assert_eq!(s.token_digest("server"), None);
     }
 
     /// A cluster with node `a` running task `web.1.1`.

@@ -3,7 +3,8 @@
 //! Layout, every value a sealed JSON row ([`db::encode`]) that a human can read with any redb
 //! tool:
 //! - one table per map of `State`, named as in `State::stored_maps` (`services`, `tasks`,
-//!   `nodes`, `node_index`, `pending`, `report_seq`, `placement_index`), keyed by the map's key;
+//!   `nodes`, `node_index`, `pending`, `report_seq`, `placement_index`, `trust`), keyed by the
+//!   map's key;
 //! - [`EVENTS`]: the kept events by `seq`, appended as they are applied, the oldest deleted past
 //!   retention;
 //! - the [`Meta`] row, `meta` in the `state_machine` table: the layout's format, the applied

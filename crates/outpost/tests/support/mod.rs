@@ -131,6 +131,8 @@ impl Dev {
         wait_for("the dev API to answer", || {
             self.try_cli(&["nodes"]).filter(|o| o.status.success())
         });
+        let api = std::fs::read_to_string(self.data_dir().join("api")).unwrap();
+        trust_ca(&api, &self.data_dir().join("ca.pem"));
         // Reads answer before the one-member group has elected itself; a write would then be
         // refused with "retry shortly". Tests start writing at once, so wait for the leader.
         wait_for("the dev server to lead its group", || {
@@ -342,8 +344,8 @@ pub fn remove_cgroups(data_dir: &Path) {
     remove_agent_cgroups(&data_dir.join("agent"));
 }
 
-/// Removes the cgroup folders of the agent whose data dir is `agent_dir`.
-fn remove_agent_cgroups(agent_dir: &Path) {
+/// Removes the empty cgroup folders of the agent whose data dir is `agent_dir`.
+pub fn remove_agent_cgroups(agent_dir: &Path) {
     let Ok(agent) = std::fs::read_to_string(agent_dir.join("agent-id")) else {
         return;
     };
@@ -423,7 +425,55 @@ fn signal(pid: u64, sig: nix::sys::signal::Signal) {
         .unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
 }
 
-/// A raw HTTP/1.1 request to `base` (`http://127.0.0.1:PORT`); returns (status, body).
+/// The CA certificate of each `https://` API a test started, by address, so that raw
+/// requests check the server as the CLI does.
+static CAS: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Trust `ca` (a PEM file) for raw requests to `base`.
+pub fn trust_ca(base: &str, ca: &Path) {
+    let addr = bare(base).to_string();
+    CAS.lock().unwrap().push((addr, ca.to_path_buf()));
+}
+
+fn bare(base: &str) -> &str {
+    base.trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+}
+
+/// A client certificate and key (PEM files) to present.
+pub struct ClientCert<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+/// The rustls configuration for `base`: `None` for `http://`.
+fn tls_for(base: &str, me: Option<&ClientCert>) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    if !base.trim().starts_with("https://") {
+        return None;
+    }
+    let addr = bare(base);
+    let ca = CAS
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(a, _)| a == addr)
+        .map(|(_, ca)| ca.clone())
+        .unwrap_or_else(|| panic!("no CA known for {base}: call support::trust_ca first"));
+    let ca = std::fs::read_to_string(ca).unwrap();
+    let me = me.map(|c| pki::Identity {
+        cert_pem: std::fs::read_to_string(c.cert).unwrap(),
+        key_pem: std::fs::read_to_string(c.key).unwrap(),
+    });
+    Some(std::sync::Arc::new(
+        pki::tls::client_config(&ca, me.as_ref()).unwrap(),
+    ))
+}
+
+/// A raw HTTP/1.1 request to `base` (`http://` or `https://127.0.0.1:PORT`); returns
+/// (status, body).
 pub fn request(
     method: &str,
     base: &str,
@@ -431,10 +481,32 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, String) {
+    let (status, _, body) = request_as(None, method, base, path, headers, body);
+    (status, body)
+}
+
+/// [`request`] presenting a client certificate; returns (status, head, body).
+pub fn request_as(
+    me: Option<&ClientCert>,
+    method: &str,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, String) {
     use std::io::{Read, Write};
-    let addr = base.trim().trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let addr = bare(base);
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut stream: Box<dyn ReadWrite> = match tls_for(base, me) {
+        None => Box::new(tcp),
+        Some(config) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+            let conn = rustls::ClientConnection::new(config, name).unwrap();
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -444,19 +516,42 @@ pub fn request(
         "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     ));
-    s.write_all(head.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    // Read to the end; a TLS peer that closes without close_notify still sent its answer.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let out = String::from_utf8_lossy(&raw).into_owned();
     let status = out
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out
+    let (head, body) = out
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
+        .map(|(h, b)| (h.to_string(), b.to_string()))
         .unwrap_or_default();
-    (status, body)
+    (status, head, body)
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// A client of the API in `data_dir` (its `api`, `token` and `ca.pem`), as the CLI makes one.
+pub fn api_client(data_dir: &Path) -> client::Client {
+    let read = |f: &str| std::fs::read_to_string(data_dir.join(f)).unwrap();
+    let ca = read("ca.pem");
+    pki::install_default();
+    client::Client::with_tls(
+        read("api").trim(),
+        read("token").trim(),
+        pki::tls::client_config(&ca, None).unwrap(),
+    )
 }
 
 /// A GET on loopback; `None` when nothing answers.

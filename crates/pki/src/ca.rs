@@ -1,0 +1,157 @@
+//! The cluster CA and the node certificates it signs (ECDSA P-256, by rcgen).
+//!
+//! A node certificate names its role with a marker DNS name (`outpost-server` or
+//! `outpost-agent`) beside the IP addresses it serves on; a joiner may ask only for IP
+//! addresses, so it can never claim a marker. Which node a certificate belongs to is kept by
+//! the servers (its fingerprint in the replicated state), which is also what `node rm` revokes.
+//! Certificates do not expire (rcgen's default validity runs to the year 4096): revocation is
+//! how one is withdrawn.
+
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+use crate::PkiError;
+use crate::token::sha256_hex;
+
+/// The role a node certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    Server,
+    Agent,
+}
+
+impl NodeRole {
+    /// The DNS name every certificate of this role carries, and a peer checks for.
+    pub fn marker(self) -> &'static str {
+        match self {
+            NodeRole::Server => "outpost-server",
+            NodeRole::Agent => "outpost-agent",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Server => "server",
+            NodeRole::Agent => "agent",
+        }
+    }
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(..)")
+    }
+}
+
+impl Identity {
+    /// sha256 of the certificate's DER: what the servers know the certificate by.
+    pub fn fingerprint(&self) -> Result<String, PkiError> {
+        Ok(sha256_hex(crate::tls::first_cert(&self.cert_pem)?.as_ref()))
+    }
+}
+
+/// The cluster CA: its certificate and the key that signs node certificates.
+pub struct Ca {
+    identity: Identity,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ca(..)")
+    }
+}
+
+/// The CA's parameters. An issuer is rebuilt from them and the key, so the subject it writes
+/// into every node certificate is byte for byte the CA certificate's own.
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "Outpost cluster CA");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+fn rcgen_err(e: rcgen::Error) -> PkiError {
+    PkiError::Generate(e.to_string())
+}
+
+impl Ca {
+    /// A new CA with a fresh key.
+    pub fn generate() -> Result<Ca, PkiError> {
+        let key = KeyPair::generate().map_err(rcgen_err)?;
+        let cert = ca_params().self_signed(&key).map_err(rcgen_err)?;
+        Ok(Ca {
+            identity: Identity {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            },
+            key,
+        })
+    }
+
+    /// The CA kept in files (`ca.pem`, `ca-key.pem`).
+    pub fn from_pem(identity: Identity) -> Result<Ca, PkiError> {
+        let key = KeyPair::from_pem(&identity.key_pem)
+            .map_err(|e| PkiError::Pem(format!("the CA key: {e}")))?;
+        crate::tls::first_cert(&identity.cert_pem)?;
+        Ok(Ca { identity, key })
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.identity.cert_pem
+    }
+
+    /// sha256 of the CA certificate's DER: what join tokens carry.
+    pub fn digest(&self) -> Result<String, PkiError> {
+        ca_digest(&self.identity.cert_pem)
+    }
+
+    /// A certificate for node `name` in `role`, valid for the addresses `ips`.
+    pub fn issue(&self, role: NodeRole, name: &str, ips: &[IpAddr]) -> Result<Identity, PkiError> {
+        let key = KeyPair::generate().map_err(rcgen_err)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationalUnitName, role.as_str());
+        params.distinguished_name = dn;
+        let marker = role.marker().try_into().map_err(rcgen_err)?;
+        params.subject_alt_names = std::iter::once(SanType::DnsName(marker))
+            .chain(ips.iter().map(|ip| SanType::IpAddress(*ip)))
+            .collect();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::new(ca_params(), &self.key);
+        let cert = params.signed_by(&key, &issuer).map_err(rcgen_err)?;
+        Ok(Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// sha256 of the DER of the (first) certificate in `ca_pem`.
+pub fn ca_digest(ca_pem: &str) -> Result<String, PkiError> {
+    Ok(sha256_hex(crate::tls::first_cert(ca_pem)?.as_ref()))
+}

@@ -1,0 +1,38 @@
+//! The cluster's trust: its CA and the node certificates it signs ([`ca`]), join tokens and
+//! secret digests ([`token`]), and the rustls configurations built on them ([`tls`]).
+//!
+//! No network, files or clock (the one I/O is the kernel's randomness for new secrets and
+//! keys): callers bring the bytes and keep them. Secrets are compared in constant time; only
+//! their digests are meant to be stored by servers.
+
+pub mod ca;
+pub mod tls;
+pub mod token;
+
+pub use ca::{Ca, Identity, NodeRole, ca_digest};
+pub use tls::{ClientAuth, install_default};
+pub use token::{JoinToken, Role, TokenError, secret_digest, secret_matches};
+
+/// Files of the cluster's trust in a data dir, each 0600.
+pub mod files {
+    /// The CA certificate, in every node's data dir and the CLI's.
+    pub const CA: &str = "ca.pem";
+    /// The CA's key: on servers only, which sign node certificates.
+    pub const CA_KEY: &str = "ca-key.pem";
+    /// This node's certificate and key.
+    pub const CERT: &str = "node.pem";
+    pub const KEY: &str = "node-key.pem";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot make a key or certificate: {0}")]
+    Generate(String),
+    #[error("cannot read {0}")]
+    Pem(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+}
+
+#[cfg(test)]
+mod tests;
