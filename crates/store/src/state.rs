@@ -158,6 +158,12 @@ pub struct State {
     /// that news for the services still waiting.
     #[serde(default)]
     pub forgotten_placement_index: u64,
+    /// The lowest Raft id no server was ever given: above every id any applied membership
+    /// named, so an id is never given out twice, even after its server left (a server that
+    /// comes back with its old data dir must not collide with a newer one). 0 in states
+    /// written before it was kept.
+    #[serde(default)]
+    pub next_server_id: u64,
     /// Task ids by node and by service slot, so that [`State::assignments`] and apply read the
     /// tasks concerned instead of scanning all of them. Derived from `tasks`, so never stored:
     /// `State::reindex` rebuilds it when a state is loaded.
@@ -176,6 +182,8 @@ pub(crate) struct Counters {
     pub(crate) nodes_placement_index: u64,
     #[serde(default)]
     pub(crate) forgotten_placement_index: u64,
+    #[serde(default)]
+    pub(crate) next_server_id: u64,
 }
 
 /// Task ids by node, and by service and slot. Equal to every other: it is a function of the
@@ -337,6 +345,7 @@ impl State {
             next_task: self.next_task,
             nodes_placement_index: self.nodes_placement_index,
             forgotten_placement_index: self.forgotten_placement_index,
+            next_server_id: self.next_server_id,
         }
     }
 
@@ -346,6 +355,22 @@ impl State {
         self.next_task = counters.next_task;
         self.nodes_placement_index = counters.nodes_placement_index;
         self.forgotten_placement_index = counters.forgotten_placement_index;
+        self.next_server_id = counters.next_server_id;
+    }
+
+    /// Notes the servers of an applied membership: no id at or below the highest is given again.
+    pub fn note_servers(&mut self, ids: impl IntoIterator<Item = u64>) {
+        if let Some(highest) = ids.into_iter().max() {
+            self.next_server_id = self.next_server_id.max(highest.saturating_add(1));
+        }
+    }
+
+    /// The Raft id for a server joining a group whose members are `members`: above every id
+    /// ever given, never one a removed server had.
+    pub fn fresh_server_id(&self, members: impl IntoIterator<Item = u64>) -> u64 {
+        // Ids are never below the founder's 1.
+        let above_members = members.into_iter().max().unwrap_or(0).saturating_add(1);
+        self.next_server_id.max(above_members).max(1)
     }
 
     /// Rebuilds what is derived from the stored maps; call it on a state just loaded.
