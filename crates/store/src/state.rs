@@ -1268,6 +1268,22 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn a_server_id_is_never_given_twice_and_is_kept_with_the_counters() {
+        let mut state = State::default();
+        assert_eq!(state.fresh_server_id([]), 1, "ids start at the founder's 1");
+        assert_eq!(state.fresh_server_id([1]), 2);
+        state.note_servers([1, 2, 3]);
+        // Server 3, the highest, leaves: its id stays given.
+        state.note_servers([1, 2]);
+        assert_eq!(state.fresh_server_id([1, 2]), 4);
+        // A membership written before the counter was kept still counts.
+        assert_eq!(state.fresh_server_id([1, 7]), 8);
+        let mut reloaded = State::default();
+        reloaded.set_counters(state.counters());
+        assert_eq!(reloaded.fresh_server_id([1]), 4);
+    }
+
     fn web(replicas: u32) -> ServiceSpec {
         let mut spec = ServiceSpec::process("web", &["app"]);
         spec.replicas = replicas;
