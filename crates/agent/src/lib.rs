@@ -665,7 +665,13 @@ fn open_local(config: &AgentConfig) -> Result<Arc<LocalState>, AgentError> {
     seal::files::private_dir(dir).map_err(dir_err(dir))?;
     seal::files::private_dir(&dir.join("logs")).map_err(dir_err(&dir.join("logs")))?;
     let file = dir.join("agent.redb");
-    let local = LocalState::open(&file)?;
+    // Waits out a lock that a child of a killed agent holds until it execs (see LOCK_PATIENCE).
+    let local = seal::files::open_when_unlocked(
+        seal::files::LOCK_PATIENCE,
+        local::LocalError::is_locked,
+        |e| tracing::warn!("{e}; waiting up to {:?} for it", seal::files::LOCK_PATIENCE),
+        || LocalState::open(&file),
+    )?;
     seal::files::private_file(&file).map_err(dir_err(&file))?;
     Ok(Arc::new(local))
 }

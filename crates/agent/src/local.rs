@@ -53,6 +53,15 @@ impl LocalTask {
 pub struct LocalError {
     path: PathBuf,
     message: String,
+    /// The file is locked by another process: another agent, or, for a moment, a child of a
+    /// killed one that has not exec'd yet.
+    locked: bool,
+}
+
+impl LocalError {
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
 }
 
 pub struct LocalState {
@@ -68,6 +77,7 @@ impl LocalState {
             Err(LocalError {
                 path: path.to_path_buf(),
                 message: format!("it is damaged and cannot be read ({detail}): {REMEDY}"),
+                locked: false,
             })
         })
     }
@@ -76,11 +86,15 @@ impl LocalState {
         let err = |e: String| LocalError {
             path: path.to_path_buf(),
             message: e,
+            locked: false,
         };
         let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => err(format!(
-                "cannot open: {e} (is another agent using this data dir?)"
-            )),
+            redb::DatabaseError::DatabaseAlreadyOpen => LocalError {
+                locked: true,
+                ..err(format!(
+                    "cannot open: {e} (is another agent using this data dir?)"
+                ))
+            },
             e => err(format!("it is damaged and cannot be read ({e}): {REMEDY}")),
         })?;
         let txn = db.begin_write().map_err(|e| err(e.to_string()))?;
@@ -99,6 +113,7 @@ impl LocalState {
         LocalError {
             path: self.path.clone(),
             message: e.to_string(),
+            locked: false,
         }
     }
 

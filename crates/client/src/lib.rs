@@ -200,11 +200,13 @@ impl Client {
     /// A client over an HTTP client of the caller's (its pool, its timeouts, its TLS); a base
     /// without a scheme gets `scheme`.
     fn with_http(http: reqwest::Client, base: &str, token: &str, scheme: &'static str) -> Client {
-        let mut bases: Vec<String> = base
-            .split(',')
-            .filter(|b| !b.trim().is_empty())
-            .map(|b| base_url(b, scheme))
-            .collect();
+        let mut bases: Vec<String> = Vec::new();
+        for each in base.split(',').filter(|b| !b.trim().is_empty()) {
+            let url = base_url(each, scheme);
+            if !bases.contains(&url) {
+                bases.push(url);
+            }
+        }
         if bases.is_empty() {
             bases.push(base_url(base, scheme));
         }
@@ -236,17 +238,18 @@ impl Client {
     }
 
     /// Asks the server talked to for the group's servers and adds those not known yet, so
-    /// that requests can go to them once it stops answering.
-    pub async fn learn_servers(&self) -> Result<Vec<String>, ClientError> {
+    /// that requests can go to them once it stops answering. Returns the group as that server
+    /// knows it.
+    pub async fn learn_servers(&self) -> Result<ClusterInfo, ClientError> {
         let info = self.cluster().await?;
         let mut bases = self.servers.bases.lock().unwrap_or_else(|p| p.into_inner());
-        for server in info.servers {
+        for server in &info.servers {
             let base = base_url(&server.address, self.servers.scheme);
             if !bases.contains(&base) {
                 bases.push(base);
             }
         }
-        Ok(bases.clone())
+        Ok(info)
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {

@@ -28,10 +28,72 @@ pub fn client_data_dir(conn: &Connection) -> Option<PathBuf> {
     })
 }
 
-/// Builds a client from flags, environment, or a local data dir: the API, the admin token and
-/// the cluster CA (`--ca`, `OUTPOST_CA` or the data dir's `ca.pem`) the server is checked
-/// against. An `https://` API without a CA is refused rather than trusted blindly.
-pub fn connect(conn: &Connection) -> Result<Client> {
+/// The file in a client's data dir where it keeps the group's servers as last learned, one
+/// address a line: a later command reaches the group through them when the servers it was
+/// given are dead.
+pub const KNOWN_SERVERS: &str = "known-servers";
+
+/// Builds a client from flags, environment, or a local data dir, with the servers that dir
+/// remembers; with a data dir, asks the group for its servers and remembers them there.
+pub async fn connect(conn: &Connection) -> Result<Client> {
+    let client = client_of(conn)?;
+    if let Some(dir) = client_data_dir(conn) {
+        remember_servers(&client, &dir).await;
+    }
+    Ok(client)
+}
+
+/// Asks the group for its servers and writes them to `dir`'s [`KNOWN_SERVERS`] when they
+/// changed. Best effort: a group that cannot be reached is the command's own error to report,
+/// and a file that cannot be written only loses the failover it would give.
+async fn remember_servers(client: &Client, dir: &Path) {
+    let Ok(info) = client.learn_servers().await else {
+        return;
+    };
+    let text: String = info
+        .servers
+        .iter()
+        .map(|s| format!("{}\n", s.address))
+        .collect();
+    let path = dir.join(KNOWN_SERVERS);
+    if text.is_empty() || std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return;
+    }
+    // Written aside and renamed, so a command running at the same time reads the old list or
+    // the new one, never half of one.
+    let aside = dir.join(format!(".{KNOWN_SERVERS}.{}", std::process::id()));
+    let written = seal::files::write_private(&aside, text.as_bytes())
+        .and_then(|()| std::fs::rename(&aside, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&aside);
+        eprintln!(
+            "warning: cannot remember the group's servers in {}: {e}",
+            path.display()
+        );
+    }
+}
+
+/// The servers `dir` remembers, as one comma-separated list (empty when none).
+fn known_servers(dir: Option<&Path>) -> Result<String> {
+    let Some(dir) = dir else {
+        return Ok(String::new());
+    };
+    let path = dir.join(KNOWN_SERVERS);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(",")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The client of [`connect`], before it learns anything: the servers given (or the data dir's
+/// `api`) first, then those the data dir remembers.
+fn client_of(conn: &Connection) -> Result<Client> {
     let dir = client_data_dir(conn);
     let read = |name: &str| -> Result<Option<String>> {
         let Some(dir) = &dir else { return Ok(None) };
@@ -42,12 +104,17 @@ pub fn connect(conn: &Connection) -> Result<Client> {
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
     };
-    let api = match &conn.api {
-        Some(a) => a.clone(),
-        None => read("api")?.context(
-            "no API to talk to: give --api (or OUTPOST_API), or --data-dir of a running `outpost dev`",
-        )?,
+    let known = known_servers(dir.as_deref())?;
+    let given = match (&conn.api, read("api")?) {
+        (Some(a), _) => a.clone(),
+        (None, Some(a)) => a,
+        (None, None) if !known.is_empty() => String::new(),
+        (None, None) => bail!(
+            "no API to talk to: give --api (or OUTPOST_API), or --data-dir of a running `outpost dev`"
+        ),
     };
+    // The client skips empty entries and an address met twice.
+    let api = format!("{given},{known}");
     let token = match &conn.token {
         Some(t) => t.clone(),
         None => read("token")?
@@ -87,21 +154,21 @@ pub fn connect(conn: &Connection) -> Result<Client> {
 
 /// `outpost token show ROLE`: the token alone on stdout, for `$(...)`.
 pub async fn show_token(conn: &Connection, role: &str) -> Result<()> {
-    let answer = connect(conn)?.token(role).await?;
+    let answer = connect(conn).await?.token(role).await?;
     println!("{}", answer.token);
     Ok(())
 }
 
 /// `outpost token rotate ROLE`: the new token alone on stdout; the old one no longer joins.
 pub async fn rotate_token(conn: &Connection, role: &str) -> Result<()> {
-    let answer = connect(conn)?.rotate_token(role).await?;
+    let answer = connect(conn).await?.rotate_token(role).await?;
     println!("{}", answer.token);
     Ok(())
 }
 
 /// `outpost node rm NAME`.
 pub async fn remove_node(conn: &Connection, name: &str) -> Result<()> {
-    connect(conn)?.remove_node(name).await?;
+    connect(conn).await?.remove_node(name).await?;
     println!("node {name} removed; its tasks are placed elsewhere and its certificate revoked");
     Ok(())
 }
@@ -134,7 +201,7 @@ pub fn read_specs(files: &[PathBuf]) -> Result<Vec<ServiceSpec>> {
 
 pub async fn deploy(conn: &Connection, files: &[PathBuf], dry_run: bool) -> Result<()> {
     let specs = read_specs(files)?;
-    let client = connect(conn)?;
+    let client = connect(conn).await?;
     apply(&client, specs, dry_run, conn.output).await
 }
 
@@ -170,7 +237,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 const SCREENFUL: usize = 200;
 
 pub async fn ps(conn: &Connection, filter: &TaskFilter, all: bool) -> Result<()> {
-    let client = connect(conn)?;
+    let client = connect(conn).await?;
     if conn.output == Format::Json {
         return print_json(&client.tasks_where(filter).await?);
     }
@@ -189,7 +256,7 @@ pub async fn ps(conn: &Connection, filter: &TaskFilter, all: bool) -> Result<()>
 }
 
 pub async fn services(conn: &Connection, all: bool) -> Result<()> {
-    let list = connect(conn)?.services().await?;
+    let list = connect(conn).await?.services().await?;
     match conn.output {
         Format::Json => print_json(&list),
         Format::Table if all || list.len() <= SCREENFUL => {
@@ -204,7 +271,7 @@ pub async fn services(conn: &Connection, all: bool) -> Result<()> {
 }
 
 pub async fn nodes(conn: &Connection, all: bool) -> Result<()> {
-    let client = connect(conn)?;
+    let client = connect(conn).await?;
     let nodes = client.nodes().await?;
     let cluster = client.cluster().await?;
     match conn.output {
@@ -223,7 +290,7 @@ pub async fn nodes(conn: &Connection, all: bool) -> Result<()> {
 
 /// `outpost server leave ID`: removes a server from the group.
 pub async fn server_leave(conn: &Connection, id: u64) -> Result<()> {
-    let cluster = connect(conn)?.remove_server(id).await?;
+    let cluster = connect(conn).await?.remove_server(id).await?;
     match conn.output {
         Format::Json => print_json(&cluster),
         Format::Table => {
@@ -238,7 +305,7 @@ pub async fn server_leave(conn: &Connection, id: u64) -> Result<()> {
 const FOLLOW_WAIT: Duration = Duration::from_secs(25);
 
 pub async fn events(conn: &Connection, follow: bool, filter: &EventFilter) -> Result<()> {
-    let client = connect(conn)?;
+    let client = connect(conn).await?;
     let mut after = 0;
     let mut first = true;
     loop {
@@ -272,7 +339,7 @@ pub async fn logs(
     follow: bool,
     tail: Option<usize>,
 ) -> Result<()> {
-    let client = connect(conn)?;
+    let client = connect(conn).await?;
     let mut stream = Box::pin(client.logs(target, tail, follow).await?);
     let mut out = std::io::stdout();
     while let Some(chunk) = stream.next().await {
@@ -283,7 +350,7 @@ pub async fn logs(
 }
 
 pub async fn scale(conn: &Connection, service: &str, replicas: u32) -> Result<()> {
-    let summary = connect(conn)?.scale(service, replicas).await?;
+    let summary = connect(conn).await?.scale(service, replicas).await?;
     match conn.output {
         Format::Json => print_json(&summary),
         Format::Table => {
@@ -294,7 +361,7 @@ pub async fn scale(conn: &Connection, service: &str, replicas: u32) -> Result<()
 }
 
 pub async fn drain(conn: &Connection, node: &str, drain: bool) -> Result<()> {
-    let answer = connect(conn)?.drain(node, drain).await?;
+    let answer = connect(conn).await?.drain(node, drain).await?;
     match conn.output {
         Format::Json => print_json(&answer),
         Format::Table => {
@@ -309,7 +376,7 @@ pub async fn drain(conn: &Connection, node: &str, drain: bool) -> Result<()> {
 }
 
 pub async fn rm(conn: &Connection, service: &str) -> Result<()> {
-    let summary = connect(conn)?.remove(service).await?;
+    let summary = connect(conn).await?.remove(service).await?;
     match conn.output {
         Format::Json => print_json(&summary),
         Format::Table => {

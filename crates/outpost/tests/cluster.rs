@@ -473,6 +473,69 @@ fn a_join_with_a_wrong_token_is_refused_and_leaves_nothing_behind() {
     assert_eq!(ids, [1], "the group is unchanged");
 }
 
+/// An operator's CLI given one server of three, with a data dir of its own: a first command
+/// remembers the group's servers there, so a later one given only that server, once it is dead,
+/// still reaches the group, where the same command without the data dir cannot.
+#[test]
+fn a_cli_with_a_data_dir_remembers_the_servers_and_reaches_the_group_when_its_server_died() {
+    let first = ServerProc::found();
+    let token = first.token();
+    let second = ServerProc::join(&first.listen, &token);
+    let third = ServerProc::join(&first.listen, &token);
+    let mut servers = [first, second, third];
+    let all: Vec<&ServerProc> = servers.iter().collect();
+    let leader = wait_agreed(&all, &token, &[1, 2, 3]);
+    let given = servers
+        .iter()
+        .position(|s| s.status(&token).unwrap()["node_id"] != leader)
+        .expect("a follower");
+    let address = servers[given].listen.clone();
+
+    let client_dir = tempfile::tempdir().unwrap();
+    let with_dir = |args: &[&str]| {
+        Command::new(outpost_bin())
+            .arg("--data-dir")
+            .arg(client_dir.path())
+            .args(["--api", &address, "--token", &token])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run outpost")
+    };
+    let out = with_dir(&["services"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let known = std::fs::read_to_string(client_dir.path().join("known-servers")).unwrap();
+    for s in &servers {
+        assert!(
+            known.lines().any(|l| l == s.listen),
+            "{} not in {known:?}",
+            s.listen
+        );
+    }
+
+    servers[given].sigkill();
+    let alone = cli(&address, &token, &["services"]);
+    assert!(!alone.status.success(), "a dead server answered");
+    let file = spec_file(client_dir.path(), "remembered");
+    let out = with_dir(&["deploy", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "deploy with the remembered servers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live: Vec<&ServerProc> = servers.iter().filter(|s| s.listen != address).collect();
+    for s in live {
+        assert!(service_names(s, &token).contains(&"remembered".to_string()));
+    }
+    // The file still names the dead server: it is still a member of the group.
+    let known = std::fs::read_to_string(client_dir.path().join("known-servers")).unwrap();
+    assert!(known.lines().any(|l| l == address), "{known:?}");
+}
+
 /// `outpost agent` given one server of three, with its data dir under `dir/agent`.
 struct AgentProc {
     dir: tempfile::TempDir,

@@ -189,6 +189,50 @@ fn a_dev_killed_during_deploys_leaves_no_untracked_task() {
     });
 }
 
+/// A SIGKILL of `dev` while it starts a task leaves a forked child holding copies of its
+/// descriptors, and so the locks of `state.redb` and `agent.redb`, until that child execs, which
+/// its cgroup writes can delay on a loaded machine. The restarted `dev` waits the locks out
+/// instead of refusing to start. `flock` stands in for that child: it takes both locks once the
+/// killed `dev` is gone and keeps them until the restarted one says it is waiting.
+#[test]
+fn a_dev_restarted_while_its_files_are_still_locked_for_a_moment_waits_and_starts() {
+    let mut dev = Dev::start(&[]);
+    dev.deploy("plain.yaml", PLAIN);
+    let before = dev.wait_ready("plain", 1);
+    dev.kill();
+    let dir = dev.data_dir();
+    let mut holder = std::process::Command::new("flock")
+        .arg(dir.join("state.redb"))
+        .arg("flock")
+        .arg(dir.join("agent").join("agent.redb"))
+        .args(["sh", "-c", "echo held; cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut held = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut held,
+    )
+    .unwrap();
+    assert_eq!(held.trim(), "held");
+
+    dev.launch_again();
+    wait_for(
+        "the restarted dev to wait for the lock of state.redb",
+        || {
+            let log = dev.log();
+            (log.contains("state.redb") && log.contains("waiting up to")).then_some(())
+        },
+    );
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    dev.wait_started();
+    let after = dev.wait_ready("plain", 1);
+    assert_eq!(id(&after[0]), id(&before[0]), "the task was re-adopted");
+}
+
 /// Every marked process belongs to exactly one tracked task (as its main process, or in its
 /// process group), every tracked task has its process, and no two tasks share a port.
 fn check_every_process_is_tracked(dev: &Dev, services: &[String]) {

@@ -7,9 +7,44 @@ use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// 10 s: how long a start waits for its own file's lock to be let go. A process killed while it
+/// was starting a task leaves a forked child that holds a copy of every descriptor, and with it
+/// the lock, until it execs. That takes milliseconds, but the child first moves itself into the
+/// task's cgroups, and those writes wait on the kernel's cgroup lock, which a loaded machine can
+/// hold far longer. A second server or agent really using the file holds it past this, and is
+/// refused.
+pub const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// 20 ms between attempts: the lock goes as soon as the child execs.
+const LOCK_POLL: Duration = Duration::from_millis(20);
 
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
+
+/// Runs `open` until it gives anything but an error that `locked` recognises, or `patience` has
+/// passed; then returns what it gave last. `waiting` is told of the first lock met, once.
+pub fn open_when_unlocked<T, E>(
+    patience: Duration,
+    locked: impl Fn(&E) -> bool,
+    waiting: impl FnOnce(&E),
+    mut open: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = Instant::now() + patience;
+    let mut waiting = Some(waiting);
+    loop {
+        match open() {
+            Err(e) if locked(&e) && Instant::now() < deadline => {
+                if let Some(tell) = waiting.take() {
+                    tell(&e);
+                }
+                std::thread::sleep(LOCK_POLL);
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Creates `dir` (and missing parents) with mode 0700, or tightens it to 0700.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {

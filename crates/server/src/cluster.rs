@@ -1,7 +1,9 @@
 //! The Raft group: who is in it, how a server joins and leaves, and which server answers what.
 //!
 //! - Membership changes go through openraft. A joining server asks any server
-//!   (`POST /v1/cluster/servers`); the leader gives it the next Raft id and adds it as a learner.
+//!   (`POST /v1/cluster/servers`); the leader gives it a Raft id no server ever had (a counter in
+//!   the replicated state that every applied membership moves past its members) and adds it as
+//!   a learner.
 //!   Once the joiner runs with that id it asks to vote (`POST /v1/cluster/servers/{id}/voter`):
 //!   the leader waits until it caught up with the log (bounded), then makes it a voter.
 //!   `DELETE /v1/cluster/servers/{id}` removes a server; replacing a dead one is removing it and
@@ -105,7 +107,7 @@ pub async fn cluster(State(ctx): State<Server>) -> Json<ClusterInfo> {
     Json(info(&ctx))
 }
 
-/// A server asks to join: it is given the next Raft id and added as a learner.
+/// A server asks to join: it is given a Raft id never given before and added as a learner.
 #[utoipa::path(post, path = "/v1/cluster/servers", request_body = MemberRequest, responses(
     (status = 200, description = "The new server's id; it is a learner until it asks to vote", body = MemberResponse),
     (status = 409, description = "A member already has that address", body = api::ApiError)))]
@@ -135,8 +137,13 @@ pub async fn join(
             ),
         ));
     }
-    // Ids are never below the founder's 1; the highest member's plus one is free.
-    let id = nodes.keys().max().copied().unwrap_or(0) + 1;
+    // Every membership change committed before this one applied here, so the state's counter
+    // has seen every id ever given (a new leader may still be applying its predecessor's).
+    ctx.raft
+        .ensure_linearizable()
+        .await
+        .map_err(|e| unavailable(format!("cannot confirm this server still leads: {e}")))?;
+    let id = ctx.state.read(|s| s.fresh_server_id(nodes.keys().copied()));
     let node = Node {
         addr: address.to_string(),
         name: name_or_default(&req.name, id),

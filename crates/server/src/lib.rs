@@ -379,7 +379,13 @@ async fn start_raft(
     http: &reqwest::Client,
 ) -> Result<(Raft, StateHandle), ServerError> {
     let scheme = scheme(config.tls);
-    let (log, machine, state) = store::open(state_file, config.store.clone())?;
+    // Waits out a lock that a child of a killed server holds until it execs (see LOCK_PATIENCE).
+    let (log, machine, state) = seal::files::open_when_unlocked(
+        seal::files::LOCK_PATIENCE,
+        |e| matches!(e, store::StoreError::Locked { .. }),
+        |e| tracing::warn!("{e}; waiting up to {:?} for it", seal::files::LOCK_PATIENCE),
+        || store::open(state_file, config.store.clone()),
+    )?;
     tighten(state_file)?;
     let raft_err = |e: &dyn std::fmt::Display| ServerError::Raft(e.to_string());
     let raft_config = store::raft::config("outpost")

@@ -242,3 +242,50 @@ async fn the_leader_can_leave_and_the_two_left_elect_another_and_take_writes() {
     c.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_servers_id_is_never_given_again_by_any_leader_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = server::start(config(dir.path(), "a", any_port()))
+        .await
+        .unwrap();
+    wait_until("the founder to lead", || a.ctx.is_leader()).await;
+    let b = join(dir.path(), "b", &a).await;
+    let c = join(dir.path(), "c", &a).await;
+    assert_eq!((b.ctx.id, c.ctx.id), (2, 3));
+
+    // The highest id leaves, then the leader that gave it out: only server 2 is left.
+    let client = Client::new(&format!("http://{}", b.addr), &a.token);
+    client.remove_server(3).await.unwrap();
+    c.shutdown().await;
+    client.remove_server(1).await.unwrap();
+    a.shutdown().await;
+    wait_until("server 2 to lead alone", || b.ctx.is_leader()).await;
+
+    // Server 2 restarts: what it knows of the ids given comes from its own file.
+    let b_addr = b.addr;
+    b.shutdown().await;
+    let b = server::start(config(dir.path(), "b", b_addr))
+        .await
+        .unwrap();
+    wait_until("the restarted server 2 to lead", || b.ctx.is_leader()).await;
+
+    let d = join(dir.path(), "d", &b).await;
+    assert_eq!(
+        d.ctx.id, 4,
+        "ids 1 and 3 were given before, whoever gave them"
+    );
+    let ids: Vec<u64> = d
+        .ctx
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(ids, [2, 4]);
+    d.shutdown().await;
+    b.shutdown().await;
+}

@@ -198,6 +198,12 @@ pub struct State {
     /// secret itself.
     #[serde(default)]
     pub trust: TrackedMap<String, String>,
+    /// The lowest Raft id no server was ever given: above every id any applied membership
+    /// named, so an id is never given out twice, even after its server left (a server that
+    /// comes back with its old data dir must not collide with a newer one). 0 in states
+    /// written before it was kept.
+    #[serde(default)]
+    pub next_server_id: u64,
     /// Task ids by node and by service slot, so that [`State::assignments`] and apply read the
     /// tasks concerned instead of scanning all of them. Derived from `tasks`, so never stored:
     /// `State::reindex` rebuilds it when a state is loaded.
@@ -216,6 +222,8 @@ pub(crate) struct Counters {
     pub(crate) nodes_placement_index: u64,
     #[serde(default)]
     pub(crate) forgotten_placement_index: u64,
+    #[serde(default)]
+    pub(crate) next_server_id: u64,
 }
 
 /// Task ids by node, and by service and slot. Equal to every other: it is a function of the
@@ -461,6 +469,7 @@ impl State {
             next_task: self.next_task,
             nodes_placement_index: self.nodes_placement_index,
             forgotten_placement_index: self.forgotten_placement_index,
+            next_server_id: self.next_server_id,
         }
     }
 
@@ -470,6 +479,22 @@ impl State {
         self.next_task = counters.next_task;
         self.nodes_placement_index = counters.nodes_placement_index;
         self.forgotten_placement_index = counters.forgotten_placement_index;
+        self.next_server_id = counters.next_server_id;
+    }
+
+    /// Notes the servers of an applied membership: no id at or below the highest is given again.
+    pub fn note_servers(&mut self, ids: impl IntoIterator<Item = u64>) {
+        if let Some(highest) = ids.into_iter().max() {
+            self.next_server_id = self.next_server_id.max(highest.saturating_add(1));
+        }
+    }
+
+    /// The Raft id for a server joining a group whose members are `members`: above every id
+    /// ever given, never one a removed server had.
+    pub fn fresh_server_id(&self, members: impl IntoIterator<Item = u64>) -> u64 {
+        // Ids are never below the founder's 1.
+        let above_members = members.into_iter().max().unwrap_or(0).saturating_add(1);
+        self.next_server_id.max(above_members).max(1)
     }
 
     /// Rebuilds what is derived from the stored maps; call it on a state just loaded.
@@ -1365,6 +1390,22 @@ mod tests {
                 r
             })
             .collect()
+    }
+
+    #[test]
+    fn a_server_id_is_never_given_twice_and_is_kept_with_the_counters() {
+        let mut state = State::default();
+        assert_eq!(state.fresh_server_id([]), 1, "ids start at the founder's 1");
+        assert_eq!(state.fresh_server_id([1]), 2);
+        state.note_servers([1, 2, 3]);
+        // Server 3, the highest, leaves: its id stays given.
+        state.note_servers([1, 2]);
+        assert_eq!(state.fresh_server_id([1, 2]), 4);
+        // A membership written before the counter was kept still counts.
+        assert_eq!(state.fresh_server_id([1, 7]), 8);
+        let mut reloaded = State::default();
+        reloaded.set_counters(state.counters());
+        assert_eq!(reloaded.fresh_server_id([1]), 4);
     }
 
     fn web(replicas: u32) -> ServiceSpec {

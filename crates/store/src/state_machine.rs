@@ -77,6 +77,8 @@ impl Machine {
                 Response::Ok
             }
             EntryPayload::Membership(membership) => {
+                self.state
+                    .note_servers(membership.nodes().map(|(id, _)| *id));
                 self.membership = StoredMembership::new(Some(log_id), membership);
                 self.state.index = log_id.index;
                 Response::Ok

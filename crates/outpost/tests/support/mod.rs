@@ -114,6 +114,16 @@ impl Dev {
         args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
         env: &[(&str, &str)],
     ) {
+        self.launch_dev(args, env);
+        self.wait_started();
+    }
+
+    /// Starts `outpost dev` with `args` and `env`, without waiting for it.
+    fn launch_dev<'a>(
+        &mut self,
+        args: impl IntoIterator<Item = &'a std::ffi::OsStr>,
+        env: &[(&str, &str)],
+    ) {
         let _ = std::fs::remove_file(self.data_dir().join("api"));
         let log = std::fs::File::create(self.data_dir().join("dev.log")).unwrap();
         let child = Command::new(outpost_bin())
@@ -128,6 +138,10 @@ impl Dev {
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Waits until `dev` answers and leads its group.
+    pub fn wait_started(&self) {
         wait_for("the dev API to answer", || {
             self.try_cli(&["nodes"]).filter(|o| o.status.success())
         });
@@ -227,6 +241,12 @@ impl Dev {
     pub fn restart_after_kill(&mut self) {
         self.kill();
         self.spawn(&[]);
+    }
+
+    /// Starts `dev` again on its data dir (after [`Dev::kill`]) without waiting for it; then
+    /// [`Dev::wait_started`].
+    pub fn launch_again(&mut self) {
+        self.launch_dev(std::iter::empty(), &[]);
     }
 
     /// Kills `dev` and starts it again with extra environment variables.
