@@ -7,210 +7,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::outpost_bin;
-
-/// Far above what elections, joins and catch-up take on a loaded 2-core machine.
-const PATIENCE: Duration = Duration::from_secs(90);
-
-fn wait_long<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One `outpost server` process and its data dir.
-struct ServerProc {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    /// Where it listens; port 0 until the first start picked one, kept across restarts (the
-    /// group knows the server by this address).
-    listen: String,
-}
-
-impl ServerProc {
-    /// Founds a group.
-    fn found() -> ServerProc {
-        let mut s = ServerProc::new();
-        s.spawn(&[], &[]);
-        s
-    }
-
-    /// Joins the group of the server at `target`, with the cluster token.
-    fn join(target: &str, token: &str) -> ServerProc {
-        let mut s = ServerProc::new();
-        s.spawn(&["--token", token], &["join", target]);
-        s
-    }
-
-    fn new() -> ServerProc {
-        ServerProc {
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-            listen: "127.0.0.1:0".into(),
-        }
-    }
-
-    fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Starts the server (`server [join ADDR] --listen …`) and waits until its `api` file says
-    /// it is up (written once it serves, and for a join once it is a voter).
-    fn spawn(&mut self, global: &[&str], action: &[&str]) {
-        let _ = std::fs::remove_file(self.data_dir().join("api"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data_dir().join("server.log"))
-            .unwrap();
-        let child = Command::new(outpost_bin())
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .args(global)
-            .arg("server")
-            .args(action)
-            .args(["--listen", &self.listen])
-            .env("OUTPOST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let api = wait_long("the server to answer", || {
-            let child = self.child.as_mut().unwrap();
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the server exited with {status}:\n{}", self.log());
-            }
-            std::fs::read_to_string(self.data_dir().join("api")).ok()
-        });
-        self.listen = api.trim().trim_start_matches("http://").to_string();
-    }
-
-    /// A plain restart: `outpost server --data-dir D --listen ADDR`, no join.
-    fn restart(&mut self) {
-        self.spawn(&[], &[]);
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn sigkill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir().join("server.log")).unwrap_or_default()
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir().join("token"))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-
-    /// The CLI against this server only.
-    fn cli(&self, token: &str, args: &[&str]) -> Output {
-        cli(&self.listen, token, args)
-    }
-
-    fn json(&self, token: &str, args: &[&str]) -> Value {
-        let mut full = vec!["-o", "json"];
-        full.extend_from_slice(args);
-        let out = self.cli(token, &full);
-        assert!(
-            out.status.success(),
-            "outpost {args:?} against {} failed: {}\n--- server log ---\n{}",
-            self.listen,
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Raft ids of the servers `nodes` shows, and the leader's, as this server answers.
-    fn servers(&self, token: &str) -> (Vec<u64>, Vec<u64>) {
-        let rows = self.json(token, &["nodes"]);
-        let servers: Vec<&Value> = rows
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["role"] == "server")
-            .collect();
-        let ids = servers
-            .iter()
-            .filter_map(|r| r["server_id"].as_u64())
-            .collect();
-        let leaders = servers
-            .iter()
-            .filter(|r| r["leader"] == true)
-            .filter_map(|r| r["server_id"].as_u64())
-            .collect();
-        (ids, leaders)
-    }
-
-    /// `GET /v1/status` of this server: its id, the leader it knows, its applied index.
-    fn status(&self, token: &str) -> Option<Value> {
-        std::net::TcpStream::connect(&self.listen).ok()?;
-        let auth = format!("Bearer {token}");
-        let base = format!("http://{}", self.listen);
-        let (code, body) = support::request(
-            "GET",
-            &base,
-            "/v1/status",
-            &[("Authorization", &auth)],
-            None,
-        );
-        (code == 200)
-            .then(|| serde_json::from_str(&body).ok())
-            .flatten()
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn cli(api: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(outpost_bin())
-        .args(["--api", api, "--token", token])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run outpost")
-}
+use support::servers::{CLUSTER_PATIENCE as PATIENCE, ServerProc, cli, wait_agreed, wait_long};
 
 fn spec_file(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
@@ -232,27 +35,10 @@ fn service_names(server: &ServerProc, token: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until every server in `servers` shows the same `expected` servers and one leader
-/// among them; returns the leader's id.
-fn wait_agreed(servers: &[&ServerProc], token: &str, expected: &[u64]) -> u64 {
-    wait_long(
-        "every server to show the same members and one leader",
-        || {
-            let mut leader = None;
-            for s in servers {
-                let (mut ids, leaders) = s.servers(token);
-                ids.sort_unstable();
-                if ids != expected || leaders.len() != 1 {
-                    return None;
-                }
-                if leader.is_some_and(|l| l != leaders[0]) {
-                    return None;
-                }
-                leader = Some(leaders[0]);
-            }
-            leader
-        },
-    )
+/// Whether two server addresses name the same HOST:PORT, with or without a scheme.
+fn same_addr(a: &str, b: &str) -> bool {
+    let bare = |s: &str| s.trim().trim_start_matches("https://").to_string();
+    bare(a) == bare(b)
 }
 
 /// Deploys a new service `w{n}` through every server the CLI is given, in a loop, and records
@@ -264,7 +50,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(apis: String, token: String, dir: PathBuf) -> Writer {
+    fn start(apis: String, ca: PathBuf, token: String, dir: PathBuf) -> Writer {
         let acked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s) = (acked.clone(), stop.clone());
@@ -274,7 +60,12 @@ impl Writer {
                 n += 1;
                 let name = format!("w{n}");
                 let file = spec_file(&dir, &name);
-                let out = cli(&apis, &token, &["deploy", "-f", file.to_str().unwrap()]);
+                let out = cli(
+                    &apis,
+                    &ca,
+                    &token,
+                    &["deploy", "-f", file.to_str().unwrap()],
+                );
                 if out.status.success() {
                     a.lock().unwrap().push((n, Instant::now()));
                 }
@@ -318,9 +109,10 @@ impl Writer {
 fn three_servers_answer_alike_survive_a_leader_kill_without_losing_a_write_and_shrink_to_two() {
     let first = ServerProc::found();
     let token = first.token();
-    let second = ServerProc::join(&first.listen, &token);
+    let join = first.join_token("server");
+    let second = ServerProc::join(&first.listen, &join);
     // The third joins through the second, a follower: the join is forwarded to the leader.
-    let third = ServerProc::join(&second.listen, &token);
+    let third = ServerProc::join(&second.listen, &join);
     let mut servers = [first, second, third];
     let all: Vec<&ServerProc> = servers.iter().collect();
     let leader = wait_agreed(&all, &token, &[1, 2, 3]);
@@ -347,9 +139,14 @@ fn three_servers_answer_alike_survive_a_leader_kill_without_losing_a_write_and_s
     }
 
     // SIGKILL the leader under a steady write load through a CLI that knows all three.
-    let apis: Vec<String> = servers.iter().map(|s| s.listen.clone()).collect();
+    let apis: Vec<String> = servers.iter().map(ServerProc::api).collect();
     let writes = tempfile::tempdir().unwrap();
-    let writer = Writer::start(apis.join(","), token.clone(), writes.path().to_path_buf());
+    let writer = Writer::start(
+        apis.join(","),
+        servers[0].ca(),
+        token.clone(),
+        writes.path().to_path_buf(),
+    );
     wait_long("writes to be acknowledged before the kill", || {
         (writer.acked_after(Instant::now() - PATIENCE) >= 5).then_some(())
     });
@@ -480,8 +277,9 @@ fn a_join_with_a_wrong_token_is_refused_and_leaves_nothing_behind() {
 fn a_cli_with_a_data_dir_remembers_the_servers_and_reaches_the_group_when_its_server_died() {
     let first = ServerProc::found();
     let token = first.token();
-    let second = ServerProc::join(&first.listen, &token);
-    let third = ServerProc::join(&first.listen, &token);
+    let join = first.join_token("server");
+    let second = ServerProc::join(&first.listen, &join);
+    let third = ServerProc::join(&first.listen, &join);
     let mut servers = [first, second, third];
     let all: Vec<&ServerProc> = servers.iter().collect();
     let leader = wait_agreed(&all, &token, &[1, 2, 3]);
@@ -489,14 +287,16 @@ fn a_cli_with_a_data_dir_remembers_the_servers_and_reaches_the_group_when_its_se
         .iter()
         .position(|s| s.status(&token).unwrap()["node_id"] != leader)
         .expect("a follower");
-    let address = servers[given].listen.clone();
+    let address = servers[given].api();
+    let ca = servers[given].ca();
 
     let client_dir = tempfile::tempdir().unwrap();
     let with_dir = |args: &[&str]| {
         Command::new(outpost_bin())
             .arg("--data-dir")
             .arg(client_dir.path())
-            .args(["--api", &address, "--token", &token])
+            .args(["--api", &address, "--token", &token, "--ca"])
+            .arg(&ca)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -511,14 +311,14 @@ fn a_cli_with_a_data_dir_remembers_the_servers_and_reaches_the_group_when_its_se
     let known = std::fs::read_to_string(client_dir.path().join("known-servers")).unwrap();
     for s in &servers {
         assert!(
-            known.lines().any(|l| l == s.listen),
+            known.lines().any(|l| same_addr(l, &s.listen)),
             "{} not in {known:?}",
             s.listen
         );
     }
 
     servers[given].sigkill();
-    let alone = cli(&address, &token, &["services"]);
+    let alone = cli(&address, &ca, &token, &["services"]);
     assert!(!alone.status.success(), "a dead server answered");
     let file = spec_file(client_dir.path(), "remembered");
     let out = with_dir(&["deploy", "-f", file.to_str().unwrap()]);
@@ -527,13 +327,13 @@ fn a_cli_with_a_data_dir_remembers_the_servers_and_reaches_the_group_when_its_se
         "deploy with the remembered servers: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let live: Vec<&ServerProc> = servers.iter().filter(|s| s.listen != address).collect();
+    let live: Vec<&ServerProc> = servers.iter().filter(|s| s.api() != address).collect();
     for s in live {
         assert!(service_names(s, &token).contains(&"remembered".to_string()));
     }
     // The file still names the dead server: it is still a member of the group.
     let known = std::fs::read_to_string(client_dir.path().join("known-servers")).unwrap();
-    assert!(known.lines().any(|l| l == address), "{known:?}");
+    assert!(known.lines().any(|l| same_addr(l, &address)), "{known:?}");
 }
 
 /// `outpost agent` given one server of three, with its data dir under `dir/agent`.
@@ -543,13 +343,14 @@ struct AgentProc {
 }
 
 impl AgentProc {
+    /// Joins the server at `api` (HOST:PORT) with the agent join token `token`.
     fn start(api: &str, token: &str, name: &str) -> AgentProc {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let child = Command::new(outpost_bin())
             .arg("--data-dir")
             .arg(dir.path().join("agent"))
-            .args(["--api", api, "--token", token, "agent", "--name", name])
+            .args(["agent", "--join", api, "--token", token, "--name", name])
             .env("OUTPOST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -594,8 +395,9 @@ fn running_on(server: &ServerProc, token: &str, service: &str, node: &str) -> Op
 fn an_agent_given_one_server_carries_on_through_the_others_when_it_dies() {
     let first = ServerProc::found();
     let token = first.token();
-    let second = ServerProc::join(&first.listen, &token);
-    let third = ServerProc::join(&first.listen, &token);
+    let join = first.join_token("server");
+    let second = ServerProc::join(&first.listen, &join);
+    let third = ServerProc::join(&first.listen, &join);
     let leader = wait_agreed(&[&first, &second, &third], &token, &[1, 2, 3]);
     // The agent is given one follower only; it learns the others when it registers.
     let servers = [first, second, third];
@@ -603,7 +405,8 @@ fn an_agent_given_one_server_carries_on_through_the_others_when_it_dies() {
         .iter()
         .position(|s| s.status(&token).is_some_and(|st| st["node_id"] != leader))
         .unwrap();
-    let agent = AgentProc::start(&servers[given].listen, &token, "edge1");
+    let agent_token = servers[given].join_token("agent");
+    let agent = AgentProc::start(&servers[given].listen, &agent_token, "edge1");
     let other = &servers[(given + 1) % 3];
     wait_long("the agent's node to be ready", || {
         let rows = other.json(&token, &["nodes"]);

@@ -71,8 +71,9 @@ impl Drop for Proc {
 
 struct Cluster {
     server: Proc,
-    /// API base URL of the server.
+    /// HOST:PORT of the server's API, as `agent --join` takes it.
     api: String,
+    /// The agent join token (`outpost token show agent`).
     token: String,
     agents: Vec<(String, Proc)>,
 }
@@ -97,11 +98,9 @@ impl Cluster {
                 .filter(|a| a.ends_with('\n'))
         })
         .trim()
+        .trim_start_matches("https://")
         .to_string();
-        let token = std::fs::read_to_string(data.join("token"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let token = agent_token(&data);
         Cluster {
             server,
             api,
@@ -142,11 +141,11 @@ impl Cluster {
         // `<dir>/agent`, where the support's clean-up finds the agent id.
         let data = dir.path().join("agent");
         let args = [
-            "--api",
+            "agent",
+            "--join",
             api,
             "--token",
             &self.token,
-            "agent",
             "--name",
             name,
             "--agent-listen",
@@ -227,6 +226,23 @@ impl Cluster {
     }
 }
 
+/// The agent join token of the server whose data dir is `data`, once it leads and has
+/// committed it.
+fn agent_token(data: &Path) -> String {
+    wait_for("the agent join token", || {
+        let out = Command::new(outpost_bin())
+            .arg("--data-dir")
+            .arg(data)
+            .args(["token", "show", "agent"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
+}
+
 /// How long after `at` the node's current state began (its `state_since`).
 fn since(node: &Value, at: SystemTime) -> Duration {
     let state_since = node["state_since"].as_str().unwrap();
@@ -277,25 +293,47 @@ fn a_killed_agent_is_down_and_the_others_stay_ready() {
             .unwrap()
             .to_string()
     };
-    let auth = format!("Bearer {}", cluster.token);
-    let probe = |target: &str, auth: &str| {
+    // Over mutual TLS, as the leader asks: with the server's certificate.
+    let ca = cluster.server_dir().join("ca.pem");
+    support::trust_ca(&address("a3"), &ca);
+    let (server_cert, server_key) = (
+        cluster.server_dir().join("node.pem"),
+        cluster.server_dir().join("node-key.pem"),
+    );
+    let as_server = support::ClientCert {
+        cert: &server_cert,
+        key: &server_key,
+    };
+    let a1_dir = cluster.agent("a1").dir.path().join("agent");
+    let (a1_cert, a1_key) = (a1_dir.join("node.pem"), a1_dir.join("node-key.pem"));
+    let as_agent = support::ClientCert {
+        cert: &a1_cert,
+        key: &a1_key,
+    };
+    let probe = |target: &str, me: &support::ClientCert| {
         let body = serde_json::json!({ "address": target }).to_string();
-        let headers = [("Authorization", auth)];
-        support::request(
+        let (status, _, text) = support::request_as(
+            Some(me),
             "POST",
             &address("a3"),
             "/v1/agent/probe",
-            &headers,
+            &[],
             Some(&body),
-        )
+        );
+        (status, text)
     };
-    let (status, body) = probe(&address("a1"), &auth);
+    let (status, body) = probe(&address("a1"), &as_server);
     assert_eq!((status, body.as_str()), (200, r#"{"reached":true}"#));
-    let (status, body) = probe(&address("a2"), &auth);
+    let (status, body) = probe(&address("a2"), &as_server);
     assert_eq!((status, body.as_str()), (200, r#"{"reached":false}"#));
-    let (status, _) = probe(&address("a1"), "Bearer wrong");
-    assert_eq!(status, 401, "the agent API's token guards probes too");
-    let (status, body) = probe("ftp://somewhere", &auth);
+    let (status, body) = probe(&address("a1"), &as_agent);
+    assert_eq!(
+        status, 403,
+        "only servers may ask an agent to probe: {body}"
+    );
+    let (status, _) = support::request("POST", &address("a3"), "/v1/agent/probe", &[], Some("{}"));
+    assert_eq!(status, 0, "no answer without a client certificate");
+    let (status, body) = probe("ftp://somewhere", &as_server);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("address"), "{body}");
     cluster.others_fine("a2");
@@ -354,9 +392,11 @@ fn a_frozen_agent_is_down_and_ready_again_once_thawed() {
 #[test]
 fn an_agent_whose_heartbeats_are_cut_but_whose_api_answers_is_unreachable() {
     let mut cluster = Cluster::server();
-    let server: SocketAddr = cluster.api.trim_start_matches("http://").parse().unwrap();
+    let server: SocketAddr = cluster.api.parse().unwrap();
     let proxy = Proxy::start(server);
-    cluster.agents(&[("a1", format!("http://{}", proxy.addr))]);
+    // The agent joins through the proxy too: it checks the server's certificate by its role,
+    // not by the address dialled, and its heartbeats and reports go over mutual TLS.
+    cluster.agents(&[("a1", proxy.addr.to_string())]);
     let cut = SystemTime::now();
     proxy.cut(true);
     let unreachable = cluster.wait_state("a1", "unreachable");

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod servers;
+
 /// Upper bound for anything the tests wait on; far above what a healthy run needs.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
@@ -806,7 +808,11 @@ impl AgentNode {
     }
 
     fn spawn(&mut self, server: &Dev) {
-        let (api, token) = server.api_and_token();
+        // The first start joins with the agent join token; later ones reconnect with the
+        // certificate kept in the data dir, which `--join` and `--token` do not override.
+        let (api, _) = server.api_and_token();
+        let join = api.trim_start_matches("https://").to_string();
+        let token = server.ok(&["token", "show", "agent"]).trim().to_string();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -815,9 +821,8 @@ impl AgentNode {
         let child = Command::new(outpost_bin())
             .arg("--data-dir")
             .arg(self.dir.path())
-            .args([
-                "--api", &api, "--token", &token, "agent", "--name", &self.name,
-            ])
+            .args(["agent", "--join", &join, "--token", &token])
+            .args(["--name", &self.name])
             .args(["--task-ports", &self.task_ports])
             .env("OUTPOST_LOG", "info")
             .stdout(log.try_clone().unwrap())
