@@ -8,7 +8,6 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use pki::files::{CA, CERT, KEY};
 use pki::{ClientAuth, Identity, JoinToken};
@@ -140,35 +139,18 @@ pub async fn load_or_join(
     Ok((server, tls))
 }
 
-/// How long a first start keeps trying to join a server that is not up yet, or has no
-/// leader yet: a cluster and its agents are often started together.
-const JOIN_PATIENCE: Duration = Duration::from_secs(60);
-const JOIN_RETRY: Duration = Duration::from_millis(500);
-
-/// Joins, trying again while the server cannot be reached or cannot answer yet (503); a
-/// refusal is final.
+/// Joins, trying again while the server cannot be reached or cannot answer yet.
 async fn join_patiently(
     server: &str,
     token: &JoinToken,
     request: api::JoinRequest,
 ) -> Result<api::JoinResponse, CredentialsError> {
-    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
-    loop {
-        let err = match client::join(server, token, request.clone()).await {
-            Ok(joined) => return Ok(joined),
-            Err(e) => e,
-        };
-        let passing = matches!(err, client::ClientError::Unreachable { .. })
-            || err.status() == Some(reqwest::StatusCode::SERVICE_UNAVAILABLE);
-        if !passing || tokio::time::Instant::now() >= deadline {
-            return Err(CredentialsError::Join {
-                addr: server.to_string(),
-                source: err,
-            });
-        }
-        tracing::info!("cannot join {server} yet ({err}); retrying");
-        tokio::time::sleep(JOIN_RETRY).await;
-    }
+    client::join_patiently(server, token, request, client::JOIN_PATIENCE)
+        .await
+        .map_err(|source| CredentialsError::Join {
+            addr: server.to_string(),
+            source,
+        })
 }
 
 /// Writes credentials into the data dir, the certificate last: it is what marks them as there.

@@ -712,6 +712,35 @@ pub async fn join(
     client.post("/v1/join", &req).await
 }
 
+/// How long a first start keeps trying to join a server that is not up yet, or has no
+/// leader or committed join tokens yet: a cluster and its nodes are often started together.
+pub const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+const JOIN_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// [`join`], trying again for up to `patience` while the server cannot be reached or cannot
+/// answer yet (503); a refusal is final.
+pub async fn join_patiently(
+    addr: &str,
+    token: &pki::JoinToken,
+    req: JoinRequest,
+    patience: std::time::Duration,
+) -> Result<JoinResponse, ClientError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let err = match join(addr, token, req.clone()).await {
+            Ok(joined) => return Ok(joined),
+            Err(e) => e,
+        };
+        let passing = matches!(err, ClientError::Unreachable { .. })
+            || err.status() == Some(StatusCode::SERVICE_UNAVAILABLE);
+        if !passing || tokio::time::Instant::now() >= deadline {
+            return Err(err);
+        }
+        tracing::info!("cannot join {addr} yet ({err}); retrying");
+        tokio::time::sleep(JOIN_RETRY).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

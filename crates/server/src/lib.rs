@@ -681,7 +681,17 @@ async fn server_trust(config: &ServerConfig) -> Result<Option<Arc<trust::Trust>>
                 "" => "server",
                 name => name,
             };
-            trust::join(dir, target, token, name, &config.hosts()).await?
+            // Said as a join of that server's group, whatever step refused it.
+            trust::join(dir, target, token, name, &config.hosts())
+                .await
+                .map_err(|e| match e {
+                    ServerError::Trust(message) => ServerError::Join {
+                        target: target.clone(),
+                        message,
+                        retry: false,
+                    },
+                    other => other,
+                })?
         }
         _ => trust::load_or_init(dir, &config.hosts())?,
     };

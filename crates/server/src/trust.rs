@@ -146,9 +146,10 @@ pub async fn join(
         secret: String::new(),
         hosts: hosts.to_vec(),
     };
-    let joined = client::join(addr, &token, request)
+    // A server founded a moment ago answers 503 until it leads and its tokens are committed.
+    let joined = client::join_patiently(addr, &token, request, client::JOIN_PATIENCE)
         .await
-        .map_err(|e| ServerError::Trust(format!("cannot join the cluster at {addr}: {e}")))?;
+        .map_err(|e| ServerError::Trust(e.to_string()))?;
     let ca_key = joined.ca_key.ok_or_else(|| {
         ServerError::Trust(format!("the server at {addr} sent no CA key for a server"))
     })?;
