@@ -184,6 +184,22 @@ fn allow(caller: &Caller, need: &Need, plain: bool) -> Result<(), Fail> {
     }
 }
 
+/// How a server is named that calls the Raft RPCs of one still catching up.
+const CATCHING_UP: &str = "a server of the group";
+
+/// A server that joined a moment ago has applied none of the group's log, so it knows no
+/// certificate, not even the leader's that is to send it that log. Until it learns the first,
+/// a server certificate of the cluster's CA (the TLS handshake checked the chain) may call its
+/// Raft RPCs; every other route still needs a known certificate.
+fn catching_up(ctx: &Server, req: &Request) -> bool {
+    let server_cert = req
+        .extensions()
+        .get::<PeerCertificate>()
+        .and_then(|c| c.0.as_ref())
+        .is_some_and(|cert| pki::tls::has_role(cert, pki::NodeRole::Server));
+    server_cert && !ctx.state.read(|s| s.knows_certificates())
+}
+
 /// Middleware: finds the caller, refuses what it may not do, and hands it to the handler.
 pub async fn check(State(ctx): State<Server>, mut req: Request, next: Next) -> Response {
     let plain = ctx.trust.is_none();
@@ -198,6 +214,9 @@ pub async fn check(State(ctx): State<Server>, mut req: Request, next: Next) -> R
             // A stale certificate does not stop a node from joining again.
             drop(fail);
             Caller::Anonymous
+        }
+        Err(_) if need == Need::Server && catching_up(&ctx, &req) => {
+            Caller::Server(CATCHING_UP.into())
         }
         Err(fail) => return fail.into_response(),
     };

@@ -386,6 +386,12 @@ impl State {
         self.trust.get(&cert_key(fingerprint))?.split_once('/')
     }
 
+    /// Whether any node certificate is known: not yet on a server that joined a moment ago
+    /// and has applied nothing of the group's log.
+    pub fn knows_certificates(&self) -> bool {
+        self.trust.keys().any(|k| k.starts_with(CERT_PREFIX))
+    }
+
     /// Removes a node, its tasks (their replicas are placed again elsewhere) and every
     /// certificate issued to it.
     fn remove_node(&mut self, node: &str, time: Timestamp) -> Response {
