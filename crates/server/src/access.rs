@@ -4,7 +4,8 @@
 //! calls:
 //!
 //! - the admin may do everything; so may a server (it forwards what it was asked);
-//! - an agent may register, heartbeat, report and read assignments for its own node only;
+//! - an agent may register, heartbeat, report and read assignments for its own node only,
+//!   and read the group's servers (`GET /v1/cluster`), to carry on through another;
 //! - only servers may call the Raft RPCs;
 //! - joining (`POST /v1/join`) needs no caller: its secret is in the body.
 //!
@@ -71,6 +72,8 @@ enum Need {
     Register,
     /// A route of one node's agent.
     Node(String),
+    /// Any node of the cluster: the group's servers, which an agent learns to fail over.
+    Member,
     Server,
 }
 
@@ -80,6 +83,7 @@ fn need(method: &Method, path: &str) -> Need {
         ["", "v1", "join"] => Need::Nothing,
         ["", "v1", "raft", ..] => Need::Server,
         ["", "v1", "nodes"] if method == Method::POST => Need::Register,
+        ["", "v1", "cluster"] if method == Method::GET => Need::Member,
         [
             "",
             "v1",
@@ -160,7 +164,7 @@ fn allow(caller: &Caller, need: &Need, plain: bool) -> Result<(), Fail> {
                 .into(),
         ),
         (_, Need::Nothing) | (Caller::Admin | Caller::Server(_), _) => Ok(()),
-        (Caller::Agent(_), Need::Register) => Ok(()),
+        (Caller::Agent(_), Need::Register | Need::Member) => Ok(()),
         (Caller::Agent(me), Need::Node(node)) if me == node => Ok(()),
         (Caller::Agent(me), Need::Node(node)) => forbidden(format!(
             "the certificate of node {me} may not act for node {node}: an agent registers, \
@@ -237,6 +241,7 @@ mod tests {
         assert_eq!(need(&Method::POST, "/v1/raft/vote"), Need::Server);
         assert_eq!(need(&Method::POST, "/v1/nodes"), Need::Register);
         assert_eq!(need(&Method::GET, "/v1/nodes"), Need::Admin);
+        assert_eq!(need(&Method::GET, "/v1/cluster"), Need::Member);
         assert_eq!(need(&Method::DELETE, "/v1/nodes/a"), Need::Admin);
         for route in ["heartbeat", "status", "assignments"] {
             let path = format!("/v1/nodes/a/{route}");
@@ -251,6 +256,7 @@ mod tests {
         let a = Caller::Agent("a".into());
         assert!(allow(&a, &Need::Node("a".into()), false).is_ok());
         assert!(allow(&a, &Need::Register, false).is_ok());
+        assert!(allow(&a, &Need::Member, false).is_ok());
         for need in [Need::Node("b".into()), Need::Server, Need::Admin] {
             assert_eq!(
                 allow(&a, &need, false).unwrap_err().0,
