@@ -117,13 +117,15 @@ impl Cluster {
         self.ok(&["token", "show", role]).trim().to_string()
     }
 
-    /// Node names and states, which a refused request must leave as they were.
+    /// The agents' node names and addresses, which a refused request must leave as they were
+    /// (the server's own row, `role: server`, is not an agent's).
     fn nodes(&self) -> Vec<(String, String)> {
         let nodes = self.json(&["nodes"]);
         let mut out: Vec<(String, String)> = nodes
             .as_array()
             .unwrap()
             .iter()
+            .filter(|n| n["role"] != "server")
             .map(|n| {
                 (
                     n["name"].as_str().unwrap().to_string(),
