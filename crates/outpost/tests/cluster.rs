@@ -481,3 +481,162 @@ fn dev_is_one_node_that_is_both_server_and_agent_and_leads() {
     let table = dev.ok(&["nodes"]);
     assert!(table.contains("both (leader)"), "{table}");
 }
+
+/// An agent's certificate through a follower: the follower forwards its report to the leader
+/// naming the caller it checked, so the agent acts for its own node there as on the leader, and
+/// for no other, whatever header it sends itself.
+#[test]
+fn an_agent_acts_through_a_follower_for_its_own_node_only() {
+    let first = ServerProc::found();
+    let token = first.token();
+    let join = first.join_token("server");
+    let second = ServerProc::join(&first.listen, &join);
+    let third = ServerProc::join(&first.listen, &join);
+    let servers = [first, second, third];
+    let all: Vec<&ServerProc> = servers.iter().collect();
+    let leader = wait_agreed(&all, &token, &[1, 2, 3]);
+    let follower = servers
+        .iter()
+        .find(|s| s.status(&token).is_some_and(|st| st["node_id"] != leader))
+        .expect("a follower");
+    let agent_token = follower.join_token("agent");
+    let a1 = AgentProc::start(&follower.listen, &agent_token, "a1");
+    let _a2 = AgentProc::start(&follower.listen, &agent_token, "a2");
+    let specs = tempfile::tempdir().unwrap();
+    let file = specs.path().join("pair.yaml");
+    std::fs::write(
+        &file,
+        "name: pair\nreplicas: 2\ncommand: [\"sleep\", \"1000\"]\n",
+    )
+    .unwrap();
+    wait_long("both agents to be ready", || {
+        let rows = follower.json(&token, &["nodes"]);
+        let ready = rows.as_array()?.iter().filter(|n| n["state"] == "ready");
+        (ready.filter(|n| n["role"] == "agent").count() == 2).then_some(())
+    });
+    let out = follower.cli(&token, &["deploy", "-f", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_long("a task of pair running on each agent", || {
+        running_on(follower, &token, "pair", "a1")?;
+        running_on(follower, &token, "pair", "a2")
+    });
+    let on_a2 = follower.json(&token, &["ps", "pair"]);
+    let on_a2 = on_a2
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["node"] == "a2")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = cluster_view(&servers, &token);
+
+    let (cert, key) = (
+        a1.dir.path().join("agent/node.pem"),
+        a1.dir.path().join("agent/node-key.pem"),
+    );
+    let me = support::ClientCert {
+        cert: &cert,
+        key: &key,
+    };
+    let call = |path: &str, headers: &[(&str, &str)], body: &str| {
+        let (status, _, text) = support::request_as(
+            Some(&me),
+            "POST",
+            &follower.api(),
+            path,
+            headers,
+            Some(body),
+        );
+        (status, text)
+    };
+    let failed = serde_json::json!({
+        "seq": 1_000_000,
+        "tasks": [{"id": on_a2, "state": "failed", "ready": false, "restarts": 0, "exit_code": 1}],
+        "events": [],
+    })
+    .to_string();
+    let (status, text) = call("/v1/nodes/a2/status", &[], &failed);
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("node a1 may not act for node a2"), "{text}");
+    let (status, text) = call("/v1/nodes/a2/heartbeat", &[], "");
+    assert_eq!(status, 403, "{text}");
+    // The caller a follower names is believed from a server's certificate only.
+    for claim in ["agent:a2", "admin", "server:1"] {
+        let forged = [(server::access::ON_BEHALF, claim)];
+        let (status, text) = call("/v1/nodes/a2/status", &forged, &failed);
+        assert_eq!(status, 403, "{claim}: {text}");
+    }
+    // Its own node it heartbeats through the follower.
+    let (status, text) = call("/v1/nodes/a1/heartbeat", &[], "");
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(cluster_view(&servers, &token), before, "nothing changed");
+    running_on(&servers[0], &token, "pair", "a2").expect("a2's task still runs");
+}
+
+/// Every task (id, node, desired, state) and agent node (name, address), as each server shows
+/// them: the same on all.
+fn cluster_view(servers: &[ServerProc], token: &str) -> Vec<Vec<String>> {
+    let views: Vec<Vec<String>> = servers
+        .iter()
+        .map(|s| {
+            let tasks = s.json(token, &["ps", "--all"]);
+            let nodes = s.json(token, &["nodes"]);
+            let mut rows: Vec<String> = tasks
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| format!("{} {} {} {}", t["id"], t["node"], t["desired"], t["state"]))
+                .chain(
+                    nodes
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|n| n["role"] == "agent")
+                        .map(|n| format!("{} {}", n["name"], n["address"])),
+                )
+                .collect();
+            rows.sort();
+            rows
+        })
+        .collect();
+    assert!(views.windows(2).all(|w| w[0] == w[1]), "{views:#?}");
+    views
+}
+
+/// `outpost server join` with the AGENT join token is refused, and the joiner keeps nothing.
+#[test]
+fn an_agent_token_does_not_join_a_server() {
+    let first = ServerProc::found();
+    let agent_token = first.join_token("agent");
+    let joiner = ServerProc::new();
+    let out = Command::new(outpost_bin())
+        .arg("--data-dir")
+        .arg(joiner.data_dir())
+        .args(["--token", &agent_token, "server", "join", &first.listen])
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an agent token joined a server");
+    assert!(
+        err.contains("cannot join the group of the server at")
+            && err.contains("this is the agent join token")
+            && err.contains("outpost token show server"),
+        "{err}"
+    );
+    for file in ["server-id", "token", "state.redb", "node.pem", "ca-key.pem"] {
+        assert!(
+            !joiner.data_dir().join(file).exists(),
+            "{file} was left behind"
+        );
+    }
+    let (ids, _) = first.servers(&first.token());
+    assert_eq!(ids, [1], "the group is unchanged");
+}
