@@ -88,9 +88,16 @@ impl Cluster {
 
     /// A server alone, its API answering.
     fn server() -> Cluster {
+        Cluster::server_with(&[])
+    }
+
+    /// A server alone started with `extra` flags (`--advertise ADDR`), its API answering.
+    fn server_with(extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().to_path_buf();
-        let server = Proc::spawn(&["--api", "127.0.0.1:0", "server"], dir, &data);
+        let mut args = vec!["--api", "127.0.0.1:0", "server"];
+        args.extend_from_slice(extra);
+        let server = Proc::spawn(&args, dir, &data);
         // Whole once it ends its line: it may be read while being written.
         let api = wait_for("the server's API file", || {
             std::fs::read_to_string(data.join("api"))
@@ -391,9 +398,14 @@ fn a_frozen_agent_is_down_and_ready_again_once_thawed() {
 
 #[test]
 fn an_agent_whose_heartbeats_are_cut_but_whose_api_answers_is_unreachable() {
-    let mut cluster = Cluster::server();
+    // The server advertises the proxy's address: the group's servers an agent learns (to
+    // carry on through another) are all behind the proxy for a1, as for a node cut off from
+    // every server. The others were given the server's own address and keep to it.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let advertised = listener.local_addr().unwrap().to_string();
+    let mut cluster = Cluster::server_with(&["--advertise", &advertised]);
     let server: SocketAddr = cluster.api.parse().unwrap();
-    let proxy = Proxy::start(server);
+    let proxy = Proxy::start(listener, server);
     // The agent joins through the proxy too: it checks the server's certificate by its role,
     // not by the address dialled, and its heartbeats and reports go over mutual TLS.
     cluster.agents(&[("a1", proxy.addr.to_string())]);
@@ -421,9 +433,8 @@ struct Proxy {
 }
 
 impl Proxy {
-    /// Listens on a port of its own and forwards to `target`.
-    fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// Forwards what `listener` (a port of its own) is offered to `target`.
+    fn start(listener: TcpListener, target: SocketAddr) -> Proxy {
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
         let flag = cut.clone();
