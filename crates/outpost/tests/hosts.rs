@@ -35,13 +35,17 @@ fn site_with_web(label: &str) -> Option<Site> {
         site.agent(name);
     }
     site.deploy(WEB);
-    wait_within(HOST_PATIENCE, "web ready, one replica on each agent", || {
-        let tasks = site.ps("web");
-        let spread = ["a1", "a2", "a3"]
-            .iter()
-            .all(|n| ready_on(&tasks, n).len() == 1);
-        spread.then_some(())
-    });
+    wait_within(
+        HOST_PATIENCE,
+        "web ready, one replica on each agent",
+        || {
+            let tasks = site.ps("web");
+            let spread = ["a1", "a2", "a3"]
+                .iter()
+                .all(|n| ready_on(&tasks, n).len() == 1);
+            spread.then_some(())
+        },
+    );
     Some(site)
 }
 
@@ -67,24 +71,28 @@ fn answering(site: &Site, tasks: &[Value]) -> BTreeSet<(String, String)> {
 /// Waits until `web` has exactly `n` tasks wanted running, all ready, and exactly those answer
 /// on the hosts: no task stopped by the control plane still serves anywhere.
 fn wait_settled(site: &Site, n: usize, seen: &[Value]) -> Vec<Value> {
-    wait_within(HOST_PATIENCE, &format!("web settled at {n} replicas"), || {
-        let tasks = site.ps("web");
-        let wanted: Vec<Value> = (tasks.iter())
-            .filter(|t| t["desired"] == "running")
-            .cloned()
-            .collect();
-        let ready = (wanted.iter())
-            .filter(|t| t["ready"] == true && t["state"] == "running")
-            .count();
-        let mut all = tasks.clone();
-        all.extend_from_slice(seen);
-        let serving = answering(site, &all);
-        let wanted_ids: BTreeSet<String> = (wanted.iter())
-            .filter_map(|t| t["id"].as_str().map(str::to_string))
-            .collect();
-        let serving_ids: BTreeSet<String> = serving.iter().map(|(_, id)| id.clone()).collect();
-        (wanted.len() == n && ready == n && serving_ids == wanted_ids).then_some(wanted)
-    })
+    wait_within(
+        HOST_PATIENCE,
+        &format!("web settled at {n} replicas"),
+        || {
+            let tasks = site.ps("web");
+            let wanted: Vec<Value> = (tasks.iter())
+                .filter(|t| t["desired"] == "running")
+                .cloned()
+                .collect();
+            let ready = (wanted.iter())
+                .filter(|t| t["ready"] == true && t["state"] == "running")
+                .count();
+            let mut all = tasks.clone();
+            all.extend_from_slice(seen);
+            let serving = answering(site, &all);
+            let wanted_ids: BTreeSet<String> = (wanted.iter())
+                .filter_map(|t| t["id"].as_str().map(str::to_string))
+                .collect();
+            let serving_ids: BTreeSet<String> = serving.iter().map(|(_, id)| id.clone()).collect();
+            (wanted.len() == n && ready == n && serving_ids == wanted_ids).then_some(wanted)
+        },
+    )
 }
 
 /// Watches `services` until the tasks on `lost` are replaced and `web` is ready again on the
@@ -234,9 +242,7 @@ fn an_agent_cut_off_from_the_servers_only_is_unreachable_and_keeps_serving() {
     });
     let tasks = site.ps("web");
     assert_eq!(
-        (tasks.iter())
-            .filter(|t| t["desired"] == "running")
-            .count(),
+        (tasks.iter()).filter(|t| t["desired"] == "running").count(),
         3,
         "nothing replaced: {tasks:#?}"
     );
@@ -262,16 +268,12 @@ fn twenty_percent_loss_on_an_agent_raises_no_down_verdict() {
     a2.loss(0.2);
     let started = Instant::now();
     let mut states = BTreeSet::new();
-    wait_within(
-        HOST_PATIENCE,
-        "60 s of 20% loss on a2",
-        || {
-            if let Some(node) = site.node("a2") {
-                states.insert(node["state"].as_str().unwrap_or_default().to_string());
-            }
-            (started.elapsed() >= Duration::from_secs(60)).then_some(())
-        },
-    );
+    wait_within(HOST_PATIENCE, "60 s of 20% loss on a2", || {
+        if let Some(node) = site.node("a2") {
+            states.insert(node["state"].as_str().unwrap_or_default().to_string());
+        }
+        (started.elapsed() >= Duration::from_secs(60)).then_some(())
+    });
     a2.heal();
     let downs: Vec<String> = (site.node_transitions("a2").into_iter())
         .filter(|m| m.contains("down"))
@@ -318,7 +320,11 @@ fn an_agent_rebooted_while_every_server_is_stopped_restarts_its_tasks_and_reconc
     let settled = wait_settled(&site, 3, &before);
     let mut now: Vec<String> = scan_tasks(a1.ip).into_iter().collect();
     now.extend(scan_tasks(site.host("a2").ip));
-    assert_eq!(now.len(), 3, "no duplicates after reconciling: {now:?} {settled:#?}");
+    assert_eq!(
+        now.len(),
+        3,
+        "no duplicates after reconciling: {now:?} {settled:#?}"
+    );
 }
 
 /// Task ids of the demo apps answering at any of the agent's task ports on `ip`.
@@ -464,8 +470,10 @@ fn a_partitioned_leader_is_replaced_and_no_acknowledged_write_is_lost() {
 
     // A minority of one, cut from its peers but not from the operator, has no leader on its
     // side: a write sent there fails and is never applied, while the majority takes writes.
+    // Not the first server the CLI tries: a leaderless server answers 503, which the CLI does
+    // not take for a reason to try the next one, so the load would stall behind it.
     let leader = leader_name(&site).expect("a leader");
-    let lonely = (site.servers().into_iter())
+    let lonely = (site.servers().into_iter().skip(1))
         .find(|h| h.name != leader)
         .expect("a follower");
     for peer in site.servers().iter().filter(|h| h.name != lonely.name) {
@@ -486,9 +494,11 @@ fn a_partitioned_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     // minority refused.
     for server in site.servers() {
         let api = api_of(server);
-        let seen = wait_within(HOST_PATIENCE, "every acknowledged write on each server", || {
-            scaled_to(&site, &api).filter(|s| acked.iter().all(|n| s.contains(n)))
-        });
+        let seen = wait_within(
+            HOST_PATIENCE,
+            "every acknowledged write on each server",
+            || scaled_to(&site, &api).filter(|s| acked.iter().all(|n| s.contains(n))),
+        );
         assert!(!seen.contains(&100_000), "the refused write was applied");
     }
 }

@@ -380,14 +380,18 @@ impl Site {
         let mut host = host;
         host.server = true;
         self.hosts.push(host);
-        wait_within(HOST_PATIENCE, &format!("server {name} in the group"), || {
-            let nodes = self.try_json(&["nodes"])?;
-            nodes
-                .as_array()?
-                .iter()
-                .any(|n| n["name"] == name && n["role"] != "agent")
-                .then_some(())
-        });
+        wait_within(
+            HOST_PATIENCE,
+            &format!("server {name} in the group"),
+            || {
+                let nodes = self.try_json(&["nodes"])?;
+                nodes
+                    .as_array()?
+                    .iter()
+                    .any(|n| n["name"] == name && n["role"] != "agent")
+                    .then_some(())
+            },
+        );
         self.host(name)
     }
 
@@ -489,7 +493,11 @@ impl Site {
     /// The node named `name` as `outpost nodes -o json` shows it.
     pub fn node(&self, name: &str) -> Option<Value> {
         let nodes = self.try_json(&["nodes"])?;
-        nodes.as_array()?.iter().find(|n| n["name"] == name).cloned()
+        nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
     }
 
     pub fn wait_node(&self, name: &str, state: &str) -> Value {
@@ -526,7 +534,9 @@ impl Site {
 
     /// The node state transitions `events` shows for node `name`, oldest first.
     pub fn node_transitions(&self, name: &str) -> Vec<String> {
-        let events = self.try_json(&["events", "--node", name]).unwrap_or_default();
+        let events = self
+            .try_json(&["events", "--node", name])
+            .unwrap_or_default();
         (events.as_array().into_iter().flatten())
             .filter(|e| e["reason"] == "node-state")
             .filter_map(|e| e["message"].as_str().map(str::to_string))
@@ -617,8 +627,7 @@ impl Proxy {
                     return;
                 }
                 let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(2))
-                else {
+                let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
                     continue;
                 };
                 let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) else {
@@ -656,7 +665,8 @@ fn pipe(
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         let mut last = Instant::now();
-        let mut seed = SEED.fetch_add(0x6a09_e667, Ordering::Relaxed) as u64 ^ std::process::id() as u64;
+        let mut seed =
+            SEED.fetch_add(0x6a09_e667, Ordering::Relaxed) as u64 ^ std::process::id() as u64;
         loop {
             let n = match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,

@@ -551,7 +551,7 @@ fn build_image() -> Result<(), String> {
     let bin = static_binaries()?;
     let context = tempfile::tempdir().map_err(|e| e.to_string())?;
     std::fs::copy(bin.join("demo-app"), context.path().join("demo-app"))
-    .map_err(|e| format!("cannot copy the static demo-app: {e}"))?;
+        .map_err(|e| format!("cannot copy the static demo-app: {e}"))?;
     std::fs::write(
         context.path().join("Dockerfile"),
         "FROM scratch\nCOPY demo-app /demo-app\nUSER 65534\nENTRYPOINT [\"/demo-app\"]\nCMD [\"--port\", \"8080\"]\n",
