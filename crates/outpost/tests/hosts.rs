@@ -9,12 +9,13 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::hosts::{API_PORT, HOST_PATIENCE, Site, greeting, ready_on, task_port};
+use support::hosts::{API_PORT, HOST_PATIENCE, Proxy, Site, greeting, ready_on, task_port};
 use support::wait_within;
 
 /// Three replicas of the demo app, which an agent in a container runs as processes; replaced
@@ -34,6 +35,12 @@ fn site_with_web(label: &str) -> Option<Site> {
     for name in ["a1", "a2", "a3"] {
         site.agent(name);
     }
+    spread_web(&site);
+    Some(site)
+}
+
+/// Deploys `web` and waits until a replica is ready on each of `a1`, `a2`, `a3`.
+fn spread_web(site: &Site) {
     site.deploy(WEB);
     wait_within(
         HOST_PATIENCE,
@@ -46,7 +53,6 @@ fn site_with_web(label: &str) -> Option<Site> {
             spread.then_some(())
         },
     );
-    Some(site)
 }
 
 /// The ids of the demo apps answering on the hosts at the ports of `tasks`, each with the host
@@ -260,10 +266,24 @@ fn an_agent_cut_off_from_the_servers_only_is_unreachable_and_keeps_serving() {
 }
 
 #[test]
-fn twenty_percent_loss_on_an_agent_raises_no_down_verdict() {
-    let Some(site) = site_with_web("loss") else {
+fn twenty_percent_loss_and_jitter_on_an_agent_raise_no_down_verdict() {
+    let Some(mut site) = Site::new("loss", "s1") else {
         return;
     };
+    // a2 reaches the server through a proxy that holds each chunk up to 200 ms, and loses a
+    // fifth of its packets, both ways, whoever it talks to.
+    let server = SocketAddr::from((site.host("s1").ip, API_PORT));
+    let jitter = Duration::from_millis(200);
+    let proxy = Proxy::start(
+        (site.net.gateway(), 0).into(),
+        server,
+        Duration::ZERO,
+        jitter,
+    );
+    site.agent("a1");
+    site.agent_through("a2", &format!("http://{}", proxy.addr));
+    site.agent("a3");
+    spread_web(&site);
     let a2 = site.host("a2");
     a2.loss(0.2);
     let started = Instant::now();
