@@ -65,10 +65,8 @@ fn answering(site: &Site, tasks: &[Value]) -> BTreeSet<(String, String)> {
         else {
             continue;
         };
-        if let Some(body) = greeting(site.host(node).ip, port) {
-            if body.contains(id) {
-                out.insert((node.to_string(), id.to_string()));
-            }
+        if greeting(site.host(node).ip, port).is_some_and(|body| body.contains(id)) {
+            out.insert((node.to_string(), id.to_string()));
         }
     }
     out
@@ -358,10 +356,8 @@ fn scan_tasks(ip: std::net::Ipv4Addr) -> BTreeSet<String> {
         if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err() {
             continue;
         }
-        if let Some(body) = greeting(ip, port) {
-            if let Some(id) = task_id_in(&body) {
-                ids.insert(id);
-            }
+        if let Some(id) = greeting(ip, port).and_then(|body| task_id_in(&body)) {
+            ids.insert(id);
         }
     }
     ids
