@@ -182,6 +182,7 @@ fn a_paused_agent_is_down_and_once_thawed_stops_what_was_replaced() {
     });
     let settled = wait_settled(&site, 3, &before);
     assert_eq!(answering(&site, &settled).len(), 3, "{settled:#?}");
+    assert_eq!(site.counts("web"), Some((3, 3)), "the deployed count holds");
     let transitions = site.node_transitions("a2");
     assert!(
         transitions.iter().any(|m| m.contains("down")),
@@ -343,6 +344,7 @@ fn an_agent_rebooted_while_every_server_is_stopped_restarts_its_tasks_and_reconc
         3,
         "no duplicates after reconciling: {now:?} {settled:#?}"
     );
+    assert_eq!(site.counts("web"), Some((3, 3)), "the deployed count holds");
 }
 
 /// Task ids of the demo apps answering at any of the agent's task ports on `ip`.

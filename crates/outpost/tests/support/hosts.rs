@@ -194,7 +194,9 @@ impl Host {
     }
 
     /// Starts the container again after a kill, with the same command, address and file
-    /// system.
+    /// system. Not for a server added by `server join`: its command joins again, which its
+    /// data dir (already of the group) refuses; `bench/failover` runs such a server again as
+    /// `outpost server` on the same data instead.
     pub fn start_again(&self) {
         docker(&["start", &self.container]);
     }
