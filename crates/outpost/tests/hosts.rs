@@ -280,7 +280,7 @@ fn twenty_percent_loss_and_jitter_on_an_agent_raise_no_down_verdict() {
         jitter,
     );
     site.agent("a1");
-    site.agent_through("a2", &format!("http://{}", proxy.addr));
+    site.agent_through("a2", &proxy.addr.to_string());
     site.agent("a3");
     spread_web(&site);
     let a2 = site.host("a2");
@@ -476,7 +476,7 @@ fn a_partitioned_leader_is_replaced_and_no_acknowledged_write_is_lost() {
     assert_ne!(new, old);
 
     cut.connect();
-    let api_of = |h: &support::hosts::Host| format!("http://{}:{}", h.ip, API_PORT);
+    let api_of = |h: &support::hosts::Host| format!("https://{}:{}", h.ip, API_PORT);
     wait_within(HOST_PATIENCE, "the old leader back, following", || {
         let (ok, out, _) = site.cli_at(&api_of(cut), &["-o", "json", "nodes"]);
         let nodes: Value = serde_json::from_str(&out).ok().filter(|_| ok)?;

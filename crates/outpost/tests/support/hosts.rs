@@ -307,8 +307,12 @@ pub struct Site {
     hosts: Vec<Host>,
     pub net: Net,
     image: &'static str,
-    /// The cluster token, read from the first server's data dir.
+    /// The credentials, read from the first server's data dir: the admin token (the CLI's),
+    /// the join tokens of servers and agents, and the cluster CA the CLI checks servers by.
     token: String,
+    server_token: String,
+    agent_token: String,
+    ca: tempfile::NamedTempFile,
 }
 
 impl Site {
@@ -322,6 +326,9 @@ impl Site {
             net,
             image,
             token: String::new(),
+            server_token: String::new(),
+            agent_token: String::new(),
+            ca: tempfile::NamedTempFile::new().expect("a temporary file for the CA"),
         };
         let api = format!("0.0.0.0:{API_PORT}");
         let host = site.start_host(server, &[], |ip| {
@@ -337,11 +344,20 @@ impl Site {
         });
         let mut host = host;
         host.server = true;
-        let token = wait_within(HOST_PATIENCE, "the first server's token", || {
-            host.read_file("/data/token")
-                .filter(|t| !t.trim().is_empty())
+        // The first start makes the cluster's CA and tokens; the CA is written last.
+        let ca = wait_within(HOST_PATIENCE, "the first server's CA", || {
+            host.read_file("/data/ca.pem")
+                .filter(|t| t.contains("END CERTIFICATE"))
         });
-        site.token = token.trim().to_string();
+        std::fs::write(site.ca.path(), ca).expect("the CA written for the CLI");
+        let read = |file: &str| {
+            let text = host.read_file(&format!("/data/{file}")).unwrap_or_default();
+            assert!(!text.trim().is_empty(), "the first server has no {file}");
+            text.trim().to_string()
+        };
+        site.token = read("token");
+        site.server_token = read("join-server");
+        site.agent_token = read("join-agent");
         site.hosts.push(host);
         site.wait_leader();
         Some(site)
@@ -365,7 +381,7 @@ impl Site {
     /// Adds server `name` to the group.
     pub fn join_server(&mut self, name: &str) -> &Host {
         let first = self.servers()[0].ip;
-        let global = vec!["--token".to_string(), self.token.clone()];
+        let global = vec!["--token".to_string(), self.server_token.clone()];
         let host = self.start_host(name, &global, |ip| {
             vec![
                 "server".into(),
@@ -403,21 +419,21 @@ impl Site {
         self.agent_through(name, &api)
     }
 
-    /// Starts agent `name` reaching the servers at `api` (a proxy's, say), and waits until its
-    /// node is ready.
+    /// Starts agent `name` joining through the server at `api` (`host:port`, a proxy's, say)
+    /// with the agent join token, and waits until its node is ready. It learns the other
+    /// servers from the one it joined.
     pub fn agent_through(&mut self, name: &str, api: &str) -> &Host {
-        let global = vec![
-            "--api".to_string(),
-            api.to_string(),
-            "--token".into(),
-            self.token.clone(),
-        ];
+        let global = vec!["--token".to_string(), self.agent_token.clone()];
+        let join = api.split(',').next().unwrap_or(api);
+        let join = join.trim_start_matches("https://").to_string();
         let host = self.start_host(name, &global, |ip| {
             vec![
                 "agent".into(),
+                "--join".into(),
+                join.clone(),
                 "--name".into(),
                 name.into(),
-                "--agent-listen".into(),
+                "--listen".into(),
                 format!("{ip}:{AGENT_PORT}"),
                 "--task-ports".into(),
                 TASK_PORTS.into(),
@@ -442,7 +458,7 @@ impl Site {
     /// Every server's API, for an agent or the CLI to try in turn.
     pub fn api(&self) -> String {
         let servers: Vec<String> = (self.servers().iter())
-            .map(|h| format!("http://{}:{API_PORT}", h.ip))
+            .map(|h| format!("https://{}:{API_PORT}", h.ip))
             .collect();
         servers.join(",")
     }
@@ -451,6 +467,7 @@ impl Site {
     pub fn client(&self) -> Cli {
         Cli {
             token: self.token.clone(),
+            ca: self.ca.path().to_path_buf(),
         }
     }
 
@@ -557,13 +574,15 @@ impl Site {
 #[derive(Clone)]
 pub struct Cli {
     token: String,
+    ca: std::path::PathBuf,
 }
 
 impl Cli {
     /// Runs `outpost ARGS...` against `api`; returns (success, stdout, stderr).
     pub fn run(&self, api: &str, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(outpost_bin())
-            .args(["--api", api, "--token", &self.token])
+            .args(["--api", api, "--token", &self.token, "--ca"])
+            .arg(&self.ca)
             .args(args)
             .env_remove("OUTPOST_DATA_DIR")
             .stdin(std::process::Stdio::null())
