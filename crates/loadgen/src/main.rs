@@ -54,7 +54,8 @@ fn main() -> ExitCode {
 }
 
 /// Raises the soft limit on open files to the hard one: each simulated agent keeps two or three
-/// connections open, and the default soft limit (1024) would stop the run at a few hundred.
+/// connections open and a listener for health probes, and the default soft limit (1024) would
+/// stop the run at a few hundred.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)

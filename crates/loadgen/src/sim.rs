@@ -10,7 +10,7 @@
 //! acknowledged report is committed and applied, so what it counts is what the server applied.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -163,7 +163,8 @@ impl Sim {
     /// Registers, then heartbeats, watches and reports until the run ends (the runtime stops).
     pub async fn run(self) {
         let client = Client::connect(&self.api, &self.token, Some(self.address), self.tls);
-        let register = register_request(&self.name, self.address);
+        let health = answer_health(self.address).await;
+        let register = register_request(&self.name, health);
         let gate = Gate {
             client: client.clone(),
             register,
@@ -194,13 +195,48 @@ impl Sim {
     }
 }
 
+/// Listens on `address` (a port of its own) and answers every request as the agent answers
+/// `GET /v1/agent/health`: the leader asks a node it has not heard from, and peers probe it
+/// on the leader's behalf, before calling it lost. Returns where it listens; where it cannot
+/// listen, the agent port nothing answers on, so the node is judged by its heartbeats alone.
+async fn answer_health(address: IpAddr) -> SocketAddr {
+    let Ok(listener) = tokio::net::TcpListener::bind((address, 0)).await else {
+        return SocketAddr::new(address, 7001);
+    };
+    let Ok(local) = listener.local_addr() else {
+        return SocketAddr::new(address, 7001);
+    };
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(answer_no_content(stream));
+        }
+    });
+    local
+}
+
+/// Reads a request's head and answers `204 No Content`, closing the connection.
+async fn answer_no_content(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answer = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n";
+    let _ = stream.write_all(answer).await;
+    let _ = stream.shutdown().await;
+}
+
 /// How a simulated node introduces itself, as `Agent::register_request` does.
-fn register_request(name: &str, address: IpAddr) -> RegisterRequest {
+fn register_request(name: &str, address: SocketAddr) -> RegisterRequest {
     let capacity = crate::specs::node_capacity();
     RegisterRequest {
         name: name.to_string(),
-        // Nothing listens there: `outpost logs` of a simulated task says it cannot reach it.
-        address: format!("http://{address}:7001"),
+        // Only health is answered there: `outpost logs` of a simulated task gets no logs.
+        address: format!("http://{address}"),
         allocatable: Capacity {
             cpu_millis: capacity.cpu_millis - RESERVED.cpu_millis,
             memory_bytes: capacity.memory_bytes - RESERVED.memory_bytes,
@@ -537,6 +573,15 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_simulated_agent_answers_health_where_it_registered() {
+        let at = answer_health(IpAddr::from([127, 0, 0, 1])).await;
+        let address = register_request("n1", at).address;
+        assert_eq!(address, format!("http://{at}"));
+        let http = reqwest::Client::new();
+        assert!(client::agent::reachable(&http, &address, "t").await);
+    }
 
     fn reporter() -> Reporter {
         Reporter {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod hosts;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -31,15 +33,20 @@ pub fn demo_app() -> PathBuf {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after [`PATIENCE`].
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_within(PATIENCE, what, check)
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `patience`.
+pub fn wait_within<T>(patience: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + patience;
     loop {
         if let Some(v) = check() {
             return v;
         }
         assert!(
             Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting for {what}"
+            "timed out after {patience:?} waiting for {what}"
         );
         std::thread::sleep(POLL);
     }
@@ -624,36 +631,44 @@ fn run(cmd: &mut Command) -> Result<String, String> {
     }
 }
 
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest)
+        .to_path_buf()
+}
+
+/// Builds `outpost` and the demo app linked statically (glibc's `crt-static`), in one cargo
+/// invocation into `target/static`, and returns the folder holding both: they run in an empty
+/// (`FROM scratch`) image. Built once per test binary.
+pub fn static_binaries() -> Result<PathBuf, String> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let target = root.join("target").join("static");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run(Command::new(cargo)
+                .current_dir(&root)
+                .args(["build", "--quiet", "-p", "outpost", "-p", "demo-app"])
+                .args(["--target", "x86_64-unknown-linux-gnu"])
+                .env("CARGO_TARGET_DIR", &target)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+            Ok(target.join("x86_64-unknown-linux-gnu").join("debug"))
+        })
+        .clone()
+}
+
 fn build_image() -> Result<(), String> {
     run(Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]))
         .map_err(|e| format!("no Docker Engine answers ({e})"))?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target = root.join("target").join("static");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // A static glibc build of a std-only program runs in an empty image.
-    run(Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "demo-app",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    let bin = static_binaries()?;
     let context = tempfile::tempdir().map_err(|e| e.to_string())?;
-    std::fs::copy(
-        target.join("x86_64-unknown-linux-gnu/debug/demo-app"),
-        context.path().join("demo-app"),
-    )
-    .map_err(|e| format!("cannot copy the static demo-app: {e}"))?;
+    std::fs::copy(bin.join("demo-app"), context.path().join("demo-app"))
+        .map_err(|e| format!("cannot copy the static demo-app: {e}"))?;
     std::fs::write(
         context.path().join("Dockerfile"),
         "FROM scratch\nCOPY demo-app /demo-app\nUSER 65534\nENTRYPOINT [\"/demo-app\"]\nCMD [\"--port\", \"8080\"]\n",
