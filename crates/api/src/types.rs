@@ -198,6 +198,9 @@ pub struct NodeInfo {
     /// keeps no liveness for the node.
     #[serde(default)]
     pub phi: Option<f64>,
+    /// Tasks placed on the node that are wanted running.
+    #[serde(default)]
+    pub tasks: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

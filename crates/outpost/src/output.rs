@@ -253,7 +253,8 @@ fn role_of<'a>(name: &str, servers: &'a [ServerInfo]) -> (&'static str, Option<&
     }
 }
 
-/// The rows of `outpost -o json nodes`: each agent's node with its `role` and `leader`, and a
+/// The rows of `outpost -o json nodes`: each agent's node with its `id` (a node is known by its
+/// name, which its certificate carries), `role` and `leader`, and a
 /// row for each server that is not also an agent (`role: server`). A server's row also has its
 /// Raft id (`server_id`) and `membership` (voter or learner).
 pub fn node_rows(list: &[NodeInfo], servers: &[ServerInfo]) -> Vec<serde_json::Value> {
@@ -270,6 +271,7 @@ pub fn node_rows(list: &[NodeInfo], servers: &[ServerInfo]) -> Vec<serde_json::V
             Ok(serde_json::Value::Object(row)) => row,
             _ => serde_json::Map::new(),
         };
+        row.insert("id".into(), n.name.clone().into());
         row.insert("role".into(), role.into());
         row.insert("leader".into(), server.is_some_and(|s| s.leader).into());
         if let Some(s) = server {
@@ -282,8 +284,10 @@ pub fn node_rows(list: &[NodeInfo], servers: &[ServerInfo]) -> Vec<serde_json::V
         .filter(|s| !list.iter().any(|n| n.node.name == s.name))
     {
         let mut row = serde_json::Map::new();
+        row.insert("id".into(), s.name.clone().into());
         row.insert("name".into(), s.name.clone().into());
         row.insert("role".into(), "server".into());
+        row.insert("tasks".into(), 0.into());
         row.insert("leader".into(), s.leader.into());
         row.insert("address".into(), s.address.clone().into());
         server_fields(&mut row, s);

@@ -478,8 +478,33 @@ fn dev_is_one_node_that_is_both_server_and_agent_and_leads() {
     assert_eq!(local["role"], "both");
     assert_eq!(local["leader"], true);
     assert_eq!(local["server_id"], 1);
+    assert_eq!(local["id"], "local");
+    assert_eq!(local["state"], "ready");
+    assert!(
+        local["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("https://")),
+        "{local}"
+    );
+    assert!(local["last_heartbeat_age_ms"].as_u64().is_some(), "{local}");
+    assert!(local["phi"].as_f64().is_some(), "{local}");
+    assert_eq!(local["tasks"], 0, "nothing deployed yet: {local}");
     let table = dev.ok(&["nodes"]);
     assert!(table.contains("both (leader)"), "{table}");
+    // The node counts the tasks placed on it that are wanted running.
+    dev.deploy(
+        "web.yaml",
+        r#"
+name: web
+replicas: 2
+command: ["DEMO_APP", "--port", "${PORT}"]
+ports: [{ name: http }]
+readiness: { tcp: { port: http }, period: 200ms }
+"#,
+    );
+    dev.wait_ready("web", 2);
+    let rows = dev.json(&["nodes"]);
+    assert_eq!(rows[0]["tasks"], 2, "{rows}");
 }
 
 /// An agent's certificate through a follower: the follower forwards its report to the leader

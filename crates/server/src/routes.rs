@@ -624,16 +624,21 @@ async fn list_nodes(
     let limit = page_limit(q.limit)?;
     Ok(ctx.state.read(|s| {
         let nodes = s.nodes.range::<str, _>(after(&q.cont)).map(|(_, n)| n);
-        let nodes = nodes.map(|n| node_info(&ctx, n));
+        let nodes = nodes.map(|n| node_info(&ctx, s, n));
         page(nodes, limit, |n| &n.node.name)
     }))
 }
 
-/// A node with the time since its last heartbeat and its phi, as this server sees them.
-fn node_info(ctx: &Server, node: &api::Node) -> api::NodeInfo {
+/// A node with the time since its last heartbeat and its phi, as this server sees them, and
+/// the tasks placed on it that are wanted running.
+fn node_info(ctx: &Server, s: &store::State, node: &api::Node) -> api::NodeInfo {
     let (age, phi) = ctx.heartbeats.seen(&node.name);
+    let tasks = (s.tasks_on(&node.name))
+        .filter(|t| t.desired == DesiredState::Running)
+        .count();
     api::NodeInfo {
         node: node.clone(),
+        tasks: u64::try_from(tasks).unwrap_or(u64::MAX),
         last_heartbeat_age_ms: age.map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
         // Two decimals: what an operator compares with the thresholds.
         phi: phi.map(|p| (p * 100.0).round() / 100.0),
