@@ -486,9 +486,13 @@ fn dev_is_one_node_that_is_both_server_and_agent_and_leads() {
             .is_some_and(|a| a.starts_with("https://")),
         "{local}"
     );
-    assert!(local["last_heartbeat_age_ms"].as_u64().is_some(), "{local}");
     assert!(local["phi"].as_f64().is_some(), "{local}");
     assert_eq!(local["tasks"], 0, "nothing deployed yet: {local}");
+    // The first heartbeat comes one period after the node registered.
+    support::wait_for("the node's first heartbeat heard", || {
+        let rows = dev.json(&["nodes"]);
+        rows[0]["last_heartbeat_age_ms"].as_u64()
+    });
     let table = dev.ok(&["nodes"]);
     assert!(table.contains("both (leader)"), "{table}");
     // The node counts the tasks placed on it that are wanted running.
