@@ -55,16 +55,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // A frozen process would never act on SIGTERM.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
-        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + support::PATIENCE;
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        support::stop_child(&mut self.child);
         support::remove_cgroups(self.dir.path());
     }
 }

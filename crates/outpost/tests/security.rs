@@ -6,12 +6,9 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Instant;
 
 use serde_json::Value;
-use support::{
-    ClientCert, PATIENCE, demo_app, outpost_bin, request, request_as, trust_ca, wait_for,
-};
+use support::{ClientCert, demo_app, outpost_bin, request, request_as, trust_ca, wait_for};
 
 /// `outpost server` in a data dir made by `outpost server init`.
 struct Cluster {
@@ -189,8 +186,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(child) = self.server.take() {
-            stop(child);
+        if let Some(mut child) = self.server.take() {
+            support::stop_child(&mut child);
         }
     }
 }
@@ -246,8 +243,8 @@ impl Agent {
 
     /// Stops it (SIGTERM) and starts it again with `args`.
     fn restart(&mut self, args: &[&str]) {
-        if let Some(child) = self.child.take() {
-            stop(child);
+        if let Some(mut child) = self.child.take() {
+            support::stop_child(&mut child);
         }
         *self = Agent::spawn(self.dir.clone(), &self.name.clone(), args);
     }
@@ -255,22 +252,11 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Some(child) = self.child.take() {
-            stop(child);
+        if let Some(mut child) = self.child.take() {
+            support::stop_child(&mut child);
         }
         support::remove_agent_cgroups(&self.dir);
     }
-}
-
-fn stop(mut child: Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + PATIENCE;
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn utf8(bytes: &[u8]) -> String {

@@ -368,6 +368,21 @@ impl Dev {
     }
 }
 
+/// Stops a process of a test the way an operator would, SIGTERM, and waits for it to exit (up
+/// to [`PATIENCE`]); one that does not is killed. A frozen one is thawed first: it would never
+/// act on SIGTERM.
+pub fn stop_child(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + PATIENCE;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Removes the agent's empty cgroup folders, so test runs leave nothing under /sys/fs/cgroup.
 pub fn remove_cgroups(data_dir: &Path) {
     remove_agent_cgroups(&data_dir.join("agent"));
@@ -392,16 +407,7 @@ pub fn remove_agent_cgroups(agent_dir: &Path) {
 impl Drop for Dev {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + PATIENCE;
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(POLL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_child(&mut child);
         }
         remove_cgroups(self.dir.path());
         remove_containers(self.dir.path());
@@ -892,16 +898,7 @@ impl AgentNode {
 impl Drop for AgentNode {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + PATIENCE;
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(POLL);
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            stop_child(&mut child);
         }
         // Whatever a failed test left running of this node goes with it.
         if let Ok(id) = std::fs::read_to_string(self.dir.path().join("agent-id")) {
