@@ -111,8 +111,10 @@ fn render_api_error(status: &StatusCode, error: &ApiError) -> String {
 /// learn of the servers.
 ///
 /// It talks to one server at a time. When that one cannot be reached (the connection is
-/// refused or not made: nothing was sent), the same request goes to the next server it knows,
-/// which it then keeps talking to. It knows the servers it was given (several, separated by
+/// refused or not made: nothing was sent) or answers 503 (it has no leader to answer with),
+/// the same request goes to the next server it knows, which it then keeps talking to. Every
+/// write of the API is a desired state (deploy this spec, scale to N), so sending one again
+/// after an unclear 503 does no harm. It knows the servers it was given (several, separated by
 /// commas) and those [`Client::learn_servers`] found.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -148,6 +150,12 @@ fn base_url(text: &str, scheme: &str) -> String {
 
 /// 60 s: above the longest blocking query (`wait` is capped at 30 s by the server).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// 10 s: how long a request's bytes may go unacknowledged before its connection counts as
+/// dead (TCP_USER_TIMEOUT; reqwest's default is 30 s). A server that vanished mid-request
+/// (powered off, cut off) is given up on this soon; a slow but live link acknowledges within
+/// a few round trips, and a server's slow answer is not limited by it.
+const UNACKED_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long an idle pooled connection is kept, 2 s: below the 5 s after which Outpost's
 /// listeners close idle connections, so a request is never sent on one being closed.
@@ -188,6 +196,7 @@ impl Client {
         pki::install_default();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
+            .tcp_user_timeout(UNACKED_LIMIT)
             .pool_idle_timeout(POOL_IDLE)
             .local_address(local);
         if let Some(tls) = tls {
@@ -290,7 +299,7 @@ impl Client {
         };
         let list = self.servers.list();
         let start = self.servers.current.load(Ordering::Relaxed);
-        let mut last = None;
+        let (mut unreached, mut unavailable) = (None, None);
         for i in 0..list.len().max(1) {
             let at = (start + i) % list.len().max(1);
             let base = list.get(at).cloned().unwrap_or_else(|| first.clone());
@@ -307,16 +316,22 @@ impl Client {
                 (_, None) => break,
             };
             match self.http.execute(attempt).await {
-                Err(cause) if cause.is_connect() => last = Some((base, cause)),
+                Err(cause) if cause.is_connect() => unreached = Some((base, cause)),
+                // No leader on that server's side (an election, or it is cut off from its
+                // peers): another server may have one.
+                Ok(answer) if answer.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    unavailable = Some(answer)
+                }
                 answer => {
                     self.servers.current.store(at, Ordering::Relaxed);
                     return self.sent(answer, &base);
                 }
             }
         }
-        match last {
-            Some((url, cause)) => Err(unreachable(&url, cause)),
-            None => Err(ClientError::Protocol {
+        match (unavailable, unreached) {
+            (Some(answer), _) => Ok(answer),
+            (None, Some((url, cause))) => Err(unreachable(&url, cause)),
+            (None, None) => Err(ClientError::Protocol {
                 url: first,
                 message: "no server to send the request to".into(),
             }),
@@ -744,6 +759,56 @@ pub async fn join_patiently(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on loopback that answers every request with `status` and an API error body,
+    /// and counts the connections it took.
+    async fn canned(status: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let body = r#"{"error":"no leader is elected at the moment; retry shortly"}"#;
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        (format!("http://{addr}"), hits)
+    }
+
+    #[tokio::test]
+    async fn a_server_without_a_leader_is_passed_over_for_the_next_one() {
+        let (leaderless, passed_over) = canned("503 Service Unavailable").await;
+        let (leading, answered) = canned("200 OK").await;
+        let client = Client::new(&format!("{leaderless},{leading}"), "t");
+        client.heartbeat("edge-1").await.unwrap();
+        assert_eq!(passed_over.load(Ordering::SeqCst), 1);
+        assert_eq!(answered.load(Ordering::SeqCst), 1);
+        // The server that answered is the one talked to from then on.
+        client.heartbeat("edge-1").await.unwrap();
+        assert_eq!(passed_over.load(Ordering::SeqCst), 1);
+        assert_eq!(answered.load(Ordering::SeqCst), 2);
+        assert_eq!(client.base(), leading);
+    }
+
+    #[tokio::test]
+    async fn when_no_server_has_a_leader_the_answer_says_so() {
+        let (one, _) = canned("503 Service Unavailable").await;
+        let (two, _) = canned("503 Service Unavailable").await;
+        let client = Client::new(&format!("{one},{two}"), "t");
+        let err = client.heartbeat("edge-1").await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(err.to_string().contains("no leader"), "{err}");
+    }
 
     #[test]
     fn names_a_url_would_resolve_away_are_refused_with_what_they_should_name() {

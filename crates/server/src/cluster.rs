@@ -332,6 +332,33 @@ async fn leader(ctx: &Server) -> Option<(NodeId, String)> {
         .flatten()
 }
 
+/// How long a leader may go without hearing from a majority before it stops answering: the
+/// longest silence after which a follower campaigns (lease and timeout, 2 s). openraft 0.9
+/// keeps a leader that lost its majority leading until it hears of a higher term, so without
+/// this a write sent to a cut-off leader would wait for a commit that cannot come.
+const MAJORITY_SILENCE_MS: u64 = 2 * store::raft::ELECTION_TIMEOUT_MS.1;
+
+/// The milliseconds since a majority last answered this leader, when that is longer than
+/// [`MAJORITY_SILENCE_MS`]; a group of one always has its majority.
+fn unheard_majority(metrics: &store::raft::RaftMetrics) -> Option<u64> {
+    let voters = metrics.membership_config.membership().voter_ids().count();
+    let silent = metrics.millis_since_quorum_ack?;
+    (voters > 1 && silent > MAJORITY_SILENCE_MS).then_some(silent)
+}
+
+/// Waits until this leader has not heard from a majority for [`MAJORITY_SILENCE_MS`], and
+/// says for how long; never, while it hears from one.
+async fn majority_lost(ctx: &Server) -> u64 {
+    let mut metrics = ctx.raft.metrics();
+    let lost = (metrics.wait_for(|m| unheard_majority(m).is_some()).await)
+        .map(|m| unheard_majority(&m).unwrap_or(MAJORITY_SILENCE_MS));
+    match lost {
+        Ok(silent) => silent,
+        // Raft stopped: the server is shutting down, and the request ends with it.
+        Err(_) => std::future::pending().await,
+    }
+}
+
 /// Here if this server leads (for a read: once the read-index check confirmed it), else the
 /// leader's address.
 async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
@@ -339,6 +366,12 @@ async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
     let (id, addr) = leader(ctx).await.ok_or_else(no_leader)?;
     if id != ctx.id {
         return Ok(Answerer::Leader { id, addr });
+    }
+    if let Some(silent) = unheard_majority(&ctx.raft.metrics().borrow()) {
+        return Err(unavailable(format!(
+            "this server leads but has heard from no majority of the servers for {silent} ms: \
+             it is cut off from them, and another server may lead by now"
+        )));
     }
     if method != Method::GET {
         return Ok(Answerer::Here);
@@ -364,7 +397,14 @@ async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
 pub async fn at_leader(State(ctx): State<Server>, req: Request, next: Next) -> Response {
     let forwarded = req.headers().contains_key(FORWARDED);
     match answerer(&ctx, req.method()).await {
-        Ok(Answerer::Here) => next.run(req).await,
+        Ok(Answerer::Here) => tokio::select! {
+            answer = next.run(req) => answer,
+            silent = majority_lost(&ctx) => unavailable(format!(
+                "this server lost its majority while answering (none heard for {silent} ms); \
+                 the request may or may not have been applied"
+            ))
+            .into_response(),
+        },
         Ok(Answerer::Leader { id, .. }) if forwarded => unavailable(format!(
             "this server is not the leader any more (server {id} is)"
         ))
@@ -410,11 +450,25 @@ async fn forward(ctx: &Server, id: NodeId, addr: &str, req: Request) -> Response
     if let Some(caller) = parts.extensions.get::<crate::access::Caller>() {
         out = out.header(crate::access::ON_BEHALF, caller.header());
     }
-    match out.send().await {
-        Ok(answer) => relay(answer).await,
-        Err(e) => unavailable(format!(
-            "the leader (server {id} at {addr}) did not answer: {}",
-            root_cause(&e)
+    // A leader cut off mid-request never answers, and its connection is not closed: once
+    // another server leads, the request is given up so the caller can send it there.
+    let mut metrics = ctx.raft.metrics();
+    let deposed = async {
+        let now = metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != id));
+        now.await.ok().and_then(|m| m.current_leader)
+    };
+    tokio::select! {
+        answer = out.send() => match answer {
+            Ok(answer) => relay(answer).await,
+            Err(e) => unavailable(format!(
+                "the leader (server {id} at {addr}) did not answer: {}",
+                root_cause(&e)
+            ))
+            .into_response(),
+        },
+        Some(now) = deposed => unavailable(format!(
+            "the leader (server {id} at {addr}) did not answer before server {now} was elected \
+             in its place; the request may or may not have been applied"
         ))
         .into_response(),
     }
