@@ -181,6 +181,11 @@ pub struct Node {
     pub version: String,
     pub registered_at: Timestamp,
     pub state_since: Timestamp,
+    /// While the node is suspect, down or unreachable: when the leader last heard its
+    /// heartbeat. `on_node_lost` counts from here, so "replace after 2 s" means after 2 s of
+    /// silence, not 2 s after the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_since: Option<Timestamp>,
 }
 
 /// A node as `GET /v1/nodes` lists it: the record the cluster keeps, with the liveness the

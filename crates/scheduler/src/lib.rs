@@ -345,6 +345,7 @@ mod tests {
             version: String::new(),
             registered_at: Timestamp(0),
             state_since: Timestamp(0),
+            silent_since: None,
         }
     }
 

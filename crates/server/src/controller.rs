@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use api::NodeState;
+use api::{NodeState, Timestamp};
 use futures_util::future::join_all;
 use store::{Command, State};
 use tokio::sync::watch;
@@ -186,10 +186,18 @@ pub async fn nodes(ctx: Server, mut stop: watch::Receiver<bool>) {
             tokio::spawn(probe_round(ctx.clone(), order, addresses.clone()));
         }
         for (name, state) in tick.transitions {
+            let time = now();
+            // A verdict of silence says since when: the service's `on_node_lost` counts from
+            // the last beat, not from the verdict.
+            let silent = (state != NodeState::Ready)
+                .then(|| ctx.heartbeats.lock().silent_for(&name, Instant::now()))
+                .flatten();
             let command = Command::SetNodeState {
                 node: name,
                 state,
-                time: now(),
+                time,
+                silent_since: silent
+                    .map(|d| Timestamp(time.0.saturating_sub(d.as_millis() as u64))),
             };
             if let Err(e) = ctx.propose(command).await {
                 tracing::warn!("cannot record a node state change: {e}");
@@ -514,6 +522,7 @@ mod tests {
                         node: "n1".into(),
                         state: NodeState::Suspect,
                         time: T,
+                        silent_since: None,
                     }]
                 },
                 Pass::Full,
@@ -566,6 +575,7 @@ mod tests {
                 node: "n1".into(),
                 state: NodeState::Down,
                 time: T,
+                silent_since: None,
             }],
         );
         let at = Instant::now();
@@ -692,6 +702,7 @@ mod tests {
                     node: "n2".into(),
                     state: NodeState::Down,
                     time: T,
+                    silent_since: None,
                 }]
             }),
             ("a removal", |_| vec![remove("api")]),

@@ -140,6 +140,15 @@ impl Liveness {
         self.heard = true;
     }
 
+    /// A beat at `now` that ends an outage (a silence nobody could reach the node through):
+    /// the gap says nothing of the link's pattern, so it is not learned. Learning it would
+    /// widen the model, and a node that crashes and restarts within [`MAX_INTERVAL`] would be
+    /// judged more slowly the next time it dies.
+    pub fn resume(&mut self, now: Instant) {
+        self.last = now;
+        self.heard = true;
+    }
+
     pub fn heard(&self) -> bool {
         self.heard
     }
@@ -249,11 +258,18 @@ pub struct Monitor {
 
 impl Monitor {
     /// A heartbeat (or a registration) of `node` arrived at `now`: it ends any silence, and the
-    /// probe round of that silence no longer counts.
+    /// probe round of that silence no longer counts. A silence that the last probe round found
+    /// nobody could reach the node through was an outage, and its length is not learned.
     pub fn beat(&mut self, node: &str, now: Instant) {
         match self.nodes.get_mut(node) {
             Some(w) => {
-                w.live.beat(now);
+                match w.round {
+                    Round::Done {
+                        found: Probed::Missed,
+                        ..
+                    } => w.live.resume(now),
+                    _ => w.live.beat(now),
+                }
                 w.round = Round::Idle;
             }
             None => {
@@ -280,6 +296,13 @@ impl Monitor {
                 )
             })
             .collect();
+    }
+
+    /// How long `node` has been silent at `now`: since its last beat, or since watching began
+    /// when none was heard (a new leader knows nothing earlier).
+    pub fn silent_for(&self, node: &str, now: Instant) -> Option<Duration> {
+        let w = self.nodes.get(node)?;
+        Some(now.saturating_duration_since(w.live.last))
     }
 
     /// The time since `node`'s last beat (when one was heard) and its phi at `now`.

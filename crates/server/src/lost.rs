@@ -134,6 +134,7 @@ mod tests {
             node: node.into(),
             state,
             time,
+            silent_since: None,
         }
     }
 

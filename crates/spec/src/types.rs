@@ -140,7 +140,8 @@ pub enum KeepTasks {
     Keep,
 }
 
-/// How long a node must have been lost before its tasks are replaced elsewhere.
+/// How long a lost node must have been silent (since its last heartbeat reached the leader)
+/// before its tasks are replaced elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceAfter {

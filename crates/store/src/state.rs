@@ -43,6 +43,10 @@ pub enum Command {
         node: String,
         state: NodeState,
         time: Timestamp,
+        /// When the leader last heard the node (a verdict of silence); `None` from a verdict
+        /// that is not about silence, or from an entry written before it was recorded.
+        #[serde(default)]
+        silent_since: Option<Timestamp>,
     },
     /// The controller's plan: new tasks to create, tasks to stop, why some replicas wait.
     Reconcile {
@@ -147,8 +151,11 @@ enum SlotFill {
 pub struct Loss {
     pub node: String,
     pub state: NodeState,
-    /// How long the node has been in that state.
+    /// How long the node has been silent (or, for a verdict not about silence, in that
+    /// state).
     pub lost_for: std::time::Duration,
+    /// Whether `lost_for` counts from the node's last heartbeat.
+    pub silent: bool,
     /// What the service's `on_node_lost` allows for it.
     pub allowed: std::time::Duration,
 }
@@ -318,8 +325,13 @@ impl State {
             } => self.scale(service, *replicas, *time),
             Command::Remove { service, time } => self.remove(service, *time),
             Command::RegisterNode { node, time } => self.register(node, *time),
-            Command::SetNodeState { node, state, time } => {
-                let answer = self.set_node_state(node, *state, *time);
+            Command::SetNodeState {
+                node,
+                state,
+                time,
+                silent_since,
+            } => {
+                let answer = self.set_node_state(node, *state, *time, *silent_since);
                 self.forget_removed_services();
                 answer
             }
@@ -582,6 +594,7 @@ impl State {
             version: String::new(),
             registered_at: time,
             state_since: time,
+            silent_since: None,
         });
         entry.address = node.address.clone();
         entry.capacity = node.capacity.clone();
@@ -592,6 +605,7 @@ impl State {
         if entry.state != NodeState::Ready {
             entry.state = NodeState::Ready;
             entry.state_since = time;
+            entry.silent_since = None;
         }
         self.node_index.insert(node.name.clone(), self.index);
         self.nodes_placement_index = self.index;
@@ -611,7 +625,13 @@ impl State {
         Response::Ok
     }
 
-    fn set_node_state(&mut self, node: &str, state: NodeState, time: Timestamp) -> Response {
+    fn set_node_state(
+        &mut self,
+        node: &str,
+        state: NodeState,
+        time: Timestamp,
+        silent_since: Option<Timestamp>,
+    ) -> Response {
         let Some(n) = self.nodes.get(node) else {
             return Response::NotFound(node.to_string());
         };
@@ -624,6 +644,12 @@ impl State {
         let from = n.state;
         n.state = state;
         n.state_since = time;
+        // The silence began once, at the last beat: a later verdict of the same silence (down
+        // after suspect) keeps it, and a ready node has none.
+        n.silent_since = match state {
+            NodeState::Ready => None,
+            _ => n.silent_since.or(silent_since),
+        };
         self.nodes_placement_index = self.index;
         if state == NodeState::Ready {
             self.forget_lost_on(node);
@@ -921,10 +947,16 @@ impl State {
             return;
         };
         let lost_for = humantime::format_duration(loss.lost_for);
-        let message = format!(
-            "node {} has been {} for {lost_for}: its replica is placed elsewhere",
-            loss.node, loss.state
-        );
+        let message = match loss.silent {
+            true => format!(
+                "node {} is {}, silent for {lost_for}: its replica is placed elsewhere",
+                loss.node, loss.state
+            ),
+            false => format!(
+                "node {} has been {} for {lost_for}: its replica is placed elsewhere",
+                loss.node, loss.state
+            ),
+        };
         task.desired = DesiredState::Shutdown;
         task.state = TaskState::Lost;
         task.ready = false;
@@ -963,8 +995,9 @@ impl State {
         let svc = self.services.get(&task.service)?;
         let unreachable = node.state == NodeState::Unreachable;
         let allowed = svc.spec.on_node_lost.replace_after(unreachable)?;
-        let lost_for = node.state_since.elapsed_at(now);
+        let lost_for = (node.silent_since.unwrap_or(node.state_since)).elapsed_at(now);
         (lost_for >= allowed).then(|| Loss {
+            silent: node.silent_since.is_some(),
             node: node.name.clone(),
             state: node.state,
             lost_for,
@@ -1620,6 +1653,7 @@ mod tests {
                     node: "nope".into(),
                     state: NodeState::Down,
                     time: T,
+                    silent_since: None,
                 },
             ],
         );
@@ -1646,6 +1680,7 @@ mod tests {
                 node: "a".into(),
                 state,
                 time: T,
+                silent_since: None,
             };
             run(&mut s, vec![c]);
         }
@@ -2035,6 +2070,7 @@ mod lost_tests {
             node: name.into(),
             state,
             time,
+            silent_since: None,
         }
     }
 
@@ -2173,6 +2209,41 @@ mod lost_tests {
                 time: now,
             }],
         );
+    }
+
+    #[test]
+    fn replace_after_counts_from_the_last_heartbeat_not_from_the_verdict() {
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Ready);
+        let id = b_task(&s);
+        let silent = |state, time, since: u64| Command::SetNodeState {
+            node: "b".into(),
+            state,
+            time,
+            silent_since: Some(at(since)),
+        };
+        // Last heard at +0; suspect at +1.1 s, down at +1.8 s (that verdict's own idea of the
+        // silence does not move its start).
+        run(&mut s, [silent(NodeState::Suspect, at(1_100), 0)]);
+        run(&mut s, [silent(NodeState::Down, at(1_800), 500)]);
+        assert_eq!(s.nodes["b"].silent_since, Some(at(0)));
+        assert!(s.loss_due(&s.tasks[&id], at(1_999)).is_none());
+        let loss = s
+            .loss_due(&s.tasks[&id], at(2_000))
+            .expect("2 s of silence is up");
+        assert_eq!(loss.lost_for, std::time::Duration::from_secs(2));
+        lose_due(&mut s, at(2_000));
+        assert_eq!(s.tasks[&id].state, TaskState::Lost);
+        let lost = s.events.iter().rfind(|e| e.event.reason == "lost").unwrap();
+        assert!(
+            lost.event.message.contains("node b is down, silent for 2s"),
+            "{}",
+            lost.event.message
+        );
+        // Back: no silence any more, and the next one starts afresh.
+        run(&mut s, [node_state("b", NodeState::Ready, at(3_000))]);
+        assert_eq!(s.nodes["b"].silent_since, None);
+        run(&mut s, [silent(NodeState::Suspect, at(9_000), 8_000)]);
+        assert_eq!(s.nodes["b"].silent_since, Some(at(8_000)));
     }
 
     #[test]

@@ -568,3 +568,80 @@ async fn a_new_leader_gives_every_node_a_grace_period_and_revives_none() {
     assert_eq!(later.probes[0].node, "gone");
     assert_eq!(later.probes[0].helpers, ["up"]);
 }
+
+#[test]
+fn silence_counts_from_the_last_beat_or_from_when_watching_began() {
+    let start = Instant::now();
+    let mut monitor = Monitor::default();
+    monitor.beat("a", start);
+    monitor.beat("a", start + BEAT);
+    let later = start + BEAT + Duration::from_millis(1_300);
+    assert_eq!(
+        monitor.silent_for("a", later),
+        Some(Duration::from_millis(1_300))
+    );
+    // A node a new leader never heard: silent since the leader began to watch it.
+    monitor.restart(["b"], start);
+    assert_eq!(monitor.silent_for("b", later), Some(BEAT + 1_300 * MS));
+    assert_eq!(monitor.silent_for("c", later), None);
+}
+
+/// Beats `node` every [`BEAT`] from `from` for `beats` beats; the last beat's time.
+fn beat_steadily(monitor: &mut Monitor, node: &str, from: Instant, beats: u32) -> Instant {
+    for i in 0..beats {
+        monitor.beat(node, from + BEAT * i);
+    }
+    from + BEAT * (beats - 1)
+}
+
+/// Ticks every 100 ms from `from` until `node` is judged `down`, answering each probe round
+/// with `reached`; when that happened.
+fn ticks_until_down(monitor: &mut Monitor, node: &str, from: Instant, reached: bool) -> Instant {
+    let mut state = NodeState::Ready;
+    let mut now = from;
+    while state != NodeState::Down {
+        now += 100 * MS;
+        assert!(now < from + Duration::from_secs(30), "never down");
+        let tick = monitor.tick(&[(node.to_string(), state)], now);
+        for (_, next) in tick.transitions {
+            state = next;
+        }
+        for order in tick.probes {
+            monitor.probed(node, order.round, reached, now + 500 * MS);
+        }
+        if state == NodeState::Unreachable {
+            return now;
+        }
+    }
+    now
+}
+
+#[test]
+fn a_crash_and_quick_restart_does_not_slow_the_next_detection() {
+    let mut monitor = Monitor::default();
+    let start = Instant::now();
+    let last = beat_steadily(&mut monitor, "a", start, 60);
+    let first = ticks_until_down(&mut monitor, "a", last, false) - last;
+    // Back 4 s after its last beat (under `MAX_INTERVAL`): the outage is not learned.
+    let back = last + Duration::from_secs(4);
+    let last = beat_steadily(&mut monitor, "a", back, 6);
+    let second = ticks_until_down(&mut monitor, "a", last, false) - last;
+    assert_eq!(second, first, "judged as fast the second time");
+    assert!(first <= Duration::from_millis(2_000), "{first:?}");
+}
+
+#[test]
+fn a_silence_that_peers_could_reach_through_is_learned() {
+    let mut monitor = Monitor::default();
+    let start = Instant::now();
+    let last = beat_steadily(&mut monitor, "a", start, 60);
+    let (_, before) = monitor.nodes["a"].live.model();
+    // Heartbeats lost for 1.8 s while probes reach the node: that is the link, learned.
+    let tick = monitor.tick(&[("a".into(), NodeState::Ready)], last + 1_500 * MS);
+    for order in tick.probes {
+        monitor.probed("a", order.round, true, last + 1_600 * MS);
+    }
+    monitor.beat("a", last + 1_800 * MS);
+    let (_, after) = monitor.nodes["a"].live.model();
+    assert!(after > before, "the spread grew: {before:?} → {after:?}");
+}

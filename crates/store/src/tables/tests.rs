@@ -216,7 +216,7 @@ fn command() -> impl Strategy<Value = Command> {
             prop::sample::select(vec![NodeState::Ready, NodeState::Suspect, NodeState::Down]),
             time()
         )
-            .prop_map(|(node, state, time)| Command::SetNodeState { node, state, time }),
+            .prop_map(|(node, state, time)| Command::SetNodeState { node, state, time, silent_since: None }),
         3 => reconcile(),
         3 => report(),
     ]
@@ -415,6 +415,7 @@ async fn events_past_retention_leave_memory_and_disk_alike() {
         node: "a".into(),
         state: NodeState::Down,
         time: at(2),
+        silent_since: None,
     };
     apply_batches(&mut sm, 5, vec![vec![down]]).await;
     assert_eq!(
