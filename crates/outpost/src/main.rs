@@ -267,7 +267,8 @@ enum ServerAction {
     },
     /// Add a server to the group of the server at ADDR (any of its servers), with the server
     /// join token (--token or OUTPOST_TOKEN; `outpost token show server` on a server). It keeps
-    /// its id and certificate in --data-dir: restart it with `outpost server --data-dir D`.
+    /// its id and certificate in --data-dir: restart it with `outpost server --data-dir D`, or
+    /// with this same command, which on a data dir that joined starts it without joining again.
     Join {
         /// Address of a server of the group, host:port.
         addr: String,
@@ -281,7 +282,8 @@ enum ServerAction {
 
 #[derive(Subcommand)]
 enum TokenAction {
-    /// Print the token of `server`, `agent` (join tokens) or `admin` (the CLI's), alone.
+    /// Print the token of `server`, `agent` (join tokens) or `admin` (the CLI's), alone; the
+    /// current join token, through any server.
     Show { role: String },
     /// Replace the join token of `server` or `agent` and print the new one; the old one no
     /// longer joins.

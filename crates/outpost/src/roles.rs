@@ -366,8 +366,12 @@ pub async fn server(conn: &Connection, role: crate::ServerRole) -> Result<()> {
         _ = signals.stop() => return Ok(()),
     };
     match joining {
-        Some(target) => println!(
+        Some(target) if server.joined => println!(
             "outpost server: joined the group of {target} as server {}; API at https://{}",
+            server.ctx.id, server.addr
+        ),
+        Some(_) => println!(
+            "outpost server: already joined, as server {}; API at https://{}",
             server.ctx.id, server.addr
         ),
         None => println!(

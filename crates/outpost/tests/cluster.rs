@@ -1,8 +1,9 @@
 //! Three `outpost server` processes on loopback form one Raft group, as an operator sets them
 //! up: the first founds it, two join it. Any server answers; writes through a follower reach the
 //! leader; a SIGKILLed leader is replaced under a steady write load without losing an
-//! acknowledged write; the killed server rejoins on a plain restart; a removed server leaves
-//! the group, which goes on with two.
+//! acknowledged write; the killed server rejoins on a plain restart, and on its own
+//! `server join` command run again; a removed server leaves the group, which goes on with two.
+//! Join tokens, shown and rotated on any leader, outlive the server that made them.
 
 mod support;
 
@@ -659,4 +660,126 @@ fn an_agent_token_does_not_join_a_server() {
     }
     let (ids, _) = first.servers(&first.token());
     assert_eq!(ids, [1], "the group is unchanged");
+}
+
+/// Waits until `agent` exited; returns its log.
+fn exited(agent: &mut AgentProc) -> String {
+    wait_long("the agent to give up", || {
+        agent.child.try_wait().unwrap().map(|_| ())
+    });
+    agent.log()
+}
+
+/// The join token is derived from the CA key every server holds and the generation in the
+/// replicated state: after a rotation on the leader and the leader's death, another server
+/// shows the new token (and the server token, never rotated, that only the dead founder kept
+/// in a file), an agent joins with it, and the token from before the rotation stays refused.
+#[test]
+fn after_a_rotation_and_the_leaders_death_the_next_leader_shows_the_token_that_joins() {
+    let first = ServerProc::found();
+    let token = first.token();
+    let join = first.join_token("server");
+    let second = ServerProc::join(&first.listen, &join);
+    let third = ServerProc::join(&first.listen, &join);
+    let leader = wait_agreed(&[&first, &second, &third], &token, &[1, 2, 3]);
+    let mut servers = [first, second, third];
+    let at = servers
+        .iter()
+        .position(|s| s.status(&token).is_some_and(|st| st["node_id"] == leader))
+        .unwrap();
+    let old = servers[at].join_token("agent");
+    let out = servers[at].cli(&token, &["token", "rotate", "agent"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rotated = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(rotated, old);
+
+    servers[at].sigkill();
+    let rest: Vec<&ServerProc> = (0..3).filter(|i| *i != at).map(|i| &servers[i]).collect();
+    let shown = wait_long("a server to show the agent token again", || {
+        rest[0].try_join_token("agent").ok()
+    });
+    assert_eq!(shown, rotated, "the token shown is the rotated one");
+    for s in &rest {
+        assert_eq!(s.join_token("agent"), rotated);
+        assert_eq!(s.join_token("server"), join);
+    }
+
+    let mut stale = AgentProc::start(&rest[1].listen, &old, "stale");
+    let log = exited(&mut stale);
+    assert!(
+        log.contains("the agent join token is wrong or was rotated"),
+        "{log}"
+    );
+    let _agent = AgentProc::start(&rest[1].listen, &shown, "edge1");
+    wait_long(
+        "the agent that joined with the shown token to be ready",
+        || {
+            let rows = rest[0].json(&token, &["nodes"]);
+            let names: Vec<&str> = rows
+                .as_array()?
+                .iter()
+                .filter(|n| n["role"] == "agent")
+                .filter_map(|n| (n["state"] == "ready").then_some(n["name"].as_str()?))
+                .collect();
+            (names == ["edge1"]).then_some(())
+        },
+    );
+}
+
+/// `outpost server join` run again on a data dir that already joined (a service manager's
+/// fixed command line) starts the server as `outpost server` would: the same Raft id, no new
+/// member. A join token of another cluster is refused, naming the cluster the dir holds.
+#[test]
+fn a_server_join_run_again_on_its_data_dir_is_a_restart_that_adds_no_member() {
+    let first = ServerProc::found();
+    let token = first.token();
+    let join = first.join_token("server");
+    let mut second = ServerProc::join(&first.listen, &join);
+    wait_agreed(&[&first, &second], &token, &[1, 2]);
+    let dir = second.data_dir().to_path_buf();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let (id, ca) = (read("server-id"), read("ca.pem"));
+    assert_eq!(id.trim(), "2");
+    second.stop();
+
+    let other = ServerProc::found();
+    let foreign = other.join_token("server");
+    let out = Command::new(outpost_bin())
+        .arg("--data-dir")
+        .arg(second.data_dir())
+        .args(["--token", &foreign, "server", "join", &other.listen])
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("OUTPOST_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a token of another cluster was taken"
+    );
+    assert!(
+        err.contains("belongs to another cluster than the join token names"),
+        "{err}"
+    );
+    assert_eq!(
+        (read("server-id"), read("ca.pem")),
+        (id.clone(), ca.clone())
+    );
+
+    // The very command line of the first start.
+    second.spawn(&["--token", &join], &["join", &first.listen]);
+    let log = second.log();
+    assert!(
+        log.contains("already joined the group as server 2")
+            && log.contains("the join token is not needed"),
+        "{log}"
+    );
+    wait_agreed(&[&first, &second], &token, &[1, 2]);
+    assert_eq!(second.status(&token).unwrap()["node_id"], 2);
+    assert_eq!(read("server-id"), id);
 }

@@ -15,7 +15,7 @@ use rcgen::{
 };
 
 use crate::PkiError;
-use crate::token::sha256_hex;
+use crate::token::{JoinToken, Role, derived_secret, sha256_hex};
 
 /// The role a node certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +124,15 @@ impl Ca {
         ca_digest(&self.identity.cert_pem)
     }
 
+    /// The join token of `role` at `generation`: this CA's digest and the secret derived from
+    /// its key ([`crate::token::derived_secret`]), the same on every server holding the key.
+    pub fn join_token(&self, role: Role, generation: u64) -> Result<JoinToken, PkiError> {
+        Ok(JoinToken {
+            ca_digest: self.digest()?,
+            secret: derived_secret(&self.key.serialize_der(), role, generation),
+        })
+    }
+
     /// A certificate for node `name` in `role`, valid for the addresses `ips`.
     pub fn issue(&self, role: NodeRole, name: &str, ips: &[IpAddr]) -> Result<Identity, PkiError> {
         let key = KeyPair::generate().map_err(rcgen_err)?;
@@ -154,4 +163,26 @@ impl Ca {
 /// sha256 of the DER of the (first) certificate in `ca_pem`.
 pub fn ca_digest(ca_pem: &str) -> Result<String, PkiError> {
     Ok(sha256_hex(crate::tls::first_cert(ca_pem)?.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_read_back_from_its_files_derives_the_same_join_tokens_and_another_ca_others() {
+        let ca = Ca::generate().unwrap();
+        // What a joined server holds: the founder's PEM files, parsed again.
+        let copy = Ca::from_pem(ca.identity().clone()).unwrap();
+        let token = ca.join_token(Role::Agent, 3).unwrap();
+        assert_eq!(copy.join_token(Role::Agent, 3).unwrap(), token);
+        assert_eq!(token.ca_digest, ca.digest().unwrap());
+        assert_ne!(ca.join_token(Role::Agent, 4).unwrap(), token);
+        assert_ne!(ca.join_token(Role::Server, 3).unwrap().secret, token.secret);
+        let other = Ca::generate().unwrap();
+        assert_ne!(
+            other.join_token(Role::Agent, 3).unwrap().secret,
+            token.secret
+        );
+    }
 }

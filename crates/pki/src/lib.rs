@@ -1,9 +1,9 @@
 //! The cluster's trust: its CA and the node certificates it signs ([`ca`]), join tokens and
 //! secret digests ([`token`]), and the rustls configurations built on them ([`tls`]).
 //!
-//! No network, files or clock (the one I/O is the kernel's randomness for new secrets and
-//! keys): callers bring the bytes and keep them. Secrets are compared in constant time; only
-//! their digests are meant to be stored by servers.
+//! No network, files or clock (the one I/O is the kernel's randomness for new keys): callers
+//! bring the bytes and keep them. Join secrets are derived from the CA key; secrets are
+//! compared in constant time, and only their digests are meant to be stored by servers.
 
 pub mod ca;
 pub mod tls;
@@ -11,7 +11,7 @@ pub mod token;
 
 pub use ca::{Ca, Identity, NodeRole, ca_digest};
 pub use tls::{ClientAuth, install_default};
-pub use token::{JoinToken, Role, TokenError, secret_digest, secret_matches};
+pub use token::{JoinToken, Role, TokenError, derived_secret, secret_digest, secret_matches};
 
 /// Files of the cluster's trust in a data dir, each 0600.
 pub mod files {

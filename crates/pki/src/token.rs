@@ -1,13 +1,17 @@
 //! Join tokens: `OUTPOST-1-<ca digest>-<secret>`, as Swarm's `SWMTKN-1-…`. The digest (sha256 of
 //! the cluster CA certificate's DER, 64 hex digits) lets a joiner check it reached the right
 //! cluster before it sends the secret; servers keep only a digest of the secret.
+//!
+//! A join secret is derived from the CA key ([`derived_secret`]): every server holds that key,
+//! so whichever leads can show the current token from the generation the replicated state
+//! keeps, and no server needs a file of its own for it.
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 const PREFIX: &str = "OUTPOST-1-";
 
-/// 24 random bytes (192 bits) per secret: far beyond guessing, short enough to paste.
+/// 24 bytes (192 bits) per secret: far beyond guessing, short enough to paste.
 pub const SECRET_BYTES: usize = 24;
 
 /// What a join token lets its holder become, or the admin credential.
@@ -88,14 +92,6 @@ impl JoinToken {
             secret: secret.to_string(),
         })
     }
-
-    /// A new token for the CA whose digest is given, with a fresh random secret.
-    pub fn generate(ca_digest: &str) -> std::io::Result<JoinToken> {
-        Ok(JoinToken {
-            ca_digest: ca_digest.to_string(),
-            secret: seal::files::random_hex(SECRET_BYTES)?,
-        })
-    }
 }
 
 impl std::fmt::Display for JoinToken {
@@ -109,12 +105,24 @@ fn is_lower_hex(text: &str) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The join secret of `role` at `generation`, derived from `key` (the CA key's PKCS#8 DER):
+/// the first [`SECRET_BYTES`] of HMAC-SHA256(key, `outpost join <role> <generation>`), hex.
+/// The same on every server that holds the key; a new generation gives an unrelated secret,
+/// and without the key none can be guessed from another.
+pub fn derived_secret(key: &[u8], role: Role, generation: u64) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let message = format!("outpost join {role} {generation}");
+    let tag = ring::hmac::sign(&key, message.as_bytes());
+    hex(&tag.as_ref()[..SECRET_BYTES])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// sha256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
 }
 
 /// What servers keep of a secret: its sha256, so a copy of the state gives no token away.
@@ -136,7 +144,10 @@ mod tests {
 
     #[test]
     fn a_token_reads_back_as_it_was_written() {
-        let token = JoinToken::generate(DIGEST).unwrap();
+        let token = JoinToken {
+            ca_digest: DIGEST.into(),
+            secret: derived_secret(b"key", Role::Agent, 1),
+        };
         let text = token.to_string();
         assert!(text.starts_with(&format!("OUTPOST-1-{DIGEST}-")), "{text}");
         assert_eq!(text.len(), 10 + 64 + 1 + 2 * SECRET_BYTES);
@@ -171,13 +182,6 @@ mod tests {
     }
 
     #[test]
-    fn two_generated_secrets_differ() {
-        let a = JoinToken::generate(DIGEST).unwrap();
-        let b = JoinToken::generate(DIGEST).unwrap();
-        assert_ne!(a.secret, b.secret);
-    }
-
-    #[test]
     fn a_secret_matches_only_its_own_digest() {
         let digest = secret_digest("s3cret");
         assert_eq!(digest.len(), 64);
@@ -187,6 +191,38 @@ mod tests {
         assert!(!secret_matches("", &digest));
         assert!(!secret_matches("s3cret", ""));
         assert!(!secret_matches("s3cret", &digest[..63]));
+    }
+
+    #[test]
+    fn a_derived_secret_is_hmac_sha256_of_role_and_generation_cut_to_the_secret_length() {
+        // Pinned (Python's hmac gives the same): every server of a cluster, whatever its
+        // version, must derive the same token from the same key and generation.
+        let key = b"outpost test key";
+        assert_eq!(
+            derived_secret(key, Role::Agent, 7),
+            "0119928e4c9917445eedd44c31b0de32f1aa43a6f70d861a"
+        );
+        assert_eq!(
+            derived_secret(key, Role::Server, 1),
+            "c8362b88c0820d9b5c9955b2c541117164ddac7a9dcfec26"
+        );
+    }
+
+    #[test]
+    fn derived_secrets_differ_by_key_role_and_generation() {
+        let key = b"one key";
+        let secret = derived_secret(key, Role::Agent, 1);
+        assert_eq!(secret, derived_secret(key, Role::Agent, 1));
+        assert_eq!(secret.len(), 2 * SECRET_BYTES);
+        for other in [
+            derived_secret(key, Role::Agent, 2),
+            derived_secret(key, Role::Server, 1),
+            derived_secret(b"another key", Role::Agent, 1),
+            // The message ends with the generation: 1 and 11 are not confused.
+            derived_secret(key, Role::Agent, 11),
+        ] {
+            assert_ne!(secret, other);
+        }
     }
 
     #[test]

@@ -576,7 +576,44 @@ fn base(target: &str, scheme: &str) -> String {
     }
 }
 
-async fn call(req: reqwest::RequestBuilder, target: &str) -> Result<MemberResponse, ServerError> {
+/// A data dir that joined earlier, started again with `server join` (a unit's fixed command
+/// line): refused when the group at `target` no longer has server `id` (it left); otherwise
+/// started as a plain restart would be, also when `target` cannot say (the group may be
+/// starting again too, and a plain restart would not ask it either).
+pub(crate) async fn check_rejoin(
+    http: &reqwest::Client,
+    scheme: &str,
+    target: &str,
+    token: &str,
+    dir: &std::path::Path,
+    id: NodeId,
+) -> Result<(), ServerError> {
+    let url = format!("{}/v1/cluster", base(target, scheme));
+    match call::<ClusterInfo>(http.get(url).bearer_auth(token), target).await {
+        Ok(info) if !info.servers.iter().any(|s| s.id == id) => Err(ServerError::LeftGroup {
+            dir: dir.to_path_buf(),
+            id,
+            target: target.to_string(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let why = match e {
+                ServerError::Join { message, .. } => message,
+                other => other.to_string(),
+            };
+            tracing::warn!(
+                "cannot ask the server at {target} whether the group still has server {id} \
+                 ({why}); starting as that server, as the data dir says"
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn call<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+    target: &str,
+) -> Result<T, ServerError> {
     let failed = |message: String, retry: bool| ServerError::Join {
         target: target.to_string(),
         message,

@@ -58,7 +58,8 @@ pub struct ServerConfig {
     /// This server's name in the membership; `server-ID` when empty.
     pub name: String,
     /// Join the group of the server at this address on the first start (`outpost server join`).
-    /// A data dir that already holds a `server-id` refuses it: a plain start rejoins.
+    /// A data dir that already holds a `server-id` starts as a plain start would, unless that
+    /// group no longer has it or the token names another cluster.
     pub join: Option<String>,
     /// The cluster token to keep in the data dir (a joining server is given it). Refused when
     /// the data dir already holds another.
@@ -200,10 +201,24 @@ pub enum ServerError {
         retry: bool,
     },
     #[error(
-        "data dir {dir} already belongs to server {id} of a group: start it with `outpost server \
-         --data-dir {dir}` to rejoin, or join with a new data dir"
+        "data dir {dir} is of server {id}, which the group of the server at {target} no longer \
+         has (it left, `outpost server leave {id}`): join with a new, empty data dir"
     )]
-    AlreadyJoined { dir: PathBuf, id: u64 },
+    LeftGroup {
+        dir: PathBuf,
+        id: u64,
+        target: String,
+    },
+    #[error(
+        "data dir {dir} belongs to another cluster than the join token names (the CA it holds \
+         has sha256 {held}, the token names {named}): give a join token of its own cluster, or \
+         join with a new, empty data dir"
+    )]
+    OtherCluster {
+        dir: PathBuf,
+        held: String,
+        named: String,
+    },
     #[error(
         "the server id file {path} holds {text:?}, not a Raft id: restore the id this server was \
          given, or remove it from the group and join again with a new data dir"
@@ -335,6 +350,8 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     pub token: String,
     pub ctx: Server,
+    /// This start joined the group (a join of a data dir that had joined before is a restart).
+    pub joined: bool,
     stop: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<()>,
 }
@@ -452,10 +469,22 @@ async fn identity(
         name: cluster::name_or_default(&config.name, id),
     };
     match (read_id(dir)?, &config.join) {
-        (Some(id), Some(_)) => Err(ServerError::AlreadyJoined {
-            dir: dir.clone(),
-            id,
-        }),
+        (Some(id), Some(target)) => {
+            cluster::check_rejoin(http, scheme(config.tls), target, token, dir, id).await?;
+            tracing::info!(
+                "data dir {} already joined the group as server {id}: starting it as `outpost \
+                 server --data-dir {}` does; the join token is not needed",
+                dir.display(),
+                dir.display()
+            );
+            Ok(Identity {
+                id,
+                node: node(id),
+                found: false,
+                joined_through: None,
+                rejoined: true,
+            })
+        }
         (Some(id), None) => Ok(Identity {
             id,
             node: node(id),
@@ -622,6 +651,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         addr,
         token,
         ctx,
+        joined: me.joined_through.is_some(),
         stop,
         serve,
     };
@@ -693,7 +723,15 @@ async fn server_trust(config: &ServerConfig) -> Result<Option<Arc<trust::Trust>>
                     other => other,
                 })?
         }
-        _ => trust::load_or_init(dir, &config.hosts())?,
+        (Some(_), true) => {
+            // Joined before (or half-way): a join token of another cluster is refused.
+            let trust = trust::load_or_init(dir, &config.hosts())?;
+            if let Some(token) = config.token.as_deref() {
+                trust.check_cluster(token)?;
+            }
+            trust
+        }
+        (None, _) => trust::load_or_init(dir, &config.hosts())?,
     };
     Ok(Some(Arc::new(trust)))
 }

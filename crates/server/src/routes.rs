@@ -34,6 +34,7 @@ use utoipa_axum::routes;
 
 use crate::access::Caller;
 use crate::answer::{Answer, Fail, Json, no_node, no_service, unavailable};
+use crate::trust::FIRST_GENERATION;
 use crate::{ApiLimits, Server, blocking, cluster, now};
 
 pub fn router(ctx: Server) -> Router {
@@ -807,7 +808,8 @@ async fn join(
         .map_err(unavailable)
 }
 
-/// The current token of a role (`server`, `agent` or `admin`), as this server keeps it.
+/// The current token of a role (`server`, `agent` or `admin`). A join token is made again from
+/// the CA key and the generation the state holds, so any leader shows it.
 #[utoipa::path(get, path = "/v1/tokens/{role}",
     params(("role" = String, Path, description = "server, agent or admin")),
     responses((status = 200, description = "The token", body = api::TokenAnswer)))]
@@ -820,19 +822,50 @@ async fn show_token(
         &role,
         &[pki::Role::Server, pki::Role::Agent, pki::Role::Admin],
     )?;
-    let token = trust.token(role).map_err(|e| {
-        Fail::new(
-            StatusCode::NOT_FOUND,
-            format!("this server does not keep the {role} token ({e}); ask the server that made it, or rotate it here"),
-        )
-    })?;
+    let token = match role {
+        pki::Role::Admin => trust.token(role).map_err(|e| {
+            Fail::new(
+                StatusCode::NOT_FOUND,
+                format!("this server does not keep the admin token ({e}); ask another server"),
+            )
+        })?,
+        _ => current_token(&ctx, trust, role)?,
+    };
     Ok(Json(api::TokenAnswer {
         role: role.to_string(),
         token,
     }))
 }
 
+/// The join token of `role` whose digest the applied state holds.
+fn current_token(
+    ctx: &Server,
+    trust: &crate::trust::Trust,
+    role: pki::Role,
+) -> Result<String, Fail> {
+    let (digest, generation) = ctx.state.read(|s| {
+        let digest = s.token_digest(role.as_str()).map(str::to_string);
+        (digest, s.token_generation(role.as_str()))
+    });
+    let token = (trust.current_token(role, digest.as_deref(), generation)).map_err(internal)?;
+    token.ok_or_else(|| {
+        Fail::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the current {role} token is kept only by the server that made it (before \
+                 tokens were derived from the CA key), not this one: show it there, or rotate \
+                 it (`outpost token rotate {role}`) and every server can show the new one"
+            ),
+        )
+    })
+}
+
+fn internal(e: crate::ServerError) -> Fail {
+    Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
 /// Replace the join token of a role (`server` or `agent`): the old one stops working at once.
+/// The new one is the next generation's, which every server can make again.
 #[utoipa::path(post, path = "/v1/tokens/{role}/rotate",
     params(("role" = String, Path, description = "server or agent")),
     responses((status = 200, description = "The new token", body = api::TokenAnswer)))]
@@ -842,21 +875,34 @@ async fn rotate_token(
 ) -> Answer<api::TokenAnswer> {
     let trust = trust_of(&ctx)?;
     let role = token_role(&role, &[pki::Role::Server, pki::Role::Agent])?;
-    let internal =
-        |e: crate::ServerError| Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let token = trust.new_token().map_err(internal)?;
+    // The generation must be the latest committed, not one a new leader has yet to apply:
+    // the next one is then above every token ever given. The first generation is the first
+    // token's even before a new cluster committed it, so a rotation is never that token.
+    ctx.raft
+        .ensure_linearizable()
+        .await
+        .map_err(|e| unavailable(format!("cannot confirm this server still leads: {e}")))?;
+    let generation = ctx
+        .state
+        .read(|s| s.token_generation(role.as_str()))
+        .unwrap_or(FIRST_GENERATION)
+        .max(FIRST_GENERATION)
+        .saturating_add(1);
+    let token = trust.join_token(role, generation).map_err(internal)?;
     ctx.propose(Command::SetToken {
         role: role.as_str().into(),
         digest: pki::secret_digest(&token.secret),
         replace: true,
+        generation: Some(generation),
         time: now(),
     })
     .await
     .map_err(unavailable)?;
-    trust.save_token(role, &token).map_err(internal)?;
+    // A rotation committed meanwhile may have taken this generation or a later one: either
+    // way the current token is new, and it is the answer.
     Ok(Json(api::TokenAnswer {
         role: role.to_string(),
-        token: token.to_string(),
+        token: current_token(&ctx, trust, role)?,
     }))
 }
 

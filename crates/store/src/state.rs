@@ -86,10 +86,17 @@ pub enum Command {
     /// A join token (or the admin credential) of `role` is now the one whose secret has this
     /// sha256 digest; the one before stops working. Without `replace` it is set only where the
     /// role has none yet: a founding server's first commit never undoes a rotation.
+    ///
+    /// `generation` says the secret is derived from the CA key at that generation (every
+    /// server can then make the token again); `None` for a random secret kept in one server's
+    /// data dir (entries written before secrets were derived). A generation at or below the
+    /// highest ever committed for the role is ignored whole: a rotated token never comes back.
     SetToken {
         role: String,
         digest: String,
         replace: bool,
+        #[serde(default)]
+        generation: Option<u64>,
         time: Timestamp,
     },
     /// A node certificate was issued: the servers know it by its fingerprint from now on.
@@ -108,9 +115,14 @@ pub enum Command {
 
 const TOKEN_PREFIX: &str = "token/";
 const CERT_PREFIX: &str = "cert/";
+const GENERATION_PREFIX: &str = "generation/";
 
 fn token_key(role: &str) -> String {
     format!("{TOKEN_PREFIX}{role}")
+}
+
+fn generation_key(role: &str) -> String {
+    format!("{GENERATION_PREFIX}{role}")
 }
 
 fn cert_key(fingerprint: &str) -> String {
@@ -200,9 +212,9 @@ pub struct State {
     /// that news for the services still waiting.
     #[serde(default)]
     pub forgotten_placement_index: u64,
-    /// The cluster's trust: the digest of each token's secret (`token/<role>`) and every node
-    /// certificate issued and not revoked (`cert/<fingerprint>` → `<role>/<node>`). Never a
-    /// secret itself.
+    /// The cluster's trust: the digest of each token's secret (`token/<role>`), the highest
+    /// generation of a derived join secret (`generation/<role>`) and every node certificate
+    /// issued and not revoked (`cert/<fingerprint>` → `<role>/<node>`). Never a secret itself.
     #[serde(default)]
     pub trust: TrackedMap<String, String>,
     /// The lowest Raft id no server was ever given: above every id any applied membership
@@ -366,11 +378,10 @@ impl State {
                 role,
                 digest,
                 replace,
+                generation,
                 ..
             } => {
-                if *replace || self.token_digest(role).is_none() {
-                    self.trust.insert(token_key(role), digest.clone());
-                }
+                self.set_token(role, digest, *replace, *generation);
                 Response::Ok
             }
             Command::AddCertificate {
@@ -390,6 +401,32 @@ impl State {
     /// The digest of the secret of the current token of `role` (`server`, `agent`, `admin`).
     pub fn token_digest(&self, role: &str) -> Option<&str> {
         self.trust.get(&token_key(role)).map(String::as_str)
+    }
+
+    /// The highest generation of a derived secret ever committed for `role`: the current
+    /// token's when its digest is that secret's, and in any case below every one to come.
+    pub fn token_generation(&self, role: &str) -> Option<u64> {
+        self.trust.get(&generation_key(role))?.parse().ok()
+    }
+
+    /// See [`Command::SetToken`].
+    fn set_token(&mut self, role: &str, digest: &str, replace: bool, generation: Option<u64>) {
+        if !replace && self.token_digest(role).is_some() {
+            return;
+        }
+        if let Some(generation) = generation {
+            if self
+                .token_generation(role)
+                .is_some_and(|kept| generation <= kept)
+            {
+                return;
+            }
+            self.trust
+                .insert(generation_key(role), generation.to_string());
+        }
+        // A random secret (`None`) keeps the generation: the next derived one must still be
+        // above every one given before.
+        self.trust.insert(token_key(role), digest.to_string());
     }
 
     /// The role and node of the issued certificate with this fingerprint; `None` when it was
@@ -1730,6 +1767,7 @@ mod tests {
             role: "agent".into(),
             digest: digest.into(),
             replace,
+            generation: None,
             time: T,
         };
         run(&mut s, vec![set("d1", false), set("d2", true)]);
@@ -1741,6 +1779,76 @@ mod tests {
             "a first commit never undoes a rotation"
         );
         assert_eq!(s.token_digest("server"), None);
+    }
+
+    #[test]
+    fn a_derived_token_moves_only_to_a_higher_generation() {
+        let mut s = State::default();
+        let set = |digest: &str, replace, generation| Command::SetToken {
+            role: "agent".into(),
+            digest: digest.into(),
+            replace,
+            generation,
+            time: T,
+        };
+        run(&mut s, vec![set("g1", false, Some(1))]);
+        assert_eq!(
+            (s.token_digest("agent"), s.token_generation("agent")),
+            (Some("g1"), Some(1))
+        );
+        assert_eq!(s.token_generation("server"), None);
+        // A rotation commits generation 2; a second rotation that read the state before it
+        // (same generation) or an older one changes nothing.
+        run(
+            &mut s,
+            vec![
+                set("g2", true, Some(2)),
+                set("g2-again", true, Some(2)),
+                set("g1", true, Some(1)),
+            ],
+        );
+        assert_eq!(
+            (s.token_digest("agent"), s.token_generation("agent")),
+            (Some("g2"), Some(2))
+        );
+        // A random secret (an older server's rotation) replaces the token but not the
+        // generation: the next derived one is still above every one given.
+        run(&mut s, vec![set("random", true, None)]);
+        assert_eq!(
+            (s.token_digest("agent"), s.token_generation("agent")),
+            (Some("random"), Some(2))
+        );
+        run(&mut s, vec![set("g2", true, Some(2))]);
+        assert_eq!(
+            s.token_digest("agent"),
+            Some("random"),
+            "a rotated token is back"
+        );
+        run(&mut s, vec![set("g3", true, Some(3))]);
+        assert_eq!(s.token_digest("agent"), Some("g3"));
+        // A founding server's first commit never undoes a rotation, generation or not.
+        run(&mut s, vec![set("g9", false, Some(9))]);
+        assert_eq!(
+            (s.token_digest("agent"), s.token_generation("agent")),
+            (Some("g3"), Some(3))
+        );
+    }
+
+    #[test]
+    fn a_set_token_entry_written_without_a_generation_still_decodes() {
+        let entry = r#"{"SetToken":{"role":"agent","digest":"d","replace":true,
+            "time":"1970-01-01T00:00:01Z"}}"#;
+        let command: Command = serde_json::from_str(entry).unwrap();
+        assert_eq!(
+            command,
+            Command::SetToken {
+                role: "agent".into(),
+                digest: "d".into(),
+                replace: true,
+                generation: None,
+                time: T,
+            }
+        );
     }
 
     /// A cluster with node `a` running task `web.1.1`.

@@ -121,6 +121,13 @@ impl ServerProc {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Stops the server as an operator or a service manager does: SIGTERM, then waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            super::stop_child(&mut child);
+        }
+    }
+
     pub fn sigkill(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
@@ -142,6 +149,12 @@ impl ServerProc {
 
     /// `outpost token show ROLE` (server, agent, admin) through this server's data dir.
     pub fn join_token(&self, role: &str) -> String {
+        self.try_join_token(role)
+            .unwrap_or_else(|err| panic!("token show {role}: {err}"))
+    }
+
+    /// [`ServerProc::join_token`], or what the CLI said when it failed (no leader yet, say).
+    pub fn try_join_token(&self, role: &str) -> Result<String, String> {
         let out = Command::new(outpost_bin())
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -152,12 +165,10 @@ impl ServerProc {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "token show {role}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// The CLI against this server only, with `token`.
