@@ -426,6 +426,7 @@ enum NodeAction {
 }
 
 fn main() -> std::process::ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     pki::install_default();
     raise_fd_limit();
@@ -445,6 +446,20 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// One malloc arena for the whole process instead of glibc's one per thread (up to eight per
+/// core): each arena keeps its own free memory, and a server's few threads each held several
+/// MB. With 100 agents, a server's peak RSS went from 43.6 to 38.4 MB. Small allocations still
+/// take each thread's own cache first, so the one lock is seldom contended.
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator; it runs first in `main`, before
+    // any other thread exists, and its answer (whether the value was taken) changes nothing.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
     }
 }
 
