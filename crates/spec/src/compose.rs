@@ -47,11 +47,11 @@ const SERVICE_IGNORED: &[&str] = &[
     "provider", "runtime", "secrets", "shm_size", "stdin_open", "storage_opt", "sysctls", "tmpfs",
     "tty", "ulimits", "use_api_socket", "userns_mode", "uts", "volumes_from",
 ];
-const DEPLOY_KEYS: &[&str] = &["replicas", "resources", "restart_policy", "mode"];
 #[rustfmt::skip]
-const DEPLOY_IGNORED: &[&str] = &[
-    "labels", "update_config", "rollback_config", "placement", "endpoint_mode",
+const DEPLOY_KEYS: &[&str] = &[
+    "replicas", "resources", "restart_policy", "mode", "update_config", "rollback_config",
 ];
+const DEPLOY_IGNORED: &[&str] = &["labels", "placement", "endpoint_mode"];
 const RESOURCES_KEYS: &[&str] = &["limits", "reservations"];
 const LIMIT_KEYS: &[&str] = &["cpus", "memory", "pids"];
 const RESERVATION_IGNORED: &[&str] = &["devices", "generic_resources"];
@@ -733,6 +733,16 @@ fn deploy(d: &mut Decoder, path: &Path, node: &Yaml, spec: &mut ServiceSpec) {
     }) {
         spec.restart = restart;
     }
+    // Swarm's keys and meanings are Outpost's own `update:` and `rollback:`.
+    let (update, rollback) = (spec.update, spec.rollback);
+    spec.update = (f.take(d, "update_config", |d, p, n| {
+        native::update(d, p, n, update)
+    }))
+    .unwrap_or(update);
+    spec.rollback = (f.take(d, "rollback_config", |d, p, n| {
+        native::update(d, p, n, rollback)
+    }))
+    .unwrap_or(rollback);
 }
 
 /// `cpus: "0.5"`, `memory: 50M` (Docker's binary units), `pids: 100` into `list`.

@@ -244,6 +244,24 @@ impl Decoder {
         }
     }
 
+    /// A share from 0 to 1 (`0.25`, `0`, `1`).
+    pub(crate) fn ratio(&mut self, path: &Path, node: &Yaml) -> Option<crate::Ratio> {
+        let value = match node {
+            Yaml::Int(n) => Some(*n as f64),
+            Yaml::Float(x) => Some(*x),
+            Yaml::Str(s) if self.scalars_from_text => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        let Some(value) = value else {
+            return self.wrong_type(path, "a number from 0 to 1", node);
+        };
+        let ratio = crate::Ratio::new(value);
+        if ratio.is_none() {
+            self.error(path, format!("{value} is not between 0 and 1"));
+        }
+        ratio
+    }
+
     /// A duration as Outpost writes them everywhere: `500ms`, `10s`, `1m 30s`.
     pub(crate) fn duration(&mut self, path: &Path, node: &Yaml) -> Option<Duration> {
         self.parsed(path, node, |text| {

@@ -24,6 +24,7 @@ mod error;
 mod interpolate;
 mod native;
 pub mod quantity;
+mod rollout;
 pub mod types;
 mod validate;
 mod words;
@@ -33,6 +34,7 @@ use std::collections::BTreeMap;
 
 pub use error::{Problem, SpecError};
 pub use quantity::{Cpu, Memory};
+pub use rollout::*;
 pub use types::*;
 pub use validate::{
     MAX_BACKOFF, MAX_CPU, MAX_MEMORY, MAX_NAME_LEN, MAX_NODE_LOST_WAIT, MAX_PIDS,

@@ -3,6 +3,7 @@
 
 use crate::decode::{Decoder, Fields, Path};
 use crate::error::{Problem, SpecError};
+use crate::rollout::{FailureAction, UpdateOrder, UpdateSpec};
 use crate::types::{
     DriverKind, KeepTasks, OnNodeLost, PortRef, PortSpec, ProbeAction, ProbeSpec, Protocol,
     PullPolicy, ReplaceAfter, ResourceList, Resources, RestartPolicy, RestartSpec, ServiceSpec,
@@ -16,11 +17,24 @@ const SERVICE_KEYS: &[&str] = &[
     "name", "replicas", "driver", "image", "command", "entrypoint", "env", "workdir", "user",
     "ports", "volumes", "restart", "liveness", "readiness", "resources", "stop_grace",
     "stop_signal", "pull", "read_only", "cap_add", "cap_drop", "security_opt", "privileged",
-    "on_node_lost",
+    "on_node_lost", "update", "rollback", "revision_history",
 ];
 const PORT_KEYS: &[&str] = &["name", "container_port", "host_port", "protocol", "host_ip"];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
 const ON_NODE_LOST_KEYS: &[&str] = &["replace_after", "unreachable_after"];
+#[rustfmt::skip]
+const UPDATE_KEYS: &[&str] = &[
+    "parallelism", "delay", "order", "monitor", "failure_action", "max_failure_ratio", "canary",
+];
+const ORDERS: &[(&str, UpdateOrder)] = &[
+    ("start-first", UpdateOrder::StartFirst),
+    ("stop-first", UpdateOrder::StopFirst),
+];
+const FAILURE_ACTIONS: &[(&str, FailureAction)] = &[
+    ("rollback", FailureAction::Rollback),
+    ("pause", FailureAction::Pause),
+    ("continue", FailureAction::Continue),
+];
 const RESTART_KEYS: &[&str] = &["policy", "initial_backoff", "max_backoff", "reset_after"];
 const PROBE_ACTIONS: &[&str] = &["http", "tcp", "exec"];
 #[rustfmt::skip]
@@ -115,6 +129,14 @@ fn service(d: &mut Decoder, root: &Path, doc: &Yaml) -> Option<ServiceSpec> {
         .take(d, "stop_grace", Decoder::duration)
         .unwrap_or(spec.stop_grace);
     spec.on_node_lost = f.take(d, "on_node_lost", on_node_lost).unwrap_or_default();
+    let defaults = UpdateSpec::default();
+    spec.update = (f.take(d, "update", |d, p, n| update(d, p, n, defaults))).unwrap_or(defaults);
+    let defaults = UpdateSpec::rollback_default();
+    spec.rollback =
+        (f.take(d, "rollback", |d, p, n| update(d, p, n, defaults))).unwrap_or(defaults);
+    spec.revision_history = f
+        .take(d, "revision_history", Decoder::number)
+        .unwrap_or(spec.revision_history);
     container_settings(d, &f, &mut spec);
     Some(spec)
 }
@@ -146,6 +168,31 @@ pub(crate) fn on_node_lost(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<
         }
     }
     Some(OnNodeLost::Replace(after))
+}
+
+/// `update:` or `rollback:`: each field left out keeps its value in `defaults`.
+pub(crate) fn update(
+    d: &mut Decoder,
+    path: &Path,
+    node: &Yaml,
+    defaults: UpdateSpec,
+) -> Option<UpdateSpec> {
+    let f = d.fields(path, node, UPDATE_KEYS)?;
+    let mut spec = defaults;
+    spec.parallelism = (f.take(d, "parallelism", Decoder::number)).unwrap_or(spec.parallelism);
+    spec.delay = f.take(d, "delay", Decoder::duration).unwrap_or(spec.delay);
+    spec.order = (f.take(d, "order", |d, p, n| d.choice(p, n, ORDERS))).unwrap_or(spec.order);
+    spec.monitor = f
+        .take(d, "monitor", Decoder::duration)
+        .unwrap_or(spec.monitor);
+    spec.failure_action = (f.take(d, "failure_action", |d, p, n| {
+        d.choice(p, n, FAILURE_ACTIONS)
+    }))
+    .unwrap_or(spec.failure_action);
+    spec.max_failure_ratio =
+        (f.take(d, "max_failure_ratio", Decoder::ratio)).unwrap_or(spec.max_failure_ratio);
+    spec.canary = f.take(d, "canary", Decoder::number).unwrap_or(spec.canary);
+    Some(spec)
 }
 
 /// The docker-only settings, stored in their normal form (`NET_ADMIN`, `SIGTERM`).

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::quantity::{Cpu, Memory};
+use crate::rollout::{DEFAULT_REVISION_HISTORY, UpdateSpec};
 
 /// One service: N replicas of the same task template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -76,6 +77,29 @@ pub struct ServiceSpec {
     /// before it existed decode to the default.
     #[serde(default, skip_serializing_if = "OnNodeLost::is_default")]
     pub on_node_lost: OnNodeLost,
+    /// How a new revision replaces the tasks of the one before.
+    #[serde(default, skip_serializing_if = "UpdateSpec::is_default")]
+    pub update: UpdateSpec,
+    /// How a failed update (or `outpost rollout undo`) brings a revision back.
+    #[serde(
+        default = "UpdateSpec::rollback_default",
+        skip_serializing_if = "UpdateSpec::is_rollback_default"
+    )]
+    pub rollback: UpdateSpec,
+    /// Revisions kept for `outpost rollout history` and `undo`.
+    #[serde(
+        default = "default_revision_history",
+        skip_serializing_if = "is_default_revision_history"
+    )]
+    pub revision_history: u32,
+}
+
+fn default_revision_history() -> u32 {
+    DEFAULT_REVISION_HISTORY
+}
+
+fn is_default_revision_history(n: &u32) -> bool {
+    *n == DEFAULT_REVISION_HISTORY
 }
 
 impl ServiceSpec {
@@ -106,6 +130,9 @@ impl ServiceSpec {
             security_opt: Vec::new(),
             privileged: false,
             on_node_lost: OnNodeLost::default(),
+            update: UpdateSpec::default(),
+            rollback: UpdateSpec::rollback_default(),
+            revision_history: DEFAULT_REVISION_HISTORY,
         }
     }
 

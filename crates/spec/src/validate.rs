@@ -73,6 +73,13 @@ pub const MAX_RESET_AFTER: Duration = Duration::from_secs(86_400);
 /// short for good.
 pub const MAX_NODE_LOST_WAIT: Duration = Duration::from_secs(30 * 86_400);
 
+/// 1 h: the longest `delay` or `monitor` of an update. Longer, and a rollout of a few
+/// replicas takes days: a unit typo, not a plan.
+pub const MAX_UPDATE_WAIT: Duration = Duration::from_secs(3600);
+
+/// 100: the most revisions kept per service; each is a copy of the spec in the state.
+pub const MAX_REVISION_HISTORY: u32 = 100;
+
 /// Variables the agent sets for every task, besides `PORT` and `OUTPOST_PORT_<NAME>`.
 pub const TASK_VARS: [&str; 4] = [
     "OUTPOST_TASK_ID",
@@ -173,6 +180,7 @@ pub(crate) fn check_service(
     rules.restart(&spec.restart);
     rules.stop_grace(spec);
     rules.on_node_lost(spec);
+    rules.updates(spec);
     for (field, probe) in [("liveness", &spec.liveness), ("readiness", &spec.readiness)] {
         if let Some(probe) = probe {
             rules.probe(spec, &root.key(field), probe);
@@ -458,6 +466,35 @@ impl Rules<'_> {
             ("unreachable_after", after.unreachable_after),
         ] {
             self.duration(&at.key(field), value, Duration::ZERO, MAX_NODE_LOST_WAIT);
+        }
+    }
+
+    fn updates(&mut self, spec: &ServiceSpec) {
+        for (field, update) in [("update", &spec.update), ("rollback", &spec.rollback)] {
+            let at = self.at(field);
+            if update.parallelism == 0 {
+                let message = "0 would replace no task: give 1 or more";
+                self.report(&at.key("parallelism"), message.to_string());
+            }
+            self.duration(
+                &at.key("delay"),
+                update.delay,
+                Duration::ZERO,
+                MAX_UPDATE_WAIT,
+            );
+            self.duration(
+                &at.key("monitor"),
+                update.monitor,
+                Duration::ZERO,
+                MAX_UPDATE_WAIT,
+            );
+        }
+        if !(1..=MAX_REVISION_HISTORY).contains(&spec.revision_history) {
+            let message = format!(
+                "{} is not between 1 and {MAX_REVISION_HISTORY}",
+                spec.revision_history
+            );
+            self.report(&self.at("revision_history"), message);
         }
     }
 

@@ -421,7 +421,7 @@ fn unknown_keys_suggest_the_closest_known_one() {
         "#,
         r#"
         web.readyness: unknown key; did you mean `readiness`?
-        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`
+        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`, `update`, `rollback`, `revision_history`
         web.liveness.perod: unknown key; did you mean `period`?
         "#,
     );
@@ -887,5 +887,57 @@ fn a_spec_stored_before_on_node_lost_decodes_to_the_default() {
     assert!(
         typo.to_string().contains("unknown field `replace_afte`"),
         "{typo}"
+    );
+}
+
+#[test]
+fn update_and_rollback_settings_default_like_swarm_and_read_every_field() {
+    let spec = &parse(
+        r#"
+        name: web
+        command: [app]
+        update: { parallelism: 2, delay: 1s, order: stop-first, monitor: 3s,
+                  failure_action: pause, max_failure_ratio: 0.25, canary: 1 }
+        revision_history: 3
+        "#,
+    )[0];
+    let u = spec.update;
+    assert_eq!(
+        (u.parallelism, u.delay, u.order),
+        (2, Duration::from_secs(1), UpdateOrder::StopFirst)
+    );
+    assert_eq!(
+        (u.monitor, u.failure_action),
+        (Duration::from_secs(3), FailureAction::Pause)
+    );
+    assert_eq!(
+        (u.max_failure_ratio, u.canary),
+        (crate::Ratio::new(0.25).unwrap(), 1)
+    );
+    assert_eq!(spec.rollback, UpdateSpec::rollback_default());
+    assert_eq!(spec.revision_history, 3);
+    let plain = &parse("name: web\ncommand: [app]\n")[0];
+    assert_eq!(plain.update.order, UpdateOrder::StartFirst);
+    assert_eq!(plain.update.failure_action, FailureAction::Rollback);
+    assert_eq!(plain.rollback.failure_action, FailureAction::Pause);
+}
+
+#[test]
+fn update_settings_out_of_range_are_refused_by_field() {
+    check_err(
+        r#"
+        name: web
+        command: [app]
+        update: { parallelism: 0, monitor: 2h, max_failure_ratio: 1.5 }
+        rollback: { order: sideways }
+        revision_history: 0
+        "#,
+        r#"
+        web.update.max_failure_ratio: 1.5 is not between 0 and 1
+        web.rollback.order: "sideways" is not one of `start-first`, `stop-first`
+        web.update.parallelism: 0 would replace no task: give 1 or more
+        web.update.monitor: 2h is longer than the maximum of 1h
+        web.revision_history: 0 is not between 1 and 100
+        "#,
     );
 }
