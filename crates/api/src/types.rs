@@ -79,6 +79,9 @@ pub struct Task {
     pub ports: BTreeMap<String, u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
+    /// Since when it has been ready without a break; `None` while it is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_since: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// Why the task is in its state: a start error, an exit reason, why it is pending.
@@ -90,6 +93,14 @@ pub struct Task {
     /// node is never `ready`, whatever it last reported. Filled in when read, never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_state: Option<NodeState>,
+}
+
+impl Task {
+    /// Whether the task has been ready, without a break, for `monitor` at `now`: what a
+    /// rollout counts as updated.
+    pub fn ready_for(&self, monitor: std::time::Duration, now: Timestamp) -> bool {
+        self.ready && (self.ready_since).is_some_and(|since| since.elapsed_at(now) >= monitor)
+    }
 }
 
 /// A task's observed state as an agent reports it.
@@ -262,6 +273,85 @@ pub struct Service {
     pub removing: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The highest version ever given: a rollback lowers `version`, and the next deploy goes
+    /// above this. 0 in a service stored before it was kept: `version` stands in.
+    #[serde(default)]
+    pub latest_version: u64,
+    /// The task templates of recent versions, oldest first, for `rollout history` and `undo`
+    /// and for the tasks still running them; at most the spec's `revision_history`, plus any
+    /// version a task still runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<Revision>,
+    /// The move from one version to another, once one began; kept once done, for `rollout
+    /// status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// One version of a service's task template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Revision {
+    pub version: u64,
+    pub spec: ServiceSpec,
+    /// The spec's fields that differ from the version before (as `deploy --dry-run` says).
+    #[serde(default)]
+    pub changed: Vec<String>,
+    pub created_at: Timestamp,
+}
+
+/// A rollout: tasks of `from` (and of any older version) are replaced by tasks of `to`, a few
+/// slots at a time, by `settings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Rollout {
+    pub from: u64,
+    pub to: u64,
+    pub state: RolloutState,
+    /// Set by `rollout pause` (or a failure with `failure_action: pause`): no new task starts.
+    #[serde(default)]
+    pub paused: bool,
+    /// Set by `rollout promote`: a canary goes on to every slot.
+    #[serde(default)]
+    pub promoted: bool,
+    /// The update (or rollback) settings in force.
+    pub settings: spec::UpdateSpec,
+    /// Tasks of `to` that failed within their monitor.
+    #[serde(default)]
+    pub failed: Vec<String>,
+    /// Why it stands where it does: the failure that paused or rolled it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub started_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Rollout {
+    /// Whether tasks are still being replaced.
+    pub fn active(&self) -> bool {
+        matches!(
+            self.state,
+            RolloutState::Updating | RolloutState::RollingBack
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    Updating,
+    RollingBack,
+    Completed,
+    RolledBack,
+}
+
+impl fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RolloutState::Updating => "updating",
+            RolloutState::RollingBack => "rolling back",
+            RolloutState::Completed => "completed",
+            RolloutState::RolledBack => "rolled back",
+        })
+    }
 }
 
 /// A service with counts, as `outpost services` shows it.

@@ -26,12 +26,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use api::{DesiredState, Node, NodeState, Placement, Service, Task};
+use api::{DesiredState, Node, NodeState, Placement, Service, Task, Timestamp};
 use spec::ServiceSpec;
 
 mod cluster;
 #[cfg(test)]
 mod oracle;
+mod rollout;
 
 use cluster::{Room, Rooms};
 
@@ -41,22 +42,26 @@ pub struct Plan {
     pub stop: Vec<String>,
     /// Service → why some of its replicas cannot be placed.
     pub pending: Vec<(String, String)>,
+    /// Services whose rollout is done: every slot holds an updated task of the new version.
+    pub completed: Vec<String>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.place.is_empty() && self.stop.is_empty()
+        self.place.is_empty() && self.stop.is_empty() && self.completed.is_empty()
     }
 }
 
 /// A full pass: O((tasks + nodes) · log nodes), plus one scan of the nodes for each service
 /// that has replicas left without room (to find that there is none, and say why).
+/// `now` is what rollouts measure their monitor and delay by (`rollout.rs`).
 pub fn plan(
     services: &BTreeMap<String, Service>,
     tasks: &BTreeMap<String, Task>,
     nodes: &BTreeMap<String, Node>,
+    now: Timestamp,
 ) -> Plan {
-    plan_in(services, tasks, nodes, None)
+    plan_in(services, tasks, nodes, None, now)
 }
 
 /// A pass over the services named in `only`, against the room the whole cluster has left: the
@@ -81,8 +86,9 @@ pub fn plan_services(
     tasks: &BTreeMap<String, Task>,
     nodes: &BTreeMap<String, Node>,
     only: &BTreeSet<String>,
+    now: Timestamp,
 ) -> Plan {
-    plan_in(services, tasks, nodes, Some(only))
+    plan_in(services, tasks, nodes, Some(only), now)
 }
 
 /// One service this pass plans, and what its kept tasks hold.
@@ -99,6 +105,17 @@ struct Planned<'a> {
     draining: Vec<(u32, &'a str)>,
     /// The room of each of its kept tasks, once per task.
     rooms: Vec<usize>,
+    /// While a rollout is under way: its placed tasks of the version rolled out, and its tasks
+    /// of other versions, each with its slot.
+    current: Vec<(u32, &'a Task)>,
+    old: Vec<(u32, &'a Task)>,
+}
+
+impl Planned<'_> {
+    /// Whether tasks of older versions are being replaced slot by slot.
+    fn rolling(&self) -> bool {
+        !self.service.removing && self.service.rollout.as_ref().is_some_and(|r| r.active())
+    }
 }
 
 /// Who a task belongs to, for this pass.
@@ -145,6 +162,7 @@ fn plan_in(
     tasks: &BTreeMap<String, Task>,
     nodes: &BTreeMap<String, Node>,
     only: Option<&BTreeSet<String>>,
+    now: Timestamp,
 ) -> Plan {
     let mut planned = planned_services(services, only);
     let mut owners = Owners {
@@ -171,6 +189,14 @@ fn plan_in(
             Owner::Gone => plan.stop.push(task.id.clone()),
             Owner::Planned(i) => {
                 let p = &mut planned[i];
+                if p.rolling() && task.version != p.service.version && keeps_slot(p.service, task) {
+                    // An older version's task runs until the rollout reaches its slot.
+                    if let Some(node) = node {
+                        p.rooms.extend(rooms.charge(node, Some(p.requests)));
+                    }
+                    p.old.push((task.slot, task));
+                    continue;
+                }
                 if !keeps(p.service, task) {
                     plan.stop.push(task.id.clone());
                     continue;
@@ -183,6 +209,9 @@ fn plan_in(
                     // Its replacement is placed elsewhere first; it stops once that is ready.
                     Some(n) if n.draining => p.draining.push((task.slot, &task.id)),
                     n => {
+                        if p.rolling() && n.is_some_and(|n| !n.state.is_lost()) {
+                            p.current.push((task.slot, task));
+                        }
                         p.filled.push(task.slot);
                         if task.ready && n.is_some_and(|n| !n.state.is_lost()) {
                             p.ready.push(task.slot);
@@ -192,9 +221,17 @@ fn plan_in(
             }
         }
     }
-    for p in &planned {
+    for p in &mut planned {
         let moved = (p.draining.iter()).filter(|(slot, _)| p.ready.contains(slot));
         plan.stop.extend(moved.map(|(_, id)| id.to_string()));
+        if let Some(r) = p.service.rollout.as_ref().filter(|_| p.rolling()) {
+            let step = rollout::step(r, p.service.spec.replicas, &p.current, &p.old, now);
+            plan.stop.extend(step.stop);
+            p.filled.extend(step.hold);
+            if step.done {
+                plan.completed.push(p.name.to_string());
+            }
+        }
     }
     let mut cluster = rooms.index();
     for p in planned.iter_mut().filter(|p| !p.service.removing) {
@@ -248,6 +285,8 @@ fn planned_services<'a>(
             ready: Vec::new(),
             draining: Vec::new(),
             rooms: Vec::new(),
+            current: Vec::new(),
+            old: Vec::new(),
         })
         .collect()
 }
@@ -255,7 +294,12 @@ fn planned_services<'a>(
 /// Whether a task that should run keeps running: its service is not going away, it is of the
 /// current version, and its slot is still wanted.
 fn keeps(service: &Service, task: &Task) -> bool {
-    !service.removing && service.version == task.version && task.slot <= service.spec.replicas
+    service.version == task.version && keeps_slot(service, task)
+}
+
+/// Whether the service still wants the task's slot.
+fn keeps_slot(service: &Service, task: &Task) -> bool {
+    !service.removing && task.slot <= service.spec.replicas
 }
 
 /// The slots `1..=replicas` that no kept task fills, in order (sorts `filled`).
@@ -321,6 +365,9 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
 mod tests {
     use super::*;
     use api::{Capacity, TaskState, Timestamp};
+
+    /// When the plans of these tests are made: no task here is in a rollout.
+    pub(crate) const NOW: Timestamp = Timestamp(0);
     use proptest::prelude::*;
 
     mod props;
@@ -359,6 +406,9 @@ mod tests {
             removing: false,
             created_at: Timestamp(0),
             updated_at: Timestamp(0),
+            latest_version: 1,
+            revisions: Vec::new(),
+            rollout: None,
         }
     }
 
@@ -378,6 +428,7 @@ mod tests {
             container_id: None,
             ports: BTreeMap::new(),
             started_at: None,
+            ready_since: Some(Timestamp(0)),
             exit_code: None,
             message: None,
             created_at: Timestamp(0),
@@ -397,7 +448,7 @@ mod tests {
             ("a", node("a", 4000, 1 << 30)),
             ("b", node("b", 4000, 1 << 30)),
         ]);
-        let plan = plan(&services, &BTreeMap::new(), &nodes);
+        let plan = plan(&services, &BTreeMap::new(), &nodes, NOW);
         let placed: Vec<(u32, &str)> = plan
             .place
             .iter()
@@ -417,7 +468,7 @@ mod tests {
         let mut a = node("a", 1000, 1 << 30);
         a.draining = true;
         let nodes = by_name(vec![("a", a), ("b", node("b", 1000, 1 << 30))]);
-        let first = plan(&services, &tasks, &nodes);
+        let first = plan(&services, &tasks, &nodes, NOW);
         let to_b = Placement {
             service: "web".into(),
             slot: 1,
@@ -429,22 +480,23 @@ mod tests {
         replacement.id = "web.1.2".into();
         replacement.ready = false;
         tasks.insert(replacement.id.clone(), replacement);
-        let waiting = plan(&services, &tasks, &nodes);
+        let waiting = plan(&services, &tasks, &nodes, NOW);
         assert!(waiting.is_empty(), "nothing until it is ready: {waiting:?}");
         tasks.get_mut("web.1.2").unwrap().ready = true;
-        let moved = plan(&services, &tasks, &nodes);
+        let moved = plan(&services, &tasks, &nodes, NOW);
         assert_eq!(moved.stop, vec!["web.1.1".to_string()]);
         assert!(moved.place.is_empty());
         // A replacement on a node that is lost does not count, however ready it said it was.
         let mut lost = nodes.clone();
         lost.get_mut("b").unwrap().state = NodeState::Down;
-        assert!(plan(&services, &tasks, &lost).stop.is_empty());
+        assert!(plan(&services, &tasks, &lost, NOW).stop.is_empty());
         // With nowhere else to go, the task stays and the replica says why it waits.
         let only_a = by_name(vec![("a", nodes["a"].clone())]);
         let stuck = plan(
             &services,
             &by_name(vec![("web.1.1", task("web", 1, "a", 1))]),
             &only_a,
+            NOW,
         );
         assert!(stuck.stop.is_empty() && stuck.place.is_empty());
         assert!(
@@ -462,7 +514,7 @@ mod tests {
             ("web.2.1", task("web", 2, "a", 1)),
         ]);
         let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
-        let plan = plan(&services, &tasks, &nodes);
+        let plan = plan(&services, &tasks, &nodes, NOW);
         assert_eq!(plan.stop, vec!["web.2.1".to_string()]);
         assert!(plan.place.is_empty());
     }
@@ -474,7 +526,7 @@ mod tests {
         let services = by_name(vec![("web", svc)]);
         let tasks = by_name(vec![("web.1.1", task("web", 1, "a", 1))]);
         let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
-        let plan = plan(&services, &tasks, &nodes);
+        let plan = plan(&services, &tasks, &nodes, NOW);
         assert_eq!(plan.stop, vec!["web.1.1".to_string()]);
         assert_eq!(
             plan.place,
@@ -490,7 +542,7 @@ mod tests {
     fn replicas_that_do_not_fit_wait_with_a_reason() {
         let services = by_name(vec![("big", service("big", 3, 600))]);
         let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
-        let plan = plan(&services, &BTreeMap::new(), &nodes);
+        let plan = plan(&services, &BTreeMap::new(), &nodes, NOW);
         assert_eq!(plan.place.len(), 1);
         assert_eq!(
             plan.pending,
@@ -504,7 +556,7 @@ mod tests {
     #[test]
     fn no_node_means_pending_not_placed() {
         let services = by_name(vec![("web", service("web", 2, 0))]);
-        let plan = plan(&services, &BTreeMap::new(), &BTreeMap::new());
+        let plan = plan(&services, &BTreeMap::new(), &BTreeMap::new(), NOW);
         assert!(plan.place.is_empty());
         assert_eq!(
             plan.pending[0].1,
@@ -520,7 +572,7 @@ mod tests {
         let mut down = node("down", 1000, 1 << 30);
         down.state = NodeState::Down;
         let nodes = by_name(vec![("a", node("a", 1000, 1 << 30)), ("down", down)]);
-        let plan = plan(&services, &BTreeMap::new(), &nodes);
+        let plan = plan(&services, &BTreeMap::new(), &nodes, NOW);
         assert!(plan.place.is_empty());
         assert!(
             plan.pending[0]
@@ -537,7 +589,7 @@ mod tests {
         let mut pressed = node("a", 1000, 1 << 30);
         pressed.memory_pressure = true;
         let nodes = by_name(vec![("a", pressed.clone())]);
-        let plan = plan(&services, &BTreeMap::new(), &nodes);
+        let plan = plan(&services, &BTreeMap::new(), &nodes, NOW);
         assert!(plan.place.is_empty());
         assert!(
             plan.pending[0]
@@ -546,7 +598,7 @@ mod tests {
         );
         let nodes = by_name(vec![("a", pressed), ("b", node("b", 1000, 1 << 30))]);
         assert_eq!(
-            super::plan(&services, &BTreeMap::new(), &nodes).place[0].node,
+            super::plan(&services, &BTreeMap::new(), &nodes, NOW).place[0].node,
             "b"
         );
     }
@@ -556,7 +608,7 @@ mod tests {
         let services = by_name(vec![("web", service("web", 2, 500))]);
         let mut a = node("a", 1000, 1 << 30);
         a.allocatable.cpu_millis = 900;
-        let plan = plan(&services, &BTreeMap::new(), &by_name(vec![("a", a)]));
+        let plan = plan(&services, &BTreeMap::new(), &by_name(vec![("a", a)]), NOW);
         assert_eq!(plan.place.len(), 1, "two 500m replicas do not fit in 900m");
     }
 
@@ -567,7 +619,7 @@ mod tests {
         let services = by_name(vec![("web", svc)]);
         let tasks = by_name(vec![("web.1.1", task("web", 1, "a", 1))]);
         let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
-        let plan = plan(&services, &tasks, &nodes);
+        let plan = plan(&services, &tasks, &nodes, NOW);
         assert_eq!(plan.stop, vec!["web.1.1".to_string()]);
         assert!(plan.place.is_empty());
     }
@@ -580,17 +632,19 @@ mod tests {
         let services = by_name(vec![("huge", huge), ("web", service("web", 10, 1000))]);
         let tasks = by_name(vec![("huge.1.1", task("huge", 1, "a", 1))]);
         let nodes = by_name(vec![("a", node("a", 1900, 1 << 30))]);
-        let plan = plan(&services, &tasks, &nodes);
+        let plan = plan(&services, &tasks, &nodes, NOW);
         assert!(plan.place.is_empty(), "{:?}", plan.place);
         let services = by_name(vec![("web", service("web", 10, 1000))]);
         let huge_alone = by_name(vec![("huge", service("huge", 1, u64::MAX))]);
         assert_eq!(
-            super::plan(&services, &BTreeMap::new(), &nodes).place.len(),
+            super::plan(&services, &BTreeMap::new(), &nodes, NOW)
+                .place
+                .len(),
             1,
             "one 1-CPU replica fits in 1.9 CPU"
         );
         assert!(
-            super::plan(&huge_alone, &BTreeMap::new(), &nodes)
+            super::plan(&huge_alone, &BTreeMap::new(), &nodes, NOW)
                 .place
                 .is_empty()
         );
@@ -631,7 +685,7 @@ mod tests {
                 .keys()
                 .map(|name| (format!("{name}.1.1"), task(name, 1, "n0", 1)))
                 .collect();
-            let plan = plan(&services, &running, &nodes);
+            let plan = plan(&services, &running, &nodes, NOW);
             let request = |name: &str| {
                 let r = &services[name].spec.resources.requests;
                 (

@@ -30,6 +30,9 @@ use crate::{Server, now};
 /// target); a tick is arithmetic over each node's window of 100 intervals, microseconds for an
 /// edge cluster's nodes.
 pub const NODE_CHECK: Duration = Duration::from_millis(100);
+/// 250 ms: how often a rollout is looked at while one is under way, so a task is counted
+/// updated within a quarter second of its monitor's end.
+const ROLLOUT_TICK: Duration = Duration::from_millis(250);
 /// Retry pace for plans that could not be committed.
 const RESYNC: Duration = Duration::from_secs(1);
 /// A full pass however quiet the indexes look: it guards against a change they miss (an apply
@@ -68,9 +71,12 @@ pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
         } else {
             None
         };
+        // A rollout moves on with time too (monitors and delays run out), not only with entries.
+        let rolling = ctx.state.read(|s| !rolling(s).is_empty());
+        let wait = if rolling { ROLLOUT_TICK } else { RESYNC };
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep(RESYNC) => {}
+            _ = tokio::time::sleep(wait) => {}
             // A dropped sender is a stop too; waiting on it again would spin.
             changed = stop.changed() => if changed.is_err() { return },
         }
@@ -78,11 +84,19 @@ pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
 }
 
 /// The scheduler's plan for one pass.
-fn plan(s: &State, pass: &Pass) -> scheduler::Plan {
+fn plan(s: &State, pass: &Pass, at: api::Timestamp) -> scheduler::Plan {
     match pass {
-        Pass::Full => scheduler::plan(&s.services, &s.tasks, &s.nodes),
-        Pass::Services(only) => scheduler::plan_services(&s.services, &s.tasks, &s.nodes, only),
+        Pass::Full => scheduler::plan(&s.services, &s.tasks, &s.nodes, at),
+        Pass::Services(only) => scheduler::plan_services(&s.services, &s.tasks, &s.nodes, only, at),
     }
+}
+
+/// The services with a rollout under way.
+fn rolling(s: &State) -> Vec<String> {
+    (s.services.iter())
+        .filter(|(_, svc)| svc.rollout.as_ref().is_some_and(|r| r.active()))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Plans what moved (or everything, when a full pass is due) and commits what the plan
@@ -93,7 +107,7 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
     let work = ctx.state.read(|s| {
         let locked = Instant::now();
         let pass = due(s, last, at)?;
-        let plan = plan(s, &pass);
+        let plan = plan(s, &pass, now());
         // The plan names every service still waiting (it planned all of those that were), so
         // it says the whole of what `pending` should become.
         let pending_changed = !plan.pending.iter().map(|(k, v)| (k, v)).eq(&s.pending);
@@ -125,6 +139,7 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
         stop: plan.stop,
         pending: plan.pending,
         time: now(),
+        completed: plan.completed,
     };
     match ctx.propose(command).await {
         Ok(_) => Some(planned),
@@ -157,6 +172,7 @@ fn due(s: &State, last: Option<Planned>, now: Instant) -> Option<Pass> {
     if !only.is_empty() || s.forgotten_placement_index > last.index {
         only.extend(s.pending.keys().cloned());
     }
+    only.extend(rolling(s));
     (!only.is_empty()).then_some(Pass::Services(only))
 }
 
@@ -290,6 +306,9 @@ impl Heartbeats {
 #[cfg(test)]
 mod tests {
     use api::{Capacity, RegisterRequest, StatusReport, TaskState, TaskStatus, Timestamp};
+
+    /// When the plans of these tests are made: no service here is in a rollout.
+    const NOW: Timestamp = Timestamp(0);
     use spec::ServiceSpec;
 
     use super::*;
@@ -391,6 +410,7 @@ mod tests {
             stop: plan.stop,
             pending: plan.pending,
             time: T,
+            completed: Vec::new(),
         };
         apply(s, [command]);
     }
@@ -418,7 +438,7 @@ mod tests {
                 deploy(spec("big", 1, 2000)),
             ],
         );
-        let plan = scheduler::plan(&s.services, &s.tasks, &s.nodes);
+        let plan = scheduler::plan(&s.services, &s.tasks, &s.nodes, NOW);
         commit(&mut s, plan);
         assert_eq!(placed_tasks(&s, "web").len(), 2);
         assert_eq!(s.pending.keys().collect::<Vec<_>>(), ["big"]);
@@ -499,6 +519,7 @@ mod tests {
                             .map(|(k, v)| (k.clone(), v.clone()))
                             .collect(),
                         time: T,
+                        completed: Vec::new(),
                     }]
                 },
                 only(&["big", "web"]),
@@ -653,8 +674,8 @@ mod tests {
             let Some(pass) = due(s, *last, at) else {
                 return incremental;
             };
-            let plan = plan(s, &pass);
-            let full = scheduler::plan(&s.services, &s.tasks, &s.nodes);
+            let plan = plan(s, &pass, NOW);
+            let full = scheduler::plan(&s.services, &s.tasks, &s.nodes, NOW);
             assert_eq!(plan, full, "after {after}, planning {pass:?}");
             *last = planned(s, at);
             let pending: Vec<(String, String)> = s
@@ -727,6 +748,6 @@ mod tests {
             "{incremental} passes of some services placed or stopped"
         );
         assert!(!s.services.contains_key("api"));
-        assert!(scheduler::plan(&s.services, &s.tasks, &s.nodes).is_empty());
+        assert!(scheduler::plan(&s.services, &s.tasks, &s.nodes, NOW).is_empty());
     }
 }

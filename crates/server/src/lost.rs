@@ -86,6 +86,9 @@ pub async fn watch<D, C, F>(
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    /// When the plans of these tests are made: no service here is in a rollout.
+    const NOW: api::Timestamp = api::Timestamp(0);
+
     use api::{Capacity, DesiredState, NodeState, RegisterRequest, TaskState, Timestamp};
     use spec::{KeepTasks, OnNodeLost, ServiceSpec};
 
@@ -140,7 +143,7 @@ mod tests {
 
     /// Plans with the real scheduler and commits the plan, as the service controller does.
     fn plan(s: &mut State, time: Timestamp) {
-        let plan = scheduler::plan(&s.services, &s.tasks, &s.nodes);
+        let plan = scheduler::plan(&s.services, &s.tasks, &s.nodes, NOW);
         apply(
             s,
             [Command::Reconcile {
@@ -148,6 +151,7 @@ mod tests {
                 stop: plan.stop,
                 pending: plan.pending,
                 time,
+                completed: Vec::new(),
             }],
         );
     }
@@ -210,7 +214,7 @@ mod tests {
         plan(&mut s, after(2_100));
         assert_eq!(on(&s, "a", "web"), 4, "every web replica now on a");
         assert_eq!((on(&s, "a", "db"), on(&s, "b", "db")), (1, 1), "db kept");
-        assert!(scheduler::plan(&s.services, &s.tasks, &s.nodes).is_empty());
+        assert!(scheduler::plan(&s.services, &s.tasks, &s.nodes, NOW).is_empty());
     }
 
     /// The loop on paused time, over a state it commits to directly.

@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 use spec::ServiceSpec;
 
 use crate::tables::StoredMap;
+
+mod rollout;
 use crate::tracked::TrackedMap;
+pub use rollout::RolloutAction;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -54,6 +57,9 @@ pub enum Command {
         stop: Vec<String>,
         pending: Vec<(String, String)>,
         time: Timestamp,
+        /// Services whose rollout the plan found done. Absent from older entries.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        completed: Vec<String>,
     },
     /// An agent's report of its tasks' observed state, with the events it saw. Entries written
     /// before reports were coalesced hold one of these each; they stay readable.
@@ -111,6 +117,12 @@ pub enum Command {
         node: String,
         time: Timestamp,
     },
+    /// `outpost rollout pause|resume|promote|undo SERVICE`. Added after `RemoveNode`.
+    Rollout {
+        service: String,
+        action: RolloutAction,
+        time: Timestamp,
+    },
 }
 
 const TOKEN_PREFIX: &str = "token/";
@@ -146,7 +158,8 @@ impl Command {
             | Command::SetDrain { time, .. }
             | Command::SetToken { time, .. }
             | Command::AddCertificate { time, .. }
-            | Command::RemoveNode { time, .. } => *time,
+            | Command::RemoveNode { time, .. }
+            | Command::Rollout { time, .. } => *time,
         }
     }
 }
@@ -177,6 +190,8 @@ pub enum Response {
     Ok,
     Deployed(Vec<Change>),
     NotFound(String),
+    /// Refused with nothing changed, and why.
+    Refused(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -352,7 +367,14 @@ impl State {
                 stop,
                 pending,
                 time,
-            } => self.reconcile(place, stop, pending, *time),
+                completed,
+            } => {
+                let answer = self.reconcile(place, stop, pending, *time);
+                for service in completed {
+                    self.complete_rollout(service, *time);
+                }
+                answer
+            }
             Command::Report { node, report, time } => {
                 self.report(node, report, *time);
                 self.forget_removed_services();
@@ -395,6 +417,11 @@ impl State {
                 Response::Ok
             }
             Command::RemoveNode { node, time } => self.remove_node(node, *time),
+            Command::Rollout {
+                service,
+                action,
+                time,
+            } => self.rollout_action(service, action, *time),
         }
     }
 
@@ -736,15 +763,15 @@ impl State {
         match self.services.get_mut(&name) {
             Some(svc) => {
                 let fields = changed_fields(&svc.spec, &spec);
-                // Only a change of the task template needs new tasks; a replica count does not.
-                let template_changed = fields.iter().any(|f| f != "replicas");
-                if template_changed {
-                    svc.version += 1;
-                }
-                svc.spec = spec;
+                let old = std::mem::replace(&mut svc.spec, spec);
                 svc.removing = false;
                 svc.updated_at = time;
-                let version = svc.version;
+                // Only a change of the task template needs new tasks; a replica count (or how
+                // to roll out) does not.
+                if rollout::template_changed(&fields) {
+                    self.new_revision(&name, old, &fields, time);
+                }
+                let version = self.services.get(&name).map_or(0, |s| s.version);
                 self.placement_moved(&name);
                 self.event(
                     time,
@@ -768,8 +795,16 @@ impl State {
                 self.services.insert(
                     name.clone(),
                     Service {
+                        revisions: vec![api::Revision {
+                            version: 1,
+                            spec: spec.clone(),
+                            changed: Vec::new(),
+                            created_at: time,
+                        }],
                         spec,
                         version: 1,
+                        latest_version: 1,
+                        rollout: None,
                         removing: false,
                         created_at: time,
                         updated_at: time,
@@ -855,6 +890,13 @@ impl State {
         fill
     }
 
+    /// Whether a task of another version than `version` runs in the slot.
+    fn held_by_older(&self, service: &str, slot: u32, version: u64) -> bool {
+        (self.lookup.of_slot(service, slot))
+            .filter_map(|id| self.tasks.get(id))
+            .any(|t| t.desired == DesiredState::Running && t.version != version)
+    }
+
     /// Whether another task of `task`'s slot sits on a draining node, waiting for it.
     fn drain_waits_on(&self, task: &Task) -> bool {
         (self.slot_tasks(&task.service, task.slot, task.version))
@@ -935,6 +977,7 @@ impl State {
             container_id: None,
             ports: BTreeMap::new(),
             started_at: None,
+            ready_since: None,
             exit_code: None,
             message: None,
             created_at: time,
@@ -1167,6 +1210,13 @@ impl State {
         if !moves_forward(task, status) {
             return;
         }
+        if self.rolled_out(task) {
+            let task = task.clone();
+            self.watch_rollout(&task, status, time);
+        }
+        let Some(task) = self.tasks.get(&status.id) else {
+            return;
+        };
         // A replacement's readiness is what a drain waits on: its slot's old task stops then.
         let became_ready = status.ready && !task.ready;
         let waited = (became_ready && self.drain_waits_on(task)).then(|| task.service.clone());
@@ -1177,6 +1227,11 @@ impl State {
             return;
         };
         task.state = status.state;
+        task.ready_since = match (status.ready, task.ready) {
+            (false, _) => None,
+            (true, false) => Some(time),
+            (true, true) => task.ready_since.or(Some(time)),
+        };
         task.ready = status.ready;
         task.restarts = status.restarts;
         task.pid = status.pid;
@@ -1240,7 +1295,12 @@ impl State {
             return;
         }
         let (replicas, version) = (svc.spec.replicas, svc.version);
+        let rolling = svc.rollout.as_ref().is_some_and(|r| r.active());
         for slot in 1..=replicas {
+            // A slot an older version still holds waits for its turn in the rollout.
+            if rolling && self.held_by_older(service, slot, version) {
+                continue;
+            }
             let id = match self.slot_fill(service, slot, version) {
                 SlotFill::Filled => continue,
                 SlotFill::Waiting(id) => id,
@@ -1392,14 +1452,15 @@ impl State {
             // Given up here: the node stops it, as it stops anything no longer listed.
             .filter(|t| t.state != TaskState::Lost)
             .filter_map(|t| {
-                let svc = self.services.get(&t.service)?;
+                // Each task runs the spec of its own version, whatever the service's now is.
+                let spec = self.spec_of(&t.service, t.version)?;
                 Some(api::Assignment {
                     task: t.id.clone(),
                     service: t.service.clone(),
                     slot: t.slot,
                     version: t.version,
                     desired: t.desired,
-                    spec: svc.spec.clone(),
+                    spec: spec.clone(),
                 })
             })
             .collect()
@@ -1518,6 +1579,7 @@ mod tests {
             stop: vec![],
             pending: vec![],
             time: T,
+            completed: Vec::new(),
         }
     }
 
@@ -2048,6 +2110,7 @@ mod tests {
                 stop: vec!["web.2.2".into()],
                 pending: vec![],
                 time: T,
+                completed: Vec::new(),
             },
         ];
         let (mut x, mut y) = (State::default(), State::default());
@@ -2081,6 +2144,7 @@ mod pending_tests {
             stop: vec![],
             pending: vec![("web".into(), reason.clone())],
             time: t,
+            completed: Vec::new(),
         };
         s.apply(2, &wait);
         s.apply(3, &wait);
@@ -2128,6 +2192,7 @@ mod pending_tests {
                 stop: vec![],
                 pending: vec![],
                 time: t,
+                completed: Vec::new(),
             },
         );
         assert_eq!(s.tasks["web.1.1"].node.as_deref(), Some("a"));
@@ -2251,6 +2316,7 @@ mod lost_tests {
             stop: vec![],
             pending: vec![],
             time,
+            completed: Vec::new(),
         }
     }
 
@@ -2584,6 +2650,7 @@ mod lost_tests {
                     stop: vec![on_b.clone()],
                     pending: vec![],
                     time: at(100),
+                    completed: Vec::new(),
                 },
             ],
         );
@@ -2656,6 +2723,7 @@ mod drain_tests {
             stop: vec![],
             pending: vec![],
             time: T,
+            completed: Vec::new(),
         }
     }
 
@@ -2665,6 +2733,7 @@ mod drain_tests {
             stop: vec![id.into()],
             pending: vec![],
             time: T,
+            completed: Vec::new(),
         }
     }
 

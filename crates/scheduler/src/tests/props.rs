@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use api::{DesiredState, Node, NodeState, Service, Task, TaskState};
 use proptest::prelude::*;
 
-use super::{node, service, task};
+use super::{NOW, node, service, task};
 use crate::{Plan, oracle, plan, plan_services};
 
 /// A service as drawn: replicas, CPU, memory, docker driver, version, removing.
@@ -250,7 +250,7 @@ proptest! {
     fn the_plan_equals_the_reference_algorithms((s, n, t) in cluster()) {
         let (services, nodes) = (services_from(&s), nodes_from(&n));
         let tasks = tasks_from(&t, s.len(), n.len());
-        prop_assert_eq!(plan(&services, &tasks, &nodes), oracle::plan(&services, &tasks, &nodes));
+        prop_assert_eq!(plan(&services, &tasks, &nodes, NOW), oracle::plan(&services, &tasks, &nodes));
     }
 
     /// What a plan places fits beside what stays on each node, and no slot gets two tasks.
@@ -258,7 +258,7 @@ proptest! {
     fn a_plan_never_overcommits_nor_fills_a_slot_twice((s, n, t) in cluster()) {
         let (services, nodes) = (services_from(&s), nodes_from(&n));
         let tasks = tasks_from(&t, s.len(), n.len());
-        let plan = plan(&services, &tasks, &nodes);
+        let plan = plan(&services, &tasks, &nodes, NOW);
         let mut after = tasks.clone();
         apply(&mut after, &services, &plan);
         let stays = |t: &&Task| t.desired == DesiredState::Running && t.node.is_some();
@@ -293,9 +293,9 @@ proptest! {
     fn an_applied_plan_is_a_fixed_point((s, n, t) in cluster()) {
         let (services, nodes) = (services_from(&s), nodes_from(&n));
         let mut tasks = tasks_from(&t, s.len(), n.len());
-        let first = plan(&services, &tasks, &nodes);
+        let first = plan(&services, &tasks, &nodes, NOW);
         apply(&mut tasks, &services, &first);
-        let second = plan(&services, &tasks, &nodes);
+        let second = plan(&services, &tasks, &nodes, NOW);
         prop_assert!(second.is_empty(), "{:?}", second);
         // The reasons may tell of less room left: later services took it.
         let waiting = |p: &Plan| p.pending.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>();
@@ -315,7 +315,7 @@ proptest! {
     ) {
         let (mut services, mut nodes) = (services_from(&s), nodes_from(&n));
         let mut tasks = tasks_from(&t, s.len(), n.len());
-        let mut last = plan(&services, &tasks, &nodes);
+        let mut last = plan(&services, &tasks, &nodes, NOW);
         for (round, changes) in rounds.iter().enumerate() {
             apply(&mut tasks, &services, &last);
             let mut only: BTreeSet<String> = last.pending.iter().map(|(s, _)| s.clone()).collect();
@@ -328,8 +328,8 @@ proptest! {
                     only.extend(there.map(|t| t.service.clone()));
                 }
             }
-            let full = plan(&services, &tasks, &nodes);
-            prop_assert_eq!(&plan_services(&services, &tasks, &nodes, &only), &full, "planned {:?}", only);
+            let full = plan(&services, &tasks, &nodes, NOW);
+            prop_assert_eq!(&plan_services(&services, &tasks, &nodes, &only, NOW), &full, "planned {:?}", only);
             last = full;
         }
     }
@@ -346,7 +346,7 @@ proptest! {
         let nodes = nodes_from(&draws.iter()
             .map(|&(state, pressure, drivers)| (1 << 40, 1 << 50, state, pressure, drivers))
             .collect::<Vec<_>>());
-        let plan = plan(&services, &BTreeMap::new(), &nodes);
+        let plan = plan(&services, &BTreeMap::new(), &nodes, NOW);
         for (name, svc) in services.iter().filter(|(name, _)| !plan.pending.iter().any(|(s, _)| s == *name)) {
             let driver = svc.spec.driver.to_string();
             let eligible = nodes.values().filter(|n| {
@@ -390,18 +390,18 @@ fn a_full_pass_over_100k_tasks_and_5k_nodes_finishes() {
         })
         .collect();
     let mut tasks = BTreeMap::new();
-    let (first, placing) = timed(|| plan(&services, &tasks, &nodes));
+    let (first, placing) = timed(|| plan(&services, &tasks, &nodes, NOW));
     assert_eq!(first.place.len(), 100_000);
     assert!(first.pending.is_empty(), "{:?}", first.pending.first());
     apply(&mut tasks, &services, &first);
-    let (second, steady) = timed(|| plan(&services, &tasks, &nodes));
+    let (second, steady) = timed(|| plan(&services, &tasks, &nodes, NOW));
     assert!(second.is_empty() && second.pending.is_empty());
     let changed = "svc0500";
     services.get_mut(changed).expect("a service").spec.replicas = 101;
     let only = BTreeSet::from([changed.to_string()]);
-    let (one, incremental) = timed(|| plan_services(&services, &tasks, &nodes, &only));
+    let (one, incremental) = timed(|| plan_services(&services, &tasks, &nodes, &only, NOW));
     assert_eq!(one.place.len(), 1, "{one:?}");
-    assert_eq!(one, plan(&services, &tasks, &nodes));
+    assert_eq!(one, plan(&services, &tasks, &nodes, NOW));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     eprintln!(
         "full pass, 100,000 tasks over 5,000 nodes: placing all {:.1} ms, all placed {:.1} ms; \

@@ -38,6 +38,7 @@ fn place(service: &str, slots: u32, node: &str) -> Command {
             })
             .collect(),
         stop: vec![],
+        completed: Vec::new(),
         pending: vec![(service.into(), "testing".into())],
         time: T,
     }

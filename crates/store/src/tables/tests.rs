@@ -191,6 +191,7 @@ fn reconcile() -> impl Strategy<Value = Command> {
         stop,
         pending,
         time,
+        completed: Vec::new(),
     })
 }
 
@@ -354,6 +355,7 @@ fn placed_task(service: &str, slot: u32, n: u64, node: usize) -> Task {
         container_id: None,
         ports: BTreeMap::new(),
         started_at: None,
+        ready_since: None,
         exit_code: None,
         message: None,
         created_at: at(0),
