@@ -409,6 +409,40 @@ pub struct DeployResponse {
     pub changes: Vec<Change>,
 }
 
+/// `POST /v1/services/{name}/rollout/undo`: the revision to go back to, or the one before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UndoRequest {
+    #[serde(default)]
+    pub to_revision: Option<u64>,
+}
+
+/// `GET /v1/services/{name}/rollout`: where a service's rollout stands, and its revisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RolloutStatus {
+    pub service: String,
+    /// The version the service's tasks are moving to (or run).
+    pub version: u64,
+    pub replicas: u32,
+    /// Slots whose task of `version` is updated: ready through its monitor.
+    pub updated: u32,
+    /// Tasks of other versions still wanted running.
+    pub old: u32,
+    /// Set by a canary that reached its count: `rollout promote` lets it go on.
+    pub held: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// Oldest first, without their specs.
+    pub revisions: Vec<RevisionSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RevisionSummary {
+    pub version: u64,
+    pub changed: Vec<String>,
+    pub created_at: Timestamp,
+    pub current: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScaleRequest {
     pub replicas: u32,

@@ -473,6 +473,39 @@ impl Client {
         self.get(&path).await
     }
 
+    /// Where a service's rollout stands, with its revisions.
+    pub async fn rollout(&self, service: &str) -> Result<api::RolloutStatus, ClientError> {
+        self.get(&format!(
+            "/v1/services/{}/rollout",
+            segment(service, SERVICE)?
+        ))
+        .await
+    }
+
+    /// `pause`, `resume` or `promote` the rollout of `service`.
+    pub async fn rollout_action(
+        &self,
+        service: &str,
+        action: &str,
+    ) -> Result<api::RolloutStatus, ClientError> {
+        let path = format!(
+            "/v1/services/{}/rollout/{action}",
+            segment(service, SERVICE)?
+        );
+        self.post(&path, &serde_json::json!({})).await
+    }
+
+    /// Back to revision `to`, or to the one before the current.
+    pub async fn rollout_undo(
+        &self,
+        service: &str,
+        to: Option<u64>,
+    ) -> Result<api::RolloutStatus, ClientError> {
+        let path = format!("/v1/services/{}/rollout/undo", segment(service, SERVICE)?);
+        self.post(&path, &api::UndoRequest { to_revision: to })
+            .await
+    }
+
     pub async fn scale(&self, service: &str, replicas: u32) -> Result<ServiceSummary, ClientError> {
         self.post(
             &format!("/v1/services/{}/scale", segment(service, SERVICE)?),

@@ -5,6 +5,7 @@
 mod commands;
 mod output;
 mod roles;
+mod rollouts;
 
 use std::path::PathBuf;
 
@@ -412,6 +413,44 @@ enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// Follow, pause or undo the rollout of a service's new revision.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Where the rollout stands. With -w, waits until it ends: the exit code is 0 once
+    /// completed (or undone as asked), 1 once rolled back after a failure, 2 while paused or
+    /// held as a canary.
+    Status {
+        service: String,
+        #[arg(short = 'w', long)]
+        wait: bool,
+    },
+    /// The revisions kept, with what each changed.
+    History {
+        service: String,
+    },
+    /// Go back to the revision before the current, or to `--to-revision N`.
+    Undo {
+        service: String,
+        #[arg(long)]
+        to_revision: Option<u64>,
+    },
+    /// Start no new task until `resume`.
+    Pause {
+        service: String,
+    },
+    Resume {
+        service: String,
+    },
+    /// Let a canary held at its count go on to every slot.
+    Promote {
+        service: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -442,10 +481,16 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<rollouts::Ended>() {
+            Some(ended) => {
+                eprintln!("{ended}");
+                std::process::ExitCode::from(ended.code)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -583,6 +628,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             NodeAction::Drain { node } => commands::drain(&conn, &node, true).await,
             NodeAction::Undrain { node } => commands::drain(&conn, &node, false).await,
             NodeAction::Rm { node } => commands::remove_node(&conn, &node).await,
+        },
+        Command::Rollout { action } => match action {
+            RolloutCommand::Status { service, wait } => {
+                rollouts::status(&conn, &service, wait).await
+            }
+            RolloutCommand::History { service } => rollouts::history(&conn, &service).await,
+            RolloutCommand::Undo {
+                service,
+                to_revision,
+            } => rollouts::undo(&conn, &service, to_revision).await,
+            RolloutCommand::Pause { service } => rollouts::act(&conn, &service, "pause").await,
+            RolloutCommand::Resume { service } => rollouts::act(&conn, &service, "resume").await,
+            RolloutCommand::Promote { service } => rollouts::act(&conn, &service, "promote").await,
         },
     }
 }

@@ -59,7 +59,7 @@ pub use db::StoreError;
 pub use events::{DEFAULT_MAX_AGE, DEFAULT_MAX_EVENTS, Retention, StoreOptions};
 pub use handle::StateHandle;
 pub use log_store::LogStore;
-pub use state::{Command, Loss, Response, State};
+pub use state::{Command, Loss, Response, RolloutAction, State};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use tracked::TrackedMap;
 

@@ -1085,6 +1085,11 @@ impl State {
         })
     }
 
+    /// The tasks of `service`.
+    pub fn tasks_of(&self, service: &str) -> impl Iterator<Item = &Task> {
+        (self.lookup.of_service(service)).filter_map(|(_, id)| self.tasks.get(id))
+    }
+
     /// The tasks placed on `node`.
     pub fn tasks_on(&self, node: &str) -> impl Iterator<Item = &Task> {
         (self.lookup.by_node.get(node).into_iter().flatten()).filter_map(|id| self.tasks.get(id))
