@@ -92,7 +92,11 @@ fn a_start_first_update_never_drops_below_the_wanted_ready_replicas() {
     let reasons: BTreeSet<String> = (dev.events().iter())
         .filter_map(|e| e["reason"].as_str().map(str::to_string))
         .collect();
-    for reason in ["rollout-started", "rollout-completed"] {
+    for reason in [
+        "rollout-started",
+        "rollout-task-updated",
+        "rollout-completed",
+    ] {
         assert!(reasons.contains(reason), "no {reason} event: {reasons:?}");
     }
 }
@@ -196,4 +200,39 @@ fn undo_goes_back_a_revision_after_a_restart_and_bad_requests_change_nothing() {
     let (tasks, _) = counts(&dev);
     assert_eq!(versions(&tasks), BTreeSet::from([1]), "{tasks:?}");
     assert_eq!(tasks.len(), 4);
+}
+
+#[test]
+fn a_deploy_during_a_rollout_supersedes_it() {
+    let dev = Dev::start(&[]);
+    dev.deploy("web.yaml", &web("one", ""));
+    dev.wait_ready("web", 4);
+    dev.deploy("web.yaml", &web("two", ""));
+    wait_within(ROLLOUT_PATIENCE, "a task of version 2 ready", || {
+        let (tasks, _) = counts(&dev);
+        tasks
+            .iter()
+            .any(|t| t["version"] == 2 && t["ready"] == true)
+            .then_some(())
+    });
+    dev.deploy("web.yaml", &web("three", ""));
+    let (fewest_ready, most_wanted) = watch_rollout(&dev, "every task at version 3", |t| {
+        t.len() == 4 && versions(t) == BTreeSet::from([3])
+    });
+    assert!(
+        fewest_ready >= 4,
+        "ready replicas dropped to {fewest_ready}"
+    );
+    assert!(
+        most_wanted <= 5,
+        "{most_wanted} tasks at once, over replicas + parallelism"
+    );
+    let status = rollout(&dev);
+    assert_eq!(
+        (
+            status["rollout"]["from"].as_u64(),
+            status["rollout"]["to"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
 }

@@ -4,7 +4,8 @@
 //! A slot is *updated* once its task of the new version has been ready for the settings'
 //! `monitor` (`Task::ready_for`); it is *in flight* while that task runs but is not updated yet.
 //! Each pass:
-//! - an old task whose slot is updated stops (start-first keeps it until then);
+//! - an old task whose slot is updated stops (start-first keeps it until then), and so does
+//!   the second old task of a slot (a deploy superseded a rollout mid-way);
 //! - at most `parallelism` slots are in flight: new slots are released while fewer are, in slot
 //!   order, unless the rollout is paused, a canary holds it at its count, or `delay` has not
 //!   passed since the last slot was updated;
@@ -50,7 +51,7 @@ pub(crate) fn step(
     let mut step = Step::default();
     let mut waiting = BTreeSet::new();
     for (slot, task) in old {
-        if updated.contains(slot) {
+        if updated.contains(slot) || !keeper(old, *slot).is_some_and(|k| k.id == task.id) {
             step.stop.push(task.id.clone());
         } else if !started.contains(slot) {
             waiting.insert(*slot);
@@ -76,6 +77,15 @@ pub(crate) fn step(
     let old_left = old.iter().any(|(_, t)| !stopping.contains(t.id.as_str()));
     step.done = !old_left && (1..=replicas).all(|slot| updated.contains(&slot));
     step
+}
+
+/// The one old task a slot keeps when a deploy superseded a rollout and the slot holds two
+/// (the superseded rollout's new task beside its old one): the ready one, the newer version
+/// of two ready ones. The other stops, so the slot never holds more than one old task.
+fn keeper<'a>(old: &[(u32, &'a Task)], slot: u32) -> Option<&'a Task> {
+    (old.iter().filter(|(s, _)| *s == slot))
+        .map(|(_, t)| *t)
+        .max_by_key(|t| (t.ready, t.version))
 }
 
 /// Whether `delay` has yet to pass since the last slot was updated.

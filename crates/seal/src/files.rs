@@ -72,14 +72,20 @@ pub fn write_new_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// Replaces `path`'s content with `data`; the file ends up with mode 0600.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    // Written beside it and renamed over it: a reader (a CLI reading `api` or `token`) sees
+    // the old content or the new, never an empty or half-written file.
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(FILE_MODE)
-        .open(path)?;
-    private_file(path)?;
-    file.write_all(data)
+        .open(&tmp)?;
+    private_file(&tmp)?;
+    file.write_all(data)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Why a secret file could not be used.
@@ -153,6 +159,19 @@ mod tests {
         write_private(&file, b"y").unwrap();
         assert_eq!(mode(&file), 0o600, "an existing file is tightened");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "y");
+        // Replaced whole: a reader holding the old file still reads all of the old content.
+        let mut held = std::fs::File::open(&file).unwrap();
+        write_private(&file, b"zz").unwrap();
+        let mut old = String::new();
+        std::io::Read::read_to_string(&mut held, &mut old).unwrap();
+        assert_eq!(
+            (
+                old.as_str(),
+                std::fs::read_to_string(&file).unwrap().as_str()
+            ),
+            ("y", "zz")
+        );
+        assert!(!dir.join("f.tmp").exists(), "nothing left beside it");
 
         let new = dir.join("new");
         write_new_private(&new, b"z").unwrap();

@@ -741,6 +741,7 @@ impl State {
             self.place(p, time);
         }
         for id in stop {
+            self.note_slot_updated(id, time);
             self.stop_task(id, time);
         }
         self.set_pending(pending, time);

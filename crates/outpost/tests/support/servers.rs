@@ -105,7 +105,8 @@ impl ServerProc {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("the server exited with {status}:\n{}", self.log());
             }
-            std::fs::read_to_string(self.data_dir().join("api")).ok()
+            (std::fs::read_to_string(self.data_dir().join("api")).ok())
+                .filter(|a| !a.trim().is_empty())
         });
         let api = api.trim();
         self.listen = api.trim_start_matches("https://").to_string();

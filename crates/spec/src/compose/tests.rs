@@ -764,3 +764,28 @@ fn on_node_lost_comes_from_outposts_extension_key() {
     let keep = only("services:\n  web:\n    image: web:1\n    x-outpost-on-node-lost: keep\n");
     assert_eq!(keep.on_node_lost.replace_after(true), None);
 }
+
+#[test]
+fn deploy_update_and_rollback_config_map_to_update_and_rollback() {
+    let api = only(
+        r#"
+        services:
+          api:
+            image: api:2
+            deploy:
+              update_config: { parallelism: 2, delay: 10s, order: stop-first, failure_action: pause, monitor: 30s, max_failure_ratio: 0.5 }
+              rollback_config: { parallelism: 3 }
+        "#,
+    );
+    assert_eq!(api.update.parallelism, 2);
+    assert_eq!(api.update.delay, Duration::from_secs(10));
+    assert_eq!(api.update.order, crate::UpdateOrder::StopFirst);
+    assert_eq!(api.update.failure_action, crate::FailureAction::Pause);
+    assert_eq!(api.update.monitor, Duration::from_secs(30));
+    assert_eq!(api.update.max_failure_ratio, crate::Ratio::new(0.5).unwrap());
+    let rollback = crate::UpdateSpec {
+        parallelism: 3,
+        ..crate::UpdateSpec::rollback_default()
+    };
+    assert_eq!(api.rollback, rollback);
+}

@@ -358,6 +358,42 @@ impl State {
         Response::Ok
     }
 
+    /// Task `id` is about to be stopped: when it is an older version's task whose slot a
+    /// ready task of the version rolled out now holds, that slot is updated, and an event says so.
+    pub(super) fn note_slot_updated(&mut self, id: &str, time: Timestamp) {
+        let Some(old) = self.tasks.get(id) else {
+            return;
+        };
+        let Some(rollout) = (self.services.get(&old.service)).and_then(|s| s.rollout.as_ref())
+        else {
+            return;
+        };
+        if !rollout.active() || old.version == rollout.to {
+            return;
+        }
+        let to = rollout.to;
+        let new = (self.lookup.of_slot(&old.service, old.slot))
+            .filter_map(|other| self.tasks.get(other))
+            .find(|t| t.version == to && t.ready);
+        let Some(new) = new else {
+            return;
+        };
+        let message = format!(
+            "slot {} updated to version {to}: task {} is ready, task {id} stops",
+            old.slot, new.id
+        );
+        let (service, task) = (old.service.clone(), new.id.clone());
+        self.event(
+            time,
+            Level::Info,
+            "rollout-task-updated",
+            Some(&service),
+            Some(&task),
+            None,
+            message,
+        );
+    }
+
     /// The scheduler found every slot of `service` held by an updated task of the version
     /// rolled out, and nothing older left running.
     pub(super) fn complete_rollout(&mut self, service: &str, time: Timestamp) {
