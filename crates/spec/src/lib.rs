@@ -23,6 +23,7 @@ mod dotenv;
 mod error;
 mod interpolate;
 mod native;
+mod objects;
 pub mod quantity;
 pub mod types;
 mod validate;
@@ -32,6 +33,7 @@ mod yaml;
 use std::collections::BTreeMap;
 
 pub use error::{Problem, SpecError};
+pub use objects::{MAX_OBJECT_NAME_LEN, MAX_OBJECT_SIZE, ObjectSource, check_object_name};
 pub use quantity::{Cpu, Memory};
 pub use types::*;
 pub use validate::{
@@ -46,6 +48,8 @@ pub use validate::{
 pub struct Parsed {
     pub services: Vec<ServiceSpec>,
     pub warnings: Vec<String>,
+    /// Compose's secrets and configs defined by a file, for the CLI to read and send along.
+    pub objects: Vec<ObjectSource>,
 }
 
 /// Parses a file in either format. A file whose first document has a top-level `services:`
@@ -65,6 +69,7 @@ pub fn parse_file(
     Ok(Parsed {
         services,
         warnings: Vec::new(),
+        objects: Vec::new(),
     })
 }
 

@@ -16,7 +16,7 @@ const SERVICE_KEYS: &[&str] = &[
     "name", "replicas", "driver", "image", "command", "entrypoint", "env", "workdir", "user",
     "ports", "volumes", "restart", "liveness", "readiness", "resources", "stop_grace",
     "stop_signal", "pull", "read_only", "cap_add", "cap_drop", "security_opt", "privileged",
-    "on_node_lost",
+    "on_node_lost", "secrets", "configs",
 ];
 const PORT_KEYS: &[&str] = &["name", "container_port", "host_port", "protocol", "host_ip"];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
@@ -115,6 +115,12 @@ fn service(d: &mut Decoder, root: &Path, doc: &Yaml) -> Option<ServiceSpec> {
         .take(d, "stop_grace", Decoder::duration)
         .unwrap_or(spec.stop_grace);
     spec.on_node_lost = f.take(d, "on_node_lost", on_node_lost).unwrap_or_default();
+    spec.secrets = f
+        .take(d, "secrets", crate::objects::file_refs)
+        .unwrap_or_default();
+    spec.configs = f
+        .take(d, "configs", crate::objects::file_refs)
+        .unwrap_or_default();
     container_settings(d, &f, &mut spec);
     Some(spec)
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::native::tests::dedent;
 use crate::quantity::Cpu;
+use crate::types::{FileRef, ObjectKind};
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -763,4 +764,80 @@ fn on_node_lost_comes_from_outposts_extension_key() {
     assert_eq!(plain.on_node_lost, crate::OnNodeLost::default());
     let keep = only("services:\n  web:\n    image: web:1\n    x-outpost-on-node-lost: keep\n");
     assert_eq!(keep.on_node_lost.replace_after(true), None);
+}
+
+#[test]
+fn secrets_and_configs_in_short_and_long_syntax_with_their_files() {
+    let parsed = parse(
+        "
+        services:
+          db:
+            image: postgres
+            environment:
+              POSTGRES_PASSWORD_FILE: /run/secrets/db-password
+            secrets:
+              - db-password
+              - source: api-key
+                target: key.txt
+                uid: '103'
+                gid: '104'
+                mode: 0440
+            configs: [nginx]
+        secrets:
+          db-password:
+            file: db/password.txt
+          api-key:
+            external: true
+        configs:
+          nginx:
+            file: ./nginx.conf
+        ",
+    );
+    let spec = &parsed.services[0];
+    assert_eq!(spec.secrets[0], FileRef::named("db-password"));
+    assert_eq!(
+        spec.secrets[1],
+        FileRef {
+            source: "api-key".into(),
+            target: Some("key.txt".into()),
+            uid: Some(103),
+            gid: Some(104),
+            mode: Some(0o440),
+        }
+    );
+    assert_eq!(spec.configs, vec![FileRef::named("nginx")]);
+    let files: Vec<(ObjectKind, &str, &str)> = parsed
+        .objects
+        .iter()
+        .map(|o| (o.kind, o.name.as_str(), o.file.as_str()))
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            (ObjectKind::Secret, "db-password", "db/password.txt"),
+            (ObjectKind::Config, "nginx", "./nginx.conf"),
+        ]
+    );
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+}
+
+#[test]
+fn a_secret_not_defined_at_the_top_level_is_refused() {
+    check_err(
+        "
+        services:
+          db:
+            image: postgres
+            secrets: [db-password, other]
+        secrets:
+          db-password:
+            file: pw.txt
+          broken: {}
+        ",
+        &[],
+        "
+        compose.yaml.secrets.broken: a secret needs `file: PATH` (read at deploy), or `external: true` for one made with `outpost secret create`
+        db.secrets[1]: secret \"other\" is not defined: add it to the top-level `secrets:` with `file:` (or `external: true` for one made with `outpost secret create`)
+        ",
+    );
 }
