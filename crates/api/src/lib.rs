@@ -5,8 +5,10 @@
 //! client reads is exactly what was committed.
 
 pub mod openapi;
+mod objects;
 mod time;
 mod types;
 
+pub use objects::*;
 pub use time::Timestamp;
 pub use types::*;

@@ -16,6 +16,8 @@ use api::{
 use serde::{Deserialize, Serialize};
 use spec::ServiceSpec;
 
+mod objects;
+
 use crate::tables::StoredMap;
 use crate::tracked::TrackedMap;
 
@@ -111,6 +113,18 @@ pub enum Command {
         node: String,
         time: Timestamp,
     },
+    /// Secrets (sealed) and configs to store. One that differs from the stored value makes a
+    /// new version of every service that uses it; the same value again changes nothing.
+    PutObjects {
+        objects: Vec<api::StoredObject>,
+        time: Timestamp,
+    },
+    /// `outpost secret rm` / `config rm`: refused while a service still uses it.
+    RemoveObject {
+        kind: spec::ObjectKind,
+        name: String,
+        time: Timestamp,
+    },
 }
 
 const TOKEN_PREFIX: &str = "token/";
@@ -146,7 +160,9 @@ impl Command {
             | Command::SetDrain { time, .. }
             | Command::SetToken { time, .. }
             | Command::AddCertificate { time, .. }
-            | Command::RemoveNode { time, .. } => *time,
+            | Command::RemoveNode { time, .. }
+            | Command::PutObjects { time, .. }
+            | Command::RemoveObject { time, .. } => *time,
         }
     }
 }
@@ -177,6 +193,8 @@ pub enum Response {
     Ok,
     Deployed(Vec<Change>),
     NotFound(String),
+    /// Not done, and why (a secret still in use names its services).
+    Refused(String),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -228,6 +246,10 @@ pub struct State {
     /// `State::reindex` rebuilds it when a state is loaded.
     #[serde(skip)]
     lookup: TaskIndex,
+    /// Secrets (sealed with the cluster key) and configs, by `secret/<name>` and
+    /// `config/<name>`.
+    #[serde(default)]
+    pub objects: TrackedMap<String, api::StoredObject>,
 }
 
 /// The state's single values, kept in the store's meta row and a snapshot's head beside the
@@ -395,6 +417,8 @@ impl State {
                 Response::Ok
             }
             Command::RemoveNode { node, time } => self.remove_node(node, *time),
+            Command::PutObjects { objects, time } => self.put_objects(objects, *time),
+            Command::RemoveObject { kind, name, time } => self.remove_object(*kind, name, *time),
         }
     }
 
@@ -503,6 +527,7 @@ impl State {
             ("report_seq", &mut self.report_seq),
             ("placement_index", &mut self.placement_index),
             ("trust", &mut self.trust),
+            ("objects", &mut self.objects),
         ]
     }
 
