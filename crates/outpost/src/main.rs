@@ -3,6 +3,7 @@
 //! `client`. It is the only crate that knows clap and anyhow.
 
 mod commands;
+mod objects;
 mod output;
 mod roles;
 
@@ -412,6 +413,32 @@ enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// Store, list or remove secrets: values tasks read as files, sealed at rest, never shown.
+    Secret {
+        #[command(subcommand)]
+        action: ObjectAction,
+    },
+    /// Store, list or remove configs: files for tasks, stored as they are.
+    Config {
+        #[command(subcommand)]
+        action: ObjectAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ObjectAction {
+    /// Store a value (a new value for an existing name is a new version of each service
+    /// that uses it).
+    Create {
+        name: String,
+        /// The file holding the value; `-` reads stdin. At most 500 KiB.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List names, sizes, digests and the services using each; never a value.
+    Ls,
+    /// Remove one; refused while a service uses it.
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -584,5 +611,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             NodeAction::Undrain { node } => commands::drain(&conn, &node, false).await,
             NodeAction::Rm { node } => commands::remove_node(&conn, &node).await,
         },
+        Command::Secret { action } => object_command(&conn, api::ObjectKind::Secret, action).await,
+        Command::Config { action } => object_command(&conn, api::ObjectKind::Config, action).await,
+    }
+}
+
+async fn object_command(
+    conn: &Connection,
+    kind: api::ObjectKind,
+    action: ObjectAction,
+) -> anyhow::Result<()> {
+    match action {
+        ObjectAction::Create { name, file } => objects::create(conn, kind, &name, &file).await,
+        ObjectAction::Ls => objects::list(conn, kind).await,
+        ObjectAction::Rm { name } => objects::remove(conn, kind, &name).await,
     }
 }
