@@ -71,7 +71,8 @@ impl Files {
                     .node_object(node, kind, &r.source)
                     .await
                     .map_err(|e| format!("cannot read {kind} {}: {e}", r.source))?;
-                self.write(&a.task, kind, r, &value.data)
+                let mode = r.mode.unwrap_or(default_mode(kind, a.spec.driver));
+                self.write(&a.task, kind, r, mode, &value.data)
                     .map_err(|e| format!("cannot write the file of {kind} {}: {e}", r.source))?;
             }
         }
@@ -79,14 +80,22 @@ impl Files {
     }
 
     /// Writes one file: aside, then renamed, so a task never reads half a value.
-    fn write(&self, task: &str, kind: ObjectKind, r: &FileRef, data: &[u8]) -> std::io::Result<()> {
+    fn write(
+        &self,
+        task: &str,
+        kind: ObjectKind,
+        r: &FileRef,
+        mode: u32,
+        data: &[u8],
+    ) -> std::io::Result<()> {
         use std::io::Write;
         let path = self.dir(task, kind).join(r.target());
         let parent = path.parent().unwrap_or(&self.root);
-        // 0711: a task running as another user may reach the files it owns, not list them.
+        // 0700 from the root down: on the host, the files are the agent's user's alone (a
+        // container sees its bind-mounted file with the file's own mode).
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o711)
+            .mode(0o700)
             .create(parent)?;
         if !is_tmpfs(parent) {
             return Err(std::io::Error::other(format!(
@@ -105,7 +114,6 @@ impl Files {
         if r.uid.is_some() || r.gid.is_some() {
             std::os::unix::fs::fchown(&file, r.uid, r.gid)?;
         }
-        let mode = r.mode.unwrap_or(kind.default_mode());
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         drop(file);
         std::fs::rename(&aside, &path)
@@ -119,6 +127,16 @@ impl Files {
         {
             tracing::warn!(task, "cannot remove {}: {e}", dir.display());
         }
+    }
+}
+
+/// A file's mode when its reference sets none: a process task runs as the agent's user, so a
+/// secret is 0400; a container's user is the image's, so it is 0444 there, as in Swarm (on
+/// the host it sits in the agent's 0700 directory). Configs are 0444.
+pub fn default_mode(kind: ObjectKind, driver: spec::DriverKind) -> u32 {
+    match (kind, driver) {
+        (ObjectKind::Secret, spec::DriverKind::Process) => 0o400,
+        _ => 0o444,
     }
 }
 
@@ -144,7 +162,11 @@ pub fn container_binds(dirs: &[(ObjectKind, PathBuf)], spec: &ServiceSpec) -> Ve
     for (kind, dir) in dirs {
         for r in spec.file_refs(*kind) {
             let host = dir.join(r.target());
-            binds.push(format!("{}:{}:ro", host.display(), container_path(*kind, r)));
+            binds.push(format!(
+                "{}:{}:ro",
+                host.display(),
+                container_path(*kind, r)
+            ));
         }
     }
     binds
@@ -160,10 +182,12 @@ mod tests {
             return; // no tmpfs on this host: nothing to write to
         };
         let mut r = FileRef::named("pw");
-        files.write("t1", ObjectKind::Secret, &r, b"hunter2").unwrap();
+        files
+            .write("t1", ObjectKind::Secret, &r, 0o400, b"hunter2")
+            .unwrap();
         r.target = Some("sub/key".into());
         r.mode = Some(0o440);
-        files.write("t1", ObjectKind::Secret, &r, b"k").unwrap();
+        files.write("t1", ObjectKind::Secret, &r, 0o440, b"k").unwrap();
         let dir = files.dir("t1", ObjectKind::Secret);
         assert_eq!(std::fs::read(dir.join("pw")).unwrap(), b"hunter2");
         let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -182,7 +206,10 @@ mod tests {
     #[test]
     fn containers_see_secrets_under_run_secrets_and_configs_at_the_root() {
         let mut r = FileRef::named("db-password");
-        assert_eq!(container_path(ObjectKind::Secret, &r), "/run/secrets/db-password");
+        assert_eq!(
+            container_path(ObjectKind::Secret, &r),
+            "/run/secrets/db-password"
+        );
         assert_eq!(container_path(ObjectKind::Config, &r), "/db-password");
         r.target = Some("/etc/app.conf".into());
         assert_eq!(container_path(ObjectKind::Config, &r), "/etc/app.conf");

@@ -4,8 +4,8 @@
 //! The same `Task`, `Node` and `Event` records are what the replicated store keeps, so what a
 //! client reads is exactly what was committed.
 
-pub mod openapi;
 mod objects;
+pub mod openapi;
 mod time;
 mod types;
 

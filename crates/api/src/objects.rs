@@ -26,7 +26,11 @@ pub struct StoredObject {
 
 impl std::fmt::Debug for StoredObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StoredObject({}/{}, {} bytes)", self.kind, self.name, self.size)
+        write!(
+            f,
+            "StoredObject({}/{}, {} bytes)",
+            self.kind, self.name, self.size
+        )
     }
 }
 
@@ -65,7 +69,13 @@ pub struct ObjectUpload {
 
 impl std::fmt::Debug for ObjectUpload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ObjectUpload({}/{}, {} bytes)", self.kind, self.name, self.data.len())
+        write!(
+            f,
+            "ObjectUpload({}/{}, {} bytes)",
+            self.kind,
+            self.name,
+            self.data.len()
+        )
     }
 }
 
@@ -82,7 +92,13 @@ pub struct ObjectValue {
 
 impl std::fmt::Debug for ObjectValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ObjectValue({}/{}, {} bytes)", self.kind, self.name, self.data.len())
+        write!(
+            f,
+            "ObjectValue({}/{}, {} bytes)",
+            self.kind,
+            self.name,
+            self.data.len()
+        )
     }
 }
 
@@ -98,7 +114,8 @@ pub mod hex_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
-        decode(&text).ok_or_else(|| serde::de::Error::custom("expected an even number of hex digits"))
+        decode(&text)
+            .ok_or_else(|| serde::de::Error::custom("expected an even number of hex digits"))
     }
 
     pub fn decode(text: &str) -> Option<Vec<u8>> {
@@ -124,9 +141,15 @@ mod tests {
             data: b"hunter2\x00\xff".to_vec(),
         };
         let json = serde_json::to_string(&up).unwrap();
-        assert_eq!(json, r#"{"kind":"secret","name":"pw","data":"68756e7465723200ff"}"#);
+        assert_eq!(
+            json,
+            r#"{"kind":"secret","name":"pw","data":"68756e7465723200ff"}"#
+        );
         assert_eq!(serde_json::from_str::<ObjectUpload>(&json).unwrap(), up);
         assert!(!format!("{up:?}").contains("hunter2"));
-        assert!(serde_json::from_str::<ObjectUpload>(r#"{"kind":"secret","name":"p","data":"abc"}"#).is_err());
+        assert!(
+            serde_json::from_str::<ObjectUpload>(r#"{"kind":"secret","name":"p","data":"abc"}"#)
+                .is_err()
+        );
     }
 }

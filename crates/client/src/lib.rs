@@ -597,7 +597,10 @@ impl Client {
     }
 
     /// Every secret or every config, without values.
-    pub async fn objects(&self, kind: api::ObjectKind) -> Result<Vec<api::ObjectInfo>, ClientError> {
+    pub async fn objects(
+        &self,
+        kind: api::ObjectKind,
+    ) -> Result<Vec<api::ObjectInfo>, ClientError> {
         self.get(&format!("/v1/{}", kind.field())).await
     }
 
@@ -727,7 +730,10 @@ fn push(name: &str, value: Option<&str>, query: &mut String) {
 type Named = (&'static str, &'static str);
 const SERVICE: Named = ("service", "see `outpost services`");
 const NODE: Named = ("node", "see `outpost nodes`");
-const OBJECT: Named = ("secret or config", "see `outpost secret ls` and `outpost config ls`");
+const OBJECT: Named = (
+    "secret or config",
+    "see `outpost secret ls` and `outpost config ls`",
+);
 const LOG_TARGET: Named = ("service or task", "see `outpost services` and `outpost ps`");
 const TOKEN_ROLE: Named = ("token role", "server, agent or admin");
 

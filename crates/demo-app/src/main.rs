@@ -184,7 +184,11 @@ fn require_file(path: &str) -> String {
     }
 }
 
-fn serve(mut stream: TcpStream, sick: &AtomicBool, required: &Option<String>) -> std::io::Result<()> {
+fn serve(
+    mut stream: TcpStream,
+    sick: &AtomicBool,
+    required: &Option<String>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();

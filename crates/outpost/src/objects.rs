@@ -45,9 +45,8 @@ pub fn read_sources(spec_file: &Path, sources: &[spec::ObjectSource]) -> Result<
         .iter()
         .map(|s| {
             let path: PathBuf = dir.join(&s.file);
-            let data = read_value(&path).with_context(|| {
-                format!("{}: {} {:?}", spec_file.display(), s.kind, s.name)
-            })?;
+            let data = read_value(&path)
+                .with_context(|| format!("{}: {} {:?}", spec_file.display(), s.kind, s.name))?;
             Ok(ObjectUpload {
                 kind: s.kind,
                 name: s.name.clone(),
@@ -59,10 +58,16 @@ pub fn read_sources(spec_file: &Path, sources: &[spec::ObjectSource]) -> Result<
 
 pub async fn create(conn: &Connection, kind: ObjectKind, name: &str, file: &Path) -> Result<()> {
     let data = read_value(file)?;
-    let info = connect(conn).await?.create_object(kind, name, &data).await?;
+    let info = connect(conn)
+        .await?
+        .create_object(kind, name, &data)
+        .await?;
     match conn.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&info)?),
-        Format::Table => println!("{kind} {} stored ({} bytes, digest {})", info.name, info.size, info.digest),
+        Format::Table => println!(
+            "{kind} {} stored ({} bytes, digest {})",
+            info.name, info.size, info.digest
+        ),
     }
     Ok(())
 }

@@ -119,6 +119,10 @@ mod tests {
         assert_eq!(b.open("config/x", &sealed).unwrap(), b"value");
         assert_eq!(a.digest(b"value"), b.digest(b"value"));
         assert_ne!(a.digest(b"value"), a.digest(b"other"));
-        assert_ne!(a.seal("config/x", b"value").unwrap(), sealed, "a fresh nonce each time");
+        assert_ne!(
+            a.seal("config/x", b"value").unwrap(),
+            sealed,
+            "a fresh nonce each time"
+        );
     }
 }

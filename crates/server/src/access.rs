@@ -253,8 +253,14 @@ mod tests {
             assert_eq!(need(&Method::POST, &path), Need::Node("a".into()));
         }
         assert_eq!(need(&Method::POST, "/v1/services"), Need::Admin);
-        assert_eq!(need(&Method::GET, "/v1/nodes/a/secrets/pw"), Need::Node("a".into()));
-        assert_eq!(need(&Method::GET, "/v1/nodes/a/configs/c"), Need::Node("a".into()));
+        assert_eq!(
+            need(&Method::GET, "/v1/nodes/a/secrets/pw"),
+            Need::Node("a".into())
+        );
+        assert_eq!(
+            need(&Method::GET, "/v1/nodes/a/configs/c"),
+            Need::Node("a".into())
+        );
         assert_eq!(need(&Method::DELETE, "/v1/nodes/a/secrets/pw"), Need::Admin);
         assert_eq!(need(&Method::GET, "/v1/secrets"), Need::Admin);
         assert_eq!(need(&Method::GET, "/v1/tokens/agent"), Need::Admin);

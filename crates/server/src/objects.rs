@@ -60,7 +60,10 @@ pub(crate) fn check_uploads(uploads: &[ObjectUpload]) -> Vec<Problem> {
             problems.push(problem(&path, too_large(up.kind, &up.name, up.data.len())));
         }
         if !seen.insert((up.kind, up.name.as_str())) {
-            problems.push(problem(&path, format!("{} {} is given twice", up.kind, up.name)));
+            problems.push(problem(
+                &path,
+                format!("{} {} is given twice", up.kind, up.name),
+            ));
         }
     }
     problems
@@ -177,7 +180,10 @@ fn list(ctx: &Server, kind: ObjectKind) -> Json<Vec<ObjectInfo>> {
     Json(ctx.state.read(|s| {
         let prefix = StoredObject::key(kind, "");
         s.objects
-            .range::<str, _>((std::ops::Bound::Included(prefix.as_str()), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(&prefix))
             .map(|(_, o)| info(s, o))
             .collect()
@@ -230,12 +236,20 @@ async fn remove(ctx: &Server, kind: ObjectKind, name: String) -> Answer<ObjectIn
 }
 
 /// A value, to the agent of `node` only, and only while a task placed there uses it.
-fn read_value(ctx: &Server, caller: &Caller, node: &str, kind: ObjectKind, name: &str) -> Answer<ObjectValue> {
+fn read_value(
+    ctx: &Server,
+    caller: &Caller,
+    node: &str,
+    kind: ObjectKind,
+    name: &str,
+) -> Answer<ObjectValue> {
     let plain = ctx.trust.is_none();
     if !plain && *caller != Caller::Agent(node.to_string()) {
         return Err(Fail::new(
             StatusCode::FORBIDDEN,
-            format!("only the agent of node {node}, with its certificate, reads the values its tasks use"),
+            format!(
+                "only the agent of node {node}, with its certificate, reads the values its tasks use"
+            ),
         ));
     }
     let stored = ctx.state.read(|s| {
@@ -288,7 +302,10 @@ pub(crate) async fn create_secret(
     params(("name" = String, Path, description = "Secret name")),
     responses((status = 200, description = "The secret removed", body = ObjectInfo),
         (status = 409, description = "A service still uses it", body = api::ApiError)))]
-pub(crate) async fn remove_secret(State(ctx): State<Server>, Path(name): Path<String>) -> Answer<ObjectInfo> {
+pub(crate) async fn remove_secret(
+    State(ctx): State<Server>,
+    Path(name): Path<String>,
+) -> Answer<ObjectInfo> {
     remove(&ctx, ObjectKind::Secret, name).await
 }
 
@@ -314,7 +331,10 @@ pub(crate) async fn create_config(
     params(("name" = String, Path, description = "Config name")),
     responses((status = 200, description = "The config removed", body = ObjectInfo),
         (status = 409, description = "A service still uses it", body = api::ApiError)))]
-pub(crate) async fn remove_config(State(ctx): State<Server>, Path(name): Path<String>) -> Answer<ObjectInfo> {
+pub(crate) async fn remove_config(
+    State(ctx): State<Server>,
+    Path(name): Path<String>,
+) -> Answer<ObjectInfo> {
     remove(&ctx, ObjectKind::Config, name).await
 }
 

@@ -1326,6 +1326,7 @@ mod tests {
                 })
                 .collect(),
             dry_run: false,
+            objects: Vec::new(),
         };
         let said = |problems: Vec<Problem>| -> Vec<String> {
             problems

@@ -23,9 +23,7 @@ use crate::types::{
 use crate::validate;
 use crate::yaml::Yaml;
 
-const TOP_IGNORED: &[&str] = &[
-    "name", "networks", "volumes", "include", "models",
-];
+const TOP_IGNORED: &[&str] = &["name", "networks", "volumes", "include", "models"];
 
 #[rustfmt::skip]
 const SERVICE_KEYS: &[&str] = &[
@@ -323,12 +321,8 @@ fn service(
     spec.stop_grace = f
         .take(d, "stop_grace_period", go_duration)
         .unwrap_or(spec.stop_grace);
-    spec.secrets = f
-        .take(d, "secrets", objects::file_refs)
-        .unwrap_or_default();
-    spec.configs = f
-        .take(d, "configs", objects::file_refs)
-        .unwrap_or_default();
+    spec.secrets = f.take(d, "secrets", objects::file_refs).unwrap_or_default();
+    spec.configs = f.take(d, "configs", objects::file_refs).unwrap_or_default();
     spec.replicas = f.take(d, "scale", Decoder::number).unwrap_or(spec.replicas);
     legacy_resources(
         d,

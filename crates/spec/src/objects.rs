@@ -202,13 +202,19 @@ fn check_target(driver: DriverKind, target: &str) -> Result<(), String> {
         ));
     }
     let parts: Vec<&str> = target.trim_start_matches('/').split('/').collect();
-    if target.is_empty() || parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+    if target.is_empty()
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
         return Err(format!(
             "{target:?} is not a file path: use names separated by '/', without '.' or '..'"
         ));
     }
     if target.contains('\0') || target.contains(':') && driver == DriverKind::Docker {
-        return Err(format!("{target:?} contains a character a mount cannot name"));
+        return Err(format!(
+            "{target:?} contains a character a mount cannot name"
+        ));
     }
     Ok(())
 }

@@ -139,7 +139,17 @@ impl ServiceSpec {
 
 /// A secret or config of the cluster: the two kinds of value a task reads as a file.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum ObjectKind {
@@ -164,15 +174,6 @@ impl ObjectKind {
             ObjectKind::Config => "configs",
         }
     }
-
-    /// The mode a task's file gets when the reference sets none: a secret is for its owner
-    /// alone; a config is no secret.
-    pub fn default_mode(self) -> u32 {
-        match self {
-            ObjectKind::Secret => 0o400,
-            ObjectKind::Config => 0o444,
-        }
-    }
 }
 
 impl std::fmt::Display for ObjectKind {
@@ -187,7 +188,8 @@ impl std::fmt::Display for ObjectKind {
 /// Where the file appears: for a process task, `$OUTPOST_SECRETS_DIR/<target>` (configs:
 /// `$OUTPOST_CONFIGS_DIR/<target>`); for a container, `/run/secrets/<target>` (configs:
 /// `/<target>`), or `target` itself when it is an absolute path. `target` defaults to the
-/// name; `mode` to 0400 for secrets and 0444 for configs; `uid` and `gid` to the agent's.
+/// name; `mode` to 0400 for a process task's secrets and 0444 otherwise (a container's user is
+/// the image's; Swarm's default); `uid` and `gid` to the agent's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(from = "FileRefForm")]
 pub struct FileRef {

@@ -172,7 +172,12 @@ impl DockerDriver {
             labels: Some(labels),
             exposed_ports: Some(exposed),
             stop_signal: spec.stop_signal.clone(),
-            host_config: Some(host_config(spec, bindings, security_opt, file_binds(launch))),
+            host_config: Some(host_config(
+                spec,
+                bindings,
+                security_opt,
+                file_binds(launch),
+            )),
             ..Default::default()
         }
     }

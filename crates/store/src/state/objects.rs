@@ -55,11 +55,24 @@ impl State {
             let version = svc.version;
             self.placement_moved(&service);
             let message = format!("service updated to version {version} ({kind} {name} changed)");
-            self.event(time, Level::Info, "updated", Some(&service), None, None, message);
+            self.event(
+                time,
+                Level::Info,
+                "updated",
+                Some(&service),
+                None,
+                None,
+                message,
+            );
         }
     }
 
-    pub(super) fn remove_object(&mut self, kind: ObjectKind, name: &str, time: Timestamp) -> Response {
+    pub(super) fn remove_object(
+        &mut self,
+        kind: ObjectKind,
+        name: &str,
+        time: Timestamp,
+    ) -> Response {
         let key = StoredObject::key(kind, name);
         if !self.objects.contains_key(&key) {
             return Response::NotFound(format!("{kind} {name}"));
@@ -75,7 +88,15 @@ impl State {
         }
         self.objects.remove(&key);
         let message = format!("{kind} {name} removed");
-        self.event(time, Level::Info, &format!("{kind}-removed"), None, None, None, message);
+        self.event(
+            time,
+            Level::Info,
+            &format!("{kind}-removed"),
+            None,
+            None,
+            None,
+            message,
+        );
         Response::Ok
     }
 
@@ -137,7 +158,10 @@ mod tests {
     fn web_using(secret: &str) -> Command {
         let mut spec = ServiceSpec::process("web", &["demo-app"]);
         spec.secrets = vec![FileRef::named(secret)];
-        Command::Deploy { services: vec![spec], time: T }
+        Command::Deploy {
+            services: vec![spec],
+            time: T,
+        }
     }
 
     #[test]
@@ -151,14 +175,29 @@ mod tests {
         let events = state.events.len();
         put(&mut state, "pw", "one");
         assert_eq!(state.services["web"].version, 1);
-        assert_eq!(state.events.len(), events, "the same value again changes nothing");
+        assert_eq!(
+            state.events.len(),
+            events,
+            "the same value again changes nothing"
+        );
         put(&mut state, "pw", "two");
         assert_eq!(state.services["web"].version, 2);
         put(&mut state, "other", "x");
         assert_eq!(state.services["web"].version, 2);
-        let messages: Vec<&str> = state.events.iter().map(|e| e.event.message.as_str()).collect();
-        assert!(messages.contains(&"service updated to version 2 (secret pw changed)"), "{messages:?}");
-        assert!(!messages.iter().any(|m| m.contains("one") || m.contains("two")));
+        let messages: Vec<&str> = state
+            .events
+            .iter()
+            .map(|e| e.event.message.as_str())
+            .collect();
+        assert!(
+            messages.contains(&"service updated to version 2 (secret pw changed)"),
+            "{messages:?}"
+        );
+        assert!(
+            !messages
+                .iter()
+                .any(|m| m.contains("one") || m.contains("two"))
+        );
     }
 
     #[test]
