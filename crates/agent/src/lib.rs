@@ -140,7 +140,7 @@ enum LoopEvent {
     Assigned(Assignments),
     Finished(String),
     /// A task's secret and config files are written: it may start.
-    Prepared(LocalTask, bool),
+    Prepared(Box<LocalTask>, bool),
     Rotate,
     PressureCheck,
     Shutdown,
@@ -292,7 +292,7 @@ impl Agent {
             let event = tokio::select! {
                 Some(a) = assigned.recv() => LoopEvent::Assigned(a),
                 Some(id) = finished.recv() => LoopEvent::Finished(id),
-                Some((task, adopt)) = prepared.recv() => LoopEvent::Prepared(task, adopt),
+                Some((task, adopt)) = prepared.recv() => LoopEvent::Prepared(Box::new(task), adopt),
                 _ = rotate.tick() => LoopEvent::Rotate,
                 _ = pressure.tick() => LoopEvent::PressureCheck,
                 _ = &mut shutdown => LoopEvent::Shutdown,
@@ -302,7 +302,7 @@ impl Agent {
                 LoopEvent::Finished(id) => self.finished(&id),
                 LoopEvent::Prepared(task, adopt) => {
                     if self.preparing.remove(&task.assignment.task).is_some() {
-                        self.supervise(task, adopt);
+                        self.supervise(*task, adopt);
                     }
                 }
                 LoopEvent::Rotate => self.rotate_logs(),
