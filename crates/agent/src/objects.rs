@@ -187,7 +187,9 @@ mod tests {
             .unwrap();
         r.target = Some("sub/key".into());
         r.mode = Some(0o440);
-        files.write("t1", ObjectKind::Secret, &r, 0o440, b"k").unwrap();
+        files
+            .write("t1", ObjectKind::Secret, &r, 0o440, b"k")
+            .unwrap();
         let dir = files.dir("t1", ObjectKind::Secret);
         assert_eq!(std::fs::read(dir.join("pw")).unwrap(), b"hunter2");
         let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -181,6 +181,14 @@ fn a_secret_reaches_its_process_task_as_a_file_and_nowhere_else() {
         &[dev.data_dir()],
     );
 
+    let outputs = every_output(&dev, &spec, "web");
+    let admin_read = outputs
+        .iter()
+        .find(|(what, _)| what.contains("/secrets/db-password"));
+    assert!(
+        admin_read.is_some_and(|(what, _)| what.ends_with("(403)")),
+        "only the node's agent reads a value: {admin_read:?}"
+    );
     let err = dev.fails(&["secret", "rm", "db-password"]);
     assert!(err.contains("used by service web"), "{err}");
     assert_eq!(dev.json(&["secret", "ls"]).as_array().unwrap().len(), 1);
