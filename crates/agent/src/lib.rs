@@ -24,6 +24,7 @@ pub mod eviction;
 pub mod http;
 pub mod local;
 pub mod logs;
+pub mod objects;
 pub mod ports;
 pub mod probe;
 pub mod procfs;
@@ -138,6 +139,8 @@ pub enum AgentError {
 enum LoopEvent {
     Assigned(Assignments),
     Finished(String),
+    /// A task's secret and config files are written: it may start.
+    Prepared(Box<LocalTask>, bool),
     Rotate,
     PressureCheck,
     Shutdown,
@@ -162,6 +165,10 @@ pub struct Agent {
     /// Whether available memory was below the eviction threshold at the last check.
     under_pressure: bool,
     reporter: report::Reporter,
+    /// Tasks whose secrets and configs are being fetched before they start.
+    preparing: HashMap<String, tokio::task::JoinHandle<()>>,
+    prepared_tx: mpsc::UnboundedSender<(LocalTask, bool)>,
+    prepared_rx: Option<mpsc::UnboundedReceiver<(LocalTask, bool)>>,
 }
 
 impl Agent {
@@ -216,6 +223,7 @@ impl Agent {
             updates: updates_tx,
             default_workdir: config.workdir.clone(),
             ports,
+            files: objects::Files::for_agent(&agent_id),
         };
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
         let mut agent = Agent::new(config, shared, client, finished_tx, reporter);
@@ -250,6 +258,7 @@ impl Agent {
         finished_tx: mpsc::UnboundedSender<String>,
         reporter: report::Reporter,
     ) -> Agent {
+        let (prepared_tx, prepared_rx) = mpsc::unbounded_channel();
         Agent {
             config,
             shared,
@@ -260,6 +269,9 @@ impl Agent {
             done: HashSet::new(),
             under_pressure: false,
             reporter,
+            preparing: HashMap::new(),
+            prepared_tx,
+            prepared_rx: Some(prepared_rx),
         }
     }
 
@@ -272,11 +284,15 @@ impl Agent {
     ) {
         let mut rotate = tokio::time::interval(ROTATE_EVERY);
         let mut pressure = tokio::time::interval(PRESSURE_CHECK);
+        let Some(mut prepared) = self.prepared_rx.take() else {
+            return;
+        };
         tokio::pin!(shutdown);
         loop {
             let event = tokio::select! {
                 Some(a) = assigned.recv() => LoopEvent::Assigned(a),
                 Some(id) = finished.recv() => LoopEvent::Finished(id),
+                Some((task, adopt)) = prepared.recv() => LoopEvent::Prepared(Box::new(task), adopt),
                 _ = rotate.tick() => LoopEvent::Rotate,
                 _ = pressure.tick() => LoopEvent::PressureCheck,
                 _ = &mut shutdown => LoopEvent::Shutdown,
@@ -284,6 +300,11 @@ impl Agent {
             match event {
                 LoopEvent::Assigned(a) => self.reconcile(a.assignments),
                 LoopEvent::Finished(id) => self.finished(&id),
+                LoopEvent::Prepared(task, adopt) => {
+                    if self.preparing.remove(&task.assignment.task).is_some() {
+                        self.supervise(*task, adopt);
+                    }
+                }
                 LoopEvent::Rotate => self.rotate_logs(),
                 LoopEvent::PressureCheck => self.check_pressure().await,
                 LoopEvent::Shutdown => return,
@@ -328,9 +349,66 @@ impl Agent {
                 task = task.assignment.task,
                 "restoring task from local state"
             );
-            self.supervise(task, true);
+            self.start(task, true);
         }
         Ok(())
+    }
+
+    /// Supervises the task, once its secret and config files are in place: fetched first
+    /// when they are not (a new task, or one restored after a reboot emptied the tmpfs).
+    fn start(&mut self, task: LocalTask, adopt: bool) {
+        let spec = &task.assignment.spec;
+        let wanted = task.assignment.desired == DesiredState::Running;
+        let id = task.assignment.task.clone();
+        match &self.shared.files {
+            _ if !wanted || !objects::uses_files(spec) => self.supervise(task, adopt),
+            Some(files) if files.complete(&id, spec) => self.supervise(task, adopt),
+            Some(files) => {
+                let fetch = prepare(
+                    files.clone(),
+                    self.client.clone(),
+                    self.config.name.clone(),
+                    task,
+                    adopt,
+                    self.prepared_tx.clone(),
+                );
+                self.preparing.insert(id, tokio::spawn(fetch));
+            }
+            None => tracing::error!(
+                task = id,
+                "not starting the task: it uses secrets or configs, and neither /run nor /dev/shm \
+                 is a tmpfs to keep them in; mount a tmpfs on /dev/shm"
+            ),
+        }
+    }
+
+    /// Stops fetching the files of tasks no longer wanted here, and forgets them.
+    fn cancel_preparing(&mut self, listed: &HashMap<&str, &Assignment>) {
+        let unwanted: Vec<String> = self
+            .preparing
+            .keys()
+            .filter(|id| {
+                !listed
+                    .get(id.as_str())
+                    .is_some_and(|a| a.desired == DesiredState::Running)
+            })
+            .cloned()
+            .collect();
+        for id in unwanted {
+            if let Some(fetch) = self.preparing.remove(&id) {
+                fetch.abort();
+            }
+            self.forget_files(&id);
+            if let Err(e) = self.shared.local.remove(&id) {
+                tracing::error!(task = id, "cannot forget task: {e}");
+            }
+        }
+    }
+
+    fn forget_files(&self, id: &str) {
+        if let Some(files) = &self.shared.files {
+            files.remove(id);
+        }
     }
 
     /// Removes this agent's containers that no remembered task owns (their service was removed
@@ -390,8 +468,10 @@ impl Agent {
         // Once the server stops listing a finished task it never lists it again (ids are not
         // reused), so only listed ones need remembering.
         self.done.retain(|id| listed.contains_key(id.as_str()));
+        self.cancel_preparing(&listed);
         for a in &assignments {
-            if self.running.contains_key(&a.task) || self.done.contains(&a.task) {
+            let known = self.running.contains_key(&a.task) || self.preparing.contains_key(&a.task);
+            if known || self.done.contains(&a.task) {
                 continue;
             }
             let task = LocalTask::new(a.clone());
@@ -408,7 +488,7 @@ impl Agent {
                     self.forget.insert(a.task.clone());
                 }
             }
-            self.supervise(task, false);
+            self.start(task, false);
         }
     }
 
@@ -420,6 +500,7 @@ impl Agent {
                 tracing::error!(task = id, "cannot forget task: {e}");
             }
             self.shared.logs.remove(id);
+            self.forget_files(id);
         }
     }
 
@@ -627,6 +708,31 @@ async fn beat(client: Client, register: RegisterRequest, every: Duration) {
             Some(()) = forgotten.recv() => register_until_done(&client, &register).await,
         }
     }
+}
+
+/// How long fetching a task's files waits between tries, at most.
+const PREPARE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Fetches a task's secret and config files, trying again while the server cannot be reached
+/// or does not yet know the task here, then hands the task back to the event loop.
+async fn prepare(
+    files: objects::Files,
+    client: Client,
+    node: String,
+    task: LocalTask,
+    adopt: bool,
+    done: mpsc::UnboundedSender<(LocalTask, bool)>,
+) {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match files.fetch(&client, &node, &task.assignment).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(task = task.assignment.task, "{e}; trying again"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(PREPARE_BACKOFF);
+    }
+    let _ = done.send((task, adopt));
 }
 
 async fn register_until_done(client: &Client, register: &RegisterRequest) {

@@ -51,6 +51,8 @@ pub struct Supervision {
     pub default_workdir: Option<PathBuf>,
     /// The agent's host ports, handed to tasks.
     pub ports: Arc<Ports>,
+    /// Where tasks' secret and config files are (a tmpfs); `None` where there is no tmpfs.
+    pub files: Option<crate::objects::Files>,
 }
 
 /// The supervisor's view of its task, reported after every change.
@@ -450,7 +452,10 @@ impl Supervisor {
 
     fn launch(&self) -> Launch {
         let spec = self.spec();
-        let vars = task_vars(spec, &self.task, &self.shared.node);
+        let mut vars = task_vars(spec, &self.task, &self.shared.node);
+        if let Some(files) = &self.shared.files {
+            file_vars(files, spec, self.id(), &mut vars);
+        }
         let mut env: BTreeMap<String, String> = spec
             .env
             .iter()
@@ -833,6 +838,25 @@ fn task_vars(spec: &ServiceSpec, task: &LocalTask, node: &str) -> BTreeMap<Strin
         );
     }
     vars
+}
+
+/// `OUTPOST_SECRETS_DIR` and `OUTPOST_CONFIGS_DIR`, for a spec that uses secrets or configs.
+fn file_vars(
+    files: &crate::objects::Files,
+    spec: &ServiceSpec,
+    task: &str,
+    vars: &mut BTreeMap<String, String>,
+) {
+    use crate::objects::{CONFIGS_VAR, SECRETS_VAR};
+    for (kind, var) in [
+        (api::ObjectKind::Secret, SECRETS_VAR),
+        (api::ObjectKind::Config, CONFIGS_VAR),
+    ] {
+        if !spec.file_refs(kind).is_empty() {
+            let dir = files.dir(task, kind).display().to_string();
+            vars.insert(var.to_string(), dir);
+        }
+    }
 }
 
 /// Replaces `${NAME}` with its value; unknown names are left as written.

@@ -374,6 +374,10 @@ pub struct DeployRequest {
     /// Validate and report the changes without applying them.
     #[serde(default)]
     pub dry_run: bool,
+    /// Secrets and configs to store with the deploy (a Compose file's `file:` definitions):
+    /// stored only when the whole deploy is accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<crate::ObjectUpload>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

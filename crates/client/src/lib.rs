@@ -612,6 +612,58 @@ impl Client {
         self.execute(req.timeout(REQUEST_TIMEOUT)).await.map(drop)
     }
 
+    /// Stores a secret or config (a new value for one that exists); the answer has no value.
+    pub async fn create_object(
+        &self,
+        kind: api::ObjectKind,
+        name: &str,
+        data: &[u8],
+    ) -> Result<api::ObjectInfo, ClientError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            name: &'a str,
+            #[serde(serialize_with = "api::hex_bytes::serialize")]
+            data: &'a [u8],
+        }
+        let path = format!("/v1/{}", kind.field());
+        self.post(&path, &Body { name, data }).await
+    }
+
+    /// Every secret or every config, without values.
+    pub async fn objects(
+        &self,
+        kind: api::ObjectKind,
+    ) -> Result<Vec<api::ObjectInfo>, ClientError> {
+        self.get(&format!("/v1/{}", kind.field())).await
+    }
+
+    /// Removes a secret or config; refused (409) while a service uses it.
+    pub async fn remove_object(
+        &self,
+        kind: api::ObjectKind,
+        name: &str,
+    ) -> Result<api::ObjectInfo, ClientError> {
+        let path = format!("/v1/{}/{}", kind.field(), segment(name, OBJECT)?);
+        self.send(self.request(Method::DELETE, &path), REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// The value of a secret or config a task on `node` uses: for that node's agent.
+    pub async fn node_object(
+        &self,
+        node: &str,
+        kind: api::ObjectKind,
+        name: &str,
+    ) -> Result<api::ObjectValue, ClientError> {
+        let path = format!(
+            "/v1/nodes/{}/{}/{}",
+            segment(node, NODE)?,
+            kind.field(),
+            segment(name, OBJECT)?
+        );
+        self.get(&path).await
+    }
+
     /// The current token of `role` (`server`, `agent`, `admin`).
     pub async fn token(&self, role: &str) -> Result<TokenAnswer, ClientError> {
         self.get(&format!("/v1/tokens/{}", segment(role, TOKEN_ROLE)?))
@@ -711,6 +763,10 @@ fn push(name: &str, value: Option<&str>, query: &mut String) {
 type Named = (&'static str, &'static str);
 const SERVICE: Named = ("service", "see `outpost services`");
 const NODE: Named = ("node", "see `outpost nodes`");
+const OBJECT: Named = (
+    "secret or config",
+    "see `outpost secret ls` and `outpost config ls`",
+);
 const LOG_TARGET: Named = ("service or task", "see `outpost services` and `outpost ps`");
 const TOKEN_ROLE: Named = ("token role", "server, agent or admin");
 

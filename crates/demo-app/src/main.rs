@@ -4,11 +4,15 @@
 //! - `GET /` — a greeting with the task id and pid (`GREETING`, `OUTPOST_TASK_ID` from the env);
 //! - `GET /healthz` — 200, or 503 once `/fail` was called (drives liveness tests);
 //! - `GET /fail` — make `/healthz` fail from now on;
-//! - `GET /crash` — exit at once with status 2 (drives restart tests).
+//! - `GET /crash` — exit at once with status 2 (drives restart tests);
+//! - `GET /file` — the contents of the `--require-file` file (drives secret tests).
 //!
 //! Flags: `--port N` (default: `$PORT`, else 8080), `--exit-after MS` and `--exit-code N` (exit
 //! on a timer, for restart-policy tests), `--delay-ready MS` (bind the port late, for readiness
-//! tests), `--alloc-mb N` (hold N MiB of touched memory, for memory-limit tests).
+//! tests), `--alloc-mb N` (hold N MiB of touched memory, for memory-limit tests),
+//! `--require-file PATH` or `--require-file-env VAR` (the path in `$VAR`, as a database reads
+//! `POSTGRES_PASSWORD_FILE`): refuse to start, exit 1, unless that file can be read and is not
+//! empty; its contents are never printed.
 //!
 //! `demo-app probe PORT [PATH]` is a health check client: exit 0 when `GET PATH` (default
 //! `/healthz`) on 127.0.0.1:PORT answers 2xx. A `FROM scratch` image has no shell or curl, so
@@ -29,6 +33,7 @@ struct Options {
     exit_code: i32,
     delay_ready: Duration,
     alloc_mb: usize,
+    require_file: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -41,6 +46,7 @@ fn parse_args() -> Result<Options, String> {
         exit_code: 0,
         delay_ready: Duration::ZERO,
         alloc_mb: 0,
+        require_file: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -62,9 +68,15 @@ fn parse_args() -> Result<Options, String> {
             }
             "--delay-ready" => opts.delay_ready = Duration::from_millis(number("milliseconds")?),
             "--alloc-mb" => opts.alloc_mb = number("a size in MiB")? as usize,
+            "--require-file" => opts.require_file = Some(value),
+            "--require-file-env" => {
+                let path = std::env::var(&value)
+                    .map_err(|_| format!("--require-file-env: ${value} is not set"))?;
+                opts.require_file = Some(path);
+            }
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready, --alloc-mb"
+                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready, --alloc-mb, --require-file, --require-file-env"
                 ));
             }
         }
@@ -125,6 +137,7 @@ fn main() {
             exit(code);
         });
     }
+    let required = opts.require_file.as_deref().map(require_file);
     let _held = hold_memory(opts.alloc_mb);
     std::thread::sleep(opts.delay_ready);
     let listener = match TcpListener::bind(("0.0.0.0", opts.port)) {
@@ -140,17 +153,42 @@ fn main() {
         std::process::id()
     );
     let sick = Arc::new(AtomicBool::new(false));
+    let required: Arc<Option<String>> = Arc::new(required);
     for stream in listener.incoming().flatten() {
         let sick = sick.clone();
+        let required = required.clone();
         std::thread::spawn(move || {
-            if let Err(e) = serve(stream, &sick) {
+            if let Err(e) = serve(stream, &sick, &required) {
                 eprintln!("demo-app: connection error: {e}");
             }
         });
     }
 }
 
-fn serve(mut stream: TcpStream, sick: &AtomicBool) -> std::io::Result<()> {
+/// The required file's contents; exits 1 naming the path (never the contents) when it cannot
+/// be read or is empty, as a database does without its password file.
+fn require_file(path: &str) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.is_empty() => {
+            println!("demo-app: read {path} ({} bytes)", text.len());
+            text
+        }
+        Ok(_) => {
+            eprintln!("demo-app: {path} is empty");
+            exit(1);
+        }
+        Err(e) => {
+            eprintln!("demo-app: cannot read {path}: {e}");
+            exit(1);
+        }
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    sick: &AtomicBool,
+    required: &Option<String>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -171,6 +209,10 @@ fn serve(mut stream: TcpStream, sick: &AtomicBool) -> std::io::Result<()> {
             println!("demo-app: /healthz will fail from now on");
             ("200 OK", "healthz will fail\n".to_string())
         }
+        "/file" => match required {
+            Some(text) => ("200 OK", text.clone()),
+            None => ("404 Not Found", "no --require-file\n".to_string()),
+        },
         "/crash" => {
             println!("demo-app: crashing as asked");
             exit(2);

@@ -235,6 +235,7 @@ impl Run {
         let request = DeployRequest {
             services: specs::services(self.options.services, self.options.replicas)?,
             dry_run: false,
+            objects: Vec::new(),
         };
         let start = Instant::now();
         let deadline = start + self.options.patience;

@@ -173,10 +173,18 @@ pub async fn remove_node(conn: &Connection, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// What spec files deploy: services, and the secrets and configs Compose files define with
+/// `file:` (their values read).
+pub struct Specs {
+    pub services: Vec<ServiceSpec>,
+    pub objects: Vec<api::ObjectUpload>,
+}
+
 /// Reads and parses spec files; every problem of every file is reported before giving up.
-pub fn read_specs(files: &[PathBuf]) -> Result<Vec<ServiceSpec>> {
+pub fn read_specs(files: &[PathBuf]) -> Result<Specs> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let mut specs = Vec::new();
+    let mut objects = Vec::new();
     let mut errors = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(file)
@@ -189,6 +197,10 @@ pub fn read_specs(files: &[PathBuf]) -> Result<Vec<ServiceSpec>> {
                     eprintln!("warning: {w}");
                 }
                 specs.extend(parsed.services);
+                match crate::objects::read_sources(file, &parsed.objects) {
+                    Ok(read) => objects.extend(read),
+                    Err(e) => errors.push(format!("{e:#}")),
+                }
             }
             Err(e) => errors.push(e.to_string()),
         }
@@ -196,7 +208,10 @@ pub fn read_specs(files: &[PathBuf]) -> Result<Vec<ServiceSpec>> {
     if !errors.is_empty() {
         bail!("invalid spec; nothing was deployed:\n{}", errors.join("\n"));
     }
-    Ok(specs)
+    Ok(Specs {
+        services: specs,
+        objects,
+    })
 }
 
 pub async fn deploy(conn: &Connection, files: &[PathBuf], dry_run: bool) -> Result<()> {
@@ -205,15 +220,15 @@ pub async fn deploy(conn: &Connection, files: &[PathBuf], dry_run: bool) -> Resu
     apply(&client, specs, dry_run, conn.output).await
 }
 
-pub async fn apply(
-    client: &Client,
-    specs: Vec<ServiceSpec>,
-    dry_run: bool,
-    format: Format,
-) -> Result<()> {
+pub async fn apply(client: &Client, specs: Specs, dry_run: bool, format: Format) -> Result<()> {
+    let Specs {
+        services: specs,
+        objects,
+    } = specs;
     let request = DeployRequest {
         services: specs.clone(),
         dry_run,
+        objects,
     };
     let response = client.deploy(&request).await?;
     if format == Format::Json {

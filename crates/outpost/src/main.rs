@@ -3,6 +3,7 @@
 //! `client`. It is the only crate that knows clap and anyhow.
 
 mod commands;
+mod objects;
 mod output;
 mod roles;
 mod rollouts;
@@ -418,6 +419,16 @@ enum Command {
         #[command(subcommand)]
         action: RolloutCommand,
     },
+    /// Store, list or remove secrets: values tasks read as files, sealed at rest, never shown.
+    Secret {
+        #[command(subcommand)]
+        action: ObjectAction,
+    },
+    /// Store, list or remove configs: files for tasks, stored as they are.
+    Config {
+        #[command(subcommand)]
+        action: ObjectAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -451,6 +462,22 @@ enum RolloutCommand {
     Promote {
         service: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ObjectAction {
+    /// Store a value (a new value for an existing name is a new version of each service
+    /// that uses it).
+    Create {
+        name: String,
+        /// The file holding the value; `-` reads stdin. At most 500 KiB.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List names, sizes, digests and the services using each; never a value.
+    Ls,
+    /// Remove one; refused while a service uses it.
+    Rm { name: String },
 }
 
 #[derive(Subcommand)]
@@ -642,5 +669,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             RolloutCommand::Resume { service } => rollouts::act(&conn, &service, "resume").await,
             RolloutCommand::Promote { service } => rollouts::act(&conn, &service, "promote").await,
         },
+        Command::Secret { action } => object_command(&conn, api::ObjectKind::Secret, action).await,
+        Command::Config { action } => object_command(&conn, api::ObjectKind::Config, action).await,
+    }
+}
+
+async fn object_command(
+    conn: &Connection,
+    kind: api::ObjectKind,
+    action: ObjectAction,
+) -> anyhow::Result<()> {
+    match action {
+        ObjectAction::Create { name, file } => objects::create(conn, kind, &name, &file).await,
+        ObjectAction::Ls => objects::list(conn, kind).await,
+        ObjectAction::Rm { name } => objects::remove(conn, kind, &name).await,
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use api::{DesiredState, TaskState};
 use client::Client;
-use spec::ServiceSpec;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -229,10 +228,10 @@ async fn dev_agent_credentials(
 
 /// What `dev` does while it runs: deploys the given specs and shows where their replicas answer,
 /// then waits for the first signal. A signal during start-up ends it at once.
-async fn dev_session(client: &Client, specs: Vec<ServiceSpec>, signals: &Signals) -> Result<()> {
+async fn dev_session(client: &Client, specs: commands::Specs, signals: &Signals) -> Result<()> {
     let start_up = async {
-        if !specs.is_empty() {
-            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        if !specs.services.is_empty() {
+            let names: Vec<String> = specs.services.iter().map(|s| s.name.clone()).collect();
             commands::apply(client, specs, false, crate::Format::Table).await?;
             show_endpoints(client, &names).await;
         }

@@ -133,6 +133,11 @@ impl Ca {
         })
     }
 
+    /// The cluster key that seals secrets, derived from this CA's key.
+    pub fn vault(&self) -> crate::Vault {
+        crate::Vault::from_key_material(&self.key.serialize_der())
+    }
+
     /// A certificate for node `name` in `role`, valid for the addresses `ips`.
     pub fn issue(&self, role: NodeRole, name: &str, ips: &[IpAddr]) -> Result<Identity, PkiError> {
         let key = KeyPair::generate().map_err(rcgen_err)?;

@@ -1,5 +1,6 @@
 //! The cluster's trust: its CA and the node certificates it signs ([`ca`]), join tokens and
-//! secret digests ([`token`]), and the rustls configurations built on them ([`tls`]).
+//! secret digests ([`token`]), the rustls configurations built on them ([`tls`]), and the
+//! cluster key that seals secrets at rest ([`vault`]).
 //!
 //! No network, files or clock (the one I/O is the kernel's randomness for new keys): callers
 //! bring the bytes and keep them. Join secrets are derived from the CA key; secrets are
@@ -8,10 +9,12 @@
 pub mod ca;
 pub mod tls;
 pub mod token;
+pub mod vault;
 
 pub use ca::{Ca, Identity, NodeRole, ca_digest};
 pub use tls::{ClientAuth, install_default};
 pub use token::{JoinToken, Role, TokenError, derived_secret, secret_digest, secret_matches};
+pub use vault::Vault;
 
 /// Files of the cluster's trust in a data dir, each 0600.
 pub mod files {
@@ -32,6 +35,8 @@ pub enum PkiError {
     Pem(String),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Seal(String),
 }
 
 #[cfg(test)]

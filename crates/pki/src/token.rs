@@ -116,7 +116,7 @@ pub fn derived_secret(key: &[u8], role: Role, generation: u64) -> String {
     hex(&tag.as_ref()[..SECRET_BYTES])
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -51,7 +51,7 @@ pub(crate) fn step(
     let mut step = Step::default();
     let mut waiting = BTreeSet::new();
     for (slot, task) in old {
-        if updated.contains(slot) || !keeper(old, *slot).is_some_and(|k| k.id == task.id) {
+        if updated.contains(slot) || keeper(old, *slot).is_none_or(|k| k.id != task.id) {
             step.stop.push(task.id.clone());
         } else if !started.contains(slot) {
             waiting.insert(*slot);

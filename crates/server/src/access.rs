@@ -4,7 +4,8 @@
 //! calls:
 //!
 //! - the admin may do everything; so may a server (it forwards what it was asked);
-//! - an agent may register, heartbeat, report and read assignments for its own node only,
+//! - an agent may register, heartbeat, report, read assignments and the secrets and configs
+//!   its tasks use (checked again by the handler) for its own node only,
 //!   and read the group's servers (`GET /v1/cluster`), to carry on through another;
 //! - only servers may call the Raft RPCs;
 //! - joining (`POST /v1/join`) needs no caller: its secret is in the body.
@@ -91,6 +92,10 @@ fn need(method: &Method, path: &str) -> Need {
             name,
             "heartbeat" | "status" | "assignments",
         ] => Need::Node((*name).to_string()),
+        // A value's read is checked again by its handler: a task on the node must use it.
+        ["", "v1", "nodes", name, "secrets" | "configs", _] if method == Method::GET => {
+            Need::Node((*name).to_string())
+        }
         _ => Need::Admin,
     }
 }
@@ -248,6 +253,16 @@ mod tests {
             assert_eq!(need(&Method::POST, &path), Need::Node("a".into()));
         }
         assert_eq!(need(&Method::POST, "/v1/services"), Need::Admin);
+        assert_eq!(
+            need(&Method::GET, "/v1/nodes/a/secrets/pw"),
+            Need::Node("a".into())
+        );
+        assert_eq!(
+            need(&Method::GET, "/v1/nodes/a/configs/c"),
+            Need::Node("a".into())
+        );
+        assert_eq!(need(&Method::DELETE, "/v1/nodes/a/secrets/pw"), Need::Admin);
+        assert_eq!(need(&Method::GET, "/v1/secrets"), Need::Admin);
         assert_eq!(need(&Method::GET, "/v1/tokens/agent"), Need::Admin);
     }
 

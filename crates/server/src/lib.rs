@@ -34,6 +34,7 @@ pub mod detector;
 pub mod logs;
 pub mod lost;
 pub mod network;
+pub mod objects;
 pub mod rollouts;
 pub mod routes;
 pub mod trust;

@@ -35,7 +35,7 @@ use utoipa_axum::routes;
 use crate::access::Caller;
 use crate::answer::{Answer, Fail, Json, no_node, no_service, unavailable};
 use crate::trust::FIRST_GENERATION;
-use crate::{ApiLimits, Server, blocking, cluster, now};
+use crate::{ApiLimits, Server, blocking, cluster, now, objects};
 
 pub fn router(ctx: Server) -> Router {
     let limits = ctx.limits.clone();
@@ -89,6 +89,12 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(show_token))
         .routes(routes!(rotate_token))
         .routes(routes!(report))
+        .routes(routes!(objects::list_secrets, objects::create_secret))
+        .routes(routes!(objects::remove_secret))
+        .routes(routes!(objects::list_configs, objects::create_config))
+        .routes(routes!(objects::remove_config))
+        .routes(routes!(objects::node_secret))
+        .routes(routes!(objects::node_config))
         .route_layer(middleware::from_fn_with_state(
             ctx.clone(),
             cluster::at_leader,
@@ -370,7 +376,9 @@ async fn deploy(
     State(ctx): State<Server>,
     Json(req): Json<DeployRequest>,
 ) -> Answer<DeployResponse> {
-    let problems = check_deploy(&req, &ctx.limits);
+    let mut problems = check_deploy(&req, &ctx.limits);
+    problems.extend(objects::check_uploads(&req.objects));
+    problems.extend(objects::unknown_refs(&ctx, &req.services, &req.objects));
     if !problems.is_empty() {
         return Err(Fail::invalid(
             "the deploy was refused; nothing was changed",
@@ -382,6 +390,16 @@ async fn deploy(
         time: now(),
     };
     check_entry_size(&command, &ctx.limits)?;
+    // The deploy's secrets and configs are stored first, in an entry of their own, once the
+    // whole deploy is known to be accepted.
+    if !req.objects.is_empty() && !req.dry_run {
+        let command = Command::PutObjects {
+            objects: objects::seal(&ctx, req.objects)?,
+            time: now(),
+        };
+        check_entry_size(&command, &ctx.limits)?;
+        ctx.propose(command).await.map_err(unavailable)?;
+    }
     let changes = if req.dry_run {
         // The same apply the store runs, on a copy: what is shown is exactly what would happen.
         // A deploy reads and changes only the services (and adds events), so the copy leaves
@@ -1313,6 +1331,7 @@ mod tests {
                 })
                 .collect(),
             dry_run: false,
+            objects: Vec::new(),
         };
         let said = |problems: Vec<Problem>| -> Vec<String> {
             problems

@@ -46,6 +46,7 @@ async fn a_late_server_installs_a_large_snapshot_sent_in_chunks_and_has_the_same
         .deploy(&DeployRequest {
             services: specs(),
             dry_run: false,
+            objects: Vec::new(),
         })
         .await
         .unwrap();

@@ -14,37 +14,36 @@ use crate::dotenv;
 use crate::error::{Problem, SpecError};
 use crate::interpolate::interpolate;
 use crate::native::{self, PROTOCOLS};
+use crate::objects::{self, ObjectSource};
 use crate::quantity::Memory;
 use crate::types::{
-    DriverKind, PortSpec, ProbeAction, ProbeSpec, Protocol, PullPolicy, ResourceList,
+    DriverKind, ObjectKind, PortSpec, ProbeAction, ProbeSpec, Protocol, PullPolicy, ResourceList,
     RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec,
 };
 use crate::validate;
 use crate::yaml::Yaml;
 
-const TOP_IGNORED: &[&str] = &[
-    "name", "networks", "volumes", "configs", "secrets", "include", "models",
-];
+const TOP_IGNORED: &[&str] = &["name", "networks", "volumes", "include", "models"];
 
 #[rustfmt::skip]
 const SERVICE_KEYS: &[&str] = &[
     "image", "command", "entrypoint", "environment", "ports", "volumes", "user", "working_dir",
     "healthcheck", "restart", "deploy", "stop_grace_period", "scale", "cpus", "mem_limit",
     "mem_reservation", "pids_limit", "cap_add", "cap_drop", "security_opt", "read_only",
-    "privileged", "pull_policy", "stop_signal",
+    "privileged", "pull_policy", "stop_signal", "secrets", "configs",
 ];
 /// The rest of the Compose Specification's service keys: valid, but not honoured yet.
 #[rustfmt::skip]
 const SERVICE_IGNORED: &[&str] = &[
     "annotations", "attach", "build", "blkio_config", "cpu_count", "cpu_percent", "cpu_shares",
     "cpu_period", "cpu_quota", "cpu_rt_runtime", "cpu_rt_period", "cpuset", "cgroup",
-    "cgroup_parent", "configs", "container_name", "credential_spec", "depends_on", "develop",
+    "cgroup_parent", "container_name", "credential_spec", "depends_on", "develop",
     "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname", "driver_opts",
     "env_file", "expose", "extends", "external_links", "extra_hosts", "gpus", "group_add",
     "hostname", "init", "ipc", "isolation", "labels", "label_file", "links", "logging",
     "mac_address", "mem_swappiness", "memswap_limit", "models", "network_mode", "networks",
     "oom_kill_disable", "oom_score_adj", "pid", "platform", "post_start", "pre_stop", "profiles",
-    "provider", "runtime", "secrets", "shm_size", "stdin_open", "storage_opt", "sysctls", "tmpfs",
+    "provider", "runtime", "shm_size", "stdin_open", "storage_opt", "sysctls", "tmpfs",
     "tty", "ulimits", "use_api_socket", "userns_mode", "uts", "volumes_from",
 ];
 #[rustfmt::skip]
@@ -102,11 +101,13 @@ pub(crate) fn from_docs(
         scalars_from_text: true,
         ..Decoder::default()
     };
-    let decoded = file(&mut d, &vars, source, doc);
+    let mut objects = Vec::new();
+    let decoded = file(&mut d, &vars, source, doc, &mut objects);
     SpecError::check(validate::after_decoding(d.problems, &decoded))?;
     Ok(Parsed {
         services: decoded.into_iter().map(|(_, spec, _)| spec).collect(),
         warnings: d.warnings,
+        objects,
     })
 }
 
@@ -130,22 +131,33 @@ fn file(
     vars: &Vars<'_>,
     source: &str,
     doc: &Yaml,
+    objects: &mut Vec<ObjectSource>,
 ) -> Vec<(Path, ServiceSpec, String)> {
     let top = Path::root(source);
     let Some(f) = d.any_fields(&top, doc) else {
         return Vec::new();
     };
     d.scope = source.to_string();
-    for (path, key, _) in f.entries() {
+    let mut defined = Vec::new();
+    for (path, key, node) in f.entries() {
         match key {
             "services" => {}
+            "secrets" | "configs" => {
+                let kind = match key {
+                    "secrets" => ObjectKind::Secret,
+                    _ => ObjectKind::Config,
+                };
+                let (names, sources) = objects::definitions(d, kind, &path, node);
+                defined.push((kind, names));
+                objects.extend(sources);
+            }
             "version" => d.warn(format_args!("key \"version\" is obsolete and was ignored")),
             key if key.starts_with("x-") => {}
             key if TOP_IGNORED.contains(&key) => d.warn(format_args!(
                 "key {key:?} is not supported yet and was ignored"
             )),
             key => {
-                let known: Vec<&str> = ["services", "version"]
+                let known: Vec<&str> = ["services", "version", "secrets", "configs"]
                     .iter()
                     .chain(TOP_IGNORED)
                     .copied()
@@ -179,7 +191,35 @@ fn file(
     if decoded.is_empty() && d.problems.is_empty() {
         d.error(&path, "no services");
     }
+    for (root, spec, _) in &decoded {
+        undefined_refs(d, root, spec, &defined);
+    }
     decoded
+}
+
+/// A service may only use the secrets and configs its file defines at the top level, as
+/// Compose requires.
+fn undefined_refs(
+    d: &mut Decoder,
+    root: &Path,
+    spec: &ServiceSpec,
+    defined: &[(ObjectKind, BTreeSet<String>)],
+) {
+    for kind in ObjectKind::ALL {
+        let names = defined.iter().find(|(k, _)| *k == kind).map(|(_, n)| n);
+        for (i, r) in spec.file_refs(kind).iter().enumerate() {
+            if names.is_some_and(|n| n.contains(&r.source)) {
+                continue;
+            }
+            let field = kind.field();
+            let message = format!(
+                "{kind} {:?} is not defined: add it to the top-level `{field}:` with `file:` \
+                 (or `external: true` for one made with `outpost {kind} create`)",
+                r.source
+            );
+            d.error(&root.key(field).index(i), message);
+        }
+    }
 }
 
 /// Interpolates every string value (never keys) under `node`. `warned` holds the unset
@@ -281,6 +321,8 @@ fn service(
     spec.stop_grace = f
         .take(d, "stop_grace_period", go_duration)
         .unwrap_or(spec.stop_grace);
+    spec.secrets = f.take(d, "secrets", objects::file_refs).unwrap_or_default();
+    spec.configs = f.take(d, "configs", objects::file_refs).unwrap_or_default();
     spec.replicas = f.take(d, "scale", Decoder::number).unwrap_or(spec.replicas);
     legacy_resources(
         d,

@@ -23,6 +23,7 @@ mod dotenv;
 mod error;
 mod interpolate;
 mod native;
+mod objects;
 pub mod quantity;
 mod rollout;
 pub mod types;
@@ -33,6 +34,7 @@ mod yaml;
 use std::collections::BTreeMap;
 
 pub use error::{Problem, SpecError};
+pub use objects::{MAX_OBJECT_NAME_LEN, MAX_OBJECT_SIZE, ObjectSource, check_object_name};
 pub use quantity::{Cpu, Memory};
 pub use rollout::*;
 pub use types::*;
@@ -48,6 +50,8 @@ pub use validate::{
 pub struct Parsed {
     pub services: Vec<ServiceSpec>,
     pub warnings: Vec<String>,
+    /// Compose's secrets and configs defined by a file, for the CLI to read and send along.
+    pub objects: Vec<ObjectSource>,
 }
 
 /// Parses a file in either format. A file whose first document has a top-level `services:`
@@ -67,6 +71,7 @@ pub fn parse_file(
     Ok(Parsed {
         services,
         warnings: Vec::new(),
+        objects: Vec::new(),
     })
 }
 

@@ -17,7 +17,7 @@ const SERVICE_KEYS: &[&str] = &[
     "name", "replicas", "driver", "image", "command", "entrypoint", "env", "workdir", "user",
     "ports", "volumes", "restart", "liveness", "readiness", "resources", "stop_grace",
     "stop_signal", "pull", "read_only", "cap_add", "cap_drop", "security_opt", "privileged",
-    "on_node_lost", "update", "rollback", "revision_history",
+    "on_node_lost", "update", "rollback", "revision_history", "secrets", "configs",
 ];
 const PORT_KEYS: &[&str] = &["name", "container_port", "host_port", "protocol", "host_ip"];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
@@ -137,6 +137,12 @@ fn service(d: &mut Decoder, root: &Path, doc: &Yaml) -> Option<ServiceSpec> {
     spec.revision_history = f
         .take(d, "revision_history", Decoder::number)
         .unwrap_or(spec.revision_history);
+    spec.secrets = f
+        .take(d, "secrets", crate::objects::file_refs)
+        .unwrap_or_default();
+    spec.configs = f
+        .take(d, "configs", crate::objects::file_refs)
+        .unwrap_or_default();
     container_settings(d, &f, &mut spec);
     Some(spec)
 }

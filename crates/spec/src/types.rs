@@ -77,6 +77,13 @@ pub struct ServiceSpec {
     /// before it existed decode to the default.
     #[serde(default, skip_serializing_if = "OnNodeLost::is_default")]
     pub on_node_lost: OnNodeLost,
+    /// Secrets of the cluster (`outpost secret create`) its tasks read as files; names only,
+    /// never a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    /// Configs of the cluster (`outpost config create`) its tasks read as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
     /// How a new revision replaces the tasks of the one before.
     #[serde(default, skip_serializing_if = "UpdateSpec::is_default")]
     pub update: UpdateSpec,
@@ -133,12 +140,148 @@ impl ServiceSpec {
             update: UpdateSpec::default(),
             rollback: UpdateSpec::rollback_default(),
             revision_history: DEFAULT_REVISION_HISTORY,
+            secrets: Vec::new(),
+            configs: Vec::new(),
         }
+    }
+
+    /// The references of one kind: `secrets` or `configs`.
+    pub fn file_refs(&self, kind: ObjectKind) -> &[FileRef] {
+        match kind {
+            ObjectKind::Secret => &self.secrets,
+            ObjectKind::Config => &self.configs,
+        }
+    }
+
+    /// Whether its tasks read the secret or config `name`.
+    pub fn uses(&self, kind: ObjectKind, name: &str) -> bool {
+        self.file_refs(kind).iter().any(|r| r.source == name)
     }
 
     /// The service's QoS class; see [`Resources::qos`].
     pub fn qos(&self) -> QosClass {
         self.resources.qos()
+    }
+}
+
+/// A secret or config of the cluster: the two kinds of value a task reads as a file.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    Secret,
+    Config,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 2] = [ObjectKind::Secret, ObjectKind::Config];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Secret => "secret",
+            ObjectKind::Config => "config",
+        }
+    }
+
+    /// The spec field that refers to this kind: `secrets` or `configs`.
+    pub fn field(self) -> &'static str {
+        match self {
+            ObjectKind::Secret => "secrets",
+            ObjectKind::Config => "configs",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A service's use of a secret or config: `db-password`, or the long form
+/// `{ source, target, uid, gid, mode }`.
+///
+/// Where the file appears: for a process task, `$OUTPOST_SECRETS_DIR/<target>` (configs:
+/// `$OUTPOST_CONFIGS_DIR/<target>`); for a container, `/run/secrets/<target>` (configs:
+/// `/<target>`), or `target` itself when it is an absolute path. `target` defaults to the
+/// name; `mode` to 0400 for a process task's secrets and 0444 otherwise (a container's user is
+/// the image's; Swarm's default); `uid` and `gid` to the agent's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(from = "FileRefForm")]
+pub struct FileRef {
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+impl FileRef {
+    pub fn named(source: &str) -> FileRef {
+        FileRef {
+            source: source.to_string(),
+            target: None,
+            uid: None,
+            gid: None,
+            mode: None,
+        }
+    }
+
+    /// The file's name under the task's directory of its kind (or its absolute path).
+    pub fn target(&self) -> &str {
+        self.target.as_deref().unwrap_or(&self.source)
+    }
+}
+
+/// How a [`FileRef`] may be written in JSON: the name alone, or the long form.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FileRefForm {
+    Short(String),
+    Long(LongFileRef),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LongFileRef {
+    source: String,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    uid: Option<u32>,
+    #[serde(default)]
+    gid: Option<u32>,
+    #[serde(default)]
+    mode: Option<u32>,
+}
+
+impl From<FileRefForm> for FileRef {
+    fn from(form: FileRefForm) -> FileRef {
+        match form {
+            FileRefForm::Short(source) => FileRef::named(&source),
+            FileRefForm::Long(l) => FileRef {
+                source: l.source,
+                target: l.target,
+                uid: l.uid,
+                gid: l.gid,
+                mode: l.mode,
+            },
+        }
     }
 }
 

@@ -188,6 +188,9 @@ pub(crate) fn check_service(
     }
     rules.resources(spec);
     rules.references(spec);
+    for (path, message) in crate::objects::check(spec, root) {
+        rules.report(&path, message);
+    }
 }
 
 struct Rules<'a> {
@@ -698,6 +701,8 @@ fn reserved(spec: &ServiceSpec, key: &str) -> Option<String> {
 /// Why `${name}` would not be expanded where it stands, if it would not.
 fn unresolved(spec: &ServiceSpec, name: &str, scope: Scope) -> Option<String> {
     let known = TASK_VARS.contains(&name)
+        || (name == "OUTPOST_SECRETS_DIR" && !spec.secrets.is_empty())
+        || (name == "OUTPOST_CONFIGS_DIR" && !spec.configs.is_empty())
         || (name == "PORT" && !spec.ports.is_empty())
         || spec.ports.iter().any(|p| p.env_var() == name);
     if known || (scope == Scope::Argv && spec.env.contains_key(name)) {

@@ -16,6 +16,8 @@ use api::{
 use serde::{Deserialize, Serialize};
 use spec::ServiceSpec;
 
+mod objects;
+
 use crate::tables::StoredMap;
 
 mod rollout;
@@ -123,6 +125,18 @@ pub enum Command {
         action: RolloutAction,
         time: Timestamp,
     },
+    /// Secrets (sealed) and configs to store. One that differs from the stored value makes a
+    /// new version of every service that uses it; the same value again changes nothing.
+    PutObjects {
+        objects: Vec<api::StoredObject>,
+        time: Timestamp,
+    },
+    /// `outpost secret rm` / `config rm`: refused while a service still uses it.
+    RemoveObject {
+        kind: spec::ObjectKind,
+        name: String,
+        time: Timestamp,
+    },
 }
 
 const TOKEN_PREFIX: &str = "token/";
@@ -160,6 +174,7 @@ impl Command {
             | Command::AddCertificate { time, .. }
             | Command::RemoveNode { time, .. }
             | Command::Rollout { time, .. } => *time,
+            Command::PutObjects { time, .. } | Command::RemoveObject { time, .. } => *time,
         }
     }
 }
@@ -190,7 +205,7 @@ pub enum Response {
     Ok,
     Deployed(Vec<Change>),
     NotFound(String),
-    /// Refused with nothing changed, and why.
+    /// Not done, and why (a secret still in use names its services).
     Refused(String),
 }
 
@@ -243,6 +258,10 @@ pub struct State {
     /// `State::reindex` rebuilds it when a state is loaded.
     #[serde(skip)]
     lookup: TaskIndex,
+    /// Secrets (sealed with the cluster key) and configs, by `secret/<name>` and
+    /// `config/<name>`.
+    #[serde(default)]
+    pub objects: TrackedMap<String, api::StoredObject>,
 }
 
 /// The state's single values, kept in the store's meta row and a snapshot's head beside the
@@ -422,6 +441,8 @@ impl State {
                 action,
                 time,
             } => self.rollout_action(service, action, *time),
+            Command::PutObjects { objects, time } => self.put_objects(objects, *time),
+            Command::RemoveObject { kind, name, time } => self.remove_object(*kind, name, *time),
         }
     }
 
@@ -530,6 +551,7 @@ impl State {
             ("report_seq", &mut self.report_seq),
             ("placement_index", &mut self.placement_index),
             ("trust", &mut self.trust),
+            ("objects", &mut self.objects),
         ]
     }
 

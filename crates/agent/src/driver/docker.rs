@@ -5,6 +5,7 @@
 //!
 //! Only this file knows bollard.
 
+use crate::objects::{CONFIGS_VAR, SECRETS_VAR};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -156,13 +157,27 @@ impl DockerDriver {
             image: spec.image.clone(),
             cmd: (!launch.command.is_empty()).then(|| launch.command.clone()),
             entrypoint: (!launch.entrypoint.is_empty()).then(|| launch.entrypoint.clone()),
-            env: Some(launch.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            // The host directories of its files are the agent's business: the container sees
+            // the files where Swarm puts them.
+            env: Some(
+                launch
+                    .env
+                    .iter()
+                    .filter(|(k, _)| ![SECRETS_VAR, CONFIGS_VAR].contains(&k.as_str()))
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+            ),
             user: spec.user.clone(),
             working_dir: spec.workdir.clone(),
             labels: Some(labels),
             exposed_ports: Some(exposed),
             stop_signal: spec.stop_signal.clone(),
-            host_config: Some(host_config(spec, bindings, security_opt)),
+            host_config: Some(host_config(
+                spec,
+                bindings,
+                security_opt,
+                file_binds(launch),
+            )),
             ..Default::default()
         }
     }
@@ -348,12 +363,19 @@ fn engine_i64(value: u64) -> i64 {
 }
 
 /// Limits, capabilities, security options and the restart policy `no` (Outpost restarts).
-fn host_config(spec: &ServiceSpec, bindings: Bindings, security_opt: Vec<String>) -> HostConfig {
+fn host_config(
+    spec: &ServiceSpec,
+    bindings: Bindings,
+    security_opt: Vec<String>,
+    files: Vec<String>,
+) -> HostConfig {
     let limits = &spec.resources.limits;
     let requests = &spec.resources.requests;
+    let mut binds: Vec<String> = spec.volumes.iter().map(volume_bind).collect();
+    binds.extend(files);
     HostConfig {
         port_bindings: Some(bindings),
-        binds: Some(spec.volumes.iter().map(volume_bind).collect()),
+        binds: Some(binds),
         memory: limits.memory.map(|m| engine_i64(m.bytes())),
         memory_reservation: requests.memory.map(|m| engine_i64(m.bytes())),
         nano_cpus: limits
@@ -375,6 +397,19 @@ fn host_config(spec: &ServiceSpec, bindings: Bindings, security_opt: Vec<String>
         }),
         ..Default::default()
     }
+}
+
+/// The read-only mounts of the task's secret and config files, from the directories the
+/// supervisor named in its environment.
+fn file_binds(launch: &Launch) -> Vec<String> {
+    let dirs: Vec<(api::ObjectKind, std::path::PathBuf)> = [
+        (api::ObjectKind::Secret, SECRETS_VAR),
+        (api::ObjectKind::Config, CONFIGS_VAR),
+    ]
+    .into_iter()
+    .filter_map(|(kind, var)| launch.env.get(var).map(|d| (kind, d.into())))
+    .collect();
+    crate::objects::container_binds(&dirs, &launch.spec)
 }
 
 fn volume_bind(v: &spec::VolumeSpec) -> String {

@@ -233,6 +233,7 @@ impl Setup {
             updates: updates_tx,
             default_workdir: None,
             ports: Arc::new(Ports::new(crate::ports::DEFAULT_RANGE)),
+            files: None,
         };
         let mut task = LocalTask::new(Assignment {
             task: "web.1.1".into(),

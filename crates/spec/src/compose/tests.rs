@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::native::tests::dedent;
 use crate::quantity::Cpu;
+use crate::types::{FileRef, ObjectKind};
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -782,10 +783,89 @@ fn deploy_update_and_rollback_config_map_to_update_and_rollback() {
     assert_eq!(api.update.order, crate::UpdateOrder::StopFirst);
     assert_eq!(api.update.failure_action, crate::FailureAction::Pause);
     assert_eq!(api.update.monitor, Duration::from_secs(30));
-    assert_eq!(api.update.max_failure_ratio, crate::Ratio::new(0.5).unwrap());
+    assert_eq!(
+        api.update.max_failure_ratio,
+        crate::Ratio::new(0.5).unwrap()
+    );
     let rollback = crate::UpdateSpec {
         parallelism: 3,
         ..crate::UpdateSpec::rollback_default()
     };
     assert_eq!(api.rollback, rollback);
+}
+
+#[test]
+fn secrets_and_configs_in_short_and_long_syntax_with_their_files() {
+    let parsed = parse(
+        "
+        services:
+          db:
+            image: postgres
+            environment:
+              POSTGRES_PASSWORD_FILE: /run/secrets/db-password
+            secrets:
+              - db-password
+              - source: api-key
+                target: key.txt
+                uid: '103'
+                gid: '104'
+                mode: 0440
+            configs: [nginx]
+        secrets:
+          db-password:
+            file: db/password.txt
+          api-key:
+            external: true
+        configs:
+          nginx:
+            file: ./nginx.conf
+        ",
+    );
+    let spec = &parsed.services[0];
+    assert_eq!(spec.secrets[0], FileRef::named("db-password"));
+    assert_eq!(
+        spec.secrets[1],
+        FileRef {
+            source: "api-key".into(),
+            target: Some("key.txt".into()),
+            uid: Some(103),
+            gid: Some(104),
+            mode: Some(0o440),
+        }
+    );
+    assert_eq!(spec.configs, vec![FileRef::named("nginx")]);
+    let files: Vec<(ObjectKind, &str, &str)> = parsed
+        .objects
+        .iter()
+        .map(|o| (o.kind, o.name.as_str(), o.file.as_str()))
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            (ObjectKind::Secret, "db-password", "db/password.txt"),
+            (ObjectKind::Config, "nginx", "./nginx.conf"),
+        ]
+    );
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+}
+
+#[test]
+fn a_secret_not_defined_at_the_top_level_is_refused() {
+    check_err(
+        "
+        services:
+          db:
+            image: postgres
+            secrets: [db-password, other]
+        secrets:
+          db-password:
+            file: pw.txt
+          broken: {}
+        ",
+        &[],
+        "
+        compose.yaml.secrets.broken: a secret needs `file: PATH` (read at deploy), or `external: true` for one made with `outpost secret create`
+        db.secrets[1]: secret \"other\" is not defined: add it to the top-level `secrets:` with `file:` (or `external: true` for one made with `outpost secret create`)
+        ",
+    );
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::quantity::{Cpu, Memory};
+use crate::types::FileRef;
 
 /// Strips the indentation the test source adds, so YAML can be written indented in place.
 pub(crate) fn dedent(text: &str) -> String {
@@ -421,7 +422,7 @@ fn unknown_keys_suggest_the_closest_known_one() {
         "#,
         r#"
         web.readyness: unknown key; did you mean `readiness`?
-        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`, `update`, `rollback`, `revision_history`
+        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`, `update`, `rollback`, `revision_history`, `secrets`, `configs`
         web.liveness.perod: unknown key; did you mean `period`?
         "#,
     );
@@ -939,5 +940,51 @@ fn update_settings_out_of_range_are_refused_by_field() {
         web.update.monitor: 2h is longer than the maximum of 1h
         web.revision_history: 0 is not between 1 and 100
         "#,
+    );
+}
+
+#[test]
+fn secrets_and_configs_are_names_or_long_forms() {
+    let spec = &parse(
+        "
+        name: web
+        command: [demo-app]
+        secrets:
+          - db-password
+          - { source: tls-key, target: tls/key.pem, mode: 0400 }
+        configs: [settings]
+        ",
+    )[0];
+    assert_eq!(spec.secrets[0], FileRef::named("db-password"));
+    assert_eq!(spec.secrets[1].target(), "tls/key.pem");
+    assert_eq!(spec.secrets[1].mode, Some(0o400));
+    assert_eq!(spec.configs, vec![FileRef::named("settings")]);
+    let json = serde_json::to_string(&spec).unwrap();
+    let back: ServiceSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, spec);
+    let short: ServiceSpec = serde_json::from_str(
+        r#"{"name":"w","replicas":1,"driver":"process","command":["x"],"restart":{"policy":"always","initial_backoff":"1s","max_backoff":"1m","reset_after":"10m"},"stop_grace":"5s","secrets":["pw"]}"#,
+    )
+    .unwrap();
+    assert_eq!(short.secrets, vec![FileRef::named("pw")]);
+}
+
+#[test]
+fn bad_secret_references_are_refused() {
+    check_err(
+        "
+        name: web
+        command: ['demo-app', '${OUTPOST_CONFIGS_DIR}']
+        secrets:
+          - source: bad/name
+          - { source: a, target: /etc/a }
+          - { source: b, target: bad/name }
+        ",
+        "
+        web.command[1]: \"${OUTPOST_CONFIGS_DIR}\" is not a variable Outpost sets (it sets PORT, OUTPOST_PORT_<NAME>, OUTPOST_TASK_ID, OUTPOST_SERVICE, OUTPOST_SLOT, OUTPOST_NODE)
+        web.secrets[0].source: \"bad/name\" is not a valid name: use letters, digits, '-', '_' and '.', starting with a letter or a digit
+        web.secrets[1].target: \"/etc/a\" is absolute: a process task reads its files in $OUTPOST_SECRETS_DIR or $OUTPOST_CONFIGS_DIR, so give a relative target
+        web.secrets[2].target: \"bad/name\" is the target of two secrets
+        ",
     );
 }

@@ -423,7 +423,11 @@ impl State {
 
 fn order_words(order: spec::UpdateOrder) -> &'static str {
     match order {
-        spec::UpdateOrder::StartFirst => "each new task ready before an old one stops",
-        spec::UpdateOrder::StopFirst => "each old task stopped before a new one starts",
+        spec::UpdateOrder::StartFirst => {
+            "start-first (each old task stops once its replacement is updated)"
+        }
+        spec::UpdateOrder::StopFirst => {
+            "stop-first (each old task stops before its replacement starts)"
+        }
     }
 }
