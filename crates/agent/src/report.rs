@@ -3,8 +3,9 @@
 //! and delivers them when the server answers again: nothing the node saw while cut off is lost
 //! but the oldest events past the bound.
 //!
-//! - Every report carries a sequence number, increasing across agent restarts (the base is kept
-//!   in local state), so the control plane can ignore a report that committed late.
+//! - Every report carries a sequence number, and every task status one of its own, both
+//!   increasing across agent restarts (the base is kept in local state), so the control plane
+//!   can ignore a report that committed late and a task's status older than one it applied.
 //! - A backlog goes out in bounded batches, each its own request, so it always fits under the
 //!   server's body limit.
 //! - [`Reporter::flushed`] waits until what was sent before it is delivered: a stopping agent
@@ -66,6 +67,9 @@ const LIMITS: Limits = Limits {
 
 struct Pending {
     tasks: BTreeMap<String, TaskStatus>,
+    /// The last `TaskStatus::seq` given: statuses are numbered as they arrive, from the same
+    /// base as this run's reports, so they grow across agent restarts.
+    status_seq: u64,
     events: VecDeque<NewEvent>,
     memory_pressure: Option<bool>,
     limits: Limits,
@@ -75,6 +79,7 @@ impl Pending {
     fn new(limits: Limits) -> Pending {
         Pending {
             tasks: BTreeMap::new(),
+            status_seq: 0,
             events: VecDeque::new(),
             memory_pressure: None,
             limits,
@@ -86,6 +91,8 @@ impl Pending {
             if let Some(message) = &mut status.message {
                 clip(message);
             }
+            self.status_seq += 1;
+            status.seq = self.status_seq;
             self.tasks.insert(status.id.clone(), status);
         }
         if update.memory_pressure.is_some() {
@@ -263,6 +270,7 @@ async fn run(
     limits: Limits,
 ) {
     let mut pending = Pending::new(limits);
+    pending.status_seq = outbox.seq;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     let mut retry = Retry::default();
     loop {

@@ -176,6 +176,7 @@ fn report_raw(
     reason: &str,
 ) {
     let status = TaskStatus {
+        seq: 0,
         id: id.to_string(),
         state,
         evicted: false,
@@ -700,6 +701,7 @@ impl Supervisor {
     fn report(&self, events: Vec<NewEvent>) {
         let h = self.task.handle.as_ref();
         let status = TaskStatus {
+            seq: 0,
             id: self.id().to_string(),
             state: self.observed.state,
             evicted: self.observed.evicted,

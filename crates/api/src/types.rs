@@ -79,6 +79,9 @@ pub struct Task {
     pub ports: BTreeMap<String, u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
+    /// The `seq` of the last status applied (0 before any carried one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub status_seq: u64,
     /// Since when it has been ready without a break; `None` while it is not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_since: Option<Timestamp>,
@@ -95,6 +98,10 @@ pub struct Task {
     pub node_state: Option<NodeState>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Task {
     /// Whether the task has been ready, without a break, for `monitor` at `now`: what a
     /// rollout counts as updated.
@@ -107,6 +114,12 @@ impl Task {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskStatus {
     pub id: String,
+    /// Orders this task's statuses: it grows with every status its node's agent produces,
+    /// across agent restarts too, and the control plane ignores a status not above the last
+    /// one it applied for the task (a late or replayed report). 0, from an agent that predates
+    /// it, is judged by the task's state alone.
+    #[serde(default)]
+    pub seq: u64,
     pub state: TaskState,
     /// Stopped by the node to relieve memory pressure: the control plane replaces it.
     #[serde(default)]

@@ -500,6 +500,7 @@ fn now() -> Timestamp {
 /// A task just started, as a supervisor first reports it.
 fn starting(id: &str, pid: u32) -> TaskStatus {
     TaskStatus {
+        seq: 0,
         id: id.to_string(),
         state: TaskState::Starting,
         evicted: false,

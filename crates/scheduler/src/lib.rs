@@ -429,6 +429,7 @@ mod tests {
             ports: BTreeMap::new(),
             started_at: None,
             ready_since: Some(Timestamp(0)),
+            status_seq: 0,
             exit_code: None,
             message: None,
             created_at: Timestamp(0),

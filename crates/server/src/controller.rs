@@ -381,6 +381,7 @@ mod tests {
 
     fn status(id: &str, state: TaskState, ready: bool) -> TaskStatus {
         TaskStatus {
+            seq: 0,
             id: id.into(),
             state,
             evicted: false,

@@ -93,6 +93,7 @@ fn registration(name: &str) -> RegisterRequest {
 fn running(node: &str, tasks: &[String]) -> StatusReport {
     let now = Timestamp::from_system_time(std::time::SystemTime::now());
     let status = |id: &String| TaskStatus {
+        seq: 0,
         id: id.clone(),
         state: TaskState::Running,
         evicted: false,

@@ -1001,6 +1001,7 @@ impl State {
             ports: BTreeMap::new(),
             started_at: None,
             ready_since: None,
+            status_seq: 0,
             exit_code: None,
             message: None,
             created_at: time,
@@ -1235,6 +1236,10 @@ impl State {
             }
             return;
         }
+        // A status older than one applied (a late or replayed report) changes nothing.
+        if status.seq != 0 && status.seq <= task.status_seq {
+            return;
+        }
         if !moves_forward(task, status) {
             return;
         }
@@ -1255,6 +1260,7 @@ impl State {
             return;
         };
         task.state = status.state;
+        task.status_seq = task.status_seq.max(status.seq);
         task.ready_since = match (status.ready, task.ready) {
             (false, _) => None,
             (true, false) => Some(time),
@@ -1615,6 +1621,7 @@ mod tests {
         StatusReport {
             seq: 0,
             tasks: vec![TaskStatus {
+                seq: 0,
                 id: id.into(),
                 state,
                 evicted: false,
@@ -2009,6 +2016,36 @@ mod tests {
     }
 
     #[test]
+    fn a_task_status_older_than_one_applied_is_ignored_even_after_the_node_registers_again() {
+        let mut s = running_web();
+        let flip = |seq: u64, ready: bool| {
+            let mut report = status("web.1.1", TaskState::Running);
+            report.tasks[0].seq = seq;
+            report.tasks[0].ready = ready;
+            Command::Report {
+                node: "a".into(),
+                report,
+                time: T,
+            }
+        };
+        run(
+            &mut s,
+            vec![flip(20, true), flip(21, false), flip(22, true)],
+        );
+        assert!(s.tasks["web.1.1"].ready);
+        // Its agent restarted and registered again (the node's report order starts afresh);
+        // a status it sent before, committed only now, still moves nothing back.
+        run(&mut s, vec![node("a"), flip(21, false)]);
+        assert!(
+            s.tasks["web.1.1"].ready,
+            "a replayed status turned the task unready"
+        );
+        assert_eq!(s.tasks["web.1.1"].status_seq, 22);
+        run(&mut s, vec![flip(23, false)]);
+        assert!(!s.tasks["web.1.1"].ready);
+    }
+
+    #[test]
     fn coalesced_reports_apply_exactly_as_the_same_reports_one_by_one() {
         let pressure = Command::Report {
             node: "b".into(),
@@ -2280,6 +2317,7 @@ mod lost_tests {
             node: node.into(),
             report: StatusReport {
                 tasks: vec![TaskStatus {
+                    seq: 0,
                     id: id.into(),
                     state: TaskState::Running,
                     evicted: false,
@@ -2770,6 +2808,7 @@ mod drain_tests {
             node: node.into(),
             report: StatusReport {
                 tasks: vec![TaskStatus {
+                    seq: 0,
                     id: id.into(),
                     state,
                     evicted: false,

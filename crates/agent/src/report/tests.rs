@@ -77,6 +77,7 @@ fn a_huge_message_is_clipped_so_it_still_fits_a_batch() {
 fn status(id: &str, state: TaskState) -> Update {
     Update {
         status: Some(TaskStatus {
+            seq: 0,
             id: id.into(),
             state,
             evicted: false,
@@ -123,6 +124,10 @@ fn an_undelivered_report_goes_again_with_only_the_latest_status_of_each_task() {
         [("a", TaskState::Running), ("b", TaskState::Running)]
     );
     assert!(pending.is_empty());
+    // Each status carries its own number, in the order the agent saw them: a's resent one
+    // keeps the number it had, b's newer one is above everything before it.
+    let seqs: Vec<u64> = again.tasks.iter().map(|t| t.seq).collect();
+    assert_eq!(seqs, [2, 4]);
 }
 
 /// What the test server saw: each request's body size and report.

@@ -46,6 +46,7 @@ fn place(service: &str, slots: u32, node: &str) -> Command {
 
 fn running(node: &str, id: &str) -> Command {
     let status = TaskStatus {
+        seq: 0,
         id: id.into(),
         state: TaskState::Running,
         evicted: false,

@@ -93,6 +93,7 @@ fn spec(name: &str, replicas: u32, variant: bool) -> ServiceSpec {
 
 fn status(id: &str, state: TaskState, restarts: u32, evicted: bool) -> TaskStatus {
     TaskStatus {
+        seq: 0,
         id: id.to_string(),
         state,
         evicted,
@@ -356,6 +357,7 @@ fn placed_task(service: &str, slot: u32, n: u64, node: usize) -> Task {
         ports: BTreeMap::new(),
         started_at: None,
         ready_since: None,
+        status_seq: 0,
         exit_code: None,
         message: None,
         created_at: at(0),
