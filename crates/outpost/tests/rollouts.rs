@@ -236,3 +236,28 @@ fn a_deploy_during_a_rollout_supersedes_it() {
         (Some(2), Some(3))
     );
 }
+
+#[test]
+fn a_revision_that_never_becomes_ready_rolls_back() {
+    let dev = Dev::start(&[]);
+    dev.deploy("web.yaml", &web("one", ""));
+    dev.wait_ready("web", 4);
+    // Its port opens only after ten minutes: running, never ready.
+    dev.deploy("web.yaml", &web("two", r#", "--delay-ready", "600000""#));
+    let (fewest_ready, _) = watch_rollout(&dev, "the rollback to version 1", |t| {
+        t.len() == 4
+            && versions(t) == BTreeSet::from([1])
+            && rollout(&dev)["rollout"]["state"] == "rolled-back"
+    });
+    assert!(
+        fewest_ready >= 4,
+        "the old revision stopped serving: {fewest_ready} ready"
+    );
+    let why = rollout(&dev)["rollout"]["message"].clone();
+    assert!(
+        why.as_str()
+            .unwrap_or_default()
+            .contains("did not become ready in time"),
+        "{why}"
+    );
+}

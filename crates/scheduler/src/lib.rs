@@ -44,11 +44,16 @@ pub struct Plan {
     pub pending: Vec<(String, String)>,
     /// Services whose rollout is done: every slot holds an updated task of the new version.
     pub completed: Vec<String>,
+    /// Tasks of a rollout's new version that ran past their readiness deadline unready.
+    pub stalled: Vec<String>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.place.is_empty() && self.stop.is_empty() && self.completed.is_empty()
+        self.place.is_empty()
+            && self.stop.is_empty()
+            && self.completed.is_empty()
+            && self.stalled.is_empty()
     }
 }
 
@@ -225,8 +230,9 @@ fn plan_in(
         let moved = (p.draining.iter()).filter(|(slot, _)| p.ready.contains(slot));
         plan.stop.extend(moved.map(|(_, id)| id.to_string()));
         if let Some(r) = p.service.rollout.as_ref().filter(|_| p.rolling()) {
-            let step = rollout::step(r, p.service.spec.replicas, &p.current, &p.old, now);
+            let step = rollout::step(r, &p.service.spec, &p.current, &p.old, now);
             plan.stop.extend(step.stop);
+            plan.stalled.extend(step.stalled);
             p.filled.extend(step.hold);
             if step.done {
                 plan.completed.push(p.name.to_string());
@@ -412,7 +418,7 @@ mod tests {
         }
     }
 
-    fn task(service: &str, slot: u32, node: &str, version: u64) -> Task {
+    pub(crate) fn task(service: &str, slot: u32, node: &str, version: u64) -> Task {
         Task {
             id: format!("{service}.{slot}.{version}"),
             service: service.into(),

@@ -140,6 +140,7 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
         pending: plan.pending,
         time: now(),
         completed: plan.completed,
+        stalled: plan.stalled,
     };
     match ctx.propose(command).await {
         Ok(_) => Some(planned),
@@ -412,6 +413,7 @@ mod tests {
             pending: plan.pending,
             time: T,
             completed: Vec::new(),
+            stalled: Vec::new(),
         };
         apply(s, [command]);
     }
@@ -521,6 +523,7 @@ mod tests {
                             .collect(),
                         time: T,
                         completed: Vec::new(),
+                        stalled: Vec::new(),
                     }]
                 },
                 only(&["big", "web"]),

@@ -152,6 +152,7 @@ mod tests {
                 pending: plan.pending,
                 time,
                 completed: Vec::new(),
+                stalled: Vec::new(),
             }],
         );
     }

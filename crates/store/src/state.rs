@@ -62,6 +62,9 @@ pub enum Command {
         /// Services whose rollout the plan found done. Absent from older entries.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         completed: Vec<String>,
+        /// Tasks of a rollout's new version that ran past their readiness deadline unready.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        stalled: Vec<String>,
     },
     /// An agent's report of its tasks' observed state, with the events it saw. Entries written
     /// before reports were coalesced hold one of these each; they stay readable.
@@ -387,7 +390,11 @@ impl State {
                 pending,
                 time,
                 completed,
+                stalled,
             } => {
+                for task in stalled {
+                    self.rollout_stalled(task, *time);
+                }
                 let answer = self.reconcile(place, stop, pending, *time);
                 for service in completed {
                     self.complete_rollout(service, *time);
@@ -1614,6 +1621,7 @@ mod tests {
             pending: vec![],
             time: T,
             completed: Vec::new(),
+            stalled: Vec::new(),
         }
     }
 
@@ -2176,6 +2184,7 @@ mod tests {
                 pending: vec![],
                 time: T,
                 completed: Vec::new(),
+                stalled: Vec::new(),
             },
         ];
         let (mut x, mut y) = (State::default(), State::default());
@@ -2210,6 +2219,7 @@ mod pending_tests {
             pending: vec![("web".into(), reason.clone())],
             time: t,
             completed: Vec::new(),
+            stalled: Vec::new(),
         };
         s.apply(2, &wait);
         s.apply(3, &wait);
@@ -2258,6 +2268,7 @@ mod pending_tests {
                 pending: vec![],
                 time: t,
                 completed: Vec::new(),
+                stalled: Vec::new(),
             },
         );
         assert_eq!(s.tasks["web.1.1"].node.as_deref(), Some("a"));
@@ -2383,6 +2394,7 @@ mod lost_tests {
             pending: vec![],
             time,
             completed: Vec::new(),
+            stalled: Vec::new(),
         }
     }
 
@@ -2717,6 +2729,7 @@ mod lost_tests {
                     pending: vec![],
                     time: at(100),
                     completed: Vec::new(),
+                    stalled: Vec::new(),
                 },
             ],
         );
@@ -2790,6 +2803,7 @@ mod drain_tests {
             pending: vec![],
             time: T,
             completed: Vec::new(),
+            stalled: Vec::new(),
         }
     }
 
@@ -2800,6 +2814,7 @@ mod drain_tests {
             pending: vec![],
             time: T,
             completed: Vec::new(),
+            stalled: Vec::new(),
         }
     }
 

@@ -39,6 +39,7 @@ fn place(service: &str, slots: u32, node: &str) -> Command {
             .collect(),
         stop: vec![],
         completed: Vec::new(),
+        stalled: Vec::new(),
         pending: vec![(service.into(), "testing".into())],
         time: T,
     }

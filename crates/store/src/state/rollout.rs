@@ -162,6 +162,21 @@ impl State {
         self.rollout_failure(&task.service, &task.id, &why, time);
     }
 
+    /// The plan found task `id` of the version rolled out running unready past its deadline.
+    pub(super) fn rollout_stalled(&mut self, id: &str, time: Timestamp) {
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
+        let counted = (self.services.get(&task.service))
+            .and_then(|s| s.rollout.as_ref())
+            .is_none_or(|r| r.failed.iter().any(|f| f == id));
+        if !self.rolled_out(task) || counted || task.ready {
+            return;
+        }
+        let service = task.service.clone();
+        self.rollout_failure(&service, id, "did not become ready in time", time);
+    }
+
     fn rollout_failure(&mut self, service: &str, task: &str, why: &str, time: Timestamp) {
         let Some(svc) = self.services.get_mut(service) else {
             return;

@@ -193,6 +193,7 @@ fn reconcile() -> impl Strategy<Value = Command> {
         pending,
         time,
         completed: Vec::new(),
+        stalled: Vec::new(),
     })
 }
 
