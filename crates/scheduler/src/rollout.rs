@@ -181,7 +181,7 @@ mod tests {
         spec
     }
 
-    fn slots<'a>(tasks: &'a [Task]) -> Vec<(u32, &'a Task)> {
+    fn slots(tasks: &[Task]) -> Vec<(u32, &Task)> {
         tasks.iter().map(|t| (t.slot, t)).collect()
     }
 
