@@ -167,6 +167,38 @@ fn a_paused_rollout_starts_nothing_new_until_resumed() {
         assert_eq!(started(&dev), at_pause, "a paused rollout started a task");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Every task runs its own revision's spec: an old task that crashes mid-rollout comes
+    // back as the old revision, while the new one answers as the new.
+    let greeting = |t: &Value| {
+        let port = t["ports"]["http"].as_u64()?;
+        support::http_get(port, "/").filter(|body| body.contains("one") || body.contains("two"))
+    };
+    let (tasks, _) = counts(&dev);
+    let old = tasks
+        .iter()
+        .find(|t| t["version"] == 1)
+        .expect("an old task")
+        .clone();
+    let _ = support::http_get(old["ports"]["http"].as_u64().unwrap(), "/crash");
+    wait_within(
+        ROLLOUT_PATIENCE,
+        "the old task back after its crash",
+        || {
+            let (tasks, _) = counts(&dev);
+            let back = tasks.iter().find(|t| t["id"] == old["id"])?;
+            (back["restarts"].as_u64() > Some(0) && back["ready"] == true).then(|| back.clone())
+        },
+    );
+    for t in counts(&dev).0 {
+        let answer = wait_within(ROLLOUT_PATIENCE, "a greeting", || greeting(&t));
+        let expected = if t["version"] == 1 { "one" } else { "two" };
+        assert!(
+            answer.contains(expected),
+            "{} of version {} said {answer}",
+            t["id"],
+            t["version"]
+        );
+    }
     dev.ok(&["rollout", "resume", "web"]);
     let (ok, out, err) = dev.cli(&["rollout", "status", "web", "-w"]);
     assert!(ok, "{out}{err}");

@@ -2024,6 +2024,38 @@ mod tests {
     }
 
     #[test]
+    fn an_old_task_is_assigned_the_spec_of_its_own_revision_during_a_rollout() {
+        let mut s = running_web();
+        let mut two = web(1);
+        two.env.insert("GREETING".into(), "two".into());
+        run(
+            &mut s,
+            vec![Command::Deploy {
+                services: vec![two],
+                time: T,
+            }],
+        );
+        assert_eq!(s.services["web"].version, 2);
+        let assigned = s.assignments("a");
+        let old = assigned
+            .iter()
+            .find(|a| a.task == "web.1.1")
+            .expect("the old task");
+        assert_eq!(old.version, 1);
+        assert!(
+            old.spec.env.is_empty(),
+            "the old task got the new spec: {:?}",
+            old.spec.env
+        );
+        let revisions: Vec<u64> = s.services["web"]
+            .revisions
+            .iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(revisions, [1, 2]);
+    }
+
+    #[test]
     fn a_task_status_older_than_one_applied_is_ignored_even_after_the_node_registers_again() {
         let mut s = running_web();
         let flip = |seq: u64, ready: bool| {
