@@ -56,6 +56,23 @@ fn watch_rollout(dev: &Dev, what: &str, done: impl Fn(&[Value]) -> bool) -> (usi
     (fewest_ready, most_wanted)
 }
 
+/// Waits until every task runs `version`, checking start-first's bounds all along: never
+/// fewer than 4 ready, never more than 5 wanted (replicas + parallelism).
+fn rolls_to(dev: &Dev, version: u64) {
+    let what = format!("every task at version {version}");
+    let (fewest_ready, most_wanted) = watch_rollout(dev, &what, |t| {
+        t.len() == 4 && versions(t) == BTreeSet::from([version])
+    });
+    assert!(
+        fewest_ready >= 4,
+        "ready replicas dropped to {fewest_ready}"
+    );
+    assert!(
+        most_wanted <= 5,
+        "{most_wanted} tasks at once, over replicas + parallelism"
+    );
+}
+
 fn rollout(dev: &Dev) -> Value {
     dev.json(&["rollout", "status", "web"])
 }
@@ -66,17 +83,7 @@ fn a_start_first_update_never_drops_below_the_wanted_ready_replicas() {
     dev.deploy("web.yaml", &web("one", ""));
     dev.wait_ready("web", 4);
     dev.deploy("web.yaml", &web("two", ""));
-    let (fewest_ready, most_wanted) = watch_rollout(&dev, "every task at version 2", |t| {
-        t.len() == 4 && versions(t) == BTreeSet::from([2])
-    });
-    assert!(
-        fewest_ready >= 4,
-        "ready replicas dropped to {fewest_ready}"
-    );
-    assert!(
-        most_wanted <= 5,
-        "{most_wanted} tasks at once, over replicas + parallelism"
-    );
+    rolls_to(&dev, 2);
     let (ok, out, err) = dev.cli(&["rollout", "status", "web", "-w"]);
     assert!(ok, "{out}{err}");
     assert!(
@@ -248,17 +255,7 @@ fn a_deploy_during_a_rollout_supersedes_it() {
             .then_some(())
     });
     dev.deploy("web.yaml", &web("three", ""));
-    let (fewest_ready, most_wanted) = watch_rollout(&dev, "every task at version 3", |t| {
-        t.len() == 4 && versions(t) == BTreeSet::from([3])
-    });
-    assert!(
-        fewest_ready >= 4,
-        "ready replicas dropped to {fewest_ready}"
-    );
-    assert!(
-        most_wanted <= 5,
-        "{most_wanted} tasks at once, over replicas + parallelism"
-    );
+    rolls_to(&dev, 3);
     let status = rollout(&dev);
     assert_eq!(
         (

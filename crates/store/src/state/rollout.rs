@@ -84,15 +84,7 @@ impl State {
             settings.parallelism,
             order_words(settings.order)
         );
-        self.event(
-            time,
-            Level::Info,
-            "rollout-started",
-            Some(name),
-            None,
-            None,
-            message,
-        );
+        self.rollout_event(time, Level::Info, "rollout-started", name, message);
     }
 
     /// Keeps the last `revision_history` revisions, the current one, and those a task still
@@ -221,15 +213,7 @@ impl State {
             rollout.updated_at = time;
         }
         let message = format!("rollout paused: {why}");
-        self.event(
-            time,
-            Level::Warning,
-            "rollout-paused",
-            Some(service),
-            None,
-            None,
-            message,
-        );
+        self.rollout_event(time, Level::Warning, "rollout-paused", service, message);
     }
 
     /// Makes revision `to` (the one before the current when `None`) the service's version
@@ -295,16 +279,20 @@ impl State {
             Some(why) => format!("rolling back to version {version}: {why}"),
             None => format!("rolling back from version {current} to version {version}"),
         };
-        self.event(
-            time,
-            Level::Warning,
-            "rollout-rollback",
-            Some(service),
-            None,
-            None,
-            message,
-        );
+        self.rollout_event(time, Level::Warning, "rollout-rollback", service, message);
         Response::Ok
+    }
+
+    /// An event of `service`'s rollout.
+    fn rollout_event(
+        &mut self,
+        time: Timestamp,
+        level: Level,
+        reason: &str,
+        service: &str,
+        message: String,
+    ) {
+        self.event(time, level, reason, Some(service), None, None, message);
     }
 
     fn rollout_mut(&mut self, service: &str) -> Option<&mut Rollout> {
@@ -361,15 +349,7 @@ impl State {
             rollout.updated_at = time;
         }
         self.placement_moved(service);
-        self.event(
-            time,
-            Level::Info,
-            reason,
-            Some(service),
-            None,
-            None,
-            message,
-        );
+        self.rollout_event(time, Level::Info, reason, service, message);
         Response::Ok
     }
 
@@ -424,15 +404,7 @@ impl State {
         rollout.updated_at = time;
         let message = format!("rollout {state}: every replica runs version {}", rollout.to);
         self.keep_revisions(service);
-        self.event(
-            time,
-            Level::Info,
-            reason,
-            Some(service),
-            None,
-            None,
-            message,
-        );
+        self.rollout_event(time, Level::Info, reason, service, message);
     }
 }
 
