@@ -379,6 +379,9 @@ pub struct ServiceSummary {
     pub removing: bool,
     pub updated_at: Timestamp,
     pub spec: ServiceSpec,
+    /// While a rollout is under way: whether it updates or rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutState>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

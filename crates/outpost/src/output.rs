@@ -77,6 +77,10 @@ pub fn spec_summary(specs: &[ServiceSpec]) -> String {
 fn service_status(s: &ServiceSummary) -> &'static str {
     if s.removing {
         "removing"
+    } else if s.rollout == Some(api::RolloutState::Updating) {
+        "updating"
+    } else if s.rollout == Some(api::RolloutState::RollingBack) {
+        "rolling back"
     } else if s.ready == s.replicas {
         "ok"
     } else {

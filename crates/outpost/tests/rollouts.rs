@@ -30,13 +30,19 @@ update: {{ parallelism: 1, monitor: 1s }}
     )
 }
 
-/// Tasks wanted running, and how many of them are running and ready.
+/// Tasks wanted running, and how many replicas are ready: as `ps` shows the tasks, and no
+/// more than `services` says (both must hold the line during a rollout).
 fn counts(dev: &Dev) -> (Vec<Value>, usize) {
     let tasks = dev.tasks("web");
     let ready = (tasks.iter())
         .filter(|t| t["ready"] == true && t["state"] == "running")
         .count();
-    (tasks, ready)
+    let services = dev.json(&["services"]);
+    let listed = (services.as_array().into_iter().flatten())
+        .find(|s| s["name"] == "web")
+        .and_then(|s| s["ready"].as_u64())
+        .unwrap_or(0) as usize;
+    (tasks, ready.min(listed))
 }
 
 fn versions(tasks: &[Value]) -> BTreeSet<u64> {

@@ -239,9 +239,10 @@ fn summary(s: &store::State, name: &str) -> Option<ServiceSummary> {
 /// The services named, with their counts from one pass over the tasks (a page of services
 /// costs one scan, not one per service). Names with no service are left out.
 ///
-/// Counts are of slots, not tasks: while a drain moves a replica, its slot holds the old task
-/// and its replacement, both ready for a moment, and that is still one replica. A task on a
-/// lost node counts as neither running nor ready: its node cannot say.
+/// Counts are of slots, not tasks: while a drain moves a replica, or a rollout replaces it, its
+/// slot holds the old task and its replacement, both ready for a moment, and that is still one
+/// replica (of whichever version). A task on a lost node counts as neither running nor ready:
+/// its node cannot say.
 fn summaries(s: &store::State, names: &[&str]) -> Vec<ServiceSummary> {
     let mut slots: BTreeMap<&str, (BTreeSet<u32>, BTreeSet<u32>)> =
         names.iter().map(|n| (*n, Default::default())).collect();
@@ -249,8 +250,11 @@ fn summaries(s: &store::State, names: &[&str]) -> Vec<ServiceSummary> {
         let Some((running, ready)) = slots.get_mut(t.service.as_str()) else {
             continue;
         };
-        let current = s.services.get(&t.service).map(|svc| svc.version) == Some(t.version);
-        if current && t.desired == DesiredState::Running {
+        let wanted = s
+            .services
+            .get(&t.service)
+            .is_some_and(|svc| t.slot <= svc.spec.replicas);
+        if wanted && t.desired == DesiredState::Running {
             if !s.on_lost_node(t) && t.state == TaskState::Running {
                 running.insert(t.slot);
             }
@@ -275,6 +279,9 @@ fn summaries(s: &store::State, names: &[&str]) -> Vec<ServiceSummary> {
             removing: svc.removing,
             updated_at: svc.updated_at,
             spec: svc.spec.clone(),
+            rollout: (svc.rollout.as_ref())
+                .filter(|r| r.active())
+                .map(|r| r.state),
         })
     };
     names.iter().filter_map(|n| summary(n)).collect()
