@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::outpost_bin;
 use support::servers::{CLUSTER_PATIENCE as PATIENCE, ServerProc, cli, wait_agreed, wait_long};
@@ -398,7 +398,7 @@ fn an_agent_given_one_server_carries_on_through_the_others_when_it_dies() {
         .position(|s| s.status(&token).is_some_and(|st| st["node_id"] != leader))
         .unwrap();
     let agent_token = servers[given].join_token("agent");
-    let agent = AgentProc::start(&servers[given].listen, &agent_token, "edge1");
+    let _agent = AgentProc::start(&servers[given].listen, &agent_token, "edge1");
     let other = &servers[(given + 1) % 3];
     wait_long("the agent's node to be ready", || {
         let rows = other.json(&token, &["nodes"]);
@@ -434,15 +434,11 @@ fn an_agent_given_one_server_carries_on_through_the_others_when_it_dies() {
             .success()
             .then_some(())
     });
-    let deadline = Instant::now() + PATIENCE;
-    while running_on(rest[0], &token, "after", "edge1").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the agent never ran the service deployed after its server died:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait_within(
+        PATIENCE,
+        "the service deployed after the server's death to run",
+        || running_on(rest[0], &token, "after", "edge1"),
+    );
     let rows = rest[1].json(&token, &["nodes"]);
     let edge = rows
         .as_array()

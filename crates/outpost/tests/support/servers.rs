@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -14,19 +14,9 @@ use super::{outpost_bin, request, trust_ca};
 /// Far above what elections, joins and catch-up take on a loaded 2-core machine.
 pub const CLUSTER_PATIENCE: Duration = Duration::from_secs(90);
 
-/// [`super::wait_for`] with [`CLUSTER_PATIENCE`].
-pub fn wait_long<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + CLUSTER_PATIENCE;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {CLUSTER_PATIENCE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// [`super::wait_within`] with [`CLUSTER_PATIENCE`].
+pub fn wait_long<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    super::wait_within(CLUSTER_PATIENCE, what, check)
 }
 
 /// One `outpost server` process and its data dir.
