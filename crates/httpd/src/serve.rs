@@ -1,5 +1,7 @@
 //! The accept loop: HTTP/1 on hyper with a cap on open connections and a header-read timeout, so
-//! idle or slow clients cannot hold file descriptors for ever (`axum::serve` has neither).
+//! idle or slow clients cannot hold file descriptors for ever (`axum::serve` has neither); and
+//! HTTP/2 over TLS when the client offers it (ALPN), so that one node's concurrent calls share one
+//! connection — 5,000 agents then hold 5,000 connections, not three or four times that.
 //!
 //! hyper starts its header-read timer whenever a connection waits for a request head, also
 //! between two requests of a kept-alive connection; the same timeout is therefore the idle
@@ -14,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +37,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Pause after a failed `accept` (out of file descriptors, say): the error persists for a while,
 /// and retrying at once would spin a core.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Streams one HTTP/2 connection may have open at once: an agent has three, a server forwarding
+/// its clients' calls to the leader a few dozen; more queue in the client.
+const H2_MAX_STREAMS: u32 = 256;
+
+/// How often an HTTP/2 connection is pinged, and how long the answer may take before the
+/// connection is closed: a peer that vanished without a FIN does not hold its slot for ever.
+const H2_PING_EVERY: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// At most one warning about refused connections this often, so a flood cannot flood the log.
 const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
@@ -102,6 +113,11 @@ pub async fn serve_tls(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(H2_PING_EVERY)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut refused = Refused::default();
     tokio::pin!(shutdown);
@@ -129,6 +145,7 @@ pub async fn serve_tls(
         let one = Connection {
             app: app.clone(),
             http: http.clone(),
+            h2: h2.clone(),
             watcher: graceful.watcher(),
             peer,
             body_limit: limits.body_limit,
@@ -157,6 +174,7 @@ pub async fn serve_tls(
 struct Connection {
     app: Router,
     http: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     peer: SocketAddr,
     body_limit: usize,
@@ -183,13 +201,51 @@ impl Connection {
                 return;
             }
         };
-        let cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
+        let session = tls.get_ref().1;
+        let cert = (session.peer_certificates())
             .and_then(|c| c.first())
             .map(|c| c.clone().into_owned());
-        self.serve(tls, PeerCertificate(cert), permit).await;
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let cert = PeerCertificate(cert);
+        if h2 {
+            self.serve_h2(tls, cert, permit).await;
+        } else {
+            self.serve(tls, cert, permit).await;
+        }
+    }
+
+    /// What each request of this connection is handed to: the app, with who sent it and how
+    /// large its body may be in its extensions.
+    fn service(
+        app: Router,
+        peer: SocketAddr,
+        body_limit: usize,
+        cert: PeerCertificate,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+                 + Send
+                 + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(BodyLimit(body_limit));
+            req.extensions_mut().insert(cert.clone());
+            app.clone().call(req)
+        })
+    }
+
+    async fn serve_h2<IO>(self, io: IO, cert: PeerCertificate, permit: OwnedSemaphorePermit)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = Connection::service(self.app, self.peer, self.body_limit, cert);
+        let connection = self.h2.serve_connection(TokioIo::new(io), service);
+        run(self.watcher.watch(connection), permit).await;
     }
 
     async fn serve<IO>(self, io: IO, cert: PeerCertificate, permit: OwnedSemaphorePermit)
@@ -202,14 +258,9 @@ impl Connection {
             watcher,
             peer,
             body_limit,
+            ..
         } = self;
-        // Each request carries who sent it and how large its body may be.
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req.extensions_mut().insert(BodyLimit(body_limit));
-            req.extensions_mut().insert(cert.clone());
-            app.clone().call(req)
-        });
+        let service = Connection::service(app, peer, body_limit, cert);
         let connection = http.serve_connection(TokioIo::new(io), service);
         run(watcher.watch(connection), permit).await;
     }

@@ -110,7 +110,17 @@ struct ApiOptions {
     /// Longest the history keeps an event, e.g. 7d or 12h.
     #[arg(long, default_value = "7d", env = "OUTPOST_EVENT_MAX_AGE")]
     event_max_age: String,
+    /// Longest applied changes wait in memory before they are written to the state tables,
+    /// e.g. 5s; they are already durable in the Raft log. Longer writes less to the disk (an SD
+    /// card wears less), at the price of more entries to apply again after a crash; 0s writes
+    /// every applied batch.
+    #[arg(long, default_value = "5s", env = "OUTPOST_CHECKPOINT_EVERY")]
+    checkpoint_every: String,
 }
+
+/// 1 min: past that, a crash leaves thousands of entries to apply again before the server
+/// answers, for little saving on the disk.
+const MAX_CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// 1 s: every report waits up to one tick before it commits; a longer tick only delays what
 /// `outpost ps` shows, and comes close to the agent's request timeout.
@@ -168,10 +178,26 @@ impl ApiOptions {
             )
         })?;
         anyhow::ensure!(!max_age.is_zero(), "--event-max-age must be longer than 0s");
+        let every = humantime::parse_duration(&self.checkpoint_every).map_err(|e| {
+            anyhow::anyhow!(
+                "--checkpoint-every {:?} is not a duration like 5s: {e}",
+                self.checkpoint_every
+            )
+        })?;
+        anyhow::ensure!(
+            every <= MAX_CHECKPOINT_EVERY,
+            "--checkpoint-every {} is longer than {}, the most allowed",
+            humantime::format_duration(every),
+            humantime::format_duration(MAX_CHECKPOINT_EVERY)
+        );
         Ok(store::StoreOptions {
             retention: store::Retention {
                 max_events: self.event_retention,
                 max_age,
+            },
+            checkpoint: store::Checkpoint {
+                every,
+                ..store::Checkpoint::default()
             },
         })
     }

@@ -1050,10 +1050,20 @@ fn wait_of(wait: &Option<String>, max: Duration) -> Result<Duration, Fail> {
 
 /// Waits until `ready` holds for the applied state, or `wait` passes.
 async fn block_until(ctx: &Server, wait: Duration, ready: impl Fn(&store::State) -> bool) {
+    block_on(ctx, ctx.state.subscribe(), wait, ready).await;
+}
+
+/// [`block_until`], woken only by `changes` (subscribed before the state is first read, so no
+/// change is missed).
+async fn block_on(
+    ctx: &Server,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    wait: Duration,
+    ready: impl Fn(&store::State) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut applied = ctx.state.subscribe();
     while !ctx.state.read(&ready) {
-        match tokio::time::timeout_at(deadline, applied.changed()).await {
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => {}
             _ => return,
         }
@@ -1074,7 +1084,12 @@ async fn assignments(
     known_node(&ctx, &name)?;
     let wait = wait_of(&q.wait, ctx.limits.max_wait)?;
     let index_of = |s: &store::State| s.node_index.get(&name).copied().unwrap_or(0);
-    block_until(&ctx, wait, |s| index_of(s) > q.index || q.index == 0).await;
+    // Woken only when this node's assignments move, not by every entry of every other node.
+    let changes = ctx.state.watch_node(&name);
+    block_on(&ctx, changes, wait, |s| {
+        index_of(s) > q.index || q.index == 0
+    })
+    .await;
     Ok(Json(ctx.state.read(|s| Assignments {
         index: index_of(s).max(1),
         assignments: s.assignments(&name),

@@ -14,6 +14,49 @@ use api::{Event, Timestamp};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreOptions {
     pub retention: Retention,
+    pub checkpoint: Checkpoint,
+}
+
+/// How often the applied state is written to its tables.
+///
+/// Committed entries are durable in the Raft log before they are applied, so the tables are a
+/// checkpoint of the applied state, not its only copy: after a crash, the entries applied since
+/// the last checkpoint are applied again from the log. Writing the rows a burst of status
+/// changes touched once per checkpoint, instead of once per applied batch, is what keeps the
+/// bytes written per change small: a batch of a few thousand changes touches most leaf pages of
+/// a large `tasks` table, and redb rewrites each touched page whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Longest time applied changes wait to be written (checked as entries are applied).
+    pub every: Duration,
+    /// Most bytes of encoded rows waiting; reaching it writes them at once. It bounds the
+    /// memory the waiting rows take.
+    pub max_bytes: usize,
+}
+
+/// 5 s: at most a few hundred entries to apply again after a crash, which takes well under a
+/// second, while a steady stream of status changes over 100,000 tasks is written a few times a
+/// minute instead of fifty times a second.
+pub const DEFAULT_CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// 16 MiB: some 40,000 task rows, a small share of a server's memory.
+pub const DEFAULT_CHECKPOINT_BYTES: usize = 16 << 20;
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint {
+            every: DEFAULT_CHECKPOINT_EVERY,
+            max_bytes: DEFAULT_CHECKPOINT_BYTES,
+        }
+    }
+}
+
+impl Checkpoint {
+    /// Every applied batch written at once: how the store behaved before checkpoints, for
+    /// tests that read the file right after an apply.
+    pub const EVERY_BATCH: Checkpoint = Checkpoint {
+        every: Duration::ZERO,
+        max_bytes: 0,
+    };
 }
 
 /// How many events to keep and for how long; an event goes when it is past either bound.

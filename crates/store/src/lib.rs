@@ -56,7 +56,10 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 pub use db::StoreError;
-pub use events::{DEFAULT_MAX_AGE, DEFAULT_MAX_EVENTS, Retention, StoreOptions};
+pub use events::{
+    Checkpoint, DEFAULT_CHECKPOINT_BYTES, DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_AGE,
+    DEFAULT_MAX_EVENTS, Retention, StoreOptions,
+};
 pub use handle::StateHandle;
 pub use log_store::LogStore;
 pub use state::{Command, Loss, Response, RolloutAction, State};
@@ -90,7 +93,12 @@ pub fn open(
     })?;
     db.applied.send_replace(machine.state.index);
     let machine = Arc::new(RwLock::new(machine));
-    let handle = StateHandle::new(Arc::clone(&machine), db.applied.subscribe());
-    let state_machine = StateMachineStore::new(Arc::clone(&db), machine, options.retention);
+    let nodes = Arc::new(handle::NodeWatches::default());
+    let handle = StateHandle::new(
+        Arc::clone(&machine),
+        db.applied.subscribe(),
+        Arc::clone(&nodes),
+    );
+    let state_machine = StateMachineStore::new(Arc::clone(&db), machine, nodes, options);
     Ok((LogStore::new(db), state_machine, handle))
 }

@@ -2,16 +2,19 @@
 //!
 //! Committed entries are applied to the in-memory [`State`] through `State::apply`. Under the
 //! same lock, the rows the batch changed are encoded ([`Machine::changes`]: cost in proportion to
-//! the change, not to the state); after the lock is released they are written with the last
-//! applied log id and the membership in one transaction on the blocking pool (see `tables` for
-//! the layout). Because they commit together, a restart resumes exactly where apply stopped and
-//! an entry is never applied twice to the persisted state. Readers see the state through
-//! [`StateHandle`](crate::StateHandle), which is told the applied index after each batch is
-//! durable.
+//! the change, not to the state). Readers see the batch at once (through
+//! [`StateHandle`](crate::StateHandle), told the applied index): its entries are committed, so
+//! they are durable in the Raft log already. The encoded rows wait with those of later batches
+//! until a checkpoint is due ([`Checkpoint`]), then are written with the last applied log id and
+//! the membership in one transaction on the blocking pool (see `tables` for the layout). Because
+//! rows and applied index commit together, the tables always hold the state at exactly the index
+//! they say, and a restart resumes from there: openraft applies the committed entries after it
+//! again from the log. Dropping the state machine (the server stopping) writes what waits.
 //!
-//! A snapshot is built from a read transaction over the tables (`snapshot` for its format);
-//! installing one replaces every table in one transaction. The latest one is kept in the same
-//! file so that a leader can send it to a lagging follower after a restart.
+//! A snapshot is built from a read transaction over the tables (`snapshot` for its format), so
+//! it stands at the last checkpoint; installing one drops what waits and replaces every table in
+//! one transaction. The latest one is kept in the same file so that a leader can send it to a
+//! lagging follower after a restart.
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,9 +24,12 @@ use api::Timestamp;
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use redb::{ReadableTable, TableHandle};
+use std::time::Instant;
 
+use crate::StoreOptions;
 use crate::db::{self, Db, DbError, SM, SNAPSHOT, SNAPSHOT_META};
-use crate::events::Retention;
+use crate::events::{Checkpoint, Retention};
+use crate::handle::NodeWatches;
 use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -165,6 +171,10 @@ pub struct StateMachineStore {
     db: Arc<Db>,
     machine: SharedMachine,
     retention: Retention,
+    checkpoint: Checkpoint,
+    nodes: Arc<NodeWatches>,
+    /// Changes applied since the tables were last written, and since when they wait.
+    pending: Option<(Changes, Instant)>,
     snapshots: Arc<AtomicU64>,
 }
 
@@ -172,26 +182,59 @@ impl StateMachineStore {
     pub(crate) fn new(
         db: Arc<Db>,
         machine: SharedMachine,
-        retention: Retention,
+        nodes: Arc<NodeWatches>,
+        options: StoreOptions,
     ) -> StateMachineStore {
         StateMachineStore {
             db,
             machine,
-            retention,
+            retention: options.retention,
+            checkpoint: options.checkpoint,
+            nodes,
+            pending: None,
             snapshots: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Writes a batch's changes, then tells readers: what a blocking query sees is durable.
+    /// Adds a batch's changes to those waiting, and writes them all once they are due: older
+    /// than the checkpoint interval, or larger than its bytes.
     ///
     /// If the write fails, the in-memory state is ahead of the file; openraft treats the storage
-    /// error as fatal and stops this server, and the next start re-applies from the file.
-    async fn persist(&self, changes: Changes) -> Result<(), DbError> {
+    /// error as fatal and stops this server, and the next start re-applies from the log.
+    async fn checkpoint(&mut self, changes: Changes) -> Result<(), DbError> {
+        let pending = match self.pending.take() {
+            Some((mut waiting, since)) => {
+                waiting.merge(changes);
+                (waiting, since)
+            }
+            None => (changes, Instant::now()),
+        };
+        let (changes, since) = pending;
+        if since.elapsed() < self.checkpoint.every && changes.bytes() < self.checkpoint.max_bytes {
+            self.pending = Some((changes, since));
+            return Ok(());
+        }
         let index = changes.index;
-        tracing::trace!(index, bytes = changes.bytes(), "writing an applied batch");
-        db::write(&self.db, move |txn| changes.write(txn)).await?;
-        self.db.applied.send_replace(index);
-        Ok(())
+        tracing::trace!(index, bytes = changes.bytes(), "writing a checkpoint");
+        db::write(&self.db, move |txn| changes.write(txn)).await
+    }
+
+    /// Writes what waits, synchronously: when the state machine is dropped with the server.
+    fn write_pending(&mut self) {
+        let Some((changes, _)) = self.pending.take() else {
+            return;
+        };
+        let write = || -> Result<(), DbError> {
+            let txn = self.db.file.begin_write()?;
+            changes.write(&txn)?;
+            txn.commit()?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::warn!(
+                "cannot write the last applied changes; they are applied again from the log at the next start: {e}"
+            );
+        }
     }
 
     /// Applies `entries` and encodes their changes, all under the lock; `None` if there were
@@ -214,7 +257,9 @@ impl StateMachineStore {
 
     /// Replaces the state with the snapshot's: decoding, re-encoding and writing every table run
     /// on the blocking pool, and the lock is taken only to swap the result in.
-    async fn install(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
+    async fn install(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
+        // What waits is older than the snapshot, which replaces every table.
+        self.pending = None;
         let db = Arc::clone(&self.db);
         let meta = meta.clone();
         let retention = self.retention;
@@ -236,6 +281,7 @@ impl StateMachineStore {
         let index = machine.state.index;
         *write(&self.machine) = machine;
         self.db.applied.send_replace(index);
+        self.nodes.notify_all(index);
         Ok(())
     }
 
@@ -255,6 +301,12 @@ impl StateMachineStore {
     }
 }
 
+impl Drop for StateMachineStore {
+    fn drop(&mut self) {
+        self.write_pending();
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -271,12 +323,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let write_error = |e: DbError| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write);
         let (responses, changes) = self.apply_all(entries).map_err(write_error)?;
         if let Some(changes) = changes {
-            self.persist(changes).await.map_err(write_error)?;
+            // Readers may see the batch now: its entries are committed, so durable in the log
+            // whether or not the checkpoint below writes them yet.
+            self.db.applied.send_replace(changes.index);
+            self.nodes.notify(changes.moved_nodes());
+            self.checkpoint(changes).await.map_err(write_error)?;
         }
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // A snapshot is read from the tables: write what waits first, so it stands at the last
+        // applied entry. After a failed write the changes wait on, and the snapshot is as old
+        // as the last checkpoint; the next checkpoint tries again.
+        if let Some((changes, since)) = self.pending.take() {
+            let changes = Arc::new(changes);
+            let writing = Arc::clone(&changes);
+            if let Err(e) = db::write(&self.db, move |txn| writing.write(txn)).await {
+                tracing::warn!(
+                    "cannot write the applied state up to {} before a snapshot: {e}",
+                    changes.index
+                );
+                if let Ok(changes) = Arc::try_unwrap(changes) {
+                    self.pending = Some((changes, since));
+                }
+            }
+        }
         SnapshotBuilder {
             db: Arc::clone(&self.db),
             snapshots: Arc::clone(&self.snapshots),

@@ -37,6 +37,8 @@ pub(crate) const STORE_FORMAT: u32 = 2;
 
 /// Events by `seq`.
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// The table of each node's assignment index (`State::node_index`).
+pub(crate) const NODE_INDEX: &str = "node_index";
 /// The key of the [`Meta`] row in the `state_machine` table.
 pub(crate) const META: &str = "meta";
 
@@ -172,6 +174,30 @@ impl Changes {
         }
         events.retain_in(..self.first_event, |_, _| false)?;
         db::put_encoded(txn, SM, META, &self.meta)
+    }
+
+    /// Adds the changes of a later batch: its rows are written after these, so where both
+    /// changed a row the later value is the one that stays, and the meta row becomes the later
+    /// one.
+    pub(crate) fn merge(&mut self, later: Changes) {
+        for (name, rows) in later.maps {
+            match self.maps.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, mine)) => mine.extend(rows),
+                None => self.maps.push((name, rows)),
+            }
+        }
+        self.replace |= later.replace;
+        self.events.extend(later.events);
+        self.first_event = later.first_event;
+        self.meta = later.meta;
+        self.index = later.index;
+    }
+
+    /// The nodes whose assignment index this batch moved, each with the batch's index: every
+    /// change to a node's assignments moves its row of `node_index` to the applying entry.
+    pub(crate) fn moved_nodes(&self) -> impl Iterator<Item = (&str, u64)> {
+        let rows = self.maps.iter().filter(|(name, _)| *name == NODE_INDEX);
+        rows.flat_map(|(_, rows)| rows.iter().map(|(node, _)| (node.as_str(), self.index)))
     }
 
     /// How many bytes of rows this writes: what one batch costs the disk, before redb's pages.

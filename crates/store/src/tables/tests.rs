@@ -18,9 +18,9 @@ use redb::{Database, ReadableTableMetadata};
 use spec::ServiceSpec;
 use tempfile::TempDir;
 
-use super::{EVENTS, META, Meta};
+use super::{EVENTS, META, Meta, read_meta};
 use crate::db::{self, LOG, LOG_META, MACHINE, SM};
-use crate::events::{Retention, StoreOptions};
+use crate::events::{Checkpoint, Retention, StoreOptions};
 use crate::raft::{LogId, StoredMembership};
 use crate::state::{Command, State};
 use crate::state_machine::Machine;
@@ -240,7 +240,10 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let (applied, reopened, installed) = runtime.block_on(async {
-            let options = StoreOptions { retention: SMALL };
+            let options = StoreOptions {
+                retention: SMALL,
+                ..StoreOptions::default()
+            };
             let (_dir, path, (log, mut sm, handle)) = new_store(options.clone());
             apply_batches(&mut sm, 0, batches).await;
             let applied = handle.read(State::clone);
@@ -264,8 +267,12 @@ proptest! {
 }
 
 #[tokio::test]
-async fn a_crash_after_an_acknowledged_batch_loses_nothing_of_it() {
-    let (dir, path, (_log, mut sm, handle)) = new_store(StoreOptions::default());
+async fn a_crash_right_after_a_checkpoint_finds_the_tables_at_its_index() {
+    let every_batch = StoreOptions {
+        checkpoint: Checkpoint::EVERY_BATCH,
+        ..StoreOptions::default()
+    };
+    let (dir, path, (_log, mut sm, handle)) = new_store(every_batch);
     // A copy of the file taken while the store is open is what a power cut leaves on disk: the
     // file was never closed, and redb recovers it on the next open.
     let crash_image = |name: &str| {
@@ -288,6 +295,41 @@ async fn a_crash_after_an_acknowledged_batch_loses_nothing_of_it() {
         let (last_applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(last_applied.map(|id| id.index), Some(index));
     }
+}
+
+/// Between checkpoints the tables stand behind the log: a power cut then leaves acknowledged
+/// writes only in the log, and the next start applies them again from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_checkpoints_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let (raft, handle) = start(&path).await;
+    let names = ["edge-1", "edge-2", "edge-3"];
+    for name in names {
+        raft.client_write(register(name)).await.unwrap();
+    }
+    // The file as a power cut leaves it: copied while open, never closed.
+    let image = dir.path().join("crash.redb");
+    std::fs::copy(&path, &image).unwrap();
+    stop(raft, &handle).await;
+
+    let tables_at = {
+        let file = Database::open(&image).unwrap();
+        let meta = read_meta(&file.begin_read().unwrap()).unwrap();
+        // No meta row yet: no checkpoint was due, the tables hold nothing.
+        meta.and_then(|m| m.last_applied).map_or(0, |id| id.index)
+    };
+    let (raft, handle) = start(&image).await;
+    let applied = handle.read(|s| s.index);
+    assert!(
+        tables_at < applied,
+        "the tables stood at {tables_at}, the log at {applied}: nothing was left to apply again"
+    );
+    assert_eq!(
+        handle.read(|s| s.nodes.keys().cloned().collect::<Vec<_>>()),
+        names
+    );
+    stop(raft, &handle).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,6 +450,7 @@ async fn events_past_retention_leave_memory_and_disk_alike() {
             max_events: 3,
             max_age: Duration::from_secs(60 * 60),
         },
+        ..StoreOptions::default()
     };
     let (_dir, path, (log, mut sm, handle)) = new_store(options.clone());
     let seqs = |handle: &StateHandle| {
@@ -518,4 +561,19 @@ async fn a_store_of_a_newer_format_is_refused_with_what_to_do() {
     let message = err.to_string();
     assert!(message.contains(&path.display().to_string()), "{message}");
     assert!(message.contains("run the newer outpost"), "{message}");
+}
+
+#[tokio::test]
+async fn a_node_watch_wakes_for_its_own_node_only() {
+    let (_dir, _path, (_log, mut sm, handle)) = new_store(StoreOptions::default());
+    apply_batches(&mut sm, 0, vec![vec![register_at("a", at(0))]]).await;
+    let mut a = handle.watch_node("a");
+    apply_batches(&mut sm, 1, vec![vec![register_at("b", at(1))]]).await;
+    assert!(!a.has_changed().unwrap(), "woken by another node's change");
+    apply_batches(&mut sm, 2, vec![vec![register_at("a", at(2))]]).await;
+    assert!(
+        a.has_changed().unwrap(),
+        "not woken by its own node's change"
+    );
+    assert_eq!(*a.borrow_and_update(), 3);
 }
