@@ -15,10 +15,10 @@ mod serve;
 
 pub use answer::{Fail, not_found, time_limit};
 pub use bearer::{BearerError, Token, authorize, check_bearer};
+pub use hyper_util::server::graceful::Watcher;
 pub use json::{DRAIN_MAX, Json};
 pub use params::{Path, Query};
 pub use serve::{
     BodyLimit, DEFAULT_BODY_LIMIT, DEFAULT_HEADER_READ_TIMEOUT, Limits, PeerCertificate,
     accept_loop, refuse_busy, serve, serve_tls,
 };
-pub use hyper_util::server::graceful::Watcher;
