@@ -156,16 +156,34 @@ enum Failure {
     Answer,
 }
 
+impl Failure {
+    fn answer(self) -> Response<ProxyBody> {
+        match self {
+            Failure::NoEndpoint => local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no endpoint of this service is ready; retry shortly\n",
+            ),
+            Failure::Connect => local(
+                StatusCode::BAD_GATEWAY,
+                "no endpoint of this service accepted a connection\n",
+            ),
+            Failure::Answer => local(
+                StatusCode::BAD_GATEWAY,
+                "the endpoint of this service failed before it answered\n",
+            ),
+        }
+    }
+}
+
 impl Proxy {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let request = self.balancer.start_request();
         let started = self.balancer.now();
         let key = self.key(&req, peer);
         let (mut parts, body) = req.into_parts();
-        let idempotent = is_idempotent(&parts.method);
         remove_hop_by_hop(&mut parts.headers);
         add_forwarded(&mut parts.headers, client_ip(peer.ip()));
-        let mut body = match self.read_body(body).await {
+        let body = match self.read_body(body).await {
             Ok(body) => body,
             Err(e) => {
                 tracing::debug!("request body from {peer} could not be read: {e}");
@@ -175,8 +193,30 @@ impl Proxy {
                 );
             }
         };
+        match self.send(parts, body, key).await {
+            Ok((answer, lease)) => self.respond(answer, lease, request, started),
+            Err(failure) => {
+                self.balancer.note_error();
+                self.balancer.note_latency(started);
+                failure.answer()
+            }
+        }
+    }
+
+    /// Sends the request to endpoints until one answers or no other may be tried: the answer
+    /// with the attempt it came on, or why there is none.
+    async fn send(
+        &self,
+        parts: Parts,
+        mut body: Kept,
+        key: u64,
+    ) -> Result<(Response<Incoming>, Lease), Failure> {
+        let idempotent = is_idempotent(&parts.method);
         let mut head = Some(parts);
         let mut failure = Failure::NoEndpoint;
+        // A 502-504 answer kept while another endpoint is tried: better than the proxy's own
+        // 502 if no other answers.
+        let mut gateway_error = None;
         let mut tried = Tried::default();
         let attempts = self.balancer.config().max_attempts;
         for attempt in 0..attempts {
@@ -199,19 +239,18 @@ impl Proxy {
                     lease.failed(&self.balancer);
                     let gateway = matches!(answer.status().as_u16(), 502..=504);
                     if can_retry && idempotent && gateway {
-                        failure = Failure::Answer;
+                        gateway_error = Some((answer, lease));
                         continue;
                     }
-                    return self.respond(answer, lease, request, started);
+                    return Ok((answer, lease));
                 }
                 Ok(answer) => {
                     lease.succeeded(&self.balancer);
-                    return self.respond(answer, lease, request, started);
+                    return Ok((answer, lease));
                 }
                 Err(e) => {
                     lease.failed(&self.balancer);
-                    let addr = lease.backend().addr();
-                    tracing::debug!("request to {addr} failed: {e:?}");
+                    tracing::debug!("request to {} failed: {e:?}", lease.backend().addr());
                     let unsent = e.is_connect();
                     failure = if unsent {
                         Failure::Connect
@@ -224,22 +263,7 @@ impl Proxy {
                 }
             }
         }
-        self.balancer.note_error();
-        self.balancer.note_latency(started);
-        match failure {
-            Failure::NoEndpoint => local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no endpoint of this service is ready\n",
-            ),
-            Failure::Connect => local(
-                StatusCode::BAD_GATEWAY,
-                "no endpoint of this service accepted a connection\n",
-            ),
-            Failure::Answer => local(
-                StatusCode::BAD_GATEWAY,
-                "the endpoint of this service did not answer with HTTP\n",
-            ),
-        }
+        gateway_error.ok_or(failure)
     }
 
     /// The request's consistent-hash key; 0 when the algorithm needs none.

@@ -267,6 +267,40 @@ async fn a_garbage_backend_gets_its_client_a_502_and_the_others_keep_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_is_retried_for_idempotent_requests_only() {
+    let unavailable = Backend::answering("unavailable", StatusCode::SERVICE_UNAVAILABLE).await;
+    let good = Backend::start("good").await;
+    let set = vec![unavailable.endpoint(), good.endpoint()];
+    let client = client();
+
+    let balancer = Balancer::new(Config::default(), &set);
+    let proxy = http_proxy(Arc::clone(&balancer), HttpOptions::default()).await;
+    let answer = get(&client, proxy, "/").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "good")
+    );
+
+    // A POST is not sent twice: the endpoint's own 503 reaches the client.
+    let balancer = Balancer::new(Config::default(), &set);
+    let proxy = http_proxy(Arc::clone(&balancer), HttpOptions::default()).await;
+    let answer = send(&client, request("POST", proxy, "/")).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+
+    // With no other endpoint to try, the endpoint's 503 beats a 502 of the proxy's own.
+    balancer.update(&set[..1]);
+    let answer = get(&client, proxy, "/").await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    assert_eq!(balancer.snapshot().listener.errors, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_that_never_reached_a_backend_is_sent_to_another() {
     let good = Backend::start("good").await;
     let set = vec![

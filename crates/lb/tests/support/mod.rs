@@ -50,6 +50,11 @@ impl Backend {
     /// A backend answering every request with its name; `/hold` waits for [`Backend::release`].
     /// It echoes the forwarding headers it got as `seen-*` headers.
     pub async fn start(name: &str) -> Backend {
+        Backend::answering(name, StatusCode::OK).await
+    }
+
+    /// A backend like [`Backend::start`]'s that answers with `status`.
+    pub async fn answering(name: &str, status: StatusCode) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -59,6 +64,7 @@ impl Backend {
             name.to_owned(),
             Arc::clone(&hits),
             Arc::clone(&release),
+            status,
         ));
         Backend {
             name: name.to_owned(),
@@ -94,6 +100,7 @@ async fn serve(
     name: String,
     hits: Arc<AtomicUsize>,
     release: Arc<Semaphore>,
+    status: StatusCode,
 ) {
     // Owned by this task, so aborting it closes every connection too.
     let mut connections = JoinSet::new();
@@ -112,6 +119,7 @@ async fn serve(
                         let _ = release.acquire().await;
                     }
                     let mut answer = Response::new(Full::new(Bytes::from(name)));
+                    *answer.status_mut() = status;
                     for (seen, header) in [
                         ("seen-x-forwarded-for", "x-forwarded-for"),
                         ("seen-x-forwarded-proto", "x-forwarded-proto"),
