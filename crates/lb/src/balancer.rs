@@ -478,6 +478,25 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_reads_as_json_for_the_cli() {
+        let b = Balancer::new(Config::default(), &endpoints(2));
+        let lease = b.pick(0, &Tried::default()).unwrap();
+        lease.failed(&b);
+        let json = serde_json::to_value(b.snapshot()).unwrap();
+        assert_eq!(json["endpoints"][0]["id"], "e0");
+        assert_eq!(json["endpoints"][0]["addr"], "127.0.0.1:1000");
+        assert_eq!(json["endpoints"][0]["health"], "ejected");
+        assert_eq!(json["endpoints"][0]["counters"]["in_flight"], 1);
+        assert_eq!(json["endpoints"][1]["health"], "ready");
+        assert_eq!(json["listener"]["ejections"], 1);
+        let latency = &json["listener"]["latency"];
+        assert_eq!(
+            latency["le_us"].as_array().unwrap().len() + 1,
+            latency["counts"].as_array().unwrap().len()
+        );
+    }
+
+    #[test]
     fn the_budget_limits_retries() {
         let config = Config {
             retry: RetryBudget {

@@ -182,6 +182,9 @@ impl Proxy {
         let key = self.key(&req, peer);
         let (mut parts, body) = req.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        // hyper answered the client's `Expect: 100-continue` when the body was read; the
+        // endpoint gets the body at once either way.
+        parts.headers.remove(header::EXPECT);
         add_forwarded(&mut parts.headers, client_ip(peer.ip()));
         let body = match self.read_body(body).await {
             Ok(body) => body,
