@@ -134,6 +134,24 @@ impl Balancer {
     /// An endpoint for a request of hash `key` that has not tried it yet: one that is ready and
     /// not ejected, or, when every ready one left is ejected, one of those anyway.
     pub(crate) fn pick(&self, key: u64, tried: &Tried) -> Option<Lease> {
+        let now = self.now();
+        self.choose(key, tried).map(|b| Lease::start(b, now))
+    }
+
+    /// [`Balancer::pick`] for a retry: `None` also when the retry budget is spent, which is
+    /// only asked once there is an endpoint to retry on.
+    pub(crate) fn pick_retry(&self, key: u64, tried: &Tried) -> Option<Lease> {
+        let backend = self.choose(key, tried)?;
+        let now = self.now();
+        if !self.window.try_retry(&self.config.retry, now) {
+            return None;
+        }
+        self.counters.note_retry();
+        backend.counters.note_retry();
+        Some(Lease::start(backend, now))
+    }
+
+    fn choose(&self, key: u64, tried: &Tried) -> Option<Arc<Backend>> {
         let set = self.current();
         let now = self.now();
         let backends = &set.backends;
@@ -148,22 +166,7 @@ impl Balancer {
                     !backends[i].is_draining() && untried(i)
                 })
             })?;
-        let backend = Arc::clone(&backends[index]);
-        backend.start_request();
-        backend.counters.start();
-        Some(Lease {
-            backend,
-            started: now,
-        })
-    }
-
-    /// Takes a retry from the budget and counts it; `false` when the budget is spent.
-    pub(crate) fn try_retry(&self) -> bool {
-        let allowed = self.window.try_retry(&self.config.retry, self.now());
-        if allowed {
-            self.counters.note_retry();
-        }
-        allowed
+        Some(Arc::clone(&backends[index]))
     }
 
     pub(crate) fn note_error(&self) {
@@ -266,12 +269,17 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    fn start(backend: Arc<Backend>, now: Nanos) -> Lease {
+        backend.start_request();
+        backend.counters.start();
+        Lease {
+            backend,
+            started: now,
+        }
     }
 
-    pub fn note_retry(&self) {
-        self.backend.counters.note_retry();
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     pub fn succeeded(&self, balancer: &Balancer) {
@@ -506,8 +514,27 @@ mod tests {
             ..Config::default()
         };
         let b = Balancer::new(config, &endpoints(2));
-        let allowed = (0..100).filter(|_| b.try_retry()).count();
+        let allowed = (0..100)
+            .filter(|_| b.pick_retry(0, &Tried::default()).is_some())
+            .count();
         assert_eq!(allowed, 10);
-        assert_eq!(b.snapshot().listener.retries, 10);
+        let s = b.snapshot();
+        assert_eq!(s.listener.retries, 10);
+        assert_eq!(
+            s.endpoints[0].counters.retries + s.endpoints[1].counters.retries,
+            10
+        );
+    }
+
+    #[test]
+    fn a_retry_with_nowhere_to_go_takes_nothing_from_the_budget() {
+        let b = Balancer::new(Config::default(), &endpoints(1));
+        let mut tried = Tried::default();
+        tried.add(&b.pick(0, &tried).unwrap());
+        for _ in 0..1_000 {
+            assert!(b.pick_retry(0, &tried).is_none());
+        }
+        assert_eq!(b.snapshot().listener.retries, 0);
+        assert!(b.pick_retry(0, &Tried::default()).is_some());
     }
 }

@@ -223,16 +223,15 @@ impl Proxy {
         let mut tried = Tried::default();
         let attempts = self.balancer.config().max_attempts;
         for attempt in 0..attempts {
-            if attempt > 0 && !self.balancer.try_retry() {
-                break;
-            }
-            let Some(lease) = self.balancer.pick(key, &tried) else {
+            let lease = if attempt == 0 {
+                self.balancer.pick(key, &tried)
+            } else {
+                self.balancer.pick_retry(key, &tried)
+            };
+            let Some(lease) = lease else {
                 break;
             };
             tried.add(&lease);
-            if attempt > 0 {
-                lease.note_retry();
-            }
             let can_retry = matches!(body, Kept::Whole(_)) && attempt + 1 < attempts;
             let Some(to_send) = outgoing(&mut head, &mut body, can_retry, &lease) else {
                 break;

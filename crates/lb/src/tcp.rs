@@ -116,14 +116,12 @@ async fn connect(
     let key = ip_key(peer.ip());
     let mut tried = Tried::default();
     for attempt in 0..balancer.config().max_attempts {
-        if attempt > 0 && !balancer.try_retry() {
-            return None;
-        }
-        let lease = balancer.pick(key, &tried)?;
+        let lease = if attempt == 0 {
+            balancer.pick(key, &tried)?
+        } else {
+            balancer.pick_retry(key, &tried)?
+        };
         tried.add(&lease);
-        if attempt > 0 {
-            lease.note_retry();
-        }
         let addr = lease.backend().addr();
         match tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
