@@ -17,10 +17,10 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tower_service::Service;
 
 /// 5 s: a real client sends its request head in one round trip; an idle or trickling one is cut
@@ -106,9 +106,6 @@ pub async fn serve_tls(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut connections = tokio::task::JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -119,6 +116,54 @@ pub async fn serve_tls(
         .keep_alive_interval(H2_PING_EVERY)
         .keep_alive_timeout(H2_PING_TIMEOUT);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let header_read_timeout = limits.header_read_timeout;
+    let body_limit = limits.body_limit;
+    let serve_one = move |stream: TcpStream, peer, watcher| {
+        let one = Connection {
+            app: app.clone(),
+            http: http.clone(),
+            h2: h2.clone(),
+            watcher,
+            peer,
+            body_limit,
+        };
+        let acceptor = acceptor.clone();
+        async move {
+            match acceptor {
+                None => one.serve(stream, PeerCertificate(None)).await,
+                Some(acceptor) => one.handshake(acceptor, stream, header_read_timeout).await,
+            }
+        }
+    };
+    accept_loop(
+        listener,
+        limits.max_connections,
+        refuse_busy,
+        serve_one,
+        shutdown,
+    )
+    .await;
+}
+
+/// The accept loop under every listener: accepts on `listener` until `shutdown` resolves, with
+/// at most `max_connections` open at once (one more is handed to `over_cap` with the cap, then
+/// closed, so the ones already open are never starved). Each accepted connection runs as its own
+/// task, `serve(stream, peer, watcher)`, holding its slot until it ends. At shutdown the
+/// listener is closed, connections that watch `watcher` get `SHUTDOWN_GRACE` to finish their
+/// current request, and every connection still open is then ended.
+pub async fn accept_loop<S, F>(
+    listener: TcpListener,
+    max_connections: usize,
+    over_cap: fn(TcpStream, usize),
+    mut serve: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: FnMut(TcpStream, SocketAddr, Watcher) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
     let mut refused = Refused::default();
     tokio::pin!(shutdown);
     loop {
@@ -137,28 +182,16 @@ pub async fn serve_tls(
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            refused.note(peer, limits.max_connections);
-            refuse(stream, limits.max_connections);
+            refused.note(peer, max_connections);
+            over_cap(stream, max_connections);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let one = Connection {
-            app: app.clone(),
-            http: http.clone(),
-            h2: h2.clone(),
-            watcher: graceful.watcher(),
-            peer,
-            body_limit: limits.body_limit,
-        };
-        match acceptor.clone() {
-            None => connections.spawn(one.serve(stream, PeerCertificate(None), permit)),
-            Some(acceptor) => connections.spawn(one.handshake(
-                acceptor,
-                stream,
-                limits.header_read_timeout,
-                permit,
-            )),
-        };
+        let connection = serve(stream, peer, graceful.watcher());
+        connections.spawn(async move {
+            connection.await;
+            drop(permit);
+        });
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
@@ -175,7 +208,7 @@ struct Connection {
     app: Router,
     http: hyper::server::conn::http1::Builder,
     h2: hyper::server::conn::http2::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
     peer: SocketAddr,
     body_limit: usize,
 }
@@ -188,7 +221,6 @@ impl Connection {
         acceptor: tokio_rustls::TlsAcceptor,
         stream: TcpStream,
         timeout: Duration,
-        permit: OwnedSemaphorePermit,
     ) {
         let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
@@ -208,9 +240,9 @@ impl Connection {
         let h2 = session.alpn_protocol() == Some(b"h2");
         let cert = PeerCertificate(cert);
         if h2 {
-            self.serve_h2(tls, cert, permit).await;
+            self.serve_h2(tls, cert).await;
         } else {
-            self.serve(tls, cert, permit).await;
+            self.serve(tls, cert).await;
         }
     }
 
@@ -239,16 +271,18 @@ impl Connection {
         })
     }
 
-    async fn serve_h2<IO>(self, io: IO, cert: PeerCertificate, permit: OwnedSemaphorePermit)
+    async fn serve_h2<IO>(self, io: IO, cert: PeerCertificate)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = Connection::service(self.app, self.peer, self.body_limit, cert);
         let connection = self.h2.serve_connection(TokioIo::new(io), service);
-        run(self.watcher.watch(connection), permit).await;
+        if let Err(e) = self.watcher.watch(connection).await {
+            tracing::debug!("connection ended: {e}");
+        }
     }
 
-    async fn serve<IO>(self, io: IO, cert: PeerCertificate, permit: OwnedSemaphorePermit)
+    async fn serve<IO>(self, io: IO, cert: PeerCertificate)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -262,18 +296,10 @@ impl Connection {
         } = self;
         let service = Connection::service(app, peer, body_limit, cert);
         let connection = http.serve_connection(TokioIo::new(io), service);
-        run(watcher.watch(connection), permit).await;
+        if let Err(e) = watcher.watch(connection).await {
+            tracing::debug!("connection ended: {e}");
+        }
     }
-}
-
-async fn run<F: Future<Output = Result<(), hyper::Error>>>(
-    connection: F,
-    permit: OwnedSemaphorePermit,
-) {
-    if let Err(e) = connection.await {
-        tracing::debug!("connection ended: {e}");
-    }
-    drop(permit);
 }
 
 /// Counts refused connections and warns about them now and then.
@@ -301,8 +327,8 @@ impl Refused {
     }
 }
 
-/// Closes a connection over the cap, with a best-effort 503 so a real client learns why.
-fn refuse(stream: TcpStream, cap: usize) {
+/// Closes a connection over the cap, with a best-effort 503 so a real HTTP client learns why.
+pub fn refuse_busy(stream: TcpStream, cap: usize) {
     let body = format!(
         r#"{{"error":"the server has {cap} connections open, its maximum; retry shortly"}}"#
     );
