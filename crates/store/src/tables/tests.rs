@@ -297,17 +297,23 @@ async fn a_crash_right_after_a_checkpoint_finds_the_tables_at_its_index() {
     }
 }
 
+/// A one-server group on `path` that has acknowledged registering `names`.
+async fn start_with_nodes(path: &Path, names: &[&str]) -> (crate::raft::Raft, StateHandle) {
+    let (raft, handle) = start(path).await;
+    for name in names {
+        raft.client_write(register(name)).await.unwrap();
+    }
+    (raft, handle)
+}
+
 /// Between checkpoints the tables stand behind the log: a power cut then leaves acknowledged
 /// writes only in the log, and the next start applies them again from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_checkpoints_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    let (raft, handle) = start(&path).await;
     let names = ["edge-1", "edge-2", "edge-3"];
-    for name in names {
-        raft.client_write(register(name)).await.unwrap();
-    }
+    let (raft, handle) = start_with_nodes(&path, &names).await;
     // The file as a power cut leaves it: copied while open, never closed.
     let image = dir.path().join("crash.redb");
     std::fs::copy(&path, &image).unwrap();
@@ -336,11 +342,8 @@ async fn a_crash_between_checkpoints_loses_no_acknowledged_write() {
 async fn raft_dropped_without_shutdown_keeps_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.redb");
-    let (raft, handle) = start(&path).await;
     let names = ["edge-1", "edge-2", "edge-3"];
-    for name in names {
-        raft.client_write(register(name)).await.unwrap();
-    }
+    let (raft, handle) = start_with_nodes(&path, &names).await;
     drop(raft);
     tokio::time::timeout(PATIENCE, handle.closed())
         .await
