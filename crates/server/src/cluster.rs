@@ -139,8 +139,7 @@ pub async fn join(
     }
     // Every membership change committed before this one applied here, so the state's counter
     // has seen every id ever given (a new leader may still be applying its predecessor's).
-    ctx.raft
-        .ensure_linearizable()
+    confirm_leading(&ctx.raft)
         .await
         .map_err(|e| unavailable(format!("cannot confirm this server still leads: {e}")))?;
     let id = ctx.state.read(|s| s.fresh_server_id(nodes.keys().copied()));
@@ -376,8 +375,8 @@ async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
     if method != Method::GET {
         return Ok(Answerer::Here);
     }
-    match ctx.raft.ensure_linearizable().await {
-        Ok(_) => Ok(Answerer::Here),
+    match confirm_leading(&ctx.raft).await {
+        Ok(()) => Ok(Answerer::Here),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
             match (f.leader_id, f.leader_node) {
                 (Some(id), Some(node)) => Ok(Answerer::Leader {
@@ -390,6 +389,32 @@ async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
         Err(e) => Err(unavailable(format!(
             "cannot confirm this server still leads: {e}"
         ))),
+    }
+}
+
+/// How many rounds [`confirm_leading`] tries, and the pause between two.
+const CONFIRM_ROUNDS: u32 = 5;
+const CONFIRM_PAUSE: Duration = Duration::from_millis(100);
+
+/// `Raft::ensure_linearizable`, tried again when a round heard too few servers. openraft counts
+/// only answers that arrive within one heartbeat interval (100 ms), so a busy follower makes a
+/// single round fail although the group is whole; a leader that is really cut off fails every
+/// round, and a server that is not the leader is told so at once.
+pub async fn confirm_leading(
+    raft: &store::raft::Raft,
+) -> Result<(), RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>> {
+    let mut round = 1;
+    loop {
+        match raft.ensure_linearizable().await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                if round < CONFIRM_ROUNDS =>
+            {
+                round += 1;
+                tokio::time::sleep(CONFIRM_PAUSE).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

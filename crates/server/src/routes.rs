@@ -908,8 +908,7 @@ async fn rotate_token(
     // The generation must be the latest committed, not one a new leader has yet to apply:
     // the next one is then above every token ever given. The first generation is the first
     // token's even before a new cluster committed it, so a rotation is never that token.
-    ctx.raft
-        .ensure_linearizable()
+    crate::cluster::confirm_leading(&ctx.raft)
         .await
         .map_err(|e| unavailable(format!("cannot confirm this server still leads: {e}")))?;
     let generation = ctx
