@@ -394,6 +394,9 @@ pub struct DeployRequest {
     /// stored only when the whole deploy is accepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<crate::ObjectUpload>,
+    /// Replace services of the same name that belong to another stack (or to none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -427,6 +430,17 @@ pub struct Change {
 pub struct DeployResponse {
     pub dry_run: bool,
     pub changes: Vec<Change>,
+    /// For a dry run: the services whose replicas would wait once deployed (for a fixed host
+    /// port, room, or a dependency), and why, as the scheduler would say it now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Waiting>,
+}
+
+/// Why some replicas of a service wait.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Waiting {
+    pub service: String,
+    pub reason: String,
 }
 
 /// `POST /v1/services/{name}/rollout/undo`: the revision to go back to, or the one before.

@@ -389,6 +389,24 @@ impl Client {
         self.all("/v1/services?").await
     }
 
+    /// Every service of a stack, page after page.
+    pub async fn services_in(&self, stack: &str) -> Result<Vec<ServiceSummary>, ClientError> {
+        self.all(&format!("/v1/services?stack={}&", segment(stack, STACK)?))
+            .await
+    }
+
+    /// Removes every service of a stack; answers them, now removing.
+    pub async fn remove_stack(&self, stack: &str) -> Result<Vec<ServiceSummary>, ClientError> {
+        self.send(
+            self.request(
+                Method::DELETE,
+                &format!("/v1/stacks/{}", segment(stack, STACK)?),
+            ),
+            REQUEST_TIMEOUT,
+        )
+        .await
+    }
+
     /// Every task, or every task of one service, page after page.
     pub async fn tasks(&self, service: Option<&str>) -> Result<Vec<Task>, ClientError> {
         let filter = TaskFilter {
@@ -763,6 +781,7 @@ fn push(name: &str, value: Option<&str>, query: &mut String) {
 type Named = (&'static str, &'static str);
 const SERVICE: Named = ("service", "see `outpost services`");
 const NODE: Named = ("node", "see `outpost nodes`");
+const STACK: Named = ("stack", "see `outpost services`");
 const OBJECT: Named = (
     "secret or config",
     "see `outpost secret ls` and `outpost config ls`",

@@ -236,6 +236,7 @@ impl Run {
             services: specs::services(self.options.services, self.options.replicas)?,
             dry_run: false,
             objects: Vec::new(),
+            force: false,
         };
         let start = Instant::now();
         let deadline = start + self.options.patience;

@@ -181,7 +181,9 @@ pub struct Specs {
 }
 
 /// Reads and parses spec files; every problem of every file is reported before giving up.
-pub fn read_specs(files: &[PathBuf]) -> Result<Specs> {
+/// `project` is the stack `-p` names; a Compose file without one is a stack named by its
+/// `name:` or its directory.
+pub fn read_specs(files: &[PathBuf], project: Option<&str>) -> Result<Specs> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let mut specs = Vec::new();
     let mut objects = Vec::new();
@@ -191,7 +193,12 @@ pub fn read_specs(files: &[PathBuf]) -> Result<Specs> {
             .with_context(|| format!("cannot read {}", file.display()))?;
         let dotenv_path = file.parent().unwrap_or(Path::new(".")).join(".env");
         let dotenv = std::fs::read_to_string(&dotenv_path).ok();
-        match spec::parse_file(&file.display().to_string(), &text, &env, dotenv.as_deref()) {
+        let stacking = spec::Stacking {
+            project: project.map(str::to_string),
+            directory: directory_name(file),
+        };
+        let source = file.display().to_string();
+        match spec::parse_file_in(&source, &text, &env, dotenv.as_deref(), &stacking) {
             Ok(parsed) => {
                 for w in &parsed.warnings {
                     eprintln!("warning: {w}");
@@ -214,30 +221,62 @@ pub fn read_specs(files: &[PathBuf]) -> Result<Specs> {
     })
 }
 
-pub async fn deploy(conn: &Connection, files: &[PathBuf], dry_run: bool) -> Result<()> {
-    let specs = read_specs(files)?;
-    let client = connect(conn).await?;
-    apply(&client, specs, dry_run, conn.output).await
+/// The name of the directory `file` is in, as `docker compose` takes a project's name from it.
+fn directory_name(file: &Path) -> Option<String> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = match dir {
+        Some(dir) => dir.canonicalize().ok()?,
+        None => std::env::current_dir().ok()?,
+    };
+    Some(dir.file_name()?.to_string_lossy().into_owned())
 }
 
-pub async fn apply(client: &Client, specs: Specs, dry_run: bool, format: Format) -> Result<()> {
+/// How `outpost deploy` deploys.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    pub project: Option<String>,
+    pub dry_run: bool,
+    pub force: bool,
+}
+
+pub async fn deploy(conn: &Connection, files: &[PathBuf], how: &DeployOptions) -> Result<()> {
+    let specs = read_specs(files, how.project.as_deref())?;
+    let client = connect(conn).await?;
+    apply(&client, specs, how, conn.output).await
+}
+
+pub async fn apply(
+    client: &Client,
+    specs: Specs,
+    how: &DeployOptions,
+    format: Format,
+) -> Result<()> {
     let Specs {
         services: specs,
         objects,
     } = specs;
     let request = DeployRequest {
         services: specs.clone(),
-        dry_run,
+        dry_run: how.dry_run,
         objects,
+        force: how.force,
     };
     let response = client.deploy(&request).await?;
     if format == Format::Json {
-        let shown = serde_json::json!({ "dry_run": dry_run, "changes": response.changes, "services": specs });
+        let shown = serde_json::json!({
+            "dry_run": how.dry_run,
+            "changes": response.changes,
+            "waiting": response.waiting,
+            "services": specs,
+        });
         return print_json(&shown);
     }
     println!("{}", output::changes(&response.changes));
-    if dry_run {
+    if how.dry_run {
         println!("\n{}", output::spec_summary(&specs));
+        for w in &response.waiting {
+            println!("would wait: {}: {}", w.service, w.reason);
+        }
         println!("dry run: nothing was changed");
     }
     Ok(())
@@ -270,8 +309,12 @@ pub async fn ps(conn: &Connection, filter: &TaskFilter, all: bool) -> Result<()>
     Ok(())
 }
 
-pub async fn services(conn: &Connection, all: bool) -> Result<()> {
-    let list = connect(conn).await?.services().await?;
+pub async fn services(conn: &Connection, all: bool, stack: Option<&str>) -> Result<()> {
+    let client = connect(conn).await?;
+    let list = match stack {
+        Some(stack) => client.services_in(stack).await?,
+        None => client.services().await?,
+    };
     match conn.output {
         Format::Json => print_json(&list),
         Format::Table if all || list.len() <= SCREENFUL => {
@@ -385,6 +428,22 @@ pub async fn drain(conn: &Connection, node: &str, drain: bool) -> Result<()> {
             } else {
                 println!("{node} takes new work again");
             }
+            Ok(())
+        }
+    }
+}
+
+/// `outpost rm --stack STACK`: every service of the stack, in one change.
+pub async fn rm_stack(conn: &Connection, stack: &str) -> Result<()> {
+    let removed = connect(conn).await?.remove_stack(stack).await?;
+    match conn.output {
+        Format::Json => print_json(&removed),
+        Format::Table => {
+            let names: Vec<&str> = removed.iter().map(|s| s.name.as_str()).collect();
+            println!(
+                "stack {stack} removed ({}); their tasks are stopping",
+                names.join(", ")
+            );
             Ok(())
         }
     }

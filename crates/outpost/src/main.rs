@@ -375,15 +375,25 @@ enum Command {
     Deploy {
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
+        /// The stack to deploy into (as `docker compose -p`): a Compose file's services become
+        /// `<stack>_<service>`; without it, the file's `name:` or its directory's name.
+        #[arg(short = 'p', long = "project-name", value_name = "NAME")]
+        project: Option<String>,
         /// Validate and show what would change, without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Replace services of the same name that belong to another stack, or to none.
+        #[arg(long)]
+        force: bool,
     },
     /// List services; more than a screenful are counted by status unless `--all`.
     Services {
         /// Show every service, however many.
         #[arg(long)]
         all: bool,
+        /// Only the services of this stack.
+        #[arg(long, value_name = "STACK")]
+        stack: Option<String>,
     },
     /// List tasks, of one service or all; more than a screenful are summarised (counts by
     /// service and state) unless `--all`.
@@ -434,7 +444,13 @@ enum Command {
     /// Set the number of replicas of a service.
     Scale { service: String, replicas: u32 },
     /// Remove a service and stop its tasks.
-    Rm { service: String },
+    Rm {
+        #[arg(required_unless_present = "stack", conflicts_with = "stack")]
+        service: Option<String>,
+        /// Remove every service of this stack instead.
+        #[arg(long, value_name = "STACK")]
+        stack: Option<String>,
+    },
     /// Act on one node.
     Node {
         #[command(subcommand)]
@@ -639,8 +655,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             action: TokenAction::Rotate { role },
         } => commands::rotate_token(&conn, &role).await,
-        Command::Deploy { files, dry_run } => commands::deploy(&conn, &files, dry_run).await,
-        Command::Services { all } => commands::services(&conn, all).await,
+        Command::Deploy {
+            files,
+            project,
+            dry_run,
+            force,
+        } => {
+            let how = commands::DeployOptions {
+                project,
+                dry_run,
+                force,
+            };
+            commands::deploy(&conn, &files, &how).await
+        }
+        Command::Services { all, stack } => commands::services(&conn, all, stack.as_deref()).await,
         Command::Ps {
             service,
             node,
@@ -676,7 +704,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
         } => commands::logs(&conn, &target, follow, tail).await,
         Command::Scale { service, replicas } => commands::scale(&conn, &service, replicas).await,
-        Command::Rm { service } => commands::rm(&conn, &service).await,
+        Command::Rm { service, stack } => match (service, stack) {
+            (_, Some(stack)) => commands::rm_stack(&conn, &stack).await,
+            (Some(service), None) => commands::rm(&conn, &service).await,
+            // clap requires one of them.
+            (None, None) => Err(anyhow::anyhow!("name a service, or a stack with --stack")),
+        },
         Command::Node { action } => match action {
             NodeAction::Drain { node } => commands::drain(&conn, &node, true).await,
             NodeAction::Undrain { node } => commands::drain(&conn, &node, false).await,

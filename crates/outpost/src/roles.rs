@@ -98,7 +98,7 @@ pub async fn dev(
     let (eviction_threshold, task_ports) = node_settings(node)?;
     init_logging();
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
-    let specs = commands::read_specs(files)?;
+    let specs = commands::read_specs(files, None)?;
     let data_dir = conn
         .data_dir
         .clone()
@@ -232,7 +232,8 @@ async fn dev_session(client: &Client, specs: commands::Specs, signals: &Signals)
     let start_up = async {
         if !specs.services.is_empty() {
             let names: Vec<String> = specs.services.iter().map(|s| s.name.clone()).collect();
-            commands::apply(client, specs, false, crate::Format::Table).await?;
+            let how = commands::DeployOptions::default();
+            commands::apply(client, specs, &how, crate::Format::Table).await?;
             show_endpoints(client, &names).await;
         }
         anyhow::Ok(())

@@ -124,6 +124,7 @@ fn exec_probes_and_compose_healthchecks_run_inside_the_container() {
     // /demo-app exists only inside the image: passing proves the probe ran in the container.
     let compose = format!(
         r#"
+name: probes
 services:
   checked:
     image: {image}
@@ -138,7 +139,7 @@ services:
     );
     let path = dev.spec_file("compose.yaml", &compose);
     dev.ok(&["deploy", "-f", path.to_str().unwrap()]);
-    let t = dev.wait_ready("checked", 1).remove(0);
+    let t = dev.wait_ready("probes_checked", 1).remove(0);
     let host_port = t["ports"]
         .as_object()
         .unwrap()

@@ -288,6 +288,7 @@ fn a_compose_database_starts_with_its_password_file_from_secrets() {
     std::fs::write(values.path().join("password.txt"), &password).unwrap();
     let compose = format!(
         r#"
+name: app
 services:
   db:
     image: {image}
@@ -308,7 +309,7 @@ secrets:
     );
     let path = dev.spec_file("compose.yaml", &compose);
     dev.ok(&["deploy", "-f", path.to_str().unwrap()]);
-    let task = dev.wait_ready("db", 1).remove(0);
+    let task = dev.wait_ready("app_db", 1).remove(0);
     let port = task["ports"]
         .as_object()
         .unwrap()
@@ -325,11 +326,11 @@ secrets:
     let env = c["Config"]["Env"].to_string();
     assert!(!env.contains("OUTPOST_SECRETS_DIR"), "{env}");
     let secrets = dev.json(&["secret", "ls"]);
-    assert_eq!(secrets[0]["services"], serde_json::json!(["db"]));
+    assert_eq!(secrets[0]["services"], serde_json::json!(["app_db"]));
     assert_nowhere(
         &password,
-        &every_output(&dev, &path, "db"),
+        &every_output(&dev, &path, "app_db"),
         &[dev.data_dir()],
     );
-    dev.ok(&["rm", "db"]);
+    dev.ok(&["rm", "--stack", "app"]);
 }

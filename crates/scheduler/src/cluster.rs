@@ -13,6 +13,7 @@ use std::ops::Range;
 use api::{Node, NodeState};
 use spec::ServiceSpec;
 
+use crate::ports::{self, HostPort};
 use crate::requests;
 
 /// What one node has left to give, as placement goes on.
@@ -20,6 +21,8 @@ pub(crate) struct Room<'a> {
     pub node: &'a Node,
     pub cpu_free: u64,
     pub memory_free: u64,
+    /// The fixed host ports its tasks hold.
+    pub claimed: Vec<HostPort>,
     total: u32,
 }
 
@@ -53,6 +56,7 @@ impl<'a> Rooms<'a> {
                 node,
                 cpu_free: node.allocatable.cpu_millis,
                 memory_free: node.allocatable.memory_bytes,
+                claimed: Vec::new(),
                 total: 0,
             })
             .collect();
@@ -68,8 +72,14 @@ impl<'a> Rooms<'a> {
     }
 
     /// Charges a task that stays on `node` (one that never registered has no room) for its
-    /// requests, if its service is known, and returns the rooms charged.
-    pub fn charge(&mut self, node: &str, need: Option<(u64, u64)>) -> Range<usize> {
+    /// requests, if its service is known, and its fixed host ports, and returns the rooms
+    /// charged.
+    pub fn charge(
+        &mut self,
+        node: &str,
+        need: Option<(u64, u64)>,
+        ports: &[HostPort],
+    ) -> Range<usize> {
         let Some(range) = self.by_name.get(node).cloned() else {
             return 0..0;
         };
@@ -77,6 +87,7 @@ impl<'a> Rooms<'a> {
             if let Some(need) = need {
                 room.take(need);
             }
+            room.claimed.extend_from_slice(ports);
             room.total += 1;
         }
         range
@@ -106,6 +117,8 @@ pub(crate) struct Cluster<'a> {
 pub(crate) struct Placing {
     requests: (u64, u64),
     driver: String,
+    /// The fixed host ports each replica binds.
+    ports: Vec<HostPort>,
     /// Rooms running this service: index → its tasks there.
     counts: HashMap<usize, u32>,
     /// Rooms running this service that may still fit, by (its tasks there, tasks overall, index).
@@ -127,6 +140,7 @@ impl<'a> Cluster<'a> {
         Placing {
             requests: requests(spec),
             driver: spec.driver.to_string(),
+            ports: ports::fixed(spec).collect(),
             counts,
             crowded,
             cursor: None,
@@ -139,6 +153,7 @@ impl<'a> Cluster<'a> {
         let room = &mut self.rooms[i];
         let before = room.total;
         room.take(p.requests);
+        room.claimed.extend_from_slice(&p.ports);
         room.total = room.total.saturating_add(1);
         self.by_load.remove(&(before, i));
         self.by_load.insert((room.total, i));
@@ -166,7 +181,8 @@ impl<'a> Cluster<'a> {
     }
 
     /// The room with the fewest tasks of this service, then overall, that fits a replica.
-    /// A room that does not fit leaves the set: it only loses room while this service is placed.
+    /// A room that does not fit leaves the set: it only loses room (and ports) while this
+    /// service is placed.
     fn next_crowded(&self, p: &mut Placing) -> Option<usize> {
         while let Some(&(_, _, i)) = p.crowded.first() {
             if self.fits(i, p) {
@@ -184,5 +200,6 @@ impl<'a> Cluster<'a> {
             && room.node.drivers.contains(&p.driver)
             && room.cpu_free >= cpu
             && room.memory_free >= mem
+            && ports::free(&room.claimed, &p.ports)
     }
 }

@@ -8,6 +8,11 @@
 //! - a node is a candidate when it is `ready`, not under memory pressure, has the service's
 //!   driver, and its allocatable resources minus the requests of the tasks it already runs fit
 //!   the task's requests;
+//!   and none of its tasks holds a fixed host port the task needs (same port and protocol, on
+//!   an overlapping address: `ports.rs`);
+//! - a service whose `depends_on` are not all started, ready or completed (each as its
+//!   condition says, for every replica of the dependency's current version) places nothing
+//!   new: its open slots wait, with the dependency named;
 //! - among candidates the node with the fewest tasks of this service wins (spread), then the
 //!   fewest tasks overall, then the name (determinism).
 //!
@@ -26,15 +31,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use api::{DesiredState, Node, NodeState, Placement, Service, Task, Timestamp};
-use spec::ServiceSpec;
+use api::{DesiredState, Node, NodeState, Placement, Service, Task, TaskState, Timestamp};
+use spec::{Condition, ServiceSpec};
 
 mod cluster;
 #[cfg(test)]
 mod oracle;
+mod ports;
 mod rollout;
 
 use cluster::{Room, Rooms};
+use ports::HostPort;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -101,6 +108,8 @@ struct Planned<'a> {
     name: &'a str,
     service: &'a Service,
     requests: (u64, u64),
+    /// The fixed host ports of its current spec.
+    ports: Vec<HostPort>,
     /// Slots its kept tasks on a node fill.
     filled: Vec<u32>,
     /// Slots where a kept task on a node that is not draining is ready.
@@ -180,15 +189,25 @@ fn plan_in(
     };
     let mut plan = Plan::default();
     let mut rooms = Rooms::new(nodes.values());
+    let mut dependencies: HashMap<&str, Vec<&Task>> = (planned.iter())
+        .flat_map(|p| p.service.spec.depends_on.keys())
+        .map(|dep| (dep.as_str(), Vec::new()))
+        .collect();
     for task in tasks
         .values()
         .filter(|t| t.desired == DesiredState::Running)
     {
+        if let Some(seen) = dependencies.get_mut(task.service.as_str()) {
+            seen.push(task);
+        }
         let node = task.node.as_deref();
         match owners.of(&task.service) {
             Owner::Settled(service) => {
                 if let Some(node) = node {
-                    rooms.charge(node, service.map(|s| requests(&s.spec)));
+                    let ports: Vec<HostPort> = service
+                        .map(|s| ports::fixed(ports::spec_of(s, task)).collect())
+                        .unwrap_or_default();
+                    rooms.charge(node, service.map(|s| requests(&s.spec)), &ports);
                 }
             }
             Owner::Gone => plan.stop.push(task.id.clone()),
@@ -197,7 +216,9 @@ fn plan_in(
                 if p.rolling() && task.version != p.service.version && keeps_slot(p.service, task) {
                     // An older version's task runs until the rollout reaches its slot.
                     if let Some(node) = node {
-                        p.rooms.extend(rooms.charge(node, Some(p.requests)));
+                        let ports: Vec<HostPort> =
+                            ports::fixed(ports::spec_of(p.service, task)).collect();
+                        p.rooms.extend(rooms.charge(node, Some(p.requests), &ports));
                     }
                     p.old.push((task.slot, task));
                     continue;
@@ -209,7 +230,8 @@ fn plan_in(
                 // A task without a node is a replica still waiting for room: its slot is not
                 // filled.
                 let Some(node) = node else { continue };
-                p.rooms.extend(rooms.charge(node, Some(p.requests)));
+                p.rooms
+                    .extend(rooms.charge(node, Some(p.requests), &p.ports));
                 match nodes.get(node) {
                     // Its replacement is placed elsewhere first; it stops once that is ready.
                     Some(n) if n.draining => p.draining.push((task.slot, &task.id)),
@@ -245,6 +267,10 @@ fn plan_in(
         let mut open = open_slots(&mut p.filled, spec.replicas).peekable();
         if open.peek().is_none() {
             // Every slot is filled: nothing to index for this service.
+            continue;
+        }
+        if let Some(why) = held(spec, services, &dependencies, nodes) {
+            plan.pending.push((p.name.to_string(), why));
             continue;
         }
         let mut counts: HashMap<usize, u32> = HashMap::new();
@@ -287,6 +313,7 @@ fn planned_services<'a>(
             name,
             service,
             requests: requests(&service.spec),
+            ports: ports::fixed(&service.spec).collect(),
             filled: Vec::new(),
             ready: Vec::new(),
             draining: Vec::new(),
@@ -327,6 +354,65 @@ fn requests(spec: &ServiceSpec) -> (u64, u64) {
     )
 }
 
+/// Why a service's open slots must wait for its dependencies, naming the first whose condition
+/// does not hold yet; `None` when every one holds. `seen` holds the tasks wanted running of
+/// each dependency.
+fn held(
+    spec: &ServiceSpec,
+    services: &BTreeMap<String, Service>,
+    seen: &HashMap<&str, Vec<&Task>>,
+    nodes: &BTreeMap<String, Node>,
+) -> Option<String> {
+    for (dep, condition) in &spec.depends_on {
+        let Some(service) = services.get(dep).filter(|s| !s.removing) else {
+            return Some(format!(
+                "held until {dep} is deployed ({condition}): there is no such service"
+            ));
+        };
+        let tasks = seen.get(dep.as_str()).map_or(&[][..], Vec::as_slice);
+        let done = reached(service, tasks, *condition, nodes);
+        let wanted = service.spec.replicas;
+        if done < wanted {
+            return Some(format!(
+                "held until {dep} is {} ({condition}): {done} of its {wanted} replicas so far",
+                condition.past_participle()
+            ));
+        }
+    }
+    None
+}
+
+/// How many slots of `service` have a task of its current version that meets `condition`, on
+/// a node that is not lost.
+fn reached(
+    service: &Service,
+    tasks: &[&Task],
+    condition: Condition,
+    nodes: &BTreeMap<String, Node>,
+) -> u32 {
+    let meets = |t: &Task| match condition {
+        Condition::ServiceStarted => {
+            t.started_at.is_some() || matches!(t.state, TaskState::Starting | TaskState::Running)
+        }
+        Condition::ServiceHealthy => t.ready,
+        Condition::ServiceCompletedSuccessfully => {
+            t.state == TaskState::Exited && t.exit_code == Some(0)
+        }
+    };
+    let on_live_node = |t: &Task| {
+        let node = t.node.as_ref().and_then(|n| nodes.get(n));
+        node.is_some_and(|n| !n.state.is_lost())
+    };
+    let mut slots: Vec<u32> = (tasks.iter())
+        .filter(|t| t.version == service.version && keeps_slot(service, t))
+        .filter(|t| on_live_node(t) && meets(t))
+        .map(|t| t.slot)
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    slots.len() as u32
+}
+
 fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
     let driver = spec.driver.to_string();
     let ready: Vec<&Room> = rooms
@@ -346,6 +432,8 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
         .all(|r| r.node.memory_pressure || r.node.draining)
     {
         "every ready node is draining or under memory pressure".to_string()
+    } else if let Some(taken) = ports_taken(&ready, spec) {
+        taken
     } else {
         let (cpu, mem) = requests(spec);
         let calm = ready
@@ -367,10 +455,47 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
     )
 }
 
+/// When every calm node that could run the service and has room for it holds one of its fixed
+/// host ports already: which ports, on how many nodes.
+fn ports_taken(ready: &[&Room], spec: &ServiceSpec) -> Option<String> {
+    let wanted: Vec<HostPort> = ports::fixed(spec).collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    let (cpu, mem) = requests(spec);
+    let driver = spec.driver.to_string();
+    let roomy: Vec<&&Room> = (ready.iter())
+        .filter(|r| !r.node.memory_pressure && !r.node.draining)
+        .filter(|r| r.node.drivers.contains(&driver))
+        .filter(|r| r.cpu_free >= cpu && r.memory_free >= mem)
+        .collect();
+    if roomy.is_empty() || roomy.iter().any(|r| ports::free(&r.claimed, &wanted)) {
+        return None;
+    }
+    let mut taken: Vec<HostPort> = Vec::new();
+    for room in &roomy {
+        for port in ports::taken(&room.claimed, &wanted) {
+            if !taken.contains(&port) {
+                taken.push(port);
+            }
+        }
+    }
+    let names: Vec<String> = taken.iter().map(|p| format!("host port {p}")).collect();
+    let nodes = match roomy.len() {
+        1 => "the one node".to_string(),
+        n => format!("all {n} nodes"),
+    };
+    Some(format!(
+        "{} already taken on {nodes} with room for it (a node gives a fixed host port to one \
+         task only)",
+        names.join(", ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use api::{Capacity, TaskState, Timestamp};
+    use api::{Capacity, Timestamp};
 
     /// When the plans of these tests are made: no task here is in a rollout.
     pub(crate) const NOW: Timestamp = Timestamp(0);
@@ -654,6 +779,161 @@ mod tests {
             super::plan(&huge_alone, &BTreeMap::new(), &nodes, NOW)
                 .place
                 .is_empty()
+        );
+    }
+
+    fn with_host_port(mut svc: Service, port: u16, ip: Option<&str>) -> Service {
+        let mut p = spec::PortSpec::named("http");
+        p.host_port = Some(port);
+        p.host_ip = ip.map(str::to_string);
+        svc.spec.ports.push(p);
+        svc
+    }
+
+    #[test]
+    fn replicas_needing_one_host_port_get_a_node_each_and_the_rest_wait_naming_it() {
+        let services = by_name(vec![(
+            "web",
+            with_host_port(service("web", 3, 0), 8080, None),
+        )]);
+        let nodes = by_name(vec![
+            ("a", node("a", 1000, 1 << 30)),
+            ("b", node("b", 1000, 1 << 30)),
+        ]);
+        let plan = plan(&services, &BTreeMap::new(), &nodes, NOW);
+        let placed: Vec<&str> = plan.place.iter().map(|p| p.node.as_str()).collect();
+        assert_eq!(placed, ["a", "b"]);
+        assert_eq!(
+            plan.pending,
+            vec![(
+                "web".to_string(),
+                "1 of 3 replicas cannot be placed: host port 8080/tcp already taken on all 2 \
+                 nodes with room for it (a node gives a fixed host port to one task only)"
+                    .to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn another_service_holding_the_port_keeps_its_node_and_other_addresses_do_not_clash() {
+        let services = by_name(vec![
+            ("api", with_host_port(service("api", 1, 0), 8080, None)),
+            ("old", with_host_port(service("old", 1, 0), 8080, None)),
+            (
+                "one",
+                with_host_port(service("one", 1, 0), 9000, Some("127.0.0.1")),
+            ),
+            (
+                "two",
+                with_host_port(service("two", 1, 0), 9000, Some("127.0.0.2")),
+            ),
+        ]);
+        let tasks = by_name(vec![("old.1.1", task("old", 1, "a", 1))]);
+        let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
+        let plan = plan(&services, &tasks, &nodes, NOW);
+        let placed: Vec<&str> = plan.place.iter().map(|p| p.service.as_str()).collect();
+        assert_eq!(placed, ["one", "two"], "two addresses, one port each");
+        assert_eq!(plan.pending.len(), 1);
+        assert!(
+            plan.pending[0].1.ends_with("host port 8080/tcp already taken on the one node with room for it (a node gives a fixed host port to one task only)"),
+            "{:?}",
+            plan.pending
+        );
+        // UDP beside TCP is no clash.
+        let mut udp = with_host_port(service("api", 1, 0), 8080, None);
+        udp.spec.ports[0].protocol = spec::Protocol::Udp;
+        let services = by_name(vec![("api", udp), ("old", services["old"].clone())]);
+        assert_eq!(super::plan(&services, &tasks, &nodes, NOW).place.len(), 1);
+    }
+
+    fn depends(mut svc: Service, on: &str, condition: spec::Condition) -> Service {
+        svc.spec.depends_on.insert(on.to_string(), condition);
+        svc
+    }
+
+    #[test]
+    fn a_dependent_waits_until_every_replica_of_its_dependency_meets_the_condition() {
+        let services = by_name(vec![
+            ("db", service("db", 2, 0)),
+            (
+                "web",
+                depends(service("web", 1, 0), "db", spec::Condition::ServiceHealthy),
+            ),
+        ]);
+        let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
+        let first = plan(&services, &BTreeMap::new(), &nodes, NOW);
+        let placed: Vec<&str> = first.place.iter().map(|p| p.service.as_str()).collect();
+        assert_eq!(placed, ["db", "db"], "the dependency first");
+        assert_eq!(
+            first.pending,
+            vec![(
+                "web".to_string(),
+                "held until db is ready (service_healthy): 0 of its 2 replicas so far".to_string()
+            )]
+        );
+        let mut tasks = by_name(vec![
+            ("db.1.1", task("db", 1, "a", 1)),
+            ("db.2.1", task("db", 2, "a", 1)),
+        ]);
+        tasks.get_mut("db.2.1").unwrap().ready = false;
+        let half = plan(&services, &tasks, &nodes, NOW);
+        assert!(half.place.is_empty());
+        assert!(
+            half.pending[0].1.ends_with("1 of its 2 replicas so far"),
+            "{half:?}"
+        );
+        tasks.get_mut("db.2.1").unwrap().ready = true;
+        let ready = plan(&services, &tasks, &nodes, NOW);
+        assert_eq!(ready.place.len(), 1);
+        assert!(ready.pending.is_empty());
+        // Once placed, a dependent keeps running whatever becomes of its dependency.
+        tasks.insert("web.1.1".into(), task("web", 1, "a", 1));
+        tasks.get_mut("db.1.1").unwrap().ready = false;
+        assert!(plan(&services, &tasks, &nodes, NOW).is_empty());
+    }
+
+    #[test]
+    fn started_and_completed_conditions_read_the_tasks_state() {
+        let nodes = by_name(vec![("a", node("a", 1000, 1 << 30))]);
+        let mut job = task("job", 1, "a", 1);
+        (job.state, job.ready) = (TaskState::Starting, false);
+        let tasks = by_name(vec![("job.1.1", job.clone())]);
+        let services = |condition| {
+            by_name(vec![
+                ("job", service("job", 1, 0)),
+                ("app", depends(service("app", 1, 0), "job", condition)),
+            ])
+        };
+        let started = plan(
+            &services(spec::Condition::ServiceStarted),
+            &tasks,
+            &nodes,
+            NOW,
+        );
+        assert_eq!(started.place.len(), 1, "starting is started");
+        let done = services(spec::Condition::ServiceCompletedSuccessfully);
+        assert_eq!(plan(&done, &tasks, &nodes, NOW).place.len(), 0);
+        (job.state, job.exit_code) = (TaskState::Exited, Some(1));
+        let failed = by_name(vec![("job.1.1", job.clone())]);
+        assert_eq!(
+            plan(&done, &failed, &nodes, NOW).place.len(),
+            0,
+            "exit 1 is no success"
+        );
+        job.exit_code = Some(0);
+        let completed = by_name(vec![("job.1.1", job.clone())]);
+        assert_eq!(plan(&done, &completed, &nodes, NOW).place.len(), 1);
+        // A dependency on a lost node, or one that is gone, holds the dependent.
+        let mut lost = nodes.clone();
+        lost.get_mut("a").unwrap().state = NodeState::Down;
+        let mut b = node("b", 1000, 1 << 30);
+        b.name = "b".into();
+        lost.insert("b".into(), b);
+        assert_eq!(plan(&done, &completed, &lost, NOW).place.len(), 0);
+        let alone = by_name(vec![("app", done["app"].clone())]);
+        assert_eq!(
+            plan(&alone, &BTreeMap::new(), &nodes, NOW).pending[0].1,
+            "held until job is deployed (service_completed_successfully): there is no such service"
         );
     }
 

@@ -5,16 +5,18 @@
 
 use std::collections::BTreeMap;
 
-use api::{DesiredState, Node, NodeState, Placement, Service, Task};
-use spec::ServiceSpec;
+use api::{DesiredState, Node, NodeState, Placement, Service, Task, TaskState};
+use spec::{Condition, ServiceSpec};
 
 use crate::Plan;
+use crate::ports::{HostPort, fixed, spec_of};
 
 /// What one node has left to give, as placement goes on.
 struct Room<'a> {
     node: &'a Node,
     cpu_free: u64,
     memory_free: u64,
+    claimed: Vec<HostPort>,
     tasks: BTreeMap<String, u32>,
     total: u32,
 }
@@ -72,8 +74,15 @@ pub fn plan(
             })
             .map(|t| t.slot)
             .collect();
+        let open = (1..=service.spec.replicas).filter(|s| !filled.contains(s));
+        if open.clone().next().is_some()
+            && let Some(why) = held(&service.spec, services, &live, nodes)
+        {
+            plan.pending.push((name.clone(), why));
+            continue;
+        }
         let mut unplaced = 0;
-        for slot in (1..=service.spec.replicas).filter(|s| !filled.contains(s)) {
+        for slot in open {
             match pick(&mut rooms, &service.spec) {
                 Some(node) => plan.place.push(Placement {
                     service: name.clone(),
@@ -105,6 +114,7 @@ fn rooms<'a>(
                 node,
                 cpu_free: node.allocatable.cpu_millis,
                 memory_free: node.allocatable.memory_bytes,
+                claimed: Vec::new(),
                 tasks: BTreeMap::new(),
                 total: 0,
             };
@@ -114,6 +124,7 @@ fn rooms<'a>(
             for task in on_node {
                 if let Some(svc) = services.get(&task.service) {
                     room.take(&svc.spec);
+                    room.claimed.extend(fixed(spec_of(svc, task)));
                 }
                 *room.tasks.entry(task.service.clone()).or_default() += 1;
                 room.total += 1;
@@ -154,6 +165,7 @@ fn fits(room: &Room, spec: &ServiceSpec) -> bool {
             .any(|d| *d == spec.driver.to_string())
         && room.cpu_free >= cpu
         && room.memory_free >= mem
+        && !fixed(spec).any(|w| room.claimed.iter().any(|c| w.clashes(c)))
 }
 
 fn pick(rooms: &mut [Room], spec: &ServiceSpec) -> Option<String> {
@@ -165,6 +177,7 @@ fn pick(rooms: &mut [Room], spec: &ServiceSpec) -> Option<String> {
         )
     })?;
     room.take(spec);
+    room.claimed.extend(fixed(spec));
     room.total = room.total.saturating_add(1);
     *room.tasks.entry(spec.name.clone()).or_default() += 1;
     Some(room.node.name.clone())
@@ -189,6 +202,8 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
         .all(|r| r.node.memory_pressure || r.node.draining)
     {
         "every ready node is draining or under memory pressure".to_string()
+    } else if let Some(taken) = ports_taken(&ready, spec) {
+        taken
     } else {
         let (cpu, mem) = requests(spec);
         let calm = ready
@@ -208,4 +223,87 @@ fn why_unplaced(rooms: &[Room], spec: &ServiceSpec, unplaced: u32) -> String {
         "{unplaced} of {} replicas cannot be placed: {reason}",
         spec.replicas
     )
+}
+
+/// Every calm node with the driver and room has a port of the spec taken: which, on how many.
+fn ports_taken(ready: &[&Room], spec: &ServiceSpec) -> Option<String> {
+    let wanted: Vec<HostPort> = fixed(spec).collect();
+    let (cpu, mem) = requests(spec);
+    let roomy: Vec<&&Room> = ready
+        .iter()
+        .filter(|r| !r.node.memory_pressure && !r.node.draining)
+        .filter(|r| r.node.drivers.contains(&spec.driver.to_string()))
+        .filter(|r| r.cpu_free >= cpu && r.memory_free >= mem)
+        .collect();
+    let clash = |r: &Room, w: &HostPort| r.claimed.iter().any(|c| w.clashes(c));
+    let blocked = |r: &&&Room| wanted.iter().any(|w| clash(r, w));
+    if wanted.is_empty() || roomy.is_empty() || !roomy.iter().all(blocked) {
+        return None;
+    }
+    let mut taken: Vec<HostPort> = Vec::new();
+    for r in &roomy {
+        for w in &wanted {
+            if clash(r, w) && !taken.contains(w) {
+                taken.push(*w);
+            }
+        }
+    }
+    let names: Vec<String> = taken.iter().map(|p| format!("host port {p}")).collect();
+    let nodes = if roomy.len() == 1 {
+        "the one node".to_string()
+    } else {
+        format!("all {} nodes", roomy.len())
+    };
+    Some(format!(
+        "{} already taken on {nodes} with room for it (a node gives a fixed host port to one \
+         task only)",
+        names.join(", ")
+    ))
+}
+
+/// The first dependency not yet as its condition wants, for every replica.
+fn held(
+    spec: &ServiceSpec,
+    services: &BTreeMap<String, Service>,
+    live: &[&Task],
+    nodes: &BTreeMap<String, Node>,
+) -> Option<String> {
+    for (dep, condition) in &spec.depends_on {
+        let Some(service) = services.get(dep).filter(|s| !s.removing) else {
+            return Some(format!(
+                "held until {dep} is deployed ({condition}): there is no such service"
+            ));
+        };
+        let wanted = service.spec.replicas;
+        let done = (1..=wanted)
+            .filter(|slot| {
+                live.iter().any(|t| {
+                    let node = t.node.as_ref().and_then(|n| nodes.get(n));
+                    let meets = match condition {
+                        Condition::ServiceStarted => {
+                            t.started_at.is_some()
+                                || t.state == TaskState::Starting
+                                || t.state == TaskState::Running
+                        }
+                        Condition::ServiceHealthy => t.ready,
+                        Condition::ServiceCompletedSuccessfully => {
+                            t.state == TaskState::Exited && t.exit_code == Some(0)
+                        }
+                    };
+                    &t.service == dep
+                        && t.version == service.version
+                        && t.slot == *slot
+                        && node.is_some_and(|n| !n.state.is_lost())
+                        && meets
+                })
+            })
+            .count() as u32;
+        if done < wanted {
+            return Some(format!(
+                "held until {dep} is {} ({condition}): {done} of its {wanted} replicas so far",
+                condition.past_participle()
+            ));
+        }
+    }
+    None
 }

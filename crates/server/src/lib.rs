@@ -37,6 +37,7 @@ pub mod network;
 pub mod objects;
 pub mod rollouts;
 pub mod routes;
+pub mod stacks;
 pub mod trust;
 
 use std::collections::BTreeMap;

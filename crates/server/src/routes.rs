@@ -74,6 +74,7 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(list_services, deploy))
         .routes(routes!(get_service, remove_service))
         .routes(routes!(scale))
+        .routes(routes!(crate::stacks::remove_stack))
         .routes(routes!(crate::rollouts::get_rollout))
         .routes(routes!(crate::rollouts::pause))
         .routes(routes!(crate::rollouts::resume))
@@ -287,23 +288,49 @@ fn summaries(s: &store::State, names: &[&str]) -> Vec<ServiceSummary> {
     names.iter().filter_map(|n| summary(n)).collect()
 }
 
-/// List services with their replica counts, by name, one page at a time.
-#[utoipa::path(get, path = "/v1/services", params(PageQuery), responses(
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ServiceQuery {
+    /// Only the services of this stack.
+    stack: Option<String>,
+    /// The most records to answer, 1 to 1000 (the default).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// The token from the previous page's `outpost-continue` header: answer what follows it.
+    #[serde(rename = "continue")]
+    #[param(rename = "continue")]
+    cont: Option<String>,
+}
+
+/// List services with their replica counts, by name, one page at a time; with `stack`, only
+/// that stack's.
+#[utoipa::path(get, path = "/v1/services", params(ServiceQuery), responses(
     (status = 200, description = "One page of services, by name", body = Vec<ServiceSummary>,
         headers(("outpost-continue" = String, description = "The `continue` token of the next page; absent on the last page")))))]
 async fn list_services(
     State(ctx): State<Server>,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<ServiceQuery>,
 ) -> Result<Response, Fail> {
     let limit = page_limit(q.limit)?;
+    let in_stack = |svc: &api::Service| q.stack.is_none() || svc.spec.stack == q.stack;
     Ok(ctx.state.read(|s| {
         // One more than a page, so `page` knows whether another follows.
         let names: Vec<&str> = (s.services.range::<str, _>(after(&q.cont)))
+            .filter(|(_, svc)| in_stack(svc))
             .take(limit + 1)
             .map(|(n, _)| n.as_str())
             .collect();
         page(summaries(s, &names).into_iter(), limit, |s| &s.name)
     }))
+}
+
+/// The services of `stack` not being removed, with their counts.
+pub(crate) fn stack_summaries(s: &store::State, stack: &str) -> Vec<ServiceSummary> {
+    let names: Vec<&str> = (s.services.iter())
+        .filter(|(_, svc)| !svc.removing && svc.spec.stack.as_deref() == Some(stack))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    summaries(s, &names)
 }
 
 /// One service.
@@ -392,8 +419,10 @@ async fn deploy(
             problems,
         ));
     }
+    ctx.state.read(|s| crate::stacks::check(s, &req))?;
+    let names: BTreeSet<String> = req.services.iter().map(|spec| spec.name.clone()).collect();
     let command = Command::Deploy {
-        services: req.services,
+        services: req.services.clone(),
         time: now(),
     };
     check_entry_size(&command, &ctx.limits)?;
@@ -407,20 +436,26 @@ async fn deploy(
         check_entry_size(&command, &ctx.limits)?;
         ctx.propose(command).await.map_err(unavailable)?;
     }
-    let changes = if req.dry_run {
+    let (changes, waiting) = if req.dry_run {
         // The same apply the store runs, on a copy: what is shown is exactly what would happen.
         // A deploy reads and changes only the services (and adds events), so the copy leaves
-        // the tasks out: at 100,000 of them a whole copy would hold up applies.
-        let mut copy = ctx.state.read(store::State::deploy_copy);
-        let next = copy.index + 1;
-        copy.apply(next, &command)
+        // the tasks out: at 100,000 of them a whole copy would hold up applies. The scheduler
+        // then says which replicas would wait, against the tasks and nodes there are.
+        ctx.state.read(|s| {
+            let mut copy = s.deploy_copy();
+            let next = copy.index + 1;
+            let changes = copy.apply(next, &command);
+            (changes, crate::stacks::waiting(s, &copy, &names))
+        })
     } else {
-        ctx.propose(command).await.map_err(unavailable)?
+        let changes = ctx.propose(command).await.map_err(unavailable)?;
+        (changes, Vec::new())
     };
     match changes {
         Applied::Deployed(changes) => Ok(Json(DeployResponse {
             dry_run: req.dry_run,
             changes,
+            waiting,
         })),
         other => Err(Fail::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -1353,6 +1388,7 @@ mod tests {
                 .collect(),
             dry_run: false,
             objects: Vec::new(),
+            force: false,
         };
         let said = |problems: Vec<Problem>| -> Vec<String> {
             problems

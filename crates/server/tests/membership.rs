@@ -89,6 +89,7 @@ async fn a_server_down_while_large_entries_commit_catches_up_on_a_plain_restart(
                 services: vec![big(i)],
                 dry_run: false,
                 objects: Vec::new(),
+                force: false,
             })
             .await
             .unwrap_or_else(|e| panic!("deploy {i} through a follower: {e}"));
@@ -233,6 +234,7 @@ async fn the_leader_can_leave_and_the_two_left_elect_another_and_take_writes() {
             services: vec![spec],
             dry_run: false,
             objects: Vec::new(),
+            force: false,
         })
         .await
         .unwrap();

@@ -148,6 +148,7 @@ async fn a_burst_of_reports_from_many_nodes_commits_in_few_entries_and_every_one
             services,
             dry_run: false,
             objects: Vec::new(),
+            force: false,
         })
         .await
         .unwrap();

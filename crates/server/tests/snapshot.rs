@@ -47,6 +47,7 @@ async fn a_late_server_installs_a_large_snapshot_sent_in_chunks_and_has_the_same
             services: specs(),
             dry_run: false,
             objects: Vec::new(),
+            force: false,
         })
         .await
         .unwrap();

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::Parsed;
 use crate::container;
 use crate::decode::{Decoder, Fields, Path, unknown_key};
 use crate::dotenv;
@@ -16,28 +15,30 @@ use crate::interpolate::interpolate;
 use crate::native::{self, PROTOCOLS};
 use crate::objects::{self, ObjectSource};
 use crate::quantity::Memory;
+use crate::stack::{check_stack_name, normalize_stack_name};
 use crate::types::{
-    DriverKind, ObjectKind, PortSpec, ProbeAction, ProbeSpec, Protocol, PullPolicy, ResourceList,
-    RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec,
+    Condition, DriverKind, ObjectKind, PortSpec, ProbeAction, ProbeSpec, Protocol, PullPolicy,
+    ResourceList, RestartPolicy, RestartSpec, ServiceSpec, VolumeSpec, stack_service_name,
 };
 use crate::validate;
 use crate::yaml::Yaml;
+use crate::{Parsed, Stacking};
 
-const TOP_IGNORED: &[&str] = &["name", "networks", "volumes", "include", "models"];
+const TOP_IGNORED: &[&str] = &["networks", "volumes", "include", "models"];
 
 #[rustfmt::skip]
 const SERVICE_KEYS: &[&str] = &[
     "image", "command", "entrypoint", "environment", "ports", "volumes", "user", "working_dir",
     "healthcheck", "restart", "deploy", "stop_grace_period", "scale", "cpus", "mem_limit",
     "mem_reservation", "pids_limit", "cap_add", "cap_drop", "security_opt", "read_only",
-    "privileged", "pull_policy", "stop_signal", "secrets", "configs",
+    "privileged", "pull_policy", "stop_signal", "secrets", "configs", "depends_on",
 ];
 /// The rest of the Compose Specification's service keys: valid, but not honoured yet.
 #[rustfmt::skip]
 const SERVICE_IGNORED: &[&str] = &[
     "annotations", "attach", "build", "blkio_config", "cpu_count", "cpu_percent", "cpu_shares",
     "cpu_period", "cpu_quota", "cpu_rt_runtime", "cpu_rt_period", "cpuset", "cgroup",
-    "cgroup_parent", "container_name", "credential_spec", "depends_on", "develop",
+    "cgroup_parent", "container_name", "credential_spec", "develop",
     "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname", "driver_opts",
     "env_file", "expose", "extends", "external_links", "extra_hosts", "gpus", "group_add",
     "hostname", "init", "ipc", "isolation", "labels", "label_file", "links", "logging",
@@ -64,6 +65,10 @@ const PORT_KEYS: &[&str] = &["target", "published", "host_ip", "protocol", "name
 const PORT_IGNORED: &[&str] = &["mode", "app_protocol"];
 const VOLUME_KEYS: &[&str] = &["type", "source", "target", "read_only"];
 const VOLUME_IGNORED: &[&str] = &["bind", "volume", "tmpfs", "image", "consistency"];
+const DEPENDENCY_KEYS: &[&str] = &["condition"];
+/// `restart: true` (restart the dependent when the dependency is updated) and `required:
+/// false` (start even without it): valid, not honoured yet.
+const DEPENDENCY_IGNORED: &[&str] = &["restart", "required"];
 
 /// Docker's healthcheck defaults (`docker inspect` of any image): used when a field is absent,
 /// or 0, which Docker also reads as "the default".
@@ -79,6 +84,7 @@ pub(crate) fn from_docs(
     docs: &[Yaml],
     env: &BTreeMap<String, String>,
     dotenv: Option<&str>,
+    stacking: &Stacking,
 ) -> Result<Parsed, SpecError> {
     let dotenv = match dotenv {
         Some(text) => {
@@ -102,7 +108,7 @@ pub(crate) fn from_docs(
         ..Decoder::default()
     };
     let mut objects = Vec::new();
-    let decoded = file(&mut d, &vars, source, doc, &mut objects);
+    let decoded = file(&mut d, &vars, source, doc, stacking, &mut objects);
     SpecError::check(validate::after_decoding(d.problems, &decoded))?;
     Ok(Parsed {
         services: decoded.into_iter().map(|(_, spec, _)| spec).collect(),
@@ -131,6 +137,7 @@ fn file(
     vars: &Vars<'_>,
     source: &str,
     doc: &Yaml,
+    stacking: &Stacking,
     objects: &mut Vec<ObjectSource>,
 ) -> Vec<(Path, ServiceSpec, String)> {
     let top = Path::root(source);
@@ -138,10 +145,11 @@ fn file(
         return Vec::new();
     };
     d.scope = source.to_string();
+    let stack = stack_name(d, vars, &f, stacking);
     let mut defined = Vec::new();
     for (path, key, node) in f.entries() {
         match key {
-            "services" => {}
+            "services" | "name" => {}
             "secrets" | "configs" => {
                 let kind = match key {
                     "secrets" => ObjectKind::Secret,
@@ -157,7 +165,7 @@ fn file(
                 "key {key:?} is not supported yet and was ignored"
             )),
             key => {
-                let known: Vec<&str> = ["services", "version", "secrets", "configs"]
+                let known: Vec<&str> = ["services", "name", "version", "secrets", "configs"]
                     .iter()
                     .chain(TOP_IGNORED)
                     .copied()
@@ -177,6 +185,7 @@ fn file(
         return Vec::new();
     };
     let mut decoded = Vec::new();
+    let mut waits = Vec::new();
     let mut warned = BTreeSet::new();
     for (_, name, body) in services.entries() {
         let root = Path::root(name);
@@ -184,7 +193,14 @@ fn file(
         d.scope_root = name.to_string();
         let mut body = body.clone();
         interpolate_tree(d, vars, &root, &mut body, &mut warned);
-        if let Some(spec) = service(d, vars, &root, name, &body) {
+        if let Some(mut spec) = service(d, vars, &root, name, &body) {
+            spec.stack = stack.clone();
+            spec.name = stack_service_name(stack.as_deref(), &spec.name);
+            waits.push(Waits {
+                name: name.to_string(),
+                deps: dependencies(d, &root, &body).unwrap_or_default(),
+                restarts_explicitly: restarts_explicitly(&body),
+            });
             decoded.push((root, spec, format!("service {name:?}")));
         }
     }
@@ -194,7 +210,150 @@ fn file(
     for (root, spec, _) in &decoded {
         undefined_refs(d, root, spec, &defined);
     }
+    d.scope = source.to_string();
+    resolve_dependencies(d, stack.as_deref(), &waits, &mut decoded);
     decoded
+}
+
+/// The stack, as `docker compose` names a project: `-p`, `COMPOSE_PROJECT_NAME` (both as
+/// given, which must be a valid name), the file's `name:`, or the directory's name (both
+/// normalised). `None` only when the caller gave no directory.
+fn stack_name(
+    d: &mut Decoder,
+    vars: &Vars<'_>,
+    f: &Fields<'_>,
+    stacking: &Stacking,
+) -> Option<String> {
+    if let Some(project) = &stacking.project {
+        return Some(project.clone());
+    }
+    if let Some(project) = vars
+        .env
+        .get("COMPOSE_PROJECT_NAME")
+        .filter(|p| !p.is_empty())
+    {
+        if let Err(why) = check_stack_name(project) {
+            d.error(&Path::root("COMPOSE_PROJECT_NAME"), why);
+        }
+        return Some(project.clone());
+    }
+    let (written, path) = match f.get("name") {
+        Some((path, node)) => {
+            let mut node = node.clone();
+            interpolate_tree(d, vars, &path, &mut node, &mut BTreeSet::new());
+            (d.string(&path, &node)?, path)
+        }
+        None => (
+            stacking.directory.clone()?,
+            Path::root("the directory name"),
+        ),
+    };
+    let name = normalize_stack_name(&written);
+    match check_stack_name(&name) {
+        Ok(()) => Some(name),
+        Err(why) => {
+            let message = format!("{written:?} makes no stack name ({why}); deploy with -p NAME");
+            d.error(&path, message);
+            None
+        }
+    }
+}
+
+/// A Compose service's `depends_on` as written, before its names are resolved.
+struct Waits {
+    name: String,
+    /// Where each is written, the Compose name it gives, and its condition.
+    deps: Vec<(Path, String, Condition)>,
+    restarts_explicitly: bool,
+}
+
+/// The service's `depends_on`, by Compose service name as written.
+fn dependencies(
+    d: &mut Decoder,
+    root: &Path,
+    body: &Yaml,
+) -> Option<Vec<(Path, String, Condition)>> {
+    let (path, node) = (root.key("depends_on"), body.get("depends_on")?);
+    match node {
+        Yaml::Null => None,
+        Yaml::Seq(items) => Some(
+            (items.iter().enumerate())
+                .filter_map(|(i, item)| {
+                    let at = path.index(i);
+                    let name = d.string(&at, item)?;
+                    Some((at, name, Condition::ServiceStarted))
+                })
+                .collect(),
+        ),
+        Yaml::Map(entries) => {
+            let mut out = Vec::new();
+            for (name, dep) in entries {
+                let at = path.key(name);
+                let Some(c) = compose_fields(d, &at, dep, DEPENDENCY_KEYS, DEPENDENCY_IGNORED)
+                else {
+                    continue;
+                };
+                let condition = match c.has("condition") {
+                    true => c.take(d, "condition", |d, p, n| d.choice(p, n, &Condition::ALL)),
+                    false => Some(Condition::ServiceStarted),
+                };
+                // A condition that failed to decode was reported; the name is left alone.
+                out.extend(condition.map(|condition| (at, name.clone(), condition)));
+            }
+            Some(out)
+        }
+        other => d.wrong_type(
+            &path,
+            "a list of service names, or a mapping of them",
+            other,
+        ),
+    }
+}
+
+/// Whether the service sets its restart policy itself (`restart` or `deploy.restart_policy`).
+fn restarts_explicitly(body: &Yaml) -> bool {
+    let policy = body.get("deploy").and_then(|d| d.get("restart_policy"));
+    body.get("restart").is_some_and(|r| *r != Yaml::Null) || policy.is_some()
+}
+
+/// Turns each service's `depends_on` into full service names, refusing a name the file does
+/// not define (as Compose does). A service another waits on to complete, and whose restart
+/// policy is not its own choice, restarts on failure only: Compose's default is `no`, and
+/// Outpost's `always` would never let it complete.
+fn resolve_dependencies(
+    d: &mut Decoder,
+    stack: Option<&str>,
+    waits: &[Waits],
+    decoded: &mut [(Path, ServiceSpec, String)],
+) {
+    let full = |name: &str| stack_service_name(stack, &renamed(name));
+    let mut jobs = BTreeSet::new();
+    for (w, (_, spec, _)) in waits.iter().zip(decoded.iter_mut()) {
+        for (at, dep, condition) in &w.deps {
+            if !waits.iter().any(|other| other.name == *dep) {
+                let message = format!("service {dep:?} is not defined in this file");
+                d.error(at, message);
+                continue;
+            }
+            if *condition == Condition::ServiceCompletedSuccessfully {
+                jobs.insert(dep.clone());
+            }
+            spec.depends_on.insert(full(dep), *condition);
+        }
+    }
+    for (w, (_, spec, _)) in waits.iter().zip(decoded.iter_mut()) {
+        let name = &w.name;
+        if jobs.contains(name)
+            && !w.restarts_explicitly
+            && spec.restart.policy == RestartPolicy::Always
+        {
+            spec.restart.policy = RestartPolicy::OnFailure;
+            d.warn(format_args!(
+                "service {name:?} restarts on failure only, since another service waits for it \
+                 to complete"
+            ));
+        }
+    }
 }
 
 /// A service may only use the secrets and configs its file defines at the top level, as
@@ -404,21 +563,25 @@ fn pull_policy(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<PullPolicy> 
     }
 }
 
-/// Compose allows `_`, `.` and capitals in service names; Outpost names are DNS labels.
+/// Compose allows `_`, `.` and capitals in service names; Outpost names are DNS labels (`_`
+/// separates a stack's name from a service's).
 fn outpost_name(d: &mut Decoder, name: &str) -> String {
-    let renamed: String = name
-        .chars()
-        .map(|c| match c {
-            '_' | '.' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
+    let renamed = renamed(name);
     if renamed != name {
         d.warn(format_args!(
             "renamed to {renamed:?} (Outpost service names are lowercase letters, digits and '-')"
         ));
     }
     renamed
+}
+
+fn renamed(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '_' | '.' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
 }
 
 /// `environment` as a list (`KEY=value`, or `KEY` to pass the variable through) or a mapping

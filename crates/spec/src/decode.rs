@@ -68,6 +68,11 @@ pub(crate) struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// The mapping's own path.
+    pub(crate) fn path(&self) -> &'a Path {
+        self.path
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<(Path, &'a Yaml)> {
         self.entries
             .iter()
@@ -361,10 +366,10 @@ bounded!(u16, u32, u64);
 /// "unknown key; did you mean `readiness`?", or the list of keys when none is close. Long lists
 /// (Compose has ~90 keys) are not printed: they would bury the message.
 pub(crate) fn unknown_key(key: &str, known: &[&str]) -> String {
-    // 30: room for a native service's ~25 keys, far below Compose's.
+    // 32: room for a native service's ~31 keys, far below Compose's.
     match did_you_mean(key, known) {
         Some(guess) => format!("unknown key; did you mean `{guess}`?"),
-        None if known.len() <= 30 => {
+        None if known.len() <= 32 => {
             let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
             format!("unknown key; expected one of {}", list.join(", "))
         }

@@ -26,6 +26,7 @@ mod native;
 mod objects;
 pub mod quantity;
 mod rollout;
+mod stack;
 pub mod types;
 mod validate;
 mod words;
@@ -37,6 +38,9 @@ pub use error::{Problem, SpecError};
 pub use objects::{MAX_OBJECT_NAME_LEN, MAX_OBJECT_SIZE, ObjectSource, check_object_name};
 pub use quantity::{Cpu, Memory};
 pub use rollout::*;
+pub use stack::{
+    MAX_STACK_LEN, RESERVED_NAMES, check_dependencies, check_stack_name, normalize_stack_name,
+};
 pub use types::*;
 pub use validate::{
     MAX_BACKOFF, MAX_CPU, MAX_MEMORY, MAX_NAME_LEN, MAX_NODE_LOST_WAIT, MAX_PIDS,
@@ -54,20 +58,52 @@ pub struct Parsed {
     pub objects: Vec<ObjectSource>,
 }
 
-/// Parses a file in either format. A file whose first document has a top-level `services:`
-/// mapping is Compose (native specs have no such key); anything else is native. `env` and
-/// `dotenv` only matter for Compose, which interpolates `${VAR}`.
+/// Where a file's services go, as the caller knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stacking {
+    /// The stack named on the command line (`outpost deploy -p NAME`); it must already be in
+    /// normal form, as `docker compose -p` requires.
+    pub project: Option<String>,
+    /// The name of the directory the file is in: a Compose file's stack when neither
+    /// `project`, `COMPOSE_PROJECT_NAME` nor its `name:` gives one.
+    pub directory: Option<String>,
+}
+
+/// Parses a file in either format, outside any stack (a Compose file that names none stays
+/// outside one too). See [`parse_file_in`].
 pub fn parse_file(
     source: &str,
     text: &str,
     env: &BTreeMap<String, String>,
     dotenv: Option<&str>,
 ) -> Result<Parsed, SpecError> {
+    parse_file_in(source, text, env, dotenv, &Stacking::default())
+}
+
+/// Parses a file in either format. A file whose first document has a top-level `services:`
+/// mapping is Compose (native specs have no such key); anything else is native. `env` and
+/// `dotenv` only matter for Compose, which interpolates `${VAR}`.
+///
+/// A Compose file is a stack named, as `docker compose` names its project, by
+/// `stacking.project`, else `COMPOSE_PROJECT_NAME`, else its top-level `name:`, else
+/// `stacking.directory` (the last two normalised, [`normalize_stack_name`]); its services are
+/// `<stack>_<service>`. A native file's services are in the stack `stacking.project` names, or
+/// in their own `stack:`, if any.
+pub fn parse_file_in(
+    source: &str,
+    text: &str,
+    env: &BTreeMap<String, String>,
+    dotenv: Option<&str>,
+    stacking: &Stacking,
+) -> Result<Parsed, SpecError> {
+    if let Some(project) = &stacking.project {
+        check_stack_name(project).map_err(|why| Problem::new("-p", why))?;
+    }
     let docs = yaml::load(source, text)?;
     if is_compose(&docs) {
-        return compose::from_docs(source, &docs, env, dotenv);
+        return compose::from_docs(source, &docs, env, dotenv, stacking);
     }
-    let services = native::from_docs(source, &docs)?;
+    let services = native::from_docs(source, &docs, stacking.project.as_deref())?;
     Ok(Parsed {
         services,
         warnings: Vec::new(),

@@ -1,13 +1,15 @@
 //! Outpost's native spec format: one service per YAML document, fields named as in
 //! [`ServiceSpec`]. Every default is filled in here, once, so later readers never guess.
 
+use std::collections::BTreeMap;
+
 use crate::decode::{Decoder, Fields, Path};
 use crate::error::{Problem, SpecError};
 use crate::rollout::{FailureAction, UpdateOrder, UpdateSpec};
 use crate::types::{
-    DriverKind, KeepTasks, OnNodeLost, PortRef, PortSpec, ProbeAction, ProbeSpec, Protocol,
-    PullPolicy, ReplaceAfter, ResourceList, Resources, RestartPolicy, RestartSpec, ServiceSpec,
-    VolumeSpec,
+    Condition, DriverKind, KeepTasks, OnNodeLost, PortRef, PortSpec, ProbeAction, ProbeSpec,
+    Protocol, PullPolicy, ReplaceAfter, ResourceList, Resources, RestartPolicy, RestartSpec,
+    ServiceSpec, VolumeSpec, stack_service_name,
 };
 use crate::validate;
 use crate::yaml::Yaml;
@@ -17,8 +19,10 @@ const SERVICE_KEYS: &[&str] = &[
     "name", "replicas", "driver", "image", "command", "entrypoint", "env", "workdir", "user",
     "ports", "volumes", "restart", "liveness", "readiness", "resources", "stop_grace",
     "stop_signal", "pull", "read_only", "cap_add", "cap_drop", "security_opt", "privileged",
-    "on_node_lost", "update", "rollback", "revision_history", "secrets", "configs",
+    "on_node_lost", "update", "rollback", "revision_history", "secrets", "configs", "stack",
+    "depends_on",
 ];
+const DEPENDENCY_KEYS: &[&str] = &["condition"];
 const PORT_KEYS: &[&str] = &["name", "container_port", "host_port", "protocol", "host_ip"];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
 const ON_NODE_LOST_KEYS: &[&str] = &["replace_after", "unreachable_after"];
@@ -62,8 +66,13 @@ const POLICIES: &[(&str, RestartPolicy)] = &[
 ];
 
 /// Decodes and validates every service in a native spec file's documents. `source` names the
-/// file in messages. Fails with every problem found, each with its field path.
-pub(crate) fn from_docs(source: &str, docs: &[Yaml]) -> Result<Vec<ServiceSpec>, SpecError> {
+/// file in messages; `project` is the stack `-p` names, if any. Fails with every problem found,
+/// each with its field path.
+pub(crate) fn from_docs(
+    source: &str,
+    docs: &[Yaml],
+    project: Option<&str>,
+) -> Result<Vec<ServiceSpec>, SpecError> {
     if docs.is_empty() {
         return Err(Problem::new(source, "no services: the file has no YAML documents").into());
     }
@@ -71,7 +80,7 @@ pub(crate) fn from_docs(source: &str, docs: &[Yaml]) -> Result<Vec<ServiceSpec>,
     let mut decoded = Vec::new();
     for (i, doc) in docs.iter().enumerate() {
         let root = doc_root(source, i, doc);
-        if let Some(spec) = service(&mut d, &root, doc) {
+        if let Some(spec) = service(&mut d, &root, doc, project) {
             decoded.push((root, spec, format!("doc {}", i + 1)));
         }
     }
@@ -87,7 +96,7 @@ fn doc_root(source: &str, i: usize, doc: &Yaml) -> Path {
     }
 }
 
-fn service(d: &mut Decoder, root: &Path, doc: &Yaml) -> Option<ServiceSpec> {
+fn service(d: &mut Decoder, root: &Path, doc: &Yaml, project: Option<&str>) -> Option<ServiceSpec> {
     if !matches!(doc, Yaml::Map(_)) {
         d.wrong_type::<()>(root, "a mapping of service fields", doc);
         return None;
@@ -144,7 +153,64 @@ fn service(d: &mut Decoder, root: &Path, doc: &Yaml) -> Option<ServiceSpec> {
         .take(d, "configs", crate::objects::file_refs)
         .unwrap_or_default();
     container_settings(d, &f, &mut spec);
+    stack(d, &f, project, &mut spec);
     Some(spec)
+}
+
+/// `stack:` (or `-p`), which makes the service `<stack>_<name>`, and `depends_on:`, whose names
+/// are those of the same stack.
+fn stack(d: &mut Decoder, f: &Fields<'_>, project: Option<&str>, spec: &mut ServiceSpec) {
+    let own = f.take(d, "stack", Decoder::string);
+    spec.stack = match (project, own) {
+        (Some(p), Some(own)) if p != own => {
+            let message = format!(
+                "stack {own:?} differs from the {p:?} given with -p: leave `stack:` out, or \
+                 deploy with -p {own}"
+            );
+            d.error(&f.path().key("stack"), message);
+            Some(p.to_string())
+        }
+        (Some(p), _) => Some(p.to_string()),
+        (None, own) => own,
+    };
+    let stack = spec.stack.as_deref();
+    if !spec.name.is_empty() {
+        spec.name = stack_service_name(stack, &spec.name);
+    }
+    let deps = f.take(d, "depends_on", dependencies).unwrap_or_default();
+    spec.depends_on = (deps.into_iter())
+        .map(|(name, condition)| (stack_service_name(stack, &name), condition))
+        .collect();
+}
+
+/// `depends_on: [db]`, or `depends_on: { db: { condition: service_healthy } }` as in Compose.
+fn dependencies(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<BTreeMap<String, Condition>> {
+    match node {
+        Yaml::Seq(_) => {
+            let names = d.list(path, node, Decoder::string)?;
+            Some(
+                (names.into_iter())
+                    .map(|n| (n, Condition::ServiceStarted))
+                    .collect(),
+            )
+        }
+        Yaml::Map(_) => {
+            let f = d.any_fields(path, node)?;
+            let mut out = BTreeMap::new();
+            for (dep_path, name, body) in f.entries() {
+                let condition = match body {
+                    Yaml::Null => Some(Condition::ServiceStarted),
+                    body => d.fields(&dep_path, body, DEPENDENCY_KEYS).map(|c| {
+                        c.take(d, "condition", |d, p, n| d.choice(p, n, &Condition::ALL))
+                            .unwrap_or_default()
+                    }),
+                };
+                out.extend(condition.map(|c| (name.to_string(), c)));
+            }
+            Some(out)
+        }
+        other => d.wrong_type(path, "a list of service names, or a mapping of them", other),
+    }
 }
 
 /// `on_node_lost: keep`, or `{ replace_after: 2s, unreachable_after: 5m }` with either left to

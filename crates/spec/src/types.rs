@@ -14,7 +14,12 @@ use crate::rollout::{DEFAULT_REVISION_HISTORY, UpdateSpec};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
+    /// `<stack>_<short name>` for a service of a stack, else the name as given.
     pub name: String,
+    /// The stack it was deployed with (a Compose project: `outpost deploy -p`, the file's
+    /// `name:` or its directory; or a native spec's `stack:`), listed and removed together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
     pub replicas: u32,
     pub driver: DriverKind,
     /// Container image; required for `docker`, forbidden for `process`.
@@ -99,6 +104,71 @@ pub struct ServiceSpec {
         skip_serializing_if = "is_default_revision_history"
     )]
     pub revision_history: u32,
+    /// Services (full names) whose tasks must be started, ready or completed before this
+    /// one's are placed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, Condition>,
+}
+
+/// What a dependency must have reached before a dependent's tasks are placed: Compose's
+/// `depends_on` conditions, with Compose's words. Each holds for every replica of the
+/// dependency's current version.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// Its tasks have started (running; a later crash does not undo it).
+    #[default]
+    ServiceStarted,
+    /// Its tasks are ready (their readiness probe passes, or they run and have none).
+    ServiceHealthy,
+    /// Its tasks exited with status 0 (one-shot jobs: migrations, seeds).
+    ServiceCompletedSuccessfully,
+}
+
+impl Condition {
+    pub const ALL: [(&'static str, Condition); 3] = [
+        ("service_started", Condition::ServiceStarted),
+        ("service_healthy", Condition::ServiceHealthy),
+        (
+            "service_completed_successfully",
+            Condition::ServiceCompletedSuccessfully,
+        ),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::ServiceStarted => "service_started",
+            Condition::ServiceHealthy => "service_healthy",
+            Condition::ServiceCompletedSuccessfully => "service_completed_successfully",
+        }
+    }
+
+    /// What a dependency must be, in a sentence: "started", "ready", "completed".
+    pub fn past_participle(self) -> &'static str {
+        match self {
+            Condition::ServiceStarted => "started",
+            Condition::ServiceHealthy => "ready",
+            Condition::ServiceCompletedSuccessfully => "completed successfully",
+        }
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 fn default_revision_history() -> u32 {
@@ -142,7 +212,14 @@ impl ServiceSpec {
             revision_history: DEFAULT_REVISION_HISTORY,
             secrets: Vec::new(),
             configs: Vec::new(),
+            stack: None,
+            depends_on: BTreeMap::new(),
         }
+    }
+
+    /// The name inside its stack (`web` of `shop_web`); the whole name without a stack.
+    pub fn short_name(&self) -> &str {
+        stack_short_name(&self.name, self.stack.as_deref())
     }
 
     /// The references of one kind: `secrets` or `configs`.
@@ -162,6 +239,23 @@ impl ServiceSpec {
     pub fn qos(&self) -> QosClass {
         self.resources.qos()
     }
+}
+
+/// The full name of service `short` in `stack`: `<stack>_<short>`, as `docker stack deploy`
+/// names them.
+pub fn stack_service_name(stack: Option<&str>, short: &str) -> String {
+    match stack {
+        Some(stack) => format!("{stack}_{short}"),
+        None => short.to_string(),
+    }
+}
+
+/// `name` without its stack's prefix; `name` itself when it has none.
+pub fn stack_short_name<'a>(name: &'a str, stack: Option<&str>) -> &'a str {
+    stack
+        .and_then(|s| name.strip_prefix(s))
+        .and_then(|rest| rest.strip_prefix('_'))
+        .unwrap_or(name)
 }
 
 /// A secret or config of the cluster: the two kinds of value a task reads as a file.

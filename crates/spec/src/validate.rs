@@ -148,6 +148,13 @@ pub(crate) fn after_decoding(
         check_service(spec, root, &failed, &mut problems);
     }
     unique_names(decoded, &mut problems);
+    // A file may depend on services deployed before it: the server checks those.
+    let specs: Vec<ServiceSpec> = decoded.iter().map(|(_, s, _)| s.clone()).collect();
+    problems.extend(crate::stack::check_dependencies(
+        &specs,
+        &BTreeMap::new(),
+        true,
+    ));
     problems
 }
 
@@ -161,6 +168,7 @@ pub(crate) fn check_service(
 ) {
     let mut rules = Rules { root, failed, out };
     rules.name(spec);
+    rules.depends_on(spec);
     rules.replicas(spec);
     match spec.driver {
         DriverKind::Process => {
@@ -218,8 +226,25 @@ impl Rules<'_> {
     }
 
     fn name(&mut self, spec: &ServiceSpec) {
-        if let Err(why) = dns_label(&spec.name) {
-            self.report(&self.at("name"), format!("{:?} {why}", spec.name));
+        if let Some(stack) = &spec.stack
+            && let Err(why) = crate::stack::check_stack_name(stack)
+        {
+            self.report(&self.at("stack"), why);
+            return;
+        }
+        if let Err(why) = crate::stack::check_service_name(&spec.name, spec.stack.as_deref()) {
+            self.report(&self.at("name"), why);
+        }
+    }
+
+    /// Each dependency is a service of the same stack (or, without one, of no stack).
+    fn depends_on(&mut self, spec: &ServiceSpec) {
+        for dep in spec.depends_on.keys() {
+            let short = crate::types::stack_short_name(dep, spec.stack.as_deref());
+            let at = self.at("depends_on").key(short);
+            if let Err(why) = crate::stack::check_service_name(dep, spec.stack.as_deref()) {
+                self.report(&at, why);
+            }
         }
     }
 

@@ -140,6 +140,12 @@ pub enum Command {
         name: String,
         time: Timestamp,
     },
+    /// `outpost rm --stack`: every service of the stack, as [`Command::Remove`] removes one,
+    /// in one entry. Added after `RemoveObject`.
+    RemoveStack {
+        stack: String,
+        time: Timestamp,
+    },
 }
 
 const TOKEN_PREFIX: &str = "token/";
@@ -177,7 +183,9 @@ impl Command {
             | Command::AddCertificate { time, .. }
             | Command::RemoveNode { time, .. }
             | Command::Rollout { time, .. } => *time,
-            Command::PutObjects { time, .. } | Command::RemoveObject { time, .. } => *time,
+            Command::PutObjects { time, .. }
+            | Command::RemoveObject { time, .. }
+            | Command::RemoveStack { time, .. } => *time,
         }
     }
 }
@@ -450,7 +458,24 @@ impl State {
             } => self.rollout_action(service, action, *time),
             Command::PutObjects { objects, time } => self.put_objects(objects, *time),
             Command::RemoveObject { kind, name, time } => self.remove_object(*kind, name, *time),
+            Command::RemoveStack { stack, time } => self.remove_stack(stack, *time),
         }
+    }
+
+    /// Removes every service of `stack` not already being removed; `NotFound` when there is
+    /// none.
+    fn remove_stack(&mut self, stack: &str, time: Timestamp) -> Response {
+        let names: Vec<String> = (self.services.iter())
+            .filter(|(_, s)| !s.removing && s.spec.stack.as_deref() == Some(stack))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if names.is_empty() {
+            return Response::NotFound(stack.to_string());
+        }
+        for name in names {
+            self.remove(&name, time);
+        }
+        Response::Ok
     }
 
     /// The digest of the secret of the current token of `role` (`server`, `agent`, `admin`).
@@ -1260,7 +1285,16 @@ impl State {
         // A replacement's readiness is what a drain waits on: its slot's old task stops then.
         let became_ready = status.ready && !task.ready;
         let waited = (became_ready && self.drain_waits_on(task)).then(|| task.service.clone());
-        if let Some(service) = waited {
+        // How far a task got is what services that depend on its own wait on.
+        let progressed = status.state != task.state
+            || status.ready != task.ready
+            || status.started_at != task.started_at
+            || status.exit_code != task.exit_code;
+        let dependents = match progressed {
+            true => self.dependents_waiting_on(&task.service),
+            false => Vec::new(),
+        };
+        for service in waited.into_iter().chain(dependents) {
             self.placement_moved(&service);
         }
         let Some(task) = self.tasks.get_mut(&status.id) else {
@@ -1347,7 +1381,11 @@ impl State {
                 SlotFill::Waiting(id) => id,
                 SlotFill::Open => self.new_task(service, slot, version, time),
             };
-            let message = format!("waiting for a node: {reason}");
+            // A replica held for a dependency waits for it, not for a node.
+            let message = match reason.starts_with("held until ") {
+                true => reason.to_string(),
+                false => format!("waiting for a node: {reason}"),
+            };
             if self.tasks.get(&id).and_then(|t| t.message.as_ref()) != Some(&message)
                 && let Some(task) = self.tasks.get_mut(&id)
             {
@@ -1382,6 +1420,17 @@ impl State {
             self.placement_index.remove(&name);
             self.forgotten_placement_index = self.index;
         }
+    }
+
+    /// The services with replicas waiting that depend on `service`: few, since only those
+    /// with replicas waiting are looked at.
+    fn dependents_waiting_on(&self, service: &str) -> Vec<String> {
+        (self.pending.keys())
+            .filter(|name| {
+                (self.services.get(*name)).is_some_and(|s| s.spec.depends_on.contains_key(service))
+            })
+            .cloned()
+            .collect()
     }
 
     /// Records that something placement reads of `service` changed at this entry.
@@ -2961,5 +3010,169 @@ mod drain_tests {
         assert!(!s.nodes["a"].draining);
         let answer = s.apply(s.index + 1, &drain("nope", true));
         assert_eq!(answer, Response::NotFound("nope".into()));
+    }
+}
+
+#[cfg(test)]
+mod stack_tests {
+    use super::*;
+
+    const T: Timestamp = Timestamp(1);
+
+    fn run(s: &mut State, commands: impl IntoIterator<Item = Command>) -> Vec<Response> {
+        (commands.into_iter())
+            .map(|c| {
+                let next = s.index + 1;
+                s.apply(next, &c)
+            })
+            .collect()
+    }
+
+    fn in_stack(stack: Option<&str>, short: &str) -> ServiceSpec {
+        let mut spec = ServiceSpec::process(&spec::stack_service_name(stack, short), &["app"]);
+        spec.stack = stack.map(str::to_string);
+        spec
+    }
+
+    fn deploy(services: Vec<ServiceSpec>) -> Command {
+        Command::Deploy { services, time: T }
+    }
+
+    #[test]
+    fn a_stack_is_removed_in_one_entry_and_nothing_else_with_it() {
+        let mut s = State::default();
+        run(
+            &mut s,
+            [deploy(vec![
+                in_stack(Some("shop"), "web"),
+                in_stack(Some("shop"), "db"),
+                in_stack(Some("blog"), "web"),
+                in_stack(None, "web"),
+            ])],
+        );
+        let removed = run(
+            &mut s,
+            [Command::RemoveStack {
+                stack: "shop".into(),
+                time: T,
+            }],
+        );
+        assert_eq!(removed, [Response::Ok]);
+        // Without tasks, removed services are forgotten at once.
+        let left: Vec<&str> = s.services.keys().map(String::as_str).collect();
+        assert_eq!(left, ["blog_web", "web"]);
+        let again = run(
+            &mut s,
+            [Command::RemoveStack {
+                stack: "shop".into(),
+                time: T,
+            }],
+        );
+        assert_eq!(again, [Response::NotFound("shop".into())]);
+    }
+
+    #[test]
+    fn a_changed_depends_on_or_stack_makes_no_new_version() {
+        let mut s = State::default();
+        let db = in_stack(Some("shop"), "db");
+        let web = in_stack(Some("shop"), "web");
+        run(&mut s, [deploy(vec![db.clone(), web.clone()])]);
+        let mut waiting = web.clone();
+        waiting
+            .depends_on
+            .insert("shop_db".into(), spec::Condition::ServiceHealthy);
+        run(&mut s, [deploy(vec![waiting])]);
+        assert_eq!(s.services["shop_web"].version, 1);
+        assert_eq!(s.services["shop_web"].spec.depends_on.len(), 1);
+    }
+
+    /// A dependent with replicas held, its dependency with one task placed on node `a`.
+    fn held() -> State {
+        let mut s = State::default();
+        let mut web = in_stack(None, "web");
+        web.depends_on
+            .insert("db".into(), spec::Condition::ServiceHealthy);
+        let reason = "held until db is ready (service_healthy): 0 of its 1 replicas so far";
+        run(
+            &mut s,
+            [
+                Command::RegisterNode {
+                    node: RegisterRequest {
+                        name: "a".into(),
+                        address: "http://a".into(),
+                        capacity: Capacity::default(),
+                        allocatable: Capacity::default(),
+                        drivers: vec!["process".into()],
+                        notes: vec![],
+                        version: "test".into(),
+                    },
+                    time: T,
+                },
+                deploy(vec![in_stack(None, "db"), web]),
+                Command::Reconcile {
+                    place: vec![Placement {
+                        service: "db".into(),
+                        slot: 1,
+                        node: "a".into(),
+                    }],
+                    stop: vec![],
+                    pending: vec![("web".into(), reason.into())],
+                    time: T,
+                    completed: Vec::new(),
+                    stalled: Vec::new(),
+                },
+            ],
+        );
+        s
+    }
+
+    fn db_status(ready: bool) -> Command {
+        Command::Report {
+            node: "a".into(),
+            report: StatusReport {
+                seq: 0,
+                tasks: vec![TaskStatus {
+                    seq: 0,
+                    id: "db.1.1".into(),
+                    state: TaskState::Running,
+                    evicted: false,
+                    ready,
+                    restarts: 0,
+                    pid: Some(7),
+                    container_id: None,
+                    ports: BTreeMap::new(),
+                    started_at: Some(T),
+                    exit_code: None,
+                    message: None,
+                }],
+                events: vec![],
+                memory_pressure: None,
+            },
+            time: T,
+        }
+    }
+
+    #[test]
+    fn a_held_replica_says_what_it_waits_for() {
+        let s = held();
+        let waiting = &s.tasks["web.1.2"];
+        assert_eq!(waiting.state, TaskState::Pending);
+        assert_eq!(
+            waiting.message.as_deref(),
+            Some("held until db is ready (service_healthy): 0 of its 1 replicas so far")
+        );
+    }
+
+    #[test]
+    fn a_dependency_moving_on_marks_the_services_waiting_on_it_for_planning() {
+        let mut s = held();
+        let before = s.placement_index["web"];
+        run(&mut s, [db_status(false)]);
+        let started = s.placement_index["web"];
+        assert!(started > before, "started: the controller looks again");
+        run(&mut s, [db_status(false)]);
+        assert_eq!(s.placement_index["web"], started, "no change, no plan");
+        run(&mut s, [db_status(true)]);
+        assert!(s.placement_index["web"] > started, "ready");
     }
 }

@@ -11,8 +11,11 @@ use proptest::prelude::*;
 use super::{NOW, node, service, task};
 use crate::{Plan, oracle, plan, plan_services};
 
-/// A service as drawn: replicas, CPU, memory, docker driver, version, removing.
-type ServiceDraw = (u32, u64, u64, bool, u64, bool);
+/// A service as drawn: replicas, CPU, memory, docker driver, version, removing, and its start
+/// order and ports: a fixed host port (0 none, else one of three, each on every address or on
+/// one of two), a dependency (0 none, else the service before it by so many) and its
+/// condition.
+type ServiceDraw = (u32, u64, u64, bool, u64, bool, (u8, u8, u8));
 /// A node as drawn: CPU, memory, state (0 ready, 1 suspect, 2 down, 3 ready and draining), pressure, drivers (bit 0
 /// process, bit 1 docker).
 type NodeDraw = (u64, u64, u8, bool, u8);
@@ -22,17 +25,33 @@ type TaskDraw = (usize, u32, u64, usize, bool);
 
 fn services_from(draws: &[ServiceDraw]) -> BTreeMap<String, Service> {
     (draws.iter().enumerate())
-        .map(|(i, &(replicas, cpu, mem, docker, version, removing))| {
-            let name = format!("s{i}");
-            let mut svc = service(&name, replicas, cpu);
-            svc.spec.resources.requests.memory = Some(spec::Memory(mem));
-            if docker {
-                svc.spec.driver = spec::DriverKind::Docker;
-            }
-            svc.version = version;
-            svc.removing = removing;
-            (name, svc)
-        })
+        .map(
+            |(i, &(replicas, cpu, mem, docker, version, removing, extra))| {
+                let name = format!("s{i}");
+                let mut svc = service(&name, replicas, cpu);
+                let (port, dep, condition) = extra;
+                if port > 0 {
+                    let mut p = spec::PortSpec::named("fixed");
+                    p.host_port = Some(8000 + u16::from(port % 3));
+                    p.host_ip = [None, Some("127.0.0.1"), Some("127.0.0.2")]
+                        [usize::from(port / 3 % 3)]
+                    .map(str::to_string);
+                    svc.spec.ports.push(p);
+                }
+                if dep > 0 && i > 0 {
+                    let on = format!("s{}", i - 1 - usize::from(dep) % i);
+                    let condition = spec::Condition::ALL[usize::from(condition) % 3].1;
+                    svc.spec.depends_on.insert(on, condition);
+                }
+                svc.spec.resources.requests.memory = Some(spec::Memory(mem));
+                if docker {
+                    svc.spec.driver = spec::DriverKind::Docker;
+                }
+                svc.version = version;
+                svc.removing = removing;
+                (name, svc)
+            },
+        )
         .collect()
 }
 
@@ -73,6 +92,14 @@ fn tasks_from(draws: &[TaskDraw], services: usize, nodes: usize) -> BTreeMap<Str
             if !running {
                 t.desired = DesiredState::Shutdown;
             }
+            // How far it got, for the conditions of the services that depend on it.
+            match i % 5 {
+                1 => (t.state, t.ready, t.started_at) = (TaskState::Pending, false, None),
+                2 => (t.state, t.ready) = (TaskState::Running, false),
+                3 => (t.state, t.ready, t.exit_code) = (TaskState::Exited, false, Some(0)),
+                4 => (t.state, t.ready, t.exit_code) = (TaskState::Exited, false, Some(1)),
+                _ => {}
+            }
             (t.id.clone(), t)
         })
         .collect()
@@ -86,9 +113,21 @@ fn cluster() -> impl Strategy<Value = (Vec<ServiceDraw>, Vec<NodeDraw>, Vec<Task
         any::<bool>(),
         1u64..3,
         any::<bool>(),
+        (0u8..9, 0u8..4, 0u8..3),
     )
-        .prop_map(|(r, cpu, mem, docker, v, rm)| {
-            (r, cpu, mem, docker && cpu % 4 == 0, v, rm && r % 3 == 0)
+        .prop_map(|(r, cpu, mem, docker, v, rm, (port, dep, cond))| {
+            // Most services have neither, so that plans still place much.
+            let port = if cpu % 3 == 0 { port } else { 0 };
+            let dep = if mem % 3 == 0 { dep } else { 0 };
+            (
+                r,
+                cpu,
+                mem,
+                docker && cpu % 4 == 0,
+                v,
+                rm && r % 3 == 0,
+                (port, dep, cond),
+            )
         });
     let node = (0u64..6000, 0u64..(1 << 33), 0u8..4, any::<bool>(), 0u8..4).prop_map(
         |(cpu, mem, s, p, d)| {
@@ -286,6 +325,17 @@ proptest! {
         for p in &plan.place {
             prop_assert_eq!(slots[&(p.service.as_str(), p.slot)], 1, "{:?}", p);
         }
+        // A replica placed never shares a fixed host port with another task on its node.
+        let ports_of = |t: &Task| {
+            services.get(&t.service).map(|s| crate::ports::fixed(crate::ports::spec_of(s, t)).collect::<Vec<_>>()).unwrap_or_default()
+        };
+        let placed: Vec<&Task> = after.values().filter(|t| !tasks.contains_key(&t.id)).collect();
+        for new in placed {
+            for other in after.values().filter(stays).filter(|o| o.id != new.id && o.node == new.node) {
+                let clash = ports_of(new).iter().any(|p| ports_of(other).iter().any(|o| p.clashes(o)));
+                prop_assert!(!clash, "{} and {} share a host port on {:?}", new.id, other.id, new.node);
+            }
+        }
     }
 
     /// Once applied, a plan has nothing left to do: a second pass places and stops nothing.
@@ -342,7 +392,7 @@ proptest! {
         draws in proptest::collection::vec((0u8..3, any::<bool>(), 1u8..4), 1..9),
     ) {
         let services = services_from(&replicas.iter().enumerate()
-            .map(|(i, &r)| (r, 10, 1 << 20, i % 2 == 1, 1, false)).collect::<Vec<_>>());
+            .map(|(i, &r)| (r, 10, 1 << 20, i % 2 == 1, 1, false, (0, 0, 0))).collect::<Vec<_>>());
         let nodes = nodes_from(&draws.iter()
             .map(|&(state, pressure, drivers)| (1 << 40, 1 << 50, state, pressure, drivers))
             .collect::<Vec<_>>());

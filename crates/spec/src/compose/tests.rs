@@ -631,7 +631,6 @@ fn unsupported_keys_are_warned_about_never_dropped_silently() {
           db:
             <<: *defaults
             image: postgres
-            depends_on: [cache]
             networks: [back]
             labels: { tier: data }
             x-notes: accepted quietly
@@ -654,10 +653,8 @@ fn unsupported_keys_are_warned_about_never_dropped_silently() {
         parsed.warnings,
         [
             r#"compose.yaml: key "version" is obsolete and was ignored"#,
-            r#"compose.yaml: key "name" is not supported yet and was ignored"#,
             r#"compose.yaml: key "networks" is not supported yet and was ignored"#,
             r#"compose.yaml: key "volumes" is not supported yet and was ignored"#,
-            r#"compose.yaml: service "db": key "depends_on" is not supported yet and was ignored"#,
             r#"compose.yaml: service "db": key "networks" is not supported yet and was ignored"#,
             r#"compose.yaml: service "db": key "labels" is not supported yet and was ignored"#,
             r#"compose.yaml: service "db": key "ports[0].mode" is not supported yet and was ignored"#,
@@ -741,7 +738,7 @@ fn parse_file_tells_the_formats_apart() {
     let names = |parsed: Parsed| parsed.services.into_iter().map(|s| (s.name, s.driver));
     assert_eq!(
         compose.map(|p| names(p).collect::<Vec<_>>()),
-        Ok(vec![("web".to_string(), DriverKind::Docker)])
+        Ok(vec![("shop_web".to_string(), DriverKind::Docker)])
     );
     // As Compose, a file without `services` holds no service at all.
     let native = crate::parse_file("b.yaml", "name: web\ncommand: [./web]\n", &empty, None);
@@ -867,5 +864,201 @@ fn a_secret_not_defined_at_the_top_level_is_refused() {
         compose.yaml.secrets.broken: a secret needs `file: PATH` (read at deploy), or `external: true` for one made with `outpost secret create`
         db.secrets[1]: secret \"other\" is not defined: add it to the top-level `secrets:` with `file:` (or `external: true` for one made with `outpost secret create`)
         ",
+    );
+}
+
+/// Parses `text` as `outpost deploy` does, with `-p` and the file's directory.
+fn parse_in(
+    text: &str,
+    vars: &[(&str, &str)],
+    project: Option<&str>,
+    directory: Option<&str>,
+) -> Result<Parsed, SpecError> {
+    let stacking = crate::Stacking {
+        project: project.map(str::to_string),
+        directory: directory.map(str::to_string),
+    };
+    crate::parse_file_in("compose.yaml", &dedent(text), &env(vars), None, &stacking)
+}
+
+fn stacked(parsed: Result<Parsed, SpecError>) -> Vec<(String, Option<String>, String)> {
+    let parsed = parsed.unwrap_or_else(|e| panic!("unexpected problems:\n{e}"));
+    (parsed.services.into_iter())
+        .map(|s| (s.name.clone(), s.stack.clone(), s.short_name().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_compose_file_is_a_stack_named_as_docker_compose_names_projects() {
+    let named = "name: Shop.V2\nservices:\n  web: { image: nginx }\n";
+    let unnamed = "services:\n  web: { image: nginx }\n";
+    let service = |name: &str, stack: &str| {
+        vec![(name.to_string(), Some(stack.to_string()), "web".to_string())]
+    };
+    // `-p` first, then COMPOSE_PROJECT_NAME, then `name:` (normalised), then the directory.
+    assert_eq!(
+        stacked(parse_in(
+            named,
+            &[("COMPOSE_PROJECT_NAME", "env")],
+            Some("cli"),
+            Some("d")
+        )),
+        service("cli_web", "cli")
+    );
+    assert_eq!(
+        stacked(parse_in(
+            named,
+            &[("COMPOSE_PROJECT_NAME", "env")],
+            None,
+            Some("d")
+        )),
+        service("env_web", "env")
+    );
+    assert_eq!(
+        stacked(parse_in(named, &[], None, Some("d"))),
+        service("shopv2_web", "shopv2")
+    );
+    assert_eq!(
+        stacked(parse_in(unnamed, &[], None, Some("My Project"))),
+        service("myproject_web", "myproject")
+    );
+    // `name:` is interpolated like every other value.
+    assert_eq!(
+        stacked(parse_in(
+            "name: ${STACK}\nservices:\n  web: { image: nginx }\n",
+            &[("STACK", "blue")],
+            None,
+            Some("d")
+        )),
+        service("blue_web", "blue")
+    );
+}
+
+#[test]
+fn a_stack_name_that_cannot_be_one_is_refused_with_the_way_out() {
+    let unnamed = "services:\n  web: { image: nginx }\n";
+    let err = parse_in(unnamed, &[], Some("My App"), Some("d")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "-p: \"My App\" is not a valid stack name: use lowercase letters, digits, '-' and '_', \
+         starting with a letter or digit (as `docker compose -p` does)"
+    );
+    let err = parse_in(unnamed, &[], None, Some("ÄÖ")).unwrap_err();
+    assert!(
+        err.to_string().contains("\"ÄÖ\" makes no stack name")
+            && err.to_string().contains("-p NAME"),
+        "{err}"
+    );
+    let err = parse_in(unnamed, &[("COMPOSE_PROJECT_NAME", "Bad")], None, Some("d")).unwrap_err();
+    assert!(
+        err.to_string().starts_with("COMPOSE_PROJECT_NAME: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn depends_on_in_list_and_map_form_names_services_of_the_stack() {
+    let parsed = parse_in(
+        r#"
+        services:
+          proxy:
+            image: nginx
+            depends_on: [api_server]
+          api_server:
+            image: api
+            depends_on:
+              db: { condition: service_healthy, restart: true }
+              migrate: { condition: service_completed_successfully }
+          db: { image: postgres }
+          migrate: { image: api }
+        "#,
+        &[],
+        None,
+        Some("shop"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let deps = |name: &str| {
+        let spec = parsed.services.iter().find(|s| s.name == name).unwrap();
+        spec.depends_on.clone().into_iter().collect::<Vec<_>>()
+    };
+    assert_eq!(
+        deps("shop_proxy"),
+        [("shop_api-server".to_string(), Condition::ServiceStarted)]
+    );
+    assert_eq!(
+        deps("shop_api-server"),
+        [
+            ("shop_db".to_string(), Condition::ServiceHealthy),
+            (
+                "shop_migrate".to_string(),
+                Condition::ServiceCompletedSuccessfully
+            ),
+        ]
+    );
+    // A job waited on to complete does not restart always, which would never let it complete.
+    let migrate = parsed
+        .services
+        .iter()
+        .find(|s| s.name == "shop_migrate")
+        .unwrap();
+    assert_eq!(migrate.restart.policy, RestartPolicy::OnFailure);
+    assert!(
+        parsed
+            .warnings
+            .iter()
+            .any(|w| w.contains(r#"key "depends_on.db.restart" is not supported yet"#)),
+        "{:?}",
+        parsed.warnings
+    );
+    assert!(
+        (parsed.warnings.iter())
+            .any(|w| w.contains(r#"service "migrate" restarts on failure only"#)),
+        "{:?}",
+        parsed.warnings
+    );
+}
+
+#[test]
+fn depends_on_an_undefined_service_a_bad_condition_or_a_cycle_is_refused() {
+    check_err(
+        r#"
+        services:
+          web:
+            image: nginx
+            depends_on: { cache: { condition: service_ready } }
+          api:
+            image: api
+            depends_on: [db]
+          db:
+            image: postgres
+            depends_on: [api]
+        "#,
+        &[],
+        r#"
+        web.depends_on.cache.condition: "service_ready" is not one of `service_started`, `service_healthy`, `service_completed_successfully`
+        api.depends_on: a dependency cycle: api → db → api; no service of it could ever start
+        "#,
+    );
+    check_err(
+        "services:\n  web:\n    image: nginx\n    depends_on: [cache]\n",
+        &[],
+        r#"web.depends_on[0]: service "cache" is not defined in this file"#,
+    );
+}
+
+#[test]
+fn completion_of_a_service_that_chose_to_restart_always_is_refused() {
+    check_err(
+        r#"
+        services:
+          app:
+            image: app
+            depends_on: { migrate: { condition: service_completed_successfully } }
+          migrate: { image: app, restart: always }
+        "#,
+        &[],
+        r#"
+        app.depends_on.migrate: app waits for "migrate" to complete, but "migrate" restarts always and so never completes: give it `restart: on-failure` (or `no`)
+        "#,
     );
 }

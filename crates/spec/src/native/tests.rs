@@ -422,7 +422,7 @@ fn unknown_keys_suggest_the_closest_known_one() {
         "#,
         r#"
         web.readyness: unknown key; did you mean `readiness`?
-        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`, `update`, `rollback`, `revision_history`, `secrets`, `configs`
+        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`, `update`, `rollback`, `revision_history`, `secrets`, `configs`, `stack`, `depends_on`
         web.liveness.perod: unknown key; did you mean `period`?
         "#,
     );
@@ -762,8 +762,14 @@ mod never_panics {
         let env = BTreeMap::from([("X".to_string(), "x".to_string())]);
         // Both decoders on every text, not only the one `parse_file` would pick for it.
         if let Ok(docs) = crate::yaml::load("f.yaml", text) {
-            let _ = from_docs("f.yaml", &docs);
-            let _ = crate::compose::from_docs("f.yaml", &docs, &env, Some("Y=1\n"));
+            let _ = from_docs("f.yaml", &docs, None);
+            let _ = crate::compose::from_docs(
+                "f.yaml",
+                &docs,
+                &env,
+                Some("Y=1\n"),
+                &crate::Stacking::default(),
+            );
         }
         let _ = crate::parse_file("f.yaml", text, &env, None);
     }
@@ -986,5 +992,96 @@ fn bad_secret_references_are_refused() {
         web.secrets[1].target: \"/etc/a\" is absolute: a process task reads its files in $OUTPOST_SECRETS_DIR or $OUTPOST_CONFIGS_DIR, so give a relative target
         web.secrets[2].target: \"bad/name\" is the target of two secrets
         ",
+    );
+}
+
+#[test]
+fn a_native_spec_may_name_its_stack_and_its_dependencies_in_it() {
+    let specs = parse(
+        r#"
+        name: web
+        stack: shop
+        command: [./web]
+        depends_on:
+          db: { condition: service_healthy }
+          cache:
+        ---
+        name: db
+        stack: shop
+        command: [./db]
+        ---
+        name: cache
+        stack: shop
+        command: [./cache]
+        "#,
+    );
+    assert_eq!(specs[0].name, "shop_web");
+    assert_eq!(specs[0].short_name(), "web");
+    assert_eq!(specs[0].stack.as_deref(), Some("shop"));
+    let deps: Vec<(&str, Condition)> = (specs[0].depends_on.iter())
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        deps,
+        [
+            ("shop_cache", Condition::ServiceStarted),
+            ("shop_db", Condition::ServiceHealthy)
+        ]
+    );
+    // The list form, and a dependency deployed some other time: the server checks that one.
+    let specs = parse("name: web\ncommand: [./web]\ndepends_on: [db]\n");
+    assert_eq!(specs[0].depends_on["db"], Condition::ServiceStarted);
+}
+
+#[test]
+fn dash_p_puts_a_native_file_in_a_stack_unless_the_file_names_another() {
+    let parse_p = |text: &str| {
+        let stacking = crate::Stacking {
+            project: Some("shop".to_string()),
+            directory: None,
+        };
+        crate::parse_file_in("web.yaml", &dedent(text), &BTreeMap::new(), None, &stacking)
+    };
+    let specs = parse_p("name: web\ncommand: [./web]\n").unwrap();
+    assert_eq!(specs.services[0].name, "shop_web");
+    let err = parse_p("name: web\nstack: blue\ncommand: [./web]\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "web.stack: stack \"blue\" differs from the \"shop\" given with -p: leave `stack:` out, or \
+         deploy with -p blue"
+    );
+}
+
+#[test]
+fn a_dependency_cycle_within_a_file_is_refused() {
+    check_err(
+        r#"
+        name: a
+        command: [./a]
+        depends_on: [b]
+        ---
+        name: b
+        command: [./b]
+        depends_on: { a: { condition: service_started } }
+        "#,
+        "a.depends_on: a dependency cycle: a → b → a; no service of it could ever start",
+    );
+}
+
+#[test]
+fn reserved_names_and_bad_stacks_are_refused() {
+    check_err(
+        r#"
+        name: tasks
+        command: [./a]
+        ---
+        name: web
+        stack: Shop
+        command: [./a]
+        "#,
+        r#"
+        tasks.name: "tasks" is reserved: tasks find services as `<name>.outpost` and their endpoints as `tasks.<name>`; choose another name
+        web.stack: "Shop" is not a valid stack name: use lowercase letters, digits, '-' and '_', starting with a letter or digit (as `docker compose -p` does)
+        "#,
     );
 }

@@ -10,8 +10,12 @@ use spec::{FailureAction, ServiceSpec};
 
 use super::{Response, State};
 
-/// Top-level spec fields whose change needs no new tasks: how many, and how to roll out.
-const NOT_TEMPLATE: &[&str] = &["replicas", "update", "rollback", "revision_history"];
+/// Top-level spec fields whose change needs no new tasks: how many, how to roll out, and
+/// what holds new tasks back (`depends_on`) or lists them together (`stack`).
+#[rustfmt::skip]
+const NOT_TEMPLATE: &[&str] = &[
+    "replicas", "update", "rollback", "revision_history", "depends_on", "stack",
+];
 
 /// Whether a change of these top-level fields changes the task template.
 pub(super) fn template_changed(fields: &[String]) -> bool {
