@@ -4,11 +4,13 @@
 //! The same `Task`, `Node` and `Event` records are what the replicated store keeps, so what a
 //! client reads is exactly what was committed.
 
+mod endpoints;
 mod objects;
 pub mod openapi;
 mod time;
 mod types;
 
+pub use endpoints::*;
 pub use objects::*;
 pub use time::Timestamp;
 pub use types::*;

@@ -299,7 +299,19 @@ pub struct Service {
     /// status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// Its virtual IP, as an offset into the cluster's service range (the servers'
+    /// `--service-range`): the lowest free one from [`FIRST_VIP`] on, given at its first deploy
+    /// and kept while the service exists. `None` in services stored before it was kept, until
+    /// they are deployed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<u32>,
 }
+
+/// The first offset of the service range a service's virtual IP takes: 0 is the network's
+/// address and 1 ([`DNS_VIP`]) the nodes' DNS server.
+pub const FIRST_VIP: u32 = 2;
+/// The offset of the service range where every node's DNS server answers.
+pub const DNS_VIP: u32 = 1;
 
 /// One version of a service's task template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

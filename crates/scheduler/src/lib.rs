@@ -540,6 +540,7 @@ mod tests {
             latest_version: 1,
             revisions: Vec::new(),
             rollout: None,
+            vip: None,
         }
     }
 

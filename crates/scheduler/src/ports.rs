@@ -21,17 +21,14 @@ impl HostPort {
     /// addresses that overlap (every address overlaps each one).
     pub fn clashes(&self, other: &HostPort) -> bool {
         self.port == other.port
-            && self.protocol == other.protocol
+            && self.protocol.is_udp() == other.protocol.is_udp()
             && (self.ip.is_none() || other.ip.is_none() || self.ip == other.ip)
     }
 }
 
 impl fmt::Display for HostPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let protocol = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
+        let protocol = if self.protocol.is_udp() { "udp" } else { "tcp" };
         match self.ip {
             Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}/{protocol}", self.port),
             Some(ip) => write!(f, "{ip}:{}/{protocol}", self.port),

@@ -61,8 +61,13 @@ const HEALTHCHECK_KEYS: &[&str] = &[
     "test", "interval", "timeout", "retries", "start_period", "disable",
 ];
 const HEALTHCHECK_IGNORED: &[&str] = &["start_interval"];
-const PORT_KEYS: &[&str] = &["target", "published", "host_ip", "protocol", "name"];
-const PORT_IGNORED: &[&str] = &["mode", "app_protocol"];
+#[rustfmt::skip]
+const PORT_KEYS: &[&str] = &[
+    "target", "published", "host_ip", "protocol", "name", "mode", "app_protocol",
+];
+/// `mode:` of a long-form port, as `docker stack deploy` takes it.
+const PORT_MODES: &[(&str, bool)] = &[("ingress", true), ("host", false)];
+const PORT_IGNORED: &[&str] = &[];
 const VOLUME_KEYS: &[&str] = &["type", "source", "target", "read_only"];
 const VOLUME_IGNORED: &[&str] = &["bind", "volume", "tmpfs", "image", "consistency"];
 const DEPENDENCY_KEYS: &[&str] = &["condition"];
@@ -510,6 +515,9 @@ fn service(
     spec.on_node_lost = f
         .take(d, "x-outpost-on-node-lost", native::on_node_lost)
         .unwrap_or_default();
+    spec.load_balancer = f
+        .take(d, "x-outpost-load-balancer", crate::balance::decode)
+        .unwrap_or_default();
     container_settings(d, &f, &mut spec);
     Some(spec)
 }
@@ -659,8 +667,13 @@ fn port(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<PortSpec> {
             port.protocol = f
                 .take(d, "protocol", |d, p, n| d.choice(p, n, PROTOCOLS))
                 .unwrap_or_default();
+            let http = f.take(d, "app_protocol", Decoder::string);
+            if http.is_some_and(|p| p.eq_ignore_ascii_case("http")) && !port.protocol.is_udp() {
+                port.protocol = Protocol::Http;
+            }
+            let ingress = (f.take(d, "mode", |d, p, n| d.choice(p, n, PORT_MODES))).unwrap_or(true);
             port.container_port = Some(f.require(d, "target", Decoder::number)?);
-            Some(port)
+            Some(if ingress { to_mesh(port) } else { port })
         }
         other => d.wrong_type(
             path,
@@ -697,13 +710,24 @@ fn short_port(d: &mut Decoder, path: &Path, short: &str) -> Option<PortSpec> {
     } else {
         Some(port_number(d, path, host)?)
     };
-    Some(PortSpec {
+    Some(to_mesh(PortSpec {
         name: String::new(),
         container_port: Some(port_number(d, path, container)?),
         host_port,
         protocol,
         host_ip: ip.map(str::to_string),
-    })
+        publish: None,
+    }))
+}
+
+/// A published TCP port goes on the routing mesh, as `docker stack deploy` does by default
+/// (`mode: ingress`): every node answers on it. One bound to a host address, a UDP port and
+/// `mode: host` stay fixed host ports of the nodes their tasks run on.
+fn to_mesh(mut port: PortSpec) -> PortSpec {
+    if port.host_ip.is_none() && !port.protocol.is_udp() {
+        port.publish = port.host_port.take();
+    }
+    port
 }
 
 fn port_number(d: &mut Decoder, path: &Path, text: &str) -> Option<u16> {

@@ -16,6 +16,7 @@
 //! the docker-only vocabulary (capability and signal names, security options) and `validate`
 //! holds the rules.
 
+mod balance;
 mod compose;
 mod container;
 mod decode;
@@ -34,6 +35,7 @@ mod yaml;
 
 use std::collections::BTreeMap;
 
+pub use balance::{BalanceAlgorithm, HashOn, LoadBalancerSpec, MAX_BALANCE_WEIGHT};
 pub use error::{Problem, SpecError};
 pub use objects::{MAX_OBJECT_NAME_LEN, MAX_OBJECT_SIZE, ObjectSource, check_object_name};
 pub use quantity::{Cpu, Memory};

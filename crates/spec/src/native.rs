@@ -20,10 +20,17 @@ const SERVICE_KEYS: &[&str] = &[
     "ports", "volumes", "restart", "liveness", "readiness", "resources", "stop_grace",
     "stop_signal", "pull", "read_only", "cap_add", "cap_drop", "security_opt", "privileged",
     "on_node_lost", "update", "rollback", "revision_history", "secrets", "configs", "stack",
-    "depends_on",
+    "depends_on", "load_balancer",
 ];
 const DEPENDENCY_KEYS: &[&str] = &["condition"];
-const PORT_KEYS: &[&str] = &["name", "container_port", "host_port", "protocol", "host_ip"];
+const PORT_KEYS: &[&str] = &[
+    "name",
+    "container_port",
+    "host_port",
+    "protocol",
+    "host_ip",
+    "publish",
+];
 const VOLUME_KEYS: &[&str] = &["source", "target", "read_only"];
 const ON_NODE_LOST_KEYS: &[&str] = &["replace_after", "unreachable_after"];
 #[rustfmt::skip]
@@ -53,7 +60,13 @@ pub(crate) const DRIVERS: &[(&str, DriverKind)] = &[
     ("process", DriverKind::Process),
     ("docker", DriverKind::Docker),
 ];
+/// Compose's words; native specs also take `http` (see [`NATIVE_PROTOCOLS`]).
 pub(crate) const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+const NATIVE_PROTOCOLS: &[(&str, Protocol)] = &[
+    ("tcp", Protocol::Tcp),
+    ("udp", Protocol::Udp),
+    ("http", Protocol::Http),
+];
 const PULL_POLICIES: &[(&str, PullPolicy)] = &[
     ("if-not-present", PullPolicy::IfNotPresent),
     ("always", PullPolicy::Always),
@@ -151,6 +164,9 @@ fn service(d: &mut Decoder, root: &Path, doc: &Yaml, project: Option<&str>) -> O
         .unwrap_or_default();
     spec.configs = f
         .take(d, "configs", crate::objects::file_refs)
+        .unwrap_or_default();
+    spec.load_balancer = f
+        .take(d, "load_balancer", crate::balance::decode)
         .unwrap_or_default();
     container_settings(d, &f, &mut spec);
     stack(d, &f, project, &mut spec);
@@ -286,7 +302,8 @@ fn container_settings(d: &mut Decoder, f: &Fields<'_>, spec: &mut ServiceSpec) {
     spec.privileged = f.take(d, "privileged", Decoder::boolean).unwrap_or(false);
 }
 
-/// `- http`, or `- { name: http, container_port: 80, host_port: 8080, protocol: tcp }`.
+/// `- http`, or `- { name: http, container_port: 80, host_port: 8080, protocol: tcp }`, or
+/// `- { name: http, container_port: 80, publish: 8080, protocol: http }`.
 fn port(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<PortSpec> {
     match node {
         Yaml::Str(name) => Some(PortSpec::named(name)),
@@ -296,9 +313,10 @@ fn port(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<PortSpec> {
             port.container_port = f.take(d, "container_port", Decoder::number);
             port.host_port = f.take(d, "host_port", Decoder::number);
             port.protocol = f
-                .take(d, "protocol", |d, p, n| d.choice(p, n, PROTOCOLS))
+                .take(d, "protocol", |d, p, n| d.choice(p, n, NATIVE_PROTOCOLS))
                 .unwrap_or_default();
             port.host_ip = f.take(d, "host_ip", Decoder::string);
+            port.publish = f.take(d, "publish", Decoder::number);
             port.name = f.require(d, "name", Decoder::string)?;
             Some(port)
         }

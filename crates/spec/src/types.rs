@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::balance::LoadBalancerSpec;
 use crate::quantity::{Cpu, Memory};
 use crate::rollout::{DEFAULT_REVISION_HISTORY, UpdateSpec};
 
@@ -108,6 +109,9 @@ pub struct ServiceSpec {
     /// one's are placed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_on: BTreeMap<String, Condition>,
+    /// How the node's load balancer spreads the service's traffic over its ready replicas.
+    #[serde(default, skip_serializing_if = "LoadBalancerSpec::is_default")]
+    pub load_balancer: LoadBalancerSpec,
 }
 
 /// What a dependency must have reached before a dependent's tasks are placed: Compose's
@@ -214,6 +218,7 @@ impl ServiceSpec {
             configs: Vec::new(),
             stack: None,
             depends_on: BTreeMap::new(),
+            load_balancer: LoadBalancerSpec::default(),
         }
     }
 
@@ -550,6 +555,9 @@ impl fmt::Display for PullPolicy {
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     pub name: String,
+    /// For a container, the port it listens on inside. A process always listens on the host
+    /// port the agent gives it (`PORT`); for it this is only the port its service answers on
+    /// by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -560,6 +568,10 @@ pub struct PortSpec {
     /// publishes on every interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<String>,
+    /// The routing mesh: every node answers on this port and forwards to a ready replica on
+    /// any node (TCP and HTTP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<u16>,
 }
 
 impl PortSpec {
@@ -571,7 +583,15 @@ impl PortSpec {
             host_port: None,
             protocol: Protocol::Tcp,
             host_ip: None,
+            publish: None,
         }
+    }
+
+    /// The port the service answers on at its virtual IP: what its tasks listen on
+    /// (`container_port`), else its fixed `host_port`, else its published port. `None` for a
+    /// port known only by name, reached through `OUTPOST_SERVICE_<NAME>_ADDR` instead.
+    pub fn service_port(&self) -> Option<u16> {
+        self.container_port.or(self.host_port).or(self.publish)
     }
 
     /// The variable that carries this port's host port into a task: `OUTPOST_PORT_<NAME>`,
@@ -590,6 +610,16 @@ pub enum Protocol {
     #[default]
     Tcp,
     Udp,
+    /// TCP that the load balancer proxies as HTTP/1.1: per request, with retries and
+    /// forwarded-for headers.
+    Http,
+}
+
+impl Protocol {
+    /// The transport: `http` is TCP to everything below the load balancer.
+    pub fn is_udp(self) -> bool {
+        self == Protocol::Udp
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

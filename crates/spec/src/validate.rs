@@ -11,7 +11,7 @@ use crate::decode::Path;
 use crate::error::{Problem, SpecError};
 use crate::quantity::{Cpu, Memory};
 use crate::types::{
-    DriverKind, OnNodeLost, PortRef, ProbeAction, ProbeSpec, Protocol, PullPolicy, RestartSpec,
+    DriverKind, OnNodeLost, PortRef, PortSpec, ProbeAction, ProbeSpec, PullPolicy, RestartSpec,
     ServiceSpec,
 };
 
@@ -279,12 +279,6 @@ impl Rules<'_> {
         }
         for (i, port) in spec.ports.iter().enumerate() {
             let at = self.at("ports").index(i);
-            if port.container_port.is_some() {
-                self.report(
-                    &at.key("container_port"),
-                    "only containers have a container port",
-                );
-            }
             if port.host_ip.is_some() {
                 self.report(
                     &at.key("host_ip"),
@@ -397,6 +391,7 @@ impl Rules<'_> {
     fn ports(&mut self, spec: &ServiceSpec) {
         let mut names: BTreeSet<&str> = BTreeSet::new();
         let mut published: BTreeMap<(u16, bool), &str> = BTreeMap::new();
+        let mut service_ports: BTreeMap<(u16, bool), &PortSpec> = BTreeMap::new();
         for (i, port) in spec.ports.iter().enumerate() {
             let at = self.at("ports").index(i);
             if let Err(why) = dns_label(&port.name) {
@@ -411,6 +406,7 @@ impl Rules<'_> {
             for (field, number) in [
                 ("container_port", port.container_port),
                 ("host_port", port.host_port),
+                ("publish", port.publish),
             ] {
                 if number == Some(0) {
                     self.report(&at.key(field), "0 is not a port number (use 1 to 65535)");
@@ -422,12 +418,44 @@ impl Rules<'_> {
                 self.report(&at.key("host_ip"), format!("{ip:?} is not an IP address"));
             }
             if let Some(host) = port.host_port {
-                let key = (host, port.protocol == Protocol::Udp);
+                let key = (host, port.protocol.is_udp());
                 if let Some(other) = published.insert(key, &port.name) {
                     let message = format!("host port {host} is already used by port {other:?}");
                     self.report(&at.key("host_port"), message);
                 }
             }
+            if let Some(publish) = port.publish {
+                if port.protocol.is_udp() {
+                    let message = "the routing mesh carries TCP and HTTP only: publish a UDP \
+                                   port as a fixed `host_port` on the nodes that run it";
+                    self.report(&at.key("publish"), message);
+                } else if let Some(other) = published.insert((publish, false), &port.name) {
+                    let message = format!("port {publish} is already used by port {other:?}");
+                    self.report(&at.key("publish"), message);
+                }
+            }
+            // Two ports may share a number on the virtual IP only if they reach the same
+            // port of the task (a container port published twice).
+            if let Some(number) = port.service_port() {
+                let key = (number, port.protocol.is_udp());
+                match service_ports.get(&key) {
+                    Some(other) if other.container_port != port.container_port => {
+                        let message = format!(
+                            "port {number} is already the service's port {:?} on its virtual \
+                             IP: give one of them another container_port",
+                            other.name
+                        );
+                        self.report(&at, message);
+                    }
+                    Some(_) => {}
+                    None => {
+                        service_ports.insert(key, port);
+                    }
+                }
+            }
+        }
+        for (field, message) in crate::balance::check(&spec.load_balancer) {
+            self.report(&self.at("load_balancer").key(&field), message);
         }
     }
 

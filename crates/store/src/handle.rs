@@ -8,17 +8,39 @@
 //! agents each holding one, waking them all for every entry would cost a lock and a lookup per
 //! agent per entry.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
 use crate::state::State;
 use crate::state_machine::{self, SharedMachine};
+use crate::tables::Changes;
+
+/// Who waits on what, told by the state machine after each applied batch.
+#[derive(Debug, Default)]
+pub(crate) struct Watches {
+    nodes: NodeWatches,
+    services: ServiceChanges,
+}
+
+impl Watches {
+    /// Tells the waiters what a batch changed.
+    pub(crate) fn notify(&self, changes: &Changes) {
+        self.nodes.notify(changes.moved_nodes());
+        self.services.note(changes);
+    }
+
+    /// Wakes every waiter: the whole state was replaced (a snapshot was installed).
+    pub(crate) fn notify_all(&self, index: u64) {
+        self.nodes.notify_all(index);
+        self.services.note_all(index);
+    }
+}
 
 /// The nodes whose assignments someone waits on, each with a channel of its assignment index.
 #[derive(Debug, Default)]
-pub(crate) struct NodeWatches(Mutex<HashMap<String, watch::Sender<u64>>>);
+struct NodeWatches(Mutex<HashMap<String, watch::Sender<u64>>>);
 
 impl NodeWatches {
     fn subscribe(&self, node: &str) -> watch::Receiver<u64> {
@@ -35,7 +57,7 @@ impl NodeWatches {
 
     /// Tells those waiting on each node that its assignment index moved; nodes nobody waits on
     /// any more are forgotten.
-    pub(crate) fn notify<'a>(&self, moved: impl IntoIterator<Item = (&'a str, u64)>) {
+    fn notify<'a>(&self, moved: impl IntoIterator<Item = (&'a str, u64)>) {
         let mut watches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         for (node, index) in moved {
             if let Some(sender) = watches.get(node) {
@@ -48,8 +70,7 @@ impl NodeWatches {
         }
     }
 
-    /// Wakes every waiter: the whole state was replaced (a snapshot was installed).
-    pub(crate) fn notify_all(&self, index: u64) {
+    fn notify_all(&self, index: u64) {
         let mut watches = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         watches.retain(|_, sender| sender.receiver_count() > 0);
         for sender in watches.values() {
@@ -58,24 +79,85 @@ impl NodeWatches {
     }
 }
 
+/// The services whose rows, or whose tasks' rows, changed since they were last taken
+/// ([`StateHandle::take_changed_services`]): what a server's endpoint list recomputes, so
+/// that a report of one task costs one service's endpoints, not every service's.
+#[derive(Debug)]
+struct ServiceChanges {
+    changed: Mutex<ChangedServices>,
+    index: watch::Sender<u64>,
+}
+
+impl Default for ServiceChanges {
+    fn default() -> ServiceChanges {
+        ServiceChanges {
+            changed: Mutex::default(),
+            index: watch::channel(0).0,
+        }
+    }
+}
+
+/// What changed: some services, or everything (a node's row changed, which may change every
+/// service with a task there, or the state was replaced).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ChangedServices {
+    pub all: bool,
+    pub services: BTreeSet<String>,
+}
+
+impl ServiceChanges {
+    fn note(&self, changes: &Changes) {
+        let (services, nodes) = changes.touched_services();
+        if services.is_empty() && !nodes {
+            return;
+        }
+        let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+        changed.all |= nodes;
+        if !changed.all {
+            changed
+                .services
+                .extend(services.into_iter().map(str::to_string));
+        }
+        drop(changed);
+        self.index.send_replace(changes.index);
+    }
+
+    fn note_all(&self, index: u64) {
+        let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+        changed.all = true;
+        changed.services.clear();
+        drop(changed);
+        self.index.send_replace(index);
+    }
+
+    fn take(&self) -> ChangedServices {
+        let mut changed = self.changed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut taken = std::mem::take(&mut *changed);
+        if taken.all {
+            taken.services.clear();
+        }
+        taken
+    }
+}
+
 /// A read-only view of the applied state. Cheap to clone; every clone sees the same state.
 #[derive(Clone)]
 pub struct StateHandle {
     machine: SharedMachine,
     applied: watch::Receiver<u64>,
-    nodes: Arc<NodeWatches>,
+    watches: Arc<Watches>,
 }
 
 impl StateHandle {
     pub(crate) fn new(
         machine: SharedMachine,
         applied: watch::Receiver<u64>,
-        nodes: Arc<NodeWatches>,
+        watches: Arc<Watches>,
     ) -> StateHandle {
         StateHandle {
             machine,
             applied,
-            nodes,
+            watches,
         }
     }
 
@@ -83,7 +165,20 @@ impl StateHandle {
     /// `State::node_index` moved, or the state was replaced). Subscribe first, then read the
     /// state, then wait: a change in between is not missed.
     pub fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
-        self.nodes.subscribe(node)
+        self.watches.nodes.subscribe(node)
+    }
+
+    /// A receiver that moves, to the index of the batch, whenever services or their tasks
+    /// changed; [`take_changed_services`](Self::take_changed_services) says which. Meant for
+    /// one consumer per server (its endpoint list).
+    pub fn watch_services(&self) -> watch::Receiver<u64> {
+        self.watches.services.index.subscribe()
+    }
+
+    /// The services changed since the last call: take them, then read the state, so that a
+    /// change in between is taken next time and not lost.
+    pub fn take_changed_services(&self) -> ChangedServices {
+        self.watches.services.take()
     }
 
     /// Runs `f` on the applied state. Keep `f` short: it holds a lock that the next apply waits

@@ -60,7 +60,7 @@ pub use events::{
     Checkpoint, DEFAULT_CHECKPOINT_BYTES, DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_AGE,
     DEFAULT_MAX_EVENTS, Retention, StoreOptions,
 };
-pub use handle::StateHandle;
+pub use handle::{ChangedServices, StateHandle};
 pub use log_store::LogStore;
 pub use state::{Command, Loss, Response, RolloutAction, State};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
@@ -93,12 +93,12 @@ pub fn open(
     })?;
     db.applied.send_replace(machine.state.index);
     let machine = Arc::new(RwLock::new(machine));
-    let nodes = Arc::new(handle::NodeWatches::default());
+    let watches = Arc::new(handle::Watches::default());
     let handle = StateHandle::new(
         Arc::clone(&machine),
         db.applied.subscribe(),
-        Arc::clone(&nodes),
+        Arc::clone(&watches),
     );
-    let state_machine = StateMachineStore::new(Arc::clone(&db), machine, nodes, options);
+    let state_machine = StateMachineStore::new(Arc::clone(&db), machine, watches, options);
     Ok((LogStore::new(db), state_machine, handle))
 }

@@ -638,6 +638,14 @@ impl State {
         self.lookup = TaskIndex::of(&self.tasks);
     }
 
+    /// The lowest virtual IP offset no service holds.
+    fn free_vip(&self) -> u32 {
+        let taken: BTreeSet<u32> = self.services.values().filter_map(|s| s.vip).collect();
+        (api::FIRST_VIP..)
+            .find(|vip| !taken.contains(vip))
+            .unwrap_or(api::FIRST_VIP)
+    }
+
     fn deploy_all(&mut self, services: &[ServiceSpec], time: Timestamp) -> Response {
         let changes = services
             .iter()
@@ -815,10 +823,13 @@ impl State {
                 fields: Vec::new(),
             };
         }
+        let needs_vip = (self.services.get(&name)).is_none_or(|svc| svc.vip.is_none());
+        let fresh_vip = needs_vip.then(|| self.free_vip());
         match self.services.get_mut(&name) {
             Some(svc) => {
                 let fields = changed_fields(&svc.spec, &spec);
                 let old = std::mem::replace(&mut svc.spec, spec);
+                svc.vip = svc.vip.or(fresh_vip);
                 svc.removing = false;
                 svc.updated_at = time;
                 // Only a change of the task template needs new tasks; a replica count (or how
@@ -850,6 +861,7 @@ impl State {
                 self.services.insert(
                     name.clone(),
                     Service {
+                        vip: fresh_vip,
                         revisions: vec![api::Revision {
                             version: 1,
                             spec: spec.clone(),
@@ -1557,6 +1569,60 @@ impl State {
     }
 }
 
+impl State {
+    /// What the load balancers serve of one service: its virtual IP in `range`, its ports, and
+    /// its tasks that may get traffic. A ready task on a node that is not lost is an endpoint,
+    /// draining once it is wanted stopped; one whose node's address is not an IP is left out.
+    /// `None` for a service that does not exist or is being removed.
+    pub fn endpoints_of(
+        &self,
+        service: &str,
+        range: &api::ServiceRange,
+    ) -> Option<api::ServiceEndpoints> {
+        let svc = self.services.get(service).filter(|s| !s.removing)?;
+        let endpoints = (self.lookup.of_service(service))
+            .filter_map(|(_, id)| self.tasks.get(id))
+            .filter(|t| self.counts_ready(t) && t.state == TaskState::Running)
+            .filter_map(|t| {
+                let node = t.node.as_deref()?;
+                let host = node_ip(&self.nodes.get(node)?.address)?;
+                Some(api::TaskEndpoint {
+                    task: t.id.clone(),
+                    node: node.to_string(),
+                    host,
+                    ports: t.ports.clone(),
+                    version: t.version,
+                    draining: t.desired != DesiredState::Running,
+                })
+            })
+            .collect();
+        let spec = &svc.spec;
+        Some(api::ServiceEndpoints {
+            name: spec.name.clone(),
+            stack: spec.stack.clone(),
+            vip: svc.vip.and_then(|offset| range.addr(offset)),
+            ports: spec.ports.clone(),
+            load_balancer: spec.load_balancer.clone(),
+            drain_ms: u64::try_from(spec.stop_grace.as_millis()).unwrap_or(u64::MAX),
+            endpoints,
+        })
+    }
+}
+
+/// The IP address in a node's advertised API address (`https://10.0.0.5:7401`).
+fn node_ip(address: &str) -> Option<std::net::IpAddr> {
+    let rest = address.split_once("://").map_or(address, |(_, rest)| rest);
+    let authority = rest.split('/').next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
 /// Where a state stands within one run of a task; a run only moves to a later step, as in
 /// Swarmkit. Exited and Failed are both the end of a run.
 fn step(state: TaskState) -> u8 {
@@ -1702,6 +1768,43 @@ mod tests {
             report: status(id, state),
             time: T,
         }
+    }
+
+    #[test]
+    fn a_service_keeps_its_virtual_ip_and_a_removed_ones_is_given_again() {
+        let mut s = State::default();
+        let spec = |name: &str, replicas| ServiceSpec {
+            replicas,
+            ..ServiceSpec::process(name, &["x"])
+        };
+        let deploy = |specs| Command::Deploy {
+            services: specs,
+            time: T,
+        };
+        run(
+            &mut s,
+            vec![
+                deploy(vec![spec("a", 0), spec("b", 0)]),
+                deploy(vec![spec("a", 2)]),
+            ],
+        );
+        let vip = |s: &State, name: &str| s.services.get(name).and_then(|svc| svc.vip);
+        assert_eq!((vip(&s, "a"), vip(&s, "b")), (Some(2), Some(3)));
+        run(
+            &mut s,
+            vec![Command::Remove {
+                service: "a".into(),
+                time: T,
+            }],
+        );
+        assert_eq!(
+            vip(&s, "a"),
+            None,
+            "a service with no tasks is forgotten at once"
+        );
+        run(&mut s, vec![deploy(vec![spec("c", 1)])]);
+        assert_eq!(vip(&s, "c"), Some(2), "the lowest free offset");
+        assert_eq!(vip(&s, "b"), Some(3), "kept");
     }
 
     #[test]
@@ -2577,6 +2680,58 @@ mod lost_tests {
         assert_eq!(s.nodes["b"].silent_since, None);
         run(&mut s, [silent(NodeState::Suspect, at(9_000), 8_000)]);
         assert_eq!(s.nodes["b"].silent_since, Some(at(8_000)));
+    }
+
+    #[test]
+    fn endpoints_are_ready_tasks_on_nodes_not_lost_and_drain_while_stopping() {
+        let mut s = b_lost(spec::OnNodeLost::default(), NodeState::Ready);
+        for (name, ip) in [("a", "10.0.0.1"), ("b", "[fd00::2]")] {
+            let mut n = s.nodes[name].clone();
+            n.address = format!("https://{ip}:7401");
+            s.nodes.insert(name.to_string(), n);
+        }
+        let range = api::ServiceRange::DEFAULT;
+        let hosts = |s: &State| -> Vec<(String, bool)> {
+            let list = s.endpoints_of("web", &range).expect("web exists");
+            (list.endpoints.iter())
+                .map(|e| (e.host.to_string(), e.draining))
+                .collect()
+        };
+        assert_eq!(
+            hosts(&s),
+            [
+                ("10.0.0.1".to_string(), false),
+                ("fd00::2".to_string(), false)
+            ]
+        );
+        let vip = s.endpoints_of("web", &range).and_then(|e| e.vip);
+        assert_eq!(vip, Some(std::net::Ipv4Addr::new(10, 96, 0, 2)));
+
+        run(&mut s, [node_state("b", NodeState::Down, T)]);
+        assert_eq!(hosts(&s), [("10.0.0.1".to_string(), false)], "b is lost");
+        run(&mut s, [node_state("b", NodeState::Ready, T)]);
+        let on_b = b_task(&s);
+        run(&mut s, [exited("b", &on_b)]);
+        assert_eq!(hosts(&s), [("10.0.0.1".to_string(), false)], "not running");
+
+        run(
+            &mut s,
+            [Command::Scale {
+                service: "web".into(),
+                replicas: 1,
+                time: T,
+            }],
+        );
+        s.stop_task("web.1.1", T);
+        assert_eq!(hosts(&s), [("10.0.0.1".to_string(), true)], "being stopped");
+        run(
+            &mut s,
+            [Command::Remove {
+                service: "web".into(),
+                time: T,
+            }],
+        );
+        assert!(s.endpoints_of("web", &range).is_none());
     }
 
     #[test]

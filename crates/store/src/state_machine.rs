@@ -29,7 +29,7 @@ use std::time::Instant;
 use crate::StoreOptions;
 use crate::db::{self, Db, DbError, SM, SNAPSHOT, SNAPSHOT_META};
 use crate::events::{Checkpoint, Retention};
-use crate::handle::NodeWatches;
+use crate::handle::Watches;
 use crate::raft::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -172,7 +172,7 @@ pub struct StateMachineStore {
     machine: SharedMachine,
     retention: Retention,
     checkpoint: Checkpoint,
-    nodes: Arc<NodeWatches>,
+    watches: Arc<Watches>,
     /// Changes applied since the tables were last written, and since when they wait.
     pending: Option<(Changes, Instant)>,
     snapshots: Arc<AtomicU64>,
@@ -182,7 +182,7 @@ impl StateMachineStore {
     pub(crate) fn new(
         db: Arc<Db>,
         machine: SharedMachine,
-        nodes: Arc<NodeWatches>,
+        watches: Arc<Watches>,
         options: StoreOptions,
     ) -> StateMachineStore {
         StateMachineStore {
@@ -190,7 +190,7 @@ impl StateMachineStore {
             machine,
             retention: options.retention,
             checkpoint: options.checkpoint,
-            nodes,
+            watches,
             pending: None,
             snapshots: Arc::new(AtomicU64::new(0)),
         }
@@ -281,7 +281,7 @@ impl StateMachineStore {
         let index = machine.state.index;
         *write(&self.machine) = machine;
         self.db.applied.send_replace(index);
-        self.nodes.notify_all(index);
+        self.watches.notify_all(index);
         Ok(())
     }
 
@@ -326,7 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Readers may see the batch now: its entries are committed, so durable in the log
             // whether or not the checkpoint below writes them yet.
             self.db.applied.send_replace(changes.index);
-            self.nodes.notify(changes.moved_nodes());
+            self.watches.notify(&changes);
             self.checkpoint(changes).await.map_err(write_error)?;
         }
         Ok(responses)

@@ -15,6 +15,8 @@
 //! the first format (the whole state as one JSON value under `state_machine`/`machine`) is
 //! rewritten into tables once, in one transaction, when it is opened ([`load_or_migrate`]).
 
+use std::collections::BTreeSet;
+
 use api::{Event, Timestamp};
 use redb::{
     Database, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
@@ -198,6 +200,25 @@ impl Changes {
     pub(crate) fn moved_nodes(&self) -> impl Iterator<Item = (&str, u64)> {
         let rows = self.maps.iter().filter(|(name, _)| *name == NODE_INDEX);
         rows.flat_map(|(_, rows)| rows.iter().map(|(node, _)| (node.as_str(), self.index)))
+    }
+
+    /// The services whose rows or whose tasks' rows this batch changed (a task's id starts
+    /// with its service's name and a dot), and whether any node's row changed.
+    pub(crate) fn touched_services(&self) -> (BTreeSet<&str>, bool) {
+        let mut services = BTreeSet::new();
+        let mut nodes = self.replace;
+        for (name, rows) in &self.maps {
+            match *name {
+                "services" => services.extend(rows.iter().map(|(key, _)| key.as_str())),
+                "tasks" => {
+                    let ids = rows.iter().map(|(id, _)| id.as_str());
+                    services.extend(ids.filter_map(|id| id.split('.').next()));
+                }
+                "nodes" => nodes |= !rows.is_empty(),
+                _ => {}
+            }
+        }
+        (services, nodes)
     }
 
     /// How many bytes of rows this writes: what one batch costs the disk, before redb's pages.

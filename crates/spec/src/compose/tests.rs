@@ -140,19 +140,50 @@ fn ports_in_short_and_long_syntax_get_names() {
         host_port: host,
         protocol,
         host_ip: ip.map(str::to_string),
+        publish: None,
+    };
+    let mesh = |name: &str, container, publish| PortSpec {
+        publish: Some(publish),
+        ..port(name, container, None, Protocol::Tcp, None)
     };
     let (tcp, udp) = (Protocol::Tcp, Protocol::Udp);
     assert_eq!(
         spec.ports,
         vec![
-            port("p80", 80, Some(8080), tcp, None),
+            mesh("p80", 80, 8080),
             port("p80-2", 80, None, tcp, None),
             port("p443", 443, None, tcp, None),
             port("p5432", 5432, Some(5432), tcp, Some("127.0.0.1")),
             port("p53-udp", 53, None, udp, Some("::1")),
-            port("p80-3", 80, Some(8081), tcp, None),
+            mesh("p80-3", 80, 8081),
             port("p9000-udp", 9000, Some(19000), udp, Some("0.0.0.0")),
             port("metrics", 9090, None, tcp, None),
+        ]
+    );
+}
+
+#[test]
+fn a_published_port_is_on_the_routing_mesh_unless_its_mode_is_host() {
+    let spec = only(
+        r#"
+        services:
+          web:
+            image: app
+            ports:
+              - { target: 80, published: 8080, app_protocol: http }
+              - { target: 81, published: 8081, mode: host }
+              - { target: 82, published: 8082, mode: ingress }
+        "#,
+    );
+    let summary: Vec<(Option<u16>, Option<u16>, Protocol)> = (spec.ports.iter())
+        .map(|p| (p.publish, p.host_port, p.protocol))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some(8080), None, Protocol::Http),
+            (None, Some(8081), Protocol::Tcp),
+            (Some(8082), None, Protocol::Tcp),
         ]
     );
 }
@@ -657,7 +688,6 @@ fn unsupported_keys_are_warned_about_never_dropped_silently() {
             r#"compose.yaml: key "volumes" is not supported yet and was ignored"#,
             r#"compose.yaml: service "db": key "networks" is not supported yet and was ignored"#,
             r#"compose.yaml: service "db": key "labels" is not supported yet and was ignored"#,
-            r#"compose.yaml: service "db": key "ports[0].mode" is not supported yet and was ignored"#,
             r#"compose.yaml: service "db": key "deploy.placement" is not supported yet and was ignored"#,
         ]
     );
@@ -718,7 +748,7 @@ fn validation_applies_to_compose_services_too() {
         &[],
         r#"
         web.replicas: 5000000 is more than the maximum of 1000000
-        web.ports[1].host_port: host port 8080 is already used by port "p80"
+        web.ports[1].publish: port 8080 is already used by port "p80"
         web.volumes[0].target: "relative" must be an absolute path inside the container
         web.resources.limits.memory: 1Mi is below Docker's minimum memory limit of 6Mi
         "#,

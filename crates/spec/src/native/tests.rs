@@ -422,7 +422,7 @@ fn unknown_keys_suggest_the_closest_known_one() {
         "#,
         r#"
         web.readyness: unknown key; did you mean `readiness`?
-        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`, `update`, `rollback`, `revision_history`, `secrets`, `configs`, `stack`, `depends_on`
+        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`, `update`, `rollback`, `revision_history`, `secrets`, `configs`, `stack`, `depends_on`, `load_balancer`
         web.liveness.perod: unknown key; did you mean `period`?
         "#,
     );
@@ -462,7 +462,7 @@ fn driver_rules_catch_mixed_up_services() {
         command: [./web]
         entrypoint: [/bin/sh]
         volumes: ["./x:/x"]
-        ports: [{ name: http, container_port: 80 }]
+        ports: [{ name: http, container_port: 80, host_ip: 127.0.0.1 }]
         ---
         name: box
         driver: docker
@@ -473,7 +473,7 @@ fn driver_rules_catch_mixed_up_services() {
         web.image: a process service cannot have an image (set `driver: docker` to run it as a container)
         web.entrypoint: only containers have an entrypoint; put the program first in `command`
         web.volumes: volumes need the docker driver
-        web.ports[0].container_port: only containers have a container port
+        web.ports[0].host_ip: only containers can be published on one address
         box.image: a docker service needs an image
         box.workdir: "app" must be an absolute path inside the container
         box.resources.limits.memory: 1Mi is below Docker's minimum memory limit of 6Mi
@@ -1082,6 +1082,52 @@ fn reserved_names_and_bad_stacks_are_refused() {
         r#"
         tasks.name: "tasks" is reserved: tasks find services as `<name>.outpost` and their endpoints as `tasks.<name>`; choose another name
         web.stack: "Shop" is not a valid stack name: use lowercase letters, digits, '-' and '_', starting with a letter or digit (as `docker compose -p` does)
+        "#,
+    );
+}
+
+#[test]
+fn published_ports_and_the_load_balancer_read_as_written() {
+    let specs = parse(
+        r#"
+        name: web
+        command: [./web]
+        ports: [{ name: http, container_port: 80, publish: 8080, protocol: http }]
+        load_balancer:
+          algorithm: weighted_round_robin
+          hash_on: cookie:session
+          node_weights: { edge-1: 3 }
+          revision_weights: { 2: 9 }
+          proxy_protocol: true
+        "#,
+    );
+    let spec = &specs[0];
+    assert_eq!(spec.ports[0].publish, Some(8080));
+    assert_eq!(spec.ports[0].protocol, Protocol::Http);
+    assert_eq!(spec.ports[0].service_port(), Some(80));
+    let lb = &spec.load_balancer;
+    assert_eq!(lb.algorithm, crate::BalanceAlgorithm::WeightedRoundRobin);
+    assert_eq!(lb.hash_on, crate::HashOn::Cookie("session".into()));
+    assert_eq!((lb.weight("edge-1", 2), lb.weight("edge-2", 1)), (27, 1));
+    assert!(lb.proxy_protocol);
+}
+
+#[test]
+fn a_udp_port_on_the_mesh_and_a_bad_weight_are_refused() {
+    check_err(
+        r#"
+        name: dns
+        command: [./dns]
+        ports:
+          - { name: dns, container_port: 53, publish: 53, protocol: udp }
+          - { name: web, container_port: 80, publish: 53 }
+        load_balancer: { algorithm: fastest, node_weights: { a: 0 }, hash_on: url }
+        "#,
+        r#"
+        dns.load_balancer.algorithm: "fastest" is not one of `round_robin`, `weighted_round_robin`, `least_connections`, `consistent_hash`, `p2c`
+        dns.load_balancer.hash_on: "url" is not `client_ip`, `header:NAME` or `cookie:NAME`
+        dns.load_balancer.node_weights.a: weight 0 is out of range (1 to 1000)
+        dns.ports[0].publish: the routing mesh carries TCP and HTTP only: publish a UDP port as a fixed `host_port` on the nodes that run it
         "#,
     );
 }

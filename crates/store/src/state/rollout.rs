@@ -11,10 +11,11 @@ use spec::{FailureAction, ServiceSpec};
 use super::{Response, State};
 
 /// Top-level spec fields whose change needs no new tasks: how many, how to roll out, and
-/// what holds new tasks back (`depends_on`) or lists them together (`stack`).
+/// what holds new tasks back (`depends_on`), lists them together (`stack`) or spreads their
+/// traffic (`load_balancer`).
 #[rustfmt::skip]
 const NOT_TEMPLATE: &[&str] = &[
-    "replicas", "update", "rollback", "revision_history", "depends_on", "stack",
+    "replicas", "update", "rollback", "revision_history", "depends_on", "stack", "load_balancer",
 ];
 
 /// Whether a change of these top-level fields changes the task template.

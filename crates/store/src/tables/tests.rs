@@ -25,7 +25,7 @@ use crate::raft::{LogId, StoredMembership};
 use crate::state::{Command, State};
 use crate::state_machine::Machine;
 use crate::tests::{PATIENCE, entry, register, start, stop};
-use crate::{LogStore, StateHandle, StateMachineStore, StoreError, open};
+use crate::{ChangedServices, LogStore, StateHandle, StateMachineStore, StoreError, open};
 
 /// A state of the first format (one JSON value), written by `outpost` before the tables: two
 /// nodes, two services, three placed tasks, one reported running, eight events.
@@ -579,4 +579,31 @@ async fn a_node_watch_wakes_for_its_own_node_only() {
         "not woken by its own node's change"
     );
     assert_eq!(*a.borrow_and_update(), 3);
+}
+
+#[tokio::test]
+async fn the_services_a_batch_touched_are_taken_once() {
+    let (_dir, _path, (_log, mut sm, handle)) = new_store(StoreOptions::default());
+    let mut services = handle.watch_services();
+    let deploy = Command::Deploy {
+        services: vec![spec("web", 0, false), spec("db", 0, false)],
+        time: at(0),
+    };
+    apply_batches(&mut sm, 0, vec![vec![deploy]]).await;
+    assert!(services.has_changed().unwrap(), "a deploy is a change");
+    services.mark_unchanged();
+    let changed = handle.take_changed_services();
+    assert!(!changed.all);
+    assert_eq!(
+        changed.services.into_iter().collect::<Vec<_>>(),
+        ["db", "web"]
+    );
+    assert_eq!(handle.take_changed_services(), ChangedServices::default());
+
+    apply_batches(&mut sm, 1, vec![vec![register_at("a", at(1))]]).await;
+    assert!(services.has_changed().unwrap());
+    assert!(
+        handle.take_changed_services().all,
+        "a node's row may change every service with a task there"
+    );
 }
