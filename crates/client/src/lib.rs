@@ -713,6 +713,21 @@ impl Client {
         )
         .await
     }
+
+    /// Blocking query: every service's endpoints, once the list changed past `index`, or after
+    /// `wait`.
+    pub async fn endpoints(
+        &self,
+        index: u64,
+        wait: Duration,
+    ) -> Result<api::EndpointList, ClientError> {
+        let path = format!("/v1/endpoints?index={index}&wait={}ms", wait.as_millis());
+        self.send(
+            self.request(Method::GET, &path),
+            wait + Duration::from_secs(10),
+        )
+        .await
+    }
 }
 
 /// One page of a listing and the token of the next, if there is more.

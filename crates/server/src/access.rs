@@ -6,7 +6,8 @@
 //! - the admin may do everything; so may a server (it forwards what it was asked);
 //! - an agent may register, heartbeat, report, read assignments and the secrets and configs
 //!   its tasks use (checked again by the handler) for its own node only,
-//!   and read the group's servers (`GET /v1/cluster`), to carry on through another;
+//!   and read the group's servers (`GET /v1/cluster`), to carry on through another, and the
+//!   endpoint list its load balancer serves (`GET /v1/endpoints`);
 //! - only servers may call the Raft RPCs;
 //! - joining (`POST /v1/join`) needs no caller: its secret is in the body.
 //!
@@ -84,7 +85,7 @@ fn need(method: &Method, path: &str) -> Need {
         ["", "v1", "join"] => Need::Nothing,
         ["", "v1", "raft", ..] => Need::Server,
         ["", "v1", "nodes"] if method == Method::POST => Need::Register,
-        ["", "v1", "cluster"] if method == Method::GET => Need::Member,
+        ["", "v1", "cluster" | "endpoints"] if method == Method::GET => Need::Member,
         [
             "",
             "v1",

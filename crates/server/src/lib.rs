@@ -31,6 +31,7 @@ pub mod blocking;
 pub mod cluster;
 pub mod controller;
 pub mod detector;
+pub mod endpoints;
 pub mod logs;
 pub mod lost;
 pub mod network;
@@ -84,6 +85,9 @@ pub struct ServerConfig {
     /// start). Without it (embedders' and tests' servers) the API is plain HTTP behind the
     /// one token.
     pub tls: bool,
+    /// Where services' virtual IPs come from (`--service-range`); every server of a group must
+    /// say the same.
+    pub service_range: api::ServiceRange,
 }
 
 impl ServerConfig {
@@ -103,6 +107,7 @@ impl ServerConfig {
             report_batch: batch::BatchConfig::default(),
             store: store::StoreOptions::default(),
             tls: false,
+            service_range: api::ServiceRange::DEFAULT,
         }
     }
 
@@ -296,6 +301,8 @@ pub struct Server {
     pub reports: batch::Batcher,
     /// The CA and this server's certificate; `None` on a plain-HTTP server.
     pub trust: Option<Arc<trust::Trust>>,
+    /// What the nodes' load balancers serve, kept ready-made.
+    pub endpoints: endpoints::Endpoints,
 }
 
 /// Commits `command` through Raft and returns the state machine's answer.
@@ -632,7 +639,13 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         http,
         reports,
         trust,
+        endpoints: endpoints::Endpoints::new(config.service_range),
     };
+    tokio::spawn(endpoints::publish(
+        ctx.state.clone(),
+        ctx.endpoints.clone(),
+        stop_rx.clone(),
+    ));
     if config.found && ctx.trust.is_some() {
         tokio::spawn(commit_own_trust(ctx.clone(), stop_rx.clone()));
     }

@@ -124,6 +124,7 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         ));
     let blocking = OpenApiRouter::new()
         .routes(routes!(assignments))
+        .routes(routes!(crate::endpoints::endpoints))
         .routes(routes!(events))
         .route_layer(middleware::from_fn_with_state(
             ctx.blocking.clone(),
@@ -1061,17 +1062,17 @@ async fn report(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct WaitQuery {
-    /// Answer once the node's index is past this one (0 answers at once).
+pub(crate) struct WaitQuery {
+    /// Answer once the index is past this one (0 answers at once).
     #[serde(default)]
-    index: u64,
+    pub(crate) index: u64,
     /// How long to block for news, as `250ms` or `25s`; capped by the server (30 s by default).
     /// Without it the query answers at once.
-    wait: Option<String>,
+    pub(crate) wait: Option<String>,
 }
 
 /// `wait` as a duration, at most `max`; none is zero.
-fn wait_of(wait: &Option<String>, max: Duration) -> Result<Duration, Fail> {
+pub(crate) fn wait_of(wait: &Option<String>, max: Duration) -> Result<Duration, Fail> {
     match wait {
         None => Ok(Duration::ZERO),
         Some(w) => humantime::parse_duration(w)
