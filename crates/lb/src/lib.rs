@@ -9,6 +9,8 @@
 //!   endpoints, forwarded-for headers and retries; [`serve_tcp`] (`tcp.rs`): the L4 proxy, with
 //!   an optional PROXY protocol v2 header (`proxy_protocol.rs`). Both run on `httpd`'s accept
 //!   loop (connection cap) with an idle timeout (`idle.rs`).
+//! - [`dns`]: the node's DNS server for service discovery, answering for Outpost's domain from
+//!   a zone the caller builds and forwarding other names upstream, over UDP and TCP.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -30,6 +32,7 @@ mod balancer;
 mod budget;
 mod clock;
 mod counters;
+pub mod dns;
 mod endpoint;
 mod http;
 mod idle;
