@@ -12,6 +12,8 @@
 //! - [`logs`]: per-task log files, rotation, tail and follow.
 //! - [`local`]: the agent's durable state.
 //! - [`http`]: the agent's own small API (task logs), which the server proxies.
+//! - [`mesh`]: the node's load balancer listeners and DNS server: every service by name and
+//!   virtual IP, published ports on every node.
 //! - `report`: batches supervisors' updates to the server, and keeps them while it is away.
 //! - `retry`: the backoff with jitter of every loop that talks to the server.
 //!
@@ -24,6 +26,7 @@ pub mod eviction;
 pub mod http;
 pub mod local;
 pub mod logs;
+pub mod mesh;
 pub mod objects;
 pub mod ports;
 pub mod probe;
@@ -115,6 +118,9 @@ pub struct AgentConfig {
     /// How often the agent tells the server it is alive, within [`MIN_HEARTBEAT`] and
     /// [`MAX_HEARTBEAT`].
     pub heartbeat: Duration,
+    /// The cluster's service range, as the servers have it: made local to this host for the
+    /// services' virtual IPs. `None` serves no mesh (embedders, tests of one agent).
+    pub service_range: Option<api::ServiceRange>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +230,13 @@ impl Agent {
             default_workdir: config.workdir.clone(),
             ports,
             files: objects::Files::for_agent(&agent_id),
+            mesh: mesh::MeshView::default(),
         };
+        let (mesh_stop, mesh_stopped) = watch::channel(false);
+        if let Some(range) = config.service_range {
+            let mesh = mesh::Mesh::new(client.clone(), range, shared.mesh.clone());
+            tokio::spawn(mesh.run(mesh_stopped));
+        }
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
         let mut agent = Agent::new(config, shared, client, finished_tx, reporter);
         agent.restore()?;
@@ -248,6 +260,7 @@ impl Agent {
         // Its final states delivered, the agent stops watching: the server may go away next
         // (as in `outpost dev`), and a stopped agent has nothing to retry.
         watch.abort();
+        mesh_stop.send_replace(true);
         Ok(())
     }
 

@@ -53,6 +53,8 @@ pub struct Supervision {
     pub ports: Arc<Ports>,
     /// Where tasks' secret and config files are (a tmpfs); `None` where there is no tmpfs.
     pub files: Option<crate::objects::Files>,
+    /// The node's DNS server and the services' addresses, for tasks to find each other.
+    pub mesh: crate::mesh::MeshView,
 }
 
 /// The supervisor's view of its task, reported after every change.
@@ -453,7 +455,8 @@ impl Supervisor {
 
     fn launch(&self) -> Launch {
         let spec = self.spec();
-        let mut vars = task_vars(spec, &self.task, &self.shared.node);
+        let mut vars = self.shared.mesh.service_vars(spec.stack.as_deref());
+        vars.extend(task_vars(spec, &self.task, &self.shared.node));
         if let Some(files) = &self.shared.files {
             file_vars(files, spec, self.id(), &mut vars);
         }
@@ -479,6 +482,10 @@ impl Supervisor {
                 .map(PathBuf::from)
                 .or_else(|| self.shared.default_workdir.clone()),
             log_path: self.shared.logs.path(self.id()),
+            dns: self.shared.mesh.dns().map(|server| crate::driver::TaskDns {
+                server,
+                search: crate::mesh::search_domains(spec.stack.as_deref()),
+            }),
         }
     }
 

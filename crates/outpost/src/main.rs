@@ -72,6 +72,26 @@ pub struct NodeOptions {
     /// it clear of the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
     #[arg(long, default_value = "20000-29999", env = "OUTPOST_TASK_PORTS")]
     pub task_ports: String,
+    #[command(flatten)]
+    pub mesh: MeshOptions,
+}
+
+/// Where services' virtual IPs come from: servers give them out, agents listen on them.
+#[derive(clap::Args)]
+pub struct MeshOptions {
+    /// The cluster's service range (an IPv4 block, /8 to /28): one virtual IP per service,
+    /// made local on every node; the first address is each node's DNS server. Servers and
+    /// agents of a cluster must say the same.
+    #[arg(long, default_value = "10.96.0.0/16", env = "OUTPOST_SERVICE_RANGE")]
+    pub service_range: String,
+}
+
+impl MeshOptions {
+    pub fn range(&self) -> anyhow::Result<api::ServiceRange> {
+        self.service_range
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--service-range: {e}"))
+    }
 }
 
 /// What a server's API allows its clients, and how it commits agents' reports.
@@ -131,6 +151,7 @@ pub struct ServerSettings {
     pub limits: server::ApiLimits,
     pub report_batch: server::batch::BatchConfig,
     pub store: store::StoreOptions,
+    pub service_range: api::ServiceRange,
 }
 
 /// A server to run, from `outpost server` or `outpost server join`.
@@ -149,14 +170,15 @@ impl ServerRun {
             addr: self.addr,
             name: self.name,
             join,
-            settings: self.api.settings()?,
+            settings: self.api.settings(self.mesh.range()?)?,
         })
     }
 }
 
 impl ApiOptions {
-    fn settings(&self) -> anyhow::Result<ServerSettings> {
+    fn settings(&self, service_range: api::ServiceRange) -> anyhow::Result<ServerSettings> {
         Ok(ServerSettings {
+            service_range,
             limits: self.limits()?,
             report_batch: server::batch::BatchConfig {
                 tick: self.report_batch()?,
@@ -283,6 +305,8 @@ struct ServerRun {
     name: Option<String>,
     #[command(flatten)]
     api: ApiOptions,
+    #[command(flatten)]
+    mesh: MeshOptions,
 }
 
 #[derive(Subcommand)]
@@ -625,7 +649,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node,
             reset,
             api,
-        } => roles::dev(&conn, &files, &node, reset, api.settings()?).await,
+        } => {
+            let settings = api.settings(node.mesh.range()?)?;
+            roles::dev(&conn, &files, &node, reset, settings).await
+        }
         Command::Server { action, run } => match action {
             None => roles::server(&conn, run.role(None)?).await,
             Some(ServerAction::Init { addr }) => roles::server_init(&conn, &addr),

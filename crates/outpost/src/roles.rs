@@ -110,6 +110,7 @@ pub async fn dev(
         limits: settings.limits,
         report_batch: settings.report_batch,
         store: settings.store,
+        service_range: settings.service_range,
         reset,
         // The agent below is called `local` too: `outpost nodes` shows one node, both roles.
         name: "local".into(),
@@ -132,6 +133,7 @@ pub async fn dev(
         eviction_threshold,
         ports: task_ports,
         heartbeat: agent::HEARTBEAT_INTERVAL,
+        service_range: Some(settings.service_range),
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run. Its certificate needs a leader; the
@@ -352,6 +354,7 @@ pub async fn server(conn: &Connection, role: crate::ServerRole) -> Result<()> {
         limits: settings.limits,
         report_batch: settings.report_batch,
         store: settings.store,
+        service_range: settings.service_range,
         reset: role.reset,
         tls: true,
         advertise: role.addr.advertise.clone(),
@@ -448,6 +451,7 @@ pub async fn agent(
         eviction_threshold,
         ports: task_ports.clone(),
         heartbeat,
+        service_range: Some(node.mesh.range()?),
     };
     agent::Agent::run(config, signals.stop(), signals.force()).await?;
     Ok(())

@@ -172,12 +172,11 @@ impl DockerDriver {
             labels: Some(labels),
             exposed_ports: Some(exposed),
             stop_signal: spec.stop_signal.clone(),
-            host_config: Some(host_config(
-                spec,
-                bindings,
-                security_opt,
-                file_binds(launch),
-            )),
+            host_config: Some(HostConfig {
+                dns: launch.dns.as_ref().map(|d| vec![d.server.to_string()]),
+                dns_search: launch.dns.as_ref().map(|d| d.search.clone()),
+                ..host_config(spec, bindings, security_opt, file_binds(launch))
+            }),
             ..Default::default()
         }
     }

@@ -34,6 +34,16 @@ pub struct Launch {
     pub ports: BTreeMap<String, u16>,
     /// Where the task's stdout and stderr go (appended).
     pub log_path: PathBuf,
+    /// The node's DNS server for the task, when it serves one.
+    pub dns: Option<TaskDns>,
+}
+
+/// The resolver a task is given: the node's DNS server, and the search domains that let it
+/// name the services of its own stack by their short names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDns {
+    pub server: std::net::Ipv4Addr,
+    pub search: Vec<String>,
 }
 
 impl Launch {
@@ -61,6 +71,7 @@ pub(crate) fn test_launch(task: &str, argv: &[&str], dir: &std::path::Path) -> L
         workdir: Some(dir.to_path_buf()),
         ports: BTreeMap::new(),
         log_path: dir.join(format!("{task}.log")),
+        dns: None,
     }
 }
 

@@ -234,6 +234,7 @@ impl Setup {
             default_workdir: None,
             ports: Arc::new(Ports::new(crate::ports::DEFAULT_RANGE)),
             files: None,
+            mesh: crate::mesh::MeshView::default(),
         };
         let mut task = LocalTask::new(Assignment {
             task: "web.1.1".into(),

@@ -1,0 +1,525 @@
+//! The node's share of the service mesh: every node serves every service.
+//!
+//! - **Virtual IPs.** Each service has one, from the cluster's service range
+//!   (`--service-range`, 10.96.0.0/16 by default), which [`route`] makes local to the host. The
+//!   load balancer listens on `VIP:port` for each of the service's ports that has a number
+//!   (`PortSpec::service_port`), so `db:5432` works from a process and from a container alike.
+//! - **Published ports.** A port with `publish: N` is answered on port N of every address of
+//!   every node (the routing mesh).
+//! - **Names.** The node's DNS server (`lb::dns`) answers on the range's first address, port
+//!   53: `<name>.outpost` and, in a stack, `<short>.<stack>.outpost` are the service's virtual
+//!   IP; `tasks.<name>.outpost` its ready endpoints' node addresses, with SRV records
+//!   `_<port>._tcp.<name>.outpost` for their ports. Names outside `outpost` are forwarded to the
+//!   host's own resolvers. Containers get it as their resolver with the search domains
+//!   `<stack>.outpost outpost`; every task gets `OUTPOST_SERVICE_<NAME>_ADDR` ([`MeshView`]).
+//!
+//! Endpoints come from the control plane's endpoint list (a blocking query, so a readiness
+//! change arrives within one round trip); while it cannot be reached, the last list keeps being
+//! served. HTTP ports (`protocol: http`) are proxied per request, with retries on another
+//! endpoint; other TCP ports per connection.
+
+pub mod route;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use api::{EndpointList, ServiceEndpoints, ServiceRange, TaskEndpoint};
+use client::Client;
+use lb::dns::{Dns, Record, Zone};
+use lb::{Algorithm, Balancer, Config, Endpoint, EndpointState, HashKey};
+use spec::{BalanceAlgorithm, HashOn, PortSpec, Protocol};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::sync::watch;
+
+use crate::retry::Retry;
+
+/// How long one endpoint query waits on the server before it answers unchanged.
+const WATCH_WAIT: Duration = Duration::from_secs(25);
+
+/// The zone the node's DNS server answers for.
+pub const DOMAIN: &str = "outpost";
+
+/// Where the host's own resolvers are listed: names outside [`DOMAIN`] are forwarded to them.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// What tasks started on this node are told of the mesh: its DNS server, and the services'
+/// addresses at the time they start. Shared by the mesh (which writes it) and the supervisors.
+#[derive(Debug, Clone, Default)]
+pub struct MeshView(Arc<RwLock<View>>);
+
+#[derive(Debug, Default)]
+struct View {
+    /// The node's DNS server, once the service range is local and it listens.
+    dns: Option<Ipv4Addr>,
+    /// Each service's name, stack and `VIP:port` (of its first numbered port).
+    services: Vec<(String, Option<String>, SocketAddr)>,
+}
+
+impl MeshView {
+    /// The resolver tasks should use, if the node serves one.
+    pub fn dns(&self) -> Option<Ipv4Addr> {
+        self.read().dns
+    }
+
+    /// `OUTPOST_SERVICE_<NAME>_ADDR` for every service with a virtual IP: by short name for
+    /// the services of `stack`, by full name for all.
+    pub fn service_vars(&self, stack: Option<&str>) -> BTreeMap<String, String> {
+        let mut vars = BTreeMap::new();
+        for (name, own_stack, addr) in &self.read().services {
+            vars.insert(service_var(name), addr.to_string());
+            if let (Some(mine), Some(theirs)) = (stack, own_stack.as_deref())
+                && mine == theirs
+            {
+                let short = spec::stack_short_name(name, Some(theirs));
+                vars.entry(service_var(short))
+                    .or_insert_with(|| addr.to_string());
+            }
+        }
+        vars
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, View> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A task's search domains: its stack's, then every service's.
+pub fn search_domains(stack: Option<&str>) -> Vec<String> {
+    let own = stack.map(|stack| format!("{stack}.{DOMAIN}"));
+    own.into_iter().chain([DOMAIN.to_string()]).collect()
+}
+
+/// `OUTPOST_SERVICE_SHOP_DB_ADDR` for `shop_db`: upper case, `-` as `_`.
+fn service_var(name: &str) -> String {
+    format!(
+        "OUTPOST_SERVICE_{}_ADDR",
+        name.to_uppercase().replace('-', "_")
+    )
+}
+
+/// One listening socket and the balancer behind it.
+struct Listener {
+    /// What it serves, to tell when a new list needs it started afresh.
+    serves: Serves,
+    balancer: Arc<Balancer>,
+    stop: watch::Sender<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Serves {
+    service: String,
+    port: String,
+    http: bool,
+    balance: spec::LoadBalancerSpec,
+}
+
+/// The mesh of one node: its listeners and its DNS server.
+pub struct Mesh {
+    client: Client,
+    range: ServiceRange,
+    view: MeshView,
+    /// Whether the service range is local here (virtual IPs can be listened on).
+    vips: bool,
+    dns: Option<Arc<Dns>>,
+    listeners: HashMap<SocketAddr, Listener>,
+    /// Addresses that could not be listened on, with why: said once, tried again each list.
+    failed: HashMap<SocketAddr, String>,
+}
+
+impl Mesh {
+    pub fn new(client: Client, range: ServiceRange, view: MeshView) -> Mesh {
+        Mesh {
+            client,
+            range,
+            view,
+            vips: false,
+            dns: None,
+            listeners: HashMap::new(),
+            failed: HashMap::new(),
+        }
+    }
+
+    /// Serves the mesh until `stop` is set.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        self.start_dns(self.range).await;
+        let mut index = 0;
+        let mut retry = Retry::default();
+        loop {
+            let answer = tokio::select! {
+                answer = self.client.endpoints(index, WATCH_WAIT) => answer,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            match answer {
+                Ok(list) => {
+                    retry.reset();
+                    index = list.index;
+                    self.apply(&list).await;
+                }
+                Err(e) => {
+                    tracing::debug!("endpoint list: {e}; serving the last one meanwhile");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry.next_delay()) => {}
+                        _ = stop.wait_for(|s| *s) => break,
+                    }
+                }
+            }
+        }
+        for listener in self.listeners.values() {
+            listener.stop.send_replace(true);
+        }
+    }
+
+    /// Makes the range local and starts the DNS server on its first address.
+    async fn start_dns(&mut self, range: ServiceRange) {
+        if let Err(e) = route::make_local(range) {
+            tracing::warn!("{e}");
+            return;
+        }
+        self.vips = true;
+        self.range = range;
+        let Some(ip) = range.addr(api::DNS_VIP) else {
+            return;
+        };
+        let addr = SocketAddr::new(IpAddr::V4(ip), 53);
+        let upstreams = std::fs::read_to_string(RESOLV_CONF)
+            .map(|text| lb::dns::nameservers(&text))
+            .unwrap_or_default();
+        // Never our own address: a forward to it would loop until it timed out.
+        let upstreams = (upstreams.into_iter())
+            .filter(|u| !matches!(u.ip(), IpAddr::V4(v4) if range.contains(v4)))
+            .collect();
+        let (udp, tcp) = match (UdpSocket::bind(addr).await, TcpListener::bind(addr).await) {
+            (Ok(udp), Ok(tcp)) => (udp, tcp),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("cannot serve names on {addr}: {e}; tasks get no DNS server");
+                return;
+            }
+        };
+        let dns = Dns::new(DOMAIN, upstreams);
+        tokio::spawn(lb::dns::serve_udp(
+            udp,
+            Arc::clone(&dns),
+            std::future::pending(),
+        ));
+        tokio::spawn(lb::dns::serve_tcp(
+            tcp,
+            Arc::clone(&dns),
+            std::future::pending(),
+        ));
+        self.dns = Some(dns);
+        self.view.write().dns = Some(ip);
+    }
+
+    /// Serves `list`: listeners for every port it names, none for ports it no longer does.
+    async fn apply(&mut self, list: &EndpointList) {
+        if list.service_range != self.range {
+            tracing::warn!(
+                "the servers give virtual IPs from {} but this agent was started with \
+                 --service-range {}: start it with the servers' range",
+                list.service_range,
+                self.range
+            );
+        }
+        let mut wanted = HashMap::new();
+        for service in &list.services {
+            for port in service.ports.iter().filter(|p| !p.protocol.is_udp()) {
+                for addr in self.addresses(service, port) {
+                    wanted.insert(addr, (service, port));
+                }
+            }
+        }
+        self.listeners.retain(|addr, listener| {
+            let keep = wanted.contains_key(addr);
+            if !keep {
+                listener.stop.send_replace(true);
+            }
+            keep
+        });
+        for (addr, (service, port)) in wanted {
+            self.serve(addr, service, port).await;
+        }
+        if let Some(dns) = &self.dns {
+            dns.update(zone(&list.services));
+        }
+        self.view.write().services = service_addrs(&list.services);
+    }
+
+    /// Where a port is listened on here: its virtual IP, and every address when published.
+    fn addresses(&self, service: &ServiceEndpoints, port: &PortSpec) -> Vec<SocketAddr> {
+        let vip = (service.vip.filter(|_| self.vips))
+            .zip(port.service_port())
+            .map(|(ip, number)| SocketAddr::new(IpAddr::V4(ip), number));
+        let published = (port.publish).map(|n| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), n));
+        vip.into_iter().chain(published).collect()
+    }
+
+    /// Keeps a listener on `addr` for one port of a service, with its endpoints brought up to
+    /// date; one serving something else is replaced.
+    async fn serve(&mut self, addr: SocketAddr, service: &ServiceEndpoints, port: &PortSpec) {
+        let serves = Serves {
+            service: service.name.clone(),
+            port: port.name.clone(),
+            http: port.protocol == Protocol::Http,
+            balance: service.load_balancer.clone(),
+        };
+        let endpoints = endpoints(service, &port.name);
+        if let Some(listener) = self.listeners.get(&addr) {
+            if listener.serves == serves {
+                listener.balancer.update(&endpoints);
+                return;
+            }
+            listener.stop.send_replace(true);
+            self.listeners.remove(&addr);
+        }
+        let socket = match listen(addr) {
+            Ok(socket) => socket,
+            Err(e) => {
+                let why = format!("cannot listen on {addr} for {}: {e}", service.name);
+                if self.failed.insert(addr, why.clone()).as_ref() != Some(&why) {
+                    tracing::warn!("{why}; is another program using the port?");
+                }
+                return;
+            }
+        };
+        self.failed.remove(&addr);
+        let balancer = Balancer::new(config(&serves.balance), &endpoints);
+        let (stop, mut stopped) = watch::channel(false);
+        let until = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let b = Arc::clone(&balancer);
+        if serves.http {
+            tokio::spawn(lb::serve_http(socket, b, lb::HttpOptions::default(), until));
+        } else {
+            let options = lb::TcpOptions {
+                proxy_protocol: serves.balance.proxy_protocol,
+                ..lb::TcpOptions::default()
+            };
+            tokio::spawn(lb::serve_tcp(socket, b, options, until));
+        }
+        tracing::info!("serving {}/{} on {addr}", serves.service, serves.port);
+        let listener = Listener {
+            serves,
+            balancer,
+            stop,
+        };
+        self.listeners.insert(addr, listener);
+    }
+}
+
+/// A listening socket that may share its port with a listener on another address of it: a
+/// published port on every address and a service's virtual IP on the same port number.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    // Linux refuses a specific address beside a listening wildcard on the same port unless
+    // both sockets allow port reuse; it still sends each connection to the most specific one.
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// The balancer's endpoints for one port of a service: each task that has the port.
+fn endpoints(service: &ServiceEndpoints, port: &str) -> Vec<Endpoint> {
+    (service.endpoints.iter())
+        .filter_map(|e: &TaskEndpoint| {
+            let number = *e.ports.get(port)?;
+            Some(Endpoint {
+                id: e.task.clone(),
+                addr: SocketAddr::new(e.host, number),
+                weight: service.load_balancer.weight(&e.node, e.version),
+                state: if e.draining {
+                    EndpointState::Draining
+                } else {
+                    EndpointState::Ready
+                },
+            })
+        })
+        .collect()
+}
+
+/// The balancer's settings from the service's.
+fn config(spec: &spec::LoadBalancerSpec) -> Config {
+    let algorithm = match spec.algorithm {
+        BalanceAlgorithm::RoundRobin => Algorithm::RoundRobin,
+        BalanceAlgorithm::WeightedRoundRobin => Algorithm::WeightedRoundRobin,
+        BalanceAlgorithm::LeastConnections => Algorithm::LeastConnections,
+        BalanceAlgorithm::P2c => Algorithm::P2c,
+        BalanceAlgorithm::ConsistentHash => Algorithm::ConsistentHash(match &spec.hash_on {
+            HashOn::ClientIp => HashKey::ClientIp,
+            // Validated as a header name when the spec was accepted.
+            HashOn::Header(name) => name
+                .parse()
+                .map(HashKey::Header)
+                .unwrap_or(HashKey::ClientIp),
+            HashOn::Cookie(name) => HashKey::Cookie(name.clone()),
+        }),
+    };
+    Config {
+        algorithm,
+        ..Config::default()
+    }
+}
+
+/// The names of the services' zone (see the module's documentation).
+fn zone(services: &[ServiceEndpoints]) -> Zone {
+    let mut zone = Zone::new();
+    for service in services {
+        let mut names = vec![format!("{}.{DOMAIN}", service.name)];
+        if let Some(stack) = &service.stack {
+            let short = spec::stack_short_name(&service.name, Some(stack));
+            names.push(format!("{short}.{stack}.{DOMAIN}"));
+        }
+        for name in &names {
+            if let Some(vip) = service.vip {
+                zone.insert(name, Record::A(vip));
+            }
+            tasks_records(&mut zone, service, name);
+        }
+    }
+    zone
+}
+
+/// `tasks.<name>`: the ready endpoints' addresses, and SRV records of their named ports.
+fn tasks_records(zone: &mut Zone, service: &ServiceEndpoints, name: &str) {
+    for e in service.endpoints.iter().filter(|e| !e.draining) {
+        let address = match e.host {
+            IpAddr::V4(v4) => Record::A(v4),
+            IpAddr::V6(v6) => Record::Aaaa(v6),
+        };
+        zone.insert(&format!("tasks.{name}"), address.clone());
+        let target = format!("{}.tasks.{name}", e.task.replace('.', "-"));
+        zone.insert(&target, address);
+        for port in service.ports.iter() {
+            let Some(&number) = e.ports.get(&port.name) else {
+                continue;
+            };
+            let transport = if port.protocol.is_udp() { "udp" } else { "tcp" };
+            let srv = Record::Srv {
+                priority: 0,
+                weight: 1,
+                port: number,
+                target: target.clone(),
+            };
+            zone.insert(&format!("_{}._{transport}.{name}", port.name), srv);
+        }
+    }
+}
+
+/// Each service's name, stack and first numbered `VIP:port`, for tasks' variables.
+fn service_addrs(services: &[ServiceEndpoints]) -> Vec<(String, Option<String>, SocketAddr)> {
+    (services.iter())
+        .filter_map(|s| {
+            let vip = s.vip?;
+            let port = s.ports.iter().find_map(PortSpec::service_port)?;
+            let addr = SocketAddr::new(IpAddr::V4(vip), port);
+            Some((s.name.clone(), s.stack.clone(), addr))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, stack: Option<&str>) -> ServiceEndpoints {
+        ServiceEndpoints {
+            name: name.into(),
+            stack: stack.map(str::to_string),
+            vip: Some(Ipv4Addr::new(10, 96, 0, 2)),
+            ports: vec![PortSpec {
+                container_port: Some(5432),
+                ..PortSpec::named("pg")
+            }],
+            load_balancer: spec::LoadBalancerSpec::default(),
+            drain_ms: 10_000,
+            endpoints: vec![
+                TaskEndpoint {
+                    task: format!("{name}.1.1"),
+                    node: "a".into(),
+                    host: "10.0.0.1".parse().unwrap(),
+                    ports: BTreeMap::from([("pg".into(), 20001)]),
+                    version: 1,
+                    draining: false,
+                },
+                TaskEndpoint {
+                    task: format!("{name}.2.1"),
+                    node: "b".into(),
+                    host: "10.0.0.2".parse().unwrap(),
+                    ports: BTreeMap::from([("pg".into(), 20002)]),
+                    version: 1,
+                    draining: true,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_stack_service_is_named_in_full_and_inside_its_stack() {
+        let zone = zone(&[service("shop_db", Some("shop"))]);
+        let vip = [Record::A(Ipv4Addr::new(10, 96, 0, 2))];
+        assert_eq!(zone.lookup("shop_db.outpost"), Some(&vip[..]));
+        assert_eq!(zone.lookup("db.shop.outpost"), Some(&vip[..]));
+        let tasks = [Record::A(Ipv4Addr::new(10, 0, 0, 1))];
+        assert_eq!(
+            zone.lookup("tasks.db.shop.outpost"),
+            Some(&tasks[..]),
+            "the draining endpoint is left out"
+        );
+        let srv = zone.lookup("_pg._tcp.shop_db.outpost").unwrap();
+        assert_eq!(
+            srv,
+            [Record::Srv {
+                priority: 0,
+                weight: 1,
+                port: 20001,
+                target: "shop_db-1-1.tasks.shop_db.outpost".into()
+            }]
+        );
+        assert_eq!(
+            zone.lookup("shop_db-1-1.tasks.shop_db.outpost"),
+            Some(&tasks[..])
+        );
+    }
+
+    #[test]
+    fn endpoints_carry_the_ports_host_port_and_drain_while_stopping() {
+        let got = endpoints(&service("db", None), "pg");
+        let summary: Vec<(String, EndpointState)> =
+            got.iter().map(|e| (e.addr.to_string(), e.state)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("10.0.0.1:20001".to_string(), EndpointState::Ready),
+                ("10.0.0.2:20002".to_string(), EndpointState::Draining),
+            ]
+        );
+        assert!(endpoints(&service("db", None), "other").is_empty());
+    }
+
+    #[test]
+    fn tasks_get_every_services_address_and_their_stacks_by_short_name() {
+        let view = MeshView::default();
+        view.write().services =
+            service_addrs(&[service("shop_db", Some("shop")), service("cache", None)]);
+        let vars = view.service_vars(Some("shop"));
+        assert_eq!(vars["OUTPOST_SERVICE_SHOP_DB_ADDR"], "10.96.0.2:5432");
+        assert_eq!(vars["OUTPOST_SERVICE_DB_ADDR"], "10.96.0.2:5432");
+        assert_eq!(vars["OUTPOST_SERVICE_CACHE_ADDR"], "10.96.0.2:5432");
+        assert!(
+            !view
+                .service_vars(None)
+                .contains_key("OUTPOST_SERVICE_DB_ADDR")
+        );
+    }
+}
