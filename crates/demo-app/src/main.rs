@@ -7,6 +7,13 @@
 //! - `GET /crash` — exit at once with status 2 (drives restart tests);
 //! - `GET /file` — the contents of the `--require-file` file (drives secret tests).
 //!
+//! With `--upstream HOST:PORT`, `GET /` also asks the upstream's `GET /` and appends its
+//! answer: `hello from proxy.1.1 (pid 7) -> hello from api.1.1 (pid 9)`, so a chain of
+//! services that find each other by name shows end to end. HOST is resolved the way a
+//! container's resolver does it, by a query to the `nameserver` of /etc/resolv.conf with its
+//! `search` domains (a `FROM scratch` image has no libc resolver to lean on); an IP address is
+//! used as it is.
+//!
 //! Flags: `--port N` (default: `$PORT`, else 8080), `--exit-after MS` and `--exit-code N` (exit
 //! on a timer, for restart-policy tests), `--delay-ready MS` (bind the port late, for readiness
 //! tests), `--alloc-mb N` (hold N MiB of touched memory, for memory-limit tests),
@@ -34,6 +41,7 @@ struct Options {
     delay_ready: Duration,
     alloc_mb: usize,
     require_file: Option<String>,
+    upstream: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -47,6 +55,7 @@ fn parse_args() -> Result<Options, String> {
         delay_ready: Duration::ZERO,
         alloc_mb: 0,
         require_file: None,
+        upstream: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -69,6 +78,7 @@ fn parse_args() -> Result<Options, String> {
             "--delay-ready" => opts.delay_ready = Duration::from_millis(number("milliseconds")?),
             "--alloc-mb" => opts.alloc_mb = number("a size in MiB")? as usize,
             "--require-file" => opts.require_file = Some(value),
+            "--upstream" => opts.upstream = Some(value),
             "--require-file-env" => {
                 let path = std::env::var(&value)
                     .map_err(|_| format!("--require-file-env: ${value} is not set"))?;
@@ -76,7 +86,7 @@ fn parse_args() -> Result<Options, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready, --alloc-mb, --require-file, --require-file-env"
+                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready, --alloc-mb, --require-file, --require-file-env, --upstream"
                 ));
             }
         }
@@ -154,11 +164,13 @@ fn main() {
     );
     let sick = Arc::new(AtomicBool::new(false));
     let required: Arc<Option<String>> = Arc::new(required);
+    let upstream: Arc<Option<String>> = Arc::new(opts.upstream);
     for stream in listener.incoming().flatten() {
         let sick = sick.clone();
         let required = required.clone();
+        let upstream = upstream.clone();
         std::thread::spawn(move || {
-            if let Err(e) = serve(stream, &sick, &required) {
+            if let Err(e) = serve(stream, &sick, &required, &upstream) {
                 eprintln!("demo-app: connection error: {e}");
             }
         });
@@ -188,6 +200,7 @@ fn serve(
     mut stream: TcpStream,
     sick: &AtomicBool,
     required: &Option<String>,
+    upstream: &Option<String>,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -220,10 +233,12 @@ fn serve(
         "/" => {
             let greeting = std::env::var("GREETING").unwrap_or_else(|_| "hello".into());
             let task = std::env::var("OUTPOST_TASK_ID").unwrap_or_else(|_| "-".into());
-            (
-                "200 OK",
-                format!("{greeting} from {task} (pid {})\n", std::process::id()),
-            )
+            let me = format!("{greeting} from {task} (pid {})", std::process::id());
+            match upstream.as_deref().map(ask_upstream) {
+                None => ("200 OK", format!("{me}\n")),
+                Some(Ok(answer)) => ("200 OK", format!("{me} -> {answer}")),
+                Some(Err(e)) => ("502 Bad Gateway", format!("{me} -> {e}\n")),
+            }
         }
         _ => ("404 Not Found", "not found\n".to_string()),
     };
@@ -233,4 +248,104 @@ fn serve(
         body.len()
     )?;
     stream.flush()
+}
+
+/// `GET /` of `upstream` (`HOST:PORT`): its body, or why there is none.
+fn ask_upstream(upstream: &str) -> Result<String, String> {
+    let (host, port) = upstream
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| format!("--upstream {upstream:?} is not HOST:PORT"))?;
+    let ip = match host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => ip,
+        Err(_) => resolve(host)?,
+    };
+    let fail = |e: std::io::Error| format!("{upstream} ({ip}): {e}");
+    let mut s =
+        TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(5)).map_err(fail)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(fail)?;
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(fail)?;
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).map_err(fail)?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok(body.to_string())
+}
+
+/// An A record of `host`, asked of /etc/resolv.conf's first nameserver, trying its search
+/// domains first for a name without a dot.
+fn resolve(host: &str) -> Result<std::net::Ipv4Addr, String> {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").map_err(|e| format!("{e}"))?;
+    let word = |key: &str| -> Vec<String> {
+        (conf.lines())
+            .filter_map(|l| l.strip_prefix(key))
+            .flat_map(|rest| rest.split_whitespace().map(str::to_string))
+            .collect()
+    };
+    let server =
+        (word("nameserver").first().cloned()).ok_or("no nameserver in /etc/resolv.conf")?;
+    let mut names: Vec<String> = Vec::new();
+    if !host.contains('.') {
+        names.extend(word("search").iter().map(|d| format!("{host}.{d}")));
+    }
+    names.push(host.to_string());
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    for name in &names {
+        let mut query = vec![0x4f, 0x50, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            query.push(label.len() as u8);
+            query.extend_from_slice(label.as_bytes());
+        }
+        query.extend_from_slice(&[0, 0, 1, 0, 1]);
+        socket
+            .send_to(&query, (server.as_str(), 53))
+            .map_err(|e| e.to_string())?;
+        let mut answer = [0u8; 512];
+        let n = socket
+            .recv(&mut answer)
+            .map_err(|e| format!("{server}: {e}"))?;
+        if let Some(ip) = first_a(&answer[..n], query.len()) {
+            return Ok(ip);
+        }
+    }
+    Err(format!(
+        "{host}: no such name (asked {server} for {})",
+        names.join(", ")
+    ))
+}
+
+/// The first A record of an answer whose question is `question_len` bytes of header and
+/// question, answers written with a pointer to the question (as servers write them).
+fn first_a(answer: &[u8], question_len: usize) -> Option<std::net::Ipv4Addr> {
+    let count = u16::from_be_bytes([*answer.get(6)?, *answer.get(7)?]);
+    let mut at = question_len;
+    for _ in 0..count {
+        // The owner name: a pointer, or labels up to the root.
+        if answer.get(at)? & 0xc0 == 0xc0 {
+            at += 2;
+        } else {
+            while *answer.get(at)? != 0 {
+                at += 1 + usize::from(*answer.get(at)?);
+            }
+            at += 1;
+        }
+        let kind = u16::from_be_bytes([*answer.get(at)?, *answer.get(at + 1)?]);
+        let len = usize::from(u16::from_be_bytes([
+            *answer.get(at + 8)?,
+            *answer.get(at + 9)?,
+        ]));
+        let data = answer.get(at + 10..at + 10 + len)?;
+        if kind == 1 && len == 4 {
+            return Some(std::net::Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        at += 10 + len;
+    }
+    None
 }

@@ -24,14 +24,19 @@ use crate::validate;
 use crate::yaml::Yaml;
 use crate::{Parsed, Stacking};
 
-const TOP_IGNORED: &[&str] = &["networks", "volumes", "include", "models"];
+const TOP_IGNORED: &[&str] = &["volumes", "include", "models"];
+
+/// Networks are not isolated yet: said once per file, for the top-level key or a service's.
+const FLAT_NETWORK: &str = "networks are not isolated yet: every service reaches every other \
+                            by name, as on one flat network";
 
 #[rustfmt::skip]
 const SERVICE_KEYS: &[&str] = &[
     "image", "command", "entrypoint", "environment", "ports", "volumes", "user", "working_dir",
     "healthcheck", "restart", "deploy", "stop_grace_period", "scale", "cpus", "mem_limit",
     "mem_reservation", "pids_limit", "cap_add", "cap_drop", "security_opt", "read_only",
-    "privileged", "pull_policy", "stop_signal", "secrets", "configs", "depends_on",
+    "privileged", "pull_policy", "stop_signal", "secrets", "configs", "depends_on", "expose",
+    "networks",
 ];
 /// The rest of the Compose Specification's service keys: valid, but not honoured yet.
 #[rustfmt::skip]
@@ -40,9 +45,9 @@ const SERVICE_IGNORED: &[&str] = &[
     "cpu_period", "cpu_quota", "cpu_rt_runtime", "cpu_rt_period", "cpuset", "cgroup",
     "cgroup_parent", "container_name", "credential_spec", "develop",
     "device_cgroup_rules", "devices", "dns", "dns_opt", "dns_search", "domainname", "driver_opts",
-    "env_file", "expose", "extends", "external_links", "extra_hosts", "gpus", "group_add",
+    "env_file", "extends", "external_links", "extra_hosts", "gpus", "group_add",
     "hostname", "init", "ipc", "isolation", "labels", "label_file", "links", "logging",
-    "mac_address", "mem_swappiness", "memswap_limit", "models", "network_mode", "networks",
+    "mac_address", "mem_swappiness", "memswap_limit", "models", "network_mode",
     "oom_kill_disable", "oom_score_adj", "pid", "platform", "post_start", "pre_stop", "profiles",
     "provider", "runtime", "shm_size", "stdin_open", "storage_opt", "sysctls", "tmpfs",
     "tty", "ulimits", "use_api_socket", "userns_mode", "uts", "volumes_from",
@@ -165,6 +170,7 @@ fn file(
                 objects.extend(sources);
             }
             "version" => d.warn(format_args!("key \"version\" is obsolete and was ignored")),
+            "networks" => d.warn(FLAT_NETWORK),
             key if key.starts_with("x-") => {}
             key if TOP_IGNORED.contains(&key) => d.warn(format_args!(
                 "key {key:?} is not supported yet and was ignored"
@@ -172,6 +178,7 @@ fn file(
             key => {
                 let known: Vec<&str> = ["services", "name", "version", "secrets", "configs"]
                     .iter()
+                    .chain(&["networks"])
                     .chain(TOP_IGNORED)
                     .copied()
                     .collect();
@@ -474,10 +481,21 @@ fn service(
         .unwrap_or_default();
     spec.user = f.take(d, "user", Decoder::string);
     spec.workdir = f.take(d, "working_dir", Decoder::string);
-    spec.ports = name_ports(
-        f.take(d, "ports", |d, p, n| d.list(p, n, port))
-            .unwrap_or_default(),
-    );
+    let mut ports = (f.take(d, "ports", |d, p, n| d.list(p, n, port))).unwrap_or_default();
+    let exposed = (f.take(d, "expose", |d, p, n| d.list(p, n, expose))).unwrap_or_default();
+    // A port both published and exposed is one port.
+    let exposed: Vec<PortSpec> = (exposed.into_iter())
+        .filter(|e| {
+            let same =
+                |p: &PortSpec| p.container_port == e.container_port && p.protocol == e.protocol;
+            !ports.iter().any(same)
+        })
+        .collect();
+    ports.extend(exposed);
+    spec.ports = name_ports(ports);
+    if f.has("networks") && !d.warnings.iter().any(|w| w.ends_with(FLAT_NETWORK)) {
+        d.warn(FLAT_NETWORK);
+    }
     let volumes = f
         .take(d, "volumes", |d, p, n| d.list(p, n, volume))
         .unwrap_or_default();
@@ -681,6 +699,20 @@ fn port(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<PortSpec> {
             other,
         ),
     }
+}
+
+/// `- 5432` or `- "5432/tcp"`: a port the service answers on by name, published nowhere.
+fn expose(d: &mut Decoder, path: &Path, node: &Yaml) -> Option<PortSpec> {
+    let text = d.string(path, node)?;
+    let (number, protocol) = match text.rsplit_once('/') {
+        Some((number, word)) => (number, d.choice(path, &Yaml::Str(word.into()), PROTOCOLS)?),
+        None => (text.as_str(), Protocol::Tcp),
+    };
+    Some(PortSpec {
+        container_port: Some(port_number(d, path, number)?),
+        protocol,
+        ..PortSpec::named("")
+    })
 }
 
 /// `[[IP:]HOST:]CONTAINER[/PROTOCOL]`, IPv6 addresses in brackets: `"[::1]:8080:80"`.

@@ -12,8 +12,10 @@
 //! cannot be read is "unknown", never "dead": it is neither restarted nor reported gone.
 
 use std::collections::HashMap;
+use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -185,7 +187,11 @@ impl ProcessDriver {
             // the agent's terminal does not reach the task.
             .process_group(0)
             .kill_on_drop(false);
-        join_cgroup_before_exec(&mut cmd, procs);
+        let resolv_conf = match &launch.dns {
+            Some(dns) => Some(write_resolv_conf(launch, dns).map_err(fail)?),
+            None => None,
+        };
+        before_exec(&mut cmd, procs, resolv_conf);
         let child = cmd.spawn().map_err(|e| fail(start_error(&e)))?;
         let handle = self.identify(&child).await.map_err(fail)?;
         self.reap(child, &launch.task_id, &handle);
@@ -396,24 +402,60 @@ fn open_log(path: &std::path::Path) -> Result<(File, File), String> {
     Ok((log, log_err))
 }
 
-/// Makes the child join the task's cgroup between fork and exec, by writing `0` ("myself") to
-/// each `cgroup.procs` file opened beforehand: the task is in its cgroup before its first
-/// instruction, so nothing it forks escapes the limits. A failed write fails the spawn.
+/// The resolver a task's processes see as /etc/resolv.conf: the node's DNS server and the
+/// task's search domains, written beside its log.
+fn write_resolv_conf(launch: &Launch, dns: &crate::driver::TaskDns) -> Result<CString, String> {
+    let path = launch.log_path.with_extension("resolv.conf");
+    let text = format!(
+        "# Written by the outpost agent for task {}: the node's DNS server.\n\
+         nameserver {}\nsearch {}\n",
+        launch.task_id,
+        dns.server,
+        dns.search.join(" ")
+    );
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    CString::new(path.into_os_string().into_vec()).map_err(|e| e.to_string())
+}
+
+/// What the child does between fork and exec:
+/// - joins the task's cgroup, by writing `0` ("myself") to each `cgroup.procs` file opened
+///   beforehand: the task is in its cgroup before its first instruction, so nothing it forks
+///   escapes the limits;
+/// - with `resolv_conf`, enters a mount namespace of its own (mounts of the host still reach
+///   it) where that file is /etc/resolv.conf, so names resolve through the node's DNS server.
+///
+/// A failed step fails the spawn.
 ///
 /// The workspace denies `unsafe_code`; this is its one use: `pre_exec` is unsafe because the
 /// hook runs in the forked child, where only async-signal-safe calls are sound.
 #[allow(unsafe_code)]
-fn join_cgroup_before_exec(cmd: &mut tokio::process::Command, procs: Vec<File>) {
-    if procs.is_empty() {
+fn before_exec(cmd: &mut tokio::process::Command, procs: Vec<File>, resolv_conf: Option<CString>) {
+    use nix::mount::{MsFlags, mount};
+    if procs.is_empty() && resolv_conf.is_none() {
         return;
     }
-    // SAFETY: the hook only calls write(2), which is async-signal-safe, on file descriptors
-    // opened before the fork; it allocates nothing, takes no lock, and builds its error from
-    // the raw errno without allocating.
+    // SAFETY: the hook only calls write(2), unshare(2) and mount(2), which are
+    // async-signal-safe, on file descriptors opened and C strings made before the fork; it
+    // allocates nothing, takes no lock, and builds its errors from the raw errno without
+    // allocating.
     unsafe {
         cmd.pre_exec(move || {
             for file in &procs {
                 nix::unistd::write(file, b"0").map_err(io::Error::from)?;
+            }
+            if let Some(source) = &resolv_conf {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+                let none: Option<&CStr> = None;
+                let root = c"/";
+                mount(none, root, none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)?;
+                let target = c"/etc/resolv.conf";
+                mount(
+                    Some(source.as_c_str()),
+                    target,
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                )?;
             }
             Ok(())
         });
@@ -524,12 +566,12 @@ impl Driver for ProcessDriver {
                 .stderr(Stdio::null())
                 .kill_on_drop(true);
             // In the task's cgroup too, so a probe counts against the task's limits; where the
-            // cgroup cannot be opened the probe still runs.
-            if let Some(cg) = &self.cgroups
-                && let Ok(procs) = cg.open_procs(&launch.task_id)
-            {
-                join_cgroup_before_exec(&mut cmd, procs);
-            }
+            // cgroup cannot be opened the probe still runs. It resolves names as the task does.
+            let procs = (self.cgroups.as_ref())
+                .and_then(|cg| cg.open_procs(&launch.task_id).ok())
+                .unwrap_or_default();
+            let resolv_conf = (launch.dns.as_ref()).and_then(|d| write_resolv_conf(launch, d).ok());
+            before_exec(&mut cmd, procs, resolv_conf);
             let mut child = cmd.spawn().ok()?;
             match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(Ok(status)) => status.code(),

@@ -684,9 +684,8 @@ fn unsupported_keys_are_warned_about_never_dropped_silently() {
         parsed.warnings,
         [
             r#"compose.yaml: key "version" is obsolete and was ignored"#,
-            r#"compose.yaml: key "networks" is not supported yet and was ignored"#,
+            r#"compose.yaml: networks are not isolated yet: every service reaches every other by name, as on one flat network"#,
             r#"compose.yaml: key "volumes" is not supported yet and was ignored"#,
-            r#"compose.yaml: service "db": key "networks" is not supported yet and was ignored"#,
             r#"compose.yaml: service "db": key "labels" is not supported yet and was ignored"#,
             r#"compose.yaml: service "db": key "deploy.placement" is not supported yet and was ignored"#,
         ]
@@ -1090,5 +1089,35 @@ fn completion_of_a_service_that_chose_to_restart_always_is_refused() {
         r#"
         app.depends_on.migrate: app waits for "migrate" to complete, but "migrate" restarts always and so never completes: give it `restart: on-failure` (or `no`)
         "#,
+    );
+}
+
+#[test]
+fn exposed_ports_are_ports_answered_by_name_and_published_nowhere() {
+    let spec = only(
+        r#"
+        services:
+          db:
+            image: postgres
+            expose: ["5432", 9187, "53/udp"]
+            ports: ["15432:5432"]
+        "#,
+    );
+    let summary: Vec<String> = (spec.ports.iter())
+        .map(|p| {
+            format!(
+                "{} {:?} {:?} {:?}",
+                p.name, p.container_port, p.host_port, p.publish
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "p5432 Some(5432) None Some(15432)",
+            "p9187 Some(9187) None None",
+            "p53-udp Some(53) None None",
+        ],
+        "5432 is published and exposed: one port"
     );
 }

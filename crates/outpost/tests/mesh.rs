@@ -1,0 +1,293 @@
+//! Services finding each other, through the real binary: a service answers by name on its
+//! virtual IP and on its published port on the node, from every ready replica; a process task
+//! resolves it with glibc; traffic follows readiness and scale-down; a replica SIGKILLed under
+//! a steady load costs no request; three containers of a Compose file call each other by name.
+//!
+//! Each test gives its cluster a service range of its own: the node's listeners share their
+//! ports (SO_REUSEPORT) with those of another cluster on the same host and range.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Dev, docker_image, wait_for};
+
+/// Dev with the service range `10.201.N.0/24`.
+fn dev_in_range(n: u8) -> (Dev, Ipv4Addr) {
+    let range = format!("10.201.{n}.0/24");
+    let dev = Dev::start_with_env(&[("OUTPOST_SERVICE_RANGE", &range)]);
+    (dev, Ipv4Addr::new(10, 201, n, 1))
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn web(replicas: u32, publish: u16) -> String {
+    format!(
+        "name: web\nreplicas: {replicas}\ncommand: [\"DEMO_APP\", \"--port\", \"${{PORT}}\"]\n\
+         ports: [{{ name: http, container_port: 80, publish: {publish}, protocol: http }}]\n\
+         readiness: {{ http: {{ path: /healthz, port: http }}, period: 200ms }}\n"
+    )
+}
+
+/// `GET path` on `addr`: the status code and body; `None` when the connection fails.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((code, body.to_string()))
+}
+
+/// The task that answered: `web.1.1` of "hello from web.1.1 (pid 7)".
+fn answered_by(body: &str) -> Option<String> {
+    body.split_whitespace().nth(2).map(str::to_string)
+}
+
+/// The tasks that answer `n` requests in a row on `addr`.
+fn answering(addr: SocketAddr, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .filter_map(|_| get(addr, "/"))
+        .filter(|(code, _)| *code == 200)
+        .filter_map(|(_, body)| answered_by(&body))
+        .collect()
+}
+
+/// An A record of `name`, asked of `server` over UDP with a hand-built query.
+fn resolve(server: Ipv4Addr, name: &str) -> Option<Ipv4Addr> {
+    let mut query = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    socket.send_to(&query, (server, 53)).ok()?;
+    let mut answer = [0u8; 512];
+    let n = socket.recv(&mut answer).ok()?;
+    let answer = &answer[..n];
+    // One answer, its name a pointer to the question: type, class, TTL, length, then the IP.
+    let count = u16::from_be_bytes([answer[6], answer[7]]);
+    let at = query.len() + 2 + 10;
+    (count >= 1 && answer.len() >= at + 4)
+        .then(|| Ipv4Addr::new(answer[at], answer[at + 1], answer[at + 2], answer[at + 3]))
+}
+
+#[test]
+fn a_service_answers_by_name_on_its_virtual_ip_and_its_published_port_from_every_replica() {
+    let (dev, dns) = dev_in_range(1);
+    let publish = free_port();
+    dev.deploy("web.yaml", &web(2, publish));
+    dev.wait_ready("web", 2);
+    let vip = wait_for("web.outpost to resolve", || resolve(dns, "web.outpost"));
+    assert_eq!(
+        vip,
+        Ipv4Addr::new(10, 201, 1, 2),
+        "the range's first free offset"
+    );
+    assert_eq!(resolve(dns, "nothing.outpost"), None);
+
+    let both = BTreeSet::from(["web.1.1".to_string(), "web.2.2".to_string()]);
+    for addr in [
+        SocketAddr::from((vip, 80)),
+        SocketAddr::from(([127, 0, 0, 1], publish)),
+    ] {
+        let seen = wait_for(&format!("both replicas to answer on {addr}"), || {
+            let seen = answering(addr, 6);
+            (seen == both).then_some(seen)
+        });
+        assert_eq!(seen, both);
+    }
+}
+
+#[test]
+fn a_process_task_finds_a_service_by_name_with_its_own_resolver() {
+    if !support::root_with_unshare() {
+        return;
+    }
+    let (dev, dns) = dev_in_range(2);
+    dev.deploy("web.yaml", &web(1, free_port()));
+    dev.wait_ready("web", 1);
+    // Once the node serves the name, it gives tasks the variable too.
+    wait_for("web.outpost to resolve", || resolve(dns, "web.outpost"));
+    // glibc's own resolver, in the task's mount namespace, through the node's DNS server.
+    let client = "name: client\ncommand: [sh, -c, 'getent hosts web; getent hosts web.outpost; \
+                  echo ADDR=$OUTPOST_SERVICE_WEB_ADDR; exec sleep 600']\n";
+    dev.deploy("client.yaml", client);
+    let log = wait_for("the client's lookups", || {
+        let log = dev.ok(&["logs", "client"]);
+        log.contains("ADDR=").then_some(log)
+    });
+    let lines: Vec<&str> = log.lines().collect();
+    let has = |text: &str| lines.iter().any(|l| l.contains(text));
+    assert!(has("10.201.2.2") && has("web.outpost"), "{log}");
+    assert!(has("ADDR=10.201.2.2:80"), "{log}");
+    // Each line of the log is `TASK | LINE`; getent prints the name it found.
+    let lookups = (lines.iter())
+        .filter(|l| l.contains("| 10.201.2.2 ") && l.ends_with(" web.outpost"))
+        .count();
+    assert_eq!(lookups, 2, "the short name and the full one: {log}");
+}
+
+#[test]
+fn traffic_follows_readiness_and_leaves_a_replica_scaled_away() {
+    let (dev, _) = dev_in_range(3);
+    let publish = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], publish));
+    dev.deploy("web.yaml", &web(3, publish));
+    let tasks = dev.wait_ready("web", 3);
+    wait_for("all three replicas to answer", || {
+        (answering(addr, 9).len() == 3).then_some(())
+    });
+
+    // One replica's readiness fails: it gets no more requests, and none fails. The last slot,
+    // which the scale-down below takes away.
+    let sick = tasks[2]["id"].as_str().unwrap().to_string();
+    let port = tasks[2]["ports"]["http"].as_u64().unwrap();
+    assert_eq!(
+        get(([127, 0, 0, 1], port as u16).into(), "/fail")
+            .unwrap()
+            .0,
+        200
+    );
+    wait_for("the unready replica to get no requests", || {
+        let seen = answering(addr, 9);
+        (seen.len() == 2 && !seen.contains(&sick)).then_some(())
+    });
+
+    // Scale down: the replicas stopped get no more requests either.
+    dev.ok(&["scale", "web", "1"]);
+    wait_for("one replica left answering", || {
+        (answering(addr, 6).len() == 1).then_some(())
+    });
+    let failed: Vec<u16> = (0..20)
+        .filter_map(|_| get(addr, "/"))
+        .map(|(code, _)| code)
+        .filter(|code| *code != 200)
+        .collect();
+    assert_eq!(failed, Vec::<u16>::new());
+}
+
+#[test]
+fn a_replica_killed_under_steady_load_costs_no_failed_request() {
+    let (dev, _) = dev_in_range(4);
+    let publish = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], publish));
+    dev.deploy("web.yaml", &web(2, publish));
+    let tasks = dev.wait_ready("web", 2);
+    wait_for("both replicas to answer", || {
+        (answering(addr, 6).len() == 2).then_some(())
+    });
+    let victim = tasks[0]["id"].as_str().unwrap().to_string();
+    let pid = tasks[0]["pid"].as_u64().unwrap();
+
+    // A steady load of idempotent requests, one every 5 ms, across the kill.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let last_on_victim = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let load = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        let last_on_victim = last_on_victim.clone();
+        let victim = victim.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                sent.fetch_add(1, Ordering::SeqCst);
+                match get(addr, "/") {
+                    Some((200, body)) => {
+                        if answered_by(&body).as_deref() == Some(victim.as_str()) {
+                            *last_on_victim.lock().unwrap() = Some(Instant::now());
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    wait_for("some requests before the kill", || {
+        (sent.load(Ordering::SeqCst) >= 50).then_some(())
+    });
+    support::sigkill(pid);
+    let killed = Instant::now();
+    let before = sent.load(Ordering::SeqCst);
+    wait_for("the load to go on past the kill", || {
+        (sent.load(Ordering::SeqCst) >= before + 200).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    let answered_after = last_on_victim
+        .lock()
+        .unwrap()
+        .map(|at| at.saturating_duration_since(killed));
+    println!(
+        "requests: {} sent, {} failed; the killed replica answered last {:?} after the kill",
+        sent.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst),
+        answered_after
+    );
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "no request failed");
+}
+
+#[test]
+fn three_containers_of_a_compose_file_call_each_other_by_name() {
+    let Some(image) = docker_image() else {
+        return;
+    };
+    let (dev, _) = dev_in_range(5);
+    let publish = free_port();
+    let compose = format!(
+        r#"
+services:
+  proxy:
+    image: {image}
+    command: ["--port", "8080", "--upstream", "api:8080"]
+    ports: ["{publish}:8080"]
+  api:
+    image: {image}
+    command: ["--port", "8080", "--upstream", "db:5432"]
+    expose: ["8080"]
+    depends_on: [db]
+  db:
+    image: {image}
+    command: ["--port", "5432"]
+    expose: ["5432"]
+"#
+    );
+    let dir = dev.data_dir().join("shop");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("compose.yaml");
+    std::fs::write(&file, compose).unwrap();
+    dev.ok(&["deploy", "-f", file.to_str().unwrap()]);
+    for service in ["shop_proxy", "shop_api", "shop_db"] {
+        dev.wait_ready(service, 1);
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], publish));
+    let body = wait_for("the chain to answer end to end", || {
+        get(addr, "/")
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, b)| b)
+    });
+    let hops: Vec<String> = (body.split(" -> "))
+        .filter_map(answered_by)
+        .filter_map(|task| Some(task.split_once('.')?.0.to_string()))
+        .collect();
+    assert_eq!(hops, ["shop_proxy", "shop_api", "shop_db"], "{body}");
+}
