@@ -1,4 +1,5 @@
-//! The agent's own API: task logs, which the server proxies for `outpost logs`, and the two
+//! The agent's own API: task logs, which the server proxies for `outpost logs`, the load
+//! balancer's counters (`GET /v1/agent/traffic?service=`, for `outpost services NAME`), and the two
 //! routes of failure detection: `GET /v1/agent/health` (the cheapest answer there is) and
 //! `POST /v1/agent/probe`, with which the leader asks this agent whether it can reach another
 //! node's agent API when that node's heartbeats stop. Over TLS, logs and probes answer only
@@ -31,6 +32,8 @@ struct AgentApi {
     /// For probes of other agents: the cluster token, and connections kept briefly.
     token: String,
     http: reqwest::Client,
+    /// The node's name and its mesh, for `traffic`.
+    mesh: (String, crate::mesh::MeshView),
 }
 
 /// How long an idle connection to another agent is kept, 2 s: below the 5 s after which their
@@ -64,11 +67,13 @@ pub async fn serve(
     token: String,
     tls: Option<Arc<rustls::ServerConfig>>,
     http: reqwest::Client,
+    mesh: (String, crate::mesh::MeshView),
 ) {
     let limits = httpd::Limits::with_max_connections(DEFAULT_MAX_CONNECTIONS);
     let routes = Router::new()
         .route("/v1/agent/logs/{task}", get(task_logs))
-        .route("/v1/agent/probe", post(probe));
+        .route("/v1/agent/probe", post(probe))
+        .route("/v1/agent/traffic", get(traffic));
     let health = Router::new().route("/v1/agent/health", get(health));
     let app = match &tls {
         Some(_) => routes
@@ -81,9 +86,12 @@ pub async fn serve(
                 httpd::authorize,
             )),
     };
-    let app = app
-        .fallback(httpd::not_found)
-        .with_state(AgentApi { logs, token, http });
+    let app = app.fallback(httpd::not_found).with_state(AgentApi {
+        logs,
+        token,
+        http,
+        mesh,
+    });
     httpd::serve_tls(listener, app, limits, tls, std::future::pending()).await;
 }
 
@@ -156,6 +164,20 @@ async fn task_logs(
         Body::from_stream(first.map(Ok::<_, std::io::Error>))
     };
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+#[derive(Deserialize)]
+struct TrafficQuery {
+    service: Option<String>,
+}
+
+/// The node's listeners of one service (or of all) and their counters.
+async fn traffic(
+    State(api): State<AgentApi>,
+    Query(q): Query<TrafficQuery>,
+) -> Json<Vec<api::ListenerTraffic>> {
+    let (node, mesh) = &api.mesh;
+    Json(mesh.traffic(node, q.service.as_deref()))
 }
 
 /// Alive: the process runs and its API answers.

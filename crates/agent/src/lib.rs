@@ -198,12 +198,14 @@ impl Agent {
             }
             None => (None, None),
         };
+        let mesh_view = mesh::MeshView::default();
         tokio::spawn(http::serve(
             listener,
             logs.clone(),
             config.token.clone(),
             serve_tls,
             http::probe_client(client_tls.clone()),
+            (config.name.clone(), mesh_view.clone()),
         ));
 
         let client = Client::connect(&config.server, &config.token, None, client_tls);
@@ -230,11 +232,12 @@ impl Agent {
             default_workdir: config.workdir.clone(),
             ports,
             files: objects::Files::for_agent(&agent_id),
-            mesh: mesh::MeshView::default(),
+            mesh: mesh_view,
         };
         let (mesh_stop, mesh_stopped) = watch::channel(false);
         if let Some(range) = config.service_range {
-            let mesh = mesh::Mesh::new(client.clone(), range, shared.mesh.clone());
+            let (node, updates) = (config.name.clone(), shared.updates.clone());
+            let mesh = mesh::Mesh::new(client.clone(), range, shared.mesh.clone(), node, updates);
             tokio::spawn(mesh.run(mesh_stopped));
         }
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();

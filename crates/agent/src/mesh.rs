@@ -25,15 +25,20 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use api::{EndpointList, ServiceEndpoints, ServiceRange, TaskEndpoint};
+use api::{
+    Counters, EndpointList, EndpointTraffic, ListenerTraffic, ServiceEndpoints, ServiceRange,
+    TaskEndpoint,
+};
+use api::{Level, NewEvent};
 use client::Client;
 use lb::dns::{Dns, Record, Zone};
 use lb::{Algorithm, Balancer, Config, Endpoint, EndpointState, HashKey};
 use spec::{BalanceAlgorithm, HashOn, PortSpec, Protocol};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::retry::Retry;
+use crate::supervisor::Update;
 
 /// How long one endpoint query waits on the server before it answers unchanged.
 const WATCH_WAIT: Duration = Duration::from_secs(25);
@@ -55,6 +60,8 @@ struct View {
     dns: Option<Ipv4Addr>,
     /// Each service's name, stack and `VIP:port` (of its first numbered port).
     services: Vec<(String, Option<String>, SocketAddr)>,
+    /// Every listener: where, the service and port it serves, its balancer.
+    listeners: Vec<(SocketAddr, Serves, Arc<Balancer>)>,
 }
 
 impl MeshView {
@@ -80,6 +87,32 @@ impl MeshView {
         vars
     }
 
+    /// The node's listeners of `service` (of every service without one) and their counters.
+    pub fn traffic(&self, node: &str, service: Option<&str>) -> Vec<ListenerTraffic> {
+        let view = self.read();
+        let listeners = view.listeners.iter();
+        (listeners.filter(|(_, serves, _)| service.is_none_or(|s| s == serves.service)))
+            .map(|(addr, serves, balancer)| {
+                let snapshot = balancer.snapshot();
+                ListenerTraffic {
+                    node: node.to_string(),
+                    service: serves.service.clone(),
+                    port: serves.port.clone(),
+                    listen: addr.to_string(),
+                    counters: counters(&snapshot.listener),
+                    endpoints: (snapshot.endpoints.iter())
+                        .map(|e| EndpointTraffic {
+                            task: e.id.clone(),
+                            addr: e.addr.to_string(),
+                            health: health(e.health).to_string(),
+                            counters: counters(&e.counters),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, View> {
         self.0.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -93,6 +126,24 @@ impl MeshView {
 pub fn search_domains(stack: Option<&str>) -> Vec<String> {
     let own = stack.map(|stack| format!("{stack}.{DOMAIN}"));
     own.into_iter().chain([DOMAIN.to_string()]).collect()
+}
+
+fn counters(c: &lb::CountersSnapshot) -> Counters {
+    Counters {
+        requests: c.requests,
+        errors: c.errors,
+        retries: c.retries,
+        ejections: c.ejections,
+        in_flight: c.in_flight,
+    }
+}
+
+fn health(health: lb::Health) -> &'static str {
+    match health {
+        lb::Health::Ready => "ready",
+        lb::Health::Ejected => "ejected",
+        lb::Health::Draining => "draining",
+    }
 }
 
 /// `OUTPOST_SERVICE_SHOP_DB_ADDR` for `shop_db`: upper case, `-` as `_`.
@@ -122,6 +173,9 @@ struct Serves {
 /// The mesh of one node: its listeners and its DNS server.
 pub struct Mesh {
     client: Client,
+    node: String,
+    /// Where the operator hears of a port that cannot be listened on (an event).
+    updates: mpsc::UnboundedSender<Update>,
     range: ServiceRange,
     view: MeshView,
     /// Whether the service range is local here (virtual IPs can be listened on).
@@ -133,9 +187,17 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    pub fn new(client: Client, range: ServiceRange, view: MeshView) -> Mesh {
+    pub fn new(
+        client: Client,
+        range: ServiceRange,
+        view: MeshView,
+        node: String,
+        updates: mpsc::UnboundedSender<Update>,
+    ) -> Mesh {
         Mesh {
             client,
+            node,
+            updates,
             range,
             view,
             vips: false,
@@ -194,7 +256,7 @@ impl Mesh {
         let upstreams = (upstreams.into_iter())
             .filter(|u| !matches!(u.ip(), IpAddr::V4(v4) if range.contains(v4)))
             .collect();
-        let (udp, tcp) = match (UdpSocket::bind(addr).await, TcpListener::bind(addr).await) {
+        let (udp, tcp) = match (udp_shared(addr), listen(addr)) {
             (Ok(udp), Ok(tcp)) => (udp, tcp),
             (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!("cannot serve names on {addr}: {e}; tasks get no DNS server");
@@ -247,7 +309,12 @@ impl Mesh {
         if let Some(dns) = &self.dns {
             dns.update(zone(&list.services));
         }
-        self.view.write().services = service_addrs(&list.services);
+        let listeners = (self.listeners.iter())
+            .map(|(addr, l)| (*addr, l.serves.clone(), Arc::clone(&l.balancer)))
+            .collect();
+        let mut view = self.view.write();
+        view.services = service_addrs(&list.services);
+        view.listeners = listeners;
     }
 
     /// Where a port is listened on here: its virtual IP, and every address when published.
@@ -280,9 +347,14 @@ impl Mesh {
         let socket = match listen(addr) {
             Ok(socket) => socket,
             Err(e) => {
-                let why = format!("cannot listen on {addr} for {}: {e}", service.name);
+                let why = format!(
+                    "cannot listen on {addr} for port {:?} of {}: {e}; is another program \
+                     using the port?",
+                    port.name, service.name
+                );
                 if self.failed.insert(addr, why.clone()).as_ref() != Some(&why) {
-                    tracing::warn!("{why}; is another program using the port?");
+                    tracing::warn!("{why}");
+                    self.tell(&service.name, why);
                 }
                 return;
             }
@@ -313,6 +385,26 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// An event for the operator, sent with the node's next report.
+    fn tell(&self, service: &str, message: String) {
+        let event = NewEvent {
+            time: crate::supervisor::now(),
+            level: Level::Warning,
+            reason: "not-listening".into(),
+            service: Some(service.to_string()),
+            task: None,
+            node: Some(self.node.clone()),
+            message,
+        };
+        let _ = self.updates.send(Update {
+            status: None,
+            events: vec![event],
+            memory_pressure: None,
+        });
+    }
+}
+
 /// A listening socket that may share its port with a listener on another address of it: a
 /// published port on every address and a service's virtual IP on the same port number.
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -327,6 +419,25 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// A UDP socket on `addr` that shares it as [`listen`] does. Two agents on one host with the
+/// same service range (test clusters) then share its addresses instead of failing.
+fn udp_shared(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    let SocketAddr::V4(v4) = addr else {
+        return Err(std::io::Error::other(
+            "the node's DNS server listens on IPv4 only",
+        ));
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let fd = socket(AddressFamily::Inet, SockType::Datagram, flags, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::ReusePort, &true)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?;
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 
 /// The balancer's endpoints for one port of a service: each task that has the port.

@@ -55,6 +55,49 @@ pub struct TaskEndpoint {
     pub draining: bool,
 }
 
+/// One service's traffic as the nodes' load balancers see it (`GET /v1/services/{name}/traffic`):
+/// its endpoints from the control plane, and each node's listeners with their counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceTraffic {
+    pub service: ServiceEndpoints,
+    pub listeners: Vec<ListenerTraffic>,
+    /// Nodes whose agents did not answer, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<String>,
+}
+
+/// One listener of one node: a port of a service on its virtual IP or published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ListenerTraffic {
+    pub node: String,
+    pub service: String,
+    pub port: String,
+    /// Where it listens, as `10.96.0.2:80` or `0.0.0.0:8080`.
+    pub listen: String,
+    pub counters: Counters,
+    pub endpoints: Vec<EndpointTraffic>,
+}
+
+/// How one endpoint stands in one listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EndpointTraffic {
+    pub task: String,
+    pub addr: String,
+    /// `ready`, `ejected` (failed and kept out for a while) or `draining`.
+    pub health: String,
+    pub counters: Counters,
+}
+
+/// Counts since the listener started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Counters {
+    pub requests: u64,
+    pub errors: u64,
+    pub retries: u64,
+    pub ejections: u64,
+    pub in_flight: u64,
+}
+
 /// An IPv4 block: where services' virtual IPs come from. Offsets count from its network
 /// address; offset 1 is the nodes' DNS server ([`crate::DNS_VIP`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -395,6 +395,12 @@ impl Client {
             .await
     }
 
+    /// A service's endpoints and every node's listeners of it, with their counters.
+    pub async fn traffic(&self, service: &str) -> Result<api::ServiceTraffic, ClientError> {
+        let path = format!("/v1/services/{}/traffic", segment(service, SERVICE)?);
+        self.get(&path).await
+    }
+
     /// Removes every service of a stack; answers them, now removing.
     pub async fn remove_stack(&self, stack: &str) -> Result<Vec<ServiceSummary>, ClientError> {
         self.send(

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lb::{Balancer, Config, Endpoint, Health, TcpOptions};
+use lb::{Balancer, Config, Endpoint, TcpOptions};
 use support::{PATIENCE, dead_addr};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -93,7 +93,10 @@ async fn connections_go_round_robin_around_a_dead_endpoint_and_echo() {
     );
     assert!((8..=12).contains(&a), "{seen:?}");
     let s = balancer.snapshot();
-    assert_eq!(s.endpoint("dead").unwrap().health, Health::Ejected);
+    // Ejected at its first failure; on a loaded machine the 20 connections may outlast the
+    // ejection, so its count is what is sure, not its state now.
+    let dead = s.endpoint("dead").unwrap();
+    assert!(dead.counters.ejections >= 1, "{dead:?}");
     assert_eq!(s.listener.errors, 0);
     assert!(s.listener.retries >= 1);
 }

@@ -328,6 +328,18 @@ pub async fn services(conn: &Connection, all: bool, stack: Option<&str>) -> Resu
     }
 }
 
+/// `outpost services NAME`: where the service answers and how its endpoints stand.
+pub async fn traffic(conn: &Connection, service: &str) -> Result<()> {
+    let traffic = connect(conn).await?.traffic(service).await?;
+    match conn.output {
+        Format::Json => print_json(&traffic),
+        Format::Table => {
+            println!("{}", output::traffic(&traffic));
+            Ok(())
+        }
+    }
+}
+
 pub async fn nodes(conn: &Connection, all: bool) -> Result<()> {
     let client = connect(conn).await?;
     let nodes = client.nodes().await?;

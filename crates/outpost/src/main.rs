@@ -412,6 +412,9 @@ enum Command {
     },
     /// List services; more than a screenful are counted by status unless `--all`.
     Services {
+        /// One service: its address, and each endpoint with its state and request counts as
+        /// the nodes' load balancers see them.
+        service: Option<String>,
         /// Show every service, however many.
         #[arg(long)]
         all: bool,
@@ -695,7 +698,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             commands::deploy(&conn, &files, &how).await
         }
-        Command::Services { all, stack } => commands::services(&conn, all, stack.as_deref()).await,
+        Command::Services {
+            service: Some(service),
+            ..
+        } => commands::traffic(&conn, &service).await,
+        Command::Services {
+            service: None,
+            all,
+            stack,
+        } => commands::services(&conn, all, stack.as_deref()).await,
         Command::Ps {
             service,
             node,

@@ -141,6 +141,69 @@ pub fn services(list: &[ServiceSummary]) -> String {
     trimmed(t)
 }
 
+/// A service's addresses, then each endpoint as every node's listeners see it: its state
+/// there (`ready`, `ejected`, `draining`; `-` where a node has no listener of it yet) and the
+/// requests it got from all of them.
+pub fn traffic(t: &api::ServiceTraffic) -> String {
+    let service = &t.service;
+    let mut out = Vec::new();
+    for port in &service.ports {
+        let vip = (service.vip).zip(port.service_port());
+        if let Some((ip, number)) = vip {
+            out.push(format!(
+                "{} {}: {ip}:{number} ({})",
+                service.name,
+                port.name,
+                port_kind(port)
+            ));
+        }
+        if let Some(publish) = port.publish {
+            out.push(format!(
+                "{} {}: port {publish} of every node",
+                service.name, port.name
+            ));
+        }
+    }
+    let mut rows = table(&[
+        "ENDPOINT", "NODE", "ADDRESS", "STATE", "REQUESTS", "ERRORS", "RETRIES",
+    ]);
+    for e in &service.endpoints {
+        let seen: Vec<&api::EndpointTraffic> = (t.listeners.iter())
+            .flat_map(|l| l.endpoints.iter())
+            .filter(|x| x.task == e.task)
+            .collect();
+        let mut states: Vec<&str> = seen.iter().map(|x| x.health.as_str()).collect();
+        states.sort();
+        states.dedup();
+        let sum = |f: fn(&api::Counters) -> u64| seen.iter().map(|x| f(&x.counters)).sum::<u64>();
+        let ports: Vec<String> = e.ports.iter().map(|(n, p)| format!("{n}:{p}")).collect();
+        rows.add_row(vec![
+            e.task.clone(),
+            e.node.clone(),
+            format!("{} {}", e.host, ports.join(",")),
+            if states.is_empty() {
+                "-".to_string()
+            } else {
+                states.join(",")
+            },
+            sum(|c| c.requests).to_string(),
+            sum(|c| c.errors).to_string(),
+            sum(|c| c.retries).to_string(),
+        ]);
+    }
+    out.push(trimmed(rows));
+    out.extend(t.unanswered.iter().map(|why| format!("not counted: {why}")));
+    out.join("\n")
+}
+
+fn port_kind(port: &spec::PortSpec) -> &'static str {
+    match port.protocol {
+        spec::Protocol::Http => "http",
+        spec::Protocol::Tcp => "tcp",
+        spec::Protocol::Udp => "udp",
+    }
+}
+
 pub fn tasks(list: &[Task], now: Timestamp) -> String {
     let mut t = table(&[
         "TASK", "NODE", "STATE", "READY", "RESTARTS", "QOS", "PID", "PORTS", "AGE", "MESSAGE",

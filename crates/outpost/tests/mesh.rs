@@ -114,6 +114,33 @@ fn a_service_answers_by_name_on_its_virtual_ip_and_its_published_port_from_every
         });
         assert_eq!(seen, both);
     }
+
+    // What the operator sees: where it answers, and each endpoint with its requests.
+    let traffic = dev.json(&["services", "web"]);
+    let listeners = traffic["listeners"].as_array().unwrap();
+    let listens: BTreeSet<&str> = listeners
+        .iter()
+        .map(|l| l["listen"].as_str().unwrap())
+        .collect();
+    let expected = BTreeSet::from(["10.201.1.2:80".to_string(), format!("0.0.0.0:{publish}")]);
+    assert_eq!(listens, expected.iter().map(String::as_str).collect());
+    for listener in listeners {
+        for endpoint in listener["endpoints"].as_array().unwrap() {
+            assert_eq!(endpoint["health"], "ready", "{listener}");
+            assert!(
+                endpoint["counters"]["requests"].as_u64().unwrap() >= 1,
+                "{listener}"
+            );
+        }
+    }
+    let table = dev.ok(&["services", "web"]);
+    assert!(table.contains("web http: 10.201.1.2:80 (http)"), "{table}");
+    assert!(
+        table.contains(&format!("port {publish} of every node")),
+        "{table}"
+    );
+    let rows: Vec<&str> = table.lines().filter(|l| l.contains("ready")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
 }
 
 #[test]
@@ -290,4 +317,43 @@ services:
         .filter_map(|task| Some(task.split_once('.')?.0.to_string()))
         .collect();
     assert_eq!(hops, ["shop_proxy", "shop_api", "shop_db"], "{body}");
+}
+
+#[test]
+fn a_published_port_that_is_taken_is_refused_at_deploy_or_told_by_the_node() {
+    let (dev, _) = dev_in_range(6);
+    let publish = free_port();
+    dev.deploy("web.yaml", &web(1, publish));
+    // Another service publishing the same port: refused whole, naming both.
+    let api = format!(
+        "name: api\ncommand: [\"DEMO_APP\"]\nports: [{{ name: http, publish: {publish} }}]\n"
+    );
+    let path = dev.spec_file("api.yaml", &api);
+    let err = dev.fails(&["deploy", "-f", path.to_str().unwrap()]);
+    assert!(
+        err.contains("api.ports[0].publish") && err.contains("\"web\" publishes it too"),
+        "{err}"
+    );
+    assert_eq!(dev.json(&["services"]).as_array().unwrap().len(), 1);
+
+    // Another program listening on the port: the node says it cannot serve it.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let api = format!(
+        "name: api\ncommand: [\"DEMO_APP\", \"--port\", \"${{PORT}}\"]\n\
+         ports: [{{ name: http, publish: {port} }}]\n"
+    );
+    dev.deploy("api.yaml", &api);
+    // (Its virtual IP's listener on the same port cannot be had beside that program's either.)
+    let published = format!("0.0.0.0:{port}");
+    let event = wait_for("the node to say it cannot listen", || {
+        (dev.events().into_iter()).find(|e| {
+            e["reason"] == "not-listening"
+                && e["service"] == "api"
+                && e["message"].as_str().unwrap().contains(&published)
+        })
+    });
+    let message = event["message"].as_str().unwrap();
+    assert!(message.contains("another program"), "{message}");
+    assert_eq!(event["node"], "local");
 }

@@ -136,3 +136,62 @@ pub(crate) async fn endpoints(
         services: current.services.values().map(|e| (**e).clone()).collect(),
     }))
 }
+
+/// How long a node's agent has to give its counters: one that takes longer is listed as not
+/// answering, and the others are still shown.
+const TRAFFIC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One service's endpoints and every node's listeners of it, with their counters.
+#[utoipa::path(get, path = "/v1/services/{name}/traffic",
+    params(("name" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, description = "The service's endpoints and the nodes' listeners of it", body = api::ServiceTraffic),
+        (status = 404, description = "No such service", body = api::ApiError)))]
+pub(crate) async fn traffic(
+    State(ctx): State<Server>,
+    httpd::Path(name): httpd::Path<String>,
+) -> Answer<api::ServiceTraffic> {
+    let service = ctx
+        .endpoints
+        .published
+        .borrow()
+        .services
+        .get(&name)
+        .cloned();
+    let service = service.ok_or_else(|| crate::answer::no_service(&name))?;
+    let nodes: Vec<(String, String)> = ctx.state.read(|s| {
+        (s.nodes.iter())
+            .filter(|(_, n)| !n.state.is_lost())
+            .map(|(name, n)| (name.clone(), n.address.clone()))
+            .collect()
+    });
+    let asks = nodes.into_iter().map(|(node, address)| {
+        // Service names are DNS labels joined by `_`: nothing to escape in a query.
+        let request = (ctx
+            .http
+            .get(format!("{address}/v1/agent/traffic?service={name}")))
+        .bearer_auth(&ctx.token)
+        .timeout(TRAFFIC_WAIT);
+        async move {
+            let answer = match request.send().await {
+                Ok(r) if r.status().is_success() => r.json::<Vec<api::ListenerTraffic>>().await,
+                Ok(r) => return Err(format!("{node}: its agent answered {}", r.status())),
+                Err(e) => Err(e),
+            };
+            answer.map_err(|e| format!("{node}: cannot reach its agent at {address}: {e}"))
+        }
+    });
+    let mut listeners = Vec::new();
+    let mut unanswered = Vec::new();
+    for answer in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(mine) => listeners.extend(mine),
+            Err(why) => unanswered.push(why),
+        }
+    }
+    Ok(Json(api::ServiceTraffic {
+        service: (*service).clone(),
+        listeners,
+        unanswered,
+    }))
+}

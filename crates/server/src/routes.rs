@@ -74,6 +74,7 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(list_services, deploy))
         .routes(routes!(get_service, remove_service))
         .routes(routes!(scale))
+        .routes(routes!(crate::endpoints::traffic))
         .routes(routes!(crate::stacks::remove_stack))
         .routes(routes!(crate::rollouts::get_rollout))
         .routes(routes!(crate::rollouts::pause))

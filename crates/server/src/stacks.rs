@@ -24,6 +24,7 @@ pub(crate) fn check(s: &store::State, req: &DeployRequest) -> Result<(), Fail> {
         other_owners(s, &req.services)
     };
     let mut problems = node_names(s, &req.services);
+    problems.extend(published_clashes(s, &req.services));
     let deployed: BTreeMap<&str, &ServiceSpec> = (s.services.iter())
         .filter(|(_, svc)| !svc.removing)
         .map(|(name, svc)| (name.as_str(), &svc.spec))
@@ -53,6 +54,53 @@ pub(crate) fn check(s: &store::State, req: &DeployRequest) -> Result<(), Fail> {
         ));
     }
     Ok(())
+}
+
+/// Published ports another service already takes on every node: published too, or as a fixed
+/// TCP host port (which the routing mesh's listener on every address would take from it).
+fn published_clashes(s: &store::State, specs: &[ServiceSpec]) -> Vec<Problem> {
+    let replaced: BTreeSet<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
+    let deployed = (s.services.values())
+        .filter(|svc| !svc.removing && !replaced.contains(svc.spec.name.as_str()))
+        .map(|svc| &svc.spec);
+    let everyone: Vec<&ServiceSpec> = deployed.chain(specs).collect();
+    let mut problems = Vec::new();
+    for spec in specs {
+        for (i, port) in spec.ports.iter().enumerate() {
+            let Some(publish) = port.publish else {
+                continue;
+            };
+            let taken = everyone
+                .iter()
+                .filter(|other| other.name != spec.name)
+                .find_map(|other| {
+                    other
+                        .ports
+                        .iter()
+                        .find_map(|p| {
+                            let tcp = !p.protocol.is_udp();
+                            if p.publish == Some(publish) {
+                                Some(format!("publishes it too (port {:?})", p.name))
+                            } else if tcp && p.host_port == Some(publish) {
+                                Some(format!("binds it as a fixed host port (port {:?})", p.name))
+                            } else {
+                                None
+                            }
+                        })
+                        .map(|how| (other.name.clone(), how))
+                });
+            if let Some((other, how)) = taken {
+                problems.push(Problem {
+                    path: format!("{}.ports[{i}].publish", spec.name),
+                    message: format!(
+                        "port {publish} is published on every node, and service {other:?} {how}: \
+                         publish another port"
+                    ),
+                });
+            }
+        }
+    }
+    problems
 }
 
 /// The specs that would replace a service of the same name deployed in another stack, or in
