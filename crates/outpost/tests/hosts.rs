@@ -540,3 +540,80 @@ fn a_partitioned_leader_is_replaced_and_no_acknowledged_write_is_lost() {
         assert!(!seen.contains(&9_000), "the refused write was applied");
     }
 }
+
+/// Two replicas behind a published HTTP port, one per agent.
+const PUBLISHED_WEB: &str = r#"
+name: web
+replicas: 2
+command: ["/demo-app", "--port", "${PORT}"]
+ports: [{ name: http, publish: 8080, protocol: http }]
+readiness: { tcp: { port: http }, period: 200ms }
+"#;
+
+#[test]
+fn a_node_killed_under_steady_load_through_the_mesh_costs_no_failed_request() {
+    let Some(mut site) = Site::new("mesh", "s1") else {
+        return;
+    };
+    site.agent("a1");
+    site.agent("a2");
+    site.deploy(PUBLISHED_WEB);
+    let a1 = site.host("a1").ip;
+    wait_within(
+        HOST_PATIENCE,
+        "a replica on each node, both answering on a1",
+        || {
+            let tasks = site.ps("web");
+            let spread = ready_on(&tasks, "a1").len() == 1 && ready_on(&tasks, "a2").len() == 1;
+            let answering: BTreeSet<String> = (0..6)
+                .filter_map(|_| greeting(a1, 8080))
+                .filter_map(|g| {
+                    g.split_whitespace()
+                        .find(|w| w.starts_with("web."))
+                        .map(str::to_string)
+                })
+                .collect();
+            (spread && answering.len() == 2).then_some(())
+        },
+    );
+
+    // A steady load on a1's published port, one request every 10 ms, while a2 dies.
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::<(Instant, bool)>::new()));
+    let load = {
+        let (stop, outcomes) = (stop.clone(), outcomes.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let ok = greeting(a1, 8080).is_some();
+                outcomes.lock().unwrap().push((Instant::now(), ok));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let count = || outcomes.lock().unwrap().len();
+    wait_within(HOST_PATIENCE, "requests before the kill", || {
+        (count() >= 50).then_some(())
+    });
+    site.host("a2").kill();
+    let killed = Instant::now();
+    site.wait_node("a2", "down");
+    let down_after = killed.elapsed();
+    let at_down = count();
+    wait_within(HOST_PATIENCE, "requests after a2 is down", || {
+        (count() >= at_down + 100).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    let outcomes = outcomes.lock().unwrap();
+    let failed = outcomes.iter().filter(|(_, ok)| !ok).count();
+    let slowest = (outcomes.windows(2))
+        .filter(|w| w[0].0 >= killed)
+        .map(|w| w[1].0 - w[0].0)
+        .max();
+    println!(
+        "{} requests, {failed} failed; a2 down {down_after:?} after the kill; longest gap \
+         between answers after it {slowest:?}",
+        outcomes.len()
+    );
+    assert_eq!(failed, 0, "no request failed while a2 died");
+}
