@@ -50,9 +50,16 @@ pub const DOMAIN: &str = "outpost";
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// What tasks started on this node are told of the mesh: its DNS server, and the services'
-/// addresses at the time they start. Shared by the mesh (which writes it) and the supervisors.
-#[derive(Debug, Clone, Default)]
-pub struct MeshView(Arc<RwLock<View>>);
+/// addresses at the time they start. Shared by the mesh (which writes it) and the supervisors,
+/// which tell it at once when a task here stops serving ([`MeshView::note_local`]).
+#[derive(Debug, Clone)]
+pub struct MeshView(Arc<RwLock<View>>, Arc<watch::Sender<u64>>);
+
+impl Default for MeshView {
+    fn default() -> MeshView {
+        MeshView(Arc::default(), Arc::new(watch::channel(0).0))
+    }
+}
 
 #[derive(Debug, Default)]
 struct View {
@@ -62,6 +69,10 @@ struct View {
     services: Vec<(String, Option<String>, SocketAddr)>,
     /// Every listener: where, the service and port it serves, its balancer.
     listeners: Vec<(SocketAddr, Serves, Arc<Balancer>)>,
+    /// Whether each task of this node serves (runs and is ready), as its supervisor last said:
+    /// one that stops is taken out of every listener here at once, before the control plane
+    /// has heard of it.
+    local: HashMap<String, bool>,
 }
 
 impl MeshView {
@@ -85,6 +96,18 @@ impl MeshView {
             }
         }
         vars
+    }
+
+    /// What a supervisor saw of its task: whether it serves now.
+    pub fn note_local(&self, task: &str, serving: bool) {
+        let before = self.write().local.insert(task.to_string(), serving);
+        if before != Some(serving) {
+            self.1.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn serves_here(&self, task: &str) -> Option<bool> {
+        self.read().local.get(task).copied()
     }
 
     /// The node's listeners of `service` (of every service without one) and their counters.
@@ -212,16 +235,27 @@ impl Mesh {
         self.start_dns(self.range).await;
         let mut index = 0;
         let mut retry = Retry::default();
+        let mut local = self.view.1.subscribe();
+        let mut last: Option<EndpointList> = None;
         loop {
             let answer = tokio::select! {
-                answer = self.client.endpoints(index, WATCH_WAIT) => answer,
+                answer = self.client.endpoints(index, WATCH_WAIT) => Some(answer),
+                // A task here stopped serving (or serves again): the last list, seen anew.
+                Ok(()) = local.changed() => None,
                 _ = stop.wait_for(|s| *s) => break,
+            };
+            let Some(answer) = answer else {
+                if let Some(list) = &last {
+                    self.apply(list).await;
+                }
+                continue;
             };
             match answer {
                 Ok(list) => {
                     retry.reset();
                     index = list.index;
                     self.apply(&list).await;
+                    last = Some(list);
                 }
                 Err(e) => {
                     tracing::debug!("endpoint list: {e}; serving the last one meanwhile");
@@ -312,9 +346,16 @@ impl Mesh {
         let listeners = (self.listeners.iter())
             .map(|(addr, l)| (*addr, l.serves.clone(), Arc::clone(&l.balancer)))
             .collect();
+        let here: std::collections::HashSet<&str> = (list.services.iter())
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.node == self.node)
+            .map(|e| e.task.as_str())
+            .collect();
         let mut view = self.view.write();
         view.services = service_addrs(&list.services);
         view.listeners = listeners;
+        // What the list no longer names needs no word from here.
+        view.local.retain(|task, _| here.contains(task.as_str()));
     }
 
     /// Where a port is listened on here: its virtual IP, and every address when published.
@@ -335,7 +376,7 @@ impl Mesh {
             http: port.protocol == Protocol::Http,
             balance: service.load_balancer.clone(),
         };
-        let endpoints = endpoints(service, &port.name);
+        let endpoints = endpoints(service, &port.name, &self.node, &self.view);
         if let Some(listener) = self.listeners.get(&addr) {
             if listener.serves == serves {
                 listener.balancer.update(&endpoints);
@@ -440,9 +481,11 @@ fn udp_shared(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 
-/// The balancer's endpoints for one port of a service: each task that has the port.
-fn endpoints(service: &ServiceEndpoints, port: &str) -> Vec<Endpoint> {
+/// The balancer's endpoints for one port of a service: each task that has the port, but a
+/// task of this node (`node`) whose supervisor says it stopped serving: it knows first.
+fn endpoints(service: &ServiceEndpoints, port: &str, node: &str, view: &MeshView) -> Vec<Endpoint> {
     (service.endpoints.iter())
+        .filter(|e| e.node != node || view.serves_here(&e.task) != Some(false))
         .filter_map(|e: &TaskEndpoint| {
             let number = *e.ports.get(port)?;
             Some(Endpoint {
@@ -605,7 +648,8 @@ mod tests {
 
     #[test]
     fn endpoints_carry_the_ports_host_port_and_drain_while_stopping() {
-        let got = endpoints(&service("db", None), "pg");
+        let view = MeshView::default();
+        let got = endpoints(&service("db", None), "pg", "a", &view);
         let summary: Vec<(String, EndpointState)> =
             got.iter().map(|e| (e.addr.to_string(), e.state)).collect();
         assert_eq!(
@@ -615,7 +659,34 @@ mod tests {
                 ("10.0.0.2:20002".to_string(), EndpointState::Draining),
             ]
         );
-        assert!(endpoints(&service("db", None), "other").is_empty());
+        assert!(endpoints(&service("db", None), "other", "a", &view).is_empty());
+    }
+
+    #[test]
+    fn a_task_here_that_stops_serving_leaves_at_once_and_one_elsewhere_waits_for_the_list() {
+        let view = MeshView::default();
+        let mut changed = view.1.subscribe();
+        let db = service("db", None);
+        view.note_local("db.1.1", false);
+        assert!(changed.has_changed().unwrap());
+        changed.mark_unchanged();
+        let on_a: Vec<String> = (endpoints(&db, "pg", "a", &view).iter())
+            .map(|e| e.id.clone())
+            .collect();
+        assert_eq!(
+            on_a,
+            ["db.2.1"],
+            "db.1.1 runs here and its supervisor said so"
+        );
+        assert_eq!(
+            endpoints(&db, "pg", "b", &view).len(),
+            2,
+            "a node's word counts for its own tasks only"
+        );
+        view.note_local("db.1.1", false);
+        assert!(!changed.has_changed().unwrap(), "no news, no wake");
+        view.note_local("db.1.1", true);
+        assert_eq!(endpoints(&db, "pg", "a", &view).len(), 2);
     }
 
     #[test]

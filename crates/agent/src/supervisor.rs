@@ -200,6 +200,7 @@ fn report_raw(
         node: Some(shared.node.clone()),
         message: message.unwrap_or_default(),
     };
+    shared.mesh.note_local(id, false);
     let _ = shared.updates.send(Update {
         status: Some(status),
         events: vec![event],
@@ -724,6 +725,8 @@ impl Supervisor {
         for e in &events {
             tracing::info!(task = self.id(), reason = e.reason, "{}", e.message);
         }
+        let serving = status.state == TaskState::Running && status.ready;
+        self.shared.mesh.note_local(self.id(), serving);
         let _ = self.shared.updates.send(Update {
             status: Some(status),
             events,
