@@ -233,39 +233,35 @@ impl Mesh {
     /// Serves the mesh until `stop` is set.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         self.start_dns(self.range).await;
-        let mut index = 0;
-        let mut retry = Retry::default();
+        // The blocking query runs on its own, never cancelled by what happens here: a query
+        // dropped mid-wait would cost its connection, and a new one may be what the node's
+        // heartbeat needs when descriptors run short.
+        let (answers_tx, mut answers) = mpsc::channel(1);
+        let watcher = tokio::spawn(watch_endpoints(self.client.clone(), answers_tx));
         let mut local = self.view.1.subscribe();
+        // The whole list as this node knows it, brought up to date with each answer.
         let mut last: Option<EndpointList> = None;
         loop {
-            let answer = tokio::select! {
-                answer = self.client.endpoints(index, WATCH_WAIT) => Some(answer),
-                // A task here stopped serving (or serves again): the last list, seen anew.
-                Ok(()) = local.changed() => None,
+            let event = tokio::select! {
+                Some(answer) = answers.recv() => Event::Answer(answer),
+                Ok(()) = local.changed() => Event::Local,
                 _ = stop.wait_for(|s| *s) => break,
             };
-            let Some(answer) = answer else {
-                if let Some(list) = &last {
-                    self.apply(list).await;
-                }
-                continue;
-            };
-            match answer {
-                Ok(list) => {
-                    retry.reset();
-                    index = list.index;
+            match event {
+                Event::Answer(answer) => {
+                    let list = merge(last.take(), answer);
                     self.apply(&list).await;
                     last = Some(list);
                 }
-                Err(e) => {
-                    tracing::debug!("endpoint list: {e}; serving the last one meanwhile");
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry.next_delay()) => {}
-                        _ = stop.wait_for(|s| *s) => break,
+                // A task here stopped serving (or serves again): the last list, seen anew.
+                Event::Local => {
+                    if let Some(list) = &last {
+                        self.apply(list).await;
                     }
                 }
             }
         }
+        watcher.abort();
         for listener in self.listeners.values() {
             listener.stop.send_replace(true);
         }
@@ -444,6 +440,52 @@ impl Mesh {
             memory_pressure: None,
         });
     }
+}
+
+/// What wakes the mesh.
+enum Event {
+    Answer(EndpointList),
+    Local,
+}
+
+/// Holds the endpoint query, sending each answer on, until `answers` closes. While no server
+/// answers it tries again with the agent's backoff; the mesh serves its last list meanwhile.
+async fn watch_endpoints(client: Client, answers: mpsc::Sender<EndpointList>) {
+    let mut index = 0;
+    let mut retry = Retry::default();
+    loop {
+        match client.endpoints(index, WATCH_WAIT).await {
+            Ok(answer) => {
+                retry.reset();
+                index = answer.index;
+                if answers.send(answer).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!("endpoint list: {e}; serving the last one meanwhile");
+                tokio::time::sleep(retry.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// The list `known` brought up to date with `answer`: replaced by a whole list, or changed by
+/// the services it names and removes.
+fn merge(known: Option<EndpointList>, answer: EndpointList) -> EndpointList {
+    let Some(mut list) = known.filter(|_| !answer.full) else {
+        return answer;
+    };
+    let changed: HashMap<&str, &ServiceEndpoints> = (answer.services.iter())
+        .map(|s| (s.name.as_str(), s))
+        .collect();
+    list.services
+        .retain(|s| !changed.contains_key(s.name.as_str()) && !answer.removed.contains(&s.name));
+    list.services.extend(answer.services.iter().cloned());
+    list.services.sort_by(|a, b| a.name.cmp(&b.name));
+    list.index = answer.index;
+    list.service_range = answer.service_range;
+    list
 }
 
 /// A listening socket that may share its port with a listener on another address of it: a
@@ -687,6 +729,31 @@ mod tests {
         assert!(!changed.has_changed().unwrap(), "no news, no wake");
         view.note_local("db.1.1", true);
         assert_eq!(endpoints(&db, "pg", "a", &view).len(), 2);
+    }
+
+    #[test]
+    fn a_partial_answer_changes_only_what_it_names() {
+        let list = |full, services: Vec<ServiceEndpoints>, removed: Vec<&str>| EndpointList {
+            index: 1,
+            service_range: ServiceRange::DEFAULT,
+            full,
+            services,
+            removed: removed.into_iter().map(str::to_string).collect(),
+        };
+        let known = list(true, vec![service("a", None), service("b", None)], vec![]);
+        let mut changed = service("b", None);
+        changed.endpoints.clear();
+        let answer = list(false, vec![changed.clone(), service("c", None)], vec!["a"]);
+        let merged = merge(Some(known.clone()), answer);
+        let names: Vec<&str> = merged.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        assert_eq!(merged.services[0], changed);
+        let whole = merge(Some(known), list(true, vec![service("z", None)], vec![]));
+        assert_eq!(
+            whole.services.len(),
+            1,
+            "a whole list replaces what was known"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// The endpoint list, whole.
+/// The endpoint list, or what changed in it since the index asked with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EndpointList {
     /// Changes when the list does: pass it back as `?index=` to wait for the next change.
@@ -17,7 +17,13 @@ pub struct EndpointList {
     /// The block virtual IPs come from, as `10.96.0.0/16`.
     #[schema(value_type = String)]
     pub service_range: ServiceRange,
+    /// `services` is every service; otherwise it holds only those that changed since the index
+    /// asked with, and `removed` those that went: a change of one service costs each of
+    /// thousands of nodes that service, not the whole list.
+    pub full: bool,
     pub services: Vec<ServiceEndpoints>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
 }
 
 /// One service as the load balancer serves it.

@@ -1,7 +1,8 @@
 //! Services finding each other, through the real binary: a service answers by name on its
 //! virtual IP and on its published port on the node, from every ready replica; a process task
 //! resolves it with glibc; traffic follows readiness and scale-down; a replica SIGKILLed under
-//! a steady load costs no request; three containers of a Compose file call each other by name.
+//! a steady load costs no request; three containers of a Compose file call each other by name;
+//! a taken published port is refused or reported; a consistent hash keeps a user on a replica.
 //!
 //! Each test gives its cluster a service range of its own: the node's listeners share their
 //! ports (SO_REUSEPORT) with those of another cluster on the same host and range.
@@ -39,12 +40,17 @@ fn web(replicas: u32, publish: u16) -> String {
 
 /// `GET path` on `addr`: the status code and body; `None` when the connection fails.
 fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    get_with(addr, path, "")
+}
+
+/// `GET path` with extra header lines (each ending in `\r\n`).
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: web\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut out = String::new();
@@ -141,6 +147,25 @@ fn a_service_answers_by_name_on_its_virtual_ip_and_its_published_port_from_every
     );
     let rows: Vec<&str> = table.lines().filter(|l| l.contains("ready")).collect();
     assert_eq!(rows.len(), 2, "{table}");
+
+    // Another service comes and goes: the node serves it, then no more (the node is told
+    // only what changed since the list it has).
+    let api_port = free_port();
+    dev.deploy(
+        "api.yaml",
+        &web(1, api_port).replace("name: web", "name: api"),
+    );
+    let api_vip = wait_for("api.outpost to resolve", || resolve(dns, "api.outpost"));
+    assert_eq!(api_vip, Ipv4Addr::new(10, 201, 1, 3));
+    let api = SocketAddr::from(([127, 0, 0, 1], api_port));
+    wait_for("api to answer on its published port", || get(api, "/"));
+    dev.ok(&["rm", "api"]);
+    wait_for("api's name and port to be gone", || {
+        let gone = resolve(dns, "api.outpost").is_none() && TcpStream::connect(api).is_err();
+        gone.then_some(())
+    });
+    assert_eq!(resolve(dns, "web.outpost"), Some(vip), "web stays");
+    assert_eq!(answering(SocketAddr::from((vip, 80)), 4).len(), 2);
 }
 
 #[test]
@@ -356,4 +381,38 @@ fn a_published_port_that_is_taken_is_refused_at_deploy_or_told_by_the_node() {
     let message = event["message"].as_str().unwrap();
     assert!(message.contains("another program"), "{message}");
     assert_eq!(event["node"], "local");
+}
+
+#[test]
+fn a_consistent_hash_on_a_header_keeps_each_user_on_one_replica() {
+    let (dev, _) = dev_in_range(7);
+    let publish = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], publish));
+    let spec =
+        web(3, publish) + "load_balancer: { algorithm: consistent_hash, hash_on: header:X-User }\n";
+    dev.deploy("web.yaml", &spec);
+    dev.wait_ready("web", 3);
+    let served = |user: &str| -> BTreeSet<String> {
+        (0..8)
+            .filter_map(|_| get_with(addr, "/", &format!("X-User: {user}\r\n")))
+            .filter_map(|(code, body)| (code == 200).then(|| answered_by(&body)).flatten())
+            .collect()
+    };
+    // Every replica in the listener first, so the users' places are settled.
+    let published = format!("0.0.0.0:{publish}");
+    wait_for("the published listener to hold all three replicas", || {
+        let traffic = dev.json(&["services", "web"]);
+        let listeners = traffic["listeners"].as_array()?.clone();
+        let mine = listeners
+            .iter()
+            .find(|l| l["listen"] == published.as_str())?;
+        (mine["endpoints"].as_array()?.len() == 3).then_some(())
+    });
+    let mut places = BTreeSet::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let replicas = served(user);
+        assert_eq!(replicas.len(), 1, "{user} went to {replicas:?}");
+        places.extend(replicas);
+    }
+    assert!(places.len() >= 2, "six users on one replica: {places:?}");
 }

@@ -3,9 +3,10 @@
 //! Each server keeps it ready-made, per service, and changes it only where the state machine
 //! says a batch touched a service or its tasks ([`store::StateHandle::take_changed_services`]):
 //! a report of one task recomputes that task's service, not the cluster's 100,000 tasks, and
-//! the thousands of agents holding the blocking query read one shared copy. Its index moves
-//! only when the list really changed (a report that changed a task's restart count but not its
-//! readiness wakes nobody).
+//! the thousands of agents holding the blocking query read one shared copy and are sent only
+//! the services that changed since the index they hold. Its index moves only when the list
+//! really changed (a report that changed a task's restart count but not its readiness wakes
+//! nobody).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,12 +21,54 @@ use crate::Server;
 use crate::answer::{Answer, Json};
 use crate::routes::{WaitQuery, wait_of};
 
+/// Removed services remembered, so that a node can be told which went: past this many the
+/// oldest are forgotten, and a node asking from before them gets the whole list.
+const MAX_REMOVED: usize = 10_000;
+
 /// The list as last computed.
 #[derive(Debug, Default)]
 pub struct Published {
     /// The applied index at which the list last changed; 0 before the first computation.
     pub index: u64,
-    pub services: BTreeMap<String, Arc<ServiceEndpoints>>,
+    /// Each service's endpoints, with the index at which they last changed.
+    pub services: BTreeMap<String, (u64, Arc<ServiceEndpoints>)>,
+    /// Services removed, with the index at which they went.
+    removed: BTreeMap<String, u64>,
+    /// What changed after this index can be told as changes; from an earlier one, only the
+    /// whole list is sure (removals before it were forgotten).
+    since: u64,
+}
+
+impl Published {
+    /// What a node that has the list at `index` needs: the whole list (`None`), or the
+    /// services changed and removed since.
+    fn since(&self, index: u64) -> Option<(Vec<ServiceEndpoints>, Vec<String>)> {
+        if index == 0 || index < self.since {
+            return None;
+        }
+        let changed = (self.services.values())
+            .filter(|(at, _)| *at > index)
+            .map(|(_, e)| (**e).clone())
+            .collect();
+        let removed = (self.removed.iter())
+            .filter(|(_, at)| **at > index)
+            .map(|(name, _)| name.clone())
+            .collect();
+        Some((changed, removed))
+    }
+
+    fn remove(&mut self, name: &str, index: u64) {
+        self.services.remove(name);
+        self.removed.insert(name.to_string(), index);
+        if self.removed.len() > MAX_REMOVED
+            && let Some((oldest, at)) = (self.removed.iter())
+                .min_by_key(|(_, at)| **at)
+                .map(|(n, at)| (n.clone(), *at))
+        {
+            self.removed.remove(&oldest);
+            self.since = self.since.max(at);
+        }
+    }
 }
 
 /// A server's endpoint list: shared, read by the route, written by [`publish`].
@@ -59,11 +102,16 @@ impl Endpoints {
         names: impl IntoIterator<Item = &'a String>,
     ) {
         let current = self.published.borrow().clone();
-        let mut services = current.services.clone();
+        let mut next = Published {
+            index: current.index,
+            services: current.services.clone(),
+            removed: current.removed.clone(),
+            since: current.since,
+        };
         let moved = state.read(|s| {
             let names: Vec<String> = if all {
                 let mut every: Vec<String> = s.services.keys().cloned().collect();
-                every.extend(services.keys().cloned());
+                every.extend(next.services.keys().cloned());
                 every
             } else {
                 names.into_iter().cloned().collect()
@@ -71,23 +119,24 @@ impl Endpoints {
             let mut moved = false;
             for name in names {
                 let now = s.endpoints_of(&name, &self.range);
-                let before = services.get(&name).map(|e| e.as_ref());
+                let before = next.services.get(&name).map(|(_, e)| e.as_ref());
                 if now.as_ref() == before {
                     continue;
                 }
                 moved = true;
                 match now {
-                    Some(now) => services.insert(name, Arc::new(now)),
-                    None => services.remove(&name),
-                };
+                    Some(now) => {
+                        next.removed.remove(&name);
+                        next.services.insert(name, (s.index, Arc::new(now)));
+                    }
+                    None => next.remove(&name, s.index),
+                }
             }
             moved.then_some(s.index)
         });
         if let Some(index) = moved.or((current.index == 0).then(|| state.applied_index())) {
-            self.published.send_replace(Arc::new(Published {
-                index: index.max(1),
-                services,
-            }));
+            next.index = index.max(1);
+            self.published.send_replace(Arc::new(next));
         }
     }
 }
@@ -130,10 +179,19 @@ pub(crate) async fn endpoints(
         }
     }
     let current = published.borrow().clone();
+    let (full, services, removed) = match current.since(q.index) {
+        Some((changed, removed)) => (false, changed, removed),
+        None => {
+            let every = current.services.values().map(|(_, e)| (**e).clone());
+            (true, every.collect(), Vec::new())
+        }
+    };
     Ok(Json(EndpointList {
         index: current.index,
         service_range: ctx.endpoints.range(),
-        services: current.services.values().map(|e| (**e).clone()).collect(),
+        full,
+        services,
+        removed,
     }))
 }
 
@@ -157,7 +215,7 @@ pub(crate) async fn traffic(
         .borrow()
         .services
         .get(&name)
-        .cloned();
+        .map(|(_, e)| Arc::clone(e));
     let service = service.ok_or_else(|| crate::answer::no_service(&name))?;
     let nodes: Vec<(String, String)> = ctx.state.read(|s| {
         (s.nodes.iter())
@@ -194,4 +252,57 @@ pub(crate) async fn traffic(
         listeners,
         unanswered,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str) -> Arc<ServiceEndpoints> {
+        Arc::new(ServiceEndpoints {
+            name: name.into(),
+            stack: None,
+            vip: None,
+            ports: Vec::new(),
+            load_balancer: spec::LoadBalancerSpec::default(),
+            drain_ms: 0,
+            endpoints: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_node_is_told_what_changed_since_its_index_or_everything_when_too_far_behind() {
+        let mut p = Published {
+            index: 30,
+            services: BTreeMap::from([
+                ("a".to_string(), (10, service("a"))),
+                ("b".to_string(), (20, service("b"))),
+            ]),
+            ..Published::default()
+        };
+        p.remove("c", 30);
+        let names = |(changed, removed): (Vec<ServiceEndpoints>, Vec<String>)| {
+            let changed: Vec<String> = changed.into_iter().map(|s| s.name).collect();
+            (changed, removed)
+        };
+        assert_eq!(
+            p.since(0),
+            None,
+            "a node that knows nothing gets everything"
+        );
+        assert_eq!(
+            p.since(15).map(names),
+            Some((vec!["b".to_string()], vec!["c".to_string()]))
+        );
+        assert_eq!(p.since(30).map(names), Some((vec![], vec![])));
+
+        // Past the removals kept, the oldest is forgotten and those behind it get everything.
+        for i in 0..MAX_REMOVED {
+            p.remove(&format!("gone-{i}"), 40 + i as u64);
+        }
+        assert_eq!(p.removed.len(), MAX_REMOVED);
+        assert_eq!(p.since, 30);
+        assert_eq!(p.since(29), None);
+        assert!(p.since(30).is_some());
+    }
 }

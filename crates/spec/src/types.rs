@@ -588,10 +588,11 @@ impl PortSpec {
     }
 
     /// The port the service answers on at its virtual IP: what its tasks listen on
-    /// (`container_port`), else its fixed `host_port`, else its published port. `None` for a
-    /// port known only by name, reached through `OUTPOST_SERVICE_<NAME>_ADDR` instead.
+    /// (`container_port`), else its published port. Never a fixed `host_port`: the node's
+    /// listener on it would take the port from the task that binds it there. `None` for a port
+    /// known only by name or host port, reached through its tasks' addresses instead.
     pub fn service_port(&self) -> Option<u16> {
-        self.container_port.or(self.host_port).or(self.publish)
+        self.container_port.or(self.publish)
     }
 
     /// The variable that carries this port's host port into a task: `OUTPOST_PORT_<NAME>`,
