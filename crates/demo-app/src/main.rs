@@ -17,6 +17,9 @@
 //! Flags: `--port N` (default: `$PORT`, else 8080), `--exit-after MS` and `--exit-code N` (exit
 //! on a timer, for restart-policy tests), `--delay-ready MS` (bind the port late, for readiness
 //! tests), `--alloc-mb N` (hold N MiB of touched memory, for memory-limit tests),
+//! `--keep-alive SECS` (serve the requests of an HTTP/1.1 connection one after another until
+//! the client asks to close or is silent for SECS; without it each connection gets one answer
+//! and is closed, which clients that read to the end rely on; `bench/lb` uses it),
 //! `--require-file PATH` or `--require-file-env VAR` (the path in `$VAR`, as a database reads
 //! `POSTGRES_PASSWORD_FILE`): refuse to start, exit 1, unless that file can be read and is not
 //! empty; its contents are never printed.
@@ -42,6 +45,7 @@ struct Options {
     alloc_mb: usize,
     require_file: Option<String>,
     upstream: Option<String>,
+    keep_alive: Option<Duration>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Options, String> {
         alloc_mb: 0,
         require_file: None,
         upstream: None,
+        keep_alive: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -77,6 +82,10 @@ fn parse_args() -> Result<Options, String> {
             }
             "--delay-ready" => opts.delay_ready = Duration::from_millis(number("milliseconds")?),
             "--alloc-mb" => opts.alloc_mb = number("a size in MiB")? as usize,
+            "--keep-alive" => {
+                let secs = number("a number of seconds")?;
+                opts.keep_alive = (secs > 0).then(|| Duration::from_secs(secs));
+            }
             "--require-file" => opts.require_file = Some(value),
             "--upstream" => opts.upstream = Some(value),
             "--require-file-env" => {
@@ -86,7 +95,7 @@ fn parse_args() -> Result<Options, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready, --alloc-mb, --require-file, --require-file-env, --upstream"
+                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready, --alloc-mb, --keep-alive, --require-file, --require-file-env, --upstream"
                 ));
             }
         }
@@ -165,12 +174,13 @@ fn main() {
     let sick = Arc::new(AtomicBool::new(false));
     let required: Arc<Option<String>> = Arc::new(required);
     let upstream: Arc<Option<String>> = Arc::new(opts.upstream);
+    let keep_alive = opts.keep_alive;
     for stream in listener.incoming().flatten() {
         let sick = sick.clone();
         let required = required.clone();
         let upstream = upstream.clone();
         std::thread::spawn(move || {
-            if let Err(e) = serve(stream, &sick, &required, &upstream) {
+            if let Err(e) = serve(stream, &sick, &required, &upstream, keep_alive) {
                 eprintln!("demo-app: connection error: {e}");
             }
         });
@@ -196,23 +206,76 @@ fn require_file(path: &str) -> String {
     }
 }
 
+/// How long a client has to send a request on a connection that is not kept alive.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Answers the requests of one connection: one, or with `keep_alive` each in turn until the
+/// client closes, asks to close, speaks HTTP/1.0 or is silent that long.
 fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     sick: &AtomicBool,
     required: &Option<String>,
     upstream: &Option<String>,
+    keep_alive: Option<Duration>,
 ) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(keep_alive.unwrap_or(REQUEST_TIMEOUT)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Drain the headers; bodies are not used by any endpoint.
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
+    let mut writer = stream;
+    let mut answered = 0u64;
+    loop {
+        let mut request_line = String::new();
+        match reader.read_line(&mut request_line) {
+            // The client closed between two requests, or connected and sent nothing.
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A kept-alive client silent for the whole idle time is done, not in error.
+            Err(e) if answered > 0 && is_timeout(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let mut close = keep_alive.is_none() || !request_line.trim_end().ends_with("HTTP/1.1");
+        // Drain the headers, minding `Connection: close`; bodies are not used by any endpoint.
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 2 {
+            if let Some((name, value)) = line.split_once(':')
+                && name.trim().eq_ignore_ascii_case("connection")
+                && value.trim().eq_ignore_ascii_case("close")
+            {
+                close = true;
+            }
+            line.clear();
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let (status, body) = answer(path, sick, required, upstream);
+        // One write per answer: headers and body written apart would wait on Nagle's
+        // algorithm for the client's delayed ACK on a kept-alive connection.
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+            body.len(),
+            if close { "close" } else { "keep-alive" },
+        );
+        writer.write_all(response.as_bytes())?;
+        answered += 1;
+        if close {
+            return writer.flush();
+        }
     }
-    let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-    let (status, body) = match path {
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// The status line and body for `path`.
+fn answer(
+    path: &str,
+    sick: &AtomicBool,
+    required: &Option<String>,
+    upstream: &Option<String>,
+) -> (&'static str, String) {
+    match path {
         "/healthz" if sick.load(Ordering::SeqCst) => {
             ("503 Service Unavailable", "unhealthy\n".to_string())
         }
@@ -241,13 +304,7 @@ fn serve(
             }
         }
         _ => ("404 Not Found", "not found\n".to_string()),
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
+    }
 }
 
 /// `GET /` of `upstream` (`HOST:PORT`): its body, or why there is none.
