@@ -43,6 +43,11 @@ use crate::supervisor::Update;
 /// How long one endpoint query waits on the server before it answers unchanged.
 const WATCH_WAIT: Duration = Duration::from_secs(25);
 
+/// How long a replica has to accept a connection before the next one is tried: 300 ms, as the
+/// nodes of a site answer within milliseconds and this is what a request pays when the node of
+/// its first pick has just died (measured: a 1 s timeout showed as a 1 s answer).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// The zone the node's DNS server answers for.
 pub const DOMAIN: &str = "outpost";
 
@@ -404,10 +409,15 @@ impl Mesh {
         };
         let b = Arc::clone(&balancer);
         if serves.http {
-            tokio::spawn(lb::serve_http(socket, b, lb::HttpOptions::default(), until));
+            let options = lb::HttpOptions {
+                connect_timeout: CONNECT_TIMEOUT,
+                ..lb::HttpOptions::default()
+            };
+            tokio::spawn(lb::serve_http(socket, b, options, until));
         } else {
             let options = lb::TcpOptions {
                 proxy_protocol: serves.balance.proxy_protocol,
+                connect_timeout: CONNECT_TIMEOUT,
                 ..lb::TcpOptions::default()
             };
             tokio::spawn(lb::serve_tcp(socket, b, options, until));
