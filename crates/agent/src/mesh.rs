@@ -58,11 +58,18 @@ const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// addresses at the time they start. Shared by the mesh (which writes it) and the supervisors,
 /// which tell it at once when a task here stops serving ([`MeshView::note_local`]).
 #[derive(Debug, Clone)]
-pub struct MeshView(Arc<RwLock<View>>, Arc<watch::Sender<u64>>);
+pub struct MeshView {
+    view: Arc<RwLock<View>>,
+    /// Moves whenever a task here starts or stops serving.
+    local_changes: Arc<watch::Sender<u64>>,
+}
 
 impl Default for MeshView {
     fn default() -> MeshView {
-        MeshView(Arc::default(), Arc::new(watch::channel(0).0))
+        MeshView {
+            view: Arc::default(),
+            local_changes: Arc::new(watch::channel(0).0),
+        }
     }
 }
 
@@ -107,7 +114,7 @@ impl MeshView {
     pub fn note_local(&self, task: &str, serving: bool) {
         let before = self.write().local.insert(task.to_string(), serving);
         if before != Some(serving) {
-            self.1.send_modify(|n| *n += 1);
+            self.local_changes.send_modify(|n| *n += 1);
         }
     }
 
@@ -142,11 +149,11 @@ impl MeshView {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, View> {
-        self.0.read().unwrap_or_else(|p| p.into_inner())
+        self.view.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, View> {
-        self.0.write().unwrap_or_else(|p| p.into_inner())
+        self.view.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -187,6 +194,8 @@ struct Listener {
     /// What it serves, to tell when a new list needs it started afresh.
     serves: Serves,
     balancer: Arc<Balancer>,
+    /// What the balancer was last given.
+    endpoints: Vec<Endpoint>,
     stop: watch::Sender<bool>,
 }
 
@@ -212,6 +221,8 @@ pub struct Mesh {
     listeners: HashMap<SocketAddr, Listener>,
     /// Addresses that could not be listened on, with why: said once, tried again each list.
     failed: HashMap<SocketAddr, String>,
+    /// Whether the agent said its range is not the servers' (once).
+    told_range: bool,
 }
 
 impl Mesh {
@@ -232,18 +243,19 @@ impl Mesh {
             dns: None,
             listeners: HashMap::new(),
             failed: HashMap::new(),
+            told_range: false,
         }
     }
 
     /// Serves the mesh until `stop` is set.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        self.start_dns(self.range).await;
+        self.start_dns();
         // The blocking query runs on its own, never cancelled by what happens here: a query
         // dropped mid-wait would cost its connection, and a new one may be what the node's
         // heartbeat needs when descriptors run short.
         let (answers_tx, mut answers) = mpsc::channel(1);
         let watcher = tokio::spawn(watch_endpoints(self.client.clone(), answers_tx));
-        let mut local = self.view.1.subscribe();
+        let mut local = self.view.local_changes.subscribe();
         // The whole list as this node knows it, brought up to date with each answer.
         let mut last: Option<EndpointList> = None;
         loop {
@@ -255,13 +267,13 @@ impl Mesh {
             match event {
                 Event::Answer(answer) => {
                     let list = merge(last.take(), answer);
-                    self.apply(&list).await;
+                    self.apply(&list);
                     last = Some(list);
                 }
                 // A task here stopped serving (or serves again): the last list, seen anew.
                 Event::Local => {
                     if let Some(list) = &last {
-                        self.apply(list).await;
+                        self.apply(list);
                     }
                 }
             }
@@ -273,13 +285,13 @@ impl Mesh {
     }
 
     /// Makes the range local and starts the DNS server on its first address.
-    async fn start_dns(&mut self, range: ServiceRange) {
+    fn start_dns(&mut self) {
+        let range = self.range;
         if let Err(e) = route::make_local(range) {
             tracing::warn!("{e}");
             return;
         }
         self.vips = true;
-        self.range = range;
         let Some(ip) = range.addr(api::DNS_VIP) else {
             return;
         };
@@ -314,8 +326,9 @@ impl Mesh {
     }
 
     /// Serves `list`: listeners for every port it names, none for ports it no longer does.
-    async fn apply(&mut self, list: &EndpointList) {
-        if list.service_range != self.range {
+    fn apply(&mut self, list: &EndpointList) {
+        if list.service_range != self.range && !self.told_range {
+            self.told_range = true;
             tracing::warn!(
                 "the servers give virtual IPs from {} but this agent was started with \
                  --service-range {}: start it with the servers' range",
@@ -339,7 +352,7 @@ impl Mesh {
             keep
         });
         for (addr, (service, port)) in wanted {
-            self.serve(addr, service, port).await;
+            self.serve(addr, service, port);
         }
         if let Some(dns) = &self.dns {
             dns.update(zone(&list.services));
@@ -370,7 +383,7 @@ impl Mesh {
 
     /// Keeps a listener on `addr` for one port of a service, with its endpoints brought up to
     /// date; one serving something else is replaced.
-    async fn serve(&mut self, addr: SocketAddr, service: &ServiceEndpoints, port: &PortSpec) {
+    fn serve(&mut self, addr: SocketAddr, service: &ServiceEndpoints, port: &PortSpec) {
         let serves = Serves {
             service: service.name.clone(),
             port: port.name.clone(),
@@ -378,9 +391,13 @@ impl Mesh {
             balance: service.load_balancer.clone(),
         };
         let endpoints = endpoints(service, &port.name, &self.node, &self.view);
-        if let Some(listener) = self.listeners.get(&addr) {
+        if let Some(listener) = self.listeners.get_mut(&addr) {
             if listener.serves == serves {
-                listener.balancer.update(&endpoints);
+                // Most lists change other services: rebuilding this one's set would be waste.
+                if listener.endpoints != endpoints {
+                    listener.balancer.update(&endpoints);
+                    listener.endpoints = endpoints;
+                }
                 return;
             }
             listener.stop.send_replace(true);
@@ -426,6 +443,7 @@ impl Mesh {
         let listener = Listener {
             serves,
             balancer,
+            endpoints,
             stop,
         };
         self.listeners.insert(addr, listener);
@@ -717,7 +735,7 @@ mod tests {
     #[test]
     fn a_task_here_that_stops_serving_leaves_at_once_and_one_elsewhere_waits_for_the_list() {
         let view = MeshView::default();
-        let mut changed = view.1.subscribe();
+        let mut changed = view.local_changes.subscribe();
         let db = service("db", None);
         view.note_local("db.1.1", false);
         assert!(changed.has_changed().unwrap());

@@ -360,6 +360,17 @@ fn a_published_port_that_is_taken_is_refused_at_deploy_or_told_by_the_node() {
         "{err}"
     );
     assert_eq!(dev.json(&["services"]).as_array().unwrap().len(), 1);
+    // Nor may another service bind it as a fixed host port, which the mesh holds on every node.
+    let fixed = format!(
+        "name: fixed\ncommand: [\"DEMO_APP\"]\nports: [{{ name: http, host_port: {publish} }}]\n"
+    );
+    let path = dev.spec_file("fixed.yaml", &fixed);
+    let err = dev.fails(&["deploy", "-f", path.to_str().unwrap()]);
+    assert!(
+        err.contains("fixed.ports[0].host_port") && err.contains("by service \"web\""),
+        "{err}"
+    );
+    assert_eq!(dev.json(&["services"]).as_array().unwrap().len(), 1);
 
     // Another program listening on the port: the node says it cannot serve it.
     let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();

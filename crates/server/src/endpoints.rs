@@ -32,8 +32,9 @@ pub struct Published {
     pub index: u64,
     /// Each service's endpoints, with the index at which they last changed.
     pub services: BTreeMap<String, (u64, Arc<ServiceEndpoints>)>,
-    /// Services removed, with the index at which they went.
-    removed: BTreeMap<String, u64>,
+    /// Services removed, with the index at which they went; shared between successive lists
+    /// until a removal changes it (up to [`MAX_REMOVED`] names are not copied per batch).
+    removed: Arc<BTreeMap<String, u64>>,
     /// What changed after this index can be told as changes; from an earlier one, only the
     /// whole list is sure (removals before it were forgotten).
     since: u64,
@@ -59,13 +60,14 @@ impl Published {
 
     fn remove(&mut self, name: &str, index: u64) {
         self.services.remove(name);
-        self.removed.insert(name.to_string(), index);
-        if self.removed.len() > MAX_REMOVED
-            && let Some((oldest, at)) = (self.removed.iter())
+        let removed = Arc::make_mut(&mut self.removed);
+        removed.insert(name.to_string(), index);
+        if removed.len() > MAX_REMOVED
+            && let Some((oldest, at)) = (removed.iter())
                 .min_by_key(|(_, at)| **at)
                 .map(|(n, at)| (n.clone(), *at))
         {
-            self.removed.remove(&oldest);
+            removed.remove(&oldest);
             self.since = self.since.max(at);
         }
     }
@@ -126,7 +128,9 @@ impl Endpoints {
                 moved = true;
                 match now {
                     Some(now) => {
-                        next.removed.remove(&name);
+                        if next.removed.contains_key(&name) {
+                            Arc::make_mut(&mut next.removed).remove(&name);
+                        }
                         next.services.insert(name, (s.index, Arc::new(now)));
                     }
                     None => next.remove(&name, s.index),

@@ -56,8 +56,9 @@ pub(crate) fn check(s: &store::State, req: &DeployRequest) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Published ports another service already takes on every node: published too, or as a fixed
-/// TCP host port (which the routing mesh's listener on every address would take from it).
+/// Ports the routing mesh takes on every node that another service takes too: a published port
+/// published again or bound as a fixed TCP host port (the mesh's listener on every address
+/// would take it from the task), either way round.
 fn published_clashes(s: &store::State, specs: &[ServiceSpec]) -> Vec<Problem> {
     let replaced: BTreeSet<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
     let deployed = (s.services.values())
@@ -66,41 +67,56 @@ fn published_clashes(s: &store::State, specs: &[ServiceSpec]) -> Vec<Problem> {
     let everyone: Vec<&ServiceSpec> = deployed.chain(specs).collect();
     let mut problems = Vec::new();
     for spec in specs {
+        let others = || everyone.iter().filter(|other| other.name != spec.name);
         for (i, port) in spec.ports.iter().enumerate() {
-            let Some(publish) = port.publish else {
-                continue;
-            };
-            let taken = everyone
-                .iter()
-                .filter(|other| other.name != spec.name)
-                .find_map(|other| {
-                    other
-                        .ports
-                        .iter()
-                        .find_map(|p| {
-                            let tcp = !p.protocol.is_udp();
-                            if p.publish == Some(publish) {
-                                Some(format!("publishes it too (port {:?})", p.name))
-                            } else if tcp && p.host_port == Some(publish) {
-                                Some(format!("binds it as a fixed host port (port {:?})", p.name))
-                            } else {
-                                None
-                            }
-                        })
-                        .map(|how| (other.name.clone(), how))
+            if let Some(publish) = port.publish {
+                let taken = others().find_map(|other| {
+                    let how = other.ports.iter().find_map(|p| takes(p, publish))?;
+                    Some((other.name.clone(), how))
                 });
-            if let Some((other, how)) = taken {
-                problems.push(Problem {
-                    path: format!("{}.ports[{i}].publish", spec.name),
-                    message: format!(
-                        "port {publish} is published on every node, and service {other:?} {how}: \
-                         publish another port"
-                    ),
+                if let Some((other, how)) = taken {
+                    problems.push(Problem {
+                        path: format!("{}.ports[{i}].publish", spec.name),
+                        message: format!(
+                            "port {publish} is published on every node, and service {other:?} \
+                             {how}: publish another port"
+                        ),
+                    });
+                }
+            }
+            // The other way round: a fixed host port that another service publishes.
+            if let Some(host) = port.host_port.filter(|_| !port.protocol.is_udp()) {
+                let by = others().find_map(|other| {
+                    let p = other.ports.iter().find(|p| p.publish == Some(host))?;
+                    Some((other.name.clone(), p.name.clone()))
                 });
+                if let Some((other, name)) = by {
+                    problems.push(Problem {
+                        path: format!("{}.ports[{i}].host_port", spec.name),
+                        message: format!(
+                            "port {host} is published on every node by service {other:?} (port \
+                             {name:?}): give this one another host port"
+                        ),
+                    });
+                }
             }
         }
     }
     problems
+}
+
+/// How `port` takes the port number `publish` on every node, if it does.
+fn takes(port: &spec::PortSpec, publish: u16) -> Option<String> {
+    if port.publish == Some(publish) {
+        Some(format!("publishes it too (port {:?})", port.name))
+    } else if !port.protocol.is_udp() && port.host_port == Some(publish) {
+        Some(format!(
+            "binds it as a fixed host port (port {:?})",
+            port.name
+        ))
+    } else {
+        None
+    }
 }
 
 /// The specs that would replace a service of the same name deployed in another stack, or in

@@ -189,9 +189,12 @@ pub(crate) fn check(spec: &LoadBalancerSpec) -> Vec<(String, String)> {
             problems.push((field, message));
         }
     }
-    if let HashOn::Header(name) | HashOn::Cookie(name) = &spec.hash_on
-        && let Err(message) = HashOn::parse(&format!("header:{name}"))
-    {
+    let written = match &spec.hash_on {
+        HashOn::ClientIp => None,
+        HashOn::Header(name) => Some(format!("header:{name}")),
+        HashOn::Cookie(name) => Some(format!("cookie:{name}")),
+    };
+    if let Some(Err(message)) = written.map(|w| HashOn::parse(&w)) {
         problems.push(("hash_on".to_string(), message));
     }
     problems
@@ -215,6 +218,19 @@ mod tests {
         assert!(HashOn::parse("header:").is_err());
         assert!(HashOn::parse("header:a b").is_err());
         assert!(HashOn::parse("url").unwrap_err().contains("client_ip"));
+    }
+
+    #[test]
+    fn a_spec_arriving_as_json_is_checked_as_the_yaml_is() {
+        let spec = LoadBalancerSpec {
+            hash_on: HashOn::Cookie("a b".into()),
+            node_weights: BTreeMap::from([("edge-1".into(), 0)]),
+            ..LoadBalancerSpec::default()
+        };
+        let problems = check(&spec);
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["node_weights.edge-1", "hash_on"]);
+        assert!(problems[1].1.contains("cookie name"), "{:?}", problems[1]);
     }
 
     #[test]

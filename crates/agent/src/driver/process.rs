@@ -405,7 +405,7 @@ fn open_log(path: &std::path::Path) -> Result<(File, File), String> {
 /// The resolver a task's processes see as /etc/resolv.conf: the node's DNS server and the
 /// task's search domains, written beside its log.
 fn write_resolv_conf(launch: &Launch, dns: &crate::driver::TaskDns) -> Result<CString, String> {
-    let path = launch.log_path.with_extension("resolv.conf");
+    let path = resolv_conf_path(launch);
     let text = format!(
         "# Written by the outpost agent for task {}: the node's DNS server.\n\
          nameserver {}\nsearch {}\n",
@@ -415,6 +415,10 @@ fn write_resolv_conf(launch: &Launch, dns: &crate::driver::TaskDns) -> Result<CS
     );
     std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     CString::new(path.into_os_string().into_vec()).map_err(|e| e.to_string())
+}
+
+fn resolv_conf_path(launch: &Launch) -> std::path::PathBuf {
+    launch.log_path.with_extension("resolv.conf")
 }
 
 /// What the child does between fork and exec:
@@ -570,7 +574,12 @@ impl Driver for ProcessDriver {
             let procs = (self.cgroups.as_ref())
                 .and_then(|cg| cg.open_procs(&launch.task_id).ok())
                 .unwrap_or_default();
-            let resolv_conf = (launch.dns.as_ref()).and_then(|d| write_resolv_conf(launch, d).ok());
+            // The task's start wrote its resolv.conf (the log dir outlives an agent restart);
+            // a probe only reads it.
+            let path = resolv_conf_path(launch);
+            let resolv_conf = (launch.dns.is_some() && path.exists())
+                .then(|| CString::new(path.into_os_string().into_vec()).ok())
+                .flatten();
             before_exec(&mut cmd, procs, resolv_conf);
             let mut child = cmd.spawn().ok()?;
             match tokio::time::timeout(timeout, child.wait()).await {
