@@ -85,6 +85,8 @@ struct View {
     /// one that stops is taken out of every listener here at once, before the control plane
     /// has heard of it.
     local: HashMap<String, bool>,
+    /// The tasks the control plane's last list sends new traffic to (ready, not draining).
+    routed: std::collections::HashSet<String>,
 }
 
 impl MeshView {
@@ -116,6 +118,12 @@ impl MeshView {
         if before != Some(serving) {
             self.local_changes.send_modify(|n| *n += 1);
         }
+    }
+
+    /// Whether the control plane's last list still sends new traffic to `task`: once it says
+    /// draining, every node's listeners leave the task (they all hold the same query).
+    pub fn routed(&self, task: &str) -> bool {
+        self.read().routed.contains(task)
     }
 
     fn serves_here(&self, task: &str) -> Option<bool> {
@@ -365,9 +373,15 @@ impl Mesh {
             .filter(|e| e.node == self.node)
             .map(|e| e.task.as_str())
             .collect();
+        let routed = (list.services.iter())
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| !e.draining)
+            .map(|e| e.task.clone())
+            .collect();
         let mut view = self.view.write();
         view.services = service_addrs(&list.services);
         view.listeners = listeners;
+        view.routed = routed;
         // What the list no longer names needs no word from here.
         view.local.retain(|task, _| here.contains(task.as_str()));
     }
@@ -551,18 +565,19 @@ fn udp_shared(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 
-/// The balancer's endpoints for one port of a service: each task that has the port, but a
-/// task of this node (`node`) whose supervisor says it stopped serving: it knows first.
+/// The balancer's endpoints for one port of a service: each task that has the port, draining
+/// when the control plane says so or, for a task of this node (`node`), when its supervisor
+/// says it stopped serving: it knows first.
 fn endpoints(service: &ServiceEndpoints, port: &str, node: &str, view: &MeshView) -> Vec<Endpoint> {
     (service.endpoints.iter())
-        .filter(|e| e.node != node || view.serves_here(&e.task) != Some(false))
         .filter_map(|e: &TaskEndpoint| {
             let number = *e.ports.get(port)?;
+            let stopped_here = e.node == node && view.serves_here(&e.task) == Some(false);
             Some(Endpoint {
                 id: e.task.clone(),
                 addr: SocketAddr::new(e.host, number),
                 weight: service.load_balancer.weight(&e.node, e.version),
-                state: if e.draining {
+                state: if e.draining || stopped_here {
                     EndpointState::Draining
                 } else {
                     EndpointState::Ready
@@ -740,23 +755,26 @@ mod tests {
         view.note_local("db.1.1", false);
         assert!(changed.has_changed().unwrap());
         changed.mark_unchanged();
-        let on_a: Vec<String> = (endpoints(&db, "pg", "a", &view).iter())
-            .map(|e| e.id.clone())
-            .collect();
+        let states = |node: &str| -> Vec<(String, EndpointState)> {
+            (endpoints(&db, "pg", node, &view).into_iter())
+                .map(|e| (e.id, e.state))
+                .collect()
+        };
+        let draining = EndpointState::Draining;
         assert_eq!(
-            on_a,
-            ["db.2.1"],
-            "db.1.1 runs here and its supervisor said so"
+            states("a"),
+            [("db.1.1".into(), draining), ("db.2.1".into(), draining)],
+            "db.1.1 runs here and its supervisor said so; db.2.1 drains by the list"
         );
         assert_eq!(
-            endpoints(&db, "pg", "b", &view).len(),
-            2,
+            states("b")[0],
+            ("db.1.1".into(), EndpointState::Ready),
             "a node's word counts for its own tasks only"
         );
         view.note_local("db.1.1", false);
         assert!(!changed.has_changed().unwrap(), "no news, no wake");
         view.note_local("db.1.1", true);
-        assert_eq!(endpoints(&db, "pg", "a", &view).len(), 2);
+        assert_eq!(states("a")[0], ("db.1.1".into(), EndpointState::Ready));
     }
 
     #[test]

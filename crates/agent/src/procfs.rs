@@ -1,6 +1,7 @@
 //! What the agent reads from `/proc`: a process's state, process group and start time
 //! (`/proc/PID/stat`), its environment (`/proc/PID/environ`), its resident memory, the kernel's
-//! boot id, and the node's memory (`/proc/meminfo`). Reads that fail for any reason other than "no such process" are errors, never
+//! boot id, the node's memory (`/proc/meminfo`), and the TCP connections open to a task
+//! (`/proc/PID/net/tcp`). Reads that fail for any reason other than "no such process" are errors, never
 //! "gone": under file-descriptor exhaustion `/proc` is unreadable while every task still runs.
 
 use std::io;
@@ -113,6 +114,40 @@ pub fn resident_memory(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// How many TCP connections are open (established) to `ports` in the network namespace of
+/// process `pid`: what a task still serves. A connection from the node to itself counts once,
+/// by its accepted end.
+pub fn connections_to(pid: u32, ports: &[u16]) -> io::Result<usize> {
+    let mut open = 0;
+    for table in ["tcp", "tcp6"] {
+        match std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            Ok(text) => open += established_to(&text, ports),
+            // A kernel without IPv6 has no tcp6 table.
+            Err(e) if table == "tcp6" && e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(open)
+}
+
+/// The established connections to `ports` in the text of `/proc/net/tcp` or `tcp6`: lines of
+/// `sl local_address rem_address st …`, addresses as `HEXIP:HEXPORT`, state `01` established.
+fn established_to(text: &str, ports: &[u16]) -> usize {
+    (text.lines().skip(1))
+        .filter(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (Some(local), Some(_remote), Some(state)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return false;
+            };
+            let port = local.rsplit_once(':').map(|(_, p)| p);
+            let port = port.and_then(|p| u16::from_str_radix(p, 16).ok());
+            state == "01" && port.is_some_and(|p| ports.contains(&p))
+        })
+        .count()
+}
+
 /// This boot's id; `None` where the kernel does not publish one.
 pub fn boot_id() -> Option<String> {
     let id = std::fs::read_to_string(BOOT_ID).ok()?;
@@ -204,6 +239,35 @@ mod tests {
             meminfo_field("MemAvailable: 4096\n", "MemAvailable"),
             Some(4096)
         );
+    }
+
+    #[test]
+    fn only_established_connections_to_the_ports_count() {
+        // A listener on 8080, a connection accepted on it, the client's end of one, one in
+        // TIME_WAIT (06), and an accepted one on another port.
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n\
+           1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 2\n\
+           2: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 3\n\
+           3: 0100007F:1F90 0100007F:D432 06 00000000:00000000 00:00000000 00000000     0        0 0\n\
+           4: 0100007F:0050 0100007F:D433 01 00000000:00000000 00:00000000 00000000     0        0 4\n";
+        assert_eq!(established_to(text, &[8080]), 1);
+        assert_eq!(established_to(text, &[8080, 80]), 2);
+        assert_eq!(established_to(text, &[9]), 0);
+        assert_eq!(established_to("", &[8080]), 0);
+    }
+
+    #[test]
+    fn a_connection_to_this_process_is_seen() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = std::process::id();
+        assert_eq!(connections_to(me, &[port]).unwrap(), 0);
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(connections_to(me, &[port]).unwrap(), 1);
+        drop(accepted);
+        assert!(connections_to(u32::MAX, &[port]).is_err_and(|e| is_gone(&e)));
     }
 
     #[test]

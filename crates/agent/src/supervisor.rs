@@ -29,6 +29,11 @@ const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(25);
 /// identity could not be read). It is never reported gone while any of it runs.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
+/// How often a draining task's open connections are counted. It has drained once two counts
+/// in a row find none: a node that picked it just before it heard of the drain has connected
+/// by the second.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
 /// Something for the control plane: a change in one task's observed state, the events that
 /// explain it, or a change of the node's memory pressure.
 #[derive(Debug, Clone, Default)]
@@ -310,6 +315,7 @@ impl Supervisor {
         match self.watch(h).await {
             Outcome::Stop if self.detaching() => Step::Detached,
             Outcome::Stop => {
+                self.drain(h).await;
                 self.terminate(h).await;
                 self.driver.cleanup(h).await;
                 Step::Stopped
@@ -613,6 +619,66 @@ impl Supervisor {
         }
     }
 
+    /// Before a task that serves ports is stopped for good, lets its connections finish: no new
+    /// one reaches it (this node's listeners leave it at once, every other node's once the
+    /// control plane lists it as draining), and those it has get up to `stop_grace` to close.
+    /// Proxies close their idle kept-alive connections within seconds; a task that keeps
+    /// connections open (a direct client's) is signalled when the grace is up. Evictions and
+    /// agent shutdowns do not wait.
+    async fn drain(&mut self, h: &Handle) {
+        let ports = self.driver.serving_ports(&self.launch());
+        let (Some(pid), false) = (h.pid, ports.is_empty()) else {
+            return;
+        };
+        if *self.control.borrow() != Control::Stop {
+            return;
+        }
+        self.shared.mesh.note_local(self.id(), false);
+        let grace = self.spec().stop_grace;
+        let deadline = Instant::now() + grace;
+        let mut control = self.control.clone();
+        let (mut quiet, mut told) = (0, false);
+        loop {
+            let open = match crate::procfs::connections_to(pid, &ports) {
+                Ok(open) => open,
+                Err(e) => {
+                    tracing::debug!(task = self.id(), "cannot count its connections: {e}");
+                    return;
+                }
+            };
+            if open == 0 && !self.shared.mesh.routed(self.id()) {
+                quiet += 1;
+                if quiet == 2 {
+                    return;
+                }
+            } else {
+                quiet = 0;
+            }
+            if open > 0 && !told {
+                told = true;
+                let message = format!(
+                    "draining: {open} connection(s) open; stopping once they close, within {}",
+                    humantime_short(grace)
+                );
+                let e = self.event(Level::Info, "draining", message);
+                self.report(vec![e]);
+            }
+            if Instant::now() >= deadline {
+                let message = format!(
+                    "{open} connection(s) still open after {}; stopping anyway",
+                    humantime_short(grace)
+                );
+                let e = self.event(Level::Warning, "drain-timeout", message);
+                self.report(vec![e]);
+                return;
+            }
+            tokio::select! {
+                () = sleep(DRAIN_POLL) => {}
+                _ = control.wait_for(|c| *c == Control::Force) => return,
+            }
+        }
+    }
+
     /// SIGTERM, up to `stop_grace`, then SIGKILL; returns only once the driver says nothing of
     /// the task is left, so a next start never meets its leftovers.
     async fn terminate(&mut self, h: &Handle) {
@@ -725,7 +791,8 @@ impl Supervisor {
         for e in &events {
             tracing::info!(task = self.id(), reason = e.reason, "{}", e.message);
         }
-        let serving = status.state == TaskState::Running && status.ready;
+        // A task being stopped takes no new connection here, though it still runs (drains).
+        let serving = status.state == TaskState::Running && status.ready && !self.stopping();
         self.shared.mesh.note_local(self.id(), serving);
         let _ = self.shared.updates.send(Update {
             status: Some(status),

@@ -5,7 +5,8 @@
 //! - `GET /healthz` — 200, or 503 once `/fail` was called (drives liveness tests);
 //! - `GET /fail` — make `/healthz` fail from now on;
 //! - `GET /crash` — exit at once with status 2 (drives restart tests);
-//! - `GET /file` — the contents of the `--require-file` file (drives secret tests).
+//! - `GET /file` — the contents of the `--require-file` file (drives secret tests);
+//! - `GET /slow/MS` — the greeting after MS milliseconds (a request in flight, for draining).
 //!
 //! With `--upstream HOST:PORT`, `GET /` also asks the upstream's `GET /` and appends its
 //! answer: `hello from proxy.1.1 (pid 7) -> hello from api.1.1 (pid 9)`, so a chain of
@@ -303,6 +304,16 @@ fn answer(
                 Some(Err(e)) => ("502 Bad Gateway", format!("{me} -> {e}\n")),
             }
         }
+        slow if slow.starts_with("/slow/") => match slow["/slow/".len()..].parse() {
+            Ok(ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                answer("/", sick, required, upstream)
+            }
+            Err(_) => (
+                "400 Bad Request",
+                "/slow/MS takes milliseconds\n".to_string(),
+            ),
+        },
         _ => ("404 Not Found", "not found\n".to_string()),
     }
 }

@@ -60,6 +60,33 @@ fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Option<(u16, String)
     Some((code, body.to_string()))
 }
 
+/// `POST path` with an empty body: never sent again by the proxy once it reached a replica,
+/// so a replica that dies under it fails it.
+fn post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((code, body.to_string()))
+}
+
+/// The requests in flight through the node's listeners of `service`, as `outpost services`
+/// shows them.
+fn in_flight(dev: &Dev, service: &str) -> u64 {
+    let traffic = dev.json(&["services", service]);
+    (traffic["listeners"].as_array().into_iter().flatten())
+        .filter_map(|l| l["counters"]["in_flight"].as_u64())
+        .sum()
+}
+
 /// The task that answered: `web.1.1` of "hello from web.1.1 (pid 7)".
 fn answered_by(body: &str) -> Option<String> {
     body.split_whitespace().nth(2).map(str::to_string)
@@ -234,6 +261,62 @@ fn traffic_follows_readiness_and_leaves_a_replica_scaled_away() {
         .filter(|code| *code != 200)
         .collect();
     assert_eq!(failed, Vec::<u16>::new());
+}
+
+#[test]
+fn a_replica_scaled_away_finishes_the_requests_it_has_in_flight() {
+    let (dev, _) = dev_in_range(8);
+    let publish = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], publish));
+    dev.deploy("web.yaml", &(web(2, publish) + "stop_grace: 20s\n"));
+    let tasks = dev.wait_ready("web", 2);
+    wait_for("both replicas to answer", || {
+        (answering(addr, 6).len() == 2).then_some(())
+    });
+    let leaving = tasks[1]["id"].as_str().unwrap().to_string();
+
+    // Four slow POSTs, two on each replica: a POST that reached a replica is never sent again,
+    // so one cut off by its replica's end fails.
+    let slow: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || post(addr, "/slow/3000")))
+        .collect();
+    wait_for("four requests in flight", || {
+        (in_flight(&dev, "web") == 4).then_some(())
+    });
+    let asked = Instant::now();
+    dev.ok(&["scale", "web", "1"]);
+    let draining = dev.wait_event(&leaving, "draining");
+    assert!(
+        draining["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection(s) open"),
+        "{draining}"
+    );
+    // No new request reaches the replica that drains.
+    let seen = answering(addr, 6);
+    assert!(
+        !seen.contains(&leaving),
+        "{leaving} still got requests: {seen:?}"
+    );
+
+    let answers: Vec<_> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    let served: BTreeSet<String> = (answers.iter().flatten())
+        .filter_map(|(_, body)| answered_by(body))
+        .collect();
+    assert!(
+        answers.iter().all(|a| matches!(a, Some((200, _)))),
+        "every request in flight finished: {answers:?}"
+    );
+    assert!(served.contains(&leaving), "{served:?}");
+    dev.wait_event(&leaving, "stopped");
+    let drained_in = asked.elapsed();
+    let events = dev.events();
+    let gave_up = (events.iter())
+        .filter(|e| e["task"] == leaving.as_str())
+        .find(|e| e["reason"] == "drain-timeout" || e["reason"] == "killed");
+    assert!(gave_up.is_none(), "{gave_up:?}");
+    println!("the replica drained and stopped {drained_in:?} after the scale-down");
 }
 
 #[test]

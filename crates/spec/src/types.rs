@@ -49,6 +49,9 @@ pub struct ServiceSpec {
     pub readiness: Option<ProbeSpec>,
     #[serde(default)]
     pub resources: Resources,
+    /// How long a task being stopped has, twice over: first to finish the connections it has
+    /// once no new one is sent to it (drain; a task without ports skips it), then to exit
+    /// after SIGTERM before it is killed.
     #[serde(with = "duration_str")]
     #[schema(value_type = String, example = "5s")]
     pub stop_grace: Duration,

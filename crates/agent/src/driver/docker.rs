@@ -605,4 +605,12 @@ impl Driver for DockerDriver {
             stats.memory_stats?.usage
         })
     }
+
+    /// The container ports that are published on the node: what the mesh connects to.
+    fn serving_ports(&self, launch: &Launch) -> Vec<u16> {
+        (launch.spec.ports.iter())
+            .filter(|p| !p.protocol.is_udp() && launch.ports.contains_key(&p.name))
+            .filter_map(|p| p.container_port)
+            .collect()
+    }
 }

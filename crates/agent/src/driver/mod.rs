@@ -198,6 +198,14 @@ pub trait Driver: Send + Sync + 'static {
         argv: &'a [String],
         timeout: Duration,
     ) -> BoxFuture<'a, Option<i32>>;
+    /// The TCP ports the task listens on inside its own network namespace, where its open
+    /// connections are counted while it drains. A process listens on its host ports.
+    fn serving_ports(&self, launch: &Launch) -> Vec<u16> {
+        (launch.spec.ports.iter())
+            .filter(|p| !p.protocol.is_udp())
+            .filter_map(|p| launch.ports.get(&p.name).copied())
+            .collect()
+    }
     /// The task's memory use in bytes (its cgroup's count, or the container's), for eviction;
     /// `None` when it cannot be measured.
     fn memory_usage<'a>(&'a self, handle: &'a Handle, task: &'a str) -> BoxFuture<'a, Option<u64>>;
