@@ -6,7 +6,9 @@
 //! - `GET /fail` — make `/healthz` fail from now on;
 //! - `GET /crash` — exit at once with status 2 (drives restart tests);
 //! - `GET /file` — the contents of the `--require-file` file (drives secret tests);
-//! - `GET /slow/MS` — the greeting after MS milliseconds (a request in flight, for draining).
+//! - `GET /slow/MS` — the greeting after MS milliseconds (a request in flight, for draining);
+//! - `GET /client` — who the client is, as the app can tell: the connection's peer, the
+//!   source a PROXY protocol v2 header gave (with `--proxy-protocol`), and `X-Forwarded-For`.
 //!
 //! With `--upstream HOST:PORT`, `GET /` also asks the upstream's `GET /` and appends its
 //! answer: `hello from proxy.1.1 (pid 7) -> hello from api.1.1 (pid 9)`, so a chain of
@@ -23,7 +25,8 @@
 //! and is closed, which clients that read to the end rely on; `bench/lb` uses it),
 //! `--require-file PATH` or `--require-file-env VAR` (the path in `$VAR`, as a database reads
 //! `POSTGRES_PASSWORD_FILE`): refuse to start, exit 1, unless that file can be read and is not
-//! empty; its contents are never printed.
+//! empty; its contents are never printed. `--proxy-protocol` (no value): every connection
+//! starts with a PROXY protocol v2 header, as a load balancer sends it; one without is refused.
 //!
 //! `demo-app probe PORT [PATH]` is a health check client: exit 0 when `GET PATH` (default
 //! `/healthz`) on 127.0.0.1:PORT answers 2xx. A `FROM scratch` image has no shell or curl, so
@@ -47,6 +50,7 @@ struct Options {
     require_file: Option<String>,
     upstream: Option<String>,
     keep_alive: Option<Duration>,
+    proxy_protocol: bool,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -62,9 +66,14 @@ fn parse_args() -> Result<Options, String> {
         require_file: None,
         upstream: None,
         keep_alive: None,
+        proxy_protocol: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--proxy-protocol" {
+            opts.proxy_protocol = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number = |what: &str| {
             value
@@ -96,7 +105,7 @@ fn parse_args() -> Result<Options, String> {
             }
             _ => {
                 return Err(format!(
-                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready, --alloc-mb, --keep-alive, --require-file, --require-file-env, --upstream"
+                    "unknown flag {flag}; flags: --port, --exit-after, --exit-code, --delay-ready, --alloc-mb, --keep-alive, --require-file, --require-file-env, --upstream, --proxy-protocol"
                 ));
             }
         }
@@ -175,13 +184,21 @@ fn main() {
     let sick = Arc::new(AtomicBool::new(false));
     let required: Arc<Option<String>> = Arc::new(required);
     let upstream: Arc<Option<String>> = Arc::new(opts.upstream);
-    let keep_alive = opts.keep_alive;
+    let (keep_alive, proxy_protocol) = (opts.keep_alive, opts.proxy_protocol);
     for stream in listener.incoming().flatten() {
         let sick = sick.clone();
         let required = required.clone();
         let upstream = upstream.clone();
         std::thread::spawn(move || {
-            if let Err(e) = serve(stream, &sick, &required, &upstream, keep_alive) {
+            let served = serve(
+                stream,
+                &sick,
+                &required,
+                &upstream,
+                keep_alive,
+                proxy_protocol,
+            );
+            if let Err(e) = served {
                 eprintln!("demo-app: connection error: {e}");
             }
         });
@@ -218,9 +235,15 @@ fn serve(
     required: &Option<String>,
     upstream: &Option<String>,
     keep_alive: Option<Duration>,
+    proxy_protocol: bool,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(keep_alive.unwrap_or(REQUEST_TIMEOUT)))?;
+    let peer = stream.peer_addr()?;
     let mut reader = BufReader::new(stream.try_clone()?);
+    let proxied = match proxy_protocol {
+        true => Some(proxy_header(&mut reader)?),
+        false => None,
+    };
     let mut writer = stream;
     let mut answered = 0u64;
     loop {
@@ -236,17 +259,31 @@ fn serve(
         let mut close = keep_alive.is_none() || !request_line.trim_end().ends_with("HTTP/1.1");
         // Drain the headers, minding `Connection: close`; bodies are not used by any endpoint.
         let mut line = String::new();
+        let mut forwarded_for = None;
         while reader.read_line(&mut line)? > 2 {
-            if let Some((name, value)) = line.split_once(':')
-                && name.trim().eq_ignore_ascii_case("connection")
-                && value.trim().eq_ignore_ascii_case("close")
-            {
-                close = true;
+            if let Some((name, value)) = line.split_once(':') {
+                let (name, value) = (name.trim(), value.trim());
+                if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+                if name.eq_ignore_ascii_case("x-forwarded-for") {
+                    forwarded_for = Some(value.to_string());
+                }
             }
             line.clear();
         }
         let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-        let (status, body) = answer(path, sick, required, upstream);
+        let (status, body) = match path {
+            "/client" => {
+                let or_none = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                let proxied = or_none(proxied.map(|a| a.to_string()));
+                let forwarded = or_none(forwarded_for);
+                let who =
+                    format!("peer {peer}\nproxy-protocol {proxied}\nx-forwarded-for {forwarded}\n");
+                ("200 OK", who)
+            }
+            _ => answer(path, sick, required, upstream),
+        };
         // One write per answer: headers and body written apart would wait on Nagle's
         // algorithm for the client's delayed ACK on a kept-alive connection.
         let response = format!(
@@ -259,6 +296,40 @@ fn serve(
         if close {
             return writer.flush();
         }
+    }
+}
+
+/// The PROXY protocol v2 signature that starts every header.
+const PROXY_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Reads a PROXY protocol v2 header: the client's address it carries for TCP over IPv4 or
+/// IPv6. Anything else is refused as the connection's error.
+fn proxy_header(reader: &mut impl std::io::Read) -> std::io::Result<std::net::SocketAddr> {
+    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+    let mut head = [0u8; 16];
+    reader.read_exact(&mut head)?;
+    if &head[..12] != PROXY_SIGNATURE || head[12] != 0x21 {
+        return Err(invalid("no PROXY protocol v2 header (PROXY command)"));
+    }
+    let mut address = vec![0u8; usize::from(u16::from_be_bytes([head[14], head[15]]))];
+    reader.read_exact(&mut address)?;
+    let port = |at: usize| {
+        address
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    match head[13] {
+        0x11 if address.len() >= 12 => {
+            let ip: [u8; 4] = address[..4].try_into().unwrap_or_default();
+            Ok((ip, port(8).unwrap_or(0)).into())
+        }
+        0x21 if address.len() >= 36 => {
+            let ip: [u8; 16] = address[..16].try_into().unwrap_or_default();
+            Ok((ip, port(32).unwrap_or(0)).into())
+        }
+        _ => Err(invalid(
+            "a PROXY protocol v2 header for something other than TCP",
+        )),
     }
 }
 

@@ -2,14 +2,17 @@
 //! virtual IP and on its published port on the node, from every ready replica; a process task
 //! resolves it with glibc; traffic follows readiness and scale-down; a replica SIGKILLed under
 //! a steady load costs no request; three containers of a Compose file call each other by name;
-//! a taken published port is refused or reported; a consistent hash keeps a user on a replica.
+//! a taken published port is refused or reported; a consistent hash keeps a user on a replica;
+//! a replica scaled away finishes its requests in flight; round robin spreads evenly and a
+//! canary gets its revision's weight; least connections and p2c pick the idle replica; a
+//! replica learns its client from `X-Forwarded-For` and from a PROXY protocol v2 header.
 //!
 //! Each test gives its cluster a service range of its own: the node's listeners share their
 //! ports (SO_REUSEPORT) with those of another cluster on the same host and range.
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -509,4 +512,164 @@ fn a_consistent_hash_on_a_header_keeps_each_user_on_one_replica() {
         places.extend(replicas);
     }
     assert!(places.len() >= 2, "six users on one replica: {places:?}");
+}
+
+/// How many of `n` requests on `addr` each task answered.
+fn spread(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (code, body) in (0..n).filter_map(|_| get(addr, "/")) {
+        assert_eq!(code, 200, "{body}");
+        *counts.entry(answered_by(&body).unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+/// Waits until the node's published listener of `web` holds `n` endpoints, none draining:
+/// the balancer's set is settled.
+fn wait_listener(dev: &Dev, publish: u16, n: usize) {
+    let published = format!("0.0.0.0:{publish}");
+    wait_for(
+        &format!("the published listener to hold {n} ready replicas"),
+        || {
+            let traffic = dev.json(&["services", "web"]);
+            let listeners = traffic["listeners"].as_array()?.clone();
+            let mine = listeners
+                .iter()
+                .find(|l| l["listen"] == published.as_str())?;
+            let endpoints = mine["endpoints"].as_array()?;
+            let ready = endpoints.iter().filter(|e| e["health"] == "ready").count();
+            (endpoints.len() == n && ready == n).then_some(())
+        },
+    );
+}
+
+#[test]
+fn round_robin_spreads_evenly_and_a_canary_gets_the_weight_of_its_revision() {
+    let (dev, _) = dev_in_range(9);
+    let publish = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], publish));
+    dev.deploy("web.yaml", &web(3, publish));
+    dev.wait_ready("web", 3);
+    wait_listener(&dev, publish, 3);
+    let even = spread(addr, 30);
+    assert_eq!(
+        even.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "{even:?}"
+    );
+
+    // A canary of revision 2, weighted three to one against each replica of revision 1.
+    let canary = web(3, publish)
+        + "env: { GREETING: two }\n\
+           update: { canary: 1, monitor: 1s }\n\
+           load_balancer: { algorithm: weighted_round_robin, revision_weights: { 2: 3 } }\n";
+    dev.deploy("web.yaml", &canary);
+    let tasks = wait_for("one canary beside two replicas of revision 1", || {
+        let tasks = dev.tasks("web");
+        let ready = |v: u64| {
+            (tasks.iter())
+                .filter(|t| t["version"] == v && t["ready"] == true && t["state"] == "running")
+                .count()
+        };
+        (tasks.len() == 3 && ready(1) == 2 && ready(2) == 1).then_some(tasks)
+    });
+    wait_listener(&dev, publish, 3);
+    let version_of = |task: &str| {
+        (tasks.iter())
+            .find(|t| t["id"] == task)
+            .and_then(|t| t["version"].as_u64())
+    };
+    let weighted = spread(addr, 50);
+    let on = |v: u64| -> Vec<usize> {
+        (weighted.iter())
+            .filter(|(task, _)| version_of(task) == Some(v))
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    // Smooth weighted round robin gives 3 of every 5 to the canary, the rest in turn.
+    assert!(
+        on(2).len() == 1 && on(2)[0].abs_diff(30) <= 1,
+        "{weighted:?}"
+    );
+    assert!(
+        on(1).len() == 2 && on(1).iter().all(|n| n.abs_diff(10) <= 1),
+        "{weighted:?}"
+    );
+}
+
+#[test]
+fn least_connections_and_p2c_send_new_requests_to_the_idle_replica() {
+    for (n, algorithm) in [(10, "least_connections"), (11, "p2c")] {
+        let (dev, _) = dev_in_range(n);
+        let publish = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], publish));
+        let spec = web(2, publish) + &format!("load_balancer: {{ algorithm: {algorithm} }}\n");
+        dev.deploy("web.yaml", &spec);
+        dev.wait_ready("web", 2);
+        wait_listener(&dev, publish, 2);
+
+        // One slow request holds a replica busy; every request meanwhile goes to the other.
+        let slow = std::thread::spawn(move || get(addr, "/slow/4000"));
+        let busy = wait_for("one request in flight on one replica", || {
+            let traffic = dev.json(&["services", "web"]);
+            let endpoints = (traffic["listeners"].as_array()?.iter())
+                .flat_map(|l| l["endpoints"].as_array().cloned().unwrap_or_default())
+                .collect::<Vec<_>>();
+            let busy = endpoints.iter().find(|e| e["counters"]["in_flight"] == 1)?;
+            Some(busy["task"].as_str()?.to_string())
+        });
+        let meanwhile = spread(addr, 10);
+        assert_eq!(meanwhile.len(), 1, "{algorithm}: {meanwhile:?}");
+        assert!(
+            !meanwhile.contains_key(&busy),
+            "{algorithm}: {meanwhile:?} ({busy} busy)"
+        );
+        let (code, body) = slow.join().unwrap().expect("the slow request answered");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(answered_by(&body).as_deref(), Some(busy.as_str()));
+    }
+}
+
+#[test]
+fn a_replica_learns_its_client_from_forwarded_headers_and_from_the_proxy_protocol() {
+    use std::io::{Read, Write};
+    let (dev, _) = dev_in_range(12);
+    let (http, tcp) = (free_port(), free_port());
+    dev.deploy("web.yaml", &web(1, http));
+    let raw = format!(
+        "name: raw\ncommand: [\"DEMO_APP\", \"--port\", \"${{PORT}}\", \"--proxy-protocol\"]\n\
+         ports: [{{ name: app, container_port: 80, publish: {tcp}, protocol: tcp }}]\n\
+         readiness: {{ tcp: {{ port: app }}, period: 200ms }}\n\
+         load_balancer: {{ proxy_protocol: true }}\n"
+    );
+    dev.deploy("raw.yaml", &raw);
+    dev.wait_ready("web", 1);
+    dev.wait_ready("raw", 1);
+
+    let (code, body) = wait_for("web to answer on its published port", || {
+        get(([127, 0, 0, 1], http).into(), "/client")
+    });
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("x-forwarded-for 127.0.0.1\n"), "{body}");
+    assert!(body.contains("proxy-protocol -\n"), "{body}");
+
+    // Over TCP the replica is told the client's own address and port, not the proxy's.
+    let (local, body) = wait_for("raw to answer on its published port", || {
+        let mut s = TcpStream::connect(("127.0.0.1", tcp)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET /client HTTP/1.1\r\nHost: raw\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.starts_with("HTTP/1.1 200")
+            .then(|| (s.local_addr().unwrap(), out))
+    });
+    assert!(
+        body.contains(&format!("proxy-protocol {local}\n")),
+        "{local}: {body}"
+    );
+    assert!(!body.contains(&format!("peer {local}\n")), "{body}");
 }
