@@ -118,9 +118,10 @@ pub struct AgentConfig {
     /// How often the agent tells the server it is alive, within [`MIN_HEARTBEAT`] and
     /// [`MAX_HEARTBEAT`].
     pub heartbeat: Duration,
-    /// The cluster's service range, as the servers have it: made local to this host for the
-    /// services' virtual IPs. `None` serves no mesh (embedders, tests of one agent).
-    pub service_range: Option<api::ServiceRange>,
+    /// Whether the node serves the mesh: the services' virtual IPs (from the servers' service
+    /// range, made local to this host), their DNS names and published ports. Off for embedders
+    /// and tests of one agent.
+    pub mesh: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,9 +236,10 @@ impl Agent {
             mesh: mesh_view,
         };
         let (mesh_stop, mesh_stopped) = watch::channel(false);
-        if let Some(range) = config.service_range {
+        if config.mesh {
             let (node, updates) = (config.name.clone(), shared.updates.clone());
-            let mesh = mesh::Mesh::new(client.clone(), range, shared.mesh.clone(), node, updates);
+            let saved = config.data_dir.join("endpoints.json");
+            let mesh = mesh::Mesh::new(client.clone(), saved, shared.mesh.clone(), node, updates);
             tokio::spawn(mesh.run(mesh_stopped));
         }
         let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();

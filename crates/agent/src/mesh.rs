@@ -1,7 +1,8 @@
 //! The node's share of the service mesh: every node serves every service.
 //!
-//! - **Virtual IPs.** Each service has one, from the cluster's service range
-//!   (`--service-range`, 10.96.0.0/16 by default), which [`route`] makes local to the host. The
+//! - **Virtual IPs.** Each service has one, from the cluster's service range (the servers'
+//!   `--service-range`, 10.96.0.0/16 by default, learned from their first endpoint list), which
+//!   [`route`] makes local to the host. The
 //!   load balancer listens on `VIP:port` for each of the service's ports that has a number
 //!   (`PortSpec::service_port`), so `db:5432` works from a process and from a container alike.
 //! - **Published ports.** A port with `publish: N` is answered on port N of every address of
@@ -15,13 +16,15 @@
 //!
 //! Endpoints come from the control plane's endpoint list (a blocking query, so a readiness
 //! change arrives within one round trip); while it cannot be reached, the last list keeps being
-//! served. HTTP ports (`protocol: http`) are proxied per request, with retries on another
+//! served. The list is kept in the agent's data dir, so an agent that starts while cut off
+//! from every server (a node rebooted offline) serves names and ports from it. HTTP ports (`protocol: http`) are proxied per request, with retries on another
 //! endpoint; other TCP ports per connection.
 
 pub mod route;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -47,6 +50,10 @@ const WATCH_WAIT: Duration = Duration::from_secs(25);
 /// nodes of a site answer within milliseconds and this is what a request pays when the node of
 /// its first pick has just died (measured: a 1 s timeout showed as a 1 s answer).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// How often, at most, the endpoint list is written to the data dir: a change waits this long
+/// to be kept.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The zone the node's DNS server answers for.
 pub const DOMAIN: &str = "outpost";
@@ -221,7 +228,10 @@ pub struct Mesh {
     node: String,
     /// Where the operator hears of a port that cannot be listened on (an event).
     updates: mpsc::UnboundedSender<Update>,
-    range: ServiceRange,
+    /// The servers' service range, from the first list.
+    range: Option<ServiceRange>,
+    /// Where the last list is kept, for an agent that starts cut off.
+    saved: PathBuf,
     view: MeshView,
     /// Whether the service range is local here (virtual IPs can be listened on).
     vips: bool,
@@ -229,14 +239,15 @@ pub struct Mesh {
     listeners: HashMap<SocketAddr, Listener>,
     /// Addresses that could not be listened on, with why: said once, tried again each list.
     failed: HashMap<SocketAddr, String>,
-    /// Whether the agent said its range is not the servers' (once).
+    /// Whether the agent said the servers' range changed (once).
     told_range: bool,
 }
 
 impl Mesh {
+    /// The mesh of node `node`, its list kept at `saved`.
     pub fn new(
         client: Client,
-        range: ServiceRange,
+        saved: PathBuf,
         view: MeshView,
         node: String,
         updates: mpsc::UnboundedSender<Update>,
@@ -245,7 +256,8 @@ impl Mesh {
             client,
             node,
             updates,
-            range,
+            range: None,
+            saved,
             view,
             vips: false,
             dns: None,
@@ -257,19 +269,27 @@ impl Mesh {
 
     /// Serves the mesh until `stop` is set.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        self.start_dns();
         // The blocking query runs on its own, never cancelled by what happens here: a query
         // dropped mid-wait would cost its connection, and a new one may be what the node's
         // heartbeat needs when descriptors run short.
         let (answers_tx, mut answers) = mpsc::channel(1);
         let watcher = tokio::spawn(watch_endpoints(self.client.clone(), answers_tx));
         let mut local = self.view.local_changes.subscribe();
-        // The whole list as this node knows it, brought up to date with each answer.
-        let mut last: Option<EndpointList> = None;
+        // The whole list as this node knows it, brought up to date with each answer: at first
+        // the one kept from before, until a server answers.
+        let mut last = load(&self.saved);
+        if let Some(list) = &last {
+            tracing::info!("serving the endpoint list kept in {}", self.saved.display());
+            self.apply(list);
+        }
+        let mut unsaved = false;
+        let mut save = tokio::time::interval(SAVE_EVERY);
+        save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
                 Some(answer) = answers.recv() => Event::Answer(answer),
                 Ok(()) = local.changed() => Event::Local,
+                _ = save.tick(), if unsaved => Event::Save,
                 _ = stop.wait_for(|s| *s) => break,
             };
             match event {
@@ -277,6 +297,13 @@ impl Mesh {
                     let list = merge(last.take(), answer);
                     self.apply(&list);
                     last = Some(list);
+                    unsaved = true;
+                }
+                Event::Save => {
+                    unsaved = false;
+                    if let Some(list) = &last {
+                        keep(&self.saved, list);
+                    }
                 }
                 // A task here stopped serving (or serves again): the last list, seen anew.
                 Event::Local => {
@@ -287,14 +314,16 @@ impl Mesh {
             }
         }
         watcher.abort();
+        if let (true, Some(list)) = (unsaved, &last) {
+            keep(&self.saved, list);
+        }
         for listener in self.listeners.values() {
             listener.stop.send_replace(true);
         }
     }
 
-    /// Makes the range local and starts the DNS server on its first address.
-    fn start_dns(&mut self) {
-        let range = self.range;
+    /// Makes `range` local and starts the DNS server on its first address.
+    fn start_dns(&mut self, range: ServiceRange) {
         if let Err(e) = route::make_local(range) {
             tracing::warn!("{e}");
             return;
@@ -335,14 +364,20 @@ impl Mesh {
 
     /// Serves `list`: listeners for every port it names, none for ports it no longer does.
     fn apply(&mut self, list: &EndpointList) {
-        if list.service_range != self.range && !self.told_range {
-            self.told_range = true;
-            tracing::warn!(
-                "the servers give virtual IPs from {} but this agent was started with \
-                 --service-range {}: start it with the servers' range",
-                list.service_range,
-                self.range
-            );
+        match self.range {
+            None => {
+                self.range = Some(list.service_range);
+                self.start_dns(list.service_range);
+            }
+            Some(range) if range != list.service_range && !self.told_range => {
+                self.told_range = true;
+                tracing::warn!(
+                    "the servers now give virtual IPs from {} instead of {range}: restart this \
+                     agent to serve them",
+                    list.service_range
+                );
+            }
+            Some(_) => {}
         }
         let mut wanted = HashMap::new();
         for service in &list.services {
@@ -488,6 +523,35 @@ impl Mesh {
 enum Event {
     Answer(EndpointList),
     Local,
+    /// Time to keep the list that changed.
+    Save,
+}
+
+/// The list kept at `path`, if there is one that reads.
+fn load(path: &std::path::Path) -> Option<EndpointList> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(list) => Some(list),
+        Err(e) => {
+            tracing::warn!(
+                "ignoring {}: {e}; waiting for a server's list",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Keeps `list` at `path`, whole or not at all (written aside, then renamed over).
+fn keep(path: &std::path::Path, list: &EndpointList) {
+    let aside = path.with_extension("json.new");
+    let written = serde_json::to_vec(list)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&aside, bytes))
+        .and_then(|()| std::fs::rename(&aside, path));
+    if let Err(e) = written {
+        tracing::warn!("cannot keep the endpoint list in {}: {e}", path.display());
+    }
 }
 
 /// Holds the endpoint query, sending each answer on, until `answers` closes. While no server

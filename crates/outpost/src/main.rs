@@ -72,16 +72,14 @@ pub struct NodeOptions {
     /// it clear of the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
     #[arg(long, default_value = "20000-29999", env = "OUTPOST_TASK_PORTS")]
     pub task_ports: String,
-    #[command(flatten)]
-    pub mesh: MeshOptions,
 }
 
 /// Where services' virtual IPs come from: servers give them out, agents listen on them.
 #[derive(clap::Args)]
 pub struct MeshOptions {
     /// The cluster's service range (an IPv4 block, /8 to /28): one virtual IP per service,
-    /// made local on every node; the first address is each node's DNS server. Servers and
-    /// agents of a cluster must say the same.
+    /// made local on every node; the first address is each node's DNS server. Agents learn
+    /// it from the servers; the servers of a cluster must say the same.
     #[arg(long, default_value = "10.96.0.0/16", env = "OUTPOST_SERVICE_RANGE")]
     pub service_range: String,
 }
@@ -358,6 +356,8 @@ enum Command {
         reset: bool,
         #[command(flatten)]
         api: ApiOptions,
+        #[command(flatten)]
+        mesh: MeshOptions,
     },
     /// Run a control-plane server: `--listen` (or `--api`) is where it listens, `--data-dir`
     /// where it keeps state. The first server founds a group (a data dir without a cluster CA
@@ -652,8 +652,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node,
             reset,
             api,
+            mesh,
         } => {
-            let settings = api.settings(node.mesh.range()?)?;
+            let settings = api.settings(mesh.range()?)?;
             roles::dev(&conn, &files, &node, reset, settings).await
         }
         Command::Server { action, run } => match action {

@@ -133,7 +133,7 @@ pub async fn dev(
         eviction_threshold,
         ports: task_ports,
         heartbeat: agent::HEARTBEAT_INTERVAL,
-        service_range: Some(settings.service_range),
+        mesh: true,
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run. Its certificate needs a leader; the
@@ -451,7 +451,7 @@ pub async fn agent(
         eviction_threshold,
         ports: task_ports.clone(),
         heartbeat,
-        service_range: Some(node.mesh.range()?),
+        mesh: true,
     };
     agent::Agent::run(config, signals.stop(), signals.force()).await?;
     Ok(())

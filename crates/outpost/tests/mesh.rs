@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Dev, docker_image, wait_for};
+use support::{AgentNode, Dev, docker_image, wait_for};
 
 /// Dev with the service range `10.201.N.0/24`.
 fn dev_in_range(n: u8) -> (Dev, Ipv4Addr) {
@@ -672,4 +672,44 @@ fn a_replica_learns_its_client_from_forwarded_headers_and_from_the_proxy_protoco
         "{local}: {body}"
     );
     assert!(!body.contains(&format!("peer {local}\n")), "{body}");
+}
+
+#[test]
+fn a_node_rebooted_cut_off_serves_names_and_published_ports_from_the_list_it_kept() {
+    // The agent is given no range: it learns the servers'.
+    let mut server = Dev::start_server_with_env(&[("OUTPOST_SERVICE_RANGE", "10.201.13.0/24")]);
+    let (dns, vip) = (Ipv4Addr::new(10, 201, 13, 1), Ipv4Addr::new(10, 201, 13, 2));
+    let mut node = AgentNode::start(&server, "n1", "23000-23999");
+    let publish = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], publish));
+    server.deploy("web.yaml", &web(2, publish));
+    let tasks = server.wait_ready("web", 2);
+    let last = tasks[1]["id"].as_str().unwrap().to_string();
+    wait_for("both replicas to answer on the published port", || {
+        (answering(addr, 6).len() == 2).then_some(())
+    });
+    wait_for("web to resolve on the node's DNS server", || {
+        (resolve(dns, "web.outpost") == Some(vip)).then_some(())
+    });
+    let kept = node.dir.path().join("endpoints.json");
+    wait_for("the node to keep its endpoint list", || {
+        let text = std::fs::read_to_string(&kept).ok()?;
+        text.contains(&last).then_some(())
+    });
+
+    // The control plane goes away, then the node reboots: its agent and tasks die with it.
+    server.kill();
+    node.crash();
+    assert!(
+        get(addr, "/").is_none(),
+        "nothing answers while the node is down"
+    );
+    node.restart_cut_off();
+    wait_for(
+        "the rebooted node to answer on the published port, no server up",
+        || (answering(addr, 6).len() == 2).then_some(()),
+    );
+    assert_eq!(resolve(dns, "web.outpost"), Some(vip));
+    let log = node.log();
+    assert!(log.contains("serving the endpoint list kept in"), "{log}");
 }

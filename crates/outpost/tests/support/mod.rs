@@ -182,6 +182,18 @@ impl Dev {
         dev
     }
 
+    /// [`Dev::start_server`] with extra environment variables.
+    pub fn start_server_with_env(env: &[(&str, &str)]) -> Dev {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = Dev {
+            dir,
+            child: None,
+            role: "server",
+        };
+        dev.spawn_with(&[], env);
+        dev
+    }
+
     /// The server's API address and token, for an agent to join it.
     pub fn api_and_token(&self) -> (String, String) {
         let read = |name: &str| {
@@ -812,6 +824,8 @@ pub struct AgentNode {
     child: Option<Child>,
     /// Host ports this agent hands its tasks, apart from every other agent's in the test.
     task_ports: String,
+    /// The server's address and the agent join token, read at the first start.
+    join: (String, String),
 }
 
 impl AgentNode {
@@ -823,17 +837,27 @@ impl AgentNode {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             task_ports: task_ports.to_string(),
+            join: (String::new(), String::new()),
         };
+        let (api, _) = server.api_and_token();
+        agent.join = (
+            api.trim_start_matches("https://").to_string(),
+            server.ok(&["token", "show", "agent"]).trim().to_string(),
+        );
         agent.spawn(server);
         agent
     }
 
     fn spawn(&mut self, server: &Dev) {
+        self.launch();
+        server.wait_node_state(&self.name, "ready");
+    }
+
+    /// Starts the agent process without waiting for a server to see it.
+    fn launch(&mut self) {
         // The first start joins with the agent join token; later ones reconnect with the
         // certificate kept in the data dir, which `--join` and `--token` do not override.
-        let (api, _) = server.api_and_token();
-        let join = api.trim_start_matches("https://").to_string();
-        let token = server.ok(&["token", "show", "agent"]).trim().to_string();
+        let (join, token) = &self.join;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -842,7 +866,7 @@ impl AgentNode {
         let child = Command::new(outpost_bin())
             .arg("--data-dir")
             .arg(self.dir.path())
-            .args(["agent", "--join", &join, "--token", &token])
+            .args(["agent", "--join", join, "--token", token])
             .args(["--name", &self.name])
             .args(["--task-ports", &self.task_ports])
             .env("OUTPOST_LOG", "info")
@@ -851,7 +875,6 @@ impl AgentNode {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        server.wait_node_state(&self.name, "ready");
     }
 
     /// The agent's id, which marks every process it starts.
@@ -888,6 +911,13 @@ impl AgentNode {
     pub fn restart(&mut self, server: &Dev) {
         assert!(self.child.is_none(), "crash the agent first");
         self.spawn(server);
+    }
+
+    /// Starts the agent again on the same data dir while no server answers, as a node that
+    /// reboots cut off.
+    pub fn restart_cut_off(&mut self) {
+        assert!(self.child.is_none(), "crash the agent first");
+        self.launch();
     }
 
     pub fn log(&self) -> String {
