@@ -103,6 +103,10 @@ pub struct Supervisor {
     observed: Observed,
     /// Restarts since the task last stayed up for `reset_after`: the backoff exponent.
     streak: u32,
+    /// How the last run ended, reported until the next one ends.
+    last_exit: Option<api::LastExit>,
+    /// When the task starts again, while it waits out its backoff.
+    next_start: Option<Timestamp>,
 }
 
 /// What the agent wants of a supervisor.
@@ -169,6 +173,8 @@ pub fn spawn(
             evicted: false,
         },
         streak: 0,
+        last_exit: None,
+        next_start: None,
     };
     let join = tokio::spawn(sup.run(adopt));
     (control_tx, join)
@@ -195,6 +201,8 @@ fn report_raw(
         started_at: None,
         exit_code: None,
         message: message.clone(),
+        last_exit: None,
+        next_start: None,
     };
     let event = NewEvent {
         time: now(),
@@ -211,6 +219,19 @@ fn report_raw(
         events: vec![event],
         memory_pressure: None,
     });
+}
+
+/// A word or two for how a run ended, as `ps` shows it.
+fn exit_summary(exit: &Exit) -> String {
+    match exit {
+        Exit::Code(c) => format!("exit {c}"),
+        Exit::Signal(s) => match nix::sys::signal::Signal::try_from(*s) {
+            Ok(signal) => signal.as_str().to_string(),
+            Err(_) => format!("signal {s}"),
+        },
+        Exit::OutOfMemory => "out of memory".into(),
+        Exit::Unknown => "exited".into(),
+    }
 }
 
 pub fn now() -> Timestamp {
@@ -353,7 +374,9 @@ impl Supervisor {
         self.report(vec![e]);
         self.terminate(h).await;
         self.observed.state = TaskState::Failed;
-        self.observed.message = Some(format!("killed after failing its liveness probe: {reason}"));
+        let message = format!("killed after failing its liveness probe: {reason}");
+        self.ended("unhealthy".into(), message.clone(), None);
+        self.observed.message = Some(message);
     }
 
     /// Reports the supervisor's last word. A task gone for good (stopped or evicted) gives its
@@ -432,6 +455,7 @@ impl Supervisor {
 
     fn start_failed(&mut self, message: String) {
         self.task.handle = None;
+        self.ended("start failed".into(), message.clone(), None);
         self.observed = Observed {
             state: TaskState::Failed,
             ready: false,
@@ -574,6 +598,7 @@ impl Supervisor {
             message: Some(exit.describe()),
             evicted: false,
         };
+        self.ended(exit_summary(exit), exit.describe(), exit.code());
         let level = if ok { Level::Info } else { Level::Warning };
         self.report(vec![self.event(level, "exited", exit.describe())]);
     }
@@ -612,11 +637,26 @@ impl Supervisor {
                 humantime_short(delay)
             ),
         );
+        self.next_start = Some(Timestamp::from_system_time(
+            std::time::SystemTime::now() + delay,
+        ));
         self.report(vec![e]);
-        tokio::select! {
+        let again = tokio::select! {
             _ = sleep(delay) => true,
             _ = self.until_stopped() => false,
-        }
+        };
+        self.next_start = None;
+        again
+    }
+
+    /// Keeps how a run ended, for the reports until the next one ends.
+    fn ended(&mut self, summary: String, reason: String, code: Option<i32>) {
+        self.last_exit = Some(api::LastExit {
+            summary,
+            reason,
+            code,
+            at: now(),
+        });
     }
 
     /// Before a task that serves ports is stopped for good, lets its connections finish: no new
@@ -774,6 +814,10 @@ impl Supervisor {
 
     fn report(&self, events: Vec<NewEvent>) {
         let h = self.task.handle.as_ref();
+        let live = matches!(
+            self.observed.state,
+            TaskState::Starting | TaskState::Running
+        );
         let status = TaskStatus {
             seq: 0,
             id: self.id().to_string(),
@@ -781,12 +825,15 @@ impl Supervisor {
             evicted: self.observed.evicted,
             ready: self.observed.ready,
             restarts: self.task.restarts,
-            pid: h.and_then(|h| h.pid),
+            // A task that ended has no pid: the number may already be another process's.
+            pid: h.and_then(|h| h.pid).filter(|_| live),
             container_id: h.and_then(|h| h.container_id.clone()),
             ports: self.task.ports.clone(),
             started_at: self.task.started_at,
             exit_code: self.observed.exit_code,
             message: self.observed.message.clone(),
+            last_exit: self.last_exit.clone(),
+            next_start: self.next_start,
         };
         for e in &events {
             tracing::info!(task = self.id(), reason = e.reason, "{}", e.message);

@@ -90,6 +90,12 @@ pub struct Task {
     /// Why the task is in its state: a start error, an exit reason, why it is pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// How its last run ended, kept while it runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<LastExit>,
+    /// While it waits out a restart backoff: when its agent starts it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// In listings, the state of the task's node when that is not `ready`: a task on a lost
@@ -138,6 +144,24 @@ pub struct TaskStatus {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<LastExit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start: Option<Timestamp>,
+}
+
+/// How a task's last run ended, kept through the restarts that follow (Kubernetes' "Last
+/// State"): why the task restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LastExit {
+    /// A word or two: `exit 2`, `SIGKILL`, `out of memory`, `unhealthy`, `start failed`.
+    pub summary: String,
+    /// The whole reason, as the task's `exited` (or `unhealthy`, `start-failed`) event said it.
+    pub reason: String,
+    /// The exit status (128 + the signal for a signal), when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    pub at: Timestamp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -546,6 +546,12 @@ impl Client {
             .await
     }
 
+    /// One service; an error naming it when there is none.
+    pub async fn service(&self, service: &str) -> Result<ServiceSummary, ClientError> {
+        let path = format!("/v1/services/{}", segment(service, SERVICE)?);
+        self.get(&path).await
+    }
+
     pub async fn remove(&self, service: &str) -> Result<ServiceSummary, ClientError> {
         self.send(
             self.request(

@@ -512,6 +512,8 @@ fn starting(id: &str, pid: u32) -> TaskStatus {
         started_at: Some(now()),
         exit_code: None,
         message: None,
+        last_exit: None,
+        next_start: None,
     }
 }
 

@@ -262,14 +262,14 @@ pub async fn apply(
         force: how.force,
     };
     let response = client.deploy(&request).await?;
-    if format == Format::Json {
+    if format != Format::Table {
         let shown = serde_json::json!({
             "dry_run": how.dry_run,
             "changes": response.changes,
             "waiting": response.waiting,
             "services": specs,
         });
-        return print_json(&shown);
+        return print_data(format, &shown);
     }
     println!("{}", output::changes(&response.changes));
     if how.dry_run {
@@ -282,8 +282,12 @@ pub async fn apply(
     Ok(())
 }
 
-pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+/// `value` as JSON or YAML, as `-o` asks.
+pub(crate) fn print_data<T: serde::Serialize>(format: Format, value: &T) -> Result<()> {
+    match format {
+        Format::Yaml => print!("{}", serde_saphyr::to_string(value)?),
+        _ => println!("{}", serde_json::to_string_pretty(value)?),
+    }
     Ok(())
 }
 
@@ -292,8 +296,8 @@ const SCREENFUL: usize = 200;
 
 pub async fn ps(conn: &Connection, filter: &TaskFilter, all: bool) -> Result<()> {
     let client = connect(conn).await?;
-    if conn.output == Format::Json {
-        return print_json(&client.tasks_where(filter).await?);
+    if conn.output != Format::Table {
+        return print_data(conn.output, &client.tasks_where(filter).await?);
     }
     let first = client.tasks_page(filter, SCREENFUL, None).await?;
     if all || first.next.is_some() {
@@ -316,7 +320,7 @@ pub async fn services(conn: &Connection, all: bool, stack: Option<&str>) -> Resu
         None => client.services().await?,
     };
     match conn.output {
-        Format::Json => print_json(&list),
+        Format::Json | Format::Yaml => print_data(conn.output, &list),
         Format::Table if all || list.len() <= SCREENFUL => {
             println!("{}", output::services(&list));
             Ok(())
@@ -332,7 +336,7 @@ pub async fn services(conn: &Connection, all: bool, stack: Option<&str>) -> Resu
 pub async fn traffic(conn: &Connection, service: &str) -> Result<()> {
     let traffic = connect(conn).await?.traffic(service).await?;
     match conn.output {
-        Format::Json => print_json(&traffic),
+        Format::Json | Format::Yaml => print_data(conn.output, &traffic),
         Format::Table => {
             println!("{}", output::traffic(&traffic));
             Ok(())
@@ -345,7 +349,9 @@ pub async fn nodes(conn: &Connection, all: bool) -> Result<()> {
     let nodes = client.nodes().await?;
     let cluster = client.cluster().await?;
     match conn.output {
-        Format::Json => print_json(&output::node_rows(&nodes, &cluster.servers)),
+        Format::Json | Format::Yaml => {
+            print_data(conn.output, &output::node_rows(&nodes, &cluster.servers))
+        }
         Format::Table if all || nodes.len() <= SCREENFUL => {
             println!("{}", output::nodes(&nodes, &cluster.servers));
             Ok(())
@@ -362,7 +368,7 @@ pub async fn nodes(conn: &Connection, all: bool) -> Result<()> {
 pub async fn server_leave(conn: &Connection, id: u64) -> Result<()> {
     let cluster = connect(conn).await?.remove_server(id).await?;
     match conn.output {
-        Format::Json => print_json(&cluster),
+        Format::Json | Format::Yaml => print_data(conn.output, &cluster),
         Format::Table => {
             println!("server {id} left the group");
             println!("{}", output::servers(&cluster.servers));
@@ -383,12 +389,12 @@ pub async fn events(conn: &Connection, follow: bool, filter: &EventFilter) -> Re
         let batch = client.events(after, wait, filter).await?;
         after = batch.index.max(after);
         match conn.output {
-            Format::Json if follow => {
+            Format::Json | Format::Yaml if follow => {
                 for e in &batch.events {
                     println!("{}", serde_json::to_string(e)?);
                 }
             }
-            Format::Json => print_json(&batch.events)?,
+            Format::Json | Format::Yaml => print_data(conn.output, &batch.events)?,
             Format::Table => {
                 for e in &batch.events {
                     println!("{}", output::event_line(e));
@@ -422,7 +428,7 @@ pub async fn logs(
 pub async fn scale(conn: &Connection, service: &str, replicas: u32) -> Result<()> {
     let summary = connect(conn).await?.scale(service, replicas).await?;
     match conn.output {
-        Format::Json => print_json(&summary),
+        Format::Json | Format::Yaml => print_data(conn.output, &summary),
         Format::Table => {
             println!("{service} scaled to {replicas} replicas");
             Ok(())
@@ -433,7 +439,7 @@ pub async fn scale(conn: &Connection, service: &str, replicas: u32) -> Result<()
 pub async fn drain(conn: &Connection, node: &str, drain: bool) -> Result<()> {
     let answer = connect(conn).await?.drain(node, drain).await?;
     match conn.output {
-        Format::Json => print_json(&answer),
+        Format::Json | Format::Yaml => print_data(conn.output, &answer),
         Format::Table => {
             if drain {
                 println!("{node} is draining: its tasks move once their replacements are ready");
@@ -449,7 +455,7 @@ pub async fn drain(conn: &Connection, node: &str, drain: bool) -> Result<()> {
 pub async fn rm_stack(conn: &Connection, stack: &str) -> Result<()> {
     let removed = connect(conn).await?.remove_stack(stack).await?;
     match conn.output {
-        Format::Json => print_json(&removed),
+        Format::Json | Format::Yaml => print_data(conn.output, &removed),
         Format::Table => {
             let names: Vec<&str> = removed.iter().map(|s| s.name.as_str()).collect();
             println!(
@@ -464,7 +470,7 @@ pub async fn rm_stack(conn: &Connection, stack: &str) -> Result<()> {
 pub async fn rm(conn: &Connection, service: &str) -> Result<()> {
     let summary = connect(conn).await?.remove(service).await?;
     match conn.output {
-        Format::Json => print_json(&summary),
+        Format::Json | Format::Yaml => print_data(conn.output, &summary),
         Format::Table => {
             println!("{service} removed; its tasks are stopping");
             Ok(())

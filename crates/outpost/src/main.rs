@@ -3,6 +3,7 @@
 //! `client`. It is the only crate that knows clap and anyhow.
 
 mod commands;
+mod inspect;
 mod objects;
 mod output;
 mod roles;
@@ -60,6 +61,7 @@ pub struct Connection {
 pub enum Format {
     Table,
     Json,
+    Yaml,
 }
 
 /// Settings of the node an agent runs on.
@@ -468,6 +470,17 @@ enum Command {
         #[arg(long)]
         tail: Option<usize>,
     },
+    /// Show the whole record of a service (spec, tasks, endpoints, recent events), a task
+    /// (state, last exit, restarts, pid or container, ports, limits, its history) or a node
+    /// (capacity, allocatable, notes, tasks, recent events); `-o json` or `-o yaml` for all of
+    /// it as one document.
+    #[command(
+        after_help = "Examples:\n  outpost inspect web\n  outpost inspect web.1.4 -o yaml\n  outpost inspect edge-1 -o json"
+    )]
+    Inspect {
+        /// A service name, a task id (`web.1.4`, as `outpost ps` shows) or a node name.
+        name: String,
+    },
     /// Set the number of replicas of a service.
     Scale { service: String, replicas: u32 },
     /// Remove a service and stop its tasks.
@@ -742,6 +755,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
             tail,
         } => commands::logs(&conn, &target, follow, tail).await,
+        Command::Inspect { name } => inspect::inspect(&conn, &name).await,
         Command::Scale { service, replicas } => commands::scale(&conn, &service, replicas).await,
         Command::Rm { service, stack } => match (service, stack) {
             (_, Some(stack)) => commands::rm_stack(&conn, &stack).await,

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use api::{ObjectInfo, ObjectKind, ObjectUpload};
 use comfy_table::{Table, presets};
 
-use crate::commands::connect;
+use crate::commands::{connect, print_data};
 use crate::{Connection, Format};
 
 /// A value read from `file` (`-` for stdin), refused past the size limit with the path.
@@ -63,7 +63,7 @@ pub async fn create(conn: &Connection, kind: ObjectKind, name: &str, file: &Path
         .create_object(kind, name, &data)
         .await?;
     match conn.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+        Format::Json | Format::Yaml => print_data(conn.output, &info)?,
         Format::Table => println!(
             "{kind} {} stored ({} bytes, digest {})",
             info.name, info.size, info.digest
@@ -75,7 +75,7 @@ pub async fn create(conn: &Connection, kind: ObjectKind, name: &str, file: &Path
 pub async fn list(conn: &Connection, kind: ObjectKind) -> Result<()> {
     let list = connect(conn).await?.objects(kind).await?;
     match conn.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        Format::Json | Format::Yaml => print_data(conn.output, &list)?,
         Format::Table => println!("{}", table(&list, server::now())),
     }
     Ok(())

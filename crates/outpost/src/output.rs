@@ -206,16 +206,32 @@ fn port_kind(port: &spec::PortSpec) -> &'static str {
 
 pub fn tasks(list: &[Task], now: Timestamp) -> String {
     let mut t = table(&[
-        "TASK", "NODE", "STATE", "READY", "RESTARTS", "QOS", "PID", "PORTS", "AGE", "MESSAGE",
+        "TASK",
+        "NODE",
+        "STATE",
+        "READY",
+        "RESTARTS",
+        "LAST EXIT",
+        "QOS",
+        "PID",
+        "PORTS",
+        "AGE",
+        "MESSAGE",
     ]);
     for task in list {
-        let state = match task.desired {
+        let state = match (task.desired, task.next_start) {
             // Lost is final: nothing is stopping it that anyone can see.
-            api::DesiredState::Shutdown if task.state != api::TaskState::Lost => {
+            (api::DesiredState::Shutdown, _) if task.state != api::TaskState::Lost => {
                 format!("{} (stopping)", task.state)
+            }
+            (api::DesiredState::Running, Some(next)) => {
+                format!("backoff (next try in {})", age(now, next))
             }
             _ => task.state.to_string(),
         };
+        let last_exit = (task.last_exit.as_ref()).map_or("-".into(), |e| {
+            format!("{}, {} ago", e.summary, age(e.at, now))
+        });
         let ports: Vec<String> = task.ports.iter().map(|(n, p)| format!("{n}:{p}")).collect();
         t.add_row(vec![
             task.id.clone(),
@@ -223,6 +239,7 @@ pub fn tasks(list: &[Task], now: Timestamp) -> String {
             state,
             ready(task),
             task.restarts.to_string(),
+            last_exit,
             task.qos.to_string(),
             task.pid.map_or("-".into(), |p| p.to_string()),
             ports.join(","),
@@ -274,7 +291,7 @@ pub fn task_summary(list: &[Task], screenful: usize) -> String {
 }
 
 /// Memory in the largest binary unit that keeps it readable: `23.5Gi`, `256Mi`.
-fn memory(bytes: u64) -> String {
+pub fn memory(bytes: u64) -> String {
     for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
         if bytes >= size {
             let value = bytes as f64 / size as f64;

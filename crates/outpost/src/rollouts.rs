@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Result;
 use api::{RolloutState, RolloutStatus};
 
-use crate::commands::{connect, print_json};
+use crate::commands::{connect, print_data};
 use crate::{Connection, Format};
 
 /// An end of `rollout status -w` other than success: the process exits with `code`.
@@ -39,8 +39,8 @@ pub async fn status(conn: &Connection, service: &str, wait: bool) -> Result<()> 
         let active = status.rollout.as_ref().is_some_and(|r| r.active());
         let stuck = status.held || status.rollout.as_ref().is_some_and(|r| r.paused);
         if !wait || !active || stuck {
-            if conn.output == Format::Json {
-                print_json(&status)?;
+            if conn.output != Format::Table {
+                print_data(conn.output, &status)?;
             }
             return outcome(&status, wait);
         }
@@ -95,8 +95,8 @@ fn describe(s: &RolloutStatus) -> String {
 
 pub async fn history(conn: &Connection, service: &str) -> Result<()> {
     let status = connect(conn).await?.rollout(service).await?;
-    if conn.output == Format::Json {
-        return print_json(&status.revisions);
+    if conn.output != Format::Table {
+        return print_data(conn.output, &status.revisions);
     }
     println!("{:<10} {:<26} CHANGED", "REVISION", "CREATED");
     for r in &status.revisions {
@@ -124,7 +124,7 @@ pub async fn act(conn: &Connection, service: &str, action: &str) -> Result<()> {
 
 fn report(conn: &Connection, status: &RolloutStatus) -> Result<()> {
     match conn.output {
-        Format::Json => print_json(status),
+        Format::Json | Format::Yaml => print_data(conn.output, status),
         Format::Table => {
             println!("{}", describe(status));
             Ok(())

@@ -564,6 +564,8 @@ mod tests {
             status_seq: 0,
             exit_code: None,
             message: None,
+            last_exit: None,
+            next_start: None,
             created_at: Timestamp(0),
             updated_at: Timestamp(0),
             node_state: None,

@@ -394,6 +394,8 @@ mod tests {
             started_at: Some(T),
             exit_code: None,
             message: None,
+            last_exit: None,
+            next_start: None,
         }
     }
 

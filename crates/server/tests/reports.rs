@@ -105,6 +105,8 @@ fn running(node: &str, tasks: &[String]) -> StatusReport {
         started_at: Some(now),
         exit_code: None,
         message: None,
+        last_exit: None,
+        next_start: None,
     };
     StatusReport {
         seq: 1,

@@ -1048,6 +1048,8 @@ impl State {
             status_seq: 0,
             exit_code: None,
             message: None,
+            last_exit: None,
+            next_start: None,
             created_at: time,
             updated_at: time,
             node_state: None,
@@ -1327,6 +1329,8 @@ impl State {
         task.started_at = status.started_at;
         task.exit_code = status.exit_code;
         task.message = status.message.clone();
+        task.last_exit = status.last_exit.clone();
+        task.next_start = status.next_start;
         task.updated_at = time;
         let finished = matches!(task.state, TaskState::Exited | TaskState::Failed);
         // An evicted task is done for good: the scheduler places a new one in its slot.
@@ -1756,6 +1760,8 @@ mod tests {
                 started_at: Some(T),
                 exit_code: None,
                 message: None,
+                last_exit: None,
+                next_start: None,
             }],
             events: vec![],
             memory_pressure: None,
@@ -2524,6 +2530,8 @@ mod lost_tests {
                     started_at: Some(Timestamp(T.0 + u64::from(restarts))),
                     exit_code: None,
                     message: None,
+                    last_exit: None,
+                    next_start: None,
                 }],
                 ..StatusReport::default()
             },
@@ -3071,6 +3079,8 @@ mod drain_tests {
                     started_at: Some(T),
                     exit_code: None,
                     message: None,
+                    last_exit: None,
+                    next_start: None,
                 }],
                 ..StatusReport::default()
             },
@@ -3299,6 +3309,8 @@ mod stack_tests {
                     started_at: Some(T),
                     exit_code: None,
                     message: None,
+                    last_exit: None,
+                    next_start: None,
                 }],
                 events: vec![],
                 memory_pressure: None,

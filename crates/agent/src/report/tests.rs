@@ -89,6 +89,8 @@ fn status(id: &str, state: TaskState) -> Update {
             started_at: Some(Timestamp(1)),
             exit_code: None,
             message: None,
+            last_exit: None,
+            next_start: None,
         }),
         ..Update::default()
     }

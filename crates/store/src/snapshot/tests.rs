@@ -59,6 +59,8 @@ fn running(node: &str, id: &str) -> Command {
         started_at: Some(T),
         exit_code: None,
         message: None,
+        last_exit: None,
+        next_start: None,
     };
     Command::Report {
         node: node.into(),

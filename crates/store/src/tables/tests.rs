@@ -105,6 +105,8 @@ fn status(id: &str, state: TaskState, restarts: u32, evicted: bool) -> TaskStatu
         started_at: Some(at(u64::from(restarts))),
         exit_code: None,
         message: None,
+        last_exit: None,
+        next_start: None,
     }
 }
 
@@ -406,6 +408,8 @@ fn placed_task(service: &str, slot: u32, n: u64, node: usize) -> Task {
         status_seq: 0,
         exit_code: None,
         message: None,
+        last_exit: None,
+        next_start: None,
         created_at: at(0),
         updated_at: at(0),
         node_state: None,
