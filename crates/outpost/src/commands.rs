@@ -189,15 +189,29 @@ pub fn read_specs(files: &[PathBuf], project: Option<&str>) -> Result<Specs> {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
+        // `-` is standard input, read as if it were a file in the working directory.
+        let stdin = file.as_os_str() == "-";
+        let text = match stdin {
+            true => std::io::read_to_string(std::io::stdin())
+                .context("cannot read the spec from standard input (-f -)")?,
+            false => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?,
+        };
+        let file = if stdin {
+            Path::new("./-")
+        } else {
+            file.as_path()
+        };
         let dotenv_path = file.parent().unwrap_or(Path::new(".")).join(".env");
         let dotenv = std::fs::read_to_string(&dotenv_path).ok();
         let stacking = spec::Stacking {
             project: project.map(str::to_string),
             directory: directory_name(file),
         };
-        let source = file.display().to_string();
+        let source = match stdin {
+            true => "<stdin>".to_string(),
+            false => file.display().to_string(),
+        };
         match spec::parse_file_in(&source, &text, &env, dotenv.as_deref(), &stacking) {
             Ok(parsed) => {
                 for w in &parsed.warnings {
@@ -380,6 +394,25 @@ pub async fn server_leave(conn: &Connection, id: u64) -> Result<()> {
 /// How long one `events -f` request waits for news.
 const FOLLOW_WAIT: Duration = Duration::from_secs(25);
 
+/// An error when the service or node the events are asked of does not exist (and never had
+/// an event): a typo must not look like a quiet cluster.
+async fn unknown_subject(client: &Client, filter: &EventFilter) -> Result<()> {
+    if let Some(service) = &filter.service {
+        match client.service(service).await {
+            Err(client::ClientError::Api { status, .. }) if status.as_u16() == 404 => {
+                bail!("no service named {service:?}, nor any event of one (see `outpost services`)")
+            }
+            _ => {}
+        }
+    }
+    if let Some(node) = &filter.node
+        && !client.nodes().await?.iter().any(|n| &n.node.name == node)
+    {
+        bail!("no node named {node:?}, nor any event of one (see `outpost nodes`)");
+    }
+    Ok(())
+}
+
 pub async fn events(conn: &Connection, follow: bool, filter: &EventFilter) -> Result<()> {
     let client = connect(conn).await?;
     let mut after = 0;
@@ -387,6 +420,9 @@ pub async fn events(conn: &Connection, follow: bool, filter: &EventFilter) -> Re
     loop {
         let wait = (follow && !first).then_some(FOLLOW_WAIT);
         let batch = client.events(after, wait, filter).await?;
+        if first && batch.events.is_empty() {
+            unknown_subject(&client, filter).await?;
+        }
         after = batch.index.max(after);
         match conn.output {
             Format::Json | Format::Yaml if follow => {
@@ -396,6 +432,9 @@ pub async fn events(conn: &Connection, follow: bool, filter: &EventFilter) -> Re
             }
             Format::Json | Format::Yaml => print_data(conn.output, &batch.events)?,
             Format::Table => {
+                if first {
+                    println!("{}", output::event_header());
+                }
                 for e in &batch.events {
                     println!("{}", output::event_line(e));
                 }
@@ -425,14 +464,48 @@ pub async fn logs(
     Ok(())
 }
 
-pub async fn scale(conn: &Connection, service: &str, replicas: u32) -> Result<()> {
-    let summary = connect(conn).await?.scale(service, replicas).await?;
-    match conn.output {
-        Format::Json | Format::Yaml => print_data(conn.output, &summary),
-        Format::Table => {
-            println!("{service} scaled to {replicas} replicas");
-            Ok(())
+/// What `scale` was asked: `SERVICE N`, or `SERVICE=N` once or more.
+pub fn scale_targets(args: &[String]) -> Result<Vec<(String, u32)>> {
+    let number = |service: &str, n: &str| {
+        n.parse::<u32>().with_context(|| {
+            format!("{service}={n}: the replica count must be a whole number, like {service}=3")
+        })
+    };
+    match args {
+        [service, n] if !service.contains('=') && !n.contains('=') => {
+            Ok(vec![(service.clone(), number(service, n)?)])
         }
+        _ => (args.iter())
+            .map(|arg| match arg.split_once('=') {
+                Some((service, n)) if !service.is_empty() => {
+                    Ok((service.to_string(), number(service, n)?))
+                }
+                _ => bail!("{arg:?}: give SERVICE=REPLICAS (like web=3), or one SERVICE REPLICAS"),
+            })
+            .collect(),
+    }
+}
+
+/// Scales each service, after checking every one exists: a typo in the last changes nothing.
+pub async fn scale(conn: &Connection, targets: &[(String, u32)]) -> Result<()> {
+    let client = connect(conn).await?;
+    let known = client.services().await?;
+    for (service, _) in targets {
+        if !known.iter().any(|s| &s.name == service) {
+            bail!("no service named {service:?} (see `outpost services`); nothing was scaled");
+        }
+    }
+    let mut summaries = Vec::new();
+    for (service, replicas) in targets {
+        summaries.push(client.scale(service, *replicas).await?);
+        if conn.output == Format::Table {
+            println!("{service} scaled to {replicas} replicas");
+        }
+    }
+    match (conn.output, summaries.as_slice()) {
+        (Format::Table, _) => Ok(()),
+        (format, [one]) => print_data(format, one),
+        (format, all) => print_data(format, &all),
     }
 }
 

@@ -319,6 +319,12 @@ fn yaml<T: Serialize>(value: &T) -> String {
 }
 
 fn event_lines(events: &[Event]) -> String {
-    let lines: Vec<String> = events.iter().map(output::event_line).collect();
-    lines.join("\n")
+    if events.is_empty() {
+        return String::new();
+    }
+    let lines = events.iter().map(output::event_line);
+    let all: Vec<String> = std::iter::once(output::event_header())
+        .chain(lines)
+        .collect();
+    all.join("\n")
 }

@@ -346,10 +346,17 @@ enum TokenAction {
 enum Command {
     /// Run a server and an agent in one process on loopback, deploying the given spec files.
     /// `--api` is where the API listens (default 127.0.0.1:7400), `--data-dir` where state is
-    /// kept (default ./.outpost-dev).
+    /// kept (default ./.outpost-dev). Its log goes to `outpost.log` in the data dir, apart from
+    /// what it prints of the replicas, unless `-v` puts it on stderr.
+    #[command(
+        after_help = "Examples:\n  outpost dev examples/web.yaml\n  outpost dev -v --api 127.0.0.1:7500 compose.yaml"
+    )]
     Dev {
         /// Spec files (native YAML or Compose) to deploy at start.
         files: Vec<PathBuf>,
+        /// Write the log on stderr, among what dev prints, instead of to its file.
+        #[arg(short, long)]
+        verbose: bool,
         #[command(flatten)]
         node: NodeOptions,
         /// Begin a new, empty cluster even though the data dir held one whose state file is
@@ -481,8 +488,13 @@ enum Command {
         /// A service name, a task id (`web.1.4`, as `outpost ps` shows) or a node name.
         name: String,
     },
-    /// Set the number of replicas of a service.
-    Scale { service: String, replicas: u32 },
+    /// Set the number of replicas of a service, or of several at once.
+    #[command(after_help = "Examples:\n  outpost scale web 4\n  outpost scale web=4 api=2")]
+    Scale {
+        /// `SERVICE REPLICAS`, or `SERVICE=REPLICAS` for each service to scale.
+        #[arg(required = true, num_args = 1.., value_name = "SERVICE=REPLICAS")]
+        targets: Vec<String>,
+    },
     /// Remove a service and stop its tasks.
     Rm {
         #[arg(required_unless_present = "stack", conflicts_with = "stack")]
@@ -576,6 +588,12 @@ enum NodeAction {
 fn main() -> std::process::ExitCode {
     one_malloc_arena();
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Dev { .. } | Command::Server { .. } | Command::Agent { .. }
+    ) {
+        end_quietly_on_a_closed_pipe();
+    }
     pki::install_default();
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -614,6 +632,19 @@ fn one_malloc_arena() {
     // any other thread exists, and its answer (whether the value was taken) changes nothing.
     unsafe {
         nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// A client command whose reader went away (`outpost ps | head`) ends at once, silently, as
+/// other Unix tools do: Rust ignores SIGPIPE, so each print would fail (and `println!` panic).
+/// Roles keep ignoring it: a peer that hangs up must never end a server or an agent.
+#[allow(unsafe_code)]
+fn end_quietly_on_a_closed_pipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: it runs first in `main`, before any other thread exists, and the default
+    // action needs no handler of ours.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("warning: cannot restore SIGPIPE's default action: {e}");
     }
 }
 
@@ -662,13 +693,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev {
             files,
+            verbose,
             node,
             reset,
             api,
             mesh,
         } => {
             let settings = api.settings(mesh.range()?)?;
-            roles::dev(&conn, &files, &node, reset, settings).await
+            roles::dev(&conn, &files, &node, reset, verbose, settings).await
         }
         Command::Server { action, run } => match action {
             None => roles::server(&conn, run.role(None)?).await,
@@ -756,7 +788,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
         } => commands::logs(&conn, &target, follow, tail).await,
         Command::Inspect { name } => inspect::inspect(&conn, &name).await,
-        Command::Scale { service, replicas } => commands::scale(&conn, &service, replicas).await,
+        Command::Scale { targets } => {
+            let targets = commands::scale_targets(&targets)?;
+            commands::scale(&conn, &targets).await
+        }
         Command::Rm { service, stack } => match (service, stack) {
             (_, Some(stack)) => commands::rm_stack(&conn, &stack).await,
             (Some(service), None) => commands::rm(&conn, &service).await,

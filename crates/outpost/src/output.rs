@@ -460,6 +460,13 @@ pub fn servers(servers: &[ServerInfo]) -> String {
     trimmed(t)
 }
 
+/// The header over [`event_line`]s.
+pub fn event_header() -> String {
+    event_columns("TIME", "LEVEL", "SUBJECT", "REASON", "MESSAGE")
+}
+
+/// One event in fixed columns, so a followed stream stays aligned: a longer subject or reason
+/// pushes only its own line's message on.
 pub fn event_line(e: &Event) -> String {
     let e2 = &e.event;
     let subject = e2
@@ -468,8 +475,10 @@ pub fn event_line(e: &Event) -> String {
         .or(e2.service.as_deref())
         .or(e2.node.as_deref())
         .unwrap_or("-");
-    format!(
-        "{}  {:<7}  {:<16}  {:<14}  {}",
-        e2.time, e2.level, subject, e2.reason, e2.message
-    )
+    let (time, level) = (e2.time.to_string(), e2.level.to_string());
+    event_columns(&time, &level, subject, &e2.reason, &e2.message)
+}
+
+fn event_columns(time: &str, level: &str, subject: &str, reason: &str, message: &str) -> String {
+    format!("{time:<24}  {level:<7}  {subject:<20}  {reason:<16}  {message}")
 }

@@ -19,17 +19,48 @@ pub const DEV_API: &str = "127.0.0.1:7400";
 /// How long `dev` waits for the replicas it deployed to answer before printing where they are.
 const DEV_READY_WAIT: Duration = Duration::from_secs(30);
 
+/// The log on stderr, where a service manager's journal takes it.
 fn init_logging() {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    log_format(ansi).with_writer(std::io::stderr).init();
+}
+
+/// `dev`'s log: appended to `outpost.log` in its data dir, so it does not bury what dev prints
+/// of the replicas; on stderr with `-v`. Returns the file's path.
+fn init_dev_logging(data_dir: &std::path::Path, verbose: bool) -> Result<Option<PathBuf>> {
+    if verbose {
+        init_logging();
+        return Ok(None);
+    }
+    let path = data_dir.join("outpost.log");
+    let file = std::fs::create_dir_all(data_dir)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        })
+        .with_context(|| format!("cannot open the log file {}", path.display()))?;
+    log_format(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+    Ok(Some(path))
+}
+
+fn log_format(
+    ansi: bool,
+) -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::DefaultFields,
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Compact>,
+    tracing_subscriber::EnvFilter,
+> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr)
         .compact()
-        .init();
 }
 
 /// SIGINT and SIGTERM, counted from the moment the role starts: the first asks for a clean stop,
@@ -92,17 +123,18 @@ pub async fn dev(
     files: &[PathBuf],
     node: &crate::NodeOptions,
     reset: bool,
+    verbose: bool,
     settings: crate::ServerSettings,
 ) -> Result<()> {
     let signals = Signals::install()?;
     let (eviction_threshold, task_ports) = node_settings(node)?;
-    init_logging();
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
     let specs = commands::read_specs(files, None)?;
     let data_dir = conn
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(commands::DEV_DATA_DIR));
+    let log = init_dev_logging(&data_dir, verbose)?;
     let listen = listen_addr(conn, DEV_API)?;
     // The server keeps `api`, `token` and its store at the top of the data dir, where the CLI
     // looks; the agent keeps its own state below it, as it would on another machine.
@@ -160,6 +192,9 @@ pub async fn dev(
         .unwrap_or_default();
     let client = Client::with_tls(&api, &server.token, pki::tls::client_config(&ca, None)?);
     println!("outpost dev: API at {api}, data in {}", data_dir.display());
+    if let Some(log) = &log {
+        println!("  log: {} (-v to see it here)", log.display());
+    }
     println!("  try: outpost --data-dir {} ps", data_dir.display());
     let result = tokio::select! {
         done = dev_session(&client, specs, &signals) => done,

@@ -149,6 +149,12 @@ fn unknown_services_are_reported_not_ignored() {
         &["rm", "nope"],
         &["ps", "nope"],
         &["logs", "nope"],
+        &["services", "nope"],
+        &["inspect", "nope"],
+        &["rollout", "status", "nope"],
+        &["events", "--service", "nope"],
+        &["events", "--node", "nope"],
+        &["ps", "--node", "nope"],
     ] {
         let err = dev.fails(args);
         assert!(err.contains("nope"), "{args:?}: {err}");

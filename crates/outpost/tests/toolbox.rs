@@ -134,3 +134,121 @@ fn inspect_shows_a_service_a_task_and_a_node_whole() {
     let err = dev.fails(&["inspect", "ghost.1.1"]);
     assert!(err.contains("ghost"), "{err}");
 }
+
+#[test]
+fn dev_prints_its_replicas_and_keeps_its_log_in_a_file() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("web.yaml");
+    let text = WEB.replace("DEMO_APP", &support::demo_app().display().to_string());
+    std::fs::write(&spec, text).unwrap();
+    let out = dir.path().join("stdout");
+    let data = dir.path().join("data");
+    let mut child = Command::new(support::outpost_bin())
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--api", "127.0.0.1:0", "dev"])
+        .arg(&spec)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let printed = wait_for("dev to print where both replicas answer", || {
+        let text = std::fs::read_to_string(&out).ok()?;
+        (text.matches("ready").count() >= 2).then_some(text)
+    });
+    support::stop_child(&mut child);
+    let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    let log = std::fs::read_to_string(data.join("outpost.log")).unwrap();
+    assert!(printed.contains("log: "), "{printed}");
+    assert!(
+        !printed.contains(" INFO "),
+        "log lines among the replicas:\n{printed}"
+    );
+    assert!(!stderr.contains(" INFO "), "log lines on stderr:\n{stderr}");
+    assert!(log.contains("API listening on"), "{log}");
+    support::remove_cgroups(&data);
+}
+
+/// A service that fits no node, so it costs no process: its replica count is all there is.
+fn unplaceable(name: &str) -> String {
+    format!(
+        "name: {name}\ncommand: [\"DEMO_APP\"]\nresources: {{ requests: {{ cpu: \"500\" }} }}\n"
+    )
+}
+
+fn replicas(dev: &Dev, service: &str) -> u64 {
+    let services = dev.json(&["services"]);
+    (services.as_array().unwrap().iter())
+        .find(|s| s["name"] == service)
+        .and_then(|s| s["replicas"].as_u64())
+        .unwrap()
+}
+
+#[test]
+fn the_cli_scales_several_services_reads_stdin_and_keeps_quiet_on_a_closed_pipe() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dev = Dev::start(&[]);
+
+    // `-f -` reads the spec from standard input.
+    let mut deploy = Command::new(support::outpost_bin())
+        .arg("--data-dir")
+        .arg(dev.data_dir())
+        .args(["deploy", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let text = format!("{}---\n{}", unplaceable("web"), unplaceable("api"))
+        .replace("DEMO_APP", &support::demo_app().display().to_string());
+    deploy
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = deploy.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!((replicas(&dev, "web"), replicas(&dev, "api")), (1, 1));
+
+    dev.ok(&["scale", "web=3", "api=2"]);
+    assert_eq!((replicas(&dev, "web"), replicas(&dev, "api")), (3, 2));
+    dev.ok(&["scale", "web", "4"]);
+    assert_eq!(replicas(&dev, "web"), 4);
+    // One bad target refuses them all.
+    let err = dev.fails(&["scale", "web=1", "nope=1"]);
+    assert!(
+        err.contains("\"nope\"") && err.contains("nothing was scaled"),
+        "{err}"
+    );
+    let err = dev.fails(&["scale", "web=many"]);
+    assert!(
+        err.contains("web=many") && err.contains("whole number"),
+        "{err}"
+    );
+    assert_eq!(replicas(&dev, "web"), 4);
+
+    // A reader that goes away ends the listing without a word.
+    let mut ps = Command::new(support::outpost_bin())
+        .arg("--data-dir")
+        .arg(dev.data_dir())
+        .args(["ps", "--all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(ps.stdout.take());
+    let out = ps.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+
+    let events = dev.ok(&["events"]);
+    let header: Vec<&str> = events.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["TIME", "LEVEL", "SUBJECT", "REASON", "MESSAGE"]);
+}

@@ -139,6 +139,8 @@ impl Dev {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--api", "127.0.0.1:0", self.role])
+            // dev's own log goes to stderr, so `dev.log` holds it after what dev prints.
+            .args(if self.role == "dev" { &["-v"][..] } else { &[] })
             .args(args)
             .env("OUTPOST_LOG", "info")
             .envs(env.iter().copied())
