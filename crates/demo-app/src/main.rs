@@ -198,7 +198,10 @@ fn main() {
                 keep_alive,
                 proxy_protocol,
             );
-            if let Err(e) = served {
+            // A client that hangs up or goes quiet (every TCP probe does) is not news.
+            if let Err(e) = served
+                && !client_went_away(&e)
+            {
                 eprintln!("demo-app: connection error: {e}");
             }
         });
@@ -331,6 +334,15 @@ fn proxy_header(reader: &mut impl std::io::Read) -> std::io::Result<std::net::So
             "a PROXY protocol v2 header for something other than TCP",
         )),
     }
+}
+
+fn client_went_away(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    is_timeout(e)
+        || matches!(
+            e.kind(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected
+        )
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {

@@ -13,10 +13,20 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// `outpost --version`: the version, the commit it was built from and the day (see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("OUTPOST_GIT_COMMIT"),
+    ", built ",
+    env!("OUTPOST_BUILD_DATE"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "outpost",
-    version,
+    version = VERSION,
     about = "A self-healing container orchestrator for unreliable edge nodes"
 )]
 struct Cli {
@@ -313,6 +323,9 @@ struct ServerRun {
 enum ServerAction {
     /// Create a cluster in `--data-dir`: its CA, this server's certificate, the admin token
     /// and a join token each for servers and agents. Then start it with `outpost server`.
+    #[command(
+        after_help = "Examples:\n  outpost --data-dir /var/lib/outpost/server server init --listen 10.0.0.5:7400"
+    )]
     Init {
         #[command(flatten)]
         addr: ServerAddr,
@@ -321,6 +334,9 @@ enum ServerAction {
     /// join token (--token or OUTPOST_TOKEN; `outpost token show server` on a server). It keeps
     /// its id and certificate in --data-dir: restart it with `outpost server --data-dir D`, or
     /// with this same command, which on a data dir that joined starts it without joining again.
+    #[command(
+        after_help = "Examples:\n  outpost --data-dir /var/lib/outpost/server server join 10.0.0.5:7400 --listen 10.0.0.6:7400 --token $(cat server.token)"
+    )]
     Join {
         /// Address of a server of the group, host:port.
         addr: String,
@@ -329,17 +345,31 @@ enum ServerAction {
     },
     /// Remove the server with this Raft id from the group (see `outpost nodes`); a dead server
     /// is replaced by removing it and joining a new one.
-    Leave { id: u64 },
+    #[command(after_help = "Examples:\n  outpost server leave 3")]
+    Leave {
+        /// The server's Raft id, as `outpost nodes` shows it.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
 enum TokenAction {
     /// Print the token of `server`, `agent` (join tokens) or `admin` (the CLI's), alone; the
     /// current join token, through any server.
-    Show { role: String },
+    #[command(
+        after_help = "Examples:\n  outpost token show agent\n  outpost token show admin > admin.token"
+    )]
+    Show {
+        /// `server`, `agent` or `admin`.
+        role: String,
+    },
     /// Replace the join token of `server` or `agent` and print the new one; the old one no
     /// longer joins.
-    Rotate { role: String },
+    #[command(after_help = "Examples:\n  outpost token rotate agent")]
+    Rotate {
+        /// `server` or `agent`.
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -372,6 +402,9 @@ enum Command {
     /// where it keeps state. The first server founds a group (a data dir without a cluster CA
     /// gets one, as with `outpost server init`); `server join` adds others.
     #[command(args_conflicts_with_subcommands = true)]
+    #[command(
+        after_help = "Examples:\n  outpost --data-dir /var/lib/outpost/server server --listen 10.0.0.5:7400\n  outpost server init --listen 10.0.0.5:7400"
+    )]
     Server {
         #[command(subcommand)]
         action: Option<ServerAction>,
@@ -380,6 +413,9 @@ enum Command {
     },
     /// Run an edge agent. The first start joins the server at `--join` with `--token` (an
     /// agent join token); later starts reconnect with the certificate kept in `--data-dir`.
+    #[command(
+        after_help = "Examples:\n  outpost --data-dir /var/lib/outpost/agent agent --join 10.0.0.5:7400 --token $(cat agent.token) --listen 0.0.0.0:7401 --advertise 10.0.0.21:7401"
+    )]
     Agent {
         /// This node's name (default: the host name).
         #[arg(long)]
@@ -400,12 +436,18 @@ enum Command {
         node: NodeOptions,
     },
     /// Show or rotate the cluster's tokens.
+    #[command(after_help = "Examples:\n  outpost token show agent\n  outpost token rotate server")]
     Token {
         #[command(subcommand)]
         action: TokenAction,
     },
     /// Deploy services from spec files (native YAML or Docker Compose, detected).
+    #[command(
+        after_help = "Examples:\n  outpost deploy -f web.yaml\n  outpost deploy --dry-run -f compose.yaml -p shop\n  cat web.yaml | outpost deploy -f -"
+    )]
     Deploy {
+        /// A spec file (native YAML or Compose); `-` reads standard input. Give it again for
+        /// more files.
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
         /// The stack to deploy into (as `docker compose -p`): a Compose file's services become
@@ -420,6 +462,9 @@ enum Command {
         force: bool,
     },
     /// List services; more than a screenful are counted by status unless `--all`.
+    #[command(
+        after_help = "Examples:\n  outpost services\n  outpost services web -o json\n  outpost services --stack shop"
+    )]
     Services {
         /// One service: its address, and each endpoint with its state and request counts as
         /// the nodes' load balancers see them.
@@ -433,7 +478,11 @@ enum Command {
     },
     /// List tasks, of one service or all; more than a screenful are summarised (counts by
     /// service and state) unless `--all`.
+    #[command(
+        after_help = "Examples:\n  outpost ps\n  outpost ps web --state failed\n  outpost ps --node edge-1 -o json"
+    )]
     Ps {
+        /// Only the tasks of this service.
         service: Option<String>,
         /// Only tasks placed on this node.
         #[arg(long)]
@@ -446,13 +495,18 @@ enum Command {
         all: bool,
     },
     /// List nodes; more than a screenful are counted by state unless `--all`.
+    #[command(after_help = "Examples:\n  outpost nodes\n  outpost nodes -o json")]
     Nodes {
         /// Show every node, however many.
         #[arg(long)]
         all: bool,
     },
     /// Show events; -f keeps following.
+    #[command(
+        after_help = "Examples:\n  outpost events -f\n  outpost events --service web --since 10m --level warning"
+    )]
     Events {
+        /// Keep following: print new events as they happen, until Ctrl-C.
         #[arg(short = 'f', long)]
         follow: bool,
         /// Only events at or after this: a duration back from now (`10m`) or an RFC 3339 time.
@@ -469,13 +523,24 @@ enum Command {
         level: Option<api::Level>,
     },
     /// Show the output of a service's tasks (or of one task).
+    #[command(after_help = "Examples:\n  outpost logs web\n  outpost logs web.1.4 -f --tail 100")]
     Logs {
+        /// A service (the output of each of its tasks) or a task id (`web.1.4`).
         target: String,
+        /// Keep following: print new output as it is written, until Ctrl-C.
         #[arg(short = 'f', long)]
         follow: bool,
         /// Only the last N lines of each task.
         #[arg(long)]
         tail: Option<usize>,
+    },
+    /// Print a shell completion script: source it, or put it where your shell looks.
+    #[command(
+        after_help = "Examples:\n  outpost completion bash > /etc/bash_completion.d/outpost\n  outpost completion zsh > \"${fpath[1]}/_outpost\"\n  outpost completion fish > ~/.config/fish/completions/outpost.fish"
+    )]
+    Completion {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// Show the whole record of a service (spec, tasks, endpoints, recent events), a task
     /// (state, last exit, restarts, pid or container, ports, limits, its history) or a node
@@ -496,7 +561,9 @@ enum Command {
         targets: Vec<String>,
     },
     /// Remove a service and stop its tasks.
+    #[command(after_help = "Examples:\n  outpost rm web\n  outpost rm --stack shop")]
     Rm {
+        /// The service to remove.
         #[arg(required_unless_present = "stack", conflicts_with = "stack")]
         service: Option<String>,
         /// Remove every service of this stack instead.
@@ -504,21 +571,31 @@ enum Command {
         stack: Option<String>,
     },
     /// Act on one node.
+    #[command(after_help = "Examples:\n  outpost node drain edge-1\n  outpost node rm edge-7")]
     Node {
         #[command(subcommand)]
         action: NodeAction,
     },
     /// Follow, pause or undo the rollout of a service's new revision.
+    #[command(
+        after_help = "Examples:\n  outpost rollout status web -w\n  outpost rollout undo web"
+    )]
     Rollout {
         #[command(subcommand)]
         action: RolloutCommand,
     },
     /// Store, list or remove secrets: values tasks read as files, sealed at rest, never shown.
+    #[command(
+        after_help = "Examples:\n  outpost secret create db-password -f ./pw.txt\n  outpost secret ls"
+    )]
     Secret {
         #[command(subcommand)]
         action: ObjectAction,
     },
     /// Store, list or remove configs: files for tasks, stored as they are.
+    #[command(
+        after_help = "Examples:\n  outpost config create nginx.conf -f ./nginx.conf\n  outpost config ls"
+    )]
     Config {
         #[command(subcommand)]
         action: ObjectAction,
@@ -530,30 +607,49 @@ enum RolloutCommand {
     /// Where the rollout stands. With -w, waits until it ends: the exit code is 0 once
     /// completed (or undone as asked), 1 once rolled back after a failure, 2 while paused or
     /// held as a canary.
+    #[command(
+        after_help = "Examples:\n  outpost rollout status web\n  outpost rollout status web -w"
+    )]
     Status {
+        /// The service whose rollout this is.
         service: String,
+        /// Wait until the rollout ends, printing each step.
         #[arg(short = 'w', long)]
         wait: bool,
     },
     /// The revisions kept, with what each changed.
+    #[command(after_help = "Examples:\n  outpost rollout history web")]
     History {
+        /// The service whose rollout this is.
         service: String,
     },
     /// Go back to the revision before the current, or to `--to-revision N`.
+    #[command(
+        after_help = "Examples:\n  outpost rollout undo web\n  outpost rollout undo web --to-revision 3"
+    )]
     Undo {
+        /// The service whose rollout this is.
         service: String,
+        /// The revision to go back to, as `outpost rollout history` lists them.
         #[arg(long)]
         to_revision: Option<u64>,
     },
     /// Start no new task until `resume`.
+    #[command(after_help = "Examples:\n  outpost rollout pause web")]
     Pause {
+        /// The service whose rollout this is.
         service: String,
     },
+    /// Let a paused rollout go on.
+    #[command(after_help = "Examples:\n  outpost rollout resume web")]
     Resume {
+        /// The service whose rollout this is.
         service: String,
     },
     /// Let a canary held at its count go on to every slot.
+    #[command(after_help = "Examples:\n  outpost rollout promote web")]
     Promote {
+        /// The service whose rollout this is.
         service: String,
     },
 }
@@ -562,27 +658,48 @@ enum RolloutCommand {
 enum ObjectAction {
     /// Store a value (a new value for an existing name is a new version of each service
     /// that uses it).
+    #[command(
+        after_help = "Examples:\n  outpost secret create db-password -f ./pw.txt\n  echo -n s3cret | outpost secret create api-key -f -"
+    )]
     Create {
+        /// The name services refer to it by (`secrets:` / `configs:` in a spec).
         name: String,
         /// The file holding the value; `-` reads stdin. At most 500 KiB.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
     /// List names, sizes, digests and the services using each; never a value.
+    #[command(after_help = "Examples:\n  outpost secret ls\n  outpost config ls -o json")]
     Ls,
     /// Remove one; refused while a service uses it.
-    Rm { name: String },
+    #[command(after_help = "Examples:\n  outpost secret rm db-password")]
+    Rm {
+        /// The name it was created with.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum NodeAction {
     /// Move work off a node gracefully: nothing new is placed on it, and each of its tasks
     /// stops once its replacement elsewhere is ready.
-    Drain { node: String },
+    #[command(after_help = "Examples:\n  outpost node drain edge-1")]
+    Drain {
+        /// The node's name, as `outpost nodes` shows it.
+        node: String,
+    },
     /// Let a drained node take work again.
-    Undrain { node: String },
+    #[command(after_help = "Examples:\n  outpost node undrain edge-1")]
+    Undrain {
+        /// The node's name, as `outpost nodes` shows it.
+        node: String,
+    },
     /// Remove a node: its tasks are placed elsewhere and its certificate is revoked.
-    Rm { node: String },
+    #[command(after_help = "Examples:\n  outpost node rm edge-7")]
+    Rm {
+        /// The node's name, as `outpost nodes` shows it.
+        node: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -788,6 +905,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
         } => commands::logs(&conn, &target, follow, tail).await,
         Command::Inspect { name } => inspect::inspect(&conn, &name).await,
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "outpost",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Scale { targets } => {
             let targets = commands::scale_targets(&targets)?;
             commands::scale(&conn, &targets).await
@@ -830,5 +957,40 @@ async fn object_command(
         ObjectAction::Create { name, file } => objects::create(conn, kind, &name, &file).await,
         ObjectAction::Ls => objects::list(conn, kind).await,
         ObjectAction::Rm { name } => objects::remove(conn, kind, &name).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument says what it is for, and every command's help ends with
+    /// examples: `outpost CMD --help` is where an operator looks first.
+    #[test]
+    fn every_flag_is_described_and_every_command_shows_examples() {
+        let mut missing = Vec::new();
+        for sub in super::Cli::command().get_subcommands() {
+            audit(sub, &format!("outpost {}", sub.get_name()), &mut missing);
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    fn audit(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+            if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                missing.push(format!("{path}: {} has no description", arg.get_id()));
+            }
+        }
+        let after = cmd
+            .get_after_help()
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        if !after.starts_with("Example") {
+            missing.push(format!("{path}: its help ends with no examples"));
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            audit(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
     }
 }
