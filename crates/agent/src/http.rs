@@ -21,6 +21,7 @@ use httpd::{Fail, Json, Path, Query};
 use serde::Deserialize;
 
 use crate::logs::TaskLogs;
+use crate::supervisor::RunningTask;
 
 /// 64: the servers of the cluster proxy a few log streams at a time; nothing else connects.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
@@ -34,6 +35,7 @@ struct AgentApi {
     http: reqwest::Client,
     /// The node's name and its mesh, for `traffic`.
     mesh: (String, crate::mesh::MeshView),
+    running: crate::supervisor::Running,
 }
 
 /// How long an idle connection to another agent is kept, 2 s: below the 5 s after which their
@@ -68,12 +70,14 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     http: reqwest::Client,
     mesh: (String, crate::mesh::MeshView),
+    running: crate::supervisor::Running,
 ) {
     let limits = httpd::Limits::with_max_connections(DEFAULT_MAX_CONNECTIONS);
     let routes = Router::new()
         .route("/v1/agent/logs/{task}", get(task_logs))
         .route("/v1/agent/probe", post(probe))
-        .route("/v1/agent/traffic", get(traffic));
+        .route("/v1/agent/traffic", get(traffic))
+        .route("/v1/agent/exec/{task}", post(exec));
     let health = Router::new().route("/v1/agent/health", get(health));
     let app = match &tls {
         Some(_) => routes
@@ -91,6 +95,7 @@ pub async fn serve(
         token,
         http,
         mesh,
+        running,
     });
     httpd::serve_tls(listener, app, limits, tls, std::future::pending()).await;
 }
@@ -164,6 +169,43 @@ async fn task_logs(
         Body::from_stream(first.map(Ok::<_, std::io::Error>))
     };
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// Runs a command beside a running task of this node, streaming its output as `api::exec`
+/// frames; the command is killed if the caller goes away.
+async fn exec(
+    State(api): State<AgentApi>,
+    Path(task): Path<String>,
+    Json(req): Json<api::ExecRequest>,
+) -> Response {
+    let Some(running) = api.running.get(&task) else {
+        return Fail::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{task} does not run on this node now: exec needs a running task (see `outpost ps`)"
+            ),
+        )
+        .into_response();
+    };
+    if req.argv.first().is_none_or(|p| p.is_empty()) {
+        return Fail::invalid_at("no command", "argv", "give the command to run").into_response();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let RunningTask {
+            driver,
+            handle,
+            launch,
+        } = running;
+        driver.exec_streaming(&handle, &launch, &req.argv, tx).await;
+    });
+    let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(|frame: api::ExecFrame| Ok::<_, std::io::Error>(frame.encode()));
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(frames),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

@@ -200,6 +200,7 @@ impl Agent {
             None => (None, None),
         };
         let mesh_view = mesh::MeshView::default();
+        let running = supervisor::Running::default();
         tokio::spawn(http::serve(
             listener,
             logs.clone(),
@@ -207,6 +208,7 @@ impl Agent {
             serve_tls,
             http::probe_client(client_tls.clone()),
             (config.name.clone(), mesh_view.clone()),
+            running.clone(),
         ));
 
         let client = Client::connect(&config.server, &config.token, None, client_tls);
@@ -234,6 +236,7 @@ impl Agent {
             ports,
             files: objects::Files::for_agent(&agent_id),
             mesh: mesh_view,
+            running,
         };
         let (mesh_stop, mesh_stopped) = watch::channel(false);
         if config.mesh {

@@ -60,6 +60,37 @@ pub struct Supervision {
     pub files: Option<crate::objects::Files>,
     /// The node's DNS server and the services' addresses, for tasks to find each other.
     pub mesh: crate::mesh::MeshView,
+    /// The tasks that run now, for `exec`.
+    pub running: Running,
+}
+
+/// Each running task's driver, handle and launch: what `exec` needs to run a command beside it.
+#[derive(Clone, Default)]
+pub struct Running(Arc<std::sync::Mutex<BTreeMap<String, RunningTask>>>);
+
+#[derive(Clone)]
+pub struct RunningTask {
+    pub driver: Arc<dyn Driver>,
+    pub handle: Handle,
+    pub launch: Launch,
+}
+
+impl Running {
+    pub fn get(&self, task: &str) -> Option<RunningTask> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(task)
+            .cloned()
+    }
+
+    fn set(&self, task: &str, running: Option<RunningTask>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match running {
+            Some(r) => map.insert(task.to_string(), r),
+            None => map.remove(task),
+        };
+    }
 }
 
 /// The supervisor's view of its task, reported after every change.
@@ -280,7 +311,15 @@ impl Supervisor {
                     }
                 },
             };
-            match self.run_once(&h).await {
+            let running = RunningTask {
+                driver: Arc::clone(&self.driver),
+                handle: h.clone(),
+                launch: self.launch(),
+            };
+            self.shared.running.set(self.id(), Some(running));
+            let step = self.run_once(&h).await;
+            self.shared.running.set(self.id(), None);
+            match step {
                 Step::Detached => return self.task.assignment.task,
                 Step::Stopped => break,
                 Step::Then(next) => {

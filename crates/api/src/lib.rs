@@ -5,12 +5,14 @@
 //! client reads is exactly what was committed.
 
 mod endpoints;
+mod exec;
 mod objects;
 pub mod openapi;
 mod time;
 mod types;
 
 pub use endpoints::*;
+pub use exec::*;
 pub use objects::*;
 pub use time::Timestamp;
 pub use types::*;

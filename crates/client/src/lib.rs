@@ -588,6 +588,32 @@ impl Client {
         }))
     }
 
+    /// Runs `argv` beside a running task: its output as `api::exec` frames, as they come.
+    pub async fn exec(
+        &self,
+        task: &str,
+        argv: &[String],
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
+    {
+        use futures_util::StreamExt;
+        let path = format!("/v1/tasks/{}/exec", segment(task, TASK)?);
+        let body = api::ExecRequest {
+            argv: argv.to_vec(),
+        };
+        let resp = self
+            .execute(self.request(Method::POST, &path).json(&body))
+            .await?;
+        let url = self.base();
+        Ok(resp.bytes_stream().map(move |chunk| {
+            chunk
+                .map(|b| b.to_vec())
+                .map_err(|e| ClientError::Protocol {
+                    url: url.clone(),
+                    message: e.to_string(),
+                })
+        }))
+    }
+
     /// The server's view of the cluster: its Raft leader and applied index.
     pub async fn status(&self) -> Result<ClusterStatus, ClientError> {
         self.get("/v1/status").await
@@ -814,6 +840,7 @@ const OBJECT: Named = (
     "see `outpost secret ls` and `outpost config ls`",
 );
 const LOG_TARGET: Named = ("service or task", "see `outpost services` and `outpost ps`");
+const TASK: Named = ("task", "see `outpost ps`");
 const TOKEN_ROLE: Named = ("token role", "server, agent or admin");
 
 /// `name` as one path segment; refused when a URL would resolve it away.

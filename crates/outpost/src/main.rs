@@ -534,6 +534,19 @@ enum Command {
         #[arg(long)]
         tail: Option<usize>,
     },
+    /// Run a command beside a running task, from any node's CLI: inside its container (the
+    /// Engine's exec), or for a process task with its environment, working directory, cgroup
+    /// and resolver. Its output streams back; its exit status is this command's.
+    #[command(
+        after_help = "Examples:\n  outpost exec web.1.4 -- ls -l /data\n  outpost exec db.1.2 -- sh -c 'pg_isready; echo $?'"
+    )]
+    Exec {
+        /// The task, as `outpost ps` shows it (`web.1.4`).
+        task: String,
+        /// The command and its arguments, after `--`; run without a shell.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Print a shell completion script: source it, or put it where your shell looks.
     #[command(
         after_help = "Examples:\n  outpost completion bash > /etc/bash_completion.d/outpost\n  outpost completion zsh > \"${fpath[1]}/_outpost\"\n  outpost completion fish > ~/.config/fish/completions/outpost.fish"
@@ -727,7 +740,9 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<rollouts::Ended>() {
             Some(ended) => {
-                eprintln!("{ended}");
+                if !ended.message.is_empty() {
+                    eprintln!("{ended}");
+                }
                 std::process::ExitCode::from(ended.code)
             }
             None => {
@@ -905,6 +920,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
         } => commands::logs(&conn, &target, follow, tail).await,
         Command::Inspect { name } => inspect::inspect(&conn, &name).await,
+        Command::Exec { task, command } => commands::exec(&conn, &task, &command).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(

@@ -252,3 +252,65 @@ fn the_cli_scales_several_services_reads_stdin_and_keeps_quiet_on_a_closed_pipe(
     let header: Vec<&str> = events.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["TIME", "LEVEL", "SUBJECT", "REASON", "MESSAGE"]);
 }
+
+/// `outpost exec TASK -- ARGV`: (exit success, stdout, stderr) and the exit code.
+fn exec(dev: &Dev, task: &str, argv: &[&str]) -> (Option<i32>, String, String) {
+    let mut args = vec!["exec", task, "--"];
+    args.extend_from_slice(argv);
+    let out = dev.try_cli(&args).expect("cannot run outpost");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn exec_runs_beside_a_process_task_and_a_container_and_passes_the_exit_status_on() {
+    let dev = Dev::start(&[]);
+    dev.deploy(
+        "web.yaml",
+        &WEB.replace("replicas: 2", "replicas: 1\nenv: { GREETING: hi }"),
+    );
+    let task = dev.wait_ready("web", 1)[0].clone();
+    let (id, port) = (
+        task["id"].as_str().unwrap(),
+        task["ports"]["http"].as_u64().unwrap(),
+    );
+
+    // A process task's command gets the task's environment and cgroup.
+    let script = "echo $GREETING $PORT; grep -c outpost /proc/self/cgroup >&2; exit 7";
+    let (code, out, err) = exec(&dev, id, &["/bin/sh", "-c", script]);
+    assert_eq!(code, Some(7), "{out}{err}");
+    assert_eq!(out, format!("hi {port}\n"));
+    assert!(
+        err.trim().parse::<u32>().is_ok_and(|n| n > 0),
+        "not in the task's cgroup: {err}"
+    );
+    let (code, out, _) = exec(&dev, id, &["/bin/true"]);
+    assert_eq!((code, out.as_str()), (Some(0), ""));
+    let (code, _, err) = exec(&dev, id, &["/no/such/program"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot start \"/no/such/program\""), "{err}");
+    let (code, _, err) = exec(&dev, "web.9.999", &["/bin/true"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no task named \"web.9.999\""), "{err}");
+
+    let Some(image) = support::docker_image() else {
+        return;
+    };
+    dev.deploy(
+        "box.yaml",
+        &format!(
+            "name: box\ndriver: docker\nimage: {image}\n\
+             ports: [{{ name: http, container_port: 8080 }}]\n\
+             readiness: {{ tcp: {{ port: http }}, period: 200ms }}\n"
+        ),
+    );
+    let boxed = dev.wait_ready("box", 1)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The image has nothing but demo-app: its probe client answers by its exit status.
+    let (code, out, err) = exec(&dev, &boxed, &["/demo-app", "probe", "8080", "/"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, _) = exec(&dev, &boxed, &["/demo-app", "probe", "1"]);
+    assert_eq!(code, Some(1));
+}

@@ -32,6 +32,7 @@ pub mod cluster;
 pub mod controller;
 pub mod detector;
 pub mod endpoints;
+pub mod exec;
 pub mod logs;
 pub mod lost;
 pub mod network;

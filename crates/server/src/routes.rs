@@ -131,7 +131,9 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
             ctx.blocking.clone(),
             blocking::limit,
         ));
-    let streams = OpenApiRouter::new().routes(routes!(crate::logs::logs));
+    let streams = OpenApiRouter::new()
+        .routes(routes!(crate::logs::logs))
+        .routes(routes!(crate::exec::exec));
     prompt.merge(membership).merge(blocking).merge(streams)
 }
 

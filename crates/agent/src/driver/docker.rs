@@ -589,6 +589,59 @@ impl Driver for DockerDriver {
         })
     }
 
+    fn exec_streaming<'a>(
+        &'a self,
+        handle: &'a Handle,
+        _launch: &'a Launch,
+        argv: &'a [String],
+        frames: tokio::sync::mpsc::Sender<api::ExecFrame>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(id) = handle.container_id.as_ref() else {
+                let why = "the task has no container".to_string();
+                let _ = frames.send(super::exec_end(None, Some(why))).await;
+                return;
+            };
+            let config = bollard::models::ExecConfig {
+                cmd: Some(argv.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            };
+            let started = match self.docker.create_exec(id, config).await {
+                Ok(exec) => (self.docker.start_exec(&exec.id, None).await).map(|s| (exec.id, s)),
+                Err(e) => Err(e),
+            };
+            let (exec, mut output) = match started {
+                Ok((exec, bollard::exec::StartExecResults::Attached { output, .. })) => {
+                    (exec, output)
+                }
+                Ok((_, bollard::exec::StartExecResults::Detached)) => return,
+                Err(e) => {
+                    let why = format!("the Docker Engine cannot run it: {e}");
+                    let _ = frames.send(super::exec_end(None, Some(why))).await;
+                    return;
+                }
+            };
+            while let Some(Ok(chunk)) = output.next().await {
+                let frame = match chunk {
+                    bollard::container::LogOutput::StdErr { message } => {
+                        api::ExecFrame::Stderr(message.to_vec())
+                    }
+                    other => api::ExecFrame::Stdout(other.into_bytes().to_vec()),
+                };
+                // Whoever asked has gone; the Engine ends the exec's stream with the command.
+                if frames.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            let code = (self.docker.inspect_exec(&exec).await.ok())
+                .and_then(|e| e.exit_code)
+                .map(|c| c as i32);
+            let _ = frames.send(super::exec_end(code, None)).await;
+        })
+    }
+
     fn memory_usage<'a>(
         &'a self,
         handle: &'a Handle,

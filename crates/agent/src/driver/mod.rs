@@ -198,6 +198,16 @@ pub trait Driver: Send + Sync + 'static {
         argv: &'a [String],
         timeout: Duration,
     ) -> BoxFuture<'a, Option<i32>>;
+    /// Runs `argv` beside the task as [`Driver::exec`] does, for an operator: its output is sent
+    /// on `frames` as it comes, then how it ended (always the last frame). The command is
+    /// killed once `frames` closes: whoever asked has gone.
+    fn exec_streaming<'a>(
+        &'a self,
+        handle: &'a Handle,
+        launch: &'a Launch,
+        argv: &'a [String],
+        frames: tokio::sync::mpsc::Sender<api::ExecFrame>,
+    ) -> BoxFuture<'a, ()>;
     /// The TCP ports the task listens on inside its own network namespace, where its open
     /// connections are counted while it drains. A process listens on its host ports.
     fn serving_ports(&self, launch: &Launch) -> Vec<u16> {
@@ -209,6 +219,35 @@ pub trait Driver: Send + Sync + 'static {
     /// The task's memory use in bytes (its cgroup's count, or the container's), for eviction;
     /// `None` when it cannot be measured.
     fn memory_usage<'a>(&'a self, handle: &'a Handle, task: &'a str) -> BoxFuture<'a, Option<u64>>;
+}
+
+/// The last frame of an exec.
+fn exec_end(code: Option<i32>, error: Option<String>) -> api::ExecFrame {
+    api::ExecFrame::End(api::ExecEnd { code, error })
+}
+
+/// Sends what `from` gives, as frames made by `frame`, until it ends; `false` once `frames`
+/// is closed.
+async fn pump<R: tokio::io::AsyncRead + Unpin>(
+    from: Option<R>,
+    frame: fn(Vec<u8>) -> api::ExecFrame,
+    frames: &tokio::sync::mpsc::Sender<api::ExecFrame>,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Some(mut from) = from else {
+        return true;
+    };
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(n) => {
+                if frames.send(frame(buf[..n].to_vec())).await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -145,6 +145,25 @@ impl ProcessDriver {
 
     /// The environment of the task's processes, exec probes included: a few of the agent's
     /// variables, the agent's mark, then the task's own.
+    /// `argv` as the task would run it, beside it: its environment and workdir, in its cgroup
+    /// (so it counts against the task's limits; where the cgroup cannot be opened it still
+    /// runs), resolving names as the task does; killed when dropped.
+    fn beside(&self, argv: &[String], launch: &Launch) -> tokio::process::Command {
+        let mut cmd = self.command(argv, launch);
+        cmd.kill_on_drop(true);
+        let procs = (self.cgroups.as_ref())
+            .and_then(|cg| cg.open_procs(&launch.task_id).ok())
+            .unwrap_or_default();
+        // The task's start wrote its resolv.conf (the log dir outlives an agent restart);
+        // this only reads it.
+        let path = resolv_conf_path(launch);
+        let resolv_conf = (launch.dns.is_some() && path.exists())
+            .then(|| CString::new(path.into_os_string().into_vec()).ok())
+            .flatten();
+        before_exec(&mut cmd, procs, resolv_conf);
+        cmd
+    }
+
     fn command(&self, argv: &[String], launch: &Launch) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(argv.first().map_or("", String::as_str));
         cmd.args(argv.iter().skip(1))
@@ -565,27 +584,50 @@ impl Driver for ProcessDriver {
             if argv.is_empty() {
                 return None;
             }
-            let mut cmd = self.command(argv, launch);
-            cmd.stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true);
-            // In the task's cgroup too, so a probe counts against the task's limits; where the
-            // cgroup cannot be opened the probe still runs. It resolves names as the task does.
-            let procs = (self.cgroups.as_ref())
-                .and_then(|cg| cg.open_procs(&launch.task_id).ok())
-                .unwrap_or_default();
-            // The task's start wrote its resolv.conf (the log dir outlives an agent restart);
-            // a probe only reads it.
-            let path = resolv_conf_path(launch);
-            let resolv_conf = (launch.dns.is_some() && path.exists())
-                .then(|| CString::new(path.into_os_string().into_vec()).ok())
-                .flatten();
-            before_exec(&mut cmd, procs, resolv_conf);
+            let mut cmd = self.beside(argv, launch);
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
             let mut child = cmd.spawn().ok()?;
             match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(Ok(status)) => status.code(),
                 _ => None,
             }
+        })
+    }
+
+    fn exec_streaming<'a>(
+        &'a self,
+        _handle: &'a Handle,
+        launch: &'a Launch,
+        argv: &'a [String],
+        frames: tokio::sync::mpsc::Sender<api::ExecFrame>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut cmd = self.beside(argv, launch);
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = match cmd.spawn() {
+                Ok(child) => child,
+                Err(e) => {
+                    let why = format!("cannot start {:?}: {e}", argv.first().map_or("", |a| a));
+                    let _ = frames.send(super::exec_end(None, Some(why))).await;
+                    return;
+                }
+            };
+            let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+            let (out, err) = tokio::join!(
+                super::pump(stdout, api::ExecFrame::Stdout, &frames),
+                super::pump(stderr, api::ExecFrame::Stderr, &frames)
+            );
+            if !(out && err) {
+                // Whoever asked has gone: the command goes too (killed on drop).
+                return;
+            }
+            let code = match child.wait().await {
+                Ok(status) => status.code().or_else(|| {
+                    std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s)
+                }),
+                Err(_) => None,
+            };
+            let _ = frames.send(super::exec_end(code, None)).await;
         })
     }
 

@@ -172,6 +172,22 @@ impl Driver for Fake {
     fn memory_usage<'a>(&'a self, _h: &'a Handle, _task: &'a str) -> BoxFuture<'a, Option<u64>> {
         Box::pin(async { None })
     }
+
+    fn exec_streaming<'a>(
+        &'a self,
+        _h: &'a Handle,
+        _launch: &'a Launch,
+        _argv: &'a [String],
+        frames: mpsc::Sender<api::ExecFrame>,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let end = api::ExecEnd {
+                code: Some(0),
+                error: None,
+            };
+            let _ = frames.send(api::ExecFrame::End(end)).await;
+        })
+    }
 }
 
 /// One supervised task over the fake driver, and what it reports.
@@ -235,6 +251,7 @@ impl Setup {
             ports: Arc::new(Ports::new(crate::ports::DEFAULT_RANGE)),
             files: None,
             mesh: crate::mesh::MeshView::default(),
+            running: Default::default(),
         };
         let mut task = LocalTask::new(Assignment {
             task: "web.1.1".into(),

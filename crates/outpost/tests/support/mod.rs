@@ -282,7 +282,7 @@ impl Dev {
         std::fs::read_to_string(self.data_dir().join("dev.log")).unwrap_or_default()
     }
 
-    fn try_cli(&self, args: &[&str]) -> Option<Output> {
+    pub fn try_cli(&self, args: &[&str]) -> Option<Output> {
         Command::new(outpost_bin())
             .arg("--data-dir")
             .arg(self.data_dir())
