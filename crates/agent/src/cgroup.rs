@@ -287,6 +287,33 @@ impl Cgroups {
         text.trim().parse().ok()
     }
 
+    /// CPU time the task used, in nanoseconds; `None` without the cpu controller (or, on v1,
+    /// cpuacct mounted beside it).
+    pub fn cpu_ns(&self, task: &str) -> Option<u64> {
+        check_task(task).ok()?;
+        if !self.controllers.contains(&Controller::Cpu) {
+            return None;
+        }
+        let dir = self.dir(Controller::Cpu, task);
+        match self.version {
+            Version::V2 => {
+                keyed(&read(&dir.join("cpu.stat")).ok()?, "usage_usec").map(|us| us * 1000)
+            }
+            Version::V1 => read(&dir.join("cpuacct.usage")).ok()?.trim().parse().ok(),
+        }
+    }
+
+    /// Bytes the task read from and wrote to block devices (v2 `io.stat`); `None` on v1, where
+    /// the blkio controller is not used.
+    pub fn disk_bytes(&self, task: &str) -> Option<(u64, u64)> {
+        check_task(task).ok()?;
+        if self.version != Version::V2 {
+            return None;
+        }
+        let text = read(&self.dir(Controller::Memory, task).join("io.stat")).ok()?;
+        Some(io_bytes(&text))
+    }
+
     /// How many of the task's processes the kernel OOM-killed; `None` when it cannot be read.
     /// On v1 this needs `oom_kill` in `memory.oom_control` (Linux 4.13+); `memory.failcnt` is not
     /// used instead, because it counts every time usage hit the limit — reclaim usually resolves
@@ -614,6 +641,18 @@ fn cpu_weight(shares: u64) -> u64 {
 }
 
 /// The value of a `key value` line, as in `memory.events` and `memory.oom_control`.
+/// The `rbytes` and `wbytes` of every device in a v2 `io.stat`, summed.
+fn io_bytes(text: &str) -> (u64, u64) {
+    let field = |word: &str, key: &str| word.strip_prefix(key)?.parse::<u64>().ok();
+    let words = text.split_whitespace();
+    words.fold((0, 0), |(r, w), word| {
+        (
+            r + field(word, "rbytes=").unwrap_or(0),
+            w + field(word, "wbytes=").unwrap_or(0),
+        )
+    })
+}
+
 fn keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let mut words = line.split_whitespace();

@@ -77,7 +77,8 @@ pub async fn serve(
         .route("/v1/agent/logs/{task}", get(task_logs))
         .route("/v1/agent/probe", post(probe))
         .route("/v1/agent/traffic", get(traffic))
-        .route("/v1/agent/exec/{task}", post(exec));
+        .route("/v1/agent/exec/{task}", post(exec))
+        .route("/v1/agent/stats", get(stats));
     let health = Router::new().route("/v1/agent/health", get(health));
     let app = match &tls {
         Some(_) => routes
@@ -206,6 +207,49 @@ async fn exec(
         Body::from_stream(frames),
     )
         .into_response()
+}
+
+/// When the agent's API started: stats readings are timed from it, on the monotonic clock.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// What the node and its running tasks (of one service, or all) use now, as counters.
+async fn stats(State(api): State<AgentApi>, Query(q): Query<TrafficQuery>) -> Json<api::NodeUsage> {
+    let at = STARTED.get_or_init(std::time::Instant::now).elapsed();
+    let mut tasks = Vec::new();
+    for (id, running) in api.running.all() {
+        if q.service
+            .as_ref()
+            .is_some_and(|s| *s != running.launch.service)
+        {
+            continue;
+        }
+        let usage = running.driver.usage(&running.handle, &id).await;
+        let limits = &running.launch.spec.resources.limits;
+        tasks.push(api::TaskUsage {
+            task: id,
+            service: running.launch.service.clone(),
+            usage,
+            memory_limit: limits.memory.map(|m| m.bytes()),
+        });
+    }
+    let total = crate::procfs::meminfo("MemTotal");
+    let available = crate::procfs::meminfo("MemAvailable");
+    let net = crate::procfs::node_net_bytes();
+    Json(api::NodeUsage {
+        node: api.mesh.0.clone(),
+        at_ms: u64::try_from(at.as_millis()).unwrap_or(u64::MAX),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_total: total,
+        usage: api::Usage {
+            cpu_ns: crate::procfs::node_cpu_ns(),
+            memory_bytes: total.zip(available).map(|(t, a)| t.saturating_sub(a)),
+            net_rx_bytes: net.map(|n| n.0),
+            net_tx_bytes: net.map(|n| n.1),
+            disk_read_bytes: None,
+            disk_write_bytes: None,
+        },
+        tasks,
+    })
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,10 @@
 
 use std::io;
 
+/// `/proc` counts CPU time in ticks of USER_HZ, which is 100 on every Linux ABI (whatever the
+/// kernel's own tick rate): 10 ms.
+const NS_PER_TICK: u64 = 10_000_000;
+
 /// Where the kernel publishes a random id made at each boot.
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
@@ -148,6 +152,81 @@ fn established_to(text: &str, ports: &[u16]) -> usize {
         .count()
 }
 
+/// CPU time `pids` used (user and system, `/proc/PID/stat` fields 14 and 15), in nanoseconds;
+/// processes gone meanwhile count nothing.
+pub fn cpu_ns(pids: &[u32]) -> u64 {
+    let ticks: u64 = (pids.iter())
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|text| cpu_ticks(&text))
+        .sum();
+    ticks.saturating_mul(NS_PER_TICK)
+}
+
+/// utime + stime of the text of `/proc/PID/stat`.
+fn cpu_ticks(text: &str) -> Option<u64> {
+    let rest = text.get(text.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // Fields restart at 3 after the command name: utime is field 14, stime 15.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Bytes `pids` read from and wrote to storage (`read_bytes`, `write_bytes` of
+/// `/proc/PID/io`), summed.
+pub fn disk_bytes(pids: &[u32]) -> (u64, u64) {
+    let texts = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/io")).ok());
+    texts.fold((0, 0), |(r, w), text| {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        (r + field("read_bytes:"), w + field("write_bytes:"))
+    })
+}
+
+/// The node's CPU time in use since boot (all but idle and iowait, `/proc/stat`), in
+/// nanoseconds.
+pub fn node_cpu_ns() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let busy: u64 = (values.iter().enumerate())
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .take(8)
+        .map(|(_, v)| v)
+        .sum();
+    Some(busy.saturating_mul(NS_PER_TICK))
+}
+
+/// Bytes received and sent on the node's interfaces but loopback (`/proc/net/dev`).
+pub fn node_net_bytes() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/dev").ok()?;
+    let mut totals = (0, 0);
+    for line in text.lines().skip(2) {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let values: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        totals.0 += values.first().copied().unwrap_or(0);
+        totals.1 += values.get(8).copied().unwrap_or(0);
+    }
+    Some(totals)
+}
+
 /// This boot's id; `None` where the kernel does not publish one.
 pub fn boot_id() -> Option<String> {
     let id = std::fs::read_to_string(BOOT_ID).ok()?;
@@ -268,6 +347,16 @@ mod tests {
         assert_eq!(connections_to(me, &[port]).unwrap(), 1);
         drop(accepted);
         assert!(connections_to(u32::MAX, &[port]).is_err_and(|e| is_gone(&e)));
+    }
+
+    #[test]
+    fn cpu_time_is_read_after_the_command_name() {
+        let text = "4242 (my (odd) app) S 1 4240 4240 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 1 0 \
+                    987654 1000 100 18446744073709551615";
+        assert_eq!(cpu_ticks(text), Some(300));
+        assert!(cpu_ns(&[std::process::id()]) > 0 || cfg!(miri));
+        assert!(node_cpu_ns().is_some_and(|ns| ns > 0));
+        assert!(node_net_bytes().is_some());
     }
 
     #[test]

@@ -84,6 +84,12 @@ impl Running {
             .cloned()
     }
 
+    /// Every running task, by id.
+    pub fn all(&self) -> Vec<(String, RunningTask)> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(id, r)| (id.clone(), r.clone())).collect()
+    }
+
     fn set(&self, task: &str, running: Option<RunningTask>) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match running {

@@ -8,11 +8,13 @@ mod endpoints;
 mod exec;
 mod objects;
 pub mod openapi;
+mod stats;
 mod time;
 mod types;
 
 pub use endpoints::*;
 pub use exec::*;
 pub use objects::*;
+pub use stats::*;
 pub use time::Timestamp;
 pub use types::*;

@@ -588,6 +588,19 @@ impl Client {
         }))
     }
 
+    /// What every node (or `node`) and its running tasks (of `service`) use now.
+    pub async fn stats(
+        &self,
+        service: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<api::ClusterUsage, ClientError> {
+        let mut query = String::new();
+        push("service", service, &mut query);
+        push("node", node, &mut query);
+        self.get(&format!("/v1/stats{}", query.replacen('&', "?", 1)))
+            .await
+    }
+
     /// Runs `argv` beside a running task: its output as `api::exec` frames, as they come.
     pub async fn exec(
         &self,

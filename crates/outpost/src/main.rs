@@ -8,6 +8,7 @@ mod objects;
 mod output;
 mod roles;
 mod rollouts;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -547,6 +548,19 @@ enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Live CPU, memory, network and disk of each running task and node (of one service or
+    /// one node), refreshed until Ctrl-C like `docker stats`. CPU % is of one CPU for a task
+    /// and of the whole node for a node; network and disk are totals since start.
+    #[command(
+        after_help = "Examples:\n  outpost stats\n  outpost stats web --no-stream\n  outpost stats edge-1 -o json"
+    )]
+    Stats {
+        /// A service or a node; every task and node without it.
+        target: Option<String>,
+        /// Print one reading and end.
+        #[arg(long)]
+        no_stream: bool,
+    },
     /// Print a shell completion script: source it, or put it where your shell looks.
     #[command(
         after_help = "Examples:\n  outpost completion bash > /etc/bash_completion.d/outpost\n  outpost completion zsh > \"${fpath[1]}/_outpost\"\n  outpost completion fish > ~/.config/fish/completions/outpost.fish"
@@ -920,6 +934,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
         } => commands::logs(&conn, &target, follow, tail).await,
         Command::Inspect { name } => inspect::inspect(&conn, &name).await,
+        Command::Stats { target, no_stream } => {
+            stats::stats(&conn, target.as_deref(), no_stream).await
+        }
         Command::Exec { task, command } => commands::exec(&conn, &task, &command).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;

@@ -7,14 +7,14 @@ use api::{Change, Event, Membership, Node, NodeInfo, ServerInfo, ServiceSummary,
 use comfy_table::{Table, presets};
 use spec::ServiceSpec;
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING)
         .set_header(header.iter().map(|h| h.to_string()));
     t
 }
 
-fn trimmed(t: Table) -> String {
+pub fn trimmed(t: Table) -> String {
     t.to_string()
         .lines()
         .map(str::trim_end)
@@ -302,7 +302,7 @@ pub fn memory(bytes: u64) -> String {
             };
         }
     }
-    bytes.to_string()
+    format!("{bytes}B")
 }
 
 fn node_state(n: &Node) -> String {

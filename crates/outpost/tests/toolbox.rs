@@ -314,3 +314,50 @@ fn exec_runs_beside_a_process_task_and_a_container_and_passes_the_exit_status_on
     let (code, _, _) = exec(&dev, &boxed, &["/demo-app", "probe", "1"]);
     assert_eq!(code, Some(1));
 }
+
+#[test]
+fn stats_show_a_busy_task_using_cpu_and_memory_and_the_node_beside_it() {
+    let dev = Dev::start(&[]);
+    dev.deploy(
+        "busy.yaml",
+        "name: busy\ncommand: [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n",
+    );
+    dev.deploy("web.yaml", &WEB.replace("replicas: 2", "replicas: 1"));
+    wait_for("busy to run", || {
+        (dev.tasks("busy").first()?["state"] == "running").then_some(())
+    });
+    dev.wait_ready("web", 1);
+
+    let reading = dev.json(&["stats", "busy", "--no-stream"]);
+    let tasks = reading["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "only the service asked for: {reading}");
+    let busy = &tasks[0];
+    let cpu = busy["cpu_percent"].as_f64().unwrap();
+    // A shell spinning on one CPU of a loaded two-core machine: well over a tenth of it.
+    assert!(cpu > 10.0, "{busy}");
+    assert!(busy["memory_bytes"].as_u64().unwrap() > 0, "{busy}");
+    let node = &reading["nodes"][0];
+    assert!(node["cpu_percent"].as_f64().unwrap() > 0.0, "{node}");
+    assert!(node["memory_total"].as_u64().unwrap() > node["memory_bytes"].as_u64().unwrap());
+
+    let all = dev.json(&["stats", "--no-stream"]);
+    let names: Vec<&str> = (all["tasks"].as_array().unwrap().iter())
+        .filter_map(|t| t["service"].as_str())
+        .collect();
+    assert!(names.contains(&"busy") && names.contains(&"web"), "{all}");
+    let web = (all["tasks"].as_array().unwrap().iter())
+        .find(|t| t["service"] == "web")
+        .unwrap();
+    assert_eq!(web["memory_limit"], 64 << 20, "{web}");
+    let table = dev.ok(&["stats", "--no-stream"]);
+    assert!(
+        table.contains("CPU %") && table.contains("MEM USAGE / LIMIT"),
+        "{table}"
+    );
+    assert!(table.contains(" / 64Mi"), "{table}");
+    let err = dev.fails(&["stats", "nowhere"]);
+    assert!(
+        err.contains("no service or node named \"nowhere\""),
+        "{err}"
+    );
+}

@@ -40,6 +40,7 @@ pub mod objects;
 pub mod rollouts;
 pub mod routes;
 pub mod stacks;
+pub mod stats;
 pub mod trust;
 
 use std::collections::BTreeMap;

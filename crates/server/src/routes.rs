@@ -75,6 +75,7 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(get_service, remove_service))
         .routes(routes!(scale))
         .routes(routes!(crate::endpoints::traffic))
+        .routes(routes!(crate::stats::stats))
         .routes(routes!(crate::stacks::remove_stack))
         .routes(routes!(crate::rollouts::get_rollout))
         .routes(routes!(crate::rollouts::pause))

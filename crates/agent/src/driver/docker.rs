@@ -659,6 +659,42 @@ impl Driver for DockerDriver {
         })
     }
 
+    /// One sample of the Engine's stats (no second one for rates: the reader computes them).
+    fn usage<'a>(&'a self, handle: &'a Handle, _task: &'a str) -> BoxFuture<'a, api::Usage> {
+        Box::pin(async move {
+            let Some(id) = handle.container_id.as_ref() else {
+                return api::Usage::default();
+            };
+            let options = StatsOptionsBuilder::new()
+                .stream(false)
+                .one_shot(true)
+                .build();
+            let Some(Ok(stats)) = self.docker.stats(id, Some(options)).next().await else {
+                return api::Usage::default();
+            };
+            let networks = stats.networks.unwrap_or_default();
+            let net = |f: fn(&bollard::models::ContainerNetworkStats) -> Option<u64>| {
+                (!networks.is_empty()).then(|| networks.values().filter_map(f).sum())
+            };
+            let blkio =
+                (stats.blkio_stats.and_then(|b| b.io_service_bytes_recursive)).unwrap_or_default();
+            let disk = |op: &str| {
+                let entries = blkio
+                    .iter()
+                    .filter(|e| e.op.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(op)));
+                Some(entries.filter_map(|e| e.value).sum())
+            };
+            api::Usage {
+                cpu_ns: (stats.cpu_stats.and_then(|c| c.cpu_usage)).and_then(|u| u.total_usage),
+                memory_bytes: stats.memory_stats.and_then(|m| m.usage),
+                net_rx_bytes: net(|n| n.rx_bytes),
+                net_tx_bytes: net(|n| n.tx_bytes),
+                disk_read_bytes: disk("read"),
+                disk_write_bytes: disk("write"),
+            }
+        })
+    }
+
     /// The container ports that are published on the node: what the mesh connects to.
     fn serving_ports(&self, launch: &Launch) -> Vec<u16> {
         (launch.spec.ports.iter())

@@ -208,6 +208,11 @@ pub trait Driver: Send + Sync + 'static {
         argv: &'a [String],
         frames: tokio::sync::mpsc::Sender<api::ExecFrame>,
     ) -> BoxFuture<'a, ()>;
+    /// What the task uses, as cumulative counters, for `outpost stats`; what cannot be read is
+    /// `None`.
+    fn usage<'a>(&'a self, _handle: &'a Handle, _task: &'a str) -> BoxFuture<'a, api::Usage> {
+        Box::pin(async { api::Usage::default() })
+    }
     /// The TCP ports the task listens on inside its own network namespace, where its open
     /// connections are counted while it drains. A process listens on its host ports.
     fn serving_ports(&self, launch: &Launch) -> Vec<u16> {

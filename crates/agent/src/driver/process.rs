@@ -634,6 +634,29 @@ impl Driver for ProcessDriver {
     fn memory_usage<'a>(&'a self, handle: &'a Handle, task: &'a str) -> BoxFuture<'a, Option<u64>> {
         Box::pin(async move { self.memory(handle, task) })
     }
+
+    /// From the task's cgroup where it counts (CPU, disk on v2), else summed over its
+    /// processes from `/proc`; a process shares the node's network, so it has no counters.
+    fn usage<'a>(&'a self, handle: &'a Handle, task: &'a str) -> BoxFuture<'a, api::Usage> {
+        Box::pin(async move {
+            let cgroups = self.cgroups.as_ref();
+            let pids = (cgroups.and_then(|cg| cg.pids(task).ok()))
+                .or_else(|| handle.pid.and_then(|pid| procfs::group_members(pid).ok()))
+                .unwrap_or_default();
+            let cpu_ns = (cgroups.and_then(|cg| cg.cpu_ns(task)))
+                .or_else(|| (!pids.is_empty()).then(|| procfs::cpu_ns(&pids)));
+            let disk = (cgroups.and_then(|cg| cg.disk_bytes(task)))
+                .or_else(|| (!pids.is_empty()).then(|| procfs::disk_bytes(&pids)));
+            api::Usage {
+                cpu_ns,
+                memory_bytes: self.memory(handle, task),
+                net_rx_bytes: None,
+                net_tx_bytes: None,
+                disk_read_bytes: disk.map(|d| d.0),
+                disk_write_bytes: disk.map(|d| d.1),
+            }
+        })
+    }
 }
 
 impl ProcessDriver {

@@ -1,0 +1,75 @@
+//! `GET /v1/stats`: what the nodes and their tasks use now, asked of every node's agent (or one
+//! node's, or for one service's tasks) at once.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use httpd::{Json, Query};
+use serde::Deserialize;
+
+use crate::Server;
+use crate::answer::{Answer, no_node, no_service};
+
+/// How long a node's agent has to answer before the node is listed as unreachable.
+const STATS_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// Only the tasks of this service.
+    service: Option<String>,
+    /// Only this node.
+    node: Option<String>,
+}
+
+/// Each node's counters and its running tasks', as its agent reads them now.
+#[utoipa::path(get, path = "/v1/stats", params(StatsQuery), responses(
+    (status = 200, description = "The readings", body = api::ClusterUsage)))]
+pub async fn stats(
+    State(ctx): State<Server>,
+    Query(q): Query<StatsQuery>,
+) -> Answer<api::ClusterUsage> {
+    let (nodes, service_known) = ctx.state.read(|s| {
+        let nodes: Vec<(String, String)> = (s.nodes.iter())
+            .filter(|(name, n)| !n.state.is_lost() && q.node.as_ref().is_none_or(|w| w == *name))
+            .map(|(name, n)| (name.clone(), n.address.clone()))
+            .collect();
+        let known = q
+            .service
+            .as_ref()
+            .is_none_or(|name| s.services.contains_key(name));
+        (nodes, known)
+    });
+    if let Some(name) = q.service.as_ref().filter(|_| !service_known) {
+        return Err(no_service(name));
+    }
+    if let Some(name) = q.node.as_ref().filter(|_| nodes.is_empty()) {
+        return Err(no_node(name));
+    }
+    let filter = match &q.service {
+        // Service names are DNS labels joined by `_`: nothing to escape in a query.
+        Some(name) => format!("?service={name}"),
+        None => String::new(),
+    };
+    let asks = nodes.into_iter().map(|(node, address)| {
+        let request = (ctx.http.get(format!("{address}/v1/agent/stats{filter}")))
+            .bearer_auth(&ctx.token)
+            .timeout(STATS_WAIT);
+        async move {
+            let answer = match request.send().await {
+                Ok(r) if r.status().is_success() => r.json::<api::NodeUsage>().await,
+                Ok(r) => return Err((node, format!("its agent answered {}", r.status()))),
+                Err(e) => Err(e),
+            };
+            answer.map_err(|e| (node, format!("cannot reach its agent at {address}: {e}")))
+        }
+    });
+    let mut usage = api::ClusterUsage::default();
+    for answer in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(node) => usage.nodes.push(node),
+            Err((node, error)) => usage.unreachable.push(api::Unreachable { node, error }),
+        }
+    }
+    Ok(Json(usage))
+}
