@@ -47,6 +47,9 @@ struct LogQuery {
     tail: Option<usize>,
     #[serde(default)]
     follow: bool,
+    /// The run before the current one instead.
+    #[serde(default)]
+    previous: bool,
 }
 
 /// The HTTP client this agent probes other agents with: its own certificate where it has one
@@ -148,6 +151,26 @@ async fn task_logs(
             format!("{task:?} is not a task id (like web.1.7)"),
         )
         .into_response();
+    }
+    if q.previous {
+        return match api.logs.previous(&task) {
+            Ok(Some(mut run)) => {
+                if let Some(n) = q.tail {
+                    run = run.split_off(crate::logs::last_lines_start(&run, n));
+                }
+                ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], run).into_response()
+            }
+            Ok(None) => Fail::new(
+                StatusCode::NOT_FOUND,
+                format!("{task} has not restarted: there is no previous run to show"),
+            )
+            .into_response(),
+            Err(e) => Fail::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the log of {task}: {e}"),
+            )
+            .into_response(),
+        };
     }
     let (head, offset) = match api.logs.tail(&task, q.tail) {
         Ok(x) => x,

@@ -60,6 +60,22 @@ impl TaskLogs {
         self.dir.join(format!("{task}.log.{n}"))
     }
 
+    /// The output of the task's run before the current one: between the last two restart
+    /// notices (or the start of what is kept and the last one), across the rotated copies.
+    /// `None` when the task has not restarted within what is kept.
+    pub fn previous(&self, task: &str) -> std::io::Result<Option<Vec<u8>>> {
+        let mut all = Vec::new();
+        let files = (1..=self.keep).rev().map(|n| self.rotated(task, n));
+        for path in files.chain([self.path(task)]) {
+            match std::fs::read(&path) {
+                Ok(bytes) => all.extend(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(previous_run(&all).map(<[u8]>::to_vec))
+    }
+
     /// Appends a line of the agent's own (restart notices), marked so it stands out.
     pub fn note(&self, task: &str, line: &str) {
         use std::io::Write;
@@ -144,6 +160,35 @@ impl TaskLogs {
     }
 }
 
+/// What starts the line the agent writes before each restart ([`TaskLogs::note`]).
+const RESTART_NOTE: &[u8] = b"--- outpost: restart ";
+
+/// The run before the last restart notice in `log`: from the notice before it (or the start)
+/// to it, without the notices.
+fn previous_run(log: &[u8]) -> Option<&[u8]> {
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(
+            log.iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+        .filter(|&i| log[i..].starts_with(RESTART_NOTE))
+        .collect();
+    let last = *starts.last()?;
+    let from = match starts.len() {
+        1 => 0,
+        n => {
+            let notice = starts[n - 2];
+            log[notice..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(last, |end| notice + end + 1)
+        }
+    };
+    Some(&log[from..last])
+}
+
 fn read_from(path: &Path, offset: &mut u64) -> Vec<u8> {
     let Ok(mut f) = std::fs::File::open(path) else {
         return Vec::new();
@@ -160,7 +205,7 @@ fn read_from(path: &Path, offset: &mut u64) -> Vec<u8> {
 }
 
 /// Byte offset where the last `n` lines of `data` start.
-fn last_lines_start(data: &[u8], n: usize) -> usize {
+pub(crate) fn last_lines_start(data: &[u8], n: usize) -> usize {
     if n == 0 {
         return data.len();
     }
@@ -210,6 +255,15 @@ mod tests {
             .open(path)
             .unwrap();
         f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn the_previous_run_is_between_the_last_two_restart_notices() {
+        let log = b"one\n--- outpost: restart 1 of task t ---\ntwo\nthree\n--- outpost: restart 2 of task t ---\nfour\n";
+        assert_eq!(previous_run(log), Some(&b"two\nthree\n"[..]));
+        let first = b"one\n--- outpost: restart 1 of task t ---\ntwo\n";
+        assert_eq!(previous_run(first), Some(&b"one\n"[..]));
+        assert_eq!(previous_run(b"one\ntwo\n"), None);
     }
 
     #[test]

@@ -563,16 +563,23 @@ impl Client {
         .await
     }
 
-    /// The service's (or task's) log as a byte stream; with `follow` it stays open.
+    /// The service's (or task's) log as a byte stream: what `options` asks for.
     pub async fn logs(
         &self,
         target: &str,
-        tail: Option<usize>,
-        follow: bool,
+        options: LogOptions,
     ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
     {
         use futures_util::StreamExt;
+        let LogOptions {
+            tail,
+            follow,
+            previous,
+        } = options;
         let mut path = format!("/v1/logs/{}?follow={follow}", segment(target, LOG_TARGET)?);
+        if previous {
+            path.push_str("&previous=true");
+        }
         if let Some(n) = tail {
             path.push_str(&format!("&tail={n}"));
         }
@@ -786,6 +793,17 @@ impl Client {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<String>,
+}
+
+/// Which part of a log to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Only the last N lines of each task.
+    pub tail: Option<usize>,
+    /// Stay open, streaming new output.
+    pub follow: bool,
+    /// The run before each task's last restart instead.
+    pub previous: bool,
 }
 
 /// Which tasks to list; every field given must match.

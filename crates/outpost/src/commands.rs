@@ -448,20 +448,65 @@ pub async fn events(conn: &Connection, follow: bool, filter: &EventFilter) -> Re
     }
 }
 
+/// `outpost logs`: the output as it comes, or line by line when `--grep` or `-o json` asks
+/// for lines.
 pub async fn logs(
     conn: &Connection,
     target: &str,
-    follow: bool,
-    tail: Option<usize>,
+    options: client::LogOptions,
+    grep: Option<&str>,
 ) -> Result<()> {
     let client = connect(conn).await?;
-    let mut stream = Box::pin(client.logs(target, tail, follow).await?);
+    let mut stream = Box::pin(client.logs(target, options).await?);
     let mut out = std::io::stdout();
+    let by_line = grep.is_some() || conn.output != Format::Table;
+    let mut partial = Vec::new();
     while let Some(chunk) = stream.next().await {
-        out.write_all(&chunk?)?;
+        let chunk = chunk?;
+        if !by_line {
+            out.write_all(&chunk)?;
+            out.flush()?;
+            continue;
+        }
+        partial.extend_from_slice(&chunk);
+        let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
+            continue;
+        };
+        let rest = partial.split_off(end + 1);
+        let lines = std::mem::replace(&mut partial, rest);
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            log_line(&mut out, conn.output, target, line, grep)?;
+        }
         out.flush()?;
     }
+    if by_line && !partial.is_empty() {
+        log_line(&mut out, conn.output, target, &partial, grep)?;
+    }
     Ok(())
+}
+
+/// One line of a log, if it holds `grep`: as it is, or as `{"task": …, "line": …}` (a
+/// service's lines name their task before ` | `).
+fn log_line(
+    out: &mut impl Write,
+    format: Format,
+    target: &str,
+    line: &[u8],
+    grep: Option<&str>,
+) -> Result<()> {
+    let text = String::from_utf8_lossy(line);
+    if grep.is_some_and(|g| !text.contains(g)) {
+        return Ok(());
+    }
+    if format == Format::Table {
+        return Ok(writeln!(out, "{text}")?);
+    }
+    let (task, line) = match text.split_once(" | ") {
+        Some((task, line)) if task.starts_with(target) && !target.contains('.') => (task, line),
+        _ => (target, text.as_ref()),
+    };
+    let row = serde_json::json!({ "task": task, "line": line });
+    Ok(writeln!(out, "{row}")?)
 }
 
 /// What `scale` was asked: `SERVICE N`, or `SERVICE=N` once or more.

@@ -524,16 +524,24 @@ enum Command {
         level: Option<api::Level>,
     },
     /// Show the output of a service's tasks (or of one task).
-    #[command(after_help = "Examples:\n  outpost logs web\n  outpost logs web.1.4 -f --tail 100")]
+    #[command(
+        after_help = "Examples:\n  outpost logs web\n  outpost logs web.1.4 -f --tail 100\n  outpost logs web.1.4 --previous\n  outpost logs web --grep ERROR -o json"
+    )]
     Logs {
         /// A service (the output of each of its tasks) or a task id (`web.1.4`).
         target: String,
         /// Keep following: print new output as it is written, until Ctrl-C.
-        #[arg(short = 'f', long)]
+        #[arg(short = 'f', long, conflicts_with = "previous")]
         follow: bool,
         /// Only the last N lines of each task.
         #[arg(long)]
         tail: Option<usize>,
+        /// The output of the run before the last restart (why it crashed).
+        #[arg(short = 'p', long)]
+        previous: bool,
+        /// Only the lines that contain this text.
+        #[arg(long, value_name = "TEXT")]
+        grep: Option<String>,
     },
     /// Run a command beside a running task, from any node's CLI: inside its container (the
     /// Engine's exec), or for a process task with its environment, working directory, cgroup
@@ -932,7 +940,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             follow,
             tail,
-        } => commands::logs(&conn, &target, follow, tail).await,
+            previous,
+            grep,
+        } => {
+            let options = client::LogOptions {
+                tail,
+                follow,
+                previous,
+            };
+            commands::logs(&conn, &target, options, grep.as_deref()).await
+        }
         Command::Inspect { name } => inspect::inspect(&conn, &name).await,
         Command::Stats { target, no_stream } => {
             stats::stats(&conn, target.as_deref(), no_stream).await

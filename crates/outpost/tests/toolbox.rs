@@ -64,6 +64,28 @@ fn a_crashing_task_shows_its_backoff_and_last_exit_in_ps_and_inspect() {
         text.contains("restarting"),
         "its history says it restarted: {text}"
     );
+
+    // What the run before printed as it died, apart from the current run's output.
+    let previous = dev.ok(&["logs", &id, "--previous"]);
+    assert!(
+        previous.contains("exiting with status 3 as asked"),
+        "{previous}"
+    );
+    assert_eq!(
+        previous.matches("listening on port").count(),
+        1,
+        "one run: {previous}"
+    );
+    assert!(!previous.contains("--- outpost: restart"), "{previous}");
+    let lines = dev.ok(&["logs", &id, "--grep", "exiting"]);
+    assert!(
+        !lines.is_empty() && lines.lines().all(|l| l.contains("exiting")),
+        "{lines}"
+    );
+    let json = dev.ok(&["-o", "json", "logs", "crasher"]);
+    let first: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["task"], id.as_str(), "{json}");
+    assert!(first["line"].is_string(), "{json}");
 }
 
 #[test]
@@ -133,6 +155,8 @@ fn inspect_shows_a_service_a_task_and_a_node_whole() {
     assert!(err.contains("no task \"web.9.999\""), "{err}");
     let err = dev.fails(&["inspect", "ghost.1.1"]);
     assert!(err.contains("ghost"), "{err}");
+    let err = dev.fails(&["logs", &id, "--previous"]);
+    assert!(err.contains("has not restarted"), "{err}");
 }
 
 #[test]

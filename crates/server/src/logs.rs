@@ -28,6 +28,9 @@ pub struct LogQuery {
     /// Keep the answer open and stream new output, also of tasks that appear later.
     #[serde(default)]
     follow: bool,
+    /// The output of each task's run before its last restart instead.
+    #[serde(default)]
+    previous: bool,
 }
 
 /// (task id, agent base URL) of what `target` names: one task, or every task of a service.
@@ -71,6 +74,13 @@ pub async fn logs(
     let Some((is_service, tasks)) = sources(&ctx, &target) else {
         return no_log_target(&target).into_response();
     };
+    if q.previous && !is_service {
+        return previous(&ctx, tasks.into_iter().next(), q.tail).await;
+    }
+    let q = LogQuery {
+        follow: q.follow && !q.previous,
+        ..q
+    };
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     tokio::spawn(async move {
         let mut seen = BTreeSet::new();
@@ -84,12 +94,16 @@ pub async fn logs(
                     addr,
                     task,
                     prefix,
-                    q.tail,
-                    true,
+                    Part::follow(q.tail),
                     tx.clone(),
                 )));
             } else {
-                pump(ctx.clone(), addr, task, prefix, q.tail, false, tx.clone()).await;
+                let part = Part {
+                    tail: q.tail,
+                    follow: false,
+                    previous: q.previous,
+                };
+                pump(ctx.clone(), addr, task, prefix, part, tx.clone()).await;
             }
         }
         if !q.follow || !is_service {
@@ -109,8 +123,7 @@ pub async fn logs(
                         addr,
                         task,
                         prefix,
-                        None,
-                        true,
+                        Part::follow(None),
                         tx.clone(),
                     )));
                 }
@@ -129,26 +142,80 @@ pub async fn logs(
         .into_response()
 }
 
+/// What part of a task's log to copy.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    tail: Option<usize>,
+    follow: bool,
+    previous: bool,
+}
+
+impl Part {
+    fn follow(tail: Option<usize>) -> Part {
+        Part {
+            tail,
+            follow: true,
+            previous: false,
+        }
+    }
+}
+
+/// One task's previous run, answered as its agent answers (an error when it has none).
+async fn previous(ctx: &Server, task: Option<(String, String)>, tail: Option<usize>) -> Response {
+    let Some((task, addr)) = task else {
+        let why = "the task is on no node: it has no output";
+        return httpd::Fail::new(axum::http::StatusCode::NOT_FOUND, why).into_response();
+    };
+    let mut url = format!("{addr}/v1/agent/logs/{task}?previous=true");
+    if let Some(n) = tail {
+        url.push_str(&format!("&tail={n}"));
+    }
+    match ctx.http.get(&url).bearer_auth(&ctx.token).send().await {
+        Ok(answer) => {
+            let status = axum::http::StatusCode::from_u16(answer.status().as_u16())
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            let body = answer.bytes().await.unwrap_or_default();
+            let kind = if status.is_success() {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/json"
+            };
+            (status, [(header::CONTENT_TYPE, kind)], body).into_response()
+        }
+        Err(e) => {
+            let why = format!("cannot reach the agent of {task} at {addr}: {e}");
+            httpd::Fail::new(axum::http::StatusCode::BAD_GATEWAY, why).into_response()
+        }
+    }
+}
+
 /// Copies one task's log from its agent into `tx`, line by line with `prefix`.
 async fn pump(
     ctx: Server,
     addr: String,
     task: String,
     prefix: Option<String>,
-    tail: Option<usize>,
-    follow: bool,
+    Part {
+        tail,
+        follow,
+        previous,
+    }: Part,
     tx: mpsc::Sender<Vec<u8>>,
 ) {
     let mut url = format!("{addr}/v1/agent/logs/{task}?follow={follow}");
+    if previous {
+        url.push_str("&previous=true");
+    }
     if let Some(n) = tail {
         url.push_str(&format!("&tail={n}"));
     }
     let resp = match ctx.http.get(&url).bearer_auth(&ctx.token).send().await {
         Ok(r) if r.status().is_success() => r,
         Ok(r) => {
-            let _ = tx
-                .send(format!("[{task}: the agent answered {}]\n", r.status()).into_bytes())
-                .await;
+            let status = r.status();
+            let why = (r.json::<api::ApiError>().await)
+                .map_or_else(|_| format!("the agent answered {status}"), |e| e.error);
+            let _ = tx.send(format!("[{task}: {why}]\n").into_bytes()).await;
             return;
         }
         Err(e) => {
