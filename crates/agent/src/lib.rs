@@ -158,6 +158,10 @@ struct Running {
     assignment: Assignment,
 }
 
+/// How many tasks gone for good keep their log files on a node (the latest written), for
+/// `outpost logs` of a finished or replaced task.
+const FINISHED_LOGS_KEPT: usize = 50;
+
 pub struct Agent {
     config: AgentConfig,
     shared: Supervision,
@@ -361,6 +365,8 @@ impl Agent {
     /// Restarts or re-adopts every task remembered from before, before any server is asked.
     fn restore(&mut self) -> Result<(), AgentError> {
         let tasks = self.shared.local.all()?;
+        let live: HashSet<String> = tasks.iter().map(|t| t.assignment.task.clone()).collect();
+        self.shared.logs.prune(&live, FINISHED_LOGS_KEPT);
         // Every remembered port is held before any task is started, so none is handed out twice.
         for task in &tasks {
             self.shared.ports.hold(task.ports.values().copied());
@@ -424,6 +430,16 @@ impl Agent {
                 tracing::error!(task = id, "cannot forget task: {e}");
             }
         }
+    }
+
+    /// Keeps the log files of the tasks this agent runs, and of the latest
+    /// [`FINISHED_LOGS_KEPT`] gone for good.
+    fn prune_logs(&self) {
+        let mut live: HashSet<String> = self.running.keys().cloned().collect();
+        if let Ok(tasks) = self.shared.local.all() {
+            live.extend(tasks.into_iter().map(|t| t.assignment.task));
+        }
+        self.shared.logs.prune(&live, FINISHED_LOGS_KEPT);
     }
 
     fn forget_files(&self, id: &str) {
@@ -520,7 +536,7 @@ impl Agent {
             if let Err(e) = self.shared.local.remove(id) {
                 tracing::error!(task = id, "cannot forget task: {e}");
             }
-            self.shared.logs.remove(id);
+            self.prune_logs();
             self.forget_files(id);
         }
     }

@@ -114,6 +114,35 @@ impl TaskLogs {
         Ok(true)
     }
 
+    /// Deletes the files of tasks gone for good (not in `live`) but the `keep` written to last,
+    /// so `outpost logs` still shows a finished or replaced task for a while.
+    pub fn prune(&self, live: &std::collections::HashSet<String>, keep: usize) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut gone: std::collections::HashMap<String, std::time::SystemTime> = Default::default();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(task) = task_of_file(&name) else {
+                continue;
+            };
+            if live.contains(task) {
+                continue;
+            }
+            let written =
+                (entry.metadata().and_then(|m| m.modified())).unwrap_or(std::time::UNIX_EPOCH);
+            let latest = gone.entry(task.to_string()).or_insert(written);
+            *latest = (*latest).max(written);
+        }
+        let mut gone: Vec<(std::time::SystemTime, String)> =
+            gone.into_iter().map(|(task, t)| (t, task)).collect();
+        gone.sort_by(|a, b| b.cmp(a));
+        for (_, task) in gone.into_iter().skip(keep) {
+            self.remove(&task);
+            let _ = std::fs::remove_file(self.dir.join(format!("{task}.resolv.conf")));
+        }
+    }
+
     /// Deletes every file of a task that is gone for good.
     pub fn remove(&self, task: &str) {
         let _ = std::fs::remove_file(self.path(task));
@@ -158,6 +187,20 @@ impl TaskLogs {
             }
         })
     }
+}
+
+/// The task a file of the log dir belongs to: `<task>.log`, `<task>.log.<n>`,
+/// `<task>.resolv.conf`.
+fn task_of_file(name: &str) -> Option<&str> {
+    if let Some(task) = name
+        .strip_suffix(".log")
+        .or_else(|| name.strip_suffix(".resolv.conf"))
+    {
+        return Some(task);
+    }
+    let (rest, n) = name.rsplit_once('.')?;
+    n.parse::<u32>().ok()?;
+    rest.strip_suffix(".log")
 }
 
 /// What starts the line the agent writes before each restart ([`TaskLogs::note`]).
@@ -255,6 +298,43 @@ mod tests {
             .open(path)
             .unwrap();
         f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn files_of_tasks_gone_are_pruned_to_the_latest_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = TaskLogs::new(dir.path().to_path_buf());
+        for (i, task) in ["web.1.1", "web.1.2", "web.1.3", "db.1.4"]
+            .iter()
+            .enumerate()
+        {
+            std::fs::write(logs.path(task), "out\n").unwrap();
+            std::fs::write(logs.rotated(task, 1), "older\n").unwrap();
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + i as u64);
+            let f = std::fs::File::options()
+                .write(true)
+                .open(logs.path(task))
+                .unwrap();
+            f.set_modified(at).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("web.1.1.resolv.conf"),
+            "nameserver 10.96.0.1\n",
+        )
+        .unwrap();
+        let live = std::collections::HashSet::from(["db.1.4".to_string()]);
+        logs.prune(&live, 1);
+        let mut left: Vec<String> = (std::fs::read_dir(dir.path()).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["db.1.4.log", "db.1.4.log.1", "web.1.3.log", "web.1.3.log.1"],
+            "the live task's and the last written of the others'"
+        );
+        assert_eq!(task_of_file("web.1.2.log.3"), Some("web.1.2"));
+        assert_eq!(task_of_file("notes.txt"), None);
     }
 
     #[test]

@@ -812,6 +812,8 @@ pub struct TaskFilter {
     pub service: Option<String>,
     pub node: Option<String>,
     pub state: Option<TaskState>,
+    /// Also the tasks that finished or were replaced (the latest few of each service).
+    pub finished: bool,
 }
 
 impl TaskFilter {
@@ -824,6 +826,7 @@ impl TaskFilter {
             self.state.map(|s| s.to_string()).as_deref(),
             &mut path,
         );
+        push("finished", self.finished.then_some("true"), &mut path);
         path
     }
 }
@@ -1021,10 +1024,11 @@ mod tests {
             service: Some("web".into()),
             node: Some("n 3".into()),
             state: Some(TaskState::Running),
+            finished: true,
         };
         assert_eq!(
             tasks.path(),
-            "/v1/tasks?&service=web&node=n%203&state=running"
+            "/v1/tasks?&service=web&node=n%203&state=running&finished=true"
         );
         let events = EventFilter {
             since: Some("2026-05-01T12:00:00+02:00".into()),

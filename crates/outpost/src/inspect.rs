@@ -118,11 +118,16 @@ async fn service_record(client: &Client, service: ServiceSummary) -> Result<Reco
 }
 
 async fn task(client: &Client, service: &str, id: &str) -> Result<Record> {
-    let tasks = client.tasks(Some(service)).await?;
+    let filter = TaskFilter {
+        service: Some(service.to_string()),
+        finished: true,
+        ..TaskFilter::default()
+    };
+    let tasks = client.tasks_where(&filter).await?;
     let Some(task) = tasks.into_iter().find(|t| t.id == id) else {
         bail!(
-            "no task {id:?}: `outpost ps {service}` lists the tasks of {service:?} (a finished \
-             task is forgotten once its slot is filled again)"
+            "no task {id:?}: `outpost ps -a {service}` lists the tasks of {service:?} (the \
+             latest finished ones too)"
         );
     };
     let current = client.service(service).await?;

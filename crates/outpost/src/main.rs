@@ -491,8 +491,9 @@ enum Command {
         /// Only tasks in this state: pending, starting, running, exited, failed or lost.
         #[arg(long, value_parser = wire_value::<api::TaskState>)]
         state: Option<api::TaskState>,
-        /// Show every task, however many.
-        #[arg(long)]
+        /// Every task, however many, with those that finished or were replaced (the latest ten
+        /// of each service, with their final state and reason).
+        #[arg(short = 'a', long)]
         all: bool,
     },
     /// List nodes; more than a screenful are counted by state unless `--all`.
@@ -917,6 +918,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 service,
                 node,
                 state,
+                finished: all,
             };
             commands::ps(&conn, &filter, all).await
         }

@@ -221,7 +221,13 @@ pub fn tasks(list: &[Task], now: Timestamp) -> String {
     for task in list {
         let state = match (task.desired, task.next_start) {
             // Lost is final: nothing is stopping it that anyone can see.
-            (api::DesiredState::Shutdown, _) if task.state != api::TaskState::Lost => {
+            // A task that ended (or is lost, which is final) is not stopping: it is done.
+            (api::DesiredState::Shutdown, _)
+                if matches!(
+                    task.state,
+                    api::TaskState::Pending | api::TaskState::Starting | api::TaskState::Running
+                ) =>
+            {
                 format!("{} (stopping)", task.state)
             }
             (api::DesiredState::Running, Some(next)) => {

@@ -385,3 +385,45 @@ fn stats_show_a_busy_task_using_cpu_and_memory_and_the_node_beside_it() {
         "{err}"
     );
 }
+
+#[test]
+fn ps_a_keeps_a_replaced_task_with_its_end_and_its_logs() {
+    let dev = Dev::start(&[]);
+    let one = WEB.replace("replicas: 2", "replicas: 1\nenv: { GREETING: one }");
+    dev.deploy("web.yaml", &one);
+    let old = dev.wait_ready("web", 1)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    dev.deploy("web.yaml", &one.replace("GREETING: one", "GREETING: two"));
+    let replaced = wait_for("the old task to be replaced and kept", || {
+        let all = dev.json(&["ps", "-a", "web"]);
+        let old = all
+            .as_array()?
+            .iter()
+            .find(|t| t["id"] == old.as_str())?
+            .clone();
+        (old["state"] != "running").then_some(old)
+    });
+    assert_eq!(replaced["desired"], "shutdown", "{replaced}");
+    assert_eq!(replaced["message"], "stopped", "{replaced}");
+    let current: Vec<String> = (dev.json(&["ps", "web"]).as_array().unwrap().iter())
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !current.contains(&old),
+        "ps without -a shows only current tasks: {current:?}"
+    );
+    let table = dev.ok(&["ps", "-a", "web"]);
+    let row = table.lines().find(|l| l.contains(&old)).unwrap();
+    assert!(
+        row.contains("exited") && !row.contains("stopping"),
+        "{table}"
+    );
+
+    // Its output and record outlive it.
+    let log = dev.ok(&["logs", &old]);
+    assert!(log.contains("listening on port"), "{log}");
+    let record = dev.json(&["inspect", &old]);
+    assert_eq!(record["task"]["id"], old.as_str());
+}

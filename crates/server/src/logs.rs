@@ -41,7 +41,7 @@ fn sources(ctx: &Server, target: &str) -> Option<(bool, Vec<(String, String)>)> 
                 .and_then(|n| s.nodes.get(n))
                 .map(|n| n.address.clone())
         };
-        if let Some(task) = s.tasks.get(target) {
+        if let Some(task) = s.tasks.get(target).or_else(|| s.finished.get(target)) {
             return Some((
                 false,
                 addr(&task.node)

@@ -631,6 +631,10 @@ struct TaskQuery {
     node: Option<String>,
     /// Only the tasks in this observed state.
     state: Option<TaskState>,
+    /// Also the tasks that finished or were replaced, as they last stood (the latest few of
+    /// each service).
+    #[serde(default)]
+    finished: bool,
     /// The most tasks to answer, 1 to 1000 (the default).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
@@ -678,9 +682,25 @@ async fn list_tasks(
             from = Bound::Included(prefix.as_str());
         }
         let tasks = s.tasks.range::<str, _>((from, to)).map(|(_, t)| t);
+        let finished =
+            (s.finished.range::<str, _>((from, to)).map(|(_, t)| t)).filter(|_| q.finished);
+        let tasks = by_id(tasks, finished);
         let tasks = tasks.take_while(|t| prefix.as_ref().is_none_or(|p| t.id.starts_with(p)));
         let shown = tasks.filter(|t| q.matches(t)).map(|t| s.task_view(t));
         Ok(page(shown, limit, |t| &t.id))
+    })
+}
+
+/// Two runs of tasks ordered by id, merged into one (an id is in one of them only).
+fn by_id<'a>(
+    a: impl Iterator<Item = &'a Task>,
+    b: impl Iterator<Item = &'a Task>,
+) -> impl Iterator<Item = &'a Task> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if y.id < x.id => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
     })
 }
 

@@ -226,6 +226,10 @@ pub struct State {
     pub index: u64,
     pub services: TrackedMap<String, Service>,
     pub tasks: TrackedMap<String, Task>,
+    /// Tasks that finished or were replaced, as they last stood: the latest
+    /// [`FINISHED_KEPT`] of each service, for `ps -a`. Forgotten with their service.
+    #[serde(default)]
+    pub finished: TrackedMap<String, Task>,
     pub nodes: TrackedMap<String, Node>,
     /// Index at which each node's assignments last changed: what an agent's blocking query waits on.
     pub node_index: TrackedMap<String, u64>,
@@ -577,6 +581,7 @@ impl State {
         vec![
             ("services", &mut self.services),
             ("tasks", &mut self.tasks),
+            ("finished", &mut self.finished),
             ("nodes", &mut self.nodes),
             ("node_index", &mut self.node_index),
             ("pending", &mut self.pending),
@@ -1432,6 +1437,7 @@ impl State {
                 self.forget_task(&id);
             }
             self.services.remove(&name);
+            self.forget_finished(&name);
             self.pending.remove(&name);
             self.placement_index.remove(&name);
             self.forgotten_placement_index = self.index;
@@ -1488,11 +1494,64 @@ impl State {
     fn forget_task(&mut self, id: &str) {
         if let Some(task) = self.tasks.remove(id) {
             self.lookup.forget(&task);
+            if self
+                .services
+                .get(&task.service)
+                .is_some_and(|s| !s.removing)
+            {
+                self.keep_finished(task);
+            }
+        }
+    }
+
+    /// Keeps a task that is done with in the service's history, dropping its oldest past
+    /// [`FINISHED_KEPT`] (ids count up: `web.<slot>.<n>`).
+    fn keep_finished(&mut self, task: Task) {
+        let prefix = format!("{}.", task.service);
+        self.finished.insert(task.id.clone(), task);
+        let mut kept: Vec<(u64, String)> = (self.finished.range::<str, _>((
+            std::ops::Bound::Included(prefix.as_str()),
+            std::ops::Bound::Unbounded,
+        )))
+        .take_while(|(id, _)| id.starts_with(&prefix))
+        .map(|(id, _)| (task_number(id), id.clone()))
+        .collect();
+        if kept.len() <= FINISHED_KEPT {
+            return;
+        }
+        kept.sort();
+        for (_, id) in kept.iter().take(kept.len() - FINISHED_KEPT) {
+            self.finished.remove(id);
+        }
+    }
+
+    /// Forgets the history of a service that is gone.
+    fn forget_finished(&mut self, service: &str) {
+        let prefix = format!("{service}.");
+        let ids: Vec<String> = (self.finished.range::<str, _>((
+            std::ops::Bound::Included(prefix.as_str()),
+            std::ops::Bound::Unbounded,
+        )))
+        .take_while(|(id, _)| id.starts_with(&prefix))
+        .map(|(id, _)| id.clone())
+        .collect();
+        for id in ids {
+            self.finished.remove(&id);
         }
     }
 
     /// Invariants every applied state keeps; checked after each apply in debug builds and tests.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(t) = self
+            .finished
+            .values()
+            .find(|t| !self.services.contains_key(&t.service))
+        {
+            return Err(format!(
+                "finished task {} outlived its service {}",
+                t.id, t.service
+            ));
+        }
         for task in self.tasks.values() {
             if !self.services.contains_key(&task.service) {
                 return Err(format!(
@@ -1611,6 +1670,17 @@ impl State {
             endpoints,
         })
     }
+}
+
+/// How many finished and replaced tasks each service keeps for `ps -a`.
+pub const FINISHED_KEPT: usize = 10;
+
+/// The number that ends a task id (`web.2.17` → 17): tasks are numbered as they are made.
+fn task_number(id: &str) -> u64 {
+    id.rsplit('.')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The IP address in a node's advertised API address (`https://10.0.0.5:7401`).
@@ -3341,5 +3411,64 @@ mod stack_tests {
         assert_eq!(s.placement_index["web"], started, "no change, no plan");
         run(&mut s, [db_status(true)]);
         assert!(s.placement_index["web"] > started, "ready");
+    }
+}
+
+#[cfg(test)]
+mod finished_tests {
+    use super::*;
+
+    const T: Timestamp = Timestamp(1);
+
+    fn deployed(name: &str) -> State {
+        let mut s = State::default();
+        let spec = ServiceSpec::process(name, &["app"]);
+        s.apply(
+            1,
+            &Command::Deploy {
+                services: vec![spec],
+                time: T,
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn a_forgotten_task_is_kept_in_its_services_history_up_to_the_limit() {
+        let mut s = deployed("web");
+        let total = FINISHED_KEPT + 3;
+        let ids: Vec<String> = (0..total).map(|_| s.new_task("web", 1, 1, T)).collect();
+        for id in &ids {
+            s.forget_task(id);
+        }
+        assert!(ids.iter().all(|id| !s.tasks.contains_key(id)));
+        let kept: Vec<&String> = s.finished.keys().collect();
+        assert_eq!(kept.len(), FINISHED_KEPT);
+        assert!(
+            ids[..3].iter().all(|id| !s.finished.contains_key(id)),
+            "the oldest go first: {kept:?}"
+        );
+        assert!(s.finished.contains_key(&ids[total - 1]));
+        assert_eq!(s.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_removed_services_history_goes_with_it() {
+        let mut s = deployed("web");
+        let other = ServiceSpec::process("webby", &["app"]);
+        s.apply(
+            2,
+            &Command::Deploy {
+                services: vec![other],
+                time: T,
+            },
+        );
+        let web = s.new_task("web", 1, 1, T);
+        let webby = s.new_task("webby", 1, 1, T);
+        s.forget_task(&web);
+        s.forget_task(&webby);
+        s.forget_finished("web");
+        let kept: Vec<&String> = s.finished.keys().collect();
+        assert_eq!(kept, [&webby], "only web's, not webby's");
     }
 }
