@@ -546,6 +546,20 @@ impl Client {
             .await
     }
 
+    /// Restarts a service's tasks by its update rules.
+    pub async fn restart_service(&self, service: &str) -> Result<ServiceSummary, ClientError> {
+        let path = format!("/v1/services/{}/restart", segment(service, SERVICE)?);
+        self.send(self.request(Method::POST, &path), REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// Restarts one task: it stops, and a new one takes its slot.
+    pub async fn restart_task(&self, task: &str) -> Result<Task, ClientError> {
+        let path = format!("/v1/tasks/{}/restart", segment(task, TASK)?);
+        self.send(self.request(Method::POST, &path), REQUEST_TIMEOUT)
+            .await
+    }
+
     /// One service; an error naming it when there is none.
     pub async fn service(&self, service: &str) -> Result<ServiceSummary, ClientError> {
         let path = format!("/v1/services/{}", segment(service, SERVICE)?);

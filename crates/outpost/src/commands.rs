@@ -632,3 +632,49 @@ fn exec_status(task: &str, end: api::ExecEnd) -> Result<()> {
         (None, None) => bail!("the command ended with no exit status (its node could not tell it)"),
     }
 }
+
+/// `restart` and `stop`: of one task (`web.2.7`: replaced in its slot), or of a service (a
+/// rolling restart, or for `stop` a scale to 0).
+pub async fn restart(conn: &Connection, target: &str, stop: bool) -> Result<()> {
+    let client = connect(conn).await?;
+    if target.contains('.') {
+        let task = client.restart_task(target).await?;
+        return match conn.output {
+            Format::Table => {
+                println!(
+                    "{target} is stopping; a new task takes slot {} of {}",
+                    task.slot, task.service
+                );
+                Ok(())
+            }
+            format => print_data(format, &task),
+        };
+    }
+    let summary = match stop {
+        true => {
+            let before = client.service(target).await?.replicas;
+            let summary = client.scale(target, 0).await?;
+            if conn.output == Format::Table {
+                println!(
+                    "{target} is stopping (0 replicas); `outpost scale {target} {before}` starts it again"
+                );
+            }
+            summary
+        }
+        false => {
+            let summary = client.restart_service(target).await?;
+            if conn.output == Format::Table {
+                println!(
+                    "{target} restarts its {} tasks by its update rules (revision {}); \
+                     `outpost rollout status {target} -w` follows it",
+                    summary.replicas, summary.version
+                );
+            }
+            summary
+        }
+    };
+    match conn.output {
+        Format::Table => Ok(()),
+        format => print_data(format, &summary),
+    }
+}

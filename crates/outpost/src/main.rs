@@ -544,6 +544,20 @@ enum Command {
         #[arg(long, value_name = "TEXT")]
         grep: Option<String>,
     },
+    /// Restart a service's tasks by its update rules (a rollout of the same spec, followed by
+    /// `outpost rollout status`), or one task (stopped, and a new one started in its slot).
+    #[command(after_help = "Examples:\n  outpost restart web\n  outpost restart web.2.7")]
+    Restart {
+        /// A service, or a task id (`web.2.7`, as `outpost ps` shows it).
+        target: String,
+    },
+    /// Stop a service (scaled to 0 replicas; `outpost scale` starts it again) or one task (it
+    /// stops, and a new one takes its slot, as a restart).
+    #[command(after_help = "Examples:\n  outpost stop web\n  outpost stop web.2.7")]
+    Stop {
+        /// A service, or a task id (`web.2.7`, as `outpost ps` shows it).
+        target: String,
+    },
     /// Run a command beside a running task, from any node's CLI: inside its container (the
     /// Engine's exec), or for a process task with its environment, working directory, cgroup
     /// and resolver. Its output streams back; its exit status is this command's.
@@ -956,6 +970,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { target, no_stream } => {
             stats::stats(&conn, target.as_deref(), no_stream).await
         }
+        Command::Restart { target } => commands::restart(&conn, &target, false).await,
+        Command::Stop { target } => commands::restart(&conn, &target, true).await,
         Command::Exec { task, command } => commands::exec(&conn, &task, &command).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;

@@ -427,3 +427,52 @@ fn ps_a_keeps_a_replaced_task_with_its_end_and_its_logs() {
     let record = dev.json(&["inspect", &old]);
     assert_eq!(record["task"]["id"], old.as_str());
 }
+
+fn ids(tasks: &[Value]) -> std::collections::BTreeSet<String> {
+    tasks
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn restart_and_stop_replace_tasks_by_the_update_rules() {
+    let dev = Dev::start(&[]);
+    dev.deploy("web.yaml", WEB);
+    let before = ids(&dev.wait_ready("web", 2));
+
+    // A rolling restart: every task replaced by one of a new revision of the same spec.
+    let out = dev.ok(&["restart", "web"]);
+    assert!(out.contains("by its update rules"), "{out}");
+    let after = wait_for("every task of web to be replaced", || {
+        let ready = dev.wait_ready("web", 2);
+        let now = ids(&ready);
+        (now.is_disjoint(&before) && ready.iter().all(|t| t["version"] == 2)).then_some(now)
+    });
+    let history = dev.ok(&["rollout", "history", "web"]);
+    assert!(history.contains("restart"), "{history}");
+
+    // One task: stopped, and another takes its slot.
+    let one = after.iter().next().unwrap().clone();
+    let out = dev.ok(&["restart", &one]);
+    assert!(out.contains("is stopping; a new task takes slot"), "{out}");
+    wait_for("the task to be replaced", || {
+        let now = ids(&dev.wait_ready("web", 2));
+        (!now.contains(&one)).then_some(())
+    });
+
+    // A stopped service keeps its spec and starts again with a scale.
+    let out = dev.ok(&["stop", "web"]);
+    assert!(
+        out.contains("`outpost scale web 2` starts it again"),
+        "{out}"
+    );
+    wait_for("web to stop", || dev.tasks("web").is_empty().then_some(()));
+    dev.ok(&["scale", "web", "2"]);
+    dev.wait_ready("web", 2);
+
+    let err = dev.fails(&["restart", "nope"]);
+    assert!(err.contains("no service named \"nope\""), "{err}");
+    let err = dev.fails(&["restart", "web.9.999"]);
+    assert!(err.contains("no running task named \"web.9.999\""), "{err}");
+}

@@ -74,6 +74,8 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(list_services, deploy))
         .routes(routes!(get_service, remove_service))
         .routes(routes!(scale))
+        .routes(routes!(restart_service))
+        .routes(routes!(restart_task))
         .routes(routes!(crate::endpoints::traffic))
         .routes(routes!(crate::stats::stats))
         .routes(routes!(crate::stacks::remove_stack))
@@ -513,6 +515,62 @@ async fn remove_service(
                 ..before
             },
         ))),
+    }
+}
+
+/// Restart a service's tasks: a new revision of the same spec, rolled out by the service's
+/// update rules.
+#[utoipa::path(post, path = "/v1/services/{name}/restart",
+    params(("name" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, description = "The service, rolling out its restart", body = ServiceSummary),
+        (status = 404, description = "No such service, or it is being removed", body = ApiError)))]
+async fn restart_service(
+    State(ctx): State<Server>,
+    Path(name): Path<String>,
+) -> Answer<ServiceSummary> {
+    let command = Command::Restart {
+        service: name.clone(),
+        task: None,
+        time: now(),
+    };
+    match ctx.propose(command).await.map_err(unavailable)? {
+        Applied::NotFound(_) => Err(no_service(&name)),
+        _ => (ctx.state.read(|s| summary(s, &name)))
+            .map(Json)
+            .ok_or_else(|| no_service(&name)),
+    }
+}
+
+/// Restart one task: it is stopped, and a new one takes its slot.
+#[utoipa::path(post, path = "/v1/tasks/{id}/restart",
+    params(("id" = String, Path, description = "A task id, as `outpost ps` shows it")),
+    responses(
+        (status = 200, description = "The task, now stopping", body = Task),
+        (status = 404, description = "No task of that id wanted running", body = ApiError)))]
+async fn restart_task(State(ctx): State<Server>, Path(id): Path<String>) -> Answer<Task> {
+    let no_task = || {
+        let why = format!("no running task named {id:?} (see `outpost ps`)");
+        Fail::new(StatusCode::NOT_FOUND, why)
+    };
+    let service = (ctx
+        .state
+        .read(|s| s.tasks.get(&id).map(|t| t.service.clone())))
+    .ok_or_else(no_task)?;
+    let command = Command::Restart {
+        service,
+        task: Some(id.clone()),
+        time: now(),
+    };
+    match ctx.propose(command).await.map_err(unavailable)? {
+        Applied::NotFound(_) => Err(no_task()),
+        _ => {
+            let task = ctx.state.read(|s| {
+                let task = s.tasks.get(&id).or_else(|| s.finished.get(&id))?;
+                Some(s.task_view(task))
+            });
+            task.map(Json).ok_or_else(no_task)
+        }
     }
 }
 

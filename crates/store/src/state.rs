@@ -40,6 +40,14 @@ pub enum Command {
         service: String,
         time: Timestamp,
     },
+    /// Restart a service's tasks (a new revision of the same spec, rolled out by its update
+    /// rules), or one task (stopped, and replaced in its slot).
+    Restart {
+        service: String,
+        #[serde(default)]
+        task: Option<String>,
+        time: Timestamp,
+    },
     RegisterNode {
         node: RegisterRequest,
         time: Timestamp,
@@ -172,6 +180,7 @@ impl Command {
             Command::Deploy { time, .. }
             | Command::Scale { time, .. }
             | Command::Remove { time, .. }
+            | Command::Restart { time, .. }
             | Command::RegisterNode { time, .. }
             | Command::SetNodeState { time, .. }
             | Command::Reconcile { time, .. }
@@ -385,6 +394,11 @@ impl State {
                 time,
             } => self.scale(service, *replicas, *time),
             Command::Remove { service, time } => self.remove(service, *time),
+            Command::Restart {
+                service,
+                task,
+                time,
+            } => self.restart(service, task.as_deref(), *time),
             Command::RegisterNode { node, time } => self.register(node, *time),
             Command::SetNodeState {
                 node,
@@ -675,6 +689,36 @@ impl State {
             Some(service),
             None,
             None,
+            message,
+        );
+        Response::Ok
+    }
+
+    fn restart(&mut self, service: &str, task: Option<&str>, time: Timestamp) -> Response {
+        let Some(svc) = self.services.get(service).filter(|s| !s.removing) else {
+            return Response::NotFound(service.to_string());
+        };
+        let Some(id) = task else {
+            let spec = svc.spec.clone();
+            self.new_revision(service, spec, &["restart".to_string()], time);
+            self.placement_moved(service);
+            return Response::Ok;
+        };
+        let wanted = (self.tasks.get(id))
+            .filter(|t| t.service == service && t.desired == DesiredState::Running);
+        if wanted.is_none() {
+            return Response::NotFound(id.to_string());
+        }
+        self.stop_task(id, time);
+        let message = format!("task {id} restarted: stopped, and replaced in its slot");
+        let node = self.tasks.get(id).and_then(|t| t.node.clone());
+        self.event(
+            time,
+            Level::Info,
+            "restart",
+            Some(service),
+            Some(id),
+            node.as_deref(),
             message,
         );
         Response::Ok
