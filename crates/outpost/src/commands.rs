@@ -367,7 +367,13 @@ pub async fn nodes(conn: &Connection, all: bool) -> Result<()> {
             print_data(conn.output, &output::node_rows(&nodes, &cluster.servers))
         }
         Format::Table if all || nodes.len() <= SCREENFUL => {
-            println!("{}", output::nodes(&nodes, &cluster.servers));
+            // What the nodes use now, beside what they offer; a node that does not answer
+            // shows none.
+            let readings = client.stats(None, None).await.unwrap_or_default();
+            let used = (readings.nodes.iter())
+                .filter_map(|n| Some((n.node.clone(), n.usage.memory_bytes?)))
+                .collect();
+            println!("{}", output::nodes(&nodes, &cluster.servers, &used));
             Ok(())
         }
         Format::Table => {

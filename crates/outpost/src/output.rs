@@ -395,7 +395,12 @@ fn role_text(role: &str, server: Option<&ServerInfo>) -> String {
     }
 }
 
-pub fn nodes(list: &[NodeInfo], servers: &[ServerInfo]) -> String {
+/// The nodes as a table; `used` is each node's memory in use now, by name, where it was read.
+pub fn nodes(
+    list: &[NodeInfo],
+    servers: &[ServerInfo],
+    used: &std::collections::HashMap<String, u64>,
+) -> String {
     let mut t = table(&[
         "NAME",
         "ROLE",
@@ -404,12 +409,14 @@ pub fn nodes(list: &[NodeInfo], servers: &[ServerInfo]) -> String {
         "ADDRESS",
         "CPU (ALLOC/CAP)",
         "MEMORY (ALLOC/CAP)",
+        "MEMORY USED",
         "DRIVERS",
         "NOTES",
     ]);
     for info in list {
         let n = &info.node;
         let (role, server) = role_of(&n.name, servers);
+        let in_use = used.get(&n.name).map_or("-".into(), |b| memory(*b));
         t.add_row(vec![
             n.name.clone(),
             role_text(role, server),
@@ -426,6 +433,7 @@ pub fn nodes(list: &[NodeInfo], servers: &[ServerInfo]) -> String {
                 memory(n.allocatable.memory_bytes),
                 memory(n.capacity.memory_bytes)
             ),
+            in_use,
             n.drivers.join(","),
             n.notes.join("; "),
         ]);
@@ -438,10 +446,12 @@ pub fn nodes(list: &[NodeInfo], servers: &[ServerInfo]) -> String {
             s.name.clone(),
             role_text("server", Some(s)),
             "-".into(),
+            "-".into(),
             s.address.clone(),
             "-".into(),
             "-".into(),
             "-".into(),
+            String::new(),
             String::new(),
         ]);
     }

@@ -379,6 +379,14 @@ fn stats_show_a_busy_task_using_cpu_and_memory_and_the_node_beside_it() {
         "{table}"
     );
     assert!(table.contains(" / 64Mi"), "{table}");
+    let nodes = dev.ok(&["nodes"]);
+    let header = nodes.lines().next().unwrap();
+    assert!(header.contains("MEMORY USED"), "{nodes}");
+    let row = nodes.lines().nth(1).unwrap();
+    assert!(
+        row.contains("Mi") || row.contains("Gi"),
+        "a real figure: {nodes}"
+    );
     let err = dev.fails(&["stats", "nowhere"]);
     assert!(
         err.contains("no service or node named \"nowhere\""),
