@@ -537,13 +537,16 @@ pub fn scale_targets(args: &[String]) -> Result<Vec<(String, u32)>> {
     }
 }
 
-/// Scales each service, after checking every one exists: a typo in the last changes nothing.
+/// Scales each service, after checking every one exists when there are several: a typo in
+/// the last changes nothing. One is checked by the server as it scales it.
 pub async fn scale(conn: &Connection, targets: &[(String, u32)]) -> Result<()> {
     let client = connect(conn).await?;
-    let known = client.services().await?;
-    for (service, _) in targets {
-        if !known.iter().any(|s| &s.name == service) {
-            bail!("no service named {service:?} (see `outpost services`); nothing was scaled");
+    if targets.len() > 1 {
+        let known = client.services().await?;
+        for (service, _) in targets {
+            if !known.iter().any(|s| &s.name == service) {
+                bail!("no service named {service:?} (see `outpost services`); nothing was scaled");
+            }
         }
     }
     let mut summaries = Vec::new();

@@ -141,7 +141,7 @@ pub async fn join(
     // has seen every id ever given (a new leader may still be applying its predecessor's).
     confirm_leading(&ctx.raft)
         .await
-        .map_err(|e| unavailable(format!("cannot confirm this server still leads: {e}")))?;
+        .map_err(unconfirmed)?;
     let id = ctx.state.read(|s| s.fresh_server_id(nodes.keys().copied()));
     let node = Node {
         addr: address.to_string(),
@@ -386,9 +386,7 @@ async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
                 _ => Err(no_leader()),
             }
         }
-        Err(e) => Err(unavailable(format!(
-            "cannot confirm this server still leads: {e}"
-        ))),
+        Err(e) => Err(unconfirmed(e)),
     }
 }
 
@@ -664,6 +662,16 @@ async fn call<T: serde::de::DeserializeOwned>(
     Err(failed(
         format!("{status}: {said}"),
         status == StatusCode::SERVICE_UNAVAILABLE,
+    ))
+}
+
+
+/// A leader that could not confirm it still leads: it heard from no majority of its group in
+/// time (cut off from its peers, or they are down).
+pub fn unconfirmed(e: impl std::fmt::Display) -> httpd::Fail {
+    unavailable(format!(
+        "cannot confirm this server still leads: no majority of its group answered it ({e}); \
+         retry shortly, or ask another server"
     ))
 }
 

@@ -195,7 +195,7 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(
-        "cannot listen on {addr}: {source} (is another outpost running there? pick another address with --api)"
+        "cannot listen on {addr}: {source} (is another outpost running there? pick another address with --listen, or --api for dev)"
     )]
     Listen {
         addr: SocketAddr,

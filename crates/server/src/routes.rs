@@ -1028,7 +1028,7 @@ async fn rotate_token(
     // token's even before a new cluster committed it, so a rotation is never that token.
     crate::cluster::confirm_leading(&ctx.raft)
         .await
-        .map_err(|e| unavailable(format!("cannot confirm this server still leads: {e}")))?;
+        .map_err(crate::cluster::unconfirmed)?;
     let generation = ctx
         .state
         .read(|s| s.token_generation(role.as_str()))
