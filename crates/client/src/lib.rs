@@ -584,7 +584,6 @@ impl Client {
         options: LogOptions,
     ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
     {
-        use futures_util::StreamExt;
         let LogOptions {
             tail,
             follow,
@@ -598,15 +597,7 @@ impl Client {
             path.push_str(&format!("&tail={n}"));
         }
         let resp = self.execute(self.request(Method::GET, &path)).await?;
-        let url = self.base();
-        Ok(resp.bytes_stream().map(move |chunk| {
-            chunk
-                .map(|b| b.to_vec())
-                .map_err(|e| ClientError::Protocol {
-                    url: url.clone(),
-                    message: e.to_string(),
-                })
-        }))
+        Ok(self.byte_stream(resp))
     }
 
     /// What every node (or `node`) and its running tasks (of `service`) use now.
@@ -629,7 +620,6 @@ impl Client {
         argv: &[String],
     ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
     {
-        use futures_util::StreamExt;
         let path = format!("/v1/tasks/{}/exec", segment(task, TASK)?);
         let body = api::ExecRequest {
             argv: argv.to_vec(),
@@ -637,15 +627,24 @@ impl Client {
         let resp = self
             .execute(self.request(Method::POST, &path).json(&body))
             .await?;
+        Ok(self.byte_stream(resp))
+    }
+
+    /// An answer's body as it comes.
+    fn byte_stream(
+        &self,
+        resp: reqwest::Response,
+    ) -> impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<> {
+        use futures_util::StreamExt;
         let url = self.base();
-        Ok(resp.bytes_stream().map(move |chunk| {
+        resp.bytes_stream().map(move |chunk| {
             chunk
                 .map(|b| b.to_vec())
                 .map_err(|e| ClientError::Protocol {
                     url: url.clone(),
                     message: e.to_string(),
                 })
-        }))
+        })
     }
 
     /// The server's view of the cluster: its Raft leader and applied index.

@@ -48,30 +48,40 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 /// `GET path` with extra header lines (each ending in `\r\n`).
 fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: web\r\n{headers}Connection: close\r\n\r\n"
+    request(
+        addr,
+        &format!("GET {path}"),
+        headers,
+        Duration::from_secs(10),
     )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((code, body.to_string()))
 }
 
 /// `POST path` with an empty body: never sent again by the proxy once it reached a replica,
 /// so a replica that dies under it fails it.
 fn post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let headers = "Content-Length: 0\r\n";
+    request(
+        addr,
+        &format!("POST {path}"),
+        headers,
+        Duration::from_secs(20),
+    )
+}
+
+/// One HTTP/1.1 request (`METHOD PATH`, extra header lines) on its own connection, answered
+/// within `patience`: the status code and body; `None` when the connection fails.
+fn request(
+    addr: SocketAddr,
+    line: &str,
+    headers: &str,
+    patience: Duration,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    s.set_read_timeout(Some(patience)).ok()?;
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{line} HTTP/1.1\r\nHost: web\r\n{headers}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut out = String::new();

@@ -139,9 +139,7 @@ pub async fn join(
     }
     // Every membership change committed before this one applied here, so the state's counter
     // has seen every id ever given (a new leader may still be applying its predecessor's).
-    confirm_leading(&ctx.raft)
-        .await
-        .map_err(unconfirmed)?;
+    confirm_leading(&ctx.raft).await.map_err(unconfirmed)?;
     let id = ctx.state.read(|s| s.fresh_server_id(nodes.keys().copied()));
     let node = Node {
         addr: address.to_string(),
@@ -664,7 +662,6 @@ async fn call<T: serde::de::DeserializeOwned>(
         status == StatusCode::SERVICE_UNAVAILABLE,
     ))
 }
-
 
 /// A leader that could not confirm it still leads: it heard from no majority of its group in
 /// time (cut off from its peers, or they are down).
