@@ -3,6 +3,7 @@
 //! `client`. It is the only crate that knows clap and anyhow.
 
 mod commands;
+mod install;
 mod objects;
 mod output;
 mod roles;
@@ -498,6 +499,11 @@ enum Command {
         #[command(subcommand)]
         action: ObjectAction,
     },
+    /// Put this node under systemd as a `server` or an `agent`: copy this binary to
+    /// /usr/local/bin/outpost, write the role's unit to /etc/systemd/system/ and its settings
+    /// to /etc/outpost/<role>.env, make its data dir (/var/lib/outpost/<role>), then print the
+    /// systemctl command that starts it.
+    Install(install::Install),
 }
 
 #[derive(Subcommand)]
@@ -769,6 +775,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Secret { action } => object_command(&conn, api::ObjectKind::Secret, action).await,
         Command::Config { action } => object_command(&conn, api::ObjectKind::Config, action).await,
+        Command::Install(how) => install::run(&conn, &how),
     }
 }
 
