@@ -235,6 +235,8 @@ fn units_run_the_binary_as_its_cli_takes_it_hardened_as_far_as_each_role_allows(
         spec::MAX_STOP_GRACE
     );
     assert_eq!(single(&agent, "ProtectKernelModules", "agent"), "yes");
+    // A task killed for memory is the agent's to restart, not a reason to stop the unit.
+    assert_eq!(single(&agent, "OOMPolicy", "agent"), "continue");
     // What would break the agent's duties or its workloads is left out, each with its reason.
     for key in [
         "ProtectSystem",
