@@ -4,6 +4,7 @@
 
 mod commands;
 mod inspect;
+mod install;
 mod objects;
 mod output;
 mod roles;
@@ -650,6 +651,14 @@ enum Command {
         #[command(subcommand)]
         action: ObjectAction,
     },
+    /// Put this node under systemd as a `server` or an `agent`: copy this binary to
+    /// /usr/local/bin/outpost, write the role's unit to /etc/systemd/system/ and its settings
+    /// to /etc/outpost/<role>.env, make its data dir (/var/lib/outpost/<role>), then print the
+    /// systemctl command that starts it.
+    #[command(
+        after_help = "Examples:\n  outpost install agent --join 10.0.0.5:7400 --token $(cat agent.token) --name edge-1\n  outpost install server --listen 10.0.0.5:7400\n  outpost install agent --dry-run --join 10.0.0.5:7400 --token T"
+    )]
+    Install(install::Install),
 }
 
 #[derive(Subcommand)]
@@ -1013,6 +1022,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Secret { action } => object_command(&conn, api::ObjectKind::Secret, action).await,
         Command::Config { action } => object_command(&conn, api::ObjectKind::Config, action).await,
+        Command::Install(how) => install::run(&conn, &how),
     }
 }
 
