@@ -19,7 +19,8 @@ use crate::Server;
         (status = 200, description = "Frames of stdout and stderr, then how it ended",
             content_type = "application/octet-stream", body = Vec<u8>),
         (status = 404, description = "No such task", body = api::ApiError),
-        (status = 409, description = "The task does not run now", body = api::ApiError)))]
+        (status = 409, description = "The task does not run now", body = api::ApiError),
+        (status = 502, description = "The task's agent cannot be reached", body = api::ApiError)))]
 pub async fn exec(
     State(ctx): State<Server>,
     Path(id): Path<String>,

@@ -65,7 +65,9 @@ fn sources(ctx: &Server, target: &str) -> Option<(bool, Vec<(String, String)>)> 
 /// The log text of a service's tasks (each line prefixed with its task id) or of one task.
 #[utoipa::path(get, path = "/v1/logs/{target}",
     params(("target" = String, Path, description = "A service name or a task id"), LogQuery),
-    responses((status = 200, description = "Log text", content_type = "text/plain", body = String)))]
+    responses(
+        (status = 200, description = "Log text", content_type = "text/plain", body = String),
+        (status = 502, description = "With `previous`: the task's agent cannot be reached", body = api::ApiError)))]
 pub async fn logs(
     State(ctx): State<Server>,
     Path(target): Path<String>,

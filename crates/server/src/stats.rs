@@ -24,7 +24,8 @@ pub struct StatsQuery {
 
 /// Each node's counters and its running tasks', as its agent reads them now.
 #[utoipa::path(get, path = "/v1/stats", params(StatsQuery), responses(
-    (status = 200, description = "The readings", body = api::ClusterUsage)))]
+    (status = 200, description = "The readings", body = api::ClusterUsage),
+    (status = 404, description = "No such service or node", body = api::ApiError)))]
 pub async fn stats(
     State(ctx): State<Server>,
     Query(q): Query<StatsQuery>,
