@@ -792,11 +792,29 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(ended.code)
             }
             None => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", error_text(&e));
                 std::process::ExitCode::FAILURE
             }
         },
     }
+}
+
+/// An error and its causes on one line, each cause said once: a library error that already
+/// names its cause in its own message (`cannot join …: the token is wrong`) would otherwise
+/// repeat it as the next link of the chain.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// One malloc arena for the whole process instead of glibc's one per thread (up to eight per
@@ -1041,6 +1059,36 @@ async fn object_command(
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    /// A library error that names its cause in its message and gives it as its source too.
+    #[derive(Debug)]
+    struct Join {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Join {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot join the cluster at s1: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Join {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let token = std::io::Error::other("the agent join token is wrong or was rotated");
+        let e = anyhow::Error::new(Join { source: token });
+        assert_eq!(
+            super::error_text(&e),
+            "cannot join the cluster at s1: the agent join token is wrong or was rotated"
+        );
+        let e = anyhow::anyhow!("no such file").context("cannot read web.yaml");
+        assert_eq!(super::error_text(&e), "cannot read web.yaml: no such file");
+    }
 
     /// Every flag and argument says what it is for, and every command's help ends with
     /// examples: `outpost CMD --help` is where an operator looks first.
