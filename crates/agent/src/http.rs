@@ -232,29 +232,28 @@ async fn exec(
         .into_response()
 }
 
-/// When the agent's API started: stats readings are timed from it, on the monotonic clock.
-static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+/// The instant of this agent's first stats reading: later ones are timed from it, on the
+/// monotonic clock (only the time between two readings is used).
+static FIRST_READING: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
 /// What the node and its running tasks (of one service, or all) use now, as counters.
 async fn stats(State(api): State<AgentApi>, Query(q): Query<TrafficQuery>) -> Json<api::NodeUsage> {
-    let at = STARTED.get_or_init(std::time::Instant::now).elapsed();
-    let mut tasks = Vec::new();
-    for (id, running) in api.running.all() {
-        if q.service
-            .as_ref()
-            .is_some_and(|s| *s != running.launch.service)
-        {
-            continue;
-        }
+    let at = FIRST_READING.get_or_init(std::time::Instant::now).elapsed();
+    let wanted = (api.running.all().into_iter())
+        .filter(|(_, r)| q.service.as_ref().is_none_or(|s| *s == r.launch.service));
+    // Every task is read at once, so one slow reading (the Engine's, for a container)
+    // holds up none of the others.
+    let reads = wanted.map(|(id, running)| async move {
         let usage = running.driver.usage(&running.handle, &id).await;
         let limits = &running.launch.spec.resources.limits;
-        tasks.push(api::TaskUsage {
-            task: id,
-            service: running.launch.service.clone(),
-            usage,
+        api::TaskUsage {
             memory_limit: limits.memory.map(|m| m.bytes()),
-        });
-    }
+            service: running.launch.service.clone(),
+            task: id,
+            usage,
+        }
+    });
+    let tasks = futures_util::future::join_all(reads).await;
     let total = crate::procfs::meminfo("MemTotal");
     let available = crate::procfs::meminfo("MemAvailable");
     let net = crate::procfs::node_net_bytes();

@@ -432,13 +432,13 @@ impl Agent {
         }
     }
 
-    /// Keeps the log files of the tasks this agent runs, and of the latest
+    /// Keeps the log files of the tasks this agent runs (or is about to), and of the latest
     /// [`FINISHED_LOGS_KEPT`] gone for good.
     fn prune_logs(&self) {
-        let mut live: HashSet<String> = self.running.keys().cloned().collect();
-        if let Ok(tasks) = self.shared.local.all() {
-            live.extend(tasks.into_iter().map(|t| t.assignment.task));
-        }
+        let live: HashSet<String> = (self.running.keys())
+            .chain(self.preparing.keys())
+            .cloned()
+            .collect();
         self.shared.logs.prune(&live, FINISHED_LOGS_KEPT);
     }
 

@@ -22,6 +22,8 @@ pub struct Stat {
     pub pgrp: u32,
     /// Start time in clock ticks since boot (field 22).
     pub start_ticks: u64,
+    /// CPU time used, user and system, in clock ticks (fields 14 and 15).
+    pub cpu_ticks: u64,
 }
 
 impl Stat {
@@ -40,6 +42,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         state: fields.first()?.chars().next()?,
         pgrp: fields.get(2)?.parse().ok()?,
         start_ticks: fields.get(19)?.parse().ok()?,
+        cpu_ticks: fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?,
     })
 }
 
@@ -156,18 +159,10 @@ fn established_to(text: &str, ports: &[u16]) -> usize {
 /// processes gone meanwhile count nothing.
 pub fn cpu_ns(pids: &[u32]) -> u64 {
     let ticks: u64 = (pids.iter())
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|text| cpu_ticks(&text))
+        .filter_map(|pid| stat(*pid).ok())
+        .map(|s| s.cpu_ticks)
         .sum();
     ticks.saturating_mul(NS_PER_TICK)
-}
-
-/// utime + stime of the text of `/proc/PID/stat`.
-fn cpu_ticks(text: &str) -> Option<u64> {
-    let rest = text.get(text.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // Fields restart at 3 after the command name: utime is field 14, stime 15.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 /// Bytes `pids` read from and wrote to storage (`read_bytes`, `write_bytes` of
@@ -197,10 +192,9 @@ pub fn node_cpu_ns() -> Option<u64> {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal …
-    let busy: u64 = (values.iter().enumerate())
+    // user nice system idle iowait irq softirq steal; guest time (after) is counted in user.
+    let busy: u64 = (values.iter().take(8).enumerate())
         .filter(|(i, _)| *i != 3 && *i != 4)
-        .take(8)
         .map(|(_, v)| v)
         .sum();
     Some(busy.saturating_mul(NS_PER_TICK))
@@ -268,7 +262,8 @@ mod tests {
             Some(Stat {
                 state: 'S',
                 pgrp: 4240,
-                start_ticks: 987654
+                start_ticks: 987654,
+                cpu_ticks: 0
             })
         );
         assert!(parse_stat("4242 (app) Z 1 4240").is_none());
@@ -353,8 +348,14 @@ mod tests {
     fn cpu_time_is_read_after_the_command_name() {
         let text = "4242 (my (odd) app) S 1 4240 4240 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 1 0 \
                     987654 1000 100 18446744073709551615";
-        assert_eq!(cpu_ticks(text), Some(300));
-        assert!(cpu_ns(&[std::process::id()]) > 0 || cfg!(miri));
+        assert_eq!(parse_stat(text).map(|s| s.cpu_ticks), Some(300));
+        // This process is busy until its first tick of CPU time shows (ticks are 10 ms).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut spins = 0u64;
+        while cpu_ns(&[std::process::id()]) == 0 && std::time::Instant::now() < deadline {
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+        assert!(cpu_ns(&[std::process::id()]) > 0);
         assert!(node_cpu_ns().is_some_and(|ns| ns > 0));
         assert!(node_net_bytes().is_some());
     }

@@ -711,7 +711,7 @@ impl Supervisor {
     /// connections open (a direct client's) is signalled when the grace is up. Evictions and
     /// agent shutdowns do not wait.
     async fn drain(&mut self, h: &Handle) {
-        let ports = self.driver.serving_ports(&self.launch());
+        let ports = self.driver.serving_ports(self.spec(), &self.task.ports);
         let (Some(pid), false) = (h.pid, ports.is_empty()) else {
             return;
         };

@@ -696,9 +696,13 @@ impl Driver for DockerDriver {
     }
 
     /// The container ports that are published on the node: what the mesh connects to.
-    fn serving_ports(&self, launch: &Launch) -> Vec<u16> {
-        (launch.spec.ports.iter())
-            .filter(|p| !p.protocol.is_udp() && launch.ports.contains_key(&p.name))
+    fn serving_ports(
+        &self,
+        spec: &ServiceSpec,
+        ports: &std::collections::BTreeMap<String, u16>,
+    ) -> Vec<u16> {
+        (spec.ports.iter())
+            .filter(|p| !p.protocol.is_udp() && ports.contains_key(&p.name))
             .filter_map(|p| p.container_port)
             .collect()
     }

@@ -215,10 +215,11 @@ pub trait Driver: Send + Sync + 'static {
     }
     /// The TCP ports the task listens on inside its own network namespace, where its open
     /// connections are counted while it drains. A process listens on its host ports.
-    fn serving_ports(&self, launch: &Launch) -> Vec<u16> {
-        (launch.spec.ports.iter())
+    /// `ports` are the task's host ports by name.
+    fn serving_ports(&self, spec: &ServiceSpec, ports: &BTreeMap<String, u16>) -> Vec<u16> {
+        (spec.ports.iter())
             .filter(|p| !p.protocol.is_udp())
-            .filter_map(|p| launch.ports.get(&p.name).copied())
+            .filter_map(|p| ports.get(&p.name).copied())
             .collect()
     }
     /// The task's memory use in bytes (its cgroup's count, or the container's), for eviction;

@@ -93,6 +93,7 @@ fn an_unreadable_proc_entry_is_unknown_not_gone() {
             state,
             pgrp: 42,
             start_ticks,
+            cpu_ticks: 0,
         })
     };
     let boot = Some("boot-1");
