@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use api::Timestamp;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -50,6 +51,11 @@ struct LogQuery {
     /// The run before the current one instead.
     #[serde(default)]
     previous: bool,
+    /// Only lines written since: a duration back from this node's clock, or an RFC 3339 time.
+    since: Option<String>,
+    /// Each line starts with the time it was written.
+    #[serde(default)]
+    timestamps: bool,
 }
 
 /// The HTTP client this agent probes other agents with: its own certificate where it has one
@@ -152,28 +158,31 @@ async fn task_logs(
         )
         .into_response();
     }
-    if q.previous {
-        return match api.logs.previous(&task) {
-            Ok(Some(mut run)) => {
-                if let Some(n) = q.tail {
-                    run = run.split_off(crate::logs::last_lines_start(&run, n));
-                }
-                ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], run).into_response()
-            }
-            Ok(None) => Fail::new(
+    let now = Timestamp::from_system_time(std::time::SystemTime::now());
+    let since = match q
+        .since
+        .as_deref()
+        .map(|t| api::parse_since(t, now))
+        .transpose()
+    {
+        Ok(since) => since,
+        Err(why) => return Fail::invalid_at("bad query", "since", why).into_response(),
+    };
+    let read = crate::logs::Select {
+        tail: q.tail,
+        since,
+        timestamps: q.timestamps,
+        previous: q.previous,
+    };
+    let (head, offset) = match api.logs.read(&task, read) {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            return Fail::new(
                 StatusCode::NOT_FOUND,
                 format!("{task} has not restarted: there is no previous run to show"),
             )
-            .into_response(),
-            Err(e) => Fail::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot read the log of {task}: {e}"),
-            )
-            .into_response(),
-        };
-    }
-    let (head, offset) = match api.logs.tail(&task, q.tail) {
-        Ok(x) => x,
+            .into_response();
+        }
         Err(e) => {
             return Fail::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -182,13 +191,22 @@ async fn task_logs(
             .into_response();
         }
     };
+    let follow = q.follow && !q.previous;
     let first = futures_util::stream::once(async move { head });
-    let body = if q.follow {
-        Body::from_stream(
-            first
-                .chain(api.logs.follow(&task, offset))
-                .map(Ok::<_, std::io::Error>),
-        )
+    let body = if follow {
+        let mut partial = Vec::new();
+        let new = api
+            .logs
+            .follow(&task, offset)
+            .map(move |chunk| match q.timestamps {
+                // Read within the follow poll of being written: the time of the read.
+                true => {
+                    let now = Timestamp::from_system_time(std::time::SystemTime::now());
+                    api::prefix_lines(&format!("{now} "), &mut partial, &chunk)
+                }
+                false => chunk,
+            });
+        Body::from_stream(first.chain(new).map(Ok::<_, std::io::Error>))
     } else {
         Body::from_stream(first.map(Ok::<_, std::io::Error>))
     };

@@ -87,8 +87,12 @@ const STOP_SLACK: Duration = Duration::from_secs(6);
 /// leaves the kernel a second to reclaim before the next victim is chosen.
 const PRESSURE_CHECK: Duration = Duration::from_secs(1);
 
-/// How often log files are checked for rotation.
-const ROTATE_EVERY: Duration = Duration::from_secs(2);
+/// How often each task's log size is sampled for its time index (`logs::TaskLogs::stamp`): a
+/// line's time is at most this late. A `stat` per task per tick.
+const LOG_TICK: Duration = Duration::from_millis(250);
+
+/// Every how many log ticks the files are checked for rotation (2 s).
+const ROTATE_TICKS: u32 = 8;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -148,7 +152,7 @@ enum LoopEvent {
     Finished(String),
     /// A task's secret and config files are written: it may start.
     Prepared(Box<LocalTask>, bool),
-    Rotate,
+    LogTick,
     PressureCheck,
     Shutdown,
 }
@@ -175,6 +179,9 @@ pub struct Agent {
     done: HashSet<String>,
     /// Whether available memory was below the eviction threshold at the last check.
     under_pressure: bool,
+    /// Per running task, the log size its time index notes last (`None`: read it from there).
+    log_sizes: HashMap<String, Option<u64>>,
+    log_ticks: u32,
     reporter: report::Reporter,
     /// Tasks whose secrets and configs are being fetched before they start.
     preparing: HashMap<String, tokio::task::JoinHandle<()>>,
@@ -293,6 +300,8 @@ impl Agent {
             forget: HashSet::new(),
             done: HashSet::new(),
             under_pressure: false,
+            log_sizes: HashMap::new(),
+            log_ticks: 0,
             reporter,
             preparing: HashMap::new(),
             prepared_tx,
@@ -307,7 +316,7 @@ impl Agent {
         finished: &mut mpsc::UnboundedReceiver<String>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let mut rotate = tokio::time::interval(ROTATE_EVERY);
+        let mut log_tick = tokio::time::interval(LOG_TICK);
         let mut pressure = tokio::time::interval(PRESSURE_CHECK);
         let Some(mut prepared) = self.prepared_rx.take() else {
             return;
@@ -318,7 +327,7 @@ impl Agent {
                 Some(a) = assigned.recv() => LoopEvent::Assigned(a),
                 Some(id) = finished.recv() => LoopEvent::Finished(id),
                 Some((task, adopt)) = prepared.recv() => LoopEvent::Prepared(Box::new(task), adopt),
-                _ = rotate.tick() => LoopEvent::Rotate,
+                _ = log_tick.tick() => LoopEvent::LogTick,
                 _ = pressure.tick() => LoopEvent::PressureCheck,
                 _ = &mut shutdown => LoopEvent::Shutdown,
             };
@@ -330,7 +339,7 @@ impl Agent {
                         self.supervise(*task, adopt);
                     }
                 }
-                LoopEvent::Rotate => self.rotate_logs(),
+                LoopEvent::LogTick => self.log_tick(),
                 LoopEvent::PressureCheck => self.check_pressure().await,
                 LoopEvent::Shutdown => return,
             }
@@ -628,10 +637,22 @@ impl Agent {
         self.forget.insert(victim);
     }
 
-    fn rotate_logs(&self) {
+    /// Samples every running task's log for its time index and, every [`ROTATE_TICKS`], rotates
+    /// the logs grown too large.
+    fn log_tick(&mut self) {
+        let logs = &self.shared.logs;
+        self.log_sizes.retain(|id, _| self.running.contains_key(id));
+        self.log_ticks = (self.log_ticks + 1) % ROTATE_TICKS;
         for id in self.running.keys() {
-            if let Err(e) = self.shared.logs.rotate_if_needed(id) {
-                tracing::warn!(task = id, "cannot rotate log: {e}");
+            let seen = self.log_sizes.entry(id.clone()).or_default();
+            logs.stamp(id, seen);
+            if self.log_ticks != 0 {
+                continue;
+            }
+            match logs.rotate_if_needed(id) {
+                Ok(true) => *seen = Some(0),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(task = id, "cannot rotate log: {e}"),
             }
         }
     }

@@ -3,8 +3,15 @@
 //! Rotation is by size with copy-then-truncate: the task keeps its file descriptor, and because
 //! it appends, its next write lands at the new end. Lines written between the copy and the
 //! truncate can be lost; that window is one copy of the file. The agent checks sizes on a timer
-//! (its `ROTATE_EVERY`), so a file can pass `max_bytes` by what the task writes between two
+//! (every 2 s), so a file can pass `max_bytes` by what the task writes between two
 //! checks, and the copy is that much larger.
+//!
+//! When each line was written is kept beside the file, in `<task>.times`: the agent samples
+//! every task's log size on a short timer ([`TaskLogs::stamp`]) and, when it grew, appends one
+//! line `END MILLIS`: the bytes up to `END` were written by `MILLIS` (the file's modification
+//! time at the sample). A line's time is therefore the end of the sample period it was written
+//! in, at most one period late; output the agent has not sampled yet (written just now, or while
+//! the agent was down) gets the file's modification time. The index rotates with its log.
 //!
 //! Task output may hold secrets, so the log dir is 0700 and every file in it 0600.
 
@@ -14,6 +21,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use api::Timestamp;
 use futures_util::Stream;
 
 /// 10 MiB for the live file and each of 3 rotated copies (`.1` to `.3`): a chatty task keeps
@@ -60,20 +68,107 @@ impl TaskLogs {
         self.dir.join(format!("{task}.log.{n}"))
     }
 
-    /// The output of the task's run before the current one: between the last two restart
-    /// notices (or the start of what is kept and the last one), across the rotated copies.
-    /// `None` when the task has not restarted within what is kept.
-    pub fn previous(&self, task: &str) -> std::io::Result<Option<Vec<u8>>> {
-        let mut all = Vec::new();
-        let files = (1..=self.keep).rev().map(|n| self.rotated(task, n));
-        for path in files.chain([self.path(task)]) {
-            match std::fs::read(&path) {
-                Ok(bytes) => all.extend(bytes),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+    /// The time index of the live file (`n` 0) or of rotated copy `n`.
+    fn times(&self, task: &str, n: usize) -> PathBuf {
+        match n {
+            0 => self.dir.join(format!("{task}.times")),
+            n => self.dir.join(format!("{task}.times.{n}")),
         }
-        Ok(previous_run(&all).map(<[u8]>::to_vec))
+    }
+
+    /// Log file `n`: the live one for 0, else rotated copy `n`.
+    fn file(&self, task: &str, n: usize) -> PathBuf {
+        match n {
+            0 => self.path(task),
+            n => self.rotated(task, n),
+        }
+    }
+
+    /// What `select` asks of the task's log, and the offset in the live file where following it
+    /// goes on. `None` when `select.previous` asks for a run before a restart the task never had.
+    ///
+    /// Without `since` or `previous` only the live file is read; with either, the rotated
+    /// copies too, oldest first.
+    pub fn read(&self, task: &str, select: Select) -> std::io::Result<Option<(Vec<u8>, u64)>> {
+        let oldest = match select.since.is_some() || select.previous {
+            true => self.keep,
+            false => 0,
+        };
+        let mut log = Stamped::default();
+        for n in (0..=oldest).rev() {
+            log.extend(self.load(task, n)?);
+        }
+        let live_end = log.live_len;
+        let range = match select.previous {
+            true => match previous_run(&log.bytes) {
+                Some(range) => range,
+                None => return Ok(None),
+            },
+            false => 0..log.bytes.len(),
+        };
+        let mut lines: Vec<(std::ops::Range<usize>, Timestamp)> = log
+            .lines(range)
+            .filter(|(_, at)| select.since.is_none_or(|since| *at >= since))
+            .collect();
+        if let Some(n) = select.tail {
+            lines.drain(..lines.len().saturating_sub(n));
+        }
+        let mut out = Vec::new();
+        for (line, at) in lines {
+            if select.timestamps {
+                out.extend_from_slice(format!("{at} ").as_bytes());
+            }
+            out.extend_from_slice(&log.bytes[line]);
+        }
+        Ok(Some((out, live_end)))
+    }
+
+    /// Log file `n` with its time index; empty when the file is missing.
+    fn load(&self, task: &str, n: usize) -> std::io::Result<Stamped> {
+        let bytes = match std::fs::read(self.file(task, n)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Stamped::default()),
+            Err(e) => return Err(e),
+        };
+        let written = std::fs::metadata(self.file(task, n))
+            .and_then(|m| m.modified())
+            .map_or(Timestamp(0), Timestamp::from_system_time);
+        let index = std::fs::read_to_string(self.times(task, n)).unwrap_or_default();
+        Ok(Stamped::new(bytes, &index, written, n == 0))
+    }
+
+    /// Notes in the task's time index how far its log has grown, if it grew since `seen` (the
+    /// size noted last; 0 for none yet, a restarted agent takes the index's last line). A file
+    /// smaller than `seen` was rotated: it starts over.
+    pub fn stamp(&self, task: &str, seen: &mut Option<u64>) {
+        let Ok(meta) = std::fs::metadata(self.path(task)) else {
+            return;
+        };
+        let last = *seen.get_or_insert_with(|| {
+            let index = std::fs::read_to_string(self.times(task, 0)).unwrap_or_default();
+            parse_index(&index).last().map_or(0, |(end, _)| *end)
+        });
+        let size = meta.len();
+        if size == last {
+            return;
+        }
+        *seen = Some(size);
+        if size < last {
+            return;
+        }
+        let at = meta
+            .modified()
+            .map_or(Timestamp(0), Timestamp::from_system_time);
+        use std::io::Write;
+        let noted = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(FILE_MODE)
+            .open(self.times(task, 0))
+            .and_then(|mut f| writeln!(f, "{size} {}", at.0));
+        if let Err(e) = noted {
+            tracing::debug!(task, "cannot note the log's times: {e}");
+        }
     }
 
     /// Appends a line of the agent's own (restart notices), marked so it stands out.
@@ -96,17 +191,26 @@ impl TaskLogs {
             Ok(m) => m.len(),
             Err(_) => return Ok(false),
         };
-        if size <= self.max_bytes {
+        // The index grows by a line per sample: a task writing a short line every sample would
+        // otherwise grow it past its log.
+        let index = std::fs::metadata(self.times(task, 0)).map_or(0, |m| m.len());
+        if size <= self.max_bytes && index <= self.max_bytes / 4 {
             return Ok(false);
         }
         for n in (1..self.keep).rev() {
-            let from = self.rotated(task, n);
-            if from.exists() {
-                std::fs::rename(&from, self.rotated(task, n + 1))?;
+            for file in [Self::rotated, Self::times] {
+                let from = file(self, task, n);
+                if from.exists() {
+                    std::fs::rename(&from, file(self, task, n + 1))?;
+                }
             }
         }
         std::fs::copy(&path, self.rotated(task, 1))?;
         std::fs::set_permissions(self.rotated(task, 1), Permissions::from_mode(FILE_MODE))?;
+        match std::fs::rename(self.times(task, 0), self.times(task, 1)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)?
@@ -145,28 +249,10 @@ impl TaskLogs {
 
     /// Deletes every file of a task that is gone for good.
     pub fn remove(&self, task: &str) {
-        let _ = std::fs::remove_file(self.path(task));
-        for n in 1..=self.keep {
-            let _ = std::fs::remove_file(self.rotated(task, n));
+        for n in 0..=self.keep {
+            let _ = std::fs::remove_file(self.file(task, n));
+            let _ = std::fs::remove_file(self.times(task, n));
         }
-    }
-
-    /// The last `n` lines of the current file (all of it for `None`), and the offset they end at.
-    pub fn tail(&self, task: &str, n: Option<usize>) -> std::io::Result<(Vec<u8>, u64)> {
-        let mut data = Vec::new();
-        match std::fs::File::open(self.path(task)) {
-            Ok(mut f) => {
-                f.read_to_end(&mut data)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(e) => return Err(e),
-        }
-        let end = data.len() as u64;
-        let start = match n {
-            None => 0,
-            Some(n) => last_lines_start(&data, n),
-        };
-        Ok((data.split_off(start), end))
     }
 
     /// New output of the task's log from `offset` on, forever; restarts the reading at the top
@@ -189,18 +275,107 @@ impl TaskLogs {
     }
 }
 
-/// The task a file of the log dir belongs to: `<task>.log`, `<task>.log.<n>`,
-/// `<task>.resolv.conf`.
+/// The task a file of the log dir belongs to: `<task>.log`, `<task>.log.<n>`, `<task>.times`,
+/// `<task>.times.<n>`, `<task>.resolv.conf`.
 fn task_of_file(name: &str) -> Option<&str> {
-    if let Some(task) = name
-        .strip_suffix(".log")
-        .or_else(|| name.strip_suffix(".resolv.conf"))
-    {
+    let kinds = [".log", ".times", ".resolv.conf"];
+    if let Some(task) = kinds.iter().find_map(|kind| name.strip_suffix(kind)) {
         return Some(task);
     }
     let (rest, n) = name.rsplit_once('.')?;
     n.parse::<u32>().ok()?;
     rest.strip_suffix(".log")
+        .or_else(|| rest.strip_suffix(".times"))
+}
+
+/// What to read of a task's log ([`TaskLogs::read`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Select {
+    /// Only the last N lines (of what the other fields select).
+    pub tail: Option<usize>,
+    /// Only lines written at or after this.
+    pub since: Option<Timestamp>,
+    /// Each line starts with its time (RFC 3339) and a space.
+    pub timestamps: bool,
+    /// The run before the last restart instead of all output.
+    pub previous: bool,
+}
+
+/// Log bytes, and when each part of them was written: `(end, time)` in order, the last ending at
+/// the bytes' end.
+#[derive(Debug, Default)]
+struct Stamped {
+    bytes: Vec<u8>,
+    stamps: Vec<(usize, Timestamp)>,
+    /// The length of the live file, where following goes on.
+    live_len: u64,
+}
+
+impl Stamped {
+    /// A file's bytes with its index; bytes past the index's last line were written by
+    /// `written`, the file's modification time.
+    fn new(bytes: Vec<u8>, index: &str, written: Timestamp, live: bool) -> Stamped {
+        let len = bytes.len();
+        let mut stamps: Vec<(usize, Timestamp)> = Vec::new();
+        for (end, at) in parse_index(index) {
+            let end = usize::try_from(end).unwrap_or(usize::MAX);
+            // A torn or stale line (a file truncated under its index) is ignored.
+            if end <= len && stamps.last().is_none_or(|(last, _)| end > *last) {
+                stamps.push((end, at));
+            }
+        }
+        if stamps.last().is_none_or(|(end, _)| *end < len) {
+            stamps.push((len, written));
+        }
+        Stamped {
+            bytes,
+            stamps,
+            live_len: if live { len as u64 } else { 0 },
+        }
+    }
+
+    /// Appends the next (newer) file.
+    fn extend(&mut self, next: Stamped) {
+        let base = self.bytes.len();
+        self.bytes.extend(next.bytes);
+        (self.stamps).extend(next.stamps.into_iter().map(|(end, at)| (base + end, at)));
+        self.live_len = next.live_len;
+    }
+
+    /// The lines that start within `range` (each with its newline), with their times.
+    fn lines(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (std::ops::Range<usize>, Timestamp)> + '_ {
+        let mut stamp = 0;
+        let mut start = range.start;
+        std::iter::from_fn(move || {
+            if start >= range.end {
+                return None;
+            }
+            let end = (self.bytes[start..range.end].iter())
+                .position(|b| *b == b'\n')
+                .map_or(range.end, |i| start + i + 1);
+            while self.stamps.get(stamp).is_some_and(|(e, _)| *e <= start) {
+                stamp += 1;
+            }
+            let at = self.stamps.get(stamp).map_or(Timestamp(0), |(_, at)| *at);
+            let line = start..end;
+            start = end;
+            Some((line, at))
+        })
+    }
+}
+
+/// The `END MILLIS` lines of a time index, skipping any that does not parse (a torn write).
+fn parse_index(index: &str) -> Vec<(u64, Timestamp)> {
+    index
+        .lines()
+        .filter_map(|line| {
+            let (end, at) = line.split_once(' ')?;
+            Some((end.parse().ok()?, Timestamp(at.parse().ok()?)))
+        })
+        .collect()
 }
 
 /// What starts the line the agent writes before each restart ([`TaskLogs::note`]).
@@ -208,7 +383,7 @@ const RESTART_NOTE: &[u8] = b"--- outpost: restart ";
 
 /// The run before the last restart notice in `log`: from the notice before it (or the start)
 /// to it, without the notices.
-fn previous_run(log: &[u8]) -> Option<&[u8]> {
+fn previous_run(log: &[u8]) -> Option<std::ops::Range<usize>> {
     let starts: Vec<usize> = std::iter::once(0)
         .chain(
             log.iter()
@@ -229,7 +404,7 @@ fn previous_run(log: &[u8]) -> Option<&[u8]> {
                 .map_or(last, |end| notice + end + 1)
         }
     };
-    Some(&log[from..last])
+    Some(from..last)
 }
 
 fn read_from(path: &Path, offset: &mut u64) -> Vec<u8> {
@@ -245,24 +420,6 @@ fn read_from(path: &Path, offset: &mut u64) -> Vec<u8> {
         *offset += buf.len() as u64;
     }
     buf
-}
-
-/// Byte offset where the last `n` lines of `data` start.
-pub(crate) fn last_lines_start(data: &[u8], n: usize) -> usize {
-    if n == 0 {
-        return data.len();
-    }
-    let body = data.strip_suffix(b"\n").unwrap_or(data);
-    let mut seen = 0;
-    for (i, b) in body.iter().enumerate().rev() {
-        if *b == b'\n' {
-            seen += 1;
-            if seen == n {
-                return i + 1;
-            }
-        }
-    }
-    0
 }
 
 /// A stream fed by a spawned producer; ends when the consumer drops it.
@@ -334,24 +491,142 @@ mod tests {
             "the live task's and the last written of the others'"
         );
         assert_eq!(task_of_file("web.1.2.log.3"), Some("web.1.2"));
+        assert_eq!(task_of_file("web.1.2.times.1"), Some("web.1.2"));
+        assert_eq!(task_of_file("web.1.2.times"), Some("web.1.2"));
         assert_eq!(task_of_file("notes.txt"), None);
     }
 
     #[test]
     fn the_previous_run_is_between_the_last_two_restart_notices() {
         let log = b"one\n--- outpost: restart 1 of task t ---\ntwo\nthree\n--- outpost: restart 2 of task t ---\nfour\n";
-        assert_eq!(previous_run(log), Some(&b"two\nthree\n"[..]));
+        assert_eq!(
+            previous_run(log).map(|r| &log[r]),
+            Some(&b"two\nthree\n"[..])
+        );
         let first = b"one\n--- outpost: restart 1 of task t ---\ntwo\n";
-        assert_eq!(previous_run(first), Some(&b"one\n"[..]));
+        assert_eq!(previous_run(first).map(|r| &first[r]), Some(&b"one\n"[..]));
         assert_eq!(previous_run(b"one\ntwo\n"), None);
     }
 
+    /// Appends `text` to the task's log and dates the file `at` (ms since the epoch).
+    fn write_at(logs: &TaskLogs, text: &str, at: u64) {
+        append(&logs.path("t"), text);
+        let f = std::fs::File::options()
+            .write(true)
+            .open(logs.path("t"))
+            .unwrap();
+        f.set_modified(Timestamp(at).to_system_time()).unwrap();
+    }
+
+    fn read(logs: &TaskLogs, select: Select) -> String {
+        String::from_utf8(logs.read("t", select).unwrap().unwrap().0).unwrap()
+    }
+
     #[test]
-    fn tail_takes_the_last_lines() {
-        assert_eq!(last_lines_start(b"a\nb\nc\n", 2), 2);
-        assert_eq!(last_lines_start(b"a\nb\nc", 1), 4);
-        assert_eq!(last_lines_start(b"a\nb\n", 5), 0);
-        assert_eq!(last_lines_start(b"a\nb\n", 0), 4);
+    fn lines_carry_the_time_of_the_sample_that_saw_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = limited(dir.path().into(), 1 << 20, 2);
+        let mut seen = None;
+        write_at(&logs, "one\n", 1_000);
+        logs.stamp("t", &mut seen);
+        write_at(&logs, "two\nthree\n", 5_000);
+        logs.stamp("t", &mut seen);
+        logs.stamp("t", &mut seen);
+        write_at(&logs, "four", 9_000);
+        let stamped = Select {
+            timestamps: true,
+            ..Select::default()
+        };
+        assert_eq!(
+            read(&logs, stamped),
+            "1970-01-01T00:00:01.000Z one\n1970-01-01T00:00:05.000Z two\n\
+             1970-01-01T00:00:05.000Z three\n1970-01-01T00:00:09.000Z four",
+            "the last line, not sampled yet, has the file's time"
+        );
+        let since = |ms, tail| Select {
+            since: Some(Timestamp(ms)),
+            tail,
+            ..Select::default()
+        };
+        assert_eq!(read(&logs, since(5_000, None)), "two\nthree\nfour");
+        assert_eq!(read(&logs, since(5_001, None)), "four");
+        assert_eq!(read(&logs, since(1_000, Some(2))), "three\nfour");
+        assert_eq!(read(&logs, since(10_000, None)), "");
+        let index = std::fs::read_to_string(logs.times("t", 0)).unwrap();
+        assert_eq!(index, "4 1000\n14 5000\n", "one line per growth seen");
+
+        // A restarted agent takes up where the index ends: no line twice.
+        let mut restarted = None;
+        logs.stamp("t", &mut restarted);
+        logs.stamp("t", &mut restarted);
+        let index = std::fs::read_to_string(logs.times("t", 0)).unwrap();
+        assert_eq!(index, "4 1000\n14 5000\n18 9000\n");
+    }
+
+    #[test]
+    fn since_reads_across_rotated_copies_with_their_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = limited(dir.path().into(), 8, 2);
+        let mut seen = None;
+        write_at(&logs, "old line\n", 1_000);
+        logs.stamp("t", &mut seen);
+        assert!(logs.rotate_if_needed("t").unwrap());
+        assert!(logs.times("t", 1).exists() && !logs.times("t", 0).exists());
+        write_at(&logs, "new\n", 7_000);
+        logs.stamp("t", &mut seen);
+        let all = Select {
+            since: Some(Timestamp(0)),
+            timestamps: true,
+            ..Select::default()
+        };
+        assert_eq!(
+            read(&logs, all),
+            "1970-01-01T00:00:01.000Z old line\n1970-01-01T00:00:07.000Z new\n"
+        );
+        let recent = Select {
+            since: Some(Timestamp(2_000)),
+            ..Select::default()
+        };
+        assert_eq!(read(&logs, recent), "new\n");
+        assert_eq!(
+            read(&logs, Select::default()),
+            "new\n",
+            "plain reads see the live file"
+        );
+        let (_, end) = logs.read("t", all).unwrap().unwrap();
+        assert_eq!(end, 4, "following goes on at the live file's end");
+        logs.remove("t");
+        assert!(!logs.times("t", 1).exists());
+    }
+
+    #[test]
+    fn tail_and_previous_take_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = TaskLogs::new(dir.path().into());
+        append(&logs.path("t"), "a\nb\nc\n");
+        let tail = |n| Select {
+            tail: Some(n),
+            ..Select::default()
+        };
+        assert_eq!(read(&logs, tail(2)), "b\nc\n");
+        assert_eq!(read(&logs, tail(0)), "");
+        assert_eq!(read(&logs, tail(9)), "a\nb\nc\n");
+        let previous = Select {
+            previous: true,
+            ..Select::default()
+        };
+        assert!(
+            logs.read("t", previous).unwrap().is_none(),
+            "no restart yet"
+        );
+        logs.note("t", "restart 1 of task t");
+        append(&logs.path("t"), "d\n");
+        assert_eq!(read(&logs, previous), "a\nb\nc\n");
+        let last = Select {
+            tail: Some(1),
+            ..previous
+        };
+        assert_eq!(read(&logs, last), "c\n");
     }
 
     #[test]
@@ -403,7 +678,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = TaskLogs::new(dir.path().into());
         append(&logs.path("t"), "one\n");
-        let (head, offset) = logs.tail("t", Some(10)).unwrap();
+        let (head, offset) = logs.read("t", Select::default()).unwrap().unwrap();
         assert_eq!(head, b"one\n");
         let mut stream = Box::pin(logs.follow("t", offset));
         append(&logs.path("t"), "two\n");

@@ -6,6 +6,7 @@
 
 mod endpoints;
 mod exec;
+mod lines;
 mod objects;
 pub mod openapi;
 mod stats;
@@ -14,7 +15,8 @@ mod types;
 
 pub use endpoints::*;
 pub use exec::*;
+pub use lines::prefix_lines;
 pub use objects::*;
 pub use stats::*;
-pub use time::Timestamp;
+pub use time::{Timestamp, parse_since};
 pub use types::*;

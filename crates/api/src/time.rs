@@ -52,9 +52,42 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// `since` (of events, of log lines) as an instant: a duration back from `now` (`10m`, `2h`),
+/// or an RFC 3339 time. The error says what was given and what would do.
+pub fn parse_since(text: &str, now: Timestamp) -> Result<Timestamp, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        let ago = u64::try_from(ago.as_millis()).unwrap_or(u64::MAX);
+        return Ok(Timestamp(now.0.saturating_sub(ago)));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(Timestamp::from_system_time)
+        .map_err(|_| {
+            format!(
+                "{text:?} is neither a duration (`10m`, `2h`) nor an RFC 3339 time \
+                 (`2026-05-01T12:00:00Z`)"
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_is_a_duration_back_from_now_or_an_rfc3339_time() {
+        let now = Timestamp(600_005);
+        assert_eq!(parse_since("10m", now).unwrap(), Timestamp(5));
+        assert_eq!(parse_since("1d", now).unwrap(), Timestamp(0));
+        assert_eq!(
+            parse_since("1970-01-01T00:00:01Z", now).unwrap(),
+            Timestamp(1000)
+        );
+        assert!(
+            parse_since("yesterday", now)
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+    }
 
     #[test]
     fn round_trips_as_rfc3339() {

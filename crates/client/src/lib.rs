@@ -588,14 +588,20 @@ impl Client {
             tail,
             follow,
             previous,
+            since,
+            timestamps,
         } = options;
         let mut path = format!("/v1/logs/{}?follow={follow}", segment(target, LOG_TARGET)?);
         if previous {
             path.push_str("&previous=true");
         }
+        if timestamps {
+            path.push_str("&timestamps=true");
+        }
         if let Some(n) = tail {
             path.push_str(&format!("&tail={n}"));
         }
+        push("since", since.as_deref(), &mut path);
         let resp = self.execute(self.request(Method::GET, &path)).await?;
         Ok(self.byte_stream(resp))
     }
@@ -809,7 +815,7 @@ pub struct Page<T> {
 }
 
 /// Which part of a log to read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogOptions {
     /// Only the last N lines of each task.
     pub tail: Option<usize>,
@@ -817,6 +823,11 @@ pub struct LogOptions {
     pub follow: bool,
     /// The run before each task's last restart instead.
     pub previous: bool,
+    /// Only lines written since: a duration back from now (`10m`, read on each node's clock)
+    /// or an RFC 3339 time.
+    pub since: Option<String>,
+    /// Each line starts with the time it was written (RFC 3339) and a space.
+    pub timestamps: bool,
 }
 
 /// Which tasks to list; every field given must match.
@@ -902,8 +913,9 @@ fn segment(name: &str, (what, hint): Named) -> Result<String, ClientError> {
     Ok(encode(name))
 }
 
-/// Names are DNS labels or task ids (`web.1.7`), so only a few characters ever need escaping.
-fn encode(s: &str) -> String {
+/// `s` percent-encoded for a URL's path segment or query value: every character but the
+/// unreserved ones of RFC 3986.
+pub fn encode(s: &str) -> String {
     s.chars()
         .map(|c| match c {
             'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '.' | '_' | '~' => c.to_string(),

@@ -463,6 +463,7 @@ pub async fn logs(
     grep: Option<&str>,
 ) -> Result<()> {
     let client = connect(conn).await?;
+    let stamped = options.timestamps;
     let mut stream = Box::pin(client.logs(target, options).await?);
     let mut out = std::io::stdout();
     let by_line = grep.is_some() || conn.output != Format::Table;
@@ -481,22 +482,22 @@ pub async fn logs(
         let rest = partial.split_off(end + 1);
         let lines = std::mem::replace(&mut partial, rest);
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            log_line(&mut out, conn.output, target, line, grep)?;
+            log_line(&mut out, conn.output, (target, stamped), line, grep)?;
         }
         out.flush()?;
     }
     if by_line && !partial.is_empty() {
-        log_line(&mut out, conn.output, target, &partial, grep)?;
+        log_line(&mut out, conn.output, (target, stamped), &partial, grep)?;
     }
     Ok(())
 }
 
-/// One line of a log, if it holds `grep`: as it is, or as `{"task": …, "line": …}` (a
-/// service's lines name their task before ` | `).
+/// One line of a log, if it holds `grep`: as it is, or as `{"task": …, "time": …, "line": …}`
+/// (a service's lines name their task before ` | `; a `stamped` line starts with its time).
 fn log_line(
     out: &mut impl Write,
     format: Format,
-    target: &str,
+    (target, stamped): (&str, bool),
     line: &[u8],
     grep: Option<&str>,
 ) -> Result<()> {
@@ -511,7 +512,14 @@ fn log_line(
         Some((task, line)) if task.starts_with(target) && !target.contains('.') => (task, line),
         _ => (target, text.as_ref()),
     };
-    let row = serde_json::json!({ "task": task, "line": line });
+    let (time, line) = match line.split_once(' ') {
+        Some((time, line)) if stamped => (Some(time), line),
+        _ => (None, line),
+    };
+    let row = match time {
+        Some(time) => serde_json::json!({ "task": task, "time": time, "line": line }),
+        None => serde_json::json!({ "task": task, "line": line }),
+    };
     Ok(writeln!(out, "{row}")?)
 }
 

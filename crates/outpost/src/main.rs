@@ -527,7 +527,7 @@ enum Command {
     },
     /// Show the output of a service's tasks (or of one task).
     #[command(
-        after_help = "Examples:\n  outpost logs web\n  outpost logs web.1.4 -f --tail 100\n  outpost logs web.1.4 --previous\n  outpost logs web --grep ERROR -o json"
+        after_help = "Examples:\n  outpost logs web\n  outpost logs web.1.4 -f --tail 100\n  outpost logs web.1.4 --previous\n  outpost logs web --since 10m --timestamps\n  outpost logs web --since 2026-05-01T12:00:00Z --grep ERROR -o json"
     )]
     Logs {
         /// A service (the output of each of its tasks) or a task id (`web.1.4`).
@@ -544,6 +544,14 @@ enum Command {
         /// Only the lines that contain this text.
         #[arg(long, value_name = "TEXT")]
         grep: Option<String>,
+        /// Only lines written since: a duration back from now (`10m`, `2h`; each node reads it
+        /// on its own clock) or an RFC 3339 time. Reaches back into rotated files.
+        #[arg(long, value_name = "DURATION|TIME")]
+        since: Option<String>,
+        /// Start each line with the time it was written (RFC 3339, UTC; within a quarter
+        /// second, as its node saw the file grow).
+        #[arg(short = 't', long)]
+        timestamps: bool,
     },
     /// Restart a service's tasks by its update rules (a rollout of the same spec, followed by
     /// `outpost rollout status`), or one task (stopped, and a new one started in its slot).
@@ -985,11 +993,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tail,
             previous,
             grep,
+            since,
+            timestamps,
         } => {
             let options = client::LogOptions {
                 tail,
                 follow,
                 previous,
+                since,
+                // `-o json` gives each line's time as a field of its own.
+                timestamps: timestamps || conn.output != Format::Table,
             };
             commands::logs(&conn, &target, options, grep.as_deref()).await
         }

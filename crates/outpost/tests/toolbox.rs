@@ -484,3 +484,112 @@ fn restart_and_stop_replace_tasks_by_the_update_rules() {
     let err = dev.fails(&["restart", "web.9.999"]);
     assert!(err.contains("no running task named \"web.9.999\""), "{err}");
 }
+
+/// `TIME TEXT` lines of `logs --timestamps` as (time, text).
+fn stamped_lines(text: &str) -> Vec<(std::time::SystemTime, String)> {
+    text.lines()
+        .map(|line| {
+            let (time, rest) = line.split_once(' ').expect("a time and a line");
+            let time = humantime::parse_rfc3339(time).unwrap_or_else(|e| panic!("{line}: {e}"));
+            (time, rest.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn logs_tell_when_each_line_was_written_and_select_lines_by_time() {
+    let dev = Dev::start(&[]);
+    let go = tempfile::tempdir().unwrap();
+    let go = go.path().join("go");
+    let spec = format!(
+        r#"
+name: ticker
+command: ["sh", "-c", "echo one; sleep 3; echo two; while [ ! -e {} ]; do sleep 0.1; done; echo three; exec sleep 600"]
+"#,
+        go.display()
+    );
+    let before = std::time::SystemTime::now();
+    dev.deploy("ticker.yaml", &spec);
+    let id = wait_for("the ticker's task", || {
+        Some(dev.tasks("ticker").first()?["id"].as_str()?.to_string())
+    });
+    let out = wait_for("both lines", || {
+        let out = dev.ok(&["logs", &id, "--timestamps"]);
+        out.contains(" two\n").then_some(out)
+    });
+    let lines = stamped_lines(&out);
+    let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, ["one", "two"], "{out}");
+    let (one, two) = (lines[0].0, lines[1].0);
+    let apart = two.duration_since(one).unwrap_or_default();
+    assert!(
+        apart >= std::time::Duration::from_millis(2_700),
+        "lines written 3 s apart are stamped {apart:?} apart: {out}"
+    );
+    assert!(
+        one >= before - std::time::Duration::from_secs(1) && two <= std::time::SystemTime::now(),
+        "{out}"
+    );
+
+    // An instant between the two lines selects the later one, for the task and its service.
+    let between = humantime::format_rfc3339_millis(one + std::time::Duration::from_secs(1));
+    let recent = dev.ok(&["logs", &id, "--since", &between.to_string()]);
+    assert_eq!(recent, "two\n");
+    let service = dev.ok(&["logs", "ticker", "-t", "--since", &between.to_string()]);
+    let two_stamp = out.lines().nth(1).unwrap();
+    assert_eq!(service, format!("{id} | {two_stamp}\n"));
+    assert_eq!(dev.ok(&["logs", &id, "--since", "1h"]), "one\ntwo\n");
+    assert_eq!(
+        dev.ok(&["logs", &id, "--since", "1h", "--tail", "1"]),
+        "two\n"
+    );
+    let json = dev.ok(&["-o", "json", "logs", &id]);
+    let first: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["line"], "one", "{json}");
+    assert_eq!(
+        first["time"].as_str(),
+        out.split_once(' ').map(|(t, _)| t),
+        "{json}"
+    );
+    let err = dev.fails(&["logs", &id, "--since", "yesterday"]);
+    assert!(err.contains("since") && err.contains("RFC 3339"), "{err}");
+
+    // Followed, a new line comes with the time it was read at.
+    let mut follow = std::process::Command::new(support::outpost_bin())
+        .arg("--data-dir")
+        .arg(dev.data_dir())
+        .args(["logs", &id, "-f", "-t"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = || {
+        rx.recv_timeout(support::PATIENCE)
+            .expect("a line from `logs -f`")
+    };
+    assert!(next_line().ends_with(" one"));
+    assert!(next_line().ends_with(" two"));
+    let asked = std::time::SystemTime::now();
+    std::fs::write(&go, "").unwrap();
+    let three = stamped_lines(&next_line());
+    support::stop_child(&mut follow);
+    assert_eq!(three[0].1, "three");
+    assert!(
+        three[0].0 >= asked - std::time::Duration::from_millis(1)
+            && three[0].0 <= std::time::SystemTime::now(),
+        "a line written after {asked:?} is stamped {:?}",
+        three[0].0
+    );
+}

@@ -31,6 +31,12 @@ pub struct LogQuery {
     /// The output of each task's run before its last restart instead.
     #[serde(default)]
     previous: bool,
+    /// Only lines written since: a duration back from now (`10m`; each node reads it on its own
+    /// clock) or an RFC 3339 time.
+    since: Option<String>,
+    /// Each line starts with the time it was written (RFC 3339), after a service's task prefix.
+    #[serde(default)]
+    timestamps: bool,
 }
 
 /// (task id, agent base URL) of what `target` names: one task, or every task of a service.
@@ -67,22 +73,31 @@ fn sources(ctx: &Server, target: &str) -> Option<(bool, Vec<(String, String)>)> 
     params(("target" = String, Path, description = "A service name or a task id"), LogQuery),
     responses(
         (status = 200, description = "Log text", content_type = "text/plain", body = String),
+        (status = 400, description = "`since` is neither a duration nor an RFC 3339 time", body = api::ApiError),
         (status = 502, description = "With `previous`: the task's agent cannot be reached", body = api::ApiError)))]
 pub async fn logs(
     State(ctx): State<Server>,
     Path(target): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Response {
+    if let Some(since) = &q.since
+        && let Err(refused) = crate::routes::since(since, api::Timestamp(0))
+    {
+        return refused.into_response();
+    }
     let Some((is_service, tasks)) = sources(&ctx, &target) else {
         return no_log_target(&target).into_response();
     };
-    if q.previous && !is_service {
-        return previous(&ctx, tasks.into_iter().next(), q.tail).await;
-    }
-    let q = LogQuery {
+    let part = Part {
+        tail: q.tail,
         follow: q.follow && !q.previous,
-        ..q
+        previous: q.previous,
+        since: q.since,
+        timestamps: q.timestamps,
     };
+    if part.previous && !is_service {
+        return previous(&ctx, tasks.into_iter().next(), &part).await;
+    }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     tokio::spawn(async move {
         let mut seen = BTreeSet::new();
@@ -90,25 +105,13 @@ pub async fn logs(
         for (task, addr) in tasks {
             seen.insert(task.clone());
             let prefix = is_service.then(|| format!("{task} | "));
-            if q.follow {
-                streams.push(tokio::spawn(pump(
-                    ctx.clone(),
-                    addr,
-                    task,
-                    prefix,
-                    Part::follow(q.tail),
-                    tx.clone(),
-                )));
-            } else {
-                let part = Part {
-                    tail: q.tail,
-                    follow: false,
-                    previous: q.previous,
-                };
-                pump(ctx.clone(), addr, task, prefix, part, tx.clone()).await;
+            let copy = pump(ctx.clone(), addr, task, prefix, part.clone(), tx.clone());
+            match part.follow {
+                true => streams.push(tokio::spawn(copy)),
+                false => copy.await,
             }
         }
-        if !q.follow || !is_service {
+        if !part.follow || !is_service {
             return;
         }
         // Followed service: watch for new tasks until the client goes away.
@@ -120,12 +123,18 @@ pub async fn logs(
             for (task, addr) in now {
                 if seen.insert(task.clone()) {
                     let prefix = Some(format!("{task} | "));
+                    // A new task: all its output.
+                    let part = Part {
+                        tail: None,
+                        since: None,
+                        ..part.clone()
+                    };
                     streams.push(tokio::spawn(pump(
                         ctx.clone(),
                         addr,
                         task,
                         prefix,
-                        Part::follow(None),
+                        part,
                         tx.clone(),
                     )));
                 }
@@ -145,34 +154,48 @@ pub async fn logs(
 }
 
 /// What part of a task's log to copy.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Part {
     tail: Option<usize>,
     follow: bool,
     previous: bool,
+    since: Option<String>,
+    timestamps: bool,
 }
 
 impl Part {
-    fn follow(tail: Option<usize>) -> Part {
-        Part {
-            tail,
-            follow: true,
-            previous: false,
+    /// Where the task's agent answers this part of its log.
+    fn url(&self, addr: &str, task: &str) -> String {
+        let mut url = format!("{addr}/v1/agent/logs/{task}?follow={}", self.follow);
+        if self.previous {
+            url.push_str("&previous=true");
         }
+        if self.timestamps {
+            url.push_str("&timestamps=true");
+        }
+        if let Some(n) = self.tail {
+            url.push_str(&format!("&tail={n}"));
+        }
+        if let Some(since) = &self.since {
+            url.push_str(&format!("&since={}", client::encode(since)));
+        }
+        url
     }
 }
 
 /// One task's previous run, answered as its agent answers (an error when it has none).
-async fn previous(ctx: &Server, task: Option<(String, String)>, tail: Option<usize>) -> Response {
+async fn previous(ctx: &Server, task: Option<(String, String)>, part: &Part) -> Response {
     let Some((task, addr)) = task else {
         let why = "the task is on no node: it has no output";
         return httpd::Fail::new(axum::http::StatusCode::NOT_FOUND, why).into_response();
     };
-    let mut url = format!("{addr}/v1/agent/logs/{task}?previous=true");
-    if let Some(n) = tail {
-        url.push_str(&format!("&tail={n}"));
-    }
-    match ctx.http.get(&url).bearer_auth(&ctx.token).send().await {
+    match ctx
+        .http
+        .get(part.url(&addr, &task))
+        .bearer_auth(&ctx.token)
+        .send()
+        .await
+    {
         Ok(answer) => {
             let status = axum::http::StatusCode::from_u16(answer.status().as_u16())
                 .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
@@ -197,21 +220,16 @@ async fn pump(
     addr: String,
     task: String,
     prefix: Option<String>,
-    Part {
-        tail,
-        follow,
-        previous,
-    }: Part,
+    part: Part,
     tx: mpsc::Sender<Vec<u8>>,
 ) {
-    let mut url = format!("{addr}/v1/agent/logs/{task}?follow={follow}");
-    if previous {
-        url.push_str("&previous=true");
-    }
-    if let Some(n) = tail {
-        url.push_str(&format!("&tail={n}"));
-    }
-    let resp = match ctx.http.get(&url).bearer_auth(&ctx.token).send().await {
+    let resp = match ctx
+        .http
+        .get(part.url(&addr, &task))
+        .bearer_auth(&ctx.token)
+        .send()
+        .await
+    {
         Ok(r) if r.status().is_success() => r,
         Ok(r) => {
             let status = r.status();
@@ -232,7 +250,7 @@ async fn pump(
     while let Some(Ok(chunk)) = body.next().await {
         let out = match &prefix {
             None => chunk.to_vec(),
-            Some(p) => prefix_lines(p, &mut partial, &chunk),
+            Some(p) => api::prefix_lines(p, &mut partial, &chunk),
         };
         if !out.is_empty() && tx.send(out).await.is_err() {
             return;
@@ -241,38 +259,5 @@ async fn pump(
     if let (Some(p), false) = (&prefix, partial.is_empty()) {
         partial.push(b'\n');
         let _ = tx.send([p.as_bytes(), &partial].concat()).await;
-    }
-}
-
-/// Prefixes every complete line in `partial + chunk`; keeps an unfinished last line in `partial`.
-fn prefix_lines(prefix: &str, partial: &mut Vec<u8>, chunk: &[u8]) -> Vec<u8> {
-    partial.extend_from_slice(chunk);
-    let Some(last_newline) = partial.iter().rposition(|b| *b == b'\n') else {
-        return Vec::new();
-    };
-    let rest = partial.split_off(last_newline + 1);
-    let complete = std::mem::replace(partial, rest);
-    let mut out = Vec::with_capacity(complete.len() + prefix.len() * 4);
-    for line in complete.split_inclusive(|b| *b == b'\n') {
-        out.extend_from_slice(prefix.as_bytes());
-        out.extend_from_slice(line);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_lines;
-
-    #[test]
-    fn prefixes_whole_lines_and_keeps_the_rest() {
-        let mut partial = Vec::new();
-        assert_eq!(prefix_lines("t | ", &mut partial, b"a\nb"), b"t | a\n");
-        assert_eq!(partial, b"b");
-        assert_eq!(
-            prefix_lines("t | ", &mut partial, b"c\nd\n"),
-            b"t | bc\nt | d\n"
-        );
-        assert!(partial.is_empty());
     }
 }
