@@ -14,6 +14,7 @@
 //! - [`http`]: the agent's own small API (task logs), which the server proxies.
 //! - [`mesh`]: the node's load balancer listeners and DNS server: every service by name and
 //!   virtual IP, published ports on every node.
+//! - [`mirror`]: the node's image mirror, the OCI distribution API over its content store.
 //! - `report`: batches supervisors' updates to the server, and keeps them while it is away.
 //! - `retry`: the backoff with jitter of every loop that talks to the server.
 //!
@@ -27,6 +28,7 @@ pub mod http;
 pub mod local;
 pub mod logs;
 pub mod mesh;
+pub mod mirror;
 pub mod objects;
 pub mod ports;
 pub mod probe;
@@ -126,6 +128,8 @@ pub struct AgentConfig {
     /// range, made local to this host), their DNS names and published ports. Off for embedders
     /// and tests of one agent.
     pub mesh: bool,
+    /// Where the node's image mirror ([`mirror`]) listens, on loopback; `None` for none.
+    pub mirror: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +148,15 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr} for the image mirror: {source}; give another --mirror address or off"
+    )]
+    MirrorListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Images(#[from] images::ImageError),
 }
 
 /// Everything the agent's event loop can be woken by.
@@ -222,6 +235,9 @@ impl Agent {
             running.clone(),
         ));
 
+        if let Some(addr) = config.mirror {
+            start_mirror(&config.data_dir, addr).await?;
+        }
         let client = Client::connect(&config.server, &config.token, None, client_tls);
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (registered_tx, registered_rx) = watch::channel(false);
@@ -841,6 +857,21 @@ fn open_local(config: &AgentConfig) -> Result<Arc<LocalState>, AgentError> {
 }
 
 /// Binds the agent's own API, and says where it listens (port 0 picks one).
+/// Opens the node's content store (`<data>/images`) and serves it as a registry on `addr`; the
+/// address it listens on goes to `<data>/mirror`, for clients and tests to find.
+async fn start_mirror(data_dir: &std::path::Path, addr: SocketAddr) -> Result<(), AgentError> {
+    let store = images::Store::open(&data_dir.join("images"))?;
+    let err = |source| AgentError::MirrorListen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    let path = data_dir.join("mirror");
+    seal::files::write_private(&path, bound.to_string().as_bytes())
+        .map_err(|source| AgentError::DataDir { path, source })?;
+    tracing::info!("image mirror at {bound}");
+    tokio::spawn(mirror::serve(listener, store));
+    Ok(())
+}
+
 async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
     let err = |source| AgentError::Listen { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;

@@ -86,6 +86,11 @@ pub struct NodeOptions {
     /// it clear of the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`).
     #[arg(long, default_value = "20000-29999", env = "OUTPOST_TASK_PORTS")]
     pub task_ports: String,
+    /// Where the node's image mirror (a registry of its own images, for its Docker Engine,
+    /// skopeo and `docker push`) listens: a loopback address (port 0 picks one; the address in
+    /// use is in the data dir's `mirror` file), or `off`.
+    #[arg(long, default_value = "127.0.0.1:0", env = "OUTPOST_MIRROR")]
+    pub mirror: String,
 }
 
 /// Where services' virtual IPs come from: servers give them out, agents listen on them.

@@ -127,7 +127,7 @@ pub async fn dev(
     settings: crate::ServerSettings,
 ) -> Result<()> {
     let signals = Signals::install()?;
-    let (eviction_threshold, task_ports) = node_settings(node)?;
+    let (eviction_threshold, task_ports, mirror) = node_settings(node)?;
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
     let specs = commands::read_specs(files, None)?;
     let data_dir = conn
@@ -166,6 +166,7 @@ pub async fn dev(
         ports: task_ports,
         heartbeat: agent::HEARTBEAT_INTERVAL,
         mesh: true,
+        mirror,
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run. Its certificate needs a leader; the
@@ -439,7 +440,7 @@ pub async fn agent(
     node: &crate::NodeOptions,
 ) -> Result<()> {
     let signals = Signals::install()?;
-    let (eviction_threshold, task_ports) = node_settings(node)?;
+    let (eviction_threshold, task_ports, mirror) = node_settings(node)?;
     let heartbeat = parse_heartbeat(heartbeat)?;
     init_logging();
     let data_dir = conn
@@ -487,17 +488,38 @@ pub async fn agent(
         ports: task_ports.clone(),
         heartbeat,
         mesh: true,
+        mirror,
     };
     agent::Agent::run(config, signals.stop(), signals.force()).await?;
     Ok(())
 }
 
 /// The node's eviction threshold and task port range, checked before anything starts.
-fn node_settings(node: &crate::NodeOptions) -> Result<(u64, RangeInclusive<u16>)> {
+fn node_settings(
+    node: &crate::NodeOptions,
+) -> Result<(u64, RangeInclusive<u16>, Option<SocketAddr>)> {
     Ok((
         parse_threshold(&node.eviction_threshold)?,
         parse_port_range(&node.task_ports)?,
+        parse_mirror(&node.mirror)?,
     ))
+}
+
+/// `--mirror`: a loopback address, or `off`. The mirror takes pushes without credentials, so
+/// it never listens beyond the host.
+fn parse_mirror(text: &str) -> Result<Option<SocketAddr>> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = text.parse().with_context(|| {
+        format!("--mirror {text:?} is not an address like 127.0.0.1:5000 (or off)")
+    })?;
+    if !addr.ip().is_loopback() {
+        bail!(
+            "--mirror {text}: the image mirror listens on loopback only (127.0.0.1:PORT), or give off"
+        );
+    }
+    Ok(Some(addr))
 }
 
 fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>> {

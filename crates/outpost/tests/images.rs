@@ -1,0 +1,260 @@
+//! The node's image mirror through real clients: skopeo pushes to it and copies from it, the
+//! Docker Engine pulls from it and runs what it pulled; and what the mirror refuses (a blob
+//! whose bytes do not match its digest, a manifest whose blobs are missing, a bad name) leaves
+//! nothing visible.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use sha2::Digest as _;
+use support::{Dev, request, wait_for};
+
+/// The address the dev node's mirror listens on, from its data dir.
+fn mirror(dev: &Dev) -> String {
+    wait_for("the mirror to listen", || {
+        std::fs::read_to_string(dev.data_dir().join("agent").join("mirror")).ok()
+    })
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+fn run(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Whether skopeo is here; under CI it must be (`.ci/run` installs it).
+fn have_skopeo() -> bool {
+    let found = Command::new("skopeo").arg("--version").output().is_ok();
+    if !found && std::env::var_os("CI").is_some() {
+        panic!("skopeo must be installed under CI (.ci/run installs it)");
+    }
+    if !found {
+        eprintln!("skipping: skopeo is not installed");
+    }
+    found
+}
+
+#[test]
+fn skopeo_pushes_to_the_mirror_and_the_engine_pulls_and_runs_from_it() {
+    let Some(image) = support::docker_image() else {
+        return;
+    };
+    if !have_skopeo() {
+        return;
+    }
+    let dev = Dev::start(&[]);
+    let mirror = mirror(&dev);
+    let remote = format!("{mirror}/edge/demo:{}", std::process::id());
+    let (ok, out) = run(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("docker-daemon:{image}"),
+            &format!("docker://{remote}"),
+        ],
+    );
+    assert!(ok, "skopeo copy to the mirror: {out}");
+
+    let (ok, out) = run(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{remote}"),
+        ],
+    );
+    assert!(ok, "skopeo inspect: {out}");
+    let seen: Value = serde_json::from_str(&out).unwrap();
+    assert!(!seen["Layers"].as_array().unwrap().is_empty(), "{seen}");
+
+    // The Engine pulls it from the mirror (a loopback registry) and runs it.
+    let _ = run("docker", &["rmi", "-f", &remote]);
+    let (ok, out) = run("docker", &["pull", &remote]);
+    assert!(ok, "docker pull from the mirror: {out}");
+    let (_, status) = run(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "docker run --rm {remote} --port 8080 --exit-after 10 --exit-code 7; echo status=$?"
+            ),
+        ],
+    );
+    let _ = run("docker", &["rmi", "-f", &remote]);
+    assert!(
+        status.contains("status=7"),
+        "the pulled image runs: {status}"
+    );
+
+    // What it holds copies out whole (skopeo checks every digest as it reads).
+    let out_dir = tempfile::tempdir().unwrap();
+    let dir = format!("dir:{}", out_dir.path().join("copy").display());
+    let (ok, out) = run(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{remote}"),
+            &dir,
+        ],
+    );
+    assert!(ok, "skopeo copy from the mirror: {out}");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(out_dir.path().join("copy").join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let hex = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        let bytes = std::fs::read(out_dir.path().join("copy").join(hex)).unwrap();
+        assert_eq!(digest(&bytes), layer["digest"].as_str().unwrap());
+    }
+}
+
+/// The header `name` of an answer's head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn the_mirror_takes_only_what_matches_and_resumes_reads() {
+    let dev = Dev::start(&[]);
+    let base = format!("http://{}", mirror(&dev));
+    let (status, _) = request("GET", &base, "/v2/", &[], None);
+    assert_eq!(status, 200);
+
+    // Bytes that are not what their digest says are refused and never served.
+    let claimed = digest(b"what was announced");
+    let path = format!("/v2/edge/app/blobs/uploads/?digest={claimed}");
+    let (status, body) = request("POST", &base, &path, &[], Some("something else"));
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "DIGEST_INVALID"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&claimed),
+        "the error names the digest: {body}"
+    );
+    let (status, _) = request(
+        "GET",
+        &base,
+        &format!("/v2/edge/app/blobs/{claimed}"),
+        &[],
+        None,
+    );
+    assert_eq!(status, 404);
+
+    // A blob in two requests, then read from an offset, as a resumed pull does.
+    let (status, head, _) = support::request_as(
+        None,
+        "POST",
+        &base,
+        "/v2/edge/app/blobs/uploads/",
+        &[],
+        None,
+    );
+    assert_eq!(status, 202);
+    let location = header(&head, "location").unwrap().to_string();
+    let (status, head, _) =
+        support::request_as(None, "PATCH", &base, &location, &[], Some("hello "));
+    assert_eq!((status, header(&head, "range")), (202, Some("0-5")));
+    let hello = digest(b"hello world");
+    let (status, _) = request(
+        "PUT",
+        &base,
+        &format!("{location}?digest={hello}"),
+        &[],
+        Some("world"),
+    );
+    assert_eq!(status, 201);
+    let blob = format!("/v2/edge/app/blobs/{hello}");
+    let (status, head, body) =
+        support::request_as(None, "GET", &base, &blob, &[("Range", "bytes=6-")], None);
+    assert_eq!((status, body.as_str()), (206, "world"));
+    assert_eq!(header(&head, "content-range"), Some("bytes 6-10/11"));
+
+    // A manifest whose layer is missing is refused, and its tag never appears.
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": hello, "size": 11 },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": claimed, "size": 18 }],
+    })
+    .to_string();
+    let (status, body) = request(
+        "PUT",
+        &base,
+        "/v2/edge/app/manifests/1",
+        &[],
+        Some(&manifest),
+    );
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "MANIFEST_BLOB_UNKNOWN"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&claimed),
+        "the error names the missing blob: {body}"
+    );
+    let (status, _) = request("GET", &base, "/v2/edge/app/manifests/1", &[], None);
+    assert_eq!(status, 404);
+
+    // With its blobs there it is taken, by tag and by digest.
+    let whole = manifest
+        .replace(&claimed, &hello)
+        .replace("\"size\":18", "\"size\":11");
+    let (status, head, _) = support::request_as(
+        None,
+        "PUT",
+        &base,
+        "/v2/edge/app/manifests/1",
+        &[],
+        Some(&whole),
+    );
+    assert_eq!(status, 201, "{head}");
+    assert_eq!(
+        header(&head, "docker-content-digest"),
+        Some(digest(whole.as_bytes()).as_str())
+    );
+    let (status, body) = request("GET", &base, "/v2/edge/app/manifests/1", &[], None);
+    assert_eq!((status, body.as_str()), (200, whole.as_str()));
+    let (status, body) = request("GET", &base, "/v2/edge/app/tags/list", &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["tags"],
+        serde_json::json!(["1"])
+    );
+
+    let (status, body) = request("GET", &base, "/v2/Edge/App/manifests/1", &[], None);
+    assert_eq!(
+        (status, code(&body).as_str()),
+        (400, "NAME_INVALID"),
+        "{body}"
+    );
+}
