@@ -12,7 +12,7 @@ use support::{AgentNode, ClientCert, Dev, request, request_as, wait_for};
 
 const WEB: &str = r#"
 name: web
-command: [DEMO_APP]
+command: [DEMO_APP, --require-file, "${OUTPOST_SECRETS_DIR}/db-password"]
 ports: [http]
 readiness: { http: { path: /healthz, port: http }, period: 200ms }
 secrets: [db-password]
@@ -119,6 +119,17 @@ fn a_server_restored_from_a_backup_has_the_services_revisions_secrets_and_agents
     // The join token of the old cluster is the restored one's, and a new node joins with it.
     assert_eq!(restored.ok(&["token", "show", "agent"]).trim(), agent_token);
     let second = AgentNode::start(&restored, "edge-2", "23450-23499");
+    // The restored cluster opens the secrets it sealed: a replica on the new node reads it.
+    restored.ok(&["scale", "web", "2"]);
+    let tasks = restored.wait_ready("web", 2);
+    let on_new = (tasks.iter())
+        .find(|t| t["node"] == "edge-2")
+        .unwrap_or_else(|| panic!("no replica on edge-2: {tasks:?}"));
+    let port = on_new["ports"]["http"].as_u64().unwrap();
+    let read = wait_for("the new replica to serve its secret", || {
+        support::http_get(port, "/file")
+    });
+    assert!(read.contains("s3cret-value"), "{read}");
     drop((second, agent));
 }
 
