@@ -765,7 +765,9 @@ impl Client {
 
     /// A backup of the cluster (`GET /v1/backup`): the file's bytes, as the leader made them.
     pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
-        let req = self.request(Method::GET, "/v1/backup").timeout(BACKUP_TIMEOUT);
+        let req = self
+            .request(Method::GET, "/v1/backup")
+            .timeout(BACKUP_TIMEOUT);
         let resp = self.execute(req).await?;
         let url = resp.url().to_string();
         let bytes = resp.bytes().await.map_err(|e| ClientError::Protocol {

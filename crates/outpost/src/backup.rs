@@ -20,7 +20,13 @@ pub async fn backup(conn: &Connection, file: &Path, force: bool) -> Result<()> {
     let backup = Backup::decode(&bytes)
         .map_err(|e| anyhow::anyhow!("the server's backup cannot be read back: {e}"))?;
     write_atomically(file, &bytes, force)?;
-    report(conn.output, "backup written to", file, bytes.len(), &backup.head)
+    report(
+        conn.output,
+        "backup written to",
+        file,
+        bytes.len(),
+        &backup.head,
+    )
 }
 
 /// Refuses an existing FILE unless `force`: a backup never replaces one by surprise.
@@ -129,10 +135,9 @@ pub async fn restore(
     addr: &crate::ServerAddr,
     name: Option<&str>,
 ) -> Result<()> {
-    let dir = conn
-        .data_dir
-        .clone()
-        .context("server restore needs --data-dir DIR (or OUTPOST_DATA_DIR): the data dir to make")?;
+    let dir = conn.data_dir.clone().context(
+        "server restore needs --data-dir DIR (or OUTPOST_DATA_DIR): the data dir to make",
+    )?;
     let bytes =
         std::fs::read(file).with_context(|| format!("cannot read backup {}", file.display()))?;
     let (listen, advertise) = crate::roles::server_addrs(conn, addr)?;
@@ -160,7 +165,9 @@ pub async fn restore(
     )?;
     if conn.output == Format::Table {
         let dir = dir.display();
-        println!("  start it:  outpost --data-dir {dir} server --listen {listen} --advertise {advertised}");
+        println!(
+            "  start it:  outpost --data-dir {dir} server --listen {listen} --advertise {advertised}"
+        );
     }
     Ok(())
 }

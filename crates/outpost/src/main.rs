@@ -935,9 +935,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 roles::server(&conn, run.role(Some(addr))?).await
             }
             Some(ServerAction::Leave { id }) => commands::server_leave(&conn, id).await,
-            Some(ServerAction::Backup { file, force }) => {
-                backup::backup(&conn, &file, force).await
-            }
+            Some(ServerAction::Backup { file, force }) => backup::backup(&conn, &file, force).await,
             Some(ServerAction::Restore { file, addr, name }) => {
                 backup::restore(&conn, &file, &addr, name.as_deref()).await
             }

@@ -77,11 +77,20 @@ fn a_server_restored_from_a_backup_has_the_services_revisions_secrets_and_agents
     let agent_token = server.ok(&["token", "show", "agent"]).trim().to_string();
     let secret = server.data_dir().join("pw.txt");
     std::fs::write(&secret, "s3cret-value").unwrap();
-    server.ok(&["secret", "create", "db-password", "-f", secret.to_str().unwrap()]);
+    server.ok(&[
+        "secret",
+        "create",
+        "db-password",
+        "-f",
+        secret.to_str().unwrap(),
+    ]);
     server.deploy("web.yaml", WEB);
     server.deploy("web.yaml", &WEB.replace("stop_grace: 2s", "stop_grace: 3s"));
     server.wait_ready("web", 1);
-    server.deploy("idle.yaml", "name: idle\ncommand: [DEMO_APP]\nreplicas: 0\n");
+    server.deploy(
+        "idle.yaml",
+        "name: idle\ncommand: [DEMO_APP]\nreplicas: 0\n",
+    );
     let spec_before = server.json(&["inspect", "web"]);
 
     let backups = tempfile::tempdir().unwrap();
@@ -95,8 +104,15 @@ fn a_server_restored_from_a_backup_has_the_services_revisions_secrets_and_agents
     assert_eq!(mode, 0o600, "a backup holds the CA key");
     let taken = std::fs::read(&file).unwrap();
     let refused = server.fails(&["server", "backup", file.to_str().unwrap()]);
-    assert!(refused.contains("exists already") && refused.contains("--force"), "{refused}");
-    assert_eq!(std::fs::read(&file).unwrap(), taken, "a refusal leaves FILE as it was");
+    assert!(
+        refused.contains("exists already") && refused.contains("--force"),
+        "{refused}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        taken,
+        "a refusal leaves FILE as it was"
+    );
     server.ok(&["server", "backup", file.to_str().unwrap(), "--force"]);
 
     // The server is lost; a new one is made from the backup on the same address.
@@ -105,11 +121,17 @@ fn a_server_restored_from_a_backup_has_the_services_revisions_secrets_and_agents
     let dir = tempfile::tempdir().unwrap();
     let (ok, out, err) = restore(&file, dir.path(), &listen);
     assert!(ok, "restore failed: {err}");
-    assert!(out.contains("2 services") && out.contains("start it"), "{out}");
+    assert!(
+        out.contains("2 services") && out.contains("start it"),
+        "{out}"
+    );
     let restored = Dev::start_server_in(dir, &["--listen", &listen]);
 
     assert_eq!(names(&restored.json(&["services"])), ["idle", "web"]);
-    assert_eq!(restored.json(&["inspect", "web"])["spec"], spec_before["spec"]);
+    assert_eq!(
+        restored.json(&["inspect", "web"])["spec"],
+        spec_before["spec"]
+    );
     let history = restored.ok(&["rollout", "history", "web"]);
     assert!(history.contains("2 (current)"), "{history}");
     assert_eq!(names(&restored.json(&["secret", "ls"])), ["db-password"]);
@@ -137,7 +159,10 @@ fn a_server_restored_from_a_backup_has_the_services_revisions_secrets_and_agents
 fn backup_needs_the_admin_token_and_restore_refuses_bad_files_and_dirs_with_state() {
     let server = Dev::start_server();
     let agent = AgentNode::start(&server, "edge-1", "23500-23549");
-    server.deploy("idle.yaml", "name: idle\ncommand: [DEMO_APP]\nreplicas: 0\n");
+    server.deploy(
+        "idle.yaml",
+        "name: idle\ncommand: [DEMO_APP]\nreplicas: 0\n",
+    );
     let (api, token) = server.api_and_token();
     let (status, body) = request("GET", &api, "/v1/backup", &[], None);
     assert_eq!(status, 401, "{body}");
@@ -183,7 +208,10 @@ fn backup_needs_the_admin_token_and_restore_refuses_bad_files_and_dirs_with_stat
     let cases = [
         (bad("truncated", &good[..good.len() - 100]), "damaged"),
         (bad("changed", &changed), "damaged"),
-        (bad("notes.txt", b"not a backup at all"), "not an outpost backup"),
+        (
+            bad("notes.txt", b"not a backup at all"),
+            "not an outpost backup",
+        ),
         (bad("empty", b""), "not an outpost backup"),
         (bad("newer", &newer), "newer than this outpost reads"),
     ];
@@ -191,16 +219,29 @@ fn backup_needs_the_admin_token_and_restore_refuses_bad_files_and_dirs_with_stat
         let target = backups.path().join("restored");
         let (ok, out, err) = restore(path, &target, "127.0.0.1:7400");
         assert!(!ok, "{} was restored: {out}", path.display());
-        assert!(err.contains(why) && err.contains(path.to_str().unwrap()), "{err}");
-        assert!(!target.exists(), "a refused restore wrote {}", target.display());
+        assert!(
+            err.contains(why) && err.contains(path.to_str().unwrap()),
+            "{err}"
+        );
+        assert!(
+            !target.exists(),
+            "a refused restore wrote {}",
+            target.display()
+        );
         let empty = tempfile::tempdir().unwrap();
         let (ok, _, _) = restore(path, empty.path(), "127.0.0.1:7400");
-        assert!(!ok && entries(empty.path()).is_empty(), "an empty dir stays empty");
+        assert!(
+            !ok && entries(empty.path()).is_empty(),
+            "an empty dir stays empty"
+        );
     }
     // A data dir with a state, even a running server's, is refused by name.
     let (ok, _, err) = restore(&file, server.data_dir(), "127.0.0.1:7400");
     assert!(!ok, "restored over a running server's data dir");
-    assert!(err.contains("not empty") && err.contains("state.redb"), "{err}");
+    assert!(
+        err.contains("not empty") && err.contains("state.redb"),
+        "{err}"
+    );
     let held = tempfile::tempdir().unwrap();
     std::fs::write(held.path().join("notes"), "keep").unwrap();
     let (ok, _, err) = restore(&file, held.path(), "127.0.0.1:7400");
@@ -250,7 +291,10 @@ fn a_backup_taken_while_services_are_deployed_restores_every_service_acknowledge
     let got = names(&restored.json(&["services"]));
     let m = got.len();
     let prefix: Vec<String> = (1..=m).map(|n| format!("svc-{n:03}")).collect();
-    assert_eq!(got, prefix, "the services of one moment: a prefix of the deploys");
+    assert_eq!(
+        got, prefix,
+        "the services of one moment: a prefix of the deploys"
+    );
     assert!(
         (before..=after).contains(&m),
         "{m} services restored; {before} were acknowledged before the backup, {after} at most after"

@@ -209,11 +209,7 @@ pub async fn backup(State(ctx): State<Server>) -> Result<Response, Fail> {
             format!("cannot make the backup from the snapshot: {e}"),
         )
     })?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        bytes,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 /// The state machine's snapshot at `target` or later: one is built (writing what waits to

@@ -51,7 +51,10 @@ pub async fn restore(
     let membership = Membership::new(vec![BTreeSet::from([id])], BTreeMap::from([(id, node)]));
     let meta = SnapshotMeta {
         last_log_id: meta.last_log_id,
-        last_membership: StoredMembership::new(meta.last_membership.log_id().to_owned(), membership),
+        last_membership: StoredMembership::new(
+            meta.last_membership.log_id().to_owned(),
+            membership,
+        ),
         snapshot_id: format!("restored-{}", meta.snapshot_id),
     };
     machine
