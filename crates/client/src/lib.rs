@@ -151,6 +151,10 @@ fn base_url(text: &str, scheme: &str) -> String {
 /// 60 s: above the longest blocking query (`wait` is capped at 30 s by the server).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// 150 s: a backup forwarded by a follower may take the forward's 120 s, and a large state
+/// comes over a slow uplink.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(150);
+
 /// 10 s: how long a request's bytes may go unacknowledged before its connection counts as
 /// dead (TCP_USER_TIMEOUT; reqwest's default is 30 s). A server that vanished mid-request
 /// (powered off, cut off) is given up on this soon; a slow but live link acknowledges within
@@ -763,6 +767,20 @@ impl Client {
     pub async fn token(&self, role: &str) -> Result<TokenAnswer, ClientError> {
         self.get(&format!("/v1/tokens/{}", segment(role, TOKEN_ROLE)?))
             .await
+    }
+
+    /// A backup of the cluster (`GET /v1/backup`): the file's bytes, as the leader made them.
+    pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
+        let req = self
+            .request(Method::GET, "/v1/backup")
+            .timeout(BACKUP_TIMEOUT);
+        let resp = self.execute(req).await?;
+        let url = resp.url().to_string();
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Protocol {
+            url,
+            message: format!("the backup was cut off: {e}"),
+        })?;
+        Ok(bytes.to_vec())
     }
 
     /// Replaces the join token of `role`; the old one stops working.

@@ -2,6 +2,7 @@
 //! user: the control plane lives in `server`, the edge agent in `agent`, the API client in
 //! `client`. It is the only crate that knows clap and anyhow.
 
+mod backup;
 mod commands;
 mod inspect;
 mod install;
@@ -349,6 +350,35 @@ enum ServerAction {
         addr: String,
         #[command(flatten)]
         run: Box<ServerRun>,
+    },
+    /// Write a consistent backup of the running cluster's state to FILE: services, revisions,
+    /// tasks, nodes, secrets (sealed), configs and events, at or after the last write
+    /// acknowledged, with the cluster CA and the admin token (FILE is 0600 and as secret as a
+    /// server's data dir). Asks the leader through any server, with the admin token.
+    #[command(
+        after_help = "Examples:\n  outpost --data-dir /var/lib/outpost/server server backup /backup/outpost-$(date +%F).backup\n  outpost --api https://10.0.0.5:7400 --ca ca.pem --token-file admin.token server backup site.backup --force"
+    )]
+    Backup {
+        /// The file to write; refused if it exists, unless --force.
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make --data-dir DIR (absent or empty) from a backup, offline, for a server that then
+    /// starts alone as a new one-server group with the backed-up state: `outpost --data-dir DIR
+    /// server`. Its agents and join tokens keep working, since the backup carries the CA.
+    #[command(
+        after_help = "Examples:\n  outpost --data-dir /var/lib/outpost/server server restore /backup/outpost-2025-01-31.backup --listen 10.0.0.5:7400\n  outpost --data-dir ./restored server restore site.backup --listen 127.0.0.1:7400 --name server-1"
+    )]
+    Restore {
+        /// The backup file, as `outpost server backup` wrote it.
+        file: PathBuf,
+        #[command(flatten)]
+        addr: ServerAddr,
+        /// The restored server's name (default: server-1).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Remove the server with this Raft id from the group (see `outpost nodes`); a dead server
     /// is replaced by removing it and joining a new one.
@@ -918,6 +948,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 roles::server(&conn, run.role(Some(addr))?).await
             }
             Some(ServerAction::Leave { id }) => commands::server_leave(&conn, id).await,
+            Some(ServerAction::Backup { file, force }) => backup::backup(&conn, &file, force).await,
+            Some(ServerAction::Restore { file, addr, name }) => {
+                backup::restore(&conn, &file, &addr, name.as_deref()).await
+            }
         },
         Command::Agent {
             name,

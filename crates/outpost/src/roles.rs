@@ -326,7 +326,7 @@ async fn show_endpoints(client: &Client, services: &[String]) {
 }
 
 /// Where a server listens (`--listen`, else `--api`, else the default) and is reached.
-fn server_addrs(
+pub(crate) fn server_addrs(
     conn: &Connection,
     addr: &crate::ServerAddr,
 ) -> Result<(SocketAddr, Option<SocketAddr>)> {

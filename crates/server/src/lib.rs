@@ -26,6 +26,7 @@
 
 pub mod access;
 pub mod answer;
+pub mod backup;
 pub mod batch;
 pub mod blocking;
 pub mod cluster;
@@ -241,6 +242,8 @@ pub enum ServerError {
     OtherToken { dir: PathBuf },
     #[error("the cluster's certificates: {0}")]
     Trust(String),
+    #[error("cannot restore the backup: {0}")]
+    Restore(String),
     #[error(
         "the token file {path} is empty: write the cluster token into it, or remove it to have \
          a new token made (agents and clients then need the new one)"

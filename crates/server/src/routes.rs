@@ -93,6 +93,7 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(join))
         .routes(routes!(show_token))
         .routes(routes!(rotate_token))
+        .routes(routes!(crate::backup::backup))
         .routes(routes!(report))
         .routes(routes!(objects::list_secrets, objects::create_secret))
         .routes(routes!(objects::remove_secret))

@@ -14,6 +14,8 @@
 //! - `events`: [`Retention`] of the event history, part of [`StoreOptions`].
 //! - `handle`: [`StateHandle`], how handlers and controllers read the state and wait for it to
 //!   change.
+//! - `restore`: [`read_snapshot`] (a backup checked whole) and [`restore`] (a store file made
+//!   from one, for a single server).
 //! - `db`: the file, [`open`]'s checks and [`StoreError`].
 //!
 //! **Architecture invariants:**
@@ -43,6 +45,7 @@ mod events;
 mod handle;
 mod log_store;
 pub mod raft;
+mod restore;
 mod snapshot;
 pub mod state;
 mod state_machine;
@@ -62,6 +65,7 @@ pub use events::{
 };
 pub use handle::{ChangedServices, StateHandle};
 pub use log_store::LogStore;
+pub use restore::{BadSnapshot, read_snapshot, restore};
 pub use state::{Command, Loss, Response, RolloutAction, State};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use tracked::TrackedMap;

@@ -184,6 +184,18 @@ impl Dev {
         dev
     }
 
+    /// Starts `outpost server` on a data dir made beforehand (a restore's), with `flags`
+    /// (`--listen ADDR`), and waits until it answers and leads.
+    pub fn start_server_in(dir: tempfile::TempDir, flags: &[&str]) -> Dev {
+        let mut dev = Dev {
+            dir,
+            child: None,
+            role: "server",
+        };
+        dev.spawn_dev(flags.iter().map(std::ffi::OsStr::new), &[]);
+        dev
+    }
+
     /// [`Dev::start_server`] with extra environment variables.
     pub fn start_server_with_env(env: &[(&str, &str)]) -> Dev {
         let dir = tempfile::tempdir().unwrap();
