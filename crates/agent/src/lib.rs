@@ -235,9 +235,10 @@ impl Agent {
             running.clone(),
         ));
 
-        if let Some(addr) = config.mirror {
-            start_mirror(&config.data_dir, addr).await?;
-        }
+        let mirror = match config.mirror {
+            Some(addr) => Some(start_mirror(&config.data_dir, addr).await?),
+            None => None,
+        };
         let client = Client::connect(&config.server, &config.token, None, client_tls);
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (registered_tx, registered_rx) = watch::channel(false);
@@ -251,7 +252,7 @@ impl Agent {
         let agent_id = agent_id(&config.data_dir)?;
         let ports = Arc::new(Ports::new(config.ports.clone()));
         let mut notes: Vec<String> = ports.overlap_note().into_iter().collect();
-        let (drivers, process, docker) = drivers(&agent_id, &mut notes).await;
+        let (drivers, process, docker) = drivers(&agent_id, mirror, &mut notes).await;
         sweep_orphans(&process, &local).await?;
         let shared = Supervision {
             node: config.name.clone(),
@@ -859,7 +860,10 @@ fn open_local(config: &AgentConfig) -> Result<Arc<LocalState>, AgentError> {
 /// Binds the agent's own API, and says where it listens (port 0 picks one).
 /// Opens the node's content store (`<data>/images`) and serves it as a registry on `addr`; the
 /// address it listens on goes to `<data>/mirror`, for clients and tests to find.
-async fn start_mirror(data_dir: &std::path::Path, addr: SocketAddr) -> Result<(), AgentError> {
+async fn start_mirror(
+    data_dir: &std::path::Path,
+    addr: SocketAddr,
+) -> Result<mirror::Mirror, AgentError> {
     let store = images::Store::open(&data_dir.join("images"))?;
     let err = |source| AgentError::MirrorListen { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
@@ -868,8 +872,8 @@ async fn start_mirror(data_dir: &std::path::Path, addr: SocketAddr) -> Result<()
     seal::files::write_private(&path, bound.to_string().as_bytes())
         .map_err(|source| AgentError::DataDir { path, source })?;
     tracing::info!("image mirror at {bound}");
-    tokio::spawn(mirror::serve(listener, store));
-    Ok(())
+    tokio::spawn(mirror::serve(listener, store.clone()));
+    Ok(mirror::Mirror { addr: bound, store })
 }
 
 async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
@@ -885,6 +889,7 @@ type Drivers = BTreeMap<String, Arc<dyn Driver>>;
 /// an engine answers. What is missing goes to `notes`, for `outpost nodes`.
 async fn drivers(
     agent_id: &str,
+    mirror: Option<mirror::Mirror>,
     notes: &mut Vec<String>,
 ) -> (Drivers, Arc<ProcessDriver>, Option<Arc<DockerDriver>>) {
     let cgroups = match cgroup::Cgroups::detect(
@@ -911,7 +916,7 @@ async fn drivers(
     let mut drivers: Drivers = BTreeMap::new();
     drivers.insert("process".into(), process.clone());
     let docker = match DockerDriver::connect(agent_id).await {
-        Ok(d) => Some(Arc::new(d)),
+        Ok(d) => Some(Arc::new(d.with_mirror(mirror))),
         Err(e) => {
             tracing::warn!("docker driver unavailable: {e}");
             notes.push(format!("docker driver unavailable: {e}"));

@@ -31,6 +31,46 @@ const CHUNK: usize = 256 << 10;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
+/// The node's mirror as the Docker driver sees it: where the Engine pulls from, and the store
+/// that says what is there.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    pub addr: std::net::SocketAddr,
+    pub store: Store,
+}
+
+impl Mirror {
+    /// `MIRROR/name:tag` when the store holds `image` (a spec's image name): its repository
+    /// without a registry host (`registry.example.com/team/app:1` is `team/app:1` here), its
+    /// tag (`latest` when none).
+    pub fn holds(&self, image: &str) -> Option<String> {
+        let (repo, tag) = split_tag(image);
+        let name = without_registry(repo);
+        self.store.resolve(name, tag).ok().flatten()?;
+        Some(format!("{}/{name}:{tag}", self.addr))
+    }
+}
+
+/// `repo:tag` as (repo, tag), `latest` when no tag is given (a `:` before the last `/` is a
+/// registry's port, not a tag).
+pub fn split_tag(image: &str) -> (&str, &str) {
+    let image = image.split_once('@').map_or(image, |(name, _)| name);
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+/// The repository without its registry host: a first part with a `.` or a `:`, or `localhost`.
+fn without_registry(repo: &str) -> &str {
+    match repo.split_once('/') {
+        Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => {
+            rest
+        }
+        _ => repo,
+    }
+}
+
 /// Serves the mirror on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, store: Store) {
     let app = Router::new()
@@ -503,6 +543,27 @@ mod tests {
         );
         assert_eq!(target("lib/app/tags/list"), Some(Target::Tags("lib/app")));
         assert_eq!(target("nothing"), None);
+    }
+
+    #[test]
+    fn images_are_looked_up_by_repository_and_tag_without_their_registry() {
+        assert_eq!(split_tag("demo"), ("demo", "latest"));
+        assert_eq!(split_tag("team/app:1.4"), ("team/app", "1.4"));
+        assert_eq!(
+            split_tag("localhost:5000/app"),
+            ("localhost:5000/app", "latest")
+        );
+        assert_eq!(
+            split_tag("reg.io:5000/app:2@sha256:ab"),
+            ("reg.io:5000/app", "2")
+        );
+        assert_eq!(
+            without_registry("registry.example.com/team/app"),
+            "team/app"
+        );
+        assert_eq!(without_registry("localhost:5000/app"), "app");
+        assert_eq!(without_registry("team/app"), "team/app");
+        assert_eq!(without_registry("nginx"), "nginx");
     }
 
     #[test]

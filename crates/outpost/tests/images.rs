@@ -258,3 +258,84 @@ fn the_mirror_takes_only_what_matches_and_resumes_reads() {
         "{body}"
     );
 }
+
+#[test]
+fn a_service_starts_from_its_nodes_mirror_when_no_registry_has_its_image() {
+    let Some(image) = support::docker_image() else {
+        return;
+    };
+    if !have_skopeo() {
+        return;
+    }
+    let dev = Dev::start(&[]);
+    let mirror = mirror(&dev);
+    let name = format!("edge/mirrored-{}", std::process::id());
+    let (ok, out) = run(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("docker-daemon:{image}"),
+            &format!("docker://{mirror}/{name}:1"),
+        ],
+    );
+    assert!(ok, "skopeo copy to the mirror: {out}");
+    let gone = format!("registry.invalid/{name}:1");
+    let untag = Untag(vec![
+        format!("{name}:1"),
+        gone.clone(),
+        format!("{mirror}/{name}:1"),
+    ]);
+    untag.run();
+
+    // Missing from the Engine, it comes from the node's mirror.
+    let spec = |service: &str, image: &str, pull: &str| {
+        format!(
+            "name: {service}\ndriver: docker\nimage: {image}\npull: {pull}\n\
+             ports: [{{ name: http, container_port: 8080 }}]\n\
+             readiness: {{ tcp: {{ port: http }}, period: 200ms }}\n"
+        )
+    };
+    dev.deploy(
+        "present.yaml",
+        &spec("present", &format!("{name}:1"), "if-not-present"),
+    );
+    dev.wait_ready("present", 1);
+
+    // Its registry cannot be reached: the mirror's copy starts, and an event says so.
+    dev.deploy("cutoff.yaml", &spec("cutoff", &gone, "always"));
+    let task = dev.wait_ready("cutoff", 1)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let said = wait_for(
+        "an event saying the task started from the node's image mirror",
+        || {
+            dev.events().into_iter().find(|e| {
+                e["task"] == task.as_str()
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("image mirror"))
+            })
+        },
+    );
+    assert!(said["message"].as_str().unwrap().contains(&gone), "{said}");
+    assert_eq!(said["level"], "warning", "{said}");
+}
+
+/// Image tags removed from the Engine when dropped, before and after a test.
+struct Untag(Vec<String>);
+
+impl Untag {
+    fn run(&self) {
+        for tag in &self.0 {
+            let _ = run("docker", &["rmi", "-f", tag]);
+        }
+    }
+}
+
+impl Drop for Untag {
+    fn drop(&mut self) {
+        self.run();
+    }
+}

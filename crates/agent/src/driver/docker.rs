@@ -17,7 +17,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder,
-    WaitContainerOptions,
+    TagImageOptionsBuilder, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use spec::{PullPolicy, ServiceSpec};
@@ -51,6 +51,8 @@ const LOG_RETRY: Duration = Duration::from_millis(500);
 pub struct DockerDriver {
     docker: Docker,
     agent_id: String,
+    /// The node's image mirror, which images missing from the Engine are pulled from first.
+    mirror: Option<crate::mirror::Mirror>,
 }
 
 impl DockerDriver {
@@ -69,7 +71,13 @@ impl DockerDriver {
         Ok(DockerDriver {
             docker,
             agent_id: agent_id.to_string(),
+            mirror: None,
         })
+    }
+
+    /// Pulls images through the node's mirror when it holds them.
+    pub fn with_mirror(self, mirror: Option<crate::mirror::Mirror>) -> DockerDriver {
+        DockerDriver { mirror, ..self }
     }
 
     fn container_name(&self, task: &str) -> String {
@@ -118,21 +126,46 @@ impl DockerDriver {
             program: image.to_string(),
             reason,
         };
+        let mirrored = self.mirror.as_ref().and_then(|m| m.holds(image));
         match (spec.pull, present) {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => Ok(Vec::new()),
             (PullPolicy::Never, false) => Err(fail(
                 "the image is not on this node and the pull policy is never".into(),
             )),
+            (PullPolicy::IfNotPresent, false) if mirrored.is_some() => {
+                let from = mirrored.unwrap_or_default();
+                self.pull_from_mirror(image, &from).await.map_err(fail)?;
+                Ok(Vec::new())
+            }
             (_, present) => match self.pull(image).await {
                 Ok(()) => Ok(Vec::new()),
-                Err(e) if present => Ok(vec![format!(
-                    "cannot pull {image} ({e}); the registry is unreachable, starting from the local image"
-                )]),
-                Err(e) => Err(fail(format!(
-                    "the image is not on this node and cannot be pulled: {e}"
-                ))),
+                Err(e) => match mirrored {
+                    Some(from) => {
+                        self.pull_from_mirror(image, &from).await.map_err(fail)?;
+                        Ok(vec![format!(
+                            "cannot pull {image} ({e}); the registry is unreachable, starting from this node's image mirror ({from})"
+                        )])
+                    }
+                    None if present => Ok(vec![format!(
+                        "cannot pull {image} ({e}); the registry is unreachable, starting from the local image"
+                    )]),
+                    None => Err(fail(format!(
+                        "the image is not on this node and cannot be pulled: {e}; push it to the node's image mirror to start it without a registry"
+                    ))),
+                },
             },
         }
+    }
+
+    /// Pulls `from` (`MIRROR/name:tag`) and tags it as `image`, the name the spec gives.
+    async fn pull_from_mirror(&self, image: &str, from: &str) -> Result<(), String> {
+        self.pull(from).await.map_err(|e| {
+            format!("cannot pull {image} from this node's image mirror ({from}): {e}")
+        })?;
+        let (repo, tag) = crate::mirror::split_tag(image);
+        let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        (self.docker.tag_image(from, Some(options)).await)
+            .map_err(|e| format!("cannot tag {from} as {image}: {e}"))
     }
 
     async fn pull(&self, image: &str) -> Result<(), String> {
