@@ -2,15 +2,15 @@
 # no shared library (glibc is linked into the binary) and no CA bundle (a cluster trusts its own
 # CA).
 #
-# No builder image is pulled, since a site may have no registry: build the binary on the host,
-# linked statically, then the image from the repository's root:
+# No builder image is pulled, since a site may have no registry: build the binary on the host
+# (the repository's cargo config links it statically), then the image from the repository's
+# root:
 #
-#   RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
-#       --target x86_64-unknown-linux-gnu -p outpost
+#   cargo build --release -p outpost
 #   docker build -t outpost .
 #
-# The binary lands at target/x86_64-unknown-linux-gnu/release/outpost, the one file
-# .dockerignore lets into the build context.
+# The binary lands at target/release/outpost, the one file .dockerignore lets into the build
+# context.
 #
 # A server, its state in a volume:
 #
@@ -24,7 +24,7 @@ FROM scratch
 LABEL org.opencontainers.image.title="outpost" \
       org.opencontainers.image.description="Outpost: a self-healing container orchestrator for unreliable edge nodes" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY target/x86_64-unknown-linux-gnu/release/outpost /usr/local/bin/outpost
+COPY target/release/outpost /usr/local/bin/outpost
 # Makes the data dir (a scratch image has no directories at all); outpost makes it 0700.
 WORKDIR /var/lib/outpost
 ENV OUTPOST_DATA_DIR=/var/lib/outpost

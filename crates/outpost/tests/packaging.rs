@@ -848,9 +848,7 @@ fn the_dockerfile_builds_an_image_from_scratch_that_runs_outpost() {
     for file in ["Dockerfile", ".dockerignore"] {
         std::fs::copy(workspace_root().join(file), context.path().join(file)).unwrap();
     }
-    let lands = context
-        .path()
-        .join("target/x86_64-unknown-linux-gnu/release");
+    let lands = context.path().join("target/release");
     std::fs::create_dir_all(&lands).unwrap();
     let binary = lands.join("outpost");
     let is_stripped = stripped(&bin.join("outpost"), &binary);

@@ -673,13 +673,19 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds `outpost` and the demo app linked statically (glibc's `crt-static`), in one cargo
-/// invocation into `target/static`, and returns the folder holding both: they run in an empty
-/// (`FROM scratch`) image. Built once per test binary.
+/// The folder holding `outpost` and the demo app linked statically, to run in an empty
+/// (`FROM scratch`) image: the binaries under test themselves, which the repository's cargo
+/// config links statically (`.cargo/static-bins`). Where they are not (a `RUSTC_WRAPPER` of
+/// one's own replaces that script), both are built with glibc's `crt-static` into
+/// `target/static`, once per test binary.
 pub fn static_binaries() -> Result<PathBuf, String> {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
+            let here = outpost_bin();
+            if is_static(&here)? && is_static(&demo_app())? {
+                return Ok(here.parent().unwrap_or(&here).to_path_buf());
+            }
             let root = workspace_root();
             let target = root.join("target").join("static");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -692,6 +698,37 @@ pub fn static_binaries() -> Result<PathBuf, String> {
             Ok(target.join("x86_64-unknown-linux-gnu").join("debug"))
         })
         .clone()
+}
+
+/// Whether the ELF executable at `path` needs no dynamic loader (it has no `PT_INTERP`
+/// program header).
+pub fn is_static(path: &Path) -> Result<bool, String> {
+    let elf = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |at: usize| {
+        (elf.get(at..at + 8)).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+    };
+    let header = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let (Some(table), Some(size), Some(count), true) = (
+        header.0,
+        header.1,
+        header.2,
+        elf.starts_with(b"\x7fELF\x02\x01"),
+    ) else {
+        return Err(format!(
+            "{} is not a 64-bit little-endian ELF file",
+            path.display()
+        ));
+    };
+    const PT_INTERP: u32 = 3;
+    Ok((0..count).all(|i| {
+        let at = table + i * size;
+        elf.get(at..at + 4)
+            .is_none_or(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) != PT_INTERP)
+    }))
 }
 
 fn build_image() -> Result<(), String> {
