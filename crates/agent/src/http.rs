@@ -37,6 +37,8 @@ struct AgentApi {
     /// The node's name and its mesh, for `traffic`.
     mesh: (String, crate::mesh::MeshView),
     running: crate::supervisor::Running,
+    /// The node's image store, when it has a mirror.
+    images: Option<images::Store>,
 }
 
 /// How long an idle connection to another agent is kept, 2 s: below the 5 s after which their
@@ -80,6 +82,7 @@ pub async fn serve(
     http: reqwest::Client,
     mesh: (String, crate::mesh::MeshView),
     running: crate::supervisor::Running,
+    images: Option<images::Store>,
 ) {
     let limits = httpd::Limits::with_max_connections(DEFAULT_MAX_CONNECTIONS);
     let routes = Router::new()
@@ -87,7 +90,8 @@ pub async fn serve(
         .route("/v1/agent/probe", post(probe))
         .route("/v1/agent/traffic", get(traffic))
         .route("/v1/agent/exec/{task}", post(exec))
-        .route("/v1/agent/stats", get(stats));
+        .route("/v1/agent/stats", get(stats))
+        .route("/v1/agent/images", get(stored_images));
     let health = Router::new().route("/v1/agent/health", get(health));
     let app = match &tls {
         Some(_) => routes
@@ -106,6 +110,7 @@ pub async fn serve(
         http,
         mesh,
         running,
+        images,
     });
     httpd::serve_tls(listener, app, limits, tls, std::future::pending()).await;
 }
@@ -290,6 +295,52 @@ async fn stats(State(api): State<AgentApi>, Query(q): Query<TrafficQuery>) -> Js
         },
         tasks,
     })
+}
+
+/// What the node's image store holds; an empty list for a node without a mirror.
+async fn stored_images(State(api): State<AgentApi>) -> Response {
+    let node = api.mesh.0.clone();
+    let Some(store) = api.images else {
+        let none = api::NodeImages {
+            node,
+            images: Vec::new(),
+            blobs: 0,
+            blob_bytes: 0,
+        };
+        return Json(none).into_response();
+    };
+    // Reading manifests and sizing blobs is file work.
+    let listed = tokio::task::spawn_blocking(move || {
+        let images = store.images()?;
+        let blobs = store.blobs()?;
+        Ok::<_, images::ImageError>((images, blobs))
+    })
+    .await;
+    let (listed, blobs) = match listed {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            return Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        }
+        Err(e) => {
+            return Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        }
+    };
+    let images = (listed.into_iter())
+        .map(|i| api::StoredImage {
+            name: i.name,
+            tag: i.tag,
+            digest: i.digest.to_string(),
+            bytes: i.bytes,
+            missing_blobs: i.missing,
+        })
+        .collect();
+    Json(api::NodeImages {
+        node,
+        images,
+        blobs: blobs.len(),
+        blob_bytes: blobs.iter().map(|(_, size)| size).sum(),
+    })
+    .into_response()
 }
 
 #[derive(Deserialize)]

@@ -223,6 +223,10 @@ impl Agent {
             }
             None => (None, None),
         };
+        let mirror = match config.mirror {
+            Some(addr) => Some(start_mirror(&config.data_dir, addr).await?),
+            None => None,
+        };
         let mesh_view = mesh::MeshView::default();
         let running = supervisor::Running::default();
         tokio::spawn(http::serve(
@@ -233,12 +237,9 @@ impl Agent {
             http::probe_client(client_tls.clone()),
             (config.name.clone(), mesh_view.clone()),
             running.clone(),
+            mirror.as_ref().map(|m| m.store.clone()),
         ));
 
-        let mirror = match config.mirror {
-            Some(addr) => Some(start_mirror(&config.data_dir, addr).await?),
-            None => None,
-        };
         let client = Client::connect(&config.server, &config.token, None, client_tls);
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (registered_tx, registered_rx) = watch::channel(false);

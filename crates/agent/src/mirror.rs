@@ -44,30 +44,9 @@ impl Mirror {
     /// without a registry host (`registry.example.com/team/app:1` is `team/app:1` here), its
     /// tag (`latest` when none).
     pub fn holds(&self, image: &str) -> Option<String> {
-        let (repo, tag) = split_tag(image);
-        let name = without_registry(repo);
+        let (name, tag) = images::store_name(image);
         self.store.resolve(name, tag).ok().flatten()?;
         Some(format!("{}/{name}:{tag}", self.addr))
-    }
-}
-
-/// `repo:tag` as (repo, tag), `latest` when no tag is given (a `:` before the last `/` is a
-/// registry's port, not a tag).
-pub fn split_tag(image: &str) -> (&str, &str) {
-    let image = image.split_once('@').map_or(image, |(name, _)| name);
-    match image.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (image, "latest"),
-    }
-}
-
-/// The repository without its registry host: a first part with a `.` or a `:`, or `localhost`.
-fn without_registry(repo: &str) -> &str {
-    match repo.split_once('/') {
-        Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => {
-            rest
-        }
-        _ => repo,
     }
 }
 
@@ -543,27 +522,6 @@ mod tests {
         );
         assert_eq!(target("lib/app/tags/list"), Some(Target::Tags("lib/app")));
         assert_eq!(target("nothing"), None);
-    }
-
-    #[test]
-    fn images_are_looked_up_by_repository_and_tag_without_their_registry() {
-        assert_eq!(split_tag("demo"), ("demo", "latest"));
-        assert_eq!(split_tag("team/app:1.4"), ("team/app", "1.4"));
-        assert_eq!(
-            split_tag("localhost:5000/app"),
-            ("localhost:5000/app", "latest")
-        );
-        assert_eq!(
-            split_tag("reg.io:5000/app:2@sha256:ab"),
-            ("reg.io:5000/app", "2")
-        );
-        assert_eq!(
-            without_registry("registry.example.com/team/app"),
-            "team/app"
-        );
-        assert_eq!(without_registry("localhost:5000/app"), "app");
-        assert_eq!(without_registry("team/app"), "team/app");
-        assert_eq!(without_registry("nginx"), "nginx");
     }
 
     #[test]

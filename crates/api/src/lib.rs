@@ -6,6 +6,7 @@
 
 mod endpoints;
 mod exec;
+mod images;
 mod lines;
 mod objects;
 pub mod openapi;
@@ -15,6 +16,7 @@ mod types;
 
 pub use endpoints::*;
 pub use exec::*;
+pub use images::*;
 pub use lines::prefix_lines;
 pub use objects::*;
 pub use stats::*;

@@ -623,6 +623,14 @@ impl Client {
             .await
     }
 
+    /// What every node's image store (or `node`'s) holds.
+    pub async fn images(&self, node: Option<&str>) -> Result<api::ClusterImages, ClientError> {
+        let mut query = String::new();
+        push("node", node, &mut query);
+        self.get(&format!("/v1/images{}", query.replacen('&', "?", 1)))
+            .await
+    }
+
     /// Runs `argv` beside a running task: its output as `api::exec` frames, as they come.
     pub async fn exec(
         &self,

@@ -20,7 +20,7 @@ mod uploads;
 pub use digest::Digest;
 pub use refs::{MAX_MANIFEST, References, references};
 pub use store::{Collected, Ingest, Store};
-pub use tags::{Tagged, check_name, check_tag};
+pub use tags::{Listed, Tagged, check_name, check_tag, split_tag, store_name};
 
 /// What went wrong with the store, naming the blob or file.
 #[derive(Debug, thiserror::Error)]

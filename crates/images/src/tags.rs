@@ -47,7 +47,96 @@ pub fn check_tag(tag: &str) -> Result<(), ImageError> {
     }
 }
 
+/// A spec's image (`registry.example.com/team/app:1.4`) as the store names it: its repository
+/// without a registry host (`team/app`) and its tag (`latest` when none). A first part with a
+/// `.` or a `:`, or `localhost`, is a registry host; a `:` before the last `/` is its port.
+pub fn store_name(image: &str) -> (&str, &str) {
+    let (repo, tag) = split_tag(image);
+    let repo = match repo.split_once('/') {
+        Some((host, rest)) if host.contains('.') || host.contains(':') || host == "localhost" => {
+            rest
+        }
+        _ => repo,
+    };
+    (repo, tag)
+}
+
+/// `repo:tag` as (repo, tag), `latest` when no tag is given; a digest (`@sha256:…`) is left off.
+pub fn split_tag(image: &str) -> (&str, &str) {
+    let image = image.split_once('@').map_or(image, |(name, _)| name);
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+/// An image the store holds, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub tag: String,
+    pub digest: Digest,
+    /// Bytes of its manifests, configs and layers in the store (shared layers counted in each
+    /// image that has them).
+    pub bytes: u64,
+    /// Blobs it refers to that the store lacks (0 for an image that can be pulled whole).
+    pub missing: usize,
+}
+
 impl Store {
+    /// Every tagged image with its size, sorted by name and tag.
+    pub fn images(&self) -> Result<Vec<Listed>, ImageError> {
+        let mut out = Vec::new();
+        for (key, tagged) in self.tags()? {
+            let Some((name, tag)) = key.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(digest) = tagged.digest.parse::<Digest>() else {
+                continue;
+            };
+            let (bytes, missing) = self.weigh(&digest)?;
+            out.push(Listed {
+                name: name.to_string(),
+                tag: tag.to_string(),
+                digest,
+                bytes,
+                missing,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The bytes of what manifest (or index) `digest` reaches, and how many of its blobs are
+    /// missing.
+    fn weigh(&self, digest: &Digest) -> Result<(u64, usize), ImageError> {
+        let (mut bytes, mut missing) = (0, 0);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut manifests = vec![digest.clone()];
+        while let Some(manifest) = manifests.pop() {
+            if !seen.insert(manifest.clone()) {
+                continue;
+            }
+            let Some(size) = self.size(&manifest) else {
+                missing += 1;
+                continue;
+            };
+            bytes += size;
+            let Ok(refs) = crate::references(&manifest, &self.read(&manifest)?) else {
+                continue;
+            };
+            manifests.extend(refs.manifests);
+            for blob in refs.blobs {
+                if seen.insert(blob.clone()) {
+                    match self.size(&blob) {
+                        Some(size) => bytes += size,
+                        None => missing += 1,
+                    }
+                }
+            }
+        }
+        Ok((bytes, missing))
+    }
+
     fn tags_file(&self) -> std::path::PathBuf {
         self.root().join("tags.json")
     }
@@ -124,6 +213,19 @@ mod tests {
         for bad in ["", ".x", "-x", "a/b", "a:b", &"x".repeat(129)] {
             assert!(check_tag(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn spec_images_are_named_without_their_registry_host() {
+        assert_eq!(store_name("demo"), ("demo", "latest"));
+        assert_eq!(store_name("team/app:1.4"), ("team/app", "1.4"));
+        assert_eq!(store_name("localhost:5000/app"), ("app", "latest"));
+        assert_eq!(store_name("reg.io:5000/app:2@sha256:ab"), ("app", "2"));
+        assert_eq!(
+            store_name("registry.example.com/team/app:1"),
+            ("team/app", "1")
+        );
+        assert_eq!(store_name("library/nginx:1.25"), ("library/nginx", "1.25"));
     }
 
     #[test]

@@ -523,6 +523,28 @@ fn log_line(
     Ok(writeln!(out, "{row}")?)
 }
 
+/// `images`: each node's stored images, with the services whose image each one is.
+pub async fn images(conn: &Connection, node: Option<&str>) -> Result<()> {
+    let client = connect(conn).await?;
+    let stored = client.images(node).await?;
+    if conn.output != Format::Table {
+        return print_data(conn.output, &stored);
+    }
+    let services = client.services().await?;
+    let mut users: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
+    for service in &services {
+        if let Some(image) = &service.spec.image {
+            let (name, tag) = images::store_name(image);
+            (users
+                .entry((name.to_string(), tag.to_string()))
+                .or_default())
+            .push(service.name.clone());
+        }
+    }
+    println!("{}", crate::output::images(&stored, &users));
+    Ok(())
+}
+
 /// What `scale` was asked: `SERVICE N`, or `SERVICE=N` once or more.
 pub fn scale_targets(args: &[String]) -> Result<Vec<(String, u32)>> {
     let number = |service: &str, n: &str| {

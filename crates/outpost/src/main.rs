@@ -628,6 +628,13 @@ enum Command {
         #[arg(long)]
         no_stream: bool,
     },
+    /// The images each node keeps in its store and serves from its mirror, with their sizes
+    /// and the services that run them.
+    #[command(after_help = "Examples:\n  outpost images\n  outpost images edge-1 -o json")]
+    Images {
+        /// Only this node.
+        node: Option<String>,
+    },
     /// Print a shell completion script: source it, or put it where your shell looks.
     #[command(
         after_help = "Examples:\n  outpost completion bash > /etc/bash_completion.d/outpost\n  outpost completion zsh > \"${fpath[1]}/_outpost\"\n  outpost completion fish > ~/.config/fish/completions/outpost.fish"
@@ -1049,6 +1056,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { target, no_stream } => {
             stats::stats(&conn, target.as_deref(), no_stream).await
         }
+        Command::Images { node } => commands::images(&conn, node.as_deref()).await,
         Command::Restart { target } => commands::restart(&conn, &target, false).await,
         Command::Stop { target } => commands::restart(&conn, &target, true).await,
         Command::Exec { task, command } => commands::exec(&conn, &task, &command).await,

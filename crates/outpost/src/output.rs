@@ -22,6 +22,51 @@ pub fn trimmed(t: Table) -> String {
         .join("\n")
 }
 
+/// `outpost images`: a row per node and image, the services using it (by `users`, keyed by
+/// store name and tag), then each node's whole store and the nodes that did not answer.
+pub fn images(
+    stored: &api::ClusterImages,
+    users: &BTreeMap<(String, String), Vec<String>>,
+) -> String {
+    let mut t = table(&["NODE", "IMAGE", "DIGEST", "SIZE", "USED BY"]);
+    for node in &stored.nodes {
+        for image in &node.images {
+            let key = (image.name.clone(), image.tag.clone());
+            let used = users.get(&key).map_or("-".into(), |s| s.join(", "));
+            let digest = image.digest.get(..19).unwrap_or(&image.digest);
+            let size = match image.missing_blobs {
+                0 => memory(image.bytes),
+                n => format!("{} ({n} blobs missing)", memory(image.bytes)),
+            };
+            t.add_row(vec![
+                node.node.clone(),
+                format!("{}:{}", image.name, image.tag),
+                digest.to_string(),
+                size,
+                used,
+            ]);
+        }
+    }
+    let mut text = trimmed(t);
+    for node in &stored.nodes {
+        text.push_str(&format!(
+            "
+{}: {} blobs, {} in its store",
+            node.node,
+            node.blobs,
+            memory(node.blob_bytes)
+        ));
+    }
+    for u in &stored.unreachable {
+        text.push_str(&format!(
+            "
+{}: no answer ({})",
+            u.node, u.error
+        ));
+    }
+    text
+}
+
 /// "3s", "5m", "2h", "4d": how long ago, coarsely.
 pub fn age(since: Timestamp, now: Timestamp) -> String {
     let s = since.elapsed_at(now).as_secs();

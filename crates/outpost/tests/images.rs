@@ -321,6 +321,27 @@ fn a_service_starts_from_its_nodes_mirror_when_no_registry_has_its_image() {
     );
     assert!(said["message"].as_str().unwrap().contains(&gone), "{said}");
     assert_eq!(said["level"], "warning", "{said}");
+
+    // `outpost images` lists it with its size and both services that run it.
+    let listed = dev.json(&["images"]);
+    let node = &listed["nodes"][0];
+    let stored = (node["images"].as_array().unwrap().iter())
+        .find(|i| i["name"] == name.as_str() && i["tag"] == "1")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(stored["missing_blobs"], 0, "{stored}");
+    let bytes = stored["bytes"].as_u64().unwrap();
+    assert!(bytes > 1_000_000, "the demo app's layer is in it: {stored}");
+    assert!(node["blob_bytes"].as_u64().unwrap() >= bytes, "{listed}");
+    let table = dev.ok(&["images"]);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&format!("{name}:1")))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("cutoff, present"), "{table}");
+    assert!(
+        dev.fails(&["images", "no-such-node"])
+            .contains("no-such-node")
+    );
 }
 
 /// Image tags removed from the Engine when dropped, before and after a test.

@@ -52,25 +52,37 @@ pub async fn stats(
         Some(name) => format!("?service={name}"),
         None => String::new(),
     };
+    let path = format!("/v1/agent/stats{filter}");
+    let (nodes, unreachable) = ask_agents(&ctx, nodes, &path).await;
+    Ok(Json(api::ClusterUsage { nodes, unreachable }))
+}
+
+/// `path` of every (node, agent address) at once, each given [`STATS_WAIT`]: the answers, and
+/// the nodes whose agent did not answer with why.
+pub(crate) async fn ask_agents<T: serde::de::DeserializeOwned>(
+    ctx: &Server,
+    nodes: Vec<(String, String)>,
+    path: &str,
+) -> (Vec<T>, Vec<api::Unreachable>) {
     let asks = nodes.into_iter().map(|(node, address)| {
-        let request = (ctx.http.get(format!("{address}/v1/agent/stats{filter}")))
+        let request = (ctx.http.get(format!("{address}{path}")))
             .bearer_auth(&ctx.token)
             .timeout(STATS_WAIT);
         async move {
             let answer = match request.send().await {
-                Ok(r) if r.status().is_success() => r.json::<api::NodeUsage>().await,
+                Ok(r) if r.status().is_success() => r.json::<T>().await,
                 Ok(r) => return Err((node, format!("its agent answered {}", r.status()))),
                 Err(e) => Err(e),
             };
             answer.map_err(|e| (node, format!("cannot reach its agent at {address}: {e}")))
         }
     });
-    let mut usage = api::ClusterUsage::default();
+    let (mut answers, mut unreachable) = (Vec::new(), Vec::new());
     for answer in futures_util::future::join_all(asks).await {
         match answer {
-            Ok(node) => usage.nodes.push(node),
-            Err((node, error)) => usage.unreachable.push(api::Unreachable { node, error }),
+            Ok(answer) => answers.push(answer),
+            Err((node, error)) => unreachable.push(api::Unreachable { node, error }),
         }
     }
-    Ok(Json(usage))
+    (answers, unreachable)
 }

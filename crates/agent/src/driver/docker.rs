@@ -162,7 +162,7 @@ impl DockerDriver {
         self.pull(from).await.map_err(|e| {
             format!("cannot pull {image} from this node's image mirror ({from}): {e}")
         })?;
-        let (repo, tag) = crate::mirror::split_tag(image);
+        let (repo, tag) = images::split_tag(image);
         let options = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
         (self.docker.tag_image(from, Some(options)).await)
             .map_err(|e| format!("cannot tag {from} as {image}: {e}"))
