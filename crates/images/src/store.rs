@@ -112,19 +112,7 @@ impl Store {
             .mode(FILE_MODE)
             .open(&path)
             .map_err(ImageError::io("cannot open", &path))?;
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(ImageError::io("cannot read", &path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            written += n as u64;
-        }
+        let (hasher, written) = hash_rest(&mut file, &path)?;
         let mut ingest = Ingest {
             store: self.clone(),
             digest: digest.clone(),
@@ -188,6 +176,23 @@ impl Store {
             let _ = std::fs::remove_file(entry.path());
         }
         Ok(collected)
+    }
+}
+
+/// The hash of what is left to read in `file` (at `path`), and how many bytes that was.
+pub(crate) fn hash_rest(file: &mut File, path: &Path) -> Result<(Sha256, u64), ImageError> {
+    let mut hasher = Sha256::new();
+    let mut read = 0u64;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(ImageError::io("cannot read", path))?;
+        if n == 0 {
+            return Ok((hasher, read));
+        }
+        hasher.update(&buf[..n]);
+        read += n as u64;
     }
 }
 

@@ -3,11 +3,11 @@
 //! blob only if they match.
 
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use sha2::{Digest as _, Sha256};
+use sha2::Digest as _;
 
 use crate::{Digest, ImageError, Store};
 
@@ -62,19 +62,7 @@ impl Store {
         let path = self.upload_path(id)?;
         let mut file =
             std::fs::File::open(&path).map_err(|_| ImageError::UnknownUpload(id.to_string()))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 << 10];
-        let mut size = 0u64;
-        loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(ImageError::io("cannot read", &path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
+        let (hasher, size) = crate::store::hash_rest(&mut file, &path)?;
         let actual = Digest::from_hash(hasher.finalize().as_slice());
         if &actual != digest {
             let _ = std::fs::remove_file(&path);

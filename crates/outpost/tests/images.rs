@@ -44,6 +44,16 @@ fn have_skopeo() -> bool {
     found
 }
 
+/// Copies the Engine's `image` to `remote` (`MIRROR/name:tag`) with skopeo.
+fn push(image: &str, remote: &str) {
+    let (from, to) = (
+        format!("docker-daemon:{image}"),
+        format!("docker://{remote}"),
+    );
+    let (ok, out) = run("skopeo", &["copy", "--dest-tls-verify=false", &from, &to]);
+    assert!(ok, "skopeo copy to the mirror: {out}");
+}
+
 #[test]
 fn skopeo_pushes_to_the_mirror_and_the_engine_pulls_and_runs_from_it() {
     let Some(image) = support::docker_image() else {
@@ -55,16 +65,7 @@ fn skopeo_pushes_to_the_mirror_and_the_engine_pulls_and_runs_from_it() {
     let dev = Dev::start(&[]);
     let mirror = mirror(&dev);
     let remote = format!("{mirror}/edge/demo:{}", std::process::id());
-    let (ok, out) = run(
-        "skopeo",
-        &[
-            "copy",
-            "--dest-tls-verify=false",
-            &format!("docker-daemon:{image}"),
-            &format!("docker://{remote}"),
-        ],
-    );
-    assert!(ok, "skopeo copy to the mirror: {out}");
+    push(image, &remote);
 
     let (ok, out) = run(
         "skopeo",
@@ -270,16 +271,7 @@ fn a_service_starts_from_its_nodes_mirror_when_no_registry_has_its_image() {
     let dev = Dev::start(&[]);
     let mirror = mirror(&dev);
     let name = format!("edge/mirrored-{}", std::process::id());
-    let (ok, out) = run(
-        "skopeo",
-        &[
-            "copy",
-            "--dest-tls-verify=false",
-            &format!("docker-daemon:{image}"),
-            &format!("docker://{mirror}/{name}:1"),
-        ],
-    );
-    assert!(ok, "skopeo copy to the mirror: {out}");
+    push(image, &format!("{mirror}/{name}:1"));
     let gone = format!("registry.invalid/{name}:1");
     let untag = Untag(vec![
         format!("{name}:1"),
