@@ -29,16 +29,18 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 /// What the agent's API handlers share.
 #[derive(Clone)]
-struct AgentApi {
-    logs: TaskLogs,
-    /// For probes of other agents: the cluster token, and connections kept briefly.
-    token: String,
-    http: reqwest::Client,
+pub struct AgentApi {
+    pub logs: TaskLogs,
+    /// For probes of other agents, and of the agent's own clients without TLS: the cluster
+    /// token.
+    pub token: String,
+    /// What this agent probes other agents with ([`probe_client`]).
+    pub http: reqwest::Client,
     /// The node's name and its mesh, for `traffic`.
-    mesh: (String, crate::mesh::MeshView),
-    running: crate::supervisor::Running,
+    pub mesh: (String, crate::mesh::MeshView),
+    pub running: crate::supervisor::Running,
     /// The node's image store, when it has a mirror.
-    images: Option<images::Store>,
+    pub images: Option<images::Store>,
 }
 
 /// How long an idle connection to another agent is kept, 2 s: below the 5 s after which their
@@ -73,16 +75,10 @@ pub fn probe_client(tls: Option<rustls::ClientConfig>) -> reqwest::Client {
 /// Serves the agent's API until the process ends: at most [`DEFAULT_MAX_CONNECTIONS`] open
 /// connections, with `httpd`'s default header-read timeout. With `tls`, clients are known by
 /// their certificates of the cluster (see the module doc); without, by the bearer token.
-/// `http` is what this agent probes other agents with ([`probe_client`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    logs: TaskLogs,
-    token: String,
     tls: Option<Arc<rustls::ServerConfig>>,
-    http: reqwest::Client,
-    mesh: (String, crate::mesh::MeshView),
-    running: crate::supervisor::Running,
-    images: Option<images::Store>,
+    api: AgentApi,
 ) {
     let limits = httpd::Limits::with_max_connections(DEFAULT_MAX_CONNECTIONS);
     let routes = Router::new()
@@ -100,18 +96,11 @@ pub async fn serve(
         None => routes
             .merge(health)
             .route_layer(axum::middleware::from_fn_with_state(
-                httpd::Token(token.as_str().into()),
+                httpd::Token(api.token.as_str().into()),
                 httpd::authorize,
             )),
     };
-    let app = app.fallback(httpd::not_found).with_state(AgentApi {
-        logs,
-        token,
-        http,
-        mesh,
-        running,
-        images,
-    });
+    let app = app.fallback(httpd::not_found).with_state(api);
     httpd::serve_tls(listener, app, limits, tls, std::future::pending()).await;
 }
 

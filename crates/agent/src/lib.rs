@@ -229,16 +229,15 @@ impl Agent {
         };
         let mesh_view = mesh::MeshView::default();
         let running = supervisor::Running::default();
-        tokio::spawn(http::serve(
-            listener,
-            logs.clone(),
-            config.token.clone(),
-            serve_tls,
-            http::probe_client(client_tls.clone()),
-            (config.name.clone(), mesh_view.clone()),
-            running.clone(),
-            mirror.as_ref().map(|m| m.store.clone()),
-        ));
+        let api = http::AgentApi {
+            logs: logs.clone(),
+            token: config.token.clone(),
+            http: http::probe_client(client_tls.clone()),
+            mesh: (config.name.clone(), mesh_view.clone()),
+            running: running.clone(),
+            images: mirror.as_ref().map(|m| m.store.clone()),
+        };
+        tokio::spawn(http::serve(listener, serve_tls, api));
 
         let client = Client::connect(&config.server, &config.token, None, client_tls);
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
