@@ -1,3 +1,5 @@
+//! The content store through its API: what becomes visible, resumed writes, collection.
+
 use super::*;
 
 fn store() -> (tempfile::TempDir, Store) {
