@@ -631,20 +631,30 @@ impl Client {
             .await
     }
 
-    /// Runs `argv` beside a running task: its output as `api::exec` frames, as they come.
-    pub async fn exec(
+    /// Runs `req` beside a running task: its output as `api::exec` frames, as they come. The
+    /// request body is `req` then `input` as frames, sent as `input` gives them (the caller's
+    /// stdin and window sizes, for as long as the session lasts), on the one request.
+    pub async fn exec<I>(
         &self,
         task: &str,
-        argv: &[String],
-    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
+        req: &api::ExecRequest,
+        input: I,
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<I>, ClientError>
+    where
+        I: futures_util::Stream<Item = api::ExecInput> + Send + 'static,
     {
+        use futures_util::StreamExt;
         let path = format!("/v1/tasks/{}/exec", segment(task, TASK)?);
-        let body = api::ExecRequest {
-            argv: argv.to_vec(),
-        };
-        let resp = self
-            .execute(self.request(Method::POST, &path).json(&body))
-            .await?;
+        let start = futures_util::stream::once(std::future::ready(api::ExecInput::Start(
+            req.clone(),
+        )));
+        let frames = start
+            .chain(input)
+            .map(|frame| Ok::<_, std::convert::Infallible>(frame.encode()));
+        let request = (self.request(Method::POST, &path))
+            .header(reqwest::header::CONTENT_TYPE, api::EXEC_FRAMES)
+            .body(reqwest::Body::wrap_stream(frames));
+        let resp = self.execute(request).await?;
         Ok(self.byte_stream(resp))
     }
 
