@@ -275,11 +275,9 @@ async fn exec_input(
         .is_some_and(|v| v.as_bytes().starts_with(api::EXEC_FRAMES.as_bytes()));
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     if !framed {
-        let Json(req) = <Json<api::ExecRequest> as axum::extract::FromRequest<()>>::from_request(
-            request,
-            &(),
-        )
-        .await?;
+        let Json(req) =
+            <Json<api::ExecRequest> as axum::extract::FromRequest<()>>::from_request(request, &())
+                .await?;
         return Ok((req, rx));
     }
     let mut body = request.into_body().into_data_stream();

@@ -100,9 +100,7 @@ impl ExecInput {
             ExecInput::Start(req) => frame(START, &serde_json::to_vec(req).unwrap_or_default()),
             ExecInput::Stdin(b) => frame(STDIN, b),
             ExecInput::StdinClosed => frame(STDIN_CLOSED, &[]),
-            ExecInput::Resize(size) => {
-                frame(RESIZE, &serde_json::to_vec(size).unwrap_or_default())
-            }
+            ExecInput::Resize(size) => frame(RESIZE, &serde_json::to_vec(size).unwrap_or_default()),
         }
     }
 }
@@ -247,7 +245,10 @@ mod tests {
                 tty: Some(WindowSize { rows: 24, cols: 80 }),
             }),
             ExecInput::Stdin(b"exit 7\r".to_vec()),
-            ExecInput::Resize(WindowSize { rows: 50, cols: 132 }),
+            ExecInput::Resize(WindowSize {
+                rows: 50,
+                cols: 132,
+            }),
             ExecInput::StdinClosed,
         ];
         let bytes: Vec<u8> = frames.iter().flat_map(ExecInput::encode).collect();

@@ -645,9 +645,8 @@ impl Client {
     {
         use futures_util::StreamExt;
         let path = format!("/v1/tasks/{}/exec", segment(task, TASK)?);
-        let start = futures_util::stream::once(std::future::ready(api::ExecInput::Start(
-            req.clone(),
-        )));
+        let start =
+            futures_util::stream::once(std::future::ready(api::ExecInput::Start(req.clone())));
         let frames = start
             .chain(input)
             .map(|frame| Ok::<_, std::convert::Infallible>(frame.encode()));

@@ -66,7 +66,9 @@ pub async fn exec(conn: &Connection, args: ExecArgs<'_>) -> Result<()> {
     ended
 }
 
-async fn next(mut frames: mpsc::Receiver<api::ExecInput>) -> Option<(api::ExecInput, mpsc::Receiver<api::ExecInput>)> {
+async fn next(
+    mut frames: mpsc::Receiver<api::ExecInput>,
+) -> Option<(api::ExecInput, mpsc::Receiver<api::ExecInput>)> {
     let frame = frames.recv().await?;
     Some((frame, frames))
 }
@@ -81,7 +83,10 @@ async fn relay(
     let mut answer = Box::pin(answer);
     let mut decoder = api::ExecDecoder::default();
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    let (mut term, mut hangup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+    let (mut term, mut hangup) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::hangup())?,
+    );
     loop {
         let chunk = tokio::select! {
             chunk = answer.next() => chunk,

@@ -1185,6 +1185,19 @@ mod tests {
         assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 
+    /// `docker exec -it`'s habit is where an operator starts: the help shows it.
+    #[test]
+    fn exec_help_shows_an_interactive_shell() {
+        let cli = super::Cli::command();
+        let exec = cli.find_subcommand("exec").unwrap();
+        let after = exec.get_after_help().unwrap().to_string();
+        assert!(after.contains("outpost exec -it web.1.4 -- sh"), "{after}");
+        for flag in ["interactive", "tty"] {
+            let arg = exec.get_arguments().find(|a| a.get_id() == flag);
+            assert!(arg.and_then(|a| a.get_help()).is_some(), "{flag}");
+        }
+    }
+
     fn audit(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
         for arg in cmd.get_arguments() {
             let builtin = ["help", "version"].contains(&arg.get_id().as_str());

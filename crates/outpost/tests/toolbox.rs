@@ -714,7 +714,13 @@ fn exit_code(child: &mut std::process::Child) -> Option<i32> {
 /// The modes of a terminal that can differ after a session: all of them but the speeds.
 fn mode_flags(t: &rustix::termios::Termios) -> impl PartialEq + std::fmt::Debug {
     use rustix::termios::SpecialCodeIndex as Code;
-    let codes = [Code::VMIN, Code::VTIME, Code::VINTR, Code::VEOF, Code::VERASE];
+    let codes = [
+        Code::VMIN,
+        Code::VTIME,
+        Code::VINTR,
+        Code::VEOF,
+        Code::VERASE,
+    ];
     (
         t.input_modes,
         t.output_modes,
@@ -788,7 +794,11 @@ fn exec_i_pipes_stdin_to_the_command_and_t_without_a_terminal_is_refused() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        cli.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        cli.stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         let out = cli.wait_with_output().unwrap();
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         (out.status.code(), text(&out.stdout), text(&out.stderr))
@@ -797,7 +807,10 @@ fn exec_i_pipes_stdin_to_the_command_and_t_without_a_terminal_is_refused() {
     assert_eq!((code, out.trim()), (Some(0), "2"), "{err}");
     // The end of stdin is the command's: `cat` ends, and the script's status comes back.
     let (code, out, err) = piped("one\ntwo\n", &["sh", "-c", "cat; echo end >&2; exit 5"]);
-    assert_eq!((code, out.as_str(), err.as_str()), (Some(5), "one\ntwo\n", "end\n"));
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (Some(5), "one\ntwo\n", "end\n")
+    );
     // Without -i the command reads nothing.
     let (code, out, _) = exec(&dev, &id, &["wc", "-c"]);
     assert_eq!((code, out.trim()), (Some(0), "0"));
@@ -830,7 +843,10 @@ fn exec_it_reaches_a_containers_tty_with_its_size_and_stdin() {
         .to_string();
     let term = Terminal::open(33, 77);
     let before = term.modes();
-    let mut cli = term.spawn(&dev, &["exec", "-it", &boxed, "--", "/demo-app", "tty-report"]);
+    let mut cli = term.spawn(
+        &dev,
+        &["exec", "-it", &boxed, "--", "/demo-app", "tty-report"],
+    );
     term.type_in("hello\r");
     term.wait_for_text(0, "tty-report: hello tty=yes size=33x77");
     term.resize(40, 100);

@@ -401,7 +401,12 @@ impl DockerDriver {
         while let Some(next) = input.recv().await {
             match (next, stdin.as_mut()) {
                 (api::ExecInput::Stdin(bytes), Some(to)) => {
-                    if to.write_all(&bytes).await.and(to.flush().await).is_err() {
+                    let written = async {
+                        to.write_all(&bytes).await?;
+                        to.flush().await
+                    };
+                    // A command that stopped reading gets no more input; its output flows on.
+                    if written.await.is_err() {
                         stdin = None;
                     }
                 }
