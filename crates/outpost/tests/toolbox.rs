@@ -746,6 +746,9 @@ fn exec_it_gives_a_shell_a_terminal_the_size_of_the_operators_resized_with_it() 
         (screen.contains("$ ") || screen.contains("# ")).then_some(())
     });
 
+    // An operator who looks away: idle past the listeners' 5 s header-read (and keep-alive)
+    // timeout, which must not cut a session whose request body is still open.
+    std::thread::sleep(std::time::Duration::from_secs(7));
     let from = term.screen().len();
     term.type_in("stty size; tty\r");
     let screen = term.wait_for_text(from, "37 101\r\n/dev/pts/");
@@ -814,6 +817,21 @@ fn exec_i_pipes_stdin_to_the_command_and_t_without_a_terminal_is_refused() {
     // Without -i the command reads nothing.
     let (code, out, _) = exec(&dev, &id, &["wc", "-c"]);
     assert_eq!((code, out.trim()), (Some(0), "0"));
+
+    // An older client's request, a lone JSON document, still runs (with no stdin).
+    let (api, token) = dev.api_and_token();
+    let bearer = format!("Bearer {token}");
+    let (status, body) = support::request(
+        "POST",
+        &api,
+        &format!("/v1/tasks/{id}/exec"),
+        &[("Authorization", &bearer)],
+        Some(r#"{"argv": ["/bin/sh", "-c", "echo from-json $(wc -c)"]}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    // Frames in a chunked body: the output, then how it ended.
+    assert!(body.contains("from-json 0\n"), "stdin is empty: {body:?}");
+    assert!(body.contains(r#"{"code":0}"#), "{body:?}");
 
     let out = dev
         .try_cli(&["exec", "-it", &id, "--", "sh"])
