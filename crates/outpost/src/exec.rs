@@ -8,6 +8,7 @@ use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{Result, bail};
 use futures_util::StreamExt;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::Connection;
@@ -24,6 +25,7 @@ pub struct ExecArgs<'a> {
 /// The size assumed for a terminal that cannot say its own.
 const DEFAULT_SIZE: api::WindowSize = api::WindowSize { rows: 24, cols: 80 };
 
+/// Runs the command, and ends as it did: its exit status is this process's.
 pub async fn exec(conn: &Connection, args: ExecArgs<'_>) -> Result<()> {
     let ExecArgs {
         task,
@@ -38,6 +40,11 @@ pub async fn exec(conn: &Connection, args: ExecArgs<'_>) -> Result<()> {
              this side; drop `-t` (keep `-i`) to pipe input into the command"
         );
     }
+    // Listened for before the first size is read, so no change in between is missed.
+    let changes = match tty {
+        true => Some(signal(SignalKind::window_change())?),
+        false => None,
+    };
     let req = api::ExecRequest {
         argv: argv.to_vec(),
         interactive,
@@ -45,15 +52,14 @@ pub async fn exec(conn: &Connection, args: ExecArgs<'_>) -> Result<()> {
     };
     let (input, frames) = mpsc::channel(16);
     let client = connect(conn).await?;
-    let answer = client
-        .exec(task, &req, futures_util::stream::unfold(frames, next))
-        .await?;
+    let follows = (interactive || tty).then(|| futures_util::stream::unfold(frames, next));
+    let answer = client.exec(task, &req, follows).await?;
     // Raw only once the session is there: an error before it leaves the terminal as it was.
     let _raw = match tty && interactive {
         true => Some(RawMode::enter()?),
         false => None,
     };
-    let resizes = tty.then(|| tokio::spawn(send_resizes(input.clone())));
+    let resizes = changes.map(|changes| tokio::spawn(send_resizes(changes, input.clone())));
     if interactive {
         read_stdin(input);
     } else {
@@ -66,6 +72,7 @@ pub async fn exec(conn: &Connection, args: ExecArgs<'_>) -> Result<()> {
     ended
 }
 
+/// The next frame to send, for `stream::unfold`: the stream ends once every sender is gone.
 async fn next(
     mut frames: mpsc::Receiver<api::ExecInput>,
 ) -> Option<(api::ExecInput, mpsc::Receiver<api::ExecInput>)> {
@@ -79,7 +86,6 @@ async fn relay(
     task: &str,
     answer: impl futures_util::Stream<Item = Result<Vec<u8>, client::ClientError>>,
 ) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut answer = Box::pin(answer);
     let mut decoder = api::ExecDecoder::default();
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
@@ -136,11 +142,7 @@ fn window_size(fd: impl std::os::fd::AsFd) -> api::WindowSize {
 }
 
 /// Sends this terminal's size each time it changes (SIGWINCH).
-async fn send_resizes(input: mpsc::Sender<api::ExecInput>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut changes) = signal(SignalKind::window_change()) else {
-        return;
-    };
+async fn send_resizes(mut changes: Signal, input: mpsc::Sender<api::ExecInput>) {
     while changes.recv().await.is_some() {
         let size = window_size(std::io::stdin());
         if input.send(api::ExecInput::Resize(size)).await.is_err() {
