@@ -208,11 +208,12 @@ async fn task_logs(
 }
 
 /// Runs a command beside a running task of this node, streaming its output as `api::exec`
-/// frames; the command is killed if the caller goes away.
+/// frames; the command is killed if the caller goes away. The request is a lone
+/// `api::ExecRequest` as JSON, or `api::ExecInput` frames for as long as the session lasts.
 async fn exec(
     State(api): State<AgentApi>,
     Path(task): Path<String>,
-    Json(req): Json<api::ExecRequest>,
+    request: axum::extract::Request,
 ) -> Response {
     let Some(running) = api.running.get(&task) else {
         return Fail::new(
@@ -222,6 +223,10 @@ async fn exec(
             ),
         )
         .into_response();
+    };
+    let (req, input) = match exec_input(request).await {
+        Ok(x) => x,
+        Err(fail) => return fail.into_response(),
     };
     if req.argv.first().is_none_or(|p| p.is_empty()) {
         return Fail::invalid_at("no command", "argv", "give the command to run").into_response();
@@ -233,15 +238,78 @@ async fn exec(
             handle,
             launch,
         } = running;
-        driver.exec_streaming(&handle, &launch, &req.argv, tx).await;
+        driver
+            .exec_streaming(&handle, &launch, &req, input, tx)
+            .await;
     });
     let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
         .map(|frame: api::ExecFrame| Ok::<_, std::io::Error>(frame.encode()));
     (
-        [(header::CONTENT_TYPE, "application/octet-stream")],
+        [(header::CONTENT_TYPE, api::EXEC_FRAMES)],
         Body::from_stream(frames),
     )
         .into_response()
+}
+
+/// How long a caller has to send an exec's first frame, 10 s: it is sent with the request's
+/// head, and a silent caller must not hold a connection for ever.
+const EXEC_START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What to run, and the caller's input that follows as the body goes on (read by a task of its
+/// own until the body ends: a session may sit idle for hours).
+async fn exec_input(
+    request: axum::extract::Request,
+) -> Result<(api::ExecRequest, crate::driver::ExecInputs), Fail> {
+    let framed = (request.headers().get(header::CONTENT_TYPE))
+        .is_some_and(|v| v.as_bytes().starts_with(api::EXEC_FRAMES.as_bytes()));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    if !framed {
+        let Json(req) =
+            <Json<api::ExecRequest> as axum::extract::FromRequest<()>>::from_request(request, &())
+                .await?;
+        return Ok((req, rx));
+    }
+    let mut body = request.into_body().into_data_stream();
+    let mut decoder = api::InputDecoder::default();
+    let bad = |why: String| Fail::new(StatusCode::BAD_REQUEST, format!("bad exec frames: {why}"));
+    let start = tokio::time::timeout(EXEC_START_PATIENCE, async {
+        loop {
+            match decoder.next_frame().map_err(bad)? {
+                Some(api::ExecInput::Start(req)) => return Ok(req),
+                Some(_) => return Err(bad("the first frame must say what to run".into())),
+                None => {}
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => decoder.extend(&chunk),
+                Some(Err(e)) => return Err(bad(format!("the request body broke off: {e}"))),
+                None => return Err(bad("the body ended before saying what to run".into())),
+            }
+        }
+    });
+    let req = start.await.map_err(|_| {
+        bad(format!(
+            "no start frame within {EXEC_START_PATIENCE:?} of the request"
+        ))
+    })??;
+    tokio::spawn(async move {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    if tx.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => match body.next().await {
+                    Some(Ok(chunk)) => decoder.extend(&chunk),
+                    // The body ended or broke off: so has the caller's input.
+                    _ => return,
+                },
+                // Bytes that are not frames end the input, as its end would.
+                Err(_) => return,
+            }
+        }
+    });
+    Ok((req, rx))
 }
 
 /// The instant of this agent's first stats reading: later ones are timed from it, on the

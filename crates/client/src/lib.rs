@@ -631,20 +631,35 @@ impl Client {
             .await
     }
 
-    /// Runs `argv` beside a running task: its output as `api::exec` frames, as they come.
-    pub async fn exec(
+    /// Runs `req` beside a running task: its output as `api::exec` frames, as they come. The
+    /// request body is `req` as a frame, then, with `input`, what it gives as frames, sent as it
+    /// gives them (the caller's stdin and window sizes, for as long as the session lasts), on
+    /// the one request. Without `input` the body is whole from the start, so it is sent to
+    /// another server while one cannot be reached; a session's goes to the first server only.
+    pub async fn exec<I>(
         &self,
         task: &str,
-        argv: &[String],
-    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
+        req: &api::ExecRequest,
+        input: Option<I>,
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<I>, ClientError>
+    where
+        I: futures_util::Stream<Item = api::ExecInput> + Send + 'static,
     {
+        use futures_util::StreamExt;
         let path = format!("/v1/tasks/{}/exec", segment(task, TASK)?);
-        let body = api::ExecRequest {
-            argv: argv.to_vec(),
+        let start = api::ExecInput::Start(req.clone()).encode();
+        let body = match input {
+            None => reqwest::Body::from(start),
+            Some(input) => {
+                let first = futures_util::stream::once(std::future::ready(start));
+                let frames = first.chain(input.map(|frame| frame.encode()));
+                reqwest::Body::wrap_stream(frames.map(Ok::<_, std::convert::Infallible>))
+            }
         };
-        let resp = self
-            .execute(self.request(Method::POST, &path).json(&body))
-            .await?;
+        let request = (self.request(Method::POST, &path))
+            .header(reqwest::header::CONTENT_TYPE, api::EXEC_FRAMES)
+            .body(body);
+        let resp = self.execute(request).await?;
         Ok(self.byte_stream(resp))
     }
 

@@ -32,7 +32,13 @@
 //! `/healthz`) on 127.0.0.1:PORT answers 2xx. A `FROM scratch` image has no shell or curl, so
 //! exec probes and Compose healthchecks use this.
 //!
-//! It is std-only so it links statically and fits a `FROM scratch` image.
+//! `demo-app tty-report` answers each line read from stdin with whether stdin is a terminal
+//! and its size (`tty-report: LINE tty=yes size=24x80`), and at the end of its input says so
+//! and exits with status 3: a `FROM scratch` image has no `stty` or `tty` to check
+//! `outpost exec -it` with.
+//!
+//! It is std-only (and `rustix` for the terminal's size, a safe wrapper of the system calls) so
+//! it links statically and fits a `FROM scratch` image.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -134,6 +140,28 @@ fn probe(args: &[String]) -> ! {
     exit(if matches!(healthy, Ok(true)) { 0 } else { 1 })
 }
 
+/// `demo-app tty-report`: see the module doc.
+fn tty_report() -> ! {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    let mut line = String::new();
+    while stdin.lock().read_line(&mut line).is_ok_and(|n| n > 0) {
+        let tty = rustix::termios::isatty(&stdin);
+        let size = match rustix::termios::tcgetwinsize(&stdin) {
+            Ok(w) => format!("{}x{}", w.ws_row, w.ws_col),
+            Err(_) => "none".to_string(),
+        };
+        let said = line.trim_end_matches(['\r', '\n']);
+        let tty = if tty { "yes" } else { "no" };
+        let _ = writeln!(out, "tty-report: {said} tty={tty} size={size}");
+        let _ = out.flush();
+        line.clear();
+    }
+    let _ = writeln!(out, "tty-report: end of input");
+    let _ = out.flush();
+    exit(3)
+}
+
 /// Allocates and touches `mb` MiB so it is really resident, and keeps it.
 fn hold_memory(mb: usize) -> Vec<u8> {
     let mut block = vec![0u8; mb << 20];
@@ -150,6 +178,9 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("probe") {
         probe(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some("tty-report") {
+        tty_report();
     }
     let opts = match parse_args() {
         Ok(o) => o,

@@ -635,43 +635,6 @@ pub async fn rm(conn: &Connection, service: &str) -> Result<()> {
     }
 }
 
-/// `outpost exec`: the command's output as it comes, then its exit status as this process's.
-pub async fn exec(conn: &Connection, task: &str, argv: &[String]) -> Result<()> {
-    let client = connect(conn).await?;
-    let mut stream = Box::pin(client.exec(task, argv).await?);
-    let mut decoder = api::ExecDecoder::default();
-    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    while let Some(chunk) = stream.next().await {
-        let frames = (decoder.push(&chunk?))
-            .map_err(|e| anyhow::anyhow!("the output of {task}'s command came garbled: {e}"))?;
-        for frame in frames {
-            match frame {
-                api::ExecFrame::Stdout(bytes) => {
-                    out.write_all(&bytes)?;
-                    out.flush()?;
-                }
-                api::ExecFrame::Stderr(bytes) => err.write_all(&bytes)?,
-                api::ExecFrame::End(end) => return exec_status(task, end),
-            }
-        }
-    }
-    bail!("the connection to {task}'s node ended before its command did; it may still run there")
-}
-
-/// Success for a command that exited 0; its status for any other.
-fn exec_status(task: &str, end: api::ExecEnd) -> Result<()> {
-    match (end.code, end.error) {
-        (_, Some(why)) => bail!("cannot run it beside {task}: {why}"),
-        (Some(0), None) => Ok(()),
-        (Some(code), None) => Err(crate::rollouts::Ended {
-            code: u8::try_from(code).unwrap_or(1).max(1),
-            message: String::new(),
-        }
-        .into()),
-        (None, None) => bail!("the command ended with no exit status (its node could not tell it)"),
-    }
-}
-
 /// `restart` and `stop`: of one task (`web.2.7`: replaced in its slot), or of a service (a
 /// rolling restart, or for `stop` a scale to 0).
 pub async fn restart(conn: &Connection, target: &str, stop: bool) -> Result<()> {

@@ -4,6 +4,7 @@
 
 mod backup;
 mod commands;
+mod exec;
 mod inspect;
 mod install;
 mod objects;
@@ -604,11 +605,21 @@ enum Command {
     },
     /// Run a command beside a running task, from any node's CLI: inside its container (the
     /// Engine's exec), or for a process task with its environment, working directory, cgroup
-    /// and resolver. Its output streams back; its exit status is this command's.
+    /// and resolver. Its output streams back; its exit status is this command's. With `-it`,
+    /// an interactive shell, as `docker exec -it`.
     #[command(
-        after_help = "Examples:\n  outpost exec web.1.4 -- ls -l /data\n  outpost exec db.1.2 -- sh -c 'pg_isready; echo $?'"
+        after_help = "Examples:\n  outpost exec web.1.4 -- ls -l /data\n  outpost exec -it web.1.4 -- sh\n  outpost exec db.1.2 -- sh -c 'pg_isready; echo $?'\n  printf 'a\\nb\\n' | outpost exec -i web.1.4 -- wc -l"
     )]
     Exec {
+        /// Pass this command's stdin to the command (its end closes the command's stdin).
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Give the command a terminal (a pty, or the container's tty) the size of this one,
+        /// resized with it, its stdout and stderr one stream; with `-i`, this terminal is in
+        /// raw mode for the session (Ctrl-C goes to the command). Stdin must be a terminal:
+        /// otherwise an error, "the input device is not a TTY".
+        #[arg(short = 't', long)]
+        tty: bool,
         /// The task, as `outpost ps` shows it (`web.1.4`).
         task: String,
         /// The command and its arguments, after `--`; run without a shell.
@@ -1059,7 +1070,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Images { node } => commands::images(&conn, node.as_deref()).await,
         Command::Restart { target } => commands::restart(&conn, &target, false).await,
         Command::Stop { target } => commands::restart(&conn, &target, true).await,
-        Command::Exec { task, command } => commands::exec(&conn, &task, &command).await,
+        Command::Exec {
+            interactive,
+            tty,
+            task,
+            command,
+        } => {
+            let args = exec::ExecArgs {
+                task: &task,
+                argv: &command,
+                interactive,
+                tty,
+            };
+            exec::exec(&conn, args).await
+        }
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(
@@ -1159,6 +1183,19 @@ mod tests {
             audit(sub, &format!("outpost {}", sub.get_name()), &mut missing);
         }
         assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    /// `docker exec -it`'s habit is where an operator starts: the help shows it.
+    #[test]
+    fn exec_help_shows_an_interactive_shell() {
+        let cli = super::Cli::command();
+        let exec = cli.find_subcommand("exec").unwrap();
+        let after = exec.get_after_help().unwrap().to_string();
+        assert!(after.contains("outpost exec -it web.1.4 -- sh"), "{after}");
+        for flag in ["interactive", "tty"] {
+            let arg = exec.get_arguments().find(|a| a.get_id() == flag);
+            assert!(arg.and_then(|a| a.get_help()).is_some(), "{flag}");
+        }
     }
 
     fn audit(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {

@@ -593,3 +593,304 @@ command: ["sh", "-c", "echo one; sleep 3; echo two; while [ ! -e {} ]; do sleep 
         three[0].0
     );
 }
+
+/// A terminal the test owns, as an operator's: a pty whose slave end is the CLI's stdin,
+/// stdout and stderr (and controlling terminal, so a resize reaches it as SIGWINCH), and whose
+/// master end the test types into and reads what the CLI prints from.
+struct Terminal {
+    master: std::fs::File,
+    slave: std::os::fd::OwnedFd,
+    screen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Terminal {
+    fn open(rows: u16, cols: u16) -> Terminal {
+        use rustix::pty::{OpenptFlags, grantpt, ioctl_tiocgptpeer, openpt, unlockpt};
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let master = openpt(flags).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let slave = ioctl_tiocgptpeer(&master, flags).unwrap();
+        let term = Terminal {
+            master: std::fs::File::from(master),
+            slave,
+            screen: Default::default(),
+        };
+        term.resize(rows, cols);
+        let (mut reader, screen) = (term.master.try_clone().unwrap(), term.screen.clone());
+        // Ends once no process holds the slave end (the read fails with EIO).
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        term
+    }
+
+    /// Sets its size, as a terminal window resized: the kernel sends SIGWINCH to the
+    /// processes in its foreground.
+    fn resize(&self, rows: u16, cols: u16) {
+        let size = rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        rustix::termios::tcsetwinsize(&self.master, size).unwrap();
+    }
+
+    /// `outpost ARGS` on this terminal, leading a session of its own whose controlling
+    /// terminal this is (`setsid --ctty`), as a login shell's command would.
+    fn spawn(&self, dev: &Dev, args: &[&str]) -> std::process::Child {
+        let stdio = || std::process::Stdio::from(self.slave.try_clone().unwrap());
+        std::process::Command::new("setsid")
+            .args(["--wait", "--ctty"])
+            .arg(support::outpost_bin())
+            .arg("--data-dir")
+            .arg(dev.data_dir())
+            .args(args)
+            .stdin(stdio())
+            .stdout(stdio())
+            .stderr(stdio())
+            .spawn()
+            .unwrap()
+    }
+
+    fn modes(&self) -> rustix::termios::Termios {
+        rustix::termios::tcgetattr(&self.slave).unwrap()
+    }
+
+    fn type_in(&self, keys: &str) {
+        use std::io::Write;
+        (&self.master).write_all(keys.as_bytes()).unwrap();
+    }
+
+    /// Everything printed on it so far.
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until what was printed after `from` (a length of [`Terminal::screen`]) contains
+    /// `text`; the screen then.
+    fn wait_for_text(&self, from: usize, text: &str) -> String {
+        wait_for(&format!("{text:?} on the terminal"), || {
+            let screen = self.screen();
+            screen.get(from..)?.contains(text).then_some(screen)
+        })
+    }
+
+    /// Types `line` (with Enter) until what it prints shows `text`: a resize reaches the
+    /// command a moment after the terminal's own, and nothing on the screen tells when.
+    fn retype_until(&self, line: &str, text: &str) -> String {
+        use std::time::{Duration, Instant};
+        let deadline = Instant::now() + support::PATIENCE;
+        loop {
+            let from = self.screen().len();
+            self.type_in(&format!("{line}\r"));
+            let answer_by = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < answer_by {
+                let screen = self.screen();
+                if screen.get(from..).is_some_and(|s| s.contains(text)) {
+                    return screen;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} after typing {line:?}: {}",
+                self.screen()
+            );
+        }
+    }
+}
+
+/// The exit status of `child`, which ends within the usual patience.
+fn exit_code(child: &mut std::process::Child) -> Option<i32> {
+    wait_for("outpost exec to exit", || child.try_wait().unwrap()).code()
+}
+
+/// The modes of a terminal that can differ after a session: all of them but the speeds.
+fn mode_flags(t: &rustix::termios::Termios) -> impl PartialEq + std::fmt::Debug {
+    use rustix::termios::SpecialCodeIndex as Code;
+    let codes = [
+        Code::VMIN,
+        Code::VTIME,
+        Code::VINTR,
+        Code::VEOF,
+        Code::VERASE,
+    ];
+    (
+        t.input_modes,
+        t.output_modes,
+        t.control_modes,
+        t.local_modes,
+        codes.map(|c| t.special_codes[c]),
+    )
+}
+
+#[test]
+fn exec_it_gives_a_shell_a_terminal_the_size_of_the_operators_resized_with_it() {
+    let dev = Dev::start(&[]);
+    dev.deploy("web.yaml", &WEB.replace("replicas: 2", "replicas: 1"));
+    let id = dev.wait_ready("web", 1)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let term = Terminal::open(37, 101);
+    let before = term.modes();
+    let mut cli = term.spawn(&dev, &["exec", "-it", &id, "--", "sh"]);
+    wait_for("the shell's prompt", || {
+        let screen = term.screen();
+        (screen.contains("$ ") || screen.contains("# ")).then_some(())
+    });
+
+    // An operator who looks away: idle past the listeners' 5 s header-read (and keep-alive)
+    // timeout, which must not cut a session whose request body is still open.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let from = term.screen().len();
+    term.type_in("stty size; tty\r");
+    let screen = term.wait_for_text(from, "37 101\r\n/dev/pts/");
+    // The shell's terminal echoes the line; this one, in raw mode, does not echo it again.
+    let typed = &screen[from..];
+    assert_eq!(typed.matches("stty size; tty").count(), 1, "{typed:?}");
+
+    // Ctrl-C is a byte for the command's terminal to turn into SIGINT, not this CLI's end.
+    let from = term.screen().len();
+    term.type_in("sleep 600\r");
+    term.wait_for_text(from, "sleep 600");
+    term.type_in("\x03");
+    let from = term.screen().len();
+    term.type_in("echo $((6 * 7))done\r");
+    term.wait_for_text(from, "42done");
+
+    term.resize(45, 132);
+    term.retype_until("stty size", "45 132");
+
+    term.type_in("exit 7\r");
+    assert_eq!(exit_code(&mut cli), Some(7), "{}", term.screen());
+    assert_eq!(mode_flags(&term.modes()), mode_flags(&before));
+    let mut raw = before.clone();
+    raw.make_raw();
+    assert_ne!(mode_flags(&raw), mode_flags(&before), "it starts cooked");
+}
+
+#[test]
+fn exec_i_pipes_stdin_to_the_command_and_t_without_a_terminal_is_refused() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dev = Dev::start(&[]);
+    dev.deploy("web.yaml", &WEB.replace("replicas: 2", "replicas: 1"));
+    let id = dev.wait_ready("web", 1)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let piped = |input: &str, argv: &[&str]| {
+        let mut cli = Command::new(support::outpost_bin())
+            .arg("--data-dir")
+            .arg(dev.data_dir())
+            .args(["exec", "-i", &id, "--"])
+            .args(argv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        cli.stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = cli.wait_with_output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = piped("a\nb\n", &["wc", "-l"]);
+    assert_eq!((code, out.trim()), (Some(0), "2"), "{err}");
+    // The end of stdin is the command's: `cat` ends, and the script's status comes back.
+    let (code, out, err) = piped("one\ntwo\n", &["sh", "-c", "cat; echo end >&2; exit 5"]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (Some(5), "one\ntwo\n", "end\n")
+    );
+    // Without -i the command reads nothing.
+    let (code, out, _) = exec(&dev, &id, &["wc", "-c"]);
+    assert_eq!((code, out.trim()), (Some(0), "0"));
+
+    // An older client's request, a lone JSON document, still runs (with no stdin).
+    let (api, token) = dev.api_and_token();
+    let bearer = format!("Bearer {token}");
+    let (status, body) = support::request(
+        "POST",
+        &api,
+        &format!("/v1/tasks/{id}/exec"),
+        &[("Authorization", &bearer)],
+        Some(r#"{"argv": ["/bin/sh", "-c", "echo from-json $(wc -c)"]}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    // Frames in a chunked body: the output, then how it ended.
+    assert!(body.contains("from-json 0\n"), "stdin is empty: {body:?}");
+    assert!(body.contains(r#"{"code":0}"#), "{body:?}");
+
+    let out = dev
+        .try_cli(&["exec", "-it", &id, "--", "sh"])
+        .expect("cannot run outpost");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the input device is not a TTY"), "{err}");
+}
+
+#[test]
+fn exec_it_reaches_a_containers_tty_with_its_size_and_stdin() {
+    let Some(image) = support::docker_image() else {
+        return;
+    };
+    let dev = Dev::start(&[]);
+    dev.deploy(
+        "box.yaml",
+        &format!(
+            "name: box\ndriver: docker\nimage: {image}\n\
+             ports: [{{ name: http, container_port: 8080 }}]\n\
+             readiness: {{ tcp: {{ port: http }}, period: 200ms }}\n"
+        ),
+    );
+    let boxed = dev.wait_ready("box", 1)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let term = Terminal::open(33, 77);
+    let before = term.modes();
+    let mut cli = term.spawn(
+        &dev,
+        &["exec", "-it", &boxed, "--", "/demo-app", "tty-report"],
+    );
+    term.type_in("hello\r");
+    term.wait_for_text(0, "tty-report: hello tty=yes size=33x77");
+    term.resize(40, 100);
+    term.retype_until("again", "tty-report: again tty=yes size=40x100");
+    // ^D, passed through raw, is the end of input on the container's terminal.
+    term.type_in("\x04");
+    assert_eq!(exit_code(&mut cli), Some(3), "{}", term.screen());
+    assert!(term.screen().contains("tty-report: end of input"));
+    assert_eq!(mode_flags(&term.modes()), mode_flags(&before));
+
+    // -i alone: piped stdin, no terminal.
+    let mut cli = std::process::Command::new(support::outpost_bin())
+        .arg("--data-dir")
+        .arg(dev.data_dir())
+        .args(["exec", "-i", &boxed, "--", "/demo-app", "tty-report"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    cli.stdin.take().unwrap().write_all(b"piped\n").unwrap();
+    let out = cli.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert_eq!(
+        text,
+        "tty-report: piped tty=no size=none\ntty-report: end of input\n"
+    );
+}

@@ -322,6 +322,112 @@ impl DockerDriver {
 
 /// The spec's security options as the Engine takes them, with `no-new-privileges` on unless the
 /// spec decides it. The Engine wants a seccomp profile's JSON, so a path is read here on the node.
+/// An exec started and attached: its id, its output, and its stdin.
+type Attached = (
+    String,
+    std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+                > + Send,
+        >,
+    >,
+    std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+);
+
+/// How long a new exec's terminal may refuse its first size (the Engine answers a resize
+/// only once the exec's process runs): 2 s, far more than it takes on a loaded node.
+const FIRST_RESIZE_PATIENCE: Duration = Duration::from_secs(2);
+const FIRST_RESIZE_RETRY: Duration = Duration::from_millis(20);
+
+impl DockerDriver {
+    /// Creates and starts the Engine's exec of `req`, attached; with a tty, sized before any
+    /// of the caller's input reaches it (Engines before API 1.42 take no size at creation).
+    async fn start_attached(&self, id: &str, req: &api::ExecRequest) -> Result<Attached, String> {
+        let config = bollard::models::ExecConfig {
+            cmd: Some(req.argv.clone()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(req.interactive),
+            tty: Some(req.tty.is_some()),
+            ..Default::default()
+        };
+        let cannot = |e: bollard::errors::Error| format!("the Docker Engine cannot run it: {e}");
+        let exec = self.docker.create_exec(id, config).await.map_err(cannot)?;
+        let options = bollard::exec::StartExecOptions {
+            detach: false,
+            tty: req.tty.is_some(),
+            output_capacity: None,
+        };
+        let started = self.docker.start_exec(&exec.id, Some(options)).await;
+        let (output, input) = match started.map_err(cannot)? {
+            bollard::exec::StartExecResults::Attached { output, input } => (output, input),
+            bollard::exec::StartExecResults::Detached => {
+                return Err("the Docker Engine started it detached".into());
+            }
+        };
+        if let Some(size) = req.tty {
+            let deadline = tokio::time::Instant::now() + FIRST_RESIZE_PATIENCE;
+            while let Err(e) = self.resize_exec(&exec.id, size).await {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("the Docker Engine cannot size its terminal: {e}"));
+                }
+                tokio::time::sleep(FIRST_RESIZE_RETRY).await;
+            }
+        }
+        Ok((exec.id, output, input))
+    }
+
+    async fn resize_exec(
+        &self,
+        exec: &str,
+        size: api::WindowSize,
+    ) -> Result<(), bollard::errors::Error> {
+        let options = bollard::exec::ResizeExecOptions {
+            height: size.rows,
+            width: size.cols,
+        };
+        self.docker.resize_exec(exec, options).await
+    }
+
+    /// Passes the caller's input to the exec: its stdin (closed at the caller's end of it) when
+    /// attached, and its terminal's new sizes.
+    async fn feed_exec(
+        &self,
+        exec: &str,
+        mut stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+        mut input: super::ExecInputs,
+    ) {
+        while let Some(next) = input.recv().await {
+            match (next, stdin.as_mut()) {
+                (api::ExecInput::Stdin(bytes), Some(to)) => {
+                    let written = async {
+                        to.write_all(&bytes).await?;
+                        to.flush().await
+                    };
+                    // A command that stopped reading gets no more input; its output flows on.
+                    if written.await.is_err() {
+                        stdin = None;
+                    }
+                }
+                (api::ExecInput::StdinClosed, Some(to)) => {
+                    let _ = to.shutdown().await;
+                    stdin = None;
+                }
+                (api::ExecInput::Resize(size), _) => {
+                    if let Err(e) = self.resize_exec(exec, size).await {
+                        tracing::debug!("cannot resize the terminal of exec {exec}: {e}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(mut to) = stdin {
+            let _ = to.shutdown().await;
+        }
+    }
+}
+
 fn security_opts(spec: &ServiceSpec) -> Result<Vec<String>, String> {
     let mut opts = Vec::new();
     if !spec
@@ -626,7 +732,8 @@ impl Driver for DockerDriver {
         &'a self,
         handle: &'a Handle,
         _launch: &'a Launch,
-        argv: &'a [String],
+        req: &'a api::ExecRequest,
+        input: super::ExecInputs,
         frames: tokio::sync::mpsc::Sender<api::ExecFrame>,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
@@ -635,38 +742,32 @@ impl Driver for DockerDriver {
                 let _ = frames.send(super::exec_end(None, Some(why))).await;
                 return;
             };
-            let config = bollard::models::ExecConfig {
-                cmd: Some(argv.to_vec()),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            };
-            let started = match self.docker.create_exec(id, config).await {
-                Ok(exec) => (self.docker.start_exec(&exec.id, None).await).map(|s| (exec.id, s)),
-                Err(e) => Err(e),
-            };
-            let (exec, mut output) = match started {
-                Ok((exec, bollard::exec::StartExecResults::Attached { output, .. })) => {
-                    (exec, output)
-                }
-                Ok((_, bollard::exec::StartExecResults::Detached)) => return,
-                Err(e) => {
-                    let why = format!("the Docker Engine cannot run it: {e}");
+            let (exec, mut output, stdin) = match self.start_attached(id, req).await {
+                Ok(started) => started,
+                Err(why) => {
                     let _ = frames.send(super::exec_end(None, Some(why))).await;
                     return;
                 }
             };
-            while let Some(Ok(chunk)) = output.next().await {
-                let frame = match chunk {
-                    bollard::container::LogOutput::StdErr { message } => {
-                        api::ExecFrame::Stderr(message.to_vec())
+            let relay = async {
+                while let Some(Ok(chunk)) = output.next().await {
+                    let frame = match chunk {
+                        bollard::container::LogOutput::StdErr { message } => {
+                            api::ExecFrame::Stderr(message.to_vec())
+                        }
+                        other => api::ExecFrame::Stdout(other.into_bytes().to_vec()),
+                    };
+                    // Whoever asked has gone; the Engine ends the exec's stream with the
+                    // command.
+                    if frames.send(frame).await.is_err() {
+                        return false;
                     }
-                    other => api::ExecFrame::Stdout(other.into_bytes().to_vec()),
-                };
-                // Whoever asked has gone; the Engine ends the exec's stream with the command.
-                if frames.send(frame).await.is_err() {
-                    return;
                 }
+                true
+            };
+            let feed = self.feed_exec(&exec, req.interactive.then_some(stdin), input);
+            if !super::while_feeding(relay, feed).await {
+                return;
             }
             let code = (self.docker.inspect_exec(&exec).await.ok())
                 .and_then(|e| e.exit_code)

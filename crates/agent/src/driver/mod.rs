@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod process;
+mod pty;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -198,14 +199,17 @@ pub trait Driver: Send + Sync + 'static {
         argv: &'a [String],
         timeout: Duration,
     ) -> BoxFuture<'a, Option<i32>>;
-    /// Runs `argv` beside the task as [`Driver::exec`] does, for an operator: its output is sent
-    /// on `frames` as it comes, then how it ended (always the last frame). The command is
-    /// killed once `frames` closes: whoever asked has gone.
+    /// Runs `req.argv` beside the task as [`Driver::exec`] does, for an operator: its output is
+    /// sent on `frames` as it comes, then how it ended (always the last frame). The command is
+    /// killed once `frames` closes: whoever asked has gone. With `req.interactive` what comes
+    /// on `input` is its stdin (its end, or `input` closing, closes it); with `req.tty` it runs
+    /// on a terminal of that size, resized as `input` says, its stdout and stderr one stream.
     fn exec_streaming<'a>(
         &'a self,
         handle: &'a Handle,
         launch: &'a Launch,
-        argv: &'a [String],
+        req: &'a api::ExecRequest,
+        input: ExecInputs,
         frames: tokio::sync::mpsc::Sender<api::ExecFrame>,
     ) -> BoxFuture<'a, ()>;
     /// What the task uses, as cumulative counters, for `outpost stats`; what cannot be read is
@@ -225,6 +229,20 @@ pub trait Driver: Send + Sync + 'static {
     /// The task's memory use in bytes (its cgroup's count, or the container's), for eviction;
     /// `None` when it cannot be measured.
     fn memory_usage<'a>(&'a self, handle: &'a Handle, task: &'a str) -> BoxFuture<'a, Option<u64>>;
+}
+
+/// What follows an exec's start: the caller's stdin, its end, and its terminal's new sizes.
+pub type ExecInputs = tokio::sync::mpsc::Receiver<api::ExecInput>;
+
+/// Runs `main` to its end while `feed` runs beside it: `feed` (passing the caller's input on)
+/// may end first, or be dropped unfinished once `main` (the output) is done.
+async fn while_feeding<T>(main: impl Future<Output = T>, feed: impl Future<Output = ()>) -> T {
+    tokio::pin!(main);
+    tokio::select! {
+        biased;
+        done = &mut main => done,
+        () = feed => main.await,
+    }
 }
 
 /// The last frame of an exec.

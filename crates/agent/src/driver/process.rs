@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
@@ -148,7 +149,14 @@ impl ProcessDriver {
     /// `argv` as the task would run it, beside it: its environment and workdir, in its cgroup
     /// (so it counts against the task's limits; where the cgroup cannot be opened it still
     /// runs), resolving names as the task does; killed when dropped.
-    fn beside(&self, argv: &[String], launch: &Launch) -> tokio::process::Command {
+    /// With `ctty`, a pty's slave end, the command leads a session of its own whose controlling
+    /// terminal that is.
+    fn beside(
+        &self,
+        argv: &[String],
+        launch: &Launch,
+        ctty: Option<OwnedFd>,
+    ) -> tokio::process::Command {
         let mut cmd = self.command(argv, launch);
         cmd.kill_on_drop(true);
         let procs = (self.cgroups.as_ref())
@@ -160,7 +168,7 @@ impl ProcessDriver {
         let resolv_conf = (launch.dns.is_some() && path.exists())
             .then(|| CString::new(path.into_os_string().into_vec()).ok())
             .flatten();
-        before_exec(&mut cmd, procs, resolv_conf);
+        before_exec(&mut cmd, procs, resolv_conf, ctty);
         cmd
     }
 
@@ -210,7 +218,7 @@ impl ProcessDriver {
             Some(dns) => Some(write_resolv_conf(launch, dns).map_err(fail)?),
             None => None,
         };
-        before_exec(&mut cmd, procs, resolv_conf);
+        before_exec(&mut cmd, procs, resolv_conf, None);
         let child = cmd.spawn().map_err(|e| fail(start_error(&e)))?;
         let handle = self.identify(&child).await.map_err(fail)?;
         self.reap(child, &launch.task_id, &handle);
@@ -447,20 +455,29 @@ fn resolv_conf_path(launch: &Launch) -> std::path::PathBuf {
 /// - with `resolv_conf`, enters a mount namespace of its own (mounts of the host still reach
 ///   it) where that file is /etc/resolv.conf, so names resolve through the node's DNS server.
 ///
+/// - with `ctty` (a pty's slave end, for `exec -t`), starts a session of its own (setsid) and
+///   makes that terminal its controlling one (TIOCSCTTY), so the shell gets job control and
+///   Ctrl-C reaches what runs in the foreground.
+///
 /// A failed step fails the spawn.
 ///
 /// The workspace denies `unsafe_code`; this is its one use: `pre_exec` is unsafe because the
 /// hook runs in the forked child, where only async-signal-safe calls are sound.
 #[allow(unsafe_code)]
-fn before_exec(cmd: &mut tokio::process::Command, procs: Vec<File>, resolv_conf: Option<CString>) {
+fn before_exec(
+    cmd: &mut tokio::process::Command,
+    procs: Vec<File>,
+    resolv_conf: Option<CString>,
+    ctty: Option<OwnedFd>,
+) {
     use nix::mount::{MsFlags, mount};
-    if procs.is_empty() && resolv_conf.is_none() {
+    if procs.is_empty() && resolv_conf.is_none() && ctty.is_none() {
         return;
     }
-    // SAFETY: the hook only calls write(2), unshare(2) and mount(2), which are
-    // async-signal-safe, on file descriptors opened and C strings made before the fork; it
-    // allocates nothing, takes no lock, and builds its errors from the raw errno without
-    // allocating.
+    // SAFETY: the hook only calls write(2), unshare(2), mount(2), setsid(2) and ioctl(2),
+    // which are async-signal-safe, on file descriptors opened and C strings made before the
+    // fork; it allocates nothing, takes no lock, and builds its errors from the raw errno
+    // without allocating.
     unsafe {
         cmd.pre_exec(move || {
             for file in &procs {
@@ -479,6 +496,10 @@ fn before_exec(cmd: &mut tokio::process::Command, procs: Vec<File>, resolv_conf:
                     MsFlags::MS_BIND,
                     none,
                 )?;
+            }
+            if let Some(tty) = &ctty {
+                rustix::process::setsid()?;
+                rustix::process::ioctl_tiocsctty(tty)?;
             }
             Ok(())
         });
@@ -501,6 +522,49 @@ fn exit_of(status: std::process::ExitStatus) -> Exit {
         (Some(c), _) => Exit::Code(c),
         (None, Some(s)) => Exit::Signal(s),
         _ => Exit::Unknown,
+    }
+}
+
+/// An exit status as a code: 128 + the signal for a signal.
+fn code_of(status: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().or_else(|| status.signal().map(|s| 128 + s))
+}
+
+fn cannot_start(argv: &[String], e: &io::Error) -> String {
+    format!("cannot start {:?}: {e}", argv.first().map_or("", |a| a))
+}
+
+/// Writes the caller's stdin into the command's, and closes it at its end (or once the caller's
+/// input ends). A command that stopped reading ends the feeding; its output still flows.
+async fn feed_pipe(stdin: Option<tokio::process::ChildStdin>, mut input: super::ExecInputs) {
+    use tokio::io::AsyncWriteExt;
+    let Some(mut stdin) = stdin else { return };
+    while let Some(next) = input.recv().await {
+        match next {
+            api::ExecInput::Stdin(bytes) => {
+                if stdin.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            api::ExecInput::StdinClosed => return,
+            api::ExecInput::Start(_) | api::ExecInput::Resize(_) => {}
+        }
+    }
+}
+
+/// Types the caller's keystrokes into the terminal and passes its size changes on. The end of
+/// the caller's stdin changes nothing: a terminal's user ends input with its own ^D.
+async fn feed_pty(mut keys: super::pty::PtyInput, mut input: super::ExecInputs) {
+    while let Some(next) = input.recv().await {
+        let fed = match next {
+            api::ExecInput::Stdin(bytes) => keys.write_all(&bytes).await,
+            api::ExecInput::Resize(size) => keys.resize(size),
+            api::ExecInput::StdinClosed | api::ExecInput::Start(_) => Ok(()),
+        };
+        if fed.is_err() {
+            return;
+        }
     }
 }
 
@@ -584,7 +648,7 @@ impl Driver for ProcessDriver {
             if argv.is_empty() {
                 return None;
             }
-            let mut cmd = self.beside(argv, launch);
+            let mut cmd = self.beside(argv, launch, None);
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
             let mut child = cmd.spawn().ok()?;
             match tokio::time::timeout(timeout, child.wait()).await {
@@ -598,36 +662,21 @@ impl Driver for ProcessDriver {
         &'a self,
         _handle: &'a Handle,
         launch: &'a Launch,
-        argv: &'a [String],
+        req: &'a api::ExecRequest,
+        input: super::ExecInputs,
         frames: tokio::sync::mpsc::Sender<api::ExecFrame>,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let mut cmd = self.beside(argv, launch);
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-            let mut child = match cmd.spawn() {
-                Ok(child) => child,
-                Err(e) => {
-                    let why = format!("cannot start {:?}: {e}", argv.first().map_or("", |a| a));
-                    let _ = frames.send(super::exec_end(None, Some(why))).await;
-                    return;
-                }
+            let code = match req.tty {
+                Some(size) => self.exec_tty(launch, req, size, input, &frames).await,
+                None => self.exec_piped(launch, req, input, &frames).await,
             };
-            let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-            let (out, err) = tokio::join!(
-                super::pump(stdout, api::ExecFrame::Stdout, &frames),
-                super::pump(stderr, api::ExecFrame::Stderr, &frames)
-            );
-            if !(out && err) {
-                // Whoever asked has gone: the command goes too (killed on drop).
-                return;
-            }
-            let code = match child.wait().await {
-                Ok(status) => status.code().or_else(|| {
-                    std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s)
-                }),
-                Err(_) => None,
+            let end = match code {
+                Ok(Some(code)) => super::exec_end(code, None),
+                Ok(None) => return,
+                Err(why) => super::exec_end(None, Some(why)),
             };
-            let _ = frames.send(super::exec_end(code, None)).await;
+            let _ = frames.send(end).await;
         })
     }
 
@@ -660,6 +709,82 @@ impl Driver for ProcessDriver {
 }
 
 impl ProcessDriver {
+    /// `exec` with pipes: stdout and stderr apart, stdin the caller's with `req.interactive`.
+    /// The exit code (`None` inside for no status), `Ok(None)` once the caller has gone, or why
+    /// it could not run.
+    async fn exec_piped(
+        &self,
+        launch: &Launch,
+        req: &api::ExecRequest,
+        input: super::ExecInputs,
+        frames: &tokio::sync::mpsc::Sender<api::ExecFrame>,
+    ) -> Result<Option<Option<i32>>, String> {
+        let mut cmd = self.beside(&req.argv, launch, None);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if req.interactive {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().map_err(|e| cannot_start(&req.argv, &e))?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let pumps = async {
+            tokio::join!(
+                super::pump(stdout, api::ExecFrame::Stdout, frames),
+                super::pump(stderr, api::ExecFrame::Stderr, frames)
+            )
+        };
+        let (out, err) = super::while_feeding(pumps, feed_pipe(child.stdin.take(), input)).await;
+        if !(out && err) {
+            // Whoever asked has gone: the command goes too (killed on drop).
+            return Ok(None);
+        }
+        Ok(Some(child.wait().await.ok().and_then(code_of)))
+    }
+
+    /// `exec` on a pty of `size`, in a session of its own: its output one stream, the caller's
+    /// keystrokes typed into it, resized as the caller's terminal is.
+    async fn exec_tty(
+        &self,
+        launch: &Launch,
+        req: &api::ExecRequest,
+        size: api::WindowSize,
+        input: super::ExecInputs,
+        frames: &tokio::sync::mpsc::Sender<api::ExecFrame>,
+    ) -> Result<Option<Option<i32>>, String> {
+        let (mut output, keys, slave) =
+            super::pty::open(size).map_err(|e| format!("cannot open a terminal for it: {e}"))?;
+        let stdio = || slave.try_clone().map(Stdio::from);
+        let ctty = slave.try_clone();
+        let (Ok(stdin), Ok(stdout), Ok(stderr), Ok(ctty)) = (stdio(), stdio(), stdio(), ctty)
+        else {
+            return Err("cannot hand its terminal to it: out of file descriptors".into());
+        };
+        let mut cmd = self.beside(&req.argv, launch, Some(ctty));
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        let spawned = cmd.spawn();
+        // Only the command may hold the slave end now: the master reads its end of file once
+        // the command and whatever it started have closed it.
+        drop((cmd, slave));
+        let mut child = spawned.map_err(|e| cannot_start(&req.argv, &e))?;
+        let relay = async {
+            let mut buf = vec![0u8; 16 << 10];
+            loop {
+                match output.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(n) => {
+                        let frame = api::ExecFrame::Stdout(buf[..n].to_vec());
+                        if frames.send(frame).await.is_err() {
+                            return false;
+                        }
+                    }
+                }
+            }
+        };
+        if !super::while_feeding(relay, feed_pty(keys, input)).await {
+            return Ok(None);
+        }
+        Ok(Some(child.wait().await.ok().and_then(code_of)))
+    }
+
     /// Kills every process of this agent that no task record owns, before the records' tasks
     /// are re-adopted: a process spawned just before an agent crash, whose handle was never
     /// saved, would otherwise run untracked, keep its port and survive `rm`. `records` maps each

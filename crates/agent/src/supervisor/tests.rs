@@ -177,7 +177,8 @@ impl Driver for Fake {
         &'a self,
         _h: &'a Handle,
         _launch: &'a Launch,
-        _argv: &'a [String],
+        _req: &'a api::ExecRequest,
+        _input: crate::driver::ExecInputs,
         frames: mpsc::Sender<api::ExecFrame>,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {

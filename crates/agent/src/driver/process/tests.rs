@@ -181,6 +181,63 @@ async fn task_logs_are_readable_by_the_agent_user_only() {
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
 }
 
+/// Every frame of an exec's output until `until` shows in its stdout, or until its end; the
+/// stdout so far and the end, if it came.
+async fn exec_output(
+    frames: &mut tokio::sync::mpsc::Receiver<api::ExecFrame>,
+    out: &mut String,
+    until: &str,
+) -> Option<api::ExecEnd> {
+    while !out.contains(until) {
+        let next = tokio::time::timeout(PATIENCE, frames.recv()).await;
+        match next.expect("no output within the patience") {
+            Some(api::ExecFrame::Stdout(b)) => out.push_str(&String::from_utf8_lossy(&b)),
+            Some(api::ExecFrame::Stderr(b)) => panic!("stderr apart on a tty: {b:?}"),
+            Some(api::ExecFrame::End(end)) => return Some(end),
+            None => return None,
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn exec_with_a_tty_runs_on_a_pty_of_its_own_sized_and_typed_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(None, "exec-tty");
+    let launch = test_launch("tty.1.1", &["true"], dir.path());
+    // Opening /dev/tty works only for a process with a controlling terminal.
+    let script = "stty size; tty; exec 3</dev/tty && echo has-ctty; read a; echo got-$a; \
+                  stty size >&2; exit 4";
+    let req = api::ExecRequest {
+        argv: ["sh", "-c", script].map(String::from).to_vec(),
+        interactive: true,
+        tty: Some(api::WindowSize { rows: 30, cols: 90 }),
+    };
+    let (input, inputs) = tokio::sync::mpsc::channel(4);
+    let (tx, mut frames) = tokio::sync::mpsc::channel(16);
+    let handle = handle(1, None, None);
+    let run = d.exec_streaming(&handle, &launch, &req, inputs, tx);
+    let check = async {
+        let mut out = String::new();
+        assert_eq!(exec_output(&mut frames, &mut out, "has-ctty").await, None);
+        assert!(out.starts_with("30 90\r\n/dev/pts/"), "{out:?}");
+        // In order: the size changes before the line is typed.
+        let size = api::WindowSize {
+            rows: 50,
+            cols: 120,
+        };
+        input.send(api::ExecInput::Resize(size)).await.unwrap();
+        input
+            .send(api::ExecInput::Stdin(b"one\n".to_vec()))
+            .await
+            .unwrap();
+        let end = exec_output(&mut frames, &mut out, "never printed").await;
+        assert_eq!(end.and_then(|e| e.code), Some(4), "{out:?}");
+        assert!(out.contains("got-one\r\n50 120\r\n"), "{out:?}");
+    };
+    tokio::join!(run, check);
+}
+
 #[tokio::test]
 async fn exec_runs_with_the_task_environment_and_workdir_only() {
     let dir = tempfile::tempdir().unwrap();
