@@ -88,13 +88,15 @@ pub async fn serve(
         .route("/v1/agent/exec/{task}", post(exec))
         .route("/v1/agent/stats", get(stats))
         .route("/v1/agent/images", get(stored_images));
-    let health = Router::new().route("/v1/agent/health", get(health));
+    let members = Router::new()
+        .route("/v1/agent/health", get(health))
+        .route("/v1/agent/registry/v2/{*path}", get(registry));
     let app = match &tls {
         Some(_) => routes
             .route_layer(axum::middleware::from_fn(only_servers))
-            .merge(health.route_layer(axum::middleware::from_fn(only_members))),
+            .merge(members.route_layer(axum::middleware::from_fn(only_members))),
         None => routes
-            .merge(health)
+            .merge(members)
             .route_layer(axum::middleware::from_fn_with_state(
                 httpd::Token(api.token.as_str().into()),
                 httpd::authorize,
@@ -352,6 +354,18 @@ async fn stats(State(api): State<AgentApi>, Query(q): Query<TrafficQuery>) -> Js
         },
         tasks,
     })
+}
+
+/// Another node reading this node's image store (see `mirror::serve_peer`).
+async fn registry(State(api): State<AgentApi>, req: axum::extract::Request) -> Response {
+    match api.images {
+        Some(store) => crate::mirror::serve_peer(store, req).await,
+        None => Fail::new(
+            StatusCode::NOT_FOUND,
+            "this node keeps no image store (--mirror off)",
+        )
+        .into_response(),
+    }
 }
 
 /// What the node's image store holds; an empty list for a node without a mirror.

@@ -239,7 +239,7 @@ impl Agent {
         };
         tokio::spawn(http::serve(listener, serve_tls, api));
 
-        let client = Client::connect(&config.server, &config.token, None, client_tls);
+        let client = Client::connect(&config.server, &config.token, None, client_tls.clone());
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (registered_tx, registered_rx) = watch::channel(false);
         let reporter = report::spawn(
@@ -252,6 +252,14 @@ impl Agent {
         let agent_id = agent_id(&config.data_dir)?;
         let ports = Arc::new(Ports::new(config.ports.clone()));
         let mut notes: Vec<String> = ports.overlap_note().into_iter().collect();
+        let mirror = mirror.map(|m| mirror::Mirror {
+            peers: Some(mirror::Peers {
+                server: client.clone(),
+                http: http::probe_client(client_tls.clone()),
+                node: config.name.clone(),
+            }),
+            ..m
+        });
         let (drivers, process, docker) = drivers(&agent_id, mirror, &mut notes).await;
         sweep_orphans(&process, &local).await?;
         let shared = Supervision {
@@ -873,7 +881,11 @@ async fn start_mirror(
         .map_err(|source| AgentError::DataDir { path, source })?;
     tracing::info!("image mirror at {bound}");
     tokio::spawn(mirror::serve(listener, store.clone()));
-    Ok(mirror::Mirror { addr: bound, store })
+    Ok(mirror::Mirror {
+        addr: bound,
+        store,
+        peers: None,
+    })
 }
 
 async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {

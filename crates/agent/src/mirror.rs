@@ -31,15 +31,56 @@ const CHUNK: usize = 256 << 10;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
-/// The node's mirror as the Docker driver sees it: where the Engine pulls from, and the store
-/// that says what is there.
+/// The node's mirror as the Docker driver sees it: where the Engine pulls from, the store that
+/// says what is there, and the other nodes it fills the store from.
 #[derive(Debug, Clone)]
 pub struct Mirror {
     pub addr: std::net::SocketAddr,
     pub store: Store,
+    pub peers: Option<Peers>,
+}
+
+/// How the mirror finds and reaches other nodes' stores: the control plane says who holds an
+/// image, and their agents serve it (`/v1/agent/registry/v2/`) to this node's certificate.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    pub server: client::Client,
+    pub http: reqwest::Client,
+    /// This node's name, never its own source.
+    pub node: String,
 }
 
 impl Mirror {
+    /// [`Mirror::holds`], after filling the store from another node that holds `image` when
+    /// this one does not: `MIRROR/name:tag`, or why no node could give it.
+    pub async fn obtain(&self, image: &str) -> Result<String, String> {
+        if let Some(here) = self.holds(image) {
+            return Ok(here);
+        }
+        let Some(peers) = &self.peers else {
+            return Err("this node's store does not hold it".into());
+        };
+        let sources = (peers.server.image_sources(image).await)
+            .map_err(|e| format!("cannot ask which nodes hold it: {e}"))?;
+        let (name, tag) = images::store_name(image);
+        let mut failures = Vec::new();
+        for source in sources.iter().filter(|s| s.node != peers.node) {
+            let base = format!("{}/v1/agent/registry", source.address);
+            match fetch(&peers.http, &base, name, tag, &self.store).await {
+                Ok(()) => {
+                    return self
+                        .holds(image)
+                        .ok_or_else(|| "fetched, then not held".into());
+                }
+                Err(e) => failures.push(format!("{}: {e}", source.node)),
+            }
+        }
+        match failures.is_empty() {
+            true => Err("no node of the cluster holds it".into()),
+            false => Err(format!("no node could give it ({})", failures.join("; "))),
+        }
+    }
+
     /// `MIRROR/name:tag` when the store holds `image` (a spec's image name): its repository
     /// without a registry host (`registry.example.com/team/app:1` is `team/app:1` here), its
     /// tag (`latest` when none).
@@ -47,6 +88,140 @@ impl Mirror {
         let (name, tag) = images::store_name(image);
         self.store.resolve(name, tag).ok().flatten()?;
         Some(format!("{}/{name}:{tag}", self.addr))
+    }
+}
+
+/// Media types a fetch accepts for a manifest, as registries need to be told.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// Copies `name:tag` from the registry at `base` (another node's agent, under
+/// `/v1/agent/registry`) into `store`: every blob it lacks (each verified, and resumed from the
+/// bytes an interrupted fetch left, with a `Range` request), then the manifests, then the tag.
+/// Nothing is tagged unless every blob arrived whole.
+pub async fn fetch(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    tag: &str,
+    store: &Store,
+) -> Result<(), String> {
+    let (digest, kind, bytes) = fetch_manifest(http, base, name, tag).await?;
+    let mut manifests = vec![(digest.clone(), bytes)];
+    let mut index = 0;
+    while let Some((digest, bytes)) = manifests.get(index).cloned() {
+        index += 1;
+        let refs = images::references(&digest, &bytes).map_err(|e| e.to_string())?;
+        for blob in &refs.blobs {
+            fetch_blob(http, base, name, blob, store).await?;
+        }
+        for child in refs.manifests {
+            let (d, _, b) = fetch_manifest(http, base, name, &child.to_string()).await?;
+            manifests.push((d, b));
+        }
+    }
+    // Children before the index that names them, so a reader never meets a missing one.
+    for (digest, bytes) in manifests.iter().rev() {
+        store.put(digest, bytes).map_err(|e| e.to_string())?;
+    }
+    store
+        .tag(name, tag, &digest, &kind)
+        .map_err(|e| e.to_string())
+}
+
+async fn fetch_manifest(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    reference: &str,
+) -> Result<(Digest, String, Vec<u8>), String> {
+    let url = format!("{base}/v2/{name}/manifests/{reference}");
+    let answer = (http
+        .get(&url)
+        .header(header::ACCEPT, MANIFEST_TYPES)
+        .send()
+        .await)
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("cannot fetch manifest {name}:{reference}: {e}"))?;
+    let kind = (answer.headers().get(header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(OCI_MANIFEST)
+        .to_string();
+    let bytes = (answer.bytes().await).map_err(|e| format!("manifest {name}:{reference}: {e}"))?;
+    if bytes.len() > images::MAX_MANIFEST {
+        return Err(format!(
+            "manifest {name}:{reference} is over {} bytes",
+            images::MAX_MANIFEST
+        ));
+    }
+    let digest = Digest::of(&bytes);
+    if let Ok(asked) = reference.parse::<Digest>()
+        && asked != digest
+    {
+        return Err(format!(
+            "manifest {asked} came as bytes hashing to {digest}"
+        ));
+    }
+    Ok((digest, kind, bytes.to_vec()))
+}
+
+/// One blob into the store, unless it is there: resumed from what an interrupted fetch left.
+async fn fetch_blob(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    digest: &Digest,
+    store: &Store,
+) -> Result<(), String> {
+    if store.size(digest).is_some() {
+        return Ok(());
+    }
+    let mut ingest = store.ingest(digest, None).map_err(|e| e.to_string())?;
+    let url = format!("{base}/v2/{name}/blobs/{digest}");
+    let mut request = http.get(&url);
+    if ingest.offset() > 0 {
+        request = request.header(header::RANGE, format!("bytes={}-", ingest.offset()));
+    }
+    let answer = (request.send().await)
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("cannot fetch blob {digest}: {e}"))?;
+    if answer.status() != StatusCode::PARTIAL_CONTENT && ingest.offset() > 0 {
+        // The source sends it whole: start over.
+        ingest.restart().map_err(|e| e.to_string())?;
+    }
+    let mut body = answer.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("blob {digest} was cut off: {e}"))?;
+        ingest.write(&chunk).map_err(|e| e.to_string())?;
+    }
+    ingest.commit().map_err(|e| e.to_string())
+}
+
+/// Another node's read of this node's store, under `/v1/agent/registry/v2/`: manifests and
+/// blobs (`GET`, `HEAD`), nothing written.
+pub async fn serve_peer(store: Store, req: Request) -> Response {
+    let path = (req.uri().path())
+        .trim_start_matches("/v1/agent/registry/v2/")
+        .to_string();
+    let head = req.method() == Method::HEAD;
+    if !(head || req.method() == Method::GET) {
+        let why = "other nodes only read this node's store";
+        return oci_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", why);
+    }
+    match target(&path) {
+        Some(Target::Manifest(name, reference)) if images::check_name(name).is_ok() => {
+            get_manifest(&store, name, reference, head)
+        }
+        Some(Target::Blob(name, digest)) if images::check_name(name).is_ok() => {
+            get_blob(&store, digest, req.headers(), head).await
+        }
+        _ => oci_error(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            format!("nothing at {path}"),
+        ),
     }
 }
 
@@ -504,6 +679,109 @@ fn oci_error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry of one image (`demo:1`, one layer of `layer` bytes) whose first answer for
+    /// the layer breaks off halfway; each layer request's `Range` header goes to `ranges`.
+    async fn cutting_registry(
+        layer: Vec<u8>,
+        ranges: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    ) -> (String, Vec<u8>) {
+        use axum::routing::get;
+        let config = b"{}".to_vec();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::of(&config).to_string(), "size": config.len() },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::of(&layer).to_string(), "size": layer.len() }],
+        }))
+        .unwrap();
+        let (m, c, l) = (manifest.clone(), config.clone(), layer.clone());
+        let blob = move |axum::extract::Path(digest): axum::extract::Path<String>,
+                         headers: HeaderMap| {
+            let (c, l, ranges) = (c.clone(), l.clone(), ranges.clone());
+            async move {
+                if digest == Digest::of(&c).to_string() {
+                    return Body::from(c).into_response();
+                }
+                let range = headers
+                    .get(header::RANGE)
+                    .map(|r| r.to_str().unwrap().to_string());
+                let first = {
+                    let mut seen = ranges.lock().unwrap();
+                    seen.push(range.clone());
+                    seen.len() == 1
+                };
+                if first {
+                    // Half the bytes, then the connection breaks (once they are surely sent).
+                    let half = l[..l.len() / 2].to_vec();
+                    let chunks = futures_util::stream::unfold(Some(half), |half| async move {
+                        match half {
+                            Some(half) => Some((Ok(half), None)),
+                            None => {
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                                Some((Err(std::io::Error::other("cut off")), None))
+                            }
+                        }
+                    });
+                    return Body::from_stream(chunks).into_response();
+                }
+                let from = range_start(
+                    &HeaderValue::from_str(&range.unwrap()).unwrap(),
+                    l.len() as u64,
+                )
+                .unwrap();
+                (StatusCode::PARTIAL_CONTENT, l[from as usize..].to_vec()).into_response()
+            }
+        };
+        let app = Router::new()
+            .route(
+                "/v2/demo/manifests/{reference}",
+                get(move || {
+                    let m = m.clone();
+                    async move { ([(header::CONTENT_TYPE, OCI_MANIFEST)], m) }
+                }),
+            )
+            .route("/v2/demo/blobs/{digest}", get(blob));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, manifest)
+    }
+
+    #[tokio::test]
+    async fn a_fetch_cut_off_halfway_resumes_from_the_bytes_it_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (base, manifest) = cutting_registry(layer.clone(), ranges.clone()).await;
+        pki::install_default();
+        let http = reqwest::Client::new();
+
+        let err = fetch(&http, &base, "demo", "1", &store).await.unwrap_err();
+        assert!(err.contains("was cut off"), "{err}");
+        assert_eq!(
+            store.resolve("demo", "1").unwrap(),
+            None,
+            "nothing tagged half-way"
+        );
+        assert_eq!(
+            store.size(&Digest::of(&layer)),
+            None,
+            "no partial blob visible"
+        );
+
+        fetch(&http, &base, "demo", "1", &store).await.unwrap();
+        let half = layer.len() / 2;
+        assert_eq!(
+            *ranges.lock().unwrap(),
+            vec![None, Some(format!("bytes={half}-"))],
+            "the second fetch asked for the second half only"
+        );
+        assert_eq!(store.read(&Digest::of(&layer)).unwrap(), layer);
+        let (digest, _) = store.resolve("demo", "1").unwrap().unwrap();
+        assert_eq!(digest, Digest::of(&manifest));
+    }
 
     #[test]
     fn paths_name_their_target() {

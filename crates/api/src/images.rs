@@ -29,6 +29,15 @@ pub struct NodeImages {
     pub blob_bytes: u64,
 }
 
+/// A node whose store holds an image whole, where another node's agent can fetch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageSource {
+    pub node: String,
+    /// Its agent's API (`https://…`), which serves its store read-only under
+    /// `/v1/agent/registry/v2/` to the cluster's nodes.
+    pub address: String,
+}
+
 /// Every node's store, and the nodes that did not answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterImages {

@@ -623,6 +623,12 @@ impl Client {
             .await
     }
 
+    /// The nodes whose stores hold `image` whole (asked by an agent that lacks it).
+    pub async fn image_sources(&self, image: &str) -> Result<Vec<api::ImageSource>, ClientError> {
+        self.get(&format!("/v1/image-sources?image={}", encode(image)))
+            .await
+    }
+
     /// What every node's image store (or `node`'s) holds.
     pub async fn images(&self, node: Option<&str>) -> Result<api::ClusterImages, ClientError> {
         let mut query = String::new();

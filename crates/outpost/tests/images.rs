@@ -352,3 +352,57 @@ impl Drop for Untag {
         self.run();
     }
 }
+
+#[test]
+fn a_node_without_the_image_gets_it_from_another_nodes_store() {
+    let Some(image) = support::docker_image() else {
+        return;
+    };
+    if !have_skopeo() {
+        return;
+    }
+    let dev = Dev::start(&[]);
+    let _second = support::AgentNode::start(&dev, "edge-2", "24100-24199");
+    let mirror = mirror(&dev);
+    let name = format!("edge/shared-{}", std::process::id());
+    push(image, &format!("{mirror}/{name}:1"));
+    // Both nodes share this host's Engine: with `pull: always` from a registry that does not
+    // exist, each node starts its replica from its own mirror, and the second's store must be
+    // filled from the first's.
+    let gone = format!("registry.invalid/{name}:1");
+    let untag = Untag(vec![gone.clone(), format!("{mirror}/{name}:1")]);
+    untag.run();
+    dev.deploy(
+        "shared.yaml",
+        &format!(
+            "name: shared\nreplicas: 2\ndriver: docker\nimage: {gone}\npull: always\n\
+             ports: [{{ name: http, container_port: 8080 }}]\n\
+             readiness: {{ tcp: {{ port: http }}, period: 200ms }}\n"
+        ),
+    );
+    let ready = dev.wait_ready("shared", 2);
+    let nodes: std::collections::BTreeSet<&str> =
+        ready.iter().map(|t| t["node"].as_str().unwrap()).collect();
+    assert_eq!(
+        nodes,
+        ["edge-2", "local"].into(),
+        "one replica per node: {ready:?}"
+    );
+
+    let listed = dev.json(&["images", "edge-2"]);
+    let stored = (listed["nodes"][0]["images"].as_array().unwrap().iter())
+        .find(|i| i["name"] == name.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("edge-2's store lacks {name}: {listed}"));
+    assert_eq!(stored["missing_blobs"], 0, "{stored}");
+    let first = dev.json(&["images", "local"]);
+    let original = (first["nodes"][0]["images"].as_array().unwrap().iter())
+        .find(|i| i["name"] == name.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        stored["digest"], original["digest"],
+        "the same image, whole"
+    );
+    assert_eq!(stored["bytes"], original["bytes"]);
+}

@@ -7,7 +7,8 @@
 //! - an agent may register, heartbeat, report, read assignments and the secrets and configs
 //!   its tasks use (checked again by the handler) for its own node only,
 //!   and read the group's servers (`GET /v1/cluster`), to carry on through another, and the
-//!   endpoint list its load balancer serves (`GET /v1/endpoints`);
+//!   endpoint list its load balancer serves (`GET /v1/endpoints`), and which nodes hold an
+//!   image it lacks (`GET /v1/image-sources`);
 //! - only servers may call the Raft RPCs;
 //! - joining (`POST /v1/join`) needs no caller: its secret is in the body.
 //!
@@ -85,7 +86,9 @@ fn need(method: &Method, path: &str) -> Need {
         ["", "v1", "join"] => Need::Nothing,
         ["", "v1", "raft", ..] => Need::Server,
         ["", "v1", "nodes"] if method == Method::POST => Need::Register,
-        ["", "v1", "cluster" | "endpoints"] if method == Method::GET => Need::Member,
+        ["", "v1", "cluster" | "endpoints" | "image-sources"] if method == Method::GET => {
+            Need::Member
+        }
         [
             "",
             "v1",

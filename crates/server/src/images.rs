@@ -10,6 +10,52 @@ use crate::answer::{Answer, no_node};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+pub struct SourcesQuery {
+    /// The image as a spec names it (`team/app:1.4`; a registry host is left out).
+    image: String,
+}
+
+/// The nodes whose stores hold `image` whole: where a node that lacks it fetches it from before
+/// any registry. Any node of the cluster may ask.
+#[utoipa::path(get, path = "/v1/image-sources", params(SourcesQuery), responses(
+    (status = 200, description = "The nodes holding the image, with their agents' addresses", body = Vec<api::ImageSource>),
+    (status = 400, description = "No `image` given", body = api::ApiError)))]
+pub async fn sources(
+    State(ctx): State<Server>,
+    Query(q): Query<SourcesQuery>,
+) -> Answer<Vec<api::ImageSource>> {
+    let (name, tag) = images::store_name(&q.image);
+    let nodes = live_nodes(&ctx, None);
+    let addresses: std::collections::BTreeMap<String, String> = nodes.iter().cloned().collect();
+    let (stores, _) =
+        crate::stats::ask_agents::<api::NodeImages>(&ctx, nodes, "/v1/agent/images").await;
+    let holders = stores
+        .into_iter()
+        .filter(|s| {
+            (s.images.iter()).any(|i| i.name == name && i.tag == tag && i.missing_blobs == 0)
+        })
+        .filter_map(|s| {
+            let address = addresses.get(&s.node)?.clone();
+            Some(api::ImageSource {
+                node: s.node,
+                address,
+            })
+        });
+    Ok(Json(holders.collect()))
+}
+
+/// (name, agent address) of every node not lost (or of `only`).
+fn live_nodes(ctx: &Server, only: Option<&String>) -> Vec<(String, String)> {
+    ctx.state.read(|s| {
+        (s.nodes.iter())
+            .filter(|(name, n)| !n.state.is_lost() && only.is_none_or(|w| w == *name))
+            .map(|(name, n)| (name.clone(), n.address.clone()))
+            .collect()
+    })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ImagesQuery {
     /// Only this node.
     node: Option<String>,
@@ -23,12 +69,7 @@ pub async fn images(
     State(ctx): State<Server>,
     Query(q): Query<ImagesQuery>,
 ) -> Answer<api::ClusterImages> {
-    let nodes: Vec<(String, String)> = ctx.state.read(|s| {
-        (s.nodes.iter())
-            .filter(|(name, n)| !n.state.is_lost() && q.node.as_ref().is_none_or(|w| w == *name))
-            .map(|(name, n)| (name.clone(), n.address.clone()))
-            .collect()
-    });
+    let nodes = live_nodes(&ctx, q.node.as_ref());
     if let Some(name) = q.node.as_ref().filter(|_| nodes.is_empty()) {
         return Err(no_node(name));
     }

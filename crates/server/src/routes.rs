@@ -79,6 +79,7 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(crate::endpoints::traffic))
         .routes(routes!(crate::stats::stats))
         .routes(routes!(crate::images::images))
+        .routes(routes!(crate::images::sources))
         .routes(routes!(crate::stacks::remove_stack))
         .routes(routes!(crate::rollouts::get_rollout))
         .routes(routes!(crate::rollouts::pause))

@@ -126,35 +126,52 @@ impl DockerDriver {
             program: image.to_string(),
             reason,
         };
-        let mirrored = self.mirror.as_ref().and_then(|m| m.holds(image));
         match (spec.pull, present) {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => Ok(Vec::new()),
             (PullPolicy::Never, false) => Err(fail(
                 "the image is not on this node and the pull policy is never".into(),
             )),
-            (PullPolicy::IfNotPresent, false) if mirrored.is_some() => {
-                let from = mirrored.unwrap_or_default();
-                self.pull_from_mirror(image, &from).await.map_err(fail)?;
-                Ok(Vec::new())
-            }
-            (_, present) => match self.pull(image).await {
+            // The node's mirror first (filled from another node if need be), then the registry.
+            (PullPolicy::IfNotPresent, false) => match self.pull_through_mirror(image).await {
                 Ok(()) => Ok(Vec::new()),
-                Err(e) => match mirrored {
-                    Some(from) => {
-                        self.pull_from_mirror(image, &from).await.map_err(fail)?;
-                        Ok(vec![format!(
-                            "cannot pull {image} ({e}); the registry is unreachable, starting from this node's image mirror ({from})"
-                        )])
-                    }
-                    None if present => Ok(vec![format!(
-                        "cannot pull {image} ({e}); the registry is unreachable, starting from the local image"
+                Err(no_mirror) => match self.pull(image).await {
+                    Ok(()) => Ok(Vec::new()),
+                    Err(e) => Err(fail(format!(
+                        "the image is not on this node and cannot be pulled: {e}; nor from the \
+                         cluster's image stores: {no_mirror} (push it to a node's mirror to start \
+                         it without a registry)"
+                    ))),
+                },
+            },
+            // The registry first, to follow a moving tag; the mirror while it is unreachable.
+            (PullPolicy::Always, present) => match self.pull(image).await {
+                Ok(()) => Ok(Vec::new()),
+                Err(e) => match self.pull_through_mirror(image).await {
+                    Ok(()) => Ok(vec![format!(
+                        "cannot pull {image} ({e}); the registry is unreachable, starting from \
+                         this node's image mirror"
                     )]),
-                    None => Err(fail(format!(
-                        "the image is not on this node and cannot be pulled: {e}; push it to the node's image mirror to start it without a registry"
+                    Err(_) if present => Ok(vec![format!(
+                        "cannot pull {image} ({e}); the registry is unreachable, starting from \
+                         the local image"
+                    )]),
+                    Err(no_mirror) => Err(fail(format!(
+                        "the image is not on this node and cannot be pulled: {e}; nor from the \
+                         cluster's image stores: {no_mirror}"
                     ))),
                 },
             },
         }
+    }
+
+    /// Pulls `image` into the Engine from the node's mirror, filling the mirror from another
+    /// node first when it lacks the image; why not, when it cannot.
+    async fn pull_through_mirror(&self, image: &str) -> Result<(), String> {
+        let Some(mirror) = &self.mirror else {
+            return Err("this node has no image mirror".into());
+        };
+        let from = mirror.obtain(image).await?;
+        self.pull_from_mirror(image, &from).await
     }
 
     /// Pulls `from` (`MIRROR/name:tag`) and tags it as `image`, the name the spec gives.
