@@ -44,6 +44,18 @@ fn have_skopeo() -> bool {
     found
 }
 
+/// The test image, a dev cluster and its node's mirror address; `None` (the test skips) off
+/// CI without a Docker Engine or skopeo.
+fn with_mirror() -> Option<(&'static str, Dev, String)> {
+    let image = support::docker_image()?;
+    if !have_skopeo() {
+        return None;
+    }
+    let dev = Dev::start(&[]);
+    let mirror = mirror(&dev);
+    Some((image, dev, mirror))
+}
+
 /// Copies the Engine's `image` to `remote` (`MIRROR/name:tag`) with skopeo.
 fn push(image: &str, remote: &str) {
     let (from, to) = (
@@ -56,14 +68,9 @@ fn push(image: &str, remote: &str) {
 
 #[test]
 fn skopeo_pushes_to_the_mirror_and_the_engine_pulls_and_runs_from_it() {
-    let Some(image) = support::docker_image() else {
+    let Some((image, _dev, mirror)) = with_mirror() else {
         return;
     };
-    if !have_skopeo() {
-        return;
-    }
-    let dev = Dev::start(&[]);
-    let mirror = mirror(&dev);
     let remote = format!("{mirror}/edge/demo:{}", std::process::id());
     push(image, &remote);
 
@@ -262,14 +269,9 @@ fn the_mirror_takes_only_what_matches_and_resumes_reads() {
 
 #[test]
 fn a_service_starts_from_its_nodes_mirror_when_no_registry_has_its_image() {
-    let Some(image) = support::docker_image() else {
+    let Some((image, dev, mirror)) = with_mirror() else {
         return;
     };
-    if !have_skopeo() {
-        return;
-    }
-    let dev = Dev::start(&[]);
-    let mirror = mirror(&dev);
     let name = format!("edge/mirrored-{}", std::process::id());
     push(image, &format!("{mirror}/{name}:1"));
     let gone = format!("registry.invalid/{name}:1");
@@ -355,15 +357,10 @@ impl Drop for Untag {
 
 #[test]
 fn a_node_without_the_image_gets_it_from_another_nodes_store() {
-    let Some(image) = support::docker_image() else {
+    let Some((image, dev, mirror)) = with_mirror() else {
         return;
     };
-    if !have_skopeo() {
-        return;
-    }
-    let dev = Dev::start(&[]);
     let _second = support::AgentNode::start(&dev, "edge-2", "24100-24199");
-    let mirror = mirror(&dev);
     let name = format!("edge/shared-{}", std::process::id());
     push(image, &format!("{mirror}/{name}:1"));
     // Both nodes share this host's Engine: with `pull: always` from a registry that does not
