@@ -436,13 +436,14 @@ impl Drop for Dev {
             stop_child(&mut child);
         }
         remove_cgroups(self.dir.path());
-        remove_containers(self.dir.path());
+        remove_containers(&self.dir.path().join("agent"));
     }
 }
 
-/// Containers outlive their agent by design, so a finished test removes its agent's own.
-fn remove_containers(data_dir: &Path) {
-    let Ok(agent) = std::fs::read_to_string(data_dir.join("agent").join("agent-id")) else {
+/// Containers outlive their agent by design, so a finished test removes those of the agent
+/// whose data dir is `agent_dir`.
+fn remove_containers(agent_dir: &Path) {
+    let Ok(agent) = std::fs::read_to_string(agent_dir.join("agent-id")) else {
         return;
     };
     let filter = format!("label=outpost.agent={}", agent.trim());
@@ -991,6 +992,7 @@ impl Drop for AgentNode {
             }
         }
         remove_agent_cgroups(self.dir.path());
+        remove_containers(self.dir.path());
     }
 }
 
