@@ -387,14 +387,12 @@ async fn stored_images(State(api): State<AgentApi>) -> Response {
         Ok::<_, images::ImageError>((images, blobs))
     })
     .await;
-    let (listed, blobs) = match listed {
+    let (listed, blobs) = match listed.map_err(|e| e.to_string()) {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => {
             return Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
         }
-        Err(e) => {
-            return Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
-        }
+        Err(e) => return Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     };
     let images = (listed.into_iter())
         .map(|i| api::StoredImage {

@@ -25,7 +25,7 @@ pub async fn sources(
     Query(q): Query<SourcesQuery>,
 ) -> Answer<Vec<api::ImageSource>> {
     let (name, tag) = images::store_name(&q.image);
-    let nodes = live_nodes(&ctx, None);
+    let nodes = crate::stats::live_nodes(&ctx, None);
     let addresses: std::collections::BTreeMap<String, String> = nodes.iter().cloned().collect();
     let (stores, _) =
         crate::stats::ask_agents::<api::NodeImages>(&ctx, nodes, "/v1/agent/images").await;
@@ -44,16 +44,6 @@ pub async fn sources(
     Ok(Json(holders.collect()))
 }
 
-/// (name, agent address) of every node not lost (or of `only`).
-fn live_nodes(ctx: &Server, only: Option<&String>) -> Vec<(String, String)> {
-    ctx.state.read(|s| {
-        (s.nodes.iter())
-            .filter(|(name, n)| !n.state.is_lost() && only.is_none_or(|w| w == *name))
-            .map(|(name, n)| (name.clone(), n.address.clone()))
-            .collect()
-    })
-}
-
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ImagesQuery {
@@ -69,7 +59,7 @@ pub async fn images(
     State(ctx): State<Server>,
     Query(q): Query<ImagesQuery>,
 ) -> Answer<api::ClusterImages> {
-    let nodes = live_nodes(&ctx, q.node.as_ref());
+    let nodes = crate::stats::live_nodes(&ctx, q.node.as_ref());
     if let Some(name) = q.node.as_ref().filter(|_| nodes.is_empty()) {
         return Err(no_node(name));
     }

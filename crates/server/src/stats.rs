@@ -30,17 +30,10 @@ pub async fn stats(
     State(ctx): State<Server>,
     Query(q): Query<StatsQuery>,
 ) -> Answer<api::ClusterUsage> {
-    let (nodes, service_known) = ctx.state.read(|s| {
-        let nodes: Vec<(String, String)> = (s.nodes.iter())
-            .filter(|(name, n)| !n.state.is_lost() && q.node.as_ref().is_none_or(|w| w == *name))
-            .map(|(name, n)| (name.clone(), n.address.clone()))
-            .collect();
-        let known = q
-            .service
-            .as_ref()
-            .is_none_or(|name| s.services.contains_key(name));
-        (nodes, known)
-    });
+    let nodes = live_nodes(&ctx, q.node.as_ref());
+    let service_known = ctx
+        .state
+        .read(|s| (q.service.as_ref()).is_none_or(|name| s.services.contains_key(name)));
     if let Some(name) = q.service.as_ref().filter(|_| !service_known) {
         return Err(no_service(name));
     }
@@ -55,6 +48,16 @@ pub async fn stats(
     let path = format!("/v1/agent/stats{filter}");
     let (nodes, unreachable) = ask_agents(&ctx, nodes, &path).await;
     Ok(Json(api::ClusterUsage { nodes, unreachable }))
+}
+
+/// (name, agent address) of every node not lost (or of `only`): the agents to ask.
+pub(crate) fn live_nodes(ctx: &Server, only: Option<&String>) -> Vec<(String, String)> {
+    ctx.state.read(|s| {
+        (s.nodes.iter())
+            .filter(|(name, n)| !n.state.is_lost() && only.is_none_or(|w| w == *name))
+            .map(|(name, n)| (name.clone(), n.address.clone()))
+            .collect()
+    })
 }
 
 /// `path` of every (node, agent address) at once, each given [`STATS_WAIT`]: the answers, and
