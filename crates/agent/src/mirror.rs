@@ -665,6 +665,7 @@ fn image_error(e: ImageError) -> Response {
         ImageError::BadName(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
         ImageError::BadTag(_) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
         ImageError::BadManifest { .. } => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
+        ImageError::Bundle(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED"),
         ImageError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
     };
     oci_error(status, code, e.to_string())

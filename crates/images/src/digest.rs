@@ -9,7 +9,11 @@ use crate::ImageError;
 
 /// A sha256 content digest, checked well-formed on parse: 64 lowercase hex digits, so it is
 /// safe as a file name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// In JSON it is its `sha256:<hex>` text, checked on the way in.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
 
 impl Digest {
@@ -37,6 +41,20 @@ impl FromStr for Digest {
             .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
             .ok_or_else(|| ImageError::BadDigest(text.to_string()))?;
         Ok(Digest(hex.to_string()))
+    }
+}
+
+impl TryFrom<String> for Digest {
+    type Error = ImageError;
+
+    fn try_from(text: String) -> Result<Digest, ImageError> {
+        text.parse()
+    }
+}
+
+impl From<Digest> for String {
+    fn from(digest: Digest) -> String {
+        digest.to_string()
     }
 }
 

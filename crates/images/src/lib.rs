@@ -9,14 +9,22 @@
 //!   of that digest goes on from their end (re-hashing what is there), never from zero.
 //! - **Collected.** [`Store::collect`] removes every blob no kept manifest reaches.
 //!
+//! - **Bundled.** [`Store::plan_bundle`], [`Store::write_bundle`] and [`Store::load_bundle`]
+//!   carry images as one signed file (see the `bundle` module).
+//!
 //! Nothing here speaks to a network: pulling, serving and bundling use this store.
 
+mod bundle;
 mod digest;
 mod refs;
 mod store;
 mod tags;
 mod uploads;
 
+pub use bundle::{
+    BundleBlob, BundleImage, BundleManifest, BundleSignature, LoadLimits, Loaded, TrustedKeys,
+    key_id,
+};
 pub use digest::Digest;
 pub use refs::{MAX_MANIFEST, References, references};
 pub use store::{Collected, Ingest, Store};
@@ -49,6 +57,9 @@ pub enum ImageError {
     UnknownUpload(String),
     #[error("manifest {digest}: {why}")]
     BadManifest { digest: Digest, why: String },
+    /// A bundle refused, and why (which entry, blob or key).
+    #[error("bundle refused, nothing was loaded: {0}")]
+    Bundle(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

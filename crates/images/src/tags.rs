@@ -163,17 +163,30 @@ impl Store {
         digest: &Digest,
         media_type: &str,
     ) -> Result<(), ImageError> {
-        check_name(name)?;
-        check_tag(tag)?;
+        let image = format!("{name}:{tag}");
+        self.tag_all(&[(image, digest.clone(), media_type.to_string())])
+    }
+
+    /// Points each `name:tag` at its manifest (already stored), all in one write: a reader
+    /// sees all of them or none.
+    pub fn tag_all(&self, images: &[(String, Digest, String)]) -> Result<(), ImageError> {
+        for (image, _, _) in images {
+            let (name, tag) = split_tag(image);
+            check_name(name)?;
+            check_tag(tag)?;
+        }
         let _guard = self.tags_lock();
         let mut tags = self.tags()?;
-        tags.insert(
-            format!("{name}:{tag}"),
-            Tagged {
-                digest: digest.to_string(),
-                media_type: media_type.to_string(),
-            },
-        );
+        for (image, digest, media_type) in images {
+            let (name, tag) = split_tag(image);
+            tags.insert(
+                format!("{name}:{tag}"),
+                Tagged {
+                    digest: digest.to_string(),
+                    media_type: media_type.clone(),
+                },
+            );
+        }
         let bytes = serde_json::to_vec_pretty(&tags).map_err(|e| ImageError::Io {
             what: "cannot encode",
             path: self.tags_file(),
