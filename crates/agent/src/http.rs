@@ -87,7 +87,11 @@ pub async fn serve(
         .route("/v1/agent/traffic", get(traffic))
         .route("/v1/agent/exec/{task}", post(exec))
         .route("/v1/agent/stats", get(stats))
-        .route("/v1/agent/images", get(stored_images));
+        .route("/v1/agent/images", get(stored_images))
+        .route("/v1/agent/images/blobs", get(crate::bundles::blobs))
+        .route("/v1/agent/images/plan", post(crate::bundles::plan))
+        .route("/v1/agent/images/bundle", post(crate::bundles::bundle))
+        .route("/v1/agent/images/load", post(crate::bundles::load));
     let members = Router::new()
         .route("/v1/agent/health", get(health))
         .route("/v1/agent/registry/v2/{*path}", get(registry));

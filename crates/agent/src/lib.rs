@@ -20,6 +20,7 @@
 //!
 //! The agent knows nothing of Raft: it sees the control plane only through the `/v1` API.
 
+pub mod bundles;
 pub mod cgroup;
 pub mod credentials;
 pub mod driver;

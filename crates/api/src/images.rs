@@ -44,3 +44,64 @@ pub struct ClusterImages {
     pub nodes: Vec<NodeImages>,
     pub unreachable: Vec<Unreachable>,
 }
+
+/// A key whose signed image bundles the cluster accepts (or once did).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BundleKey {
+    /// `ed25519:` and 16 hex digits of the key's sha256: what a bundle's signature names.
+    pub id: String,
+    pub name: String,
+    /// The ed25519 public key, 64 hex digits.
+    pub public_key: String,
+    /// `cluster` for the key this cluster signs its bundles with, `added` for one trusted by
+    /// `outpost image keys add`.
+    pub origin: String,
+    /// `trusted`, or `revoked`: bundles it signed are refused.
+    pub state: String,
+}
+
+/// `outpost image keys add NAME KEY`: trust bundles another cluster signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TrustKeyRequest {
+    pub name: String,
+    /// The other cluster's public key as `outpost image keys` there shows it (64 hex digits).
+    pub public_key: String,
+}
+
+/// `outpost image save`: which images, from which node, for a target that holds what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SaveRequest {
+    /// Images as specs name them (`team/app:1.4`).
+    pub images: Vec<String>,
+    /// The node whose store to bundle from; by default one that holds all of them.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Leave out what the target has: blobs it holds (`sha256:…`), images it holds, or every
+    /// blob of these nodes' stores.
+    #[serde(default)]
+    pub have: Have,
+}
+
+/// What the target of a delta bundle holds already.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Have {
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    #[serde(default)]
+    pub images: Vec<String>,
+    #[serde(default)]
+    pub nodes: Vec<String>,
+}
+
+/// A bundle loaded into a node's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LoadedBundle {
+    pub node: String,
+    /// `name:tag` of each image now in the store.
+    pub images: Vec<String>,
+    /// Blobs new to the store, and their bytes.
+    pub blobs_added: usize,
+    pub bytes_added: u64,
+    /// The key that signed it; none for an unsigned `docker save` archive.
+    pub signed_by: Option<String>,
+}

@@ -637,6 +637,61 @@ impl Client {
             .await
     }
 
+    /// The keys image bundles are checked against.
+    pub async fn image_keys(&self) -> Result<Vec<api::BundleKey>, ClientError> {
+        self.get("/v1/image-keys").await
+    }
+
+    /// Trusts bundles signed by another cluster's key.
+    pub async fn trust_key(&self, req: &api::TrustKeyRequest) -> Result<api::BundleKey, ClientError> {
+        self.post("/v1/image-keys", req).await
+    }
+
+    /// Stops trusting key `id`.
+    pub async fn revoke_key(&self, id: &str) -> Result<api::BundleKey, ClientError> {
+        let path = format!("/v1/image-keys/{}", segment(id, KEY)?);
+        self.send(self.request(Method::DELETE, &path), REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// A signed bundle of `req`'s images, as it comes: the bytes of the blobs it carries
+    /// (uncompressed), and the bundle's bytes.
+    pub async fn save_images(
+        &self,
+        req: &api::SaveRequest,
+    ) -> Result<
+        (
+            Option<u64>,
+            impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>,
+        ),
+        ClientError,
+    > {
+        let resp = (self.execute(self.request(Method::POST, "/v1/images/save").json(req))).await?;
+        let carried = (resp.headers().get("x-outpost-bundle-bytes"))
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        Ok((carried, self.byte_stream(resp)))
+    }
+
+    /// Loads a bundle (`body`, sent as it comes) into `node`'s store.
+    pub async fn load_images(
+        &self,
+        node: Option<&str>,
+        unsigned: bool,
+        body: reqwest::Body,
+    ) -> Result<api::LoadedBundle, ClientError> {
+        let mut path = format!("/v1/images/load?unsigned={unsigned}");
+        push("node", node, &mut path);
+        let request = (self.request(Method::POST, &path))
+            .header(reqwest::header::CONTENT_TYPE, "application/zstd")
+            .body(body);
+        let resp = self.execute(request).await?;
+        let url = resp.url().to_string();
+        resp.json().await.map_err(|e| ClientError::Protocol {
+            url,
+            message: e.to_string(),
+        })
+    }
+
     /// Runs `req` beside a running task: its output as `api::exec` frames, as they come. The
     /// request body is `req` as a frame, then, with `input`, what it gives as frames, sent as it
     /// gives them (the caller's stdin and window sizes, for as long as the session lasts), on
@@ -947,6 +1002,7 @@ const OBJECT: Named = (
 const LOG_TARGET: Named = ("service or task", "see `outpost services` and `outpost ps`");
 const TASK: Named = ("task", "see `outpost ps`");
 const TOKEN_ROLE: Named = ("token role", "server, agent or admin");
+const KEY: Named = ("key", "see `outpost image keys`");
 
 /// `name` as one path segment; refused when a URL would resolve it away.
 fn segment(name: &str, (what, hint): Named) -> Result<String, ClientError> {

@@ -116,6 +116,11 @@ impl TrustedKeys {
     }
 }
 
+/// An ed25519 public key from its 64 hex digits.
+pub fn public_key(hex: &str) -> Option<[u8; 32]> {
+    unhex(hex.trim())?.try_into().ok()
+}
+
 /// A public key's id: `ed25519:` and the first 16 hex digits of its sha256.
 pub fn key_id(public_key: &[u8]) -> String {
     format!("ed25519:{}", &hex(&Sha256::digest(public_key))[..16])
@@ -332,6 +337,21 @@ fn missing(image: &str, digest: &Digest) -> ImageError {
         "{image} needs blob {digest}, which neither the bundle nor this node's store holds: \
          make the bundle again for this node (`outpost image save --have NODE`) or whole"
     ))
+}
+
+/// The manifest of a bundle file (its first entry), unchecked: what an earlier bundle carried,
+/// for a delta to leave out.
+pub fn read_manifest<R: Read>(input: R) -> Result<BundleManifest, ImageError> {
+    let budget = Rc::new(Cell::new(METADATA_ALLOWANCE + 2 * MAX_MANIFEST as u64));
+    let mut archive = tar::Archive::new(decompress(input, budget)?);
+    let mut entries = archive.entries().map_err(read_error)?;
+    let first = entries.next().transpose().map_err(read_error)?;
+    let mut first = first.ok_or_else(|| bad("it holds no entries".into()))?;
+    if entry_path(&first)? != MANIFEST_ENTRY {
+        return Err(bad(format!("it does not start with {MANIFEST_ENTRY}: it is not an Outpost bundle")));
+    }
+    let bytes = small(&mut first, MANIFEST_ENTRY)?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("{MANIFEST_ENTRY}: {e}")))
 }
 
 /// The layout's `index.json`: each image by its `name:tag`, so OCI tools read the bundle too.
@@ -837,7 +857,8 @@ fn small(entry: &mut impl Read, path: &str) -> Result<Vec<u8>, ImageError> {
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -23,7 +23,7 @@ mod uploads;
 
 pub use bundle::{
     BundleBlob, BundleImage, BundleManifest, BundleSignature, LoadLimits, Loaded, TrustedKeys,
-    key_id,
+    hex, key_id, public_key, read_manifest,
 };
 pub use digest::Digest;
 pub use refs::{MAX_MANIFEST, References, references};

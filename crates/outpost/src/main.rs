@@ -5,6 +5,7 @@
 mod backup;
 mod commands;
 mod exec;
+mod image;
 mod inspect;
 mod install;
 mod objects;
@@ -329,6 +330,85 @@ struct ServerRun {
 }
 
 #[derive(Subcommand)]
+enum ImageAction {
+    /// Write IMAGE... from a node's store to FILE as one bundle: a zstd-compressed tar that
+    /// is an OCI image layout, with a manifest of every blob (digest and size) signed by the
+    /// cluster's key. With --have, a delta: the blobs the target holds are left out.
+    #[command(
+        after_help = "Examples:
+  outpost image save shop/web:1.4 shop/api:2.0 -o site.bundle
+  outpost image save shop/web:1.5 -o web-1.5.delta --have shop/web:1.4
+  outpost image save shop/web:1.5 -o web-1.5.delta --have site.bundle
+  outpost image save shop/web:1.5 -o for-edge-7.bundle --have edge-7"
+    )]
+    Save {
+        /// Images as specs name them.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The bundle file to write; refused if it exists, unless --force.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// What the target holds already: an image, a node (its whole store), or a bundle
+        /// file it was given before. Repeat for more.
+        #[arg(long)]
+        have: Vec<String>,
+        /// The node whose store to read (by default one that holds all the images).
+        #[arg(long)]
+        node: Option<String>,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Load a bundle into a node's store (and from there its Docker Engine, when a task needs
+    /// it): its signature and every blob are checked before any of it is visible.
+    #[command(
+        after_help = "Examples:
+  outpost image load site.bundle
+  outpost image load web-1.5.delta --node edge-7 --node edge-8
+  docker save shop/web:1.4 -o web.tar && outpost image load web.tar --unsigned"
+    )]
+    Load {
+        /// The bundle, as `outpost image save` wrote it (or a `docker save` archive, with
+        /// --unsigned).
+        file: PathBuf,
+        /// A node to load into; repeat for more. May be left out when the cluster has one.
+        #[arg(long)]
+        node: Vec<String>,
+        /// Accept an archive that carries no signature (`docker save`).
+        #[arg(long)]
+        unsigned: bool,
+    },
+    /// List the keys bundles are checked against; `add` trusts another cluster's, `revoke`
+    /// stops trusting one (this cluster's own too: the servers then sign with a new one).
+    #[command(
+        after_help = "Examples:
+  outpost image keys
+  outpost image keys add factory-build 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29
+  outpost image keys revoke ed25519:5d1f0c3e8a9b2c71"
+    )]
+    Keys {
+        #[command(subcommand)]
+        action: Option<KeyAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Trust bundles signed by this public key (`outpost image keys` on the cluster that signs).
+    Add {
+        /// What to call it.
+        name: String,
+        /// The ed25519 public key, 64 hex digits.
+        public_key: String,
+    },
+    /// Refuse bundles this key signs from now on.
+    Revoke {
+        /// The key's id, as `outpost image keys` shows it.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ServerAction {
     /// Create a cluster in `--data-dir`: its CA, this server's certificate, the admin token
     /// and a join token each for servers and agents. Then start it with `outpost server`.
@@ -645,6 +725,12 @@ enum Command {
     Images {
         /// Only this node.
         node: Option<String>,
+    },
+    /// Carry images without a registry: signed bundle files (`save`, `load`), and the keys
+    /// bundles are checked against (`keys`).
+    Image {
+        #[command(subcommand)]
+        action: ImageAction,
     },
     /// Print a shell completion script: source it, or put it where your shell looks.
     #[command(
@@ -1068,6 +1154,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stats::stats(&conn, target.as_deref(), no_stream).await
         }
         Command::Images { node } => commands::images(&conn, node.as_deref()).await,
+        Command::Image { action } => match action {
+            ImageAction::Save {
+                images,
+                output,
+                have,
+                node,
+                force,
+            } => image::save(&conn, images, &output, &have, node, force).await,
+            ImageAction::Load {
+                file,
+                node,
+                unsigned,
+            } => image::load(&conn, &file, node, unsigned).await,
+            ImageAction::Keys { action } => image::keys(&conn, action).await,
+        },
         Command::Restart { target } => commands::restart(&conn, &target, false).await,
         Command::Stop { target } => commands::restart(&conn, &target, true).await,
         Command::Exec {

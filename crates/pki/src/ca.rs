@@ -138,6 +138,12 @@ impl Ca {
         crate::Vault::from_key_material(&self.key.serialize_der())
     }
 
+    /// The cluster's key that signs image bundles at `generation` ([`bundle_key`] of this CA's
+    /// key): the same on every server, a new one after each revocation.
+    pub fn bundle_key(&self, generation: u64) -> ring::signature::Ed25519KeyPair {
+        bundle_key(&self.key.serialize_der(), generation)
+    }
+
     /// A certificate for node `name` in `role`, valid for the addresses `ips`.
     pub fn issue(&self, role: NodeRole, name: &str, ips: &[IpAddr]) -> Result<Identity, PkiError> {
         let key = KeyPair::generate().map_err(rcgen_err)?;
@@ -163,6 +169,15 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// The ed25519 key whose seed is HMAC-SHA256(`material`, `outpost bundle key <generation>`):
+/// derived, so every server that holds the material signs alike and none has to be stored.
+pub fn bundle_key(material: &[u8], generation: u64) -> ring::signature::Ed25519KeyPair {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, material);
+    let seed = ring::hmac::sign(&key, format!("outpost bundle key {generation}").as_bytes());
+    ring::signature::Ed25519KeyPair::from_seed_unchecked(seed.as_ref())
+        .expect("a 32-byte seed makes an ed25519 key")
 }
 
 /// sha256 of the DER of the (first) certificate in `ca_pem`.

@@ -11,7 +11,7 @@ pub mod tls;
 pub mod token;
 pub mod vault;
 
-pub use ca::{Ca, Identity, NodeRole, ca_digest};
+pub use ca::{Ca, Identity, NodeRole, bundle_key, ca_digest};
 pub use tls::{ClientAuth, install_default};
 pub use token::{JoinToken, Role, TokenError, derived_secret, secret_digest, secret_matches};
 pub use vault::Vault;

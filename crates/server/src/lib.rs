@@ -29,6 +29,7 @@ pub mod answer;
 pub mod backup;
 pub mod batch;
 pub mod blocking;
+pub mod bundles;
 pub mod cluster;
 pub mod controller;
 pub mod detector;

@@ -80,6 +80,8 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(crate::stats::stats))
         .routes(routes!(crate::images::images))
         .routes(routes!(crate::images::sources))
+        .routes(routes!(crate::bundles::list_keys, crate::bundles::add_key))
+        .routes(routes!(crate::bundles::revoke_key))
         .routes(routes!(crate::stacks::remove_stack))
         .routes(routes!(crate::rollouts::get_rollout))
         .routes(routes!(crate::rollouts::pause))
@@ -139,7 +141,9 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         ));
     let streams = OpenApiRouter::new()
         .routes(routes!(crate::logs::logs))
-        .routes(routes!(crate::exec::exec));
+        .routes(routes!(crate::exec::exec))
+        .routes(routes!(crate::bundles::save))
+        .routes(routes!(crate::bundles::load));
     prompt.merge(membership).merge(blocking).merge(streams)
 }
 

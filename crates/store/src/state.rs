@@ -154,11 +154,32 @@ pub enum Command {
         stack: String,
         time: Timestamp,
     },
+    /// `outpost image keys add`: bundles this ed25519 key signs are accepted. Refused for a
+    /// key revoked before: a revoked key never comes back. Added after `RemoveStack`.
+    TrustKey {
+        id: String,
+        name: String,
+        public_key: String,
+        time: Timestamp,
+    },
+    /// `outpost image keys revoke`: bundles key `id` signs are refused from now on. For the
+    /// cluster's own key, `generation` is the next one, which the servers sign with from now on.
+    RevokeKey {
+        id: String,
+        name: String,
+        #[serde(default)]
+        generation: Option<u64>,
+        time: Timestamp,
+    },
 }
 
 const TOKEN_PREFIX: &str = "token/";
 const CERT_PREFIX: &str = "cert/";
 const GENERATION_PREFIX: &str = "generation/";
+const KEY_PREFIX: &str = "bundle-key/";
+const REVOKED_KEY_PREFIX: &str = "bundle-key-revoked/";
+/// The generation of the cluster's own bundle key, as `generation/<role>` is a token's.
+const OWN_KEY_GENERATION: &str = "generation/bundle-key";
 
 fn token_key(role: &str) -> String {
     format!("{TOKEN_PREFIX}{role}")
@@ -194,7 +215,9 @@ impl Command {
             | Command::Rollout { time, .. } => *time,
             Command::PutObjects { time, .. }
             | Command::RemoveObject { time, .. }
-            | Command::RemoveStack { time, .. } => *time,
+            | Command::RemoveStack { time, .. }
+            | Command::TrustKey { time, .. }
+            | Command::RevokeKey { time, .. } => *time,
         }
     }
 }
@@ -477,7 +500,81 @@ impl State {
             Command::PutObjects { objects, time } => self.put_objects(objects, *time),
             Command::RemoveObject { kind, name, time } => self.remove_object(*kind, name, *time),
             Command::RemoveStack { stack, time } => self.remove_stack(stack, *time),
+            Command::TrustKey {
+                id,
+                name,
+                public_key,
+                ..
+            } => self.trust_key(id, name, public_key),
+            Command::RevokeKey {
+                id,
+                name,
+                generation,
+                time,
+            } => self.revoke_key(id, name, *generation, *time),
         }
+    }
+
+    /// See [`Command::TrustKey`].
+    fn trust_key(&mut self, id: &str, name: &str, public_key: &str) -> Response {
+        if self.trust.contains_key(&format!("{REVOKED_KEY_PREFIX}{id}")) {
+            return Response::Refused(format!(
+                "key {id} was revoked: a revoked key cannot be trusted again; have its owner \
+                 make a new one (`outpost image keys revoke` on their cluster)"
+            ));
+        }
+        self.trust
+            .insert(format!("{KEY_PREFIX}{id}"), format!("{name} {public_key}"));
+        Response::Ok
+    }
+
+    /// See [`Command::RevokeKey`].
+    fn revoke_key(
+        &mut self,
+        id: &str,
+        name: &str,
+        generation: Option<u64>,
+        time: Timestamp,
+    ) -> Response {
+        if let Some(generation) = generation {
+            if generation <= self.own_key_generation() {
+                return Response::Refused(format!("key {id} is revoked already"));
+            }
+            self.trust
+                .insert(OWN_KEY_GENERATION.to_string(), generation.to_string());
+        } else if self.trust.remove(&format!("{KEY_PREFIX}{id}")).is_none() {
+            return Response::NotFound(id.to_string());
+        }
+        self.trust
+            .insert(format!("{REVOKED_KEY_PREFIX}{id}"), name.to_string());
+        let message = format!("image bundle key {id} ({name}) revoked");
+        self.event(time, Level::Warning, "key-revoked", None, None, None, message);
+        Response::Ok
+    }
+
+    /// The generation of the key the cluster signs its bundles with (1 until one is revoked).
+    pub fn own_key_generation(&self) -> u64 {
+        (self.trust.get(OWN_KEY_GENERATION))
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Keys added by `outpost image keys add` and still trusted: (id, name, public key hex).
+    pub fn trusted_keys(&self) -> Vec<(&str, &str, &str)> {
+        (self.trust.iter())
+            .filter_map(|(k, v)| {
+                let id = k.strip_prefix(KEY_PREFIX)?;
+                let (name, key) = v.rsplit_once(' ')?;
+                Some((id, name, key))
+            })
+            .collect()
+    }
+
+    /// Keys revoked, the cluster's own old ones among them: (id, name).
+    pub fn revoked_keys(&self) -> Vec<(&str, &str)> {
+        (self.trust.iter())
+            .filter_map(|(k, v)| Some((k.strip_prefix(REVOKED_KEY_PREFIX)?, v.as_str())))
+            .collect()
     }
 
     /// Removes every service of `stack` not already being removed; `NotFound` when there is

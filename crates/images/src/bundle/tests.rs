@@ -211,6 +211,11 @@ fn a_delta_carries_only_the_blobs_the_target_lacks() {
     );
     assert_eq!(plan.blobs.len(), 3, "manifest, config, the changed layer");
 
+    // What a delta for the target leaves out can come from the bundle it was given before.
+    let before = read_manifest(bundle(&from, &["demo:1"], &BTreeSet::new()).as_slice()).unwrap();
+    let had: BTreeSet<Digest> = before.blobs.iter().map(|b| b.digest.clone()).collect();
+    assert_eq!(had, have);
+
     // An empty store cannot take the delta: it lacks the base layer, and says so.
     let (_c, empty) = store();
     refused(
