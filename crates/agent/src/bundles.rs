@@ -186,13 +186,19 @@ pub async fn load(
         Err(answer) => return answer,
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(IN_FLIGHT);
+    // The whole body is read even once the load stopped: a sender that is answered before it
+    // has sent everything sees a broken connection, not the refusal.
     let feed = tokio::spawn(async move {
         let mut chunks = body.into_data_stream();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(std::io::Error::other);
             let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
+            if failed {
+                let _ = tx.send(chunk).await;
                 break;
+            }
+            if !tx.is_closed() {
+                let _ = tx.send(chunk).await;
             }
         }
     });
@@ -209,7 +215,7 @@ pub async fn load(
         store.load_bundle(input, &trusted, limits)
     })
     .await;
-    feed.abort();
+    let _ = feed.await;
     match loaded {
         Ok(loaded) => Json(api::LoadedBundle {
             node,

@@ -643,7 +643,10 @@ impl Client {
     }
 
     /// Trusts bundles signed by another cluster's key.
-    pub async fn trust_key(&self, req: &api::TrustKeyRequest) -> Result<api::BundleKey, ClientError> {
+    pub async fn trust_key(
+        &self,
+        req: &api::TrustKeyRequest,
+    ) -> Result<api::BundleKey, ClientError> {
         self.post("/v1/image-keys", req).await
     }
 

@@ -272,6 +272,20 @@ impl Store {
         trusted: &TrustedKeys,
         limits: LoadLimits,
     ) -> Result<Loaded, ImageError> {
+        self.load_checked(input, trusted, limits)
+            .map_err(|e| match e {
+                ImageError::Bundle(_) | ImageError::Io { .. } => e,
+                // A name, tag or manifest of the bundle that is not one.
+                other => bad(other.to_string()),
+            })
+    }
+
+    fn load_checked<R: Read>(
+        &self,
+        input: R,
+        trusted: &TrustedKeys,
+        limits: LoadLimits,
+    ) -> Result<Loaded, ImageError> {
         let staging = Staging::new(self)?;
         // Until a signed manifest declares its sizes, only what comes before it may be read.
         let budget = Rc::new(Cell::new(match limits.allow_unsigned {
@@ -348,7 +362,9 @@ pub fn read_manifest<R: Read>(input: R) -> Result<BundleManifest, ImageError> {
     let first = entries.next().transpose().map_err(read_error)?;
     let mut first = first.ok_or_else(|| bad("it holds no entries".into()))?;
     if entry_path(&first)? != MANIFEST_ENTRY {
-        return Err(bad(format!("it does not start with {MANIFEST_ENTRY}: it is not an Outpost bundle")));
+        return Err(bad(format!(
+            "it does not start with {MANIFEST_ENTRY}: it is not an Outpost bundle"
+        )));
     }
     let bytes = small(&mut first, MANIFEST_ENTRY)?;
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("{MANIFEST_ENTRY}: {e}")))
@@ -656,10 +672,9 @@ impl Reader<'_> {
                 .parse()
                 .map_err(|_| bad(format!("entry {path:?} is not named by a sha256 digest")))?;
             if named != digest {
-                return Err(ImageError::DigestMismatch {
-                    expected: named,
-                    actual: digest,
-                });
+                return Err(bad(format!(
+                    "blob {named}: its bytes hash to {digest}: the file was damaged"
+                )));
             }
             self.carried.insert(digest.clone());
         }
@@ -688,11 +703,10 @@ impl Reader<'_> {
             None => Err(bad(format!(
                 "blob {path:?} is not listed in {MANIFEST_ENTRY}"
             ))),
-            Some(b) if b.size != size => Err(ImageError::SizeMismatch {
-                digest: b.digest.clone(),
-                expected: b.size,
-                actual: size,
-            }),
+            Some(b) if b.size != size => Err(bad(format!(
+                "blob {}: {size} bytes where {MANIFEST_ENTRY} lists {}",
+                b.digest, b.size
+            ))),
             Some(_) => Ok(()),
         }
     }

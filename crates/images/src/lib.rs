@@ -22,8 +22,8 @@ mod tags;
 mod uploads;
 
 pub use bundle::{
-    BundleBlob, BundleImage, BundleManifest, BundleSignature, LoadLimits, Loaded, TrustedKeys,
-    hex, key_id, public_key, read_manifest,
+    BundleBlob, BundleImage, BundleManifest, BundleSignature, LoadLimits, Loaded, TrustedKeys, hex,
+    key_id, public_key, read_manifest,
 };
 pub use digest::Digest;
 pub use refs::{MAX_MANIFEST, References, references};

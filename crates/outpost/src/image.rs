@@ -49,7 +49,10 @@ pub async fn save(
     force: bool,
 ) -> Result<()> {
     if file.exists() && !force {
-        bail!("{} exists: give another file, or --force to replace it", file.display());
+        bail!(
+            "{} exists: give another file, or --force to replace it",
+            file.display()
+        );
     }
     let client = connect(conn).await?;
     let req = api::SaveRequest {
@@ -95,7 +98,10 @@ pub async fn save(
         written,
         match manifest.omitted.len() {
             0 => String::new(),
-            n => format!("; {n} blob(s) of {} left out, the target has them", memory(left_out)),
+            n => format!(
+                "; {n} blob(s) of {} left out, the target has them",
+                memory(left_out)
+            ),
         }
     );
     Ok(())
@@ -115,7 +121,12 @@ async fn what_target_has(client: &client::Client, have: &[String]) -> Result<api
     if have.is_empty() {
         return Ok(target);
     }
-    let nodes: Vec<String> = client.nodes().await?.into_iter().map(|n| n.node.name).collect();
+    let nodes: Vec<String> = client
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| n.node.name)
+        .collect();
     for value in have {
         let path = Path::new(value);
         if path.is_file() {
@@ -224,7 +235,13 @@ pub async fn keys(conn: &Connection, action: Option<crate::KeyAction>) -> Result
             true => "-".to_string(),
             false => k.origin.clone(),
         };
-        t.add_row(vec![k.id.clone(), k.name.clone(), origin, k.state.clone(), public_key]);
+        t.add_row(vec![
+            k.id.clone(),
+            k.name.clone(),
+            origin,
+            k.state.clone(),
+            public_key,
+        ]);
     }
     println!("{}", trimmed(t));
     Ok(())

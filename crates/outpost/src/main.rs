@@ -335,19 +335,16 @@ enum ImageAction {
     /// is an OCI image layout, with a manifest of every blob (digest and size) signed by the
     /// cluster's key. With --have, a delta: the blobs the target holds are left out.
     #[command(
-        after_help = "Examples:
-  outpost image save shop/web:1.4 shop/api:2.0 -o site.bundle
-  outpost image save shop/web:1.5 -o web-1.5.delta --have shop/web:1.4
-  outpost image save shop/web:1.5 -o web-1.5.delta --have site.bundle
-  outpost image save shop/web:1.5 -o for-edge-7.bundle --have edge-7"
+        after_help = "Examples:\n  outpost image save shop/web:1.4 shop/api:2.0 -f site.bundle\n  outpost image save shop/web:1.5 -f web-1.5.delta --have shop/web:1.4\n  outpost image save shop/web:1.5 -f web-1.5.delta --have site.bundle\n  outpost image save shop/web:1.5 -f for-edge-7.bundle --have edge-7"
     )]
     Save {
         /// Images as specs name them.
         #[arg(required = true)]
         images: Vec<String>,
-        /// The bundle file to write; refused if it exists, unless --force.
+        /// The bundle file to write; refused if it exists, unless --force. (`-o` is the output
+        /// format, as for every command: `-o json` prints the bundle's manifest.)
         #[arg(short, long)]
-        output: PathBuf,
+        file: PathBuf,
         /// What the target holds already: an image, a node (its whole store), or a bundle
         /// file it was given before. Repeat for more.
         #[arg(long)]
@@ -362,10 +359,7 @@ enum ImageAction {
     /// Load a bundle into a node's store (and from there its Docker Engine, when a task needs
     /// it): its signature and every blob are checked before any of it is visible.
     #[command(
-        after_help = "Examples:
-  outpost image load site.bundle
-  outpost image load web-1.5.delta --node edge-7 --node edge-8
-  docker save shop/web:1.4 -o web.tar && outpost image load web.tar --unsigned"
+        after_help = "Examples:\n  outpost image load site.bundle\n  outpost image load web-1.5.delta --node edge-7 --node edge-8\n  docker save shop/web:1.4 -o web.tar && outpost image load web.tar --unsigned"
     )]
     Load {
         /// The bundle, as `outpost image save` wrote it (or a `docker save` archive, with
@@ -381,10 +375,7 @@ enum ImageAction {
     /// List the keys bundles are checked against; `add` trusts another cluster's, `revoke`
     /// stops trusting one (this cluster's own too: the servers then sign with a new one).
     #[command(
-        after_help = "Examples:
-  outpost image keys
-  outpost image keys add factory-build 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29
-  outpost image keys revoke ed25519:5d1f0c3e8a9b2c71"
+        after_help = "Examples:\n  outpost image keys\n  outpost image keys add factory-build 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29\n  outpost image keys revoke ed25519:5d1f0c3e8a9b2c71"
     )]
     Keys {
         #[command(subcommand)]
@@ -1157,11 +1148,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image { action } => match action {
             ImageAction::Save {
                 images,
-                output,
+                file,
                 have,
                 node,
                 force,
-            } => image::save(&conn, images, &output, &have, node, force).await,
+            } => image::save(&conn, images, &file, &have, node, force).await,
             ImageAction::Load {
                 file,
                 node,

@@ -403,3 +403,242 @@ fn a_node_without_the_image_gets_it_from_another_nodes_store() {
     );
     assert_eq!(stored["bytes"], original["bytes"]);
 }
+
+/// An image of the test image's layers and one more, `bytes` of random data: a new version
+/// that shares every layer but one with the old.
+fn image_with_one_more_layer(base: &str, tag: &str, bytes: usize) -> Untag {
+    let dir = tempfile::tempdir().unwrap();
+    // xorshift: bytes that do not compress, as a real changed layer's mostly do not.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
+    let data: Vec<u8> = (0..bytes)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(dir.path().join("blob"), data).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {base}\nCOPY blob /blob\n"),
+    )
+    .unwrap();
+    let context = dir.path().to_str().unwrap();
+    let (ok, out) = run("docker", &["build", "-q", "-t", tag, context]);
+    assert!(ok, "docker build: {out}");
+    Untag(vec![tag.to_string()])
+}
+
+/// The images `node`'s store lists, as `name:tag` → whether it is whole.
+fn stored(dev: &Dev, node: &str) -> std::collections::BTreeMap<String, bool> {
+    let listed = dev.json(&["images", node]);
+    (listed["nodes"][0]["images"].as_array().unwrap().iter())
+        .map(|i| {
+            let name = format!(
+                "{}:{}",
+                i["name"].as_str().unwrap(),
+                i["tag"].as_str().unwrap()
+            );
+            (name, i["missing_blobs"] == 0)
+        })
+        .collect()
+}
+
+#[test]
+fn a_delta_bundle_carries_only_the_changed_layer_and_a_damaged_one_loads_nothing() {
+    let Some((image, dev, mirror)) = with_mirror() else {
+        return;
+    };
+    let _second = support::AgentNode::start(&dev, "edge-2", "24200-24299");
+    let name = format!("edge/delta-{}", std::process::id());
+    let v2 = format!("outpost-delta:{}", std::process::id());
+    let _v2 = image_with_one_more_layer(image, &v2, 300_000);
+    // Uncompressed, a layer's digest is its content's: both versions name the shared ones
+    // alike, whatever skopeo's compression does.
+    for (from, tag) in [(image, 1), (v2.as_str(), 2)] {
+        let (from, to) = (
+            format!("docker-daemon:{from}"),
+            format!("docker://{mirror}/{name}:{tag}"),
+        );
+        let args = [
+            "copy",
+            "--dest-decompress",
+            "--dest-tls-verify=false",
+            &from,
+            &to,
+        ];
+        let (ok, out) = run("skopeo", &args);
+        assert!(ok, "skopeo copy to the mirror: {out}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+
+    // The whole first version to edge-2, then the second as a delta for it.
+    let full = dev.json(&["image", "save", &format!("{name}:1"), "-f", &path("full")]);
+    assert!(full["omitted"].as_array().unwrap().is_empty(), "{full}");
+    let loaded = dev.json(&["image", "load", &path("full"), "--node", "edge-2"]);
+    assert_eq!(loaded[0]["images"][0], format!("{name}:1"), "{loaded}");
+    let plan = dev.json(&[
+        "image",
+        "save",
+        &format!("{name}:2"),
+        "-f",
+        &path("delta"),
+        "--have",
+        "edge-2",
+    ]);
+    let carried = plan["blobs"].as_array().unwrap();
+    assert_eq!(
+        carried.len(),
+        3,
+        "manifest, config, the new layer: {plan}\nwhole: {full}"
+    );
+    let base_layers = full["blobs"].as_array().unwrap().len() - 2;
+    assert_eq!(
+        plan["omitted"].as_array().unwrap().len(),
+        base_layers,
+        "{plan}"
+    );
+    let layer: u64 = (carried.iter())
+        .map(|b| b["size"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let delta = std::fs::metadata(path("delta")).unwrap().len();
+    eprintln!("delta bundle: {delta} bytes for a changed layer of {layer} bytes");
+    assert!(
+        delta < layer + layer / 50 + 8192,
+        "{delta} bytes for a {layer}-byte layer"
+    );
+    // Delta and whole agree: what a bundle file held can stand for the target, too.
+    let again = dev.json(&[
+        "image",
+        "save",
+        &format!("{name}:2"),
+        "-f",
+        &path("delta2"),
+        "--have",
+        &path("full"),
+    ]);
+    assert_eq!(again["blobs"], plan["blobs"]);
+
+    // Damaged copies are refused and leave edge-2's store as it was.
+    let bytes = std::fs::read(path("delta")).unwrap();
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x40;
+    std::fs::write(path("flipped"), flipped).unwrap();
+    std::fs::write(path("truncated"), &bytes[..bytes.len() / 2]).unwrap();
+    let before = stored(&dev, "edge-2");
+    for damaged in ["flipped", "truncated"] {
+        let err = dev.fails(&["image", "load", &path(damaged), "--node", "edge-2"]);
+        assert!(err.contains("nothing was loaded"), "{damaged}: {err}");
+        assert_eq!(stored(&dev, "edge-2"), before, "{damaged}");
+    }
+    // The delta itself completes the second version there.
+    dev.ok(&["image", "load", &path("delta"), "--node", "edge-2"]);
+    assert_eq!(
+        stored(&dev, "edge-2").get(&format!("{name}:2")),
+        Some(&true)
+    );
+
+    // A `docker save` archive carries no signature: loaded only when asked for.
+    let (ok, out) = run("docker", &["save", &v2, "-o", &path("saved.tar")]);
+    assert!(ok, "docker save: {out}");
+    let err = dev.fails(&["image", "load", &path("saved.tar"), "--node", "edge-2"]);
+    assert!(err.contains("--unsigned"), "{err}");
+    let loaded = dev.json(&[
+        "image",
+        "load",
+        &path("saved.tar"),
+        "--node",
+        "edge-2",
+        "--unsigned",
+    ]);
+    assert_eq!(loaded[0]["signed_by"], Value::Null, "{loaded}");
+    assert_eq!(stored(&dev, "edge-2").get(&v2), Some(&true), "{loaded}");
+
+    // Revoking the cluster's own key refuses what it signed; new bundles carry the next key.
+    let keys = dev.json(&["image", "keys"]);
+    let own = keys[0]["id"].as_str().unwrap().to_string();
+    dev.ok(&["image", "keys", "revoke", &own]);
+    let err = dev.fails(&["image", "load", &path("full"), "--node", "edge-2"]);
+    assert!(err.contains("does not trust"), "{err}");
+    dev.ok(&[
+        "image",
+        "save",
+        &format!("{name}:1"),
+        "-f",
+        &path("resigned"),
+    ]);
+    let loaded = dev.json(&["image", "load", &path("resigned"), "--node", "edge-2"]);
+    let signer = loaded[0]["signed_by"].as_str().unwrap();
+    assert_ne!(signer, own);
+    assert_eq!(dev.json(&["image", "keys"])[0]["id"], signer);
+}
+
+#[test]
+fn a_bundle_from_a_build_cluster_starts_a_service_at_a_site_that_trusts_its_key() {
+    let Some((image, build, build_mirror)) = with_mirror() else {
+        return;
+    };
+    let site = Dev::start(&[]);
+    let name = format!("edge/bundled-{}", std::process::id());
+    push(image, &format!("{build_mirror}/{name}:1"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.bundle");
+    let file = file.to_str().unwrap();
+    let out = build.ok(&["image", "save", &format!("{name}:1"), "-f", file]);
+    assert!(out.contains("1 image(s)"), "{out}");
+
+    // The site does not know the build cluster's key.
+    let err = site.fails(&["image", "load", file]);
+    assert!(err.contains("does not trust"), "{err}");
+    assert!(!stored(&site, "local").contains_key(&format!("{name}:1")));
+    let err = site.fails(&["image", "keys", "add", "build", "not-a-key"]);
+    assert!(err.contains("public_key"), "{err}");
+
+    let key = build.json(&["image", "keys"])[0].clone();
+    assert_eq!(key["origin"], "cluster", "{key}");
+    site.ok(&[
+        "image",
+        "keys",
+        "add",
+        "build",
+        key["public_key"].as_str().unwrap(),
+    ]);
+    let loaded = site.json(&["image", "load", file]);
+    assert_eq!(loaded[0]["signed_by"], key["id"], "{loaded}");
+    assert_eq!(loaded[0]["images"][0], format!("{name}:1"));
+
+    // With no registry anywhere, the site runs it from its store.
+    let gone = format!("registry.invalid/{name}:1");
+    let site_mirror = mirror(&site);
+    let _untag = Untag(vec![gone.clone(), format!("{site_mirror}/{name}:1")]);
+    site.deploy(
+        "bundled.yaml",
+        &format!(
+            "name: bundled\ndriver: docker\nimage: {gone}\n\
+             ports: [{{ name: http, container_port: 8080 }}]\n\
+             readiness: {{ tcp: {{ port: http }}, period: 200ms }}\n"
+        ),
+    );
+    site.wait_ready("bundled", 1);
+
+    // Revoked, the build cluster's bundles are refused again, and it cannot come back.
+    site.ok(&["image", "keys", "revoke", key["id"].as_str().unwrap()]);
+    let err = site.fails(&["image", "load", file]);
+    assert!(err.contains("does not trust"), "{err}");
+    let err = site.fails(&[
+        "image",
+        "keys",
+        "add",
+        "build",
+        key["public_key"].as_str().unwrap(),
+    ]);
+    assert!(err.contains("cannot be trusted again"), "{err}");
+    let keys = site.json(&["image", "keys"]);
+    let revoked = (keys.as_array().unwrap().iter())
+        .find(|k| k["id"] == key["id"])
+        .unwrap();
+    assert_eq!(revoked["state"], "revoked", "{keys}");
+}

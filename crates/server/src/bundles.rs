@@ -49,15 +49,14 @@ fn keys(ctx: &Server) -> Vec<api::BundleKey> {
     });
     let own = own_key(ctx, generation);
     let own = own.public_key().as_ref();
-    let key = |id: String, name: String, public_key: String, origin: &str, state: &str| {
-        api::BundleKey {
+    let key =
+        |id: String, name: String, public_key: String, origin: &str, state: &str| api::BundleKey {
             id,
             name,
             public_key,
             origin: origin.into(),
             state: state.into(),
-        }
-    };
+        };
     let mut keys = vec![key(
         images::key_id(own),
         own_key_name(generation),
@@ -111,7 +110,10 @@ pub async fn add_key(
         ));
     }
     let id = images::key_id(&bytes);
-    if keys(&ctx).iter().any(|k| k.id == id && k.origin == "cluster") {
+    if keys(&ctx)
+        .iter()
+        .any(|k| k.id == id && k.origin == "cluster")
+    {
         return Err(Fail::new(
             StatusCode::CONFLICT,
             format!("{id} is this cluster's own key: it is trusted already"),
@@ -165,8 +167,8 @@ pub async fn revoke_key(
             format!("key {id} is revoked already"),
         ));
     }
-    let generation = (key.origin == "cluster")
-        .then(|| ctx.state.read(|s| s.own_key_generation()) + 1);
+    let generation =
+        (key.origin == "cluster").then(|| ctx.state.read(|s| s.own_key_generation()) + 1);
     let command = Command::RevokeKey {
         id: id.clone(),
         name: key.name.clone(),
@@ -238,7 +240,10 @@ async fn save_bundle(ctx: &Server, req: api::SaveRequest) -> Result<Response, Fa
     Ok((
         [
             (header::CONTENT_TYPE, "application/zstd".to_string()),
-            (header::HeaderName::from_static(BUNDLE_BYTES), carried.to_string()),
+            (
+                header::HeaderName::from_static(BUNDLE_BYTES),
+                carried.to_string(),
+            ),
         ],
         Body::from_stream(stream),
     )
@@ -291,7 +296,8 @@ async fn agent_call(
     node: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, Fail> {
-    let answer = (request.bearer_auth(&ctx.token).send().await).map_err(|e| agent_failed(node, e))?;
+    let answer =
+        (request.bearer_auth(&ctx.token).send().await).map_err(|e| agent_failed(node, e))?;
     let status = answer.status();
     if status.is_success() {
         return Ok(answer);
@@ -358,5 +364,9 @@ pub async fn load(
         .header(header::CONTENT_TYPE, "application/zstd")
         .body(stream);
     let answer = agent_call(&ctx, &node, request).await?;
-    answer.json().await.map(Json).map_err(|e| agent_failed(&node, e))
+    answer
+        .json()
+        .await
+        .map(Json)
+        .map_err(|e| agent_failed(&node, e))
 }

@@ -517,7 +517,10 @@ impl State {
 
     /// See [`Command::TrustKey`].
     fn trust_key(&mut self, id: &str, name: &str, public_key: &str) -> Response {
-        if self.trust.contains_key(&format!("{REVOKED_KEY_PREFIX}{id}")) {
+        if self
+            .trust
+            .contains_key(&format!("{REVOKED_KEY_PREFIX}{id}"))
+        {
             return Response::Refused(format!(
                 "key {id} was revoked: a revoked key cannot be trusted again; have its owner \
                  make a new one (`outpost image keys revoke` on their cluster)"
@@ -548,7 +551,15 @@ impl State {
         self.trust
             .insert(format!("{REVOKED_KEY_PREFIX}{id}"), name.to_string());
         let message = format!("image bundle key {id} ({name}) revoked");
-        self.event(time, Level::Warning, "key-revoked", None, None, None, message);
+        self.event(
+            time,
+            Level::Warning,
+            "key-revoked",
+            None,
+            None,
+            None,
+            message,
+        );
         Response::Ok
     }
 

@@ -310,7 +310,7 @@ fn blobs_that_differ_from_their_manifest_are_refused() {
         &to,
         &pack(&entries),
         LoadLimits::default(),
-        "were announced",
+        "bytes where outpost-bundle.json lists",
     );
 
     // A blob the manifest does not list.
