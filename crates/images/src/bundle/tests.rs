@@ -602,3 +602,87 @@ fn hex_round_trips_and_refuses_odd_text() {
     assert_eq!(unhex("abc"), None);
     assert_eq!(unhex("zz"), None);
 }
+
+/// `fuzz/corpus/`: seeds for the fuzz targets, signed with [`SEED`] as the bundle target
+/// trusts. `ok-*` must load into an empty store, `bad-*` must be refused; an odd first byte
+/// asks for unsigned archives to be accepted, as the target does.
+fn corpus_dir(target: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+fn seed_limits(bytes: &[u8]) -> LoadLimits {
+    LoadLimits {
+        allow_unsigned: bytes.first().is_some_and(|b| b & 1 == 1),
+        max_unsigned_bytes: 64 << 20,
+    }
+}
+
+/// Writes the seed corpus again: `cargo test -p images write_fuzz_corpus -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_corpus() {
+    let (_a, from) = store();
+    put_image(&from, "demo:1", &[&layer(1, 3000), &layer(2, 2000)]);
+    put_image(&from, "demo:2", &[&layer(1, 3000), &layer(3, 1000)]);
+    let whole = bundle(&from, &["demo:1"], &BTreeSet::new());
+    let have: BTreeSet<Digest> = (from.reach(&from.resolve("demo", "1").unwrap().unwrap().0))
+        .unwrap()
+        .into_iter()
+        .collect();
+    let delta = bundle(&from, &["demo:2"], &have);
+    let mut linked = unpack(&whole);
+    linked.insert(
+        2,
+        (
+            "blobs/sha256/up".into(),
+            tar::EntryType::Symlink,
+            Vec::new(),
+        ),
+    );
+    let (saved, _) = docker_save(&[&layer(4, 1500)], &["saved:1"]);
+    // `manifest.json` first, so the archive starts with an odd `m`.
+    let mut entries = unpack(&zstd::encode_all(saved.as_slice(), 1).unwrap());
+    entries.rotate_right(1);
+    assert_eq!(entries[0].0, "manifest.json");
+    let saved = zstd::decode_all(pack(&entries).as_slice()).unwrap();
+    let dir = corpus_dir("bundle");
+    std::fs::create_dir_all(&dir).unwrap();
+    let seeds: [(&str, Vec<u8>); 5] = [
+        ("ok-whole.bundle", whole.clone()),
+        ("bad-delta-without-base.bundle", delta),
+        ("bad-symlink.bundle", pack(&linked)),
+        ("bad-truncated.bundle", whole[..whole.len() / 2].to_vec()),
+        // A leading `m` (odd): the target accepts it unsigned.
+        ("ok-docker-save.tar", saved),
+    ];
+    for (name, bytes) in seeds {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let dir = corpus_dir("manifest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let digest = from.resolve("demo", "1").unwrap().unwrap().0;
+    std::fs::write(dir.join("image-manifest.json"), from.read(&digest).unwrap()).unwrap();
+    std::fs::write(dir.join("bundle-head.bundle"), whole).unwrap();
+}
+
+#[test]
+fn the_fuzz_seed_corpus_loads_or_is_refused_as_named() {
+    let entries =
+        std::fs::read_dir(corpus_dir("bundle")).expect("fuzz/corpus/bundle is checked in");
+    let mut seen = 0;
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = std::fs::read(&path).unwrap();
+        let (_dir, target) = store();
+        let loaded = target.load_bundle(bytes.as_slice(), &trusted(), seed_limits(&bytes));
+        match name.starts_with("ok-") {
+            true => assert!(loaded.is_ok(), "{name}: {loaded:?}"),
+            false => assert!(loaded.is_err(), "{name} loaded"),
+        }
+        seen += 1;
+    }
+    assert!(seen >= 5, "only {seen} seeds");
+}
