@@ -685,7 +685,7 @@ impl Client {
         let mut path = format!("/v1/images/load?unsigned={unsigned}");
         push("node", node, &mut path);
         let request = (self.request(Method::POST, &path))
-            .header(reqwest::header::CONTENT_TYPE, "application/zstd")
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body);
         let resp = self.execute(request).await?;
         let url = resp.url().to_string();

@@ -333,7 +333,7 @@ pub struct LoadQuery {
 /// Loads a bundle (the request body, as `outpost image save` wrote it) into a node's store:
 /// checked whole against the keys the cluster trusts before any of it is visible.
 #[utoipa::path(post, path = "/v1/images/load", params(LoadQuery),
-    request_body(content = Vec<u8>, content_type = "application/zstd"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "What the node's store took in", body = api::LoadedBundle),
         (status = 400, description = "The bundle was refused, and why; nothing was loaded", body = api::ApiError),
@@ -361,7 +361,7 @@ pub async fn load(
     let stream = reqwest::Body::wrap_stream(body.into_data_stream());
     let request = (ctx.http.post(&url))
         .header(TRUSTED_KEYS, trusted_hex(&ctx))
-        .header(header::CONTENT_TYPE, "application/zstd")
+        .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(stream);
     let answer = agent_call(&ctx, &node, request).await?;
     answer
