@@ -1,4 +1,4 @@
-//! `outpost image save|load|keys`: images carried as signed bundle files, and the keys
+//! `outpost image save|load|push|keys`: images carried as signed bundle files, and the keys
 //! bundles are checked against. Transfers show a progress bar on a terminal and one plain line
 //! at the end otherwise.
 
@@ -155,12 +155,8 @@ pub async fn load(
         .with_context(|| format!("cannot read {}", file.display()))?
         .len();
     let client = connect(conn).await?;
-    let nodes: Vec<Option<String>> = match nodes.is_empty() {
-        true => vec![None],
-        false => nodes.into_iter().map(Some).collect(),
-    };
     let mut loaded = Vec::new();
-    for node in nodes {
+    for node in targets(nodes) {
         let what = format!("loading into {}", node.as_deref().unwrap_or("the node"));
         let bar = progress(Some(size), what);
         let body = file_body(file, bar.clone()).await?;
@@ -169,16 +165,64 @@ pub async fn load(
         let answer = answer.with_context(|| format!("{} was not loaded", file.display()))?;
         loaded.push(answer);
     }
+    print_loaded(conn, &loaded)
+}
+
+/// `outpost image push IMAGE [--node N]...`: the image from this machine's Docker Engine (as
+/// `docker save` writes it) into each node's store. It carries no signature: the admin token
+/// that sends it is the authority.
+pub async fn push(conn: &Connection, image: &str, nodes: Vec<String>) -> Result<()> {
+    let docker = bollard::Docker::connect_with_local_defaults().context(
+        "cannot reach this machine's Docker Engine (DOCKER_HOST, or /var/run/docker.sock)",
+    )?;
+    let size = (docker.inspect_image(image).await)
+        .with_context(|| {
+            format!("{image} is not in this machine's Docker Engine (`docker images`)")
+        })?
+        .size
+        .and_then(|s| u64::try_from(s).ok());
+    let client = connect(conn).await?;
+    let mut loaded = Vec::new();
+    for node in targets(nodes) {
+        let what = format!(
+            "pushing {image} to {}",
+            node.as_deref().unwrap_or("the node")
+        );
+        let bar = progress(size, what);
+        let counted = bar.clone();
+        let saved = docker.export_image(image).map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            counted.inc(chunk.len() as u64);
+            Ok::<_, std::io::Error>(chunk)
+        });
+        let answer = client
+            .load_images(node.as_deref(), true, reqwest::Body::wrap_stream(saved))
+            .await;
+        bar.finish_and_clear();
+        loaded.push(answer.with_context(|| format!("{image} was not pushed"))?);
+    }
+    print_loaded(conn, &loaded)
+}
+
+/// The nodes asked for; none means the server picks the cluster's one node.
+fn targets(nodes: Vec<String>) -> Vec<Option<String>> {
+    match nodes.is_empty() {
+        true => vec![None],
+        false => nodes.into_iter().map(Some).collect(),
+    }
+}
+
+fn print_loaded(conn: &Connection, loaded: &[api::LoadedBundle]) -> Result<()> {
     if conn.output != Format::Table {
         return print_data(conn.output, &loaded);
     }
     let mut t = table(&["NODE", "IMAGES", "NEW BLOBS", "SIGNED BY"]);
-    for l in &loaded {
+    for l in loaded {
         t.add_row(vec![
             l.node.clone(),
             l.images.join(", "),
             format!("{} ({})", l.blobs_added, memory(l.bytes_added)),
-            (l.signed_by.clone()).unwrap_or_else(|| "unsigned (docker save)".into()),
+            (l.signed_by.clone()).unwrap_or_else(|| "unsigned".into()),
         ]);
     }
     println!("{}", trimmed(t));

@@ -372,6 +372,18 @@ enum ImageAction {
         #[arg(long)]
         unsigned: bool,
     },
+    /// Copy IMAGE from this machine's Docker Engine into a node's store, where its tasks
+    /// start from without a registry. Needs no signature: the admin token is the authority.
+    #[command(
+        after_help = "Examples:\n  outpost image push shop/web:1.4\n  outpost image push shop/web:1.4 --node edge-7 --node edge-8"
+    )]
+    Push {
+        /// The image as `docker images` shows it (`name:tag`).
+        image: String,
+        /// A node to push to; repeat for more. May be left out when the cluster has one.
+        #[arg(long)]
+        node: Vec<String>,
+    },
     /// List the keys bundles are checked against; `add` trusts another cluster's, `revoke`
     /// stops trusting one (this cluster's own too: the servers then sign with a new one).
     #[command(
@@ -1158,6 +1170,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node,
                 unsigned,
             } => image::load(&conn, &file, node, unsigned).await,
+            ImageAction::Push { image, node } => image::push(&conn, &image, node).await,
             ImageAction::Keys { action } => image::keys(&conn, action).await,
         },
         Command::Restart { target } => commands::restart(&conn, &target, false).await,

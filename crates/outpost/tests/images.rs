@@ -556,6 +556,16 @@ fn a_delta_bundle_carries_only_the_changed_layer_and_a_damaged_one_loads_nothing
     ]);
     assert_eq!(loaded[0]["signed_by"], Value::Null, "{loaded}");
     assert_eq!(stored(&dev, "edge-2").get(&v2), Some(&true), "{loaded}");
+    // `image push` takes the same from this machine's Engine, with no file between.
+    assert!(!stored(&dev, "local").contains_key(&v2));
+    let pushed = dev.json(&["image", "push", &v2, "--node", "local"]);
+    assert_eq!(pushed[0]["images"][0], v2.as_str(), "{pushed}");
+    assert_eq!(stored(&dev, "local").get(&v2), Some(&true));
+    let err = dev.fails(&["image", "push", "outpost-absent:0", "--node", "local"]);
+    assert!(
+        err.contains("is not in this machine's Docker Engine"),
+        "{err}"
+    );
 
     // Revoking the cluster's own key refuses what it signed; new bundles carry the next key.
     let keys = dev.json(&["image", "keys"]);
