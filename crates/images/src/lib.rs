@@ -7,17 +7,20 @@
 //!   therefore never sees a blob that does not match its name.
 //! - **Resumable.** An interrupted write leaves its bytes under `ingest/<hex>`; the next writer
 //!   of that digest goes on from their end (re-hashing what is there), never from zero.
-//! - **Collected.** [`Store::collect`] removes every blob no kept manifest reaches.
+//! - **Collected.** [`Store::prune`] removes the tags of images not kept, every blob no kept
+//!   tag reaches and stale partial writes, sparing what is being written.
 //!
 //! Nothing here speaks to a network: pulling, serving and bundling use this store.
 
 mod digest;
+mod prune;
 mod refs;
 mod store;
 mod tags;
 mod uploads;
 
 pub use digest::Digest;
+pub use prune::{Keep, Pruned};
 pub use refs::{MAX_MANIFEST, References, references};
 pub use store::{Collected, Ingest, Store};
 pub use tags::{Listed, Tagged, check_name, check_tag, split_tag, store_name};
