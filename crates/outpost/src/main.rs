@@ -93,6 +93,12 @@ pub struct NodeOptions {
     /// use is in the data dir's `mirror` file), or `off`.
     #[arg(long, default_value = "127.0.0.1:0", env = "OUTPOST_MIRROR")]
     pub mirror: String,
+    /// How often the node's image store is collected: images that no service's kept revisions
+    /// (each service's last `revision_history`) name go, with the Docker Engine's copies
+    /// pulled through the mirror; nothing is collected while no server answers. A duration
+    /// like 10m, or `off` (only `outpost image prune` collects then).
+    #[arg(long, default_value = "10m", env = "OUTPOST_IMAGE_GC_EVERY")]
+    pub image_gc_every: String,
 }
 
 /// Where services' virtual IPs come from: servers give them out, agents listen on them.
@@ -696,6 +702,14 @@ enum Command {
         #[command(subcommand)]
         action: RolloutCommand,
     },
+    /// Work on the nodes' image stores.
+    #[command(
+        after_help = "Examples:\n  outpost image prune --dry-run\n  outpost image prune --node edge-1"
+    )]
+    Image {
+        #[command(subcommand)]
+        action: ImageCommand,
+    },
     /// Store, list or remove secrets: values tasks read as files, sealed at rest, never shown.
     #[command(
         after_help = "Examples:\n  outpost secret create db-password -f ./pw.txt\n  outpost secret ls"
@@ -720,6 +734,26 @@ enum Command {
         after_help = "Examples:\n  outpost install agent --join 10.0.0.5:7400 --token $(cat agent.token) --name edge-1\n  outpost install server --listen 10.0.0.5:7400\n  outpost install agent --dry-run --join 10.0.0.5:7400 --token T"
     )]
     Install(install::Install),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Collect the nodes' image stores now: the images no service's kept revisions name (each
+    /// service keeps its last `revision_history` for `rollout undo`), their blobs that no kept
+    /// image shares, stale partial writes, and the Docker Engine's copies pulled through the
+    /// mirror that no container uses. Says per node what went. Agents also collect on their
+    /// own, every `--image-gc-every`.
+    #[command(
+        after_help = "Examples:\n  outpost image prune --dry-run\n  outpost image prune --node edge-1\n  outpost image prune -o json"
+    )]
+    Prune {
+        /// Only this node's store.
+        #[arg(long)]
+        node: Option<String>,
+        /// Say what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1108,6 +1142,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             NodeAction::Drain { node } => commands::drain(&conn, &node, true).await,
             NodeAction::Undrain { node } => commands::drain(&conn, &node, false).await,
             NodeAction::Rm { node } => commands::remove_node(&conn, &node).await,
+        },
+        Command::Image { action } => match action {
+            ImageCommand::Prune { node, dry_run } => {
+                commands::prune_images(&conn, node.as_deref(), dry_run).await
+            }
         },
         Command::Rollout { action } => match action {
             RolloutCommand::Status { service, wait } => {

@@ -80,6 +80,8 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(crate::stats::stats))
         .routes(routes!(crate::images::images))
         .routes(routes!(crate::images::sources))
+        .routes(routes!(crate::image_gc::kept))
+        .routes(routes!(crate::image_gc::prune))
         .routes(routes!(crate::stacks::remove_stack))
         .routes(routes!(crate::rollouts::get_rollout))
         .routes(routes!(crate::rollouts::pause))
