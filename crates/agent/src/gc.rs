@@ -184,6 +184,32 @@ pub fn summary(p: &api::NodePrune) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn with_no_server_to_ask_nothing_is_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = images::Store::open(&dir.path().join("images")).unwrap();
+        let digest = images::Digest::of(b"a layer no service uses");
+        store.put(&digest, b"a layer no service uses").unwrap();
+        // Nothing listens on a port taken and dropped.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (updates, mut told) = mpsc::unbounded_channel();
+        let collector = Collector {
+            node: "edge-1".into(),
+            store: store.clone(),
+            server: client::Client::connect(&format!("http://{port}"), "token", None, None),
+            local: Arc::new(LocalState::open(&dir.path().join("agent.redb")).unwrap()),
+            running: Running::default(),
+            docker: None,
+            mirror: "127.0.0.1:5000".parse().unwrap(),
+            updates,
+            one: Default::default(),
+        };
+        let err = collector.collect(false, true).await.unwrap_err();
+        assert!(err.contains("nothing was collected"), "{err}");
+        assert_eq!(store.size(&digest), Some(23), "the blob stays");
+        assert!(told.try_recv().is_err(), "no event");
+    }
+
     #[test]
     fn an_event_names_the_images_and_the_bytes_once() {
         let image = |tag: &str| api::PrunedImage {
