@@ -191,7 +191,10 @@ mod tests {
         let digest = images::Digest::of(b"a layer no service uses");
         store.put(&digest, b"a layer no service uses").unwrap();
         // Nothing listens on a port taken and dropped.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let (updates, mut told) = mpsc::unbounded_channel();
         let collector = Collector {
             node: "edge-1".into(),

@@ -84,7 +84,10 @@ fn blobs_of(mirror: &str, name: &str, tag: &str) -> (BTreeSet<String>, Vec<Strin
         .collect();
     let mut all: BTreeSet<String> = layers.iter().cloned().collect();
     all.insert(manifest["config"]["digest"].as_str().unwrap().to_string());
-    all.insert(format!("sha256:{:x}", sha2::Sha256::digest(body.as_bytes())));
+    all.insert(format!(
+        "sha256:{:x}",
+        sha2::Sha256::digest(body.as_bytes())
+    ));
     (all, layers)
 }
 
@@ -122,7 +125,8 @@ fn wait_revision(dev: &Dev, revision: u32) {
         let (_, status, _) = dev.cli(&["-o", "json", "rollout", "status", "gc"]);
         let state = serde_json::from_str::<Value>(&status).unwrap_or_default()["state"].clone();
         let moving = state == "updating" || state == "rolling-back";
-        let ours = wanted.len() == 1 && wanted[0]["version"] == revision && wanted[0]["ready"] == true;
+        let ours =
+            wanted.len() == 1 && wanted[0]["version"] == revision && wanted[0]["ready"] == true;
         (ours && !others_run && !moving).then_some(())
     });
 }
@@ -133,7 +137,11 @@ fn listed(dev: &Dev, prefix: &str) -> Vec<(String, Value, Value)> {
     (all["nodes"][0]["images"].as_array().unwrap().iter())
         .filter(|i| i["name"].as_str().unwrap().starts_with(prefix))
         .map(|i| {
-            let name = format!("{}:{}", i["name"].as_str().unwrap(), i["tag"].as_str().unwrap());
+            let name = format!(
+                "{}:{}",
+                i["name"].as_str().unwrap(),
+                i["tag"].as_str().unwrap()
+            );
             (name, i["used_by"].clone(), i["rollback"].clone())
         })
         .collect()
@@ -171,7 +179,10 @@ fn prune_keeps_exactly_the_kept_revisions_images_and_undo_starts_from_the_store(
         .map(|r| blobs_of(&mirror, &name, &r.to_string()))
         .collect();
     let shared = &images[0].1[0];
-    assert!(images.iter().all(|(_, l)| &l[0] == shared), "one base layer");
+    assert!(
+        images.iter().all(|(_, l)| &l[0] == shared),
+        "one base layer"
+    );
 
     for revision in 1..=4 {
         dev.deploy("gc.yaml", &spec(&name, revision));
@@ -189,7 +200,10 @@ fn prune_keeps_exactly_the_kept_revisions_images_and_undo_starts_from_the_store(
     );
     assert_eq!(status, 202, "{head}");
     let location = (head.lines())
-        .find_map(|l| l.strip_prefix("location: ").or(l.strip_prefix("Location: ")))
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or(l.strip_prefix("Location: "))
+        })
         .unwrap()
         .trim()
         .to_string();
@@ -204,7 +218,13 @@ fn prune_keeps_exactly_the_kept_revisions_images_and_undo_starts_from_the_store(
     let node = |v: &Value| v["nodes"][0].clone();
     let went = |v: &Value| -> BTreeSet<String> {
         (node(v)["images"].as_array().unwrap().iter())
-            .map(|i| format!("{}:{}", i["name"].as_str().unwrap(), i["tag"].as_str().unwrap()))
+            .map(|i| {
+                format!(
+                    "{}:{}",
+                    i["name"].as_str().unwrap(),
+                    i["tag"].as_str().unwrap()
+                )
+            })
             .collect()
     };
     let expected: BTreeSet<String> = [
@@ -248,14 +268,20 @@ fn prune_keeps_exactly_the_kept_revisions_images_and_undo_starts_from_the_store(
         (dev.events().into_iter()).find(|e| e["reason"] == "image-collected")
     });
     let said = event["message"].as_str().unwrap();
-    assert!(said.contains(&format!("{name}:1")) && said.contains(&format!("{unused}:1")), "{said}");
+    assert!(
+        said.contains(&format!("{name}:1")) && said.contains(&format!("{unused}:1")),
+        "{said}"
+    );
     assert_eq!(event["node"], "local", "{event}");
     assert!(!engine_has(&format!("registry.invalid/{name}:1")), "{real}");
     assert!(!engine_has(&format!("{mirror}/{name}:2")), "{real}");
     assert!(engine_has(&format!("registry.invalid/{name}:4")));
 
     // Undo brings revision 3 back from the store alone: the Engine's copy is gone too.
-    for tag in [format!("registry.invalid/{name}:3"), format!("{mirror}/{name}:3")] {
+    for tag in [
+        format!("registry.invalid/{name}:3"),
+        format!("{mirror}/{name}:3"),
+    ] {
         let _ = run("docker", &["rmi", "-f", &tag]);
     }
     dev.ok(&["rollout", "undo", "gc"]);
