@@ -110,6 +110,7 @@ pub struct PruneQuery {
 /// their Engine copies pulled through the mirror), and says what it removed.
 #[utoipa::path(post, path = "/v1/images/prune", params(PruneQuery), responses(
     (status = 200, description = "What each node removed, or would remove in a dry run; the nodes that did not answer collected nothing", body = api::ClusterPrune),
+    (status = 400, description = "A `dry_run` that is neither true nor false", body = api::ApiError),
     (status = 404, description = "No such node", body = api::ApiError)))]
 pub async fn prune(
     State(ctx): State<Server>,
