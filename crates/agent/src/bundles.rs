@@ -97,7 +97,7 @@ pub async fn plan(State(api): State<AgentApi>, Json(req): Json<PlanRequest>) -> 
                      which blobs it has"
                 ))
             })?;
-            have.extend(store.reach(&digest)?);
+            have.extend(store.blobs_of(&digest)?);
         }
         let images: Vec<String> = (req.images.iter())
             .map(|i| {

@@ -41,6 +41,8 @@ pub struct AgentApi {
     pub running: crate::supervisor::Running,
     /// The node's image store, when it has a mirror.
     pub images: Option<images::Store>,
+    /// Its collector, for `outpost image prune`.
+    pub gc: Option<crate::gc::Collector>,
 }
 
 /// How long an idle connection to another agent is kept, 2 s: below the 5 s after which their
@@ -91,7 +93,8 @@ pub async fn serve(
         .route("/v1/agent/images/blobs", get(crate::bundles::blobs))
         .route("/v1/agent/images/plan", post(crate::bundles::plan))
         .route("/v1/agent/images/bundle", post(crate::bundles::bundle))
-        .route("/v1/agent/images/load", post(crate::bundles::load));
+        .route("/v1/agent/images/load", post(crate::bundles::load))
+        .route("/v1/agent/images/prune", post(prune_images));
     let members = Router::new()
         .route("/v1/agent/health", get(health))
         .route("/v1/agent/registry/v2/{*path}", get(registry));
@@ -405,6 +408,8 @@ async fn stored_images(State(api): State<AgentApi>) -> Response {
             digest: i.digest.to_string(),
             bytes: i.bytes,
             missing_blobs: i.missing,
+            used_by: Vec::new(),
+            rollback: Vec::new(),
         })
         .collect();
     Json(api::NodeImages {
@@ -414,6 +419,34 @@ async fn stored_images(State(api): State<AgentApi>) -> Response {
         blob_bytes: blobs.iter().map(|(_, size)| size).sum(),
     })
     .into_response()
+}
+
+#[derive(Deserialize)]
+struct PruneQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Collects the node's image store now (`outpost image prune`), or with `dry_run` says what
+/// would go; 503 when the servers cannot say what the cluster keeps (nothing is collected).
+async fn prune_images(State(api): State<AgentApi>, Query(q): Query<PruneQuery>) -> Response {
+    let Some(gc) = api.gc else {
+        let none = api::NodePrune {
+            node: api.mesh.0.clone(),
+            dry_run: q.dry_run,
+            images: Vec::new(),
+            blobs: 0,
+            bytes: 0,
+            kept_blobs: 0,
+            partial: 0,
+            engine_tags: Vec::new(),
+        };
+        return Json(none).into_response();
+    };
+    match gc.collect(q.dry_run, true).await {
+        Ok(pruned) => Json(pruned).into_response(),
+        Err(e) => Fail::new(StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+    }
 }
 
 #[derive(Deserialize)]

@@ -15,6 +15,7 @@
 //! - [`mesh`]: the node's load balancer listeners and DNS server: every service by name and
 //!   virtual IP, published ports on every node.
 //! - [`mirror`]: the node's image mirror, the OCI distribution API over its content store.
+//! - [`gc`]: the store's garbage collection, on a timer and when a server asks.
 //! - `report`: batches supervisors' updates to the server, and keeps them while it is away.
 //! - `retry`: the backoff with jitter of every loop that talks to the server.
 //!
@@ -25,6 +26,7 @@ pub mod cgroup;
 pub mod credentials;
 pub mod driver;
 pub mod eviction;
+pub mod gc;
 pub mod http;
 pub mod local;
 pub mod logs;
@@ -131,6 +133,8 @@ pub struct AgentConfig {
     pub mesh: bool,
     /// Where the node's image mirror ([`mirror`]) listens, on loopback; `None` for none.
     pub mirror: Option<SocketAddr>,
+    /// How often the node's image store is collected ([`gc`]); `None` only when asked.
+    pub image_gc_every: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,15 +234,7 @@ impl Agent {
         };
         let mesh_view = mesh::MeshView::default();
         let running = supervisor::Running::default();
-        let api = http::AgentApi {
-            logs: logs.clone(),
-            token: config.token.clone(),
-            http: http::probe_client(client_tls.clone()),
-            mesh: (config.name.clone(), mesh_view.clone()),
-            running: running.clone(),
-            images: mirror.as_ref().map(|m| m.store.clone()),
-        };
-        tokio::spawn(http::serve(listener, serve_tls, api));
+        let store = mirror.as_ref().map(|m| m.store.clone());
 
         let client = Client::connect(&config.server, &config.token, None, client_tls.clone());
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
@@ -261,7 +257,36 @@ impl Agent {
             }),
             ..m
         });
+        let mirror_addr = mirror.as_ref().map(|m| m.addr);
         let (drivers, process, docker) = drivers(&agent_id, mirror, &mut notes).await;
+        let gc = store
+            .clone()
+            .zip(mirror_addr)
+            .map(|(store, mirror)| gc::Collector {
+                node: config.name.clone(),
+                store,
+                server: client.clone(),
+                local: local.clone(),
+                running: running.clone(),
+                docker: docker.clone(),
+                mirror,
+                updates: updates_tx.clone(),
+                one: Default::default(),
+            });
+        if let (Some(gc), Some(every)) = (&gc, config.image_gc_every) {
+            tokio::spawn(gc.clone().run(every));
+        }
+        let api = http::AgentApi {
+            logs: logs.clone(),
+            token: config.token.clone(),
+            http: http::probe_client(client_tls.clone()),
+            mesh: (config.name.clone(), mesh_view.clone()),
+            running: running.clone(),
+            images: store,
+            gc,
+        };
+        // Served once the drivers are known (the listener is bound, so callers only wait).
+        tokio::spawn(http::serve(listener, serve_tls, api));
         sweep_orphans(&process, &local).await?;
         let shared = Supervision {
             node: config.name.clone(),

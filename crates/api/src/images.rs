@@ -17,6 +17,14 @@ pub struct StoredImage {
     pub bytes: u64,
     /// Blobs it refers to that the node lacks: 0 for an image that starts without a registry.
     pub missing_blobs: usize,
+    /// Services whose current revision (or one a task still runs) uses it; filled in by the
+    /// servers' listing (`GET /v1/images`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<String>,
+    /// Services that keep it only for rollback (an earlier revision they keep): with no
+    /// `used_by`, the image is kept for `rollout undo` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback: Vec<String>,
 }
 
 /// One node's store.
@@ -104,4 +112,55 @@ pub struct LoadedBundle {
     pub bytes_added: u64,
     /// The key that signed it; none for an unsigned `docker save` archive.
     pub signed_by: Option<String>,
+}
+
+/// An image the cluster's services keep: no node collects it (`GET /v1/images/kept`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct KeptImage {
+    /// As the specs name it (`registry.example.com/team/app:1.4`).
+    pub image: String,
+    /// Services whose current revision, or a revision a task still runs, uses it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<String>,
+    /// Services that keep it only for rollback: the image of an earlier revision they keep
+    /// (the last `revision_history`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback: Vec<String>,
+}
+
+/// An image a collection removed from a node's store (or, in a dry run, would remove).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PrunedImage {
+    pub name: String,
+    pub tag: String,
+    pub digest: String,
+    /// Bytes its manifests, config and layers held; shared layers that other images keep
+    /// stay, so the node frees `NodePrune::bytes`, not the sum of these.
+    pub bytes: u64,
+}
+
+/// What one node's collection removed, or would remove in a dry run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodePrune {
+    pub node: String,
+    pub dry_run: bool,
+    pub images: Vec<PrunedImage>,
+    /// Blobs removed and their bytes, each counted once.
+    pub blobs: usize,
+    pub bytes: u64,
+    /// Blobs left in the store.
+    pub kept_blobs: usize,
+    /// Partial writes older than an hour removed (uploads, interrupted fetches).
+    pub partial: usize,
+    /// Tags removed from the node's Docker Engine: its copies of the images removed, pulled
+    /// through the mirror and used by no container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_tags: Vec<String>,
+}
+
+/// Every node's collection, and the nodes that did not answer (which collected nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ClusterPrune {
+    pub nodes: Vec<NodePrune>,
+    pub unreachable: Vec<Unreachable>,
 }

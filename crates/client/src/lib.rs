@@ -629,6 +629,25 @@ impl Client {
             .await
     }
 
+    /// The images the cluster's services keep, which no node collects.
+    pub async fn kept_images(&self) -> Result<Vec<api::KeptImage>, ClientError> {
+        self.get("/v1/images/kept").await
+    }
+
+    /// Has every node (or `node`) collect its image store now; with `dry_run`, only say what
+    /// would go.
+    pub async fn prune_images(
+        &self,
+        node: Option<&str>,
+        dry_run: bool,
+    ) -> Result<api::ClusterPrune, ClientError> {
+        let mut query = format!("?dry_run={dry_run}");
+        push("node", node, &mut query);
+        let path = format!("/v1/images/prune{query}");
+        self.send(self.request(Method::POST, &path), REQUEST_TIMEOUT)
+            .await
+    }
+
     /// What every node's image store (or `node`'s) holds.
     pub async fn images(&self, node: Option<&str>) -> Result<api::ClusterImages, ClientError> {
         let mut query = String::new();

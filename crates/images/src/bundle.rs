@@ -183,7 +183,7 @@ impl Store {
                     "{image} is not in this node's store (`outpost images` lists it)"
                 ))
             })?;
-            for blob in self.reach(&digest)? {
+            for blob in self.blobs_of(&digest)? {
                 if !seen.insert(blob.clone()) {
                     continue;
                 }
@@ -204,7 +204,7 @@ impl Store {
     }
 
     /// Every blob manifest or index `root` reaches, itself first; an error for one missing.
-    pub fn reach(&self, root: &Digest) -> Result<Vec<Digest>, ImageError> {
+    pub fn blobs_of(&self, root: &Digest) -> Result<Vec<Digest>, ImageError> {
         let mut reached = Vec::new();
         let mut manifests = vec![root.clone()];
         while let Some(digest) = manifests.pop() {

@@ -7,7 +7,8 @@
 //!   therefore never sees a blob that does not match its name.
 //! - **Resumable.** An interrupted write leaves its bytes under `ingest/<hex>`; the next writer
 //!   of that digest goes on from their end (re-hashing what is there), never from zero.
-//! - **Collected.** [`Store::collect`] removes every blob no kept manifest reaches.
+//! - **Collected.** [`Store::prune`] removes the tags of images not kept, every blob no kept
+//!   tag reaches and stale partial writes, sparing what is being written.
 //!
 //! - **Bundled.** [`Store::plan_bundle`], [`Store::write_bundle`] and [`Store::load_bundle`]
 //!   carry images as one signed file (see the `bundle` module).
@@ -16,6 +17,7 @@
 
 mod bundle;
 mod digest;
+mod prune;
 mod refs;
 mod store;
 mod tags;
@@ -26,6 +28,7 @@ pub use bundle::{
     key_id, public_key, read_manifest,
 };
 pub use digest::Digest;
+pub use prune::{Keep, Pruned};
 pub use refs::{MAX_MANIFEST, References, references};
 pub use store::{Collected, Ingest, Store};
 pub use tags::{Listed, Tagged, check_name, check_tag, split_tag, store_name};

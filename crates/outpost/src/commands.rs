@@ -523,25 +523,26 @@ fn log_line(
     Ok(writeln!(out, "{row}")?)
 }
 
-/// `images`: each node's stored images, with the services whose image each one is.
+/// `images`: each node's stored images, with the services using each (the servers fill them
+/// in) and those keeping it for rollback only.
 pub async fn images(conn: &Connection, node: Option<&str>) -> Result<()> {
     let client = connect(conn).await?;
     let stored = client.images(node).await?;
     if conn.output != Format::Table {
         return print_data(conn.output, &stored);
     }
-    let services = client.services().await?;
-    let mut users: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
-    for service in &services {
-        if let Some(image) = &service.spec.image {
-            let (name, tag) = images::store_name(image);
-            (users
-                .entry((name.to_string(), tag.to_string()))
-                .or_default())
-            .push(service.name.clone());
-        }
+    println!("{}", crate::output::images(&stored));
+    Ok(())
+}
+
+/// `image prune`: each node's collection, what went (or would go).
+pub async fn prune_images(conn: &Connection, node: Option<&str>, dry_run: bool) -> Result<()> {
+    let client = connect(conn).await?;
+    let pruned = client.prune_images(node, dry_run).await?;
+    if conn.output != Format::Table {
+        return print_data(conn.output, &pruned);
     }
-    println!("{}", crate::output::images(&stored, &users));
+    println!("{}", crate::output::pruned(&pruned));
     Ok(())
 }
 

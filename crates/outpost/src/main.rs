@@ -94,6 +94,12 @@ pub struct NodeOptions {
     /// use is in the data dir's `mirror` file), or `off`.
     #[arg(long, default_value = "127.0.0.1:0", env = "OUTPOST_MIRROR")]
     pub mirror: String,
+    /// How often the node's image store is collected: images that no service's kept revisions
+    /// (each service's last `revision_history`) name go, with the Docker Engine's copies
+    /// pulled through the mirror; nothing is collected while no server answers. A duration
+    /// like 10m, or `off` (only `outpost image prune` collects then).
+    #[arg(long, default_value = "10m", env = "OUTPOST_IMAGE_GC_EVERY")]
+    pub image_gc_every: String,
 }
 
 /// Where services' virtual IPs come from: servers give them out, agents listen on them.
@@ -383,6 +389,22 @@ enum ImageAction {
         /// A node to push to; repeat for more. May be left out when the cluster has one.
         #[arg(long)]
         node: Vec<String>,
+    },
+    /// Collect the nodes' image stores now: the images no service's kept revisions name (each
+    /// service keeps its last `revision_history` for `rollout undo`), their blobs that no kept
+    /// image shares, stale partial writes, and the Docker Engine's copies pulled through the
+    /// mirror that no container uses. Says per node what went. Agents also collect on their
+    /// own, every `--image-gc-every`.
+    #[command(
+        after_help = "Examples:\n  outpost image prune --dry-run\n  outpost image prune --node edge-1\n  outpost image prune -o json"
+    )]
+    Prune {
+        /// Only this node's store.
+        #[arg(long)]
+        node: Option<String>,
+        /// Say what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List the keys bundles are checked against; `add` trusts another cluster's, `revoke`
     /// stops trusting one (this cluster's own too: the servers then sign with a new one).
@@ -729,8 +751,9 @@ enum Command {
         /// Only this node.
         node: Option<String>,
     },
-    /// Carry images without a registry: signed bundle files (`save`, `load`), and the keys
-    /// bundles are checked against (`keys`).
+    /// Work on the nodes' image stores: carry images without a registry as signed bundle
+    /// files (`save`, `load`), from this machine's Engine (`push`), collect them (`prune`),
+    /// and manage the keys bundles are checked against (`keys`).
     Image {
         #[command(subcommand)]
         action: ImageAction,
@@ -1171,6 +1194,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 unsigned,
             } => image::load(&conn, &file, node, unsigned).await,
             ImageAction::Push { image, node } => image::push(&conn, &image, node).await,
+            ImageAction::Prune { node, dry_run } => {
+                commands::prune_images(&conn, node.as_deref(), dry_run).await
+            }
             ImageAction::Keys { action } => image::keys(&conn, action).await,
         },
         Command::Restart { target } => commands::restart(&conn, &target, false).await,

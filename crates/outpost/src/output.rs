@@ -22,17 +22,13 @@ pub fn trimmed(t: Table) -> String {
         .join("\n")
 }
 
-/// `outpost images`: a row per node and image, the services using it (by `users`, keyed by
-/// store name and tag), then each node's whole store and the nodes that did not answer.
-pub fn images(
-    stored: &api::ClusterImages,
-    users: &BTreeMap<(String, String), Vec<String>>,
-) -> String {
+/// `outpost images`: a row per node and image, the services using it (an image only kept for
+/// rollback says so), then each node's whole store and the nodes that did not answer.
+pub fn images(stored: &api::ClusterImages) -> String {
     let mut t = table(&["NODE", "IMAGE", "DIGEST", "SIZE", "USED BY"]);
     for node in &stored.nodes {
         for image in &node.images {
-            let key = (image.name.clone(), image.tag.clone());
-            let used = users.get(&key).map_or("-".into(), |s| s.join(", "));
+            let used = used_by(image);
             let digest = image.digest.get(..19).unwrap_or(&image.digest);
             let size = match image.missing_blobs {
                 0 => memory(image.bytes),
@@ -63,6 +59,64 @@ pub fn images(
 {}: no answer ({})",
             u.node, u.error
         ));
+    }
+    text
+}
+
+/// Who keeps a stored image: "web, api", "web (rollback only)", "web, api (rollback)", or "-".
+fn used_by(image: &api::StoredImage) -> String {
+    let rollback = image.rollback.join(", ");
+    match (image.used_by.is_empty(), image.rollback.is_empty()) {
+        (true, true) => "-".into(),
+        (true, false) => format!("{rollback} (rollback only)"),
+        (false, true) => image.used_by.join(", "),
+        (false, false) => format!("{}, {rollback} (rollback)", image.used_by.join(", ")),
+    }
+}
+
+/// `outpost image prune`: a row per node and image removed (or that would be), then each
+/// node's totals and the nodes that did not answer (which collected nothing).
+pub fn pruned(p: &api::ClusterPrune) -> String {
+    let mut t = table(&["NODE", "IMAGE", "DIGEST", "SIZE"]);
+    for node in &p.nodes {
+        for image in &node.images {
+            let digest = image.digest.get(..19).unwrap_or(&image.digest);
+            t.add_row(vec![
+                node.node.clone(),
+                format!("{}:{}", image.name, image.tag),
+                digest.to_string(),
+                memory(image.bytes),
+            ]);
+        }
+    }
+    let mut text = match p.nodes.iter().any(|n| !n.images.is_empty()) {
+        true => trimmed(t),
+        false => "no image to remove".to_string(),
+    };
+    for node in &p.nodes {
+        let verb = match node.dry_run {
+            true => "would free",
+            false => "freed",
+        };
+        text.push_str(&format!(
+            "\n{}: {verb} {} in {} blobs, {} blobs kept",
+            node.node,
+            memory(node.bytes),
+            node.blobs,
+            node.kept_blobs
+        ));
+        if node.partial > 0 {
+            text.push_str(&format!(", {} stale partial writes", node.partial));
+        }
+        if !node.engine_tags.is_empty() {
+            text.push_str(&format!(
+                "; removed from the Docker Engine: {}",
+                node.engine_tags.join(", ")
+            ));
+        }
+    }
+    for u in &p.unreachable {
+        text.push_str(&format!("\n{}: nothing collected ({})", u.node, u.error));
     }
     text
 }

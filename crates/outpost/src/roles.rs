@@ -128,6 +128,7 @@ pub async fn dev(
 ) -> Result<()> {
     let signals = Signals::install()?;
     let (eviction_threshold, task_ports, mirror) = node_settings(node)?;
+    let image_gc_every = parse_image_gc(&node.image_gc_every)?;
     // Parse before starting anything: a bad file must not leave a half-started dev behind.
     let specs = commands::read_specs(files, None)?;
     let data_dir = conn
@@ -167,6 +168,7 @@ pub async fn dev(
         heartbeat: agent::HEARTBEAT_INTERVAL,
         mesh: true,
         mirror,
+        image_gc_every,
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run. Its certificate needs a leader; the
@@ -441,6 +443,7 @@ pub async fn agent(
 ) -> Result<()> {
     let signals = Signals::install()?;
     let (eviction_threshold, task_ports, mirror) = node_settings(node)?;
+    let image_gc_every = parse_image_gc(&node.image_gc_every)?;
     let heartbeat = parse_heartbeat(heartbeat)?;
     init_logging();
     let data_dir = conn
@@ -489,6 +492,7 @@ pub async fn agent(
         heartbeat,
         mesh: true,
         mirror,
+        image_gc_every,
     };
     agent::Agent::run(config, signals.stop(), signals.force()).await?;
     Ok(())
@@ -520,6 +524,22 @@ fn parse_mirror(text: &str) -> Result<Option<SocketAddr>> {
         );
     }
     Ok(Some(addr))
+}
+
+/// `--image-gc-every`: a duration, or `off`. Under a minute a collection would mostly reread
+/// the same manifests.
+fn parse_image_gc(text: &str) -> Result<Option<Duration>> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let every = humantime::parse_duration(text).map_err(|e| {
+        anyhow::anyhow!("--image-gc-every {text:?} is not a duration like 10m (or off): {e}")
+    })?;
+    anyhow::ensure!(
+        every >= Duration::from_secs(60),
+        "--image-gc-every {text:?} is under a minute: give 1m or more, or off"
+    );
+    Ok(Some(every))
 }
 
 fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>> {

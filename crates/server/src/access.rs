@@ -8,7 +8,8 @@
 //!   its tasks use (checked again by the handler) for its own node only,
 //!   and read the group's servers (`GET /v1/cluster`), to carry on through another, and the
 //!   endpoint list its load balancer serves (`GET /v1/endpoints`), and which nodes hold an
-//!   image it lacks (`GET /v1/image-sources`);
+//!   image it lacks (`GET /v1/image-sources`), and which images the cluster keeps
+//!   (`GET /v1/images/kept`), before it collects its store;
 //! - only servers may call the Raft RPCs;
 //! - joining (`POST /v1/join`) needs no caller: its secret is in the body.
 //!
@@ -89,6 +90,8 @@ fn need(method: &Method, path: &str) -> Need {
         ["", "v1", "cluster" | "endpoints" | "image-sources"] if method == Method::GET => {
             Need::Member
         }
+        // Before it collects its image store: what the cluster keeps.
+        ["", "v1", "images", "kept"] if method == Method::GET => Need::Member,
         [
             "",
             "v1",

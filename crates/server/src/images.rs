@@ -51,7 +51,8 @@ pub struct ImagesQuery {
     node: Option<String>,
 }
 
-/// Each node's stored images, as its agent lists them now.
+/// Each node's stored images, as its agent lists them now, with the services using each and
+/// those keeping it for rollback only.
 #[utoipa::path(get, path = "/v1/images", params(ImagesQuery), responses(
     (status = 200, description = "Each node's images", body = api::ClusterImages),
     (status = 404, description = "No such node", body = api::ApiError)))]
@@ -63,7 +64,8 @@ pub async fn images(
     if let Some(name) = q.node.as_ref().filter(|_| nodes.is_empty()) {
         return Err(no_node(name));
     }
-    let (nodes, unreachable) =
+    let (mut nodes, unreachable) =
         crate::stats::ask_agents::<api::NodeImages>(&ctx, nodes, "/v1/agent/images").await;
+    crate::image_gc::annotate(&ctx, &mut nodes);
     Ok(Json(api::ClusterImages { nodes, unreachable }))
 }

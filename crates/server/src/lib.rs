@@ -35,6 +35,7 @@ pub mod controller;
 pub mod detector;
 pub mod endpoints;
 pub mod exec;
+pub mod image_gc;
 pub mod images;
 pub mod logs;
 pub mod lost;

@@ -82,6 +82,8 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(crate::images::sources))
         .routes(routes!(crate::bundles::list_keys, crate::bundles::add_key))
         .routes(routes!(crate::bundles::revoke_key))
+        .routes(routes!(crate::image_gc::kept))
+        .routes(routes!(crate::image_gc::prune))
         .routes(routes!(crate::stacks::remove_stack))
         .routes(routes!(crate::rollouts::get_rollout))
         .routes(routes!(crate::rollouts::pause))

@@ -67,14 +67,31 @@ pub(crate) async fn ask_agents<T: serde::de::DeserializeOwned>(
     nodes: Vec<(String, String)>,
     path: &str,
 ) -> (Vec<T>, Vec<api::Unreachable>) {
+    ask_agents_with(ctx, nodes, reqwest::Method::GET, path, STATS_WAIT).await
+}
+
+/// [`ask_agents`] with another method and wait.
+pub(crate) async fn ask_agents_with<T: serde::de::DeserializeOwned>(
+    ctx: &Server,
+    nodes: Vec<(String, String)>,
+    method: reqwest::Method,
+    path: &str,
+    wait: Duration,
+) -> (Vec<T>, Vec<api::Unreachable>) {
     let asks = nodes.into_iter().map(|(node, address)| {
-        let request = (ctx.http.get(format!("{address}{path}")))
+        let request = (ctx.http.request(method.clone(), format!("{address}{path}")))
             .bearer_auth(&ctx.token)
-            .timeout(STATS_WAIT);
+            .timeout(wait);
         async move {
             let answer = match request.send().await {
                 Ok(r) if r.status().is_success() => r.json::<T>().await,
-                Ok(r) => return Err((node, format!("its agent answered {}", r.status()))),
+                Ok(r) => {
+                    let status = r.status();
+                    // The agent's own word (an `ApiError`), when it gave one.
+                    let why = (r.json::<api::ApiError>().await)
+                        .map_or(String::new(), |e| format!(": {}", e.error));
+                    return Err((node, format!("its agent answered {status}{why}")));
+                }
                 Err(e) => Err(e),
             };
             answer.map_err(|e| (node, format!("cannot reach its agent at {address}: {e}")))

@@ -16,7 +16,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptions, StartContainerOptions, StatsOptionsBuilder,
     TagImageOptionsBuilder, WaitContainerOptions,
 };
 use futures_util::StreamExt;
@@ -113,6 +113,55 @@ impl DockerDriver {
         {
             tracing::warn!("cannot remove container {container}: {e}");
         }
+    }
+
+    /// Removes the Engine's copy of the store's `name:tag` that was pulled through the node's
+    /// mirror at `mirror` (tagged `MIRROR/name:tag`, and with the spec's name, which the store
+    /// names `name:tag` too), unless a container, running or not, uses it. Returns the tags
+    /// removed; the image goes with its last one.
+    pub async fn remove_mirrored(
+        &self,
+        mirror: &str,
+        name: &str,
+        tag: &str,
+    ) -> Result<Vec<String>, String> {
+        let pulled = format!("{mirror}/{name}:{tag}");
+        let image = match self.docker.inspect_image(&pulled).await {
+            Ok(image) => image,
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(format!("cannot inspect {pulled}: {e}")),
+        };
+        let Some(id) = image.id else {
+            return Ok(Vec::new());
+        };
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        let containers = (self.docker.list_containers(Some(options)).await)
+            .map_err(|e| format!("cannot list containers: {e}"))?;
+        if containers
+            .iter()
+            .any(|c| c.image_id.as_deref() == Some(&id))
+        {
+            return Ok(Vec::new());
+        }
+        let ours = |t: &String| *t == pulled || images::store_name(t) == (name, tag);
+        let mut removed = Vec::new();
+        for t in image
+            .repo_tags
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| ours(t))
+        {
+            match self
+                .docker
+                .remove_image(t, None::<RemoveImageOptions>, None)
+                .await
+            {
+                Ok(_) => removed.push(t.clone()),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(format!("cannot remove {t} from the Docker Engine: {e}")),
+            }
+        }
+        Ok(removed)
     }
 
     /// Makes sure the image is here, following the pull policy. Returns warnings.

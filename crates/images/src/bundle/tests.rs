@@ -228,7 +228,7 @@ fn a_delta_carries_only_the_blobs_the_target_lacks() {
     let loaded = load(&target, &delta).unwrap();
     assert_eq!(loaded.blobs_added, 3);
     let digest = target.resolve("demo", "2").unwrap().unwrap().0;
-    assert_eq!(target.reach(&digest).unwrap().len(), 4);
+    assert_eq!(target.blobs_of(&digest).unwrap().len(), 4);
 }
 
 #[test]
@@ -581,7 +581,7 @@ fn docker_save_archives_load_only_when_asked_and_become_oci_images() {
     let names: Vec<&str> = loaded.images.iter().map(|i| i.image.as_str()).collect();
     assert_eq!(names, ["team/app:1.4", "app:latest"]);
     let digest = to.resolve("team/app", "1.4").unwrap().unwrap().0;
-    let reached = to.reach(&digest).unwrap();
+    let reached = to.blobs_of(&digest).unwrap();
     assert_eq!(
         reached,
         [digest.clone(), config, Digest::of(&l1), Digest::of(&l2)]
@@ -627,7 +627,7 @@ fn write_fuzz_corpus() {
     put_image(&from, "demo:1", &[&layer(1, 3000), &layer(2, 2000)]);
     put_image(&from, "demo:2", &[&layer(1, 3000), &layer(3, 1000)]);
     let whole = bundle(&from, &["demo:1"], &BTreeSet::new());
-    let have: BTreeSet<Digest> = (from.reach(&from.resolve("demo", "1").unwrap().unwrap().0))
+    let have: BTreeSet<Digest> = (from.blobs_of(&from.resolve("demo", "1").unwrap().unwrap().0))
         .unwrap()
         .into_iter()
         .collect();
