@@ -130,6 +130,9 @@ pub struct AgentConfig {
     pub mesh: bool,
     /// Where the node's image mirror ([`mirror`]) listens, on loopback; `None` for none.
     pub mirror: Option<SocketAddr>,
+    /// Registries (`HOST[:PORT]`, or a host at any port) the mirror reaches over plain HTTP,
+    /// besides loopback ones, as the Docker Engine's `insecure-registries`.
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +230,21 @@ impl Agent {
             Some(addr) => Some(start_mirror(&config.data_dir, addr).await?),
             None => None,
         };
+        let client = Client::connect(&config.server, &config.token, None, client_tls.clone());
+        let mirror = mirror.map(|m| mirror::Mirror {
+            peers: Some(mirror::Peers {
+                server: client.clone(),
+                http: http::probe_client(client_tls.clone()),
+                node: config.name.clone(),
+            }),
+            // The registries' certificates are checked against the system's roots (reqwest's
+            // rustls platform verifier), not the cluster's CA.
+            upstream: Some(mirror::Upstream::new(
+                http::probe_client(None),
+                config.insecure_registries.clone(),
+            )),
+            ..m
+        });
         let mesh_view = mesh::MeshView::default();
         let running = supervisor::Running::default();
         let api = http::AgentApi {
@@ -236,10 +254,10 @@ impl Agent {
             mesh: (config.name.clone(), mesh_view.clone()),
             running: running.clone(),
             images: mirror.as_ref().map(|m| m.store.clone()),
+            mirror: mirror.clone(),
         };
         tokio::spawn(http::serve(listener, serve_tls, api));
 
-        let client = Client::connect(&config.server, &config.token, None, client_tls.clone());
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (registered_tx, registered_rx) = watch::channel(false);
         let reporter = report::spawn(
@@ -252,14 +270,6 @@ impl Agent {
         let agent_id = agent_id(&config.data_dir)?;
         let ports = Arc::new(Ports::new(config.ports.clone()));
         let mut notes: Vec<String> = ports.overlap_note().into_iter().collect();
-        let mirror = mirror.map(|m| mirror::Mirror {
-            peers: Some(mirror::Peers {
-                server: client.clone(),
-                http: http::probe_client(client_tls.clone()),
-                node: config.name.clone(),
-            }),
-            ..m
-        });
         let (drivers, process, docker) = drivers(&agent_id, mirror, &mut notes).await;
         sweep_orphans(&process, &local).await?;
         let shared = Supervision {
@@ -885,6 +895,7 @@ async fn start_mirror(
         addr: bound,
         store,
         peers: None,
+        upstream: None,
     })
 }
 

@@ -93,6 +93,16 @@ pub struct NodeOptions {
     /// use is in the data dir's `mirror` file), or `off`.
     #[arg(long, default_value = "127.0.0.1:0", env = "OUTPOST_MIRROR")]
     pub mirror: String,
+    /// A registry (`HOST[:PORT]`; a host alone at any port) the node's mirror pulls from over
+    /// plain HTTP, as the Docker Engine's `insecure-registries`; loopback ones always are, every
+    /// other is HTTPS. Repeat it for several (the variable takes a comma-separated list).
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]",
+        env = "OUTPOST_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registry: Vec<String>,
 }
 
 /// Where services' virtual IPs come from: servers give them out, agents listen on them.

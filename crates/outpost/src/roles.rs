@@ -167,6 +167,7 @@ pub async fn dev(
         heartbeat: agent::HEARTBEAT_INTERVAL,
         mesh: true,
         mirror,
+        insecure_registries: node.insecure_registry.clone(),
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run. Its certificate needs a leader; the
@@ -489,6 +490,7 @@ pub async fn agent(
         heartbeat,
         mesh: true,
         mirror,
+        insecure_registries: node.insecure_registry.clone(),
     };
     agent::Agent::run(config, signals.stop(), signals.force()).await?;
     Ok(())
