@@ -5,6 +5,7 @@
 mod backup;
 mod commands;
 mod exec;
+mod image;
 mod inspect;
 mod install;
 mod objects;
@@ -76,6 +77,22 @@ pub enum Format {
     Table,
     Json,
     Yaml,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Has nodes obtain an image into their stores, from another node that holds it or else
+    /// from its registry, and says where each got it from and how many bytes it moved.
+    #[command(
+        after_help = "Examples:\n  outpost image pull alpine:3.20\n  outpost image pull registry.example.com/team/app:1 --node edge-1 --node edge-2"
+    )]
+    Pull {
+        /// The image as a spec names it.
+        image: String,
+        /// Only this node (repeatable); every live node without it.
+        #[arg(long = "node", value_name = "NODE")]
+        nodes: Vec<String>,
+    },
 }
 
 /// Settings of the node an agent runs on.
@@ -656,6 +673,11 @@ enum Command {
         /// Only this node.
         node: Option<String>,
     },
+    /// Images in the nodes' stores.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Print a shell completion script: source it, or put it where your shell looks.
     #[command(
         after_help = "Examples:\n  outpost completion bash > /etc/bash_completion.d/outpost\n  outpost completion zsh > \"${fpath[1]}/_outpost\"\n  outpost completion fish > ~/.config/fish/completions/outpost.fish"
@@ -1078,6 +1100,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stats::stats(&conn, target.as_deref(), no_stream).await
         }
         Command::Images { node } => commands::images(&conn, node.as_deref()).await,
+        Command::Image { command } => match command {
+            ImageCommand::Pull { image, nodes } => image::pull(&conn, &image, &nodes).await,
+        },
         Command::Restart { target } => commands::restart(&conn, &target, false).await,
         Command::Stop { target } => commands::restart(&conn, &target, true).await,
         Command::Exec {

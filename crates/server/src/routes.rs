@@ -139,7 +139,8 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         ));
     let streams = OpenApiRouter::new()
         .routes(routes!(crate::logs::logs))
-        .routes(routes!(crate::exec::exec));
+        .routes(routes!(crate::exec::exec))
+        .routes(routes!(crate::pull::pull));
     prompt.merge(membership).merge(blocking).merge(streams)
 }
 
