@@ -231,16 +231,15 @@ impl Agent {
             None => None,
         };
         let client = Client::connect(&config.server, &config.token, None, client_tls.clone());
+        let mut upstream_notes = Vec::new();
         let mirror = mirror.map(|m| mirror::Mirror {
             peers: Some(mirror::Peers {
                 server: client.clone(),
                 http: http::probe_client(client_tls.clone()),
                 node: config.name.clone(),
             }),
-            // The registries' certificates are checked against the system's roots (reqwest's
-            // rustls platform verifier), not the cluster's CA.
             upstream: Some(mirror::Upstream::new(
-                http::probe_client(None),
+                upstream_client(&mut upstream_notes),
                 config.insecure_registries.clone(),
             )),
             ..m
@@ -270,6 +269,7 @@ impl Agent {
         let agent_id = agent_id(&config.data_dir)?;
         let ports = Arc::new(Ports::new(config.ports.clone()));
         let mut notes: Vec<String> = ports.overlap_note().into_iter().collect();
+        notes.extend(upstream_notes);
         let (drivers, process, docker) = drivers(&agent_id, mirror, &mut notes).await;
         sweep_orphans(&process, &local).await?;
         let shared = Supervision {
@@ -875,7 +875,47 @@ fn open_local(config: &AgentConfig) -> Result<Arc<LocalState>, AgentError> {
     Ok(Arc::new(local))
 }
 
-/// Binds the agent's own API, and says where it listens (port 0 picks one).
+/// A registry that cannot be reached within this long is given up (the store's copy, if
+/// any, starts instead): 10 s, room for a slow edge link's handshake, not for a dead one.
+const UPSTREAM_CONNECT: Duration = Duration::from_secs(10);
+
+/// A registry that sends nothing for this long has stalled; the fetch fails and resumes
+/// from its bytes next time.
+const UPSTREAM_STALL: Duration = Duration::from_secs(60);
+
+/// The client of upstream registries: the system's roots (reqwest's rustls platform
+/// verifier), not the cluster's CA. A node without any (a `FROM scratch` container) still
+/// reaches plain-HTTP registries; every HTTPS one is refused as unverifiable, and a note says
+/// why.
+fn upstream_client(notes: &mut Vec<String>) -> reqwest::Client {
+    let builder = || {
+        reqwest::Client::builder()
+            .connect_timeout(UPSTREAM_CONNECT)
+            .read_timeout(UPSTREAM_STALL)
+    };
+    match builder().build() {
+        Ok(client) => client,
+        Err(e) => {
+            notes.push(format!(
+                "images: HTTPS registries cannot be verified on this node ({}); install its CA \
+                 certificates (ca-certificates)",
+                error_chain(&e)
+            ));
+            (builder().tls_certs_only([]).build()).unwrap_or_default()
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 /// Opens the node's content store (`<data>/images`) and serves it as a registry on `addr`; the
 /// address it listens on goes to `<data>/mirror`, for clients and tests to find.
 async fn start_mirror(
@@ -899,6 +939,7 @@ async fn start_mirror(
     })
 }
 
+/// Binds the agent's own API, and says where it listens (port 0 picks one).
 async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
     let err = |source| AgentError::Listen { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;

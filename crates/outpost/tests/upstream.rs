@@ -191,3 +191,45 @@ fn a_registry_asking_for_credentials_gets_those_of_the_nodes_docker_config() {
     assert_eq!(end["event"], "done", "{end}");
     assert_eq!(end["origin"]["kind"], "upstream", "{end}");
 }
+
+#[test]
+fn a_node_cut_off_from_the_registry_gets_the_image_from_the_node_that_pulled_it() {
+    let Some(image) = test_image() else {
+        return;
+    };
+    let Some(mut site) = support::hosts::Site::new("upstream", "s1") else {
+        return;
+    };
+    // The registry listens on the network's gateway, which is not loopback to the nodes: they
+    // reach it over plain HTTP because it is listed.
+    let registry = Registry::start_on(&site.net.gateway().to_string(), None);
+    let remote = registry.push(image, &format!("edge/sited-{}:1", std::process::id()));
+    let flags = ["--insecure-registry", registry.addr.as_str()];
+    let first = site.agent_with("a1", &flags).ip;
+    let second = site.agent_with("a2", &flags).ip;
+
+    let out = site.ok(&["image", "pull", &remote, "--node", "a1"]);
+    let done = format!("a1: from upstream {}", registry.addr);
+    assert!(out.contains(&done), "{out}");
+    let from_first = registry.blob_requests();
+    assert!(
+        !from_first.is_empty() && from_first.iter().all(|(c, _)| *c == first.to_string()),
+        "a1 fetched the blobs: {}",
+        registry.log()
+    );
+
+    // a2's path to the registry is cut: it gets the image from a1's store, asking no registry.
+    site.host("a2").block(site.net.gateway());
+    let out = site.ok(&["image", "pull", &remote, "--node", "a2"]);
+    assert!(out.contains("a2: from node a1"), "{out}");
+    assert!(!out.contains("a2: trying upstream"), "{out}");
+    let requests = registry.blob_requests();
+    assert!(
+        !requests.iter().any(|(c, _)| *c == second.to_string()),
+        "no blob request from a2: {}",
+        registry.log()
+    );
+    let listed = site.json(&["images", "a2"]);
+    let stored = &listed["nodes"][0]["images"][0];
+    assert_eq!(stored["missing_blobs"], 0, "{listed}");
+}
