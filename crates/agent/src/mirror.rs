@@ -96,7 +96,7 @@ impl Mirror {
         let reference = upstream::Reference::parse(image)?;
         let mut failures = Vec::new();
         if refresh {
-            match self.from_upstream(image, &reference, progress).await {
+            match self.obtain_from_upstream(image, &reference, progress).await {
                 Ok(obtained) => return Ok(obtained),
                 Err(e) => failures.push(e),
             }
@@ -118,7 +118,7 @@ impl Mirror {
                 warning: warning(&failures),
             });
         }
-        match self.from_peers(image, progress).await {
+        match self.obtain_from_peers(image, progress).await {
             Ok(mut obtained) => {
                 obtained.warning = warning(&failures);
                 return Ok(obtained);
@@ -126,7 +126,7 @@ impl Mirror {
             Err(e) => failures.push(e),
         }
         if !refresh {
-            match self.from_upstream(image, &reference, progress).await {
+            match self.obtain_from_upstream(image, &reference, progress).await {
                 Ok(obtained) => return Ok(obtained),
                 Err(e) => failures.push(e),
             }
@@ -135,7 +135,11 @@ impl Mirror {
     }
 
     /// From another node holding it: the first that gives it whole.
-    async fn from_peers(&self, image: &str, progress: Progress<'_>) -> Result<Obtained, String> {
+    async fn obtain_from_peers(
+        &self,
+        image: &str,
+        progress: Progress<'_>,
+    ) -> Result<Obtained, String> {
         let Some(peers) = &self.peers else {
             return Err("peers: this node asks none".into());
         };
@@ -163,7 +167,7 @@ impl Mirror {
     }
 
     /// From the registry the name points at.
-    async fn from_upstream(
+    async fn obtain_from_upstream(
         &self,
         image: &str,
         reference: &upstream::Reference,

@@ -674,6 +674,7 @@ enum Command {
         node: Option<String>,
     },
     /// Images in the nodes' stores.
+    #[command(after_help = "Examples:\n  outpost image pull alpine:3.20 --node edge-1")]
     Image {
         #[command(subcommand)]
         command: ImageCommand,

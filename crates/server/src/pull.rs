@@ -12,12 +12,12 @@ use tokio::sync::mpsc;
 
 use crate::Server;
 
+/// (name, agent address) of each node to ask.
+type Asked = Vec<(String, String)>;
+
 /// Nodes the pull is for: the named ones (every live node when none is), and the named ones
 /// that cannot be asked, with why. A name the cluster does not know is refused.
-fn targets(
-    ctx: &Server,
-    named: &[String],
-) -> Result<(Vec<(String, String)>, Vec<api::PullLine>), Fail> {
+fn targets(ctx: &Server, named: &[String]) -> Result<(Asked, Vec<api::PullLine>), Fail> {
     let live = crate::stats::live_nodes(ctx, None);
     if named.is_empty() {
         return Ok((live, Vec::new()));
