@@ -26,6 +26,8 @@ fn test_image() -> Option<&'static str> {
 /// A dev cluster whose Docker config dir is `config` (empty: no credentials).
 fn dev_with_docker_config(config: &std::path::Path) -> (Dev, String) {
     let dev = Dev::start_with_env(&[("DOCKER_CONFIG", config.to_str().unwrap())]);
+    // `image pull` asks the live nodes: the agent must have registered.
+    dev.wait_node_state("local", "ready");
     let mirror = wait_for("the mirror to listen", || {
         std::fs::read_to_string(dev.data_dir().join("agent").join("mirror")).ok()
     });
