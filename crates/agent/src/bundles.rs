@@ -28,45 +28,44 @@ use crate::http::AgentApi;
 /// Chunks in flight between the network and the store's thread.
 const IN_FLIGHT: usize = 8;
 
-fn store(api: &AgentApi) -> Result<Store, Response> {
+fn store(api: &AgentApi) -> Result<Store, Fail> {
     api.images.clone().ok_or_else(|| {
         Fail::new(
             StatusCode::NOT_FOUND,
             "this node keeps no image store (--mirror off)",
         )
-        .into_response()
     })
 }
 
-fn refused(e: ImageError) -> Response {
+fn refused(e: ImageError) -> Fail {
     let status = match &e {
         ImageError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     };
-    Fail::new(status, e.to_string()).into_response()
+    Fail::new(status, e.to_string())
 }
 
 /// Runs the store's blocking `work`, its error as an answer.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, Fail> {
     match tokio::task::spawn_blocking(work).await {
         Ok(done) => done.map_err(refused),
-        Err(e) => Err(Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()),
+        Err(e) => Err(Fail::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
 }
 
 pub async fn blobs(State(api): State<AgentApi>) -> Response {
     let store = match store(&api) {
         Ok(store) => store,
-        Err(answer) => return answer,
+        Err(fail) => return fail.into_response(),
     };
     match blocking(move || store.blobs()).await {
         Ok(blobs) => {
             let digests: Vec<String> = blobs.into_iter().map(|(d, _)| d.to_string()).collect();
             Json(digests).into_response()
         }
-        Err(answer) => answer,
+        Err(fail) => fail.into_response(),
     }
 }
 
@@ -82,7 +81,7 @@ pub struct PlanRequest {
 pub async fn plan(State(api): State<AgentApi>, Json(req): Json<PlanRequest>) -> Response {
     let store = match store(&api) {
         Ok(store) => store,
-        Err(answer) => return answer,
+        Err(fail) => return fail.into_response(),
     };
     let made = blocking(move || {
         let mut have = BTreeSet::new();
@@ -111,7 +110,7 @@ pub async fn plan(State(api): State<AgentApi>, Json(req): Json<PlanRequest>) -> 
     .await;
     match made {
         Ok(manifest) => manifest.into_response(),
-        Err(answer) => answer,
+        Err(fail) => fail.into_response(),
     }
 }
 
@@ -130,7 +129,7 @@ pub struct BundleRequest {
 pub async fn bundle(State(api): State<AgentApi>, Json(req): Json<BundleRequest>) -> Response {
     let store = match store(&api) {
         Ok(store) => store,
-        Err(answer) => return answer,
+        Err(fail) => return fail.into_response(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
@@ -179,11 +178,11 @@ pub async fn load(
 ) -> Response {
     let store = match store(&api) {
         Ok(store) => store,
-        Err(answer) => return answer,
+        Err(fail) => return fail.into_response(),
     };
     let trusted = match trusted_keys(&headers) {
         Ok(keys) => keys,
-        Err(answer) => return answer,
+        Err(fail) => return fail.into_response(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(IN_FLIGHT);
     // The whole body is read even once the load stopped: a sender that is answered before it
@@ -225,13 +224,13 @@ pub async fn load(
             signed_by: loaded.signed_by,
         })
         .into_response(),
-        Err(answer) => answer,
+        Err(fail) => fail.into_response(),
     }
 }
 
 /// The keys the server sent (hex, comma-separated); none is an error: a server always sends
 /// the cluster's own.
-fn trusted_keys(headers: &HeaderMap) -> Result<TrustedKeys, Response> {
+fn trusted_keys(headers: &HeaderMap) -> Result<TrustedKeys, Fail> {
     let text = (headers.get("x-outpost-trusted-keys"))
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
@@ -239,7 +238,7 @@ fn trusted_keys(headers: &HeaderMap) -> Result<TrustedKeys, Response> {
     for key in text.split(',').filter(|k| !k.is_empty()) {
         let Some(key) = images::public_key(key) else {
             let why = "a trusted key is not an ed25519 public key in hex";
-            return Err(Fail::new(StatusCode::BAD_REQUEST, why).into_response());
+            return Err(Fail::new(StatusCode::BAD_REQUEST, why));
         };
         keys.add(&key);
     }

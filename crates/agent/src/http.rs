@@ -43,6 +43,8 @@ pub struct AgentApi {
     pub images: Option<images::Store>,
     /// Its collector, for `outpost image prune`.
     pub gc: Option<crate::gc::Collector>,
+    /// The node's mirror with its sources, for `outpost image pull`.
+    pub mirror: Option<crate::mirror::Mirror>,
 }
 
 /// How long an idle connection to another agent is kept, 2 s: below the 5 s after which their
@@ -94,7 +96,8 @@ pub async fn serve(
         .route("/v1/agent/images/plan", post(crate::bundles::plan))
         .route("/v1/agent/images/bundle", post(crate::bundles::bundle))
         .route("/v1/agent/images/load", post(crate::bundles::load))
-        .route("/v1/agent/images/prune", post(prune_images));
+        .route("/v1/agent/images/prune", post(prune_images))
+        .route("/v1/agent/images/pull", post(pull_image));
     let members = Router::new()
         .route("/v1/agent/health", get(health))
         .route("/v1/agent/registry/v2/{*path}", get(registry));
@@ -373,6 +376,76 @@ async fn registry(State(api): State<AgentApi>, req: axum::extract::Request) -> R
         )
         .into_response(),
     }
+}
+
+/// A blob's progress is told every this many bytes (and at its end): lines, not a flood.
+const PULL_PROGRESS_EVERY: u64 = 1 << 20;
+
+/// `outpost image pull` on this node: the image obtained into the store (peers first, then its
+/// registry), told as NDJSON [`api::PullLine`]s as it goes, ending with `done` or `failed`.
+async fn pull_image(
+    State(api): State<AgentApi>,
+    httpd::Json(asked): httpd::Json<api::PullRequest>,
+) -> Response {
+    let node = api.mesh.0.clone();
+    let Some(mirror) = api.mirror else {
+        let why = format!("node {node} keeps no image store (its agent runs with --mirror off)");
+        return Fail::new(StatusCode::CONFLICT, why).into_response();
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<api::PullLine>();
+    tokio::spawn(async move {
+        let told = std::sync::Mutex::new(0u64);
+        let progress = |step: crate::mirror::Step| {
+            let line = match step {
+                crate::mirror::Step::Trying(source) => api::PullLine::Trying {
+                    node: node.clone(),
+                    source,
+                },
+                crate::mirror::Step::Blob {
+                    digest,
+                    done,
+                    total,
+                } => {
+                    let mut last = told.lock().unwrap_or_else(|p| p.into_inner());
+                    let end = total == Some(done);
+                    if !end && done.saturating_sub(*last) < PULL_PROGRESS_EVERY && done > *last {
+                        return;
+                    }
+                    *last = if end { 0 } else { done };
+                    api::PullLine::Blob {
+                        node: node.clone(),
+                        digest: digest.to_string(),
+                        done,
+                        total,
+                    }
+                }
+            };
+            let _ = tx.send(line);
+        };
+        let last = match mirror.obtain(&asked.image, false, &progress).await {
+            Ok(obtained) => api::PullLine::Done {
+                node: node.clone(),
+                origin: obtained.origin,
+                bytes: obtained.bytes,
+                warning: obtained.warning,
+            },
+            Err(error) => api::PullLine::Failed {
+                node: node.clone(),
+                error,
+            },
+        };
+        let _ = tx.send(last);
+    });
+    let lines = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(|line| {
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        Ok::<_, std::io::Error>(bytes)
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 /// What the node's image store holds; an empty list for a node without a mirror.

@@ -135,6 +135,9 @@ pub struct AgentConfig {
     pub mirror: Option<SocketAddr>,
     /// How often the node's image store is collected ([`gc`]); `None` only when asked.
     pub image_gc_every: Option<Duration>,
+    /// Registries (`HOST[:PORT]`, or a host at any port) the mirror reaches over plain HTTP,
+    /// besides loopback ones, as the Docker Engine's `insecure-registries`.
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,11 +235,25 @@ impl Agent {
             Some(addr) => Some(start_mirror(&config.data_dir, addr).await?),
             None => None,
         };
+        let client = Client::connect(&config.server, &config.token, None, client_tls.clone());
+        let mut upstream_notes = Vec::new();
+        let mirror = mirror.map(|m| mirror::Mirror {
+            peers: Some(mirror::Peers {
+                server: client.clone(),
+                http: http::probe_client(client_tls.clone()),
+                node: config.name.clone(),
+            }),
+            upstream: Some(mirror::Upstream::new(
+                upstream_client(&mut upstream_notes),
+                config.insecure_registries.clone(),
+            )),
+            ..m
+        });
         let mesh_view = mesh::MeshView::default();
         let running = supervisor::Running::default();
         let store = mirror.as_ref().map(|m| m.store.clone());
+        let api_mirror = mirror.clone();
 
-        let client = Client::connect(&config.server, &config.token, None, client_tls.clone());
         let (updates_tx, updates_rx) = mpsc::unbounded_channel();
         let (registered_tx, registered_rx) = watch::channel(false);
         let reporter = report::spawn(
@@ -249,14 +266,7 @@ impl Agent {
         let agent_id = agent_id(&config.data_dir)?;
         let ports = Arc::new(Ports::new(config.ports.clone()));
         let mut notes: Vec<String> = ports.overlap_note().into_iter().collect();
-        let mirror = mirror.map(|m| mirror::Mirror {
-            peers: Some(mirror::Peers {
-                server: client.clone(),
-                http: http::probe_client(client_tls.clone()),
-                node: config.name.clone(),
-            }),
-            ..m
-        });
+        notes.extend(upstream_notes);
         let mirror_addr = mirror.as_ref().map(|m| m.addr);
         let (drivers, process, docker) = drivers(&agent_id, mirror, &mut notes).await;
         let gc = store
@@ -283,6 +293,7 @@ impl Agent {
             mesh: (config.name.clone(), mesh_view.clone()),
             running: running.clone(),
             images: store,
+            mirror: api_mirror,
             gc,
         };
         // Served once the drivers are known (the listener is bound, so callers only wait).
@@ -891,7 +902,47 @@ fn open_local(config: &AgentConfig) -> Result<Arc<LocalState>, AgentError> {
     Ok(Arc::new(local))
 }
 
-/// Binds the agent's own API, and says where it listens (port 0 picks one).
+/// A registry that cannot be reached within this long is given up (the store's copy, if
+/// any, starts instead): 10 s, room for a slow edge link's handshake, not for a dead one.
+const UPSTREAM_CONNECT: Duration = Duration::from_secs(10);
+
+/// A registry that sends nothing for this long has stalled; the fetch fails and resumes
+/// from its bytes next time.
+const UPSTREAM_STALL: Duration = Duration::from_secs(60);
+
+/// The client of upstream registries: the system's roots (reqwest's rustls platform
+/// verifier), not the cluster's CA. A node without any (a `FROM scratch` container) still
+/// reaches plain-HTTP registries; every HTTPS one is refused as unverifiable, and a note says
+/// why.
+fn upstream_client(notes: &mut Vec<String>) -> reqwest::Client {
+    let builder = || {
+        reqwest::Client::builder()
+            .connect_timeout(UPSTREAM_CONNECT)
+            .read_timeout(UPSTREAM_STALL)
+    };
+    match builder().build() {
+        Ok(client) => client,
+        Err(e) => {
+            notes.push(format!(
+                "images: HTTPS registries cannot be verified on this node ({}); install its CA \
+                 certificates (ca-certificates)",
+                error_chain(&e)
+            ));
+            (builder().tls_certs_only([]).build()).unwrap_or_default()
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 /// Opens the node's content store (`<data>/images`) and serves it as a registry on `addr`; the
 /// address it listens on goes to `<data>/mirror`, for clients and tests to find.
 async fn start_mirror(
@@ -911,9 +962,11 @@ async fn start_mirror(
         addr: bound,
         store,
         peers: None,
+        upstream: None,
     })
 }
 
+/// Binds the agent's own API, and says where it listens (port 0 picks one).
 async fn listen(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
     let err = |source| AgentError::Listen { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;

@@ -23,6 +23,10 @@ use futures_util::StreamExt;
 use images::{Digest, ImageError, Store};
 use serde::Deserialize;
 
+pub mod upstream;
+
+pub use upstream::{Remote, Upstream};
+
 /// Connections the mirror keeps open at most: an Engine pulls a few layers at once.
 const MAX_CONNECTIONS: usize = 64;
 
@@ -32,12 +36,13 @@ const CHUNK: usize = 256 << 10;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// The node's mirror as the Docker driver sees it: where the Engine pulls from, the store that
-/// says what is there, and the other nodes it fills the store from.
+/// says what is there, the other nodes it fills the store from, and the registries beyond.
 #[derive(Debug, Clone)]
 pub struct Mirror {
     pub addr: std::net::SocketAddr,
     pub store: Store,
     pub peers: Option<Peers>,
+    pub upstream: Option<Upstream>,
 }
 
 /// How the mirror finds and reaches other nodes' stores: the control plane says who holds an
@@ -50,42 +55,163 @@ pub struct Peers {
     pub node: String,
 }
 
+/// What a pull tells as it goes: the source it asks, then each blob's bytes.
+pub type Progress<'a> = &'a (dyn Fn(Step) + Send + Sync);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Trying(String),
+    Blob {
+        digest: Digest,
+        done: u64,
+        total: Option<u64>,
+    },
+}
+
+/// An image the store holds, and how it came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Obtained {
+    /// `MIRROR/name:tag` (or `@digest`), what the Engine pulls.
+    pub image: String,
+    pub origin: api::PullOrigin,
+    /// Bytes received for it.
+    pub bytes: u64,
+    /// Why its registry's version could not be had, when it was asked for and the store's (or
+    /// a peer's) is used instead.
+    pub warning: Option<String>,
+}
+
 impl Mirror {
-    /// [`Mirror::holds`], after filling the store from another node that holds `image` when
-    /// this one does not: `MIRROR/name:tag`, or why no node could give it.
-    pub async fn obtain(&self, image: &str) -> Result<String, String> {
-        if let Some(here) = self.holds(image) {
-            return Ok(here);
+    /// [`Mirror::holds`], after filling the store when it lacks `image`: from another node that
+    /// holds it, else from its upstream registry. With `refresh` (the spec's `pull: always`),
+    /// the registry is asked first so a moved tag is followed, and the store's or a peer's copy
+    /// serves, with a warning, when it cannot answer. An error names every source tried and why
+    /// it failed.
+    pub async fn obtain(
+        &self,
+        image: &str,
+        refresh: bool,
+        progress: Progress<'_>,
+    ) -> Result<Obtained, String> {
+        let reference = upstream::Reference::parse(image)?;
+        let mut failures = Vec::new();
+        if refresh {
+            match self.obtain_from_upstream(image, &reference, progress).await {
+                Ok(obtained) => return Ok(obtained),
+                Err(e) => failures.push(e),
+            }
         }
+        let warning = |failures: &[String]| {
+            (!failures.is_empty()).then(|| {
+                format!(
+                    "cannot pull {image} ({}); the registry is unreachable, starting from this \
+                     node's image mirror",
+                    failures.join("; ")
+                )
+            })
+        };
+        if let Some(here) = self.holds(image) {
+            return Ok(Obtained {
+                image: here,
+                origin: api::PullOrigin::Store,
+                bytes: 0,
+                warning: warning(&failures),
+            });
+        }
+        match self.obtain_from_peers(image, progress).await {
+            Ok(mut obtained) => {
+                obtained.warning = warning(&failures);
+                return Ok(obtained);
+            }
+            Err(e) => failures.push(e),
+        }
+        if !refresh {
+            match self.obtain_from_upstream(image, &reference, progress).await {
+                Ok(obtained) => return Ok(obtained),
+                Err(e) => failures.push(e),
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    /// From another node holding it: the first that gives it whole.
+    async fn obtain_from_peers(
+        &self,
+        image: &str,
+        progress: Progress<'_>,
+    ) -> Result<Obtained, String> {
         let Some(peers) = &self.peers else {
-            return Err("this node's store does not hold it".into());
+            return Err("peers: this node asks none".into());
         };
         let sources = (peers.server.image_sources(image).await)
-            .map_err(|e| format!("cannot ask which nodes hold it: {e}"))?;
+            .map_err(|e| format!("peers: cannot ask which nodes hold it: {e}"))?;
         let (name, tag) = images::store_name(image);
         let mut failures = Vec::new();
         for source in sources.iter().filter(|s| s.node != peers.node) {
-            let base = format!("{}/v1/agent/registry", source.address);
-            match fetch(&peers.http, &base, name, tag, &self.store).await {
-                Ok(()) => {
-                    return self
-                        .holds(image)
-                        .ok_or_else(|| "fetched, then not held".into());
+            progress(Step::Trying(format!("node {}", source.node)));
+            let remote = Remote::peer(&peers.http, &source.address, name);
+            match fetch(&remote, name, tag, tag, &self.store, progress).await {
+                Ok(bytes) => {
+                    let origin = api::PullOrigin::Peer {
+                        peer: source.node.clone(),
+                    };
+                    return self.obtained(image, origin, bytes);
                 }
-                Err(e) => failures.push(format!("{}: {e}", source.node)),
+                Err(e) => failures.push(format!("peer {}: {e}", source.node)),
             }
         }
         match failures.is_empty() {
-            true => Err("no node of the cluster holds it".into()),
-            false => Err(format!("no node could give it ({})", failures.join("; "))),
+            true => Err("peers: no other node holds it".into()),
+            false => Err(failures.join("; ")),
         }
+    }
+
+    /// From the registry the name points at.
+    async fn obtain_from_upstream(
+        &self,
+        image: &str,
+        reference: &upstream::Reference,
+        progress: Progress<'_>,
+    ) -> Result<Obtained, String> {
+        let host = reference.api_host().to_string();
+        let Some(upstream) = &self.upstream else {
+            return Err(format!("upstream {host}: this node pulls from no registry"));
+        };
+        progress(Step::Trying(format!("upstream {host}")));
+        let remote = upstream.remote(reference);
+        let (name, tag) = images::store_name(image);
+        let manifest = reference.manifest();
+        let bytes = (fetch(&remote, name, tag, &manifest, &self.store, progress).await)
+            .map_err(|e| format!("upstream {host}: {e}"))?;
+        let origin = api::PullOrigin::Upstream { registry: host };
+        self.obtained(image, origin, bytes)
+    }
+
+    fn obtained(
+        &self,
+        image: &str,
+        origin: api::PullOrigin,
+        bytes: u64,
+    ) -> Result<Obtained, String> {
+        let here = (self.holds(image)).ok_or_else(|| format!("{image}: fetched, then not held"))?;
+        Ok(Obtained {
+            image: here,
+            origin,
+            bytes,
+            warning: None,
+        })
     }
 
     /// `MIRROR/name:tag` when the store holds `image` (a spec's image name): its repository
     /// without a registry host (`registry.example.com/team/app:1` is `team/app:1` here), its
-    /// tag (`latest` when none).
+    /// tag (`latest` when none); `MIRROR/name@digest` for a name that pins a digest.
     pub fn holds(&self, image: &str) -> Option<String> {
         let (name, tag) = images::store_name(image);
+        if let Some((_, pinned)) = image.split_once('@') {
+            let digest = pinned.parse::<Digest>().ok()?;
+            self.store.size(&digest)?;
+            return Some(format!("{}/{name}@{digest}", self.addr));
+        }
         self.store.resolve(name, tag).ok().flatten()?;
         Some(format!("{}/{name}:{tag}", self.addr))
     }
@@ -97,28 +223,31 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.list.v2+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 
-/// Copies `name:tag` from the registry at `base` (another node's agent, under
-/// `/v1/agent/registry`) into `store`: every blob it lacks (each verified, and resumed from the
-/// bytes an interrupted fetch left, with a `Range` request), then the manifests, then the tag.
-/// Nothing is tagged unless every blob arrived whole.
+/// Copies manifest `reference` (a tag or a digest) of `remote` into `store` as `name:tag`:
+/// every blob it lacks (each verified, and resumed from the bytes an interrupted fetch left,
+/// with a `Range` request), then the manifests, then the tag (none for a digest). Nothing is
+/// tagged unless every blob arrived whole. Returns the bytes received.
 pub async fn fetch(
-    http: &reqwest::Client,
-    base: &str,
+    remote: &Remote,
     name: &str,
     tag: &str,
+    reference: &str,
     store: &Store,
-) -> Result<(), String> {
-    let (digest, kind, bytes) = fetch_manifest(http, base, name, tag).await?;
+    progress: Progress<'_>,
+) -> Result<u64, String> {
+    let (digest, kind, bytes) = fetch_manifest(remote, reference).await?;
+    let mut received = bytes.len() as u64;
     let mut manifests = vec![(digest.clone(), bytes)];
     let mut index = 0;
     while let Some((digest, bytes)) = manifests.get(index).cloned() {
         index += 1;
         let refs = images::references(&digest, &bytes).map_err(|e| e.to_string())?;
         for blob in &refs.blobs {
-            fetch_blob(http, base, name, blob, store).await?;
+            received += fetch_blob(remote, blob, store, progress).await?;
         }
         for child in refs.manifests {
-            let (d, _, b) = fetch_manifest(http, base, name, &child.to_string()).await?;
+            let (d, _, b) = fetch_manifest(remote, &child.to_string()).await?;
+            received += b.len() as u64;
             manifests.push((d, b));
         }
     }
@@ -126,35 +255,36 @@ pub async fn fetch(
     for (digest, bytes) in manifests.iter().rev() {
         store.put(digest, bytes).map_err(|e| e.to_string())?;
     }
-    store
-        .tag(name, tag, &digest, &kind)
-        .map_err(|e| e.to_string())
+    if reference.parse::<Digest>().is_err() {
+        (store.tag(name, tag, &digest, &kind)).map_err(|e| e.to_string())?;
+    }
+    Ok(received)
 }
 
 async fn fetch_manifest(
-    http: &reqwest::Client,
-    base: &str,
-    name: &str,
+    remote: &Remote,
     reference: &str,
 ) -> Result<(Digest, String, Vec<u8>), String> {
-    let url = format!("{base}/v2/{name}/manifests/{reference}");
-    let answer = (http
-        .get(&url)
-        .header(header::ACCEPT, MANIFEST_TYPES)
-        .send()
-        .await)
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("cannot fetch manifest {name}:{reference}: {e}"))?;
+    let what = format!("manifest {}:{reference}", remote.repo);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT, HeaderValue::from_static(MANIFEST_TYPES));
+    let answer = (remote.get(&format!("manifests/{reference}"), headers).await)
+        .map_err(|e| format!("cannot fetch {what}: {e}"))?;
     let kind = (answer.headers().get(header::CONTENT_TYPE))
         .and_then(|v| v.to_str().ok())
         .unwrap_or(OCI_MANIFEST)
         .to_string();
-    let bytes = (answer.bytes().await).map_err(|e| format!("manifest {name}:{reference}: {e}"))?;
+    let too_big = |_| format!("{what} is over {} bytes", images::MAX_MANIFEST);
+    if let Some(length) = answer.content_length() {
+        usize::try_from(length)
+            .ok()
+            .filter(|l| *l <= images::MAX_MANIFEST)
+            .ok_or(())
+            .map_err(too_big)?;
+    }
+    let bytes = (answer.bytes().await).map_err(|e| format!("{what}: {e}"))?;
     if bytes.len() > images::MAX_MANIFEST {
-        return Err(format!(
-            "manifest {name}:{reference} is over {} bytes",
-            images::MAX_MANIFEST
-        ));
+        return Err(too_big(()));
     }
     let digest = Digest::of(&bytes);
     if let Ok(asked) = reference.parse::<Digest>()
@@ -168,35 +298,48 @@ async fn fetch_manifest(
 }
 
 /// One blob into the store, unless it is there: resumed from what an interrupted fetch left.
+/// Returns the bytes received.
 async fn fetch_blob(
-    http: &reqwest::Client,
-    base: &str,
-    name: &str,
+    remote: &Remote,
     digest: &Digest,
     store: &Store,
-) -> Result<(), String> {
+    progress: Progress<'_>,
+) -> Result<u64, String> {
     if store.size(digest).is_some() {
-        return Ok(());
+        return Ok(0);
     }
     let mut ingest = store.ingest(digest, None).map_err(|e| e.to_string())?;
-    let url = format!("{base}/v2/{name}/blobs/{digest}");
-    let mut request = http.get(&url);
+    let mut headers = HeaderMap::new();
     if ingest.offset() > 0 {
-        request = request.header(header::RANGE, format!("bytes={}-", ingest.offset()));
+        let range = format!("bytes={}-", ingest.offset());
+        headers.insert(
+            header::RANGE,
+            HeaderValue::from_str(&range).map_err(|e| e.to_string())?,
+        );
     }
-    let answer = (request.send().await)
-        .and_then(reqwest::Response::error_for_status)
+    let answer = (remote.get(&format!("blobs/{digest}"), headers).await)
         .map_err(|e| format!("cannot fetch blob {digest}: {e}"))?;
     if answer.status() != StatusCode::PARTIAL_CONTENT && ingest.offset() > 0 {
         // The source sends it whole: start over.
         ingest.restart().map_err(|e| e.to_string())?;
     }
+    let total = answer.content_length().map(|l| l + ingest.offset());
+    let mut received = 0;
     let mut body = answer.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| format!("blob {digest} was cut off: {e}"))?;
         ingest.write(&chunk).map_err(|e| e.to_string())?;
+        received += chunk.len() as u64;
+        let done = ingest.offset();
+        let digest = digest.clone();
+        progress(Step::Blob {
+            digest,
+            done,
+            total,
+        });
     }
-    ingest.commit().map_err(|e| e.to_string())
+    ingest.commit().map_err(|e| e.to_string())?;
+    Ok(received)
 }
 
 /// Another node's read of this node's store, under `/v1/agent/registry/v2/`: manifests and
@@ -758,8 +901,10 @@ mod tests {
         let (base, manifest) = cutting_registry(layer.clone(), ranges.clone()).await;
         pki::install_default();
         let http = reqwest::Client::new();
+        let remote = Remote::at(&http, &base, "demo");
+        let quiet = |_| {};
 
-        let err = fetch(&http, &base, "demo", "1", &store).await.unwrap_err();
+        let err = (fetch(&remote, "demo", "1", "1", &store, &quiet).await).unwrap_err();
         assert!(err.contains("was cut off"), "{err}");
         assert_eq!(
             store.resolve("demo", "1").unwrap(),
@@ -772,7 +917,9 @@ mod tests {
             "no partial blob visible"
         );
 
-        fetch(&http, &base, "demo", "1", &store).await.unwrap();
+        fetch(&remote, "demo", "1", "1", &store, &quiet)
+            .await
+            .unwrap();
         let half = layer.len() / 2;
         assert_eq!(
             *ranges.lock().unwrap(),

@@ -714,6 +714,23 @@ impl Client {
         })
     }
 
+    /// Has the nodes (every live one when `nodes` is empty) obtain `image` into their stores:
+    /// the answer's body as it comes, NDJSON `api::PullLine`s.
+    pub async fn pull_image(
+        &self,
+        image: &str,
+        nodes: &[String],
+    ) -> Result<impl futures_util::Stream<Item = Result<Vec<u8>, ClientError>> + use<>, ClientError>
+    {
+        let body = api::PullRequest {
+            image: image.to_string(),
+            nodes: nodes.to_vec(),
+        };
+        let request = self.request(Method::POST, "/v1/images/pull").json(&body);
+        let resp = self.execute(request).await?;
+        Ok(self.byte_stream(resp))
+    }
+
     /// Runs `req` beside a running task: its output as `api::exec` frames, as they come. The
     /// request body is `req` as a frame, then, with `input`, what it gives as frames, sent as it
     /// gives them (the caller's stdin and window sizes, for as long as the session lasts), on

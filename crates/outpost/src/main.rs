@@ -10,6 +10,7 @@ mod inspect;
 mod install;
 mod objects;
 mod output;
+mod pull;
 mod roles;
 mod rollouts;
 mod stats;
@@ -100,6 +101,16 @@ pub struct NodeOptions {
     /// like 10m, or `off` (only `outpost image prune` collects then).
     #[arg(long, default_value = "10m", env = "OUTPOST_IMAGE_GC_EVERY")]
     pub image_gc_every: String,
+    /// A registry (`HOST[:PORT]`; a host alone at any port) the node's mirror pulls from over
+    /// plain HTTP, as the Docker Engine's `insecure-registries`; loopback ones always are, every
+    /// other is HTTPS. Repeat it for several (the variable takes a comma-separated list).
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST[:PORT]",
+        env = "OUTPOST_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registry: Vec<String>,
 }
 
 /// Where services' virtual IPs come from: servers give them out, agents listen on them.
@@ -377,6 +388,18 @@ enum ImageAction {
         /// Accept an archive that carries no signature (`docker save`).
         #[arg(long)]
         unsigned: bool,
+    },
+    /// Has nodes obtain an image into their stores, from another node that holds it or else
+    /// from its registry, and says where each got it from and how many bytes it moved.
+    #[command(
+        after_help = "Examples:\n  outpost image pull alpine:3.20\n  outpost image pull registry.example.com/team/app:1 --node edge-1 --node edge-2"
+    )]
+    Pull {
+        /// The image as a spec names it.
+        image: String,
+        /// Only this node (repeatable); every live node without it.
+        #[arg(long = "node", value_name = "NODE")]
+        nodes: Vec<String>,
     },
     /// Copy IMAGE from this machine's Docker Engine into a node's store, where its tasks
     /// start from without a registry. Needs no signature: the admin token is the authority.
@@ -751,9 +774,10 @@ enum Command {
         /// Only this node.
         node: Option<String>,
     },
-    /// Work on the nodes' image stores: carry images without a registry as signed bundle
-    /// files (`save`, `load`), from this machine's Engine (`push`), collect them (`prune`),
-    /// and manage the keys bundles are checked against (`keys`).
+    /// Work on the nodes' image stores: fill them from other nodes or registries (`pull`),
+    /// carry images without a registry as signed bundle files (`save`, `load`), from this
+    /// machine's Engine (`push`), collect them (`prune`), and manage the keys bundles are
+    /// checked against (`keys`).
     Image {
         #[command(subcommand)]
         action: ImageAction,
@@ -1193,6 +1217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node,
                 unsigned,
             } => image::load(&conn, &file, node, unsigned).await,
+            ImageAction::Pull { image, nodes } => pull::pull(&conn, &image, &nodes).await,
             ImageAction::Push { image, node } => image::push(&conn, &image, node).await,
             ImageAction::Prune { node, dry_run } => {
                 commands::prune_images(&conn, node.as_deref(), dry_run).await

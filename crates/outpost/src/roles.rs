@@ -169,6 +169,7 @@ pub async fn dev(
         mesh: true,
         mirror,
         image_gc_every,
+        insecure_registries: node.insecure_registry.clone(),
     };
     // The agent is stopped only from here, after the first signal or a failed start-up, so it
     // ending by itself always means it could not run. Its certificate needs a leader; the
@@ -493,6 +494,7 @@ pub async fn agent(
         mesh: true,
         mirror,
         image_gc_every,
+        insecure_registries: node.insecure_registry.clone(),
     };
     agent::Agent::run(config, signals.stop(), signals.force()).await?;
     Ok(())

@@ -41,6 +41,7 @@ pub mod logs;
 pub mod lost;
 pub mod network;
 pub mod objects;
+pub mod pull;
 pub mod rollouts;
 pub mod routes;
 pub mod stacks;

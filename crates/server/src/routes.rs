@@ -145,7 +145,8 @@ fn documented(ctx: &Server) -> OpenApiRouter<Server> {
         .routes(routes!(crate::logs::logs))
         .routes(routes!(crate::exec::exec))
         .routes(routes!(crate::bundles::save))
-        .routes(routes!(crate::bundles::load));
+        .routes(routes!(crate::bundles::load))
+        .routes(routes!(crate::pull::pull));
     prompt.merge(membership).merge(blocking).merge(streams)
 }
 

@@ -175,52 +175,68 @@ impl DockerDriver {
             program: image.to_string(),
             reason,
         };
-        match (spec.pull, present) {
+        let Some(mirror) = &self.mirror else {
+            return self.ensure_without_mirror(spec.pull, image, present).await;
+        };
+        let refresh = match (spec.pull, present) {
+            (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => return Ok(Vec::new()),
+            (PullPolicy::Never, false) => {
+                let why = "the image is not on this node and the pull policy is never";
+                return Err(fail(why.into()));
+            }
+            (PullPolicy::IfNotPresent, false) => false,
+            (PullPolicy::Always, _) => true,
+        };
+        // The store is filled (from its registry, or from peers, which the node's mirror knows)
+        // and the Engine pulls from the mirror: it never needs the registry itself.
+        let quiet = |_| {};
+        let obtained = match mirror.obtain(image, refresh, &quiet).await {
+            Ok(obtained) => obtained,
+            Err(why) if present => {
+                return Ok(vec![format!(
+                    "cannot pull {image} ({why}); starting from the Engine's local image"
+                )]);
+            }
+            Err(why) => {
+                return Err(fail(format!(
+                    "the image is not on this node and no source could give it: {why} (push                      it to a node's mirror to start it without a registry)"
+                )));
+            }
+        };
+        self.pull_from_mirror(image, &obtained.image)
+            .await
+            .map_err(fail)?;
+        Ok(obtained.warning.into_iter().collect())
+    }
+
+    /// The pull policy with the node's mirror `off`: the Engine pulls from the registry itself.
+    async fn ensure_without_mirror(
+        &self,
+        pull: PullPolicy,
+        image: &str,
+        present: bool,
+    ) -> Result<Vec<String>, DriverError> {
+        let fail = |reason: String| DriverError::Start {
+            program: image.to_string(),
+            reason,
+        };
+        match (pull, present) {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => Ok(Vec::new()),
             (PullPolicy::Never, false) => Err(fail(
                 "the image is not on this node and the pull policy is never".into(),
             )),
-            // The node's mirror first (filled from another node if need be), then the registry.
-            (PullPolicy::IfNotPresent, false) => match self.pull_through_mirror(image).await {
+            (_, present) => match self.pull(image).await {
                 Ok(()) => Ok(Vec::new()),
-                Err(no_mirror) => match self.pull(image).await {
-                    Ok(()) => Ok(Vec::new()),
-                    Err(e) => Err(fail(format!(
-                        "the image is not on this node and cannot be pulled: {e}; nor from the \
-                         cluster's image stores: {no_mirror} (push it to a node's mirror to start \
-                         it without a registry)"
-                    ))),
-                },
-            },
-            // The registry first, to follow a moving tag; the mirror while it is unreachable.
-            (PullPolicy::Always, present) => match self.pull(image).await {
-                Ok(()) => Ok(Vec::new()),
-                Err(e) => match self.pull_through_mirror(image).await {
-                    Ok(()) => Ok(vec![format!(
-                        "cannot pull {image} ({e}); the registry is unreachable, starting from \
-                         this node's image mirror"
-                    )]),
-                    Err(_) if present => Ok(vec![format!(
-                        "cannot pull {image} ({e}); the registry is unreachable, starting from \
-                         the local image"
-                    )]),
-                    Err(no_mirror) => Err(fail(format!(
-                        "the image is not on this node and cannot be pulled: {e}; nor from the \
-                         cluster's image stores: {no_mirror}"
-                    ))),
-                },
+                Err(e) if present => Ok(vec![format!(
+                    "cannot pull {image} ({e}); the registry is unreachable, starting from the \
+                     local image"
+                )]),
+                Err(e) => Err(fail(format!(
+                    "the image is not on this node and cannot be pulled (this node's image \
+                     mirror is off): {e}"
+                ))),
             },
         }
-    }
-
-    /// Pulls `image` into the Engine from the node's mirror, filling the mirror from another
-    /// node first when it lacks the image; why not, when it cannot.
-    async fn pull_through_mirror(&self, image: &str) -> Result<(), String> {
-        let Some(mirror) = &self.mirror else {
-            return Err("this node has no image mirror".into());
-        };
-        let from = mirror.obtain(image).await?;
-        self.pull_from_mirror(image, &from).await
     }
 
     /// Pulls `from` (`MIRROR/name:tag`) and tags it as `image`, the name the spec gives.

@@ -423,6 +423,17 @@ impl Site {
     /// with the agent join token, and waits until its node is ready. It learns the other
     /// servers from the one it joined.
     pub fn agent_through(&mut self, name: &str, api: &str) -> &Host {
+        self.agent_through_with(name, api, &[])
+    }
+
+    /// Starts agent `name` as [`Site::agent`] does, with agent flags of its own
+    /// (`--insecure-registry HOST:PORT`).
+    pub fn agent_with(&mut self, name: &str, flags: &[&str]) -> &Host {
+        let api = self.api();
+        self.agent_through_with(name, &api, flags)
+    }
+
+    fn agent_through_with(&mut self, name: &str, api: &str, flags: &[&str]) -> &Host {
         let global = vec!["--token".to_string(), self.agent_token.clone()];
         let join = api.split(',').next().unwrap_or(api);
         let join = join.trim_start_matches("https://").to_string();
@@ -438,6 +449,9 @@ impl Site {
                 "--task-ports".into(),
                 TASK_PORTS.into(),
             ]
+            .into_iter()
+            .chain(flags.iter().map(|f| f.to_string()))
+            .collect()
         });
         self.hosts.push(host);
         self.wait_node(name, "ready");

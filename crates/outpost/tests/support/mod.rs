@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod hosts;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
