@@ -926,21 +926,11 @@ fn upstream_client(notes: &mut Vec<String>) -> reqwest::Client {
             notes.push(format!(
                 "images: HTTPS registries cannot be verified on this node ({}); install its CA \
                  certificates (ca-certificates)",
-                error_chain(&e)
+                mirror::upstream::chain(&e)
             ));
             (builder().tls_certs_only([]).build()).unwrap_or_default()
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
 }
 
 /// Opens the node's content store (`<data>/images`) and serves it as a registry on `addr`; the

@@ -30,7 +30,7 @@ pub use bundle::{
 pub use digest::Digest;
 pub use prune::{Keep, Pruned};
 pub use refs::{MAX_MANIFEST, References, references};
-pub use store::{Collected, Ingest, Store};
+pub use store::{Ingest, Store};
 pub use tags::{Listed, Tagged, check_name, check_tag, split_tag, store_name};
 
 /// What went wrong with the store, naming the blob or file.

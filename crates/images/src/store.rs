@@ -1,6 +1,5 @@
 //! Blobs on disk: `blobs/sha256/<hex>` (complete, verified) and `ingest/<hex>` (being written).
 
-use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -8,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::{Digest, ImageError, refs};
+use crate::{Digest, ImageError};
 
 /// Blob files are this user's alone, like every file of a data dir.
 const FILE_MODE: u32 = 0o600;
@@ -19,14 +18,6 @@ pub struct Store {
     root: PathBuf,
     /// Held across a change of the tags file (read, change, write).
     tags: std::sync::Arc<std::sync::Mutex<()>>,
-}
-
-/// What [`Store::collect`] removed and kept.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Collected {
-    pub removed: Vec<Digest>,
-    pub freed_bytes: u64,
-    pub kept: usize,
 }
 
 impl Store {
@@ -142,40 +133,6 @@ impl Store {
         }
         blobs.sort();
         Ok(blobs)
-    }
-
-    /// Removes every blob that none of `roots` (manifests or indexes) reaches, and every
-    /// partial write. A root the store lacks keeps nothing and is no error.
-    pub fn collect(&self, roots: &[Digest]) -> Result<Collected, ImageError> {
-        let mut reached = BTreeSet::new();
-        let mut manifests: Vec<Digest> = roots.to_vec();
-        while let Some(digest) = manifests.pop() {
-            if !reached.insert(digest.clone()) || self.size(&digest).is_none() {
-                continue;
-            }
-            // A damaged manifest keeps itself but nothing else: its image is broken anyway.
-            if let Ok(refs) = refs::references(&digest, &self.read(&digest)?) {
-                manifests.extend(refs.manifests);
-                reached.extend(refs.blobs);
-            }
-        }
-        let mut collected = Collected::default();
-        for (digest, size) in self.blobs()? {
-            if reached.contains(&digest) {
-                collected.kept += 1;
-                continue;
-            }
-            let path = self.path(&digest);
-            std::fs::remove_file(&path).map_err(ImageError::io("cannot remove", &path))?;
-            collected.freed_bytes += size;
-            collected.removed.push(digest);
-        }
-        let ingest = self.ingest_dir();
-        let partial = std::fs::read_dir(&ingest).map_err(ImageError::io("cannot list", &ingest))?;
-        for entry in partial.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
-        Ok(collected)
     }
 }
 

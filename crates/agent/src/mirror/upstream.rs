@@ -386,7 +386,7 @@ fn challenge_params(text: &str) -> Vec<(String, String)> {
 }
 
 /// An error with its causes (reqwest's own text hides why a connection failed).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -12,24 +12,6 @@ fn digest_of(text: &str) -> Digest {
     Digest::of(text.as_bytes())
 }
 
-/// A manifest of `config` and `layers`, stored, with its digest.
-fn manifest(store: &Store, config: &[u8], layers: &[&[u8]]) -> Digest {
-    let descriptor = |media: &str, bytes: &[u8]| {
-        store.put(&Digest::of(bytes), bytes).unwrap();
-        serde_json::json!({ "mediaType": media, "digest": Digest::of(bytes).to_string(), "size": bytes.len() })
-    };
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
-        "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar+gzip", l)).collect::<Vec<_>>(),
-    });
-    let bytes = serde_json::to_vec(&manifest).unwrap();
-    let digest = Digest::of(&bytes);
-    store.put(&digest, &bytes).unwrap();
-    digest
-}
-
 #[test]
 fn a_blob_is_visible_only_once_its_bytes_match_its_digest() {
     let (_dir, store) = store();
@@ -110,49 +92,6 @@ fn a_partial_copy_longer_than_the_blob_is_started_over() {
     assert_eq!(again.offset(), 0);
     store.put(&digest, b"abc").unwrap();
     assert_eq!(store.read(&digest).unwrap(), b"abc");
-}
-
-#[test]
-fn collection_keeps_what_kept_manifests_reach_and_nothing_else() {
-    let (_dir, store) = store();
-    let base: &[u8] = b"base layer";
-    let old = manifest(&store, b"config 1", &[base, b"app v1"]);
-    let new = manifest(&store, b"config 2", &[base, b"app v2"]);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": new.to_string(), "size": store.size(&new).unwrap() }],
-    });
-    let index_bytes = serde_json::to_vec(&index).unwrap();
-    let index = Digest::of(&index_bytes);
-    store.put(&index, &index_bytes).unwrap();
-    let mut cut = store.ingest(&digest_of("partial"), None).unwrap();
-    cut.write(b"part").unwrap();
-    drop(cut);
-
-    let collected = store.collect(std::slice::from_ref(&index)).unwrap();
-    let mut removed = collected.removed.clone();
-    removed.sort();
-    let mut expected = vec![old, digest_of("config 1"), digest_of("app v1")];
-    expected.sort();
-    assert_eq!(removed, expected, "the old image's own blobs go");
-    assert_eq!(
-        collected.kept, 5,
-        "the index, its manifest, config and both layers"
-    );
-    assert_eq!(
-        store.read(&Digest::of(base)).unwrap(),
-        base,
-        "shared layers stay"
-    );
-    assert!(store.size(&Digest::of(b"app v2")).is_some());
-    assert_eq!(
-        std::fs::read_dir(store.ingest_dir()).unwrap().count(),
-        0,
-        "partial writes go"
-    );
-    assert_eq!(store.collect(&[]).unwrap().kept, 0);
-    assert!(store.blobs().unwrap().is_empty());
 }
 
 #[test]
