@@ -443,6 +443,9 @@ enum ImageAction {
 #[derive(Subcommand)]
 enum KeyAction {
     /// Trust bundles signed by this public key (`outpost image keys` on the cluster that signs).
+    #[command(
+        after_help = "Examples:\n  outpost image keys add factory-build 3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"
+    )]
     Add {
         /// What to call it.
         name: String,
@@ -450,6 +453,7 @@ enum KeyAction {
         public_key: String,
     },
     /// Refuse bundles this key signs from now on.
+    #[command(after_help = "Examples:\n  outpost image keys revoke ed25519:5d1f0c3e8a9b2c71")]
     Revoke {
         /// The key's id, as `outpost image keys` shows it.
         id: String,
@@ -778,6 +782,9 @@ enum Command {
     /// carry images without a registry as signed bundle files (`save`, `load`), from this
     /// machine's Engine (`push`), collect them (`prune`), and manage the keys bundles are
     /// checked against (`keys`).
+    #[command(
+        after_help = "Examples:\n  outpost image pull alpine:3.20\n  outpost image save shop/web:1.5 -f web.delta --have shop/web:1.4\n  outpost image load web.delta --node edge-7\n  outpost image prune --dry-run"
+    )]
     Image {
         #[command(subcommand)]
         action: ImageAction,
