@@ -283,7 +283,7 @@ fn a_missing_image_that_cannot_be_pulled_fails_the_task_with_the_reason() {
     });
     let message = t["message"].as_str().unwrap();
     assert!(
-        message.contains("outpost-no-such-image:1") && message.contains("cannot be pulled"),
+        message.contains("outpost-no-such-image:1") && message.contains("no source could give it"),
         "{message}"
     );
 }
@@ -305,7 +305,7 @@ fn a_local_image_starts_when_the_registry_is_unreachable() {
         warning["message"]
             .as_str()
             .unwrap()
-            .contains("starting from the local image"),
+            .contains("starting from the Engine's local image"),
         "{warning}"
     );
 }
