@@ -23,7 +23,7 @@ impl Digest {
     }
 
     pub(crate) fn from_hash(hash: &[u8]) -> Digest {
-        Digest(hash.iter().map(|b| format!("{b:02x}")).collect())
+        Digest(crate::hex(hash))
     }
 
     /// The 64 hex digits, the blob's file name.
