@@ -1,3 +1,6 @@
+//! The bundle format against hostile input: each refusal leaves the store as it was, and what
+//! loads is what was saved.
+
 use ring::signature::KeyPair as _;
 
 use super::*;
