@@ -422,7 +422,7 @@ async fn pull_image(
             };
             let _ = tx.send(line);
         };
-        let last = match mirror.obtain(&asked.image, false, &progress).await {
+        let last = match mirror.obtain(&asked.image, false, None, &progress).await {
             Ok(obtained) => api::PullLine::Done {
                 node: node.clone(),
                 origin: obtained.origin,

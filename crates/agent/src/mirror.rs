@@ -85,18 +85,23 @@ impl Mirror {
     /// [`Mirror::holds`], after filling the store when it lacks `image`: from another node that
     /// holds it, else from its upstream registry. With `refresh` (the spec's `pull: always`),
     /// the registry is asked first so a moved tag is followed, and the store's or a peer's copy
-    /// serves, with a warning, when it cannot answer. An error names every source tried and why
-    /// it failed.
+    /// serves, with a warning, when it cannot answer. The registry is asked with the
+    /// credentials of `secret` (the service's pull secret) where it has some for it. An error
+    /// names every source tried and why it failed.
     pub async fn obtain(
         &self,
         image: &str,
         refresh: bool,
+        secret: Option<&upstream::PullSecret>,
         progress: Progress<'_>,
     ) -> Result<Obtained, String> {
         let reference = upstream::Reference::parse(image)?;
         let mut failures = Vec::new();
         if refresh {
-            match self.obtain_from_upstream(image, &reference, progress).await {
+            match self
+                .obtain_from_upstream(image, &reference, secret, progress)
+                .await
+            {
                 Ok(obtained) => return Ok(obtained),
                 Err(e) => failures.push(e),
             }
@@ -126,7 +131,10 @@ impl Mirror {
             Err(e) => failures.push(e),
         }
         if !refresh {
-            match self.obtain_from_upstream(image, &reference, progress).await {
+            match self
+                .obtain_from_upstream(image, &reference, secret, progress)
+                .await
+            {
                 Ok(obtained) => return Ok(obtained),
                 Err(e) => failures.push(e),
             }
@@ -171,6 +179,7 @@ impl Mirror {
         &self,
         image: &str,
         reference: &upstream::Reference,
+        secret: Option<&upstream::PullSecret>,
         progress: Progress<'_>,
     ) -> Result<Obtained, String> {
         let host = reference.api_host().to_string();
@@ -178,7 +187,8 @@ impl Mirror {
             return Err(format!("upstream {host}: this node pulls from no registry"));
         };
         progress(Step::Trying(format!("upstream {host}")));
-        let remote = upstream.remote(reference);
+        let remote =
+            (upstream.remote(reference, secret)).map_err(|e| format!("upstream {host}: {e}"))?;
         let (name, tag) = images::store_name(image);
         let manifest = reference.manifest();
         let bytes = (fetch(&remote, name, tag, &manifest, &self.store, progress).await)

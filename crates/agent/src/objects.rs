@@ -53,10 +53,16 @@ impl Files {
         self.root.join(task).join(kind.field())
     }
 
+    /// Where the value of a task's pull secret is kept: beside its files, never mounted.
+    pub fn pull_secret(&self, task: &str) -> PathBuf {
+        self.root.join(task).join("pull-secret")
+    }
+
     /// Whether every file the task's spec names is in place (after an agent restart they
     /// are; after a reboot the tmpfs is empty and they must be fetched again).
     pub fn complete(&self, task: &str, spec: &ServiceSpec) -> bool {
-        ObjectKind::ALL.iter().all(|&kind| {
+        let pull = spec.pull_secret.is_none() || self.pull_secret(task).is_file();
+        pull && ObjectKind::ALL.iter().all(|&kind| {
             spec.file_refs(kind)
                 .iter()
                 .all(|r| self.dir(task, kind).join(r.target()).is_file())
@@ -76,10 +82,17 @@ impl Files {
                     .map_err(|e| format!("cannot write the file of {kind} {}: {e}", r.source))?;
             }
         }
+        if let Some(name) = &a.spec.pull_secret {
+            let value = (client.node_object(node, ObjectKind::Secret, name).await)
+                .map_err(|e| format!("cannot read pull secret {name}: {e}"))?;
+            let path = self.pull_secret(&a.task);
+            write_private(&self.root, &path, (None, None), 0o600, &value.data)
+                .map_err(|e| format!("cannot keep pull secret {name}: {e}"))?;
+        }
         Ok(())
     }
 
-    /// Writes one file: aside, then renamed, so a task never reads half a value.
+    /// Writes the file of one reference.
     fn write(
         &self,
         task: &str,
@@ -88,35 +101,8 @@ impl Files {
         mode: u32,
         data: &[u8],
     ) -> std::io::Result<()> {
-        use std::io::Write;
         let path = self.dir(task, kind).join(r.target());
-        let parent = path.parent().unwrap_or(&self.root);
-        // 0700 from the root down: on the host, the files are the agent's user's alone (a
-        // container sees its bind-mounted file with the file's own mode).
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)?;
-        if !is_tmpfs(parent) {
-            return Err(std::io::Error::other(format!(
-                "{} is not on a tmpfs; refusing to write a value there",
-                parent.display()
-            )));
-        }
-        let aside = parent.join(format!(".{}.new", std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&aside)?;
-        file.write_all(data)?;
-        if r.uid.is_some() || r.gid.is_some() {
-            std::os::unix::fs::fchown(&file, r.uid, r.gid)?;
-        }
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        drop(file);
-        std::fs::rename(&aside, &path)
+        write_private(&self.root, &path, (r.uid, r.gid), mode, data)
     }
 
     /// Removes a task's files.
@@ -130,6 +116,45 @@ impl Files {
     }
 }
 
+/// Writes one file under `root`, on a tmpfs only: aside, then renamed, so a task never reads
+/// half a value; owned by `uid` and `gid` where they are given.
+fn write_private(
+    root: &Path,
+    path: &Path,
+    (uid, gid): (Option<u32>, Option<u32>),
+    mode: u32,
+    data: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let parent = path.parent().unwrap_or(root);
+    // 0700 from the root down: on the host, the files are the agent's user's alone (a
+    // container sees its bind-mounted file with the file's own mode).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)?;
+    if !is_tmpfs(parent) {
+        return Err(std::io::Error::other(format!(
+            "{} is not on a tmpfs; refusing to write a value there",
+            parent.display()
+        )));
+    }
+    let aside = parent.join(format!(".{}.new", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&aside)?;
+    file.write_all(data)?;
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::fchown(&file, uid, gid)?;
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    drop(file);
+    std::fs::rename(&aside, path)
+}
+
 /// A file's mode when its reference sets none: a process task runs as the agent's user, so a
 /// secret is 0400; a container's user is the image's, so it is 0444 there, as in Swarm (on
 /// the host it sits in the agent's 0700 directory). Configs are 0444.
@@ -140,9 +165,9 @@ pub fn default_mode(kind: ObjectKind, driver: spec::DriverKind) -> u32 {
     }
 }
 
-/// Whether the spec uses any secret or config.
+/// Whether the spec uses any secret or config, a pull secret included.
 pub fn uses_files(spec: &ServiceSpec) -> bool {
-    !spec.secrets.is_empty() || !spec.configs.is_empty()
+    !spec.secrets.is_empty() || !spec.configs.is_empty() || spec.pull_secret.is_some()
 }
 
 /// Where a container sees a file: an absolute target as is; else `/run/secrets/<target>` for

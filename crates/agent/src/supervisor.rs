@@ -562,6 +562,9 @@ impl Supervisor {
                 server,
                 search: crate::mesh::search_domains(spec.stack.as_deref()),
             }),
+            pull_secret: (spec.pull_secret.as_ref())
+                .and(self.shared.files.as_ref())
+                .map(|files| files.pull_secret(self.id())),
         }
     }
 

@@ -1,8 +1,9 @@
 //! Images that only their upstream registry has, with Debian's `docker-registry` as that
 //! registry on loopback: a node's store fills from it (the Engine then pulls from the node's
 //! mirror, never from the registry), `outpost image pull` says where each node's copy came
-//! from, credentials come from the node's Docker config, and with the registry stopped a task
-//! whose image is in the store starts anyway, with an event saying so.
+//! from, credentials come from the node's Docker config or the service's pull secret, and with
+//! the registry stopped a task whose image is in the store starts anyway, with an event saying
+//! so.
 
 mod support;
 
@@ -184,7 +185,7 @@ fn a_registry_asking_for_credentials_gets_those_of_the_nodes_docker_config() {
     write("wrong");
     let (ok, out, _) = dev.cli(&["image", "pull", &remote]);
     assert!(
-        !ok && out.contains("credentials in the node's Docker config were refused"),
+        !ok && out.contains("credentials of the node's Docker config were refused"),
         "{out}"
     );
 
@@ -192,6 +193,91 @@ fn a_registry_asking_for_credentials_gets_those_of_the_nodes_docker_config() {
     let end = pulled(&dev, &remote);
     assert_eq!(end["event"], "done", "{end}");
     assert_eq!(end["origin"]["kind"], "upstream", "{end}");
+}
+
+/// A Docker config file giving `user:pass` for `host`, as `docker login` writes it.
+fn docker_config(dir: &std::path::Path, host: &str, user: &str, pass: &str) -> String {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    let text = serde_json::json!({ "auths": { host: { "auth": auth.clone() } } });
+    let path = dir.join(format!("{pass}.json"));
+    std::fs::write(&path, text.to_string()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_service_pulls_a_private_image_with_its_pull_secret_and_a_wrong_one_says_so() {
+    let Some(image) = test_image() else {
+        return;
+    };
+    let registry = Registry::start_on("127.0.0.1", Some(("edge", "s3cret")));
+    let remote = registry.push(image, &format!("edge/pulled-{}:1", std::process::id()));
+    // The node itself has no credentials: only the services' secrets do.
+    let config = tempfile::tempdir().unwrap();
+    let (dev, mirror) = dev_with_docker_config(config.path());
+    let (_, repo_tag) = remote.split_once('/').unwrap();
+    let _untag = Untag(vec![remote.clone(), format!("{mirror}/{repo_tag}")]);
+    let files = tempfile::tempdir().unwrap();
+    let wrong = docker_config(files.path(), &registry.addr, "edge", "wrong");
+    let right = docker_config(files.path(), &registry.addr, "edge", "s3cret");
+    dev.ok(&["secret", "create", "registry-wrong", "-f", &wrong]);
+    dev.ok(&["secret", "create", "registry", "-f", &right]);
+
+    // A secret that does not exist is refused at deploy, naming the field and what to do.
+    let with_secret = |service: &str, secret: &str| {
+        format!(
+            "{}pull_secret: {secret}\n",
+            spec(service, &remote, "if-not-present")
+        )
+    };
+    let file = dev.spec_file("ghost.yaml", &with_secret("ghost", "no-such"));
+    let err = dev.fails(&["deploy", "-f", file.to_str().unwrap()]);
+    assert!(
+        err.contains("ghost.pull_secret") && err.contains("outpost secret create no-such"),
+        "{err}"
+    );
+
+    // Wrong credentials: the task fails, saying whose credentials the registry refused.
+    dev.deploy("refused.yaml", &with_secret("refused", "registry-wrong"));
+    let failed = wait_for("the task to fail", || {
+        (dev.tasks("refused").into_iter()).find(|t| t["state"] == "failed")
+    });
+    let message = failed["message"].as_str().unwrap();
+    assert!(
+        message.contains("credentials of pull secret \"registry-wrong\" were refused"),
+        "{message}"
+    );
+
+    // The right ones: the store fills from the registry and the task starts.
+    let before = registry.blob_requests().len();
+    dev.deploy("private.yaml", &with_secret("private", "registry"));
+    dev.wait_ready("private", 1);
+    assert!(
+        registry.blob_requests().len() > before,
+        "the blobs came from the registry: {}",
+        registry.log()
+    );
+
+    // The secret cannot be removed while the service pulls with it.
+    let err = dev.fails(&["secret", "rm", "registry"]);
+    assert!(err.contains("private"), "{err}");
+
+    // Its value never reached a disk: nothing in the data dirs holds the credentials.
+    let auth = base64::engine::general_purpose::STANDARD.encode("edge:s3cret");
+    let mut found = Vec::new();
+    let mut dirs = vec![dev.data_dir().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(auth.len()).any(|w| w == auth.as_bytes())
+            {
+                found.push(path);
+            }
+        }
+    }
+    assert!(found.is_empty(), "the credentials are in {found:?}");
 }
 
 #[test]

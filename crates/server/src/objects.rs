@@ -109,6 +109,17 @@ pub(crate) fn unknown_refs(
                     problems.push(problem(&path, message));
                 }
             }
+            if let Some(name) = &svc.pull_secret {
+                let uploaded = (uploads.iter())
+                    .any(|u| u.kind == ObjectKind::Secret && &u.name == name);
+                if !uploaded && s.object(ObjectKind::Secret, name).is_none() {
+                    let message = format!(
+                        "no secret named {name:?}: create it first from a Docker config with \
+                         `outpost secret create {name} -f ~/.docker/config.json`"
+                    );
+                    problems.push(problem(&format!("{}.pull_secret", svc.name), message));
+                }
+            }
         }
         problems
     })

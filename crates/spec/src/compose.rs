@@ -36,7 +36,7 @@ const SERVICE_KEYS: &[&str] = &[
     "healthcheck", "restart", "deploy", "stop_grace_period", "scale", "cpus", "mem_limit",
     "mem_reservation", "pids_limit", "cap_add", "cap_drop", "security_opt", "read_only",
     "privileged", "pull_policy", "stop_signal", "secrets", "configs", "depends_on", "expose",
-    "networks",
+    "networks", "x-outpost-pull-secret",
 ];
 /// The rest of the Compose Specification's service keys: valid, but not honoured yet.
 #[rustfmt::skip]
@@ -391,6 +391,16 @@ fn undefined_refs(
             d.error(&root.key(field).index(i), message);
         }
     }
+    let secrets = defined.iter().find(|(k, _)| *k == ObjectKind::Secret);
+    if let Some(name) = &spec.pull_secret
+        && !secrets.is_some_and(|(_, n)| n.contains(name))
+    {
+        let message = format!(
+            "secret {name:?} is not defined: add it to the top-level `secrets:` with `file:` \
+             (a Docker config, such as ~/.docker/config.json) or `external: true`"
+        );
+        d.error(&root.key("x-outpost-pull-secret"), message);
+    }
 }
 
 /// Interpolates every string value (never keys) under `node`. `warned` holds the unset
@@ -558,6 +568,7 @@ fn container_settings(d: &mut Decoder, f: &Fields<'_>, spec: &mut ServiceSpec) {
     spec.read_only = f.take(d, "read_only", Decoder::boolean).unwrap_or(false);
     spec.privileged = f.take(d, "privileged", Decoder::boolean).unwrap_or(false);
     spec.pull = f.take(d, "pull_policy", pull_policy).unwrap_or_default();
+    spec.pull_secret = f.take(d, "x-outpost-pull-secret", Decoder::string);
     spec.stop_signal = f.take(d, "stop_signal", Decoder::signal);
 }
 

@@ -363,13 +363,15 @@ macro_rules! bounded {
 }
 bounded!(u16, u32, u64);
 
+/// The longest list of keys an error prints: room for a native service's, far below Compose's.
+const MAX_LISTED_KEYS: usize = 40;
+
 /// "unknown key; did you mean `readiness`?", or the list of keys when none is close. Long lists
 /// (Compose has ~90 keys) are not printed: they would bury the message.
 pub(crate) fn unknown_key(key: &str, known: &[&str]) -> String {
-    // 32: room for a native service's ~31 keys, far below Compose's.
     match did_you_mean(key, known) {
         Some(guess) => format!("unknown key; did you mean `{guess}`?"),
-        None if known.len() <= 32 => {
+        None if known.len() <= MAX_LISTED_KEYS => {
             let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
             format!("unknown key; expected one of {}", list.join(", "))
         }

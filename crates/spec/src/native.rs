@@ -20,7 +20,7 @@ const SERVICE_KEYS: &[&str] = &[
     "ports", "volumes", "restart", "liveness", "readiness", "resources", "stop_grace",
     "stop_signal", "pull", "read_only", "cap_add", "cap_drop", "security_opt", "privileged",
     "on_node_lost", "update", "rollback", "revision_history", "secrets", "configs", "stack",
-    "depends_on", "load_balancer",
+    "depends_on", "load_balancer", "pull_secret",
 ];
 const DEPENDENCY_KEYS: &[&str] = &["condition"];
 const PORT_KEYS: &[&str] = &[
@@ -289,6 +289,7 @@ fn container_settings(d: &mut Decoder, f: &Fields<'_>, spec: &mut ServiceSpec) {
     spec.pull = f
         .take(d, "pull", |d, p, n| d.choice(p, n, PULL_POLICIES))
         .unwrap_or_default();
+    spec.pull_secret = f.take(d, "pull_secret", Decoder::string);
     spec.read_only = f.take(d, "read_only", Decoder::boolean).unwrap_or(false);
     spec.cap_add = f
         .take(d, "cap_add", Decoder::capabilities)

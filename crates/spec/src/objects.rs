@@ -188,6 +188,11 @@ pub(crate) fn check(spec: &ServiceSpec, root: &Path) -> Vec<(Path, String)> {
             }
         }
     }
+    if let Some(name) = &spec.pull_secret
+        && let Err(why) = check_object_name(name)
+    {
+        problems.push((root.key("pull_secret"), why));
+    }
     problems
 }
 

@@ -62,6 +62,12 @@ pub struct ServiceSpec {
     /// Docker only: when to pull the image.
     #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
     pub pull: PullPolicy,
+    /// Docker only: the secret (`outpost secret create`) holding the credentials for the
+    /// image's registry, as a Docker config (`{"auths": {...}}`, what `docker login` writes).
+    /// It comes before the node's own Docker config; its value reaches only the nodes that
+    /// run the service, and only their tmpfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_secret: Option<String>,
     /// Docker only: mount the container's root filesystem read-only (volumes stay as mounted).
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
@@ -208,6 +214,7 @@ impl ServiceSpec {
             stop_grace: DEFAULT_STOP_GRACE,
             stop_signal: None,
             pull: PullPolicy::default(),
+            pull_secret: None,
             read_only: false,
             cap_add: Vec::new(),
             cap_drop: Vec::new(),
@@ -238,9 +245,11 @@ impl ServiceSpec {
         }
     }
 
-    /// Whether its tasks read the secret or config `name`.
+    /// Whether its tasks read the secret or config `name` (the pull secret counts: the node
+    /// reads it to pull the image).
     pub fn uses(&self, kind: ObjectKind, name: &str) -> bool {
-        self.file_refs(kind).iter().any(|r| r.source == name)
+        let pulls = kind == ObjectKind::Secret && self.pull_secret.as_deref() == Some(name);
+        pulls || self.file_refs(kind).iter().any(|r| r.source == name)
     }
 
     /// The service's QoS class; see [`Resources::qos`].

@@ -315,6 +315,7 @@ impl Rules<'_> {
             ("security_opt", !spec.security_opt.is_empty(), "take security options"),
             ("privileged", spec.privileged, "be privileged"),
             ("pull", spec.pull != PullPolicy::default(), "pull images"),
+            ("pull_secret", spec.pull_secret.is_some(), "pull images with credentials"),
             ("stop_signal", spec.stop_signal.is_some(), "choose a stop signal (processes get SIGTERM)"),
         ];
         for (field, set, what) in settings {

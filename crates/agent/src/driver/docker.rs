@@ -5,11 +5,13 @@
 //!
 //! Only this file knows bollard.
 
+use crate::mirror::upstream::{PullSecret, Reference};
 use crate::objects::{CONFIGS_VAR, SECRETS_VAR};
 use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::auth::DockerCredentials;
 use bollard::models::{
     ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
@@ -165,18 +167,16 @@ impl DockerDriver {
     }
 
     /// Makes sure the image is here, following the pull policy. Returns warnings.
-    async fn ensure_image(
-        &self,
-        spec: &ServiceSpec,
-        image: &str,
-    ) -> Result<Vec<String>, DriverError> {
+    async fn ensure_image(&self, launch: &Launch, image: &str) -> Result<Vec<String>, DriverError> {
+        let spec = &launch.spec;
         let present = self.docker.inspect_image(image).await.is_ok();
         let fail = |reason: String| DriverError::Start {
             program: image.to_string(),
             reason,
         };
+        let secret = pull_secret(launch).map_err(fail)?;
         let Some(mirror) = &self.mirror else {
-            return self.ensure_without_mirror(spec.pull, image, present).await;
+            return (self.ensure_without_mirror(spec.pull, image, present, secret.as_ref())).await;
         };
         let refresh = match (spec.pull, present) {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => return Ok(Vec::new()),
@@ -190,7 +190,7 @@ impl DockerDriver {
         // The store is filled (from its registry, or from peers, which the node's mirror knows)
         // and the Engine pulls from the mirror: it never needs the registry itself.
         let quiet = |_| {};
-        let obtained = match mirror.obtain(image, refresh, &quiet).await {
+        let obtained = match mirror.obtain(image, refresh, secret.as_ref(), &quiet).await {
             Ok(obtained) => obtained,
             Err(why) if present => {
                 return Ok(vec![format!(
@@ -215,17 +215,29 @@ impl DockerDriver {
         pull: PullPolicy,
         image: &str,
         present: bool,
+        secret: Option<&PullSecret>,
     ) -> Result<Vec<String>, DriverError> {
         let fail = |reason: String| DriverError::Start {
             program: image.to_string(),
             reason,
+        };
+        let host = Reference::parse(image).map(|r| r.host).map_err(fail)?;
+        let credentials = match secret.map(|s| s.credentials(&host)) {
+            Some(Err(e)) => return Err(fail(e)),
+            Some(Ok(found)) => found.map(|c| DockerCredentials {
+                username: Some(c.user),
+                password: Some(c.pass),
+                serveraddress: Some(host),
+                ..Default::default()
+            }),
+            None => None,
         };
         match (pull, present) {
             (PullPolicy::Never, true) | (PullPolicy::IfNotPresent, true) => Ok(Vec::new()),
             (PullPolicy::Never, false) => Err(fail(
                 "the image is not on this node and the pull policy is never".into(),
             )),
-            (_, present) => match self.pull(image).await {
+            (_, present) => match self.pull(image, credentials).await {
                 Ok(()) => Ok(Vec::new()),
                 Err(e) if present => Ok(vec![format!(
                     "cannot pull {image} ({e}); the registry is unreachable, starting from the \
@@ -241,7 +253,7 @@ impl DockerDriver {
 
     /// Pulls `from` (`MIRROR/name:tag`) and tags it as `image`, the name the spec gives.
     async fn pull_from_mirror(&self, image: &str, from: &str) -> Result<(), String> {
-        self.pull(from).await.map_err(|e| {
+        self.pull(from, None).await.map_err(|e| {
             format!("cannot pull {image} from this node's image mirror ({from}): {e}")
         })?;
         let (repo, tag) = images::split_tag(image);
@@ -250,9 +262,13 @@ impl DockerDriver {
             .map_err(|e| format!("cannot tag {from} as {image}: {e}"))
     }
 
-    async fn pull(&self, image: &str) -> Result<(), String> {
+    async fn pull(
+        &self,
+        image: &str,
+        credentials: Option<DockerCredentials>,
+    ) -> Result<(), String> {
         let options = CreateImageOptionsBuilder::new().from_image(image).build();
-        let mut stream = self.docker.create_image(Some(options), None, None);
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
         while let Some(step) = stream.next().await {
             step.map_err(|e| e.to_string())?;
         }
@@ -302,7 +318,7 @@ impl DockerDriver {
             program: image.clone(),
             reason,
         };
-        let mut warnings = self.ensure_image(&launch.spec, &image).await?;
+        let mut warnings = self.ensure_image(launch, &image).await?;
         let name = self.container_name(&launch.task_id);
         // A container of an earlier run of this task may remain: a restart replaces it.
         self.remove(&name).await;
@@ -621,6 +637,19 @@ fn host_config(
 
 /// The read-only mounts of the task's secret and config files, from the directories the
 /// supervisor named in its environment.
+/// The launch's pull secret, read from the file the agent fetched it to.
+fn pull_secret(launch: &Launch) -> Result<Option<PullSecret>, String> {
+    let (Some(name), Some(path)) = (&launch.spec.pull_secret, &launch.pull_secret) else {
+        return Ok(None);
+    };
+    let config = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read pull secret {name} ({}): {e}", path.display()))?;
+    Ok(Some(PullSecret {
+        name: name.clone(),
+        config,
+    }))
+}
+
 fn file_binds(launch: &Launch) -> Vec<String> {
     let dirs: Vec<(api::ObjectKind, std::path::PathBuf)> = [
         (api::ObjectKind::Secret, SECRETS_VAR),

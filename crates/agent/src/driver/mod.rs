@@ -37,6 +37,8 @@ pub struct Launch {
     pub log_path: PathBuf,
     /// The node's DNS server for the task, when it serves one.
     pub dns: Option<TaskDns>,
+    /// The file (on a tmpfs) holding the value of the spec's `pull_secret`, when it names one.
+    pub pull_secret: Option<PathBuf>,
 }
 
 /// The resolver a task is given: the node's DNS server, and the search domains that let it
@@ -73,6 +75,7 @@ pub(crate) fn test_launch(task: &str, argv: &[&str], dir: &std::path::Path) -> L
         ports: BTreeMap::new(),
         log_path: dir.join(format!("{task}.log")),
         dns: None,
+        pull_secret: None,
     }
 }
 

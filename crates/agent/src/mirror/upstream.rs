@@ -109,20 +109,31 @@ impl Upstream {
         }
     }
 
-    /// The registry of `reference`, ready to be read from.
-    pub fn remote(&self, reference: &Reference) -> Remote {
+    /// The registry of `reference`, ready to be read from with the credentials for it of the
+    /// service's pull secret, else of the node's Docker config. A pull secret that is no
+    /// Docker config is an error naming it.
+    pub fn remote(
+        &self,
+        reference: &Reference,
+        secret: Option<&PullSecret>,
+    ) -> Result<Remote, String> {
         let host = reference.api_host();
         let scheme = match self.plain_http(host) {
             true => "http",
             false => "https",
         };
-        Remote {
+        let credentials = match secret.map(|s| s.credentials(&reference.host)) {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(Some(found))) => Some(found),
+            _ => self.credentials(&reference.host),
+        };
+        Ok(Remote {
             http: self.http.clone(),
             base: format!("{scheme}://{host}"),
             repo: reference.repo.clone(),
-            credentials: self.credentials(&reference.host),
+            credentials,
             authorization: Mutex::new(None),
-        }
+        })
     }
 
     /// Plain HTTP for a loopback registry or a listed host (`host:port` or the host alone), as
@@ -135,18 +146,63 @@ impl Upstream {
         loopback || self.insecure.iter().any(|i| i == host || i == name)
     }
 
-    /// `user:pass` for `host` from the Docker config, if it has them; an unreadable file is
-    /// logged and read as none, so anonymous pulls still work.
-    fn credentials(&self, host: &str) -> Option<(String, String)> {
+    /// The credentials for `host` of the node's Docker config, if it has them; an unreadable
+    /// file is logged and read as none, so anonymous pulls still work.
+    fn credentials(&self, host: &str) -> Option<Credentials> {
         let path = self.docker_config.as_ref()?;
         let text = std::fs::read_to_string(path).ok()?;
         match docker_credentials(&text, host) {
-            Ok(found) => found,
+            Ok(found) => found.map(|(user, pass)| Credentials {
+                user,
+                pass,
+                from: "the node's Docker config".into(),
+            }),
             Err(e) => {
                 tracing::warn!("{}: {e}; pulling without credentials", path.display());
                 None
             }
         }
+    }
+}
+
+/// A service's pull secret (`pull_secret:`): its name and its value, a Docker config's text.
+#[derive(Clone)]
+pub struct PullSecret {
+    pub name: String,
+    pub config: String,
+}
+
+impl std::fmt::Debug for PullSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PullSecret({})", self.name)
+    }
+}
+
+impl PullSecret {
+    /// Its credentials for `host`, if it has some.
+    pub fn credentials(&self, host: &str) -> Result<Option<Credentials>, String> {
+        let found = (docker_credentials(&self.config, host))
+            .map_err(|e| format!("pull secret {:?}: {e}", self.name))?;
+        Ok(found.map(|(user, pass)| Credentials {
+            user,
+            pass,
+            from: format!("pull secret {:?}", self.name),
+        }))
+    }
+}
+
+/// A user and password for one registry, and where they came from, for the errors that
+/// name them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub pass: String,
+    pub from: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({} from {})", self.user, self.from)
     }
 }
 
@@ -202,7 +258,7 @@ pub struct Remote {
     base: String,
     /// The repository there (`library/alpine`).
     pub repo: String,
-    credentials: Option<(String, String)>,
+    credentials: Option<Credentials>,
     /// The `Authorization` value a 401 led to, sent with every later request.
     authorization: Mutex<Option<String>>,
 }
@@ -244,7 +300,7 @@ impl Remote {
         };
         match answer.status() {
             s if s.is_success() => Ok(answer),
-            s => Err(refusal(s, answer, self.credentials.is_some()).await),
+            s => Err(refusal(s, answer, self.credentials.as_ref()).await),
         }
     }
 
@@ -267,10 +323,9 @@ impl Remote {
         let params = challenge_params(params);
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => match &self.credentials {
-                Some((user, pass)) => Ok(basic(user, pass)),
+                Some(c) => Ok(basic(&c.user, &c.pass)),
                 None => Err(format!(
-                    "401: {} asks for credentials and this node has none for it (docker login \
-                     on the node writes them to its Docker config)",
+                    "401: {} asks for credentials and {NO_CREDENTIALS}",
                     self.base
                 )),
             },
@@ -300,13 +355,13 @@ impl Remote {
             url.query_pairs_mut().append_pair("service", &service);
         }
         let mut request = self.http.get(url);
-        if let Some((user, pass)) = &self.credentials {
-            request = request.header(header::AUTHORIZATION, basic(user, pass));
+        if let Some(c) = &self.credentials {
+            request = request.header(header::AUTHORIZATION, basic(&c.user, &c.pass));
         }
         let answer = (request.send().await)
             .map_err(|e| format!("cannot reach the token service {realm}: {}", chain(&e)))?;
         if !answer.status().is_success() {
-            let why = refusal(answer.status(), answer, self.credentials.is_some()).await;
+            let why = refusal(answer.status(), answer, self.credentials.as_ref()).await;
             return Err(format!("the token service {realm}: {why}"));
         }
         #[derive(serde::Deserialize)]
@@ -326,20 +381,28 @@ fn basic(user: &str, pass: &str) -> String {
     format!("Basic {encoded}")
 }
 
+/// What to do when a registry wants credentials and none were sent.
+const NO_CREDENTIALS: &str = "none are known for it: give the service a pull_secret \
+    (`outpost secret create NAME -f ~/.docker/config.json`), or docker login on the node";
+
 /// A refused request: its status, the registry's message, and what to do about a 401 or 403.
-async fn refusal(status: StatusCode, answer: reqwest::Response, had_credentials: bool) -> String {
+async fn refusal(
+    status: StatusCode,
+    answer: reqwest::Response,
+    sent: Option<&Credentials>,
+) -> String {
     let body = answer.text().await.unwrap_or_default();
     let message = (serde_json::from_str::<serde_json::Value>(&body).ok())
         .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| body.trim().chars().take(200).collect());
-    let advice = match (status, had_credentials) {
-        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, true) => {
-            " (the credentials in the node's Docker config were refused)"
+    let advice = match (status, sent) {
+        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(c)) => {
+            format!(" (the credentials of {} were refused)", c.from)
         }
-        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, false) => {
-            " (the node's Docker config has no credentials for it: docker login on the node)"
+        (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, None) => {
+            format!(" (it needs credentials and {NO_CREDENTIALS})")
         }
-        _ => "",
+        _ => String::new(),
     };
     match message.is_empty() {
         true => format!("{status}{advice}"),
@@ -464,7 +527,9 @@ mod tests {
             docker_config: None,
         };
         let scheme = |image: &str| {
-            let remote = upstream.remote(&Reference::parse(image).unwrap());
+            let remote = upstream
+                .remote(&Reference::parse(image).unwrap(), None)
+                .unwrap();
             remote.base.split_once("://").unwrap().0.to_string()
         };
         assert_eq!(scheme("127.0.0.1:5000/app"), "http");

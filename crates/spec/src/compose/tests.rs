@@ -1121,3 +1121,32 @@ fn exposed_ports_are_ports_answered_by_name_and_published_nowhere() {
         "5432 is published and exposed: one port"
     );
 }
+
+#[test]
+fn a_pull_secret_is_a_secret_the_file_defines() {
+    let parsed = parse(
+        "
+        services:
+          web:
+            image: registry.lan:5000/team/web:1
+            x-outpost-pull-secret: registry
+        secrets:
+          registry:
+            file: ~/.docker/config.json
+        ",
+    );
+    assert_eq!(parsed.services[0].pull_secret.as_deref(), Some("registry"));
+    assert_eq!(parsed.objects[0].name, "registry");
+    check_err(
+        "
+        services:
+          web:
+            image: registry.lan:5000/team/web:1
+            x-outpost-pull-secret: registry
+        ",
+        &[],
+        "
+        web.x-outpost-pull-secret: secret \"registry\" is not defined: add it to the top-level `secrets:` with `file:` (a Docker config, such as ~/.docker/config.json) or `external: true`
+        ",
+    );
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::quantity::{Cpu, Memory};
-use crate::types::FileRef;
+use crate::types::{FileRef, ObjectKind};
 
 /// Strips the indentation the test source adds, so YAML can be written indented in place.
 pub(crate) fn dedent(text: &str) -> String {
@@ -422,7 +422,7 @@ fn unknown_keys_suggest_the_closest_known_one() {
         "#,
         r#"
         web.readyness: unknown key; did you mean `readiness`?
-        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`, `update`, `rollback`, `revision_history`, `secrets`, `configs`, `stack`, `depends_on`, `load_balancer`
+        web.flavour: unknown key; expected one of `name`, `replicas`, `driver`, `image`, `command`, `entrypoint`, `env`, `workdir`, `user`, `ports`, `volumes`, `restart`, `liveness`, `readiness`, `resources`, `stop_grace`, `stop_signal`, `pull`, `read_only`, `cap_add`, `cap_drop`, `security_opt`, `privileged`, `on_node_lost`, `update`, `rollback`, `revision_history`, `secrets`, `configs`, `stack`, `depends_on`, `load_balancer`, `pull_secret`
         web.liveness.perod: unknown key; did you mean `period`?
         "#,
     );
@@ -1129,5 +1129,33 @@ fn a_udp_port_on_the_mesh_and_a_bad_weight_are_refused() {
         dns.load_balancer.node_weights.a: weight 0 is out of range (1 to 1000)
         dns.ports[0].publish: the routing mesh carries TCP and HTTP only: publish a UDP port as a fixed `host_port` on the nodes that run it
         "#,
+    );
+}
+
+#[test]
+fn a_pull_secret_names_the_secret_a_docker_service_pulls_with() {
+    let spec = &parse(
+        "
+        name: web
+        driver: docker
+        image: registry.lan:5000/team/web:1
+        pull_secret: registry-lan
+        ",
+    )[0];
+    assert_eq!(spec.pull_secret.as_deref(), Some("registry-lan"));
+    assert!(spec.uses(ObjectKind::Secret, "registry-lan"));
+    assert!(!spec.uses(ObjectKind::Config, "registry-lan"));
+    let back: ServiceSpec = serde_json::from_str(&serde_json::to_string(spec).unwrap()).unwrap();
+    assert_eq!(&back, spec);
+    check_err(
+        "
+        name: web
+        command: [demo-app]
+        pull_secret: bad/name
+        ",
+        "
+        web.pull_secret: only docker services can pull images with credentials
+        web.pull_secret: \"bad/name\" is not a valid name: use letters, digits, '-', '_' and '.', starting with a letter or a digit
+        ",
     );
 }
