@@ -216,16 +216,44 @@ pub async fn load(
     .await;
     let _ = feed.await;
     match loaded {
-        Ok(loaded) => Json(api::LoadedBundle {
-            node,
-            images: loaded.images.into_iter().map(|i| i.image).collect(),
-            blobs_added: loaded.blobs_added,
-            bytes_added: loaded.bytes_added,
-            signed_by: loaded.signed_by,
-        })
-        .into_response(),
+        Ok(loaded) => {
+            let images: Vec<String> = loaded.images.into_iter().map(|i| i.image).collect();
+            let warnings = into_engine(&api, &images).await;
+            Json(api::LoadedBundle {
+                node,
+                images,
+                blobs_added: loaded.blobs_added,
+                bytes_added: loaded.bytes_added,
+                signed_by: loaded.signed_by,
+                warnings,
+            })
+            .into_response()
+        }
         Err(fail) => fail.into_response(),
     }
+}
+
+/// Has the node's Docker Engine pull each loaded image from the mirror, under its own name,
+/// so `docker run` on the node finds it too; what could not be is said, not failed: the
+/// store holds it, and a task starting it brings it to the Engine then.
+async fn into_engine(api: &AgentApi, images: &[String]) -> Vec<String> {
+    let Some((docker, mirror)) =
+        (api.gc.as_ref()).and_then(|gc| Some((gc.docker.clone()?, gc.mirror)))
+    else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    for image in images {
+        if let Err(e) = docker
+            .pull_from_mirror(image, &format!("{mirror}/{image}"))
+            .await
+        {
+            warnings.push(format!(
+                "{image} is in the store, not in the Docker Engine: {e}"
+            ));
+        }
+    }
+    warnings
 }
 
 /// The keys the server sent (hex, comma-separated); none is an error: a server always sends

@@ -112,6 +112,10 @@ pub struct LoadedBundle {
     pub bytes_added: u64,
     /// The key that signed it; none for an unsigned `docker save` archive.
     pub signed_by: Option<String>,
+    /// Why an image is in the store but not yet in the node's Docker Engine (it then gets
+    /// there when a task starts it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// An image the cluster's services keep: no node collects it (`GET /v1/images/kept`).

@@ -2,7 +2,8 @@
 //! of every other image go, then every blob no kept tag reaches, then partial writes left
 //! behind. What is being written is never removed:
 //!
-//! - an upload or an interrupted ingest younger than [`Keep::fresh`] (a push or a pull going on);
+//! - an upload, an interrupted ingest or a load's staging younger than [`Keep::fresh`] (a push,
+//!   a pull or a load going on);
 //! - a blob younger than that which no tag reaches yet (a push sends its blobs before the
 //!   manifest that names them, a fetch from a peer its blobs before the tag);
 //! - with [`Keep::spare_fresh_tags`], a tag whose manifest arrived within that time: an image
@@ -37,7 +38,7 @@ pub struct Pruned {
     pub bytes: u64,
     /// Blobs left.
     pub kept: usize,
-    /// Partial writes (uploads, ingests) removed: older than [`Keep::fresh`].
+    /// Partial writes (uploads, ingests, loads' staging) removed: older than [`Keep::fresh`].
     pub partial: usize,
 }
 
@@ -63,7 +64,13 @@ impl Store {
             pruned.blobs.push(digest);
         }
         let partial = self.partial_writes()?;
-        let stale: Vec<_> = partial.into_iter().filter(|p| !young(p)).collect();
+        // A staging directory is young while any file in it is: a big blob is written long
+        // after its directory was made.
+        let under_way = |p: &Path| {
+            young(p)
+                || (std::fs::read_dir(p).into_iter().flatten().flatten()).any(|e| young(&e.path()))
+        };
+        let stale: Vec<_> = partial.into_iter().filter(|p| !under_way(p)).collect();
         pruned.partial = stale.len();
         if !dry_run {
             for image in &dropped {
@@ -79,7 +86,10 @@ impl Store {
                 }
             }
             for path in &stale {
-                let _ = std::fs::remove_file(path);
+                let _ = match path.is_dir() {
+                    true => std::fs::remove_dir_all(path),
+                    false => std::fs::remove_file(path),
+                };
             }
         }
         pruned.images = dropped;
@@ -103,10 +113,12 @@ impl Store {
         Ok(reached)
     }
 
-    /// The files of uploads and interrupted ingests.
+    /// The files of uploads and interrupted ingests, and the staging directories of loads
+    /// (one a killed load left behind ages like the rest: nothing writes to it any more).
     fn partial_writes(&self) -> Result<Vec<std::path::PathBuf>, ImageError> {
         let mut found = Vec::new();
-        for dir in [self.root().join("ingest"), self.root().join("uploads")] {
+        let dirs = ["ingest", "uploads", "staging"].map(|d| self.root().join(d));
+        for dir in dirs {
             match std::fs::read_dir(&dir) {
                 Ok(entries) => found.extend(entries.flatten().map(|e| e.path())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

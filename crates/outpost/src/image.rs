@@ -226,6 +226,9 @@ fn print_loaded(conn: &Connection, loaded: &[api::LoadedBundle]) -> Result<()> {
         ]);
     }
     println!("{}", trimmed(t));
+    for (node, warning) in (loaded.iter()).flat_map(|l| l.warnings.iter().map(|w| (&l.node, w))) {
+        eprintln!("warning: {node}: {warning}");
+    }
     Ok(())
 }
 

@@ -616,14 +616,25 @@ fn a_bundle_from_a_build_cluster_starts_a_service_at_a_site_that_trusts_its_key(
         "build",
         key["public_key"].as_str().unwrap(),
     ]);
+    let gone = format!("registry.invalid/{name}:1");
+    let site_mirror = mirror(&site);
+    let _untag = Untag(vec![
+        gone.clone(),
+        format!("{name}:1"),
+        format!("{site_mirror}/{name}:1"),
+    ]);
     let loaded = site.json(&["image", "load", file]);
     assert_eq!(loaded[0]["signed_by"], key["id"], "{loaded}");
     assert_eq!(loaded[0]["images"][0], format!("{name}:1"));
+    assert!(loaded[0].get("warnings").is_none(), "{loaded}");
+    // The node's Engine has it too, under its name: `docker run` there finds it.
+    let inspected = Command::new("docker")
+        .args(["image", "inspect", &format!("{name}:1")])
+        .output()
+        .unwrap();
+    assert!(inspected.status.success(), "the Engine holds {name}:1");
 
     // With no registry anywhere, the site runs it from its store.
-    let gone = format!("registry.invalid/{name}:1");
-    let site_mirror = mirror(&site);
-    let _untag = Untag(vec![gone.clone(), format!("{site_mirror}/{name}:1")]);
     site.deploy(
         "bundled.yaml",
         &format!(

@@ -252,7 +252,7 @@ impl DockerDriver {
     }
 
     /// Pulls `from` (`MIRROR/name:tag`) and tags it as `image`, the name the spec gives.
-    async fn pull_from_mirror(&self, image: &str, from: &str) -> Result<(), String> {
+    pub(crate) async fn pull_from_mirror(&self, image: &str, from: &str) -> Result<(), String> {
         self.pull(from, None).await.map_err(|e| {
             format!("cannot pull {image} from this node's image mirror ({from}): {e}")
         })?;

@@ -128,9 +128,17 @@ fn writes_under_way_are_spared_until_they_are_an_hour_old() {
     store
         .put(&Digest::of(b"pushed first"), b"pushed first")
         .unwrap();
+    // What a load killed halfway leaves: its staging directory, with a blob in it.
+    let staged = store.root().join("staging").join("0123456789abcdef");
+    std::fs::create_dir_all(&staged).unwrap();
+    std::fs::write(staged.join("part"), b"half a bundle").unwrap();
 
     let now = store.prune(&keep(&[]), SystemTime::now(), false).unwrap();
     assert_eq!((now.partial, now.blobs.len()), (0, 0), "{now:?}");
+    assert!(
+        staged.join("part").is_file(),
+        "a load under way keeps its blobs"
+    );
     assert_eq!(store.upload_size(&upload).unwrap(), 12);
     assert_eq!(
         store
@@ -141,7 +149,8 @@ fn writes_under_way_are_spared_until_they_are_an_hour_old() {
     );
 
     let late = store.prune(&keep(&[]), later(), false).unwrap();
-    assert_eq!((late.partial, late.blobs.len()), (2, 1), "{late:?}");
+    assert_eq!((late.partial, late.blobs.len()), (3, 1), "{late:?}");
+    assert!(!staged.exists(), "the killed load's staging is gone");
     assert!(store.upload_size(&upload).is_err());
     assert!(store.blobs().unwrap().is_empty());
 }
