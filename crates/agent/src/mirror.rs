@@ -14,6 +14,10 @@
 //! Blobs are shared by every name: the store is content-addressed. Nothing pushed becomes
 //! visible before its digest is checked.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Weak};
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -263,6 +267,7 @@ pub async fn fetch(
     }
     // Children before the index that names them, so a reader never meets a missing one.
     for (digest, bytes) in manifests.iter().rev() {
+        let _alone = exclusive(store, digest).await;
         store.put(digest, bytes).map_err(|e| e.to_string())?;
     }
     if reference.parse::<Digest>().is_err() {
@@ -315,6 +320,7 @@ async fn fetch_blob(
     store: &Store,
     progress: Progress<'_>,
 ) -> Result<u64, String> {
+    let _alone = exclusive(store, digest).await;
     if store.size(digest).is_some() {
         return Ok(0);
     }
@@ -350,6 +356,31 @@ async fn fetch_blob(
     }
     ingest.commit().map_err(|e| e.to_string())?;
     Ok(received)
+}
+
+/// The blobs being written by a fetch in this process, each by its path in its store.
+type Writing = std::sync::Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>;
+static WRITING: LazyLock<Writing> = LazyLock::new(Default::default);
+
+/// Waits until no other fetch of this process writes blob `digest` to `store`, and keeps others
+/// off it until dropped: replicas of a service starting together, or two images sharing a
+/// layer, would otherwise append to the same ingest file. The one that waited then finds the
+/// blob stored and fetches nothing.
+async fn exclusive(store: &Store, digest: &Digest) -> tokio::sync::OwnedMutexGuard<()> {
+    let key = store.root().join(digest.hex());
+    let lock = {
+        let mut writing = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+        writing.retain(|_, w| w.strong_count() > 0);
+        match writing.get(&key).and_then(Weak::upgrade) {
+            Some(lock) => lock,
+            None => {
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                writing.insert(key, Arc::downgrade(&lock));
+                lock
+            }
+        }
+    };
+    lock.lock_owned().await
 }
 
 /// Another node's read of this node's store, under `/v1/agent/registry/v2/`: manifests and
@@ -833,6 +864,7 @@ fn oci_error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A registry of one image (`demo:1`, one layer of `layer` bytes) whose first answer for
     /// the layer breaks off halfway; each layer request's `Range` header goes to `ranges`.
@@ -842,13 +874,7 @@ mod tests {
     ) -> (String, Vec<u8>) {
         use axum::routing::get;
         let config = b"{}".to_vec();
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::of(&config).to_string(), "size": config.len() },
-            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::of(&layer).to_string(), "size": layer.len() }],
-        }))
-        .unwrap();
+        let manifest = one_layer_manifest(&config, &layer);
         let (m, c, l) = (manifest.clone(), config.clone(), layer.clone());
         let blob = move |axum::extract::Path(digest): axum::extract::Path<String>,
                          headers: HeaderMap| {
@@ -900,6 +926,81 @@ mod tests {
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         (base, manifest)
+    }
+
+    fn one_layer_manifest(config: &[u8], layer: &[u8]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": Digest::of(config).to_string(), "size": config.len() },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": Digest::of(layer).to_string(), "size": layer.len() }],
+        }))
+        .unwrap()
+    }
+
+    /// A registry of image `demo:1` whose layer comes slowly, in 16 pieces, as whole bodies
+    /// (no ranges); counts the layer's requests.
+    async fn slow_registry(layer: Vec<u8>, asked: Arc<AtomicUsize>) -> String {
+        use axum::routing::get;
+        let config = b"{}".to_vec();
+        let manifest = one_layer_manifest(&config, &layer);
+        let blob = move |axum::extract::Path(digest): axum::extract::Path<String>| {
+            let (config, layer, asked) = (config.clone(), layer.clone(), asked.clone());
+            async move {
+                if digest == Digest::of(&config).to_string() {
+                    return Body::from(config).into_response();
+                }
+                asked.fetch_add(1, Ordering::SeqCst);
+                let pieces: Vec<Vec<u8>> = layer
+                    .chunks(layer.len() / 16 + 1)
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                let chunks = futures_util::stream::iter(pieces).then(|piece| async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    Ok::<_, std::io::Error>(piece)
+                });
+                Body::from_stream(chunks).into_response()
+            }
+        };
+        let app = Router::new()
+            .route(
+                "/v2/demo/manifests/{reference}",
+                get(move || {
+                    let m = manifest.clone();
+                    async move { ([(header::CONTENT_TYPE, OCI_MANIFEST)], m) }
+                }),
+            )
+            .route("/v2/demo/blobs/{digest}", get(blob));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    #[tokio::test]
+    async fn replicas_starting_together_fetch_a_layer_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layer: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let base = slow_registry(layer.clone(), asked.clone()).await;
+        pki::install_default();
+        let http = reqwest::Client::new();
+        let quiet = |_| {};
+        let pulls = (0..3).map(|_| {
+            let (remote, store) = (Remote::at(&http, &base, "demo"), store.clone());
+            async move { fetch(&remote, "demo", "1", "1", &store, &quiet).await }
+        });
+        let fetched = futures_util::future::join_all(pulls).await;
+        for result in &fetched {
+            assert!(result.is_ok(), "{fetched:?}");
+        }
+        assert_eq!(store.read(&Digest::of(&layer)).unwrap(), layer);
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "the layer was fetched once"
+        );
     }
 
     #[tokio::test]

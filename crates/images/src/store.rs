@@ -34,7 +34,8 @@ impl Store {
         Ok(store)
     }
 
-    pub(crate) fn root(&self) -> &Path {
+    /// The directory the store keeps everything in.
+    pub fn root(&self) -> &Path {
         &self.root
     }
 
