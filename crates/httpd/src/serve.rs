@@ -1,5 +1,7 @@
 //! The accept loop: HTTP/1 on hyper with a cap on open connections and a header-read timeout, so
-//! idle or slow clients cannot hold file descriptors for ever (`axum::serve` has neither).
+//! idle or slow clients cannot hold file descriptors for ever (`axum::serve` has neither); and
+//! HTTP/2 over TLS when the client offers it (ALPN), so that one node's concurrent calls share one
+//! connection — 5,000 agents then hold 5,000 connections, not three or four times that.
 //!
 //! hyper starts its header-read timer whenever a connection waits for a request head, also
 //! between two requests of a kept-alive connection; the same timeout is therefore the idle
@@ -14,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +37,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Pause after a failed `accept` (out of file descriptors, say): the error persists for a while,
 /// and retrying at once would spin a core.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Streams one HTTP/2 connection may have open at once: an agent has three, a server forwarding
+/// its clients' calls to the leader a few dozen; more queue in the client.
+const H2_MAX_STREAMS: u32 = 256;
+
+/// How often an HTTP/2 connection is pinged, and how long the answer may take before the
+/// connection is closed: a peer that vanished without a FIN does not hold its slot for ever.
+const H2_PING_EVERY: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// At most one warning about refused connections this often, so a flood cannot flood the log.
 const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
@@ -99,6 +110,11 @@ pub async fn serve_tls(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(H2_PING_EVERY)
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let header_read_timeout = limits.header_read_timeout;
     let body_limit = limits.body_limit;
@@ -106,6 +122,7 @@ pub async fn serve_tls(
         let one = Connection {
             app: app.clone(),
             http: http.clone(),
+            h2: h2.clone(),
             watcher,
             peer,
             body_limit,
@@ -190,6 +207,7 @@ pub async fn accept_loop<S, F>(
 struct Connection {
     app: Router,
     http: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     watcher: Watcher,
     peer: SocketAddr,
     body_limit: usize,
@@ -219,7 +237,13 @@ impl Connection {
         let cert = (session.peer_certificates())
             .and_then(|c| c.first())
             .map(|c| c.clone().into_owned());
-        self.serve(tls, PeerCertificate(cert)).await;
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let cert = PeerCertificate(cert);
+        if h2 {
+            self.serve_h2(tls, cert).await;
+        } else {
+            self.serve(tls, cert).await;
+        }
     }
 
     /// What each request of this connection is handed to: the app, with who sent it and how
@@ -245,6 +269,17 @@ impl Connection {
             req.extensions_mut().insert(cert.clone());
             app.clone().call(req)
         })
+    }
+
+    async fn serve_h2<IO>(self, io: IO, cert: PeerCertificate)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = Connection::service(self.app, self.peer, self.body_limit, cert);
+        let connection = self.h2.serve_connection(TokioIo::new(io), service);
+        if let Err(e) = self.watcher.watch(connection).await {
+            tracing::debug!("connection ended: {e}");
+        }
     }
 
     async fn serve<IO>(self, io: IO, cert: PeerCertificate)

@@ -87,12 +87,20 @@ pub fn server_config(
     .map_err(tls_err)?;
     let mut chain = certs(&me.cert_pem)?;
     chain.push(first_cert(ca_pem)?);
-    ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(tls_err)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key(&me.key_pem)?)
-        .map_err(tls_err)
+        .map_err(tls_err)?;
+    config.alpn_protocols = alpn();
+    Ok(config)
+}
+
+/// HTTP/2 first, so that a node's concurrent calls (its heartbeat, its report, its watch) share
+/// one connection instead of holding one each; HTTP/1.1 for clients that speak only that.
+fn alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
 /// What a node or the CLI connects with: the other end's certificate checked against the CA
@@ -110,12 +118,14 @@ pub fn client_config(ca_pem: &str, me: Option<&Identity>) -> Result<ClientConfig
         .map_err(tls_err)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NodeByRole { inner }));
-    match me {
-        None => Ok(builder.with_no_client_auth()),
+    let mut config = match me {
+        None => builder.with_no_client_auth(),
         Some(me) => builder
             .with_client_auth_cert(certs(&me.cert_pem)?, key(&me.key_pem)?)
-            .map_err(tls_err),
-    }
+            .map_err(tls_err)?,
+    };
+    config.alpn_protocols = alpn();
+    Ok(config)
 }
 
 /// What a joiner connects with before it has the CA: the server's chain must hold a CA

@@ -96,3 +96,38 @@ async fn an_agent_token_or_a_foreign_one_does_not_join_a_server() {
     );
     first.shutdown().await;
 }
+
+/// A node's concurrent calls share one connection: the cluster's TLS offers HTTP/2, so an
+/// agent's heartbeat, report and watch do not hold a connection each (5,000 agents would hold
+/// 15,000 or more, past a server's usual file limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_the_cluster_speak_http2_over_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = tls_server(dir.path()).await;
+    let ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let tls = pki::tls::client_config(&ca, None).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let url = format!("https://{}/v1/cluster", server.addr);
+    let calls = (0..8).map(|_| http.get(&url).bearer_auth(&server.token).send());
+    for answer in futures_util::future::join_all(calls).await {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    }
+    let port = server.addr.port();
+    let established = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    // Local port in the 2nd column as hex, state 01 (established): the server's ends.
+    let ends = established
+        .lines()
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && cols[1].ends_with(&format!(":{port:04X}")) && cols[3] == "01"
+        })
+        .count();
+    assert_eq!(ends, 1, "eight concurrent calls used {ends} connections");
+    server.shutdown().await;
+}

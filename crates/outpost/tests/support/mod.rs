@@ -530,9 +530,10 @@ fn tls_for(base: &str, me: Option<&ClientCert>) -> Option<std::sync::Arc<rustls:
         cert_pem: std::fs::read_to_string(c.cert).unwrap(),
         key_pem: std::fs::read_to_string(c.key).unwrap(),
     });
-    Some(std::sync::Arc::new(
-        pki::tls::client_config(&ca, me.as_ref()).unwrap(),
-    ))
+    let mut config = pki::tls::client_config(&ca, me.as_ref()).unwrap();
+    // These requests are written by hand as HTTP/1.1: do not let the server pick HTTP/2.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(std::sync::Arc::new(config))
 }
 
 /// A raw HTTP/1.1 request to `base` (`http://` or `https://127.0.0.1:PORT`); returns
