@@ -119,8 +119,11 @@ fn the_data_dir_and_state_files_are_private_even_when_left_open() {
             "agent/agent.redb",
             "agent/agent-id",
         ];
+        // Each is tightened as the part that owns it starts: waited for, as the directories.
         for file in files {
-            assert_eq!(mode(&dir.join(file)), 0o600, "{file} {when}");
+            wait_for(&format!("{file} to be private {when}"), || {
+                (mode(&dir.join(file)) == 0o600).then_some(())
+            });
         }
         assert_eq!(mode(&task_log), 0o600, "the task's log {when}");
     };
