@@ -1,8 +1,9 @@
-//! Coalesced status reports. Every report is a Raft entry, and every entry costs a log append
-//! and its fsyncs; thousands of agents reporting at once would spend the disk on bookkeeping.
-//! So reports that arrive within one tick of each other are committed together, as one
-//! `Command::Reports`, and each request is answered once that entry commits (or with its
-//! error).
+//! Coalesced status reports and registrations. Every entry costs a log append and its fsyncs,
+//! and openraft appends each client write it is handed on its own; thousands of agents
+//! reporting (or registering, when a site's servers come back) at once would spend the disk on
+//! bookkeeping and wait in line. So the agents' calls that arrive within one tick of each other
+//! are committed together, as one `Command::FromAgents` applied in arrival order, and each
+//! request is answered once that entry commits (or with its error).
 //!
 //! - A batch opens with its first report and closes one tick after that report arrived, or
 //!   as soon as it is full (items or bytes), so an entry stays small and no report waits much
@@ -16,7 +17,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use api::StatusReport;
+use api::{RegisterRequest, StatusReport};
+use store::FromAgent;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -60,8 +62,8 @@ impl Default for BatchConfig {
     }
 }
 
-/// The reports of one entry, in order: each with the name of the node that sent it.
-pub type Reports = Vec<(String, StatusReport)>;
+/// The agents' calls of one entry, in arrival order.
+pub type Items = Vec<FromAgent>;
 
 /// What a report costs a batch.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,12 +73,16 @@ struct Size {
 }
 
 impl Size {
-    fn of(node: &str, report: &StatusReport) -> Size {
-        let mut bytes = Counter(node.len());
-        // Writing to a counter cannot fail; a report that would not serialize counts as empty.
-        let _ = serde_json::to_writer(&mut bytes, report);
+    fn of(item: &FromAgent) -> Size {
+        let mut bytes = Counter(0);
+        // Writing to a counter cannot fail; a call that would not serialize counts as empty.
+        let _ = serde_json::to_writer(&mut bytes, item);
+        let items = match item {
+            FromAgent::Report { report, .. } => report.tasks.len() + report.events.len(),
+            FromAgent::Register(_) => 1,
+        };
         Size {
-            items: report.tasks.len() + report.events.len(),
+            items,
             bytes: bytes.0,
         }
     }
@@ -96,23 +102,20 @@ impl std::io::Write for Counter {
     }
 }
 
-/// A report waiting for its entry to commit.
+/// A call waiting for its entry to commit.
 struct Waiting {
-    node: String,
-    report: StatusReport,
+    item: FromAgent,
     size: Size,
     arrived: Instant,
     done: oneshot::Sender<Result<(), String>>,
 }
 
 impl Waiting {
-    fn new(node: String, report: StatusReport) -> (Waiting, oneshot::Receiver<Result<(), String>>) {
+    fn new(item: FromAgent) -> (Waiting, oneshot::Receiver<Result<(), String>>) {
         let (done, answer) = oneshot::channel();
-        let size = Size::of(&node, &report);
         let waiting = Waiting {
-            node,
-            report,
-            size,
+            size: Size::of(&item),
+            item,
             arrived: Instant::now(),
             done,
         };
@@ -131,7 +134,7 @@ impl Batcher {
     /// set, or every `Batcher` is dropped.
     pub fn spawn<C, F>(config: BatchConfig, commit: C, stop: watch::Receiver<bool>) -> Batcher
     where
-        C: FnMut(Reports) -> F + Send + 'static,
+        C: FnMut(Items) -> F + Send + 'static,
         F: Future<Output = Result<(), String>> + Send + 'static,
     {
         let (queue, queued) = mpsc::channel(QUEUE);
@@ -141,7 +144,16 @@ impl Batcher {
 
     /// Submits `node`'s report and waits until the entry holding it commits.
     pub async fn submit(&self, node: String, report: StatusReport) -> Result<(), String> {
-        let (waiting, answer) = Waiting::new(node, report);
+        self.call(FromAgent::Report { node, report }).await
+    }
+
+    /// Submits a registration and waits until the entry holding it commits.
+    pub async fn register(&self, node: RegisterRequest) -> Result<(), String> {
+        self.call(FromAgent::Register(node)).await
+    }
+
+    async fn call(&self, item: FromAgent) -> Result<(), String> {
+        let (waiting, answer) = Waiting::new(item);
         self.queue
             .send(waiting)
             .await
@@ -150,9 +162,9 @@ impl Batcher {
     }
 }
 
-/// The reports of one entry and whom to answer.
+/// The calls of one entry and whom to answer.
 struct Batch {
-    reports: Reports,
+    items: Items,
     answers: Vec<oneshot::Sender<Result<(), String>>>,
     size: Size,
 }
@@ -160,7 +172,7 @@ struct Batch {
 impl Batch {
     fn new() -> Batch {
         Batch {
-            reports: Vec::new(),
+            items: Vec::new(),
             answers: Vec::new(),
             size: Size::default(),
         }
@@ -172,7 +184,7 @@ impl Batch {
 
     /// Whether `w` still fits; an empty batch takes anything, so every report goes somewhere.
     fn fits(&self, w: &Waiting, config: BatchConfig) -> bool {
-        self.reports.is_empty()
+        self.items.is_empty()
             || (self.size.items + w.size.items <= config.max_items
                 && self.size.bytes + w.size.bytes <= config.max_bytes)
     }
@@ -180,16 +192,16 @@ impl Batch {
     fn push(&mut self, w: Waiting) {
         self.size.items += w.size.items;
         self.size.bytes += w.size.bytes;
-        self.reports.push((w.node, w.report));
+        self.items.push(w.item);
         self.answers.push(w.done);
     }
 
     /// Commits the batch as one entry and answers each of its requests with the outcome.
-    async fn commit<F>(self, commit: impl FnOnce(Reports) -> F)
+    async fn commit<F>(self, commit: impl FnOnce(Items) -> F)
     where
         F: Future<Output = Result<(), String>>,
     {
-        let result = commit(self.reports).await;
+        let result = commit(self.items).await;
         for done in self.answers {
             // A request that gave up (its client left) needs no answer.
             let _ = done.send(result.clone());
@@ -203,7 +215,7 @@ async fn run<C, F>(
     mut commit: C,
     mut stop: watch::Receiver<bool>,
 ) where
-    C: FnMut(Reports) -> F,
+    C: FnMut(Items) -> F,
     F: Future<Output = Result<(), String>>,
 {
     let mut next = None;

@@ -582,18 +582,19 @@ pub fn max_entry_bytes(limits: &ApiLimits) -> usize {
     limits.listener.body_limit.saturating_mul(2)
 }
 
-/// Starts the batcher that commits agents' reports, each batch as one `Command::Reports`.
+/// Starts the batcher that commits agents' reports and registrations, each batch as one
+/// `Command::FromAgents`.
 fn start_batcher(
     raft: &Raft,
     config: batch::BatchConfig,
     stop: watch::Receiver<bool>,
 ) -> batch::Batcher {
     let raft = raft.clone();
-    let commit = move |reports| {
+    let commit = move |items| {
         let raft = raft.clone();
         async move {
             let time = now();
-            propose(&raft, Command::Reports { reports, time })
+            propose(&raft, Command::FromAgents { items, time })
                 .await
                 .map(|_| ())
         }

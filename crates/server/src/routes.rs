@@ -845,12 +845,9 @@ async fn register(
         ));
     }
     let name = req.name.clone();
-    ctx.propose(Command::RegisterNode {
-        node: req,
-        time: now(),
-    })
-    .await
-    .map_err(unavailable)?;
+    // Coalesced with the other agents' calls: when a site's servers come back, thousands of
+    // agents register at once.
+    ctx.reports.register(req).await.map_err(unavailable)?;
     ctx.heartbeats.beat(&name);
     ctx.state
         .read(|s| s.nodes.get(&name).cloned())

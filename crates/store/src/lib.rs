@@ -66,7 +66,7 @@ pub use events::{
 pub use handle::{ChangedServices, StateHandle};
 pub use log_store::LogStore;
 pub use restore::{BadSnapshot, read_snapshot, restore};
-pub use state::{Command, Loss, Response, RolloutAction, State};
+pub use state::{Command, FromAgent, Loss, Response, RolloutAction, State};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use tracked::TrackedMap;
 

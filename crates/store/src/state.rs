@@ -171,6 +171,21 @@ pub enum Command {
         generation: Option<u64>,
         time: Timestamp,
     },
+    /// Agents' registrations and reports that arrived within one short tick, committed as one
+    /// entry and applied in arrival order, each as a [`Command::RegisterNode`] or a
+    /// [`Command::Report`] would be. Added after `RevokeKey`; entries written before it hold
+    /// `Reports` and one `RegisterNode` per registration, which stay readable.
+    FromAgents {
+        items: Vec<FromAgent>,
+        time: Timestamp,
+    },
+}
+
+/// One agent's call in a [`Command::FromAgents`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromAgent {
+    Register(RegisterRequest),
+    Report { node: String, report: StatusReport },
 }
 
 const TOKEN_PREFIX: &str = "token/";
@@ -217,7 +232,8 @@ impl Command {
             | Command::RemoveObject { time, .. }
             | Command::RemoveStack { time, .. }
             | Command::TrustKey { time, .. }
-            | Command::RevokeKey { time, .. } => *time,
+            | Command::RevokeKey { time, .. }
+            | Command::FromAgents { time, .. } => *time,
         }
     }
 }
@@ -512,6 +528,19 @@ impl State {
                 generation,
                 time,
             } => self.revoke_key(id, name, *generation, *time),
+            // Removed services are looked for once per entry, as for `Reports`.
+            Command::FromAgents { items, time } => {
+                for item in items {
+                    match item {
+                        FromAgent::Register(node) => {
+                            self.register(node, *time);
+                        }
+                        FromAgent::Report { node, report } => self.report(node, report, *time),
+                    }
+                }
+                self.forget_removed_services();
+                Response::Ok
+            }
         }
     }
 
@@ -2500,6 +2529,38 @@ mod tests {
         // Indexes record the entry a change came in, which is all that differs.
         coalesced.index = one_by_one.index;
         coalesced.nodes_placement_index = one_by_one.nodes_placement_index;
+        assert_eq!(coalesced, one_by_one);
+    }
+
+    #[test]
+    fn registrations_and_reports_of_one_entry_apply_as_one_by_one_in_their_order() {
+        let commands = vec![
+            node("b"),
+            seen(10, TaskState::Running, 0, Some(1)),
+            // The agent of `a` restarted: its report order starts afresh after this.
+            node("a"),
+            seen(2, TaskState::Failed, 0, Some(1)),
+        ];
+        let items = (commands.iter())
+            .map(|c| match c {
+                Command::RegisterNode { node, .. } => FromAgent::Register(node.clone()),
+                Command::Report { node, report, .. } => FromAgent::Report {
+                    node: node.clone(),
+                    report: report.clone(),
+                },
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let mut one_by_one = running_web();
+        let mut coalesced = one_by_one.clone();
+        run(&mut one_by_one, commands);
+        run(&mut coalesced, vec![Command::FromAgents { items, time: T }]);
+        assert_eq!(web_task(&coalesced), (TaskState::Failed, 0));
+        assert!(coalesced.nodes.contains_key("b"));
+        assert_eq!(coalesced.index + 3, one_by_one.index, "one entry, not four");
+        coalesced.index = one_by_one.index;
+        coalesced.nodes_placement_index = one_by_one.nodes_placement_index;
+        coalesced.node_index = one_by_one.node_index.clone();
         assert_eq!(coalesced, one_by_one);
     }
 

@@ -58,12 +58,14 @@ impl Entries {
     }
 
     /// The commit a server does with Raft, recorded instead of proposed.
-    fn commit(&self) -> impl FnMut(Reports) -> std::future::Ready<Result<(), String>> + use<> {
+    fn commit(&self) -> impl FnMut(Items) -> std::future::Ready<Result<(), String>> + use<> {
         let entries = self.clone();
-        move |reports| {
-            let names = reports
-                .iter()
-                .map(|(node, r)| format!("{node}/{}", r.seq))
+        move |items| {
+            let names = (items.iter())
+                .map(|item| match item {
+                    FromAgent::Report { node, report } => format!("{node}/{}", report.seq),
+                    FromAgent::Register(node) => format!("{}/register", node.name),
+                })
                 .collect();
             let at = entries.began.elapsed();
             entries.committed.lock().unwrap().push((at, names));
@@ -94,7 +96,10 @@ async fn feed(
     node: &str,
     report: StatusReport,
 ) -> oneshot::Receiver<Result<(), String>> {
-    let (waiting, answer) = Waiting::new(node.into(), report);
+    let (waiting, answer) = Waiting::new(FromAgent::Report {
+        node: node.into(),
+        report,
+    });
     queue.send(waiting).await.unwrap();
     answer
 }
@@ -132,6 +137,43 @@ async fn reports_within_one_tick_share_one_entry_committed_when_the_tick_ends() 
         answered,
         vec![ms(20), ms(20), ms(20), ms(45)],
         "each request is answered when its entry commits"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn registrations_share_the_entry_of_the_reports_around_them_in_arrival_order() {
+    let entries = Entries::new();
+    let (_stop, stopped) = watch::channel(false);
+    let batcher = Batcher::spawn(CONFIG, entries.commit(), stopped);
+    let register = |name: &str| RegisterRequest {
+        name: name.into(),
+        address: format!("https://{name}:7001"),
+        capacity: Default::default(),
+        allocatable: Default::default(),
+        drivers: vec!["process".into()],
+        notes: Vec::new(),
+        version: "test".into(),
+    };
+    let mut answers = Vec::new();
+    for (at, node, registers) in [(0, "a", false), (2, "b", true), (4, "b", false), (6, "c", true)] {
+        tokio::time::sleep_until(entries.began + ms(at)).await;
+        let batcher = batcher.clone();
+        let request = register(node);
+        answers.push(tokio::spawn(async move {
+            match registers {
+                true => batcher.register(request).await,
+                false => batcher.submit(request.name, report(1, 1)).await,
+            }
+        }));
+        tokio::task::yield_now().await;
+    }
+    for a in answers {
+        assert_eq!(a.await.unwrap(), Ok(()));
+    }
+    assert_eq!(
+        entries.batches(),
+        vec![(ms(20), names(&["a/1", "b/register", "b/1", "c/register"]))],
+        "one entry, in the order the calls came"
     );
 }
 
