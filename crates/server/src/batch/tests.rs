@@ -155,7 +155,12 @@ async fn registrations_share_the_entry_of_the_reports_around_them_in_arrival_ord
         version: "test".into(),
     };
     let mut answers = Vec::new();
-    for (at, node, registers) in [(0, "a", false), (2, "b", true), (4, "b", false), (6, "c", true)] {
+    for (at, node, registers) in [
+        (0, "a", false),
+        (2, "b", true),
+        (4, "b", false),
+        (6, "c", true),
+    ] {
         tokio::time::sleep_until(entries.began + ms(at)).await;
         let batcher = batcher.clone();
         let request = register(node);
@@ -213,7 +218,11 @@ async fn a_report_that_does_not_fit_closes_the_batch_and_opens_the_next_keeping_
 #[tokio::test(start_paused = true)]
 async fn a_full_batch_commits_at_once_and_a_report_over_the_bounds_goes_alone() {
     let entries = Entries::new();
-    let one = Size::of("a", &report(1, 1)).bytes;
+    let one = Size::of(&FromAgent::Report {
+        node: "a".into(),
+        report: report(1, 1),
+    })
+    .bytes;
     let config = BatchConfig {
         max_bytes: 2 * one,
         ..CONFIG
