@@ -913,19 +913,24 @@ mod tests {
                 (StatusCode::PARTIAL_CONTENT, l[from as usize..].to_vec()).into_response()
             }
         };
+        (serve_demo(m, get(blob)).await, manifest)
+    }
+
+    /// Serves repository `demo`: `manifest` under every reference, blobs by `blob`; the base URL.
+    async fn serve_demo(manifest: Vec<u8>, blob: axum::routing::MethodRouter) -> String {
         let app = Router::new()
             .route(
                 "/v2/demo/manifests/{reference}",
-                get(move || {
-                    let m = m.clone();
+                axum::routing::get(move || {
+                    let m = manifest.clone();
                     async move { ([(header::CONTENT_TYPE, OCI_MANIFEST)], m) }
                 }),
             )
-            .route("/v2/demo/blobs/{digest}", get(blob));
+            .route("/v2/demo/blobs/{digest}", blob);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        (base, manifest)
+        base
     }
 
     fn one_layer_manifest(config: &[u8], layer: &[u8]) -> Vec<u8> {
@@ -962,19 +967,7 @@ mod tests {
                 Body::from_stream(chunks).into_response()
             }
         };
-        let app = Router::new()
-            .route(
-                "/v2/demo/manifests/{reference}",
-                get(move || {
-                    let m = manifest.clone();
-                    async move { ([(header::CONTENT_TYPE, OCI_MANIFEST)], m) }
-                }),
-            )
-            .route("/v2/demo/blobs/{digest}", get(blob));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        base
+        serve_demo(manifest, get(blob)).await
     }
 
     #[tokio::test]

@@ -177,11 +177,8 @@ fn a_registry_asking_for_credentials_gets_those_of_the_nodes_docker_config() {
     );
 
     // Wrong ones: refused too, saying the credentials were.
-    let write = |pass: &str| {
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("edge:{pass}"));
-        let text = serde_json::json!({ "auths": { registry.addr.clone(): { "auth": auth } } });
-        std::fs::write(config.path().join("config.json"), text.to_string()).unwrap();
-    };
+    let node_config = config.path().join("config.json");
+    let write = |pass: &str| docker_config(&node_config, &registry.addr, "edge", pass);
     write("wrong");
     let (ok, out, _) = dev.cli(&["image", "pull", &remote]);
     assert!(
@@ -195,12 +192,12 @@ fn a_registry_asking_for_credentials_gets_those_of_the_nodes_docker_config() {
     assert_eq!(end["origin"]["kind"], "upstream", "{end}");
 }
 
-/// A Docker config file giving `user:pass` for `host`, as `docker login` writes it.
-fn docker_config(dir: &std::path::Path, host: &str, user: &str, pass: &str) -> String {
+/// Writes `path`, a Docker config giving `user:pass` for `host` as `docker login` does; returns
+/// the path.
+fn docker_config(path: &std::path::Path, host: &str, user: &str, pass: &str) -> String {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-    let text = serde_json::json!({ "auths": { host: { "auth": auth.clone() } } });
-    let path = dir.join(format!("{pass}.json"));
-    std::fs::write(&path, text.to_string()).unwrap();
+    let text = serde_json::json!({ "auths": { host: { "auth": auth } } });
+    std::fs::write(path, text.to_string()).unwrap();
     path.to_str().unwrap().to_string()
 }
 
@@ -217,8 +214,9 @@ fn a_service_pulls_a_private_image_with_its_pull_secret_and_a_wrong_one_says_so(
     let (_, repo_tag) = remote.split_once('/').unwrap();
     let _untag = Untag(vec![remote.clone(), format!("{mirror}/{repo_tag}")]);
     let files = tempfile::tempdir().unwrap();
-    let wrong = docker_config(files.path(), &registry.addr, "edge", "wrong");
-    let right = docker_config(files.path(), &registry.addr, "edge", "s3cret");
+    let at = |name: &str| files.path().join(name);
+    let wrong = docker_config(&at("wrong.json"), &registry.addr, "edge", "wrong");
+    let right = docker_config(&at("right.json"), &registry.addr, "edge", "s3cret");
     dev.ok(&["secret", "create", "registry-wrong", "-f", &wrong]);
     dev.ok(&["secret", "create", "registry", "-f", &right]);
 
