@@ -221,15 +221,8 @@ impl DockerDriver {
             program: image.to_string(),
             reason,
         };
-        let host = Reference::parse(image).map(|r| r.host).map_err(fail)?;
-        let credentials = match secret.map(|s| s.credentials(&host)) {
-            Some(Err(e)) => return Err(fail(e)),
-            Some(Ok(found)) => found.map(|c| DockerCredentials {
-                username: Some(c.user),
-                password: Some(c.pass),
-                serveraddress: Some(host),
-                ..Default::default()
-            }),
+        let credentials = match secret {
+            Some(secret) => engine_credentials(secret, image).map_err(fail)?,
             None => None,
         };
         match (pull, present) {
@@ -637,6 +630,20 @@ fn host_config(
 
 /// The read-only mounts of the task's secret and config files, from the directories the
 /// supervisor named in its environment.
+/// What the Engine is given to pull `image` itself: the secret's credentials for its registry.
+fn engine_credentials(
+    secret: &PullSecret,
+    image: &str,
+) -> Result<Option<DockerCredentials>, String> {
+    let host = Reference::parse(image)?.host;
+    Ok(secret.credentials(&host)?.map(|c| DockerCredentials {
+        username: Some(c.user),
+        password: Some(c.pass),
+        serveraddress: Some(host),
+        ..Default::default()
+    }))
+}
+
 /// The launch's pull secret, read from the file the agent fetched it to.
 fn pull_secret(launch: &Launch) -> Result<Option<PullSecret>, String> {
     let (Some(name), Some(path)) = (&launch.spec.pull_secret, &launch.pull_secret) else {
