@@ -11,6 +11,8 @@
 //! - One batch commits at a time, in arrival order; a report that does not fit opens the next
 //!   batch. Reports of one node therefore apply in the order they arrived, within a batch and
 //!   across batches.
+//! - A call whose request gave up (its client timed out) before its batch formed is skipped:
+//!   the agent sends it again.
 //! - The queue in front of the batcher is bounded: a burst of reports waits in its requests
 //!   (themselves capped by the listener's connection limit), not in a growing buffer.
 
@@ -111,6 +113,14 @@ struct Waiting {
 }
 
 impl Waiting {
+    /// Whether its request is gone (its client gave up waiting): the agent sends the report
+    /// again, numbered anew, so committing this copy too would only queue work behind it. Under
+    /// a burst, copies of timed-out reports otherwise fill the queue and each waits behind the
+    /// others, a storm that feeds itself.
+    fn abandoned(&self) -> bool {
+        self.done.is_closed()
+    }
+
     fn new(item: FromAgent) -> (Waiting, oneshot::Receiver<Result<(), String>>) {
         let (done, answer) = oneshot::channel();
         let waiting = Waiting {
@@ -232,6 +242,9 @@ async fn run<C, F>(
                 },
             },
         };
+        if first.abandoned() {
+            continue;
+        }
         let (batch, rest) = collect(first, &mut queued, config).await;
         next = rest;
         batch.commit(&mut commit).await;
@@ -261,6 +274,9 @@ async fn collect(
         let Ok(Some(w)) = tokio::time::timeout_at(deadline, queued.recv()).await else {
             break;
         };
+        if w.abandoned() {
+            continue;
+        }
         if !batch.fits(&w, config) {
             return (batch, Some(w));
         }

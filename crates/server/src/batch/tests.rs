@@ -183,6 +183,27 @@ async fn registrations_share_the_entry_of_the_reports_around_them_in_arrival_ord
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_report_whose_request_gave_up_is_not_committed() {
+    let entries = Entries::new();
+    let (queue, _stop) = fed(CONFIG, &entries);
+    // Queued while a batch is open, then abandoned by its client before the batch closes.
+    let kept = feed(&queue, "a", report(1, 1)).await;
+    drop(feed(&queue, "b", report(1, 1)).await);
+    let resent = feed(&queue, "b", report(2, 1)).await;
+    assert_eq!(kept.await.unwrap(), Ok(()));
+    assert_eq!(resent.await.unwrap(), Ok(()));
+    // First in the queue and already abandoned: skipped too.
+    drop(feed(&queue, "c", report(1, 1)).await);
+    let after = feed(&queue, "c", report(2, 1)).await;
+    assert_eq!(after.await.unwrap(), Ok(()));
+    assert_eq!(
+        entries.batches(),
+        vec![(ms(20), names(&["a/1", "b/2"])), (ms(40), names(&["c/2"]))],
+        "only the copies someone still waits for"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_report_that_does_not_fit_closes_the_batch_and_opens_the_next_keeping_node_order() {
     let entries = Entries::new();
     let config = BatchConfig {
