@@ -187,25 +187,21 @@ fn an_agent_restart_never_restarts_a_healthy_container() {
     sigkill(after[0]["pid"].as_u64().unwrap());
     let id = after[0]["id"].as_str().unwrap();
     let killed = container(&after[0]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let task = (dev.tasks("box").into_iter()).find(|x| x["id"] == id);
-        let replaced = task.as_ref().is_some_and(|t| {
-            let now = t["container_id"].as_str();
-            t["restarts"].as_u64() >= Some(1)
-                && t["ready"] == true
-                && now.is_some_and(|c| c != killed)
-        });
-        if replaced {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the adopted container was not replaced within 30 s: {task:?}; events: {:?}",
-            dev.events()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut seen = None;
+    let replaced = support::poll_within(std::time::Duration::from_secs(30), || {
+        seen = (dev.tasks("box").into_iter()).find(|x| x["id"] == id);
+        let t = seen.as_ref()?;
+        let now = t["container_id"].as_str();
+        (t["restarts"].as_u64() >= Some(1)
+            && t["ready"] == true
+            && now.is_some_and(|c| c != killed))
+        .then_some(())
+    });
+    assert!(
+        replaced.is_some(),
+        "the adopted container was not replaced within 30 s: {seen:?}; events: {:?}",
+        dev.events()
+    );
 }
 
 #[test]

@@ -39,16 +39,22 @@ pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `patience`.
-pub fn wait_within<T>(patience: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+pub fn wait_within<T>(patience: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    poll_within(patience, check)
+        .unwrap_or_else(|| panic!("timed out after {patience:?} waiting for {what}"))
+}
+
+/// Polls `check` until it returns `Some`; `None` once `patience` has passed, for a caller
+/// that says itself what it saw.
+pub fn poll_within<T>(patience: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + patience;
     loop {
         if let Some(v) = check() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {patience:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(POLL);
     }
 }
