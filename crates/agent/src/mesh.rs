@@ -236,6 +236,8 @@ pub struct Mesh {
     /// Whether the service range is local here (virtual IPs can be listened on).
     vips: bool,
     dns: Option<Arc<Dns>>,
+    /// Where the listeners' proxies run, started with the first of them.
+    proxies: Option<lb::ProxyThread>,
     listeners: HashMap<SocketAddr, Listener>,
     /// Addresses that could not be listened on, with why: said once, tried again each list.
     failed: HashMap<SocketAddr, String>,
@@ -261,6 +263,7 @@ impl Mesh {
             view,
             vips: false,
             dns: None,
+            proxies: None,
             listeners: HashMap::new(),
             failed: HashMap::new(),
             told_range: false,
@@ -460,34 +463,41 @@ impl Mesh {
                      using the port?",
                     port.name, service.name
                 );
-                if self.failed.insert(addr, why.clone()).as_ref() != Some(&why) {
-                    tracing::warn!("{why}");
-                    self.tell(&service.name, why);
-                }
+                self.cannot_serve(addr, &service.name, why);
                 return;
             }
         };
-        self.failed.remove(&addr);
         let balancer = Balancer::new(config(&serves.balance), &endpoints);
         let (stop, mut stopped) = watch::channel(false);
         let until = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
         let b = Arc::clone(&balancer);
-        if serves.http {
-            let options = lb::HttpOptions {
-                connect_timeout: CONNECT_TIMEOUT,
-                ..lb::HttpOptions::default()
-            };
-            tokio::spawn(lb::serve_http(socket, b, options, until));
-        } else {
-            let options = lb::TcpOptions {
-                proxy_protocol: serves.balance.proxy_protocol,
-                connect_timeout: CONNECT_TIMEOUT,
-                ..lb::TcpOptions::default()
-            };
-            tokio::spawn(lb::serve_tcp(socket, b, options, until));
+        let served = self.proxies().and_then(|proxies| {
+            if serves.http {
+                let options = lb::HttpOptions {
+                    connect_timeout: CONNECT_TIMEOUT,
+                    ..lb::HttpOptions::default()
+                };
+                proxies.serve_http(socket, b, options, until)
+            } else {
+                let options = lb::TcpOptions {
+                    proxy_protocol: serves.balance.proxy_protocol,
+                    connect_timeout: CONNECT_TIMEOUT,
+                    ..lb::TcpOptions::default()
+                };
+                proxies.serve_tcp(socket, b, options, until)
+            }
+        });
+        if let Err(e) = served {
+            let why = format!(
+                "cannot serve {addr} for port {:?} of {}: {e}",
+                port.name, service.name
+            );
+            self.cannot_serve(addr, &service.name, why);
+            return;
         }
+        self.failed.remove(&addr);
         tracing::info!("serving {}/{} on {addr}", serves.service, serves.port);
         let listener = Listener {
             serves,
@@ -496,6 +506,23 @@ impl Mesh {
             stop,
         };
         self.listeners.insert(addr, listener);
+    }
+
+    /// The thread the proxies run on, started when first needed.
+    fn proxies(&mut self) -> std::io::Result<&lb::ProxyThread> {
+        let proxies = match self.proxies.take() {
+            Some(proxies) => proxies,
+            None => lb::ProxyThread::start("outpost-proxy")?,
+        };
+        Ok(self.proxies.insert(proxies))
+    }
+
+    /// Says why `addr` is not served, once for each reason; it is tried again with each list.
+    fn cannot_serve(&mut self, addr: SocketAddr, service: &str, why: String) {
+        if self.failed.insert(addr, why.clone()).as_ref() != Some(&why) {
+            tracing::warn!("{why}");
+            self.tell(service, why);
+        }
     }
 }
 

@@ -3,9 +3,8 @@
 //! agent's published port: the proxy without the agent and server that share its runtime
 //! there, and passive ejection without the control plane's endpoint updates.
 //!
-//! It runs on a multi-threaded tokio runtime built as the `outpost` binary builds its own, so
-//! it has as many worker threads (one per core, or `TOKIO_WORKER_THREADS`); it prints that
-//! count and the address it listens on once it does.
+//! The proxy runs on a [`lb::ProxyThread`], as the agent's proxies do: one thread. It prints
+//! the address it listens on once it does.
 //!
 //! ```text
 //! cargo run --release -p lb --example proxy -- 127.0.0.1:8000 127.0.0.1:8081 127.0.0.1:8082
@@ -26,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -36,8 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let threads = runtime.metrics().num_workers();
-    match runtime.block_on(run(addrs[0], &addrs[1..], threads)) {
+    match runtime.block_on(run(addrs[0], &addrs[1..])) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proxy: cannot listen on {}: {e}", addrs[0]);
@@ -46,7 +44,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(listen: SocketAddr, backends: &[SocketAddr], threads: usize) -> std::io::Result<()> {
+async fn run(listen: SocketAddr, backends: &[SocketAddr]) -> std::io::Result<()> {
     let endpoints: Vec<Endpoint> = backends
         .iter()
         .enumerate()
@@ -55,10 +53,17 @@ async fn run(listen: SocketAddr, backends: &[SocketAddr], threads: usize) -> std
     let balancer = Balancer::new(Config::default(), &endpoints);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!(
-        "proxy: listening on {} with {threads} worker threads",
+        "proxy: listening on {} with 1 proxy thread",
         listener.local_addr()?
     );
-    lb::serve_http(listener, balancer, HttpOptions::default(), shutdown()).await;
+    let proxies = lb::ProxyThread::start("proxy")?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let until = async move {
+        let _ = stopped.await;
+    };
+    proxies.serve_http(listener, balancer, HttpOptions::default(), until)?;
+    shutdown().await;
+    drop(stop);
     Ok(())
 }
 

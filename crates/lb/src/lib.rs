@@ -8,7 +8,8 @@
 //! - [`serve_http`] (`http.rs`): the HTTP/1 proxy, with pooled keep-alive connections to the
 //!   endpoints, forwarded-for headers and retries; [`serve_tcp`] (`tcp.rs`): the L4 proxy, with
 //!   an optional PROXY protocol v2 header (`proxy_protocol.rs`). Both run on `httpd`'s accept
-//!   loop (connection cap) with an idle timeout (`idle.rs`).
+//!   loop (connection cap) with an idle timeout (`idle.rs`), and on a [`ProxyThread`]
+//!   (`thread.rs`): an event loop of their own.
 //! - [`dns`]: the node's DNS server for service discovery, answering for Outpost's domain from
 //!   a zone the caller builds and forwarding other names upstream, over UDP and TCP.
 //!
@@ -41,6 +42,7 @@ mod pick;
 mod proxy_protocol;
 mod rng;
 mod tcp;
+mod thread;
 
 pub use balancer::{Balancer, Config, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS};
 pub use budget::RetryBudget;
@@ -50,3 +52,4 @@ pub use http::{HttpOptions, serve_http};
 pub use outlier::Outlier;
 pub use pick::{Algorithm, HashKey};
 pub use tcp::{TcpOptions, serve_tcp};
+pub use thread::ProxyThread;
