@@ -1,7 +1,7 @@
 //! The HTTP proxy: HTTP/1 from clients, over `httpd`'s accept loop (connection cap, header-read
 //! timeout, which hyper also applies between two requests of a kept-alive connection) with an
 //! idle timeout on top (a trickled body cannot hold a connection either), to pooled keep-alive
-//! connections to the endpoints (hyper-util's client).
+//! connections to the endpoints (`pool.rs`).
 //!
 //! A request is sent to the endpoint its listener's [`Balancer`] picks, with `X-Forwarded-For`,
 //! `X-Forwarded-Proto` and `Forwarded` added and hop-by-hop headers removed. When the attempt
@@ -15,7 +15,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,22 +26,16 @@ use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use hyper::http::uri::{PathAndQuery, Uri};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::balancer::{Balancer, Lease, RequestGuard, Tried};
 use crate::idle::Activity;
 use crate::pick::{Algorithm, HashKey, client_ip, ip_key};
+use crate::pool::{Conn, Pool, SendError};
 use crate::rng::stable_hash;
-
-/// How long a pooled connection to an endpoint may stay unused. Under the header-read timeout
-/// of most servers (`httpd`'s 5 s is the shortest here), so the proxy is the side that closes;
-/// a connection closed by the endpoint first costs a request hyper sends again by itself.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// What one HTTP listener allows its clients and waits for its endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,20 +78,13 @@ pub async fn serve_http(
     options: HttpOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(options.connect_timeout));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(connector);
     let hash = match &balancer.config().algorithm {
         Algorithm::ConsistentHash(key) => Some(key.clone()),
         _ => None,
     };
     let proxy = Arc::new(Proxy {
         balancer,
-        client,
+        pool: Arc::new(Pool::new(options.connect_timeout)),
         hash,
         max_replay_body: options.max_replay_body,
     });
@@ -112,9 +98,11 @@ pub async fn serve_http(
         let http = http.clone();
         async move {
             let activity = Activity::default();
+            let client = Arc::new(ClientLines::new(client_ip(peer.ip())));
             let service = hyper::service::service_fn(move |req| {
                 let proxy = Arc::clone(&proxy);
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                let client = Arc::clone(&client);
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer, &client).await) }
             });
             let io = TokioIo::new(activity.watch(stream));
             let connection = watcher.watch(http.serve_connection(io, service));
@@ -139,11 +127,11 @@ pub async fn serve_http(
 }
 
 /// The body sent to an endpoint: kept whole (it can be sent again) or streamed from the client.
-type ToEndpoint = Either<Full<Bytes>, Incoming>;
+pub(crate) type ToEndpoint = Either<Full<Bytes>, Incoming>;
 
 struct Proxy {
     balancer: Arc<Balancer>,
-    client: Client<HttpConnector, ToEndpoint>,
+    pool: Arc<Pool>,
     hash: Option<HashKey>,
     max_replay_body: usize,
 }
@@ -176,7 +164,12 @@ impl Failure {
 }
 
 impl Proxy {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        client: &ClientLines,
+    ) -> Response<ProxyBody> {
         let request = self.balancer.start_request();
         let started = self.balancer.now();
         let key = self.key(&req, peer);
@@ -185,7 +178,7 @@ impl Proxy {
         // hyper answered the client's `Expect: 100-continue` when the body was read; the
         // endpoint gets the body at once either way.
         parts.headers.remove(header::EXPECT);
-        add_forwarded(&mut parts.headers, client_ip(peer.ip()));
+        add_forwarded(&mut parts.headers, client);
         let body = match self.read_body(body).await {
             Ok(body) => body,
             Err(e) => {
@@ -197,7 +190,7 @@ impl Proxy {
             }
         };
         match self.send(parts, body, key).await {
-            Ok((answer, lease)) => self.respond(answer, lease, request, started),
+            Ok((answer, lease, conn)) => self.respond(answer, lease, conn, request, started),
             Err(failure) => {
                 self.balancer.note_error();
                 self.balancer.note_latency(started);
@@ -213,7 +206,7 @@ impl Proxy {
         parts: Parts,
         mut body: Kept,
         key: u64,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
+    ) -> Result<(Response<Incoming>, Lease, Conn), Failure> {
         let idempotent = is_idempotent(&parts.method);
         let mut head = Some(parts);
         let mut failure = Failure::NoEndpoint;
@@ -236,24 +229,24 @@ impl Proxy {
             let Some(to_send) = outgoing(&mut head, &mut body, can_retry, &lease) else {
                 break;
             };
-            match self.client.request(to_send).await {
-                Ok(answer) if answer.status().is_server_error() => {
+            match self.pool.send(lease.backend().addr(), to_send).await {
+                Ok((answer, conn)) if answer.status().is_server_error() => {
                     lease.failed(&self.balancer);
                     let gateway = matches!(answer.status().as_u16(), 502..=504);
                     if can_retry && idempotent && gateway {
-                        gateway_error = Some((answer, lease));
+                        gateway_error = Some((answer, lease, conn));
                         continue;
                     }
-                    return Ok((answer, lease));
+                    return Ok((answer, lease, conn));
                 }
-                Ok(answer) => {
+                Ok((answer, conn)) => {
                     lease.succeeded(&self.balancer);
-                    return Ok((answer, lease));
+                    return Ok((answer, lease, conn));
                 }
                 Err(e) => {
                     lease.failed(&self.balancer);
-                    tracing::debug!("request to {} failed: {e:?}", lease.backend().addr());
-                    let unsent = e.is_connect();
+                    tracing::debug!("request to {} failed: {e}", lease.backend().addr());
+                    let unsent = matches!(e, SendError::Unsent(_));
                     failure = if unsent {
                         Failure::Connect
                     } else {
@@ -298,6 +291,7 @@ impl Proxy {
         &self,
         answer: Response<Incoming>,
         lease: Lease,
+        conn: Conn,
         request: RequestGuard,
         started: crate::clock::Nanos,
     ) -> Response<ProxyBody> {
@@ -310,6 +304,7 @@ impl Proxy {
         remove_hop_by_hop(&mut parts.headers);
         let body = ProxyBody {
             inner: Inner::Endpoint(body),
+            conn: Some(conn),
             _attempt: Some(lease),
             _request: Some(request),
         };
@@ -350,21 +345,26 @@ fn outgoing(
     // HTTP/1.1 to the endpoint whatever the client spoke, so the connection is kept.
     *req.version_mut() = Version::HTTP_11;
     let uri = std::mem::take(req.uri_mut());
-    *req.uri_mut() = to_endpoint(uri, &lease.backend().authority);
+    *req.uri_mut() = to_endpoint(uri);
+    if !req.headers().contains_key(header::HOST) {
+        // An HTTP/1.0 client may send none; HTTP/1.1 requires one.
+        let authority = &lease.backend().authority;
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
     Some(req)
 }
 
-/// The client's URI with the endpoint's address, which the pooled client connects to; the
-/// client's Host header is kept.
-fn to_endpoint(uri: Uri, authority: &Authority) -> Uri {
-    let mut parts = uri.into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+/// The request target sent to the endpoint: the client's path and query (origin form, which
+/// every HTTP/1.1 server takes), even when the client sent an absolute URI.
+fn to_endpoint(uri: Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(path) if path.as_str().starts_with('/') => Uri::from(path.clone()),
+        // `OPTIONS *` and the like go as they came.
+        Some(_) if uri.scheme().is_none() => uri,
+        _ => Uri::from(PathAndQuery::from_static("/")),
     }
-    // A scheme, an authority and a path always make a URI.
-    Uri::from_parts(parts).unwrap_or_default()
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -381,6 +381,11 @@ fn is_idempotent(method: &Method) -> bool {
 /// Headers of one hop that a proxy must not pass on (RFC 9110 §7.6.1), with those the
 /// Connection header names. `Transfer-Encoding` goes too: hyper frames each side's body itself.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and answers carry none: one pass over the names costs less than a removal
+    // (a hash and a probe) of each.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -408,36 +413,71 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ]
+    .contains(name)
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// What the proxy says of one client, made once for its connection: its address as
+/// `X-Forwarded-For` and as `Forwarded` give it.
+#[derive(Debug, Clone)]
+struct ClientLines {
+    forwarded_for: HeaderValue,
+    forwarded: HeaderValue,
+}
+
+impl ClientLines {
+    fn new(client: IpAddr) -> ClientLines {
+        let forwarded = match client {
+            IpAddr::V4(ip) => format!("for={ip};proto=http"),
+            IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto=http"),
+        };
+        // An address formats as ASCII.
+        let value = |text: String| {
+            HeaderValue::from_maybe_shared(Bytes::from(text))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        };
+        ClientLines {
+            forwarded_for: value(client.to_string()),
+            forwarded: value(forwarded),
+        }
+    }
+}
 
 /// Says who the client is: appended to what an earlier proxy said (`X-Forwarded-For` joined
 /// into one line, as nginx's `$proxy_add_x_forwarded_for` does, since some applications read
 /// one line only), and that it spoke plain HTTP to this proxy.
-fn add_forwarded(headers: &mut HeaderMap, client: IpAddr) {
-    append(headers, &X_FORWARDED_FOR, |line| write!(line, "{client}"));
-    append(headers, &header::FORWARDED, |line| match client {
-        IpAddr::V4(ip) => write!(line, "for={ip};proto=http"),
-        IpAddr::V6(ip) => write!(line, "for=\"[{ip}]\";proto=http"),
-    });
+fn add_forwarded(headers: &mut HeaderMap, client: &ClientLines) {
+    append(headers, &X_FORWARDED_FOR, &client.forwarded_for);
+    append(headers, &header::FORWARDED, &client.forwarded);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 
-/// Replaces the `name` header by one line: its earlier values, then the one `write` makes.
-fn append(
-    headers: &mut HeaderMap,
-    name: &HeaderName,
-    write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
-) {
+/// Replaces the `name` header by one line: its earlier values, then `ours`.
+fn append(headers: &mut HeaderMap, name: &HeaderName, ours: &HeaderValue) {
+    if !headers.contains_key(name) {
+        headers.insert(name.clone(), ours.clone());
+        return;
+    }
     let mut line = Vec::with_capacity(64);
     for earlier in headers.get_all(name) {
         line.extend_from_slice(earlier.as_bytes());
         line.extend_from_slice(b", ");
     }
-    if write(&mut line).is_err() {
-        return;
-    }
-    // Earlier values were valid header bytes, and an address formats as ASCII.
+    line.extend_from_slice(ours.as_bytes());
+    // Earlier values and ours were valid header bytes.
     if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(line)) {
         headers.insert(name.clone(), value);
     }
@@ -459,6 +499,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
 fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut answer = Response::new(ProxyBody {
         inner: Inner::Local(Full::new(Bytes::from_static(text.as_bytes()))),
+        conn: None,
         _attempt: None,
         _request: None,
     });
@@ -471,9 +512,11 @@ fn local(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 }
 
 /// The body sent to a client: an endpoint's, which holds its attempt and request in flight until
-/// it is sent or dropped (so least connections counts streaming answers), or one of the proxy's.
+/// it is sent or dropped (so least connections counts streaming answers), and its connection,
+/// kept for another request if the body was sent whole; or one of the proxy's.
 pub(crate) struct ProxyBody {
     inner: Inner,
+    conn: Option<Conn>,
     _attempt: Option<Lease>,
     _request: Option<RequestGuard>,
 }
@@ -481,6 +524,16 @@ pub(crate) struct ProxyBody {
 enum Inner {
     Endpoint(Incoming),
     Local(Full<Bytes>),
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let (Inner::Endpoint(body), Some(conn)) = (&self.inner, self.conn.take())
+            && body.is_end_stream()
+        {
+            conn.keep();
+        }
+    }
 }
 
 impl Body for ProxyBody {
@@ -540,7 +593,7 @@ mod tests {
     #[test]
     fn forwarded_headers_append_to_earlier_proxies() {
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "10.0.0.7".parse().unwrap());
+        add_forwarded(&mut h, &ClientLines::new("10.0.0.7".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "10.0.0.7");
         assert_eq!(h["forwarded"], "for=10.0.0.7;proto=http");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -549,7 +602,7 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        add_forwarded(&mut h, "::1".parse().unwrap());
+        add_forwarded(&mut h, &ClientLines::new("::1".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
@@ -568,11 +621,14 @@ mod tests {
     }
 
     #[test]
-    fn the_endpoint_uri_keeps_path_and_query() {
-        let authority = Authority::from_static("127.0.0.1:9000");
-        let uri = to_endpoint("/a/b?c=d".parse().unwrap(), &authority);
-        assert_eq!(uri.to_string(), "http://127.0.0.1:9000/a/b?c=d");
-        let uri = to_endpoint("http://elsewhere/x".parse().unwrap(), &authority);
-        assert_eq!(uri.to_string(), "http://127.0.0.1:9000/x");
+    fn the_endpoint_gets_the_path_and_query_in_origin_form() {
+        let uri = to_endpoint("/a/b?c=d".parse().unwrap());
+        assert_eq!(uri.to_string(), "/a/b?c=d");
+        let uri = to_endpoint("http://elsewhere/x?y".parse().unwrap());
+        assert_eq!(uri.to_string(), "/x?y");
+        let uri = to_endpoint("http://elsewhere".parse().unwrap());
+        assert_eq!(uri.to_string(), "/");
+        let uri = to_endpoint("*".parse().unwrap());
+        assert_eq!(uri.to_string(), "*");
     }
 }

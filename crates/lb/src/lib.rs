@@ -39,6 +39,7 @@ mod http;
 mod idle;
 mod outlier;
 mod pick;
+mod pool;
 mod proxy_protocol;
 mod rng;
 mod tcp;
