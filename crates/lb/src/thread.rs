@@ -2,8 +2,8 @@
 //! runtime), as an nginx or HAProxy worker is. A request's client connection, its endpoint
 //! connection and its answer are then polled on one thread with no hand-over between threads,
 //! and whatever else the process runs (the agent, in dev the server) never queues in front of
-//! them. Measured with `bench/lb`: this costs a request fewer CPU microseconds than the proxy
-//! on a multi-threaded runtime with one worker, and as few as nginx's.
+//! them. It also makes the comparison with one nginx worker a fair one. The README's Figures
+//! give what a request costs this way and on a multi-threaded runtime.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
