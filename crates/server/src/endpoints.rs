@@ -25,6 +25,9 @@ use crate::routes::{WaitQuery, wait_of};
 /// oldest are forgotten, and a node asking from before them gets the whole list.
 const MAX_REMOVED: usize = 10_000;
 
+/// Services whose endpoints are computed under one read of the state.
+const SERVICES_PER_READ: usize = 32;
+
 /// The list as last computed.
 #[derive(Debug, Default)]
 pub struct Published {
@@ -97,12 +100,14 @@ impl Endpoints {
     }
 
     /// Brings the list up to date with the state: every service when `all`, else those named.
+    /// Returns those it left for another round, as a batch was applied meanwhile.
+    #[must_use]
     fn refresh<'a>(
         &self,
         state: &StateHandle,
         all: bool,
         names: impl IntoIterator<Item = &'a String>,
-    ) {
+    ) -> Vec<String> {
         let current = self.published.borrow().clone();
         let mut next = Published {
             index: current.index,
@@ -110,38 +115,55 @@ impl Endpoints {
             removed: current.removed.clone(),
             since: current.since,
         };
-        let moved = state.read(|s| {
-            let names: Vec<String> = if all {
-                let mut every: Vec<String> = s.services.keys().cloned().collect();
-                every.extend(next.services.keys().cloned());
-                every
-            } else {
-                names.into_iter().cloned().collect()
-            };
-            let mut moved = false;
-            for name in names {
-                let now = s.endpoints_of(&name, &self.range);
-                let before = next.services.get(&name).map(|(_, e)| e.as_ref());
-                if now.as_ref() == before {
-                    continue;
+        let names: Vec<String> = if all {
+            let mut every: Vec<String> = state.read(|s| s.services.keys().cloned().collect());
+            every.extend(next.services.keys().cloned());
+            every
+        } else {
+            names.into_iter().cloned().collect()
+        };
+        // A few services per read, so that a batch being applied, and every reader behind it
+        // (heartbeats, `ps`), waits for one chunk and not for the whole list. The list stays
+        // as of one index: once a batch is applied between two chunks, the services not read
+        // yet are left for the next round, which [`publish`] runs at once.
+        let mut at: Option<u64> = None;
+        let mut moved = false;
+        let mut later = Vec::new();
+        for (i, chunk) in names.chunks(SERVICES_PER_READ).enumerate() {
+            let same = state.read(|s| {
+                if *at.get_or_insert(s.index) != s.index {
+                    return false;
                 }
-                moved = true;
-                match now {
-                    Some(now) => {
-                        if next.removed.contains_key(&name) {
-                            Arc::make_mut(&mut next.removed).remove(&name);
-                        }
-                        next.services.insert(name, (s.index, Arc::new(now)));
+                for name in chunk {
+                    let now = s.endpoints_of(name, &self.range);
+                    let before = next.services.get(name).map(|(_, e)| e.as_ref());
+                    if now.as_ref() == before {
+                        continue;
                     }
-                    None => next.remove(&name, s.index),
+                    moved = true;
+                    match now {
+                        Some(now) => {
+                            if next.removed.contains_key(name) {
+                                Arc::make_mut(&mut next.removed).remove(name);
+                            }
+                            next.services.insert(name.clone(), (s.index, Arc::new(now)));
+                        }
+                        None => next.remove(name, s.index),
+                    }
                 }
+                true
+            });
+            if !same {
+                later = names[i * SERVICES_PER_READ..].to_vec();
+                break;
             }
-            moved.then_some(s.index)
-        });
+        }
+        let moved = if moved { at } else { None };
         if let Some(index) = moved.or((current.index == 0).then(|| state.applied_index())) {
             next.index = index.max(1);
             self.published.send_replace(Arc::new(next));
         }
+        later
     }
 }
 
@@ -151,14 +173,17 @@ pub async fn publish(state: StateHandle, endpoints: Endpoints, mut stop: watch::
     // Everything once, then what each batch touched; taken before the state is read, so a
     // change in between is taken the next time round.
     state.take_changed_services();
-    endpoints.refresh(&state, true, []);
+    let mut later = endpoints.refresh(&state, true, []);
     loop {
+        while !later.is_empty() {
+            later = endpoints.refresh(&state, false, &later);
+        }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
         }
         let changed = state.take_changed_services();
-        endpoints.refresh(&state, changed.all, &changed.services);
+        later = endpoints.refresh(&state, changed.all, &changed.services);
     }
 }
 
