@@ -62,14 +62,9 @@ impl ProxyThread {
         options: HttpOptions,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = listener.into_std()?;
-        self.spawn(async move {
-            match TcpListener::from_std(listener) {
-                Ok(listener) => crate::serve_http(listener, balancer, options, shutdown).await,
-                Err(e) => tracing::error!("the proxy thread cannot serve a listener: {e}"),
-            }
-        });
-        Ok(())
+        self.serve(listener, move |listener| {
+            crate::serve_http(listener, balancer, options, shutdown)
+        })
     }
 
     /// [`crate::serve_tcp`] on this thread, as [`ProxyThread::serve_http`].
@@ -80,10 +75,24 @@ impl ProxyThread {
         options: TcpOptions,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve(listener, move |listener| {
+            crate::serve_tcp(listener, balancer, options, shutdown)
+        })
+    }
+
+    /// Moves `listener` to this thread's runtime and runs `serve` on it there.
+    fn serve<F>(
+        &self,
+        listener: TcpListener,
+        serve: impl FnOnce(TcpListener) -> F + Send + 'static,
+    ) -> std::io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         let listener = listener.into_std()?;
         self.spawn(async move {
             match TcpListener::from_std(listener) {
-                Ok(listener) => crate::serve_tcp(listener, balancer, options, shutdown).await,
+                Ok(listener) => serve(listener).await,
                 Err(e) => tracing::error!("the proxy thread cannot serve a listener: {e}"),
             }
         });
