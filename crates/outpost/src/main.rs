@@ -161,6 +161,14 @@ struct ApiOptions {
     /// e.g. 20ms; 0s commits at once whatever is waiting.
     #[arg(long, default_value = "20ms", env = "OUTPOST_REPORT_BATCH")]
     report_batch: String,
+    /// Most statuses and events of agents' reports waiting to be committed; a report that would
+    /// go past it is answered that the server is busy, and its agent sends it again shortly.
+    #[arg(
+        long,
+        default_value_t = server::batch::DEFAULT_MAX_QUEUED_ITEMS,
+        env = "OUTPOST_MAX_QUEUED_REPORT_ITEMS"
+    )]
+    max_queued_report_items: usize,
     /// Most events the history keeps; the oldest go first.
     #[arg(long, default_value_t = store::DEFAULT_MAX_EVENTS, env = "OUTPOST_EVENT_RETENTION")]
     event_retention: usize,
@@ -219,6 +227,7 @@ impl ApiOptions {
             limits: self.limits()?,
             report_batch: server::batch::BatchConfig {
                 tick: self.report_batch()?,
+                max_queued_items: self.max_queued_report_items,
                 ..server::batch::BatchConfig::default()
             },
             store: self.store()?,

@@ -15,8 +15,16 @@
 //!   the agent sends it again.
 //! - The queue in front of the batcher is bounded: a burst of reports waits in its requests
 //!   (themselves capped by the listener's connection limit), not in a growing buffer.
+//! - What waits is bounded too, in statuses and events ([`BatchConfig::max_queued_items`]): a
+//!   call that would go over is answered at once that the server is busy (503), and the agent
+//!   sends it again after its retry pause. Without it, thousands of agents starting at once
+//!   queue more than commits within their request timeout: every answer comes too late, every
+//!   agent sends its report again, and the server applies each report many times while no agent
+//!   hears of one (measured with `bench/scale`).
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use api::{RegisterRequest, StatusReport};
@@ -37,6 +45,11 @@ pub const DEFAULT_BATCH_ITEMS: usize = 5_000;
 /// so an entry stays small on disk and on its way to other servers.
 pub const DEFAULT_BATCH_BYTES: usize = 1 << 20;
 
+/// 20,000 statuses and events waiting at most: four full batches, about a second of commits
+/// on a small server (`bench/scale` committed 13,000-18,000 a second on two cores), far within
+/// the agents' 10 s request timeout.
+pub const DEFAULT_MAX_QUEUED_ITEMS: usize = 20_000;
+
 /// Reports queued in front of the batcher; past this, requests wait to be queued.
 const QUEUE: usize = 4_096;
 
@@ -52,6 +65,9 @@ pub struct BatchConfig {
     pub max_items: usize,
     /// Most bytes of JSON in one batch; a single larger report goes alone.
     pub max_bytes: usize,
+    /// Most statuses and events waiting to be committed; a call that would go over is refused
+    /// as busy, unless nothing waits.
+    pub max_queued_items: usize,
 }
 
 impl Default for BatchConfig {
@@ -60,6 +76,7 @@ impl Default for BatchConfig {
             tick: DEFAULT_TICK,
             max_items: DEFAULT_BATCH_ITEMS,
             max_bytes: DEFAULT_BATCH_BYTES,
+            max_queued_items: DEFAULT_MAX_QUEUED_ITEMS,
         }
     }
 }
@@ -104,12 +121,26 @@ impl std::io::Write for Counter {
     }
 }
 
+/// A call's statuses and events, counted as waiting for as long as this lives: from its
+/// admission until it is answered, or skipped.
+struct Admitted {
+    queued: Arc<AtomicUsize>,
+    items: usize,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.items, Relaxed);
+    }
+}
+
 /// A call waiting for its entry to commit.
 struct Waiting {
     item: FromAgent,
     size: Size,
     arrived: Instant,
     done: oneshot::Sender<Result<(), String>>,
+    admitted: Admitted,
 }
 
 impl Waiting {
@@ -121,15 +152,26 @@ impl Waiting {
         self.done.is_closed()
     }
 
-    fn new(item: FromAgent) -> (Waiting, oneshot::Receiver<Result<(), String>>) {
+    /// The call, counted in `queued`, with how many statuses and events waited before it.
+    fn new(
+        item: FromAgent,
+        queued: &Arc<AtomicUsize>,
+    ) -> (Waiting, oneshot::Receiver<Result<(), String>>, usize) {
         let (done, answer) = oneshot::channel();
+        let size = Size::of(&item);
+        let before = queued.fetch_add(size.items, Relaxed);
+        let admitted = Admitted {
+            queued: Arc::clone(queued),
+            items: size.items,
+        };
         let waiting = Waiting {
-            size: Size::of(&item),
+            size,
             item,
             arrived: Instant::now(),
             done,
+            admitted,
         };
-        (waiting, answer)
+        (waiting, answer, before)
     }
 }
 
@@ -137,6 +179,9 @@ impl Waiting {
 #[derive(Clone)]
 pub struct Batcher {
     queue: mpsc::Sender<Waiting>,
+    /// Statuses and events admitted and not yet answered.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 impl Batcher {
@@ -149,7 +194,11 @@ impl Batcher {
     {
         let (queue, queued) = mpsc::channel(QUEUE);
         tokio::spawn(run(queued, config, commit, stop));
-        Batcher { queue }
+        Batcher {
+            queue,
+            queued: Arc::default(),
+            max_queued: config.max_queued_items,
+        }
     }
 
     /// Submits `node`'s report and waits until the entry holding it commits.
@@ -163,7 +212,15 @@ impl Batcher {
     }
 
     async fn call(&self, item: FromAgent) -> Result<(), String> {
-        let (waiting, answer) = Waiting::new(item);
+        let (waiting, answer, before) = Waiting::new(item, &self.queued);
+        if before > 0 && before + waiting.size.items > self.max_queued {
+            return Err(format!(
+                "the server is busy: {before} statuses and events from agents wait to be \
+                 committed, and this report would take that past {} (--max-queued-report-items); \
+                 the agent sends it again shortly",
+                self.max_queued
+            ));
+        }
         self.queue
             .send(waiting)
             .await
@@ -176,6 +233,8 @@ impl Batcher {
 struct Batch {
     items: Items,
     answers: Vec<oneshot::Sender<Result<(), String>>>,
+    /// Counted as waiting until the batch is answered.
+    admitted: Vec<Admitted>,
     size: Size,
 }
 
@@ -184,6 +243,7 @@ impl Batch {
         Batch {
             items: Vec::new(),
             answers: Vec::new(),
+            admitted: Vec::new(),
             size: Size::default(),
         }
     }
@@ -204,6 +264,7 @@ impl Batch {
         self.size.bytes += w.size.bytes;
         self.items.push(w.item);
         self.answers.push(w.done);
+        self.admitted.push(w.admitted);
     }
 
     /// Commits the batch as one entry and answers each of its requests with the outcome.

@@ -16,6 +16,7 @@ const CONFIG: BatchConfig = BatchConfig {
     tick: Duration::from_millis(20),
     max_items: 1_000,
     max_bytes: 1 << 20,
+    max_queued_items: 100_000,
 };
 
 /// A report numbered `seq` with `items` events.
@@ -96,10 +97,13 @@ async fn feed(
     node: &str,
     report: StatusReport,
 ) -> oneshot::Receiver<Result<(), String>> {
-    let (waiting, answer) = Waiting::new(FromAgent::Report {
-        node: node.into(),
-        report,
-    });
+    let (waiting, answer, _) = Waiting::new(
+        FromAgent::Report {
+            node: node.into(),
+            report,
+        },
+        &Arc::default(),
+    );
     queue.send(waiting).await.unwrap();
     answer
 }
@@ -306,4 +310,62 @@ async fn a_batcher_whose_stop_handle_is_dropped_keeps_committing() {
     drop(stop);
     assert_eq!(batcher.submit("a".into(), report(1, 1)).await, Ok(()));
     assert_eq!(entries.batches(), vec![(ms(20), names(&["a/1"]))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_past_the_queued_bound_is_refused_as_busy_at_once_and_admitted_once_answers_go() {
+    // Every commit waits until the test lets it go, so what was admitted stays waiting.
+    let (release, released) = watch::channel(false);
+    let commit = move |_: Items| {
+        let mut released = released.clone();
+        async move {
+            let _ = released.wait_for(|r| *r).await;
+            Ok(())
+        }
+    };
+    let config = BatchConfig {
+        max_queued_items: 10,
+        ..CONFIG
+    };
+    let (_stop, stopped) = watch::channel(false);
+    let batcher = Batcher::spawn(config, commit, stopped);
+    let submit = |node: &str, items: usize| {
+        let batcher = batcher.clone();
+        let node = node.to_string();
+        tokio::spawn(async move { batcher.submit(node, report(1, items)).await })
+    };
+    let waiting = |n: usize| {
+        let queued = Arc::clone(&batcher.queued);
+        async move {
+            for _ in 0..100 {
+                if queued.load(Relaxed) == n {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            panic!("{} waiting, not {n}", queued.load(Relaxed));
+        }
+    };
+
+    let first = submit("a", 6);
+    waiting(6).await;
+    // Answered at once, not after the commit in the way.
+    let refused = tokio::time::timeout(ms(1), batcher.submit("b".into(), report(1, 6))).await;
+    let why = refused
+        .expect("a busy answer comes at once")
+        .expect_err("6 more than the 10 allowed");
+    assert!(why.contains("busy"), "{why}");
+    assert!(why.contains("--max-queued-report-items"), "{why}");
+    waiting(6).await;
+    // Up to the bound is admitted.
+    let second = submit("c", 4);
+    waiting(10).await;
+
+    release.send(true).unwrap();
+    assert_eq!(first.await.unwrap(), Ok(()));
+    assert_eq!(second.await.unwrap(), Ok(()));
+    waiting(0).await;
+    // With nothing waiting, even a report larger than the bound goes.
+    assert_eq!(batcher.submit("d".into(), report(2, 12)).await, Ok(()));
+    waiting(0).await;
 }
