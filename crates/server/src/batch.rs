@@ -214,10 +214,14 @@ impl Batcher {
     async fn call(&self, item: FromAgent) -> Result<(), String> {
         let (waiting, answer, before) = Waiting::new(item, &self.queued);
         if before > 0 && before + waiting.size.items > self.max_queued {
+            let what = match waiting.item {
+                FromAgent::Report { .. } => "report",
+                FromAgent::Register(_) => "registration",
+            };
             return Err(format!(
                 "the server is busy: {before} statuses and events from agents wait to be \
-                 committed, and this report would take that past {} (--max-queued-report-items); \
-                 the agent sends it again shortly",
+                 committed, and this {what} would take that past {} \
+                 (--max-queued-report-items); the agent sends it again shortly",
                 self.max_queued
             ));
         }
