@@ -211,6 +211,25 @@ impl Batcher {
         self.call(FromAgent::Register(node)).await
     }
 
+    /// Whether as many statuses and events wait as may: then a report is refused before its
+    /// body is even read, since it could not be admitted (the answer says why).
+    pub fn full(&self) -> Result<(), String> {
+        let queued = self.queued.load(Relaxed);
+        match queued >= self.max_queued {
+            true => Err(self.busy(queued, "report")),
+            false => Ok(()),
+        }
+    }
+
+    fn busy(&self, queued: usize, what: &str) -> String {
+        format!(
+            "the server is busy: {queued} statuses and events from agents wait to be \
+             committed, and this {what} would take that past {} \
+             (--max-queued-report-items); the agent sends it again shortly",
+            self.max_queued
+        )
+    }
+
     async fn call(&self, item: FromAgent) -> Result<(), String> {
         let (waiting, answer, before) = Waiting::new(item, &self.queued);
         if before > 0 && before + waiting.size.items > self.max_queued {
@@ -218,12 +237,7 @@ impl Batcher {
                 FromAgent::Report { .. } => "report",
                 FromAgent::Register(_) => "registration",
             };
-            return Err(format!(
-                "the server is busy: {before} statuses and events from agents wait to be \
-                 committed, and this {what} would take that past {} \
-                 (--max-queued-report-items); the agent sends it again shortly",
-                self.max_queued
-            ));
+            return Err(self.busy(before, what));
         }
         self.queue
             .send(waiting)

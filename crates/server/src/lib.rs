@@ -32,6 +32,7 @@ pub mod blocking;
 pub mod bundles;
 pub mod cluster;
 pub mod controller;
+pub mod core_thread;
 pub mod detector;
 pub mod endpoints;
 pub mod exec;
@@ -290,9 +291,21 @@ fn check_state(dir: &Path, state: &Path, reset: bool) -> Result<(), ServerError>
     })
 }
 
-/// What every handler and controller of this server shares.
+/// What every handler and controller of this server shares. Cloned for every request (axum
+/// hands each handler and middleware its own), so a clone is one reference count.
 #[derive(Clone)]
-pub struct Server {
+pub struct Server(Arc<Shared>);
+
+impl std::ops::Deref for Server {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of a [`Server`].
+pub struct Shared {
     pub raft: Raft,
     pub state: StateHandle,
     pub token: String,
@@ -373,6 +386,8 @@ pub struct ServerHandle {
     pub joined: bool,
     stop: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<()>,
+    /// Where Raft runs: dropped last, once Raft is shut down.
+    core: core_thread::CoreThread,
 }
 
 impl ServerHandle {
@@ -385,6 +400,8 @@ impl ServerHandle {
         let state = self.ctx.state.clone();
         drop(self.ctx);
         state.closed().await;
+        // Whatever is left on Raft's thread (the batcher, answers not yet sent) ends with it.
+        drop(self.core);
     }
 }
 
@@ -406,43 +423,50 @@ fn tighten(path: &Path) -> Result<(), ServerError> {
 }
 
 /// Opens the store and starts Raft on it as server `id`, founding a one-member group on the
-/// first start when `found`.
+/// first start when `found`. Runs on `core`, where Raft's tasks then stay.
 async fn start_raft(
+    core: &core_thread::CoreThread,
     config: &ServerConfig,
     me: &Identity,
     state_file: &Path,
     token: &str,
     http: &reqwest::Client,
 ) -> Result<(Raft, StateHandle), ServerError> {
-    let scheme = scheme(config.tls);
-    // Waits out a lock that a child of a killed server holds until it execs (see LOCK_PATIENCE).
-    let (log, machine, state) = seal::files::open_when_unlocked(
-        seal::files::LOCK_PATIENCE,
-        |e| matches!(e, store::StoreError::Locked { .. }),
-        |e| tracing::warn!("{e}; waiting up to {:?} for it", seal::files::LOCK_PATIENCE),
-        || store::open(state_file, config.store.clone()),
-    )?;
-    tighten(state_file)?;
-    let raft_err = |e: &dyn std::fmt::Display| ServerError::Raft(e.to_string());
-    let raft_config = store::raft::config("outpost")
-        .validate()
-        .map_err(|e| raft_err(&e))?;
-    let raft = Raft::new(
-        me.id,
-        Arc::new(raft_config),
-        network::Network::new(token.to_string(), http.clone(), scheme),
-        log,
-        machine,
-    )
-    .await
-    .map_err(|e| raft_err(&e))?;
-    let members = BTreeMap::from([(me.id, me.node.clone())]);
-    if me.found {
-        store::raft::initialize_once(&raft, members)
-            .await
+    let (config, id, node, found) = (config.clone(), me.id, me.node.clone(), me.found);
+    let (state_file, token, http) = (state_file.to_path_buf(), token.to_string(), http.clone());
+    let started = core.run(async move {
+        let scheme = scheme(config.tls);
+        // Waits out a lock that a child of a killed server holds until it execs (see
+        // LOCK_PATIENCE).
+        let (log, machine, state) = seal::files::open_when_unlocked(
+            seal::files::LOCK_PATIENCE,
+            |e| matches!(e, store::StoreError::Locked { .. }),
+            |e| tracing::warn!("{e}; waiting up to {:?} for it", seal::files::LOCK_PATIENCE),
+            || store::open(&state_file, config.store.clone()),
+        )?;
+        tighten(&state_file)?;
+        let raft_err = |e: &dyn std::fmt::Display| ServerError::Raft(e.to_string());
+        let raft_config = store::raft::config("outpost")
+            .validate()
             .map_err(|e| raft_err(&e))?;
-    }
-    Ok((raft, state))
+        let raft = Raft::new(
+            id,
+            Arc::new(raft_config),
+            network::Network::new(token, http, scheme),
+            log,
+            machine,
+        )
+        .await
+        .map_err(|e| raft_err(&e))?;
+        if found {
+            store::raft::initialize_once(&raft, BTreeMap::from([(id, node)]))
+                .await
+                .map_err(|e| raft_err(&e))?;
+        }
+        Ok((raft, state))
+    });
+    let ended = || ServerError::Raft("the Raft thread ended while Raft was starting".into());
+    started.await.ok_or_else(ended)?
 }
 
 /// The file where a server that joined a group keeps the Raft id it was given. The founder has
@@ -634,10 +658,15 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         token_of(&config)?
     };
     let me = identity(&config, &token, &advertise, &http).await?;
-    let (raft, state) = start_raft(&config, &me, &state_file, &token, &http).await?;
+    let core = core_thread::CoreThread::start()
+        .map_err(|e| ServerError::Raft(format!("cannot start the thread Raft runs on: {e}")))?;
+    let (raft, state) = start_raft(&core, &config, &me, &state_file, &token, &http).await?;
     let (stop, stop_rx) = watch::channel(false);
-    let reports = start_batcher(&raft, config.report_batch, stop_rx.clone());
-    let ctx = Server {
+    let reports = {
+        let _on_core = core.enter();
+        start_batcher(&raft, config.report_batch, stop_rx.clone())
+    };
+    let ctx = Server(Arc::new(Shared {
         raft,
         state,
         token: token.clone(),
@@ -650,7 +679,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         reports,
         trust,
         endpoints: endpoints::Endpoints::new(config.service_range),
-    };
+    }));
     tokio::spawn(endpoints::publish(
         ctx.state.clone(),
         ctx.endpoints.clone(),
@@ -680,6 +709,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         joined: me.joined_through.is_some(),
         stop,
         serve,
+        core,
     };
     if me.rejoined {
         tokio::spawn(cluster::vote_if_learner(handle.ctx.clone()));

@@ -1130,6 +1130,23 @@ fn check_report(node: &str, report: &StatusReport, limits: &ApiLimits) -> Result
     ))
 }
 
+/// There is room for a report among those waiting to be committed. Taken before the body: a
+/// server too busy to admit a report answers so without reading and decoding it, which under a
+/// burst of thousands of agents was much of what kept it busy.
+struct RoomForReports;
+
+impl axum::extract::FromRequestParts<Server> for RoomForReports {
+    type Rejection = Fail;
+
+    async fn from_request_parts(
+        _: &mut axum::http::request::Parts,
+        ctx: &Server,
+    ) -> Result<Self, Fail> {
+        ctx.reports.full().map_err(unavailable)?;
+        Ok(RoomForReports)
+    }
+}
+
 /// An agent's report of its tasks and events. Reports arriving within one tick are committed
 /// together, as one entry; this answers once that entry commits.
 #[utoipa::path(post, path = "/v1/nodes/{name}/status", request_body = StatusReport,
@@ -1138,6 +1155,7 @@ fn check_report(node: &str, report: &StatusReport, limits: &ApiLimits) -> Result
 async fn report(
     State(ctx): State<Server>,
     Path(name): Path<String>,
+    _room: RoomForReports,
     Json(report): Json<StatusReport>,
 ) -> Result<StatusCode, Fail> {
     known_node(&ctx, &name)?;

@@ -214,9 +214,12 @@ impl StateMachineStore {
             self.pending = Some((changes, since));
             return Ok(());
         }
-        let index = changes.index;
-        tracing::trace!(index, bytes = changes.bytes(), "writing a checkpoint");
-        db::write(&self.db, move |txn| changes.write(txn)).await
+        let (index, bytes) = (changes.index, changes.bytes());
+        let started = Instant::now();
+        db::write(&self.db, move |txn| changes.write(txn)).await?;
+        let ms = started.elapsed().as_millis();
+        tracing::debug!(index, bytes, ms, "wrote a checkpoint");
+        Ok(())
     }
 
     /// Writes what waits, synchronously: when the state machine is dropped with the server.
@@ -321,7 +324,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let write_error = |e: DbError| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write);
+        let started = Instant::now();
         let (responses, changes) = self.apply_all(entries).map_err(write_error)?;
+        let (entries, ms) = (responses.len(), started.elapsed().as_millis());
+        tracing::trace!(entries, ms, "applied under the state lock");
         if let Some(changes) = changes {
             // Readers may see the batch now: its entries are committed, so durable in the log
             // whether or not the checkpoint below writes them yet.
@@ -434,8 +440,12 @@ fn saved_meta(txn: &redb::WriteTransaction) -> Result<Option<SnapshotMeta>, DbEr
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let build = async {
+            let started = Instant::now();
             let (meta, bytes) = self.encode().await?;
+            let encoded = started.elapsed().as_millis();
             self.save(&meta, bytes.clone()).await?;
+            let ms = started.elapsed().as_millis();
+            tracing::debug!(bytes = bytes.len(), encoded, ms, "built a snapshot");
             Ok::<_, DbError>(Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(bytes)),

@@ -1,0 +1,112 @@
+//! The thread Raft runs on: openraft's core, its log and state machine workers, replication to
+//! the other servers, and the batcher that turns agents' reports into entries, on an event loop
+//! of their own (a current-thread tokio runtime).
+//!
+//! A commit hops between several of these tasks (batcher, core, log append, apply, answer).
+//! On the runtime that serves the API, each hop waits behind every request ready to run: with
+//! 5,000 agents that is hundreds of milliseconds a hop, so an entry took most of a second to
+//! commit while the state machine itself was idle (`bench/scale`). Here a hop waits only for the
+//! few tasks of Raft; the API's requests reach Raft through channels, from any runtime.
+
+use std::future::Future;
+
+use tokio::runtime::{EnterGuard, Handle};
+use tokio::sync::oneshot;
+
+/// The thread's name, as `top -H` and `/proc/PID/task/*/comm` show it.
+const NAME: &str = "outpost-raft";
+
+/// Raft's thread; dropping it ends the thread and drops every task still on it.
+#[derive(Debug)]
+pub struct CoreThread {
+    handle: Handle,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl CoreThread {
+    pub fn start() -> std::io::Result<CoreThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel();
+        std::thread::Builder::new()
+            .name(NAME.to_string())
+            .spawn(move || {
+                // Either a stop or the sender dropped: both end the thread.
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(CoreThread {
+            handle,
+            stop: Some(stop),
+        })
+    }
+
+    /// Runs `work` on this thread, so that whatever it spawns stays here, and waits for it
+    /// from any runtime. `None` if the thread ended first.
+    pub async fn run<F>(&self, work: F) -> Option<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(work).await.ok()
+    }
+
+    /// While the guard lives, `tokio::spawn` spawns on this thread.
+    pub fn enter(&self) -> EnterGuard<'_> {
+        self.handle.enter()
+    }
+}
+
+impl Drop for CoreThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn work_runs_on_the_thread_and_what_it_spawns_stays_there() {
+        let core = CoreThread::start().unwrap();
+        let names = core
+            .run(async {
+                let spawned =
+                    tokio::spawn(async { std::thread::current().name().map(str::to_string) });
+                (
+                    std::thread::current().name().map(str::to_string),
+                    spawned.await.unwrap(),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(names, (Some(NAME.into()), Some(NAME.into())));
+        let entered = {
+            let _in = core.enter();
+            tokio::spawn(async { std::thread::current().name().map(str::to_string) })
+        };
+        assert_eq!(entered.await.unwrap().as_deref(), Some(NAME));
+    }
+
+    #[tokio::test]
+    async fn dropping_it_drops_what_still_runs_there() {
+        let core = CoreThread::start().unwrap();
+        let (held, dropped) = oneshot::channel::<()>();
+        {
+            let _in = core.enter();
+            tokio::spawn(async move {
+                let _held = held;
+                std::future::pending::<()>().await;
+            });
+        }
+        drop(core);
+        // The task's end drops its sender: the receiver hears the channel closed.
+        assert!(dropped.await.is_err());
+    }
+}
