@@ -611,3 +611,28 @@ async fn the_services_a_batch_touched_are_taken_once() {
         "a node's row may change every service with a task there"
     );
 }
+
+#[test]
+fn merged_rows_are_written_once_each_with_their_last_value_in_key_order() {
+    let row = |key: &str, value: Option<&[u8]>| (key.to_string(), value.map(<[u8]>::to_vec));
+    let rows = vec![
+        row("web.2.1", Some(b"starting")),
+        row("api.1.1", Some(b"running")),
+        row("web.2.1", Some(b"ready")),
+        row("api.1.1", None),
+        row("db.1.1", None),
+        row("db.1.1", Some(b"back")),
+    ];
+    let written: Vec<(&str, Option<&[u8]>)> = super::latest(&rows)
+        .into_iter()
+        .map(|(key, value)| (key, value.as_deref()))
+        .collect();
+    assert_eq!(
+        written,
+        vec![
+            ("api.1.1", None),
+            ("db.1.1", Some(&b"back"[..])),
+            ("web.2.1", Some(&b"ready"[..])),
+        ]
+    );
+}
