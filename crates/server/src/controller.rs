@@ -40,6 +40,11 @@ const RESYNC: Duration = Duration::from_secs(1);
 /// about 20 ms in a release build (`bench/scheduler`), so every 30 s costs under 0.1% of a core
 /// and blocks applies as rarely, and a missed change waits 30 s at most.
 const FULL_PASS: Duration = Duration::from_secs(30);
+/// After a plan, the next waits at least twice as long as it took: however fast entries come,
+/// planning takes at most a third of a core and holds the state's read lock (which applying
+/// waits on) at most a third of the time. A plan of a small cluster takes microseconds, so it
+/// never waits there; entries applied meanwhile are planned together.
+const PAUSE_PER_PLAN: u32 = 2;
 
 /// What the controller last planned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +71,13 @@ pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
             return;
         }
         // A leader that lost office and won it back plans afresh: it cannot know what happened.
+        let started = Instant::now();
         last = if ctx.is_leader() {
             reconcile(&ctx, last).await
         } else {
             None
         };
+        let pause_until = Instant::now() + started.elapsed() * PAUSE_PER_PLAN;
         // A rollout moves on with time too (monitors and delays run out), not only with entries.
         let rolling = ctx.state.read(|s| !rolling(s).is_empty());
         let wait = if rolling { ROLLOUT_TICK } else { RESYNC };
@@ -78,6 +85,10 @@ pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
             changed = applied.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
             // A dropped sender is a stop too; waiting on it again would spin.
+            changed = stop.changed() => if changed.is_err() { return },
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(pause_until) => {}
             changed = stop.changed() => if changed.is_err() { return },
         }
     }
@@ -104,24 +115,29 @@ fn rolling(s: &State) -> Vec<String> {
 /// next wake-up plans every service again.
 async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
     let at = Instant::now();
-    let work = ctx.state.read(|s| {
-        let locked = Instant::now();
-        let pass = due(s, last, at)?;
-        let plan = plan(s, &pass, now());
-        // The plan names every service still waiting (it planned all of those that were), so
-        // it says the whole of what `pending` should become.
-        let pending_changed = !plan.pending.iter().map(|(k, v)| (k, v)).eq(&s.pending);
-        let full_at = match (&pass, last) {
-            (Pass::Services(_), Some(l)) => l.full_at,
-            _ => at,
-        };
-        let planned = Planned {
-            index: s.index,
-            full_at,
-        };
-        Some((pass, planned, plan, pending_changed, locked.elapsed()))
+    // On the blocking pool: a pass at 100,000 tasks is tens of milliseconds of work, too long
+    // for one of the runtime's workers, which serve the API meanwhile.
+    let state = ctx.state.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        state.read(|s| {
+            let locked = Instant::now();
+            let pass = due(s, last, at)?;
+            let plan = plan(s, &pass, now());
+            // The plan names every service still waiting (it planned all of those that were), so
+            // it says the whole of what `pending` should become.
+            let pending_changed = !plan.pending.iter().map(|(k, v)| (k, v)).eq(&s.pending);
+            let full_at = match (&pass, last) {
+                (Pass::Services(_), Some(l)) => l.full_at,
+                _ => at,
+            };
+            let planned = Planned {
+                index: s.index,
+                full_at,
+            };
+            Some((pass, planned, plan, pending_changed, locked.elapsed()))
+        })
     });
-    let Some((pass, planned, plan, pending_changed, held)) = work else {
+    let Some((pass, planned, plan, pending_changed, held)) = work.await.ok().flatten() else {
         return last;
     };
     tracing::debug!(
@@ -151,26 +167,28 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
     }
 }
 
-/// What to plan, if anything: every service when nothing was planned yet, a node changed or
-/// the full pass is due; otherwise the services whose placement inputs moved since the last
-/// plan, with those waiting for room (also when a removed service was forgotten: its entry
-/// went with it, and the room its tasks left may fit them). Looks at one index per service, not
-/// at the tasks.
+/// What to plan, if anything: every service when nothing was planned yet or the full pass is
+/// due; otherwise the services whose placement inputs moved since the last plan, with those
+/// waiting for room (also when a node changed, as it may have room now, or a removed service was
+/// forgotten: its entry went with it, and the room its tasks left may fit them). Looks at one
+/// index per service, not at the tasks.
 ///
-/// A node change matters to replicas that wait and, since drains, to the services with tasks
-/// on the node (a drain, or the node of a drain's replacement going up or down): a full pass
-/// answers it, since node changes are rare (only transitions are entries) and it stays right
-/// whatever a rule comes to read of the nodes.
+/// A node change moves the placement index of every service with tasks on the node (a drain,
+/// the node of a drain's replacement going up or down, a node lost), so those are planned with
+/// the waiting ones; the full pass every [`FULL_PASS`] catches whatever a rule comes to read of
+/// the nodes beyond that.
 fn due(s: &State, last: Option<Planned>, now: Instant) -> Option<Pass> {
     let last = match last {
-        Some(l) if s.nodes_placement_index <= l.index && now < l.full_at + FULL_PASS => l,
+        Some(l) if now < l.full_at + FULL_PASS => l,
         _ => return Some(Pass::Full),
     };
     let mut only: BTreeSet<String> = (s.placement_index.iter())
         .filter(|(_, at)| **at > last.index)
         .map(|(name, _)| name.clone())
         .collect();
-    if !only.is_empty() || s.forgotten_placement_index > last.index {
+    let room_moved =
+        s.nodes_placement_index > last.index || s.forgotten_placement_index > last.index;
+    if !only.is_empty() || room_moved {
         only.extend(s.pending.keys().cloned());
     }
     only.extend(rolling(s));

@@ -129,6 +129,10 @@ pub(crate) enum DbError {
     Snapshot(String),
     #[error("laid out in format {found}, newer than this outpost reads ({STORE_FORMAT})")]
     Format { found: u32 },
+    #[error("cannot start the thread that writes checkpoints: {0}")]
+    Thread(std::io::Error),
+    #[error("checkpoints are no longer written, after an earlier one failed")]
+    WriterGone,
 }
 
 macro_rules! from_redb {
@@ -174,6 +178,14 @@ impl DbError {
             DbError::Task(e) => StoreError::Io {
                 path,
                 error: Box::new(redb::Error::Io(std::io::Error::other(e))),
+            },
+            DbError::Thread(e) => StoreError::Io {
+                path,
+                error: Box::new(redb::Error::Io(e)),
+            },
+            DbError::WriterGone => StoreError::Io {
+                path,
+                error: Box::new(redb::Error::Io(std::io::Error::other(DbError::WriterGone))),
             },
             DbError::Format { found } => StoreError::NewerFormat {
                 path,

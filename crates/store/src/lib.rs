@@ -51,6 +51,7 @@ pub mod state;
 mod state_machine;
 mod tables;
 mod tracked;
+mod writer;
 
 #[cfg(test)]
 mod tests;

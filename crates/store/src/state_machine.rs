@@ -6,7 +6,8 @@
 //! [`StateHandle`](crate::StateHandle), told the applied index): its entries are committed, so
 //! they are durable in the Raft log already. The encoded rows wait with those of later batches
 //! until a checkpoint is due ([`Checkpoint`]), then are written with the last applied log id and
-//! the membership in one transaction on the blocking pool (see `tables` for the layout). Because
+//! the membership in one transaction, by the writer's thread while applying goes on (`writer`;
+//! see `tables` for the layout). Because
 //! rows and applied index commit together, the tables always hold the state at exactly the index
 //! they say, and a restart resumes from there: openraft applies the committed entries after it
 //! again from the log. Dropping the state machine (the server stopping) writes what waits.
@@ -36,6 +37,8 @@ use crate::raft::{
 use crate::snapshot;
 use crate::state::{Response, State};
 use crate::tables::{Changes, Meta, STORE_FORMAT};
+use crate::writer::{self, Writer};
+use tokio::sync::oneshot;
 
 /// Everything the state machine persists: the state and where in the log it stands.
 #[derive(Debug, Default)]
@@ -175,6 +178,10 @@ pub struct StateMachineStore {
     watches: Arc<Watches>,
     /// Changes applied since the tables were last written, and since when they wait.
     pending: Option<(Changes, Instant)>,
+    /// Writes checkpoints off the apply path; started with the first.
+    writer: Option<Writer>,
+    /// The answer of the checkpoint being written, if one is.
+    in_flight: Option<oneshot::Receiver<Result<(), DbError>>>,
     snapshots: Arc<AtomicU64>,
 }
 
@@ -192,51 +199,99 @@ impl StateMachineStore {
             checkpoint: options.checkpoint,
             watches,
             pending: None,
+            writer: None,
+            in_flight: None,
             snapshots: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Adds a batch's changes to those waiting, and writes them all once they are due: older
-    /// than the checkpoint interval, or larger than its bytes.
+    /// Adds a batch's changes to those waiting, and hands them all to the writer once they are
+    /// due: older than the checkpoint interval, or larger than its bytes. One checkpoint is
+    /// written at a time; what falls due meanwhile goes with the next, and only when that
+    /// grows past twice the bytes (a disk far slower than the changes) does applying wait.
     ///
-    /// If the write fails, the in-memory state is ahead of the file; openraft treats the storage
+    /// If a write fails, the in-memory state is ahead of the file; openraft treats the storage
     /// error as fatal and stops this server, and the next start re-applies from the log.
     async fn checkpoint(&mut self, changes: Changes) -> Result<(), DbError> {
-        let pending = match self.pending.take() {
+        let (changes, since) = match self.pending.take() {
             Some((mut waiting, since)) => {
                 waiting.merge(changes);
                 (waiting, since)
             }
             None => (changes, Instant::now()),
         };
-        let (changes, since) = pending;
-        if since.elapsed() < self.checkpoint.every && changes.bytes() < self.checkpoint.max_bytes {
+        self.collect_written()?;
+        let due = since.elapsed() >= self.checkpoint.every
+            || changes.bytes() >= self.checkpoint.max_bytes;
+        let far_behind = changes.bytes() >= self.checkpoint.max_bytes.saturating_mul(2);
+        if !due || (self.in_flight.is_some() && !far_behind) {
             self.pending = Some((changes, since));
             return Ok(());
         }
-        let (index, bytes) = (changes.index, changes.bytes());
-        let started = Instant::now();
-        db::write(&self.db, move |txn| changes.write(txn)).await?;
-        let ms = started.elapsed().as_millis();
-        tracing::debug!(index, bytes, ms, "wrote a checkpoint");
+        self.finish_writing().await?;
+        self.in_flight = Some(self.writer()?.write(changes));
         Ok(())
     }
 
-    /// Writes what waits, synchronously: when the state machine is dropped with the server.
+    fn writer(&mut self) -> Result<&Writer, DbError> {
+        if self.writer.is_none() {
+            self.writer = Some(Writer::start(Arc::clone(&self.db))?);
+        }
+        Ok(self.writer.as_ref().expect("started above"))
+    }
+
+    /// The answer of the checkpoint in flight, if it has come.
+    fn collect_written(&mut self) -> Result<(), DbError> {
+        let Some(in_flight) = &mut self.in_flight else {
+            return Ok(());
+        };
+        let answer = match in_flight.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
+            Err(oneshot::error::TryRecvError::Closed) => Err(DbError::WriterGone),
+            Ok(answer) => answer,
+        };
+        self.in_flight = None;
+        answer
+    }
+
+    /// Hands what waits to the writer and waits until every checkpoint is written.
+    async fn write_all(&mut self) -> Result<(), DbError> {
+        self.finish_writing().await?;
+        if let Some((changes, _)) = self.pending.take() {
+            self.in_flight = Some(self.writer()?.write(changes));
+        }
+        self.finish_writing().await
+    }
+
+    /// Waits for the checkpoint in flight, if there is one.
+    async fn finish_writing(&mut self) -> Result<(), DbError> {
+        match self.in_flight.take() {
+            Some(in_flight) => writer::written(in_flight).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes what waits and waits for every checkpoint to be written, synchronously: when the
+    /// state machine is dropped with the server.
     fn write_pending(&mut self) {
-        let Some((changes, _)) = self.pending.take() else {
-            return;
+        let last = match (self.pending.take(), self.writer()) {
+            (Some((changes, _)), Ok(writer)) => Some(writer.write(changes)),
+            (Some(_), Err(e)) => {
+                tracing::warn!(
+                    "cannot write the last applied changes; they are applied again from the log at the next start: {e}"
+                );
+                None
+            }
+            (None, _) => None,
         };
-        let write = || -> Result<(), DbError> {
-            let txn = self.db.file.begin_write()?;
-            changes.write(&txn)?;
-            txn.commit()?;
-            Ok(())
-        };
-        if let Err(e) = write() {
-            tracing::warn!(
-                "cannot write the last applied changes; they are applied again from the log at the next start: {e}"
-            );
+        // Dropping the writer waits until its thread has written everything handed over.
+        drop(self.writer.take());
+        for mut answer in [self.in_flight.take(), last].into_iter().flatten() {
+            if let Ok(Err(e)) = answer.try_recv() {
+                tracing::warn!(
+                    "cannot write the last applied changes; they are applied again from the log at the next start: {e}"
+                );
+            }
         }
     }
 
@@ -261,8 +316,10 @@ impl StateMachineStore {
     /// Replaces the state with the snapshot's: decoding, re-encoding and writing every table run
     /// on the blocking pool, and the lock is taken only to swap the result in.
     async fn install(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
-        // What waits is older than the snapshot, which replaces every table.
+        // What waits is older than the snapshot, which replaces every table; a checkpoint
+        // being written must be done first, or it could land after the snapshot's tables.
         self.pending = None;
+        self.finish_writing().await?;
         let db = Arc::clone(&self.db);
         let meta = meta.clone();
         let retention = self.retention;
@@ -340,20 +397,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         // A snapshot is read from the tables: write what waits first, so it stands at the last
-        // applied entry. After a failed write the changes wait on, and the snapshot is as old
-        // as the last checkpoint; the next checkpoint tries again.
-        if let Some((changes, since)) = self.pending.take() {
-            let changes = Arc::new(changes);
-            let writing = Arc::clone(&changes);
-            if let Err(e) = db::write(&self.db, move |txn| writing.write(txn)).await {
-                tracing::warn!(
-                    "cannot write the applied state up to {} before a snapshot: {e}",
-                    changes.index
-                );
-                if let Ok(changes) = Arc::try_unwrap(changes) {
-                    self.pending = Some((changes, since));
-                }
-            }
+        // applied entry. After a failed write the snapshot is as old as the last checkpoint,
+        // and the next checkpoint fails too, which stops the state machine.
+        if let Err(e) = self.write_all().await {
+            tracing::warn!("cannot write the applied state before a snapshot: {e}");
         }
         SnapshotBuilder {
             db: Arc::clone(&self.db),

@@ -276,27 +276,36 @@ async fn a_crash_right_after_a_checkpoint_finds_the_tables_at_its_index() {
     };
     let (dir, path, (_log, mut sm, handle)) = new_store(every_batch);
     // A copy of the file taken while the store is open is what a power cut leaves on disk: the
-    // file was never closed, and redb recovers it on the next open.
-    let crash_image = |name: &str| {
+    // file was never closed, and redb recovers it on the next open. Checkpoints are written
+    // while applying goes on, so the copy is taken again until it holds the batch's.
+    let crash_image = async |name: &str, index: u64| {
         let image = dir.path().join(name);
-        std::fs::copy(&path, &image).unwrap();
-        image
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            std::fs::copy(&path, &image).unwrap();
+            let (_log, mut sm, handle) = open(&image, StoreOptions::default()).unwrap();
+            let (last_applied, _) = sm.applied_state().await.unwrap();
+            if last_applied.map(|id| id.index) == Some(index) {
+                return handle.read(State::clone);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint at {index}"
+            );
+            drop((sm, handle));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     };
     apply_batches(&mut sm, 0, vec![vec![register_at("edge-1", at(0))]]).await;
-    let after_one = (crash_image("after-1.redb"), handle.read(State::clone), 1);
+    let acknowledged = handle.read(State::clone);
+    assert_eq!(crash_image("after-1.redb", 1).await, acknowledged);
     let deploy = Command::Deploy {
         services: vec![spec("web", 2, false)],
         time: at(1),
     };
     apply_batches(&mut sm, 1, vec![vec![deploy, register_at("edge-2", at(1))]]).await;
-    let after_two = (crash_image("after-2.redb"), handle.read(State::clone), 3);
-
-    for (image, acknowledged, index) in [after_one, after_two] {
-        let (_log, mut sm, handle) = open(&image, StoreOptions::default()).unwrap();
-        assert_eq!(handle.read(State::clone), acknowledged);
-        let (last_applied, _) = sm.applied_state().await.unwrap();
-        assert_eq!(last_applied.map(|id| id.index), Some(index));
-    }
+    let acknowledged = handle.read(State::clone);
+    assert_eq!(crash_image("after-2.redb", 3).await, acknowledged);
 }
 
 /// A one-server group on `path` that has acknowledged registering `names`.
