@@ -560,6 +560,7 @@ mod tests {
                 },
                 only(&["big", "web"]),
             ),
+            // A change to n1, which holds web's tasks, plans web and the waiting replicas.
             (
                 "node state",
                 |_| {
@@ -570,12 +571,12 @@ mod tests {
                         silent_since: None,
                     }]
                 },
-                Pass::Full,
+                only(&["big", "web"]),
             ),
             (
                 "memory pressure",
                 |_| vec![report("n1", vec![], Some(true))],
-                Pass::Full,
+                only(&["big", "web"]),
             ),
             (
                 "allocatable",
@@ -584,7 +585,7 @@ mod tests {
                     n1.allocatable.cpu_millis = 500;
                     vec![register(n1)]
                 },
-                Pass::Full,
+                only(&["big", "web"]),
             ),
             (
                 "drivers",
@@ -593,12 +594,13 @@ mod tests {
                     n1.drivers.push("docker".into());
                     vec![register(n1)]
                 },
-                Pass::Full,
+                only(&["big", "web"]),
             ),
             (
                 "a node registered",
                 |_| vec![register(node("n2"))],
-                Pass::Full,
+                // n2 holds no task: only the waiting replicas may fit in its room.
+                only(&["big"]),
             ),
         ];
         for (what, change, pass) in changes {

@@ -2942,7 +2942,10 @@ mod lost_tests {
             run(&mut s, [change]);
             assert_eq!(s.placement_index["web"], s.index, "web has a task on b");
             assert_eq!(s.placement_index["db"], db_before, "db has none there");
-            assert_eq!(s.nodes_placement_index, s.index, "so replicas waiting are planned");
+            assert_eq!(
+                s.nodes_placement_index, s.index,
+                "so replicas waiting are planned"
+            );
         }
         assert!(s.placement_index["web"] > web_before);
     }
