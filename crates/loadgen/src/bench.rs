@@ -56,6 +56,8 @@ pub enum LoadError {
     },
     #[error("--nodes {nodes} is more than the {MAX_NODES} loopback addresses agents can use")]
     TooManyNodes { nodes: usize },
+    #[error("cannot start the thread that times `ps`: {0}")]
+    Runtime(std::io::Error),
     #[error("the generated service specs were refused: {0}")]
     Spec(#[from] spec::SpecError),
     #[error("{what}: {source}")]
@@ -126,7 +128,13 @@ pub async fn run(options: &Options) -> Result<Figures, LoadError> {
     let (api, token) = target(options)?;
     let tls = tls(options)?;
     let control = Client::connect(&api, &token, None, tls.clone());
+    let operator = Operator {
+        api: api.clone(),
+        token: token.clone(),
+        tls: tls.clone(),
+    };
     let mut run = Run {
+        operator,
         options: options.clone(),
         counters: Arc::new(Counters::new(
             options.services as u64 * u64::from(options.replicas),
@@ -156,7 +164,15 @@ pub async fn run(options: &Options) -> Result<Figures, LoadError> {
     Ok(run.finish())
 }
 
+/// How an operator reaches the server: what the `ps` sampler connects with.
+struct Operator {
+    api: String,
+    token: String,
+    tls: Option<rustls::ClientConfig>,
+}
+
 struct Run {
+    operator: Operator,
     options: Options,
     counters: Arc<Counters>,
     figures: Figures,
@@ -322,18 +338,15 @@ impl Run {
         let start = Instant::now();
         phase.send_replace(Phase::Steady);
         let (stop_sampling, stopped) = watch::channel(false);
-        let sampler = tokio::spawn(sample_ps(
-            self.control.clone(),
-            self.figures.ps_service.clone(),
-            stopped,
-        ));
+        let sampler = self.start_sampler(stopped)?;
         // The length of the load, not a wait for anything: the agents keep reporting meanwhile.
         tokio::time::sleep(self.options.steady).await;
         phase.send_replace(Phase::Settle);
         let expected = self.collect_told(&mut told).await;
         self.figures.steady = start.elapsed();
         let _ = stop_sampling.send(true);
-        self.figures.ps = sampler.await.unwrap_or_default();
+        let sampled = tokio::task::spawn_blocking(move || sampler.join()).await;
+        self.figures.ps = sampled.ok().and_then(Result::ok).unwrap_or_default();
         self.figures.steady_changes =
             self.counters.changes.load(Ordering::Relaxed) - changes_before;
         self.figures.steady_reports =
@@ -467,6 +480,33 @@ fn reached(at: Option<&Instant>, start: Instant) -> Duration {
 
 /// Times `GET /v1/tasks?service=…` (what `outpost ps SERVICE` asks) every [`PS_EVERY`] until
 /// told to stop. A slow answer delays the next sample rather than overlapping it.
+impl Run {
+    /// Times `ps` of one service from a thread, runtime and connection of its own, as
+    /// `outpost ps` is a process of its own: on the runtime of 5,000 simulated agents the
+    /// figure would include the load generator's own queue.
+    fn start_sampler(
+        &self,
+        stop: watch::Receiver<bool>,
+    ) -> Result<std::thread::JoinHandle<Latencies>, LoadError> {
+        let Operator { api, token, tls } = &self.operator;
+        let (api, token, tls) = (api.clone(), token.clone(), tls.clone());
+        let service = self.figures.ps_service.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(LoadError::Runtime)?;
+        std::thread::Builder::new()
+            .name("ps-sampler".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let client = Client::connect(&api, &token, None, tls);
+                    sample_ps(client, service, stop).await
+                })
+            })
+            .map_err(LoadError::Runtime)
+    }
+}
+
 async fn sample_ps(client: Client, service: String, mut stop: watch::Receiver<bool>) -> Latencies {
     let mut tick = tokio::time::interval(PS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -274,12 +274,15 @@ impl StateMachineStore {
     /// Writes what waits and waits for every checkpoint to be written, synchronously: when the
     /// state machine is dropped with the server.
     fn write_pending(&mut self) {
+        let unwritten = |e: &DbError| {
+            tracing::warn!(
+                "cannot write the last applied changes; they are applied again from the log at the next start: {e}"
+            );
+        };
         let last = match (self.pending.take(), self.writer()) {
             (Some((changes, _)), Ok(writer)) => Some(writer.write(changes)),
             (Some(_), Err(e)) => {
-                tracing::warn!(
-                    "cannot write the last applied changes; they are applied again from the log at the next start: {e}"
-                );
+                unwritten(&e);
                 None
             }
             (None, _) => None,
@@ -288,9 +291,7 @@ impl StateMachineStore {
         drop(self.writer.take());
         for mut answer in [self.in_flight.take(), last].into_iter().flatten() {
             if let Ok(Err(e)) = answer.try_recv() {
-                tracing::warn!(
-                    "cannot write the last applied changes; they are applied again from the log at the next start: {e}"
-                );
+                unwritten(&e);
             }
         }
     }
