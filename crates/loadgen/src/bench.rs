@@ -478,8 +478,6 @@ fn reached(at: Option<&Instant>, start: Instant) -> Duration {
     at.map_or_else(|| start.elapsed(), |t| *t - start)
 }
 
-/// Times `GET /v1/tasks?service=…` (what `outpost ps SERVICE` asks) every [`PS_EVERY`] until
-/// told to stop. A slow answer delays the next sample rather than overlapping it.
 impl Run {
     /// Times `ps` of one service from a thread, runtime and connection of its own, as
     /// `outpost ps` is a process of its own: on the runtime of 5,000 simulated agents the
@@ -507,6 +505,8 @@ impl Run {
     }
 }
 
+/// Times `GET /v1/tasks?service=…` (what `outpost ps SERVICE` asks) every [`PS_EVERY`] until
+/// told to stop. A slow answer delays the next sample rather than overlapping it.
 async fn sample_ps(client: Client, service: String, mut stop: watch::Receiver<bool>) -> Latencies {
     let mut tick = tokio::time::interval(PS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -211,9 +211,9 @@ impl Batcher {
         self.call(FromAgent::Register(node)).await
     }
 
-    /// Whether as many statuses and events wait as may: then a report is refused before its
-    /// body is even read, since it could not be admitted (the answer says why).
-    pub fn full(&self) -> Result<(), String> {
+    /// Whether fewer statuses and events wait than may; when as many wait, a report is refused
+    /// before its body is even read, since it could not be admitted (the error says why).
+    pub fn room(&self) -> Result<(), String> {
         let queued = self.queued.load(Relaxed);
         match queued >= self.max_queued {
             true => Err(self.busy(queued, "report")),

@@ -71,13 +71,13 @@ pub async fn services(ctx: Server, mut stop: watch::Receiver<bool>) {
             return;
         }
         // A leader that lost office and won it back plans afresh: it cannot know what happened.
-        let started = Instant::now();
-        last = if ctx.is_leader() {
+        let (planned, planning) = if ctx.is_leader() {
             reconcile(&ctx, last).await
         } else {
-            None
+            (None, Duration::ZERO)
         };
-        let pause_until = Instant::now() + started.elapsed() * PAUSE_PER_PLAN;
+        last = planned;
+        let pause_until = Instant::now() + planning * PAUSE_PER_PLAN;
         // A rollout moves on with time too (monitors and delays run out), not only with entries.
         let rolling = ctx.state.read(|s| !rolling(s).is_empty());
         let wait = if rolling { ROLLOUT_TICK } else { RESYNC };
@@ -112,8 +112,8 @@ fn rolling(s: &State) -> Vec<String> {
 
 /// Plans what moved (or everything, when a full pass is due) and commits what the plan
 /// changes. Returns what was planned, or `None` when the plan could not be committed so the
-/// next wake-up plans every service again.
-async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
+/// next wake-up plans every service again; with it, how long planning took (not committing).
+async fn reconcile(ctx: &Server, last: Option<Planned>) -> (Option<Planned>, Duration) {
     let at = Instant::now();
     // On the blocking pool: a pass at 100,000 tasks is tens of milliseconds of work, too long
     // for one of the runtime's workers, which serve the API meanwhile.
@@ -137,8 +137,10 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
             Some((pass, planned, plan, pending_changed, locked.elapsed()))
         })
     });
-    let Some((pass, planned, plan, pending_changed, held)) = work.await.ok().flatten() else {
-        return last;
+    let work = work.await.ok().flatten();
+    let planning = at.elapsed();
+    let Some((pass, planned, plan, pending_changed, held)) = work else {
+        return (last, planning);
     };
     tracing::debug!(
         full = matches!(pass, Pass::Full),
@@ -148,7 +150,7 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
         "planned under the state's read lock"
     );
     if plan.is_empty() && !pending_changed {
-        return Some(planned);
+        return (Some(planned), planning);
     }
     let command = Command::Reconcile {
         place: plan.place,
@@ -159,10 +161,10 @@ async fn reconcile(ctx: &Server, last: Option<Planned>) -> Option<Planned> {
         stalled: plan.stalled,
     };
     match ctx.propose(command).await {
-        Ok(_) => Some(planned),
+        Ok(_) => (Some(planned), planning),
         Err(e) => {
             tracing::warn!("cannot commit a placement plan: {e}");
-            None
+            (None, planning)
         }
     }
 }

@@ -1142,7 +1142,7 @@ impl axum::extract::FromRequestParts<Server> for RoomForReports {
         _: &mut axum::http::request::Parts,
         ctx: &Server,
     ) -> Result<Self, Fail> {
-        ctx.reports.full().map_err(unavailable)?;
+        ctx.reports.room().map_err(unavailable)?;
         Ok(RoomForReports)
     }
 }

@@ -234,10 +234,11 @@ impl StateMachineStore {
     }
 
     fn writer(&mut self) -> Result<&Writer, DbError> {
-        if self.writer.is_none() {
-            self.writer = Some(Writer::start(Arc::clone(&self.db))?);
-        }
-        Ok(self.writer.as_ref().expect("started above"))
+        let writer = match self.writer.take() {
+            Some(writer) => writer,
+            None => Writer::start(Arc::clone(&self.db))?,
+        };
+        Ok(self.writer.insert(writer))
     }
 
     /// The answer of the checkpoint in flight, if it has come.

@@ -347,11 +347,11 @@ async fn a_call_past_the_queued_bound_is_refused_as_busy_at_once_and_admitted_on
         }
     };
 
-    assert_eq!(batcher.full(), Ok(()), "nothing waits");
+    assert_eq!(batcher.room(), Ok(()), "nothing waits");
     let first = submit("a", 6);
     waiting(6).await;
     assert_eq!(
-        batcher.full(),
+        batcher.room(),
         Ok(()),
         "6 of 10 wait: a small report still fits"
     );
@@ -367,14 +367,14 @@ async fn a_call_past_the_queued_bound_is_refused_as_busy_at_once_and_admitted_on
     let second = submit("c", 4);
     waiting(10).await;
     // Full: a report is refused before its body is read.
-    let why = batcher.full().expect_err("10 of 10 wait");
+    let why = batcher.room().expect_err("10 of 10 wait");
     assert!(why.contains("busy") && why.contains("10 statuses"), "{why}");
 
     release.send(true).unwrap();
     assert_eq!(first.await.unwrap(), Ok(()));
     assert_eq!(second.await.unwrap(), Ok(()));
     waiting(0).await;
-    assert_eq!(batcher.full(), Ok(()), "answered, so no longer waiting");
+    assert_eq!(batcher.room(), Ok(()), "answered, so no longer waiting");
     // With nothing waiting, even a report larger than the bound goes.
     assert_eq!(batcher.submit("d".into(), report(2, 12)).await, Ok(()));
     waiting(0).await;
