@@ -369,6 +369,8 @@ async fn make_dir(
         node,
     )
     .await?;
-    seal::files::private_file(&state_file).map_err(io(&state_file))?;
+    for file in [state_file.clone(), store::log_path(&state_file)] {
+        seal::files::private_file(&file).map_err(io(&file))?;
+    }
     Ok(())
 }

@@ -16,6 +16,9 @@ use serde::Serialize;
 use crate::db::{self, COMMITTED, Db, DbError, LAST_PURGED, LOG, LOG_META, VOTE};
 use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 
+/// An append that takes this long is logged (at debug): Raft's core waits for it.
+const SLOW_APPEND_MS: u128 = 50;
+
 /// The Raft log. Cheap to clone: clones share the file, which is how openraft's replication
 /// tasks get their own reader.
 #[derive(Clone)]
@@ -29,7 +32,7 @@ impl LogStore {
     }
 
     fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, DbError> {
-        let txn = self.db.file.begin_read()?;
+        let txn = self.db.log.begin_read()?;
         let table = txn.open_table(LOG)?;
         let mut entries = Vec::new();
         for item in table.range(range)? {
@@ -40,7 +43,7 @@ impl LogStore {
     }
 
     fn last_log_id(&self) -> Result<Option<LogId>, DbError> {
-        let txn = self.db.file.begin_read()?;
+        let txn = self.db.log.begin_read()?;
         let table = txn.open_table(LOG)?;
         let Some((index, value)) = table.last()? else {
             return Ok(None);
@@ -56,7 +59,7 @@ impl LogStore {
             .into_iter()
             .map(encode)
             .collect::<Result<Vec<(u64, Vec<u8>)>, DbError>>()?;
-        db::write(&self.db, move |txn| {
+        db::write(&self.db, |db| &db.log, move |txn| {
             let mut table = txn.open_table(LOG)?;
             for (index, bytes) in &rows {
                 table.insert(index, bytes.as_slice())?;
@@ -68,7 +71,7 @@ impl LogStore {
 
     async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), DbError> {
         let bytes = db::encode(value)?;
-        db::write(&self.db, move |txn| {
+        db::write(&self.db, |db| &db.log, move |txn| {
             db::put_encoded(txn, LOG_META, key, &bytes)
         })
         .await
@@ -90,7 +93,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let read = || -> Result<LogState<TypeConfig>, DbError> {
-            let last_purged_log_id: Option<LogId> = db::get(&self.db.file, LOG_META, LAST_PURGED)?;
+            let last_purged_log_id: Option<LogId> = db::get(&self.db.log, LOG_META, LAST_PURGED)?;
             // With every entry purged, the last log id is the last purged one.
             let last_log_id = self.last_log_id()?.or(last_purged_log_id);
             Ok(LogState {
@@ -112,7 +115,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        db::get(&self.db.file, LOG_META, VOTE)
+        db::get(&self.db.log, LOG_META, VOTE)
             .map_err(|e| e.storage(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
@@ -125,7 +128,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<Option<LogId>> = db::get(&self.db.file, LOG_META, COMMITTED)
+        let committed: Option<Option<LogId>> = db::get(&self.db.log, LOG_META, COMMITTED)
             .map_err(|e| e.storage(ErrorSubject::Store, ErrorVerb::Read))?;
         Ok(committed.flatten())
     }
@@ -139,9 +142,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let start = std::time::Instant::now();
         self.insert(entries)
             .await
             .map_err(|e| e.storage(ErrorSubject::Logs, ErrorVerb::Write))?;
+        let ms = start.elapsed().as_millis();
+        if ms >= SLOW_APPEND_MS {
+            tracing::debug!(ms, "appending to the log took");
+        }
         // The commit has fsynced: the entries are durable, which is what the callback promises.
         callback.log_io_completed(Ok(()));
         Ok(())
@@ -153,7 +161,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.open_table(LOG)?.retain_in(since.., |_, _| false)?;
             Ok(())
         };
-        db::write(&self.db, change)
+        db::write(&self.db, |db| &db.log, change)
             .await
             .map_err(|e| e.storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }
@@ -167,7 +175,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.open_table(LOG)?.retain_in(..=upto, |_, _| false)?;
             Ok(())
         };
-        db::write(&self.db, change)
+        db::write(&self.db, |db| &db.log, change)
             .await
             .map_err(|e| e.storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
     }

@@ -34,8 +34,9 @@ use crate::tracked::TrackedMap;
 #[cfg(test)]
 mod tests;
 
-/// The layout written by this version: 1 was the whole state as one JSON value, 2 is tables.
-pub(crate) const STORE_FORMAT: u32 = 2;
+/// The layout written by this version: 1 was the whole state as one JSON value, 2 is tables,
+/// 3 is tables with the Raft log in a file of its own (`log_file`).
+pub(crate) const STORE_FORMAT: u32 = 3;
 
 /// Events by `seq`.
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -289,6 +290,23 @@ pub(crate) fn read_meta(txn: &ReadTransaction) -> Result<Option<Meta>, DbError> 
         return Err(DbError::Format { found: meta.format });
     }
     Ok(Some(meta))
+}
+
+/// Marks the file as laid out by this format: its meta row, if it has one yet, gets
+/// [`STORE_FORMAT`], so that an older outpost refuses the file rather than misreading it.
+pub(crate) fn mark_format(txn: &WriteTransaction) -> Result<(), DbError> {
+    let meta: Option<Meta> = {
+        let table = txn.open_table(SM)?;
+        let stored = table.get(META)?;
+        stored
+            .map(|row| db::decode(SM.name(), META, row.value()))
+            .transpose()?
+    };
+    if let Some(mut meta) = meta {
+        meta.format = STORE_FORMAT;
+        db::put(txn, SM, META, &meta)?;
+    }
+    Ok(())
 }
 
 /// Reads the whole state from the tables; `None` if the file has no meta row.

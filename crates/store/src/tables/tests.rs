@@ -282,7 +282,7 @@ async fn a_crash_right_after_a_checkpoint_finds_the_tables_at_its_index() {
         let image = dir.path().join(name);
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
-            std::fs::copy(&path, &image).unwrap();
+            copy_as_a_crash_leaves_it(&path, &image);
             let (_log, mut sm, handle) = open(&image, StoreOptions::default()).unwrap();
             let (last_applied, _) = sm.applied_state().await.unwrap();
             if last_applied.map(|id| id.index) == Some(index) {
@@ -308,6 +308,14 @@ async fn a_crash_right_after_a_checkpoint_finds_the_tables_at_its_index() {
     assert_eq!(crash_image("after-2.redb", 3).await, acknowledged);
 }
 
+/// Copies the store of `from` (state file, then log file) to `to`, as a power cut would leave it
+/// with the store open. The log is copied second, so it is as far as the state or further, as
+/// on a real disk: an entry is durable in the log before it is applied.
+fn copy_as_a_crash_leaves_it(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    std::fs::copy(crate::log_path(from), crate::log_path(to)).unwrap();
+}
+
 /// A one-server group on `path` that has acknowledged registering `names`.
 async fn start_with_nodes(path: &Path, names: &[&str]) -> (crate::raft::Raft, StateHandle) {
     let (raft, handle) = start(path).await;
@@ -327,7 +335,7 @@ async fn a_crash_between_checkpoints_loses_no_acknowledged_write() {
     let (raft, handle) = start_with_nodes(&path, &names).await;
     // The file as a power cut leaves it: copied while open, never closed.
     let image = dir.path().join("crash.redb");
-    std::fs::copy(&path, &image).unwrap();
+    copy_as_a_crash_leaves_it(&path, &image);
     stop(raft, &handle).await;
 
     let tables_at = {
