@@ -71,14 +71,18 @@ pub(crate) struct Meta {
     pub(crate) clock: Timestamp,
 }
 
-/// A changed row: its key and its sealed value, `None` when it was removed.
-pub(crate) type Row = (String, Option<Vec<u8>>);
+/// Changed rows of one table: each key with its sealed value, `None` when it was removed. A map,
+/// so that merged batches keep one row per key, the last one: a task's readiness flips again
+/// and again, a node reports anew, and what waits for a checkpoint grows only with the rows
+/// changed, not with the changes. Written in key order, a B-tree takes the rows along one path
+/// of pages instead of jumping across the whole table for each.
+pub(crate) type Rows = BTreeMap<String, Option<Vec<u8>>>;
 
 /// A map of `State` kept as a table of its own. Object-safe, so that `State::stored_maps` can
 /// list maps of different value types and every step below handles them in one loop.
 pub(crate) trait StoredMap {
     /// Encodes the rows changed since the last call and forgets the changes.
-    fn take_changes(&mut self) -> Result<Vec<Row>, DbError>;
+    fn take_changes(&mut self) -> Result<Rows, DbError>;
     /// Records every row as changed: the next [`take_changes`](Self::take_changes) has them all.
     fn mark_all_changed(&mut self);
     /// Forgets the recorded changes: the map now matches its table.
@@ -98,7 +102,7 @@ pub(crate) trait StoredMap {
 }
 
 impl<V: Serialize + DeserializeOwned> StoredMap for TrackedMap<String, V> {
-    fn take_changes(&mut self) -> Result<Vec<Row>, DbError> {
+    fn take_changes(&mut self) -> Result<Rows, DbError> {
         let encode =
             |(key, value): (String, Option<&V>)| Ok((key, value.map(db::encode).transpose()?));
         TrackedMap::take_changes(self).map(encode).collect()
@@ -143,24 +147,13 @@ impl<V: Serialize + DeserializeOwned> StoredMap for TrackedMap<String, V> {
 pub(crate) struct Changes {
     /// The rows are the whole state: every table is emptied first (migration, snapshot install).
     pub(crate) replace: bool,
-    pub(crate) maps: Vec<(&'static str, Vec<Row>)>,
+    pub(crate) maps: Vec<(&'static str, Rows)>,
     pub(crate) events: Vec<(u64, Vec<u8>)>,
     /// The `seq` of the oldest event kept: older rows are past retention and deleted.
     pub(crate) first_event: u64,
     pub(crate) meta: Vec<u8>,
     /// The applied index the tables stand at once these are written.
     pub(crate) index: u64,
-}
-
-/// Each key's last value among `rows`, in key order: merged batches change the same rows again
-/// and again (a task's readiness flips, a node reports anew), and a B-tree takes rows in order
-/// along one path of pages instead of jumping across the whole table for each.
-fn latest(rows: &[Row]) -> BTreeMap<&str, &Option<Vec<u8>>> {
-    let mut latest = BTreeMap::new();
-    for (key, value) in rows {
-        latest.insert(key.as_str(), value);
-    }
-    latest
 }
 
 impl Changes {
@@ -171,10 +164,10 @@ impl Changes {
                 txn.delete_table(map_table(name))?;
             }
             let mut table = txn.open_table(map_table(name))?;
-            for (key, value) in latest(rows) {
+            for (key, value) in rows {
                 match value {
-                    Some(bytes) => table.insert(key, bytes.as_slice())?,
-                    None => table.remove(key)?,
+                    Some(bytes) => table.insert(key.as_str(), bytes.as_slice())?,
+                    None => table.remove(key.as_str())?,
                 };
             }
         }
@@ -190,10 +183,14 @@ impl Changes {
         db::put_encoded(txn, SM, META, &self.meta)
     }
 
-    /// Adds the changes of a later batch: its rows are written after these, so where both
-    /// changed a row the later value is the one that stays, and the meta row becomes the later
-    /// one.
+    /// Adds the changes of a later batch: where both changed a row, the later value is the one
+    /// kept, and the meta row becomes the later one. Later changes that replace the whole state
+    /// replace these too.
     pub(crate) fn merge(&mut self, later: Changes) {
+        if later.replace {
+            *self = later;
+            return;
+        }
         for (name, rows) in later.maps {
             match self.maps.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, mine)) => mine.extend(rows),

@@ -18,7 +18,7 @@ use redb::{Database, ReadableTableMetadata};
 use spec::ServiceSpec;
 use tempfile::TempDir;
 
-use super::{EVENTS, META, Meta, read_meta};
+use super::{Changes, EVENTS, META, Meta, read_meta};
 use crate::db::{self, LOG, LOG_META, MACHINE, SM};
 use crate::events::{Checkpoint, Retention, StoreOptions};
 use crate::raft::{LogId, StoredMembership};
@@ -629,27 +629,47 @@ async fn the_services_a_batch_touched_are_taken_once() {
     );
 }
 
+/// Changes of one batch to the `tasks` table.
+fn task_rows(index: u64, rows: &[(&str, Option<&[u8]>)]) -> Changes {
+    let rows = rows.iter().map(|(key, value)| (key.to_string(), value.map(<[u8]>::to_vec)));
+    Changes {
+        replace: false,
+        maps: vec![("tasks", rows.collect())],
+        events: vec![],
+        first_event: 1,
+        meta: vec![],
+        index,
+    }
+}
+
 #[test]
-fn merged_rows_are_written_once_each_with_their_last_value_in_key_order() {
-    let row = |key: &str, value: Option<&[u8]>| (key.to_string(), value.map(<[u8]>::to_vec));
-    let rows = vec![
-        row("web.2.1", Some(b"starting")),
-        row("api.1.1", Some(b"running")),
-        row("web.2.1", Some(b"ready")),
-        row("api.1.1", None),
-        row("db.1.1", None),
-        row("db.1.1", Some(b"back")),
-    ];
-    let written: Vec<(&str, Option<&[u8]>)> = super::latest(&rows)
-        .into_iter()
-        .map(|(key, value)| (key, value.as_deref()))
+fn merged_rows_are_kept_once_each_with_their_last_value_in_key_order() {
+    let mut waiting = task_rows(1, &[("web.2.1", Some(b"starting")), ("api.1.1", Some(b"running"))]);
+    waiting.merge(task_rows(2, &[("web.2.1", Some(b"ready")), ("api.1.1", None)]));
+    waiting.merge(task_rows(3, &[("db.1.1", None)]));
+    waiting.merge(task_rows(4, &[("db.1.1", Some(b"back"))]));
+
+    let kept: Vec<(&str, Option<&[u8]>)> = waiting.maps[0]
+        .1
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_deref()))
         .collect();
     assert_eq!(
-        written,
+        kept,
         vec![
             ("api.1.1", None),
             ("db.1.1", Some(&b"back"[..])),
             ("web.2.1", Some(&b"ready"[..])),
         ]
     );
+    assert_eq!(waiting.index, 4);
+    // What waits grows with the rows changed, not with the changes.
+    let rows = ["api.1.1", "db.1.1", "back", "web.2.1", "ready"];
+    assert_eq!(waiting.bytes(), rows.iter().map(|r| r.len()).sum::<usize>());
+
+    let mut whole = task_rows(5, &[("new.1.1", Some(b"x"))]);
+    whole.replace = true;
+    waiting.merge(whole);
+    assert!(waiting.replace);
+    assert_eq!(waiting.maps[0].1.keys().collect::<Vec<_>>(), ["new.1.1"]);
 }
