@@ -211,26 +211,29 @@ impl DbError {
     }
 }
 
-/// 64 MiB of redb's page cache, against its 1 GiB default: reads are served from the state in
-/// memory, so the cache only speeds up the B-tree pages a batch rewrites, and a server must fit
-/// on a small edge box.
-const CACHE_BYTES: usize = 64 << 20;
+/// 56 MiB of redb's page cache for the state file, against its 1 GiB default: reads are served
+/// from the state in memory, so the cache only speeds up the B-tree pages a checkpoint
+/// rewrites, and a server must fit on a small edge box.
+pub(crate) const STATE_CACHE_BYTES: usize = 56 << 20;
+/// 8 MiB for the log's file: entries are appended at its end and read back soon after, while
+/// their pages are still cached.
+pub(crate) const LOG_CACHE_BYTES: usize = 8 << 20;
 
 /// Opens (or creates) the state file, makes sure every table exists, so that readers never
 /// meet a missing table, and checks every record's seal. Also says whether the file is new
 /// (missing or empty before this), which its log file's opening needs to know.
 pub(crate) fn open_state(path: &Path) -> Result<(Database, bool), StoreError> {
     let fresh = std::fs::metadata(path).map_or(true, |meta| meta.len() == 0);
-    let db = create_file(path)?;
+    let db = create_file(path, STATE_CACHE_BYTES)?;
     create_tables(&db).map_err(|e| e.store(path, "table list"))?;
     verify(&db).map_err(|e| e.store(path, "record"))?;
     Ok((db, fresh))
 }
 
-/// Opens the redb file at `path`, creating it if missing.
-pub(crate) fn create_file(path: &Path) -> Result<Database, StoreError> {
+/// Opens the redb file at `path`, creating it if missing, with a page cache of `cache_bytes`.
+pub(crate) fn create_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     Database::builder()
-        .set_cache_size(CACHE_BYTES)
+        .set_cache_size(cache_bytes)
         .create(path)
         .map_err(|error| match error {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
@@ -350,24 +353,25 @@ pub(crate) fn put_encoded(
 }
 
 /// Runs `change` in one write transaction of the file `file` picks (`|db| &db.log`, say) and
-/// commits it; the commit fsyncs, so the change is durable when this returns.
+/// commits it; the commit fsyncs, so the change is durable when this returns what `change` did.
 ///
 /// It runs on tokio's blocking pool: an fsync on a slow SD card takes tens of milliseconds and
 /// must not stall one of the runtime's two workers.
-pub(crate) async fn write<F>(
+pub(crate) async fn write<F, T>(
     db: &Arc<Db>,
     file: fn(&Db) -> &Database,
     change: F,
-) -> Result<(), DbError>
+) -> Result<T, DbError>
 where
-    F: FnOnce(&WriteTransaction) -> Result<(), DbError> + Send + 'static,
+    F: FnOnce(&WriteTransaction) -> Result<T, DbError> + Send + 'static,
+    T: Send + 'static,
 {
     let db = Arc::clone(db);
     tokio::task::spawn_blocking(move || {
         let txn = file(&db).begin_write()?;
-        change(&txn)?;
+        let done = change(&txn)?;
         txn.commit()?;
-        Ok(())
+        Ok(done)
     })
     .await?
 }

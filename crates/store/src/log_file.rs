@@ -61,7 +61,7 @@ pub(crate) fn open(state: &Database, state_path: &Path, fresh: bool) -> Result<D
         }
         make(state, &path).map_err(|e| e.store(&path, "Raft log"))?;
     }
-    let log = db::create_file(&path)?;
+    let log = db::create_file(&path, db::LOG_CACHE_BYTES)?;
     create_tables(&log).map_err(|e| e.store(&path, "table list"))?;
     verify(&log).map_err(|e| e.store(&path, "record"))?;
     forget_moved_log(state).map_err(|e| e.store(state_path, "Raft log"))?;
@@ -86,7 +86,9 @@ fn make(state: &Database, path: &Path) -> Result<(), DbError> {
         std::fs::remove_file(&new).map_err(io)?;
     }
     {
-        let log = Database::create(&new)?;
+        let log = Database::builder()
+            .set_cache_size(db::LOG_CACHE_BYTES)
+            .create(&new)?;
         let from = state.begin_read()?;
         let to = log.begin_write()?;
         // Two loops, not one generic copy: the tables differ in their key type.

@@ -3,10 +3,15 @@
 //!
 //! Every write is one redb transaction that is committed (and so fsynced) before the call
 //! returns, which also keeps writes in the order openraft issued them, as it requires.
+//!
+//! The newest entries are also kept in memory as appended ([`Recent`]): Raft's core reads each
+//! entry back to apply it soon after appending it, and decoding a large entry (a batch of many
+//! agents' reports) again would cost its thread as much as encoding it did.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
-use std::ops::RangeBounds;
-use std::sync::Arc;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
@@ -19,19 +24,83 @@ use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 /// An append that takes this long is logged (at debug): Raft's core waits for it.
 const SLOW_APPEND_MS: u128 = 50;
 
-/// The Raft log. Cheap to clone: clones share the file, which is how openraft's replication
-/// tasks get their own reader.
+/// How many of the newest entries are kept in memory: enough for the state machine to apply
+/// what was just appended, small enough not to matter beside the state (a batch of reports
+/// is some 100 KB).
+const RECENT: usize = 32;
+
+/// The Raft log. Cheap to clone: clones share the file and the newest entries, which is how
+/// openraft's replication tasks get their own reader.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// The newest entries as appended: always a run at the end of the log (every append, truncation
+/// and purge changes it as it changes the file), so a range from its first index on is all here.
+#[derive(Default)]
+struct Recent(VecDeque<Entry>);
+
+impl Recent {
+    fn appended(&mut self, entries: Vec<Entry>) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let follows = |last: &Entry| last.log_id.index + 1 == first.log_id.index;
+        if !self.0.back().is_none_or(follows) {
+            self.0.clear();
+        }
+        self.0.extend(entries);
+        while self.0.len() > RECENT {
+            self.0.pop_front();
+        }
+    }
+
+    fn truncated(&mut self, since: u64) {
+        while self.0.back().is_some_and(|e| e.log_id.index >= since) {
+            self.0.pop_back();
+        }
+    }
+
+    fn purged(&mut self, upto: u64) {
+        while self.0.front().is_some_and(|e| e.log_id.index <= upto) {
+            self.0.pop_front();
+        }
+    }
+
+    /// The entries of `range`, if the run holds every entry of the log in it.
+    fn get(&self, range: &impl RangeBounds<u64>) -> Option<Vec<Entry>> {
+        let first = self.0.front()?.log_id.index;
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        if start < first {
+            return None;
+        }
+        let wanted = self.0.iter().filter(|e| range.contains(&e.log_id.index));
+        Some(wanted.cloned().collect())
+    }
 }
 
 impl LogStore {
     pub(crate) fn new(db: Arc<Db>) -> LogStore {
-        LogStore { db }
+        LogStore {
+            db,
+            recent: Arc::default(),
+        }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn entries(&self, range: impl RangeBounds<u64>) -> Result<Vec<Entry>, DbError> {
+        if let Some(entries) = self.recent().get(&range) {
+            return Ok(entries);
+        }
         let txn = self.db.log.begin_read()?;
         let table = txn.open_table(LOG)?;
         let mut entries = Vec::new();
@@ -52,21 +121,21 @@ impl LogStore {
         Ok(Some(entry.log_id))
     }
 
-    /// Writes `entries` in one transaction: all of them are durable, or none.
+    /// Writes `entries` in one transaction: all of them are durable, or none. They are encoded
+    /// on the blocking pool too: a batch of many agents' reports is a large entry, and Raft's
+    /// core waits for this on its own thread.
     async fn insert(&self, entries: impl IntoIterator<Item = Entry>) -> Result<(), DbError> {
-        let encode = |entry: Entry| Ok((entry.log_id.index, db::encode(&entry)?));
-        let rows = entries
-            .into_iter()
-            .map(encode)
-            .collect::<Result<Vec<(u64, Vec<u8>)>, DbError>>()?;
-        db::write(&self.db, |db| &db.log, move |txn| {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let written = db::write(&self.db, |db| &db.log, move |txn| {
             let mut table = txn.open_table(LOG)?;
-            for (index, bytes) in &rows {
-                table.insert(index, bytes.as_slice())?;
+            for entry in &entries {
+                table.insert(entry.log_id.index, db::encode(entry)?.as_slice())?;
             }
-            Ok(())
+            Ok(entries)
         })
-        .await
+        .await?;
+        self.recent().appended(written);
+        Ok(())
     }
 
     async fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), DbError> {
@@ -157,6 +226,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let since = log_id.index;
+        self.recent().truncated(since);
         let change = move |txn: &redb::WriteTransaction| {
             txn.open_table(LOG)?.retain_in(since.., |_, _| false)?;
             Ok(())
@@ -168,6 +238,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let upto = log_id.index;
+        self.recent().purged(upto);
         // The purged id and the deletion commit together, so a crash never leaves a hole
         // between the last purged id and the first entry.
         let change = move |txn: &redb::WriteTransaction| {
@@ -178,5 +249,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         db::write(&self.db, |db| &db.log, change)
             .await
             .map_err(|e| e.storage(ErrorSubject::Log(log_id), ErrorVerb::Delete))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RECENT, Recent};
+    use crate::tests::{entry, register};
+
+    fn indexes(entries: Option<Vec<crate::raft::Entry>>) -> Option<Vec<u64>> {
+        entries.map(|entries| entries.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn the_newest_entries_answer_only_ranges_they_hold_whole() {
+        let mut recent = Recent::default();
+        assert_eq!(indexes(recent.get(&(1..))), None, "nothing appended yet");
+        recent.appended((5..=9).map(|i| entry(i, register("a"))).collect());
+        assert_eq!(indexes(recent.get(&(6..8))), Some(vec![6, 7]));
+        assert_eq!(indexes(recent.get(&(7..))), Some(vec![7, 8, 9]));
+        assert_eq!(indexes(recent.get(&(9..=20))), Some(vec![9]));
+        assert_eq!(indexes(recent.get(&(4..8))), None, "4 is only on disk");
+        assert_eq!(indexes(recent.get(&(..))), None);
+
+        recent.truncated(8);
+        assert_eq!(indexes(recent.get(&(5..))), Some(vec![5, 6, 7]));
+        recent.appended(vec![entry(8, register("b"))]);
+        assert_eq!(indexes(recent.get(&(7..))), Some(vec![7, 8]));
+        recent.purged(6);
+        assert_eq!(indexes(recent.get(&(6..))), None, "6 is purged");
+        assert_eq!(indexes(recent.get(&(7..))), Some(vec![7, 8]));
+
+        // A run that does not follow (a snapshot installed, say) starts the memory anew.
+        recent.appended(vec![entry(20, register("c"))]);
+        assert_eq!(indexes(recent.get(&(8..))), None);
+        assert_eq!(indexes(recent.get(&(20..))), Some(vec![20]));
+
+        recent.appended((21..21 + RECENT as u64).map(|i| entry(i, register("d"))).collect());
+        assert_eq!(recent.0.len(), RECENT, "bounded");
+        assert_eq!(indexes(recent.get(&(20..))), None, "the oldest went first");
+        assert_eq!(indexes(recent.get(&(52..))), Some(vec![52]));
     }
 }

@@ -153,6 +153,24 @@ impl Machine {
     }
 }
 
+/// Applies `entries` and encodes their changes, all under the lock; `None` if there were none.
+fn apply_all(
+    machine: &SharedMachine,
+    retention: &Retention,
+    entries: Vec<Entry>,
+) -> Result<(Vec<Response>, Option<Changes>), DbError> {
+    let mut machine = write(machine);
+    let responses: Vec<Response> = entries
+        .into_iter()
+        .map(|entry| machine.apply(entry))
+        .collect();
+    if responses.is_empty() {
+        return Ok((responses, None));
+    }
+    let changes = machine.changes(retention, false)?;
+    Ok((responses, Some(changes)))
+}
+
 /// The applied state, shared by the state machine (the only writer) and every [`StateHandle`]
 /// (readers).
 ///
@@ -228,7 +246,12 @@ impl StateMachineStore {
             self.pending = Some((changes, since));
             return Ok(());
         }
+        let started = Instant::now();
         self.finish_writing().await?;
+        let ms = started.elapsed().as_millis();
+        if ms > 0 {
+            tracing::debug!(ms, "applying waited for a checkpoint to be written");
+        }
         self.in_flight = Some(self.writer()?.write(changes));
         Ok(())
     }
@@ -295,24 +318,6 @@ impl StateMachineStore {
                 unwritten(&e);
             }
         }
-    }
-
-    /// Applies `entries` and encodes their changes, all under the lock; `None` if there were
-    /// none.
-    fn apply_all(
-        &self,
-        entries: impl IntoIterator<Item = Entry>,
-    ) -> Result<(Vec<Response>, Option<Changes>), DbError> {
-        let mut machine = write(&self.machine);
-        let responses: Vec<Response> = entries
-            .into_iter()
-            .map(|entry| machine.apply(entry))
-            .collect();
-        if responses.is_empty() {
-            return Ok((responses, None));
-        }
-        let changes = machine.changes(&self.retention, false)?;
-        Ok((responses, Some(changes)))
     }
 
     /// Replaces the state with the snapshot's: decoding, re-encoding and writing every table run
@@ -383,8 +388,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let write_error = |e: DbError| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let (machine, retention) = (Arc::clone(&self.machine), self.retention);
+        // On the blocking pool: a batch of many agents' reports takes a while to apply, and
+        // Raft's core, which runs on the same thread as this state machine, must go on
+        // answering meanwhile (appends, and the read-index round of every current read).
         let started = Instant::now();
-        let (responses, changes) = self.apply_all(entries).map_err(write_error)?;
+        let applied = tokio::task::spawn_blocking(move || apply_all(&machine, &retention, entries));
+        let (responses, changes) = applied
+            .await
+            .map_err(DbError::from)
+            .and_then(|applied| applied)
+            .map_err(write_error)?;
         let (entries, ms) = (responses.len(), started.elapsed().as_millis());
         tracing::trace!(entries, ms, "applied under the state lock");
         if let Some(changes) = changes {
@@ -401,9 +416,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // A snapshot is read from the tables: write what waits first, so it stands at the last
         // applied entry. After a failed write the snapshot is as old as the last checkpoint,
         // and the next checkpoint fails too, which stops the state machine.
+        let started = Instant::now();
         if let Err(e) = self.write_all().await {
             tracing::warn!("cannot write the applied state before a snapshot: {e}");
         }
+        let ms = started.elapsed().as_millis();
+        tracing::debug!(ms, "applying waited for the checkpoints before a snapshot");
         SnapshotBuilder {
             db: Arc::clone(&self.db),
             snapshots: Arc::clone(&self.snapshots),
