@@ -141,6 +141,8 @@ pub(crate) enum DbError {
     Thread(std::io::Error),
     #[error("checkpoints are no longer written, after an earlier one failed")]
     WriterGone,
+    #[error("the Raft log was not written: {0}")]
+    LogWrite(String),
 }
 
 macro_rules! from_redb {
@@ -192,9 +194,9 @@ impl DbError {
                 path,
                 error: Box::new(redb::Error::Io(e)),
             },
-            DbError::WriterGone => StoreError::Io {
+            e @ (DbError::WriterGone | DbError::LogWrite(_)) => StoreError::Io {
                 path,
-                error: Box::new(redb::Error::Io(std::io::Error::other(DbError::WriterGone))),
+                error: Box::new(redb::Error::Io(std::io::Error::other(e))),
             },
             DbError::Format { found } => StoreError::NewerFormat {
                 path,

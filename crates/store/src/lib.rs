@@ -48,6 +48,7 @@ mod events;
 mod handle;
 mod log_file;
 mod log_store;
+mod log_writer;
 pub mod raft;
 mod restore;
 mod snapshot;
@@ -113,7 +114,8 @@ pub fn open(
         Arc::clone(&watches),
     );
     let state_machine = StateMachineStore::new(Arc::clone(&db), machine, watches, options);
-    Ok((LogStore::new(db), state_machine, handle))
+    let log = LogStore::new(db).map_err(|e| e.store(&log_path(path), "Raft log"))?;
+    Ok((log, state_machine, handle))
 }
 
 /// The error for a file the storage library panicked on.

@@ -139,7 +139,9 @@ impl Machine {
             first_event,
             meta: db::encode(&self.meta())?,
             index: self.state.index,
-        })
+            size: 0,
+        }
+        .measured())
     }
 
     fn meta(&self) -> Meta {

@@ -154,6 +154,16 @@ pub(crate) struct Changes {
     pub(crate) meta: Vec<u8>,
     /// The applied index the tables stand at once these are written.
     pub(crate) index: u64,
+    /// What [`bytes`](Self::bytes) says.
+    pub(crate) size: usize,
+}
+
+fn row_bytes((key, value): (&String, &Option<Vec<u8>>)) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len)
+}
+
+fn event_bytes((_, bytes): &(u64, Vec<u8>)) -> usize {
+    8 + bytes.len()
 }
 
 impl Changes {
@@ -192,13 +202,22 @@ impl Changes {
             return;
         }
         for (name, rows) in later.maps {
-            match self.maps.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, mine)) => mine.extend(rows),
-                None => self.maps.push((name, rows)),
+            let Some((_, mine)) = self.maps.iter_mut().find(|(n, _)| *n == name) else {
+                self.size += rows.iter().map(row_bytes).sum::<usize>();
+                self.maps.push((name, rows));
+                continue;
+            };
+            for (key, value) in rows {
+                let (key_len, value_len) = (key.len(), value.as_ref().map_or(0, Vec::len));
+                match mine.insert(key, value) {
+                    Some(old) => self.size = self.size + value_len - old.map_or(0, |v| v.len()),
+                    None => self.size += key_len + value_len,
+                }
             }
         }
-        self.replace |= later.replace;
+        self.size += later.events.iter().map(event_bytes).sum::<usize>();
         self.events.extend(later.events);
+        self.size = self.size - self.meta.len() + later.meta.len();
         self.first_event = later.first_event;
         self.meta = later.meta;
         self.index = later.index;
@@ -231,13 +250,18 @@ impl Changes {
     }
 
     /// How many bytes of rows this writes: what one batch costs the disk, before redb's pages.
+    /// Kept as batches merge, so that asking costs nothing however many rows wait.
     pub(crate) fn bytes(&self) -> usize {
+        self.size
+    }
+
+    /// Counts the bytes of rows, events and meta row of changes just made.
+    pub(crate) fn measured(mut self) -> Changes {
         let maps = self.maps.iter().flat_map(|(_, rows)| rows);
-        let rows: usize = maps
-            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
-            .sum();
-        let events: usize = self.events.iter().map(|(_, bytes)| 8 + bytes.len()).sum();
-        rows + events + self.meta.len()
+        let rows: usize = maps.map(row_bytes).sum();
+        let events: usize = self.events.iter().map(event_bytes).sum();
+        self.size = rows + events + self.meta.len();
+        self
     }
 }
 

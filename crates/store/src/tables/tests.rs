@@ -283,7 +283,7 @@ async fn a_crash_right_after_a_checkpoint_finds_the_tables_at_its_index() {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             copy_as_a_crash_leaves_it(&path, &image);
-            let (_log, mut sm, handle) = open(&image, StoreOptions::default()).unwrap();
+            let (log, mut sm, handle) = open(&image, StoreOptions::default()).unwrap();
             let (last_applied, _) = sm.applied_state().await.unwrap();
             if last_applied.map(|id| id.index) == Some(index) {
                 return handle.read(State::clone);
@@ -292,7 +292,10 @@ async fn a_crash_right_after_a_checkpoint_finds_the_tables_at_its_index() {
                 std::time::Instant::now() < deadline,
                 "no checkpoint at {index}"
             );
-            drop((sm, handle));
+            drop((log, sm));
+            tokio::time::timeout(PATIENCE, handle.closed())
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
@@ -639,7 +642,9 @@ fn task_rows(index: u64, rows: &[(&str, Option<&[u8]>)]) -> Changes {
         first_event: 1,
         meta: vec![],
         index,
+        size: 0,
     }
+    .measured()
 }
 
 #[test]
