@@ -133,7 +133,10 @@ fn a_lost_or_damaged_raft_log_is_refused_naming_its_file_and_the_remedy() {
     let out = assert_refused(dev.data_dir(), &log, BACKUP);
     assert!(out.contains("is missing or empty"), "{out}");
     assert!(out.contains("move both files away"), "{out}");
-    assert!(dev.data_dir().join("state.redb").exists(), "the state is left as it was");
+    assert!(
+        dev.data_dir().join("state.redb").exists(),
+        "the state is left as it was"
+    );
 }
 
 #[test]

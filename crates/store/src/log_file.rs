@@ -39,7 +39,11 @@ fn new_path(log: &Path) -> PathBuf {
 /// Opens the log file of the state file `state_path` (already open as `state`), making it (from
 /// the state file's own log tables, if it has any) when it is missing. `fresh` says the state
 /// file was just made: a log left beside it continues a state that is gone, and is removed.
-pub(crate) fn open(state: &Database, state_path: &Path, fresh: bool) -> Result<Database, StoreError> {
+pub(crate) fn open(
+    state: &Database,
+    state_path: &Path,
+    fresh: bool,
+) -> Result<Database, StoreError> {
     let path = log_path(state_path);
     let io = |error: std::io::Error| DbError::from(redb::Error::Io(error));
     if fresh && path.exists() {

@@ -95,7 +95,10 @@ impl Recent {
     /// The first index held, and the held entries of `range`.
     fn get(&self, range: &impl RangeBounds<u64>) -> (Option<u64>, Vec<Entry>) {
         let first = self.entries.front().map(|e| e.log_id.index);
-        let wanted = self.entries.iter().filter(|e| range.contains(&e.log_id.index));
+        let wanted = self
+            .entries
+            .iter()
+            .filter(|e| range.contains(&e.log_id.index));
         (first, wanted.cloned().collect())
     }
 
@@ -328,7 +331,11 @@ mod tests {
             ..entry(i, register("b"))
         });
         recent.appended(newer.collect());
-        assert_eq!(held(&recent, 40..).1, (40..=60).collect::<Vec<_>>(), "unwritten");
+        assert_eq!(
+            held(&recent, 40..).1,
+            (40..=60).collect::<Vec<_>>(),
+            "unwritten"
+        );
         assert_eq!(held(&recent, ..).0, Some(61 - RECENT as u64));
         recent.purged(35);
         assert_eq!(held(&recent, ..).0, Some(36));

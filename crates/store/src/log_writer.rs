@@ -85,9 +85,7 @@ impl LogWriter {
     }
 
     fn send(&self, write: Write, done: Done) -> Result<(), DbError> {
-        self.jobs
-            .send((write, done))
-            .map_err(|_| gone())
+        self.jobs.send((write, done)).map_err(|_| gone())
     }
 }
 

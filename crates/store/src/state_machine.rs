@@ -485,15 +485,19 @@ impl SnapshotBuilder {
     async fn save(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
         let meta = meta.clone();
         let data = seal::seal(&data);
-        db::write(&self.db, |db| &db.file, move |txn| {
-            // A snapshot installed from the leader while this one was built may be newer; keep it.
-            let saved: Option<SnapshotMeta> = saved_meta(txn)?;
-            if saved.is_some_and(|saved| saved.last_log_id > meta.last_log_id) {
-                return Ok(());
-            }
-            db::put(txn, SM, SNAPSHOT_META, &meta)?;
-            db::put_encoded(txn, SM, SNAPSHOT, &data)
-        })
+        db::write(
+            &self.db,
+            |db| &db.file,
+            move |txn| {
+                // A snapshot installed from the leader while this one was built may be newer; keep it.
+                let saved: Option<SnapshotMeta> = saved_meta(txn)?;
+                if saved.is_some_and(|saved| saved.last_log_id > meta.last_log_id) {
+                    return Ok(());
+                }
+                db::put(txn, SM, SNAPSHOT_META, &meta)?;
+                db::put_encoded(txn, SM, SNAPSHOT, &data)
+            },
+        )
         .await
     }
 }

@@ -339,7 +339,10 @@ async fn open_after(file: fn(&Path) -> PathBuf, damage: impl FnOnce(&Path)) -> (
         .map(|_| ())
         .unwrap_err();
     let message = err.to_string();
-    assert!(message.contains(&damaged.display().to_string()), "{message}");
+    assert!(
+        message.contains(&damaged.display().to_string()),
+        "{message}"
+    );
     assert!(
         message.contains("restore the data dir from a backup")
             && message.contains("--reset")

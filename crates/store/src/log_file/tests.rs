@@ -40,7 +40,10 @@ async fn read_log(path: &Path) -> (Vec<LogId>, Option<Vote>) {
 fn tables_of(path: &Path) -> Vec<String> {
     let file = Database::open(path).unwrap();
     let txn = file.begin_read().unwrap();
-    txn.list_tables().unwrap().map(|t| t.name().to_string()).collect()
+    txn.list_tables()
+        .unwrap()
+        .map(|t| t.name().to_string())
+        .collect()
 }
 
 fn format_of(path: &Path) -> u32 {
@@ -76,7 +79,16 @@ fn as_older_format(path: &Path, keep_log_file: bool) {
             let row = table.get(META).unwrap().unwrap();
             db::decode::<Meta>(SM.name(), META, row.value()).unwrap()
         };
-        db::put(&to, SM, META, &Meta { format: 2, ..stored }).unwrap();
+        db::put(
+            &to,
+            SM,
+            META,
+            &Meta {
+                format: 2,
+                ..stored
+            },
+        )
+        .unwrap();
         to.commit().unwrap();
     }
     if !keep_log_file {
@@ -94,8 +106,14 @@ async fn a_new_store_keeps_its_log_in_a_file_of_its_own() {
     assert!(ids.len() >= 4, "membership and three commands: {ids:?}");
     assert!(vote.is_some());
     let state_tables = tables_of(&path);
-    assert!(!state_tables.contains(&LOG.name().to_string()), "{state_tables:?}");
-    assert!(!state_tables.contains(&LOG_META.name().to_string()), "{state_tables:?}");
+    assert!(
+        !state_tables.contains(&LOG.name().to_string()),
+        "{state_tables:?}"
+    );
+    assert!(
+        !state_tables.contains(&LOG_META.name().to_string()),
+        "{state_tables:?}"
+    );
     let log_tables = tables_of(&log_path(&path));
     assert_eq!(log_tables, [LOG.name(), LOG_META.name()]);
     assert_eq!(format_of(&path), STORE_FORMAT);
@@ -109,10 +127,18 @@ async fn an_older_store_moves_its_log_to_its_own_file_once_and_keeps_every_entry
     as_older_format(&path, false);
     assert!(!log_path(&path).exists());
 
-    assert_eq!(read_log(&path).await, before, "the log as the older store had it");
+    assert_eq!(
+        read_log(&path).await,
+        before,
+        "the log as the older store had it"
+    );
     assert!(log_path(&path).exists());
     assert!(!tables_of(&path).contains(&LOG.name().to_string()));
-    assert_eq!(format_of(&path), STORE_FORMAT, "an older outpost now refuses it");
+    assert_eq!(
+        format_of(&path),
+        STORE_FORMAT,
+        "an older outpost now refuses it"
+    );
     assert_eq!(read_log(&path).await, before, "and again once moved");
 
     // The state and the log go on together: a restarted Raft continues the same log.
@@ -154,7 +180,11 @@ async fn a_log_whose_state_file_is_gone_is_removed_not_replayed_onto_an_empty_st
 
     assert_eq!(read_log(&path).await, (vec![], None));
     let (raft, handle) = start(&path).await;
-    assert_eq!(handle.read(|s| s.nodes.len()), 0, "an empty state, as asked");
+    assert_eq!(
+        handle.read(|s| s.nodes.len()),
+        0,
+        "an empty state, as asked"
+    );
     stop(raft, &handle).await;
 }
 
@@ -176,7 +206,10 @@ async fn a_lost_log_file_is_refused_naming_it_with_the_remedy() {
             .to_string();
         assert!(message.contains(&log.display().to_string()), "{message}");
         assert!(message.contains("is missing or empty"), "{message}");
-        assert!(message.contains("restore the data dir from a backup"), "{message}");
+        assert!(
+            message.contains("restore the data dir from a backup"),
+            "{message}"
+        );
         assert!(message.contains("--reset"), "{message}");
         assert!(path.exists(), "the state file is left as it was");
     }

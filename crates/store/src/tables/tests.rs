@@ -634,7 +634,9 @@ async fn the_services_a_batch_touched_are_taken_once() {
 
 /// Changes of one batch to the `tasks` table.
 fn task_rows(index: u64, rows: &[(&str, Option<&[u8]>)]) -> Changes {
-    let rows = rows.iter().map(|(key, value)| (key.to_string(), value.map(<[u8]>::to_vec)));
+    let rows = rows
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.map(<[u8]>::to_vec)));
     Changes {
         replace: false,
         maps: vec![("tasks", rows.collect())],
@@ -649,8 +651,17 @@ fn task_rows(index: u64, rows: &[(&str, Option<&[u8]>)]) -> Changes {
 
 #[test]
 fn merged_rows_are_kept_once_each_with_their_last_value_in_key_order() {
-    let mut waiting = task_rows(1, &[("web.2.1", Some(b"starting")), ("api.1.1", Some(b"running"))]);
-    waiting.merge(task_rows(2, &[("web.2.1", Some(b"ready")), ("api.1.1", None)]));
+    let mut waiting = task_rows(
+        1,
+        &[
+            ("web.2.1", Some(b"starting")),
+            ("api.1.1", Some(b"running")),
+        ],
+    );
+    waiting.merge(task_rows(
+        2,
+        &[("web.2.1", Some(b"ready")), ("api.1.1", None)],
+    ));
     waiting.merge(task_rows(3, &[("db.1.1", None)]));
     waiting.merge(task_rows(4, &[("db.1.1", Some(b"back"))]));
 
