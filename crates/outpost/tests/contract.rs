@@ -114,7 +114,6 @@ fn the_data_dir_and_state_files_are_private_even_when_left_open() {
         }
         let files = [
             "state.redb",
-            "state-log.redb",
             "token",
             "api",
             "agent/agent.redb",
@@ -135,13 +134,7 @@ fn the_data_dir_and_state_files_are_private_even_when_left_open() {
     for path in [dir.clone(), dir.join("agent"), dir.join("agent/logs")] {
         std::fs::set_permissions(path, open.clone()).unwrap();
     }
-    for file in [
-        "state.redb",
-        "state-log.redb",
-        "token",
-        "agent/agent.redb",
-        "agent/agent-id",
-    ] {
+    for file in ["state.redb", "token", "agent/agent.redb", "agent/agent-id"] {
         std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     dev.restart();

@@ -122,24 +122,6 @@ fn a_changed_byte_in_the_state_is_never_served() {
 }
 
 #[test]
-fn a_lost_or_damaged_raft_log_is_refused_naming_its_file_and_the_remedy() {
-    let dev = used_data_dir();
-    let log = dev.data_dir().join("state-log.redb");
-    truncate(&log, |size| size / 2);
-    let out = assert_refused(dev.data_dir(), &log, BACKUP);
-    assert!(out.contains("is damaged"), "{out}");
-
-    std::fs::remove_file(&log).unwrap();
-    let out = assert_refused(dev.data_dir(), &log, BACKUP);
-    assert!(out.contains("is missing or empty"), "{out}");
-    assert!(out.contains("move both files away"), "{out}");
-    assert!(
-        dev.data_dir().join("state.redb").exists(),
-        "the state is left as it was"
-    );
-}
-
-#[test]
 fn an_emptied_state_is_not_taken_for_a_new_cluster_unless_reset() {
     let dev = used_data_dir();
     let state = dev.data_dir().join("state.redb");

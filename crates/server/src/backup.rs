@@ -369,8 +369,6 @@ async fn make_dir(
         node,
     )
     .await?;
-    for file in [state_file.clone(), store::log_path(&state_file)] {
-        seal::files::private_file(&file).map_err(io(&file))?;
-    }
+    seal::files::private_file(&state_file).map_err(io(&state_file))?;
     Ok(())
 }

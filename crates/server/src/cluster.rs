@@ -373,13 +373,7 @@ async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
     if method != Method::GET {
         return Ok(Answerer::Here);
     }
-    let start = std::time::Instant::now();
-    let confirmed = confirm_leading(&ctx.raft).await;
-    let ms = start.elapsed().as_millis();
-    if ms >= SLOW_CONFIRM_MS {
-        tracing::debug!(ms, "confirming leadership for a read took");
-    }
-    match confirmed {
+    match confirm_leading(&ctx.raft).await {
         Ok(()) => Ok(Answerer::Here),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
             match (f.leader_id, f.leader_node) {
@@ -393,9 +387,6 @@ async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
         Err(e) => Err(unconfirmed(e)),
     }
 }
-
-/// A read whose leadership check takes this long is logged (at debug), with its time.
-const SLOW_CONFIRM_MS: u128 = 100;
 
 /// How many rounds [`confirm_leading`] tries, and the pause between two.
 const CONFIRM_ROUNDS: u32 = 5;

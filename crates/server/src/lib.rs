@@ -445,7 +445,6 @@ async fn start_raft(
             || store::open(&state_file, config.store.clone()),
         )?;
         tighten(&state_file)?;
-        tighten(&store::log_path(&state_file))?;
         let raft_err = |e: &dyn std::fmt::Display| ServerError::Raft(e.to_string());
         let raft_config = store::raft::config("outpost")
             .validate()
@@ -801,8 +800,7 @@ pub fn init(config: &ServerConfig) -> Result<(), ServerError> {
     let state_file = config.data_dir.join("state.redb");
     let opened = store::open(&state_file, config.store.clone())?;
     drop(opened);
-    tighten(&state_file)?;
-    tighten(&store::log_path(&state_file))
+    tighten(&state_file)
 }
 
 /// How often a founding server tries again to commit its own trust while it has no leader.

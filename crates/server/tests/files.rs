@@ -21,19 +21,19 @@ async fn the_data_dir_and_its_files_are_private_also_when_made_by_an_older_versi
     let dir = root.path().join("state");
     let server = server::start(config(&dir)).await.unwrap();
     assert_eq!(mode(&dir), 0o700);
-    for file in ["state.redb", "state-log.redb", "token", "api"] {
+    for file in ["state.redb", "token", "api"] {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
     server.shutdown().await;
 
     // Open them up, as an older version left them; the next start tightens them again.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    for file in ["state.redb", "state-log.redb", "token", "api"] {
+    for file in ["state.redb", "token", "api"] {
         std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     let server = server::start(config(&dir)).await.unwrap();
     assert_eq!(mode(&dir), 0o700);
-    for file in ["state.redb", "state-log.redb", "token", "api"] {
+    for file in ["state.redb", "token", "api"] {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file} after a restart");
     }
     server.shutdown().await;

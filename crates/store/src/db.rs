@@ -1,16 +1,15 @@
-//! The store's two redb files, their tables, how they are opened, and the small read/write
-//! helpers the log store and the state machine share.
+//! The store's redb file: its tables, how it is opened, and the small read/write helpers the log
+//! store and the state machine share.
 //!
-//! The state file holds the state machine's tables: [`SM`] (its meta row and the latest
-//! snapshot) and the state's own tables, one per map of `State` plus the events (laid out in
-//! `tables`). The Raft log's tables, [`LOG`] and [`LOG_META`], are in a file of their own beside
-//! it (`log_file`), so that an append never waits for a checkpoint. Both are opened together,
-//! once per process (redb lets a process open a file only once), and shared as one [`Db`].
-//! Values are JSON so that a human can inspect a data dir with any redb tool and so that adding
-//! a field to a record stays backward compatible.
+//! One file holds both halves of Raft's storage because redb lets a process open a file only
+//! once; both stores hold the same [`Db`]. The log store's tables are [`LOG`] and [`LOG_META`];
+//! the state machine's are [`SM`] (its meta row and the latest snapshot) and the state's own
+//! tables, one per map of `State` plus the events (laid out in `tables`). Values are JSON so
+//! that a human can inspect a data dir with any redb tool and so that adding a field to a record
+//! stays backward compatible.
 //!
-//! Every value is [`seal`]ed with a checksum ([`encode`], [`decode`]), and [`open_state`]
-//! reads every record once at start (`log_file` does the same for the log): a damaged file is refused with the file, table and key
+//! Every value is [`seal`]ed with a checksum ([`encode`], [`decode`]), and [`open_database`]
+//! reads every record once at start: a damaged file is refused with the file, table and key
 //! before anything is served from it. redb asserts (panics) on some damaged files; opening runs
 //! under [`seal::unpanicked`], so the operator gets an error saying what to do, never a
 //! backtrace.
@@ -45,16 +44,13 @@ pub(crate) const MACHINE: &str = "machine";
 pub(crate) const SNAPSHOT: &str = "snapshot";
 pub(crate) const SNAPSHOT_META: &str = "snapshot_meta";
 
-/// The open store files, shared by the log store, the state machine and snapshot builders;
-/// dropping the last reference closes them.
+/// The open store file, shared by the log store, the state machine and snapshot builders;
+/// dropping the last reference closes it.
 pub(crate) struct Db {
-    /// The state file.
     pub(crate) file: Database,
-    /// The Raft log's file.
-    pub(crate) log: Database,
-    /// The applied index that `StateHandle`s watch. It lives here, declared after the files, so
-    /// that it closes only once they are released: a closed channel means the store can be
-    /// opened again.
+    /// The applied index that `StateHandle`s watch. It lives here, declared after `file`, so that
+    /// it closes only once the file is released: a closed channel means the file can be opened
+    /// again.
     pub(crate) applied: watch::Sender<u64>,
 }
 
@@ -75,10 +71,6 @@ pub enum StoreError {
         path: PathBuf,
         error: Box<redb::DatabaseError>,
     },
-    #[error(
-        "store {path} is missing or empty, but the state file {state} beside it holds a state: without its log this server's vote and newest entries are lost; restore the data dir from a backup, or move both files away and start again with --reset to begin with an empty state"
-    )]
-    LogLost { path: PathBuf, state: PathBuf },
     #[error("store {path} is damaged and cannot be read ({detail}): {REMEDY}")]
     Unreadable { path: PathBuf, detail: String },
     #[error("store {path}: record {key:?} of table {table} is damaged ({why}): {REMEDY}")]
@@ -141,8 +133,6 @@ pub(crate) enum DbError {
     Thread(std::io::Error),
     #[error("checkpoints are no longer written, after an earlier one failed")]
     WriterGone,
-    #[error("the Raft log was not written: {0}")]
-    LogWrite(String),
 }
 
 macro_rules! from_redb {
@@ -159,8 +149,7 @@ from_redb!(
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,
-    redb::CommitError,
-    redb::DatabaseError
+    redb::CommitError
 );
 
 impl DbError {
@@ -194,9 +183,9 @@ impl DbError {
                 path,
                 error: Box::new(redb::Error::Io(e)),
             },
-            e @ (DbError::WriterGone | DbError::LogWrite(_)) => StoreError::Io {
+            DbError::WriterGone => StoreError::Io {
                 path,
-                error: Box::new(redb::Error::Io(std::io::Error::other(e))),
+                error: Box::new(redb::Error::Io(std::io::Error::other(DbError::WriterGone))),
             },
             DbError::Format { found } => StoreError::NewerFormat {
                 path,
@@ -213,29 +202,16 @@ impl DbError {
     }
 }
 
-/// 56 MiB of redb's page cache for the state file, against its 1 GiB default: reads are served
-/// from the state in memory, so the cache only speeds up the B-tree pages a checkpoint
-/// rewrites, and a server must fit on a small edge box.
-pub(crate) const STATE_CACHE_BYTES: usize = 56 << 20;
-/// 8 MiB for the log's file: entries are appended at its end and read back soon after, while
-/// their pages are still cached.
-pub(crate) const LOG_CACHE_BYTES: usize = 8 << 20;
+/// 64 MiB of redb's page cache, against its 1 GiB default: reads are served from the state in
+/// memory, so the cache only speeds up the B-tree pages a batch rewrites, and a server must fit
+/// on a small edge box.
+const CACHE_BYTES: usize = 64 << 20;
 
-/// Opens (or creates) the state file, makes sure every table exists, so that readers never
-/// meet a missing table, and checks every record's seal. Also says whether the file is new
-/// (missing or empty before this), which its log file's opening needs to know.
-pub(crate) fn open_state(path: &Path) -> Result<(Database, bool), StoreError> {
-    let fresh = std::fs::metadata(path).map_or(true, |meta| meta.len() == 0);
-    let db = create_file(path, STATE_CACHE_BYTES)?;
-    create_tables(&db).map_err(|e| e.store(path, "table list"))?;
-    verify(&db).map_err(|e| e.store(path, "record"))?;
-    Ok((db, fresh))
-}
-
-/// Opens the redb file at `path`, creating it if missing, with a page cache of `cache_bytes`.
-pub(crate) fn create_file(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
-    Database::builder()
-        .set_cache_size(cache_bytes)
+/// Opens (or creates) the store file, makes sure every table exists, so that readers never meet
+/// a missing table, and checks every record's seal.
+pub(crate) fn open_database(path: &Path) -> Result<Arc<Db>, StoreError> {
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
         .create(path)
         .map_err(|error| match error {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
@@ -253,16 +229,24 @@ pub(crate) fn create_file(path: &Path, cache_bytes: usize) -> Result<Database, S
                 path: path.to_path_buf(),
                 detail: error.to_string(),
             },
-        })
+        })?;
+    create_tables(&db).map_err(|e| e.store(path, "table list"))?;
+    verify(&db).map_err(|e| e.store(path, "record"))?;
+    Ok(Arc::new(Db {
+        file: db,
+        applied: watch::Sender::new(0),
+    }))
 }
 
 /// Reads every record of every table and checks its seal: damage is found at start, before
 /// anything is served, rather than when a follower first asks for an old log entry.
 fn verify(db: &Database) -> Result<(), DbError> {
     let txn = db.begin_read()?;
-    for row in txn.open_table(EVENTS)?.iter()? {
-        let (key, value) = row?;
-        open_record(EVENTS.name(), key.value(), value.value())?;
+    for table in [LOG, EVENTS] {
+        for row in txn.open_table(table)?.iter()? {
+            let (key, value) = row?;
+            open_record(table.name(), key.value(), value.value())?;
+        }
     }
     for table in keyed_by_name() {
         for row in txn.open_table(table)?.iter()? {
@@ -273,15 +257,15 @@ fn verify(db: &Database) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Every table of the state file keyed by a name: the state machine's single values, and the
-/// state's maps.
+/// Every table keyed by a name: the log's and state machine's single values, and the state's maps.
 fn keyed_by_name() -> Vec<TableDefinition<'static, &'static str, &'static [u8]>> {
     let maps = tables::map_names().into_iter().map(tables::map_table);
-    [SM].into_iter().chain(maps).collect()
+    [LOG_META, SM].into_iter().chain(maps).collect()
 }
 
 fn create_tables(db: &Database) -> Result<(), DbError> {
     let txn = db.begin_write()?;
+    txn.open_table(LOG)?;
     txn.open_table(EVENTS)?;
     for table in keyed_by_name() {
         txn.open_table(table)?;
@@ -354,26 +338,21 @@ pub(crate) fn put_encoded(
     Ok(())
 }
 
-/// Runs `change` in one write transaction of the file `file` picks (`|db| &db.log`, say) and
-/// commits it; the commit fsyncs, so the change is durable when this returns what `change` did.
+/// Runs `change` in one write transaction and commits it; the commit fsyncs, so the change is
+/// durable when this returns.
 ///
 /// It runs on tokio's blocking pool: an fsync on a slow SD card takes tens of milliseconds and
 /// must not stall one of the runtime's two workers.
-pub(crate) async fn write<F, T>(
-    db: &Arc<Db>,
-    file: fn(&Db) -> &Database,
-    change: F,
-) -> Result<T, DbError>
+pub(crate) async fn write<F>(db: &Arc<Db>, change: F) -> Result<(), DbError>
 where
-    F: FnOnce(&WriteTransaction) -> Result<T, DbError> + Send + 'static,
-    T: Send + 'static,
+    F: FnOnce(&WriteTransaction) -> Result<(), DbError> + Send + 'static,
 {
     let db = Arc::clone(db);
     tokio::task::spawn_blocking(move || {
-        let txn = file(&db).begin_write()?;
-        let done = change(&txn)?;
+        let txn = db.file.begin_write()?;
+        change(&txn)?;
         txn.commit()?;
-        Ok(done)
+        Ok(())
     })
     .await?
 }

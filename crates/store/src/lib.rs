@@ -1,5 +1,5 @@
 //! The replicated store: the cluster state, the commands that change it, and openraft's storage
-//! for both on two redb files, the state's and the log's.
+//! for both on one redb file.
 //!
 //! - [`state`]: `State`, `Command`, `Response` and the deterministic `State::apply`.
 //! - [`raft`]: openraft's type configuration (`TypeConfig`), aliases such as `Raft` and the RPC
@@ -16,8 +16,7 @@
 //!   change.
 //! - `restore`: [`read_snapshot`] (a backup checked whole) and [`restore`] (a store file made
 //!   from one, for a single server).
-//! - `db`: the files, [`open`]'s checks and [`StoreError`]; `log_file`: where the log's file is
-//!   ([`log_path`]) and its move out of the state file of a store from before it had one.
+//! - `db`: the file, [`open`]'s checks and [`StoreError`].
 //!
 //! **Architecture invariants:**
 //! - `State::apply` is deterministic: no clock, no randomness, no I/O; anything that varies
@@ -25,10 +24,8 @@
 //!   may re-apply committed entries safely.
 //! - Heartbeats are never entries: liveness is kept in the leader's memory and only node state
 //!   transitions (`Command::SetNodeState`) are written to the log.
-//! - Two redb files, the state's and, beside it, the log's, are opened together once per process
-//!   by [`open`] and shared by both stores; a log file without its state file is removed, never
-//!   used. The log's own file lets appends go on while a checkpoint or a snapshot is written.
-//!   The state lives in tables keyed by id; each applied batch writes only
+//! - One redb file holds the log and the state; it is opened once per process by [`open`] and
+//!   shared by both stores. The state lives in tables keyed by id; each applied batch writes only
 //!   the rows it changed, in the same transaction as the last applied log id and membership, so
 //!   the persisted state never runs ahead of or behind its own applied index, and the cost of a
 //!   change is proportional to the change, not to the state.
@@ -46,9 +43,7 @@
 mod db;
 mod events;
 mod handle;
-mod log_file;
 mod log_store;
-mod log_writer;
 pub mod raft;
 mod restore;
 mod snapshot;
@@ -70,17 +65,15 @@ pub use events::{
     DEFAULT_MAX_EVENTS, Retention, StoreOptions,
 };
 pub use handle::{ChangedServices, StateHandle};
-pub use log_file::log_path;
 pub use log_store::LogStore;
 pub use restore::{BadSnapshot, read_snapshot, restore};
 pub use state::{Command, FromAgent, Loss, Response, RolloutAction, State};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use tracked::TrackedMap;
 
-/// Opens the store whose state file is `path`, and its log file beside it ([`log_path`]),
-/// creating them if missing, checks every record's seal, and loads the applied state so that a
-/// restarted server resumes where it stopped. A file of the first format is rewritten into
-/// tables, and a log kept in the state file is moved to its own file, once.
+/// Opens the store at `path`, creating it if missing, checks every record's seal, and loads the
+/// applied state so that a restarted server resumes where it stopped. A file of the first format
+/// is rewritten into tables first, once.
 ///
 /// Hand the two stores to `Raft::new`; keep the handle for reads. Only one open per file at a
 /// time: a second one fails with [`StoreError::Locked`] until everything the first returned
@@ -91,21 +84,19 @@ pub fn open(
     path: &Path,
     options: StoreOptions,
 ) -> Result<(LogStore, StateMachineStore, StateHandle), StoreError> {
-    // Each file under its own guard, so that a panic of the storage library names its file.
     let opened = seal::unpanicked(|| {
-        let (file, fresh) = db::open_state(path)?;
-        let machine = tables::load_or_migrate(&file, &options.retention)
+        let db = db::open_database(path)?;
+        let machine = tables::load_or_migrate(&db.file, &options.retention)
             .map_err(|e| e.store(path, "applied state"))?;
-        Ok((file, fresh, machine))
+        Ok((db, machine))
     });
-    let (file, fresh, machine) = opened.unwrap_or_else(|detail| gave_up(path, detail))?;
-    let log = seal::unpanicked(|| log_file::open(&file, path, fresh))
-        .unwrap_or_else(|detail| gave_up(&log_path(path), detail))?;
-    let db = Arc::new(db::Db {
-        file,
-        log,
-        applied: tokio::sync::watch::Sender::new(machine.state.index),
-    });
+    let (db, machine) = opened.unwrap_or_else(|detail| {
+        Err(StoreError::Unreadable {
+            path: path.to_path_buf(),
+            detail: format!("the storage library gave up on it: {detail}"),
+        })
+    })?;
+    db.applied.send_replace(machine.state.index);
     let machine = Arc::new(RwLock::new(machine));
     let watches = Arc::new(handle::Watches::default());
     let handle = StateHandle::new(
@@ -114,14 +105,5 @@ pub fn open(
         Arc::clone(&watches),
     );
     let state_machine = StateMachineStore::new(Arc::clone(&db), machine, watches, options);
-    let log = LogStore::new(db).map_err(|e| e.store(&log_path(path), "Raft log"))?;
-    Ok((log, state_machine, handle))
-}
-
-/// The error for a file the storage library panicked on.
-fn gave_up<T>(path: &Path, detail: String) -> Result<T, StoreError> {
-    Err(StoreError::Unreadable {
-        path: path.to_path_buf(),
-        detail: format!("the storage library gave up on it: {detail}"),
-    })
+    Ok((LogStore::new(db), state_machine, handle))
 }

@@ -139,9 +139,7 @@ impl Machine {
             first_event,
             meta: db::encode(&self.meta())?,
             index: self.state.index,
-            size: 0,
-        }
-        .measured())
+        })
     }
 
     fn meta(&self) -> Meta {
@@ -153,24 +151,6 @@ impl Machine {
             clock: self.clock,
         }
     }
-}
-
-/// Applies `entries` and encodes their changes, all under the lock; `None` if there were none.
-fn apply_all(
-    machine: &SharedMachine,
-    retention: &Retention,
-    entries: Vec<Entry>,
-) -> Result<(Vec<Response>, Option<Changes>), DbError> {
-    let mut machine = write(machine);
-    let responses: Vec<Response> = entries
-        .into_iter()
-        .map(|entry| machine.apply(entry))
-        .collect();
-    if responses.is_empty() {
-        return Ok((responses, None));
-    }
-    let changes = machine.changes(retention, false)?;
-    Ok((responses, Some(changes)))
 }
 
 /// The applied state, shared by the state machine (the only writer) and every [`StateHandle`]
@@ -248,12 +228,7 @@ impl StateMachineStore {
             self.pending = Some((changes, since));
             return Ok(());
         }
-        let started = Instant::now();
         self.finish_writing().await?;
-        let ms = started.elapsed().as_millis();
-        if ms > 0 {
-            tracing::debug!(ms, "applying waited for a checkpoint to be written");
-        }
         self.in_flight = Some(self.writer()?.write(changes));
         Ok(())
     }
@@ -320,6 +295,24 @@ impl StateMachineStore {
                 unwritten(&e);
             }
         }
+    }
+
+    /// Applies `entries` and encodes their changes, all under the lock; `None` if there were
+    /// none.
+    fn apply_all(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<(Vec<Response>, Option<Changes>), DbError> {
+        let mut machine = write(&self.machine);
+        let responses: Vec<Response> = entries
+            .into_iter()
+            .map(|entry| machine.apply(entry))
+            .collect();
+        if responses.is_empty() {
+            return Ok((responses, None));
+        }
+        let changes = machine.changes(&self.retention, false)?;
+        Ok((responses, Some(changes)))
     }
 
     /// Replaces the state with the snapshot's: decoding, re-encoding and writing every table run
@@ -390,18 +383,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let write_error = |e: DbError| e.storage(ErrorSubject::StateMachine, ErrorVerb::Write);
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let (machine, retention) = (Arc::clone(&self.machine), self.retention);
-        // On the blocking pool: a batch of many agents' reports takes a while to apply, and
-        // Raft's core, which runs on the same thread as this state machine, must go on
-        // answering meanwhile (appends, and the read-index round of every current read).
         let started = Instant::now();
-        let applied = tokio::task::spawn_blocking(move || apply_all(&machine, &retention, entries));
-        let (responses, changes) = applied
-            .await
-            .map_err(DbError::from)
-            .and_then(|applied| applied)
-            .map_err(write_error)?;
+        let (responses, changes) = self.apply_all(entries).map_err(write_error)?;
         let (entries, ms) = (responses.len(), started.elapsed().as_millis());
         tracing::trace!(entries, ms, "applied under the state lock");
         if let Some(changes) = changes {
@@ -418,12 +401,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // A snapshot is read from the tables: write what waits first, so it stands at the last
         // applied entry. After a failed write the snapshot is as old as the last checkpoint,
         // and the next checkpoint fails too, which stops the state machine.
-        let started = Instant::now();
         if let Err(e) = self.write_all().await {
             tracing::warn!("cannot write the applied state before a snapshot: {e}");
         }
-        let ms = started.elapsed().as_millis();
-        tracing::debug!(ms, "applying waited for the checkpoints before a snapshot");
         SnapshotBuilder {
             db: Arc::clone(&self.db),
             snapshots: Arc::clone(&self.snapshots),
@@ -485,19 +465,15 @@ impl SnapshotBuilder {
     async fn save(&self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), DbError> {
         let meta = meta.clone();
         let data = seal::seal(&data);
-        db::write(
-            &self.db,
-            |db| &db.file,
-            move |txn| {
-                // A snapshot installed from the leader while this one was built may be newer; keep it.
-                let saved: Option<SnapshotMeta> = saved_meta(txn)?;
-                if saved.is_some_and(|saved| saved.last_log_id > meta.last_log_id) {
-                    return Ok(());
-                }
-                db::put(txn, SM, SNAPSHOT_META, &meta)?;
-                db::put_encoded(txn, SM, SNAPSHOT, &data)
-            },
-        )
+        db::write(&self.db, move |txn| {
+            // A snapshot installed from the leader while this one was built may be newer; keep it.
+            let saved: Option<SnapshotMeta> = saved_meta(txn)?;
+            if saved.is_some_and(|saved| saved.last_log_id > meta.last_log_id) {
+                return Ok(());
+            }
+            db::put(txn, SM, SNAPSHOT_META, &meta)?;
+            db::put_encoded(txn, SM, SNAPSHOT, &data)
+        })
         .await
     }
 }

@@ -34,9 +34,8 @@ use crate::tracked::TrackedMap;
 #[cfg(test)]
 mod tests;
 
-/// The layout written by this version: 1 was the whole state as one JSON value, 2 is tables,
-/// 3 is tables with the Raft log in a file of its own (`log_file`).
-pub(crate) const STORE_FORMAT: u32 = 3;
+/// The layout written by this version: 1 was the whole state as one JSON value, 2 is tables.
+pub(crate) const STORE_FORMAT: u32 = 2;
 
 /// Events by `seq`.
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -71,18 +70,14 @@ pub(crate) struct Meta {
     pub(crate) clock: Timestamp,
 }
 
-/// Changed rows of one table: each key with its sealed value, `None` when it was removed. A map,
-/// so that merged batches keep one row per key, the last one: a task's readiness flips again
-/// and again, a node reports anew, and what waits for a checkpoint grows only with the rows
-/// changed, not with the changes. Written in key order, a B-tree takes the rows along one path
-/// of pages instead of jumping across the whole table for each.
-pub(crate) type Rows = BTreeMap<String, Option<Vec<u8>>>;
+/// A changed row: its key and its sealed value, `None` when it was removed.
+pub(crate) type Row = (String, Option<Vec<u8>>);
 
 /// A map of `State` kept as a table of its own. Object-safe, so that `State::stored_maps` can
 /// list maps of different value types and every step below handles them in one loop.
 pub(crate) trait StoredMap {
     /// Encodes the rows changed since the last call and forgets the changes.
-    fn take_changes(&mut self) -> Result<Rows, DbError>;
+    fn take_changes(&mut self) -> Result<Vec<Row>, DbError>;
     /// Records every row as changed: the next [`take_changes`](Self::take_changes) has them all.
     fn mark_all_changed(&mut self);
     /// Forgets the recorded changes: the map now matches its table.
@@ -102,7 +97,7 @@ pub(crate) trait StoredMap {
 }
 
 impl<V: Serialize + DeserializeOwned> StoredMap for TrackedMap<String, V> {
-    fn take_changes(&mut self) -> Result<Rows, DbError> {
+    fn take_changes(&mut self) -> Result<Vec<Row>, DbError> {
         let encode =
             |(key, value): (String, Option<&V>)| Ok((key, value.map(db::encode).transpose()?));
         TrackedMap::take_changes(self).map(encode).collect()
@@ -147,23 +142,24 @@ impl<V: Serialize + DeserializeOwned> StoredMap for TrackedMap<String, V> {
 pub(crate) struct Changes {
     /// The rows are the whole state: every table is emptied first (migration, snapshot install).
     pub(crate) replace: bool,
-    pub(crate) maps: Vec<(&'static str, Rows)>,
+    pub(crate) maps: Vec<(&'static str, Vec<Row>)>,
     pub(crate) events: Vec<(u64, Vec<u8>)>,
     /// The `seq` of the oldest event kept: older rows are past retention and deleted.
     pub(crate) first_event: u64,
     pub(crate) meta: Vec<u8>,
     /// The applied index the tables stand at once these are written.
     pub(crate) index: u64,
-    /// What [`bytes`](Self::bytes) says.
-    pub(crate) size: usize,
 }
 
-fn row_bytes((key, value): (&String, &Option<Vec<u8>>)) -> usize {
-    key.len() + value.as_ref().map_or(0, Vec::len)
-}
-
-fn event_bytes((_, bytes): &(u64, Vec<u8>)) -> usize {
-    8 + bytes.len()
+/// Each key's last value among `rows`, in key order: merged batches change the same rows again
+/// and again (a task's readiness flips, a node reports anew), and a B-tree takes rows in order
+/// along one path of pages instead of jumping across the whole table for each.
+fn latest(rows: &[Row]) -> BTreeMap<&str, &Option<Vec<u8>>> {
+    let mut latest = BTreeMap::new();
+    for (key, value) in rows {
+        latest.insert(key.as_str(), value);
+    }
+    latest
 }
 
 impl Changes {
@@ -174,10 +170,10 @@ impl Changes {
                 txn.delete_table(map_table(name))?;
             }
             let mut table = txn.open_table(map_table(name))?;
-            for (key, value) in rows {
+            for (key, value) in latest(rows) {
                 match value {
-                    Some(bytes) => table.insert(key.as_str(), bytes.as_slice())?,
-                    None => table.remove(key.as_str())?,
+                    Some(bytes) => table.insert(key, bytes.as_slice())?,
+                    None => table.remove(key)?,
                 };
             }
         }
@@ -193,31 +189,18 @@ impl Changes {
         db::put_encoded(txn, SM, META, &self.meta)
     }
 
-    /// Adds the changes of a later batch: where both changed a row, the later value is the one
-    /// kept, and the meta row becomes the later one. Later changes that replace the whole state
-    /// replace these too.
+    /// Adds the changes of a later batch: its rows are written after these, so where both
+    /// changed a row the later value is the one that stays, and the meta row becomes the later
+    /// one.
     pub(crate) fn merge(&mut self, later: Changes) {
-        if later.replace {
-            *self = later;
-            return;
-        }
         for (name, rows) in later.maps {
-            let Some((_, mine)) = self.maps.iter_mut().find(|(n, _)| *n == name) else {
-                self.size += rows.iter().map(row_bytes).sum::<usize>();
-                self.maps.push((name, rows));
-                continue;
-            };
-            for (key, value) in rows {
-                let (key_len, value_len) = (key.len(), value.as_ref().map_or(0, Vec::len));
-                match mine.insert(key, value) {
-                    Some(old) => self.size = self.size + value_len - old.map_or(0, |v| v.len()),
-                    None => self.size += key_len + value_len,
-                }
+            match self.maps.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, mine)) => mine.extend(rows),
+                None => self.maps.push((name, rows)),
             }
         }
-        self.size += later.events.iter().map(event_bytes).sum::<usize>();
+        self.replace |= later.replace;
         self.events.extend(later.events);
-        self.size = self.size - self.meta.len() + later.meta.len();
         self.first_event = later.first_event;
         self.meta = later.meta;
         self.index = later.index;
@@ -250,18 +233,13 @@ impl Changes {
     }
 
     /// How many bytes of rows this writes: what one batch costs the disk, before redb's pages.
-    /// Kept as batches merge, so that asking costs nothing however many rows wait.
     pub(crate) fn bytes(&self) -> usize {
-        self.size
-    }
-
-    /// Counts the bytes of rows, events and meta row of changes just made.
-    pub(crate) fn measured(mut self) -> Changes {
         let maps = self.maps.iter().flat_map(|(_, rows)| rows);
-        let rows: usize = maps.map(row_bytes).sum();
-        let events: usize = self.events.iter().map(event_bytes).sum();
-        self.size = rows + events + self.meta.len();
-        self
+        let rows: usize = maps
+            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        let events: usize = self.events.iter().map(|(_, bytes)| 8 + bytes.len()).sum();
+        rows + events + self.meta.len()
     }
 }
 
@@ -311,23 +289,6 @@ pub(crate) fn read_meta(txn: &ReadTransaction) -> Result<Option<Meta>, DbError> 
         return Err(DbError::Format { found: meta.format });
     }
     Ok(Some(meta))
-}
-
-/// Marks the file as laid out by this format: its meta row, if it has one yet, gets
-/// [`STORE_FORMAT`], so that an older outpost refuses the file rather than misreading it.
-pub(crate) fn mark_format(txn: &WriteTransaction) -> Result<(), DbError> {
-    let meta: Option<Meta> = {
-        let table = txn.open_table(SM)?;
-        let stored = table.get(META)?;
-        stored
-            .map(|row| db::decode(SM.name(), META, row.value()))
-            .transpose()?
-    };
-    if let Some(mut meta) = meta {
-        meta.format = STORE_FORMAT;
-        db::put(txn, SM, META, &meta)?;
-    }
-    Ok(())
 }
 
 /// Reads the whole state from the tables; `None` if the file has no meta row.
