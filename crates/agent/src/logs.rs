@@ -467,18 +467,19 @@ mod tests {
         {
             std::fs::write(logs.path(task), "out\n").unwrap();
             std::fs::write(logs.rotated(task, 1), "older\n").unwrap();
+            // Every file of a task is as old as the task: what was written now would tie or
+            // not with the others depending on the clock's tick, and so the test flaked.
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + i as u64);
-            let f = std::fs::File::options()
-                .write(true)
-                .open(logs.path(task))
-                .unwrap();
-            f.set_modified(at).unwrap();
+            for path in [logs.path(task), logs.rotated(task, 1)] {
+                let f = std::fs::File::options().write(true).open(path).unwrap();
+                f.set_modified(at).unwrap();
+            }
         }
-        std::fs::write(
-            dir.path().join("web.1.1.resolv.conf"),
-            "nameserver 10.96.0.1\n",
-        )
-        .unwrap();
+        let resolv = dir.path().join("web.1.1.resolv.conf");
+        std::fs::write(&resolv, "nameserver 10.96.0.1\n").unwrap();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let f = std::fs::File::options().write(true).open(&resolv).unwrap();
+        f.set_modified(at).unwrap();
         let live = std::collections::HashSet::from(["db.1.4".to_string()]);
         logs.prune(&live, 1);
         let mut left: Vec<String> = (std::fs::read_dir(dir.path()).unwrap())
