@@ -461,25 +461,26 @@ mod tests {
     fn files_of_tasks_gone_are_pruned_to_the_latest_written() {
         let dir = tempfile::tempdir().unwrap();
         let logs = TaskLogs::new(dir.path().to_path_buf());
+        // Every file of a task is given the task's age: files written now would tie or not
+        // with each other depending on the clock's tick, and the test flaked.
+        let age = |path: &std::path::Path, secs: u64| {
+            let f = std::fs::File::options().write(true).open(path).unwrap();
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            f.set_modified(at).unwrap();
+        };
         for (i, task) in ["web.1.1", "web.1.2", "web.1.3", "db.1.4"]
             .iter()
             .enumerate()
         {
             std::fs::write(logs.path(task), "out\n").unwrap();
             std::fs::write(logs.rotated(task, 1), "older\n").unwrap();
-            // Every file of a task is as old as the task: what was written now would tie or
-            // not with the others depending on the clock's tick, and so the test flaked.
-            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000 + i as u64);
             for path in [logs.path(task), logs.rotated(task, 1)] {
-                let f = std::fs::File::options().write(true).open(path).unwrap();
-                f.set_modified(at).unwrap();
+                age(&path, 1_000 + i as u64);
             }
         }
         let resolv = dir.path().join("web.1.1.resolv.conf");
         std::fs::write(&resolv, "nameserver 10.96.0.1\n").unwrap();
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
-        let f = std::fs::File::options().write(true).open(&resolv).unwrap();
-        f.set_modified(at).unwrap();
+        age(&resolv, 1_000);
         let live = std::collections::HashSet::from(["db.1.4".to_string()]);
         logs.prune(&live, 1);
         let mut left: Vec<String> = (std::fs::read_dir(dir.path()).unwrap())
