@@ -209,8 +209,16 @@ mod tests {
             port: PortRef::Number(port),
         });
         assert_eq!(check_with(&tcp, &BTreeMap::new(), &driver).await, Ok(()));
-        drop(listener);
+        // A port bound but not listening refuses connections, and holding it
+        // keeps a listener of a test running beside this one off it (a
+        // dropped listener's port can be handed out again at once).
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let tcp = probe(ProbeAction::Tcp {
+            port: PortRef::Number(closed.local_addr().unwrap().port()),
+        });
         assert!(check_with(&tcp, &BTreeMap::new(), &driver).await.is_err());
+        drop(listener);
     }
 
     #[tokio::test]
