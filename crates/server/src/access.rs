@@ -115,10 +115,7 @@ fn caller(ctx: &Server, req: &Request) -> Result<Caller, Fail> {
         .and_then(|c| c.0.as_ref());
     if let Some(cert) = cert {
         let fingerprint = pki::tls::fingerprint(cert);
-        let known = ctx.state.read(|s| {
-            s.certificate(&fingerprint)
-                .map(|(role, node)| (role.to_string(), node.to_string()))
-        });
+        let known = ctx.state.certificate(&fingerprint);
         return match known {
             Some((role, node)) if role == "server" => {
                 Ok(on_behalf(req).unwrap_or(Caller::Server(node)))
@@ -213,7 +210,7 @@ fn catching_up(ctx: &Server, req: &Request) -> bool {
         .get::<PeerCertificate>()
         .and_then(|c| c.0.as_ref())
         .is_some_and(|cert| pki::tls::has_role(cert, pki::NodeRole::Server));
-    server_cert && !ctx.state.read(|s| s.knows_certificates())
+    server_cert && !ctx.state.knows_certificates()
 }
 
 /// Middleware: finds the caller, refuses what it may not do, and hands it to the handler.

@@ -11,7 +11,9 @@
 //! - Any server answers the API ([`at_leader`]): writes and the reads that must be current are
 //!   forwarded, with the caller's credentials, to the leader, which commits the writes and answers
 //!   the reads after openraft's read-index check (`ensure_linearizable`), so a read never misses
-//!   a write that was acknowledged before it. openraft 0.9 offers that check on the leader only;
+//!   a write that was acknowledged before it; the one voter of a group of one skips the check
+//!   once it applied an entry of its own term ([`reads_locally`] says why that is as current).
+//!   openraft 0.9 offers that check on the leader only;
 //!   forwarding costs one hop and needs nothing else. Blocking queries, logs and
 //!   `/v1/status` are answered by the server reached, from its own applied state.
 //! - Joins are authenticated by one function, [`authorize_server`].
@@ -370,7 +372,7 @@ async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
              it is cut off from them, and another server may lead by now"
         )));
     }
-    if method != Method::GET {
+    if method != Method::GET || reads_locally(&ctx.raft.metrics().borrow(), ctx.id) {
         return Ok(Answerer::Here);
     }
     match confirm_leading(&ctx.raft).await {
@@ -386,6 +388,19 @@ async fn answerer(ctx: &Server, method: &Method) -> Result<Answerer, Fail> {
         }
         Err(e) => Err(unconfirmed(e)),
     }
+}
+
+/// Whether this leader's applied state already answers a current read, without the read-index
+/// round: it is the group's one voter, so no other server can lead without it, and it applied
+/// an entry of its own term, so every entry an earlier leader acknowledged is applied too. Every
+/// write it acknowledged was applied before the acknowledgement. The round would go through
+/// openraft's core, which takes one message at a time and awaits each append's flush, and then
+/// wait for everything committed to be applied: under a steady load of reports, seconds.
+fn reads_locally(metrics: &store::raft::RaftMetrics, me: NodeId) -> bool {
+    let mut voters = metrics.membership_config.membership().voter_ids();
+    let alone = voters.next() == Some(me) && voters.next().is_none();
+    let applied_term = metrics.last_applied.map(|id| id.leader_id.get_term());
+    alone && metrics.current_leader == Some(me) && applied_term == Some(metrics.current_term)
 }
 
 /// How many rounds [`confirm_leading`] tries, and the pause between two.
@@ -692,5 +707,33 @@ mod tests {
         ] {
             assert!(!is_host_port(bad), "{bad}");
         }
+    }
+
+    /// Server 1 leading in `term`, with `voters`, having applied an entry of `applied_term`.
+    fn leading(term: u64, applied_term: u64, voters: &[NodeId]) -> store::raft::RaftMetrics {
+        let mut m = store::raft::RaftMetrics::new_initial(1);
+        m.current_term = term;
+        m.current_leader = Some(1);
+        let leader = openraft::CommittedLeaderId::new(applied_term, 1);
+        m.last_applied = Some(openraft::LogId::new(leader, 7));
+        let nodes: BTreeMap<NodeId, Node> =
+            voters.iter().map(|id| (*id, Node::default())).collect();
+        let config = openraft::Membership::new(vec![voters.iter().copied().collect()], nodes);
+        m.membership_config =
+            std::sync::Arc::new(store::raft::StoredMembership::new(m.last_applied, config));
+        m
+    }
+
+    #[test]
+    fn only_a_lone_voter_that_applied_its_own_term_reads_without_a_round() {
+        assert!(reads_locally(&leading(3, 3, &[1]), 1));
+        // Entries of an earlier leader may still be unapplied: its noop is not applied yet.
+        assert!(!reads_locally(&leading(3, 2, &[1]), 1));
+        // Another voter may have elected a leader of its own.
+        assert!(!reads_locally(&leading(3, 3, &[1, 2]), 1));
+        assert!(!reads_locally(&leading(3, 3, &[2]), 1));
+        let mut follower = leading(3, 3, &[1]);
+        follower.current_leader = Some(2);
+        assert!(!reads_locally(&follower, 1));
     }
 }

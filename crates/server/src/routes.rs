@@ -1061,7 +1061,7 @@ async fn rotate_token(
 }
 
 fn known_node(ctx: &Server, name: &str) -> Result<(), Fail> {
-    if ctx.state.read(|s| s.nodes.contains_key(name)) {
+    if ctx.state.knows_node(name) {
         Ok(())
     } else {
         Err(no_node(name))

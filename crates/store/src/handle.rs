@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
+use crate::directory::Directory;
 use crate::state::State;
 use crate::state_machine::{self, SharedMachine};
 use crate::tables::Changes;
@@ -146,6 +147,7 @@ pub struct StateHandle {
     machine: SharedMachine,
     applied: watch::Receiver<u64>,
     watches: Arc<Watches>,
+    directory: Arc<Directory>,
 }
 
 impl StateHandle {
@@ -153,12 +155,32 @@ impl StateHandle {
         machine: SharedMachine,
         applied: watch::Receiver<u64>,
         watches: Arc<Watches>,
+        directory: Arc<Directory>,
     ) -> StateHandle {
         StateHandle {
             machine,
             applied,
             watches,
+            directory,
         }
+    }
+
+    /// Whether the applied state holds node `name`, read without the state's lock
+    /// (`directory.rs` says why).
+    pub fn knows_node(&self, name: &str) -> bool {
+        self.directory.knows_node(name)
+    }
+
+    /// The role and node of the certificate with `fingerprint`, if the cluster knows it; read
+    /// without the state's lock.
+    pub fn certificate(&self, fingerprint: &str) -> Option<(String, String)> {
+        self.directory.certificate(fingerprint)
+    }
+
+    /// Whether any node certificate is known ([`State::knows_certificates`]); read without the
+    /// state's lock.
+    pub fn knows_certificates(&self) -> bool {
+        self.directory.knows_certificates()
     }
 
     /// A receiver that changes when `node`'s assignments may have changed (its entry of

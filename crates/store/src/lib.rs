@@ -41,6 +41,7 @@
 //! - The store knows nothing about HTTP or the network: the server owns the Raft RPC transport.
 
 mod db;
+mod directory;
 mod events;
 mod handle;
 mod log_store;
@@ -97,13 +98,17 @@ pub fn open(
         })
     })?;
     db.applied.send_replace(machine.state.index);
+    let directory = Arc::new(directory::Directory::default());
+    directory.reset(&machine.state);
     let machine = Arc::new(RwLock::new(machine));
     let watches = Arc::new(handle::Watches::default());
     let handle = StateHandle::new(
         Arc::clone(&machine),
         db.applied.subscribe(),
         Arc::clone(&watches),
+        Arc::clone(&directory),
     );
-    let state_machine = StateMachineStore::new(Arc::clone(&db), machine, watches, options);
+    let state_machine =
+        StateMachineStore::new(Arc::clone(&db), machine, watches, directory, options);
     Ok((LogStore::new(db), state_machine, handle))
 }
