@@ -113,7 +113,7 @@ pub async fn serve(
             )),
     };
     let app = app.fallback(httpd::not_found).with_state(api);
-    httpd::serve_tls(listener, app, limits, tls, std::future::pending()).await;
+    httpd::serve_tls(listener, app, limits, tls, None, std::future::pending()).await;
 }
 
 /// The certificate the client showed in the TLS handshake (already checked against the CA).

@@ -19,6 +19,6 @@ pub use hyper_util::server::graceful::Watcher;
 pub use json::{DRAIN_MAX, Json};
 pub use params::{Path, Query};
 pub use serve::{
-    BodyLimit, DEFAULT_BODY_LIMIT, DEFAULT_HEADER_READ_TIMEOUT, Limits, PeerCertificate,
+    BodyLimit, DEFAULT_BODY_LIMIT, DEFAULT_HEADER_READ_TIMEOUT, Lane, Limits, PeerCertificate,
     accept_loop, refuse_busy, serve, serve_tls,
 };

@@ -88,8 +88,13 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_tls(listener, app, limits, None, shutdown).await;
+    serve_tls(listener, app, limits, None, None, shutdown).await;
 }
+
+/// Picks, once its TLS handshake says who the client is, the runtime a connection is served
+/// on: `None` keeps it on the listener's. A server keeps its operators and its peers apart from
+/// thousands of agents this way, so that a queue of agents' requests does not delay them.
+pub type Lane = Arc<dyn Fn(&PeerCertificate) -> Option<tokio::runtime::Handle> + Send + Sync>;
 
 /// The certificate the client presented in the TLS handshake, put in every request's
 /// extensions by [`serve_tls`]; `None` when it presented none (or the listener is plain).
@@ -98,12 +103,14 @@ pub struct PeerCertificate(pub Option<CertificateDer<'static>>);
 
 /// [`serve`], over TLS when `tls` is given: the handshake must finish within the header-read
 /// timeout, and each request carries the client's certificate as [`PeerCertificate`]. A client
-/// that speaks plain HTTP to a TLS listener fails the handshake and is closed.
+/// that speaks plain HTTP to a TLS listener fails the handshake and is closed. With a `lane`,
+/// each connection is then served on the runtime it picks ([`Lane`]).
 pub async fn serve_tls(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     tls: Option<Arc<rustls::ServerConfig>>,
+    lane: Option<Lane>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -127,11 +134,13 @@ pub async fn serve_tls(
             peer,
             body_limit,
         };
-        let acceptor = acceptor.clone();
+        let (acceptor, lane) = (acceptor.clone(), lane.clone());
         async move {
             match acceptor {
                 None => one.serve(stream, PeerCertificate(None)).await,
-                Some(acceptor) => one.handshake(acceptor, stream, header_read_timeout).await,
+                Some(acceptor) => {
+                    (one.handshake(acceptor, stream, header_read_timeout, lane)).await;
+                }
             }
         }
     };
@@ -215,12 +224,13 @@ struct Connection {
 
 impl Connection {
     /// Finishes the TLS handshake within `timeout` (a silent client must not hold a slot for
-    /// ever), then serves.
+    /// ever), then serves, on the runtime `lane` picks.
     async fn handshake(
         self,
         acceptor: tokio_rustls::TlsAcceptor,
         stream: TcpStream,
         timeout: Duration,
+        lane: Option<Lane>,
     ) {
         let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
@@ -239,10 +249,23 @@ impl Connection {
             .map(|c| c.clone().into_owned());
         let h2 = session.alpn_protocol() == Some(b"h2");
         let cert = PeerCertificate(cert);
-        if h2 {
-            self.serve_h2(tls, cert).await;
-        } else {
-            self.serve(tls, cert).await;
+        let elsewhere = lane.and_then(|lane| lane(&cert));
+        let serve = async move {
+            if h2 {
+                self.serve_h2(tls, cert).await;
+            } else {
+                self.serve(tls, cert).await;
+            }
+        };
+        match elsewhere {
+            None => serve.await,
+            Some(runtime) => {
+                // Ended with this task (at shutdown, or when the listener's runtime goes), as
+                // a connection served here would be.
+                let served = runtime.spawn(serve);
+                let _abort = AbortOnDrop(served.abort_handle());
+                let _ = served.await;
+            }
         }
     }
 
@@ -299,6 +322,15 @@ impl Connection {
         if let Err(e) = watcher.watch(connection).await {
             tracing::debug!("connection ended: {e}");
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -149,7 +149,11 @@ pub async fn run(options: &Options) -> Result<Figures, LoadError> {
         control,
     };
     run.wait_for_leader().await?;
-    let (phase, told) = run.start_agents(&api, &token, tls).await?;
+    let join_token = match &tls {
+        Some(_) => Some(run.join_token().await?),
+        None => None,
+    };
+    let (phase, told) = run.start_agents(&api, &token, tls, join_token).await?;
     run.deploy().await?;
     // A steady load on a server still working through the deploy would measure the deploy.
     if run.figures.running_tasks >= run.tasks() {
@@ -200,12 +204,22 @@ impl Run {
         }
     }
 
+    /// The agent join token, as `outpost token show agent` gets it.
+    async fn join_token(&self) -> Result<String, LoadError> {
+        let answer = self.control.token("agent").await;
+        answer.map(|a| a.token).map_err(|source| LoadError::Api {
+            what: "reading the agent join token",
+            source,
+        })
+    }
+
     /// Starts every simulated agent and waits until all are registered.
     async fn start_agents(
         &mut self,
         api: &str,
         token: &str,
         tls: Option<rustls::ClientConfig>,
+        join_token: Option<String>,
     ) -> Result<(watch::Sender<Phase>, mpsc::UnboundedReceiver<Told>), LoadError> {
         let start = Instant::now();
         let (phase, phase_rx) = watch::channel(Phase::Deploy);
@@ -218,6 +232,7 @@ impl Run {
                 api: api.to_string(),
                 token: token.to_string(),
                 tls: tls.clone(),
+                join_token: join_token.clone(),
                 counters: self.counters.clone(),
                 phase: phase_rx.clone(),
                 told: told_tx.clone(),
@@ -438,6 +453,8 @@ impl Run {
 
     fn finish(mut self) -> Figures {
         let c = &self.counters;
+        self.figures.joined = c.joined.load(Ordering::Relaxed);
+        self.figures.failed_joins = c.failed_joins.load(Ordering::Relaxed);
         self.figures.failed_registers = c.failed_registers.load(Ordering::Relaxed);
         self.figures.failed_reports = c.failed_reports.load(Ordering::Relaxed);
         self.figures.failed_heartbeats = c.failed_heartbeats.load(Ordering::Relaxed);

@@ -69,6 +69,9 @@ pub struct Figures {
     /// `GET /v1/tasks?service=…` during the steady phase.
     pub ps: Latencies,
     pub ps_service: String,
+    /// Agents that joined with a node certificate (none against a plain server).
+    pub joined: u64,
+    pub failed_joins: u64,
     pub failed_registers: u64,
     pub failed_reports: u64,
     pub failed_heartbeats: u64,
@@ -90,6 +93,7 @@ impl Figures {
             ("replicas", self.replicas.to_string()),
             ("tasks", self.tasks().to_string()),
             ("registered_s", s(self.registered)),
+            ("joined_nodes", self.joined.to_string()),
             ("deploy_call_s", s(self.deploy_call)),
             ("placed_tasks", self.placed_tasks.to_string()),
             ("placed_s", s(self.placed)),
@@ -113,6 +117,7 @@ impl Figures {
             ("ps_p50_ms", ms(self.ps.quantile(0.50))),
             ("ps_p99_ms", ms(self.ps.quantile(0.99))),
             ("ps_max_ms", ms(self.ps.quantile(1.0))),
+            ("failed_joins", self.failed_joins.to_string()),
             ("failed_registers", self.failed_registers.to_string()),
             ("failed_reports", self.failed_reports.to_string()),
             ("failed_heartbeats", self.failed_heartbeats.to_string()),

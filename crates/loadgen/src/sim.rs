@@ -66,6 +66,8 @@ pub type Told = Vec<(String, bool)>;
 pub struct Counters {
     tasks: u64,
     pub registered: AtomicU64,
+    /// Agents that joined with a node certificate.
+    pub joined: AtomicU64,
     placed: AtomicU64,
     pub all_placed: OnceLock<Instant>,
     running: AtomicU64,
@@ -73,6 +75,7 @@ pub struct Counters {
     /// Task statuses in acknowledged reports: each one changed a task on the server.
     pub changes: AtomicU64,
     pub reports: AtomicU64,
+    pub failed_joins: AtomicU64,
     pub failed_registers: AtomicU64,
     pub failed_reports: AtomicU64,
     pub failed_heartbeats: AtomicU64,
@@ -87,12 +90,14 @@ impl Counters {
         Counters {
             tasks,
             registered: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
             placed: AtomicU64::new(0),
             all_placed: OnceLock::new(),
             running: AtomicU64::new(0),
             all_running: OnceLock::new(),
             changes: AtomicU64::new(0),
             reports: AtomicU64::new(0),
+            failed_joins: AtomicU64::new(0),
             failed_registers: AtomicU64::new(0),
             failed_reports: AtomicU64::new(0),
             failed_heartbeats: AtomicU64::new(0),
@@ -152,6 +157,10 @@ pub struct Sim {
     pub token: String,
     /// The cluster CA, when the server speaks TLS.
     pub tls: Option<rustls::ClientConfig>,
+    /// The agent join token, when the server speaks TLS: the agent joins with it, as a real
+    /// one does, and then calls with its own node certificate instead of `token`, so that the
+    /// server sees it as it sees a real agent.
+    pub join_token: Option<String>,
     pub counters: Arc<Counters>,
     pub phase: watch::Receiver<Phase>,
     pub told: mpsc::UnboundedSender<Told>,
@@ -162,7 +171,14 @@ pub struct Sim {
 impl Sim {
     /// Registers, then heartbeats, watches and reports until the run ends (the runtime stops).
     pub async fn run(self) {
-        let client = Client::connect(&self.api, &self.token, Some(self.address), self.tls);
+        let joined = match &self.join_token {
+            Some(token) => self.join(token).await,
+            None => None,
+        };
+        let client = match joined {
+            Some(tls) => Client::connect(&self.api, "", Some(self.address), Some(tls)),
+            None => Client::connect(&self.api, &self.token, Some(self.address), self.tls),
+        };
         let health = answer_health(self.address).await;
         let register = register_request(&self.name, health);
         let gate = Gate {
@@ -192,6 +208,54 @@ impl Sim {
             retry: Backoff::default(),
         };
         reporter.run(assigned, self.phase, self.told).await;
+    }
+}
+
+impl Sim {
+    /// A TLS configuration with a node certificate got with the join token `token`, holding one
+    /// of the registration permits; `None` (counted, and the agent calls with the operator's
+    /// token instead) if the server refused or did not answer within `client::JOIN_PATIENCE`.
+    async fn join(&self, token: &str) -> Option<rustls::ClientConfig> {
+        let _permit = self.registering.acquire().await.ok();
+        let request = api::JoinRequest {
+            role: "agent".into(),
+            name: self.name.clone(),
+            secret: String::new(),
+            hosts: vec![self.address],
+        };
+        let joined = match pki::JoinToken::parse(token) {
+            Ok(token) => {
+                client::join_patiently(&self.api, &token, request, client::JOIN_PATIENCE).await
+            }
+            Err(e) => Err(ClientError::Protocol {
+                url: self.api.clone(),
+                message: e.to_string(),
+            }),
+        };
+        let identity = joined.map(|j| {
+            let id = pki::Identity {
+                cert_pem: j.cert,
+                key_pem: j.key,
+            };
+            (j.ca, id)
+        });
+        let tls = identity.and_then(|(ca, id)| {
+            pki::tls::client_config(&ca, Some(&id)).map_err(|e| ClientError::Protocol {
+                url: self.api.clone(),
+                message: e.to_string(),
+            })
+        });
+        match tls {
+            Ok(tls) => {
+                self.counters.joined.fetch_add(1, Ordering::Relaxed);
+                Some(tls)
+            }
+            Err(e) => {
+                self.counters
+                    .failed(&self.counters.failed_joins, "join", &e);
+                None
+            }
+        }
     }
 }
 

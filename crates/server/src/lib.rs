@@ -386,8 +386,10 @@ pub struct ServerHandle {
     pub joined: bool,
     stop: watch::Sender<bool>,
     serve: tokio::task::JoinHandle<()>,
+    /// Where the API listens, over TLS (`core_thread::FRONT`).
+    front: Option<core_thread::LoopThread>,
     /// Where Raft runs: dropped last, once Raft is shut down.
-    core: core_thread::CoreThread,
+    core: core_thread::LoopThread,
 }
 
 impl ServerHandle {
@@ -400,9 +402,20 @@ impl ServerHandle {
         let state = self.ctx.state.clone();
         drop(self.ctx);
         state.closed().await;
+        drop(self.front);
         // Whatever is left on Raft's thread (the batcher, answers not yet sent) ends with it.
         drop(self.core);
     }
+}
+
+/// The lane that serves agents' connections on the calling runtime and every other one
+/// (operators, other servers) where the listener runs (`core_thread::FRONT`).
+fn agents_here() -> httpd::Lane {
+    let api = tokio::runtime::Handle::current();
+    Arc::new(move |cert: &httpd::PeerCertificate| {
+        let agent = (cert.0.as_ref()).is_some_and(|c| pki::tls::has_role(c, pki::NodeRole::Agent));
+        agent.then(|| api.clone())
+    })
 }
 
 /// Reads the API token from `data_dir/token`, creating it (mode 0600) on first start. An empty
@@ -425,7 +438,7 @@ fn tighten(path: &Path) -> Result<(), ServerError> {
 /// Opens the store and starts Raft on it as server `id`, founding a one-member group on the
 /// first start when `found`. Runs on `core`, where Raft's tasks then stay.
 async fn start_raft(
-    core: &core_thread::CoreThread,
+    core: &core_thread::LoopThread,
     config: &ServerConfig,
     me: &Identity,
     state_file: &Path,
@@ -658,7 +671,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         token_of(&config)?
     };
     let me = identity(&config, &token, &advertise, &http).await?;
-    let core = core_thread::CoreThread::start()
+    let core = core_thread::LoopThread::start(core_thread::RAFT)
         .map_err(|e| ServerError::Raft(format!("cannot start the thread Raft runs on: {e}")))?;
     let (raft, state) = start_raft(&core, &config, &me, &state_file, &token, &http).await?;
     let (stop, stop_rx) = watch::channel(false);
@@ -693,15 +706,30 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     tokio::spawn(lost::lost(ctx.clone(), stop_rx.clone()));
     let app = routes::router(ctx.clone());
     let mut stopped = stop_rx;
-    let serve = tokio::spawn(httpd::serve_tls(
+    // Over TLS, where a certificate tells agents apart, only agents are served on this runtime.
+    let front = match tls {
+        Some(_) => Some(
+            core_thread::LoopThread::start(core_thread::FRONT).map_err(|e| {
+                ServerError::Raft(format!("cannot start the thread the API listens on: {e}"))
+            })?,
+        ),
+        None => None,
+    };
+    let lane = front.as_ref().map(|_| agents_here());
+    let serving = httpd::serve_tls(
         listener,
         app,
         config.limits.listener.clone(),
         tls,
+        lane,
         async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         },
-    ));
+    );
+    let serve = match &front {
+        Some(front) => front.handle().spawn(serving),
+        None => tokio::spawn(serving),
+    };
     let handle = ServerHandle {
         addr,
         token,
@@ -709,6 +737,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         joined: me.joined_through.is_some(),
         stop,
         serve,
+        front,
         core,
     };
     if me.rejoined {
@@ -870,5 +899,24 @@ impl Server {
             ca_key: (role == pki::NodeRole::Server).then(|| trust.ca.identity().key_pem.clone()),
             admin_token: (role == pki::NodeRole::Server).then(|| self.token.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_agents_are_served_on_the_apis_runtime() {
+        let ca = pki::Ca::generate().unwrap();
+        let localhost = [std::net::IpAddr::from([127, 0, 0, 1])];
+        let cert = |role| {
+            let identity = ca.issue(role, "n1", &localhost).unwrap();
+            httpd::PeerCertificate(Some(pki::tls::first_cert(&identity.cert_pem).unwrap()))
+        };
+        let lane = agents_here();
+        assert!(lane(&cert(pki::NodeRole::Agent)).is_some());
+        assert!(lane(&cert(pki::NodeRole::Server)).is_none());
+        assert!(lane(&httpd::PeerCertificate(None)).is_none());
     }
 }
