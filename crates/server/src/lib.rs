@@ -377,7 +377,8 @@ pub fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
 }
 
-/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+/// A running server. Dropping it ends its threads (Raft's, and over TLS the API's listener)
+/// without the orderly steps of [`ServerHandle::shutdown`], which is what to call.
 pub struct ServerHandle {
     pub addr: SocketAddr,
     pub token: String,
