@@ -268,25 +268,6 @@ pub enum Response {
     Refused(String),
 }
 
-/// The maps of `State` kept as tables of their own, each with its table's name, borrowed as
-/// `$borrow` (`&` or `&mut`): one list for [`State::stored_maps`] and [`State::stored_maps_ref`].
-macro_rules! stored_maps {
-    ($state:expr, $($borrow:tt)+) => {
-        vec![
-            ("services", $($borrow)+ $state.services),
-            ("tasks", $($borrow)+ $state.tasks),
-            ("finished", $($borrow)+ $state.finished),
-            ("nodes", $($borrow)+ $state.nodes),
-            ("node_index", $($borrow)+ $state.node_index),
-            ("pending", $($borrow)+ $state.pending),
-            ("report_seq", $($borrow)+ $state.report_seq),
-            ("placement_index", $($borrow)+ $state.placement_index),
-            ("trust", $($borrow)+ $state.trust),
-            ("objects", $($borrow)+ $state.objects),
-        ]
-    };
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Index of the last applied log entry.
@@ -746,15 +727,20 @@ impl State {
     }
 
     /// Every map the store keeps as a table of its own, with the table's name. A map added to
-    /// `State` is persisted, reloaded and carried in snapshots once it is listed in
-    /// `stored_maps!`.
+    /// `State` is persisted, reloaded and carried in snapshots once it is listed here.
     pub(crate) fn stored_maps(&mut self) -> Vec<(&'static str, &mut dyn StoredMap)> {
-        stored_maps!(self, &mut)
-    }
-
-    /// [`stored_maps`](Self::stored_maps) to read only.
-    pub(crate) fn stored_maps_ref(&self) -> Vec<(&'static str, &dyn StoredMap)> {
-        stored_maps!(self, &)
+        vec![
+            ("services", &mut self.services),
+            ("tasks", &mut self.tasks),
+            ("finished", &mut self.finished),
+            ("nodes", &mut self.nodes),
+            ("node_index", &mut self.node_index),
+            ("pending", &mut self.pending),
+            ("report_seq", &mut self.report_seq),
+            ("placement_index", &mut self.placement_index),
+            ("trust", &mut self.trust),
+            ("objects", &mut self.objects),
+        ]
     }
 
     /// A copy with what a `Command::Deploy` reads — the services and the counters — and none of
@@ -3100,7 +3086,7 @@ mod lost_tests {
         let id = b_task(&s);
         s.tasks.forget_changes();
         run(&mut s, [node_state("b", NodeState::Down, T)]);
-        assert_eq!(s.tasks.take_changed().len(), 0, "no task row written");
+        assert_eq!(s.tasks.take_changes().count(), 0, "no task row written");
         let t = &s.tasks[&id];
         assert!(t.ready, "as last reported");
         assert!(!s.counts_ready(t));
@@ -3133,7 +3119,7 @@ mod lost_tests {
         assert_eq!(s.tasks[&id].desired, DesiredState::Running);
         s.tasks.forget_changes();
         lose_due(&mut s, at(2_000));
-        let changed: Vec<String> = s.tasks.take_changed().into_iter().collect();
+        let changed: Vec<String> = s.tasks.take_changes().map(|(k, _)| k).collect();
         assert_eq!(
             changed,
             std::slice::from_ref(&id),

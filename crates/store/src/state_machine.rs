@@ -17,7 +17,6 @@
 //! one transaction. The latest one is kept in the same file so that a leader can send it to a
 //! lagging follower after a restart.
 
-use std::collections::BTreeSet;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -110,51 +109,25 @@ impl Machine {
         retention: &Retention,
         replace: bool,
     ) -> Result<Changes, DbError> {
-        let changed = self.take_changed(retention, replace);
-        self.encode(changed)
-    }
-
-    /// The first half of [`changes`](Self::changes), which changes the machine: drops the
-    /// events past `retention` and takes what changed. The second, [`encode`](Self::encode),
-    /// only reads, so it can run under the read lock while readers go on.
-    pub(crate) fn take_changed(&mut self, retention: &Retention, replace: bool) -> Changed {
         retention.prune(&mut self.state.events, self.clock);
-        let mut keys = Vec::new();
-        for (_, map) in self.state.stored_maps() {
+        let mut maps = Vec::new();
+        for (name, map) in self.state.stored_maps() {
             if replace {
                 map.mark_all_changed();
             }
-            keys.push(map.take_changed());
+            maps.push((name, map.take_changes()?));
         }
-        let written_events = if replace { 0 } else { self.written_events };
-        self.written_events = self.state.next_event;
-        Changed {
-            replace,
-            keys,
-            written_events,
-        }
-    }
-
-    /// Encodes what [`take_changed`](Self::take_changed) took, with the meta row.
-    pub(crate) fn encode(&self, changed: Changed) -> Result<Changes, DbError> {
-        let Changed {
-            replace,
-            keys,
-            written_events,
-        } = changed;
-        let mut maps = Vec::new();
-        for ((name, map), keys) in self.state.stored_maps_ref().into_iter().zip(keys) {
-            maps.push((name, map.encode_rows(keys)?));
-        }
+        let written = if replace { 0 } else { self.written_events };
         let new = self
             .state
             .events
             .iter()
             .rev()
-            .take_while(|e| e.seq > written_events);
+            .take_while(|e| e.seq > written);
         let events = new
             .map(|e| Ok((e.seq, db::encode(e)?)))
             .collect::<Result<Vec<_>, DbError>>()?;
+        self.written_events = self.state.next_event;
         let first_event = self
             .state
             .events
@@ -185,14 +158,6 @@ impl Machine {
 /// (readers).
 ///
 /// [`StateHandle`]: crate::StateHandle
-/// What changed since the store last took it: the keys of each stored map, in the order of
-/// `State::stored_maps`, and the events above `written_events`.
-pub(crate) struct Changed {
-    replace: bool,
-    keys: Vec<BTreeSet<String>>,
-    written_events: u64,
-}
-
 pub(crate) type SharedMachine = Arc<RwLock<Machine>>;
 
 // A panic while the lock is held can only come from a broken invariant in a debug build; the
@@ -337,9 +302,8 @@ impl StateMachineStore {
         }
     }
 
-    /// Applies `entries` under the write lock, then encodes their changes under the read lock
-    /// (nothing else writes the machine meanwhile: only this store applies); `None` if there
-    /// were none.
+    /// Applies `entries` and encodes their changes, all under the lock; `None` if there were
+    /// none.
     fn apply_all(
         &self,
         entries: impl IntoIterator<Item = Entry>,
@@ -353,10 +317,7 @@ impl StateMachineStore {
             return Ok((responses, None));
         }
         self.directory.apply(&machine.state);
-        let changed = machine.take_changed(&self.retention, false);
-        // Encoding only reads: readers need not wait for it.
-        drop(machine);
-        let changes = read(&self.machine).encode(changed)?;
+        let changes = machine.changes(&self.retention, false)?;
         Ok((responses, Some(changes)))
     }
 

@@ -76,11 +76,9 @@ pub(crate) type Row = (String, Option<Vec<u8>>);
 /// A map of `State` kept as a table of its own. Object-safe, so that `State::stored_maps` can
 /// list maps of different value types and every step below handles them in one loop.
 pub(crate) trait StoredMap {
-    /// The keys of the rows changed since the last call; forgets the changes.
-    fn take_changed(&mut self) -> BTreeSet<String>;
-    /// Encodes the rows under `keys` (a removed row as `None`).
-    fn encode_rows(&self, keys: BTreeSet<String>) -> Result<Vec<Row>, DbError>;
-    /// Records every row as changed: the next [`take_changed`](Self::take_changed) has them all.
+    /// Encodes the rows changed since the last call and forgets the changes.
+    fn take_changes(&mut self) -> Result<Vec<Row>, DbError>;
+    /// Records every row as changed: the next [`take_changes`](Self::take_changes) has them all.
     fn mark_all_changed(&mut self);
     /// Forgets the recorded changes: the map now matches its table.
     fn forget_changes(&mut self);
@@ -99,16 +97,10 @@ pub(crate) trait StoredMap {
 }
 
 impl<V: Serialize + DeserializeOwned> StoredMap for TrackedMap<String, V> {
-    fn take_changed(&mut self) -> BTreeSet<String> {
-        TrackedMap::take_changed(self)
-    }
-
-    fn encode_rows(&self, keys: BTreeSet<String>) -> Result<Vec<Row>, DbError> {
-        let encode = |key: String| {
-            let value = self.get(&key).map(db::encode).transpose()?;
-            Ok((key, value))
-        };
-        keys.into_iter().map(encode).collect()
+    fn take_changes(&mut self) -> Result<Vec<Row>, DbError> {
+        let encode =
+            |(key, value): (String, Option<&V>)| Ok((key, value.map(db::encode).transpose()?));
+        TrackedMap::take_changes(self).map(encode).collect()
     }
 
     fn mark_all_changed(&mut self) {

@@ -13,7 +13,7 @@ use std::ops::Deref;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A `BTreeMap` that records the keys inserted, changed or removed since the store last took
-/// them (`take_changed`). It serializes as the plain map; equality
+/// them (`take_changes`). It serializes as the plain map; equality
 /// compares the contents only.
 #[derive(Clone)]
 pub struct TrackedMap<K, V> {
@@ -92,9 +92,15 @@ impl<K: Ord + Clone, V> TrackedMap<K, V> {
         }
     }
 
-    /// The keys changed since the last call, and forgets them.
-    pub(crate) fn take_changed(&mut self) -> BTreeSet<K> {
-        std::mem::take(&mut self.changed)
+    /// The keys changed since the last call, each with its value now (`None`: removed), and
+    /// forgets them.
+    pub(crate) fn take_changes(&mut self) -> impl Iterator<Item = (K, Option<&V>)> {
+        let changed = std::mem::take(&mut self.changed);
+        let rows = &self.rows;
+        changed.into_iter().map(move |key| {
+            let value = rows.get(&key);
+            (key, value)
+        })
     }
 
     /// The keys changed since the store last took them.
@@ -202,10 +208,7 @@ mod tests {
     use super::*;
 
     fn changes(map: &mut TrackedMap<String, u32>) -> Vec<(String, Option<u32>)> {
-        let keys = map.take_changed();
-        keys.into_iter()
-            .map(|k| (k.clone(), map.get(&k).copied()))
-            .collect()
+        map.take_changes().map(|(k, v)| (k, v.copied())).collect()
     }
 
     #[test]
