@@ -209,43 +209,33 @@ impl Sim {
         };
         reporter.run(assigned, self.phase, self.told).await;
     }
-}
 
-impl Sim {
     /// A TLS configuration with a node certificate got with the join token `token`, holding one
     /// of the registration permits; `None` (counted, and the agent calls with the operator's
     /// token instead) if the server refused or did not answer within `client::JOIN_PATIENCE`.
     async fn join(&self, token: &str) -> Option<rustls::ClientConfig> {
         let _permit = self.registering.acquire().await.ok();
-        let request = api::JoinRequest {
-            role: "agent".into(),
-            name: self.name.clone(),
-            secret: String::new(),
-            hosts: vec![self.address],
+        let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol {
+            url: self.api.clone(),
+            message: e.to_string(),
         };
-        let joined = match pki::JoinToken::parse(token) {
-            Ok(token) => {
-                client::join_patiently(&self.api, &token, request, client::JOIN_PATIENCE).await
-            }
-            Err(e) => Err(ClientError::Protocol {
-                url: self.api.clone(),
-                message: e.to_string(),
-            }),
-        };
-        let identity = joined.map(|j| {
-            let id = pki::Identity {
-                cert_pem: j.cert,
-                key_pem: j.key,
+        let joined = async {
+            let token = pki::JoinToken::parse(token).map_err(|e| protocol(&e))?;
+            let request = api::JoinRequest {
+                role: "agent".into(),
+                name: self.name.clone(),
+                secret: String::new(),
+                hosts: vec![self.address],
             };
-            (j.ca, id)
-        });
-        let tls = identity.and_then(|(ca, id)| {
-            pki::tls::client_config(&ca, Some(&id)).map_err(|e| ClientError::Protocol {
-                url: self.api.clone(),
-                message: e.to_string(),
-            })
-        });
-        match tls {
+            let joined =
+                client::join_patiently(&self.api, &token, request, client::JOIN_PATIENCE).await?;
+            let me = pki::Identity {
+                cert_pem: joined.cert,
+                key_pem: joined.key,
+            };
+            pki::tls::client_config(&joined.ca, Some(&me)).map_err(|e| protocol(&e))
+        };
+        match joined.await {
             Ok(tls) => {
                 self.counters.joined.fetch_add(1, Ordering::Relaxed);
                 Some(tls)
